@@ -1,0 +1,465 @@
+//! `kiln bake`: turns one `[image.NAME]` spec into an OCI image in the store.
+//!
+//! The image is built as a chain of steps (base, each `copy`, each `run`).
+//! Each step has a cache key covering its parent's key, its own definition
+//! and the content of its inputs, so an unchanged rebuild only hashes inputs
+//! and does no compression. Everything that reaches the image is normalised
+//! (see `layer`), and `created` comes from the caller (SOURCE_DATE_EPOCH, the
+//! git commit time, or 0), so the same inputs give the same digest anywhere.
+//! This module never reads the clock or the environment itself.
+
+pub mod base;
+pub mod copy;
+pub mod diff;
+pub mod sandbox;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::digest::{Digest, Hasher};
+use crate::git::{Git, GitInfo};
+use crate::layer::{self, LayerDigests, COMPRESSOR};
+use crate::oci::{self, Descriptor, History, ImageConfig, LayerEncoding, Manifest, RootFs, RunConfig};
+use crate::spec::{BaseRef, ImageSpec, SpecFile};
+use crate::store::{CachedLayer, Store, StoreError, TagEvent};
+use crate::unpack::{UnpackError, Unpacker};
+use sandbox::{RunSpec, Sandbox, SandboxError};
+
+/// The external things a bake uses, behind their traits.
+pub struct Tools<'a> {
+    pub sandbox: &'a dyn Sandbox,
+    pub git: &'a dyn Git,
+}
+
+impl std::fmt::Debug for Tools<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tools")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BakeOptions {
+    /// Rebuild every step, ignoring the cache.
+    pub no_cache: bool,
+    /// Allow moving existing tags (recorded in the tag log).
+    pub force: bool,
+    /// `SOURCE_DATE_EPOCH`, when set: wins over the git commit time.
+    pub source_date_epoch: Option<i64>,
+    /// Wall-clock time, for the tag log only (never enters the image).
+    pub now: i64,
+}
+
+/// A bake failure, located at the spec step it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    #[error("{at}: {message}")]
+    Step { at: String, message: String },
+    #[error("{at}: {source}")]
+    Store { at: String, source: StoreError },
+    #[error("{at}: {source}")]
+    Unpack { at: String, source: UnpackError },
+    #[error("{at}: {source}")]
+    Sandbox { at: String, source: SandboxError },
+    #[error("{at}: {source}")]
+    Io { at: String, source: io::Error },
+}
+
+/// How a step was satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Cached,
+    Built,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    pub description: String,
+    pub outcome: Outcome,
+    pub millis: u64,
+}
+
+/// What a bake produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BakeReport {
+    pub image: String,
+    pub digest: Digest,
+    /// Compressed size of config and layers.
+    pub size: u64,
+    pub tags: Vec<String>,
+    pub tag_changes: Vec<TagEvent>,
+    pub steps: Vec<StepReport>,
+}
+
+/// Receives progress while baking.
+pub trait Progress {
+    fn step_started(&mut self, index: usize, total: usize, description: &str);
+    fn step_output(&mut self, line: &str);
+    fn step_finished(&mut self, report: &StepReport);
+}
+
+/// The image being assembled.
+struct Chain {
+    key: Digest,
+    layers: Vec<Descriptor>,
+    diff_ids: Vec<Digest>,
+    history: Vec<History>,
+    base_config: RunConfig,
+    architecture: String,
+}
+
+impl Chain {
+    fn push(&mut self, key: Digest, l: &CachedLayer, created_by: String, created: &str) {
+        self.key = key;
+        self.layers.push(Descriptor::new(&l.media_type, l.digest.clone(), l.size));
+        self.diff_ids.push(l.diff_id.clone());
+        self.history.push(History {
+            created: Some(created.to_owned()),
+            created_by: Some(created_by),
+            comment: None,
+            empty_layer: false,
+        });
+    }
+}
+
+fn key(parent: &Digest, kind: &str, parts: &[&[u8]]) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"kiln-step-v1");
+    h.field(parent.as_str().as_bytes());
+    h.field(kind.as_bytes());
+    h.field(COMPRESSOR.as_bytes());
+    for p in parts {
+        h.field(p);
+    }
+    h.finish()
+}
+
+fn cached(l: &LayerDigests) -> CachedLayer {
+    CachedLayer {
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        size: l.size,
+        media_type: oci::MEDIA_LAYER_GZIP.to_owned(),
+    }
+}
+
+/// A scratch rootfs for `run` steps, removed when dropped.
+struct Workspace {
+    bundle: PathBuf,
+}
+
+impl Workspace {
+    fn rootfs(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.bundle);
+    }
+}
+
+/// Bakes `name` from `file` into `store`.
+pub fn bake(
+    store: &Store,
+    file: &SpecFile,
+    name: &str,
+    opts: &BakeOptions,
+    tools: &Tools<'_>,
+    progress: &mut dyn Progress,
+) -> Result<BakeReport, BakeError> {
+    let spec = file.images.get(name).ok_or_else(|| BakeError::Step {
+        at: file.path.display().to_string(),
+        message: format!(
+            "no [image.{name}] (it defines: {})",
+            file.images.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    })?;
+    let dir = file.dir();
+    let at = |line: usize, key: &str| format!("{}:{line}: image.{name}.{key}", file.path.display());
+    let git = tools.git.info(dir);
+    let created_secs = opts.source_date_epoch.or(git.as_ref().map(|g| g.commit_time)).unwrap_or(0);
+    let created = crate::time::rfc3339(created_secs);
+
+    let total = 1 + spec.copy.len() + spec.run.len();
+    let mut reports = Vec::with_capacity(total);
+    let mut run_step = |index: usize,
+                        description: String,
+                        progress: &mut dyn Progress,
+                        f: &mut dyn FnMut(&mut dyn Progress) -> Result<Outcome, BakeError>| {
+        progress.step_started(index, total, &description);
+        let t = Instant::now();
+        let outcome = f(progress)?;
+        let r = StepReport { description, outcome, millis: t.elapsed().as_millis() as u64 };
+        progress.step_finished(&r);
+        reports.push(r);
+        Ok::<_, BakeError>(())
+    };
+
+    // Base.
+    let mut chain: Option<Chain> = None;
+    run_step(0, format!("from {}", spec.from), progress, &mut |_| {
+        let (c, outcome) = base_chain(store, dir, spec, opts, &created)
+            .map_err(|message| BakeError::Step { at: at(spec.line, "from"), message })?;
+        chain = Some(c);
+        Ok(outcome)
+    })?;
+    let mut chain = chain.ok_or_else(|| BakeError::Step { at: at(spec.line, "from"), message: "no base".into() })?;
+
+    // Copies.
+    for (i, c) in spec.copy.iter().enumerate() {
+        let where_ = at(c.line, &format!("copy[{i}]"));
+        let desc = format!("copy {} -> {}", c.src.join(" "), c.dest);
+        run_step(1 + i, desc.clone(), progress, &mut |_| {
+            let entries =
+                copy::copy_entries(dir, c).map_err(|message| BakeError::Step { at: where_.clone(), message })?;
+            let io_at = |source| BakeError::Io { at: where_.clone(), source };
+            let diff_id = layer::diff_id(&entries).map_err(io_at)?;
+            let spec_json = serde_json::to_vec(c).unwrap_or_default();
+            let k = key(&chain.key, "copy", &[&spec_json, diff_id.as_str().as_bytes()]);
+            let (l, outcome) = match store.cache_get(&k).filter(|_| !opts.no_cache) {
+                Some(l) => (l, Outcome::Cached),
+                None => {
+                    let w = store.blob_writer().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+                    let (w, d) = layer::write_gzip_layer(&entries, w).map_err(io_at)?;
+                    w.commit().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+                    let l = cached(&d);
+                    store.cache_put(&k, &l).map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+                    (l, Outcome::Built)
+                }
+            };
+            chain.push(k, &l, format!("kiln copy {} {}", c.src.join(" "), c.dest), &created);
+            Ok(outcome)
+        })?;
+    }
+
+    // Runs.
+    let mut env = merged_env(&chain.base_config, spec);
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let workdir = spec.workdir.clone().or_else(|| chain.base_config.working_dir.clone()).unwrap_or_else(|| "/".into());
+    let mut workspace: Option<Workspace> = None;
+    for (i, cmd) in spec.run.iter().enumerate() {
+        let where_ = at(spec.line, &format!("run[{i}]"));
+        run_step(1 + spec.copy.len() + i, format!("run {cmd}"), progress, &mut |progress| {
+            let env_json = serde_json::to_vec(&(&env, &workdir)).unwrap_or_default();
+            let k = key(&chain.key, "run", &[cmd.as_bytes(), &env_json]);
+            if let Some(l) = store.cache_get(&k).filter(|_| !opts.no_cache) {
+                chain.push(k, &l, format!("kiln run {cmd}"), &created);
+                return Ok(Outcome::Cached);
+            }
+            let io_at = |source| BakeError::Io { at: where_.clone(), source };
+            if workspace.is_none() {
+                workspace = Some(unpack_chain(store, &chain, &where_)?);
+            }
+            let ws = workspace
+                .as_ref()
+                .ok_or_else(|| BakeError::Step { at: where_.clone(), message: "no workspace".into() })?;
+            let rootfs = ws.rootfs();
+            if fs::symlink_metadata(rootfs.join("bin/sh")).is_err() {
+                return Err(BakeError::Step {
+                    at: where_.clone(),
+                    message: "run steps need /bin/sh in the image, and it has none".into(),
+                });
+            }
+            let before = diff::snapshot(&rootfs).map_err(io_at)?;
+            fs::create_dir_all(rootfs.join(workdir.trim_start_matches('/'))).map_err(io_at)?;
+            let run = RunSpec { rootfs: &rootfs, command: cmd, env: &env, workdir: &workdir };
+            tools
+                .sandbox
+                .run(&run, &mut |line| progress.step_output(line))
+                .map_err(|source| BakeError::Sandbox { at: where_.clone(), source })?;
+            let after = diff::snapshot(&rootfs).map_err(io_at)?;
+            let entries = diff::diff(&rootfs, &before, &after).map_err(io_at)?;
+            let w = store.blob_writer().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+            let (w, d) = layer::write_gzip_layer(&entries, w).map_err(io_at)?;
+            w.commit().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+            let l = cached(&d);
+            store.cache_put(&k, &l).map_err(|source| BakeError::Store { at: where_.clone(), source })?;
+            chain.push(k, &l, format!("kiln run {cmd}"), &created);
+            Ok(Outcome::Built)
+        })?;
+    }
+    drop(workspace);
+
+    // Config, manifest, tags.
+    let where_ = format!("{}:{}: image.{name}", file.path.display(), spec.line);
+    let store_at = |source| BakeError::Store { at: where_.clone(), source };
+    let config = image_config(&chain, spec, &created);
+    let config_bytes = oci::to_canonical_json(&config);
+    let config_digest = store.put_blob(&config_bytes).map_err(store_at)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
+        config: Descriptor::new(oci::MEDIA_CONFIG, config_digest, config_bytes.len() as u64),
+        layers: chain.layers.clone(),
+        annotations: Some(annotations(spec, git.as_ref(), &created)),
+    };
+    let manifest_bytes = oci::to_canonical_json(&manifest);
+    let digest = store.put_blob(&manifest_bytes).map_err(store_at)?;
+    let desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), manifest_bytes.len() as u64);
+
+    let mut tags = Vec::new();
+    if let Some(g) = &git {
+        tags.push(format!("{name}:{}", g.tag()));
+    }
+    if let Some(v) = &spec.version {
+        tags.push(format!("{name}:{v}"));
+    }
+    // Check the tags that can conflict before spending a build number.
+    store.check_tags(&tags, &desc, opts.force).map_err(store_at)?;
+    let n = store.next_build_number(name).map_err(store_at)?;
+    tags.insert(0, format!("{name}:b{n}"));
+    let tag_changes = store.set_tags(&tags, &desc, opts.force, opts.now).map_err(store_at)?;
+    let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    Ok(BakeReport { image: name.to_owned(), digest, size, tags, tag_changes, steps: reports })
+}
+
+fn base_chain(
+    store: &Store,
+    dir: &Path,
+    spec: &ImageSpec,
+    opts: &BakeOptions,
+    created: &str,
+) -> Result<(Chain, Outcome), String> {
+    let root = Hasher::new().finish();
+    let empty = |key| Chain {
+        key,
+        layers: Vec::new(),
+        diff_ids: Vec::new(),
+        history: Vec::new(),
+        base_config: RunConfig::default(),
+        architecture: oci::host_architecture().to_owned(),
+    };
+    match &spec.from {
+        BaseRef::Scratch => Ok((empty(key(&root, "scratch", &[])), Outcome::Cached)),
+        BaseRef::Rootfs { path } => {
+            let p = dir.join(path);
+            let file_digest = base::file_digest(&p).map_err(|e| format!("rootfs tarball {}: {e}", p.display()))?;
+            let k = key(&root, "rootfs", &[file_digest.as_str().as_bytes()]);
+            let mut chain = empty(root);
+            let (l, outcome) = match store.cache_get(&k).filter(|_| !opts.no_cache) {
+                Some(l) => (l, Outcome::Cached),
+                None => {
+                    let l = cached(&base::import_rootfs(store, &p)?);
+                    store.cache_put(&k, &l).map_err(|e| e.to_string())?;
+                    (l, Outcome::Built)
+                }
+            };
+            chain.push(k, &l, format!("kiln from rootfs:{path}"), created);
+            Ok((chain, outcome))
+        }
+        BaseRef::Oci { path, reference } => {
+            let b = base::import_oci(store, &dir.join(path), reference.as_ref())?;
+            let mut chain = empty(key(&root, "oci", &[b.manifest_digest.as_str().as_bytes()]));
+            chain.layers = b.layers;
+            chain.diff_ids = b.config.rootfs.diff_ids;
+            chain.history = b.config.history;
+            chain.base_config = b.config.config;
+            chain.architecture = b.config.architecture;
+            Ok((chain, Outcome::Cached))
+        }
+    }
+}
+
+/// Unpacks the chain so far into a fresh bundle for `run` steps.
+fn unpack_chain(store: &Store, chain: &Chain, at: &str) -> Result<Workspace, BakeError> {
+    let ws = Workspace { bundle: store.tmp_path("bundle") };
+    let rootfs = ws.rootfs();
+    let io_at = |source| BakeError::Io { at: at.to_owned(), source };
+    let mut u = Unpacker::new(&rootfs).map_err(io_at)?;
+    for (i, l) in chain.layers.iter().enumerate() {
+        let blob = store.open_blob(&l.digest).map_err(|source| BakeError::Store { at: at.to_owned(), source })?;
+        let reader: Box<dyn Read> = match LayerEncoding::of_media_type(&l.media_type) {
+            Some(LayerEncoding::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(blob))),
+            _ => Box::new(BufReader::new(blob)),
+        };
+        let mut reader = reader;
+        u.apply_layer(i, &mut reader).map_err(|source| BakeError::Unpack { at: at.to_owned(), source })?;
+        // Read to the end so the verifying reader checks the digest.
+        io::copy(&mut reader, &mut io::sink()).map_err(io_at)?;
+    }
+    u.finish().map_err(io_at)?;
+    Ok(ws)
+}
+
+/// The image's environment: the base's, with the spec's values replacing
+/// or adding to it.
+fn merged_env(base: &RunConfig, spec: &ImageSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for e in base.env.iter().flatten() {
+        let k = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+        match spec.env.get(k) {
+            Some(v) => out.push(format!("{k}={v}")),
+            None => out.push(e.clone()),
+        }
+        seen.insert(k.to_owned());
+    }
+    out.extend(spec.env.iter().filter(|(k, _)| !seen.contains(*k)).map(|(k, v)| format!("{k}={v}")));
+    out
+}
+
+fn image_config(chain: &Chain, spec: &ImageSpec, created: &str) -> ImageConfig {
+    let b = &chain.base_config;
+    let env = merged_env(b, spec);
+    let mut ports = b.exposed_ports.clone().unwrap_or_default();
+    ports.extend(spec.expose.iter().map(|p| (p.clone(), oci::Empty {})));
+    let mut labels = b.labels.clone().unwrap_or_default();
+    labels.extend(spec.labels.clone());
+    // As with Docker, a new entrypoint drops an inherited cmd.
+    let cmd = match (&spec.entrypoint, &spec.cmd) {
+        (_, Some(c)) => Some(c.clone()),
+        (Some(_), None) => None,
+        (None, None) => b.cmd.clone(),
+    };
+    ImageConfig {
+        created: Some(created.to_owned()),
+        architecture: chain.architecture.clone(),
+        os: "linux".into(),
+        config: RunConfig {
+            user: spec.user.clone().or_else(|| b.user.clone()),
+            exposed_ports: (!ports.is_empty()).then_some(ports),
+            env: (!env.is_empty()).then_some(env),
+            entrypoint: spec.entrypoint.clone().or_else(|| b.entrypoint.clone()),
+            cmd,
+            working_dir: spec.workdir.clone().or_else(|| b.working_dir.clone()),
+            labels: (!labels.is_empty()).then_some(labels),
+            stop_signal: spec.stop_signal.clone().or_else(|| b.stop_signal.clone()),
+        },
+        rootfs: RootFs { kind: "layers".into(), diff_ids: chain.diff_ids.clone() },
+        history: chain.history.clone(),
+    }
+}
+
+fn annotations(spec: &ImageSpec, git: Option<&GitInfo>, created: &str) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(oci::ANNOTATION_CREATED.to_owned(), created.to_owned());
+    a.insert(oci::ANNOTATION_TITLE.to_owned(), spec.name.clone());
+    a.insert(
+        oci::ANNOTATION_SPEC_HASH.to_owned(),
+        Digest::of(&serde_json::to_vec(spec).unwrap_or_default()).to_string(),
+    );
+    a.insert(oci::ANNOTATION_COMPRESSOR.to_owned(), COMPRESSOR.to_owned());
+    if let Some(g) = git {
+        a.insert(oci::ANNOTATION_REVISION.to_owned(), g.revision.clone());
+        if g.dirty {
+            a.insert("dev.kiln.source.dirty".to_owned(), "true".to_owned());
+        }
+        if let Some(r) = &g.remote {
+            a.insert(oci::ANNOTATION_SOURCE.to_owned(), r.clone());
+        }
+    }
+    if let Some(v) = &spec.version {
+        a.insert(oci::ANNOTATION_VERSION.to_owned(), v.clone());
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! The whole command surface as one enum. The CLI (and later the HTTP API)
+//! parse their input into a [`Command`] and render the [`Output`]; neither
+//! contains logic of its own.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor, ImageConfig, Manifest};
+use crate::spec::{self, SpecError};
+use crate::store::{GcReport, Store, StoreError, TagEvent};
+
+/// Everything kiln can be asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Bake one image (or all) from a kiln.toml.
+    Bake { file: PathBuf, image: Option<String>, no_cache: bool, force: bool },
+    /// List tagged images.
+    Images,
+    /// Show one image: manifest, config, annotations, tag history.
+    Inspect { reference: String },
+    /// Remove unreferenced blobs.
+    Gc { dry_run: bool },
+}
+
+/// What a command produced, for a front end to render.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    Baked(Vec<BakeReport>),
+    Images(Vec<ImageRow>),
+    Inspect(Box<Inspection>),
+    Gc(GcReport),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub tags: Vec<String>,
+    pub digest: Digest,
+    pub size: u64,
+    /// Unix time the newest of its tags was set.
+    pub tagged_at: Option<i64>,
+    pub revision: Option<String>,
+    pub created: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub digest: Digest,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+    pub tag_history: Vec<TagEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Bake(#[from] BakeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What commands run against.
+pub struct Context<'a> {
+    pub store: Store,
+    pub tools: Tools<'a>,
+    pub progress: &'a mut dyn Progress,
+    pub now: i64,
+    pub source_date_epoch: Option<i64>,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("store", &self.store).finish()
+    }
+}
+
+pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
+    match cmd {
+        Command::Bake { file, image, no_cache, force } => {
+            let f = spec::load(&file)?;
+            let names: Vec<String> = match image {
+                Some(n) => vec![n],
+                None => f.images.keys().cloned().collect(),
+            };
+            let opts = BakeOptions { no_cache, force, source_date_epoch: ctx.source_date_epoch, now: ctx.now };
+            let mut out = Vec::new();
+            for n in names {
+                out.push(bake::bake(&ctx.store, &f, &n, &opts, &ctx.tools, ctx.progress)?);
+            }
+            Ok(Output::Baked(out))
+        }
+        Command::Images => Ok(Output::Images(images(&ctx.store)?)),
+        Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
+        Command::Gc { dry_run } => Ok(Output::Gc(ctx.store.gc(dry_run)?)),
+    }
+}
+
+fn image_size(m: &Manifest) -> u64 {
+    m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>()
+}
+
+fn images(store: &Store) -> Result<Vec<ImageRow>, StoreError> {
+    let log = store.tag_log()?;
+    let mut rows = Vec::new();
+    for (desc, tags) in store.tagged()? {
+        let m: Manifest = store.read_json(&desc.digest)?;
+        let tagged_at = log
+            .iter()
+            .filter(|e| e.to == desc.digest && tags.contains(&e.tag))
+            .filter_map(|e| crate::time::parse_rfc3339(&e.time))
+            .max();
+        rows.push(ImageRow {
+            tags,
+            digest: desc.digest.clone(),
+            size: image_size(&m),
+            tagged_at,
+            revision: m.annotation(oci::ANNOTATION_REVISION).map(str::to_owned),
+            created: m.annotation(oci::ANNOTATION_CREATED).map(str::to_owned),
+        });
+    }
+    rows.sort_by(|a, b| b.tagged_at.cmp(&a.tagged_at).then_with(|| a.tags.cmp(&b.tags)));
+    Ok(rows)
+}
+
+fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
+    let (desc, tags): (Descriptor, Vec<String>) = store.resolve(reference)?;
+    let manifest: Manifest = store.read_json(&desc.digest)?;
+    let config: ImageConfig = store.read_json(&manifest.config.digest)?;
+    let tag_history =
+        store.tag_log()?.into_iter().filter(|e| e.to == desc.digest || e.from.as_ref() == Some(&desc.digest)).collect();
+    Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history })
+}

@@ -1,0 +1,24 @@
+//! kiln: immutable infrastructure in one binary.
+//!
+//! Module map (see `docs/architecture.md` for the data flow):
+//! - pure logic: [`spec`] (kiln.toml), [`digest`], [`oci`] (image types),
+//!   [`layer`] (deterministic tar/gzip), [`time`];
+//! - storage: [`store`] (OCI layout, tags, cache, gc);
+//! - edges to the outside: [`unpack`] (hostile tarballs), [`git`],
+//!   [`bake::sandbox`] (runc);
+//! - operations: [`bake`], and [`command`], the one enum every front end
+//!   (CLI today, HTTP API later) maps onto.
+
+pub mod bake;
+pub mod command;
+pub mod digest;
+pub mod git;
+pub mod layer;
+pub mod oci;
+pub mod spec;
+pub mod store;
+pub mod time;
+pub mod unpack;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,598 @@
+//! `kiln.toml`: parsing and validating image specs.
+//!
+//! Parsing is pure (text in, [`SpecFile`] out) so that every rule here is
+//! cheap to test. Every error names the file, the line and the key. This
+//! module must never touch the file system beyond [`load`] reading the file
+//! itself: whether a copy source exists is the baker's question.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::digest::Digest;
+
+/// A parsed, validated `kiln.toml`.
+#[derive(Debug, Clone)]
+pub struct SpecFile {
+    /// The file it came from (used for errors and to resolve relative paths).
+    pub path: PathBuf,
+    pub images: BTreeMap<String, ImageSpec>,
+}
+
+impl SpecFile {
+    /// The directory relative paths in the file are resolved against.
+    pub fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+}
+
+/// One `[image.NAME]` table, validated and normalised. Its canonical JSON is
+/// what the `dev.kiln.spec.sha256` annotation hashes, so it holds no spans,
+/// absolute paths or anything else that depends on where the file lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSpec {
+    pub name: String,
+    pub from: BaseRef,
+    pub copy: Vec<CopySpec>,
+    pub run: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// `PORT/proto`, sorted and deduplicated.
+    pub expose: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+    pub version: Option<String>,
+    /// Line of the `[image.NAME]` header, for errors found later.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// Where an image starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum BaseRef {
+    Scratch,
+    /// An OCI image layout directory, optionally with a tag or a digest.
+    Oci {
+        path: String,
+        reference: Option<OciRef>,
+    },
+    /// A root filesystem tarball (plain or gzip).
+    Rootfs {
+        path: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OciRef {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl fmt::Display for BaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BaseRef::Scratch => f.write_str("scratch"),
+            BaseRef::Oci { path, reference: None } => write!(f, "oci:{path}"),
+            BaseRef::Oci { path, reference: Some(OciRef::Tag(t)) } => write!(f, "oci:{path}:{t}"),
+            BaseRef::Oci { path, reference: Some(OciRef::Digest(d)) } => write!(f, "oci:{path}@{d}"),
+            BaseRef::Rootfs { path } => write!(f, "rootfs:{path}"),
+        }
+    }
+}
+
+/// One `copy` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopySpec {
+    /// Paths or globs relative to the kiln.toml's directory.
+    pub src: Vec<String>,
+    /// Absolute destination inside the image; a trailing `/` means a directory.
+    pub dest: String,
+    /// Mode for copied files; by default 0755 if the owner may execute, else 0644.
+    pub mode: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// A `kiln.toml` problem, naming the file, line and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {key}{}{message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { "" } else { ": " })]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// Reads and parses a kiln.toml.
+pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        file: path.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    image: BTreeMap<String, Spanned<RawImage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    from: Spanned<String>,
+    #[serde(default)]
+    copy: Vec<Spanned<RawCopy>>,
+    #[serde(default)]
+    run: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    workdir: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    #[serde(default)]
+    expose: Vec<Spanned<RawPort>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    stop_signal: Option<Spanned<String>>,
+    version: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    src: OneOrMany,
+    dest: Spanned<String>,
+    mode: Option<Spanned<RawMode>>,
+    owner: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawMode {
+    Number(i64),
+    Text(String),
+}
+
+/// Parses `text` as the kiln.toml at `path`.
+pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
+    let lines = LineIndex::new(text);
+    let err = |span: Option<Range<usize>>, key: &str, message: String| SpecError {
+        file: path.to_owned(),
+        line: span.map(|s| lines.line(s.start)),
+        key: key.to_owned(),
+        message,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_owned()))?;
+    if raw.image.is_empty() {
+        return Err(err(None, "image", "no [image.NAME] table: nothing to bake".into()));
+    }
+    let mut images = BTreeMap::new();
+    for (name, raw_image) in raw.image {
+        let line = lines.line(raw_image.span().start);
+        let image = validate_image(&name, raw_image.into_inner(), line, &lines)
+            .map_err(|(span, key, message)| err(span, &format!("image.{name}.{key}"), message))?;
+        images.insert(name, image);
+    }
+    Ok(SpecFile { path: path.to_owned(), images })
+}
+
+type FieldError = (Option<Range<usize>>, String, String);
+
+fn field_err(span: Range<usize>, key: &str, message: impl Into<String>) -> FieldError {
+    (Some(span), key.to_owned(), message.into())
+}
+
+fn validate_image(name: &str, raw: RawImage, line: usize, lines: &LineIndex) -> Result<ImageSpec, FieldError> {
+    if !valid_image_name(name) {
+        return Err((
+            None,
+            String::new(),
+            format!("image name {name:?} must be lowercase letters, digits and single . _ - between them"),
+        ));
+    }
+    let from = parse_base(raw.from.get_ref()).map_err(|m| field_err(raw.from.span(), "from", m))?;
+    let mut copy = Vec::with_capacity(raw.copy.len());
+    for (i, c) in raw.copy.into_iter().enumerate() {
+        let span = c.span();
+        copy.push(validate_copy(c.into_inner(), lines.line(span.start)).map_err(|(s, k, m)| {
+            (s.or(Some(span.clone())), format!("copy[{i}]{}{k}", if k.is_empty() { "" } else { "." }), m)
+        })?);
+    }
+    let mut run = Vec::with_capacity(raw.run.len());
+    for (i, r) in raw.run.into_iter().enumerate() {
+        if r.get_ref().trim().is_empty() {
+            return Err(field_err(r.span(), &format!("run[{i}]"), "empty command"));
+        }
+        run.push(r.into_inner());
+    }
+    for key in raw.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err((
+                None,
+                format!("env.{key}"),
+                "an environment variable name must be non-empty and contain no '='".into(),
+            ));
+        }
+    }
+    if let Some(w) = &raw.workdir {
+        if !w.get_ref().starts_with('/') {
+            return Err(field_err(w.span(), "workdir", "must be an absolute path"));
+        }
+    }
+    if let Some(u) = &raw.user {
+        let ok = !u.get_ref().is_empty()
+            && u.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
+        if !ok {
+            return Err(field_err(u.span(), "user", "expected a user name or uid, optionally with :group or :gid"));
+        }
+    }
+    let mut expose = Vec::new();
+    for (i, p) in raw.expose.iter().enumerate() {
+        expose.push(parse_port(p.get_ref()).map_err(|m| field_err(p.span(), &format!("expose[{i}]"), m))?);
+    }
+    expose.sort();
+    expose.dedup();
+    let stop_signal = match &raw.stop_signal {
+        Some(s) => Some(parse_signal(s.get_ref()).map_err(|m| field_err(s.span(), "stop_signal", m))?),
+        None => None,
+    };
+    let version = match &raw.version {
+        Some(v) => Some(validate_version(v.get_ref()).map_err(|m| field_err(v.span(), "version", m))?),
+        None => None,
+    };
+    for (key, list) in [("entrypoint", &raw.entrypoint), ("cmd", &raw.cmd)] {
+        if list.as_ref().is_some_and(|l| l.iter().any(|a| a.contains('\0'))) {
+            return Err((None, key.into(), "arguments must not contain NUL".into()));
+        }
+    }
+    Ok(ImageSpec {
+        name: name.to_owned(),
+        from,
+        copy,
+        run,
+        env: raw.env,
+        entrypoint: raw.entrypoint,
+        cmd: raw.cmd,
+        workdir: raw.workdir.map(Spanned::into_inner),
+        user: raw.user.map(Spanned::into_inner),
+        expose,
+        labels: raw.labels,
+        stop_signal,
+        version,
+        line,
+    })
+}
+
+fn validate_copy(raw: RawCopy, line: usize) -> Result<CopySpec, FieldError> {
+    let src = match raw.src {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    if src.is_empty() {
+        return Err((None, "src".into(), "needs at least one source path".into()));
+    }
+    for s in &src {
+        if s.is_empty() || s.starts_with('/') {
+            return Err((None, "src".into(), format!("{s:?}: sources are paths relative to the kiln.toml")));
+        }
+    }
+    let dest = normalize_dest(raw.dest.get_ref()).map_err(|m| field_err(raw.dest.span(), "dest", m))?;
+    let mode = match &raw.mode {
+        None => None,
+        Some(m) => Some(parse_mode(m.get_ref()).map_err(|msg| field_err(m.span(), "mode", msg))?),
+    };
+    let (uid, gid) = match &raw.owner {
+        None => (0, 0),
+        Some(o) => parse_owner(o.get_ref()).map_err(|m| field_err(o.span(), "owner", m))?,
+    };
+    Ok(CopySpec { src, dest, mode, uid, gid, line })
+}
+
+/// Image names become tag prefixes and OCI `ref.name`s.
+pub fn valid_image_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && !b.windows(2).any(|w| !w[0].is_ascii_alphanumeric() && !w[1].is_ascii_alphanumeric())
+}
+
+/// Checks a user-chosen tag (the `version`): tag characters, and not one of
+/// the forms kiln generates or refuses.
+pub fn validate_version(v: &str) -> Result<String, String> {
+    let b = v.as_bytes();
+    let chars_ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if !chars_ok {
+        return Err(format!("{v:?} is not a valid tag: use letters, digits, '_', '.', '-' (at most 128)"));
+    }
+    if v.eq_ignore_ascii_case("latest") {
+        return Err("\"latest\" is refused: a tag must say which build it is".into());
+    }
+    if v.starts_with("git-") || (v.len() > 1 && v.starts_with('b') && v[1..].bytes().all(|c| c.is_ascii_digit())) {
+        return Err(format!("{v:?} is reserved for kiln's own git-<sha> and b<N> tags"));
+    }
+    Ok(v.to_owned())
+}
+
+fn parse_base(s: &str) -> Result<BaseRef, String> {
+    if s == "scratch" {
+        return Ok(BaseRef::Scratch);
+    }
+    if let Some(p) = s.strip_prefix("rootfs:") {
+        if p.is_empty() {
+            return Err("rootfs: needs a tarball path".into());
+        }
+        return Ok(BaseRef::Rootfs { path: p.to_owned() });
+    }
+    if let Some(rest) = s.strip_prefix("oci:") {
+        let (path, reference) = if let Some((p, d)) = rest.rsplit_once('@') {
+            (p, Some(OciRef::Digest(Digest::parse(d).map_err(|e| e.to_string())?)))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') => {
+                    if t.is_empty() {
+                        return Err(format!("{s:?}: empty tag after ':'"));
+                    }
+                    (p, Some(OciRef::Tag(t.to_owned())))
+                }
+                _ => (rest, None),
+            }
+        };
+        if path.is_empty() {
+            return Err("oci: needs a layout directory path".into());
+        }
+        return Ok(BaseRef::Oci { path: path.to_owned(), reference });
+    }
+    Err(format!("{s:?}: expected \"scratch\", \"oci:PATH[:TAG|@DIGEST]\" or \"rootfs:PATH\""))
+}
+
+fn normalize_dest(d: &str) -> Result<String, String> {
+    if !d.starts_with('/') {
+        return Err(format!("{d:?} must be an absolute path inside the image"));
+    }
+    let mut parts = Vec::new();
+    for c in d.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(format!("{d:?} must not contain '..'")),
+            c if c.contains('\0') => return Err("must not contain NUL".into()),
+            c => parts.push(c),
+        }
+    }
+    let mut out = format!("/{}", parts.join("/"));
+    if d.ends_with('/') && out != "/" {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn parse_mode(m: &RawMode) -> Result<u32, String> {
+    let v = match m {
+        RawMode::Number(n) => *n,
+        RawMode::Text(t) => i64::from_str_radix(t.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("{t:?} is not an octal mode like \"0755\""))?,
+    };
+    if !(0..=0o7777).contains(&v) {
+        return Err(format!("{v:o} is out of range (at most 7777 octal)"));
+    }
+    Ok(v as u32)
+}
+
+fn parse_owner(o: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{o:?}: expected numeric \"uid:gid\" or \"uid\"");
+    let (u, g) = o.split_once(':').unwrap_or((o, o));
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}
+
+fn parse_port(p: &RawPort) -> Result<String, String> {
+    let (num, proto) = match p {
+        RawPort::Number(n) => (*n, "tcp"),
+        RawPort::Text(t) => {
+            let (n, proto) = t.split_once('/').unwrap_or((t, "tcp"));
+            (n.parse().map_err(|_| format!("{t:?}: expected PORT or PORT/PROTO"))?, proto)
+        }
+    };
+    if !(1..=65535).contains(&num) {
+        return Err(format!("port {num} is out of range 1-65535"));
+    }
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(format!("protocol {proto:?} must be tcp, udp or sctp"));
+    }
+    Ok(format!("{num}/{proto}"))
+}
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGKILL", 9),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGTERM", 15),
+    ("SIGWINCH", 28),
+    ("SIGPWR", 30),
+];
+
+/// Normalises `TERM`, `SIGTERM` or `15` to `SIGTERM`.
+pub fn parse_signal(s: &str) -> Result<String, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    if let Some((n, _)) = SIGNALS.iter().find(|(n, _)| *n == name) {
+        return Ok((*n).to_owned());
+    }
+    if let Ok(num) = s.parse::<i32>() {
+        if let Some((n, _)) = SIGNALS.iter().find(|(_, v)| *v == num) {
+            return Ok((*n).to_owned());
+        }
+    }
+    Err(format!("unknown signal {s:?}"))
+}
+
+/// Maps byte offsets to 1-based line numbers.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+    fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<SpecFile, SpecError> {
+        parse(Path::new("dir/kiln.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        p(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_image() {
+        let f = p(r#"
+[image.web]
+from = "oci:../base:1.2"
+version = "1.0.0"
+copy = [{ src = ["bin/*", "conf"], dest = "/app/", mode = "0750", owner = "10:20" }]
+run = ["echo hi > /x"]
+env = { B = "2", A = "1" }
+entrypoint = ["/app/web"]
+cmd = ["--port", "80"]
+workdir = "/app"
+user = "10:20"
+expose = [80, "53/udp", 80]
+labels = { team = "core" }
+stop_signal = "term"
+"#)
+        .unwrap();
+        let i = &f.images["web"];
+        assert_eq!(i.from, BaseRef::Oci { path: "../base".into(), reference: Some(OciRef::Tag("1.2".into())) });
+        assert_eq!(i.copy[0].mode, Some(0o750));
+        assert_eq!((i.copy[0].uid, i.copy[0].gid), (10, 20));
+        assert_eq!(i.copy[0].line, 5);
+        assert_eq!(i.expose, vec!["53/udp", "80/tcp"]);
+        assert_eq!(i.stop_signal.as_deref(), Some("SIGTERM"));
+        assert_eq!(i.line, 2);
+        assert_eq!(f.dir(), Path::new("dir"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let e = err("[image.a]\nfrom = \"scratch\"\nfrmo = 1\n");
+        assert!(e.starts_with("dir/kiln.toml:3"), "{e}");
+        assert!(e.contains("frmo"), "{e}");
+        let e = err("[image.a]\nfrom = \"scratch\"\ncopy = [{ src = \"a\", dest = \"/a\", chmod = 1 }]\n");
+        assert!(e.contains(":3") && e.contains("chmod"), "{e}");
+        let e = err("[images.a]\nfrom = \"scratch\"\n");
+        assert!(e.contains(":1") && e.contains("images"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_key() {
+        let e = err("[image.a]\nfrom = \"scratch\"\nversion = \"latest\"\n");
+        assert_eq!(e, "dir/kiln.toml:3: image.a.version: \"latest\" is refused: a tag must say which build it is");
+        let e = err("[image.a]\nfrom = \"scratch\"\n\ncopy = [{ src = \"a\", dest = \"rel\" }]\n");
+        assert!(e.starts_with("dir/kiln.toml:4: image.a.copy[0].dest:"), "{e}");
+        let e = err("[image.a]\nfrom = \"docker:x\"\n");
+        assert!(e.starts_with("dir/kiln.toml:2: image.a.from:"), "{e}");
+        let e = err("[image.a]\nfrom = \"scratch\"\nexpose = [70000]\n");
+        assert!(e.contains(":3: image.a.expose[0]: port 70000"), "{e}");
+        let e = err("[image.a]\nfrom = \"scratch\"\ncopy = [{ src = \"a\", dest = \"/a/../b\" }]\n");
+        assert!(e.contains("'..'"), "{e}");
+        let e = err("[image.a]\nfrom = \"scratch\"\ncopy = [{ src = \"/etc/passwd\", dest = \"/a\" }]\n");
+        assert!(e.contains("copy[0].src"), "{e}");
+        let e = err("[image.a]\nfrom = \"scratch\"\ncopy = [{ src = \"a\", dest = \"/a\", mode = \"999\" }]\n");
+        assert!(e.contains("copy[0].mode"), "{e}");
+        let e = err("[image.Bad]\nfrom = \"scratch\"\n");
+        assert!(e.contains("image.Bad"), "{e}");
+        assert!(err("").contains("no [image.NAME]"));
+        assert!(err("[image.a]\n").contains("from"));
+    }
+
+    #[test]
+    fn reserved_and_invalid_versions() {
+        assert!(validate_version("b12").is_err());
+        assert!(validate_version("git-abc").is_err());
+        assert!(validate_version("LATEST").is_err());
+        assert!(validate_version("1.0/x").is_err());
+        assert!(validate_version("build2").is_ok());
+        assert!(validate_version("1.2.3-rc.1").is_ok());
+    }
+
+    #[test]
+    fn base_references() {
+        assert_eq!(parse_base("oci:/a/b").unwrap(), BaseRef::Oci { path: "/a/b".into(), reference: None });
+        let d = Digest::of(b"x");
+        assert_eq!(
+            parse_base(&format!("oci:layout@{d}")).unwrap(),
+            BaseRef::Oci { path: "layout".into(), reference: Some(OciRef::Digest(d)) }
+        );
+        assert!(parse_base("oci:layout@sha256:zz").is_err());
+        assert_eq!(parse_base("rootfs:a.tar").unwrap(), BaseRef::Rootfs { path: "a.tar".into() });
+        assert_eq!(parse_base("oci:x:").unwrap_err(), "\"oci:x:\": empty tag after ':'");
+    }
+
+    #[test]
+    fn dest_normalisation() {
+        assert_eq!(normalize_dest("//a/./b/").unwrap(), "/a/b/");
+        assert_eq!(normalize_dest("/").unwrap(), "/");
+        assert_eq!(normalize_dest("/a//b").unwrap(), "/a/b");
+    }
+
+    #[test]
+    fn image_names() {
+        assert!(valid_image_name("hello"));
+        assert!(valid_image_name("my-app.v2"));
+        assert!(!valid_image_name("My"));
+        assert!(!valid_image_name("a--b"));
+        assert!(!valid_image_name("-a"));
+    }
+}
