@@ -441,11 +441,30 @@ impl Store {
         Ok(())
     }
 
-    /// Looks up a step's cached layer; a record whose blob is gone is a miss.
-    pub fn cache_get(&self, key: &Digest) -> Option<CachedLayer> {
-        let bytes = fs::read(self.cache_dir().join("steps").join(key.hex())).ok()?;
-        let c: CachedLayer = serde_json::from_slice(&bytes).ok()?;
-        self.has_blob(&c.digest).then_some(c)
+    /// Looks up a step's cached layer. A record whose blob is gone is a
+    /// miss; a blob that no longer matches its digest is an error naming it
+    /// (the caller rebuilds it), so a corrupted blob is never reused.
+    pub fn cache_get(&self, key: &Digest) -> Result<Option<CachedLayer>, StoreError> {
+        let Ok(bytes) = fs::read(self.cache_dir().join("steps").join(key.hex())) else { return Ok(None) };
+        let Ok(c) = serde_json::from_slice::<CachedLayer>(&bytes) else { return Ok(None) };
+        match self.verify_blob(&c.digest) {
+            Ok(()) => Ok(Some(c)),
+            Err(StoreError::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hashes a stored blob and checks it against its digest.
+    pub fn verify_blob(&self, d: &Digest) -> Result<(), StoreError> {
+        let path = self.blob_path(d);
+        let f = File::open(&path).map_err(|e| self.read_err(d, &path, e))?;
+        let mut r = HashingReader::new(io::BufReader::with_capacity(256 * 1024, f));
+        io::copy(&mut r, &mut io::sink()).map_err(io_err(&path))?;
+        let (actual, _) = r.finish();
+        if &actual != d {
+            return Err(StoreError::Corrupt { digest: d.clone(), actual, path });
+        }
+        Ok(())
     }
 
     pub fn cache_put(&self, key: &Digest, layer: &CachedLayer) -> Result<(), StoreError> {

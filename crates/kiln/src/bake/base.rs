@@ -113,7 +113,8 @@ pub fn import_oci(store: &Store, layout: &Path, reference: Option<&OciRef>) -> R
                 ))
             }
         };
-        if !store.has_blob(&l.digest) {
+        // Copy the blob unless the store already has it intact.
+        if store.verify_blob(&l.digest).is_err() {
             let src = layout.join("blobs/sha256").join(l.digest.hex());
             let mut f = File::open(&src).map_err(|e| format!("{}: {e}", src.display()))?;
             let mut w = store.blob_writer().map_err(|e| e.to_string())?;

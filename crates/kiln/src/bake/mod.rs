@@ -202,8 +202,8 @@ pub fn bake(
 
     // Base.
     let mut chain: Option<Chain> = None;
-    run_step(0, format!("from {}", spec.from), progress, &mut |_| {
-        let (c, outcome) = base_chain(store, dir, spec, opts, &created)
+    run_step(0, format!("from {}", spec.from), progress, &mut |progress| {
+        let (c, outcome) = base_chain(store, dir, spec, opts, &created, progress)
             .map_err(|message| BakeError::Step { at: at(spec.line, "from"), message })?;
         chain = Some(c);
         Ok(outcome)
@@ -214,14 +214,14 @@ pub fn bake(
     for (i, c) in spec.copy.iter().enumerate() {
         let where_ = at(c.line, &format!("copy[{i}]"));
         let desc = format!("copy {} -> {}", c.src.join(" "), c.dest);
-        run_step(1 + i, desc.clone(), progress, &mut |_| {
+        run_step(1 + i, desc.clone(), progress, &mut |progress| {
             let entries =
                 copy::copy_entries(dir, c).map_err(|message| BakeError::Step { at: where_.clone(), message })?;
             let io_at = |source| BakeError::Io { at: where_.clone(), source };
             let diff_id = layer::diff_id(&entries).map_err(io_at)?;
             let spec_json = serde_json::to_vec(c).unwrap_or_default();
             let k = key(&chain.key, "copy", &[&spec_json, diff_id.as_str().as_bytes()]);
-            let (l, outcome) = match store.cache_get(&k).filter(|_| !opts.no_cache) {
+            let (l, outcome) = match lookup(store, &k, opts, progress) {
                 Some(l) => (l, Outcome::Cached),
                 None => {
                     let w = store.blob_writer().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
@@ -249,7 +249,7 @@ pub fn bake(
         run_step(1 + spec.copy.len() + i, format!("run {cmd}"), progress, &mut |progress| {
             let env_json = serde_json::to_vec(&(&env, &workdir)).unwrap_or_default();
             let k = key(&chain.key, "run", &[cmd.as_bytes(), &env_json]);
-            if let Some(l) = store.cache_get(&k).filter(|_| !opts.no_cache) {
+            if let Some(l) = lookup(store, &k, opts, progress) {
                 chain.push(k, &l, format!("kiln run {cmd}"), &created);
                 return Ok(Outcome::Cached);
             }
@@ -326,6 +326,7 @@ fn base_chain(
     spec: &ImageSpec,
     opts: &BakeOptions,
     created: &str,
+    progress: &mut dyn Progress,
 ) -> Result<(Chain, Outcome), String> {
     let root = Hasher::new().finish();
     let empty = |key| Chain {
@@ -343,7 +344,7 @@ fn base_chain(
             let file_digest = base::file_digest(&p).map_err(|e| format!("rootfs tarball {}: {e}", p.display()))?;
             let k = key(&root, "rootfs", &[file_digest.as_str().as_bytes()]);
             let mut chain = empty(root);
-            let (l, outcome) = match store.cache_get(&k).filter(|_| !opts.no_cache) {
+            let (l, outcome) = match lookup(store, &k, opts, progress) {
                 Some(l) => (l, Outcome::Cached),
                 None => {
                     let l = cached(&base::import_rootfs(store, &p)?);
@@ -363,6 +364,21 @@ fn base_chain(
             chain.base_config = b.config.config;
             chain.architecture = b.config.architecture;
             Ok((chain, Outcome::Cached))
+        }
+    }
+}
+
+/// A usable cached layer for `key`, if any. A corrupted cached blob is
+/// reported and treated as a miss, so the step rebuilds (and rewrites) it.
+fn lookup(store: &Store, key: &Digest, opts: &BakeOptions, progress: &mut dyn Progress) -> Option<CachedLayer> {
+    if opts.no_cache {
+        return None;
+    }
+    match store.cache_get(key) {
+        Ok(hit) => hit,
+        Err(e) => {
+            progress.step_output(&format!("warning: {e}; rebuilding it"));
+            None
         }
     }
 }
