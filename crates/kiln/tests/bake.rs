@@ -330,7 +330,7 @@ fn git_revision_tags_and_created_time() {
     // A tracked change makes the tree dirty.
     fs::write(dir.join("f"), "y\n").unwrap();
     let out = json(&kiln_ok(&home, &dir, &["bake", "--json"]));
-    assert!(out[0]["tags"].as_array().unwrap().iter().any(|t| t == &format!("g:git-{}-dirty", &sha[..12]).as_str()));
+    assert!(out[0]["tags"].as_array().unwrap().iter().any(|t| t == format!("g:git-{}-dirty", &sha[..12]).as_str()));
     for d in [dir, home] {
         fs::remove_dir_all(d).unwrap();
     }

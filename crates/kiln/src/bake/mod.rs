@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::digest::{Digest, Hasher};
 use crate::git::{Git, GitInfo};
@@ -187,22 +189,9 @@ pub fn bake(
 
     let total = 1 + spec.copy.len() + spec.run.len();
     let mut reports = Vec::with_capacity(total);
-    let mut run_step = |index: usize,
-                        description: String,
-                        progress: &mut dyn Progress,
-                        f: &mut dyn FnMut(&mut dyn Progress) -> Result<Outcome, BakeError>| {
-        progress.step_started(index, total, &description);
-        let t = Instant::now();
-        let outcome = f(progress)?;
-        let r = StepReport { description, outcome, millis: t.elapsed().as_millis() as u64 };
-        progress.step_finished(&r);
-        reports.push(r);
-        Ok::<_, BakeError>(())
-    };
-
     // Base.
     let mut chain: Option<Chain> = None;
-    run_step(0, format!("from {}", spec.from), progress, &mut |progress| {
+    run_step(0, total, format!("from {}", spec.from), progress, &mut reports, &mut |progress| {
         let (c, outcome) = base_chain(store, dir, spec, opts, &created, progress)
             .map_err(|message| BakeError::Step { at: at(spec.line, "from"), message })?;
         chain = Some(c);
@@ -210,31 +199,38 @@ pub fn bake(
     })?;
     let mut chain = chain.ok_or_else(|| BakeError::Step { at: at(spec.line, "from"), message: "no base".into() })?;
 
-    // Copies.
+    // Copies: plan all (entries, key, cache hit), then compress the misses
+    // in parallel. A copy layer's bytes depend only on its own inputs; the
+    // chain of keys depends on content hashes, not on compressed bytes.
+    let mut planned = Vec::with_capacity(spec.copy.len());
+    let mut parent = chain.key.clone();
     for (i, c) in spec.copy.iter().enumerate() {
-        let where_ = at(c.line, &format!("copy[{i}]"));
-        let desc = format!("copy {} -> {}", c.src.join(" "), c.dest);
-        run_step(1 + i, desc.clone(), progress, &mut |progress| {
-            let entries =
-                copy::copy_entries(dir, c).map_err(|message| BakeError::Step { at: where_.clone(), message })?;
-            let io_at = |source| BakeError::Io { at: where_.clone(), source };
-            let diff_id = layer::diff_id(&entries).map_err(io_at)?;
-            let spec_json = serde_json::to_vec(c).unwrap_or_default();
-            let k = key(&chain.key, "copy", &[&spec_json, diff_id.as_str().as_bytes()]);
-            let (l, outcome) = match lookup(store, &k, opts, progress) {
-                Some(l) => (l, Outcome::Cached),
-                None => {
-                    let w = store.blob_writer().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
-                    let (w, d) = layer::write_gzip_layer(&entries, w).map_err(io_at)?;
-                    w.commit().map_err(|source| BakeError::Store { at: where_.clone(), source })?;
-                    let l = cached(&d);
-                    store.cache_put(&k, &l).map_err(|source| BakeError::Store { at: where_.clone(), source })?;
-                    (l, Outcome::Built)
-                }
-            };
-            chain.push(k, &l, format!("kiln copy {} {}", c.src.join(" "), c.dest), &created);
-            Ok(outcome)
-        })?;
+        let t = Instant::now();
+        let at = at(c.line, &format!("copy[{i}]"));
+        let entries = copy::copy_entries(dir, c).map_err(|message| BakeError::Step { at: at.clone(), message })?;
+        let diff_id = layer::diff_id(&entries).map_err(|source| BakeError::Io { at: at.clone(), source })?;
+        let spec_json = serde_json::to_vec(c).unwrap_or_default();
+        let key = key(&parent, "copy", &[&spec_json, diff_id.as_str().as_bytes()]);
+        let hit = lookup(store, &key, opts, progress);
+        parent = key.clone();
+        let description = format!("copy {} -> {}", c.src.join(" "), c.dest);
+        planned.push(PlannedCopy { description, at, entries, key, hit, planning: t.elapsed() });
+    }
+    let mut built = compress_misses(store, &planned);
+    for (i, p) in planned.into_iter().enumerate() {
+        progress.step_started(1 + i, total, &p.description);
+        let (l, outcome, extra) = match (p.hit, built[i].take()) {
+            (Some(l), _) => (l, Outcome::Cached, Duration::ZERO),
+            (None, Some(r)) => {
+                let (l, took) = r?;
+                (l, Outcome::Built, took)
+            }
+            (None, None) => return Err(BakeError::Step { at: p.at, message: "layer was not built".into() }),
+        };
+        chain.push(p.key, &l, format!("kiln {}", p.description), &created);
+        let r = StepReport { description: p.description, outcome, millis: (p.planning + extra).as_millis() as u64 };
+        progress.step_finished(&r);
+        reports.push(r);
     }
 
     // Runs.
@@ -246,7 +242,7 @@ pub fn bake(
     let mut workspace: Option<Workspace> = None;
     for (i, cmd) in spec.run.iter().enumerate() {
         let where_ = at(spec.line, &format!("run[{i}]"));
-        run_step(1 + spec.copy.len() + i, format!("run {cmd}"), progress, &mut |progress| {
+        run_step(1 + spec.copy.len() + i, total, format!("run {cmd}"), progress, &mut reports, &mut |progress| {
             let env_json = serde_json::to_vec(&(&env, &workdir)).unwrap_or_default();
             let k = key(&chain.key, "run", &[cmd.as_bytes(), &env_json]);
             if let Some(l) = lookup(store, &k, opts, progress) {
@@ -366,6 +362,73 @@ fn base_chain(
             Ok((chain, Outcome::Cached))
         }
     }
+}
+
+/// Runs one step, timing it and reporting it.
+fn run_step(
+    index: usize,
+    total: usize,
+    description: String,
+    progress: &mut dyn Progress,
+    reports: &mut Vec<StepReport>,
+    f: &mut dyn FnMut(&mut dyn Progress) -> Result<Outcome, BakeError>,
+) -> Result<(), BakeError> {
+    progress.step_started(index, total, &description);
+    let t = Instant::now();
+    let outcome = f(progress)?;
+    let r = StepReport { description, outcome, millis: t.elapsed().as_millis() as u64 };
+    progress.step_finished(&r);
+    reports.push(r);
+    Ok(())
+}
+
+/// A copy step whose entries and key are known.
+struct PlannedCopy {
+    description: String,
+    at: String,
+    entries: Vec<layer::Entry>,
+    key: Digest,
+    hit: Option<CachedLayer>,
+    planning: Duration,
+}
+
+type Built = Result<(CachedLayer, Duration), BakeError>;
+
+/// Compresses every planned copy that missed the cache, on as many threads
+/// as there are cores, biggest first.
+fn compress_misses(store: &Store, planned: &[PlannedCopy]) -> Vec<Option<Built>> {
+    let bytes = |p: &PlannedCopy| -> u64 {
+        p.entries.iter().map(|e| if let layer::Kind::File { size, .. } = e.kind { size } else { 0 }).sum()
+    };
+    let mut misses: Vec<usize> = (0..planned.len()).filter(|&i| planned[i].hit.is_none()).collect();
+    misses.sort_by_key(|&i| std::cmp::Reverse(bytes(&planned[i])));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(misses.len());
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Built>>> = planned.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some(&i) = misses.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let r = build_layer(store, &planned[i]);
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results.into_iter().map(|m| m.into_inner().ok().flatten()).collect()
+}
+
+fn build_layer(store: &Store, p: &PlannedCopy) -> Built {
+    let t = Instant::now();
+    let store_at = |source| BakeError::Store { at: p.at.clone(), source };
+    let w = store.blob_writer().map_err(store_at)?;
+    let (w, d) = layer::write_gzip_layer(&p.entries, w).map_err(|source| BakeError::Io { at: p.at.clone(), source })?;
+    w.commit().map_err(store_at)?;
+    let l = cached(&d);
+    store.cache_put(&p.key, &l).map_err(store_at)?;
+    Ok((l, t.elapsed()))
 }
 
 /// A usable cached layer for `key`, if any. A corrupted cached blob is
