@@ -200,17 +200,12 @@ fn render(output: &Output, now: i64) {
             }
         }
         Output::Images(rows) => {
-            println!("{:<40} {:<19} {:>10} {:>6}  REVISION", "TAGS", "DIGEST", "SIZE", "AGE");
+            println!("{:<19} {:>10} {:>6}  {:<12}  TAGS", "DIGEST", "SIZE", "AGE", "REVISION");
             for r in rows {
                 let age = r.tagged_at.map(|t| kiln::time::age(now - t)).unwrap_or_else(|| "-".into());
                 let rev = r.revision.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("-");
-                println!(
-                    "{:<40} {:<19} {:>10} {:>6}  {rev}",
-                    r.tags.join(","),
-                    format!("sha256:{}", r.digest.short()),
-                    human_size(r.size),
-                    age
-                );
+                let digest = format!("sha256:{}", r.digest.short());
+                println!("{digest:<19} {:>10} {age:>6}  {rev:<12}  {}", human_size(r.size), r.tags.join(" "));
             }
         }
         Output::Inspect(i) => {
