@@ -9,20 +9,69 @@ use serde::Serialize;
 use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor, ImageConfig, Manifest};
+use crate::runtime::driver::Driver;
+use crate::runtime::logs::{LogFilter, LogLine, Retention};
+use crate::runtime::{InstanceRecord, Launcher, RunError, RunRequest, Runtime, VolumeInfo};
+use crate::secrets::{SecretError, Secrets};
 use crate::spec::{self, SpecError};
 use crate::store::{GcReport, Store, StoreError, TagEvent};
 
 /// Everything kiln can be asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Bake one image (or all) from a kiln.toml.
-    Bake { file: PathBuf, image: Option<String>, no_cache: bool, force: bool },
+    Bake {
+        file: PathBuf,
+        image: Option<String>,
+        no_cache: bool,
+        force: bool,
+    },
     /// List tagged images.
     Images,
     /// Show one image: manifest, config, annotations, tag history.
-    Inspect { reference: String },
+    Inspect {
+        reference: String,
+    },
     /// Remove unreferenced blobs.
-    Gc { dry_run: bool },
+    Gc {
+        dry_run: bool,
+    },
+    /// Start one instance of an image.
+    Run(RunRequest),
+    /// List instances (running ones, or all).
+    Ps {
+        all: bool,
+    },
+    /// Stop an instance: its stop signal, the grace period, then SIGKILL.
+    Stop {
+        instance: String,
+        grace_secs: Option<u64>,
+    },
+    /// Remove an exited instance (killing it first with `force`).
+    Rm {
+        instance: String,
+        force: bool,
+    },
+    /// Freeze an instance for post-mortem (quarantine) / thaw it.
+    Pause {
+        instance: String,
+    },
+    Resume {
+        instance: String,
+    },
+    /// Central logs, filtered.
+    Logs(LogFilter),
+    /// Named volumes, their size and users.
+    Volumes,
+    /// Store a secret (the value comes from the front end, never a flag).
+    SecretSet {
+        name: String,
+        value: Vec<u8>,
+    },
+    SecretList,
+    SecretRemove {
+        name: String,
+    },
 }
 
 /// What a command produced, for a front end to render.
@@ -33,6 +82,12 @@ pub enum Output {
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
     Gc(GcReport),
+    Instance(Box<InstanceRecord>),
+    Instances { instances: Vec<InstanceRecord>, orphans_removed: Vec<String> },
+    Logs(Vec<LogLine>),
+    Volumes(Vec<VolumeInfo>),
+    Secrets(Vec<String>),
+    Done { message: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +119,10 @@ pub enum CommandError {
     Bake(#[from] BakeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// What commands run against.
@@ -73,6 +132,9 @@ pub struct Context<'a> {
     pub progress: &'a mut dyn Progress,
     pub now: i64,
     pub source_date_epoch: Option<i64>,
+    pub driver: &'a dyn Driver,
+    pub launcher: &'a dyn Launcher,
+    pub retention: Retention,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -99,6 +161,52 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         Command::Images => Ok(Output::Images(images(&ctx.store)?)),
         Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
         Command::Gc { dry_run } => Ok(Output::Gc(ctx.store.gc(dry_run)?)),
+        Command::Run(req) => {
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            Ok(Output::Instance(Box::new(rt.run(&req, ctx.launcher, ctx.now)?)))
+        }
+        Command::Ps { all } => {
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            let (mut instances, orphans_removed) = rt.reconcile()?;
+            if !all {
+                instances.retain(|r| !r.state.is_exited());
+            }
+            Ok(Output::Instances { instances, orphans_removed })
+        }
+        Command::Stop { instance, grace_secs } => {
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            let grace = grace_secs.map(std::time::Duration::from_secs);
+            Ok(Output::Instance(Box::new(rt.stop(&instance, grace)?)))
+        }
+        Command::Rm { instance, force } => {
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            Ok(Output::Instance(Box::new(rt.remove(&instance, force)?)))
+        }
+        Command::Pause { instance } => {
+            Ok(Output::Instance(Box::new(Runtime::new(&ctx.store, ctx.driver).pause(&instance)?)))
+        }
+        Command::Resume { instance } => {
+            Ok(Output::Instance(Box::new(Runtime::new(&ctx.store, ctx.driver).resume(&instance)?)))
+        }
+        Command::Logs(filter) => {
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            rt.ingest_all()?;
+            let live = rt.live_ids()?;
+            let logs = rt.logs();
+            let io = |source| RunError::Io { path: ctx.store.home().join("logs"), source };
+            logs.prune(&ctx.retention, ctx.now, &live).map_err(io)?;
+            Ok(Output::Logs(logs.query(&filter).map_err(io)?))
+        }
+        Command::Volumes => Ok(Output::Volumes(Runtime::new(&ctx.store, ctx.driver).volumes()?)),
+        Command::SecretSet { name, value } => {
+            Secrets::new(ctx.store.home()).set(&name, &value)?;
+            Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
+        }
+        Command::SecretList => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
+        Command::SecretRemove { name } => {
+            Secrets::new(ctx.store.home()).remove(&name)?;
+            Ok(Output::Done { message: format!("secret {name} removed") })
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //!   [`layer`] (deterministic tar/gzip), [`time`];
 //! - storage: [`store`] (OCI layout, tags, cache, gc);
 //! - edges to the outside: [`unpack`] (hostile tarballs), [`git`],
-//!   [`bake::sandbox`] (runc);
-//! - operations: [`bake`], and [`command`], the one enum every front end
+//!   [`bake::sandbox`] and [`runtime::driver`] (runc);
+//! - operations: [`bake`], [`runtime`] (instances through runc, logs,
+//!   volumes; [`secrets`] at rest), and [`command`], the one enum every front end
 //!   (CLI today, HTTP API later) maps onto.
 
 pub mod bake;
@@ -15,6 +16,8 @@ pub mod digest;
 pub mod git;
 pub mod layer;
 pub mod oci;
+pub mod runtime;
+pub mod secrets;
 pub mod spec;
 pub mod store;
 pub mod time;

@@ -12,6 +12,9 @@ use kiln::bake::sandbox::Runc;
 use kiln::bake::{Outcome, Progress, StepReport, Tools};
 use kiln::command::{self, Command, Context, Output};
 use kiln::git::GitCli;
+use kiln::runtime::driver::RuncDriver;
+use kiln::runtime::logs::{LogFilter, LogLine, Retention};
+use kiln::runtime::{RunRequest, ShimLauncher};
 use kiln::store::Store;
 
 /// kiln: bake reproducible images, run them immutably, release by replacement.
@@ -70,11 +73,159 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Start one instance of an image (detached) and print its id and port.
+    ///
+    /// The instance runs through runc with a read-only root, tmpfs /tmp and
+    /// /run, no new privileges and the image's user; it listens on PORT
+    /// (a free port on 127.0.0.1, in the host network). There is no way to
+    /// open a shell in it.
+    Run {
+        /// Image: NAME:TAG, a digest or a digest prefix.
+        reference: String,
+        /// Service name (volumes live under it). Default: the image's name.
+        #[arg(long, value_name = "SERVICE")]
+        name: Option<String>,
+        /// Environment variable for the instance (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Named volume: NAME:/path/inside (repeatable). Kept under $KILN_HOME/volumes/SERVICE/NAME.
+        #[arg(short, long = "volume", value_name = "NAME:/PATH", value_parser = parse_volume)]
+        volume: Vec<(String, String)>,
+        /// Secret: NAME (as /run/secrets/NAME) or NAME:ENV_VAR (also as that variable). Repeatable.
+        #[arg(short, long = "secret", value_name = "NAME[:ENV]", value_parser = parse_secret)]
+        secret: Vec<kiln::runtime::SecretUse>,
+        /// Memory limit, e.g. 256M or 1G.
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<u64>,
+        /// CPU limit in cores, e.g. 0.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Maximum number of processes.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Seconds between the stop signal and SIGKILL (default 10).
+        #[arg(long, value_name = "SECS")]
+        stop_timeout: Option<u64>,
+        /// Release id to tag the instance's logs with.
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List instances: id, service, image, state, age, port.
+    Ps {
+        /// Include exited instances.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an instance: its stop signal, then SIGKILL after the grace period.
+    Stop {
+        /// Instance id (or a unique prefix).
+        instance: String,
+        /// Grace period in seconds (default: the instance's stop timeout).
+        #[arg(short, long, value_name = "SECS")]
+        time: Option<u64>,
+    },
+    /// Remove an exited instance; its logs stay in the central store.
+    Rm {
+        instance: String,
+        /// Kill it first if it is still running.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Freeze an instance (quarantine): its processes stay, frozen, for post-mortem.
+    Pause { instance: String },
+    /// Thaw a paused instance.
+    Resume { instance: String },
+    /// Show central logs (they outlive instances).
+    Logs {
+        #[arg(long)]
+        service: Option<String>,
+        /// Instance id or prefix.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Image digest or prefix.
+        #[arg(long)]
+        image: Option<String>,
+        /// Only lines from the last DURATION (90s, 15m, 2h, 7d) or since an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
+        /// Keep printing new lines (until interrupted).
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List named volumes with their size and users.
+    Volumes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage secrets (stored encrypted; values are never printed).
+    Secret {
+        #[command(subcommand)]
+        action: SecretCmd,
+    },
+    /// Internal: the per-instance shim started by `kiln run`.
+    #[command(name = "__shim", hide = true)]
+    Shim { id: String },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCmd {
+    /// Store a secret; the value is read from standard input (one trailing newline is dropped).
+    Set { name: String },
+    /// List secret names.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret.
+    Rm { name: String },
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+fn parse_volume(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, p)) if !n.is_empty() && p.starts_with('/') => Ok((n.to_owned(), p.to_owned())),
+        _ => Err(format!("{s:?}: expected NAME:/absolute/path")),
+    }
+}
+
+fn parse_secret(s: &str) -> Result<kiln::runtime::SecretUse, String> {
+    let (name, env) = match s.split_once(':') {
+        Some((n, e)) if !e.is_empty() => (n, Some(e.to_owned())),
+        Some(_) => return Err(format!("{s:?}: expected NAME or NAME:ENV_VAR")),
+        None => (s, None),
+    };
+    if !kiln::secrets::valid_name(name) {
+        return Err(format!("{name:?} is not a valid secret name"));
+    }
+    Ok(kiln::runtime::SecretUse { name: name.to_owned(), env })
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s:?}: expected a size like 256M"))
 }
 
 /// Step progress on a terminal: one line per step, rewritten in place.
@@ -139,6 +290,59 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Log retention from `KILN_LOG_MAX_BYTES` and `KILN_LOG_MAX_AGE` (a duration).
+fn retention() -> anyhow::Result<Retention> {
+    let mut r = Retention::default();
+    if let Ok(v) = std::env::var("KILN_LOG_MAX_BYTES") {
+        r.max_bytes = parse_size(&v).map_err(|e| anyhow::anyhow!("KILN_LOG_MAX_BYTES: {e}"))?;
+    }
+    if let Ok(v) = std::env::var("KILN_LOG_MAX_AGE") {
+        r.max_age_secs = kiln::time::parse_duration(&v)
+            .with_context(|| format!("KILN_LOG_MAX_AGE={v:?}: expected a duration like 7d"))?;
+    }
+    Ok(r)
+}
+
+fn print_log(l: &LogLine, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(l).unwrap_or_default());
+    } else {
+        let err = if l.stream == "stderr" { " !" } else { "" };
+        println!("{} {}{err} {}", kiln::time::rfc3339_millis(l.ts), l.meta.instance, l.line);
+    }
+}
+
+/// `kiln logs --follow`: prints what is there, then new lines as they come.
+fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyhow::Result<()> {
+    let home = home.unwrap_or_else(Store::default_home);
+    let store = Store::open(&home)?;
+    let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
+    let rt = kiln::runtime::Runtime::new(&store, &driver);
+    let mut seen_at_last: Vec<LogLine> = Vec::new();
+    loop {
+        rt.ingest_all()?;
+        let lines = rt.logs().query(&filter)?;
+        let last = lines.last().map(|l| l.ts);
+        for l in &lines {
+            if !seen_at_last.contains(l) {
+                print_log(l, json);
+            }
+        }
+        if let Some(ts) = last {
+            // Lines at the newest timestamp may still be joined by others at
+            // the same millisecond; remember them rather than skip the ms.
+            seen_at_last = lines.into_iter().filter(|l| l.ts == ts).collect();
+            filter.since = Some(ts);
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("kiln: {e:#}");
@@ -157,6 +361,62 @@ fn run() -> anyhow::Result<()> {
         Cmd::Images { json } => (Command::Images, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
+        Cmd::Run { reference, name, env, volume, secret, memory, cpus, pids, stop_timeout, release, json } => {
+            if cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+                bail!("--cpus must be a positive number of cores");
+            }
+            let limits = kiln::runtime::bundle::Limits { memory_bytes: memory, cpus, pids };
+            let req = RunRequest {
+                reference,
+                service: name,
+                env,
+                volumes: volume,
+                secrets: secret,
+                limits,
+                stop_grace_secs: stop_timeout,
+                release,
+            };
+            (Command::Run(req), json)
+        }
+        Cmd::Ps { all, json } => (Command::Ps { all }, json),
+        Cmd::Stop { instance, time } => (Command::Stop { instance, grace_secs: time }, false),
+        Cmd::Rm { instance, force } => (Command::Rm { instance, force }, false),
+        Cmd::Pause { instance } => (Command::Pause { instance }, false),
+        Cmd::Resume { instance } => (Command::Resume { instance }, false),
+        Cmd::Logs { service, instance, image, since, follow, json } => {
+            let since = match since {
+                None => None,
+                Some(s) => Some(match kiln::time::parse_duration(&s) {
+                    Some(d) => now_ms() - d * 1000,
+                    None => kiln::time::parse_rfc3339(&s)
+                        .map(|t| t * 1000)
+                        .with_context(|| format!("--since {s:?}: expected a duration like 15m or an RFC 3339 time"))?,
+                }),
+            };
+            let filter = LogFilter { service, instance, image, since };
+            if follow {
+                return follow_logs(cli.home, filter, json);
+            }
+            (Command::Logs(filter), json)
+        }
+        Cmd::Volumes { json } => (Command::Volumes, json),
+        Cmd::Secret { action: SecretCmd::Set { name } } => {
+            let mut value = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+                .context("reading the secret from standard input")?;
+            if value.ends_with(b"\n") {
+                value.pop();
+            }
+            (Command::SecretSet { name, value }, false)
+        }
+        Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList, json),
+        Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
+        Cmd::Shim { id } => {
+            let home = cli.home.unwrap_or_else(Store::default_home);
+            let store = Store::open(&home)?;
+            let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
+            std::process::exit(kiln::runtime::shim(&store, &driver, &id));
+        }
     };
     let home = cli.home.unwrap_or_else(Store::default_home);
     let store = Store::open(&home).with_context(|| format!("opening the store at {}", home.display()))?;
@@ -166,16 +426,27 @@ fn run() -> anyhow::Result<()> {
     let mut plain = PlainProgress { current: String::new() };
     let progress: &mut dyn Progress = if std::io::stderr().is_terminal() { &mut tty } else { &mut plain };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
+    let launcher = ShimLauncher;
     let mut ctx = Context {
         store,
         tools: Tools { sandbox: &sandbox, git: &git },
         progress,
         now,
         source_date_epoch: source_date_epoch()?,
+        driver: &driver,
+        launcher: &launcher,
+        retention: retention()?,
     };
     let output = command::execute(cmd, &mut ctx)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        if let Output::Logs(lines) = &output {
+            for l in lines {
+                print_log(l, true);
+            }
+        } else {
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        }
         return Ok(());
     }
     render(&output, now);
@@ -256,6 +527,59 @@ fn render(output: &Output, now: i64) {
                 }
             }
         }
+        Output::Instance(r) => {
+            println!("{} {} port {} image {} ({})", r.id, r.state.name(), r.port, r.image_ref, r.image.short());
+            if let kiln::runtime::InstanceState::Exited { reason, .. } = &r.state {
+                println!("  {reason}");
+            }
+        }
+        Output::Instances { instances, orphans_removed } => {
+            for o in orphans_removed {
+                eprintln!("kiln: removed container {o}, which no instance record knows");
+            }
+            println!("{:<22} {:<12} {:<30} {:<10} {:>6} {:>6}", "ID", "SERVICE", "IMAGE", "STATE", "AGE", "PORT");
+            for r in instances {
+                let image = format!("{} ({})", r.image_ref, &r.image.short()[..7]);
+                let state = match &r.state {
+                    kiln::runtime::InstanceState::Exited { code: Some(c), .. } => format!("exited({c})"),
+                    kiln::runtime::InstanceState::Exited { signal: Some(sig), .. } => format!("killed({sig})"),
+                    other => other.name().to_owned(),
+                };
+                println!(
+                    "{:<22} {:<12} {:<30} {:<10} {:>6} {:>6}",
+                    r.id,
+                    r.service,
+                    image,
+                    state,
+                    kiln::time::age(now - r.created),
+                    r.port
+                );
+            }
+        }
+        Output::Logs(lines) => {
+            for l in lines {
+                print_log(l, false);
+            }
+        }
+        Output::Volumes(vs) => {
+            println!("{:<14} {:<14} {:>10}  USERS", "SERVICE", "VOLUME", "SIZE");
+            for v in vs {
+                let users: Vec<String> = v.users.iter().map(|u| u.to_string()).collect();
+                println!(
+                    "{:<14} {:<14} {:>10}  {}",
+                    v.service,
+                    v.name,
+                    human_size(v.bytes),
+                    if users.is_empty() { "-".into() } else { users.join(",") }
+                );
+            }
+        }
+        Output::Secrets(names) => {
+            for n in names {
+                println!("{n}");
+            }
+        }
+        Output::Done { message } => println!("{message}"),
         Output::Gc(g) => {
             for (d, size) in &g.removed {
                 println!("removed {d} ({})", human_size(*size));

@@ -9,6 +9,27 @@ pub fn rfc3339(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
+/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_millis(ms: i64) -> String {
+    let s = rfc3339(ms.div_euclid(1000));
+    format!("{}.{:03}Z", &s[..s.len() - 1], ms.rem_euclid(1000))
+}
+
+/// Parses a duration like `90s`, `15m`, `2h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 /// Parses the subset of RFC 3339 that kiln and common OCI tools write
 /// (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) back into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
@@ -94,6 +115,15 @@ mod tests {
             assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
             t += 86_399 * 37 + 11;
         }
+    }
+
+    #[test]
+    fn millis_and_durations() {
+        assert_eq!(rfc3339_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_duration("15m"), Some(900));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m"), None);
     }
 
     #[test]

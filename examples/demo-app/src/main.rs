@@ -14,13 +14,16 @@
 //! | `FAIL_HEALTH` | `1`: `/healthz` answers 503                                   |
 //! | `CRASH_AFTER` | exit(3) after this many requests                              |
 //!
+//! On SIGTERM or SIGINT it finishes the requests in flight (up to 5 s) and
+//! exits 0; as PID 1 in a container it would otherwise ignore SIGTERM.
+//!
 //! Endpoints: `/` (version), `/healthz`, `/slow?ms=N`, `/download?bytes=N`
 //! (streams N bytes), `/upload` (reads the body, answers its length and a
 //! checksum).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +45,37 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+static STOP: AtomicBool = AtomicBool::new(false);
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Waits for a stop signal, then for in-flight requests (at most 5 s), then exits.
+fn watch_for_stop() {
+    // SAFETY: `on_stop` is an `extern "C" fn(c_int)` that only stores to an
+    // atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+    }
+    std::thread::spawn(|| {
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("demo-app stopping");
+        std::process::exit(0);
+    });
+}
+
 fn main() {
+    watch_for_stop();
     let cfg = Arc::new(Config {
         version: env_or("DEMO_VERSION", env!("CARGO_PKG_VERSION").to_owned()),
         fail_rate: env_or("FAIL_RATE", 0.0f64).clamp(0.0, 1.0),
@@ -191,65 +224,73 @@ fn serve(conn: TcpStream, cfg: &Config, counter: &AtomicU64) -> io::Result<()> {
             }
         };
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        let v = &cfg.version;
-        match (req.method.as_str(), req.path.as_str()) {
-            ("GET" | "HEAD", "/healthz") if cfg.fail_health => {
-                respond(&mut w, "503 Service Unavailable", "unhealthy\n", v, req.keep_alive)?
-            }
-            ("GET" | "HEAD", "/healthz") => respond(&mut w, "200 OK", "ok\n", v, req.keep_alive)?,
-            ("GET", "/") => {
-                if !cfg.latency.is_zero() {
-                    std::thread::sleep(cfg.latency);
-                }
-                // Request n fails when floor(n * rate) steps up: exactly
-                // `rate` of requests, evenly spread.
-                let fail = (n as f64 * cfg.fail_rate).floor() > ((n - 1) as f64 * cfg.fail_rate).floor();
-                if fail {
-                    respond(
-                        &mut w,
-                        "500 Internal Server Error",
-                        &format!("demo-app {v} failing on purpose\n"),
-                        v,
-                        req.keep_alive,
-                    )?;
-                } else {
-                    respond(&mut w, "200 OK", &format!("demo-app {v}\n"), v, req.keep_alive)?;
-                }
-            }
-            ("GET", "/slow") => {
-                std::thread::sleep(Duration::from_millis(param(&req.query, "ms").unwrap_or(1000)));
-                respond(&mut w, "200 OK", "slow done\n", v, req.keep_alive)?;
-            }
-            ("GET", "/download") => {
-                let total = param(&req.query, "bytes").unwrap_or(0);
-                let conn = if req.keep_alive { "keep-alive" } else { "close" };
-                write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\nX-Demo-Version: {v}\r\nConnection: {conn}\r\n\r\n")?;
-                let chunk = vec![b'k'; 64 * 1024];
-                let mut left = total;
-                while left > 0 {
-                    let n = left.min(chunk.len() as u64) as usize;
-                    w.write_all(&chunk[..n])?;
-                    left -= n as u64;
-                }
-                w.flush()?;
-            }
-            ("POST" | "PUT", "/upload") => {
-                let (len, sum) = read_body(&mut r, &req)?;
-                respond(&mut w, "200 OK", &format!("{len} {sum}\n"), v, req.keep_alive)?;
-            }
-            _ => {
-                if req.content_length > 0 || req.chunked {
-                    read_body(&mut r, &req)?;
-                }
-                respond(&mut w, "404 Not Found", "not found\n", v, req.keep_alive)?;
-            }
-        }
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        let result = handle(&req, n, &mut r, &mut w, cfg);
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        result?;
         if cfg.crash_after.is_some_and(|c| n >= c) {
             eprintln!("demo-app: crashing after {n} requests, as told");
             std::process::exit(3);
         }
-        if !req.keep_alive {
+        if !req.keep_alive || STOP.load(Ordering::SeqCst) {
             return Ok(());
         }
     }
+}
+
+fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream, cfg: &Config) -> io::Result<()> {
+    let v = &cfg.version;
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET" | "HEAD", "/healthz") if cfg.fail_health => {
+            respond(w, "503 Service Unavailable", "unhealthy\n", v, req.keep_alive)?
+        }
+        ("GET" | "HEAD", "/healthz") => respond(w, "200 OK", "ok\n", v, req.keep_alive)?,
+        ("GET", "/") => {
+            if !cfg.latency.is_zero() {
+                std::thread::sleep(cfg.latency);
+            }
+            // Request n fails when floor(n * rate) steps up: exactly
+            // `rate` of requests, evenly spread.
+            let fail = (n as f64 * cfg.fail_rate).floor() > ((n - 1) as f64 * cfg.fail_rate).floor();
+            if fail {
+                respond(
+                    w,
+                    "500 Internal Server Error",
+                    &format!("demo-app {v} failing on purpose\n"),
+                    v,
+                    req.keep_alive,
+                )?;
+            } else {
+                respond(w, "200 OK", &format!("demo-app {v}\n"), v, req.keep_alive)?;
+            }
+        }
+        ("GET", "/slow") => {
+            std::thread::sleep(Duration::from_millis(param(&req.query, "ms").unwrap_or(1000)));
+            respond(w, "200 OK", "slow done\n", v, req.keep_alive)?;
+        }
+        ("GET", "/download") => {
+            let total = param(&req.query, "bytes").unwrap_or(0);
+            let conn = if req.keep_alive { "keep-alive" } else { "close" };
+            write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\nX-Demo-Version: {v}\r\nConnection: {conn}\r\n\r\n")?;
+            let chunk = vec![b'k'; 64 * 1024];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                w.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            w.flush()?;
+        }
+        ("POST" | "PUT", "/upload") => {
+            let (len, sum) = read_body(r, req)?;
+            respond(w, "200 OK", &format!("{len} {sum}\n"), v, req.keep_alive)?;
+        }
+        _ => {
+            if req.content_length > 0 || req.chunked {
+                read_body(r, req)?;
+            }
+            respond(w, "404 Not Found", "not found\n", v, req.keep_alive)?;
+        }
+    }
+    Ok(())
 }
