@@ -334,6 +334,20 @@ impl Store {
         if let Some(found) = all.iter().find(|(_, tags)| tags.iter().any(|t| t == reference)) {
             return Ok(found.clone());
         }
+        // A bare image name means its newest build.
+        if crate::spec::valid_image_name(reference) {
+            let prefix = format!("{reference}:b");
+            let newest = all
+                .iter()
+                .flat_map(|(d, tags)| tags.iter().map(move |t| (d, t)))
+                .filter_map(|(d, t)| Some((t.strip_prefix(&prefix)?.parse::<u64>().ok()?, d)))
+                .max_by_key(|(n, _)| *n);
+            if let Some((_, d)) = newest {
+                if let Some(found) = all.iter().find(|(x, _)| x.digest == d.digest) {
+                    return Ok(found.clone());
+                }
+            }
+        }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let hits: Vec<_> = all.iter().filter(|(d, _)| d.digest.hex().starts_with(hex)).collect();

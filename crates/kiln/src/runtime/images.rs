@@ -133,6 +133,13 @@ fn unpack_image(store: &Store, digest: &Digest, m: &Manifest, c: &ImageConfig, d
             fs::create_dir(&p).map_err(io_err(&p))?;
         }
     }
+    // runc gives a tmpfs the mode of the directory it covers, and /tmp is
+    // always a tmpfs in an instance: make it world-writable and sticky.
+    let t = tmp.join("tmp");
+    if fs::symlink_metadata(&t).is_ok_and(|m| m.is_dir()) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&t, fs::Permissions::from_mode(0o1777)).map_err(io_err(&t))?;
+    }
     let listing = list_tree(&tmp).map_err(io_err(&tmp))?;
     let rootfs = dir.join("rootfs");
     let _ = fs::remove_dir_all(&rootfs);

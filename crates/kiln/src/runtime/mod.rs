@@ -234,6 +234,7 @@ pub fn decide_state(
     stop_requested: bool,
     exit: Option<&ExitInfo>,
     runtime: Option<RuntimeStatus>,
+    shim_alive: bool,
 ) -> InstanceState {
     if recorded.is_exited() {
         return recorded.clone();
@@ -253,6 +254,12 @@ pub fn decide_state(
         Some(RuntimeStatus::Running) => InstanceState::Running,
         Some(RuntimeStatus::Paused) => InstanceState::Paused,
         Some(RuntimeStatus::Created) => InstanceState::Starting,
+        // The shim is about to record the exit status.
+        Some(RuntimeStatus::Stopped) | None
+            if shim_alive && !matches!(recorded, InstanceState::Created | InstanceState::Starting) =>
+        {
+            InstanceState::Stopping
+        }
         Some(RuntimeStatus::Stopped) => InstanceState::Exited {
             code: None,
             signal: None,
@@ -359,12 +366,26 @@ impl<'a> Runtime<'a> {
             return Ok(());
         }
         let runtime = self.driver.state(r.id.as_str())?.map(|s| s.status);
-        let state = decide_state(&r.state, r.stop_requested, self.exit_info(&r.id).as_ref(), runtime);
+        let exit = self.exit_info(&r.id);
+        let shim_alive = exit.is_none() && self.shim_alive(&r.id);
+        let state = decide_state(&r.state, r.stop_requested, exit.as_ref(), runtime, shim_alive);
         if state != r.state {
             r.state = state;
             self.save(r)?;
         }
         Ok(())
+    }
+
+    /// Whether the instance's shim process still runs (checked by pid and
+    /// command line, so a reused pid does not count).
+    fn shim_alive(&self, id: &InstanceId) -> bool {
+        let Ok(bytes) = fs::read(self.instance_dir(id).join("shim.json")) else { return false };
+        let Ok(s) = serde_json::from_slice::<ShimStarted>(&bytes) else { return false };
+        let cmdline = fs::read(format!("/proc/{}/cmdline", s.shim_pid)).unwrap_or_default();
+        let stat = fs::read_to_string(format!("/proc/{}/stat", s.shim_pid)).unwrap_or_default();
+        let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let mut args = cmdline.split(|&b| b == 0);
+        !zombie && args.clone().any(|a| a == b"__shim") && args.any(|a| a == id.as_str().as_bytes())
     }
 
     /// Every instance record, oldest first.
@@ -765,29 +786,35 @@ fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunErr
 
     let meta = rt.log_meta(&record);
     let logs = rt.logs();
-    let status = loop {
-        let mut exited = None;
-        loop {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let status = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = logs.ingest(&meta, &idir, now_ms(), false);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        // Reap every child (as subreaper the shim inherits the container's
+        // orphans too) until the container itself exits.
+        let status = loop {
             let mut st: libc::c_int = 0;
             // SAFETY: waitpid writes only into `st`, a valid local.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if r <= 0 {
-                break;
-            }
+            let r = unsafe { libc::waitpid(-1, &mut st, 0) };
             if r == pid {
-                exited = Some(st);
+                break st;
             }
-        }
-        let _ = logs.ingest(&meta, &idir, now_ms(), false);
-        if let Some(st) = exited {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                // No children left: the container is gone without a status.
+                break -1;
+            }
+        };
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        status
+    });
     let _ = logs.ingest(&meta, &idir, now_ms(), true);
     let exit = ExitInfo {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        code: (status >= 0 && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status)),
+        signal: (status >= 0 && libc::WIFSIGNALED(status)).then(|| libc::WTERMSIG(status)),
         at: now_ms() / 1000,
     };
     write_json_atomic(&idir.join("exit.json"), &exit, 0o644).map_err(io_err(&idir))?;

@@ -15,28 +15,30 @@ fn exited(reason: &str) -> InstanceState {
 fn decide_state_covers_the_lifecycle() {
     use RuntimeStatus as R;
     let run = InstanceState::Running;
-    assert_eq!(decide_state(&run, false, None, Some(R::Running)), InstanceState::Running);
-    assert_eq!(decide_state(&run, true, None, Some(R::Running)), InstanceState::Stopping);
-    assert_eq!(decide_state(&run, false, None, Some(R::Paused)), InstanceState::Paused);
-    assert_eq!(decide_state(&InstanceState::Starting, false, None, None), InstanceState::Starting);
+    assert_eq!(decide_state(&run, false, None, Some(R::Running), false), InstanceState::Running);
+    assert_eq!(decide_state(&run, true, None, Some(R::Running), false), InstanceState::Stopping);
+    assert_eq!(decide_state(&run, false, None, Some(R::Paused), false), InstanceState::Paused);
+    assert_eq!(decide_state(&InstanceState::Starting, false, None, None, false), InstanceState::Starting);
     let e = ExitInfo { code: Some(3), signal: None, at: 0 };
     assert_eq!(
-        decide_state(&run, false, Some(&e), None),
+        decide_state(&run, false, Some(&e), None, false),
         InstanceState::Exited { code: Some(3), signal: None, reason: "exited with code 3".into() }
     );
     let k = ExitInfo { code: None, signal: Some(9), at: 0 };
     assert_eq!(
-        decide_state(&run, true, Some(&k), Some(R::Stopped)),
+        decide_state(&run, true, Some(&k), Some(R::Stopped), false),
         InstanceState::Exited { code: None, signal: Some(9), reason: "stopped (signal 9)".into() }
     );
     assert!(
-        matches!(decide_state(&run, false, None, None), InstanceState::Exited { ref reason, .. } if reason.starts_with("lost"))
+        matches!(decide_state(&run, false, None, None, false), InstanceState::Exited { ref reason, .. } if reason.starts_with("lost"))
     );
     assert!(
-        matches!(decide_state(&run, false, None, Some(R::Stopped)), InstanceState::Exited { ref reason, .. } if reason.contains("unknown"))
+        matches!(decide_state(&run, false, None, Some(R::Stopped), false), InstanceState::Exited { ref reason, .. } if reason.contains("unknown"))
     );
+    // Runtime says stopped but the shim still lives: it is recording the status.
+    assert_eq!(decide_state(&run, true, None, Some(R::Stopped), true), InstanceState::Stopping);
     // An exited record is final, whatever is observed later.
-    assert_eq!(decide_state(&exited("x"), false, None, Some(R::Running)), exited("x"));
+    assert_eq!(decide_state(&exited("x"), false, None, Some(R::Running), false), exited("x"));
 }
 
 fn record(id: &str) -> InstanceRecord {

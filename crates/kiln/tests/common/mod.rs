@@ -74,7 +74,10 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
     out
 }
 
-const APPLETS: &[&str] = &["sh", "echo", "mkdir", "rm", "ln", "cat", "touch", "chmod", "ls", "true", "sleep"];
+const APPLETS: &[&str] = &[
+    "sh", "echo", "mkdir", "rm", "ln", "cat", "touch", "chmod", "ls", "true", "sleep", "id", "stat", "hostname", "wc",
+    "grep", "printenv",
+];
 
 /// Writes a rootfs tarball with Debian's static busybox and a few applet
 /// links, plus /etc/motd, at `path`.
