@@ -42,6 +42,17 @@ pub trait Driver: Send + Sync {
     /// written straight to the given files.
     fn create(&self, id: &str, bundle: &Path, stdout: File, stderr: File) -> Result<(), DriverError>;
     fn start(&self, id: &str) -> Result<(), DriverError>;
+    /// Creates and starts in one step, returning the container's pid.
+    fn run_detached(&self, id: &str, bundle: &Path, stdout: File, stderr: File) -> Result<i32, DriverError> {
+        self.create(id, bundle, stdout, stderr)?;
+        let pid = self.state(id)?.map(|s| s.pid).ok_or_else(|| DriverError::Failed {
+            op: "state".into(),
+            id: id.into(),
+            message: "the container vanished after create".into(),
+        })?;
+        self.start(id)?;
+        Ok(pid)
+    }
     fn signal(&self, id: &str, signal: &str) -> Result<(), DriverError>;
     fn pause(&self, id: &str) -> Result<(), DriverError>;
     fn resume(&self, id: &str) -> Result<(), DriverError>;
@@ -115,6 +126,25 @@ impl Driver for RuncDriver {
     }
     fn start(&self, id: &str) -> Result<(), DriverError> {
         self.run("start", id, self.command(&["start", id])).map(drop)
+    }
+    /// One `runc run --detach` instead of create, state and start: each
+    /// runc invocation is a Go program starting, several ms here.
+    fn run_detached(&self, id: &str, bundle: &Path, stdout: File, stderr: File) -> Result<i32, DriverError> {
+        let pid_file = bundle.join("pid");
+        let mut c = self.command(&["run", "--detach", "--pid-file"]);
+        c.arg(&pid_file).arg("--bundle").arg(bundle).arg(id).stdout(stdout).stderr(stderr);
+        let status =
+            c.status().map_err(|source| DriverError::Spawn { program: self.program.display().to_string(), source })?;
+        if !status.success() {
+            let message =
+                format!("exited with {status}; runc's own message is at the end of the instance's stderr log");
+            return Err(DriverError::Failed { op: "run".into(), id: id.into(), message });
+        }
+        std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()).ok_or_else(|| DriverError::Failed {
+            op: "run".into(),
+            id: id.into(),
+            message: "no pid file".into(),
+        })
     }
     fn signal(&self, id: &str, signal: &str) -> Result<(), DriverError> {
         self.run("kill", id, self.command(&["kill", id, signal])).map(drop)

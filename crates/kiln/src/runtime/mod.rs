@@ -195,7 +195,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RunError + '_ {
 /// Starts the shim for an instance; behind a trait so the code above is
 /// testable without processes.
 pub trait Launcher {
-    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<()>;
+    /// Starts the shim; the returned reader yields its one-line report,
+    /// `started` or `error: …`.
+    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<Box<dyn io::Read>>;
 }
 
 /// Starts `kiln __shim` in its own session, detached from the caller.
@@ -203,7 +205,7 @@ pub trait Launcher {
 pub struct ShimLauncher;
 
 impl Launcher for ShimLauncher {
-    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<()> {
+    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<Box<dyn io::Read>> {
         use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe()?;
         let log = OpenOptions::new()
@@ -212,7 +214,8 @@ impl Launcher for ShimLauncher {
             .open(home.join("instances").join(id.as_str()).join("shim.log"))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("--home").arg(home).arg("__shim").arg(id.as_str());
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+        let (report, report_w) = io::pipe()?;
+        cmd.stdin(std::process::Stdio::null()).stdout(report_w).stderr(log);
         // SAFETY: setsid is async-signal-safe and touches no memory; it only
         // makes the child a session leader so the caller's terminal and
         // process group signals do not reach the shim.
@@ -224,7 +227,10 @@ impl Launcher for ShimLauncher {
                 Ok(())
             });
         }
-        cmd.spawn().map(drop)
+        // Not waited for: the shim outlives the caller.
+        drop(cmd.spawn()?);
+        drop(cmd);
+        Ok(Box::new(report))
     }
 }
 
@@ -307,11 +313,13 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Atomic (rename) but not fsynced: these records describe running
+/// containers, which a power loss ends anyway, while a crash of kiln keeps
+/// the page cache. Skipping the fsyncs saves tens of ms per start.
 fn write_json_atomic(path: &Path, value: &impl Serialize, mode: u32) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(value).unwrap_or_default())?;
-    f.sync_all()?;
     fs::rename(&tmp, path)
 }
 
@@ -556,37 +564,28 @@ impl<'a> Runtime<'a> {
             stop_requested: false,
         };
         self.save(&record)?;
-        launcher
+        let mut report = launcher
             .launch(&self.home, &id)
             .map_err(|e| RunError::StartFailed { id: id.clone(), message: format!("cannot start the shim: {e}") })?;
-
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if idir.join("shim.json").exists() {
-                break;
-            }
-            if let Ok(msg) = fs::read_to_string(idir.join("start-error")) {
-                self.cleanup(&id);
-                record.state =
-                    InstanceState::Exited { code: None, signal: None, reason: format!("failed to start: {msg}") };
-                self.save(&record)?;
-                return Err(RunError::StartFailed { id, message: msg });
-            }
-            if Instant::now() > deadline {
-                let _ = self.driver.delete(id.as_str(), true);
-                self.cleanup(&id);
-                record.state = InstanceState::Exited { code: None, signal: None, reason: "start timed out".into() };
-                self.save(&record)?;
-                return Err(RunError::StartFailed {
-                    id,
-                    message: "the shim did not report within 30 s (see shim.log)".into(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        // The shim writes one line once the container runs or failed; EOF
+        // without it means the shim died (its stderr is in shim.log).
+        let mut line = String::new();
+        let _ = io::BufRead::read_line(&mut io::BufReader::new(&mut report), &mut line);
+        if line.trim() != "started" {
+            let msg = match line.trim().strip_prefix("error: ") {
+                Some(m) => m.to_owned(),
+                None => fs::read_to_string(idir.join("start-error"))
+                    .unwrap_or_else(|_| "the shim exited without reporting (see shim.log)".into()),
+            };
+            let _ = self.driver.delete(id.as_str(), true);
+            self.cleanup(&id);
+            record.state =
+                InstanceState::Exited { code: None, signal: None, reason: format!("failed to start: {msg}") };
+            self.save(&record)?;
+            return Err(RunError::StartFailed { id, message: msg });
         }
         record.state = InstanceState::Running;
         self.save(&record)?;
-        self.observe(&mut record)?;
         Ok(record)
     }
 
@@ -745,6 +744,19 @@ pub fn shim(store: &Store, driver: &dyn Driver, id: &str) -> i32 {
     }
 }
 
+/// Writes the shim's one-line report to its stdout (a pipe to `kiln run`),
+/// then points stdout at /dev/null: the reader is gone soon after.
+fn report(line: &str) {
+    let mut out = io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    if let Ok(null) = fs::File::open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 with a valid open fd; no memory is involved.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
 fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunError> {
     let rt = Runtime::new(store, driver);
     let id = InstanceId(id.to_owned());
@@ -752,6 +764,7 @@ fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunErr
     let idir = rt.instance_dir(&id);
     let fail = |message: String| {
         let _ = fs::write(idir.join("start-error"), &message);
+        report(&format!("error: {}", message.replace('\n', " ")));
         RunError::StartFailed { id: id.clone(), message }
     };
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and has no
@@ -764,25 +777,21 @@ fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunErr
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => return Err(fail(format!("cannot open the log files: {e}"))),
     };
-    if let Err(e) = driver.create(id.as_str(), &rt.bundle_dir(&id), out, err) {
-        let tail = fs::read_to_string(idir.join("stderr.log")).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(3).collect();
-        return Err(fail(format!("{e}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" / "))));
-    }
-    let pid = match driver.state(id.as_str()) {
-        Ok(Some(s)) => s.pid,
-        Ok(None) => return Err(fail("the container vanished after create".into())),
-        Err(e) => return Err(fail(e.to_string())),
+    let pid = match driver.run_detached(id.as_str(), &rt.bundle_dir(&id), out, err) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = driver.delete(id.as_str(), true);
+            let tail = fs::read_to_string(idir.join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+            return Err(fail(format!("{e}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" / "))));
+        }
     };
-    if let Err(e) = driver.start(id.as_str()) {
-        let _ = driver.delete(id.as_str(), true);
-        return Err(fail(e.to_string()));
-    }
     // The container holds its config and secret mounts now; the clear
     // copies on tmpfs are no longer needed.
     rt.cleanup(&id);
     let started = ShimStarted { shim_pid: std::process::id() as i32, container_pid: pid };
     write_json_atomic(&idir.join("shim.json"), &started, 0o644).map_err(io_err(&idir))?;
+    report("started");
 
     let meta = rt.log_meta(&record);
     let logs = rt.logs();

@@ -106,9 +106,9 @@ fn stop_signals_then_kills_after_the_grace_period() {
 
 struct NoLaunch(Mutex<u32>);
 impl Launcher for NoLaunch {
-    fn launch(&self, _: &Path, _: &InstanceId) -> io::Result<()> {
+    fn launch(&self, _: &Path, _: &InstanceId) -> io::Result<Box<dyn io::Read>> {
         *self.0.lock().unwrap() += 1;
-        Ok(())
+        Ok(Box::new(io::Cursor::new(b"started\n".to_vec())))
     }
 }
 
