@@ -142,7 +142,7 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn instances_have_a_read_only_root_tmpfs_tmp_and_their_own_identity() {
     let env = Env::new("ro");
-    let (id, port) = env.run(&["probe"]);
+    let (id, port) = env.run(&["probe", "--memory", "64M", "--pids", "50", "--cpus", "0.5"]);
     let lines = env.wait_log(&id, "port=");
     let all = lines.join("\n");
     assert!(all.contains("write-rc=1") && all.contains("Read-only file system"), "{all}");
@@ -151,6 +151,14 @@ fn instances_have_a_read_only_root_tmpfs_tmp_and_their_own_identity() {
     assert!(all.contains(&format!("host={id}")), "{all}");
     assert!(all.contains(&format!("port={port}")), "{all}");
     assert_eq!(env.state(&id), "running");
+    // Limits reach the kernel (cgroup v1 here; v2 has one unified file tree).
+    let cg = |ctl: &str, file: &str| {
+        let v1 = format!("/sys/fs/cgroup/{ctl}/kiln/{id}/{file}");
+        fs::read_to_string(&v1).unwrap_or_else(|e| panic!("{v1}: {e}")).trim().to_owned()
+    };
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cg("pids", "pids.max"), "50");
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
     // No way in: kiln has no exec or shell command.
     for cmd in ["exec", "shell", "attach"] {
         assert!(env.err(&[cmd, &id]).contains("unrecognized subcommand"));
