@@ -341,42 +341,40 @@ impl Unpacker {
     /// Creates missing parents of `rel` and returns its host path; refuses
     /// if any parent is a symlink or not a directory.
     fn make_parents(&self, rel: &RelPath, touched: &mut HashSet<PathBuf>) -> Result<PathBuf, Failure> {
-        let mut cur = self.root.clone();
-        let n = rel.0.len();
-        for c in &rel.0[..n.saturating_sub(1)] {
-            cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(Failure::Refused(EntryProblem::ThroughSymlink(self.shown(&cur))))
-                }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(Failure::Refused(EntryProblem::ParentNotDir(self.shown(&cur)))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur)?;
-                    touched.insert(cur.clone());
-                }
-                Err(e) => return Err(Failure::Io(e)),
-            }
-        }
-        if let Some(last) = rel.0.last() {
-            cur.push(last);
-        }
-        Ok(cur)
+        self.walk_parents(rel, Some(touched))?.ok_or_else(|| Failure::Io(io::Error::other("parent vanished")))
     }
 
     /// The host path of `rel` if all its parents exist as real directories;
     /// `None` if one is missing; refused if one is a symlink.
     fn existing_parents(&self, rel: &RelPath) -> Result<Option<PathBuf>, Failure> {
+        self.walk_parents(rel, None)
+    }
+
+    /// The one place that walks from the root to `rel`'s parent: it never
+    /// passes through a symlink. With `create`, missing directories are made
+    /// (and recorded as written by this layer); without, a missing or
+    /// non-directory parent gives `None`.
+    fn walk_parents(
+        &self,
+        rel: &RelPath,
+        mut create: Option<&mut HashSet<PathBuf>>,
+    ) -> Result<Option<PathBuf>, Failure> {
         let mut cur = self.root.clone();
         let n = rel.0.len();
         for c in &rel.0[..n.saturating_sub(1)] {
             cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
+            match (fs::symlink_metadata(&cur), create.as_deref_mut()) {
+                (Ok(m), _) if m.file_type().is_symlink() => {
                     return Err(Failure::Refused(EntryProblem::ThroughSymlink(self.shown(&cur))))
                 }
-                Ok(m) if m.is_dir() => {}
-                _ => return Ok(None),
+                (Ok(m), _) if m.is_dir() => {}
+                (Ok(_), Some(_)) => return Err(Failure::Refused(EntryProblem::ParentNotDir(self.shown(&cur)))),
+                (Err(e), Some(touched)) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur)?;
+                    touched.insert(cur.clone());
+                }
+                (Err(e), Some(_)) => return Err(Failure::Io(e)),
+                (_, None) => return Ok(None),
             }
         }
         if let Some(last) = rel.0.last() {
