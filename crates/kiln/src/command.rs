@@ -36,8 +36,12 @@ pub enum Command {
     Gc {
         dry_run: bool,
     },
-    /// Start one instance of an image.
-    Run(RunRequest),
+    /// Start one instance of an image; with `service_file`, the request's
+    /// service is a `[service.NAME]` of that file, and its fields the overrides.
+    Run {
+        request: RunRequest,
+        service_file: Option<PathBuf>,
+    },
     /// List instances (running ones, or all).
     Ps {
         all: bool,
@@ -161,7 +165,26 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         Command::Images => Ok(Output::Images(images(&ctx.store)?)),
         Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
         Command::Gc { dry_run } => Ok(Output::Gc(ctx.store.gc(dry_run)?)),
-        Command::Run(req) => {
+        Command::Run { request, service_file } => {
+            let req = match (service_file, request.service.clone()) {
+                (Some(path), Some(name)) => {
+                    let f = spec::load(&path)?;
+                    let service = f.services.get(&name).ok_or_else(|| SpecError {
+                        file: path.clone(),
+                        line: None,
+                        key: format!("service.{name}"),
+                        message: format!(
+                            "no such service (the file defines: {})",
+                            f.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    })?;
+                    RunRequest::for_service(service, request)
+                }
+                _ => request,
+            };
+            if req.reference.is_empty() {
+                return Err(RunError::Invalid("name an image to run, or a --service from kiln.toml".into()).into());
+            }
             let rt = Runtime::new(&ctx.store, ctx.driver);
             Ok(Output::Instance(Box::new(rt.run(&req, ctx.launcher, ctx.now)?)))
         }

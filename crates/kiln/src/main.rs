@@ -80,8 +80,16 @@ enum Cmd {
     /// (a free port on 127.0.0.1, in the host network). There is no way to
     /// open a shell in it.
     Run {
-        /// Image: NAME:TAG, a digest or a digest prefix.
-        reference: String,
+        /// Image: NAME (its newest build), NAME:TAG, a digest or a digest prefix.
+        /// Optional with --service, whose `image` it then replaces.
+        reference: Option<String>,
+        /// Run a [service.NAME] of the kiln.toml: its image, env, volumes,
+        /// secrets and limits (flags given here add to or override them).
+        #[arg(long, value_name = "NAME", conflicts_with = "name")]
+        service: Option<String>,
+        /// The spec file for --service.
+        #[arg(short, long, default_value = "kiln.toml", value_name = "PATH")]
+        file: PathBuf,
         /// Service name (volumes live under it). Default: the image's name.
         #[arg(long, value_name = "SERVICE")]
         name: Option<String>,
@@ -218,14 +226,7 @@ fn parse_secret(s: &str) -> Result<kiln::runtime::SecretUse, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s:?}: expected a size like 256M"))
+    kiln::spec::parse_size(s).ok_or_else(|| format!("{s:?}: expected a size like 256M"))
 }
 
 /// Step progress on a terminal: one line per step, rewritten in place.
@@ -361,14 +362,29 @@ fn run() -> anyhow::Result<()> {
         Cmd::Images { json } => (Command::Images, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
-        Cmd::Run { reference, name, env, volume, secret, memory, cpus, pids, stop_timeout, release, json } => {
+        Cmd::Run {
+            reference,
+            service,
+            file,
+            name,
+            env,
+            volume,
+            secret,
+            memory,
+            cpus,
+            pids,
+            stop_timeout,
+            release,
+            json,
+        } => {
             if cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
                 bail!("--cpus must be a positive number of cores");
             }
             let limits = kiln::runtime::bundle::Limits { memory_bytes: memory, cpus, pids };
+            let service_file = service.is_some().then_some(file);
             let req = RunRequest {
-                reference,
-                service: name,
+                reference: reference.unwrap_or_default(),
+                service: service.or(name),
                 env,
                 volumes: volume,
                 secrets: secret,
@@ -376,7 +392,7 @@ fn run() -> anyhow::Result<()> {
                 stop_grace_secs: stop_timeout,
                 release,
             };
-            (Command::Run(req), json)
+            (Command::Run { request: req, service_file }, json)
         }
         Cmd::Ps { all, json } => (Command::Ps { all }, json),
         Cmd::Stop { instance, time } => (Command::Stop { instance, grace_secs: time }, false),

@@ -21,6 +21,7 @@ pub struct SpecFile {
     /// The file it came from (used for errors and to resolve relative paths).
     pub path: PathBuf,
     pub images: BTreeMap<String, ImageSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
 }
 
 impl SpecFile {
@@ -107,6 +108,33 @@ pub struct CopySpec {
     pub line: usize,
 }
 
+/// One `[service.NAME]` table: how instances of an image are run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// An `[image.X]` of this file (its newest build) or any image reference.
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    /// Volume name → absolute path inside.
+    pub volumes: BTreeMap<String, String>,
+    pub secrets: Vec<SecretRef>,
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout: Option<u64>,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// A secret a service needs: always at `/run/secrets/NAME`, and as `env`
+/// when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretRef {
+    pub name: String,
+    pub env: Option<String>,
+}
+
 /// A `kiln.toml` problem, naming the file, line and key.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {key}{}{message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { "" } else { ": " })]
@@ -133,6 +161,31 @@ pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
 struct RawFile {
     #[serde(default)]
     image: BTreeMap<String, Spanned<RawImage>>,
+    #[serde(default)]
+    service: BTreeMap<String, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    image: Spanned<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    volumes: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    secrets: Vec<Spanned<RawSecret>>,
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<f64>>,
+    pids: Option<Spanned<i64>>,
+    stop_timeout: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSecret {
+    Name(String),
+    Full { name: String, env: Option<String> },
 }
 
 #[derive(Deserialize)]
@@ -197,8 +250,8 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         message,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_owned()))?;
-    if raw.image.is_empty() {
-        return Err(err(None, "image", "no [image.NAME] table: nothing to bake".into()));
+    if raw.image.is_empty() && raw.service.is_empty() {
+        return Err(err(None, "image", "no [image.NAME] or [service.NAME] table".into()));
     }
     let mut images = BTreeMap::new();
     for (name, raw_image) in raw.image {
@@ -207,7 +260,15 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             .map_err(|(span, key, message)| err(span, &format!("image.{name}.{key}"), message))?;
         images.insert(name, image);
     }
-    Ok(SpecFile { path: path.to_owned(), images })
+    let mut services = BTreeMap::new();
+    for (name, raw_service) in raw.service {
+        let line = lines.line(raw_service.span().start);
+        let service = validate_service(&name, raw_service.into_inner(), line).map_err(|(span, key, message)| {
+            err(span, &format!("service.{name}{}{key}", if key.is_empty() { "" } else { "." }), message)
+        })?;
+        services.insert(name, service);
+    }
+    Ok(SpecFile { path: path.to_owned(), images, services })
 }
 
 type FieldError = (Option<Range<usize>>, String, String);
@@ -320,6 +381,110 @@ fn validate_copy(raw: RawCopy, line: usize) -> Result<CopySpec, FieldError> {
         Some(o) => parse_owner(o.get_ref()).map_err(|m| field_err(o.span(), "owner", m))?,
     };
     Ok(CopySpec { src, dest, mode, uid, gid, line })
+}
+
+fn validate_service(name: &str, raw: RawService, line: usize) -> Result<ServiceSpec, FieldError> {
+    if !valid_image_name(name) || name.contains('.') {
+        return Err((
+            None,
+            String::new(),
+            format!("service name {name:?} must be lowercase letters, digits and single '-'/'_'"),
+        ));
+    }
+    if raw.image.get_ref().trim().is_empty() {
+        return Err(field_err(raw.image.span(), "image", "names no image"));
+    }
+    for key in raw.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err((
+                None,
+                format!("env.{key}"),
+                "an environment variable name must be non-empty and contain no '='".into(),
+            ));
+        }
+    }
+    let mut volumes = BTreeMap::new();
+    for (v, dest) in raw.volumes {
+        let ok_name = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if !ok_name {
+            return Err(field_err(
+                dest.span(),
+                &format!("volumes.{v}"),
+                "a volume name is letters, digits, '_' and '-'",
+            ));
+        }
+        let d = dest.get_ref();
+        if !d.starts_with('/') || d.split('/').any(|p| p == "..") {
+            return Err(field_err(
+                dest.span(),
+                &format!("volumes.{v}"),
+                format!("{d:?} must be an absolute path without '..'"),
+            ));
+        }
+        volumes.insert(v, dest.into_inner());
+    }
+    let mut secrets = Vec::new();
+    for (i, sec) in raw.secrets.into_iter().enumerate() {
+        let span = sec.span();
+        let (n, env) = match sec.into_inner() {
+            RawSecret::Name(n) => (n, None),
+            RawSecret::Full { name, env } => (name, env),
+        };
+        let valid = !n.is_empty()
+            && n.len() <= 128
+            && !n.starts_with('.')
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid {
+            return Err(field_err(span, &format!("secrets[{i}]"), format!("{n:?} is not a valid secret name")));
+        }
+        if env.as_ref().is_some_and(|e| e.is_empty() || e.contains('=')) {
+            return Err(field_err(span, &format!("secrets[{i}].env"), "must be a variable name"));
+        }
+        secrets.push(SecretRef { name: n, env });
+    }
+    let memory_bytes =
+        match &raw.memory {
+            Some(m) => Some(parse_size(m.get_ref()).ok_or_else(|| {
+                field_err(m.span(), "memory", format!("{:?}: expected a size like 256M", m.get_ref()))
+            })?),
+            None => None,
+        };
+    if let Some(c) = &raw.cpus {
+        if !(*c.get_ref() > 0.0 && *c.get_ref() <= 1024.0) {
+            return Err(field_err(c.span(), "cpus", "must be a positive number of cores"));
+        }
+    }
+    let positive = |v: &Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, FieldError> {
+        match v {
+            Some(n) if *n.get_ref() < 0 => Err(field_err(n.span(), key, "must not be negative")),
+            Some(n) => Ok(Some(*n.get_ref() as u64)),
+            None => Ok(None),
+        }
+    };
+    Ok(ServiceSpec {
+        name: name.to_owned(),
+        image: raw.image.into_inner(),
+        env: raw.env,
+        volumes,
+        secrets,
+        memory_bytes,
+        cpus: raw.cpus.map(Spanned::into_inner),
+        pids: positive(&raw.pids, "pids")?,
+        stop_timeout: positive(&raw.stop_timeout, "stop_timeout")?,
+        line,
+    })
+}
+
+/// Parses a size like `512`, `64K`, `256M`, `2G` into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
 }
 
 /// Image names become tag prefixes and OCI `ref.name`s.
@@ -554,7 +719,43 @@ stop_signal = "term"
         let e = err("[image.Bad]\nfrom = \"scratch\"\n");
         assert!(e.contains("image.Bad"), "{e}");
         assert!(err("").contains("no [image.NAME]"));
+        let e = err("[service.web]\nimage = \"hello\"\nvolumes = { data = \"rel\" }\n");
+        assert!(e.starts_with("dir/kiln.toml:3: service.web.volumes.data:"), "{e}");
+        let e = err("[service.web]\nimage = \"hello\"\nmemory = \"lots\"\n");
+        assert!(e.starts_with("dir/kiln.toml:3: service.web.memory:"), "{e}");
+        let e = err("[service.web]\nimage = \"hello\"\nreplicas = 3\n");
+        assert!(e.contains(":3") && e.contains("replicas"), "{e}");
+        let e = err("[service.web]\nimage = \"hello\"\nsecrets = [\"ok\", \"../bad\"]\n");
+        assert!(e.contains("service.web.secrets[1]"), "{e}");
         assert!(err("[image.a]\n").contains("from"));
+    }
+
+    #[test]
+    fn parses_a_service() {
+        let f = p(r#"
+[image.hello]
+from = "scratch"
+
+[service.web]
+image = "hello"
+env = { LOG = "info" }
+volumes = { data = "/var/lib/app" }
+secrets = ["api_key", { name = "db", env = "DB_PASSWORD" }]
+memory = "256M"
+cpus = 0.5
+pids = 100
+stop_timeout = 3
+"#)
+        .unwrap();
+        let s = &f.services["web"];
+        assert_eq!(s.image, "hello");
+        assert_eq!(s.volumes["data"], "/var/lib/app");
+        assert_eq!(s.secrets[1], SecretRef { name: "db".into(), env: Some("DB_PASSWORD".into()) });
+        assert_eq!(s.memory_bytes, Some(256 << 20));
+        assert_eq!((s.cpus, s.pids, s.stop_timeout), (Some(0.5), Some(100), Some(3)));
+        assert_eq!(s.line, 5);
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

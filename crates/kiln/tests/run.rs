@@ -40,6 +40,15 @@ entrypoint = ["/bin/sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); ech
 [image.stubborn]
 from = "rootfs:rootfs.tar"
 entrypoint = ["/bin/sleep", "600"]
+
+[service.db]
+image = "writer"
+volumes = { data = "/data" }
+
+[service.vault]
+image = "secretive"
+secrets = [{ name = "api_key", env = "API_KEY" }]
+memory = "32M"
 "#;
 
 struct Env {
@@ -192,7 +201,8 @@ fn the_demo_app_serves_and_stops_gracefully_within_the_grace_period() {
 #[test]
 fn a_volume_outlives_its_instance_and_is_listed() {
     let env = Env::new("vol");
-    let (first, _) = env.run(&["writer", "--name", "db", "--volume", "data:/data"]);
+    // Once from the [service.db] table, once from flags alone: the same volume.
+    let (first, _) = env.run(&["--service", "db"]);
     env.wait_log(&first, "wrote");
     env.ok(&["rm", "--force", &first]);
     let (second, _) = env.run(&["writer", "--name", "db", "--volume", "data:/data"]);
@@ -222,7 +232,7 @@ fn secrets_reach_the_instance_only_at_run_secrets_and_nowhere_in_clear() {
     assert!(child.wait().unwrap().success());
     assert_eq!(env.ok(&["secret", "ls"]).trim(), "api_key");
 
-    let (id, _) = env.run(&["secretive", "--secret", "api_key:API_KEY"]);
+    let (id, _) = env.run(&["--service", "vault"]);
     let lines = env.wait_log(&id, "len=");
     let all = lines.join("\n");
     assert!(all.contains("env-matches-file"), "{all}");
@@ -255,6 +265,8 @@ fn secrets_reach_the_instance_only_at_run_secrets_and_nowhere_in_clear() {
     // A missing secret: a clear error and no instance.
     let e = env.err(&["run", "secretive", "--secret", "nope"]);
     assert!(e.contains("no secret named \"nope\""), "{e}");
+    let e = env.err(&["run", "--service", "nosuch"]);
+    assert!(e.contains("kiln.toml: service.nosuch: no such service"), "{e}");
 }
 
 #[test]

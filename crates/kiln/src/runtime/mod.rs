@@ -162,6 +162,43 @@ pub struct RunRequest {
     pub release: Option<String>,
 }
 
+impl RunRequest {
+    /// The request for a `[service.NAME]`, with `flags` added on top (their
+    /// env, volumes and secrets added or replacing, their limits winning).
+    pub fn for_service(service: &crate::spec::ServiceSpec, flags: RunRequest) -> RunRequest {
+        let mut env: Vec<(String, String)> = service.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in flags.env {
+            env.retain(|(e, _)| *e != k);
+            env.push((k, v));
+        }
+        let mut volumes: Vec<(String, String)> = service.volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (n, d) in flags.volumes {
+            volumes.retain(|(e, _)| *e != n);
+            volumes.push((n, d));
+        }
+        let mut secrets: Vec<SecretUse> =
+            service.secrets.iter().map(|s| SecretUse { name: s.name.clone(), env: s.env.clone() }).collect();
+        for s in flags.secrets {
+            secrets.retain(|e| e.name != s.name);
+            secrets.push(s);
+        }
+        RunRequest {
+            reference: if flags.reference.is_empty() { service.image.clone() } else { flags.reference },
+            service: Some(service.name.clone()),
+            env,
+            volumes,
+            secrets,
+            limits: Limits {
+                memory_bytes: flags.limits.memory_bytes.or(service.memory_bytes),
+                cpus: flags.limits.cpus.or(service.cpus),
+                pids: flags.limits.pids.or(service.pids),
+            },
+            stop_grace_secs: flags.stop_grace_secs.or(service.stop_timeout),
+            release: flags.release,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
