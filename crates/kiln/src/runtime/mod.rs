@@ -597,9 +597,11 @@ impl<'a> Runtime<'a> {
             stop_signal: cfg.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
             stop_grace_secs: req.stop_grace_secs.unwrap_or(10),
             limits: req.limits,
-            state: InstanceState::Starting,
+            state: InstanceState::Created,
             stop_requested: false,
         };
+        self.save(&record)?;
+        record.state = InstanceState::Starting;
         self.save(&record)?;
         let mut report = launcher
             .launch(&self.home, &id)
