@@ -76,6 +76,24 @@ pub enum Command {
     SecretRemove {
         name: String,
     },
+    /// Run the load balancer in the foreground until SIGINT or SIGTERM.
+    Proxy(ProxyRun),
+}
+
+/// `kiln proxy`: where to listen, the initial releases, the behaviour.
+#[derive(Debug, Clone)]
+pub struct ProxyRun {
+    pub listen: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+    pub releases: Vec<crate::proxy::ReleaseSpec>,
+    pub config: crate::proxy::ProxyConfig,
+    pub workers: usize,
+}
+
+impl PartialEq for ProxyRun {
+    fn eq(&self, other: &Self) -> bool {
+        self.listen == other.listen && self.admin == other.admin && self.releases == other.releases
+    }
 }
 
 /// What a command produced, for a front end to render.
@@ -226,6 +244,10 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
         Command::SecretList => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
+        Command::Proxy(run) => {
+            run_proxy(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
+            Ok(Output::Done { message: "kiln proxy stopped".into() })
+        }
         Command::SecretRemove { name } => {
             Secrets::new(ctx.store.home()).remove(&name)?;
             Ok(Output::Done { message: format!("secret {name} removed") })
@@ -267,4 +289,27 @@ fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
     let tag_history =
         store.tag_log()?.into_iter().filter(|e| e.to == desc.digest || e.from.as_ref() == Some(&desc.digest)).collect();
     Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history })
+}
+
+fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(run.workers.max(1)).enable_all().build()?;
+    rt.block_on(async move {
+        let proxy = crate::proxy::Proxy::new(run.config);
+        proxy.set_releases(run.releases).map_err(std::io::Error::other)?;
+        let listener = tokio::net::TcpListener::bind(run.listen).await?;
+        eprintln!("kiln proxy: listening on {}", listener.local_addr()?);
+        tokio::spawn(crate::proxy::serve(proxy.clone(), listener));
+        if let Some(a) = run.admin {
+            let admin = tokio::net::TcpListener::bind(a).await?;
+            eprintln!("kiln proxy: admin API on {}", admin.local_addr()?);
+            tokio::spawn(crate::proxy::serve_admin(proxy.clone(), admin));
+        }
+        tokio::spawn(proxy.clone().health_loop());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok(())
+    })
 }

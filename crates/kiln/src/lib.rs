@@ -16,6 +16,7 @@ pub mod digest;
 pub mod git;
 pub mod layer;
 pub mod oci;
+pub mod proxy;
 pub mod runtime;
 pub mod secrets;
 pub mod spec;

@@ -176,6 +176,54 @@ enum Cmd {
         #[command(subcommand)]
         action: SecretCmd,
     },
+    /// Run kiln's HTTP load balancer in the foreground (until SIGINT/SIGTERM).
+    ///
+    /// Backends are grouped by release, each with a weight. The admin API
+    /// (--admin) changes them at run time: PUT /releases, PUT /weights,
+    /// POST /drain?backend=ADDR&deadline_ms=N, GET /metrics, GET /stats.
+    Proxy {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Address of the admin API (off if not given).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// A release: NAME=WEIGHT@ADDR[,ADDR...] (repeatable).
+        #[arg(long = "release", value_name = "NAME=WEIGHT@ADDRS", value_parser = kiln::proxy::parse_release_flag)]
+        releases: Vec<kiln::proxy::ReleaseSpec>,
+        /// Service name for metrics labels.
+        #[arg(long, default_value = "default")]
+        service: String,
+        /// Active health check path (off if not given; backends are then healthy at once).
+        #[arg(long, value_name = "PATH")]
+        health_path: Option<String>,
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        health_interval_ms: u64,
+        #[arg(long, default_value_t = 500, value_name = "MS")]
+        health_timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        healthy_threshold: u32,
+        #[arg(long, default_value_t = 2)]
+        unhealthy_threshold: u32,
+        /// Stickiness: none, cookie, or header:NAME.
+        #[arg(long, default_value = "none", value_parser = parse_sticky)]
+        sticky: kiln::proxy::Sticky,
+        /// Add X-Kiln-Release to responses.
+        #[arg(long)]
+        release_header: bool,
+        /// Extra attempts on another backend when safe.
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+        /// Time allowed for a backend's response head.
+        #[arg(long, default_value_t = 30_000, value_name = "MS")]
+        backend_timeout_ms: u64,
+        /// Time a client gets to send its request headers.
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
+        header_timeout_ms: u64,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// Internal: the per-instance shim started by `kiln run`.
     #[command(name = "__shim", hide = true)]
     Shim { id: String },
@@ -197,6 +245,17 @@ enum SecretCmd {
     },
     /// Delete a secret.
     Rm { name: String },
+}
+
+fn parse_sticky(s: &str) -> Result<kiln::proxy::Sticky, String> {
+    match s {
+        "none" => Ok(kiln::proxy::Sticky::None),
+        "cookie" => Ok(kiln::proxy::Sticky::Cookie),
+        _ => match s.strip_prefix("header:").map(|h| hyper::header::HeaderName::from_bytes(h.as_bytes())) {
+            Some(Ok(h)) => Ok(kiln::proxy::Sticky::Header(h)),
+            _ => Err(format!("{s:?}: expected none, cookie or header:NAME")),
+        },
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -427,6 +486,42 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList, json),
         Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
+        Cmd::Proxy {
+            listen,
+            admin,
+            releases,
+            service,
+            health_path,
+            health_interval_ms,
+            health_timeout_ms,
+            healthy_threshold,
+            unhealthy_threshold,
+            sticky,
+            release_header,
+            retries,
+            backend_timeout_ms,
+            header_timeout_ms,
+            workers,
+        } => {
+            let health = health_path.map(|path| kiln::proxy::HealthCheck {
+                path,
+                interval: std::time::Duration::from_millis(health_interval_ms),
+                timeout: std::time::Duration::from_millis(health_timeout_ms),
+                healthy_threshold,
+                unhealthy_threshold,
+            });
+            let config = kiln::proxy::ProxyConfig {
+                service,
+                sticky,
+                release_header,
+                retries,
+                backend_timeout: std::time::Duration::from_millis(backend_timeout_ms),
+                health,
+                header_timeout: std::time::Duration::from_millis(header_timeout_ms),
+                ..Default::default()
+            };
+            (Command::Proxy(command::ProxyRun { listen, admin, releases, config, workers }), false)
+        }
         Cmd::Shim { id } => {
             let home = cli.home.unwrap_or_else(Store::default_home);
             let store = Store::open(&home)?;

@@ -1,0 +1,194 @@
+//! Per-release request metrics: counts by status class, a latency
+//! histogram, retries, and a 60-second ring of per-second buckets for the
+//! windowed error rate and p50/p99 the release analysis reads. Recording is
+//! a handful of relaxed atomic adds: no lock, no allocation.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Histogram bucket upper bounds, in microseconds.
+pub const BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+const NB: usize = BUCKETS_US.len() + 1;
+const SLOTS: usize = 60;
+
+#[derive(Debug)]
+struct Slot {
+    second: AtomicU64,
+    count: AtomicU64,
+    errors: AtomicU64,
+    hist: [AtomicU64; NB],
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            second: AtomicU64::new(u64::MAX),
+            count: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            hist: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Metrics of one release.
+#[derive(Debug)]
+pub struct ReleaseMetrics {
+    /// Responses by status class: 1xx … 5xx (index 0 … 4).
+    pub by_class: [AtomicU64; 5],
+    pub retries: AtomicU64,
+    pub in_flight: AtomicU64,
+    hist: [AtomicU64; NB],
+    sum_us: AtomicU64,
+    ring: Vec<Slot>,
+}
+
+impl Default for ReleaseMetrics {
+    fn default() -> Self {
+        ReleaseMetrics {
+            by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+            retries: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            hist: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            ring: (0..SLOTS).map(|_| Slot::new()).collect(),
+        }
+    }
+}
+
+fn bucket(us: u64) -> usize {
+    BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len())
+}
+
+/// Error rate and latency over a window.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    /// Upper bounds of the histogram buckets holding the percentiles (µs).
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl ReleaseMetrics {
+    /// Records one response. `now_s` is the proxy clock in seconds; 5xx
+    /// (including the proxy's own 502/503/504) count as errors.
+    pub fn record(&self, status: u16, latency_us: u64, now_s: u64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let b = bucket(latency_us);
+        self.hist[b].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
+        let slot = &self.ring[(now_s % SLOTS as u64) as usize];
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != now_s && slot.second.compare_exchange(seen, now_s, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // First record of a new second in this slot: forget the old one.
+            // A concurrent record may land just before the reset; a window
+            // statistic can lose a sample, never invent one.
+            slot.count.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            slot.hist.iter().for_each(|h| h.store(0, Ordering::Relaxed));
+        }
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.hist[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Statistics over the last `secs` seconds (at most 60), `now_s` included.
+    pub fn window(&self, secs: u64, now_s: u64) -> WindowStats {
+        let secs = secs.clamp(1, SLOTS as u64);
+        let mut hist = [0u64; NB];
+        let (mut requests, mut errors) = (0, 0);
+        for s in &self.ring {
+            let sec = s.second.load(Ordering::Acquire);
+            if sec != u64::MAX && sec <= now_s && now_s - sec < secs {
+                requests += s.count.load(Ordering::Relaxed);
+                errors += s.errors.load(Ordering::Relaxed);
+                for (h, x) in hist.iter_mut().zip(&s.hist) {
+                    *h += x.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let pct = |p: f64| {
+            let target = (requests as f64 * p).ceil() as u64;
+            let mut acc = 0;
+            for (i, h) in hist.iter().enumerate() {
+                acc += h;
+                if acc >= target.max(1) {
+                    return BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+                }
+            }
+            0
+        };
+        WindowStats {
+            requests,
+            errors,
+            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+            p50_us: if requests == 0 { 0 } else { pct(0.5) },
+            p99_us: if requests == 0 { 0 } else { pct(0.99) },
+        }
+    }
+
+    /// Appends this release's series in Prometheus text format.
+    pub fn prometheus(&self, out: &mut String, service: &str, release: &str) {
+        let l = format!("service=\"{service}\",release=\"{release}\"");
+        for (i, c) in self.by_class.iter().enumerate() {
+            let _ =
+                writeln!(out, "kiln_proxy_requests_total{{{l},class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "kiln_proxy_retries_total{{{l}}} {}", self.retries.load(Ordering::Relaxed));
+        let _ = writeln!(out, "kiln_proxy_in_flight{{{l}}} {}", self.in_flight.load(Ordering::Relaxed));
+        let mut acc = 0;
+        for (i, h) in self.hist.iter().enumerate() {
+            acc += h.load(Ordering::Relaxed);
+            let le = BUCKETS_US.get(i).map_or("+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
+            let _ = writeln!(out, "kiln_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {acc}");
+        }
+        let _ = writeln!(
+            out,
+            "kiln_proxy_request_duration_seconds_sum{{{l}}} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "kiln_proxy_request_duration_seconds_count{{{l}}} {acc}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_error_rate_and_percentiles() {
+        let m = ReleaseMetrics::default();
+        for i in 0..100u64 {
+            m.record(if i < 5 { 500 } else { 200 }, if i < 90 { 800 } else { 40_000 }, 1000);
+        }
+        let w = m.window(10, 1000);
+        assert_eq!((w.requests, w.errors), (100, 5));
+        assert!((w.error_rate - 0.05).abs() < 1e-9);
+        assert_eq!(w.p50_us, 1_000);
+        assert_eq!(w.p99_us, 50_000);
+        // 70 s later the old second has left every window.
+        m.record(200, 100, 1070);
+        assert_eq!(m.window(60, 1070).requests, 1);
+        assert_eq!(m.window(60, 1070).p99_us, 100);
+    }
+
+    #[test]
+    fn prometheus_text_has_cumulative_buckets() {
+        let m = ReleaseMetrics::default();
+        m.record(200, 50, 1);
+        m.record(503, 3_000, 1);
+        let mut out = String::new();
+        m.prometheus(&mut out, "web", "r1");
+        assert!(out.contains("kiln_proxy_requests_total{service=\"web\",release=\"r1\",class=\"2xx\"} 1"), "{out}");
+        assert!(out.contains("kiln_proxy_requests_total{service=\"web\",release=\"r1\",class=\"5xx\"} 1"));
+        assert!(out.contains("le=\"+Inf\"} 2"));
+        assert!(out.contains("kiln_proxy_request_duration_seconds_count{service=\"web\",release=\"r1\"} 2"));
+    }
+}

@@ -1,0 +1,753 @@
+//! kiln's HTTP load balancer: one listener per service in front of its
+//! instances, driven by the release controller through a small control
+//! surface ([`Proxy::set_releases`], [`Proxy::set_weights`],
+//! [`Proxy::drain`], [`Proxy::metrics_text`], [`Proxy::window`]).
+//!
+//! The request path is [`Proxy::handle`], top to bottom: pick (lock-free,
+//! from the current [`table::Table`]), forward (bodies stream, never
+//! buffered), retry on another backend only when that is safe, record. The
+//! table is swapped whole through `ArcSwap`, so a switch never blocks or
+//! fails a request. Nothing on the request path may block or take a lock.
+
+pub mod metrics;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use metrics::{ReleaseMetrics, WindowStats};
+use table::{Backend, ReleaseEntry, ReleaseId, Table};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The largest request head (request line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+type HttpClient = Client<HttpConnector, Body>;
+
+/// How a client is kept on the release it first got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    None,
+    /// The `kiln_release` cookie, set on the first response.
+    Cookie,
+    /// A request header's value (a user or session id) hashed onto the
+    /// weighted schedule: the same value always lands on the same release.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub service: String,
+    pub sticky: Sticky,
+    /// Add `X-Kiln-Release` to responses.
+    pub release_header: bool,
+    /// Extra attempts on another backend, when safe.
+    pub retries: u32,
+    /// Time allowed for a backend's response head.
+    pub backend_timeout: Duration,
+    /// Consecutive failures (5xx or errors) before passive ejection.
+    pub eject_after: u32,
+    /// First ejection length; doubles with each further failure, up to 30 s.
+    pub eject_for: Duration,
+    /// Active checks; without them, backends are healthy from the start.
+    pub health: Option<HealthCheck>,
+    /// Time a client gets to send its request headers (slowloris guard).
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            service: "default".into(),
+            sticky: Sticky::None,
+            release_header: false,
+            retries: 2,
+            backend_timeout: Duration::from_secs(30),
+            eject_after: 3,
+            eject_for: Duration::from_secs(1),
+            health: None,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One release in the control API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSpec {
+    pub release: String,
+    pub weight: u32,
+    pub backends: Vec<SocketAddr>,
+}
+
+/// What a drain saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    pub backend: SocketAddr,
+    /// Requests and upgraded connections in flight when the drain began
+    /// that finished before the deadline.
+    pub finished: u64,
+    /// Still in flight at the deadline.
+    pub cut: u64,
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    specs: Vec<ReleaseSpec>,
+    releases: BTreeMap<ReleaseId, Arc<ReleaseMetrics>>,
+    backends: HashMap<SocketAddr, Arc<Backend>>,
+}
+
+pub struct Proxy {
+    config: ProxyConfig,
+    table: ArcSwap<Table>,
+    client: ArcSwap<HttpClient>,
+    ticket: AtomicU64,
+    epoch: Instant,
+    registry: Mutex<Registry>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("service", &self.config.service).finish()
+    }
+}
+
+fn new_client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(http)
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), plus any the
+/// `Connection` header names. `keep_upgrade` keeps what a WebSocket needs.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn cookie_release(h: &HeaderMap) -> Option<ReleaseId> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("kiln_release=").map(|r| ReleaseId(r.to_owned())))
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Keeps a backend's and a release's in-flight counts up while a response
+/// body (or an upgraded connection) is alive.
+struct InFlight {
+    backend: Arc<Backend>,
+    release: Arc<ReleaseMetrics>,
+}
+
+impl InFlight {
+    fn new(backend: Arc<Backend>, release: Arc<ReleaseMetrics>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        release.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend, release }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.release.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A streaming body that holds an [`InFlight`] until it ends or is dropped.
+struct Guarded {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig) -> Arc<Self> {
+        Arc::new(Proxy {
+            config,
+            table: ArcSwap::from_pointee(Table::default()),
+            client: ArcSwap::from_pointee(new_client()),
+            ticket: AtomicU64::new(0),
+            epoch: Instant::now(),
+            registry: Mutex::new(Registry::default()),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A poisoned registry only means a panic elsewhere; its data is still whole.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the whole backend set and weights, atomically. Backends
+    /// already known keep their health; new ones join once healthy (at once
+    /// when there are no active checks).
+    pub fn set_releases(&self, specs: Vec<ReleaseSpec>) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for s in &specs {
+            if s.release.is_empty() || !seen.insert(&s.release) {
+                return Err(format!("release {:?} is empty or given twice", s.release));
+            }
+        }
+        let mut reg = self.registry();
+        let mut entries = Vec::with_capacity(specs.len());
+        for s in &specs {
+            let id = ReleaseId(s.release.clone());
+            let metrics = reg.releases.entry(id.clone()).or_default().clone();
+            let healthy = self.config.health.is_none();
+            let backends = s
+                .backends
+                .iter()
+                .map(|a| reg.backends.entry(*a).or_insert_with(|| Backend::new(*a, healthy)).clone())
+                .collect();
+            entries.push(ReleaseEntry { id, weight: s.weight, backends, metrics });
+        }
+        self.table.store(Arc::new(Table::new(entries)));
+        reg.specs = specs;
+        Ok(())
+    }
+
+    /// Changes weights only; unknown releases are an error and change nothing.
+    pub fn set_weights(&self, weights: &BTreeMap<String, u32>) -> Result<(), String> {
+        let mut specs = self.registry().specs.clone();
+        for (release, w) in weights {
+            let s =
+                specs.iter_mut().find(|s| &s.release == release).ok_or_else(|| format!("no release {release:?}"))?;
+            s.weight = *w;
+        }
+        self.set_releases(specs)
+    }
+
+    pub fn releases(&self) -> Vec<ReleaseSpec> {
+        self.registry().specs.clone()
+    }
+
+    /// Stops new requests to `addr` at once, waits for its in-flight
+    /// requests and upgraded connections up to `deadline`, and closes idle
+    /// keep-alive connections (by retiring the connection pool).
+    pub async fn drain(&self, addr: SocketAddr, deadline: Duration) -> Result<DrainReport, String> {
+        let b = self.registry().backends.get(&addr).cloned().ok_or_else(|| format!("no backend {addr}"))?;
+        b.draining.store(true, Ordering::Relaxed);
+        self.client.store(Arc::new(new_client()));
+        let start = Instant::now();
+        let at_start = b.in_flight.load(Ordering::Relaxed);
+        while b.in_flight.load(Ordering::Relaxed) > 0 && start.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = b.in_flight.load(Ordering::Relaxed);
+        Ok(DrainReport {
+            backend: addr,
+            finished: at_start.saturating_sub(left),
+            cut: left,
+            waited_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Windowed error rate and latency of a release, for canary analysis.
+    pub fn window(&self, release: &str, secs: u64) -> Option<WindowStats> {
+        let m = self.registry().releases.get(&ReleaseId(release.to_owned())).cloned()?;
+        Some(m.window(secs, self.now_ms() / 1000))
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let reg = self.registry();
+        let mut out = String::new();
+        for (id, m) in &reg.releases {
+            m.prometheus(&mut out, &self.config.service, &id.0);
+        }
+        let mut backends: Vec<_> = reg.backends.values().collect();
+        backends.sort_by_key(|b| b.addr);
+        for b in backends {
+            let l = format!("service=\"{}\",backend=\"{}\"", self.config.service, b.addr);
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "kiln_proxy_backend_requests_total{{{l}}} {}", b.requests.load(Ordering::Relaxed));
+            let _ = writeln!(out, "kiln_proxy_backend_in_flight{{{l}}} {}", b.in_flight.load(Ordering::Relaxed));
+            let _ = writeln!(out, "kiln_proxy_backend_healthy{{{l}}} {}", u8::from(b.healthy.load(Ordering::Relaxed)));
+            let _ = writeln!(out, "kiln_proxy_backend_ejections_total{{{l}}} {}", b.ejections.load(Ordering::Relaxed));
+        }
+        out
+    }
+
+    /// Passive health: consecutive failures eject a backend for a while,
+    /// doubling with each further failure; a connection refused ejects at once.
+    fn passive(&self, b: &Backend, failed: bool, refused: bool) {
+        if !failed {
+            b.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused || n >= self.config.eject_after {
+            let doublings = n.saturating_sub(self.config.eject_after).min(5);
+            let d = (self.config.eject_for * (1 << doublings)).min(Duration::from_secs(30));
+            b.ejected_until_ms.store(self.now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+            b.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The request path.
+    pub async fn handle(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        // hyper's max_buf_size can be passed when a whole oversized head
+        // arrives in one read (hyperium/hyper#4081): check the size here too.
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        let head: usize = target + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        if head > MAX_HEAD_BYTES {
+            return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large");
+        }
+        let table = self.table.load_full();
+
+        // Which release: a pinned one, or the next on the weighted schedule.
+        let sticky = match &self.config.sticky {
+            Sticky::Cookie => cookie_release(req.headers()),
+            _ => None,
+        };
+        let ticket = match &self.config.sticky {
+            Sticky::Header(name) => match req.headers().get(name) {
+                Some(v) => fnv(v.as_bytes()),
+                None => self.ticket.fetch_add(1, Ordering::Relaxed),
+            },
+            _ => self.ticket.fetch_add(1, Ordering::Relaxed),
+        };
+
+        // What the request allows: retries only without a body (nothing is
+        // lost by sending it again) or for an idempotent method.
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let has_body = !req.body().is_end_stream();
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
+
+        // Forwarding headers.
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        let ip = peer.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert("x-forwarded-host", host);
+        }
+        let request_id = match headers.get("x-request-id") {
+            Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+            _ => {
+                let id = format!(
+                    "{:016x}{:08x}",
+                    fnv(&ticket.to_le_bytes()) ^ started.elapsed().as_nanos() as u64,
+                    ticket as u32
+                );
+                let v = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"));
+                headers.insert("x-request-id", v.clone());
+                v
+            }
+        };
+
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let mut body = Some(body.boxed());
+        let mut skip = None;
+        let mut attempt = 0;
+        loop {
+            let Some((release, backend)) = table.pick(ticket, sticky.as_ref(), skip, self.now_ms()) else {
+                return self.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy backend for this service",
+                    None,
+                    started,
+                    &request_id,
+                );
+            };
+            let mut out = Request::new(body.take().unwrap_or_else(empty));
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = match format!("http://{}{path}", backend.addr).parse() {
+                Ok(u) => u,
+                Err(_) => return self.local(StatusCode::BAD_REQUEST, "bad request target", None, started, &request_id),
+            };
+            *out.headers_mut() = parts.headers.clone();
+            backend.requests.fetch_add(1, Ordering::Relaxed);
+            let mut guard = Some(InFlight::new(backend.clone(), release.metrics.clone()));
+            let sent = self.client.load().request(out);
+            match tokio::time::timeout(self.config.backend_timeout, sent).await {
+                Ok(Ok(mut resp)) => {
+                    let status = resp.status();
+                    self.passive(&backend, status.is_server_error(), false);
+                    release.metrics.record(status.as_u16(), started.elapsed().as_micros() as u64, self.now_ms() / 1000);
+                    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching {
+                        // The tunnel holds the in-flight guard for its lifetime.
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        if let Some(client_upgrade) = client_upgrade {
+                            let guard = guard.take();
+                            tokio::spawn(async move {
+                                if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                                }
+                                drop(guard);
+                            });
+                        }
+                    }
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers, switching);
+                    rparts.headers.insert("x-request-id", request_id);
+                    if self.config.release_header {
+                        if let Ok(v) = HeaderValue::from_str(&release.id.0) {
+                            rparts.headers.insert("x-kiln-release", v);
+                        }
+                    }
+                    if self.config.sticky == Sticky::Cookie && sticky.as_ref() != Some(&release.id) {
+                        if let Ok(v) = HeaderValue::from_str(&format!(
+                            "kiln_release={}; Path=/; HttpOnly; SameSite=Lax",
+                            release.id
+                        )) {
+                            rparts.headers.append(header::SET_COOKIE, v);
+                        }
+                    }
+                    let body = match guard {
+                        Some(g) => Guarded { inner: rbody.boxed(), _guard: g }.boxed(),
+                        None => rbody.boxed(),
+                    };
+                    return Response::from_parts(rparts, body);
+                }
+                Ok(Err(e)) => {
+                    drop(guard);
+                    self.passive(&backend, true, e.is_connect());
+                    // Failed before any response byte: safe to resend when
+                    // nothing of a body was consumed.
+                    if !has_body && attempt < self.config.retries && (e.is_connect() || idempotent) {
+                        attempt += 1;
+                        release.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                        skip = Some(backend.addr);
+                        continue;
+                    }
+                    let m = release.metrics.clone();
+                    return self.local(StatusCode::BAD_GATEWAY, "the backend failed", Some(&m), started, &request_id);
+                }
+                Err(_) => {
+                    drop(guard);
+                    self.passive(&backend, true, false);
+                    let m = release.metrics.clone();
+                    return self.local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the backend did not answer in time",
+                        Some(&m),
+                        started,
+                        &request_id,
+                    );
+                }
+            }
+        }
+    }
+
+    fn local(
+        &self,
+        status: StatusCode,
+        msg: &str,
+        m: Option<&Arc<ReleaseMetrics>>,
+        started: Instant,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        if let Some(m) = m {
+            m.record(status.as_u16(), started.elapsed().as_micros() as u64, self.now_ms() / 1000);
+        }
+        let mut r = text(status, msg);
+        r.headers_mut().insert("x-request-id", request_id.clone());
+        r
+    }
+
+    /// Active health checks, forever: every interval, each backend of the
+    /// current table is asked `GET path`; thresholds flip its state.
+    pub async fn health_loop(self: Arc<Self>) {
+        let Some(h) = self.config.health.clone() else { return };
+        loop {
+            let table = self.table.load_full();
+            let mut seen = std::collections::HashSet::new();
+            for (_, b) in table.backends() {
+                if !seen.insert(b.addr) {
+                    continue;
+                }
+                let (b, h, client) = (b.clone(), h.clone(), self.client.load_full());
+                tokio::spawn(async move {
+                    let Ok(uri) = format!("http://{}{}", b.addr, h.path).parse::<hyper::Uri>() else { return };
+                    let mut req = Request::new(empty());
+                    *req.uri_mut() = uri;
+                    let ok = matches!(tokio::time::timeout(h.timeout, client.request(req)).await,
+                        Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection());
+                    if ok {
+                        b.health_fail.store(0, Ordering::Relaxed);
+                        if b.health_ok.fetch_add(1, Ordering::Relaxed) + 1 >= h.healthy_threshold {
+                            b.healthy.store(true, Ordering::Relaxed);
+                        }
+                    } else {
+                        b.health_ok.store(0, Ordering::Relaxed);
+                        if b.health_fail.fetch_add(1, Ordering::Relaxed) + 1 >= h.unhealthy_threshold {
+                            b.healthy.store(false, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            tokio::time::sleep(h.interval).await;
+        }
+    }
+}
+
+fn server(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    // Slowloris: a client gets `header_timeout` to send its headers;
+    // headers over 64 KiB are answered 431 by hyper.
+    b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
+    b
+}
+
+/// Serves the proxy on `listener` until the task is dropped.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let p = proxy.clone();
+        let p_timeout = proxy.config.header_timeout;
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let p = p.clone();
+                async move { Ok::<_, Infallible>(p.handle(req, peer).await) }
+            });
+            let _ = server(p_timeout).serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+        });
+    }
+}
+
+/// The admin API: `GET /metrics` (Prometheus), `GET /releases`,
+/// `PUT /releases` (JSON list), `PUT /weights` (JSON map),
+/// `POST /drain?backend=ADDR&deadline_ms=N`, `GET /stats?release=R&window=S`.
+pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let p = p.clone();
+                async move { Ok::<_, Infallible>(admin(&p, req).await) }
+            });
+            let _ = server(Duration::from_secs(10)).serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+fn json_response<T: Serialize>(v: &T) -> Response<Body> {
+    let mut r = text(StatusCode::OK, &serde_json::to_string(v).unwrap_or_default());
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match (method, path.as_str()) {
+        (Method::GET, "/metrics") => text(StatusCode::OK, &p.metrics_text()),
+        (Method::GET, "/releases") => json_response(&p.releases()),
+        (Method::GET, "/stats") => {
+            let release = query(&req, "release").unwrap_or_default();
+            let window = query(&req, "window").and_then(|w| w.parse().ok()).unwrap_or(10);
+            match p.window(&release, window) {
+                Some(w) => json_response(&w),
+                None => text(StatusCode::NOT_FOUND, &format!("no release {release:?}")),
+            }
+        }
+        (Method::POST, "/drain") => {
+            let Some(backend) = query(&req, "backend").and_then(|b| b.parse().ok()) else {
+                return text(StatusCode::BAD_REQUEST, "backend=ADDR:PORT is required");
+            };
+            let deadline =
+                Duration::from_millis(query(&req, "deadline_ms").and_then(|d| d.parse().ok()).unwrap_or(30_000));
+            match p.drain(backend, deadline).await {
+                Ok(r) => json_response(&r),
+                Err(e) => text(StatusCode::NOT_FOUND, &e),
+            }
+        }
+        (Method::PUT, "/releases" | "/weights") => {
+            let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {e}")),
+            };
+            let result = if path == "/releases" {
+                serde_json::from_slice::<Vec<ReleaseSpec>>(&body)
+                    .map_err(|e| format!("body: {e}"))
+                    .and_then(|s| p.set_releases(s))
+            } else {
+                serde_json::from_slice::<BTreeMap<String, u32>>(&body)
+                    .map_err(|e| format!("body: {e}"))
+                    .and_then(|w| p.set_weights(&w))
+            };
+            match result {
+                Ok(()) => text(StatusCode::OK, "ok"),
+                Err(e) => text(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Parses `NAME=WEIGHT@ADDR[,ADDR…]` (the `--release` flag).
+pub fn parse_release_flag(s: &str) -> Result<ReleaseSpec, String> {
+    let bad = || format!("{s:?}: expected NAME=WEIGHT@ADDR[,ADDR...], e.g. stable=95@127.0.0.1:8001");
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (weight, addrs) = rest.split_once('@').ok_or_else(bad)?;
+    let weight = weight.parse().map_err(|_| bad())?;
+    let backends = addrs
+        .split(',')
+        .map(|a| a.trim().parse::<SocketAddr>().map_err(|_| format!("{a:?} is not an IP:PORT")))
+        .collect::<Result<_, _>>()?;
+    if name.is_empty() {
+        return Err(bad());
+    }
+    Ok(ReleaseSpec { release: name.to_owned(), weight, backends })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn release_flags_and_cookies() {
+        let r = parse_release_flag("canary=5@127.0.0.1:8001,127.0.0.1:8002").unwrap();
+        assert_eq!((r.release.as_str(), r.weight, r.backends.len()), ("canary", 5, 2));
+        assert!(parse_release_flag("x=5").is_err());
+        assert!(parse_release_flag("x=a@127.0.0.1:1").is_err());
+        assert!(parse_release_flag("x=5@localhost").unwrap_err().contains("localhost"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; kiln_release=green; b=2"));
+        assert_eq!(cookie_release(&h), Some(ReleaseId("green".into())));
+    }
+
+    #[test]
+    fn weights_change_only_known_releases() {
+        let p = Proxy::new(ProxyConfig::default());
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a] }]).unwrap();
+        assert!(p.set_weights(&BTreeMap::from([("green".to_owned(), 1)])).is_err());
+        assert_eq!(p.releases()[0].weight, 100);
+        p.set_weights(&BTreeMap::from([("blue".to_owned(), 0)])).unwrap();
+        assert_eq!(p.releases()[0].weight, 0);
+        assert!(p
+            .set_releases(vec![
+                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a] },
+                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a] }
+            ])
+            .is_err());
+    }
+}

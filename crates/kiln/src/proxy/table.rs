@@ -1,0 +1,278 @@
+//! The routing table: releases with weights, each with its backends.
+//!
+//! A table is immutable once built and swapped whole (see `Proxy`), so the
+//! request path takes no lock. Weighted choice is exact: the table holds a
+//! smooth weighted round-robin *schedule* (weights divided by their gcd), and
+//! a request's ticket indexes it, so a 5/95 split gives exactly one request
+//! in twenty to the canary, whatever the concurrency. Backend health lives in
+//! [`Backend`], shared by every table that lists it, so swapping tables
+//! keeps health and in-flight counts. No I/O here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::metrics::ReleaseMetrics;
+
+/// A release's id (several backends of one image digest).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReleaseId(pub String);
+
+impl fmt::Display for ReleaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// One backend and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Set by active health checks; a backend joins only once healthy.
+    pub healthy: AtomicBool,
+    /// Passive ejection: consecutive failures, and until when (ms on the
+    /// proxy's clock) it is out.
+    pub failures: AtomicU32,
+    pub ejected_until_ms: AtomicU64,
+    pub draining: AtomicBool,
+    pub in_flight: AtomicU64,
+    /// Consecutive active-check results, for the thresholds.
+    pub health_ok: AtomicU32,
+    pub health_fail: AtomicU32,
+    pub requests: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr, healthy: bool) -> Arc<Self> {
+        Arc::new(Backend {
+            addr,
+            healthy: AtomicBool::new(healthy),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            health_ok: AtomicU32::new(0),
+            health_fail: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+        })
+    }
+
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
+/// A release in a table.
+#[derive(Debug)]
+pub struct Release {
+    pub id: ReleaseId,
+    pub weight: u32,
+    pub backends: Vec<Arc<Backend>>,
+    /// Shared with the proxy's registry: survives table swaps.
+    pub metrics: Arc<ReleaseMetrics>,
+    rr: AtomicUsize,
+}
+
+/// What a table is built from.
+#[derive(Debug, Clone)]
+pub struct ReleaseEntry {
+    pub id: ReleaseId,
+    pub weight: u32,
+    pub backends: Vec<Arc<Backend>>,
+    pub metrics: Arc<ReleaseMetrics>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub releases: Vec<Release>,
+    schedule: Vec<usize>,
+}
+
+/// Smooth weighted round robin over `weights` (after dividing by their
+/// gcd): each index appears exactly `weight / gcd` times per cycle, spread
+/// evenly.
+pub fn schedule(weights: &[u32]) -> Vec<usize> {
+    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+    if g == 0 {
+        return Vec::new();
+    }
+    let w: Vec<i64> = weights.iter().map(|x| i64::from(x / g)).collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, wi) in current.iter_mut().zip(&w) {
+            *c += wi;
+        }
+        let best = (0..w.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).unwrap_or(0);
+        current[best] -= total;
+        out.push(best);
+    }
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Table {
+    pub fn new(releases: Vec<ReleaseEntry>) -> Self {
+        let schedule = schedule(&releases.iter().map(|r| r.weight).collect::<Vec<_>>());
+        let releases = releases
+            .into_iter()
+            .map(|e| Release {
+                id: e.id,
+                weight: e.weight,
+                backends: e.backends,
+                metrics: e.metrics,
+                rr: AtomicUsize::new(0),
+            })
+            .collect();
+        Table { releases, schedule }
+    }
+
+    pub fn release(&self, id: &ReleaseId) -> Option<&Release> {
+        self.releases.iter().find(|r| &r.id == id)
+    }
+
+    /// Chooses a release and a backend for a request. `ticket` is a
+    /// per-request counter (or a hash, for header stickiness); `sticky` a
+    /// release the client is pinned to; `skip` a backend that just failed.
+    pub fn pick(
+        &self,
+        ticket: u64,
+        sticky: Option<&ReleaseId>,
+        skip: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Option<(&Release, Arc<Backend>)> {
+        if let Some(r) = sticky.and_then(|s| self.release(s)).filter(|r| r.weight > 0) {
+            if let Some(b) = r.next_backend(skip, now_ms) {
+                return Some((r, b));
+            }
+        }
+        let n = self.schedule.len();
+        if n == 0 {
+            return None;
+        }
+        let start = (ticket % n as u64) as usize;
+        // The scheduled release first; if it has nothing available, the
+        // next releases in schedule order (weight 0 releases never).
+        for k in 0..n {
+            let r = &self.releases[self.schedule[(start + k) % n]];
+            if let Some(b) = r.next_backend(skip, now_ms) {
+                return Some((r, b));
+            }
+        }
+        None
+    }
+
+    /// Every backend in the table.
+    pub fn backends(&self) -> impl Iterator<Item = (&ReleaseId, &Arc<Backend>)> {
+        self.releases.iter().flat_map(|r| r.backends.iter().map(move |b| (&r.id, b)))
+    }
+}
+
+impl Release {
+    /// Round robin over available backends, avoiding `skip` when another is available.
+    fn next_backend(&self, skip: Option<SocketAddr>, now_ms: u64) -> Option<Arc<Backend>> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let b = &self.backends[(start + k) % n];
+            if !b.available(now_ms) {
+                continue;
+            }
+            if Some(b.addr) == skip {
+                fallback = Some(b.clone());
+                continue;
+            }
+            return Some(b.clone());
+        }
+        fallback
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn entry(id: &str, weight: u32, backends: Vec<Arc<Backend>>) -> ReleaseEntry {
+        ReleaseEntry { id: ReleaseId(id.into()), weight, backends, metrics: Arc::default() }
+    }
+
+    #[test]
+    fn schedules_are_exact_and_spread() {
+        let s = schedule(&[5, 95]);
+        assert_eq!(s.len(), 20);
+        assert_eq!(s.iter().filter(|&&i| i == 0).count(), 1);
+        let s = schedule(&[25, 75]);
+        assert_eq!(s, vec![1, 0, 1, 1]);
+        let s = schedule(&[1, 1, 1]);
+        assert_eq!(s, vec![0, 1, 2]);
+        assert!(schedule(&[0, 0]).is_empty());
+        assert_eq!(schedule(&[0, 7]), vec![1]);
+    }
+
+    #[test]
+    fn weighted_picks_hold_over_many_tickets() {
+        let t = Table::new(vec![
+            entry("canary", 5, vec![Backend::new(addr(1), true)]),
+            entry("stable", 95, vec![Backend::new(addr(2), true), Backend::new(addr(3), true)]),
+        ]);
+        let canary = (0..10_000u64).filter(|&i| t.pick(i, None, None, 0).unwrap().0.id.0 == "canary").count();
+        assert_eq!(canary, 500);
+    }
+
+    #[test]
+    fn unavailable_backends_and_releases_are_skipped() {
+        let dead = Backend::new(addr(1), true);
+        let live = Backend::new(addr(2), true);
+        let t = Table::new(vec![
+            entry("a", 50, vec![dead.clone()]),
+            entry("b", 50, vec![live.clone()]),
+            entry("off", 0, vec![Backend::new(addr(9), true)]),
+        ]);
+        dead.healthy.store(false, Ordering::Relaxed);
+        for i in 0..10 {
+            assert_eq!(t.pick(i, None, None, 0).unwrap().1.addr, addr(2));
+        }
+        live.ejected_until_ms.store(100, Ordering::Relaxed);
+        assert!(t.pick(0, None, None, 50).is_none(), "weight-0 releases get nothing, even as a fallback");
+        assert!(t.pick(0, None, None, 100).is_some(), "ejection ends");
+        live.draining.store(true, Ordering::Relaxed);
+        assert!(t.pick(0, None, None, 100).is_none());
+    }
+
+    #[test]
+    fn sticky_releases_and_skip() {
+        let t = Table::new(vec![
+            entry("a", 99, vec![Backend::new(addr(1), true), Backend::new(addr(2), true)]),
+            entry("b", 1, vec![Backend::new(addr(3), true)]),
+        ]);
+        let b = ReleaseId("b".into());
+        for i in 0..50 {
+            assert_eq!(t.pick(i, Some(&b), None, 0).unwrap().0.id, b);
+        }
+        for i in 0..10 {
+            let (_, be) = t.pick(0, Some(&ReleaseId("a".into())), Some(addr(1)), 0).unwrap();
+            assert_eq!(be.addr, addr(2), "retry {i} avoids the backend that failed");
+        }
+    }
+}

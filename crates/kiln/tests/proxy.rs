@@ -1,0 +1,378 @@
+//! `kiln proxy` over real sockets, with demo-app backends: weights,
+//! stickiness, switching and killing under load, draining, streaming,
+//! hostile requests.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{json, kiln_bin};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn backend(version: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+    assert!(bin.exists(), "run scripts/build-demo.sh first (scripts/test.sh does)");
+    let port = free_port();
+    let mut c = Command::new(bin);
+    c.env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("DEMO_VERSION", version)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let p = Proc(c.spawn().unwrap());
+    wait_port(port);
+    (p, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Starts `kiln proxy`; returns it, its port and its admin port.
+fn proxy(releases: &[String], extra: &[&str]) -> (Proc, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut args = vec![
+        "proxy".to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--admin".into(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    for r in releases {
+        args.push("--release".into());
+        args.push(r.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let p = Proc(Command::new(kiln_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_port(port);
+    wait_port(admin);
+    (p, port, admin)
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    fn new(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn(BufReader::new(s))
+    }
+    /// Sends a request; returns status, headers (lowercased names) and body.
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.0.get_mut().write_all(req.as_bytes())?;
+        self.0.get_mut().write_all(body)?;
+        let mut status = String::new();
+        if self.0.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        let code = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(status.clone()))?;
+        let mut hs = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.0.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                hs.push((k, v.trim().to_owned()));
+            }
+        }
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body)?;
+        Ok((code, hs, body))
+    }
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+        self.send("GET", path, &[], b"")
+    }
+}
+
+fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn admin(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (code, _, b) = Conn::new(port).send(method, path, &[], body.as_bytes()).unwrap();
+    (code, String::from_utf8_lossy(&b).into_owned())
+}
+
+#[test]
+fn weights_hold_exactly_and_cookie_stickiness_keeps_clients() {
+    let (_a, a) = backend("stable", &[]);
+    let (_b, b) = backend("canary", &[]);
+    let (_p, port, _) =
+        proxy(&[format!("stable=95@{a}"), format!("canary=5@{b}")], &["--release-header", "--sticky", "cookie"]);
+    let mut c = Conn::new(port);
+    let mut canary = 0;
+    for _ in 0..10_000 {
+        let (code, hs, body) = c.get("/").unwrap();
+        assert_eq!(code, 200);
+        let rel = header(&hs, "x-kiln-release").unwrap();
+        assert_eq!(String::from_utf8_lossy(&body).trim(), format!("demo-app {rel}"));
+        if rel == "canary" {
+            canary += 1;
+        }
+    }
+    assert!((400..=600).contains(&canary), "5% ± 1% of 10,000, got {canary}");
+    // A client that got the canary once keeps it through its cookie.
+    let mut sticky = Conn::new(port);
+    for _ in 0..20 {
+        sticky.send("GET", "/", &[("Cookie", "kiln_release=canary")], b"").unwrap();
+    }
+    for _ in 0..200 {
+        let (_, hs, _) = sticky.send("GET", "/", &[("Cookie", "kiln_release=canary")], b"").unwrap();
+        assert_eq!(header(&hs, "x-kiln-release"), Some("canary"));
+    }
+    let (_, hs, _) = Conn::new(port).get("/").unwrap();
+    let cookie = header(&hs, "set-cookie").unwrap();
+    assert!(cookie.starts_with("kiln_release="), "{cookie}");
+}
+
+/// Runs `threads` keep-alive clients doing GETs until `stop`; counts
+/// successes and failures (anything but 200, or an I/O error).
+fn load(
+    port: u16,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<std::thread::JoinHandle<()>>, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let handles = (0..threads)
+        .map(|_| {
+            let (ok, bad, stop) = (ok.clone(), bad.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(port);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match c.get("/") {
+                        Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => bad.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            c = Conn::new(port);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    (handles, ok, bad)
+}
+
+#[test]
+fn switching_all_traffic_twenty_times_under_load_fails_nothing() {
+    let (_a, a) = backend("blue", &[]);
+    let (_b, b) = backend("green", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("blue=100@{a}"), format!("green=0@{b}")], &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, bad) = load(port, 8, stop.clone());
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let body = if i % 2 == 0 { r#"{"blue":0,"green":100}"# } else { r#"{"blue":100,"green":0}"# };
+        assert_eq!(admin(admin_port, "PUT", "/weights", body).0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    assert!(ok.load(Ordering::Relaxed) > 1000, "load ran: {}", ok.load(Ordering::Relaxed));
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "failed requests during switches");
+}
+
+#[test]
+fn killing_a_backend_under_load_fails_no_idempotent_request() {
+    let (mut victim, a) = backend("one", &[]);
+    let (_b, b) = backend("two", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("web=100@{a},{b}")], &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, bad) = load(port, 8, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    assert!(ok.load(Ordering::Relaxed) > 1000);
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "failed requests after a backend was killed");
+    let metrics = admin(admin_port, "GET", "/metrics", "").1;
+    assert!(
+        metrics.contains(&format!("kiln_proxy_backend_ejections_total{{service=\"default\",backend=\"{a}\"}}")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn drain_waits_for_in_flight_requests_up_to_the_deadline() {
+    let (_a, a) = backend("a", &[]);
+    let (_b, b) = backend("b", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("web=100@{a}"), format!("new=0@{b}")], &[]);
+    // A slow request in flight on `a` when the drain starts.
+    let slow = std::thread::spawn(move || Conn::new(port).get("/slow?ms=1200").map(|r| r.0));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(admin(admin_port, "PUT", "/weights", r#"{"web":0,"new":100}"#).0, 200);
+    let t = Instant::now();
+    let (code, report) = admin(admin_port, "POST", &format!("/drain?backend={a}&deadline_ms=5000"), "");
+    assert_eq!(code, 200, "{report}");
+    let r = json(&report);
+    assert_eq!((r["finished"].as_u64(), r["cut"].as_u64()), (Some(1), Some(0)), "{report}");
+    assert!(t.elapsed() >= Duration::from_millis(800), "the drain waited for the slow request");
+    assert_eq!(slow.join().unwrap().unwrap(), 200);
+    // A request longer than the deadline is reported as cut.
+    let slow = std::thread::spawn(move || Conn::new(port).get("/slow?ms=1500").map(|r| r.0));
+    std::thread::sleep(Duration::from_millis(200));
+    let r = json(&admin(admin_port, "POST", &format!("/drain?backend={b}&deadline_ms=300"), "").1);
+    assert_eq!((r["finished"].as_u64(), r["cut"].as_u64()), (Some(0), Some(1)), "{r}");
+    let _ = slow.join();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn hundred_megabytes_stream_through_in_bounded_memory() {
+    let (_a, a) = backend("a", &[]);
+    let (p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
+    let pid = p.0.id();
+    let size: u64 = 100 << 20;
+    let before = rss_kib(pid);
+    // Download.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /download?bytes={size} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut peak = 0;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total % (8 << 20) < (1 << 16) {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    assert!(total > size, "{total}");
+    // Upload, streamed in chunks.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n").unwrap();
+    let chunk = vec![b'u'; 1 << 16];
+    let mut sent = 0;
+    while sent < size {
+        s.write_all(&chunk).unwrap();
+        sent += chunk.len() as u64;
+        if sent % (8 << 20) == 0 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains(&format!("\r\n\r\n{size} ")), "{resp}");
+    assert!(peak < before + 30 * 1024, "RSS grew from {before} KiB to {peak} KiB while streaming 2 x 100 MiB");
+}
+
+#[test]
+fn hostile_requests_get_the_right_status_and_others_are_still_served() {
+    let (_a, a) = backend("a", &[]);
+    let (_p, port, _) = proxy(&[format!("web=100@{a}")], &["--header-timeout-ms", "500"]);
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(raw(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Bin: \x01\x7f\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(b"NOT HTTP AT ALL\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
+    assert!(raw(huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    // Slowloris: a partial request is dropped after the header timeout,
+    // while a normal client is served meanwhile.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n").unwrap();
+    assert_eq!(Conn::new(port).get("/").unwrap().0, 200);
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let _ = slow.read_to_end(&mut out);
+    assert!(t.elapsed() < Duration::from_secs(4), "the partial request was cut by the header timeout");
+    assert_eq!(Conn::new(port).get("/").unwrap().0, 200);
+}
+
+#[test]
+fn no_backend_is_503_a_timeout_is_504_and_headers_are_forwarded() {
+    let (_p, port, admin_port) = proxy(&[], &["--backend-timeout-ms", "300"]);
+    let (code, _, body) = Conn::new(port).get("/").unwrap();
+    assert_eq!(code, 503);
+    assert!(String::from_utf8_lossy(&body).contains("no healthy backend"));
+    let (_a, a) = backend("a", &[("LATENCY_MS", "1000")]);
+    let spec = format!(r#"[{{"release":"web","weight":100,"backends":["{a}"]}}]"#);
+    assert_eq!(admin(admin_port, "PUT", "/releases", &spec).0, 200);
+    assert_eq!(Conn::new(port).get("/").unwrap().0, 504);
+    let (code, hs, _) = Conn::new(port)
+        .send(
+            "GET",
+            "/healthz",
+            &[("X-Request-Id", "abc-123"), ("Connection", "keep-alive, X-Drop"), ("X-Drop", "1")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(header(&hs, "x-request-id"), Some("abc-123"));
+    // Bad admin input is refused and changes nothing.
+    assert_eq!(admin(admin_port, "PUT", "/releases", "{not json").0, 400);
+    assert_eq!(admin(admin_port, "PUT", "/weights", r#"{"nope":1}"#).0, 400);
+    assert_eq!(json(&admin(admin_port, "GET", "/releases", "").1)[0]["release"], "web");
+}
