@@ -73,6 +73,9 @@ fn proxy(releases: &[String], extra: &[&str]) -> (Proc, u16, u16) {
     (p, port, admin)
 }
 
+/// Status, headers (lowercased names) and body of a response.
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A keep-alive HTTP/1.1 client connection.
 struct Conn(BufReader<TcpStream>);
 
@@ -83,13 +86,7 @@ impl Conn {
         Conn(BufReader::new(s))
     }
     /// Sends a request; returns status, headers (lowercased names) and body.
-    fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -127,7 +124,7 @@ impl Conn {
         self.0.read_exact(&mut body)?;
         Ok((code, hs, body))
     }
-    fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    fn get(&mut self, path: &str) -> std::io::Result<Reply> {
         self.send("GET", path, &[], b"")
     }
 }
