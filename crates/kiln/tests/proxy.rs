@@ -373,3 +373,56 @@ fn no_backend_is_503_a_timeout_is_504_and_headers_are_forwarded() {
     assert_eq!(admin(admin_port, "PUT", "/weights", r#"{"nope":1}"#).0, 400);
     assert_eq!(json(&admin(admin_port, "GET", "/releases", "").1)[0]["release"], "web");
 }
+
+/// Opens an upgraded (WebSocket-style) connection through the proxy.
+fn open_ws(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed during the handshake: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+#[test]
+fn drain_keeps_a_websocket_until_it_closes_or_the_deadline_cuts_it() {
+    let (_a, a) = backend("a", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("web=100@{a}")], &[]);
+    // Closed by the client during the drain: counted as finished.
+    let mut ws = open_ws(port);
+    assert_eq!(echo(&mut ws, b"ping").unwrap(), b"ping");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(echo(&mut ws, b"still here").unwrap(), b"still here", "a draining tunnel keeps working");
+        drop(ws);
+    });
+    let r = json(&admin(admin_port, "POST", &format!("/drain?backend={a}&deadline_ms=3000"), "").1);
+    closer.join().unwrap();
+    assert_eq!((r["finished"].as_u64(), r["cut"].as_u64()), (Some(1), Some(0)), "{r}");
+
+    // Still open at the deadline: cut, and reported as cut.
+    let (_b, b) = backend("b", &[]);
+    let spec = format!(r#"[{{"release":"web","weight":100,"backends":["{b}"]}}]"#);
+    assert_eq!(admin(admin_port, "PUT", "/releases", &spec).0, 200);
+    let mut ws = open_ws(port);
+    assert_eq!(echo(&mut ws, b"hello").unwrap(), b"hello");
+    let t = Instant::now();
+    let r = json(&admin(admin_port, "POST", &format!("/drain?backend={b}&deadline_ms=400"), "").1);
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    assert_eq!((r["finished"].as_u64(), r["cut"].as_u64()), (Some(0), Some(1)), "{r}");
+    let mut buf = [0u8; 16];
+    let closed = matches!(ws.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "the cut tunnel is closed");
+}

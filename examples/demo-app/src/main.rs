@@ -19,7 +19,7 @@
 //!
 //! Endpoints: `/` (version), `/healthz`, `/slow?ms=N`, `/download?bytes=N`
 //! (streams N bytes), `/upload` (reads the body, answers its length and a
-//! checksum).
+//! checksum), `/ws` (with `Upgrade`: 101, then echoes bytes).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -109,6 +109,7 @@ struct Request {
     keep_alive: bool,
     content_length: u64,
     chunked: bool,
+    upgrade: bool,
 }
 
 fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
@@ -122,7 +123,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         _ => return Err(io::Error::other("bad request line")),
     };
     let mut keep_alive = version == "HTTP/1.1";
-    let (mut content_length, mut chunked) = (0, false);
+    let (mut content_length, mut chunked, mut upgrade) = (0, false, false);
     let mut total = 0;
     loop {
         let mut h = String::new();
@@ -140,6 +141,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         match name.to_ascii_lowercase().as_str() {
             "content-length" => content_length = value.parse().map_err(|_| io::Error::other("bad content-length"))?,
             "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            "upgrade" => upgrade = true,
             "connection" if value.eq_ignore_ascii_case("close") => keep_alive = false,
             "connection" if value.eq_ignore_ascii_case("keep-alive") => keep_alive = true,
             _ => {}
@@ -147,7 +149,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
     }
     let (path, query) =
         target.split_once('?').map_or((target.clone(), String::new()), |(p, q)| (p.to_owned(), q.to_owned()));
-    Ok(Some(Request { method, path, query, keep_alive, content_length, chunked }))
+    Ok(Some(Request { method, path, query, keep_alive, content_length, chunked, upgrade }))
 }
 
 fn param(query: &str, name: &str) -> Option<u64> {
@@ -262,6 +264,20 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
                 )?;
             } else {
                 respond(w, "200 OK", &format!("demo-app {v}\n"), v, req.keep_alive)?;
+            }
+        }
+        ("GET", "/ws") if req.upgrade => {
+            // An upgrade that echoes raw bytes: enough to exercise a
+            // proxy's tunnels (no WebSocket framing is parsed).
+            write!(w, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")?;
+            w.flush()?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.write_all(&buf[..n])?;
             }
         }
         ("GET", "/slow") => {

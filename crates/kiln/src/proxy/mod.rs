@@ -318,6 +318,9 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = b.in_flight.load(Ordering::Relaxed);
+        if left > 0 {
+            b.cut.notify_waiters();
+        }
         Ok(DrainReport {
             backend: addr,
             finished: at_start.saturating_sub(left),
@@ -456,7 +459,16 @@ impl Proxy {
             backend.requests.fetch_add(1, Ordering::Relaxed);
             let mut guard = Some(InFlight::new(backend.clone(), release.metrics.clone()));
             let sent = self.client.load().request(out);
-            match tokio::time::timeout(self.config.backend_timeout, sent).await {
+            let cut = backend.cut.notified();
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(self.config.backend_timeout, sent) => r,
+                _ = cut => {
+                    drop(guard);
+                    let m = release.metrics.clone();
+                    return self.local(StatusCode::BAD_GATEWAY, "the backend was drained", Some(&m), started, &request_id);
+                }
+            };
+            match outcome {
                 Ok(Ok(mut resp)) => {
                     let status = resp.status();
                     self.passive(&backend, status.is_server_error(), false);
@@ -467,10 +479,14 @@ impl Proxy {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
                         if let Some(client_upgrade) = client_upgrade {
                             let guard = guard.take();
+                            let be = backend.clone();
                             tokio::spawn(async move {
                                 if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
-                                    let _ =
-                                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                                    tokio::select! {
+                                        _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+                                        _ = be.cut.notified() => {}
+                                    }
                                 }
                                 drop(guard);
                             });

@@ -42,6 +42,9 @@ pub struct Backend {
     pub health_fail: AtomicU32,
     pub requests: AtomicU64,
     pub ejections: AtomicU64,
+    /// Fired when a drain's deadline passes: whatever still runs on this
+    /// backend (upgraded tunnels, requests awaiting their response) is cut.
+    pub cut: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -57,6 +60,7 @@ impl Backend {
             health_fail: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            cut: tokio::sync::Notify::new(),
         })
     }
 
