@@ -292,13 +292,13 @@ fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
 }
 
 fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(run.workers.max(1)).enable_all().build()?;
+    let proxy = crate::proxy::Proxy::new(run.config, run.workers);
+    proxy.set_releases(run.releases).map_err(std::io::Error::other)?;
+    let bound = crate::proxy::start(proxy.clone(), run.listen, run.workers)?;
+    eprintln!("kiln proxy: listening on {bound} with {} worker threads", run.workers.max(1));
+    // Admin API, health checks and signals share one more thread.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let proxy = crate::proxy::Proxy::new(run.config);
-        proxy.set_releases(run.releases).map_err(std::io::Error::other)?;
-        let listener = tokio::net::TcpListener::bind(run.listen).await?;
-        eprintln!("kiln proxy: listening on {}", listener.local_addr()?);
-        tokio::spawn(crate::proxy::serve(proxy.clone(), listener));
         if let Some(a) = run.admin {
             let admin = tokio::net::TcpListener::bind(a).await?;
             eprintln!("kiln proxy: admin API on {}", admin.local_addr()?);

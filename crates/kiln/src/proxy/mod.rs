@@ -3,6 +3,12 @@
 //! surface ([`Proxy::set_releases`], [`Proxy::set_weights`],
 //! [`Proxy::drain`], [`Proxy::metrics_text`], [`Proxy::window`]).
 //!
+//! Threading is nginx's: [`start`] runs one thread per worker, each with a
+//! single-threaded tokio runtime, its own `SO_REUSEPORT` listener and its
+//! own backend connection pool, so a request never crosses threads (a
+//! shared multi-threaded runtime measured 64 µs of CPU per request against
+//! 41 µs for one thread: the pooled client's hand-offs crossed cores).
+//!
 //! The request path is [`Proxy::handle`], top to bottom: pick (lock-free,
 //! from the current [`table::Table`]), forward (bodies stream, never
 //! buffered), retry on another backend only when that is safe, record. The
@@ -129,7 +135,9 @@ struct Registry {
 pub struct Proxy {
     config: ProxyConfig,
     table: ArcSwap<Table>,
-    client: ArcSwap<HttpClient>,
+    /// One connection pool per worker thread (the last one for health
+    /// checks); swapped for fresh ones to close idle connections on drain.
+    clients: Vec<ArcSwap<HttpClient>>,
     ticket: AtomicU64,
     epoch: Instant,
     registry: Mutex<Registry>,
@@ -242,11 +250,12 @@ impl hyper::body::Body for Guarded {
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig) -> Arc<Self> {
+    /// A proxy for `workers` worker threads.
+    pub fn new(config: ProxyConfig, workers: usize) -> Arc<Self> {
         Arc::new(Proxy {
             config,
             table: ArcSwap::from_pointee(Table::default()),
-            client: ArcSwap::from_pointee(new_client()),
+            clients: (0..=workers.max(1)).map(|_| ArcSwap::from_pointee(new_client())).collect(),
             ticket: AtomicU64::new(0),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
@@ -311,7 +320,10 @@ impl Proxy {
     pub async fn drain(&self, addr: SocketAddr, deadline: Duration) -> Result<DrainReport, String> {
         let b = self.registry().backends.get(&addr).cloned().ok_or_else(|| format!("no backend {addr}"))?;
         b.draining.store(true, Ordering::Relaxed);
-        self.client.store(Arc::new(new_client()));
+        // Retiring the pools closes their idle keep-alive connections.
+        for c in &self.clients {
+            c.store(Arc::new(new_client()));
+        }
         let start = Instant::now();
         let at_start = b.in_flight.load(Ordering::Relaxed);
         while b.in_flight.load(Ordering::Relaxed) > 0 && start.elapsed() < deadline {
@@ -371,7 +383,12 @@ impl Proxy {
     }
 
     /// The request path.
-    pub async fn handle(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        worker: usize,
+    ) -> Response<Body> {
         let started = Instant::now();
         // hyper's max_buf_size can be passed when a whole oversized head
         // arrives in one read (hyperium/hyper#4081): check the size here too.
@@ -458,7 +475,7 @@ impl Proxy {
             *out.headers_mut() = parts.headers.clone();
             backend.requests.fetch_add(1, Ordering::Relaxed);
             let mut guard = Some(InFlight::new(backend.clone(), release.metrics.clone()));
-            let sent = self.client.load().request(out);
+            let sent = self.clients[worker % self.clients.len()].load().request(out);
             let cut = backend.cut.notified();
             let outcome = tokio::select! {
                 r = tokio::time::timeout(self.config.backend_timeout, sent) => r,
@@ -571,7 +588,8 @@ impl Proxy {
                 if !seen.insert(b.addr) {
                     continue;
                 }
-                let (b, h, client) = (b.clone(), h.clone(), self.client.load_full());
+                let health_pool = self.clients.len() - 1;
+                let (b, h, client) = (b.clone(), h.clone(), self.clients[health_pool].load_full());
                 tokio::spawn(async move {
                     let Ok(uri) = format!("http://{}{}", b.addr, h.path).parse::<hyper::Uri>() else { return };
                     let mut req = Request::new(empty());
@@ -604,8 +622,8 @@ fn server(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
     b
 }
 
-/// Serves the proxy on `listener` until the task is dropped.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+/// Serves the proxy on `listener` (on the current runtime) as `worker`.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -617,11 +635,48 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let p = p.clone();
-                async move { Ok::<_, Infallible>(p.handle(req, peer).await) }
+                async move { Ok::<_, Infallible>(p.handle(req, peer, worker).await) }
             });
             let _ = server(p_timeout).serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
         });
     }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// Starts `workers` threads serving the proxy on `addr`, each with its own
+/// runtime and `SO_REUSEPORT` listener. Returns the bound address (useful
+/// with port 0). The threads run until the process exits.
+pub fn start(proxy: Arc<Proxy>, addr: SocketAddr, workers: usize) -> std::io::Result<SocketAddr> {
+    let mut bound = addr;
+    for worker in 0..workers.max(1) {
+        // Worker 0 binds first (resolving port 0); the others join its port.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = proxy.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name(format!("kiln-proxy-{worker}")).spawn(move || {
+            rt.block_on(async move {
+                match reuseport_listener(bound) {
+                    Ok(listener) => {
+                        let _ = tx.send(listener.local_addr());
+                        serve(p, listener, worker).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+        })?;
+        bound = rx.recv().map_err(|_| std::io::Error::other("a proxy worker died while starting"))??;
+    }
+    Ok(bound)
 }
 
 /// The admin API: `GET /metrics` (Prometheus), `GET /releases`,
@@ -752,7 +807,7 @@ mod tests {
 
     #[test]
     fn weights_change_only_known_releases() {
-        let p = Proxy::new(ProxyConfig::default());
+        let p = Proxy::new(ProxyConfig::default(), 1);
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a] }]).unwrap();
         assert!(p.set_weights(&BTreeMap::from([("green".to_owned(), 1)])).is_err());
