@@ -9,12 +9,8 @@ ROUNDS=${1:-3}
 SECS=${2:-5}
 cd "$(dirname "$0")/.."
 root=$PWD
-for p in wrk nginx haproxy; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
-done
-if [ -n "${missing:-}" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
-cargo build --quiet --release --locked -p kiln
-./scripts/build-demo.sh >/dev/null
+. bench/common.sh
+bench_setup wrk nginx haproxy
 work=$(mktemp -d /tmp/kiln-bench-proxy.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -7,12 +7,8 @@ set -euo pipefail
 RUNS=${1:-20}
 cd "$(dirname "$0")/.."
 root=$PWD
-for p in docker.io skopeo runc; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
-done
-if [ -n "${missing:-}" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
-cargo build --quiet --release --locked -p kiln
-./scripts/build-demo.sh >/dev/null
+. bench/common.sh
+bench_setup docker.io skopeo runc
 work=$(mktemp -d /tmp/kiln-bench-start.XXXXXX)
 export KILN_HOME=$work/home
 started_dockerd=""

@@ -300,15 +300,7 @@ fn validate_image(name: &str, raw: RawImage, line: usize, lines: &LineIndex) -> 
         }
         run.push(r.into_inner());
     }
-    for key in raw.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err((
-                None,
-                format!("env.{key}"),
-                "an environment variable name must be non-empty and contain no '='".into(),
-            ));
-        }
-    }
+    check_env_names(&raw.env)?;
     if let Some(w) = &raw.workdir {
         if !w.get_ref().starts_with('/') {
             return Err(field_err(w.span(), "workdir", "must be an absolute path"));
@@ -394,15 +386,7 @@ fn validate_service(name: &str, raw: RawService, line: usize) -> Result<ServiceS
     if raw.image.get_ref().trim().is_empty() {
         return Err(field_err(raw.image.span(), "image", "names no image"));
     }
-    for key in raw.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err((
-                None,
-                format!("env.{key}"),
-                "an environment variable name must be non-empty and contain no '='".into(),
-            ));
-        }
-    }
+    check_env_names(&raw.env)?;
     let mut volumes = BTreeMap::new();
     for (v, dest) in raw.volumes {
         let ok_name = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
@@ -485,6 +469,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (t, 1),
     };
     num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+}
+
+fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    match env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        Some(k) => {
+            Err((None, format!("env.{k}"), "an environment variable name must be non-empty and contain no '='".into()))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Image names become tag prefixes and OCI `ref.name`s.
