@@ -452,7 +452,8 @@ impl Proxy {
         };
 
         let (parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path =
+            parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let mut body = Some(body.boxed());
         let mut skip = None;
         let mut attempt = 0;
@@ -468,7 +469,11 @@ impl Proxy {
             };
             let mut out = Request::new(body.take().unwrap_or_else(empty));
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = match format!("http://{}{path}", backend.addr).parse() {
+            let mut target = hyper::http::uri::Parts::default();
+            target.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            target.authority = Some(backend.authority.clone());
+            target.path_and_query = Some(path.clone());
+            *out.uri_mut() = match hyper::Uri::from_parts(target) {
                 Ok(u) => u,
                 Err(_) => return self.local(StatusCode::BAD_REQUEST, "bad request target", None, started, &request_id),
             };

@@ -29,6 +29,8 @@ impl fmt::Display for ReleaseId {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once rather than per request.
+    pub authority: hyper::http::uri::Authority,
     /// Set by active health checks; a backend joins only once healthy.
     pub healthy: AtomicBool,
     /// Passive ejection: consecutive failures, and until when (ms on the
@@ -49,8 +51,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(addr: SocketAddr, healthy: bool) -> Arc<Self> {
+        let authority = hyper::http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1"));
         Arc::new(Backend {
             addr,
+            authority,
             healthy: AtomicBool::new(healthy),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
