@@ -128,6 +128,7 @@ impl Drop for Env {
                 }
             }
         }
+        let _ = fs::remove_dir_all(kiln::runtime::run_dir(&self.home));
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(&self.home);
     }
