@@ -139,6 +139,7 @@ pub struct Proxy {
     /// checks); swapped for fresh ones to close idle connections on drain.
     clients: Vec<ArcSwap<HttpClient>>,
     ticket: AtomicU64,
+    retry_budget: RetryBudget,
     epoch: Instant,
     registry: Mutex<Registry>,
 }
@@ -207,6 +208,44 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// A proxy-wide retry budget: every request deposits a fifth of a retry,
+/// every retry withdraws one, so retries stay under about 20% of traffic
+/// (plus a small reserve) and a failing fleet is not hit twice as hard.
+/// Amounts are tenths, in one atomic.
+#[derive(Debug)]
+pub struct RetryBudget {
+    tenths: AtomicU64,
+}
+
+impl RetryBudget {
+    const DEPOSIT: u64 = 2;
+    const COST: u64 = 10;
+    const CAP: u64 = 1_000;
+    const RESERVE: u64 = 100;
+
+    pub fn new() -> Self {
+        RetryBudget { tenths: AtomicU64::new(Self::RESERVE) }
+    }
+
+    pub fn deposit(&self) {
+        // Racy against the cap by a few tenths at most; never below zero.
+        if self.tenths.load(Ordering::Relaxed) < Self::CAP {
+            self.tenths.fetch_add(Self::DEPOSIT, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn withdraw(&self) -> bool {
+        self.tenths.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(Self::COST)).is_ok()
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Keeps a backend's and a release's in-flight counts up while a response
 /// body (or an upgraded connection) is alive.
 struct InFlight {
@@ -257,6 +296,7 @@ impl Proxy {
             table: ArcSwap::from_pointee(Table::default()),
             clients: (0..=workers.max(1)).map(|_| ArcSwap::from_pointee(new_client())).collect(),
             ticket: AtomicU64::new(0),
+            retry_budget: RetryBudget::new(),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
         })
@@ -451,6 +491,7 @@ impl Proxy {
             }
         };
 
+        self.retry_budget.deposit();
         let (parts, body) = req.into_parts();
         let path =
             parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
@@ -541,7 +582,11 @@ impl Proxy {
                     self.passive(&backend, true, e.is_connect());
                     // Failed before any response byte: safe to resend when
                     // nothing of a body was consumed.
-                    if !has_body && attempt < self.config.retries && (e.is_connect() || idempotent) {
+                    if !has_body
+                        && attempt < self.config.retries
+                        && (e.is_connect() || idempotent)
+                        && self.retry_budget.withdraw()
+                    {
                         attempt += 1;
                         release.metrics.retries.fetch_add(1, Ordering::Relaxed);
                         skip = Some(backend.addr);
@@ -808,6 +853,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; kiln_release=green; b=2"));
         assert_eq!(cookie_release(&h), Some(ReleaseId("green".into())));
+    }
+
+    #[test]
+    fn the_retry_budget_allows_a_fifth_of_traffic_plus_a_reserve() {
+        let b = RetryBudget::new();
+        let reserve = (0..100).take_while(|_| b.withdraw()).count();
+        assert_eq!(reserve, 10);
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        let earned = (0..1000).take_while(|_| b.withdraw()).count();
+        assert_eq!(earned, 100, "the cap keeps the saved-up budget bounded");
+        for _ in 0..50 {
+            b.deposit();
+        }
+        assert_eq!((0..100).take_while(|_| b.withdraw()).count(), 10);
     }
 
     #[test]
