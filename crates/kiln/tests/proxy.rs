@@ -426,3 +426,44 @@ fn drain_keeps_a_websocket_until_it_closes_or_the_deadline_cuts_it() {
     let closed = matches!(ws.read(&mut buf), Ok(0) | Err(_));
     assert!(closed, "the cut tunnel is closed");
 }
+
+#[test]
+fn active_checks_keep_unhealthy_backends_out_and_header_stickiness_holds() {
+    let (_sick, sick) = backend("sick", &[("FAIL_HEALTH", "1")]);
+    let (_good, good) = backend("good", &[]);
+    let (_c, canary) = backend("canary", &[]);
+    let (_p, port, admin_port) = proxy(
+        &[format!("stable=90@{sick},{good}"), format!("canary=10@{canary}")],
+        &["--health-path", "/healthz", "--health-interval-ms", "100", "--sticky", "header:x-user", "--release-header"],
+    );
+    // After a few checks, the failing backend is marked unhealthy and the others healthy.
+    std::thread::sleep(Duration::from_millis(600));
+    let metrics = admin(admin_port, "GET", "/metrics", "").1;
+    assert!(
+        metrics.contains(&format!("kiln_proxy_backend_healthy{{service=\"default\",backend=\"{sick}\"}} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("kiln_proxy_backend_healthy{{service=\"default\",backend=\"{good}\"}} 1")),
+        "{metrics}"
+    );
+    let mut c = Conn::new(port);
+    for _ in 0..200 {
+        let (code, _, body) = c.get("/").unwrap();
+        assert_eq!(code, 200);
+        assert_ne!(String::from_utf8_lossy(&body).trim(), "demo-app sick", "the failing backend never gets traffic");
+    }
+    // The same x-user always lands on the same release; different users spread.
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..40 {
+        let u = format!("user-{user}");
+        let first =
+            header(&c.send("GET", "/", &[("x-user", &u)], b"").unwrap().1, "x-kiln-release").unwrap().to_owned();
+        for _ in 0..10 {
+            let (_, hs, _) = c.send("GET", "/", &[("x-user", &u)], b"").unwrap();
+            assert_eq!(header(&hs, "x-kiln-release"), Some(first.as_str()), "{u}");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "forty users reach both releases: {seen:?}");
+}
