@@ -81,19 +81,13 @@ pub enum Command {
 }
 
 /// `kiln proxy`: where to listen, the initial releases, the behaviour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyRun {
     pub listen: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
     pub releases: Vec<crate::proxy::ReleaseSpec>,
     pub config: crate::proxy::ProxyConfig,
     pub workers: usize,
-}
-
-impl PartialEq for ProxyRun {
-    fn eq(&self, other: &Self) -> bool {
-        self.listen == other.listen && self.admin == other.admin && self.releases == other.releases
-    }
 }
 
 /// What a command produced, for a front end to render.
