@@ -11,11 +11,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 . bench/common.sh
 bench_setup wrk nginx haproxy
-work=$(mktemp -d /tmp/kiln-bench-proxy.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_workdir proxy
 B=$(port); K=$(port); N=$(port); H=$(port)
 
 HOST=127.0.0.1 PORT=$B examples/hello/bin/demo-app >/dev/null 2>&1 & pids+=($!)
@@ -55,7 +51,7 @@ backend b
   server s1 127.0.0.1:$B
 CONF
 haproxy -f "$work/haproxy.cfg" -db 2>/dev/null & pids+=($!); haproxy_pid=$!
-for p in $B $K $N $H; do for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
+for p in $B $K $N $H; do wait_port $p; done
 
 python3 - "$ROUNDS" "$SECS" "$B" "$K" "$N" "$H" "$kiln_pid" "$nginx_pid" "$haproxy_pid" <<'PY'
 import os, re, statistics, subprocess, sys
@@ -100,8 +96,9 @@ def run(name, conns):
         sys.exit(f"wrk against {name} at {conns} connections gave no result:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # The percentile lines of wrk's latency distribution, not a "+/- Stdev" value ending in 50%.
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     return dict(rps=rps, p50=p50, p99=p99, cpu_us=(c1 - c0) * 1e6 / max(total, 1), bad=(errors.group(1) if errors else "0"), sock=(sock.group(1) if sock else ""))

@@ -11,12 +11,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 . bench/common.sh
 bench_setup wrk nginx haproxy
-work=$(mktemp -d /tmp/kiln-bench-switch.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+bench_workdir switch
 # Prints the backend's pid; callers record it (a $(...) subshell cannot).
 backend() { HOST=127.0.0.1 PORT=$1 DEMO_VERSION=$2 examples/hello/bin/demo-app >/dev/null 2>&1 & echo $!; }
 load() { wrk -t2 -c32 -d"$1"s --latency "http://127.0.0.1:$2/" > "$3" 2>&1 & load_pid=$!; }
