@@ -286,7 +286,7 @@ fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
 }
 
 fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
-    let proxy = crate::proxy::Proxy::new(run.config, run.workers);
+    let proxy = crate::proxy::Proxy::new(run.config);
     proxy.set_releases(run.releases).map_err(std::io::Error::other)?;
     let bound = crate::proxy::start(proxy.clone(), run.listen, run.workers)?;
     eprintln!("kiln proxy: listening on {bound} with {} worker threads", run.workers.max(1));

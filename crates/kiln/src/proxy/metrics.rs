@@ -33,26 +33,70 @@ impl Slot {
     }
 }
 
+/// Responses by status class and a latency histogram: what is kept per
+/// release and per backend.
+#[derive(Debug)]
+pub struct Traffic {
+    /// Responses by status class: 1xx … 5xx (index 0 … 4).
+    pub by_class: [AtomicU64; 5],
+    hist: [AtomicU64; NB],
+    sum_us: AtomicU64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+            hist: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Traffic {
+    /// Records one response; returns its histogram bucket.
+    pub fn record(&self, status: u16, latency_us: u64) -> usize {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let b = bucket(latency_us);
+        self.hist[b].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
+        b
+    }
+
+    /// Appends `{prefix}requests_total` by class and the
+    /// `{prefix}request_duration_seconds` histogram, with labels `l`.
+    pub fn prometheus(&self, out: &mut String, prefix: &str, l: &str) {
+        for (i, c) in self.by_class.iter().enumerate() {
+            let _ = writeln!(out, "{prefix}requests_total{{{l},class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
+        }
+        let mut acc = 0;
+        for (i, h) in self.hist.iter().enumerate() {
+            acc += h.load(Ordering::Relaxed);
+            let le = BUCKETS_US.get(i).map_or("+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
+            let _ = writeln!(out, "{prefix}request_duration_seconds_bucket{{{l},le=\"{le}\"}} {acc}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{prefix}request_duration_seconds_sum{{{l}}} {sum}");
+        let _ = writeln!(out, "{prefix}request_duration_seconds_count{{{l}}} {acc}");
+    }
+}
+
 /// Metrics of one release.
 #[derive(Debug)]
 pub struct ReleaseMetrics {
-    /// Responses by status class: 1xx … 5xx (index 0 … 4).
-    pub by_class: [AtomicU64; 5],
+    pub traffic: Traffic,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
-    hist: [AtomicU64; NB],
-    sum_us: AtomicU64,
     ring: Vec<Slot>,
 }
 
 impl Default for ReleaseMetrics {
     fn default() -> Self {
         ReleaseMetrics {
-            by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+            traffic: Traffic::default(),
             retries: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
-            hist: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_us: AtomicU64::new(0),
             ring: (0..SLOTS).map(|_| Slot::new()).collect(),
         }
     }
@@ -77,11 +121,7 @@ impl ReleaseMetrics {
     /// Records one response. `now_s` is the proxy clock in seconds; 5xx
     /// (including the proxy's own 502/503/504) count as errors.
     pub fn record(&self, status: u16, latency_us: u64, now_s: u64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        let b = bucket(latency_us);
-        self.hist[b].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
+        let b = self.traffic.record(status, latency_us);
         let slot = &self.ring[(now_s % SLOTS as u64) as usize];
         let seen = slot.second.load(Ordering::Acquire);
         if seen != now_s && slot.second.compare_exchange(seen, now_s, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -137,24 +177,9 @@ impl ReleaseMetrics {
     /// Appends this release's series in Prometheus text format.
     pub fn prometheus(&self, out: &mut String, service: &str, release: &str) {
         let l = format!("service=\"{service}\",release=\"{release}\"");
-        for (i, c) in self.by_class.iter().enumerate() {
-            let _ =
-                writeln!(out, "kiln_proxy_requests_total{{{l},class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
-        }
+        self.traffic.prometheus(out, "kiln_proxy_", &l);
         let _ = writeln!(out, "kiln_proxy_retries_total{{{l}}} {}", self.retries.load(Ordering::Relaxed));
         let _ = writeln!(out, "kiln_proxy_in_flight{{{l}}} {}", self.in_flight.load(Ordering::Relaxed));
-        let mut acc = 0;
-        for (i, h) in self.hist.iter().enumerate() {
-            acc += h.load(Ordering::Relaxed);
-            let le = BUCKETS_US.get(i).map_or("+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
-            let _ = writeln!(out, "kiln_proxy_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {acc}");
-        }
-        let _ = writeln!(
-            out,
-            "kiln_proxy_request_duration_seconds_sum{{{l}}} {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "kiln_proxy_request_duration_seconds_count{{{l}}} {acc}");
     }
 }
 

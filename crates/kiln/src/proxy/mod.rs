@@ -5,38 +5,35 @@
 //!
 //! Threading is nginx's: [`start`] runs one thread per worker, each with a
 //! single-threaded tokio runtime, its own `SO_REUSEPORT` listener and its
-//! own backend connection pool, so a request never crosses threads (a
-//! shared multi-threaded runtime measured 64 µs of CPU per request against
-//! 41 µs for one thread: the pooled client's hand-offs crossed cores).
+//! own backend keep-alive pool, so a request never crosses threads.
 //!
-//! The request path is [`Proxy::handle`], top to bottom: pick (lock-free,
-//! from the current [`table::Table`]), forward (bodies stream, never
-//! buffered), retry on another backend only when that is safe, record. The
-//! table is swapped whole through `ArcSwap`, so a switch never blocks or
-//! fails a request. Nothing on the request path may block or take a lock.
+//! The request path is [`forward`]: an HTTP/1.1 engine of kiln's own (heads
+//! parsed and rewritten by [`h1`], bodies passed through as bytes), one
+//! task per client connection, with no per-request allocation, task or
+//! channel. The routing table is swapped whole through `ArcSwap`, so a
+//! switch never blocks or fails a request. Nothing on the request path may
+//! block or take a lock. The admin API is a hyper server: it is not hot.
 
+mod forward;
+pub mod h1;
 pub mod metrics;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as _, Frame, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -47,7 +44,6 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-type HttpClient = Client<HttpConnector, Body>;
 
 /// How a client is kept on the release it first got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +131,10 @@ struct Registry {
 pub struct Proxy {
     config: ProxyConfig,
     table: ArcSwap<Table>,
-    /// One connection pool per worker thread (the last one for health
-    /// checks); swapped for fresh ones to close idle connections on drain.
-    clients: Vec<ArcSwap<HttpClient>>,
+    /// Numbers requests: the weighted schedule's position, and generated
+    /// request ids (with `id_salt`, so ids differ between runs).
     ticket: AtomicU64,
+    id_salt: u64,
     retry_budget: RetryBudget,
     epoch: Instant,
     registry: Mutex<Registry>,
@@ -150,62 +146,11 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-fn new_client() -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(http)
-}
-
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// Headers that describe one hop only (RFC 9110 §7.6.1), plus any the
-/// `Connection` header names. `keep_upgrade` keeps what a WebSocket needs.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
-        h.remove(n);
-    }
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-}
-
-fn cookie_release(h: &HeaderMap) -> Option<ReleaseId> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("kiln_release=").map(|r| ReleaseId(r.to_owned())))
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// A proxy-wide retry budget: every request deposits a fifth of a retry,
@@ -246,56 +191,35 @@ impl Default for RetryBudget {
     }
 }
 
-/// Keeps a backend's and a release's in-flight counts up while a response
-/// body (or an upgraded connection) is alive.
-struct InFlight {
-    backend: Arc<Backend>,
-    release: Arc<ReleaseMetrics>,
+/// Keeps a backend's and a release's in-flight counts up while a request,
+/// its response body or its upgraded connection is alive.
+struct InFlight<'a> {
+    backend: &'a Backend,
+    release: &'a ReleaseMetrics,
 }
 
-impl InFlight {
-    fn new(backend: Arc<Backend>, release: Arc<ReleaseMetrics>) -> Self {
+impl<'a> InFlight<'a> {
+    fn new(backend: &'a Backend, release: &'a ReleaseMetrics) -> Self {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
         release.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { backend, release }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.release.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A streaming body that holds an [`InFlight`] until it ends or is dropped.
-struct Guarded {
-    inner: Body,
-    _guard: InFlight,
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 impl Proxy {
-    /// A proxy for `workers` worker threads.
-    pub fn new(config: ProxyConfig, workers: usize) -> Arc<Self> {
+    pub fn new(config: ProxyConfig) -> Arc<Self> {
         Arc::new(Proxy {
             config,
             table: ArcSwap::from_pointee(Table::default()),
-            clients: (0..=workers.max(1)).map(|_| ArcSwap::from_pointee(new_client())).collect(),
             ticket: AtomicU64::new(0),
+            id_salt: h1::fnv(&format!("{:?}{}", Instant::now(), std::process::id()).into_bytes()),
             retry_budget: RetryBudget::new(),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
@@ -355,15 +279,12 @@ impl Proxy {
     }
 
     /// Stops new requests to `addr` at once, waits for its in-flight
-    /// requests and upgraded connections up to `deadline`, and closes idle
-    /// keep-alive connections (by retiring the connection pool).
+    /// requests, response bodies and upgraded connections up to `deadline`,
+    /// then cuts what is left. Its idle keep-alive connections are closed
+    /// by each worker's next pool sweep (within [`SWEEP_EVERY`]).
     pub async fn drain(&self, addr: SocketAddr, deadline: Duration) -> Result<DrainReport, String> {
         let b = self.registry().backends.get(&addr).cloned().ok_or_else(|| format!("no backend {addr}"))?;
         b.draining.store(true, Ordering::Relaxed);
-        // Retiring the pools closes their idle keep-alive connections.
-        for c in &self.clients {
-            c.store(Arc::new(new_client()));
-        }
         let start = Instant::now();
         let at_start = b.in_flight.load(Ordering::Relaxed);
         while b.in_flight.load(Ordering::Relaxed) > 0 && start.elapsed() < deadline {
@@ -373,6 +294,8 @@ impl Proxy {
         if left > 0 {
             b.cut.notify_waiters();
         }
+        b.drain_finished.fetch_add(at_start.saturating_sub(left), Ordering::Relaxed);
+        b.drain_cut.fetch_add(left, Ordering::Relaxed);
         Ok(DrainReport {
             backend: addr,
             finished: at_start.saturating_sub(left),
@@ -398,10 +321,22 @@ impl Proxy {
         for b in backends {
             let l = format!("service=\"{}\",backend=\"{}\"", self.config.service, b.addr);
             use std::fmt::Write as _;
-            let _ = writeln!(out, "kiln_proxy_backend_requests_total{{{l}}} {}", b.requests.load(Ordering::Relaxed));
+            let _ = writeln!(out, "kiln_proxy_backend_attempts_total{{{l}}} {}", b.requests.load(Ordering::Relaxed));
             let _ = writeln!(out, "kiln_proxy_backend_in_flight{{{l}}} {}", b.in_flight.load(Ordering::Relaxed));
             let _ = writeln!(out, "kiln_proxy_backend_healthy{{{l}}} {}", u8::from(b.healthy.load(Ordering::Relaxed)));
             let _ = writeln!(out, "kiln_proxy_backend_ejections_total{{{l}}} {}", b.ejections.load(Ordering::Relaxed));
+            let _ = writeln!(out, "kiln_proxy_backend_idle_connections{{{l}}} {}", b.idle.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "kiln_proxy_backend_drained_total{{{l},outcome=\"finished\"}} {}",
+                b.drain_finished.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "kiln_proxy_backend_drained_total{{{l},outcome=\"cut\"}} {}",
+                b.drain_cut.load(Ordering::Relaxed)
+            );
+            b.traffic.prometheus(&mut out, "kiln_proxy_backend_", &l);
         }
         out
     }
@@ -422,211 +357,6 @@ impl Proxy {
         }
     }
 
-    /// The request path.
-    pub async fn handle(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-        worker: usize,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        // hyper's max_buf_size can be passed when a whole oversized head
-        // arrives in one read (hyperium/hyper#4081): check the size here too.
-        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-        let head: usize = target + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
-        if head > MAX_HEAD_BYTES {
-            return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large");
-        }
-        let table = self.table.load_full();
-
-        // Which release: a pinned one, or the next on the weighted schedule.
-        let sticky = match &self.config.sticky {
-            Sticky::Cookie => cookie_release(req.headers()),
-            _ => None,
-        };
-        let ticket = match &self.config.sticky {
-            Sticky::Header(name) => match req.headers().get(name) {
-                Some(v) => fnv(v.as_bytes()),
-                None => self.ticket.fetch_add(1, Ordering::Relaxed),
-            },
-            _ => self.ticket.fetch_add(1, Ordering::Relaxed),
-        };
-
-        // What the request allows: retries only without a body (nothing is
-        // lost by sending it again) or for an idempotent method.
-        let upgrade = req.headers().contains_key(header::UPGRADE);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let has_body = !req.body().is_end_stream();
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-        );
-
-        // Forwarding headers.
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers, upgrade);
-        let ip = peer.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert("x-forwarded-host", host);
-        }
-        let request_id = match headers.get("x-request-id") {
-            Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
-            _ => {
-                let id = format!(
-                    "{:016x}{:08x}",
-                    fnv(&ticket.to_le_bytes()) ^ started.elapsed().as_nanos() as u64,
-                    ticket as u32
-                );
-                let v = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"));
-                headers.insert("x-request-id", v.clone());
-                v
-            }
-        };
-
-        self.retry_budget.deposit();
-        let (parts, body) = req.into_parts();
-        let path =
-            parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        let mut body = Some(body.boxed());
-        let mut skip = None;
-        let mut attempt = 0;
-        loop {
-            let Some((release, backend)) = table.pick(ticket, sticky.as_ref(), skip, self.now_ms()) else {
-                return self.local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy backend for this service",
-                    None,
-                    started,
-                    &request_id,
-                );
-            };
-            let mut out = Request::new(body.take().unwrap_or_else(empty));
-            *out.method_mut() = parts.method.clone();
-            let mut target = hyper::http::uri::Parts::default();
-            target.scheme = Some(hyper::http::uri::Scheme::HTTP);
-            target.authority = Some(backend.authority.clone());
-            target.path_and_query = Some(path.clone());
-            *out.uri_mut() = match hyper::Uri::from_parts(target) {
-                Ok(u) => u,
-                Err(_) => return self.local(StatusCode::BAD_REQUEST, "bad request target", None, started, &request_id),
-            };
-            *out.headers_mut() = parts.headers.clone();
-            backend.requests.fetch_add(1, Ordering::Relaxed);
-            let mut guard = Some(InFlight::new(backend.clone(), release.metrics.clone()));
-            let sent = self.clients[worker % self.clients.len()].load().request(out);
-            let cut = backend.cut.notified();
-            let outcome = tokio::select! {
-                r = tokio::time::timeout(self.config.backend_timeout, sent) => r,
-                _ = cut => {
-                    drop(guard);
-                    let m = release.metrics.clone();
-                    return self.local(StatusCode::BAD_GATEWAY, "the backend was drained", Some(&m), started, &request_id);
-                }
-            };
-            match outcome {
-                Ok(Ok(mut resp)) => {
-                    let status = resp.status();
-                    self.passive(&backend, status.is_server_error(), false);
-                    release.metrics.record(status.as_u16(), started.elapsed().as_micros() as u64, self.now_ms() / 1000);
-                    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-                    if switching {
-                        // The tunnel holds the in-flight guard for its lifetime.
-                        let backend_upgrade = hyper::upgrade::on(&mut resp);
-                        if let Some(client_upgrade) = client_upgrade {
-                            let guard = guard.take();
-                            let be = backend.clone();
-                            tokio::spawn(async move {
-                                if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
-                                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-                                    tokio::select! {
-                                        _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
-                                        _ = be.cut.notified() => {}
-                                    }
-                                }
-                                drop(guard);
-                            });
-                        }
-                    }
-                    let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers, switching);
-                    rparts.headers.insert("x-request-id", request_id);
-                    if self.config.release_header {
-                        if let Ok(v) = HeaderValue::from_str(&release.id.0) {
-                            rparts.headers.insert("x-kiln-release", v);
-                        }
-                    }
-                    if self.config.sticky == Sticky::Cookie && sticky.as_ref() != Some(&release.id) {
-                        if let Ok(v) = HeaderValue::from_str(&format!(
-                            "kiln_release={}; Path=/; HttpOnly; SameSite=Lax",
-                            release.id
-                        )) {
-                            rparts.headers.append(header::SET_COOKIE, v);
-                        }
-                    }
-                    let body = match guard {
-                        Some(g) => Guarded { inner: rbody.boxed(), _guard: g }.boxed(),
-                        None => rbody.boxed(),
-                    };
-                    return Response::from_parts(rparts, body);
-                }
-                Ok(Err(e)) => {
-                    drop(guard);
-                    self.passive(&backend, true, e.is_connect());
-                    // Failed before any response byte: safe to resend when
-                    // nothing of a body was consumed.
-                    if !has_body
-                        && attempt < self.config.retries
-                        && (e.is_connect() || idempotent)
-                        && self.retry_budget.withdraw()
-                    {
-                        attempt += 1;
-                        release.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                        skip = Some(backend.addr);
-                        continue;
-                    }
-                    let m = release.metrics.clone();
-                    return self.local(StatusCode::BAD_GATEWAY, "the backend failed", Some(&m), started, &request_id);
-                }
-                Err(_) => {
-                    drop(guard);
-                    self.passive(&backend, true, false);
-                    let m = release.metrics.clone();
-                    return self.local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the backend did not answer in time",
-                        Some(&m),
-                        started,
-                        &request_id,
-                    );
-                }
-            }
-        }
-    }
-
-    fn local(
-        &self,
-        status: StatusCode,
-        msg: &str,
-        m: Option<&Arc<ReleaseMetrics>>,
-        started: Instant,
-        request_id: &HeaderValue,
-    ) -> Response<Body> {
-        if let Some(m) = m {
-            m.record(status.as_u16(), started.elapsed().as_micros() as u64, self.now_ms() / 1000);
-        }
-        let mut r = text(status, msg);
-        r.headers_mut().insert("x-request-id", request_id.clone());
-        r
-    }
-
     /// Active health checks, forever: every interval, each backend of the
     /// current table is asked `GET path`; thresholds flip its state.
     pub async fn health_loop(self: Arc<Self>) {
@@ -638,15 +368,9 @@ impl Proxy {
                 if !seen.insert(b.addr) {
                     continue;
                 }
-                let health_pool = self.clients.len() - 1;
-                let (b, h, client) = (b.clone(), h.clone(), self.clients[health_pool].load_full());
+                let (b, h) = (b.clone(), h.clone());
                 tokio::spawn(async move {
-                    let Ok(uri) = format!("http://{}{}", b.addr, h.path).parse::<hyper::Uri>() else { return };
-                    let mut req = Request::new(empty());
-                    *req.uri_mut() = uri;
-                    let ok = matches!(tokio::time::timeout(h.timeout, client.request(req)).await,
-                        Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection());
-                    if ok {
+                    if forward::probe(b.addr, &h.path, h.timeout).await {
                         b.health_fail.store(0, Ordering::Relaxed);
                         if b.health_ok.fetch_add(1, Ordering::Relaxed) + 1 >= h.healthy_threshold {
                             b.healthy.store(true, Ordering::Relaxed);
@@ -664,31 +388,25 @@ impl Proxy {
     }
 }
 
-fn server(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    // Slowloris: a client gets `header_timeout` to send its headers;
-    // headers over 64 KiB are answered 431 by hyper.
-    b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD_BYTES);
-    b
-}
+/// How often each worker closes idle connections to draining backends.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
-/// Serves the proxy on `listener` (on the current runtime) as `worker`.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
+/// Serves the proxy on `listener`, on the current (worker's) runtime.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            forward::sweep(Instant::now());
+        }
+    });
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
+            // Out of descriptors, most likely: let connections finish.
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let p = proxy.clone();
-        let p_timeout = proxy.config.header_timeout;
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let p = p.clone();
-                async move { Ok::<_, Infallible>(p.handle(req, peer, worker).await) }
-            });
-            let _ = server(p_timeout).serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
-        });
+        tokio::spawn(forward::connection(proxy.clone(), stream, peer));
     }
 }
 
@@ -716,7 +434,7 @@ pub fn start(proxy: Arc<Proxy>, addr: SocketAddr, workers: usize) -> std::io::Re
                 match reuseport_listener(bound) {
                     Ok(listener) => {
                         let _ = tx.send(listener.local_addr());
-                        serve(p, listener, worker).await;
+                        serve(p, listener).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -741,7 +459,9 @@ pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) {
                 let p = p.clone();
                 async move { Ok::<_, Infallible>(admin(&p, req).await) }
             });
-            let _ = server(Duration::from_secs(10)).serve_connection(TokioIo::new(stream), svc).await;
+            let mut server = hyper::server::conn::http1::Builder::new();
+            server.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let _ = server.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -825,34 +545,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert("x-app", HeaderValue::from_static("kept"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-app"));
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn release_flags_and_cookies() {
+    fn release_flags() {
         let r = parse_release_flag("canary=5@127.0.0.1:8001,127.0.0.1:8002").unwrap();
         assert_eq!((r.release.as_str(), r.weight, r.backends.len()), ("canary", 5, 2));
         assert!(parse_release_flag("x=5").is_err());
         assert!(parse_release_flag("x=a@127.0.0.1:1").is_err());
         assert!(parse_release_flag("x=5@localhost").unwrap_err().contains("localhost"));
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; kiln_release=green; b=2"));
-        assert_eq!(cookie_release(&h), Some(ReleaseId("green".into())));
     }
 
     #[test]
@@ -873,7 +571,7 @@ mod tests {
 
     #[test]
     fn weights_change_only_known_releases() {
-        let p = Proxy::new(ProxyConfig::default(), 1);
+        let p = Proxy::new(ProxyConfig::default());
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a] }]).unwrap();
         assert!(p.set_weights(&BTreeMap::from([("green".to_owned(), 1)])).is_err());

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::metrics::ReleaseMetrics;
+use super::metrics::{ReleaseMetrics, Traffic};
 
 /// A release's id (several backends of one image digest).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +44,14 @@ pub struct Backend {
     pub health_fail: AtomicU32,
     pub requests: AtomicU64,
     pub ejections: AtomicU64,
+    /// Responses by status class and latency (including the proxy's own
+    /// 502/504 for this backend).
+    pub traffic: Traffic,
+    /// Idle keep-alive connections in the workers' pools.
+    pub idle: AtomicU64,
+    /// Drain outcomes: requests and tunnels that finished, and that were cut.
+    pub drain_finished: AtomicU64,
+    pub drain_cut: AtomicU64,
     /// Fired when a drain's deadline passes: whatever still runs on this
     /// backend (upgraded tunnels, requests awaiting their response) is cut.
     pub cut: tokio::sync::Notify,
@@ -65,6 +73,10 @@ impl Backend {
             health_fail: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            traffic: Traffic::default(),
+            idle: AtomicU64::new(0),
+            drain_finished: AtomicU64::new(0),
+            drain_cut: AtomicU64::new(0),
             cut: tokio::sync::Notify::new(),
         })
     }
@@ -149,23 +161,25 @@ impl Table {
         Table { releases, schedule }
     }
 
-    pub fn release(&self, id: &ReleaseId) -> Option<&Release> {
-        self.releases.iter().find(|r| &r.id == id)
+    /// The index of the release named `name` (a cookie's value).
+    pub fn release_index(&self, name: &[u8]) -> Option<usize> {
+        self.releases.iter().position(|r| r.id.0.as_bytes() == name)
     }
 
     /// Chooses a release and a backend for a request. `ticket` is a
-    /// per-request counter (or a hash, for header stickiness); `sticky` a
-    /// release the client is pinned to; `skip` a backend that just failed.
+    /// per-request counter (or a hash, for header stickiness); `sticky` the
+    /// index of a release the client is pinned to; `skip` a backend that
+    /// just failed. Returns the release's index too.
     pub fn pick(
         &self,
         ticket: u64,
-        sticky: Option<&ReleaseId>,
+        sticky: Option<usize>,
         skip: Option<SocketAddr>,
         now_ms: u64,
-    ) -> Option<(&Release, Arc<Backend>)> {
-        if let Some(r) = sticky.and_then(|s| self.release(s)).filter(|r| r.weight > 0) {
+    ) -> Option<(usize, &Release, &Arc<Backend>)> {
+        if let Some((i, r)) = sticky.and_then(|i| Some((i, self.releases.get(i)?))).filter(|(_, r)| r.weight > 0) {
             if let Some(b) = r.next_backend(skip, now_ms) {
-                return Some((r, b));
+                return Some((i, r, b));
             }
         }
         let n = self.schedule.len();
@@ -176,9 +190,10 @@ impl Table {
         // The scheduled release first; if it has nothing available, the
         // next releases in schedule order (weight 0 releases never).
         for k in 0..n {
-            let r = &self.releases[self.schedule[(start + k) % n]];
+            let i = self.schedule[(start + k) % n];
+            let r = &self.releases[i];
             if let Some(b) = r.next_backend(skip, now_ms) {
-                return Some((r, b));
+                return Some((i, r, b));
             }
         }
         None
@@ -192,7 +207,7 @@ impl Table {
 
 impl Release {
     /// Round robin over available backends, avoiding `skip` when another is available.
-    fn next_backend(&self, skip: Option<SocketAddr>, now_ms: u64) -> Option<Arc<Backend>> {
+    fn next_backend(&self, skip: Option<SocketAddr>, now_ms: u64) -> Option<&Arc<Backend>> {
         let n = self.backends.len();
         if n == 0 {
             return None;
@@ -205,10 +220,10 @@ impl Release {
                 continue;
             }
             if Some(b.addr) == skip {
-                fallback = Some(b.clone());
+                fallback = Some(b);
                 continue;
             }
-            return Some(b.clone());
+            return Some(b);
         }
         fallback
     }
@@ -245,7 +260,7 @@ mod tests {
             entry("canary", 5, vec![Backend::new(addr(1), true)]),
             entry("stable", 95, vec![Backend::new(addr(2), true), Backend::new(addr(3), true)]),
         ]);
-        let canary = (0..10_000u64).filter(|&i| t.pick(i, None, None, 0).unwrap().0.id.0 == "canary").count();
+        let canary = (0..10_000u64).filter(|&i| t.pick(i, None, None, 0).unwrap().1.id.0 == "canary").count();
         assert_eq!(canary, 500);
     }
 
@@ -260,7 +275,7 @@ mod tests {
         ]);
         dead.healthy.store(false, Ordering::Relaxed);
         for i in 0..10 {
-            assert_eq!(t.pick(i, None, None, 0).unwrap().1.addr, addr(2));
+            assert_eq!(t.pick(i, None, None, 0).unwrap().2.addr, addr(2));
         }
         live.ejected_until_ms.store(100, Ordering::Relaxed);
         assert!(t.pick(0, None, None, 50).is_none(), "weight-0 releases get nothing, even as a fallback");
@@ -275,12 +290,14 @@ mod tests {
             entry("a", 99, vec![Backend::new(addr(1), true), Backend::new(addr(2), true)]),
             entry("b", 1, vec![Backend::new(addr(3), true)]),
         ]);
-        let b = ReleaseId("b".into());
+        let b = t.release_index(b"b");
+        assert_eq!(b, Some(1));
+        assert_eq!(t.release_index(b"nope"), None);
         for i in 0..50 {
-            assert_eq!(t.pick(i, Some(&b), None, 0).unwrap().0.id, b);
+            assert_eq!(t.pick(i, b, None, 0).unwrap().1.id.0, "b");
         }
         for i in 0..10 {
-            let (_, be) = t.pick(0, Some(&ReleaseId("a".into())), Some(addr(1)), 0).unwrap();
+            let (_, _, be) = t.pick(0, t.release_index(b"a"), Some(addr(1)), 0).unwrap();
             assert_eq!(be.addr, addr(2), "retry {i} avoids the backend that failed");
         }
     }

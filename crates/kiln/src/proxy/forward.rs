@@ -1,0 +1,531 @@
+//! The request path: one task per client connection, on its worker's
+//! thread, reading requests and forwarding each to a backend over this
+//! thread's keep-alive pool. [`exchange`] is one request, top to bottom.
+//!
+//! The bytes of a message body pass through unchanged (only heads are
+//! parsed and rewritten, by [`super::h1`]), through two buffers per client
+//! connection that are reused for every request: nothing is allocated per
+//! request, no task is spawned and no channel crossed, so a request costs
+//! about four socket calls. Nothing here may block the thread or take a
+//! lock: a worker serves all of its connections.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::h1::{self, Chunked, Framing, HeadError, RequestId};
+use super::metrics::ReleaseMetrics;
+use super::table::Backend;
+use super::{InFlight, Proxy, Sticky, MAX_HEAD_BYTES};
+
+/// How long an idle client connection is kept open.
+const CLIENT_IDLE: Duration = Duration::from_secs(75);
+/// How long an idle backend connection is kept in the pool.
+const BACKEND_IDLE: Duration = Duration::from_secs(30);
+/// A pooled connection idle for longer than this is checked for a close by
+/// the backend before it is used.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_IDLE_PER_BACKEND: usize = 512;
+const BUF: usize = 8 * 1024;
+/// Buffers grow to this while a large body streams through.
+const STREAM_BUF: usize = 64 * 1024;
+
+/// A read buffer: `data[lo..hi]` is what was read and not yet used.
+#[derive(Debug)]
+struct Buf {
+    data: Vec<u8>,
+    lo: usize,
+    hi: usize,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Buf { data: vec![0; BUF], lo: 0, hi: 0 }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.lo..self.hi]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.lo += n;
+        if self.lo == self.hi {
+            (self.lo, self.hi) = (0, 0);
+        }
+    }
+
+    /// Reads once more from `s`, making room (up to `limit` bytes in all)
+    /// first. `Ok(0)` is the end of the stream.
+    async fn fill(&mut self, s: &mut TcpStream, limit: usize) -> io::Result<usize> {
+        if self.hi == self.data.len() {
+            if self.lo > 0 {
+                self.data.copy_within(self.lo..self.hi, 0);
+                (self.lo, self.hi) = (0, self.hi - self.lo);
+            }
+            if self.hi == self.data.len() {
+                if self.data.len() >= limit {
+                    return Err(io::Error::other("buffer limit"));
+                }
+                self.data.resize((self.data.len() * 2).min(limit), 0);
+            }
+        }
+        let n = s.read(&mut self.data[self.hi..]).await?;
+        self.hi += n;
+        Ok(n)
+    }
+}
+
+/// Why moving a body failed, by side.
+#[derive(Debug)]
+enum Relay {
+    /// The sender failed, closed early or broke the framing.
+    From,
+    /// The receiver failed.
+    To,
+}
+
+/// Moves one body from `src` (its first bytes already in `buf`) to `dst`,
+/// writing `prefix` (a head) together with the first body bytes.
+async fn relay(
+    src: &mut TcpStream,
+    buf: &mut Buf,
+    dst: &mut TcpStream,
+    framing: Framing,
+    prefix: &mut Vec<u8>,
+) -> Result<(), Relay> {
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunked = Chunked::default();
+    loop {
+        let avail = buf.filled();
+        let take = match framing {
+            Framing::None => 0,
+            Framing::Length(_) => left.min(avail.len() as u64) as usize,
+            Framing::Chunked => chunked.feed(avail).map_err(|_| Relay::From)?,
+            Framing::UntilClose => avail.len(),
+        };
+        if prefix.is_empty() {
+            if take > 0 {
+                dst.write_all(&avail[..take]).await.map_err(|_| Relay::To)?;
+            }
+        } else {
+            // Small bodies ride in the same write as the head.
+            prefix.extend_from_slice(&avail[..take]);
+            dst.write_all(prefix).await.map_err(|_| Relay::To)?;
+            prefix.clear();
+        }
+        buf.consume(take);
+        left -= take as u64;
+        let done = match framing {
+            Framing::None => true,
+            Framing::Length(_) => left == 0,
+            Framing::Chunked => chunked == Chunked::Done,
+            Framing::UntilClose => false,
+        };
+        if done {
+            return Ok(());
+        }
+        if left > buf.data.len() as u64 && buf.data.len() < STREAM_BUF {
+            buf.data.resize(STREAM_BUF, 0);
+        }
+        match buf.fill(src, STREAM_BUF).await {
+            Ok(0) if framing == Framing::UntilClose => return Ok(()),
+            Ok(0) | Err(_) => return Err(Relay::From),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// An idle backend connection in this thread's pool.
+#[derive(Debug)]
+struct Idle {
+    conn: TcpStream,
+    backend: Arc<Backend>,
+    since: Instant,
+}
+
+thread_local! {
+    /// Each worker thread's keep-alive connections, by backend.
+    static POOL: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// Whether the backend closed (or wrote to) an idle connection: either
+/// makes it unusable for the next request.
+fn stale(conn: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the descriptor belongs to `conn`, which outlives the call; the
+    // buffer is one valid, writable byte; MSG_PEEK | MSG_DONTWAIT neither
+    // consumes data nor blocks.
+    let n = unsafe { libc::recv(conn.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}
+
+/// A connection to `backend` from this thread's pool, newest first.
+fn take(backend: &Backend, now: Instant) -> Option<TcpStream> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.get_mut(&backend.addr)?;
+        while let Some(i) = idle.pop() {
+            backend.idle.fetch_sub(1, Ordering::Relaxed);
+            let age = now.saturating_duration_since(i.since);
+            if age < BACKEND_IDLE && (age < CHECK_AFTER || !stale(&i.conn)) {
+                return Some(i.conn);
+            }
+        }
+        None
+    })
+}
+
+fn put(backend: &Arc<Backend>, conn: TcpStream) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.entry(backend.addr).or_default();
+        if idle.len() < MAX_IDLE_PER_BACKEND && !backend.draining.load(Ordering::Relaxed) {
+            backend.idle.fetch_add(1, Ordering::Relaxed);
+            idle.push(Idle { conn, backend: backend.clone(), since: Instant::now() });
+        }
+    });
+}
+
+/// Closes this thread's idle connections to draining backends and those
+/// idle too long. Runs every few hundred ms on each worker.
+pub(super) fn sweep(now: Instant) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        for idle in pool.values_mut() {
+            idle.retain(|i| {
+                let keep = !i.backend.draining.load(Ordering::Relaxed)
+                    && now.saturating_duration_since(i.since) < BACKEND_IDLE;
+                if !keep {
+                    i.backend.idle.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
+        pool.retain(|_, v| !v.is_empty());
+    });
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
+
+/// Serves one client connection until it closes, errs or idles out.
+pub(super) async fn connection(p: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) {
+    let mut cbuf = Buf::new();
+    let mut bbuf = Buf::new();
+    let mut head = Vec::with_capacity(1024);
+    let mut reply = Vec::with_capacity(1024);
+    loop {
+        let (info, ticket) = match read_request(&p, &mut client, &mut cbuf, &mut head, peer).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let (status, msg) = match e {
+                    HeadError::TooLarge => (431, "request header fields too large"),
+                    HeadError::Method => (405, "CONNECT is not supported"),
+                    HeadError::Malformed(what) => (400, what),
+                };
+                h1::local(&mut reply, status, msg, None, true);
+                let _ = client.write_all(&reply).await;
+                return;
+            }
+        };
+        let mut io = Io { client: &mut client, cbuf: &mut cbuf, bbuf: &mut bbuf, head: &mut head, reply: &mut reply };
+        if !exchange(&p, &mut io, &info, ticket).await {
+            return;
+        }
+    }
+}
+
+/// Reads and parses the next request head, writing the backend's version
+/// of it into `head`; returns it with the request's ticket. `Ok(None)`:
+/// the client closed, idled out, or did not finish its head in time
+/// (slowloris).
+async fn read_request(
+    p: &Proxy,
+    client: &mut TcpStream,
+    cbuf: &mut Buf,
+    head: &mut Vec<u8>,
+    peer: SocketAddr,
+) -> Result<Option<(h1::RequestInfo, u64)>, HeadError> {
+    let mut deadline = None;
+    loop {
+        if !cbuf.filled().is_empty() {
+            let ticket = p.ticket.fetch_add(1, Ordering::Relaxed);
+            let fwd = h1::Forward {
+                client_ip: peer.ip(),
+                sticky_header: match &p.config.sticky {
+                    Sticky::Header(name) => Some(name.as_str()),
+                    _ => None,
+                },
+                generated_id: &|| RequestId::generate(ticket, p.id_salt),
+            };
+            if let Some(info) = h1::request(cbuf.filled(), &fwd, head)? {
+                if info.head_len > MAX_HEAD_BYTES {
+                    return Err(HeadError::TooLarge);
+                }
+                return Ok(Some((info, ticket)));
+            }
+            if cbuf.filled().len() > MAX_HEAD_BYTES {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        // Waiting for a new request is the idle timeout; once it has
+        // started, the whole head must arrive within the header timeout.
+        let limit = match deadline {
+            None if cbuf.filled().is_empty() => tokio::time::Instant::now() + CLIENT_IDLE,
+            _ => *deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout),
+        };
+        match tokio::time::timeout_at(limit, cbuf.fill(client, MAX_HEAD_BYTES + 1)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(None),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Other => return Err(HeadError::TooLarge),
+            Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout);
+            }
+        }
+    }
+}
+
+/// The client side of one exchange and this connection's reused buffers.
+struct Io<'a> {
+    client: &'a mut TcpStream,
+    /// Bytes from the client not yet used (a request body, the next request).
+    cbuf: &'a mut Buf,
+    /// Bytes from the backend not yet used.
+    bbuf: &'a mut Buf,
+    /// The request head for the backend.
+    head: &'a mut Vec<u8>,
+    /// The response head for the client.
+    reply: &'a mut Vec<u8>,
+}
+
+/// How an attempt on one backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Nothing reached the backend: another may take the request.
+    Connect,
+    /// The backend failed before any byte of a response.
+    BeforeResponse,
+    /// No response head in time.
+    Timeout,
+    /// The drain deadline cut the request.
+    Cut,
+    /// The backend sent something that is not an HTTP response.
+    BadResponse,
+    /// The client failed or closed while its body was being sent.
+    Client,
+}
+
+/// One request, top to bottom: choose a release and backend, send the
+/// head and body, read the response head (retrying on another backend
+/// when nothing can be lost), answer, stream the body back, and return the
+/// backend connection to the pool. Returns whether the client connection
+/// can take another request.
+async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u64) -> bool {
+    let started = Instant::now();
+    let table = p.table.load_full();
+    let sticky = info.sticky_cookie.and_then(|(s, e)| table.release_index(&io.cbuf.filled()[s..e]));
+    let ticket = info.sticky_hash.unwrap_or(ticket);
+    io.cbuf.consume(info.head_len);
+    p.retry_budget.deposit();
+    if info.expect_continue && io.client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+        return false;
+    }
+    // A body is sent at most once: after that, a failure is final.
+    let mut body_sent = false;
+    let mut skip = None;
+    let mut attempt = 0;
+    loop {
+        let Some((index, release, backend)) = table.pick(ticket, sticky, skip, p.now_ms()) else {
+            return local(p, io, 503, "no healthy backend for this service", None, info).await;
+        };
+        let reply = h1::Reply {
+            request_id: info.request_id.as_bytes(),
+            release: p.config.release_header.then_some(release.id.0.as_str()),
+            set_cookie: (p.config.sticky == Sticky::Cookie && sticky != Some(index)).then_some(release.id.0.as_str()),
+            head_method: info.head_method,
+            close: !info.keep_alive,
+            http10_keep_alive: info.http10 && info.keep_alive,
+        };
+        let guard = InFlight::new(backend, &release.metrics);
+        let (mut conn, resp) = match attempt_on(p, io, info, &reply, backend, &mut body_sent).await {
+            Ok(ok) => ok,
+            Err(failure) => {
+                drop(guard);
+                p.passive(backend, true, failure == Failure::Connect);
+                let safe = match failure {
+                    Failure::Connect => !body_sent,
+                    Failure::BeforeResponse => !body_sent && info.idempotent,
+                    _ => false,
+                };
+                if safe && attempt < p.config.retries && p.retry_budget.withdraw() {
+                    attempt += 1;
+                    release.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    skip = Some(backend.addr);
+                    continue;
+                }
+                let (status, msg) = match failure {
+                    Failure::Client => return false,
+                    Failure::Timeout => (504, "the backend did not answer in time"),
+                    Failure::Cut => (502, "the backend was drained"),
+                    _ => (502, "the backend failed"),
+                };
+                let m = Some((&*release.metrics, &**backend, started));
+                return local(p, io, status, msg, m, info).await;
+            }
+        };
+        p.passive(backend, resp.status >= 500, false);
+        let latency = started.elapsed().as_micros() as u64;
+        release.metrics.record(resp.status, latency, p.now_ms() / 1000);
+        backend.traffic.record(resp.status, latency);
+
+        if resp.status == 101 {
+            // An upgraded connection: the head (and anything after it) goes
+            // to the client, then bytes flow both ways until either side
+            // closes or a drain cuts it. The tunnel holds the in-flight guard.
+            io.reply.extend_from_slice(io.bbuf.filled());
+            io.bbuf.consume(io.bbuf.filled().len());
+            let early = io.cbuf.filled().len();
+            let ok = info.upgrade
+                && io.client.write_all(io.reply).await.is_ok()
+                && conn.write_all(io.cbuf.filled()).await.is_ok();
+            io.cbuf.consume(early);
+            if ok {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(io.client, &mut conn) => {}
+                    _ = backend.cut.notified() => {}
+                }
+            }
+            drop(guard);
+            return false;
+        }
+
+        // The body streams back; a drain deadline cuts it too.
+        let relayed = tokio::select! {
+            biased;
+            r = relay(&mut conn, io.bbuf, io.client, resp.framing, io.reply) => r.is_ok(),
+            _ = backend.cut.notified() => false,
+        };
+        drop(guard);
+        if !relayed {
+            return false;
+        }
+        if resp.reusable && io.bbuf.filled().is_empty() {
+            put(backend, conn);
+        }
+        return !resp.close;
+    }
+}
+
+/// Answers the client with a response of the proxy's own; records it
+/// against the release and backend that failed, if any. A request whose
+/// body was not read ends its connection.
+async fn local(
+    p: &Proxy,
+    io: &mut Io<'_>,
+    status: u16,
+    msg: &str,
+    failed: Option<(&ReleaseMetrics, &Backend, Instant)>,
+    info: &h1::RequestInfo,
+) -> bool {
+    if let Some((m, b, started)) = failed {
+        let latency = started.elapsed().as_micros() as u64;
+        m.record(status, latency, p.now_ms() / 1000);
+        b.traffic.record(status, latency);
+    }
+    let close = !info.keep_alive || info.framing != Framing::None;
+    h1::local(io.reply, status, msg, Some(info.request_id.as_bytes()), close);
+    io.client.write_all(io.reply).await.is_ok() && !close
+}
+
+/// One attempt on one backend: a connection (pooled or new), the request
+/// head and body, and the response head, written for the client into
+/// `io.reply`.
+async fn attempt_on(
+    p: &Proxy,
+    io: &mut Io<'_>,
+    info: &h1::RequestInfo,
+    reply: &h1::Reply<'_>,
+    backend: &Backend,
+    body_sent: &mut bool,
+) -> Result<(TcpStream, h1::ResponseInfo), Failure> {
+    let mut conn = match take(backend, Instant::now()) {
+        Some(c) => c,
+        None => connect(backend.addr).await.map_err(|_| Failure::Connect)?,
+    };
+    backend.requests.fetch_add(1, Ordering::Relaxed);
+    io.bbuf.consume(io.bbuf.filled().len());
+    let exchange = async {
+        conn.write_all(io.head).await.map_err(|_| Failure::BeforeResponse)?;
+        if info.framing != Framing::None {
+            *body_sent = true;
+            relay(io.client, io.cbuf, &mut conn, info.framing, &mut Vec::new()).await.map_err(|e| match e {
+                Relay::From => Failure::Client,
+                Relay::To => Failure::BeforeResponse,
+            })?;
+        }
+        loop {
+            if !io.bbuf.filled().is_empty() {
+                let parsed = h1::response(io.bbuf.filled(), reply, io.reply).map_err(|_| Failure::BadResponse)?;
+                if let Some(r) = parsed {
+                    io.bbuf.consume(r.head_len);
+                    if (100..200).contains(&r.status) && r.status != 101 {
+                        continue; // interim responses are not forwarded
+                    }
+                    return Ok(r);
+                }
+            }
+            match io.bbuf.fill(&mut conn, MAX_HEAD_BYTES + 1).await {
+                Ok(0) | Err(_) if io.bbuf.filled().is_empty() => return Err(Failure::BeforeResponse),
+                Ok(0) | Err(_) => return Err(Failure::BadResponse),
+                Ok(_) => {}
+            }
+        }
+    };
+    let resp = tokio::select! {
+        biased;
+        r = tokio::time::timeout(p.config.backend_timeout, exchange) => r.map_err(|_| Failure::Timeout)??,
+        _ = backend.cut.notified() => return Err(Failure::Cut),
+    };
+    Ok((conn, resp))
+}
+
+/// An active health check: `GET path` on a new connection; healthy on a
+/// 2xx or 3xx answer within `timeout`.
+pub(super) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    let check = async {
+        let mut conn = connect(addr).await.ok()?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kiln-health\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Buf::new();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(_) = resp.parse(buf.filled()).ok()? {
+                return resp.code;
+            }
+            if buf.fill(&mut conn, MAX_HEAD_BYTES).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(200..=399)))
+}
