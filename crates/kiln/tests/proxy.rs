@@ -188,8 +188,12 @@ fn load(
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match c.get("/") {
                         Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(_) => bad.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => {
+                        Ok((code, _, body)) => {
+                            eprintln!("load: {code} {}", String::from_utf8_lossy(&body));
+                            bad.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            eprintln!("load: {e}");
                             bad.fetch_add(1, Ordering::Relaxed);
                             c = Conn::new(port);
                             0
@@ -466,4 +470,162 @@ fn active_checks_keep_unhealthy_backends_out_and_header_stickiness_holds() {
         seen.insert(first);
     }
     assert_eq!(seen.len(), 2, "forty users reach both releases: {seen:?}");
+}
+
+/// Established connections from this host to `port` (the proxy's side of
+/// its backend connections), from /proc/net/tcp.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[3] == "01" && f[2].ends_with(&format!(":{port:04X}"))
+        })
+        .count()
+}
+
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn drain_closes_that_backends_idle_connections_and_cuts_a_stalled_body_at_the_deadline() {
+    let (_a, a) = backend("a", &[]);
+    let (_b, b) = backend("b", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("x=50@{a}"), format!("y=50@{b}")], &["--sticky", "cookie"]);
+    // Several keep-alive connections to each backend (concurrent slow
+    // requests need one each), then idle in the pools.
+    let warm: Vec<_> = ["x", "y"]
+        .iter()
+        .flat_map(|r| std::iter::repeat_n(*r, 4))
+        .map(|release| {
+            std::thread::spawn(move || {
+                let cookie = format!("kiln_release={release}");
+                Conn::new(port).send("GET", "/slow?ms=300", &[("Cookie", &cookie)], b"").unwrap().0
+            })
+        })
+        .collect();
+    assert!(warm.into_iter().all(|t| t.join().unwrap() == 200));
+    let idle = |addr: SocketAddr| {
+        let m = admin(admin_port, "GET", "/metrics", "").1;
+        metric(&m, &format!("kiln_proxy_backend_idle_connections{{service=\"default\",backend=\"{addr}\"}}")).unwrap()
+    };
+    assert_eq!((idle(a), idle(b)), (4, 4));
+    assert_eq!((established_to(a.port()), established_to(b.port())), (4, 4));
+    let mut c = Conn::new(port);
+
+    // A large download from `a` whose client stops reading: its body stays in flight.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let size: u64 = 1 << 30;
+    write!(stalled, "GET /download?bytes={size} HTTP/1.1\r\nHost: t\r\nCookie: kiln_release=x\r\n\r\n").unwrap();
+    let mut first = [0u8; 4096];
+    stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = stalled.read(&mut first).unwrap() as u64;
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t = Instant::now();
+    let r = json(&admin(admin_port, "POST", &format!("/drain?backend={a}&deadline_ms=400"), "").1);
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    assert_eq!((r["finished"].as_u64(), r["cut"].as_u64()), (Some(0), Some(1)), "{r}");
+    // The cut body ends early for the client.
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n as u64,
+        }
+    }
+    assert!(got < size, "the stalled download was cut, not finished ({got} bytes)");
+    // Within a pool sweep, no connection to `a` is left; `b`'s stay.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while established_to(a.port()) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(established_to(a.port()), 0, "idle connections to the drained backend are closed");
+    assert_eq!(idle(a), 0);
+    assert!(established_to(b.port()) >= 1 && idle(b) >= 1, "the other backend's idle connections stay");
+    let m = admin(admin_port, "GET", "/metrics", "").1;
+    let series = format!("kiln_proxy_backend_drained_total{{service=\"default\",backend=\"{a}\",outcome=\"cut\"}}");
+    assert_eq!(metric(&m, &series), Some(1), "{m}");
+    // Traffic goes on through `b`, and per-backend status counts are kept.
+    assert_eq!(c.send("GET", "/", &[("Cookie", "kiln_release=x")], b"").unwrap().0, 200);
+    let m = admin(admin_port, "GET", "/metrics", "").1;
+    let ok_b = format!("kiln_proxy_backend_requests_total{{service=\"default\",backend=\"{b}\",class=\"2xx\"}}");
+    assert_eq!(metric(&m, &ok_b), Some(5), "{m}");
+}
+
+/// Writes `req` on a new connection and reads until the proxy closes it
+/// (the last request of `req` says `Connection: close`).
+fn raw_exchange(port: u16, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn chunked_bodies_pipelining_http10_head_and_expect_continue_pass_through() {
+    let (_a, a) = backend("a", &[]);
+    let (_p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
+    // A chunked upload arrives whole: same length and checksum as sent straight to the backend.
+    let chunked = b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+    let via_proxy = raw_exchange(port, chunked);
+    let direct = raw_exchange(a.port(), chunked);
+    let body = |r: &str| r.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    assert!(via_proxy.starts_with("HTTP/1.1 200"), "{via_proxy}");
+    assert!(body(&via_proxy).starts_with("31 "), "{via_proxy}");
+    assert_eq!(body(&via_proxy), body(&direct));
+
+    // Two pipelined requests on one connection get two answers, in order.
+    let two = raw_exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let first = two.find("ok\n").expect(&two);
+    let second = two.find("demo-app a").expect(&two);
+    assert!(first < second, "{two}");
+
+    // HEAD: headers only, and the connection serves the next request.
+    let head = raw_exchange(
+        port,
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let parts: Vec<&str> = head.split("HTTP/1.1 ").filter(|p| !p.is_empty()).collect();
+    assert_eq!(parts.len(), 2, "{head}");
+    assert!(parts[0].ends_with("\r\n\r\n"), "no body after the HEAD response: {head}");
+    assert!(parts[1].ends_with("demo-app a\n"), "{head}");
+
+    // HTTP/1.0 without keep-alive: one answer, then the proxy closes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("demo-app a\n"), "{out}");
+
+    // Expect: 100-continue is answered by the proxy before the body is sent.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    let mut c = Conn(BufReader::new(s));
+    let mut status = String::new();
+    c.0.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Ambiguous framing (request smuggling) is refused.
+    let smuggle = raw_exchange(
+        port,
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
 }

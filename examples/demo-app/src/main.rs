@@ -202,14 +202,16 @@ fn read_body(r: &mut BufReader<TcpStream>, req: &Request) -> io::Result<(u64, u6
     Ok((len, sum))
 }
 
-fn respond(w: &mut TcpStream, status: &str, body: &str, version: &str, keep_alive: bool) -> io::Result<()> {
-    let conn = if keep_alive { "keep-alive" } else { "close" };
-    write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Demo-Version: {version}\r\nConnection: {conn}\r\n\r\n{body}",
-        body.len()
-    )?;
-    w.flush()
+/// One response, in one write; a HEAD request gets the head only.
+/// `req` is None when the request could not be read (the connection then closes).
+fn respond(w: &mut TcpStream, status: &str, body: &str, version: &str, req: Option<&Request>) -> io::Result<()> {
+    let conn = if req.is_some_and(|r| r.keep_alive) { "keep-alive" } else { "close" };
+    let len = body.len();
+    let body = if req.is_some_and(|r| r.method == "HEAD") { "" } else { body };
+    let msg = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\nX-Demo-Version: {version}\r\nConnection: {conn}\r\n\r\n{body}"
+    );
+    w.write_all(msg.as_bytes())
 }
 
 fn serve(conn: TcpStream, cfg: &Config, counter: &AtomicU64) -> io::Result<()> {
@@ -221,7 +223,7 @@ fn serve(conn: TcpStream, cfg: &Config, counter: &AtomicU64) -> io::Result<()> {
             Ok(Some(req)) => req,
             Ok(None) => return Ok(()),
             Err(e) => {
-                let _ = respond(&mut w, "400 Bad Request", &format!("{e}\n"), &cfg.version, false);
+                let _ = respond(&mut w, "400 Bad Request", &format!("{e}\n"), &cfg.version, None);
                 return Ok(());
             }
         };
@@ -244,9 +246,9 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
     let v = &cfg.version;
     match (req.method.as_str(), req.path.as_str()) {
         ("GET" | "HEAD", "/healthz") if cfg.fail_health => {
-            respond(w, "503 Service Unavailable", "unhealthy\n", v, req.keep_alive)?
+            respond(w, "503 Service Unavailable", "unhealthy\n", v, Some(req))?
         }
-        ("GET" | "HEAD", "/healthz") => respond(w, "200 OK", "ok\n", v, req.keep_alive)?,
+        ("GET" | "HEAD", "/healthz") => respond(w, "200 OK", "ok\n", v, Some(req))?,
         ("GET", "/") => {
             if !cfg.latency.is_zero() {
                 std::thread::sleep(cfg.latency);
@@ -255,15 +257,9 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
             // `rate` of requests, evenly spread.
             let fail = (n as f64 * cfg.fail_rate).floor() > ((n - 1) as f64 * cfg.fail_rate).floor();
             if fail {
-                respond(
-                    w,
-                    "500 Internal Server Error",
-                    &format!("demo-app {v} failing on purpose\n"),
-                    v,
-                    req.keep_alive,
-                )?;
+                respond(w, "500 Internal Server Error", &format!("demo-app {v} failing on purpose\n"), v, Some(req))?;
             } else {
-                respond(w, "200 OK", &format!("demo-app {v}\n"), v, req.keep_alive)?;
+                respond(w, "200 OK", &format!("demo-app {v}\n"), v, Some(req))?;
             }
         }
         ("GET", "/ws") if req.upgrade => {
@@ -282,7 +278,7 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
         }
         ("GET", "/slow") => {
             std::thread::sleep(Duration::from_millis(param(&req.query, "ms").unwrap_or(1000)));
-            respond(w, "200 OK", "slow done\n", v, req.keep_alive)?;
+            respond(w, "200 OK", "slow done\n", v, Some(req))?;
         }
         ("GET", "/download") => {
             let total = param(&req.query, "bytes").unwrap_or(0);
@@ -299,13 +295,13 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
         }
         ("POST" | "PUT", "/upload") => {
             let (len, sum) = read_body(r, req)?;
-            respond(w, "200 OK", &format!("{len} {sum}\n"), v, req.keep_alive)?;
+            respond(w, "200 OK", &format!("{len} {sum}\n"), v, Some(req))?;
         }
         _ => {
             if req.content_length > 0 || req.chunked {
                 read_body(r, req)?;
             }
-            respond(w, "404 Not Found", "not found\n", v, req.keep_alive)?;
+            respond(w, "404 Not Found", "not found\n", v, Some(req))?;
         }
     }
     Ok(())

@@ -321,7 +321,7 @@ struct Io<'a> {
 enum Failure {
     /// Nothing reached the backend: another may take the request.
     Connect,
-    /// The backend failed before any byte of a response.
+    /// The connection failed before a whole response head arrived.
     BeforeResponse,
     /// No response head in time.
     Timeout,
@@ -492,9 +492,10 @@ async fn attempt_on(
                     return Ok(r);
                 }
             }
+            // Nothing has reached the client yet, even if part of a head
+            // had arrived: an idempotent request can still go elsewhere.
             match io.bbuf.fill(&mut conn, MAX_HEAD_BYTES + 1).await {
-                Ok(0) | Err(_) if io.bbuf.filled().is_empty() => return Err(Failure::BeforeResponse),
-                Ok(0) | Err(_) => return Err(Failure::BadResponse),
+                Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
                 Ok(_) => {}
             }
         }

@@ -388,7 +388,10 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
     };
     let connection = Tokens::of(resp.headers);
     let connection = connection.as_slice();
+    // After a HEAD, a backend that wrongly sends a body would poison the
+    // connection's next response: it is not reused.
     let reusable = framing != Framing::UntilClose
+        && !reply.head_method
         && if http10 { has_token(connection, "keep-alive") } else { !has_token(connection, "close") };
     let switching = status == 101;
     let close = !switching && (reply.close || framing == Framing::UntilClose);
