@@ -362,6 +362,17 @@ fn no_backend_is_503_a_timeout_is_504_and_headers_are_forwarded() {
     let spec = format!(r#"[{{"release":"web","weight":100,"backends":["{a}"]}}]"#);
     assert_eq!(admin(admin_port, "PUT", "/releases", &spec).0, 200);
     assert_eq!(Conn::new(port).get("/").unwrap().0, 504);
+    // The backend timeout runs from the end of the request: an upload that
+    // takes longer than it is not cut.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nConnection: close\r\n\r\nab").unwrap();
+    for piece in [b"cd", b"ef"] {
+        std::thread::sleep(Duration::from_millis(250));
+        s.write_all(piece).unwrap();
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("\r\n\r\n6 "), "{out}");
     let (code, hs, _) = Conn::new(port)
         .send(
             "GET",

@@ -34,6 +34,8 @@ const BACKEND_IDLE: Duration = Duration::from_secs(30);
 /// the backend before it is used.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a body may stall, either side, before its exchange is ended.
+const BODY_IDLE: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_BACKEND: usize = 512;
 const BUF: usize = 8 * 1024;
 /// Buffers grow to this while a large body streams through.
@@ -117,12 +119,12 @@ async fn relay(
         };
         if prefix.is_empty() {
             if take > 0 {
-                dst.write_all(&avail[..take]).await.map_err(|_| Relay::To)?;
+                write(dst, &avail[..take]).await?;
             }
         } else {
             // Small bodies ride in the same write as the head.
             prefix.extend_from_slice(&avail[..take]);
-            dst.write_all(prefix).await.map_err(|_| Relay::To)?;
+            write(dst, prefix).await?;
             prefix.clear();
         }
         buf.consume(take);
@@ -139,11 +141,19 @@ async fn relay(
         if left > buf.data.len() as u64 && buf.data.len() < STREAM_BUF {
             buf.data.resize(STREAM_BUF, 0);
         }
-        match buf.fill(src, STREAM_BUF).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(()),
-            Ok(0) | Err(_) => return Err(Relay::From),
-            Ok(_) => {}
+        match tokio::time::timeout(BODY_IDLE, buf.fill(src, STREAM_BUF)).await {
+            Ok(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
+            Ok(Ok(0) | Err(_)) | Err(_) => return Err(Relay::From),
+            Ok(Ok(_)) => {}
         }
+    }
+}
+
+/// A write that may wait at most [`BODY_IDLE`] for the peer to read.
+async fn write(dst: &mut TcpStream, bytes: &[u8]) -> Result<(), Relay> {
+    match tokio::time::timeout(BODY_IDLE, dst.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Relay::To),
     }
 }
 
@@ -179,7 +189,10 @@ fn take(backend: &Backend, now: Instant) -> Option<TcpStream> {
         while let Some(i) = idle.pop() {
             backend.idle.fetch_sub(1, Ordering::Relaxed);
             let age = now.saturating_duration_since(i.since);
-            if age < BACKEND_IDLE && (age < CHECK_AFTER || !stale(&i.conn)) {
+            // A retired backend's connections may share the address with
+            // a new instance's: they are never reused.
+            let retired = i.backend.draining.load(Ordering::Relaxed);
+            if !retired && age < BACKEND_IDLE && (age < CHECK_AFTER || !stale(&i.conn)) {
                 return Some(i.conn);
             }
         }
@@ -267,19 +280,27 @@ async fn read_request(
     let mut deadline = None;
     loop {
         if !cbuf.filled().is_empty() {
-            let ticket = p.ticket.fetch_add(1, Ordering::Relaxed);
+            // A ticket is taken only for a whole head (a partial one is
+            // parsed again), so the weighted schedule advances once a request.
+            let ticket = std::cell::Cell::new(None);
+            let next = || p.ticket.fetch_add(1, Ordering::Relaxed);
             let fwd = h1::Forward {
                 client_ip: peer.ip(),
                 sticky_header: match &p.config.sticky {
                     Sticky::Header(name) => Some(name.as_str()),
                     _ => None,
                 },
-                generated_id: &|| RequestId::generate(ticket, p.id_salt),
+                generated_id: &|| {
+                    let n = next();
+                    ticket.set(Some(n));
+                    RequestId::generate(n, p.id_salt)
+                },
             };
             if let Some(info) = h1::request(cbuf.filled(), &fwd, head)? {
                 if info.head_len > MAX_HEAD_BYTES {
                     return Err(HeadError::TooLarge);
                 }
+                let ticket = ticket.get().unwrap_or_else(next);
                 return Ok(Some((info, ticket)));
             }
             if cbuf.filled().len() > MAX_HEAD_BYTES {
@@ -481,28 +502,33 @@ async fn attempt_on(
                 Relay::To => Failure::BeforeResponse,
             })?;
         }
-        loop {
-            if !io.bbuf.filled().is_empty() {
-                let parsed = h1::response(io.bbuf.filled(), reply, io.reply).map_err(|_| Failure::BadResponse)?;
-                if let Some(r) = parsed {
-                    io.bbuf.consume(r.head_len);
-                    if (100..200).contains(&r.status) && r.status != 101 {
-                        continue; // interim responses are not forwarded
+        // The backend timeout runs from the end of the request, so a large
+        // upload from a slow client takes the time it needs.
+        let head = async {
+            loop {
+                if !io.bbuf.filled().is_empty() {
+                    let parsed = h1::response(io.bbuf.filled(), reply, io.reply).map_err(|_| Failure::BadResponse)?;
+                    if let Some(r) = parsed {
+                        io.bbuf.consume(r.head_len);
+                        if (100..200).contains(&r.status) && r.status != 101 {
+                            continue; // interim responses are not forwarded
+                        }
+                        return Ok(r);
                     }
-                    return Ok(r);
+                }
+                // Nothing has reached the client yet, even if part of a head
+                // had arrived: an idempotent request can still go elsewhere.
+                match io.bbuf.fill(&mut conn, MAX_HEAD_BYTES + 1).await {
+                    Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
+                    Ok(_) => {}
                 }
             }
-            // Nothing has reached the client yet, even if part of a head
-            // had arrived: an idempotent request can still go elsewhere.
-            match io.bbuf.fill(&mut conn, MAX_HEAD_BYTES + 1).await {
-                Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
-                Ok(_) => {}
-            }
-        }
+        };
+        tokio::time::timeout(p.config.backend_timeout, head).await.map_err(|_| Failure::Timeout)?
     };
     let resp = tokio::select! {
         biased;
-        r = tokio::time::timeout(p.config.backend_timeout, exchange) => r.map_err(|_| Failure::Timeout)??,
+        r = exchange => r?,
         _ = backend.cut.notified() => return Err(Failure::Cut),
     };
     Ok((conn, resp))

@@ -237,7 +237,7 @@ impl Proxy {
 
     /// Replaces the whole backend set and weights, atomically. Backends
     /// already known keep their health; new ones join once healthy (at once
-    /// when there are no active checks).
+    /// when there are no active checks); those left out are retired.
     pub fn set_releases(&self, specs: Vec<ReleaseSpec>) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for s in &specs {
@@ -259,6 +259,17 @@ impl Proxy {
             entries.push(ReleaseEntry { id, weight: s.weight, backends, metrics });
         }
         self.table.store(Arc::new(Table::new(entries)));
+        // Backends no release lists any more are retired: pools close their
+        // idle connections, and an instance that later gets the same address
+        // starts afresh (not drained, no old failures).
+        let listed: std::collections::HashSet<SocketAddr> = specs.iter().flat_map(|s| s.backends.clone()).collect();
+        reg.backends.retain(|addr, b| {
+            let keep = listed.contains(addr);
+            if !keep {
+                b.draining.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
         reg.specs = specs;
         Ok(())
     }
@@ -567,6 +578,23 @@ mod tests {
             b.deposit();
         }
         assert_eq!((0..100).take_while(|_| b.withdraw()).count(), 10);
+    }
+
+    #[test]
+    fn backends_left_out_are_retired_and_come_back_fresh() {
+        let p = Proxy::new(ProxyConfig::default());
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let spec = |addrs: Vec<SocketAddr>| vec![ReleaseSpec { release: "web".into(), weight: 1, backends: addrs }];
+        p.set_releases(spec(vec![a, b])).unwrap();
+        let old = p.registry().backends[&a].clone();
+        old.failures.store(2, Ordering::Relaxed);
+        p.set_releases(spec(vec![b])).unwrap();
+        assert!(old.draining.load(Ordering::Relaxed), "retired: its pooled connections get closed");
+        assert!(!p.registry().backends.contains_key(&a));
+        p.set_releases(spec(vec![a, b])).unwrap();
+        let new = p.registry().backends[&a].clone();
+        assert!(!new.draining.load(Ordering::Relaxed) && new.failures.load(Ordering::Relaxed) == 0);
+        assert!(!p.registry().backends[&b].draining.load(Ordering::Relaxed));
     }
 
     #[test]
