@@ -213,7 +213,8 @@ pub fn request(input: &[u8], fwd: &Forward<'_>, out: &mut Vec<u8>) -> Result<Opt
     // Absolute form (a client talking to us as a forward proxy): keep the
     // origin form only.
     for scheme in ["http://", "https://"] {
-        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // Bytes, not str slicing: the target may hold non-ASCII UTF-8.
+        if target.len() > scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes()) {
             let rest = &target[scheme.len()..];
             target = rest.find('/').map_or("/", |i| &rest[i..]);
         }
@@ -374,6 +375,9 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
         Err(_) => return Err(HeadError::Malformed("not an HTTP/1 response")),
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err(HeadError::Malformed("status code out of range"));
+    }
     let http10 = resp.version == Some(0);
     let (length, chunked) = framing_headers(resp.headers)?;
     let framing = if reply.head_method || (100..200).contains(&status) || status == 204 || status == 304 {
@@ -623,6 +627,8 @@ Cookie: a=1; kiln_release=green ; b=2\r\nX-User: u1\r\nX-App: kept\r\n\r\nBODY";
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
         assert_eq!(bad(&many), HeadError::TooLarge);
         assert_eq!(req(b"GET / HTTP/1.1\r\nHost: x\r\n").0, Ok(None), "incomplete");
+        let utf8 = "GET HTTX/5\u{150} HTTP/1.0\r\n\r\n";
+        assert!(matches!(req(utf8.as_bytes()).0, Ok(Some(_))), "found by fuzzing: no panic on a non-ASCII target");
     }
 
     #[test]
@@ -689,6 +695,8 @@ X-Request-Id: other\r\nX-App: 1\r\n\r\nhello";
         let mut out = Vec::new();
         assert!(response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &REPLY, &mut out).is_err());
         assert!(response(b"SSH-2.0-OpenSSH\r\n\r\n", &REPLY, &mut out).is_err());
+        assert!(response(b"HTTP/1.1 011 Odd\r\n\r\n", &REPLY, &mut out).is_err(), "found by fuzzing");
+        assert!(response(b"HTTP/1.1 600 Odd\r\n\r\n", &REPLY, &mut out).is_err());
     }
 
     #[test]
