@@ -200,13 +200,13 @@ fn take(backend: &Backend, now: Instant) -> Option<TcpStream> {
     })
 }
 
-fn put(backend: &Arc<Backend>, conn: TcpStream) {
+fn put(backend: &Arc<Backend>, conn: TcpStream, now: Instant) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.entry(backend.addr).or_default();
         if idle.len() < MAX_IDLE_PER_BACKEND && !backend.draining.load(Ordering::Relaxed) {
             backend.idle.fetch_add(1, Ordering::Relaxed);
-            idle.push(Idle { conn, backend: backend.clone(), since: Instant::now() });
+            idle.push(Idle { conn, backend: backend.clone(), since: now });
         }
     });
 }
@@ -374,7 +374,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
     let mut skip = None;
     let mut attempt = 0;
     loop {
-        let Some((index, release, backend)) = table.pick(ticket, sticky, skip, p.now_ms()) else {
+        let Some((index, release, backend)) = table.pick(ticket, sticky, skip, p.ms_at(started)) else {
             return local(p, io, 503, "no healthy backend for this service", None, info).await;
         };
         let reply = h1::Reply {
@@ -386,7 +386,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             http10_keep_alive: info.http10 && info.keep_alive,
         };
         let guard = InFlight::new(backend, &release.metrics);
-        let (mut conn, resp) = match attempt_on(p, io, info, &reply, backend, &mut body_sent).await {
+        let (mut conn, resp) = match attempt_on(p, io, info, &reply, backend, &mut body_sent, started).await {
             Ok(ok) => ok,
             Err(failure) => {
                 drop(guard);
@@ -413,8 +413,9 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             }
         };
         p.passive(backend, resp.status >= 500, false);
-        let latency = started.elapsed().as_micros() as u64;
-        release.metrics.record(resp.status, latency, p.now_ms() / 1000);
+        let now = Instant::now();
+        let latency = now.duration_since(started).as_micros() as u64;
+        release.metrics.record(resp.status, latency, p.ms_at(now) / 1000);
         backend.traffic.record(resp.status, latency);
 
         if resp.status == 101 {
@@ -449,7 +450,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             return false;
         }
         if resp.reusable && io.bbuf.filled().is_empty() {
-            put(backend, conn);
+            put(backend, conn, now);
         }
         return !resp.close;
     }
@@ -486,8 +487,9 @@ async fn attempt_on(
     reply: &h1::Reply<'_>,
     backend: &Backend,
     body_sent: &mut bool,
+    started: Instant,
 ) -> Result<(TcpStream, h1::ResponseInfo), Failure> {
-    let mut conn = match take(backend, Instant::now()) {
+    let mut conn = match take(backend, started) {
         Some(c) => c,
         None => connect(backend.addr).await.map_err(|_| Failure::Connect)?,
     };

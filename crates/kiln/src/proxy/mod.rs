@@ -227,7 +227,13 @@ impl Proxy {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `t` on the proxy's millisecond clock (the request path reads the
+    /// clock once and reuses it).
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
