@@ -2,7 +2,8 @@
 # bench/proxy.sh: wrk against the demo backend directly, through kiln,
 # nginx (2 workers) and HAProxy (2 threads), interleaved in rounds, at 64
 # and 256 connections. Prints requests/s, p50/p99, each proxy's throughput
-# ratio to direct, CPU time per request (from /proc), and kiln's RSS.
+# ratio to direct, the p99 each proxy adds to direct's, CPU time per
+# request (from /proc), and kiln's RSS.
 # Usage: bench/proxy.sh [ROUNDS] [SECONDS]   (defaults 3 and 5).
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -111,13 +112,15 @@ for conns in (64, 256):
     if conns == 256:
         rss = [l for l in open(f"/proc/{pids['kiln']}/status") if l.startswith("VmHWM")][0].split()[1]
 
-print(f"{'conns':>5} {'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'x direct':>8} {'cpu us/req':>10} {'non-2xx':>7}")
+print(f"{'conns':>5} {'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'+p99 ms':>7} {'x direct':>8} {'cpu us/req':>10} {'non-2xx':>7}")
 for conns in (64, 256):
     direct = statistics.median(x["rps"] for x in results[(conns, "direct")])
+    direct_p99 = statistics.median(x["p99"] for x in results[(conns, "direct")])
     for name in ports:
         xs = results[(conns, name)]
         med = lambda k: statistics.median(x[k] for x in xs)
         cpu_s = f"{med('cpu_us'):.1f}" if name != "direct" else "-"
-        print(f"{conns:>5} {name:<8} {med('rps'):>9.0f} {med('p50'):>7.2f} {med('p99'):>7.2f} {med('rps') / direct:>8.2f} {cpu_s:>10} {xs[-1]['bad']:>7}")
+        added = f"{med('p99') - direct_p99:.2f}" if name != "direct" else "-"
+        print(f"{conns:>5} {name:<8} {med('rps'):>9.0f} {med('p50'):>7.2f} {med('p99'):>7.2f} {added:>7} {med('rps') / direct:>8.2f} {cpu_s:>10} {xs[-1]['bad']:>7}")
 print(f"kiln peak RSS: {int(rss) / 1024:.1f} MiB")
 PY
