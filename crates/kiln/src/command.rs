@@ -86,6 +86,8 @@ pub struct ProxyRun {
     pub listen: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
     pub releases: Vec<crate::proxy::ReleaseSpec>,
+    /// More releases, from a JSON file re-read on SIGHUP.
+    pub releases_file: Option<std::path::PathBuf>,
     pub config: crate::proxy::ProxyConfig,
     pub workers: usize,
 }
@@ -285,9 +287,19 @@ fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
     Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history })
 }
 
+/// The `--release` flags plus the releases file, if any.
+fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::proxy::ReleaseSpec>, String> {
+    let mut releases = run.releases.clone();
+    if let Some(path) = &run.releases_file {
+        releases.extend(crate::proxy::read_releases_file(path)?);
+    }
+    Ok(releases)
+}
+
 fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
-    let proxy = crate::proxy::Proxy::new(run.config);
-    proxy.set_releases(run.releases).map_err(std::io::Error::other)?;
+    let proxy = crate::proxy::Proxy::new(run.config.clone());
+    let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
+    proxy.set_releases(initial).map_err(std::io::Error::other)?;
     let bound = crate::proxy::start(proxy.clone(), run.listen, run.workers)?;
     eprintln!("kiln proxy: listening on {bound} with {} worker threads", run.workers.max(1));
     // Admin API, health checks and signals share one more thread.
@@ -300,10 +312,19 @@ fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
         }
         tokio::spawn(proxy.clone().health_loop());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+                _ = hup.recv() => {
+                    // A bad file changes nothing: the current table keeps serving.
+                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r)) {
+                        Ok(()) => eprintln!("kiln proxy: releases reloaded"),
+                        Err(e) => eprintln!("kiln proxy: reload refused, nothing changed: {e}"),
+                    }
+                }
+            }
         }
-        Ok(())
     })
 }

@@ -191,6 +191,10 @@ enum Cmd {
         /// A release: NAME=WEIGHT@ADDR[,ADDR...] (repeatable).
         #[arg(long = "release", value_name = "NAME=WEIGHT@ADDRS", value_parser = kiln::proxy::parse_release_flag)]
         releases: Vec<kiln::proxy::ReleaseSpec>,
+        /// Releases from a JSON file (the list PUT /releases takes), added to
+        /// the --release flags; SIGHUP re-reads it (a bad file changes nothing).
+        #[arg(long, value_name = "FILE")]
+        releases_file: Option<std::path::PathBuf>,
         /// Service name for metrics labels.
         #[arg(long, default_value = "default")]
         service: String,
@@ -490,6 +494,7 @@ fn run() -> anyhow::Result<()> {
             listen,
             admin,
             releases,
+            releases_file,
             service,
             health_path,
             health_interval_ms,
@@ -520,7 +525,7 @@ fn run() -> anyhow::Result<()> {
                 header_timeout: std::time::Duration::from_millis(header_timeout_ms),
                 ..Default::default()
             };
-            (Command::Proxy(command::ProxyRun { listen, admin, releases, config, workers }), false)
+            (Command::Proxy(command::ProxyRun { listen, admin, releases, releases_file, config, workers }), false)
         }
         Cmd::Shim { id } => {
             let home = cli.home.unwrap_or_else(Store::default_home);

@@ -640,3 +640,42 @@ fn chunked_bodies_pipelining_http10_head_and_expect_continue_pass_through() {
     );
     assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
 }
+
+#[test]
+fn a_releases_file_is_read_at_start_and_again_on_sighup_and_a_bad_one_changes_nothing() {
+    let (_blue, blue) = backend("blue", &[]);
+    let (_green, green) = backend("green", &[]);
+    let dir = std::env::temp_dir().join(format!("kiln-releases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("releases.json");
+    let spec = |addr: SocketAddr| format!(r#"[{{"release": "web", "weight": 100, "backends": ["{addr}"]}}]"#);
+    std::fs::write(&file, spec(blue)).unwrap();
+    let (p, port, _) = proxy(&[], &["--releases-file", file.to_str().unwrap()]);
+    let body = || String::from_utf8(Conn::new(port).get("/").unwrap().2).unwrap();
+    assert_eq!(body(), "demo-app blue\n");
+    let hup = || assert!(Command::new("kill").args(["-HUP", &p.0.id().to_string()]).status().unwrap().success());
+    let until = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while body() != want {
+            assert!(Instant::now() < deadline, "never switched to {want:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::write(&file, spec(green)).unwrap();
+    hup();
+    until("demo-app green\n");
+    // A typo is refused on reload; the proxy keeps serving what it had.
+    std::fs::write(&file, r#"[{"release": "web", "wieght": 100, "backends": []}]"#).unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(body(), "demo-app green\n");
+    // At start, a bad file is an error naming the file, line and field.
+    let out = Command::new(kiln_bin())
+        .args(["proxy", "--listen", "127.0.0.1:0", "--releases-file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("releases.json: line 1, column") && err.contains("wieght"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -103,6 +103,7 @@ impl Default for ProxyConfig {
 
 /// One release in the control API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseSpec {
     pub release: String,
     pub weight: u32,
@@ -539,6 +540,20 @@ async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Reads a releases file: the JSON list `PUT /releases` takes. Errors
+/// name the file, and the line and column of what is wrong.
+pub fn read_releases_file(path: &std::path::Path) -> Result<Vec<ReleaseSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: line {}, column {}: {e}; expected [{{\"release\": NAME, \"weight\": N, \"backends\": [\"IP:PORT\", ...]}}, ...]",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 /// Parses `NAME=WEIGHT@ADDR[,ADDR…]` (the `--release` flag).
