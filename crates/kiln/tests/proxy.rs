@@ -386,6 +386,12 @@ fn no_backend_is_503_a_timeout_is_504_and_headers_are_forwarded() {
     // Bad admin input is refused and changes nothing.
     assert_eq!(admin(admin_port, "PUT", "/releases", "{not json").0, 400);
     assert_eq!(admin(admin_port, "PUT", "/weights", r#"{"nope":1}"#).0, 400);
+    let (code, msg) = admin(admin_port, "POST", &format!("/drain?backend={a}&deadline_ms=soon"), "");
+    assert_eq!(code, 400);
+    assert!(msg.contains("deadline_ms=\"soon\""), "{msg}");
+    assert_eq!(admin(admin_port, "GET", "/stats?release=web&window=-1", "").0, 400);
+    let (code, msg) = admin(admin_port, "PUT", "/releases", r#"[{"release":"web","weight":1,"backend":[]}]"#);
+    assert!(code == 400 && msg.contains("backend"), "{msg}");
     assert_eq!(json(&admin(admin_port, "GET", "/releases", "").1)[0]["release"], "web");
 }
 

@@ -488,6 +488,15 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
 }
 
+/// A whole-number query parameter, `default` when absent; anything else is
+/// an error naming the parameter (never silently the default).
+fn number(req: &Request<Incoming>, key: &str, default: u64) -> Result<u64, String> {
+    match query(req, key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{key}={v:?}: expected a whole number")),
+    }
+}
+
 fn json_response<T: Serialize>(v: &T) -> Response<Body> {
     let mut r = text(StatusCode::OK, &serde_json::to_string(v).unwrap_or_default());
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -502,7 +511,10 @@ async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, "/releases") => json_response(&p.releases()),
         (Method::GET, "/stats") => {
             let release = query(&req, "release").unwrap_or_default();
-            let window = query(&req, "window").and_then(|w| w.parse().ok()).unwrap_or(10);
+            let window = match number(&req, "window", 10) {
+                Ok(w) => w,
+                Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+            };
             match p.window(&release, window) {
                 Some(w) => json_response(&w),
                 None => text(StatusCode::NOT_FOUND, &format!("no release {release:?}")),
@@ -512,8 +524,10 @@ async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
             let Some(backend) = query(&req, "backend").and_then(|b| b.parse().ok()) else {
                 return text(StatusCode::BAD_REQUEST, "backend=ADDR:PORT is required");
             };
-            let deadline =
-                Duration::from_millis(query(&req, "deadline_ms").and_then(|d| d.parse().ok()).unwrap_or(30_000));
+            let deadline = match number(&req, "deadline_ms", 30_000) {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+            };
             match p.drain(backend, deadline).await {
                 Ok(r) => json_response(&r),
                 Err(e) => text(StatusCode::NOT_FOUND, &e),
