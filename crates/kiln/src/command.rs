@@ -88,6 +88,8 @@ pub struct ProxyRun {
     pub releases: Vec<crate::proxy::ReleaseSpec>,
     /// More releases, from a JSON file re-read on SIGHUP.
     pub releases_file: Option<std::path::PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long requests in flight get to finish.
+    pub shutdown_grace: std::time::Duration,
     pub config: crate::proxy::ProxyConfig,
     pub workers: usize,
 }
@@ -315,8 +317,8 @@ fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
                 _ = hup.recv() => {
                     // A bad file changes nothing: the current table keeps serving.
                     match proxy_releases(&run).and_then(|r| proxy.set_releases(r)) {
@@ -326,5 +328,12 @@ fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
                 }
             }
         }
+        // What is in flight finishes (up to the grace period) before exit.
+        let deadline = std::time::Instant::now() + run.shutdown_grace;
+        while proxy.in_flight() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        eprintln!("kiln proxy: stopped, {} in flight cut", proxy.in_flight());
+        Ok(())
     })
 }

@@ -227,6 +227,9 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// On SIGTERM or Ctrl-C, time given to requests in flight before exit.
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
+        shutdown_grace_ms: u64,
     },
     /// Internal: the per-instance shim started by `kiln run`.
     #[command(name = "__shim", hide = true)]
@@ -507,6 +510,7 @@ fn run() -> anyhow::Result<()> {
             backend_timeout_ms,
             header_timeout_ms,
             workers,
+            shutdown_grace_ms,
         } => {
             let health = health_path.map(|path| kiln::proxy::HealthCheck {
                 path,
@@ -525,7 +529,9 @@ fn run() -> anyhow::Result<()> {
                 header_timeout: std::time::Duration::from_millis(header_timeout_ms),
                 ..Default::default()
             };
-            (Command::Proxy(command::ProxyRun { listen, admin, releases, releases_file, config, workers }), false)
+            let shutdown_grace = std::time::Duration::from_millis(shutdown_grace_ms);
+            let run = command::ProxyRun { listen, admin, releases, releases_file, shutdown_grace, config, workers };
+            (Command::Proxy(run), false)
         }
         Cmd::Shim { id } => {
             let home = cli.home.unwrap_or_else(Store::default_home);

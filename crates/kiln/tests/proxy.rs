@@ -685,3 +685,17 @@ fn a_releases_file_is_read_at_start_and_again_on_sighup_and_a_bad_one_changes_no
     assert!(err.contains("releases.json: line 1, column") && err.contains("wieght"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
+    let (_a, a) = backend("a", &[]);
+    let (mut p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
+    let slow = std::thread::spawn(move || Conn::new(port).get("/slow?ms=800").map(|r| r.0));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success());
+    assert_eq!(slow.join().unwrap().unwrap(), 200, "the request in flight was answered");
+    let status = p.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() >= Duration::from_millis(400), "the proxy waited for it");
+}

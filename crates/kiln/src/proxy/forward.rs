@@ -182,7 +182,10 @@ fn stale(conn: &TcpStream) -> bool {
 }
 
 /// A connection to `backend` from this thread's pool, newest first.
-fn take(backend: &Backend, now: Instant) -> Option<TcpStream> {
+/// `careful`: check even a recently used one for a close (for requests that
+/// cannot be retried, where a race with the backend's keep-alive timeout
+/// would cost the client a 502).
+fn take(backend: &Backend, now: Instant, careful: bool) -> Option<TcpStream> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&backend.addr)?;
@@ -192,7 +195,7 @@ fn take(backend: &Backend, now: Instant) -> Option<TcpStream> {
             // A retired backend's connections may share the address with
             // a new instance's: they are never reused.
             let retired = i.backend.draining.load(Ordering::Relaxed);
-            if !retired && age < BACKEND_IDLE && (age < CHECK_AFTER || !stale(&i.conn)) {
+            if !retired && age < BACKEND_IDLE && ((age < CHECK_AFTER && !careful) || !stale(&i.conn)) {
                 return Some(i.conn);
             }
         }
@@ -489,7 +492,8 @@ async fn attempt_on(
     body_sent: &mut bool,
     started: Instant,
 ) -> Result<(TcpStream, h1::ResponseInfo), Failure> {
-    let mut conn = match take(backend, started) {
+    let careful = !info.idempotent || info.framing != Framing::None;
+    let mut conn = match take(backend, started, careful) {
         Some(c) => c,
         None => connect(backend.addr).await.map_err(|_| Failure::Connect)?,
     };

@@ -322,6 +322,11 @@ impl Proxy {
         })
     }
 
+    /// Requests, response bodies and tunnels in flight, over all backends.
+    pub fn in_flight(&self) -> u64 {
+        self.registry().releases.values().map(|m| m.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
     /// Windowed error rate and latency of a release, for canary analysis.
     pub fn window(&self, release: &str, secs: u64) -> Option<WindowStats> {
         let m = self.registry().releases.get(&ReleaseId(release.to_owned())).cloned()?;
