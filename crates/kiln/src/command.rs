@@ -328,7 +328,9 @@ fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
                 }
             }
         }
-        // What is in flight finishes (up to the grace period) before exit.
+        // New connections are refused; what is in flight finishes (up to
+        // the grace period) before exit.
+        proxy.stop();
         let deadline = std::time::Instant::now() + run.shutdown_grace;
         while proxy.in_flight() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -694,6 +694,11 @@ fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "new connections are refused while stopping");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(slow.join().unwrap().unwrap(), 200, "the request in flight was answered");
     let status = p.0.wait().unwrap();
     assert!(status.success(), "{status}");

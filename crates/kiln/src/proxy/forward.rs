@@ -385,7 +385,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             release: p.config.release_header.then_some(release.id.0.as_str()),
             set_cookie: (p.config.sticky == Sticky::Cookie && sticky != Some(index)).then_some(release.id.0.as_str()),
             head_method: info.head_method,
-            close: !info.keep_alive,
+            close: !info.keep_alive || p.stopping.load(Ordering::Relaxed),
             http10_keep_alive: info.http10 && info.keep_alive,
         };
         let guard = InFlight::new(backend, &release.metrics);

@@ -22,7 +22,7 @@ pub mod table;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,9 @@ pub struct Proxy {
     retry_budget: RetryBudget,
     epoch: Instant,
     registry: Mutex<Registry>,
+    /// Set by [`Proxy::stop`]: listeners close, answers say `Connection: close`.
+    stopping: AtomicBool,
+    stop: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -224,6 +227,8 @@ impl Proxy {
             retry_budget: RetryBudget::new(),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
         })
     }
 
@@ -320,6 +325,14 @@ impl Proxy {
             cut: left,
             waited_ms: start.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Starts a shutdown: every worker closes its listener (new connections
+    /// are refused) and answers the rest with `Connection: close`; what is
+    /// in flight goes on (see [`Proxy::in_flight`]).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
     }
 
     /// Requests, response bodies and tunnels in flight, over all backends.
@@ -423,7 +436,18 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         }
     });
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        // Registered before the flag is read, so a stop in between still wakes it.
+        let stop = proxy.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        if proxy.stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
             // Out of descriptors, most likely: let connections finish.
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -431,6 +455,10 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(forward::connection(proxy.clone(), stream, peer));
     }
+    // Stopping: new connections are refused, while the connections already
+    // accepted (tasks of this runtime) go on until the process exits.
+    drop(listener);
+    std::future::pending::<()>().await;
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
