@@ -321,7 +321,7 @@ fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     // A bad file changes nothing: the current table keeps serving.
-                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r)) {
+                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r).map_err(|e| e.to_string())) {
                         Ok(()) => eprintln!("kiln proxy: releases reloaded"),
                         Err(e) => eprintln!("kiln proxy: reload refused, nothing changed: {e}"),
                     }

@@ -1,7 +1,8 @@
 //! kiln's HTTP load balancer: one listener per service in front of its
-//! instances, driven by the release controller through a small control
-//! surface ([`Proxy::set_releases`], [`Proxy::set_weights`],
-//! [`Proxy::drain`], [`Proxy::metrics_text`], [`Proxy::window`]).
+//! instances, driven by the release controller through one control surface,
+//! the [`Control`] enum and [`Proxy::control`] (replace releases, set
+//! weights, drain a backend, read metrics and windowed stats); the admin
+//! API maps HTTP onto the same enum.
 //!
 //! Threading is nginx's: [`start`] runs one thread per worker, each with a
 //! single-threaded tokio runtime, its own `SO_REUSEPORT` listener and its
@@ -108,6 +109,51 @@ pub struct ReleaseSpec {
     pub release: String,
     pub weight: u32,
     pub backends: Vec<SocketAddr>,
+}
+
+/// Every operation on a running proxy, the one control surface: the admin
+/// API parses HTTP into these, and the release controller calls
+/// [`Proxy::control`] with them directly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Replace the whole backend set and weights.
+    SetReleases(Vec<ReleaseSpec>),
+    /// Change the weights of known releases.
+    SetWeights(BTreeMap<String, u32>),
+    /// Stop sending to a backend, wait for what it has in flight, cut the rest.
+    Drain {
+        backend: SocketAddr,
+        deadline: Duration,
+    },
+    Releases,
+    /// Windowed error rate and latency of a release (at most 60 s).
+    Stats {
+        release: String,
+        window_secs: u64,
+    },
+    /// Prometheus text.
+    Metrics,
+}
+
+/// What a [`Control`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlOutput {
+    Done,
+    Releases(Vec<ReleaseSpec>),
+    Drained(DrainReport),
+    Stats(WindowStats),
+    Metrics(String),
+}
+
+/// Why a [`Control`] was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("release {0:?} is empty or given twice")]
+    BadRelease(String),
+    #[error("no release {0:?}")]
+    NoRelease(String),
+    #[error("no backend {0}")]
+    NoBackend(SocketAddr),
 }
 
 /// What a drain saw.
@@ -250,11 +296,11 @@ impl Proxy {
     /// Replaces the whole backend set and weights, atomically. Backends
     /// already known keep their health; new ones join once healthy (at once
     /// when there are no active checks); those left out are retired.
-    pub fn set_releases(&self, specs: Vec<ReleaseSpec>) -> Result<(), String> {
+    pub fn set_releases(&self, specs: Vec<ReleaseSpec>) -> Result<(), ControlError> {
         let mut seen = std::collections::HashSet::new();
         for s in &specs {
             if s.release.is_empty() || !seen.insert(&s.release) {
-                return Err(format!("release {:?} is empty or given twice", s.release));
+                return Err(ControlError::BadRelease(s.release.clone()));
             }
         }
         let mut reg = self.registry();
@@ -287,11 +333,13 @@ impl Proxy {
     }
 
     /// Changes weights only; unknown releases are an error and change nothing.
-    pub fn set_weights(&self, weights: &BTreeMap<String, u32>) -> Result<(), String> {
+    pub fn set_weights(&self, weights: &BTreeMap<String, u32>) -> Result<(), ControlError> {
         let mut specs = self.registry().specs.clone();
         for (release, w) in weights {
-            let s =
-                specs.iter_mut().find(|s| &s.release == release).ok_or_else(|| format!("no release {release:?}"))?;
+            let s = specs
+                .iter_mut()
+                .find(|s| &s.release == release)
+                .ok_or_else(|| ControlError::NoRelease(release.clone()))?;
             s.weight = *w;
         }
         self.set_releases(specs)
@@ -305,8 +353,8 @@ impl Proxy {
     /// requests, response bodies and upgraded connections up to `deadline`,
     /// then cuts what is left. Its idle keep-alive connections are closed
     /// by each worker's next pool sweep (within [`SWEEP_EVERY`]).
-    pub async fn drain(&self, addr: SocketAddr, deadline: Duration) -> Result<DrainReport, String> {
-        let b = self.registry().backends.get(&addr).cloned().ok_or_else(|| format!("no backend {addr}"))?;
+    pub async fn drain(&self, addr: SocketAddr, deadline: Duration) -> Result<DrainReport, ControlError> {
+        let b = self.registry().backends.get(&addr).cloned().ok_or(ControlError::NoBackend(addr))?;
         b.draining.store(true, Ordering::Relaxed);
         let start = Instant::now();
         let at_start = b.in_flight.load(Ordering::Relaxed);
@@ -341,9 +389,26 @@ impl Proxy {
     }
 
     /// Windowed error rate and latency of a release, for canary analysis.
-    pub fn window(&self, release: &str, secs: u64) -> Option<WindowStats> {
-        let m = self.registry().releases.get(&ReleaseId(release.to_owned())).cloned()?;
-        Some(m.window(secs, self.now_ms() / 1000))
+    pub fn window(&self, release: &str, secs: u64) -> Result<WindowStats, ControlError> {
+        let m = self
+            .registry()
+            .releases
+            .get(&ReleaseId(release.to_owned()))
+            .cloned()
+            .ok_or_else(|| ControlError::NoRelease(release.to_owned()))?;
+        Ok(m.window(secs, self.now_ms() / 1000))
+    }
+
+    /// Carries out one control operation.
+    pub async fn control(&self, c: Control) -> Result<ControlOutput, ControlError> {
+        Ok(match c {
+            Control::SetReleases(specs) => self.set_releases(specs).map(|()| ControlOutput::Done)?,
+            Control::SetWeights(w) => self.set_weights(&w).map(|()| ControlOutput::Done)?,
+            Control::Drain { backend, deadline } => ControlOutput::Drained(self.drain(backend, deadline).await?),
+            Control::Releases => ControlOutput::Releases(self.releases()),
+            Control::Stats { release, window_secs } => ControlOutput::Stats(self.window(&release, window_secs)?),
+            Control::Metrics => ControlOutput::Metrics(self.metrics_text()),
+        })
     }
 
     pub fn metrics_text(&self) -> String {
@@ -536,56 +601,57 @@ fn json_response<T: Serialize>(v: &T) -> Response<Body> {
     r
 }
 
-async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+/// Maps an admin request onto a [`Control`]; a bad one is answered with
+/// the status and the message naming what is wrong.
+async fn parse_admin(req: Request<Incoming>) -> Result<Control, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    match (method, path.as_str()) {
-        (Method::GET, "/metrics") => text(StatusCode::OK, &p.metrics_text()),
-        (Method::GET, "/releases") => json_response(&p.releases()),
-        (Method::GET, "/stats") => {
-            let release = query(&req, "release").unwrap_or_default();
-            let window = match number(&req, "window", 10) {
-                Ok(w) => w,
-                Err(e) => return text(StatusCode::BAD_REQUEST, &e),
-            };
-            match p.window(&release, window) {
-                Some(w) => json_response(&w),
-                None => text(StatusCode::NOT_FOUND, &format!("no release {release:?}")),
-            }
-        }
-        (Method::POST, "/drain") => {
-            let Some(backend) = query(&req, "backend").and_then(|b| b.parse().ok()) else {
-                return text(StatusCode::BAD_REQUEST, "backend=ADDR:PORT is required");
-            };
-            let deadline = match number(&req, "deadline_ms", 30_000) {
-                Ok(ms) => Duration::from_millis(ms),
-                Err(e) => return text(StatusCode::BAD_REQUEST, &e),
-            };
-            match p.drain(backend, deadline).await {
-                Ok(r) => json_response(&r),
-                Err(e) => text(StatusCode::NOT_FOUND, &e),
-            }
-        }
+    Ok(match (method, path.as_str()) {
+        (Method::GET, "/metrics") => Control::Metrics,
+        (Method::GET, "/releases") => Control::Releases,
+        (Method::GET, "/stats") => Control::Stats {
+            release: query(&req, "release").unwrap_or_default(),
+            window_secs: number(&req, "window", 10).map_err(bad)?,
+        },
+        (Method::POST, "/drain") => Control::Drain {
+            backend: query(&req, "backend")
+                .and_then(|b| b.parse().ok())
+                .ok_or_else(|| bad("backend=ADDR:PORT is required".into()))?,
+            deadline: Duration::from_millis(number(&req, "deadline_ms", 30_000).map_err(bad)?),
+        },
         (Method::PUT, "/releases" | "/weights") => {
             let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {e}")),
+                Err(e) => return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}"))),
             };
-            let result = if path == "/releases" {
-                serde_json::from_slice::<Vec<ReleaseSpec>>(&body)
-                    .map_err(|e| format!("body: {e}"))
-                    .and_then(|s| p.set_releases(s))
+            let json = |e: serde_json::Error| bad(format!("body: {e}"));
+            if path == "/releases" {
+                Control::SetReleases(serde_json::from_slice(&body).map_err(json)?)
             } else {
-                serde_json::from_slice::<BTreeMap<String, u32>>(&body)
-                    .map_err(|e| format!("body: {e}"))
-                    .and_then(|w| p.set_weights(&w))
-            };
-            match result {
-                Ok(()) => text(StatusCode::OK, "ok"),
-                Err(e) => text(StatusCode::BAD_REQUEST, &e),
+                Control::SetWeights(serde_json::from_slice(&body).map_err(json)?)
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found"),
+        _ => return Err((StatusCode::NOT_FOUND, "not found".into())),
+    })
+}
+
+async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+    let c = match parse_admin(req).await {
+        Ok(c) => c,
+        Err((status, msg)) => return text(status, &msg),
+    };
+    // A name in a body that does not exist is a bad body; in a query, a
+    // missing resource.
+    let changes = matches!(c, Control::SetReleases(_) | Control::SetWeights(_));
+    match p.control(c).await {
+        Ok(ControlOutput::Done) => text(StatusCode::OK, "ok"),
+        Ok(ControlOutput::Metrics(m)) => text(StatusCode::OK, &m),
+        Ok(ControlOutput::Releases(r)) => json_response(&r),
+        Ok(ControlOutput::Drained(r)) => json_response(&r),
+        Ok(ControlOutput::Stats(w)) => json_response(&w),
+        Err(e) if changes || matches!(e, ControlError::BadRelease(_)) => text(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
     }
 }
 
@@ -663,6 +729,29 @@ mod tests {
         let new = p.registry().backends[&a].clone();
         assert!(!new.draining.load(Ordering::Relaxed) && new.failures.load(Ordering::Relaxed) == 0);
         assert!(!p.registry().backends[&b].draining.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn the_control_surface_answers_or_refuses_without_changing_anything() {
+        let p = Proxy::new(ProxyConfig::default());
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let spec = vec![ReleaseSpec { release: "web".into(), weight: 3, backends: vec![a] }];
+        assert_eq!(p.control(Control::SetReleases(spec.clone())).await, Ok(ControlOutput::Done));
+        assert_eq!(p.control(Control::Releases).await, Ok(ControlOutput::Releases(spec.clone())));
+        let unknown = Control::Stats { release: "nope".into(), window_secs: 10 };
+        assert_eq!(p.control(unknown).await, Err(ControlError::NoRelease("nope".into())));
+        let stats = p.control(Control::Stats { release: "web".into(), window_secs: 10 }).await.unwrap();
+        assert!(matches!(stats, ControlOutput::Stats(w) if w.requests == 0));
+        let elsewhere: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let drain = |backend| Control::Drain { backend, deadline: Duration::from_millis(50) };
+        assert_eq!(p.control(drain(elsewhere)).await, Err(ControlError::NoBackend(elsewhere)));
+        let ControlOutput::Drained(r) = p.control(drain(a)).await.unwrap() else { panic!("not a drain report") };
+        assert_eq!((r.finished, r.cut), (0, 0), "nothing was in flight");
+        let twice = vec![spec[0].clone(), spec[0].clone()];
+        assert_eq!(p.control(Control::SetReleases(twice)).await, Err(ControlError::BadRelease("web".into())));
+        assert_eq!(p.releases(), spec, "a refused control changes nothing");
+        let ControlOutput::Metrics(m) = p.control(Control::Metrics).await.unwrap() else { panic!("not metrics") };
+        assert!(m.contains("kiln_proxy_backend_healthy{service=\"default\",backend=\"127.0.0.1:1\"} 1"), "{m}");
     }
 
     #[test]
