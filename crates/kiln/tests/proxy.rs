@@ -704,3 +704,32 @@ fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
     assert!(status.success(), "{status}");
     assert!(t.elapsed() >= Duration::from_millis(400), "the proxy waited for it");
 }
+
+#[test]
+fn a_backend_that_answers_before_reading_the_body_is_heard() {
+    let (_a, a) = backend("a", &[]);
+    let (_p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
+    // A 64 MiB upload the backend refuses by its headers: after 1 MiB the
+    // client already has the backend's 413 (not a 502, and not only once
+    // the whole body is sent), marked as ending the connection.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /reject HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", 64u64 << 20).unwrap();
+    s.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains("too large\n") {
+        let n = s.read(&mut buf).expect("the answer comes while the body is still owed");
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("Connection: close\r\n"), "{out}");
+    // The proxy then closes (after lingering for the unread body).
+    let mut rest = Vec::new();
+    let t = Instant::now();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty() && t.elapsed() < Duration::from_secs(4));
+    assert_eq!(Conn::new(port).get("/").unwrap().0, 200, "the proxy goes on serving");
+}

@@ -19,7 +19,8 @@
 //!
 //! Endpoints: `/` (version), `/healthz`, `/slow?ms=N`, `/download?bytes=N`
 //! (streams N bytes), `/upload` (reads the body, answers its length and a
-//! checksum), `/ws` (with `Upgrade`: 101, then echoes bytes).
+//! checksum), `/reject` (answers 413 without reading the body and drops the
+//! connection), `/ws` (with `Upgrade`: 101, then echoes bytes).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -292,6 +293,15 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
                 left -= n as u64;
             }
             w.flush()?;
+        }
+        ("POST" | "PUT", "/reject") => {
+            // Answers before reading the body, then drops the connection
+            // (with the body unread, the kernel resets it): what a server
+            // refusing an upload by its headers does.
+            w.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 10\r\nConnection: close\r\n\r\ntoo large\n",
+            )?;
+            return Err(io::Error::other("upload refused unread"));
         }
         ("POST" | "PUT", "/upload") => {
             let (len, sum) = read_body(r, req)?;

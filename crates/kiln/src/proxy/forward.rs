@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Chunked, Framing, HeadError, RequestId};
@@ -37,6 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a body may stall, either side, before its exchange is ended.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_BACKEND: usize = 512;
+/// How long a closing connection keeps reading a request body nobody wants.
+const LINGER: Duration = Duration::from_secs(2);
 const BUF: usize = 8 * 1024;
 /// Buffers grow to this while a large body streams through.
 const STREAM_BUF: usize = 64 * 1024;
@@ -67,7 +69,7 @@ impl Buf {
 
     /// Reads once more from `s`, making room (up to `limit` bytes in all)
     /// first. `Ok(0)` is the end of the stream.
-    async fn fill(&mut self, s: &mut TcpStream, limit: usize) -> io::Result<usize> {
+    async fn fill(&mut self, s: &mut (impl AsyncRead + Unpin), limit: usize) -> io::Result<usize> {
         if self.hi == self.data.len() {
             if self.lo > 0 {
                 self.data.copy_within(self.lo..self.hi, 0);
@@ -98,9 +100,9 @@ enum Relay {
 /// Moves one body from `src` (its first bytes already in `buf`) to `dst`,
 /// writing `prefix` (a head) together with the first body bytes.
 async fn relay(
-    src: &mut TcpStream,
+    src: &mut (impl AsyncRead + Unpin),
     buf: &mut Buf,
-    dst: &mut TcpStream,
+    dst: &mut (impl AsyncWrite + Unpin),
     framing: Framing,
     prefix: &mut Vec<u8>,
 ) -> Result<(), Relay> {
@@ -150,7 +152,7 @@ async fn relay(
 }
 
 /// A write that may wait at most [`BODY_IDLE`] for the peer to read.
-async fn write(dst: &mut TcpStream, bytes: &[u8]) -> Result<(), Relay> {
+async fn write(dst: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), Relay> {
     match tokio::time::timeout(BODY_IDLE, dst.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(Relay::To),
@@ -263,8 +265,10 @@ pub(super) async fn connection(p: Arc<Proxy>, mut client: TcpStream, peer: Socke
             }
         };
         let mut io = Io { client: &mut client, cbuf: &mut cbuf, bbuf: &mut bbuf, head: &mut head, reply: &mut reply };
-        if !exchange(&p, &mut io, &info, ticket).await {
-            return;
+        match exchange(&p, &mut io, &info, ticket).await {
+            Next::Keep => {}
+            Next::Close => return,
+            Next::Linger => return linger(&mut client, &mut cbuf).await,
         }
     }
 }
@@ -362,7 +366,7 @@ enum Failure {
 /// when nothing can be lost), answer, stream the body back, and return the
 /// backend connection to the pool. Returns whether the client connection
 /// can take another request.
-async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u64) -> bool {
+async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u64) -> Next {
     let started = Instant::now();
     let table = p.table.load_full();
     let sticky = info.sticky_cookie.and_then(|(s, e)| table.release_index(&io.cbuf.filled()[s..e]));
@@ -370,7 +374,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
     io.cbuf.consume(info.head_len);
     p.retry_budget.deposit();
     if info.expect_continue && io.client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-        return false;
+        return Next::Close;
     }
     // A body is sent at most once: after that, a failure is final.
     let mut body_sent = false;
@@ -389,7 +393,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             http10_keep_alive: info.http10 && info.keep_alive,
         };
         let guard = InFlight::new(backend, &release.metrics);
-        let (mut conn, resp) = match attempt_on(p, io, info, &reply, backend, &mut body_sent, started).await {
+        let (mut conn, resp, unread) = match attempt_on(p, io, info, &reply, backend, &mut body_sent, started).await {
             Ok(ok) => ok,
             Err(failure) => {
                 drop(guard);
@@ -406,7 +410,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
                     continue;
                 }
                 let (status, msg) = match failure {
-                    Failure::Client => return false,
+                    Failure::Client => return Next::Close,
                     Failure::Timeout => (504, "the backend did not answer in time"),
                     Failure::Cut => (502, "the backend was drained"),
                     _ => (502, "the backend failed"),
@@ -439,7 +443,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
                 }
             }
             drop(guard);
-            return false;
+            return Next::Close;
         }
 
         // The body streams back; a drain deadline cuts it too.
@@ -450,18 +454,22 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
         };
         drop(guard);
         if !relayed {
-            return false;
+            return Next::Close;
         }
         if resp.reusable && io.bbuf.filled().is_empty() {
             put(backend, conn, now);
         }
-        return !resp.close;
+        return match (resp.close, unread) {
+            (false, _) => Next::Keep,
+            (true, false) => Next::Close,
+            (true, true) => Next::Linger,
+        };
     }
 }
 
 /// Answers the client with a response of the proxy's own; records it
 /// against the release and backend that failed, if any. A request whose
-/// body was not read ends its connection.
+/// body was not read ends its connection (lingering).
 async fn local(
     p: &Proxy,
     io: &mut Io<'_>,
@@ -469,15 +477,46 @@ async fn local(
     msg: &str,
     failed: Option<(&ReleaseMetrics, &Backend, Instant)>,
     info: &h1::RequestInfo,
-) -> bool {
+) -> Next {
     if let Some((m, b, started)) = failed {
         let latency = started.elapsed().as_micros() as u64;
         m.record(status, latency, p.now_ms() / 1000);
         b.traffic.record(status, latency);
     }
-    let close = !info.keep_alive || info.framing != Framing::None;
+    let unread = info.framing != Framing::None;
+    let close = !info.keep_alive || unread;
     h1::local(io.reply, status, msg, Some(info.request_id.as_bytes()), close);
-    io.client.write_all(io.reply).await.is_ok() && !close
+    match (io.client.write_all(io.reply).await.is_ok(), close, unread) {
+        (false, _, _) => Next::Close,
+        (true, false, _) => Next::Keep,
+        (true, true, false) => Next::Close,
+        (true, true, true) => Next::Linger,
+    }
+}
+
+/// What the client connection does after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Keep,
+    Close,
+    /// Close once the client stops sending: its request body was not read
+    /// whole, and closing on unread data would reset the connection and
+    /// could destroy the response before the client reads it.
+    Linger,
+}
+
+/// Half-closes, then reads and discards what the client still sends, for
+/// at most [`LINGER`], before the connection is dropped.
+async fn linger(client: &mut TcpStream, scratch: &mut Buf) {
+    let _ = client.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    loop {
+        scratch.consume(scratch.filled().len());
+        match tokio::time::timeout_at(deadline, scratch.fill(client, BUF)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
 }
 
 /// One attempt on one backend: a connection (pooled or new), the request
@@ -491,7 +530,7 @@ async fn attempt_on(
     backend: &Backend,
     body_sent: &mut bool,
     started: Instant,
-) -> Result<(TcpStream, h1::ResponseInfo), Failure> {
+) -> Result<(TcpStream, h1::ResponseInfo, bool), Failure> {
     let careful = !info.idempotent || info.framing != Framing::None;
     let mut conn = match take(backend, started, careful) {
         Some(c) => c,
@@ -499,45 +538,78 @@ async fn attempt_on(
     };
     backend.requests.fetch_add(1, Ordering::Relaxed);
     io.bbuf.consume(io.bbuf.filled().len());
+    let Io { client, cbuf, bbuf, head, reply: reply_head } = io;
+    let limit = p.config.backend_timeout;
     let exchange = async {
-        conn.write_all(io.head).await.map_err(|_| Failure::BeforeResponse)?;
-        if info.framing != Framing::None {
-            *body_sent = true;
-            relay(io.client, io.cbuf, &mut conn, info.framing, &mut Vec::new()).await.map_err(|e| match e {
-                Relay::From => Failure::Client,
-                Relay::To => Failure::BeforeResponse,
-            })?;
+        conn.write_all(head).await.map_err(|_| Failure::BeforeResponse)?;
+        let (mut rd, mut wr) = conn.split();
+        if info.framing == Framing::None {
+            let head = response_head(&mut rd, bbuf, reply, reply_head);
+            return Ok((tokio::time::timeout(limit, head).await.map_err(|_| Failure::Timeout)??, false));
         }
+        // The body goes up while the response head is awaited: a backend
+        // may answer (413, 401, ...) before it has read the whole body.
+        *body_sent = true;
+        let mut no_prefix = Vec::new();
+        let send = relay(client, cbuf, &mut wr, info.framing, &mut no_prefix);
+        let early = response_head(&mut rd, bbuf, reply, reply_head);
+        tokio::pin!(send, early);
+        let unread = tokio::select! {
+            biased;
+            sent = &mut send => match sent {
+                Ok(()) => false,
+                Err(Relay::From) => return Err(Failure::Client),
+                // The backend stopped reading: it may still have answered.
+                Err(Relay::To) => true,
+            },
+            r = &mut early => return Ok((r?, true)),
+        };
         // The backend timeout runs from the end of the request, so a large
         // upload from a slow client takes the time it needs.
-        let head = async {
-            loop {
-                if !io.bbuf.filled().is_empty() {
-                    let parsed = h1::response(io.bbuf.filled(), reply, io.reply).map_err(|_| Failure::BadResponse)?;
-                    if let Some(r) = parsed {
-                        io.bbuf.consume(r.head_len);
-                        if (100..200).contains(&r.status) && r.status != 101 {
-                            continue; // interim responses are not forwarded
-                        }
-                        return Ok(r);
-                    }
-                }
-                // Nothing has reached the client yet, even if part of a head
-                // had arrived: an idempotent request can still go elsewhere.
-                match io.bbuf.fill(&mut conn, MAX_HEAD_BYTES + 1).await {
-                    Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(p.config.backend_timeout, head).await.map_err(|_| Failure::Timeout)?
+        Ok((tokio::time::timeout(limit, early).await.map_err(|_| Failure::Timeout)??, unread))
     };
-    let resp = tokio::select! {
+    let (mut resp, unread) = tokio::select! {
         biased;
         r = exchange => r?,
         _ = backend.cut.notified() => return Err(Failure::Cut),
     };
-    Ok((conn, resp))
+    if unread && resp.status != 101 {
+        // The rest of the request body was never read: neither connection
+        // can carry another request.
+        if !resp.close {
+            h1::close_after(reply_head);
+            resp.close = true;
+        }
+        resp.reusable = false;
+    }
+    Ok((conn, resp, unread))
+}
+
+/// Reads the backend's response head, skipping interim (1xx) ones, and
+/// writes the client's version of it into `out`.
+async fn response_head(
+    rd: &mut (impl AsyncRead + Unpin),
+    bbuf: &mut Buf,
+    reply: &h1::Reply<'_>,
+    out: &mut Vec<u8>,
+) -> Result<h1::ResponseInfo, Failure> {
+    loop {
+        if !bbuf.filled().is_empty() {
+            if let Some(r) = h1::response(bbuf.filled(), reply, out).map_err(|_| Failure::BadResponse)? {
+                bbuf.consume(r.head_len);
+                if (100..200).contains(&r.status) && r.status != 101 {
+                    continue;
+                }
+                return Ok(r);
+            }
+        }
+        // Nothing has reached the client yet, even if part of a head had
+        // arrived: an idempotent request can still go elsewhere.
+        match bbuf.fill(rd, MAX_HEAD_BYTES + 1).await {
+            Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// An active health check: `GET path` on a new connection; healthy on a

@@ -437,6 +437,19 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
     Ok(Some(ResponseInfo { head_len, status, framing, reusable, close }))
 }
 
+/// Makes a response head written by [`response`] end its connection (the
+/// backend answered before the request body was read whole).
+pub fn close_after(head: &mut Vec<u8>) {
+    const KEEP: &[u8] = b"Connection: keep-alive\r\n";
+    if let Some(at) = head.windows(KEEP.len()).position(|w| w == KEEP) {
+        head.drain(at..at + KEEP.len());
+    }
+    if head.ends_with(b"\r\n\r\n") {
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+    }
+}
+
 /// A response the proxy makes itself.
 pub fn local(out: &mut Vec<u8>, status: u16, msg: &str, request_id: Option<&[u8]>, close: bool) {
     let reason = match status {
@@ -697,6 +710,17 @@ X-Request-Id: other\r\nX-App: 1\r\n\r\nhello";
         assert!(response(b"SSH-2.0-OpenSSH\r\n\r\n", &REPLY, &mut out).is_err());
         assert!(response(b"HTTP/1.1 011 Odd\r\n\r\n", &REPLY, &mut out).is_err(), "found by fuzzing");
         assert!(response(b"HTTP/1.1 600 Odd\r\n\r\n", &REPLY, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_head_can_be_made_to_close_its_connection() {
+        let (_, out) =
+            resp(b"HTTP/1.0 413 Too Large\r\nContent-Length: 0\r\n\r\n", Reply { http10_keep_alive: true, ..REPLY });
+        let mut head = out.into_bytes();
+        close_after(&mut head);
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.ends_with("X-Kiln-Release: blue\r\nConnection: close\r\n\r\n"), "{head}");
+        assert!(!head.contains("keep-alive"));
     }
 
     #[test]
