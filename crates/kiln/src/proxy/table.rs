@@ -170,7 +170,23 @@ impl Table {
     /// per-request counter (or a hash, for header stickiness); `sticky` the
     /// index of a release the client is pinned to; `skip` a backend that
     /// just failed. Returns the release's index too.
+    ///
+    /// Passive ejection never takes the last backends out: when every
+    /// backend a request could use is ejected, ejection is ignored (panic
+    /// routing), since an ejected backend may answer where none surely will.
+    /// Unhealthy (active checks) and draining backends stay out.
     pub fn pick(
+        &self,
+        ticket: u64,
+        sticky: Option<usize>,
+        skip: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Option<(usize, &Release, &Arc<Backend>)> {
+        self.pick_at(ticket, sticky, skip, now_ms).or_else(|| self.pick_at(ticket, sticky, skip, u64::MAX))
+    }
+
+    /// [`Table::pick`] with ejections that end by `now_ms` ignored.
+    fn pick_at(
         &self,
         ticket: u64,
         sticky: Option<usize>,
@@ -277,11 +293,20 @@ mod tests {
         for i in 0..10 {
             assert_eq!(t.pick(i, None, None, 0).unwrap().2.addr, addr(2));
         }
+        let other = Backend::new(addr(3), true);
+        let t2 = Table::new(vec![entry("b", 1, vec![live.clone(), other.clone()])]);
         live.ejected_until_ms.store(100, Ordering::Relaxed);
-        assert!(t.pick(0, None, None, 50).is_none(), "weight-0 releases get nothing, even as a fallback");
+        for i in 0..4 {
+            assert_eq!(t2.pick(i, None, None, 50).unwrap().2.addr, addr(3), "an ejected backend is avoided");
+        }
+        other.ejected_until_ms.store(100, Ordering::Relaxed);
+        assert!(t2.pick(0, None, None, 50).is_some(), "all ejected: panic routing ignores ejection");
+        other.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(t.pick(0, None, None, 50).unwrap().2.addr, addr(2), "weight-0 releases get nothing, even then");
         assert!(t.pick(0, None, None, 100).is_some(), "ejection ends");
         live.draining.store(true, Ordering::Relaxed);
-        assert!(t.pick(0, None, None, 100).is_none());
+        assert!(t.pick(0, None, None, 100).is_none(), "draining backends stay out, panic or not");
+        assert!(t.pick(0, None, None, 50).is_none());
     }
 
     #[test]
