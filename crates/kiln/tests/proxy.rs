@@ -733,3 +733,30 @@ fn a_backend_that_answers_before_reading_the_body_is_heard() {
     assert!(rest.is_empty() && t.elapsed() < Duration::from_secs(4));
     assert_eq!(Conn::new(port).get("/").unwrap().0, 200, "the proxy goes on serving");
 }
+
+#[test]
+fn a_client_that_leaves_a_slow_request_frees_the_backend_connection() {
+    let (_a, a) = backend("a", &[]);
+    let (_p, port, admin_port) = proxy(&[format!("web=100@{a}")], &[]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while established_to(a.port()) == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the backend");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(s);
+    // Well before the backend would answer, the proxy lets go of it.
+    let t = Instant::now();
+    while established_to(a.port()) > 0 {
+        assert!(t.elapsed() < Duration::from_millis(1500), "the backend connection was kept for a client that left");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = admin(admin_port, "GET", "/metrics", "").1;
+    let series = |class: &str| {
+        format!("kiln_proxy_backend_requests_total{{service=\"default\",backend=\"{a}\",class=\"{class}\"}}")
+    };
+    assert_eq!(metric(&m, &series("4xx")), Some(1), "counted as a 499: {m}");
+    assert_eq!(metric(&m, &series("5xx")), Some(0));
+    assert!(m.contains(&format!("kiln_proxy_backend_in_flight{{service=\"default\",backend=\"{a}\"}} 0")), "{m}");
+}

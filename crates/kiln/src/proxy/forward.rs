@@ -34,6 +34,8 @@ const BACKEND_IDLE: Duration = Duration::from_secs(30);
 /// the backend before it is used.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A backend slower than this to answer has the client watched for a close.
+const WATCH_AFTER: Duration = Duration::from_millis(100);
 /// The longest a body may stall, either side, before its exchange is ended.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_BACKEND: usize = 512;
@@ -359,6 +361,8 @@ enum Failure {
     BadResponse,
     /// The client failed or closed while its body was being sent.
     Client,
+    /// The client closed while the backend had not answered yet.
+    ClientGone,
 }
 
 /// One request, top to bottom: choose a release and backend, send the
@@ -397,6 +401,16 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             Ok(ok) => ok,
             Err(failure) => {
                 drop(guard);
+                if matches!(failure, Failure::Client | Failure::ClientGone) {
+                    // Not the backend's fault. A client that left while
+                    // waiting is counted as 499, as nginx logs it.
+                    if failure == Failure::ClientGone {
+                        let latency = started.elapsed().as_micros() as u64;
+                        release.metrics.record(499, latency, p.now_ms() / 1000);
+                        backend.traffic.record(499, latency);
+                    }
+                    return Next::Close;
+                }
                 p.passive(backend, true, failure == Failure::Connect);
                 let safe = match failure {
                     Failure::Connect => !body_sent,
@@ -410,7 +424,6 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
                     continue;
                 }
                 let (status, msg) = match failure {
-                    Failure::Client => return Next::Close,
                     Failure::Timeout => (504, "the backend did not answer in time"),
                     Failure::Cut => (502, "the backend was drained"),
                     _ => (502, "the backend failed"),
@@ -543,30 +556,32 @@ async fn attempt_on(
     let exchange = async {
         conn.write_all(head).await.map_err(|_| Failure::BeforeResponse)?;
         let (mut rd, mut wr) = conn.split();
+        let head = response_head(&mut rd, bbuf, reply, reply_head);
+        tokio::pin!(head);
         if info.framing == Framing::None {
-            let head = response_head(&mut rd, bbuf, reply, reply_head);
-            return Ok((tokio::time::timeout(limit, head).await.map_err(|_| Failure::Timeout)??, false));
+            return Ok((await_head(head, client, limit).await?, false));
         }
         // The body goes up while the response head is awaited: a backend
         // may answer (413, 401, ...) before it has read the whole body.
         *body_sent = true;
-        let mut no_prefix = Vec::new();
-        let send = relay(client, cbuf, &mut wr, info.framing, &mut no_prefix);
-        let early = response_head(&mut rd, bbuf, reply, reply_head);
-        tokio::pin!(send, early);
-        let unread = tokio::select! {
-            biased;
-            sent = &mut send => match sent {
-                Ok(()) => false,
-                Err(Relay::From) => return Err(Failure::Client),
-                // The backend stopped reading: it may still have answered.
-                Err(Relay::To) => true,
-            },
-            r = &mut early => return Ok((r?, true)),
+        let unread = {
+            let mut no_prefix = Vec::new();
+            let send = relay(client, cbuf, &mut wr, info.framing, &mut no_prefix);
+            tokio::pin!(send);
+            tokio::select! {
+                biased;
+                sent = &mut send => match sent {
+                    Ok(()) => false,
+                    Err(Relay::From) => return Err(Failure::Client),
+                    // The backend stopped reading: it may still have answered.
+                    Err(Relay::To) => true,
+                },
+                r = &mut head => return Ok((r?, true)),
+            }
         };
         // The backend timeout runs from the end of the request, so a large
         // upload from a slow client takes the time it needs.
-        Ok((tokio::time::timeout(limit, early).await.map_err(|_| Failure::Timeout)??, unread))
+        Ok((await_head(head, client, limit).await?, unread))
     };
     let (mut resp, unread) = tokio::select! {
         biased;
@@ -583,6 +598,34 @@ async fn attempt_on(
         resp.reusable = false;
     }
     Ok((conn, resp, unread))
+}
+
+/// Waits up to `limit` for the response head. Past [`WATCH_AFTER`] (a slow
+/// backend) it also watches the client: one that closes meanwhile ends the
+/// exchange, freeing the backend connection (nginx's 499).
+async fn await_head(
+    mut head: std::pin::Pin<&mut impl std::future::Future<Output = Result<h1::ResponseInfo, Failure>>>,
+    client: &TcpStream,
+    limit: Duration,
+) -> Result<h1::ResponseInfo, Failure> {
+    let start = tokio::time::Instant::now();
+    match tokio::time::timeout(WATCH_AFTER.min(limit), head.as_mut()).await {
+        Ok(r) => return r,
+        Err(_) if limit <= WATCH_AFTER => return Err(Failure::Timeout),
+        Err(_) => {}
+    }
+    let gone = async {
+        let mut byte = [0u8; 1];
+        match client.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            // A pipelined request is waiting: the client is still there.
+            Ok(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout_at(start + limit, head) => r.map_err(|_| Failure::Timeout)?,
+        () = gone => Err(Failure::ClientGone),
+    }
 }
 
 /// Reads the backend's response head, skipping interim (1xx) ones, and
