@@ -241,10 +241,11 @@ fn killing_a_backend_under_load_fails_no_idempotent_request() {
     assert!(ok.load(Ordering::Relaxed) > 1000);
     assert_eq!(bad.load(Ordering::Relaxed), 0, "failed requests after a backend was killed");
     let metrics = admin(admin_port, "GET", "/metrics", "").1;
-    assert!(
-        metrics.contains(&format!("kiln_proxy_backend_ejections_total{{service=\"default\",backend=\"{a}\"}}")),
-        "{metrics}"
-    );
+    let labels = format!("{{service=\"default\",backend=\"{a}\"}}");
+    assert!(metric(&metrics, &format!("kiln_proxy_backend_ejections_total{labels}")).unwrap() >= 1, "{metrics}");
+    let retried = metric(&metrics, &format!("kiln_proxy_backend_retried_total{labels}")).unwrap();
+    let retries = metric(&metrics, "kiln_proxy_retries_total{service=\"default\",release=\"web\"}").unwrap();
+    assert!(retried >= 1 && retried == retries, "retries away from the killed backend: {metrics}");
 }
 
 #[test]

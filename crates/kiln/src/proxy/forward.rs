@@ -420,6 +420,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
                 if safe && attempt < p.config.retries && p.retry_budget.withdraw() {
                     attempt += 1;
                     release.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    backend.retried.fetch_add(1, Ordering::Relaxed);
                     skip = Some(backend.addr);
                     continue;
                 }

@@ -426,6 +426,7 @@ impl Proxy {
             let _ = writeln!(out, "kiln_proxy_backend_in_flight{{{l}}} {}", b.in_flight.load(Ordering::Relaxed));
             let _ = writeln!(out, "kiln_proxy_backend_healthy{{{l}}} {}", u8::from(b.healthy.load(Ordering::Relaxed)));
             let _ = writeln!(out, "kiln_proxy_backend_ejections_total{{{l}}} {}", b.ejections.load(Ordering::Relaxed));
+            let _ = writeln!(out, "kiln_proxy_backend_retried_total{{{l}}} {}", b.retried.load(Ordering::Relaxed));
             let _ = writeln!(out, "kiln_proxy_backend_idle_connections{{{l}}} {}", b.idle.load(Ordering::Relaxed));
             let _ = writeln!(
                 out,

@@ -43,6 +43,8 @@ pub struct Backend {
     pub health_ok: AtomicU32,
     pub health_fail: AtomicU32,
     pub requests: AtomicU64,
+    /// Requests that failed here and were retried on another backend.
+    pub retried: AtomicU64,
     pub ejections: AtomicU64,
     /// Responses by status class and latency (including the proxy's own
     /// 502/504 for this backend).
@@ -72,6 +74,7 @@ impl Backend {
             health_ok: AtomicU32::new(0),
             health_fail: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             traffic: Traffic::default(),
             idle: AtomicU64::new(0),
