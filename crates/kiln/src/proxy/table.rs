@@ -91,6 +91,9 @@ impl Backend {
     }
 }
 
+/// A chosen release (with its index in the table) and backend.
+pub type Pick<'a> = (usize, &'a Release, &'a Arc<Backend>);
+
 /// A release in a table.
 #[derive(Debug)]
 pub struct Release {
@@ -178,24 +181,12 @@ impl Table {
     /// backend a request could use is ejected, ejection is ignored (panic
     /// routing), since an ejected backend may answer where none surely will.
     /// Unhealthy (active checks) and draining backends stay out.
-    pub fn pick(
-        &self,
-        ticket: u64,
-        sticky: Option<usize>,
-        skip: Option<SocketAddr>,
-        now_ms: u64,
-    ) -> Option<(usize, &Release, &Arc<Backend>)> {
+    pub fn pick(&self, ticket: u64, sticky: Option<usize>, skip: Option<SocketAddr>, now_ms: u64) -> Option<Pick<'_>> {
+        // At `u64::MAX` every ejection has ended.
         self.pick_at(ticket, sticky, skip, now_ms).or_else(|| self.pick_at(ticket, sticky, skip, u64::MAX))
     }
 
-    /// [`Table::pick`] with ejections that end by `now_ms` ignored.
-    fn pick_at(
-        &self,
-        ticket: u64,
-        sticky: Option<usize>,
-        skip: Option<SocketAddr>,
-        now_ms: u64,
-    ) -> Option<(usize, &Release, &Arc<Backend>)> {
+    fn pick_at(&self, ticket: u64, sticky: Option<usize>, skip: Option<SocketAddr>, now_ms: u64) -> Option<Pick<'_>> {
         if let Some((i, r)) = sticky.and_then(|i| Some((i, self.releases.get(i)?))).filter(|(_, r)| r.weight > 0) {
             if let Some(b) = r.next_backend(skip, now_ms) {
                 return Some((i, r, b));
