@@ -368,8 +368,8 @@ enum Failure {
 /// One request, top to bottom: choose a release and backend, send the
 /// head and body, read the response head (retrying on another backend
 /// when nothing can be lost), answer, stream the body back, and return the
-/// backend connection to the pool. Returns whether the client connection
-/// can take another request.
+/// backend connection to the pool. Returns what the client connection
+/// does next.
 async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u64) -> Next {
     let started = Instant::now();
     let table = p.table.load_full();
@@ -445,11 +445,11 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             // closes or a drain cuts it. The tunnel holds the in-flight guard.
             io.reply.extend_from_slice(io.bbuf.filled());
             io.bbuf.consume(io.bbuf.filled().len());
-            let early = io.cbuf.filled().len();
+            let sent_ahead = io.cbuf.filled().len();
             let ok = info.upgrade
                 && io.client.write_all(io.reply).await.is_ok()
                 && conn.write_all(io.cbuf.filled()).await.is_ok();
-            io.cbuf.consume(early);
+            io.cbuf.consume(sent_ahead);
             if ok {
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(io.client, &mut conn) => {}
