@@ -176,7 +176,7 @@ enum Cmd {
         #[command(subcommand)]
         action: SecretCmd,
     },
-    /// Run kiln's HTTP load balancer in the foreground (until SIGINT/SIGTERM).
+    /// Run kiln's HTTP load balancer in the foreground (SIGHUP re-reads --releases-file; SIGINT/SIGTERM stop it after the grace period).
     ///
     /// Backends are grouped by release, each with a weight. The admin API
     /// (--admin) changes them at run time: PUT /releases, PUT /weights,
@@ -198,16 +198,20 @@ enum Cmd {
         /// Service name for metrics labels.
         #[arg(long, default_value = "default")]
         service: String,
-        /// Active health check path (off if not given; backends are then healthy at once).
-        #[arg(long, value_name = "PATH")]
+        /// Active health check path, e.g. /healthz (off if not given; backends are then healthy at once).
+        #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
         health_path: Option<String>,
-        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        /// Time between two checks of a backend.
+        #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         health_interval_ms: u64,
-        #[arg(long, default_value_t = 500, value_name = "MS")]
+        /// Time a check may take before it counts as failed.
+        #[arg(long, default_value_t = 500, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         health_timeout_ms: u64,
-        #[arg(long, default_value_t = 1)]
+        /// Passing checks in a row that make a backend healthy (and let a new one join).
+        #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         healthy_threshold: u32,
-        #[arg(long, default_value_t = 2)]
+        /// Failing checks in a row that take a backend out.
+        #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         unhealthy_threshold: u32,
         /// Stickiness: none, cookie, or header:NAME.
         #[arg(long, default_value = "none", value_parser = parse_sticky)]
@@ -218,15 +222,15 @@ enum Cmd {
         /// Extra attempts on another backend when safe.
         #[arg(long, default_value_t = 2)]
         retries: u32,
-        /// Time allowed for a backend's response head.
+        /// Time allowed for a backend's response head, from the end of the request.
         #[arg(long, default_value_t = 30_000, value_name = "MS")]
         backend_timeout_ms: u64,
         /// Time a client gets to send its request headers.
         #[arg(long, default_value_t = 10_000, value_name = "MS")]
         header_timeout_ms: u64,
-        /// Worker threads.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
+        /// Worker threads, each with its own listener and backend pool.
+        #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: u16,
         /// On SIGTERM or Ctrl-C, time given to requests in flight before exit.
         #[arg(long, default_value_t = 10_000, value_name = "MS")]
         shutdown_grace_ms: u64,
@@ -252,6 +256,14 @@ enum SecretCmd {
     },
     /// Delete a secret.
     Rm { name: String },
+}
+
+fn parse_health_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: expected a path starting with / and without spaces or control characters"))
+    }
 }
 
 fn parse_sticky(s: &str) -> Result<kiln::proxy::Sticky, String> {
@@ -530,6 +542,7 @@ fn run() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let shutdown_grace = std::time::Duration::from_millis(shutdown_grace_ms);
+            let workers = usize::from(workers);
             let run = command::ProxyRun { listen, admin, releases, releases_file, shutdown_grace, config, workers };
             (Command::Proxy(run), false)
         }

@@ -761,3 +761,18 @@ fn a_client_that_leaves_a_slow_request_frees_the_backend_connection() {
     assert_eq!(metric(&m, &series("5xx")), Some(0));
     assert!(m.contains(&format!("kiln_proxy_backend_in_flight{{service=\"default\",backend=\"{a}\"}} 0")), "{m}");
 }
+
+#[test]
+fn bad_proxy_flags_are_refused_naming_the_flag() {
+    for (flag, value) in [
+        ("--health-path", "healthz"),
+        ("--workers", "0"),
+        ("--healthy-threshold", "0"),
+        ("--release", "web=1@localhost"),
+    ] {
+        let out = Command::new(kiln_bin()).args(["proxy", "--listen", "127.0.0.1:0", flag, value]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(err.contains(flag) && err.contains(value), "{flag} {value}: {err}");
+    }
+}
