@@ -129,9 +129,10 @@ fn hop_by_hop(name: &str) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether `name` is one of the comma-separated tokens of the `Connection` values.
-fn named_by_connection(name: &str, connection: &[&[u8]]) -> bool {
-    connection.iter().any(|v| v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes())))
+/// Whether `token` is one of the comma-separated tokens of the `Connection`
+/// header values (a header name to drop, or close / keep-alive / upgrade).
+fn has_token(connection: &[&[u8]], token: &str) -> bool {
+    connection.iter().any(|v| v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }
 
 /// The values of a message's `Connection` headers, without allocating
@@ -156,10 +157,6 @@ impl<'a> Tokens<'a> {
     fn as_slice(&self) -> &[&'a [u8]] {
         &self.values[..self.n]
     }
-}
-
-fn has_token(values: &[&[u8]], token: &str) -> bool {
-    named_by_connection(token, values)
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -192,18 +189,23 @@ fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(Option<u64>, Opt
     Ok((length, chunked))
 }
 
+/// The length of a parsed head; `None` while it is incomplete.
+fn head_len(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
 /// Parses a request head at the start of `input` and writes the head for
 /// the backend into `out` (cleared first). `Ok(None)`: the head is not
 /// complete yet.
 pub fn request(input: &[u8], fwd: &Forward<'_>, out: &mut Vec<u8>) -> Result<Option<RequestInfo>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(input) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed("not an HTTP/1 request")),
-    };
+    let Some(head_len) = head_len(req.parse(input), "not an HTTP/1 request")? else { return Ok(None) };
     let method = req.method.unwrap_or_default();
     let mut target = req.path.unwrap_or("/");
     let http10 = req.version == Some(0);
@@ -255,7 +257,7 @@ pub fn request(input: &[u8], fwd: &Forward<'_>, out: &mut Vec<u8>) -> Result<Opt
         if name.eq_ignore_ascii_case("cookie") && sticky_cookie.is_none() {
             sticky_cookie = cookie_value(input, h.value, b"kiln_release");
         }
-        if hop_by_hop(name) || named_by_connection(name, connection) {
+        if hop_by_hop(name) || has_token(connection, name) {
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -368,12 +370,7 @@ pub struct Reply<'a> {
 pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Option<ResponseInfo>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(input) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed("not an HTTP/1 response")),
-    };
+    let Some(head_len) = head_len(resp.parse(input), "not an HTTP/1 response")? else { return Ok(None) };
     let status = resp.code.unwrap_or(0);
     if !(100..=599).contains(&status) {
         return Err(HeadError::Malformed("status code out of range"));
@@ -411,7 +408,7 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
             continue;
         }
         if hop_by_hop(name)
-            || named_by_connection(name, connection)
+            || has_token(connection, name)
             || name.eq_ignore_ascii_case("x-request-id")
             || name.eq_ignore_ascii_case("x-kiln-release")
         {
