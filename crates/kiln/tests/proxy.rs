@@ -327,14 +327,7 @@ fn hundred_megabytes_stream_through_in_bounded_memory() {
 fn hostile_requests_get_the_right_status_and_others_are_still_served() {
     let (_a, a) = backend("a", &[]);
     let (_p, port, _) = proxy(&[format!("web=100@{a}")], &["--header-timeout-ms", "500"]);
-    let raw = |bytes: &[u8]| -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(bytes).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let raw = |bytes: &[u8]| raw_exchange(port, bytes);
     assert!(raw(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").starts_with("HTTP/1.1 400"));
     assert!(raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Bin: \x01\x7f\r\n\r\n").starts_with("HTTP/1.1 400"));
     assert!(raw(b"NOT HTTP AT ALL\r\n\r\n").starts_with("HTTP/1.1 400"));
@@ -576,7 +569,7 @@ fn drain_closes_that_backends_idle_connections_and_cuts_a_stalled_body_at_the_de
 }
 
 /// Writes `req` on a new connection and reads until the proxy closes it
-/// (the last request of `req` says `Connection: close`).
+/// (after a refused request, or a last request saying `Connection: close`).
 fn raw_exchange(port: u16, req: &[u8]) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
