@@ -248,6 +248,42 @@ fn killing_a_backend_under_load_fails_no_idempotent_request() {
     assert!(retried >= 1 && retried == retries, "retries away from the killed backend: {metrics}");
 }
 
+/// Issue 8's defect, repeated until it would show: two single-backend
+/// releases at 50/50, no active checks, 16 keep-alive clients, one backend
+/// SIGKILLed. Before the fix a retry could go back to the dead backend (its
+/// release had no other), and most rounds lost a request or two as 502.
+#[test]
+fn killing_one_of_two_single_backend_releases_fails_nothing_round_after_round() {
+    let mut total = 0;
+    for round in 0..8 {
+        let (mut victim, a) = backend("one", &[]);
+        let (_b, b) = backend("two", &[]);
+        let (_p, port, admin_port) = proxy(&[format!("one=50@{a}"), format!("two=50@{b}")], &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (handles, ok, bad) = load(port, 16, stop.clone());
+        std::thread::sleep(Duration::from_millis(250));
+        victim.0.kill().unwrap(); // SIGKILL
+        victim.0.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        let metrics = admin(admin_port, "GET", "/metrics", "").1;
+        let five = metric(
+            &metrics,
+            &format!("kiln_proxy_backend_requests_total{{service=\"default\",backend=\"{a}\",class=\"5xx\"}}"),
+        );
+        assert_eq!(
+            bad.load(Ordering::Relaxed),
+            0,
+            "round {round}: failed requests; 5xx on the killed backend: {five:?}"
+        );
+        assert!(ok.load(Ordering::Relaxed) > 200, "round {round}: the load ran");
+        let retries = metric(&metrics, "kiln_proxy_retries_total{service=\"default\",release=\"one\"}").unwrap_or(0);
+        total += retries;
+    }
+    assert!(total >= 8, "each round retried requests away from the killed backend: {total}");
+}
+
 #[test]
 fn drain_waits_for_in_flight_requests_up_to_the_deadline() {
     let (_a, a) = backend("a", &[]);

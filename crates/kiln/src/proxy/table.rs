@@ -187,6 +187,23 @@ impl Table {
     }
 
     fn pick_at(&self, ticket: u64, sticky: Option<usize>, skip: Option<SocketAddr>, now_ms: u64) -> Option<Pick<'_>> {
+        // `skip` is avoided across the whole table, not only within its
+        // release: a retry of a request whose release has one backend (a
+        // one-instance canary, a 50/50 split of two single backends) must
+        // go to another release rather than back to the backend that just
+        // failed. The failed backend is used again only when nothing else
+        // can take the request.
+        self.pick_avoiding(ticket, sticky, skip, now_ms)
+            .or_else(|| skip.and_then(|_| self.pick_avoiding(ticket, sticky, None, now_ms)))
+    }
+
+    fn pick_avoiding(
+        &self,
+        ticket: u64,
+        sticky: Option<usize>,
+        skip: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Option<Pick<'_>> {
         if let Some((i, r)) = sticky.and_then(|i| Some((i, self.releases.get(i)?))).filter(|(_, r)| r.weight > 0) {
             if let Some(b) = r.next_backend(skip, now_ms) {
                 return Some((i, r, b));
@@ -216,26 +233,14 @@ impl Table {
 }
 
 impl Release {
-    /// Round robin over available backends, avoiding `skip` when another is available.
+    /// Round robin over available backends other than `skip`.
     fn next_backend(&self, skip: Option<SocketAddr>, now_ms: u64) -> Option<&Arc<Backend>> {
         let n = self.backends.len();
         if n == 0 {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut fallback = None;
-        for k in 0..n {
-            let b = &self.backends[(start + k) % n];
-            if !b.available(now_ms) {
-                continue;
-            }
-            if Some(b.addr) == skip {
-                fallback = Some(b);
-                continue;
-            }
-            return Some(b);
-        }
-        fallback
+        (0..n).map(|k| &self.backends[(start + k) % n]).find(|b| b.available(now_ms) && Some(b.addr) != skip)
     }
 }
 
@@ -319,5 +324,29 @@ mod tests {
             let (_, _, be) = t.pick(0, t.release_index(b"a"), Some(addr(1)), 0).unwrap();
             assert_eq!(be.addr, addr(2), "retry {i} avoids the backend that failed");
         }
+    }
+
+    #[test]
+    fn a_retry_leaves_a_one_backend_release_for_another_release() {
+        // The defect of issue 8: two single-backend releases at 50/50; the
+        // retry of a request that failed on one went back to the same
+        // (dead, not yet ejected) backend, because `skip` only counted
+        // inside the scheduled release.
+        let t = Table::new(vec![
+            entry("one", 50, vec![Backend::new(addr(1), true)]),
+            entry("two", 50, vec![Backend::new(addr(2), true)]),
+        ]);
+        for ticket in 0..20 {
+            let (_, r, b) = t.pick(ticket, None, Some(addr(2)), 0).unwrap();
+            assert_eq!((r.id.0.as_str(), b.addr), ("one", addr(1)), "ticket {ticket}");
+        }
+        let sticky_two = t.release_index(b"two");
+        assert_eq!(t.pick(0, sticky_two, Some(addr(2)), 0).unwrap().2.addr, addr(1), "stickiness yields to a retry");
+        let alone = Table::new(vec![entry("only", 1, vec![Backend::new(addr(7), true)])]);
+        assert_eq!(
+            alone.pick(0, None, Some(addr(7)), 0).unwrap().2.addr,
+            addr(7),
+            "the failed backend, if it is all there is"
+        );
     }
 }
