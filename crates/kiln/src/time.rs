@@ -30,6 +30,15 @@ pub fn parse_duration(s: &str) -> Option<i64> {
     n.checked_mul(mult)
 }
 
+/// Parses a duration like `250ms`, `2s`, `15m`, `2h`, `7d` into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) { ms.parse().ok() } else { None };
+    }
+    u64::try_from(parse_duration(s)?).ok()?.checked_mul(1000)
+}
+
 /// Parses the subset of RFC 3339 that kiln and common OCI tools write
 /// (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) back into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
@@ -124,6 +133,12 @@ mod tests {
         assert_eq!(parse_duration("2d"), Some(172_800));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("3s"), Some(3000));
+        assert_eq!(parse_duration_ms("2m"), Some(120_000));
+        assert_eq!(parse_duration_ms("ms"), None);
+        assert_eq!(parse_duration_ms("-5ms"), None);
+        assert_eq!(parse_duration_ms("5"), None);
     }
 
     #[test]

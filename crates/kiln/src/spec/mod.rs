@@ -15,6 +15,10 @@ use toml::Spanned;
 
 use crate::digest::Digest;
 
+pub mod release;
+
+pub use release::{AnalysisSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
+
 /// A parsed, validated `kiln.toml`.
 #[derive(Debug, Clone)]
 pub struct SpecFile {
@@ -123,8 +127,13 @@ pub struct ServiceSpec {
     pub pids: Option<u64>,
     /// Seconds between the stop signal and SIGKILL.
     pub stop_timeout: Option<u64>,
+    /// How `kiln deploy` replaces its instances.
+    pub release: ReleaseSpec,
     #[serde(skip)]
     pub line: usize,
+    /// Line of the `image` key, for an image the store does not have.
+    #[serde(skip)]
+    pub image_line: usize,
 }
 
 /// A secret a service needs: always at `/run/secrets/NAME`, and as `env`
@@ -179,6 +188,16 @@ struct RawService {
     cpus: Option<Spanned<f64>>,
     pids: Option<Spanned<i64>>,
     stop_timeout: Option<Spanned<i64>>,
+    replicas: Option<Spanned<i64>>,
+    listen: Option<Spanned<String>>,
+    strategy: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    keep_previous: Option<Spanned<String>>,
+    progress_deadline: Option<Spanned<String>>,
+    health: Option<Spanned<release::RawHealth>>,
+    rolling: Option<Spanned<release::RawRolling>>,
+    blue_green: Option<Spanned<release::RawBlueGreen>>,
+    canary: Option<Spanned<release::RawCanary>>,
 }
 
 #[derive(Deserialize)]
@@ -261,16 +280,27 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         images.insert(name, image);
     }
     let mut services = BTreeMap::new();
+    let mut claimed: BTreeMap<std::net::SocketAddr, String> = BTreeMap::new();
     for (name, raw_service) in raw.service {
         let line = lines.line(raw_service.span().start);
-        let service = validate_service(&name, raw_service.into_inner(), line).map_err(|(span, key, message)| {
-            err(span, &format!("service.{name}{}{key}", if key.is_empty() { "" } else { "." }), message)
-        })?;
+        let key_of = |key: &str| format!("service.{name}{}{key}", if key.is_empty() { "" } else { "." });
+        let (mut service, claims) = validate_service(&name, raw_service.into_inner(), line)
+            .map_err(|(span, key, message)| err(span, &key_of(&key), message))?;
+        service.image_line = lines.line(service.image_line);
+        // Two listeners on one address: the second would fail to bind in
+        // the middle of a deploy, so it is refused here.
+        for (addr, key, span) in claims {
+            if let Some(first) = claimed.get(&addr) {
+                return Err(err(Some(span), &key_of(&key), format!("{addr} is already {first}")));
+            }
+            claimed.insert(addr, format!("service.{name}.{key}"));
+        }
         services.insert(name, service);
     }
     Ok(SpecFile { path: path.to_owned(), images, services })
 }
 
+/// A problem inside one table: span, key (relative to the table), message.
 type FieldError = (Option<Range<usize>>, String, String);
 
 fn field_err(span: Range<usize>, key: &str, message: impl Into<String>) -> FieldError {
@@ -375,7 +405,11 @@ fn validate_copy(raw: RawCopy, line: usize) -> Result<CopySpec, FieldError> {
     Ok(CopySpec { src, dest, mode, uid, gid, line })
 }
 
-fn validate_service(name: &str, raw: RawService, line: usize) -> Result<ServiceSpec, FieldError> {
+fn validate_service(
+    name: &str,
+    raw: RawService,
+    line: usize,
+) -> Result<(ServiceSpec, Vec<release::Claim>), FieldError> {
     if !valid_image_name(name) || name.contains('.') {
         return Err((
             None,
@@ -445,7 +479,21 @@ fn validate_service(name: &str, raw: RawService, line: usize) -> Result<ServiceS
             None => Ok(None),
         }
     };
-    Ok(ServiceSpec {
+    let (release, claims) = release::validate(release::RawRelease {
+        replicas: raw.replicas,
+        listen: raw.listen,
+        strategy: raw.strategy,
+        drain_timeout: raw.drain_timeout,
+        keep_previous: raw.keep_previous,
+        progress_deadline: raw.progress_deadline,
+        health: raw.health,
+        rolling: raw.rolling,
+        blue_green: raw.blue_green,
+        canary: raw.canary,
+    })?;
+    // A byte offset until `parse` turns it into a line.
+    let image_line = raw.image.span().start;
+    let service = ServiceSpec {
         name: name.to_owned(),
         image: raw.image.into_inner(),
         env: raw.env,
@@ -455,8 +503,11 @@ fn validate_service(name: &str, raw: RawService, line: usize) -> Result<ServiceS
         cpus: raw.cpus.map(Spanned::into_inner),
         pids: positive(&raw.pids, "pids")?,
         stop_timeout: positive(&raw.stop_timeout, "stop_timeout")?,
+        release,
         line,
-    })
+        image_line,
+    };
+    Ok((service, claims))
 }
 
 /// Parses a size like `512`, `64K`, `256M`, `2G` into bytes.
@@ -716,8 +767,8 @@ stop_signal = "term"
         assert!(e.starts_with("dir/kiln.toml:3: service.web.volumes.data:"), "{e}");
         let e = err("[service.web]\nimage = \"hello\"\nmemory = \"lots\"\n");
         assert!(e.starts_with("dir/kiln.toml:3: service.web.memory:"), "{e}");
-        let e = err("[service.web]\nimage = \"hello\"\nreplicas = 3\n");
-        assert!(e.contains(":3") && e.contains("replicas"), "{e}");
+        let e = err("[service.web]\nimage = \"hello\"\nreplica = 3\n");
+        assert!(e.contains(":3") && e.contains("replica"), "{e}");
         let e = err("[service.web]\nimage = \"hello\"\nsecrets = [\"ok\", \"../bad\"]\n");
         assert!(e.contains("service.web.secrets[1]"), "{e}");
         assert!(err("[image.a]\n").contains("from"));

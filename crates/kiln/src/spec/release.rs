@@ -1,0 +1,631 @@
+//! The release keys of `[service.NAME]`: replicas, the load balancer's
+//! address, health checks, the strategy and its settings, canary analysis.
+//!
+//! Pure, like the rest of `spec`: every value is checked here, once, and the
+//! controller takes the validated [`ReleaseSpec`] as it is. Durations are
+//! kept in milliseconds. This module must never look at the store or the
+//! network: whether an image exists or a port is free is the deployer's
+//! question.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::{field_err, FieldError};
+use crate::time::parse_duration_ms;
+
+/// How a service is released: what the controller reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReleaseSpec {
+    /// Instances of the current release (at least 1).
+    pub replicas: u32,
+    /// The load balancer's address for this service; required to deploy.
+    pub listen: Option<SocketAddr>,
+    pub health: HealthSpec,
+    pub strategy: Strategy,
+    /// How long an old instance's requests may take to finish once it no
+    /// longer gets new ones.
+    pub drain_timeout_ms: u64,
+    /// How long the previous release's instances stay warm after a
+    /// blue-green switch or a canary's promotion (an instant rollback).
+    pub keep_previous_ms: u64,
+    /// A release that has not reached its next step by then fails.
+    pub progress_deadline_ms: u64,
+}
+
+/// When an instance counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthSpec {
+    /// `GET path` must answer 2xx or 3xx; without a path the instance's
+    /// port must accept a connection.
+    pub path: Option<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive passes before a new instance joins.
+    pub healthy_threshold: u32,
+    /// Consecutive failures before an instance leaves.
+    pub unhealthy_threshold: u32,
+    /// A new instance not healthy by then fails the release.
+    pub start_deadline_ms: u64,
+}
+
+/// The ways one release replaces another.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop every old instance, then start the new ones: downtime.
+    Recreate,
+    Rolling(RollingSpec),
+    BlueGreen(BlueGreenSpec),
+    Canary(CanarySpec),
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Recreate => "recreate",
+            Strategy::Rolling(_) => "rolling",
+            Strategy::BlueGreen(_) => "blue-green",
+            Strategy::Canary(_) => "canary",
+        }
+    }
+}
+
+/// Replace a few at a time. The default is surge-first (`max_surge` 1,
+/// `max_unavailable` 0): capacity never drops below `replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollingSpec {
+    /// Instances above `replicas` while rolling.
+    pub max_surge: u32,
+    /// Instances below `replicas` while rolling.
+    pub max_unavailable: u32,
+}
+
+/// Start the whole new set, smoke-test it privately, switch in one swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlueGreenSpec {
+    pub smoke: Vec<SmokeCheck>,
+    /// The private listener that routes only to the new set; port 0 (the
+    /// default) takes a free loopback port.
+    pub preview: SocketAddr,
+}
+
+/// One request against the new set before it gets traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SmokeCheck {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The body must contain this.
+    pub contains: Option<String>,
+    /// The body must not contain this.
+    pub not_contains: Option<String>,
+}
+
+/// Shift traffic in steps, judging each one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanarySpec {
+    /// Ends with `Weight(100)` (added when the file does not say it).
+    pub steps: Vec<CanaryStep>,
+    pub step_interval_ms: u64,
+    pub analysis: AnalysisSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CanaryStep {
+    /// The canary's share of traffic, percent.
+    Weight(u32),
+    /// Wait for `kiln promote` (`None`) or for this long.
+    Pause(Option<u64>),
+}
+
+/// How a canary step is judged against stable over the same window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnalysisSpec {
+    /// Fewer canary requests than this in a step: inconclusive.
+    pub min_requests: u64,
+    /// How far the canary's error rate may exceed stable's (absolute: 0.01
+    /// is one point) before it fails, when the difference is significant.
+    pub max_error_rate: f64,
+    /// How far the canary's p99 may exceed stable's (a ratio) before it
+    /// fails, when a rank test says the canary is slower.
+    pub max_p99_ratio: f64,
+    /// Confidence the significance tests need (0.5–0.9999).
+    pub confidence: f64,
+    /// Inconclusive steps waited out (one more interval each) before the
+    /// release pauses for a person.
+    pub inconclusive_limit: u32,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        AnalysisSpec {
+            min_requests: 50,
+            max_error_rate: 0.01,
+            max_p99_ratio: 1.5,
+            confidence: 0.95,
+            inconclusive_limit: 3,
+        }
+    }
+}
+
+/// The raw release keys of a `[service.NAME]` table (deserialized as part
+/// of it: serde cannot flatten into a table that refuses unknown keys).
+#[derive(Default)]
+pub(super) struct RawRelease {
+    pub replicas: Option<Spanned<i64>>,
+    pub listen: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub keep_previous: Option<Spanned<String>>,
+    pub progress_deadline: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub rolling: Option<Spanned<RawRolling>>,
+    pub blue_green: Option<Spanned<RawBlueGreen>>,
+    pub canary: Option<Spanned<RawCanary>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    healthy_threshold: Option<Spanned<i64>>,
+    unhealthy_threshold: Option<Spanned<i64>>,
+    start_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRolling {
+    max_surge: Option<Spanned<i64>>,
+    max_unavailable: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBlueGreen {
+    #[serde(default)]
+    smoke: Vec<Spanned<RawSmoke>>,
+    preview: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSmoke {
+    Path(String),
+    Full(RawSmokeFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmokeFull {
+    path: String,
+    method: Option<String>,
+    status: Option<i64>,
+    contains: Option<String>,
+    not_contains: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCanary {
+    steps: Option<Vec<Spanned<RawStep>>>,
+    step_interval: Option<Spanned<String>>,
+    analysis: Option<Spanned<RawAnalysis>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStep {
+    Weight(i64),
+    Word(String),
+    Pause { pause: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    min_requests: Option<Spanned<i64>>,
+    max_error_rate: Option<Spanned<f64>>,
+    max_p99_ratio: Option<Spanned<f64>>,
+    confidence: Option<Spanned<f64>>,
+    inconclusive_limit: Option<Spanned<i64>>,
+}
+
+/// An address the file claims for a listener: `(address, key, span)`, so
+/// that two claims of one address can be refused naming the second.
+pub(super) type Claim = (SocketAddr, String, Range<usize>);
+
+fn duration(v: &Option<Spanned<String>>, key: &str, default_ms: u64) -> Result<u64, FieldError> {
+    match v {
+        None => Ok(default_ms),
+        Some(d) => parse_duration_ms(d.get_ref()).ok_or_else(|| {
+            field_err(d.span(), key, format!("{:?}: expected a duration like 500ms, 30s, 10m", d.get_ref()))
+        }),
+    }
+}
+
+fn count(v: &Option<Spanned<i64>>, key: &str, default: u32, min: i64) -> Result<u32, FieldError> {
+    match v {
+        None => Ok(default),
+        Some(n) if *n.get_ref() < min || *n.get_ref() > i64::from(u32::MAX) => {
+            Err(field_err(n.span(), key, format!("must be at least {min}")))
+        }
+        Some(n) => Ok(*n.get_ref() as u32),
+    }
+}
+
+fn address(v: &Spanned<String>, key: &str, port_zero: bool) -> Result<SocketAddr, FieldError> {
+    let a: SocketAddr = v
+        .get_ref()
+        .parse()
+        .map_err(|_| field_err(v.span(), key, format!("{:?}: expected IP:PORT, like 127.0.0.1:8080", v.get_ref())))?;
+    if a.port() == 0 && !port_zero {
+        return Err(field_err(v.span(), key, "needs a fixed port: clients must know where to connect"));
+    }
+    Ok(a)
+}
+
+fn probability(v: &Option<Spanned<f64>>, key: &str, default: f64, range: (f64, f64)) -> Result<f64, FieldError> {
+    match v {
+        None => Ok(default),
+        Some(x) if !(range.0..=range.1).contains(x.get_ref()) => {
+            Err(field_err(x.span(), key, format!("must be between {} and {}", range.0, range.1)))
+        }
+        Some(x) => Ok(*x.get_ref()),
+    }
+}
+
+/// Validates the release keys; returns them and the addresses they claim.
+pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), FieldError> {
+    let mut claims = Vec::new();
+    let replicas = count(&raw.replicas, "replicas", 1, 1)?;
+    let listen = match &raw.listen {
+        Some(l) => {
+            let a = address(l, "listen", false)?;
+            claims.push((a, "listen".to_owned(), l.span()));
+            Some(a)
+        }
+        None => None,
+    };
+    let health = match raw.health {
+        None => default_health(),
+        Some(h) => validate_health(h.into_inner())?,
+    };
+    let kind = match &raw.strategy {
+        None => "rolling",
+        Some(s) => match s.get_ref().as_str() {
+            k @ ("recreate" | "rolling" | "blue-green" | "canary") => k,
+            other => {
+                return Err(field_err(
+                    s.span(),
+                    "strategy",
+                    format!("unknown strategy {other:?}: expected recreate, rolling, blue-green or canary"),
+                ))
+            }
+        },
+    };
+    // Settings for a strategy the service does not use are a mistake the
+    // user would otherwise only find in the middle of a release.
+    let stray = [
+        ("rolling", raw.rolling.as_ref().map(Spanned::span)),
+        ("blue_green", raw.blue_green.as_ref().map(Spanned::span)),
+        ("canary", raw.canary.as_ref().map(Spanned::span)),
+    ];
+    for (table, span) in stray {
+        if let Some(span) = span {
+            if table.replace('_', "-") != kind {
+                return Err(field_err(span, table, format!("is set, but the strategy is {kind}")));
+            }
+        }
+    }
+    let strategy = match kind {
+        "recreate" => Strategy::Recreate,
+        "rolling" => Strategy::Rolling(validate_rolling(raw.rolling.map(Spanned::into_inner))?),
+        "blue-green" => {
+            let (bg, claim) = validate_blue_green(raw.blue_green.map(Spanned::into_inner))?;
+            claims.extend(claim);
+            Strategy::BlueGreen(bg)
+        }
+        _ => Strategy::Canary(validate_canary(raw.canary.map(Spanned::into_inner))?),
+    };
+    let spec = ReleaseSpec {
+        replicas,
+        listen,
+        health,
+        strategy,
+        drain_timeout_ms: duration(&raw.drain_timeout, "drain_timeout", 30_000)?,
+        keep_previous_ms: duration(&raw.keep_previous, "keep_previous", 300_000)?,
+        progress_deadline_ms: duration(&raw.progress_deadline, "progress_deadline", 600_000)?,
+    };
+    if spec.progress_deadline_ms < spec.health.start_deadline_ms {
+        let span = raw.progress_deadline.as_ref().map(Spanned::span);
+        return Err((span, "progress_deadline".into(), "must be at least health.start_deadline".into()));
+    }
+    Ok((spec, claims))
+}
+
+fn default_health() -> HealthSpec {
+    HealthSpec {
+        path: None,
+        interval_ms: 1000,
+        timeout_ms: 1000,
+        healthy_threshold: 1,
+        unhealthy_threshold: 3,
+        start_deadline_ms: 30_000,
+    }
+}
+
+fn validate_health(h: RawHealth) -> Result<HealthSpec, FieldError> {
+    let d = default_health();
+    let path = match h.path {
+        Some(p) if !p.get_ref().starts_with('/') || p.get_ref().bytes().any(|b| b <= b' ' || b == 0x7f) => {
+            return Err(field_err(p.span(), "health.path", "must start with '/' and hold no spaces or control bytes"))
+        }
+        p => p.map(Spanned::into_inner),
+    };
+    let spec = HealthSpec {
+        path,
+        interval_ms: duration(&h.interval, "health.interval", d.interval_ms)?,
+        timeout_ms: duration(&h.timeout, "health.timeout", d.timeout_ms)?,
+        healthy_threshold: count(&h.healthy_threshold, "health.healthy_threshold", d.healthy_threshold, 1)?,
+        unhealthy_threshold: count(&h.unhealthy_threshold, "health.unhealthy_threshold", d.unhealthy_threshold, 1)?,
+        start_deadline_ms: duration(&h.start_deadline, "health.start_deadline", d.start_deadline_ms)?,
+    };
+    if spec.interval_ms == 0 {
+        return Err((h.interval.map(|i| i.span()), "health.interval".into(), "must be more than 0".into()));
+    }
+    if spec.timeout_ms == 0 {
+        return Err((h.timeout.map(|i| i.span()), "health.timeout".into(), "must be more than 0".into()));
+    }
+    Ok(spec)
+}
+
+fn validate_rolling(r: Option<RawRolling>) -> Result<RollingSpec, FieldError> {
+    let Some(r) = r else { return Ok(RollingSpec { max_surge: 1, max_unavailable: 0 }) };
+    let spec = RollingSpec {
+        max_surge: count(&r.max_surge, "rolling.max_surge", 1, 0)?,
+        max_unavailable: count(&r.max_unavailable, "rolling.max_unavailable", 0, 0)?,
+    };
+    if spec.max_surge == 0 && spec.max_unavailable == 0 {
+        let span = r.max_surge.as_ref().or(r.max_unavailable.as_ref()).map(Spanned::span);
+        return Err((span, "rolling.max_surge".into(), "max_surge and max_unavailable cannot both be 0".into()));
+    }
+    Ok(spec)
+}
+
+fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<(BlueGreenSpec, Option<Claim>), FieldError> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let Some(b) = b else { return Ok((BlueGreenSpec { smoke: Vec::new(), preview: any }, None)) };
+    let mut smoke = Vec::with_capacity(b.smoke.len());
+    for (i, s) in b.smoke.into_iter().enumerate() {
+        let key = format!("blue_green.smoke[{i}]");
+        let span = s.span();
+        let check = match s.into_inner() {
+            RawSmoke::Path(path) => {
+                SmokeCheck { method: "GET".into(), path, status: 200, contains: None, not_contains: None }
+            }
+            RawSmoke::Full(f) => {
+                let status = f.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(field_err(span, &format!("{key}.status"), format!("{status} is not an HTTP status")));
+                }
+                let method = f.method.unwrap_or_else(|| "GET".into());
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(field_err(span, &format!("{key}.method"), format!("{method:?} is not a method")));
+                }
+                SmokeCheck {
+                    method,
+                    path: f.path,
+                    status: status as u16,
+                    contains: f.contains,
+                    not_contains: f.not_contains,
+                }
+            }
+        };
+        if !check.path.starts_with('/') || check.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(field_err(span, &format!("{key}.path"), "must start with '/' and hold no spaces"));
+        }
+        smoke.push(check);
+    }
+    let (preview, claim) = match &b.preview {
+        Some(p) => {
+            let a = address(p, "blue_green.preview", true)?;
+            (a, (a.port() != 0).then(|| (a, "blue_green.preview".to_owned(), p.span())))
+        }
+        None => (any, None),
+    };
+    Ok((BlueGreenSpec { smoke, preview }, claim))
+}
+
+fn validate_canary(c: Option<RawCanary>) -> Result<CanarySpec, FieldError> {
+    let default_steps = vec![CanaryStep::Weight(10), CanaryStep::Weight(50), CanaryStep::Weight(100)];
+    let Some(c) = c else {
+        return Ok(CanarySpec { steps: default_steps, step_interval_ms: 30_000, analysis: AnalysisSpec::default() });
+    };
+    let mut steps = Vec::new();
+    let mut last = 0;
+    for (i, s) in c.steps.into_iter().flatten().enumerate() {
+        let key = format!("canary.steps[{i}]");
+        let span = s.span();
+        let step = match s.into_inner() {
+            RawStep::Weight(w) if !(1..=100).contains(&w) => {
+                return Err(field_err(span, &key, format!("{w}: a weight is a percentage, 1 to 100")))
+            }
+            RawStep::Weight(w) if w as u32 <= last => {
+                return Err(field_err(span, &key, format!("{w} does not increase (the step before is {last})")))
+            }
+            RawStep::Weight(w) => {
+                last = w as u32;
+                CanaryStep::Weight(last)
+            }
+            RawStep::Word(w) if w == "pause" => CanaryStep::Pause(None),
+            RawStep::Word(w) => {
+                return Err(field_err(
+                    span,
+                    &key,
+                    format!("{w:?}: expected a weight, \"pause\" or {{ pause = \"5m\" }}"),
+                ))
+            }
+            RawStep::Pause { pause } => match parse_duration_ms(&pause) {
+                Some(ms) => CanaryStep::Pause(Some(ms)),
+                None => {
+                    return Err(field_err(span, &format!("{key}.pause"), format!("{pause:?}: expected a duration")))
+                }
+            },
+        };
+        if last == 100 && matches!(step, CanaryStep::Pause(_)) {
+            return Err(field_err(span, &key, "a pause after 100% would hold nothing back"));
+        }
+        steps.push(step);
+    }
+    if steps.is_empty() {
+        steps = default_steps;
+    } else if last < 100 {
+        // Like Argo Rollouts: the end of the steps is full promotion.
+        steps.push(CanaryStep::Weight(100));
+    }
+    let analysis = match c.analysis {
+        None => AnalysisSpec::default(),
+        Some(a) => {
+            let a = a.into_inner();
+            let d = AnalysisSpec::default();
+            AnalysisSpec {
+                min_requests: u64::from(count(&a.min_requests, "canary.analysis.min_requests", 50, 1)?),
+                max_error_rate: probability(
+                    &a.max_error_rate,
+                    "canary.analysis.max_error_rate",
+                    d.max_error_rate,
+                    (0.0, 1.0),
+                )?,
+                max_p99_ratio: probability(
+                    &a.max_p99_ratio,
+                    "canary.analysis.max_p99_ratio",
+                    d.max_p99_ratio,
+                    (1.0, 1000.0),
+                )?,
+                confidence: probability(&a.confidence, "canary.analysis.confidence", d.confidence, (0.5, 0.9999))?,
+                inconclusive_limit: count(&a.inconclusive_limit, "canary.analysis.inconclusive_limit", 3, 0)?,
+            }
+        }
+    };
+    let step_interval_ms = duration(&c.step_interval, "canary.step_interval", 30_000)?;
+    if step_interval_ms < 1000 {
+        let span = c.step_interval.as_ref().map(Spanned::span);
+        return Err((span, "canary.step_interval".into(), "must be at least 1s: analysis needs a window".into()));
+    }
+    Ok(CanarySpec { steps, step_interval_ms, analysis })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::spec::parse;
+
+    fn service(body: &str) -> Result<ReleaseSpec, String> {
+        let text = format!("[service.web]\nimage = \"hello:1\"\n{body}");
+        parse(Path::new("kiln.toml"), &text).map(|f| f.services["web"].release.clone()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_one_surge_first_rolling_instance() {
+        let r = service("").unwrap();
+        assert_eq!(r.replicas, 1);
+        assert_eq!(r.listen, None);
+        assert_eq!(r.strategy, Strategy::Rolling(RollingSpec { max_surge: 1, max_unavailable: 0 }));
+        assert_eq!(r.health.path, None);
+        assert_eq!((r.drain_timeout_ms, r.keep_previous_ms, r.progress_deadline_ms), (30_000, 300_000, 600_000));
+    }
+
+    #[test]
+    fn parses_every_strategy() {
+        let r = service(
+            r#"replicas = 3
+listen = "127.0.0.1:8080"
+strategy = "canary"
+drain_timeout = "5s"
+[service.web.health]
+path = "/healthz"
+interval = "250ms"
+unhealthy_threshold = 2
+[service.web.canary]
+steps = [5, "pause", 25, { pause = "1m" }, 75]
+step_interval = "10s"
+analysis = { min_requests = 20, max_p99_ratio = 3.0 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.replicas, 3);
+        assert_eq!(r.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(r.drain_timeout_ms, 5000);
+        assert_eq!(r.health.interval_ms, 250);
+        assert_eq!(r.health.unhealthy_threshold, 2);
+        let Strategy::Canary(c) = r.strategy else { panic!("canary") };
+        use CanaryStep::*;
+        assert_eq!(c.steps, vec![Weight(5), Pause(None), Weight(25), Pause(Some(60_000)), Weight(75), Weight(100)]);
+        assert_eq!(c.step_interval_ms, 10_000);
+        assert_eq!((c.analysis.min_requests, c.analysis.max_p99_ratio), (20, 3.0));
+        assert_eq!(c.analysis.confidence, 0.95);
+
+        let r = service(
+            "strategy = \"blue-green\"\nblue_green = { smoke = [\"/\", { path = \"/v\", contains = \"2\" }] }\n",
+        )
+        .unwrap();
+        let Strategy::BlueGreen(b) = r.strategy else { panic!("blue-green") };
+        assert_eq!(b.smoke.len(), 2);
+        assert_eq!(
+            (b.smoke[1].method.as_str(), b.smoke[1].status, b.smoke[1].contains.as_deref()),
+            ("GET", 200, Some("2"))
+        );
+        assert_eq!(b.preview.port(), 0);
+        assert_eq!(service("strategy = \"recreate\"\n").unwrap().strategy, Strategy::Recreate);
+    }
+
+    #[test]
+    fn bad_release_keys_name_file_line_and_key() {
+        let e = service("strategy = \"yolo\"\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:3: service.web.strategy: unknown strategy \"yolo\""), "{e}");
+        let e = service("replicas = 0\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:3: service.web.replicas: must be at least 1"), "{e}");
+        let e = service("strategy = \"canary\"\n[service.web.canary]\nsteps = [5, 50, 25]\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:5: service.web.canary.steps[2]: 25 does not increase"), "{e}");
+        let e = service("strategy = \"canary\"\ncanary = { steps = [0] }\n").unwrap_err();
+        assert!(e.contains("service.web.canary.steps[0]: 0: a weight is a percentage"), "{e}");
+        let e = service("strategy = \"canary\"\ncanary = { steps = [\"wait\"] }\n").unwrap_err();
+        assert!(e.contains("canary.steps[0]"), "{e}");
+        let e = service("canary = { steps = [5] }\n").unwrap_err();
+        assert!(e.contains("service.web.canary: is set, but the strategy is rolling"), "{e}");
+        let e = service("listen = \"localhost\"\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:3: service.web.listen:"), "{e}");
+        let e = service("listen = \"127.0.0.1:0\"\n").unwrap_err();
+        assert!(e.contains("fixed port"), "{e}");
+        let e = service("rolling = { max_surge = 0 }\n").unwrap_err();
+        assert!(e.contains("service.web.rolling.max_surge"), "{e}");
+        let e = service("drain_timeout = \"soon\"\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:3: service.web.drain_timeout:"), "{e}");
+        let e = service("[service.web.health]\npath = \"healthz\"\n").unwrap_err();
+        assert!(e.starts_with("kiln.toml:4: service.web.health.path:"), "{e}");
+        let e = service("[service.web.health]\npath = \"/\"\nretries = 3\n").unwrap_err();
+        assert!(e.contains(":5") && e.contains("retries"), "{e}");
+        let e = service("strategy = \"canary\"\ncanary = { analysis = { confidence = 2.0 } }\n").unwrap_err();
+        assert!(e.contains("canary.analysis.confidence: must be between"), "{e}");
+        let e = service("strategy = \"canary\"\ncanary = { step_interval = \"100ms\" }\n").unwrap_err();
+        assert!(e.contains("canary.step_interval: must be at least 1s"), "{e}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused_naming_the_second() {
+        let text = "[service.a]\nimage = \"x:1\"\nlisten = \"127.0.0.1:8080\"\n\n\
+                    [service.b]\nimage = \"x:1\"\nstrategy = \"blue-green\"\n\
+                    blue_green = { preview = \"127.0.0.1:8080\" }\n";
+        let e = parse(Path::new("kiln.toml"), text).unwrap_err().to_string();
+        assert_eq!(e, "kiln.toml:8: service.b.blue_green.preview: 127.0.0.1:8080 is already service.a.listen");
+    }
+}
