@@ -17,6 +17,7 @@ pub mod git;
 pub mod layer;
 pub mod oci;
 pub mod proxy;
+pub mod release;
 pub mod runtime;
 pub mod secrets;
 pub mod spec;

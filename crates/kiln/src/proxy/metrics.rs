@@ -11,7 +11,8 @@ pub const BUCKETS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
     5_000_000, 10_000_000,
 ];
-const NB: usize = BUCKETS_US.len() + 1;
+/// Histogram buckets: one per bound in [`BUCKETS_US`], and one above them.
+pub const NB: usize = BUCKETS_US.len() + 1;
 const SLOTS: usize = 60;
 
 #[derive(Debug)]
@@ -115,6 +116,9 @@ pub struct WindowStats {
     /// Upper bounds of the histogram buckets holding the percentiles (µs).
     pub p50_us: u64,
     pub p99_us: u64,
+    /// Responses per latency bucket ([`BUCKETS_US`], then one above them):
+    /// what the release analysis's rank test compares.
+    pub histogram: [u64; NB],
 }
 
 impl ReleaseMetrics {
@@ -171,6 +175,7 @@ impl ReleaseMetrics {
             error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
             p50_us: if requests == 0 { 0 } else { pct(0.5) },
             p99_us: if requests == 0 { 0 } else { pct(0.99) },
+            histogram: hist,
         }
     }
 
