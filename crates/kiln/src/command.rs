@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
 use crate::digest::Digest;
+use crate::history::{Entry, History, HistoryError};
 use crate::oci::{self, Descriptor, ImageConfig, Manifest};
 use crate::runtime::driver::Driver;
 use crate::runtime::logs::{LogFilter, LogLine, Retention};
@@ -76,6 +77,12 @@ pub enum Command {
     SecretRemove {
         name: String,
     },
+    /// The release history (of one service), and with `verify` a check of
+    /// its whole hash chain.
+    History {
+        service: Option<String>,
+        verify: bool,
+    },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
     Proxy(ProxyRun),
 }
@@ -103,11 +110,21 @@ pub enum Output {
     Inspect(Box<Inspection>),
     Gc(GcReport),
     Instance(Box<InstanceRecord>),
-    Instances { instances: Vec<InstanceRecord>, orphans_removed: Vec<String> },
+    Instances {
+        instances: Vec<InstanceRecord>,
+        orphans_removed: Vec<String>,
+    },
     Logs(Vec<LogLine>),
     Volumes(Vec<VolumeInfo>),
     Secrets(Vec<String>),
-    Done { message: String },
+    History {
+        entries: Vec<Entry>,
+        /// Entries in the verified chain, when asked to verify.
+        verified: Option<u64>,
+    },
+    Done {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +160,19 @@ pub enum CommandError {
     Run(#[from] RunError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+impl CommandError {
+    /// The process exit status a CLI gives this error: 3 when a check
+    /// found tampering (a broken history chain), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::History(HistoryError::Broken { .. }) => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// What commands run against.
@@ -249,6 +279,16 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         Command::SecretRemove { name } => {
             Secrets::new(ctx.store.home()).remove(&name)?;
             Ok(Output::Done { message: format!("secret {name} removed") })
+        }
+        Command::History { service, verify } => {
+            let path = History::path_in(ctx.store.home());
+            if !path.exists() {
+                // No release yet: an empty history, and no file created by a read.
+                return Ok(Output::History { entries: Vec::new(), verified: verify.then_some(0) });
+            }
+            let h = History::open(&path)?;
+            let verified = if verify { Some(h.verify()?) } else { None };
+            Ok(Output::History { entries: h.entries(service.as_deref())?, verified })
         }
     }
 }

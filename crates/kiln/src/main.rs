@@ -166,6 +166,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the release history (hash-chained); --verify checks the whole chain (exit 3 if broken).
+    History {
+        /// Only this service's releases.
+        service: Option<String>,
+        /// Check every entry's hash and link; name the first that was edited, removed or reordered.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List named volumes with their size and users.
     Volumes {
         #[arg(long)]
@@ -425,7 +435,7 @@ fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyh
 fn main() {
     if let Err(e) = run() {
         eprintln!("kiln: {e:#}");
-        std::process::exit(1);
+        std::process::exit(e.downcast_ref::<command::CommandError>().map_or(1, |c| c.exit_code()));
     }
 }
 
@@ -494,6 +504,7 @@ fn run() -> anyhow::Result<()> {
             (Command::Logs(filter), json)
         }
         Cmd::Volumes { json } => (Command::Volumes, json),
+        Cmd::History { service, verify, json } => (Command::History { service, verify }, json),
         Cmd::Secret { action: SecretCmd::Set { name } } => {
             let mut value = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
@@ -586,6 +597,58 @@ fn run() -> anyhow::Result<()> {
     }
     render(&output, now);
     Ok(())
+}
+
+fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
+    use kiln::history::Event;
+    if entries.is_empty() {
+        println!("no releases yet");
+    }
+    let mut last_release = "";
+    for e in entries {
+        let time = kiln::time::rfc3339_millis(e.at_ms);
+        let head = if e.release == last_release {
+            format!("{:>4}  {time}  {:<28}", e.seq, "")
+        } else {
+            format!("{:>4}  {time}  {:<28}", e.seq, format!("{} {}", e.service, e.release))
+        };
+        last_release = &e.release;
+        let what = match &e.event {
+            Event::Started { digest, tags, revision, strategy, actor, previous } => format!(
+                "started {strategy}: {digest} [{}]{} by {actor}{}",
+                tags.join(", "),
+                revision.as_deref().map(|r| format!(" git {r}")).unwrap_or_default(),
+                previous.as_deref().map(|p| format!(", replacing {p}")).unwrap_or_default()
+            ),
+            Event::Step { index, weights } => {
+                let w: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
+                format!("step {index}: {}", w.join(" "))
+            }
+            Event::Verdict { step, verdict } => {
+                let m: Vec<String> = verdict
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        let stable = m.stable.map_or("-".into(), |s| format!("{s:.4}"));
+                        let p = m.p_value.map_or(String::new(), |p| format!(", p={p:.4}"));
+                        format!("{} canary {:.4} stable {stable} limit {:.4}{p}", m.name, m.canary, m.limit)
+                    })
+                    .collect();
+                format!(
+                    "verdict at step {step}: {} (n={} vs {}; {})",
+                    verdict.outcome.name(),
+                    verdict.canary_requests,
+                    verdict.stable_requests,
+                    m.join("; ")
+                )
+            }
+            Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
+        };
+        println!("{head}  {what}");
+    }
+    if let Some(n) = verified {
+        println!("hash chain verified: {n} entries");
+    }
 }
 
 fn render(output: &Output, now: i64) {
@@ -715,6 +778,7 @@ fn render(output: &Output, now: i64) {
             }
         }
         Output::Done { message } => println!("{message}"),
+        Output::History { entries, verified } => render_history(entries, *verified),
         Output::Gc(g) => {
             for (d, size) in &g.removed {
                 println!("removed {d} ({})", human_size(*size));

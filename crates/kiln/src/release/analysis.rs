@@ -22,12 +22,12 @@
 //! idle stable) error rate is judged against `max_error_rate` alone and
 //! latency is not judged.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proxy::metrics::{WindowStats, BUCKETS_US};
 use crate::spec::AnalysisSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
@@ -35,25 +35,35 @@ pub enum Outcome {
     Inconclusive,
 }
 
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// One judged metric, readable on its own.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     /// `error_rate` or `p99_latency_ms`.
-    pub name: &'static str,
+    pub name: String,
     pub canary: f64,
     /// `None` without a stable sample.
     pub stable: Option<f64>,
     /// What the canary may reach: stable + margin, stable × ratio, or the
     /// absolute limit.
     pub limit: f64,
-    pub test: &'static str,
+    pub test: String,
     /// One-sided p-value of "the canary is worse", when a test ran.
     pub p_value: Option<f64>,
     pub passed: bool,
 }
 
 /// A step's verdict with everything that led to it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub outcome: Outcome,
     pub canary_requests: u64,
@@ -85,21 +95,21 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
                 1.0
             };
             Metric {
-                name: "error_rate",
+                name: "error_rate".into(),
                 canary: pc,
                 stable: Some(ps),
                 limit: ps + margin,
-                test: "two-proportion z-test",
+                test: "two-proportion z-test".into(),
                 p_value: Some(p),
                 passed: !(worse && p < alpha),
             }
         }
         None => Metric {
-            name: "error_rate",
+            name: "error_rate".into(),
             canary: pc,
             stable: None,
             limit: spec.max_error_rate,
-            test: "absolute limit (no stable sample)",
+            test: "absolute limit (no stable sample)".into(),
             p_value: None,
             passed: pc <= spec.max_error_rate,
         },
@@ -112,11 +122,11 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
         let tail = tail_greater(&canary.histogram, &s.histogram, s.p99_us);
         let p = (2.0 * body.min(tail)).min(1.0);
         metrics.push(Metric {
-            name: "p99_latency_ms",
+            name: "p99_latency_ms".into(),
             canary: c99,
             stable: Some(s99),
             limit,
-            test: "Mann-Whitney U over latency buckets, and the share above stable's p99 (Bonferroni)",
+            test: "Mann-Whitney U over latency buckets, and the share above stable's p99 (Bonferroni)".into(),
             p_value: Some(p),
             passed: !(c99 > limit && p < alpha),
         });
@@ -276,7 +286,7 @@ mod tests {
         let v = judge(&spec, &window(200, 40, FAST), Some(&window(4000, 0, FAST)));
         assert_eq!(v.outcome, Outcome::Fail);
         let e = &v.metrics[0];
-        assert_eq!((e.name, e.passed, e.canary, e.stable), ("error_rate", false, 0.2, Some(0.0)));
+        assert_eq!((e.name.as_str(), e.passed, e.canary, e.stable), ("error_rate", false, 0.2, Some(0.0)));
         assert!(e.p_value.unwrap() < 1e-6, "{e:?}");
         assert!(v.metrics[1].passed, "latency is fine");
     }

@@ -1,0 +1,464 @@
+//! The controller's state file, `$KILN_HOME/state.db`, and in it the
+//! release history: an append-only, hash-chained log of every release.
+//!
+//! SQLite (bundled, so every host has the same one) in WAL mode with
+//! `synchronous=FULL`: a committed entry survives a power cut, and a reader
+//! (`kiln history`, or a person with `sqlite3 state.db`) never blocks the
+//! controller. The schema version is `PRAGMA user_version`; [`migrate`]
+//! brings an older file forward in one transaction and refuses a newer one.
+//!
+//! Each entry's `hash` is `sha256(prev_hash, seq, service, release, at_ms,
+//! kind, body)` (each field length-prefixed) and names the hash of the
+//! entry before it, so editing, removing or reordering an entry breaks the
+//! chain at that entry, and [`History::verify`] names it. Entries are
+//! written before the step they describe is taken (log before state).
+//! This module must never update or delete an entry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, Hasher};
+use crate::release::analysis::Verdict;
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The hash an empty chain starts from.
+const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What can go wrong with the state file, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{}: {source}", path.display())]
+    Db { path: PathBuf, source: rusqlite::Error },
+    #[error("{}: schema version {found} is newer than this kiln understands ({SCHEMA_VERSION}); upgrade kiln", path.display())]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("{}: history entry {seq} (release {release}): {problem}", path.display())]
+    Broken { path: PathBuf, seq: i64, release: String, problem: String },
+}
+
+/// What happened, one entry each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A release began: what it deploys and who asked.
+    Started {
+        digest: String,
+        tags: Vec<String>,
+        revision: Option<String>,
+        strategy: String,
+        actor: String,
+        /// The release it replaces, if any.
+        previous: Option<String>,
+    },
+    /// Traffic moved: every release's weight at this step.
+    Step { index: u32, weights: BTreeMap<String, u32> },
+    /// A canary step's analysis, with its figures.
+    Verdict { step: u32, verdict: Verdict },
+    /// The release ended.
+    Finished { outcome: Outcome, reason: String },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Step { .. } => "step",
+            Event::Verdict { .. } => "verdict",
+            Event::Finished { .. } => "finished",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    RolledBack,
+    Aborted,
+    Superseded,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Aborted => "aborted",
+            Outcome::Superseded => "superseded",
+        }
+    }
+}
+
+/// One entry of the log, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub seq: i64,
+    pub service: String,
+    pub release: String,
+    pub at_ms: i64,
+    pub event: Event,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The state file, open.
+#[derive(Debug)]
+pub struct History {
+    path: PathBuf,
+    db: Connection,
+}
+
+fn entry_hash(prev: &str, seq: i64, service: &str, release: &str, at_ms: i64, kind: &str, body: &str) -> Digest {
+    let mut h = Hasher::new();
+    for f in [prev.as_bytes(), &seq.to_be_bytes(), service.as_bytes(), release.as_bytes(), &at_ms.to_be_bytes()] {
+        h.field(f);
+    }
+    h.field(kind.as_bytes());
+    h.field(body.as_bytes());
+    h.finish()
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one step per version, each in
+/// the same transaction as its version bump.
+fn migrate(db: &mut Connection, path: &Path) -> Result<(), HistoryError> {
+    let err = |source| HistoryError::Db { path: path.to_owned(), source };
+    let found: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+    if found > SCHEMA_VERSION {
+        return Err(HistoryError::TooNew { path: path.to_owned(), found });
+    }
+    const STEPS: &[&str] = &[
+        // 0 → 1: the history log and the archive of digests kept for rollback.
+        "CREATE TABLE history (
+            seq       INTEGER PRIMARY KEY,
+            service   TEXT NOT NULL,
+            release   TEXT NOT NULL,
+            at_ms     INTEGER NOT NULL,
+            kind      TEXT NOT NULL,
+            body      TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash      TEXT NOT NULL UNIQUE
+        );
+        CREATE INDEX history_service ON history (service, seq);
+        CREATE TABLE archive (
+            digest  TEXT NOT NULL,
+            service TEXT NOT NULL,
+            release TEXT NOT NULL,
+            at_ms   INTEGER NOT NULL,
+            PRIMARY KEY (service, digest)
+        );",
+    ];
+    for (v, sql) in STEPS.iter().enumerate().skip(found as usize) {
+        let tx = db.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", v as i64 + 1).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+impl History {
+    /// Opens (creating and migrating as needed) the state file at `path`.
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        let err = |source| HistoryError::Db { path: path.to_owned(), source };
+        let mut db = Connection::open(path).map_err(err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, not wal"))));
+        }
+        db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        migrate(&mut db, path)?;
+        Ok(History { path: path.to_owned(), db })
+    }
+
+    /// The state file of a kiln home.
+    pub fn path_in(home: &Path) -> PathBuf {
+        home.join("state.db")
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> HistoryError + '_ {
+        |source| HistoryError::Db { path: self.path.clone(), source }
+    }
+
+    /// Appends one entry, chained to the last; durable when this returns.
+    pub fn append(&mut self, service: &str, release: &str, at_ms: i64, event: &Event) -> Result<Entry, HistoryError> {
+        let path = self.path.clone();
+        let err = |source| HistoryError::Db { path: path.clone(), source };
+        let body = serde_json::to_string(event).expect("history events serialize");
+        // IMMEDIATE: the read of the chain's end and the write are one step,
+        // so two writers cannot both chain to the same entry.
+        let tx = self.db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+        let last: Option<(i64, String)> = tx
+            .query_row("SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(err)?;
+        let (seq, prev_hash) = match last {
+            Some((s, h)) => (s + 1, h),
+            None => (1, GENESIS.to_owned()),
+        };
+        let hash = entry_hash(&prev_hash, seq, service, release, at_ms, event.kind(), &body).to_string();
+        tx.execute(
+            "INSERT INTO history (seq, service, release, at_ms, kind, body, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![seq, service, release, at_ms, event.kind(), body, prev_hash, hash],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Entry {
+            seq,
+            service: service.to_owned(),
+            release: release.to_owned(),
+            at_ms,
+            event: event.clone(),
+            prev_hash,
+            hash,
+        })
+    }
+
+    /// Every entry (of one service, if given), oldest first.
+    pub fn entries(&self, service: Option<&str>) -> Result<Vec<Entry>, HistoryError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT seq, service, release, at_ms, kind, body, prev_hash, hash FROM history
+                 WHERE ?1 IS NULL OR service = ?1 ORDER BY seq",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![service], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, service, release, at_ms, body, prev_hash, hash) = row.map_err(self.err())?;
+            let event = serde_json::from_str(&body).map_err(|e| HistoryError::Broken {
+                path: self.path.clone(),
+                seq,
+                release: release.clone(),
+                problem: format!("unreadable body: {e}"),
+            })?;
+            out.push(Entry { seq, service, release, at_ms, event, prev_hash, hash });
+        }
+        Ok(out)
+    }
+
+    /// Checks the whole chain; returns how many entries it holds, or the
+    /// first entry that was edited, removed or reordered.
+    pub fn verify(&self) -> Result<u64, HistoryError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT seq, service, release, at_ms, kind, body, prev_hash, hash FROM history ORDER BY seq")
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let (mut prev, mut expect_seq, mut n) = (GENESIS.to_owned(), 1i64, 0u64);
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let get = |i| r.get::<_, String>(i);
+            let seq: i64 = r.get(0).map_err(self.err())?;
+            let (service, release, kind, body, prev_hash, hash) = (
+                get(1).map_err(self.err())?,
+                get(2).map_err(self.err())?,
+                get(4).map_err(self.err())?,
+                get(5).map_err(self.err())?,
+                get(6).map_err(self.err())?,
+                get(7).map_err(self.err())?,
+            );
+            let at_ms: i64 = r.get(3).map_err(self.err())?;
+            let broken = |problem: String| HistoryError::Broken {
+                path: self.path.clone(),
+                seq,
+                release: release.clone(),
+                problem,
+            };
+            if seq != expect_seq {
+                return Err(broken(format!("expected entry {expect_seq} here: an entry was removed")));
+            }
+            if prev_hash != prev {
+                return Err(broken("does not follow the entry before it: entries were removed or reordered".into()));
+            }
+            if entry_hash(&prev_hash, seq, &service, &release, at_ms, &kind, &body).as_str() != hash {
+                return Err(broken("its contents do not match its hash: the entry was edited".into()));
+            }
+            prev = hash;
+            expect_seq += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Keeps `digest` as a gc root for `service`'s rollbacks: recorded here
+    /// and as `meta/archive/<hex>` in the store, which gc reads. The oldest
+    /// beyond `keep` per service are let go (their files removed).
+    pub fn archive(
+        &mut self,
+        store_home: &Path,
+        service: &str,
+        release: &str,
+        digest: &Digest,
+        at_ms: i64,
+        keep: usize,
+    ) -> Result<Vec<Digest>, HistoryError> {
+        let path = self.path.clone();
+        let err = |source| HistoryError::Db { path: path.clone(), source };
+        let dir = store_home.join("meta/archive");
+        let io = |e: std::io::Error| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        // The root exists on disk before the database says it does: a crash
+        // in between leaves an extra root (kept), never a missing one.
+        std::fs::write(dir.join(digest.hex()), format!("{service} {release}\n")).map_err(io)?;
+        let tx = self.db.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO archive (digest, service, release, at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (service, digest) DO UPDATE SET release = excluded.release, at_ms = excluded.at_ms",
+            params![digest.as_str(), service, release, at_ms],
+        )
+        .map_err(err)?;
+        let old: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT digest FROM archive WHERE service = ?1 ORDER BY at_ms DESC, digest LIMIT -1 OFFSET ?2")
+                .map_err(err)?;
+            let rows = stmt.query_map(params![service, keep as i64], |r| r.get(0)).map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)?
+        };
+        for d in &old {
+            tx.execute("DELETE FROM archive WHERE service = ?1 AND digest = ?2", params![service, d]).map_err(err)?;
+        }
+        // A digest another service still archives stays a root.
+        let mut released = Vec::new();
+        for d in old {
+            let still: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM archive WHERE digest = ?1)", params![d], |r| r.get(0))
+                .map_err(err)?;
+            if !still {
+                if let Ok(d) = Digest::parse(&d) {
+                    released.push(d);
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        for d in &released {
+            let _ = std::fs::remove_file(dir.join(d.hex()));
+        }
+        Ok(released)
+    }
+
+    /// The archived digests of a service, newest first.
+    pub fn archived(&self, service: &str) -> Result<Vec<(Digest, String)>, HistoryError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT digest, release FROM archive WHERE service = ?1 ORDER BY at_ms DESC, digest")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![service], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (d, release) = row.map_err(self.err())?;
+            if let Ok(d) = Digest::parse(&d) {
+                out.push((d, release));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::tempdir;
+
+    fn started(digest: &str) -> Event {
+        Event::Started {
+            digest: digest.into(),
+            tags: vec!["web:b1".into()],
+            revision: Some("abc".into()),
+            strategy: "canary".into(),
+            actor: "ci".into(),
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn entries_chain_and_verify() {
+        let dir = tempdir("history");
+        let path = History::path_in(dir.as_path());
+        let mut h = History::open(&path).unwrap();
+        assert_eq!(h.verify().unwrap(), 0);
+        let a = h.append("web", "r1", 1000, &started("sha256:aa")).unwrap();
+        let weights = BTreeMap::from([("r1".to_owned(), 100)]);
+        let b = h.append("web", "r1", 2000, &Event::Step { index: 0, weights }).unwrap();
+        h.append("api", "r2", 3000, &started("sha256:bb")).unwrap();
+        assert_eq!((a.seq, a.prev_hash.as_str()), (1, GENESIS));
+        assert_eq!(b.prev_hash, a.hash);
+        assert_eq!(h.verify().unwrap(), 3);
+        assert_eq!(h.entries(Some("web")).unwrap().len(), 2);
+        assert_eq!(h.entries(None).unwrap()[2].service, "api");
+        drop(h);
+        // Reopening migrates nothing and keeps the chain.
+        let h = History::open(&path).unwrap();
+        assert_eq!(h.verify().unwrap(), 3);
+        let v: i64 = h.db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = h.db.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn an_edited_a_removed_or_a_reordered_entry_is_named() {
+        let dir = tempdir("history-tamper");
+        let mut h = History::open(&History::path_in(dir.as_path())).unwrap();
+        for i in 0..4 {
+            h.append("web", &format!("r{i}"), i * 10, &started(&format!("sha256:{i}"))).unwrap();
+        }
+        h.db.execute("UPDATE history SET body = replace(body, 'sha256:2', 'sha256:9') WHERE seq = 3", []).unwrap();
+        let e = h.verify().unwrap_err().to_string();
+        assert!(e.contains("history entry 3 (release r2): its contents do not match its hash"), "{e}");
+        h.db.execute("UPDATE history SET body = replace(body, 'sha256:9', 'sha256:2') WHERE seq = 3", []).unwrap();
+        assert_eq!(h.verify().unwrap(), 4, "undone");
+        h.db.execute("DELETE FROM history WHERE seq = 2", []).unwrap();
+        let e = h.verify().unwrap_err().to_string();
+        assert!(e.contains("history entry 3 (release r2): expected entry 2 here"), "{e}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempdir("history-new");
+        let path = History::path_in(dir.as_path());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = History::open(&path).unwrap_err().to_string();
+        assert!(e.contains("schema version 99 is newer"), "{e}");
+    }
+
+    #[test]
+    fn archive_keeps_the_newest_digests_as_store_roots() {
+        let dir = tempdir("history-archive");
+        let mut h = History::open(&History::path_in(dir.as_path())).unwrap();
+        let d = |i: u8| Digest::of(&[i]);
+        for i in 0..4u8 {
+            let released = h.archive(dir.as_path(), "web", &format!("r{i}"), &d(i), i64::from(i), 2).unwrap();
+            assert_eq!(released, if i >= 2 { vec![d(i - 2)] } else { vec![] });
+        }
+        h.archive(dir.as_path(), "api", "x", &d(3), 9, 2).unwrap();
+        let kept: Vec<_> = h.archived("web").unwrap().into_iter().map(|(d, _)| d).collect();
+        assert_eq!(kept, vec![d(3), d(2)]);
+        let files = std::fs::read_dir(dir.as_path().join("meta/archive")).unwrap().count();
+        assert_eq!(files, 2);
+        assert!(dir.as_path().join("meta/archive").join(d(3).hex()).exists());
+    }
+}
