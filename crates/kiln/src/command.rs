@@ -10,6 +10,7 @@ use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
 use crate::digest::Digest;
 use crate::history::{Entry, History, HistoryError};
 use crate::oci::{self, Descriptor, ImageConfig, Manifest};
+use crate::release::plan::{self, Current, Plan};
 use crate::runtime::driver::Driver;
 use crate::runtime::logs::{LogFilter, LogLine, Retention};
 use crate::runtime::{InstanceRecord, Launcher, RunError, RunRequest, Runtime, VolumeInfo};
@@ -77,6 +78,12 @@ pub enum Command {
     SecretRemove {
         name: String,
     },
+    /// What deploying each service (or one) of a kiln.toml would do, from
+    /// what runs now; changes nothing.
+    Plan {
+        file: PathBuf,
+        service: Option<String>,
+    },
     /// The release history (of one service), and with `verify` a check of
     /// its whole hash chain.
     History {
@@ -117,6 +124,7 @@ pub enum Output {
     Logs(Vec<LogLine>),
     Volumes(Vec<VolumeInfo>),
     Secrets(Vec<String>),
+    Plans(Vec<Plan>),
     History {
         entries: Vec<Entry>,
         /// Entries in the verified chain, when asked to verify.
@@ -215,15 +223,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let req = match (service_file, request.service.clone()) {
                 (Some(path), Some(name)) => {
                     let f = spec::load(&path)?;
-                    let service = f.services.get(&name).ok_or_else(|| SpecError {
-                        file: path.clone(),
-                        line: None,
-                        key: format!("service.{name}"),
-                        message: format!(
-                            "no such service (the file defines: {})",
-                            f.services.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    })?;
+                    let service = f.services.get(&name).ok_or_else(|| no_such_service(&f, &name))?;
                     RunRequest::for_service(service, request)
                 }
                 _ => request,
@@ -280,6 +280,42 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Secrets::new(ctx.store.home()).remove(&name)?;
             Ok(Output::Done { message: format!("secret {name} removed") })
         }
+        Command::Plan { file, service } => {
+            let f = spec::load(&file)?;
+            let chosen: Vec<&spec::ServiceSpec> = match &service {
+                Some(name) => vec![f.services.get(name).ok_or_else(|| no_such_service(&f, name))?],
+                None => f.services.values().collect(),
+            };
+            if chosen.is_empty() {
+                return Err(SpecError {
+                    file: f.path.clone(),
+                    line: None,
+                    key: "service".into(),
+                    message: "no [service.NAME] table to plan".into(),
+                }
+                .into());
+            }
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            let (instances, _) = rt.reconcile()?;
+            let mut plans = Vec::new();
+            for s in chosen {
+                let (target, _) = ctx.store.resolve(&s.image).map_err(|e| match e {
+                    StoreError::NotFound(_) => CommandError::Spec(SpecError {
+                        file: f.path.clone(),
+                        line: Some(s.image_line),
+                        key: format!("service.{}.image", s.name),
+                        message: if f.images.contains_key(&s.image) {
+                            format!("[image.{}] has not been baked yet (kiln bake {})", s.image, s.image)
+                        } else {
+                            format!("{:?} is neither an [image.NAME] of this file nor an image in the store", s.image)
+                        },
+                    }),
+                    other => other.into(),
+                })?;
+                plans.push(plan::plan(&s.name, &s.release, current(&instances, &s.name).as_ref(), &target.digest));
+            }
+            Ok(Output::Plans(plans))
+        }
         Command::History { service, verify } => {
             let path = History::path_in(ctx.store.home());
             if !path.exists() {
@@ -291,6 +327,28 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::History { entries: h.entries(service.as_deref())?, verified })
         }
     }
+}
+
+fn no_such_service(f: &spec::SpecFile, name: &str) -> CommandError {
+    SpecError {
+        file: f.path.clone(),
+        line: None,
+        key: format!("service.{name}"),
+        message: format!(
+            "no such service (the file defines: {})",
+            f.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
+    .into()
+}
+
+/// What serves a service now: the digest most of its live instances run.
+fn current(instances: &[InstanceRecord], service: &str) -> Option<Current> {
+    let mut by_digest: std::collections::BTreeMap<&Digest, u32> = std::collections::BTreeMap::new();
+    for r in instances.iter().filter(|r| r.service == service && !r.state.is_exited()) {
+        *by_digest.entry(&r.image).or_default() += 1;
+    }
+    by_digest.into_iter().max_by_key(|(_, n)| *n).map(|(d, n)| Current { digest: d.clone(), instances: n })
 }
 
 fn image_size(m: &Manifest) -> u64 {

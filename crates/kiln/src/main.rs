@@ -166,6 +166,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show what deploying each service of kiln.toml (or one) would do from what runs now: instances to start and stop, traffic steps, downtime. Changes nothing.
+    Plan {
+        /// Only this service.
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the release history (hash-chained); --verify checks the whole chain (exit 3 if broken).
     History {
         /// Only this service's releases.
@@ -504,6 +513,7 @@ fn run() -> anyhow::Result<()> {
             (Command::Logs(filter), json)
         }
         Cmd::Volumes { json } => (Command::Volumes, json),
+        Cmd::Plan { service, file, json } => (Command::Plan { file, service }, json),
         Cmd::History { service, verify, json } => (Command::History { service, verify }, json),
         Cmd::Secret { action: SecretCmd::Set { name } } => {
             let mut value = Vec::new();
@@ -597,6 +607,44 @@ fn run() -> anyhow::Result<()> {
     }
     render(&output, now);
     Ok(())
+}
+
+fn render_plan(p: &kiln::release::plan::Plan) {
+    use kiln::release::plan::Step;
+    let from = match &p.from {
+        Some(c) => format!("{} instance(s) of {}", c.instances, c.digest.short()),
+        None => "nothing running".into(),
+    };
+    println!("service {}: {} → {} replica(s) of {} ({})", p.service, from, p.replicas, p.to.short(), p.strategy);
+    if p.steps.is_empty() {
+        println!("  nothing to do: already running");
+    }
+    let secs = |ms: u64| if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
+    for (i, s) in p.steps.iter().enumerate() {
+        let what = match s {
+            Step::Start { count, start_deadline_ms } => {
+                format!("start {count} new instance(s); wait until healthy (deadline {})", secs(*start_deadline_ms))
+            }
+            Step::Smoke { checks } => format!("run {checks} smoke check(s) through the preview listener"),
+            Step::Shift { new_percent } => format!("traffic: {new_percent}% new, {}% old", 100 - new_percent),
+            Step::Analyse { window_ms } => format!("analyse canary against stable for {}", secs(*window_ms)),
+            Step::Pause { for_ms: None } => "pause until `kiln promote`".into(),
+            Step::Pause { for_ms: Some(ms) } => format!("pause for {}", secs(*ms)),
+            Step::KeepWarm { for_ms } => {
+                format!("keep the old instances warm for {} (instant rollback)", secs(*for_ms))
+            }
+            Step::StopOld { count, drain_timeout_ms } => {
+                format!("drain (up to {}) and destroy {count} old instance(s)", secs(*drain_timeout_ms))
+            }
+            Step::StopSame { count, drain_timeout_ms } => {
+                format!("drain (up to {}) and destroy {count} surplus instance(s)", secs(*drain_timeout_ms))
+            }
+        };
+        println!("  {:>2}. {what}", i + 1);
+    }
+    let downtime =
+        if p.downtime { "YES: no instance serves between stopping the old and starting the new" } else { "none" };
+    println!("  capacity: at least {} serving, at most {} running; downtime: {downtime}", p.min_serving, p.max_running);
 }
 
 fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
@@ -779,6 +827,7 @@ fn render(output: &Output, now: i64) {
         }
         Output::Done { message } => println!("{message}"),
         Output::History { entries, verified } => render_history(entries, *verified),
+        Output::Plans(plans) => plans.iter().for_each(render_plan),
         Output::Gc(g) => {
             for (d, size) in &g.removed {
                 println!("removed {d} ({})", human_size(*size));

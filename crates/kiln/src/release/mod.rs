@@ -1,5 +1,5 @@
-//! The release controller's pure parts; today how a canary step is judged
-//! ([`analysis`]).
+//! The release controller's pure parts: what a deploy would do ([`plan`])
+//! and how a canary step is judged ([`analysis`]).
 //!
 //! Nothing here does I/O or reads the clock: observations and the time come
 //! in as arguments, decisions go out as values, so every rule is tested on
@@ -7,3 +7,4 @@
 //! balancer, recording history) live elsewhere and must never decide.
 
 pub mod analysis;
+pub mod plan;
