@@ -619,7 +619,7 @@ fn render_plan(p: &kiln::release::plan::Plan) {
     if p.steps.is_empty() {
         println!("  nothing to do: already running");
     }
-    let secs = |ms: u64| if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
+    let secs = |ms: u64| if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
     for (i, s) in p.steps.iter().enumerate() {
         let what = match s {
             Step::Start { count, start_deadline_ms } => {
