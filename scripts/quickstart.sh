@@ -28,3 +28,7 @@ echo "== kiln stop $1; kiln logs --instance $1"
 $kiln stop "$1" >/dev/null
 $kiln logs --instance "$1"
 $kiln rm "$1" >/dev/null
+echo "== kiln plan -f examples/hello/kiln.toml (what releasing it would do; changes nothing)"
+$kiln plan -f examples/hello/kiln.toml
+echo "== kiln history --verify"
+$kiln history --verify
