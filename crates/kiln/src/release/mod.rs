@@ -1,5 +1,6 @@
-//! The release controller's pure parts: what a deploy would do ([`plan`])
-//! and how a canary step is judged ([`analysis`]).
+//! The release controller's pure parts: what a deploy would do ([`plan`]),
+//! what to do next in a release in progress ([`rollout::decide`]), and how
+//! a canary step is judged ([`analysis`]).
 //!
 //! Nothing here does I/O or reads the clock: observations and the time come
 //! in as arguments, decisions go out as values, so every rule is tested on
@@ -8,3 +9,4 @@
 
 pub mod analysis;
 pub mod plan;
+pub mod rollout;

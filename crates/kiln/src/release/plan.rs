@@ -6,13 +6,13 @@
 //! a user is shown is what happens. This module must never look at the
 //! store, the instances or the clock.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::spec::{CanaryStep, ReleaseSpec, Strategy};
 
 /// What runs now, as observed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Current {
     pub digest: Digest,
     /// Running instances of it.
@@ -20,7 +20,7 @@ pub struct Current {
 }
 
 /// One step of a release, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Start instances of the new digest and wait until they are healthy
