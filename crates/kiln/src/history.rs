@@ -24,7 +24,7 @@ use crate::digest::{Digest, Hasher};
 use crate::release::analysis::Verdict;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The hash an empty chain starts from.
 const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -151,6 +151,14 @@ fn migrate(db: &mut Connection, path: &Path) -> Result<(), HistoryError> {
             release TEXT NOT NULL,
             at_ms   INTEGER NOT NULL,
             PRIMARY KEY (service, digest)
+        );",
+        // 1 → 2: the controller's current state per service (JSON), the
+        // part of state that is not history: what serves, what is warm,
+        // the release in progress and its step.
+        "CREATE TABLE services (
+            name       TEXT PRIMARY KEY,
+            state      TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL
         );",
     ];
     for (v, sql) in STEPS.iter().enumerate().skip(found as usize) {
@@ -356,6 +364,37 @@ impl History {
         Ok(released)
     }
 
+    /// Records a service's controller state (JSON), durable on return.
+    pub fn save_service(&mut self, name: &str, state: &str, at_ms: i64) -> Result<(), HistoryError> {
+        self.db
+            .execute(
+                "INSERT INTO services (name, state, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+                params![name, state, at_ms],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// A service's recorded controller state, if any.
+    pub fn load_service(&self, name: &str) -> Result<Option<String>, HistoryError> {
+        self.db
+            .query_row("SELECT state FROM services WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// How many releases of `service` have started (the next one's number
+    /// is one more).
+    pub fn releases_started(&self, service: &str) -> Result<u64, HistoryError> {
+        self.db
+            .query_row("SELECT count(*) FROM history WHERE service = ?1 AND kind = 'started'", params![service], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
     /// The archived digests of a service, newest first.
     pub fn archived(&self, service: &str) -> Result<Vec<(Digest, String)>, HistoryError> {
         let mut stmt = self
@@ -409,8 +448,13 @@ mod tests {
         assert_eq!(h.entries(None).unwrap()[2].service, "api");
         drop(h);
         // Reopening migrates nothing and keeps the chain.
-        let h = History::open(&path).unwrap();
+        let mut h = History::open(&path).unwrap();
         assert_eq!(h.verify().unwrap(), 3);
+        assert_eq!(h.releases_started("web").unwrap(), 1);
+        assert_eq!(h.load_service("web").unwrap(), None);
+        h.save_service("web", "{\"a\":1}", 5).unwrap();
+        h.save_service("web", "{\"a\":2}", 6).unwrap();
+        assert_eq!(h.load_service("web").unwrap().as_deref(), Some("{\"a\":2}"));
         let v: i64 = h.db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
         let mode: String = h.db.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
@@ -432,6 +476,33 @@ mod tests {
         h.db.execute("DELETE FROM history WHERE seq = 2", []).unwrap();
         let e = h.verify().unwrap_err().to_string();
         assert!(e.contains("history entry 3 (release r2): expected entry 2 here"), "{e}");
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_and_keeps_its_history() {
+        let dir = tempdir("history-migrate");
+        let path = History::path_in(&dir);
+        {
+            // What kiln with schema 1 wrote.
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(
+                "CREATE TABLE history (seq INTEGER PRIMARY KEY, service TEXT NOT NULL, release TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL, prev_hash TEXT NOT NULL,
+                 hash TEXT NOT NULL UNIQUE);
+                 CREATE INDEX history_service ON history (service, seq);
+                 CREATE TABLE archive (digest TEXT NOT NULL, service TEXT NOT NULL, release TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL, PRIMARY KEY (service, digest));",
+            )
+            .unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut h = History::open(&path).unwrap();
+        h.append("web", "web-1", 1, &started("sha256:aa")).unwrap();
+        h.save_service("web", "{}", 1).unwrap();
+        let v: i64 = h.db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!((v, h.verify().unwrap()), (2, 1));
     }
 
     #[test]

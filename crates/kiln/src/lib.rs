@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod release;
 pub mod runtime;
 pub mod secrets;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod time;

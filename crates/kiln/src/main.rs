@@ -17,6 +17,8 @@ use kiln::runtime::logs::{LogFilter, LogLine, Retention};
 use kiln::runtime::{RunRequest, ShimLauncher};
 use kiln::store::Store;
 
+mod cli_release;
+
 /// kiln: bake reproducible images, run them immutably, release by replacement.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
@@ -169,6 +171,56 @@ enum Cmd {
     /// Show what deploying each service of kiln.toml (or one) would do from what runs now: instances to start and stop, traffic steps, downtime. Changes nothing.
     Plan {
         /// Only this service.
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the release controller in the foreground: its API on $KILN_HOME/serve.sock (0600), a load balancer process per service of kiln.toml with a listen address.
+    Serve {
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+    },
+    /// Release a service (baking its image first when it is an [image.X] of kiln.toml) and follow the release: exit 0 done, 2 failed or rolled back, 4 paused for `kiln promote`.
+    Deploy {
+        /// The service (default: the only one with a listen address).
+        service: Option<String>,
+        /// Release this image (NAME:TAG, digest) instead of the service's own.
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        /// Return once the release has started.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Services: releases, the rollout in progress, traffic split, instances.
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back to the previous release: a traffic switch when it is still warm, else a fast release of its image.
+    Rollback {
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a paused release go on.
+    Promote {
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the release in progress: its instances removed, traffic on stable.
+    Abort {
         service: Option<String>,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
@@ -441,6 +493,18 @@ fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyh
     }
 }
 
+/// The request with who asked (user@host), for the history.
+fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
+    use kiln::serve::api::Request;
+    let actor = cli_release::actor();
+    match req {
+        Request::Rollback { service, .. } => Request::Rollback { service, actor },
+        Request::Promote { service, .. } => Request::Promote { service, actor },
+        Request::Abort { service, .. } => Request::Abort { service, actor },
+        other => other,
+    }
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("kiln: {e:#}");
@@ -450,7 +514,55 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A deploy whose image is an [image.X] of the file bakes it first (a
+    // cache hit when nothing changed), then releases that digest.
+    let mut deploy_after = None;
     let (cmd, json) = match cli.command {
+        Cmd::Serve { file } => return cli_release::serve(&cli_release::default_home(cli.home), &file),
+        Cmd::Status { service, json } => {
+            return cli_release::status(&cli_release::default_home(cli.home), service, json)
+        }
+        Cmd::Rollback { service, file, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            let req = kiln::serve::api::Request::Rollback { service, actor: String::new() };
+            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+        }
+        Cmd::Promote { service, file, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            let req = kiln::serve::api::Request::Promote { service, actor: String::new() };
+            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+        }
+        Cmd::Abort { service, file, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            let req = kiln::serve::api::Request::Abort { service, actor: String::new() };
+            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+        }
+        Cmd::Deploy { service, image, file, no_wait, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            let spec = kiln::spec::load(&file)?;
+            let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
+            match (image, own) {
+                (Some(image), _) => {
+                    let code = cli_release::deploy(
+                        &cli_release::default_home(cli.home),
+                        service,
+                        Some(image),
+                        !no_wait,
+                        json,
+                    )?;
+                    std::process::exit(code);
+                }
+                (None, Some(own)) => {
+                    deploy_after = Some((service, !no_wait, json));
+                    (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false)
+                }
+                (None, None) => {
+                    let code =
+                        cli_release::deploy(&cli_release::default_home(cli.home), service, None, !no_wait, json)?;
+                    std::process::exit(code);
+                }
+            }
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             return Ok(());
@@ -595,6 +707,11 @@ fn run() -> anyhow::Result<()> {
         retention: retention()?,
     };
     let output = command::execute(cmd, &mut ctx)?;
+    if let (Some((service, wait, json)), Output::Baked(reports)) = (deploy_after, &output) {
+        let digest = reports.first().map(|r| r.digest.to_string()).context("the bake produced no image")?;
+        let code = cli_release::deploy(ctx.store.home(), service, Some(digest), wait, json)?;
+        std::process::exit(code);
+    }
     if json {
         if let Output::Logs(lines) = &output {
             for l in lines {
@@ -607,96 +724,6 @@ fn run() -> anyhow::Result<()> {
     }
     render(&output, now);
     Ok(())
-}
-
-fn render_plan(p: &kiln::release::plan::Plan) {
-    use kiln::release::plan::Step;
-    let from = match &p.from {
-        Some(c) => format!("{} instance(s) of {}", c.instances, c.digest.short()),
-        None => "nothing running".into(),
-    };
-    println!("service {}: {} → {} replica(s) of {} ({})", p.service, from, p.replicas, p.to.short(), p.strategy);
-    if p.steps.is_empty() {
-        println!("  nothing to do: already running");
-    }
-    let secs = |ms: u64| if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
-    for (i, s) in p.steps.iter().enumerate() {
-        let what = match s {
-            Step::Start { count, start_deadline_ms } => {
-                format!("start {count} new instance(s); wait until healthy (deadline {})", secs(*start_deadline_ms))
-            }
-            Step::Smoke { checks } => format!("run {checks} smoke check(s) through the preview listener"),
-            Step::Shift { new_percent } => format!("traffic: {new_percent}% new, {}% old", 100 - new_percent),
-            Step::Analyse { window_ms } => format!("analyse canary against stable for {}", secs(*window_ms)),
-            Step::Pause { for_ms: None } => "pause until `kiln promote`".into(),
-            Step::Pause { for_ms: Some(ms) } => format!("pause for {}", secs(*ms)),
-            Step::KeepWarm { for_ms } => {
-                format!("keep the old instances warm for {} (instant rollback)", secs(*for_ms))
-            }
-            Step::StopOld { count, drain_timeout_ms } => {
-                format!("drain (up to {}) and destroy {count} old instance(s)", secs(*drain_timeout_ms))
-            }
-            Step::StopSame { count, drain_timeout_ms } => {
-                format!("drain (up to {}) and destroy {count} surplus instance(s)", secs(*drain_timeout_ms))
-            }
-        };
-        println!("  {:>2}. {what}", i + 1);
-    }
-    let downtime =
-        if p.downtime { "YES: no instance serves between stopping the old and starting the new" } else { "none" };
-    println!("  capacity: at least {} serving, at most {} running; downtime: {downtime}", p.min_serving, p.max_running);
-}
-
-fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
-    use kiln::history::Event;
-    if entries.is_empty() {
-        println!("no releases yet");
-    }
-    let mut last_release = "";
-    for e in entries {
-        let time = kiln::time::rfc3339_millis(e.at_ms);
-        let head = if e.release == last_release {
-            format!("{:>4}  {time}  {:<28}", e.seq, "")
-        } else {
-            format!("{:>4}  {time}  {:<28}", e.seq, format!("{} {}", e.service, e.release))
-        };
-        last_release = &e.release;
-        let what = match &e.event {
-            Event::Started { digest, tags, revision, strategy, actor, previous } => format!(
-                "started {strategy}: {digest} [{}]{} by {actor}{}",
-                tags.join(", "),
-                revision.as_deref().map(|r| format!(" git {r}")).unwrap_or_default(),
-                previous.as_deref().map(|p| format!(", replacing {p}")).unwrap_or_default()
-            ),
-            Event::Step { index, weights } => {
-                let w: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
-                format!("step {index}: {}", w.join(" "))
-            }
-            Event::Verdict { step, verdict } => {
-                let m: Vec<String> = verdict
-                    .metrics
-                    .iter()
-                    .map(|m| {
-                        let stable = m.stable.map_or("-".into(), |s| format!("{s:.4}"));
-                        let p = m.p_value.map_or(String::new(), |p| format!(", p={p:.4}"));
-                        format!("{} canary {:.4} stable {stable} limit {:.4}{p}", m.name, m.canary, m.limit)
-                    })
-                    .collect();
-                format!(
-                    "verdict at step {step}: {} (n={} vs {}; {})",
-                    verdict.outcome.name(),
-                    verdict.canary_requests,
-                    verdict.stable_requests,
-                    m.join("; ")
-                )
-            }
-            Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
-        };
-        println!("{head}  {what}");
-    }
-    if let Some(n) = verified {
-        println!("hash chain verified: {n} entries");
-    }
 }
 
 fn render(output: &Output, now: i64) {
@@ -826,8 +853,8 @@ fn render(output: &Output, now: i64) {
             }
         }
         Output::Done { message } => println!("{message}"),
-        Output::History { entries, verified } => render_history(entries, *verified),
-        Output::Plans(plans) => plans.iter().for_each(render_plan),
+        Output::History { entries, verified } => cli_release::render_history(entries, *verified),
+        Output::Plans(plans) => plans.iter().for_each(cli_release::render_plan),
         Output::Gc(g) => {
             for (d, size) in &g.removed {
                 println!("removed {d} ({})", human_size(*size));

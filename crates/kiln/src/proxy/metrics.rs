@@ -108,7 +108,7 @@ fn bucket(us: u64) -> usize {
 }
 
 /// Error rate and latency over a window.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,

@@ -45,10 +45,10 @@ pub enum Step {
 }
 
 /// A whole release, as a user is shown it before it starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub service: String,
-    pub strategy: &'static str,
+    pub strategy: String,
     pub from: Option<Current>,
     pub to: Digest,
     pub replicas: u32,
@@ -152,7 +152,7 @@ pub fn plan(service: &str, spec: &ReleaseSpec, from: Option<&Current>, to: &Dige
     // rolling update allowed to take every instance) leaves a gap.
     Plan {
         service: service.to_owned(),
-        strategy: spec.strategy.name(),
+        strategy: spec.strategy.name().to_owned(),
         from: from.cloned(),
         to: to.clone(),
         replicas: r,

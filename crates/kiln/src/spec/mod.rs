@@ -17,7 +17,7 @@ use crate::digest::Digest;
 
 pub mod release;
 
-pub use release::{AnalysisSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
+pub use release::{AnalysisSpec, BlueGreenSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
 
 /// A parsed, validated `kiln.toml`.
 #[derive(Debug, Clone)]

@@ -1,0 +1,353 @@
+//! The release commands' front end: `kiln serve`, `deploy`, `status`,
+//! `rollback`, `promote`, `abort`, and how plans and history are printed.
+//! It converts arguments into `serve::api::Request`s and renders answers;
+//! the controller behind the socket does the work.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use kiln::serve::{self, api::Request};
+use serde_json::Value;
+
+/// Exit status of a deploy whose release failed, was rolled back, aborted
+/// or superseded.
+pub const EXIT_RELEASE_FAILED: i32 = 2;
+/// Exit status of a deploy that paused for a person (`kiln promote`).
+pub const EXIT_PAUSED: i32 = 4;
+
+/// Who asked, for the history: user@host.
+pub fn actor() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let from_passwd = || {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&uid.to_string().as_str())).then(|| f[0].to_owned())
+        })
+    };
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .or_else(from_passwd)
+        .unwrap_or_else(|| format!("uid{uid}"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+/// The service a command means: the one named, or the only one with a
+/// `listen` address in the file.
+pub fn pick_service(file: &Path, service: Option<String>) -> anyhow::Result<String> {
+    if let Some(s) = service {
+        return Ok(s);
+    }
+    let f = kiln::spec::load(file)?;
+    let listed: Vec<&String> = f.services.iter().filter(|(_, s)| s.release.listen.is_some()).map(|(n, _)| n).collect();
+    match listed.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("{}: no [service.NAME] with a listen address to release", file.display()),
+        many => bail!(
+            "{}: several services ({}); name one",
+            file.display(),
+            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+pub fn serve(home: &Path, file: &Path) -> anyhow::Result<()> {
+    let store = kiln::store::Store::open(home)?;
+    let driver = kiln::runtime::driver::RuncDriver::new(kiln::runtime::run_dir(home).join("runc"));
+    let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    serve::run(home, &file, &store, &driver, &kiln::runtime::ShimLauncher)?;
+    Ok(())
+}
+
+fn call(home: &Path, req: &Request) -> anyhow::Result<Value> {
+    Ok(serve::call(home, req)?)
+}
+
+/// `kiln deploy`: sends the deploy, then follows the release until it ends
+/// (or pauses), printing each change. Returns the exit status.
+pub fn deploy(home: &Path, service: String, image: Option<String>, wait: bool, json: bool) -> anyhow::Result<i32> {
+    let started = call(home, &Request::Deploy { service: service.clone(), image, actor: actor() })?;
+    if started["noop"].as_bool() == Some(true) {
+        if json {
+            println!("{started}");
+        } else {
+            println!(
+                "{service}: {} already runs that image; nothing to do",
+                started["release"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(0);
+    }
+    let release = started["release"].as_str().unwrap_or_default().to_owned();
+    if !json {
+        println!("{service}: release {release} started");
+        if let Some(p) = started.get("plan") {
+            if let Ok(p) = serde_json::from_value::<kiln::release::plan::Plan>(p.clone()) {
+                render_plan(&p);
+            }
+        }
+    }
+    if !wait {
+        if json {
+            println!("{started}");
+        }
+        return Ok(0);
+    }
+    let mut last_line = String::new();
+    loop {
+        let st = call(home, &Request::Status { service: Some(service.clone()) })?;
+        let s = &st["services"][0];
+        let r = &s["rollout"];
+        if r["release"].as_str() == Some(release.as_str()) {
+            let line = format!(
+                "  step {}/{}: {} (canary {}%){}",
+                r["step"],
+                r["steps"],
+                r["current"]["step"].as_str().unwrap_or("-"),
+                r["new_percent"],
+                r["paused"].as_str().map(|p| format!(" — {p}")).unwrap_or_default()
+            );
+            if line != last_line && !json && !r["current"].is_null() {
+                println!("{line}");
+                last_line = line;
+            }
+            if r["paused"].is_string() {
+                if json {
+                    println!("{st}");
+                }
+                return Ok(EXIT_PAUSED);
+            }
+        } else {
+            let last = &s["last"];
+            if json {
+                println!("{st}");
+            }
+            return Ok(if last["release"].as_str() == Some(release.as_str()) {
+                let outcome = last["outcome"].as_str().unwrap_or("?");
+                if !json {
+                    println!("{service}: release {release} {outcome}: {}", last["reason"].as_str().unwrap_or(""));
+                }
+                if outcome == "succeeded" {
+                    0
+                } else {
+                    EXIT_RELEASE_FAILED
+                }
+            } else {
+                if !json {
+                    println!("{service}: release {release} was superseded");
+                }
+                EXIT_RELEASE_FAILED
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Result<()> {
+    let st = call(home, &Request::Status { service })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    for s in st["services"].as_array().into_iter().flatten() {
+        let rel =
+            |v: &Value| format!("{} ({})", v["id"].as_str().unwrap_or("-"), short(v["digest"].as_str().unwrap_or("")));
+        println!(
+            "service {} on {} ({}, {} replicas): stable {}",
+            s["service"].as_str().unwrap_or(""),
+            s["listen"].as_str().unwrap_or(""),
+            s["strategy"].as_str().unwrap_or(""),
+            s["replicas"],
+            if s["stable"].is_null() { "none".into() } else { rel(&s["stable"]) }
+        );
+        if !s["previous"].is_null() {
+            println!(
+                "  previous {} warm for {} s (instant rollback)",
+                rel(&s["previous"]["release"]),
+                s["previous"]["warm_for_ms"].as_u64().unwrap_or(0) / 1000
+            );
+        }
+        let r = &s["rollout"];
+        if !r.is_null() {
+            println!(
+                "  rollout {} ({}): step {}/{} {}, canary {}%{}",
+                r["release"].as_str().unwrap_or(""),
+                r["image"].as_str().unwrap_or(""),
+                r["step"],
+                r["steps"],
+                r["current"]["step"].as_str().unwrap_or(""),
+                r["new_percent"],
+                r["paused"].as_str().map(|p| format!(" — {p}")).unwrap_or_default()
+            );
+        }
+        if !s["last"].is_null() {
+            let l = &s["last"];
+            println!(
+                "  last release {}: {} ({})",
+                l["release"].as_str().unwrap_or(""),
+                l["outcome"].as_str().unwrap_or(""),
+                l["reason"].as_str().unwrap_or("")
+            );
+        }
+        let traffic: Vec<String> = s["traffic"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!(
+                    "{}={}% ({} backends)",
+                    t["release"].as_str().unwrap_or(""),
+                    t["weight"],
+                    t["backends"].as_array().map_or(0, |b| b.len())
+                )
+            })
+            .collect();
+        println!("  traffic: {}", if traffic.is_empty() { "none".into() } else { traffic.join(", ") });
+        println!(
+            "  {:<22} {:<12} {:<14} {:<9} {:>6} {:>6}  TRAFFIC",
+            "INSTANCE", "RELEASE", "DIGEST", "STATE", "AGE", "PORT"
+        );
+        for i in s["instances"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<22} {:<12} {:<14} {:<9} {:>5}s {:>6}  {}",
+                i["id"].as_str().unwrap_or(""),
+                i["release"].as_str().unwrap_or(""),
+                short(i["digest"].as_str().unwrap_or("")),
+                i["state"].as_str().unwrap_or(""),
+                i["age_s"].as_i64().unwrap_or(0),
+                i["port"].as_u64().unwrap_or(0),
+                match i["release_weight"].as_u64() {
+                    Some(w) => format!("release at {w}%"),
+                    None => "not routed".into(),
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn short(d: &str) -> String {
+    d.strip_prefix("sha256:").unwrap_or(d).chars().take(12).collect()
+}
+
+/// `kiln rollback`, `promote`, `abort`.
+pub fn simple(home: &Path, req: Request, json: bool) -> anyhow::Result<()> {
+    let v = call(home, &req)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    match req {
+        Request::Rollback { service, .. } => {
+            if v["instant"].as_bool() == Some(true) {
+                println!("{service}: traffic is back on {}", v["release"].as_str().unwrap_or("?"));
+            } else {
+                println!(
+                    "{service}: rolling back by release {} (new instances first)",
+                    v["release"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Request::Promote { service, .. } => println!("{service}: {} goes on", v["release"].as_str().unwrap_or("?")),
+        Request::Abort { service, .. } => {
+            println!("{service}: {} aborted; traffic is on stable", v["release"].as_str().unwrap_or("?"))
+        }
+        _ => println!("{v}"),
+    }
+    Ok(())
+}
+
+pub fn default_home(home: Option<PathBuf>) -> PathBuf {
+    home.unwrap_or_else(kiln::store::Store::default_home)
+}
+
+pub fn render_plan(p: &kiln::release::plan::Plan) {
+    use kiln::release::plan::Step;
+    let from = match &p.from {
+        Some(c) => format!("{} instance(s) of {}", c.instances, c.digest.short()),
+        None => "nothing running".into(),
+    };
+    println!("service {}: {} → {} replica(s) of {} ({})", p.service, from, p.replicas, p.to.short(), p.strategy);
+    if p.steps.is_empty() {
+        println!("  nothing to do: already running");
+    }
+    let secs = |ms: u64| if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
+    for (i, s) in p.steps.iter().enumerate() {
+        let what = match s {
+            Step::Start { count, start_deadline_ms } => {
+                format!("start {count} new instance(s); wait until healthy (deadline {})", secs(*start_deadline_ms))
+            }
+            Step::Smoke { checks } => format!("run {checks} smoke check(s) against the new set"),
+            Step::Shift { new_percent } => format!("traffic: {new_percent}% new, {}% old", 100 - new_percent),
+            Step::Analyse { window_ms } => format!("analyse canary against stable for {}", secs(*window_ms)),
+            Step::Pause { for_ms: None } => "pause until `kiln promote`".into(),
+            Step::Pause { for_ms: Some(ms) } => format!("pause for {}", secs(*ms)),
+            Step::KeepWarm { for_ms } => {
+                format!("keep the old instances warm for {} (instant rollback)", secs(*for_ms))
+            }
+            Step::StopOld { count, drain_timeout_ms } => {
+                format!("drain (up to {}) and destroy {count} old instance(s)", secs(*drain_timeout_ms))
+            }
+            Step::StopSame { count, drain_timeout_ms } => {
+                format!("drain (up to {}) and destroy {count} surplus instance(s)", secs(*drain_timeout_ms))
+            }
+        };
+        println!("  {:>2}. {what}", i + 1);
+    }
+    let downtime =
+        if p.downtime { "YES: no instance serves between stopping the old and starting the new" } else { "none" };
+    println!("  capacity: at least {} serving, at most {} running; downtime: {downtime}", p.min_serving, p.max_running);
+}
+
+pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
+    use kiln::history::Event;
+    if entries.is_empty() {
+        println!("no releases yet");
+    }
+    let mut last_release = "";
+    for e in entries {
+        let time = kiln::time::rfc3339_millis(e.at_ms);
+        let who = if e.release == last_release { String::new() } else { format!("{} {}", e.service, e.release) };
+        last_release = &e.release;
+        let what = match &e.event {
+            Event::Started { digest, tags, revision, strategy, actor, previous } => format!(
+                "started {strategy}: {digest} [{}]{} by {actor}{}",
+                tags.join(", "),
+                revision.as_deref().map(|r| format!(" git {r}")).unwrap_or_default(),
+                previous.as_deref().map(|p| format!(", replacing {p}")).unwrap_or_default()
+            ),
+            Event::Step { index, weights } => {
+                let w: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
+                format!("step {}: {}", index + 1, w.join(" "))
+            }
+            Event::Verdict { step, verdict } => {
+                let m: Vec<String> = verdict
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        let stable = m.stable.map_or("-".into(), |s| format!("{s:.4}"));
+                        let p = m.p_value.map_or(String::new(), |p| format!(", p={p:.4}"));
+                        format!("{} canary {:.4} stable {stable} limit {:.4}{p}", m.name, m.canary, m.limit)
+                    })
+                    .collect();
+                format!(
+                    "verdict at step {}: {} (n={} vs {}; {})",
+                    step + 1,
+                    verdict.outcome.name(),
+                    verdict.canary_requests,
+                    verdict.stable_requests,
+                    m.join("; ")
+                )
+            }
+            Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
+        };
+        println!("{:>4}  {time}  {who:<28}  {what}", e.seq);
+    }
+    if let Some(n) = verified {
+        println!("hash chain verified: {n} entries");
+    }
+}

@@ -1,0 +1,151 @@
+//! The controller's command surface: every front end (the CLI today, the
+//! HTTP API on the unix socket) turns its input into one [`Request`], and
+//! every outcome's HTTP status comes from the [`ServeError`] variant, never
+//! from its text. This module only converts; it must never act.
+
+use serde::{Deserialize, Serialize};
+
+use super::http;
+use super::ServeError;
+
+/// Everything `kiln serve` can be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Release `image` (or the service's image) for `service`.
+    Deploy { service: String, image: Option<String>, actor: String },
+    /// Services, releases, instances, the rollout in progress.
+    Status { service: Option<String> },
+    /// Back to the previous release (instant when it is still warm).
+    Rollback { service: String, actor: String },
+    /// Go on past a pause.
+    Promote { service: String, actor: String },
+    /// Remove the canary, traffic back to stable.
+    Abort { service: String, actor: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    service: String,
+    image: Option<String>,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    service: String,
+    actor: Option<String>,
+}
+
+fn body<'a, T: Deserialize<'a>>(req: &'a http::Request) -> Result<T, ServeError> {
+    serde_json::from_slice(&req.body).map_err(|e| ServeError::BadRequest {
+        field: e.to_string().split('`').nth(1).unwrap_or("body").to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses an HTTP request of the API into a [`Request`].
+pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
+    let actor = |a: Option<String>| a.unwrap_or_else(|| "api".into());
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/v1/status") => Ok(Request::Status { service: req.param("service").map(str::to_owned) }),
+        ("POST", "/v1/deploy") => {
+            let b: DeployBody = body(req)?;
+            Ok(Request::Deploy { service: b.service, image: b.image, actor: actor(b.actor) })
+        }
+        ("POST", "/v1/rollback" | "/v1/promote" | "/v1/abort") => {
+            let b: ServiceBody = body(req)?;
+            let (service, actor) = (b.service, actor(b.actor));
+            Ok(match req.path.as_str() {
+                "/v1/rollback" => Request::Rollback { service, actor },
+                "/v1/promote" => Request::Promote { service, actor },
+                _ => Request::Abort { service, actor },
+            })
+        }
+        (_, "/v1/status" | "/v1/deploy" | "/v1/rollback" | "/v1/promote" | "/v1/abort") => {
+            Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path)))
+        }
+        _ => Err(ServeError::NoRoute(req.path.clone())),
+    }
+}
+
+/// The HTTP status of an error, by variant.
+pub fn status_of(e: &ServeError) -> u16 {
+    match e {
+        ServeError::BadRequest { .. } | ServeError::Spec(_) => 400,
+        ServeError::UnknownService(_) | ServeError::NoRoute(_) | ServeError::UnknownImage { .. } => 404,
+        ServeError::MethodNotAllowed(_) => 405,
+        ServeError::Conflict(_) => 409,
+        _ => 500,
+    }
+}
+
+/// The request as the CLI sends it: method, target and JSON body.
+pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
+    match r {
+        Request::Status { service: Some(s) } => ("GET", format!("/v1/status?service={s}"), Vec::new()),
+        Request::Status { service: None } => ("GET", "/v1/status".into(), Vec::new()),
+        Request::Deploy { service, image, actor } => (
+            "POST",
+            "/v1/deploy".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service, "image": image, "actor": actor })).unwrap(),
+        ),
+        Request::Rollback { service, actor }
+        | Request::Promote { service, actor }
+        | Request::Abort { service, actor } => {
+            let path = match r {
+                Request::Rollback { .. } => "/v1/rollback",
+                Request::Promote { .. } => "/v1/promote",
+                _ => "/v1/abort",
+            };
+            (
+                "POST",
+                path.into(),
+                serde_json::to_vec(&serde_json::json!({ "service": service, "actor": actor })).unwrap(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str, body: &str) -> http::Request {
+        let raw = format!("{method} {target} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        http::read_request(&mut raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_request_round_trips_through_http() {
+        let all = [
+            Request::Deploy { service: "web".into(), image: Some("hello:2".into()), actor: "me".into() },
+            Request::Deploy { service: "web".into(), image: None, actor: "me".into() },
+            Request::Status { service: None },
+            Request::Status { service: Some("web".into()) },
+            Request::Rollback { service: "web".into(), actor: "me".into() },
+            Request::Promote { service: "web".into(), actor: "me".into() },
+            Request::Abort { service: "web".into(), actor: "me".into() },
+        ];
+        for r in all {
+            let (m, t, b) = to_http(&r);
+            assert_eq!(parse(&req(m, &t, std::str::from_utf8(&b).unwrap())).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bad_requests_name_the_field_and_map_to_statuses_by_variant() {
+        let e = parse(&req("POST", "/v1/deploy", r#"{"service":"web","imgae":"x"}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "imgae"), "{e}");
+        assert_eq!(status_of(&e), 400);
+        let e = parse(&req("POST", "/v1/deploy", r#"{"image":"x"}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "service"), "{e}");
+        let e = parse(&req("POST", "/v1/deploy", "not json")).unwrap_err();
+        assert_eq!(status_of(&e), 400);
+        assert_eq!(status_of(&parse(&req("DELETE", "/v1/status", "")).unwrap_err()), 405);
+        assert_eq!(status_of(&parse(&req("GET", "/nope", "")).unwrap_err()), 404);
+        assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
+    }
+}

@@ -1,0 +1,839 @@
+//! The release controller's acts: observe instances and the load
+//! balancers, ask [`rollout::decide`] what to do, do it, record it.
+//!
+//! Every act is recorded before it is taken (a history event, then the
+//! service's state in `state.db`) and is idempotent, because the decisions
+//! name absolute targets: after a crash at any point the next controller
+//! reads the state, observes what really runs, and the same decision
+//! either finds the act done or does it. Instances a recorded release does
+//! not own (a crash between starting and recording, a release that was
+//! abandoned) are drained and removed. This module must never decide a
+//! release's next step itself.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataplane::DataPlane;
+use super::{api::Request, ServeError};
+use crate::digest::Digest;
+use crate::history::{Event, History, Outcome};
+use crate::proxy::ReleaseSpec as TableEntry;
+use crate::release::plan::{self, Current, Step};
+use crate::release::rollout::{self, Action, Observed, Rollout};
+use crate::runtime::driver::Driver;
+use crate::runtime::{InstanceRecord, Launcher, RunRequest, Runtime};
+use crate::spec::{self, BlueGreenSpec, ServiceSpec, SmokeCheck, Strategy};
+use crate::store::Store;
+
+/// Digests kept archived per service for rollback.
+const ARCHIVE_KEEP: usize = 10;
+
+/// A release that serves (or served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub id: String,
+    pub digest: Digest,
+    pub image_ref: String,
+}
+
+/// What the controller records per service (in `state.db`, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub stable: Option<ReleaseRef>,
+    /// The release replaced last, kept warm until `warm_until_ms`.
+    pub previous: Option<(ReleaseRef, u64)>,
+    pub rollout: Option<Active>,
+    /// The last release that ended: id, outcome, reason.
+    pub last: Option<(String, Outcome, String)>,
+}
+
+/// A rollout and the old release's size when it began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Active {
+    pub rollout: Rollout,
+    pub old_at_start: u32,
+}
+
+struct Svc {
+    spec: ServiceSpec,
+    dp: DataPlane,
+    state: ServiceState,
+    /// The table last sent to the proxy.
+    sent: Option<Vec<TableEntry>>,
+}
+
+/// Test hooks: `KILN_CRASH_AT=<point>` kills the controller (SIGKILL) the
+/// first time it reaches that point, to prove recovery from each one.
+pub const CRASH_POINTS: &[&str] = &[
+    "release-recorded",
+    "instances-started",
+    "step-recorded",
+    "traffic-routed",
+    "verdict-recorded",
+    "old-drained",
+    "finished-recorded",
+];
+
+fn crash_point(name: &str) {
+    if std::env::var("KILN_CRASH_AT").is_ok_and(|p| p == name) {
+        eprintln!("kiln serve: crash hook {name}");
+        // SAFETY: a signal to this very process; nothing is borrowed.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// Health of one new instance, as the controller probes it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Probe {
+    last_ms: u64,
+    passes: u32,
+}
+
+/// The controller: services, their load balancers, state and history.
+pub struct Controller<'a> {
+    home: PathBuf,
+    file: PathBuf,
+    store: &'a Store,
+    driver: &'a dyn Driver,
+    launcher: &'a dyn Launcher,
+    history: History,
+    services: BTreeMap<String, Svc>,
+    probes: HashMap<String, Probe>,
+}
+
+impl std::fmt::Debug for Controller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("home", &self.home).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+fn addr(r: &InstanceRecord) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], r.port))
+}
+
+/// `GET path` (or a bare connect) against an instance.
+fn probe(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
+    let Some(path) = path else { return true };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    match super::http::exchange(&mut s, "GET", path, b"") {
+        Ok(r) => (200..400).contains(&r.status),
+        Err(_) => false,
+    }
+}
+
+/// One smoke check against one instance; `Err` says what was wrong.
+fn smoke(addr: SocketAddr, c: &SmokeCheck) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let r = super::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(&r.body);
+    if r.status != c.status {
+        return Err(format!("{} {} answered {}, expected {}", c.method, c.path, r.status, c.status));
+    }
+    if let Some(want) = c.contains.as_deref().filter(|w| !body.contains(*w)) {
+        return Err(format!("{} {}: the body does not contain {want:?}", c.method, c.path));
+    }
+    if let Some(bad) = c.not_contains.as_deref().filter(|b| body.contains(*b)) {
+        return Err(format!("{} {}: the body contains {bad:?}", c.method, c.path));
+    }
+    Ok(())
+}
+
+impl<'a> Controller<'a> {
+    /// Loads kiln.toml and the recorded state, and adopts (or starts) the
+    /// load balancer of every service that has a `listen` address.
+    pub fn new(
+        home: &Path,
+        file: &Path,
+        store: &'a Store,
+        driver: &'a dyn Driver,
+        launcher: &'a dyn Launcher,
+    ) -> Result<Self, ServeError> {
+        let history = History::open(&History::path_in(home))?;
+        let mut c = Controller {
+            home: home.to_owned(),
+            file: file.to_owned(),
+            store,
+            driver,
+            launcher,
+            history,
+            services: BTreeMap::new(),
+            probes: HashMap::new(),
+        };
+        c.load_services()?;
+        Ok(c)
+    }
+
+    /// (Re-)reads kiln.toml: new services get a load balancer, changed
+    /// settings apply from the next release on.
+    fn load_services(&mut self) -> Result<(), ServeError> {
+        let f = spec::load(&self.file)?;
+        for (name, s) in f.services {
+            if s.release.listen.is_none() {
+                continue;
+            }
+            if let Some(svc) = self.services.get_mut(&name) {
+                if svc.spec.release.listen != s.release.listen {
+                    svc.dp = DataPlane::ensure(&self.home, &s)?;
+                    svc.sent = None;
+                }
+                svc.spec = s;
+                continue;
+            }
+            let dp = DataPlane::ensure(&self.home, &s)?;
+            let state = match self.history.load_service(&name)? {
+                Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+                None => ServiceState::default(),
+            };
+            self.services.insert(name, Svc { spec: s, dp, state, sent: None });
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let json = serde_json::to_string(&self.services[name].state).expect("state serializes");
+        self.history.save_service(name, &json, now_ms as i64)?;
+        Ok(())
+    }
+
+    fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
+        self.history.append(service, release, now_ms as i64, event)?;
+        Ok(())
+    }
+
+    fn runtime(&self) -> Runtime<'a> {
+        Runtime::new(self.store, self.driver)
+    }
+
+    /// Live instances of `service` (adopted through their shims).
+    fn live(&self, service: &str) -> Result<Vec<InstanceRecord>, ServeError> {
+        let (all, _) = self.runtime().reconcile()?;
+        Ok(all.into_iter().filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested).collect())
+    }
+
+    /// Starts one instance of `release`.
+    fn start(&mut self, name: &str, release: &ReleaseRef, now_ms: u64) -> Result<InstanceRecord, ServeError> {
+        let spec = &self.services[name].spec;
+        let flags = RunRequest {
+            reference: release.digest.to_string(),
+            release: Some(release.id.clone()),
+            ..RunRequest::default()
+        };
+        let req = RunRequest::for_service(spec, flags);
+        let r = self.runtime().run(&req, self.launcher, (now_ms / 1000) as i64)?;
+        Ok(r)
+    }
+
+    /// Drains an instance at the load balancer, takes it out of the table,
+    /// then stops and removes it (its logs stay).
+    fn retire(&mut self, name: &str, r: &InstanceRecord, exclude: &mut HashSet<String>) -> Result<(), ServeError> {
+        let svc = &self.services[name];
+        // A backend the proxy never knew (or retired already) has nothing to drain.
+        let _ = svc.dp.drain(addr(r), svc.spec.release.drain_timeout_ms);
+        exclude.insert(r.id.to_string());
+        self.sync(name, exclude, true)?;
+        let rt = self.runtime();
+        let _ = rt.stop(r.id.as_str(), None);
+        let _ = rt.remove(r.id.as_str(), true);
+        self.probes.remove(r.id.as_str());
+        Ok(())
+    }
+
+    /// The routing table the state asks for, from what runs.
+    fn table(&self, name: &str, live: &[InstanceRecord], exclude: &HashSet<String>) -> Vec<TableEntry> {
+        let svc = &self.services[name];
+        let st = &svc.state;
+        let ready = |r: &&InstanceRecord| !exclude.contains(r.id.as_str());
+        let of = |id: &str, only_healthy: bool| -> Vec<SocketAddr> {
+            let threshold = svc.spec.release.health.healthy_threshold;
+            let mut v: Vec<SocketAddr> = live
+                .iter()
+                .filter(|r| r.release.as_deref() == Some(id))
+                .filter(ready)
+                .filter(|r| !only_healthy || self.probes.get(r.id.as_str()).is_some_and(|p| p.passes >= threshold))
+                .map(addr)
+                .collect();
+            v.sort();
+            v
+        };
+        let new_percent = st.rollout.as_ref().map_or(0, |a| a.rollout.new_percent);
+        let mut t = Vec::new();
+        if let Some(s) = &st.stable {
+            let w = if st.rollout.is_some() { 100 - new_percent } else { 100 };
+            t.push(TableEntry { release: s.id.clone(), weight: w, backends: of(&s.id, false) });
+        }
+        if let Some(a) = &st.rollout {
+            if st.stable.as_ref().is_none_or(|s| s.id != a.rollout.release) {
+                t.push(TableEntry {
+                    release: a.rollout.release.clone(),
+                    weight: new_percent,
+                    backends: of(&a.rollout.release, true),
+                });
+            }
+        }
+        if let Some((p, _)) = &st.previous {
+            if t.iter().all(|e| e.release != p.id) {
+                t.push(TableEntry { release: p.id.clone(), weight: 0, backends: of(&p.id, false) });
+            }
+        }
+        t
+    }
+
+    /// Sends the table to the proxy when it changed (or always, `force`).
+    fn sync(&mut self, name: &str, exclude: &HashSet<String>, force: bool) -> Result<(), ServeError> {
+        let live = self.live(name)?;
+        let t = self.table(name, &live, exclude);
+        let svc = self.services.get_mut(name).expect("known service");
+        if force || svc.sent.as_ref() != Some(&t) {
+            svc.dp.set_table(&self.home, &t)?;
+            svc.sent = Some(t);
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass over every service.
+    pub fn tick(&mut self, now_ms: u64) -> Result<(), ServeError> {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.tick_service(&name, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let mut exclude = HashSet::new();
+        let live = self.live(name)?;
+        let st = self.services[name].state.clone();
+        let known: HashSet<&str> = st
+            .stable
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(st.previous.iter().map(|(p, _)| p.id.as_str()))
+            .chain(st.rollout.iter().map(|a| a.rollout.release.as_str()))
+            .collect();
+        // Instances of releases no record owns: left by a crash, or by a
+        // release that was abandoned. Manual `kiln run`s (no release) stay.
+        for r in live.iter().filter(|r| r.release.as_deref().is_some_and(|id| !known.contains(id))) {
+            self.retire(name, r, &mut exclude)?;
+        }
+        // The previous release, once its warm time is over.
+        if let Some((p, until)) = &st.previous {
+            if now_ms >= *until {
+                for r in live.iter().filter(|r| r.release.as_deref() == Some(p.id.as_str())) {
+                    self.retire(name, r, &mut exclude)?;
+                }
+                self.services.get_mut(name).expect("known").state.previous = None;
+                self.save(name, now_ms)?;
+            }
+        }
+        // Probe the new release's instances (they join traffic when healthy).
+        let health = self.services[name].spec.release.health.clone();
+        if let Some(a) = &st.rollout {
+            for r in live.iter().filter(|r| r.release.as_deref() == Some(a.rollout.release.as_str())) {
+                let p = self.probes.entry(r.id.to_string()).or_default();
+                if now_ms >= p.last_ms + health.interval_ms || p.last_ms == 0 {
+                    p.last_ms = now_ms;
+                    if probe(addr(r), health.path.as_deref(), Duration::from_millis(health.timeout_ms)) {
+                        p.passes += 1;
+                    } else {
+                        p.passes = 0;
+                    }
+                }
+            }
+        }
+        match st.rollout {
+            Some(a) => self.step(name, a, now_ms, &mut exclude)?,
+            None => self.heal(name, &live, now_ms)?,
+        }
+        self.sync(name, &exclude, false)
+    }
+
+    /// No release in progress: the stable release keeps its replica count.
+    fn heal(&mut self, name: &str, live: &[InstanceRecord], now_ms: u64) -> Result<(), ServeError> {
+        let Some(stable) = self.services[name].state.stable.clone() else { return Ok(()) };
+        let have = live.iter().filter(|r| r.release.as_deref() == Some(stable.id.as_str())).count() as u32;
+        let want = self.services[name].spec.release.replicas;
+        for _ in have..want {
+            self.start(name, &stable, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Observe → decide → act for the release in progress.
+    fn step(&mut self, name: &str, a: Active, now_ms: u64, exclude: &mut HashSet<String>) -> Result<(), ServeError> {
+        let spec = self.services[name].spec.release.clone();
+        let live = self.live(name)?;
+        let r = &a.rollout;
+        let of = |id: &str| live.iter().filter(|x| x.release.as_deref() == Some(id)).collect::<Vec<_>>();
+        let new = of(&r.release);
+        let threshold = spec.health.healthy_threshold;
+        let mut obs = Observed {
+            new_live: new.len() as u32,
+            new_healthy: new
+                .iter()
+                .filter(|x| self.probes.get(x.id.as_str()).is_some_and(|p| p.passes >= threshold))
+                .count() as u32,
+            old_live: r.stable.as_deref().map_or(0, |s| of(s).len() as u32),
+            canary: None,
+            stable: None,
+        };
+        if let Some(Step::Analyse { window_ms }) = r.steps.get(r.index) {
+            let secs = (window_ms / 1000).clamp(1, 60);
+            let dp = &self.services[name].dp;
+            obs.canary = Some(dp.stats(&r.release, secs)?);
+            if let Some(s) = &r.stable {
+                obs.stable = Some(dp.stats(s, secs)?);
+            }
+        }
+        let action = rollout::decide(r, &spec, &obs, a.old_at_start, now_ms);
+        self.act(name, a, action, now_ms, exclude)
+    }
+
+    fn act(
+        &mut self,
+        name: &str,
+        mut a: Active,
+        action: Action,
+        now_ms: u64,
+        exclude: &mut HashSet<String>,
+    ) -> Result<(), ServeError> {
+        let release = ReleaseRef {
+            id: a.rollout.release.clone(),
+            digest: a.rollout.digest.clone(),
+            image_ref: a.rollout.image_ref.clone(),
+        };
+        match action {
+            Action::Wait => return Ok(()),
+            Action::EnsureNew { count } => {
+                let have = self.live(name)?.iter().filter(|r| r.release.as_deref() == Some(release.id.as_str())).count()
+                    as u32;
+                for _ in have..count {
+                    self.start(name, &release, now_ms)?;
+                }
+                crash_point("instances-started");
+                return Ok(());
+            }
+            Action::Smoke => {
+                let checks = match &self.services[name].spec.release.strategy {
+                    Strategy::BlueGreen(BlueGreenSpec { smoke, .. }) => smoke.clone(),
+                    _ => Vec::new(),
+                };
+                let new: Vec<InstanceRecord> = self
+                    .live(name)?
+                    .into_iter()
+                    .filter(|r| r.release.as_deref() == Some(release.id.as_str()))
+                    .collect();
+                let failed = checks.iter().find_map(|c| {
+                    new.iter().find_map(|r| smoke(addr(r), c).err().map(|e| format!("smoke check on {}: {e}", r.id)))
+                });
+                match failed {
+                    Some(reason) => return self.fail(name, a, reason, None, Outcome::Failed, now_ms, exclude),
+                    None => self.advance(&mut a, now_ms),
+                }
+            }
+            Action::Route { new_percent } => {
+                let mut weights = BTreeMap::from([(release.id.clone(), new_percent)]);
+                if let Some(s) = &a.rollout.stable {
+                    weights.insert(s.clone(), 100 - new_percent);
+                }
+                let index = a.rollout.index as u32;
+                self.record(name, &release.id, now_ms, &Event::Step { index, weights })?;
+                crash_point("step-recorded");
+                a.rollout.new_percent = new_percent;
+                self.services.get_mut(name).expect("known").state.rollout = Some(a);
+                self.save(name, now_ms)?;
+                self.sync(name, exclude, false)?;
+                crash_point("traffic-routed");
+                return Ok(());
+            }
+            Action::ShrinkOld { count } => {
+                let old_id = a.rollout.stable.clone().unwrap_or_default();
+                let mut old: Vec<InstanceRecord> =
+                    self.live(name)?.into_iter().filter(|r| r.release.as_deref() == Some(old_id.as_str())).collect();
+                old.sort_by_key(|r| r.created);
+                let n = old.len().saturating_sub(count as usize);
+                for r in &old[..n] {
+                    self.retire(name, r, exclude)?;
+                }
+                crash_point("old-drained");
+                return Ok(());
+            }
+            Action::Advance { verdict } => {
+                if let Some(verdict) = verdict {
+                    let step = a.rollout.index as u32;
+                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                    crash_point("verdict-recorded");
+                }
+                self.advance(&mut a, now_ms);
+            }
+            Action::Extend { verdict } => {
+                let step = a.rollout.index as u32;
+                self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                a.rollout.inconclusive += 1;
+                a.rollout.step_started_ms = now_ms;
+            }
+            Action::Pause { reason, verdict } => {
+                if let Some(verdict) = verdict {
+                    let step = a.rollout.index as u32;
+                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                }
+                a.rollout.paused = Some(reason);
+            }
+            Action::Fail { reason, verdict } => {
+                let outcome = if a.rollout.stable.is_some() { Outcome::RolledBack } else { Outcome::Failed };
+                return self.fail(name, a, reason, verdict, outcome, now_ms, exclude);
+            }
+            Action::Succeed { warm_until_ms } => return self.succeed(name, a, warm_until_ms, now_ms),
+        }
+        self.services.get_mut(name).expect("known").state.rollout = Some(a);
+        self.save(name, now_ms)
+    }
+
+    fn advance(&self, a: &mut Active, now_ms: u64) {
+        a.rollout.index += 1;
+        a.rollout.step_started_ms = now_ms;
+        a.rollout.inconclusive = 0;
+        a.rollout.promoted = false;
+        a.rollout.paused = None;
+    }
+
+    /// Traffic back to stable at once, the new release's instances removed.
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &mut self,
+        name: &str,
+        a: Active,
+        reason: String,
+        verdict: Option<crate::release::analysis::Verdict>,
+        outcome: Outcome,
+        now_ms: u64,
+        exclude: &mut HashSet<String>,
+    ) -> Result<(), ServeError> {
+        let id = a.rollout.release.clone();
+        if let Some(verdict) = verdict {
+            let step = a.rollout.index as u32;
+            self.record(name, &id, now_ms, &Event::Verdict { step, verdict })?;
+        }
+        if a.rollout.new_percent > 0 {
+            let mut weights = BTreeMap::from([(id.clone(), 0)]);
+            if let Some(s) = &a.rollout.stable {
+                weights.insert(s.clone(), 100);
+            }
+            self.record(name, &id, now_ms, &Event::Step { index: a.rollout.index as u32, weights })?;
+        }
+        let mut stopped = a.clone();
+        stopped.rollout.new_percent = 0;
+        self.services.get_mut(name).expect("known").state.rollout = Some(stopped);
+        self.sync(name, exclude, false)?;
+        let new: Vec<InstanceRecord> =
+            self.live(name)?.into_iter().filter(|r| r.release.as_deref() == Some(id.as_str())).collect();
+        for r in &new {
+            self.retire(name, r, exclude)?;
+        }
+        self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone() })?;
+        crash_point("finished-recorded");
+        let st = &mut self.services.get_mut(name).expect("known").state;
+        st.rollout = None;
+        st.last = Some((id, outcome, reason));
+        self.save(name, now_ms)
+    }
+
+    fn succeed(&mut self, name: &str, a: Active, warm_until_ms: u64, now_ms: u64) -> Result<(), ServeError> {
+        let r = &a.rollout;
+        let new = ReleaseRef { id: r.release.clone(), digest: r.digest.clone(), image_ref: r.image_ref.clone() };
+        let reason = format!("{} steps done", r.steps.len());
+        self.record(name, &new.id, now_ms, &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() })?;
+        crash_point("finished-recorded");
+        let store_home = self.store.home().to_owned();
+        self.history.archive(&store_home, name, &new.id, &new.digest, now_ms as i64, ARCHIVE_KEEP)?;
+        let st = &mut self.services.get_mut(name).expect("known").state;
+        let old = st.stable.take();
+        st.previous = old.map(|o| (o, warm_until_ms));
+        st.stable = Some(new.clone());
+        st.rollout = None;
+        st.last = Some((new.id, Outcome::Succeeded, reason));
+        self.save(name, now_ms)
+    }
+
+    /// Starts a release of `digest` for `name` (recorded before anything
+    /// runs). `fast`: a rollback's release, new set first, no analysis.
+    fn begin(
+        &mut self,
+        name: &str,
+        digest: Digest,
+        image_ref: String,
+        actor: &str,
+        fast: bool,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        let mut exclude = HashSet::new();
+        // A deploy supersedes the release in progress (its analysis starts over).
+        if let Some(a) = self.services[name].state.rollout.clone() {
+            let reason = format!("superseded by a new deploy of {image_ref}");
+            self.fail(name, a, reason, None, Outcome::Superseded, now_ms, &mut exclude)?;
+        }
+        let svc = &self.services[name];
+        let live = self.live(name)?;
+        let stable = svc.state.stable.clone();
+        let old = stable
+            .as_ref()
+            .map_or(0, |s| live.iter().filter(|r| r.release.as_deref() == Some(s.id.as_str())).count() as u32);
+        if stable.as_ref().is_some_and(|s| s.digest == digest) && old >= svc.spec.release.replicas {
+            return Ok(serde_json::json!({ "service": name, "release": stable.map(|s| s.id), "noop": true }));
+        }
+        let mut release_spec = svc.spec.release.clone();
+        if fast {
+            release_spec.strategy = Strategy::BlueGreen(BlueGreenSpec {
+                smoke: Vec::new(),
+                preview: SocketAddr::from(([127, 0, 0, 1], 0)),
+            });
+        }
+        let from = stable.as_ref().map(|s| Current { digest: s.digest.clone(), instances: old });
+        let p = plan::plan(name, &release_spec, from.as_ref(), &digest);
+        let n = self.history.releases_started(name)? + 1;
+        let id = format!("{name}-{n}");
+        let tags = self.store.resolve(digest.as_str()).map(|(_, t)| t).unwrap_or_default();
+        let revision = self
+            .store
+            .read_json::<crate::oci::Manifest>(&digest)
+            .ok()
+            .and_then(|m| m.annotation(crate::oci::ANNOTATION_REVISION).map(str::to_owned));
+        self.record(
+            name,
+            &id,
+            now_ms,
+            &Event::Started {
+                digest: digest.to_string(),
+                tags,
+                revision,
+                strategy: if fast { "rollback".into() } else { p.strategy.clone() },
+                actor: actor.to_owned(),
+                previous: stable.as_ref().map(|s| s.id.clone()),
+            },
+        )?;
+        let rollout = Rollout {
+            release: id.clone(),
+            digest,
+            image_ref,
+            stable: stable.map(|s| s.id),
+            steps: p.steps.clone(),
+            index: 0,
+            step_started_ms: now_ms,
+            started_ms: now_ms,
+            new_percent: 0,
+            inconclusive: 0,
+            promoted: false,
+            paused: None,
+            skip_analysis: fast,
+        };
+        self.services.get_mut(name).expect("known").state.rollout = Some(Active { rollout, old_at_start: old });
+        self.save(name, now_ms)?;
+        crash_point("release-recorded");
+        Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
+    }
+
+    fn service(&self, name: &str) -> Result<&Svc, ServeError> {
+        self.services.get(name).ok_or_else(|| ServeError::UnknownService(name.to_owned()))
+    }
+
+    /// Carries out one API request.
+    pub fn handle(&mut self, req: Request, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        match req {
+            Request::Deploy { service, image, actor } => {
+                self.load_services()?;
+                let svc = self.service(&service)?;
+                let reference = image.unwrap_or_else(|| svc.spec.image.clone());
+                let (desc, _) = self.store.resolve(&reference).map_err(|e| match e {
+                    crate::store::StoreError::NotFound(_) => {
+                        ServeError::UnknownImage { service: service.clone(), reference: reference.clone() }
+                    }
+                    other => other.into(),
+                })?;
+                self.begin(&service, desc.digest, reference, &actor, false, now_ms)
+            }
+            Request::Status { service } => {
+                if let Some(s) = &service {
+                    self.service(s)?;
+                }
+                self.status(service.as_deref(), now_ms)
+            }
+            Request::Promote { service, .. } => {
+                let svc = self.services.get_mut(&service).ok_or_else(|| ServeError::UnknownService(service.clone()))?;
+                match svc.state.rollout.as_mut() {
+                    Some(a) if a.rollout.paused.is_some() => {
+                        a.rollout.promoted = true;
+                        a.rollout.paused = None;
+                        let id = a.rollout.release.clone();
+                        self.save(&service, now_ms)?;
+                        Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
+                    }
+                    Some(a) => {
+                        Err(ServeError::Conflict(format!("release {} of {service} is not paused", a.rollout.release)))
+                    }
+                    None => Err(ServeError::Conflict(format!("service {service} has no release in progress"))),
+                }
+            }
+            Request::Abort { service, actor } => {
+                let a = self.service(&service)?.state.rollout.clone();
+                let Some(a) = a else {
+                    return Err(ServeError::Conflict(format!("service {service} has no release in progress")));
+                };
+                let id = a.rollout.release.clone();
+                self.fail(
+                    &service,
+                    a,
+                    format!("aborted by {actor}"),
+                    None,
+                    Outcome::Aborted,
+                    now_ms,
+                    &mut HashSet::new(),
+                )?;
+                Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
+            }
+            Request::Rollback { service, actor } => self.rollback(&service, &actor, now_ms),
+        }
+    }
+
+    fn rollback(&mut self, name: &str, actor: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        let st = self.service(name)?.state.clone();
+        if let Some(a) = st.rollout {
+            let id = a.rollout.release.clone();
+            self.fail(
+                name,
+                a,
+                format!("rolled back by {actor}"),
+                None,
+                Outcome::RolledBack,
+                now_ms,
+                &mut HashSet::new(),
+            )?;
+            return Ok(
+                serde_json::json!({ "service": name, "release": st.stable.map(|s| s.id), "rolled_back": id, "instant": true }),
+            );
+        }
+        let Some(current) = st.stable.clone() else {
+            return Err(ServeError::Conflict(format!("service {name} has no release to roll back from")));
+        };
+        let live = self.live(name)?;
+        if let Some((prev, _)) =
+            st.previous.filter(|(p, _)| live.iter().any(|r| r.release.as_deref() == Some(p.id.as_str())))
+        {
+            // Still warm: one table swap.
+            let weights = BTreeMap::from([(prev.id.clone(), 100), (current.id.clone(), 0)]);
+            self.record(
+                name,
+                &prev.id,
+                now_ms,
+                &Event::Started {
+                    digest: prev.digest.to_string(),
+                    tags: Vec::new(),
+                    revision: None,
+                    strategy: "rollback".into(),
+                    actor: actor.to_owned(),
+                    previous: Some(current.id.clone()),
+                },
+            )?;
+            self.record(name, &prev.id, now_ms, &Event::Step { index: 0, weights })?;
+            let keep = self.services[name].spec.release.keep_previous_ms;
+            let st = &mut self.services.get_mut(name).expect("known").state;
+            st.stable = Some(prev.clone());
+            st.previous = Some((current.clone(), now_ms + keep));
+            self.sync(name, &HashSet::new(), false)?;
+            let reason = format!("instant rollback from {}", current.id);
+            self.record(
+                name,
+                &prev.id,
+                now_ms,
+                &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() },
+            )?;
+            self.services.get_mut(name).expect("known").state.last =
+                Some((prev.id.clone(), Outcome::Succeeded, reason));
+            self.save(name, now_ms)?;
+            return Ok(serde_json::json!({ "service": name, "release": prev.id, "instant": true }));
+        }
+        // Cold: a fast release of the last good digest before the current one.
+        let entries = self.history.entries(Some(name))?;
+        let mut digests: HashMap<String, String> = HashMap::new();
+        let mut good = None;
+        for e in &entries {
+            match &e.event {
+                Event::Started { digest, .. } => {
+                    digests.insert(e.release.clone(), digest.clone());
+                }
+                Event::Finished { outcome: Outcome::Succeeded, .. } => {
+                    if let Some(d) = digests.get(&e.release).filter(|d| **d != current.digest.as_str()) {
+                        good = Some(d.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(d) = good.and_then(|d| Digest::parse(&d).ok()) else {
+            return Err(ServeError::Conflict(format!("service {name}: no earlier good release to roll back to")));
+        };
+        self.begin(name, d.clone(), d.to_string(), actor, true, now_ms)
+    }
+
+    fn status(&self, only: Option<&str>, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        let (all, _) = self.runtime().reconcile()?;
+        let mut out = Vec::new();
+        for (name, svc) in self.services.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
+            let table = svc.sent.clone().unwrap_or_default();
+            let weight_of = |release: &str, a: SocketAddr| {
+                table.iter().find(|e| e.release == release && e.backends.contains(&a)).map(|e| e.weight)
+            };
+            let instances: Vec<serde_json::Value> = all
+                .iter()
+                .filter(|r| r.service == *name && !r.state.is_exited())
+                .map(|r| {
+                    let release = r.release.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "id": r.id.as_str(),
+                        "release": release,
+                        "digest": r.image.to_string(),
+                        "image": r.image_ref,
+                        "state": r.state.name(),
+                        "port": r.port,
+                        "age_s": (now_ms / 1000) as i64 - r.created,
+                        "in_table": weight_of(&release, addr(r)).is_some(),
+                        "release_weight": weight_of(&release, addr(r)),
+                    })
+                })
+                .collect();
+            let rollout = svc.state.rollout.as_ref().map(|a| {
+                let r = &a.rollout;
+                serde_json::json!({
+                    "release": r.release,
+                    "digest": r.digest.to_string(),
+                    "image": r.image_ref,
+                    "step": r.index + 1,
+                    "steps": r.steps.len(),
+                    "current": r.steps.get(r.index),
+                    "new_percent": r.new_percent,
+                    "paused": r.paused,
+                    "elapsed_ms": now_ms.saturating_sub(r.started_ms),
+                })
+            });
+            out.push(serde_json::json!({
+                "service": name,
+                "listen": svc.dp.listen.to_string(),
+                "proxy_pid": svc.dp.pid,
+                "strategy": svc.spec.release.strategy.name(),
+                "replicas": svc.spec.release.replicas,
+                "stable": svc.state.stable,
+                "previous": svc.state.previous.as_ref().map(|(p, until)| serde_json::json!({ "release": p, "warm_for_ms": until.saturating_sub(now_ms) })),
+                "rollout": rollout,
+                "last": svc.state.last.as_ref().map(|(id, o, reason)| serde_json::json!({ "release": id, "outcome": o, "reason": reason })),
+                "traffic": table,
+                "instances": instances,
+            }));
+        }
+        Ok(serde_json::json!({ "services": out }))
+    }
+}

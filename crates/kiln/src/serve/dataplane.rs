@@ -1,0 +1,166 @@
+//! One load balancer process per service: `kiln proxy`, started detached
+//! (its own session, like an instance's shim) so that it keeps serving the
+//! last routing table while `kiln serve` is down, restarted or upgraded.
+//!
+//! The table lives in `$KILN_HOME/proxies/<service>/releases.json`, written
+//! atomically before it is sent (`PUT /releases` on the proxy's loopback
+//! admin API), so a proxy that restarts reads the last table the controller
+//! decided. `proxy.json` records its pid and admin address; a restarted
+//! controller adopts a proxy that is alive and answers there. This module
+//! must never decide what the table holds.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::http;
+use super::ServeError;
+use crate::proxy::metrics::WindowStats;
+use crate::proxy::ReleaseSpec as TableEntry;
+use crate::spec::ServiceSpec;
+
+/// A service's running load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlane {
+    pub service: String,
+    pub pid: i32,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+fn dir(home: &Path, service: &str) -> PathBuf {
+    home.join("proxies").join(service)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> ServeError + '_ {
+    move |source| ServeError::Io { path: path.to_owned(), source }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+impl DataPlane {
+    /// Adopts the service's proxy if it runs and answers on the recorded
+    /// admin address with the same listen address; otherwise starts one.
+    pub fn ensure(home: &Path, service: &ServiceSpec) -> Result<DataPlane, ServeError> {
+        let listen = service.release.listen.ok_or_else(|| ServeError::NoListen(service.name.clone()))?;
+        let d = dir(home, &service.name);
+        std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        let record = d.join("proxy.json");
+        if let Some(dp) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok()) {
+            if alive(dp.pid) && dp.listen == listen && dp.call("GET", "/releases", b"").is_ok() {
+                return Ok(dp);
+            }
+            if alive(dp.pid) && dp.listen != listen {
+                // The service moved: the old listener goes (gracefully).
+                // SAFETY: a signal to a process kiln started and recorded.
+                unsafe { libc::kill(dp.pid, libc::SIGTERM) };
+            }
+        }
+        let table = d.join("releases.json");
+        if !table.exists() {
+            write_atomic(&table, b"[]")?;
+        }
+        let admin = {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(&d))?;
+            l.local_addr().map_err(io_err(&d))?
+        };
+        let exe = std::env::current_exe().map_err(io_err(&d))?;
+        let log_path = d.join("proxy.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+        let h = &service.release.health;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--home").arg(home).arg("proxy");
+        cmd.args(["--service", &service.name, "--listen", &listen.to_string(), "--admin", &admin.to_string()]);
+        cmd.arg("--releases-file").arg(&table);
+        cmd.args([
+            "--health-interval-ms",
+            &h.interval_ms.to_string(),
+            "--health-timeout-ms",
+            &h.timeout_ms.to_string(),
+        ]);
+        cmd.args(["--healthy-threshold", &h.healthy_threshold.to_string()]);
+        cmd.args(["--unhealthy-threshold", &h.unhealthy_threshold.to_string()]);
+        if let Some(p) = &h.path {
+            cmd.args(["--health-path", p]);
+        }
+        cmd.arg("--release-header");
+        let err_log = log.try_clone().map_err(io_err(&log_path))?;
+        cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(err_log);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches no memory; it
+        // detaches the proxy from kiln serve's session and signals.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(io_err(&d))?;
+        let dp = DataPlane { service: service.name.clone(), pid: child.id() as i32, listen, admin };
+        // Not waited for: the proxy outlives kiln serve.
+        drop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dp.call("GET", "/releases", b"").is_err() {
+            if Instant::now() > deadline || !alive(dp.pid) {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(ServeError::ProxyStart {
+                    service: service.name.clone(),
+                    listen,
+                    log: log.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
+        Ok(dp)
+    }
+
+    fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+        let fail = |detail: String| ServeError::Proxy { service: self.service.clone(), admin: self.admin, detail };
+        let s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2)).map_err(|e| fail(e.to_string()))?;
+        s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| fail(e.to_string()))?;
+        let r = http::exchange(s, method, target, body).map_err(|e| fail(e.to_string()))?;
+        if r.status != 200 {
+            return Err(fail(format!("{method} {target}: {} {}", r.status, String::from_utf8_lossy(&r.body))));
+        }
+        Ok(r.body)
+    }
+
+    /// Makes `table` the routing table: on disk first, then in the proxy.
+    pub fn set_table(&self, home: &Path, table: &[TableEntry]) -> Result<(), ServeError> {
+        let body = serde_json::to_vec(table).expect("serializes");
+        write_atomic(&dir(home, &self.service).join("releases.json"), &body)?;
+        self.call("PUT", "/releases", &body).map(drop)
+    }
+
+    /// A release's traffic over the last `window_secs` seconds.
+    pub fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError> {
+        let body = self.call("GET", &format!("/stats?release={release}&window={window_secs}"), b"")?;
+        serde_json::from_slice(&body).map_err(|e| ServeError::Proxy {
+            service: self.service.clone(),
+            admin: self.admin,
+            detail: format!("bad /stats answer: {e}"),
+        })
+    }
+
+    /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
+    /// what it has in flight.
+    pub fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
+        self.call("POST", &format!("/drain?backend={backend}&deadline_ms={deadline_ms}"), b"").map(drop)
+    }
+}

@@ -1,0 +1,183 @@
+//! A minimal blocking HTTP/1.1 exchange over any stream: what the CLI uses
+//! to talk to `kiln serve` (unix socket) and the controller to talk to a
+//! service's load balancer (admin API on loopback). One request per
+//! connection (`Connection: close`), bodies by `Content-Length` or read to
+//! the end. This module must never retry: callers decide what is safe.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// What came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Sends one request and reads the whole response.
+pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[u8]) -> io::Result<Response> {
+    let mut r = BufReader::new(stream);
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    r.get_mut().write_all(head.as_bytes())?;
+    r.get_mut().write_all(body)?;
+    r.get_mut().flush()?;
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {line:?}")))?;
+    let mut len = None;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            break;
+        }
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body)?;
+        }
+        None => {
+            r.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Response { status, body })
+}
+
+/// A parsed request, as the API server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 1 << 20;
+
+/// Reads one request (head and `Content-Length` body) from a client.
+pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = match (parts.next(), parts.next()) {
+        (Some(m), Some(t)) => (m.to_owned(), t.to_owned()),
+        _ => return Err(bad("not an HTTP request line")),
+    };
+    let mut len = 0usize;
+    let mut headers = 0;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed inside the request head"));
+        }
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        headers += 1;
+        if headers > 100 {
+            return Err(bad("too many headers"));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+            }
+        }
+    }
+    if len > MAX_BODY {
+        return Err(bad("request body too large"));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let query = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    Ok(Request { method, path: path.to_owned(), query, body })
+}
+
+/// Writes a JSON response and closes.
+pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_responses_round_trip() {
+        let raw = b"POST /v1/deploy?service=web&x HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let req = read_request(&mut &raw[..]).unwrap();
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/deploy"));
+        assert_eq!(req.param("service"), Some("web"));
+        assert_eq!(req.param("x"), Some(""));
+        assert_eq!(req.body, b"{}");
+        assert!(read_request(&mut &b"garbage\r\n\r\n"[..]).is_err());
+        assert!(read_request(&mut &b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"[..]).is_err());
+
+        let mut out = Vec::new();
+        write_response(&mut out, 409, b"{\"error\":\"x\"}").unwrap();
+        struct Both(std::io::Cursor<Vec<u8>>, Vec<u8>);
+        impl Read for Both {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.0.read(b)
+            }
+        }
+        impl Write for Both {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.1.write(b)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let r = exchange(Both(std::io::Cursor::new(out), Vec::new()), "GET", "/", b"").unwrap();
+        assert_eq!(r, Response { status: 409, body: b"{\"error\":\"x\"}".to_vec() });
+    }
+}

@@ -1,0 +1,187 @@
+//! `kiln serve`: the long-running release controller.
+//!
+//! - One per `KILN_HOME`: `serve.lock` (flock) names the holder's pid to a
+//!   second one, which refuses to start.
+//! - Its API is HTTP on the unix socket `$KILN_HOME/serve.sock` (mode 0600);
+//!   [`api`] turns requests into one [`api::Request`] enum, which the
+//!   [`controller`] carries out between reconcile ticks.
+//! - The data plane is a `kiln proxy` process per service ([`dataplane`]),
+//!   so traffic survives a SIGKILL of the controller; a restarted one adopts
+//!   the proxies as `Runtime` adopts instances through their shims.
+//! - State and history are in `state.db` ([`crate::history`]).
+//!
+//! This module wires threads and sockets; it must never decide (that is
+//! [`crate::release`]) or render (that is the front end).
+
+pub mod api;
+pub mod controller;
+pub mod dataplane;
+pub mod http;
+
+use std::io::{BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::history::HistoryError;
+use crate::runtime::RunError;
+use crate::spec::SpecError;
+use crate::store::StoreError;
+
+/// Why the controller refused or failed, naming the thing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("kiln serve is already running on {} (pid {pid}); stop it first", home.display())]
+    AlreadyRunning { home: PathBuf, pid: String },
+    #[error("kiln serve is not running on {} (start it with `kiln serve`): {source}", home.display())]
+    NotRunning { home: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("service {0:?} has no listen address in kiln.toml; kiln needs one to route its traffic")]
+    NoListen(String),
+    #[error("no service {0:?} in kiln serve's kiln.toml")]
+    UnknownService(String),
+    #[error("service {service}: no image {reference:?} in the store")]
+    UnknownImage { service: String, reference: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("bad request: {field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("no such API route {0:?}")]
+    NoRoute(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("service {service}: the load balancer on {listen} did not start: {log}")]
+    ProxyStart { service: String, listen: SocketAddr, log: String },
+    #[error("service {service}: load balancer admin {admin}: {detail}")]
+    Proxy { service: String, admin: SocketAddr, detail: String },
+    #[error("kiln serve answered {status}: {message}")]
+    Remote { status: u16, message: String },
+}
+
+/// The API socket of a kiln home.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("serve.sock")
+}
+
+/// Holds `serve.lock` for the life of the controller.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes the controller lock, or names who holds it.
+pub fn lock(home: &Path) -> Result<Lock, ServeError> {
+    let path = home.join("serve.lock");
+    std::fs::create_dir_all(home).map_err(|source| ServeError::Io { path: home.to_owned(), source })?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| ServeError::Io { path: path.clone(), source })?;
+    // SAFETY: flock on a descriptor this function owns; non-blocking.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(ServeError::AlreadyRunning { home: home.to_owned(), pid: pid.trim().to_owned() });
+    }
+    f.set_len(0)
+        .and_then(|_| writeln!(f, "{}", std::process::id()))
+        .map_err(|source| ServeError::Io { path, source })?;
+    Ok(Lock { _file: f })
+}
+
+/// A request from the API thread and where its answer goes.
+pub type Call = (api::Request, mpsc::Sender<Result<serde_json::Value, ServeError>>);
+
+/// Serves the API socket: each connection's request goes to the controller
+/// over `calls`, and its answer back. Runs until the process exits.
+pub fn listen(home: &Path, calls: mpsc::Sender<Call>) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let path = socket_path(home);
+    let io = |source| ServeError::Io { path: path.clone(), source };
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let calls = calls.clone();
+            std::thread::spawn(move || answer(conn, &calls));
+        }
+    }))
+}
+
+fn answer(conn: UnixStream, calls: &mpsc::Sender<Call>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut w) = conn.try_clone() else { return };
+    let result = http::read_request(&mut BufReader::new(conn))
+        .map_err(|e| ServeError::BadRequest { field: "request".into(), message: e.to_string() })
+        .and_then(|req| api::parse(&req))
+        .and_then(|req| {
+            let (tx, rx) = mpsc::channel();
+            calls.send((req, tx)).map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?;
+            rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?
+        });
+    let (status, body) = match result {
+        Ok(v) => (200, v),
+        Err(e) => (api::status_of(&e), serde_json::json!({ "error": e.to_string() })),
+    };
+    let _ = http::write_response(&mut w, status, body.to_string().as_bytes());
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs the controller in the foreground: the lock, the API socket, then
+/// reconcile ticks (every 100 ms) with API requests carried out between
+/// them. Returns only on a start-up error.
+pub fn run(
+    home: &Path,
+    file: &Path,
+    store: &crate::store::Store,
+    driver: &dyn crate::runtime::driver::Driver,
+    launcher: &dyn crate::runtime::Launcher,
+) -> Result<(), ServeError> {
+    let _lock = lock(home)?;
+    let mut c = controller::Controller::new(home, file, store, driver, launcher)?;
+    let (tx, rx) = mpsc::channel::<Call>();
+    listen(home, tx)?;
+    eprintln!("kiln serve: ready on {}", socket_path(home).display());
+    loop {
+        if let Err(e) = c.tick(now_ms()) {
+            eprintln!("kiln serve: {e}");
+        }
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        while let Ok((req, reply)) = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+            let _ = reply.send(c.handle(req, now_ms()));
+        }
+    }
+}
+
+/// Sends one request to the `kiln serve` of `home`; its JSON answer.
+pub fn call(home: &Path, req: &api::Request) -> Result<serde_json::Value, ServeError> {
+    let s = UnixStream::connect(socket_path(home))
+        .map_err(|source| ServeError::NotRunning { home: home.to_owned(), source })?;
+    let (m, t, b) = api::to_http(req);
+    let r = http::exchange(s, m, &t, &b).map_err(|source| ServeError::NotRunning { home: home.to_owned(), source })?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    if r.status != 200 {
+        let message = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(&r.body).into());
+        return Err(ServeError::Remote { status: r.status, message });
+    }
+    Ok(v)
+}
