@@ -202,6 +202,17 @@ impl<'a> Controller<'a> {
         Ok(())
     }
 
+    /// Whether `release`'s last history entry already says it finished (a
+    /// controller that died after recording the end, before saving state).
+    fn finished_already(&self, service: &str, release: &str) -> Result<bool, ServeError> {
+        let entries = self.history.entries(Some(service))?;
+        Ok(entries
+            .iter()
+            .rev()
+            .find(|e| e.release == release)
+            .is_some_and(|e| matches!(e.event, Event::Finished { .. })))
+    }
+
     fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
         self.history.append(service, release, now_ms as i64, event)?;
         Ok(())
@@ -536,8 +547,10 @@ impl<'a> Controller<'a> {
         for r in &new {
             self.retire(name, r, exclude)?;
         }
-        self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone() })?;
-        crash_point("finished-recorded");
+        if !self.finished_already(name, &id)? {
+            self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone() })?;
+            crash_point("finished-recorded");
+        }
         let st = &mut self.services.get_mut(name).expect("known").state;
         st.rollout = None;
         st.last = Some((id, outcome, reason));
@@ -548,8 +561,11 @@ impl<'a> Controller<'a> {
         let r = &a.rollout;
         let new = ReleaseRef { id: r.release.clone(), digest: r.digest.clone(), image_ref: r.image_ref.clone() };
         let reason = format!("{} steps done", r.steps.len());
-        self.record(name, &new.id, now_ms, &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() })?;
-        crash_point("finished-recorded");
+        if !self.finished_already(name, &new.id)? {
+            let event = Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() };
+            self.record(name, &new.id, now_ms, &event)?;
+            crash_point("finished-recorded");
+        }
         let store_home = self.store.home().to_owned();
         self.history.archive(&store_home, name, &new.id, &new.digest, now_ms as i64, ARCHIVE_KEEP)?;
         let st = &mut self.services.get_mut(name).expect("known").state;

@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub fn tempdir(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -116,4 +120,108 @@ pub fn layer_paths(blob: &Path) -> Vec<String> {
 
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {e}: {s}"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Status, headers (lowercased names) and body of a response.
+pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Conn(pub BufReader<TcpStream>);
+
+impl Conn {
+    pub fn new(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn(BufReader::new(s))
+    }
+    /// Sends a request; returns status, headers (lowercased names) and body.
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.0.get_mut().write_all(req.as_bytes())?;
+        self.0.get_mut().write_all(body)?;
+        let mut status = String::new();
+        if self.0.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        let code = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(status.clone()))?;
+        let mut hs = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.0.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                hs.push((k, v.trim().to_owned()));
+            }
+        }
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body)?;
+        Ok((code, hs, body))
+    }
+    pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {
+        self.send("GET", path, &[], b"")
+    }
+}
+
+/// Runs `threads` keep-alive clients doing GETs until `stop`; counts
+/// successes and failures (anything but 200, or an I/O error).
+pub fn load(
+    port: u16,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<std::thread::JoinHandle<()>>, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let handles = (0..threads)
+        .map(|_| {
+            let (ok, bad, stop) = (ok.clone(), bad.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(port);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match c.get("/") {
+                        Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok((code, _, body)) => {
+                            eprintln!("load: {code} {}", String::from_utf8_lossy(&body));
+                            bad.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            eprintln!("load: {e}");
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            c = Conn::new(port);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    (handles, ok, bad)
 }

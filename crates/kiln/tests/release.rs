@@ -1,0 +1,386 @@
+//! Releases end to end: `kiln serve`, `kiln deploy` and friends with real
+//! runc instances of the demo app behind the service's own `kiln proxy`
+//! process, under continuous keep-alive load from test threads.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, json, kiln_bin, load, tempdir, Conn};
+
+/// Releases use real instances and timing windows: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const IMAGE: &str = r#"
+[image.web]
+from = "scratch"
+version = "@V@"
+copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
+entrypoint = ["/demo-app"]
+env = { DEMO_VERSION = "@V@"@EXTRA@ }
+user = "65534:65534"
+"#;
+
+struct Env {
+    dir: PathBuf,
+    home: PathBuf,
+    port: u16,
+    service: String,
+    serve: Option<Child>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_serve();
+        for d in fs::read_dir(self.home.join("proxies")).into_iter().flatten().flatten() {
+            if let Ok(v) = fs::read_to_string(d.path().join("proxy.json")) {
+                if let Some(pid) = json(&v)["pid"].as_i64() {
+                    // SAFETY: a signal to a proxy this test's kiln serve started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        let ps = self.kiln(&["ps", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&ps.stdout) {
+            for r in v["instances"].as_array().into_iter().flatten() {
+                self.kiln(&["rm", "--force", r["id"].as_str().unwrap_or_default()]);
+            }
+        }
+    }
+}
+
+impl Env {
+    /// A kiln.toml with the demo image and `[service.web]` (whose listen
+    /// address is added), baked at 1.0.0; `kiln serve` started.
+    fn new(what: &str, service: &str) -> Self {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+        assert!(demo.exists(), "run scripts/build-demo.sh first (scripts/test.sh does)");
+        let (dir, home) = (tempdir(&format!("rel-{what}")), tempdir(&format!("rel-{what}-home")));
+        fs::copy(&demo, dir.join("demo-app")).unwrap();
+        let port = free_port();
+        let service = format!("[service.web]\nimage = \"web\"\nenv = {{ HOST = \"127.0.0.1\" }}\nlisten = \"127.0.0.1:{port}\"\n{service}");
+        let mut env = Env { dir, home, port, service, serve: None };
+        env.version("1.0.0", "");
+        env.start_serve(None);
+        env
+    }
+
+    fn version(&self, v: &str, extra_env: &str) {
+        let image = IMAGE.replace("@V@", v).replace("@EXTRA@", extra_env);
+        fs::write(self.dir.join("kiln.toml"), format!("{image}\n{}", self.service)).unwrap();
+    }
+
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(kiln_bin()).args(args).current_dir(&self.dir).env("KILN_HOME", &self.home).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kiln(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}\n{}\nserve log: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.serve_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn serve_log(&self) -> String {
+        fs::read_to_string(self.home.join("serve-test.log")).unwrap_or_default()
+    }
+
+    fn start_serve(&mut self, crash_at: Option<&str>) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.home.join("serve-test.log")).unwrap();
+        let mut c = Command::new(kiln_bin());
+        c.args(["serve", "-f", "kiln.toml"])
+            .current_dir(&self.dir)
+            .env("KILN_HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(p) = crash_at {
+            c.env("KILN_CRASH_AT", p);
+        }
+        self.serve = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.kiln(&["status", "--json"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "kiln serve never answered: {}", self.serve_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_serve(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kiln deploy`: exit status and output.
+    fn deploy(&self) -> (i32, String) {
+        let out = self.kiln(&["deploy"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        json(&self.ok(&["status", "--json"]))["services"][0].clone()
+    }
+
+    /// Live instances by release.
+    fn releases_running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["release"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn wait_for(&self, what: &str, mut f: impl FnMut(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}\n{}", self.serve_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The version the load balancer serves, asked `n` times.
+    fn versions(&self, n: usize) -> Vec<String> {
+        let mut c = Conn::new(self.port);
+        (0..n).map(|_| String::from_utf8(c.get("/").unwrap().2).unwrap().trim().to_owned()).collect()
+    }
+}
+
+/// Runs `f` under `threads` clients of keep-alive GETs; returns (ok, failed).
+fn under_load(port: u16, f: impl FnOnce()) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, bad) = load(port, 6, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    f();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed))
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// v1 → v2 under load with one strategy: nothing fails, only v2 is left
+/// once the old set's warm time is over, and v1's image is archived.
+fn release_under_load(what: &str, settings: &str) {
+    let _g = serial();
+    let env = Env::new(what, settings);
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 1.0.0"));
+    let v1 = env.status()["stable"]["digest"].as_str().unwrap().to_owned();
+    env.version("2.0.0", "");
+    let (ok, bad) = under_load(env.port, || {
+        let (code, out) = env.deploy();
+        assert_eq!(code, 0, "{out}\n{}", env.serve_log());
+    });
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed requests during the {what} release");
+    assert!(env.versions(6).iter().all(|v| v == "demo-app 2.0.0"));
+    env.wait_for("the old set to be destroyed", |s| {
+        s["previous"].is_null() && s["instances"].as_array().unwrap().iter().all(|i| i["release"] == "web-2")
+    });
+    assert_eq!(env.releases_running(), vec!["web-2"; 2]);
+    let archived = env.home.join("meta/archive").join(v1.strip_prefix("sha256:").unwrap());
+    assert!(archived.exists(), "v1 is kept for rollback");
+    assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"));
+}
+
+#[test]
+fn a_rolling_release_under_load_fails_nothing() {
+    release_under_load("rolling", "replicas = 2\nstrategy = \"rolling\"\ndrain_timeout = \"2s\"\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
+}
+
+#[test]
+fn a_canary_release_under_load_fails_nothing() {
+    release_under_load(
+        "canary",
+        "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"2s\"\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [service.web.canary]\nsteps = [20, 60]\nstep_interval = \"2s\"\nanalysis = { min_requests = 20 }\n",
+    );
+}
+
+#[test]
+fn a_blue_green_release_under_load_fails_nothing_and_rolls_back_in_under_a_second() {
+    let _g = serial();
+    let env = Env::new(
+        "bluegreen",
+        "replicas = 2\nstrategy = \"blue-green\"\nkeep_previous = \"5m\"\ndrain_timeout = \"2s\"\n\
+         blue_green = { smoke = [{ path = \"/\", contains = \"demo-app\" }, \"/healthz\"] }\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n",
+    );
+    assert_eq!(env.deploy().0, 0);
+    env.version("2.0.0", "");
+    let (ok, bad) = under_load(env.port, || assert_eq!(env.deploy().0, 0));
+    assert!(ok > 500 && bad == 0, "ok {ok}, failed {bad}");
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 2.0.0"));
+    let s = env.status();
+    assert_eq!(s["previous"]["release"]["id"], "web-1", "v1 stays warm: {s:#}");
+
+    let mut took = Duration::ZERO;
+    let (ok, bad) = under_load(env.port, || {
+        let t = Instant::now();
+        let out = env.ok(&["rollback"]);
+        took = t.elapsed();
+        assert!(out.contains("traffic is back on web-1"), "{out}");
+    });
+    assert!(took < Duration::from_secs(1), "rollback took {took:?}");
+    assert!(ok > 100 && bad == 0, "ok {ok}, failed {bad}");
+    assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
+    let hist = env.ok(&["history", "--verify"]);
+    assert!(hist.contains("started rollback") && hist.contains("hash chain verified"), "{hist}");
+}
+
+const CANARY: &str = "replicas = 1\nstrategy = \"canary\"\ndrain_timeout = \"1s\"\n\
+     [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\nstart_deadline = \"4s\"\n\
+     [service.web.canary]\nsteps = [50]\nstep_interval = \"3s\"\nanalysis = { min_requests = 30, inconclusive_limit = 1 }\n";
+
+#[test]
+fn a_canary_that_errs_or_is_slow_fails_and_traffic_is_back_on_stable() {
+    let _g = serial();
+    let env = Env::new("canary-bad", CANARY);
+    assert_eq!(env.deploy().0, 0);
+    for (round, (extra, metric)) in
+        [(", FAIL_RATE = \"0.2\"", "error_rate"), (", LATENCY_MS = \"25\"", "p99_latency_ms")].iter().enumerate()
+    {
+        env.version(&format!("2.0.{round}"), extra);
+        let mut result = (0, String::new());
+        under_load(env.port, || result = env.deploy());
+        assert_eq!(result.0, 2, "the release fails: {}", result.1);
+        assert!(result.1.contains("rolled-back"), "{}", result.1);
+        assert!(env.versions(10).iter().all(|v| v == "demo-app 1.0.0"), "traffic is back on v1 at once");
+        let s = env.wait_for("the canary's instances to go", |s| s["instances"].as_array().unwrap().len() == 1);
+        assert_eq!(s["stable"]["id"], "web-1");
+        let hist = env.ok(&["history"]);
+        let verdict = hist.lines().rev().find(|l| l.contains("verdict")).unwrap_or_default().to_owned();
+        assert!(verdict.contains("fail") && verdict.contains(metric), "{hist}");
+    }
+}
+
+#[test]
+fn too_little_traffic_is_inconclusive_then_pauses_and_abort_leaves_stable() {
+    let _g = serial();
+    let env = Env::new("canary-idle", CANARY);
+    assert_eq!(env.deploy().0, 0);
+    env.version("2.0.0", "");
+    let (code, out) = env.deploy();
+    assert_eq!(code, 4, "paused for a person: {out}");
+    let s = env.status();
+    assert!(s["rollout"]["paused"].as_str().unwrap().contains("inconclusive"), "{s:#}");
+    let hist = env.ok(&["history"]);
+    assert!(hist.contains("verdict at step 3: inconclusive"), "{hist}");
+    assert!(!hist.contains(": pass"), "never a silent pass: {hist}");
+    assert!(env.ok(&["abort"]).contains("aborted"));
+    let s = env.wait_for("the canary to go", |s| s["instances"].as_array().unwrap().len() == 1);
+    assert_eq!(s["stable"]["id"], "web-1");
+    assert_eq!(s["last"]["outcome"], "aborted");
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 1.0.0"));
+}
+
+#[test]
+fn a_release_whose_health_check_fails_never_gets_a_request_and_fails_cleanly() {
+    let _g = serial();
+    let env = Env::new("unhealthy", CANARY);
+    assert_eq!(env.deploy().0, 0);
+    env.version("3.0.0", ", FAIL_HEALTH = \"1\"");
+    let mut result = (0, String::new());
+    let (ok, bad) = under_load(env.port, || result = env.deploy());
+    assert_eq!(result.0, 2, "{}", result.1);
+    assert!(result.1.contains("0 of 1 new instances healthy"), "{}", result.1);
+    assert!(ok > 100 && bad == 0, "ok {ok}, failed {bad}");
+    let hist = env.ok(&["history"]);
+    let web2: Vec<&str> = hist.lines().skip_while(|l| !l.contains("web web-2")).collect();
+    assert!(!web2.iter().any(|l| l.contains("step ")), "v3 never got traffic: {hist}");
+    env.wait_for("the unhealthy instance to go", |s| s["instances"].as_array().unwrap().len() == 1);
+}
+
+#[test]
+fn a_second_serve_refuses_naming_the_first_and_bad_requests_name_the_field() {
+    let _g = serial();
+    let env = Env::new("second", "");
+    let out = env.kiln(&["serve", "-f", "kiln.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid = env.serve.as_ref().unwrap().id();
+    assert!(
+        !out.status.success() && err.contains(&format!("already running on {} (pid {pid})", env.home.display())),
+        "{err}"
+    );
+    let out = env.kiln(&["promote"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409") || !out.status.success());
+    let out = env.kiln(&["status", "nosuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("nosuch"), "{err}");
+    // The socket is the owner's alone.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(env.home.join("serve.sock")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request() {
+    let _g = serial();
+    let mut env = Env::new(
+        "crash",
+        "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [service.web.canary]\nsteps = [50]\nstep_interval = \"1s\"\nanalysis = { min_requests = 10 }\n",
+    );
+    assert_eq!(env.deploy().0, 0);
+    let points = [
+        "release-recorded",
+        "instances-started",
+        "step-recorded",
+        "traffic-routed",
+        "verdict-recorded",
+        "finished-recorded",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        env.kill_serve();
+        env.start_serve(Some(point));
+        let version = format!("2.{i}.0");
+        env.version(&version, "");
+        let (ok, bad) = under_load(env.port, || {
+            let _ = env.deploy(); // ends when serve dies at the hook
+            let died = Instant::now() + Duration::from_secs(30);
+            while env.serve.as_mut().unwrap().try_wait().unwrap().is_none() {
+                assert!(Instant::now() < died, "the hook {point} never fired: {}", env.serve_log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The data plane kept serving while the controller was down.
+            assert!(env.versions(5).iter().all(|v| v.starts_with("demo-app")));
+            env.start_serve(None);
+            env.wait_for(&format!("convergence after {point}"), |s| {
+                s["rollout"].is_null() && s["previous"].is_null() && s["instances"].as_array().unwrap().len() == 2
+            });
+        });
+        assert!(ok > 100, "{point}: the load ran");
+        assert_eq!(bad, 0, "{point}: failed requests");
+        let s = env.status();
+        let stable = s["stable"]["id"].as_str().unwrap().to_owned();
+        let running = env.releases_running();
+        assert_eq!(running, vec![stable.clone(), stable.clone()], "{point}: no orphan, no duplicate: {s:#}");
+        let served = env.versions(6);
+        assert!(served.iter().all(|v| v == &served[0]), "{point}: one release serves: {served:?}");
+        assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"), "{point}");
+    }
+}
