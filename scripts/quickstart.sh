@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# kiln's main job on the bundled example: install what it needs, build kiln
-# and the demo app, bake examples/hello into the store, show the result
-# through kiln and through skopeo (a standard OCI tool), then run it as an
-# immutable instance, ask it over HTTP, show its logs, and remove it.
+# kiln's main job on the bundled example, end to end: install what it needs,
+# build kiln and the demo app, bake examples/hello into the store and show it
+# through kiln and skopeo (a standard OCI tool), run it once as an immutable
+# instance; then the release loop: kiln serve, deploy v1 behind kiln's load
+# balancer, release v2 by canary under traffic, roll back, with kiln status
+# and kiln history along the way. Everything it started is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --quiet --release --locked -p kiln
 ./scripts/build-demo.sh >/dev/null
-kiln=target/release/kiln
+kiln=$PWD/target/release/kiln
 export KILN_HOME="${KILN_HOME:-$HOME/.local/share/kiln}"
 echo "== kiln bake (store: $KILN_HOME/store)"
 $kiln bake -f examples/hello/kiln.toml
@@ -28,7 +30,41 @@ echo "== kiln stop $1; kiln logs --instance $1"
 $kiln stop "$1" >/dev/null
 $kiln logs --instance "$1"
 $kiln rm "$1" >/dev/null
-echo "== kiln plan -f examples/hello/kiln.toml (what releasing it would do; changes nothing)"
-$kiln plan -f examples/hello/kiln.toml
+
+echo "== kiln serve (the release controller, in the background)"
+work=$(mktemp -d)
+cleanup() {
+  [ -n "${serve:-}" ] && kill "$serve" 2>/dev/null || true
+  for p in "$KILN_HOME"/proxies/*/proxy.json; do
+    [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
+  done
+  for i in $($kiln ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"] if r["service"] == "hello"]'); do
+    $kiln rm --force "$i" >/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+$kiln serve -f examples/hello/kiln.toml 2>"$work/serve.log" &
+serve=$!
+for _ in $(seq 100); do $kiln status >/dev/null 2>&1 && break; sleep 0.1; done
+echo "== kiln deploy (v1: hello:0.1.0, two instances behind 127.0.0.1:8080)"
+$kiln deploy -f examples/hello/kiln.toml
+curl -fsS http://127.0.0.1:8080/
+$kiln status
+echo "== kiln plan, then kiln deploy of v2 (hello:0.2.0) by canary, under traffic"
+sed 's/"0.1.0"/"0.2.0"/g' examples/hello/kiln.toml > "$work/kiln.toml"
+mkdir -p "$work/bin" && cp examples/hello/bin/demo-app "$work/bin/"
+$kiln bake -f "$work/kiln.toml" >/dev/null
+( for _ in $(seq 4000); do curl -s -o /dev/null http://127.0.0.1:8080/ || true; done ) &
+traffic=$!
+$kiln plan -f "$work/kiln.toml"
+$kiln deploy -f examples/hello/kiln.toml --image hello:0.2.0
+kill "$traffic" 2>/dev/null || true
+curl -fsS http://127.0.0.1:8080/
+$kiln status
+echo "== kiln rollback (v1 is still warm: one traffic switch)"
+$kiln rollback -f examples/hello/kiln.toml
+curl -fsS http://127.0.0.1:8080/
+$kiln status
 echo "== kiln history --verify"
 $kiln history --verify

@@ -63,6 +63,29 @@ pub fn serve(home: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the controller on a thread of this process, unless a `kiln
+/// serve` already answers on `home`; returns once it answers.
+pub fn serve_in_background(home: &Path, file: &Path) -> anyhow::Result<()> {
+    if serve::call(home, &Request::Status { service: None }).is_ok() {
+        return Ok(());
+    }
+    let (h, f) = (home.to_owned(), file.to_owned());
+    std::thread::spawn(move || {
+        if let Err(e) = serve(&h, &f) {
+            eprintln!("kiln: {e:#}");
+            std::process::exit(1);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while serve::call(home, &Request::Status { service: None }).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("kiln serve did not start on {}", home.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn call(home: &Path, req: &Request) -> anyhow::Result<Value> {
     Ok(serve::call(home, req)?)
 }

@@ -197,6 +197,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The quick start: bake DIR/kiln.toml, serve it (in this process, unless a kiln serve already runs), deploy its service, print its URL, and stay in the foreground.
+    Up {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Services: releases, the rollout in progress, traffic split, instances.
     Status {
         service: Option<String>,
@@ -517,6 +522,8 @@ fn run() -> anyhow::Result<()> {
     // A deploy whose image is an [image.X] of the file bakes it first (a
     // cache hit when nothing changed), then releases that digest.
     let mut deploy_after = None;
+    // `kiln up`: after the deploy, stay in the foreground serving.
+    let mut up_listen = None;
     let (cmd, json) = match cli.command {
         Cmd::Serve { file } => return cli_release::serve(&cli_release::default_home(cli.home), &file),
         Cmd::Status { service, json } => {
@@ -536,6 +543,20 @@ fn run() -> anyhow::Result<()> {
             let service = cli_release::pick_service(&file, service)?;
             let req = kiln::serve::api::Request::Abort { service, actor: String::new() };
             return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+        }
+        Cmd::Up { dir } => {
+            let file = dir.join("kiln.toml");
+            let service = cli_release::pick_service(&file, None)?;
+            cli_release::serve_in_background(&cli_release::default_home(cli.home.clone()), &file)?;
+            let spec = kiln::spec::load(&file)?;
+            let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
+            let listen = spec.services.get(&service).and_then(|s| s.release.listen);
+            deploy_after = Some((service, true, false));
+            up_listen = Some(listen);
+            match own {
+                Some(own) => (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false),
+                None => (Command::Images, false),
+            }
         }
         Cmd::Deploy { service, image, file, no_wait, json } => {
             let service = cli_release::pick_service(&file, service)?;
@@ -707,9 +728,22 @@ fn run() -> anyhow::Result<()> {
         retention: retention()?,
     };
     let output = command::execute(cmd, &mut ctx)?;
-    if let (Some((service, wait, json)), Output::Baked(reports)) = (deploy_after, &output) {
-        let digest = reports.first().map(|r| r.digest.to_string()).context("the bake produced no image")?;
-        let code = cli_release::deploy(ctx.store.home(), service, Some(digest), wait, json)?;
+    if let Some((service, wait, json)) = deploy_after {
+        let digest = match &output {
+            Output::Baked(reports) => {
+                Some(reports.first().map(|r| r.digest.to_string()).context("the bake produced no image")?)
+            }
+            _ => None,
+        };
+        let code = cli_release::deploy(ctx.store.home(), service, digest, wait, json)?;
+        if let Some(listen) = up_listen {
+            if let Some(l) = listen {
+                println!("serving http://{l}/ (Ctrl-C stops kiln serve; the load balancer and instances keep running)");
+            }
+            loop {
+                std::thread::park();
+            }
+        }
         std::process::exit(code);
     }
     if json {

@@ -203,6 +203,23 @@ fn release_under_load(what: &str, settings: &str) {
     let archived = env.home.join("meta/archive").join(v1.strip_prefix("sha256:").unwrap());
     assert!(archived.exists(), "v1 is kept for rollback");
     assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"));
+
+    // v1's instances are gone: rollback is a fast release of its archived
+    // image, new instances first, no analysis, and loses nothing either.
+    let (ok, bad) = under_load(env.port, || {
+        let out = env.ok(&["rollback"]);
+        assert!(out.contains("rolling back by release web-3"), "{out}");
+        env.wait_for("the rollback release", |s| s["rollout"].is_null() && s["stable"]["id"] == "web-3");
+    });
+    assert!(ok > 100 && bad == 0, "rollback: ok {ok}, failed {bad}");
+    assert_eq!(env.status()["stable"]["digest"].as_str(), Some(v1.as_str()));
+    assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains("web web-3") && hist.contains("started rollback"), "{hist}");
+    assert!(
+        !hist.lines().skip_while(|l| !l.contains("web web-3")).any(|l| l.contains("verdict")),
+        "no analysis: {hist}"
+    );
 }
 
 #[test]
