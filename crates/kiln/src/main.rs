@@ -511,6 +511,11 @@ fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
 }
 
 fn main() {
+    // SAFETY: restores the default SIGPIPE action before any thread starts,
+    // so `kiln status | head` ends quietly instead of panicking on EPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run() {
         eprintln!("kiln: {e:#}");
         std::process::exit(e.downcast_ref::<command::CommandError>().map_or(1, |c| c.exit_code()));

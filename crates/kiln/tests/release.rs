@@ -58,15 +58,21 @@ impl Env {
     /// A kiln.toml with the demo image and `[service.web]` (whose listen
     /// address is added), baked at 1.0.0; `kiln serve` started.
     fn new(what: &str, service: &str) -> Self {
+        let mut env = Env::bare(what, service);
+        env.start_serve(None);
+        env
+    }
+
+    /// The files and home, no `kiln serve` yet.
+    fn bare(what: &str, service: &str) -> Self {
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
         assert!(demo.exists(), "run scripts/build-demo.sh first (scripts/test.sh does)");
         let (dir, home) = (tempdir(&format!("rel-{what}")), tempdir(&format!("rel-{what}-home")));
         fs::copy(&demo, dir.join("demo-app")).unwrap();
         let port = free_port();
         let service = format!("[service.web]\nimage = \"web\"\nenv = {{ HOST = \"127.0.0.1\" }}\nlisten = \"127.0.0.1:{port}\"\n{service}");
-        let mut env = Env { dir, home, port, service, serve: None };
+        let env = Env { dir, home, port, service, serve: None };
         env.version("1.0.0", "");
-        env.start_serve(None);
         env
     }
 
@@ -400,4 +406,31 @@ fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request()
         assert!(served.iter().all(|v| v == &served[0]), "{point}: one release serves: {served:?}");
         assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"), "{point}");
     }
+}
+
+#[test]
+fn kiln_up_bakes_serves_and_deploys_in_the_foreground() {
+    use std::io::BufRead;
+    let _g = serial();
+    let mut env = Env::bare("up", "replicas = 2\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
+    let mut up = Command::new(kiln_bin())
+        .args(["up", env.dir.to_str().unwrap()])
+        .env("KILN_HOME", &env.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(up.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("kiln up printed its URL").unwrap();
+        if let Some(rest) = line.strip_prefix("serving ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert_eq!(url, format!("http://127.0.0.1:{}/", env.port));
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 1.0.0"));
+    assert_eq!(env.releases_running(), vec!["web-1"; 2]);
+    env.serve = Some(up); // stopped (and cleaned up after) by Env's drop
+    env.kill_serve();
+    assert!(env.versions(2).iter().all(|v| v == "demo-app 1.0.0"), "the data plane outlives kiln up");
 }
