@@ -432,7 +432,7 @@ impl<'a> Controller<'a> {
             }
             Action::Smoke => {
                 let checks = match &self.services[name].spec.release.strategy {
-                    Strategy::BlueGreen(BlueGreenSpec { smoke, .. }) => smoke.clone(),
+                    Strategy::BlueGreen(BlueGreenSpec { smoke }) => smoke.clone(),
                     _ => Vec::new(),
                 };
                 let new: Vec<InstanceRecord> = self
@@ -605,10 +605,7 @@ impl<'a> Controller<'a> {
         }
         let mut release_spec = svc.spec.release.clone();
         if fast {
-            release_spec.strategy = Strategy::BlueGreen(BlueGreenSpec {
-                smoke: Vec::new(),
-                preview: SocketAddr::from(([127, 0, 0, 1], 0)),
-            });
+            release_spec.strategy = Strategy::BlueGreen(BlueGreenSpec { smoke: Vec::new() });
         }
         let from = stable.as_ref().map(|s| Current { digest: s.digest.clone(), instances: old });
         let p = plan::plan(name, &release_spec, from.as_ref(), &digest);

@@ -83,13 +83,11 @@ pub struct RollingSpec {
     pub max_unavailable: u32,
 }
 
-/// Start the whole new set, smoke-test it privately, switch in one swap.
+/// Start the whole new set, smoke-test it privately (each new instance is
+/// asked directly; no load balancer routes to it yet), switch in one swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlueGreenSpec {
     pub smoke: Vec<SmokeCheck>,
-    /// The private listener that routes only to the new set; port 0 (the
-    /// default) takes a free loopback port.
-    pub preview: SocketAddr,
 }
 
 /// One request against the new set before it gets traffic.
@@ -191,7 +189,6 @@ pub(super) struct RawRolling {
 pub(super) struct RawBlueGreen {
     #[serde(default)]
     smoke: Vec<Spanned<RawSmoke>>,
-    preview: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -327,11 +324,7 @@ pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), Fie
     let strategy = match kind {
         "recreate" => Strategy::Recreate,
         "rolling" => Strategy::Rolling(validate_rolling(raw.rolling.map(Spanned::into_inner))?),
-        "blue-green" => {
-            let (bg, claim) = validate_blue_green(raw.blue_green.map(Spanned::into_inner))?;
-            claims.extend(claim);
-            Strategy::BlueGreen(bg)
-        }
+        "blue-green" => Strategy::BlueGreen(validate_blue_green(raw.blue_green.map(Spanned::into_inner))?),
         _ => Strategy::Canary(validate_canary(raw.canary.map(Spanned::into_inner))?),
     };
     let spec = ReleaseSpec {
@@ -399,9 +392,8 @@ fn validate_rolling(r: Option<RawRolling>) -> Result<RollingSpec, FieldError> {
     Ok(spec)
 }
 
-fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<(BlueGreenSpec, Option<Claim>), FieldError> {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let Some(b) = b else { return Ok((BlueGreenSpec { smoke: Vec::new(), preview: any }, None)) };
+fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<BlueGreenSpec, FieldError> {
+    let Some(b) = b else { return Ok(BlueGreenSpec { smoke: Vec::new() }) };
     let mut smoke = Vec::with_capacity(b.smoke.len());
     for (i, s) in b.smoke.into_iter().enumerate() {
         let key = format!("blue_green.smoke[{i}]");
@@ -433,14 +425,7 @@ fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<(BlueGreenSpec, Option
         }
         smoke.push(check);
     }
-    let (preview, claim) = match &b.preview {
-        Some(p) => {
-            let a = address(p, "blue_green.preview", true)?;
-            (a, (a.port() != 0).then(|| (a, "blue_green.preview".to_owned(), p.span())))
-        }
-        None => (any, None),
-    };
-    Ok((BlueGreenSpec { smoke, preview }, claim))
+    Ok(BlueGreenSpec { smoke })
 }
 
 fn validate_canary(c: Option<RawCanary>) -> Result<CanarySpec, FieldError> {
@@ -584,7 +569,6 @@ analysis = { min_requests = 20, max_p99_ratio = 3.0 }
             (b.smoke[1].method.as_str(), b.smoke[1].status, b.smoke[1].contains.as_deref()),
             ("GET", 200, Some("2"))
         );
-        assert_eq!(b.preview.port(), 0);
         assert_eq!(service("strategy = \"recreate\"\n").unwrap().strategy, Strategy::Recreate);
     }
 
@@ -624,8 +608,8 @@ analysis = { min_requests = 20, max_p99_ratio = 3.0 }
     fn two_listeners_on_one_address_are_refused_naming_the_second() {
         let text = "[service.a]\nimage = \"x:1\"\nlisten = \"127.0.0.1:8080\"\n\n\
                     [service.b]\nimage = \"x:1\"\nstrategy = \"blue-green\"\n\
-                    blue_green = { preview = \"127.0.0.1:8080\" }\n";
+                    listen = \"127.0.0.1:8080\"\n";
         let e = parse(Path::new("kiln.toml"), text).unwrap_err().to_string();
-        assert_eq!(e, "kiln.toml:8: service.b.blue_green.preview: 127.0.0.1:8080 is already service.a.listen");
+        assert_eq!(e, "kiln.toml:8: service.b.listen: 127.0.0.1:8080 is already service.a.listen");
     }
 }
