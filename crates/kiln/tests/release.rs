@@ -359,29 +359,17 @@ fn a_second_serve_refuses_naming_the_first_and_bad_requests_name_the_field() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request() {
+/// SIGKILLs `kiln serve` at each named point of a release under load, then
+/// starts it again: the release converges (resumes or rolls back) with no
+/// orphan, no duplicate, one release serving, and no failed request.
+fn crash_at_each_point(what: &str, settings: &str, points: &[&str]) {
     let _g = serial();
-    let mut env = Env::new(
-        "crash",
-        "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
-         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
-         [service.web.canary]\nsteps = [50]\nstep_interval = \"1s\"\nanalysis = { min_requests = 10 }\n",
-    );
+    let mut env = Env::new(what, settings);
     assert_eq!(env.deploy().0, 0);
-    let points = [
-        "release-recorded",
-        "instances-started",
-        "step-recorded",
-        "traffic-routed",
-        "verdict-recorded",
-        "finished-recorded",
-    ];
     for (i, point) in points.iter().enumerate() {
         env.kill_serve();
         env.start_serve(Some(point));
-        let version = format!("2.{i}.0");
-        env.version(&version, "");
+        env.version(&format!("2.{i}.0"), "");
         let (ok, bad) = under_load(env.port, || {
             let _ = env.deploy(); // ends when serve dies at the hook
             let died = Instant::now() + Duration::from_secs(30);
@@ -400,12 +388,78 @@ fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request()
         assert_eq!(bad, 0, "{point}: failed requests");
         let s = env.status();
         let stable = s["stable"]["id"].as_str().unwrap().to_owned();
-        let running = env.releases_running();
-        assert_eq!(running, vec![stable.clone(), stable.clone()], "{point}: no orphan, no duplicate: {s:#}");
+        assert_eq!(env.releases_running(), vec![stable.clone(), stable], "{point}: no orphan, no duplicate: {s:#}");
         let served = env.versions(6);
         assert!(served.iter().all(|v| v == &served[0]), "{point}: one release serves: {served:?}");
         assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"), "{point}");
     }
+}
+
+#[test]
+fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request() {
+    crash_at_each_point(
+        "crash-canary",
+        "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [service.web.canary]\nsteps = [50]\nstep_interval = \"1s\"\nanalysis = { min_requests = 10 }\n",
+        &[
+            "release-recorded",
+            "instances-started",
+            "step-recorded",
+            "traffic-routed",
+            "verdict-recorded",
+            "finished-recorded",
+        ],
+    );
+}
+
+#[test]
+fn sigkill_of_serve_at_each_point_of_a_blue_green_release_converges_with_no_failed_request() {
+    crash_at_each_point(
+        "crash-bluegreen",
+        "replicas = 2\nstrategy = \"blue-green\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
+         blue_green = { smoke = [\"/\"] }\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n",
+        &[
+            "release-recorded",
+            "instances-started",
+            "step-recorded",
+            "traffic-routed",
+            "finished-recorded",
+            "old-drained",
+        ],
+    );
+}
+
+#[test]
+fn a_deploy_during_a_release_supersedes_it_and_starts_over() {
+    let _g = serial();
+    let env = Env::new(
+        "supersede",
+        "strategy = \"canary\"\ndrain_timeout = \"1s\"\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [service.web.canary]\nsteps = [\"pause\", 50]\nstep_interval = \"1s\"\nanalysis = { min_requests = 5 }\n",
+    );
+    assert_eq!(env.deploy().0, 0);
+    env.version("2.0.0", "");
+    let (code, out) = env.deploy();
+    assert_eq!(code, 4, "v2 waits at its pause: {out}");
+    env.version("3.0.0", "");
+    let out = env.ok(&["deploy", "--no-wait"]);
+    assert!(out.contains("release web-3 started"), "{out}");
+    let s = env.wait_for("v2 gone and v3 at its first step, paused", |s| {
+        s["rollout"]["release"] == "web-3"
+            && s["rollout"]["paused"].is_string()
+            && s["instances"].as_array().unwrap().iter().all(|i| i["release"] != "web-2")
+    });
+    assert_eq!(s["rollout"]["step"], 1, "v3 starts over: {s:#}");
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains("finished superseded: superseded by a new deploy"), "{hist}");
+    assert!(env.ok(&["promote"]).contains("web-3 goes on"));
+    let (ok, bad) = under_load(env.port, || {
+        env.wait_for("v3 to finish", |s| s["rollout"].is_null());
+    });
+    assert!(ok > 50 && bad == 0, "ok {ok}, failed {bad}");
+    assert_eq!(env.status()["stable"]["id"], "web-3");
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 3.0.0"));
 }
 
 #[test]

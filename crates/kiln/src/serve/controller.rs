@@ -29,9 +29,6 @@ use crate::runtime::{InstanceRecord, Launcher, RunRequest, Runtime};
 use crate::spec::{self, BlueGreenSpec, ServiceSpec, SmokeCheck, Strategy};
 use crate::store::Store;
 
-/// Digests kept archived per service for rollback.
-const ARCHIVE_KEEP: usize = 10;
-
 /// A release that serves (or served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRef {
@@ -339,6 +336,7 @@ impl<'a> Controller<'a> {
                 for r in live.iter().filter(|r| r.release.as_deref() == Some(p.id.as_str())) {
                     self.retire(name, r, &mut exclude)?;
                 }
+                crash_point("old-drained");
                 self.services.get_mut(name).expect("known").state.previous = None;
                 self.save(name, now_ms)?;
             }
@@ -567,7 +565,8 @@ impl<'a> Controller<'a> {
             crash_point("finished-recorded");
         }
         let store_home = self.store.home().to_owned();
-        self.history.archive(&store_home, name, &new.id, &new.digest, now_ms as i64, ARCHIVE_KEEP)?;
+        let keep = self.services[name].spec.release.keep_releases as usize;
+        self.history.archive(&store_home, name, &new.id, &new.digest, now_ms as i64, keep)?;
         let st = &mut self.services.get_mut(name).expect("known").state;
         let old = st.stable.take();
         st.previous = old.map(|o| (o, warm_until_ms));
@@ -686,9 +685,12 @@ impl<'a> Controller<'a> {
                         self.save(&service, now_ms)?;
                         Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
                     }
-                    Some(a) => {
-                        Err(ServeError::Conflict(format!("release {} of {service} is not paused", a.rollout.release)))
-                    }
+                    Some(a) => Err(ServeError::Conflict(format!(
+                        "release {} of {service} is not paused (step {} of {})",
+                        a.rollout.release,
+                        a.rollout.index + 1,
+                        a.rollout.steps.len()
+                    ))),
                     None => Err(ServeError::Conflict(format!("service {service} has no release in progress"))),
                 }
             }

@@ -33,6 +33,8 @@ pub struct ReleaseSpec {
     pub keep_previous_ms: u64,
     /// A release that has not reached its next step by then fails.
     pub progress_deadline_ms: u64,
+    /// Digests of succeeded releases kept archived (gc roots) for rollback.
+    pub keep_releases: u32,
 }
 
 /// When an instance counts as healthy.
@@ -160,6 +162,7 @@ pub(super) struct RawRelease {
     pub drain_timeout: Option<Spanned<String>>,
     pub keep_previous: Option<Spanned<String>>,
     pub progress_deadline: Option<Spanned<String>>,
+    pub keep_releases: Option<Spanned<i64>>,
     pub health: Option<Spanned<RawHealth>>,
     pub rolling: Option<Spanned<RawRolling>>,
     pub blue_green: Option<Spanned<RawBlueGreen>>,
@@ -335,6 +338,7 @@ pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), Fie
         drain_timeout_ms: duration(&raw.drain_timeout, "drain_timeout", 30_000)?,
         keep_previous_ms: duration(&raw.keep_previous, "keep_previous", 300_000)?,
         progress_deadline_ms: duration(&raw.progress_deadline, "progress_deadline", 600_000)?,
+        keep_releases: count(&raw.keep_releases, "keep_releases", 10, 1)?,
     };
     if spec.progress_deadline_ms < spec.health.start_deadline_ms {
         let span = raw.progress_deadline.as_ref().map(Spanned::span);
@@ -527,6 +531,8 @@ mod tests {
         assert_eq!(r.strategy, Strategy::Rolling(RollingSpec { max_surge: 1, max_unavailable: 0 }));
         assert_eq!(r.health.path, None);
         assert_eq!((r.drain_timeout_ms, r.keep_previous_ms, r.progress_deadline_ms), (30_000, 300_000, 600_000));
+        assert_eq!(r.keep_releases, 10);
+        assert!(service("keep_releases = 0\n").unwrap_err().contains("service.web.keep_releases: must be at least 1"));
     }
 
     #[test]
