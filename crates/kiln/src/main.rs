@@ -211,6 +211,9 @@ enum Cmd {
     /// Back to the previous release: a traffic switch when it is still warm, else a fast release of its image.
     Rollback {
         service: Option<String>,
+        /// Roll back to this release (an id from `kiln history`), not the previous one.
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
         #[arg(long)]
@@ -503,7 +506,7 @@ fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
     use kiln::serve::api::Request;
     let actor = cli_release::actor();
     match req {
-        Request::Rollback { service, .. } => Request::Rollback { service, actor },
+        Request::Rollback { service, to, .. } => Request::Rollback { service, to, actor },
         Request::Promote { service, .. } => Request::Promote { service, actor },
         Request::Abort { service, .. } => Request::Abort { service, actor },
         other => other,
@@ -534,9 +537,9 @@ fn run() -> anyhow::Result<()> {
         Cmd::Status { service, json } => {
             return cli_release::status(&cli_release::default_home(cli.home), service, json)
         }
-        Cmd::Rollback { service, file, json } => {
+        Cmd::Rollback { service, to, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
-            let req = kiln::serve::api::Request::Rollback { service, actor: String::new() };
+            let req = kiln::serve::api::Request::Rollback { service, to, actor: String::new() };
             return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
         }
         Cmd::Promote { service, file, json } => {

@@ -272,6 +272,14 @@ fn a_blue_green_release_under_load_fails_nothing_and_rolls_back_in_under_a_secon
     assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
     let hist = env.ok(&["history", "--verify"]);
     assert!(hist.contains("started rollback") && hist.contains("hash chain verified"), "{hist}");
+
+    // --to names a release: web-2 is warm now, so that is a switch too.
+    let err = String::from_utf8_lossy(&env.kiln(&["rollback", "--to", "web-1"]).stderr).into_owned();
+    assert!(err.contains("409") && err.contains("web-1 already serves"), "{err}");
+    let err = String::from_utf8_lossy(&env.kiln(&["rollback", "--to", "web-9"]).stderr).into_owned();
+    assert!(err.contains("404") && err.contains("no release \"web-9\""), "{err}");
+    assert!(env.ok(&["rollback", "--to", "web-2"]).contains("traffic is back on web-2"));
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 2.0.0"));
 }
 
 const CANARY: &str = "replicas = 1\nstrategy = \"canary\"\ndrain_timeout = \"1s\"\n\

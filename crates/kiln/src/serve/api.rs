@@ -16,8 +16,9 @@ pub enum Request {
     Deploy { service: String, image: Option<String>, actor: String },
     /// Services, releases, instances, the rollout in progress.
     Status { service: Option<String> },
-    /// Back to the previous release (instant when it is still warm).
-    Rollback { service: String, actor: String },
+    /// Back to the previous release, or to `to` (instant when it is
+    /// still warm, else a fast release of its image).
+    Rollback { service: String, to: Option<String>, actor: String },
     /// Go on past a pause.
     Promote { service: String, actor: String },
     /// Remove the canary, traffic back to stable.
@@ -29,6 +30,14 @@ pub enum Request {
 struct DeployBody {
     service: String,
     image: Option<String>,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    service: String,
+    to: Option<String>,
     actor: Option<String>,
 }
 
@@ -55,13 +64,17 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
             let b: DeployBody = body(req)?;
             Ok(Request::Deploy { service: b.service, image: b.image, actor: actor(b.actor) })
         }
-        ("POST", "/v1/rollback" | "/v1/promote" | "/v1/abort") => {
+        ("POST", "/v1/rollback") => {
+            let b: RollbackBody = body(req)?;
+            Ok(Request::Rollback { service: b.service, to: b.to, actor: actor(b.actor) })
+        }
+        ("POST", "/v1/promote" | "/v1/abort") => {
             let b: ServiceBody = body(req)?;
             let (service, actor) = (b.service, actor(b.actor));
-            Ok(match req.path.as_str() {
-                "/v1/rollback" => Request::Rollback { service, actor },
-                "/v1/promote" => Request::Promote { service, actor },
-                _ => Request::Abort { service, actor },
+            Ok(if req.path == "/v1/promote" {
+                Request::Promote { service, actor }
+            } else {
+                Request::Abort { service, actor }
             })
         }
         (_, "/v1/status" | "/v1/deploy" | "/v1/rollback" | "/v1/promote" | "/v1/abort") => {
@@ -75,7 +88,10 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
 pub fn status_of(e: &ServeError) -> u16 {
     match e {
         ServeError::BadRequest { .. } | ServeError::Spec(_) => 400,
-        ServeError::UnknownService(_) | ServeError::NoRoute(_) | ServeError::UnknownImage { .. } => 404,
+        ServeError::UnknownService(_)
+        | ServeError::NoRoute(_)
+        | ServeError::UnknownImage { .. }
+        | ServeError::UnknownRelease { .. } => 404,
         ServeError::MethodNotAllowed(_) => 405,
         ServeError::Conflict(_) => 409,
         _ => 500,
@@ -92,14 +108,13 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
             "/v1/deploy".into(),
             serde_json::to_vec(&serde_json::json!({ "service": service, "image": image, "actor": actor })).unwrap(),
         ),
-        Request::Rollback { service, actor }
-        | Request::Promote { service, actor }
-        | Request::Abort { service, actor } => {
-            let path = match r {
-                Request::Rollback { .. } => "/v1/rollback",
-                Request::Promote { .. } => "/v1/promote",
-                _ => "/v1/abort",
-            };
+        Request::Rollback { service, to, actor } => (
+            "POST",
+            "/v1/rollback".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service, "to": to, "actor": actor })).unwrap(),
+        ),
+        Request::Promote { service, actor } | Request::Abort { service, actor } => {
+            let path = if matches!(r, Request::Promote { .. }) { "/v1/promote" } else { "/v1/abort" };
             (
                 "POST",
                 path.into(),
@@ -125,7 +140,8 @@ mod tests {
             Request::Deploy { service: "web".into(), image: None, actor: "me".into() },
             Request::Status { service: None },
             Request::Status { service: Some("web".into()) },
-            Request::Rollback { service: "web".into(), actor: "me".into() },
+            Request::Rollback { service: "web".into(), to: None, actor: "me".into() },
+            Request::Rollback { service: "web".into(), to: Some("web-3".into()), actor: "me".into() },
             Request::Promote { service: "web".into(), actor: "me".into() },
             Request::Abort { service: "web".into(), actor: "me".into() },
         ];

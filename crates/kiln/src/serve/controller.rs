@@ -711,12 +711,37 @@ impl<'a> Controller<'a> {
                 )?;
                 Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
             }
-            Request::Rollback { service, actor } => self.rollback(&service, &actor, now_ms),
+            Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),
         }
     }
 
-    fn rollback(&mut self, name: &str, actor: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
-        let st = self.service(name)?.state.clone();
+    fn rollback(
+        &mut self,
+        name: &str,
+        to: Option<&str>,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        let mut st = self.service(name)?.state.clone();
+        if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) && st.rollout.is_none() {
+            return Err(ServeError::Conflict(format!("service {name}: {} already serves", to.unwrap_or_default())));
+        }
+        if let (Some(a), Some(_)) = (st.rollout.clone(), to) {
+            // Rolling back to a named release ends the one in progress first.
+            self.fail(
+                name,
+                a,
+                format!("rolled back by {actor}"),
+                None,
+                Outcome::RolledBack,
+                now_ms,
+                &mut HashSet::new(),
+            )?;
+            st = self.services[name].state.clone();
+            if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) {
+                return Ok(serde_json::json!({ "service": name, "release": to, "instant": true }));
+            }
+        }
         if let Some(a) = st.rollout {
             let id = a.rollout.release.clone();
             self.fail(
@@ -736,9 +761,9 @@ impl<'a> Controller<'a> {
             return Err(ServeError::Conflict(format!("service {name} has no release to roll back from")));
         };
         let live = self.live(name)?;
-        if let Some((prev, _)) =
-            st.previous.filter(|(p, _)| live.iter().any(|r| r.release.as_deref() == Some(p.id.as_str())))
-        {
+        if let Some((prev, _)) = st.previous.filter(|(p, _)| {
+            to.is_none_or(|t| t == p.id) && live.iter().any(|r| r.release.as_deref() == Some(p.id.as_str()))
+        }) {
             // Still warm: one table swap.
             let weights = BTreeMap::from([(prev.id.clone(), 100), (current.id.clone(), 0)]);
             self.record(
@@ -772,8 +797,19 @@ impl<'a> Controller<'a> {
             self.save(name, now_ms)?;
             return Ok(serde_json::json!({ "service": name, "release": prev.id, "instant": true }));
         }
-        // Cold: a fast release of the last good digest before the current one.
+        // Cold: a fast release of the named release's digest, or of the
+        // last good one before the current one.
         let entries = self.history.entries(Some(name))?;
+        if let Some(to) = to {
+            let digest = entries.iter().find_map(|e| match &e.event {
+                Event::Started { digest, .. } if e.release == to => Digest::parse(digest).ok(),
+                _ => None,
+            });
+            let Some(d) = digest else {
+                return Err(ServeError::UnknownRelease { service: name.to_owned(), release: to.to_owned() });
+            };
+            return self.begin(name, d.clone(), d.to_string(), actor, true, now_ms);
+        }
         let mut digests: HashMap<String, String> = HashMap::new();
         let mut good = None;
         for e in &entries {

@@ -53,6 +53,8 @@ pub enum ServeError {
     NoListen(String),
     #[error("no service {0:?} in kiln serve's kiln.toml")]
     UnknownService(String),
+    #[error("service {service}: no release {release:?} in its history")]
+    UnknownRelease { service: String, release: String },
     #[error("service {service}: no image {reference:?} in the store")]
     UnknownImage { service: String, reference: String },
     #[error("{0}")]
