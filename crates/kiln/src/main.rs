@@ -181,6 +181,9 @@ enum Cmd {
     Serve {
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
+        /// Also serve the API on this loopback address; requests need `Authorization: Bearer` with the token in $KILN_HOME/serve.token.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<std::net::SocketAddr>,
     },
     /// Release a service (baking its image first when it is an [image.X] of kiln.toml) and follow the release: exit 0 done, 2 failed or rolled back, 4 paused for `kiln promote`.
     Deploy {
@@ -533,7 +536,7 @@ fn run() -> anyhow::Result<()> {
     // `kiln up`: after the deploy, stay in the foreground serving.
     let mut up_listen = None;
     let (cmd, json) = match cli.command {
-        Cmd::Serve { file } => return cli_release::serve(&cli_release::default_home(cli.home), &file),
+        Cmd::Serve { file, tcp } => return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp),
         Cmd::Status { service, json } => {
             return cli_release::status(&cli_release::default_home(cli.home), service, json)
         }

@@ -496,3 +496,44 @@ fn kiln_up_bakes_serves_and_deploys_in_the_foreground() {
     env.kill_serve();
     assert!(env.versions(2).iter().all(|v| v == "demo-app 1.0.0"), "the data plane outlives kiln up");
 }
+
+#[test]
+fn the_tcp_api_needs_the_token_and_refuses_without_changing_anything() {
+    let _g = serial();
+    let mut env = Env::bare("tcp", "");
+    let port = free_port();
+    let log = fs::File::create(env.home.join("serve-test.log")).unwrap();
+    env.serve = Some(
+        Command::new(kiln_bin())
+            .args(["serve", "-f", "kiln.toml", "--tcp", &format!("127.0.0.1:{port}")])
+            .current_dir(&env.dir)
+            .env("KILN_HOME", &env.home)
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_port(port);
+    let token = fs::read_to_string(env.home.join("serve.token")).unwrap().trim().to_owned();
+    let ask = |method: &str, path: &str, auth: Option<&str>, body: &str| {
+        let mut c = Conn::new(port);
+        let h: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        let (code, _, b) = c.send(method, path, &h, body.as_bytes()).unwrap();
+        (code, String::from_utf8_lossy(&b).into_owned())
+    };
+    let deploy = r#"{"service":"web"}"#;
+    assert_eq!(ask("POST", "/v1/deploy", None, deploy).0, 401);
+    assert_eq!(ask("POST", "/v1/deploy", Some("Bearer wrong"), deploy).0, 401);
+    let (code, body) = ask("GET", "/v1/status", Some(&format!("Bearer {token}")), "");
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["services"][0]["rollout"].is_null(), "the refused deploys changed nothing: {body}");
+    assert!(env.ok(&["history"]).contains("no releases yet"));
+    let (code, body) = ask("POST", "/v1/deploy", Some(&format!("Bearer {token}")), r#"{"service":"web","imgae":"x"}"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("imgae"), "{body}");
+    let out = env.kiln(&["serve", "-f", "kiln.toml", "--tcp", "0.0.0.0:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--tcp 0.0.0.0:1: the API listens on loopback addresses only"),
+        "{err}"
+    );
+}

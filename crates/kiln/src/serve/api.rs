@@ -93,6 +93,7 @@ pub fn status_of(e: &ServeError) -> u16 {
         | ServeError::UnknownImage { .. }
         | ServeError::UnknownRelease { .. } => 404,
         ServeError::MethodNotAllowed(_) => 405,
+        ServeError::Unauthorized { .. } => 401,
         ServeError::Conflict(_) => 409,
         _ => 500,
     }
@@ -163,5 +164,6 @@ mod tests {
         assert_eq!(status_of(&parse(&req("DELETE", "/v1/status", "")).unwrap_err()), 405);
         assert_eq!(status_of(&parse(&req("GET", "/nope", "")).unwrap_err()), 404);
         assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
+        assert_eq!(status_of(&ServeError::Unauthorized { path: "t".into() }), 401);
     }
 }

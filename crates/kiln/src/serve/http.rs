@@ -66,6 +66,8 @@ pub struct Request {
     /// The path without the query.
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -90,6 +92,7 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
     };
     let mut len = 0usize;
     let mut headers = 0;
+    let mut authorization = None;
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -106,6 +109,8 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
+            } else if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
             }
         }
     }
@@ -123,7 +128,7 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    Ok(Request { method, path: path.to_owned(), query, body })
+    Ok(Request { method, path: path.to_owned(), query, authorization, body })
 }
 
 /// Writes a JSON response and closes.
@@ -132,6 +137,7 @@ pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Resul
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",

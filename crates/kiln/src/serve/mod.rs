@@ -20,9 +20,10 @@ pub mod http;
 
 use std::io::{BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -59,6 +60,10 @@ pub enum ServeError {
     UnknownImage { service: String, reference: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("missing or wrong token (Authorization: Bearer <{}>)", path.display())]
+    Unauthorized { path: PathBuf },
+    #[error("--tcp {0}: the API listens on loopback addresses only")]
+    NotLoopback(SocketAddr),
     #[error("bad request: {field}: {message}")]
     BadRequest { field: String, message: String },
     #[error("no such API route {0:?}")]
@@ -121,16 +126,76 @@ pub fn listen(home: &Path, calls: mpsc::Sender<Call>) -> Result<std::thread::Joi
     Ok(std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let calls = calls.clone();
-            std::thread::spawn(move || answer(conn, &calls));
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                if let Ok(w) = conn.try_clone() {
+                    answer(conn, w, &calls, None);
+                }
+            });
         }
     }))
 }
 
-fn answer(conn: UnixStream, calls: &mpsc::Sender<Call>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut w) = conn.try_clone() else { return };
+/// The token file of a kiln home.
+pub fn token_path(home: &Path) -> PathBuf {
+    home.join("serve.token")
+}
+
+/// The API token for TCP clients: read, or made (32 random bytes, hex,
+/// mode 0600) on first use.
+pub fn token(home: &Path) -> Result<String, ServeError> {
+    let path = token_path(home);
+    let io = |source| ServeError::Io { path: path.clone(), source };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_owned());
+    }
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(io)?;
+    let t = crate::digest::hex(&b);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+    writeln!(f, "{t}").map_err(io)?;
+    Ok(t)
+}
+
+/// Serves the API on a loopback TCP address too; every request must carry
+/// `Authorization: Bearer TOKEN` or gets 401 and changes nothing.
+pub fn listen_tcp(home: &Path, addr: SocketAddr, calls: mpsc::Sender<Call>) -> Result<SocketAddr, ServeError> {
+    if !addr.ip().is_loopback() {
+        return Err(ServeError::NotLoopback(addr));
+    }
+    let token = token(home)?;
+    let path = token_path(home);
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Io { path: path.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Io { path: path.clone(), source })?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (calls, token, path) = (calls.clone(), token.clone(), path.clone());
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                if let Ok(w) = conn.try_clone() {
+                    answer(conn, w, &calls, Some((&token, &path)));
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Whether `given` is `Bearer <token>`, compared in constant time.
+fn authorized(given: Option<&str>, token: &str) -> bool {
+    let Some(t) = given.and_then(|g| g.strip_prefix("Bearer ")) else { return false };
+    t.len() == token.len() && t.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn answer(conn: impl Read, mut w: impl Write, calls: &mpsc::Sender<Call>, token: Option<(&str, &Path)>) {
     let result = http::read_request(&mut BufReader::new(conn))
         .map_err(|e| ServeError::BadRequest { field: "request".into(), message: e.to_string() })
+        .and_then(|req| match token {
+            Some((t, path)) if !authorized(req.authorization.as_deref(), t) => {
+                Err(ServeError::Unauthorized { path: path.to_owned() })
+            }
+            _ => Ok(req),
+        })
         .and_then(|req| api::parse(&req))
         .and_then(|req| {
             let (tx, rx) = mpsc::channel();
@@ -157,10 +222,18 @@ pub fn run(
     store: &crate::store::Store,
     driver: &dyn crate::runtime::driver::Driver,
     launcher: &dyn crate::runtime::Launcher,
+    tcp: Option<SocketAddr>,
 ) -> Result<(), ServeError> {
+    if let Some(a) = tcp.filter(|a| !a.ip().is_loopback()) {
+        return Err(ServeError::NotLoopback(a));
+    }
     let _lock = lock(home)?;
     let mut c = controller::Controller::new(home, file, store, driver, launcher)?;
     let (tx, rx) = mpsc::channel::<Call>();
+    if let Some(addr) = tcp {
+        let bound = listen_tcp(home, addr, tx.clone())?;
+        eprintln!("kiln serve: API on http://{bound}/ (token in {})", token_path(home).display());
+    }
     listen(home, tx)?;
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
     loop {
@@ -186,4 +259,28 @@ pub fn call(home: &Path, req: &api::Request) -> Result<serde_json::Value, ServeE
         return Err(ServeError::Remote { status: r.status, message });
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        assert!(authorized(Some("Bearer abc"), "abc"));
+        assert!(!authorized(Some("Bearer abd"), "abc"));
+        assert!(!authorized(Some("Bearer ab"), "abc"));
+        assert!(!authorized(Some("abc"), "abc"));
+        assert!(!authorized(None, "abc"));
+    }
+
+    #[test]
+    fn the_token_is_made_once_and_private() {
+        let home = crate::testutil::tempdir("serve-token");
+        let t = token(&home).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(token(&home).unwrap(), t);
+        let mode = std::fs::metadata(token_path(&home)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
