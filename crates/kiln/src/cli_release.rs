@@ -304,7 +304,7 @@ pub fn render_plan(p: &kiln::release::plan::Plan) {
             Step::Start { count, start_deadline_ms } => {
                 format!("start {count} new instance(s); wait until healthy (deadline {})", secs(*start_deadline_ms))
             }
-            Step::Smoke { checks } => format!("run {checks} smoke check(s) against the new set"),
+            Step::Smoke { checks } => format!("run {checks} smoke check(s) through a private preview listener"),
             Step::Shift { new_percent } => format!("traffic: {new_percent}% new, {}% old", 100 - new_percent),
             Step::Analyse { window_ms } => format!("analyse canary against stable for {}", secs(*window_ms)),
             Step::Pause { for_ms: None } => "pause until `kiln promote`".into(),

@@ -64,7 +64,7 @@ fn plan_shows_the_steps_from_what_runs_and_changes_nothing() {
     let out = kiln_ok(&home, &dir, &["plan", "web"]);
     assert!(out.contains("service web: 1 instance(s) of"), "{out}");
     assert!(out.contains("start 3 new instance(s)"), "{out}");
-    assert!(out.contains("run 2 smoke check(s) against the new set"), "{out}");
+    assert!(out.contains("run 2 smoke check(s) through a private preview listener"), "{out}");
     assert!(out.contains("keep the old instances warm for 60s"), "{out}");
     assert!(out.contains("destroy 1 old instance(s)"), "{out}");
     assert!(out.contains("downtime: none"), "{out}");

@@ -537,3 +537,29 @@ fn the_tcp_api_needs_the_token_and_refuses_without_changing_anything() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failing_smoke_check_through_the_preview_fails_the_blue_green_release_before_any_traffic() {
+    let _g = serial();
+    let env = Env::new(
+        "smoke",
+        "strategy = \"blue-green\"\ndrain_timeout = \"1s\"\n\
+         blue_green = { smoke = [{ path = \"/\", contains = \"3.0\" }] }\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n",
+    );
+    assert_eq!(env.deploy().0, 0);
+    env.version("2.0.0", "");
+    let mut result = (0, String::new());
+    let (ok, bad) = under_load(env.port, || result = env.deploy());
+    assert_eq!(result.0, 2, "{}", result.1);
+    assert!(result.1.contains("smoke check through the preview listener"), "{}", result.1);
+    assert!(result.1.contains("does not contain \"3.0\""), "{}", result.1);
+    assert!(ok > 100 && bad == 0, "ok {ok}, failed {bad}");
+    assert!(!env.home.join("proxies/web/preview.json").exists(), "the preview is gone");
+    let hist = env.ok(&["history"]);
+    let web2: Vec<&str> = hist.lines().skip_while(|l| !l.contains("web web-2")).collect();
+    assert!(!web2.iter().any(|l| l.contains("step ")), "v2 never got traffic: {hist}");
+    env.version("3.0.0", "");
+    assert_eq!(env.deploy().0, 0);
+    assert!(env.versions(4).iter().all(|v| v == "demo-app 3.0.0"));
+}

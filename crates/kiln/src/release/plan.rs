@@ -26,8 +26,8 @@ pub enum Step {
     /// Start instances of the new digest and wait until they are healthy
     /// (failing the release past the start deadline).
     Start { count: u32, start_deadline_ms: u64 },
-    /// Smoke requests against each instance of the new set, before it
-    /// gets any traffic.
+    /// Smoke requests through a private preview listener that routes to
+    /// the new set alone, before it gets any traffic.
     Smoke { checks: usize },
     /// Move traffic: the new release's share, percent (old gets the rest).
     Shift { new_percent: u32 },

@@ -438,9 +438,7 @@ impl<'a> Controller<'a> {
                     .into_iter()
                     .filter(|r| r.release.as_deref() == Some(release.id.as_str()))
                     .collect();
-                let failed = checks.iter().find_map(|c| {
-                    new.iter().find_map(|r| smoke(addr(r), c).err().map(|e| format!("smoke check on {}: {e}", r.id)))
-                });
+                let failed = self.smoke_through_preview(name, &release.id, &new, &checks)?;
                 match failed {
                     Some(reason) => return self.fail(name, a, reason, None, Outcome::Failed, now_ms, exclude),
                     None => self.advance(&mut a, now_ms),
@@ -502,6 +500,42 @@ impl<'a> Controller<'a> {
         }
         self.services.get_mut(name).expect("known").state.rollout = Some(a);
         self.save(name, now_ms)
+    }
+
+    /// Runs the smoke checks through a private preview load balancer that
+    /// routes to the new set alone (each check once per instance, so the
+    /// round robin asks every one); the preview is ended afterwards.
+    /// `Some(reason)` when a check failed.
+    fn smoke_through_preview(
+        &self,
+        name: &str,
+        release: &str,
+        new: &[InstanceRecord],
+        checks: &[SmokeCheck],
+    ) -> Result<Option<String>, ServeError> {
+        if checks.is_empty() {
+            return Ok(None);
+        }
+        let spec = &self.services[name].spec;
+        let table =
+            vec![TableEntry { release: release.to_owned(), weight: 100, backends: new.iter().map(addr).collect() }];
+        let preview = DataPlane::preview(&self.home, spec, &table)?;
+        // The preview's own health checks admit the backends first.
+        let deadline = std::time::Instant::now() + Duration::from_millis(spec.release.health.start_deadline_ms);
+        while !probe(preview.listen, spec.release.health.path.as_deref().or(Some("/")), Duration::from_secs(1))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let failed = checks.iter().find_map(|c| {
+            (0..new.len().max(1)).find_map(|_| {
+                smoke(preview.listen, c)
+                    .err()
+                    .map(|e| format!("smoke check through the preview listener {}: {e}", preview.listen))
+            })
+        });
+        preview.stop_preview(&self.home, name);
+        Ok(failed)
     }
 
     fn advance(&self, a: &mut Active, now_ms: u64) {

@@ -73,18 +73,65 @@ impl DataPlane {
         if !table.exists() {
             write_atomic(&table, b"[]")?;
         }
+        let dp = Self::spawn(home, service, &service.name, listen, &table, "proxy.log")?;
+        write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
+        Ok(dp)
+    }
+
+    /// Starts a private load balancer for `table` alone on a free loopback
+    /// port (blue-green's preview listener: smoke checks go through it
+    /// before the new set gets any traffic). A preview left by a crashed
+    /// controller is ended first. [`DataPlane::stop`] ends it.
+    pub fn preview(home: &Path, service: &ServiceSpec, table: &[TableEntry]) -> Result<DataPlane, ServeError> {
+        let d = dir(home, &service.name);
+        std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        let record = d.join("preview.json");
+        if let Some(old) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok()) {
+            old.stop_preview(home, &service.name);
+        }
+        let file = d.join("preview-releases.json");
+        write_atomic(&file, &serde_json::to_vec(table).expect("serializes"))?;
+        let listen = {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(&d))?;
+            l.local_addr().map_err(io_err(&d))?
+        };
+        let dp = Self::spawn(home, service, &format!("{}-preview", service.name), listen, &file, "preview.log")?;
+        write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
+        Ok(dp)
+    }
+
+    /// Ends `service`'s preview load balancer (SIGTERM: requests in flight
+    /// finish) and its record.
+    pub fn stop_preview(&self, home: &Path, service: &str) {
+        if alive(self.pid) {
+            // SAFETY: a signal to a proxy process kiln started and recorded.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        }
+        let _ = std::fs::remove_file(dir(home, service).join("preview.json"));
+    }
+
+    /// Starts `kiln proxy` detached and waits until its admin API answers.
+    fn spawn(
+        home: &Path,
+        service: &ServiceSpec,
+        label: &str,
+        listen: SocketAddr,
+        table: &Path,
+        log_name: &str,
+    ) -> Result<DataPlane, ServeError> {
+        let d = dir(home, &service.name);
         let admin = {
             let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(&d))?;
             l.local_addr().map_err(io_err(&d))?
         };
         let exe = std::env::current_exe().map_err(io_err(&d))?;
-        let log_path = d.join("proxy.log");
+        let log_path = d.join(log_name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
         let h = &service.release.health;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("--home").arg(home).arg("proxy");
-        cmd.args(["--service", &service.name, "--listen", &listen.to_string(), "--admin", &admin.to_string()]);
-        cmd.arg("--releases-file").arg(&table);
+        cmd.args(["--service", label, "--listen", &listen.to_string(), "--admin", &admin.to_string()]);
+        cmd.arg("--releases-file").arg(table);
         cmd.args([
             "--health-interval-ms",
             &h.interval_ms.to_string(),
@@ -111,7 +158,7 @@ impl DataPlane {
             });
         }
         let child = cmd.spawn().map_err(io_err(&d))?;
-        let dp = DataPlane { service: service.name.clone(), pid: child.id() as i32, listen, admin };
+        let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin };
         // Not waited for: the proxy outlives kiln serve.
         drop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -126,7 +173,6 @@ impl DataPlane {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
         Ok(dp)
     }
 

@@ -85,8 +85,8 @@ pub struct RollingSpec {
     pub max_unavailable: u32,
 }
 
-/// Start the whole new set, smoke-test it privately (each new instance is
-/// asked directly; no load balancer routes to it yet), switch in one swap.
+/// Start the whole new set, smoke-test it through a private preview load
+/// balancer (no client traffic reaches it yet), switch in one swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlueGreenSpec {
     pub smoke: Vec<SmokeCheck>,
