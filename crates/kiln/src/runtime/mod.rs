@@ -673,6 +673,29 @@ impl<'a> Runtime<'a> {
         Ok(r)
     }
 
+    /// Asks an instance to stop and returns at once: the stop is recorded,
+    /// then its stop signal (SIGKILL with `kill`) is sent. For callers that
+    /// cannot wait (the release controller's loop); they call it again with
+    /// `kill` once the grace period is over, and remove the instance once
+    /// it has exited. Idempotent.
+    pub fn request_stop(&self, reference: &str, kill: bool) -> Result<InstanceRecord, RunError> {
+        let mut r = self.find(reference)?;
+        self.observe(&mut r)?;
+        if r.state.is_exited() {
+            return Ok(r);
+        }
+        if !r.stop_requested {
+            r.stop_requested = true;
+            self.save(&r)?;
+        }
+        let id = r.id.to_string();
+        if r.state == InstanceState::Paused {
+            let _ = self.driver.resume(&id);
+        }
+        let _ = self.driver.signal(&id, if kill { "SIGKILL" } else { &r.stop_signal });
+        Ok(r)
+    }
+
     /// Freezes an instance (quarantine): out of traffic, processes kept.
     pub fn pause(&self, reference: &str) -> Result<InstanceRecord, RunError> {
         let mut r = self.find(reference)?;

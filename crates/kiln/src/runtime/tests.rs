@@ -104,6 +104,25 @@ fn stop_signals_then_kills_after_the_grace_period() {
     fs::remove_dir_all(home).unwrap();
 }
 
+#[test]
+fn request_stop_signals_without_waiting_and_kills_when_asked() {
+    let (store, home) = setup();
+    let driver = RecordingDriver::default();
+    let rt = Runtime::new(&store, &driver);
+    let r = record("web-3");
+    fs::create_dir_all(rt.instance_dir(&r.id)).unwrap();
+    rt.save(&r).unwrap();
+    driver.containers.lock().unwrap().push(RuntimeState { id: "web-3".into(), status: RuntimeStatus::Running, pid: 1 });
+    let t = Instant::now();
+    let out = rt.request_stop("web-3", false).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(100), "nothing is waited for");
+    assert!(out.stop_requested && rt.load(&out.id).unwrap().stop_requested, "recorded first");
+    rt.request_stop("web-3", false).unwrap();
+    rt.request_stop("web-3", true).unwrap();
+    assert_eq!(driver.calls(), vec!["signal web-3 SIGTERM", "signal web-3 SIGTERM", "signal web-3 SIGKILL"]);
+    fs::remove_dir_all(home).unwrap();
+}
+
 struct NoLaunch(Mutex<u32>);
 impl Launcher for NoLaunch {
     fn launch(&self, _: &Path, _: &InstanceId) -> io::Result<Box<dyn io::Read>> {

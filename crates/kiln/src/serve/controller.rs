@@ -100,6 +100,9 @@ pub struct Controller<'a> {
     history: History,
     services: BTreeMap<String, Svc>,
     probes: HashMap<String, Probe>,
+    /// When the controller first saw each stopping instance (for SIGKILL
+    /// after its grace period).
+    stopping: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -162,6 +165,7 @@ impl<'a> Controller<'a> {
             history,
             services: BTreeMap::new(),
             probes: HashMap::new(),
+            stopping: HashMap::new(),
         };
         c.load_services()?;
         Ok(c)
@@ -239,17 +243,35 @@ impl<'a> Controller<'a> {
     }
 
     /// Drains an instance at the load balancer, takes it out of the table,
-    /// then stops and removes it (its logs stay).
+    /// then asks it to stop without waiting; [`Controller::reap`] removes it
+    /// once it has exited (SIGKILL after its grace period). Its logs stay.
     fn retire(&mut self, name: &str, r: &InstanceRecord, exclude: &mut HashSet<String>) -> Result<(), ServeError> {
         let svc = &self.services[name];
         // A backend the proxy never knew (or retired already) has nothing to drain.
         let _ = svc.dp.drain(addr(r), svc.spec.release.drain_timeout_ms);
         exclude.insert(r.id.to_string());
         self.sync(name, exclude, true)?;
-        let rt = self.runtime();
-        let _ = rt.stop(r.id.as_str(), None);
-        let _ = rt.remove(r.id.as_str(), true);
+        self.runtime().request_stop(r.id.as_str(), false)?;
         self.probes.remove(r.id.as_str());
+        Ok(())
+    }
+
+    /// Removes the service's instances that were asked to stop and have
+    /// exited; kills those still running past their grace period.
+    fn reap(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let (all, _) = self.runtime().reconcile()?;
+        let rt = self.runtime();
+        for r in all.iter().filter(|r| r.service == name && r.stop_requested && r.release.is_some()) {
+            if r.state.is_exited() {
+                let _ = rt.remove(r.id.as_str(), true);
+                self.stopping.remove(r.id.as_str());
+                continue;
+            }
+            let since = *self.stopping.entry(r.id.to_string()).or_insert(now_ms);
+            if now_ms.saturating_sub(since) > r.stop_grace_secs * 1000 {
+                let _ = rt.request_stop(r.id.as_str(), true);
+            }
+        }
         Ok(())
     }
 
@@ -360,6 +382,7 @@ impl<'a> Controller<'a> {
             Some(a) => self.step(name, a, now_ms, &mut exclude)?,
             None => self.heal(name, &live, now_ms)?,
         }
+        self.reap(name, now_ms)?;
         self.sync(name, &exclude, false)
     }
 
