@@ -236,7 +236,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::Ps { all } => {
             let rt = Runtime::new(&ctx.store, ctx.driver);
-            let (mut instances, orphans_removed) = rt.reconcile()?;
+            let (mut instances, orphans_removed) = rt.observe_all()?;
             if !all {
                 instances.retain(|r| !r.state.is_exited());
             }
@@ -296,7 +296,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                 .into());
             }
             let rt = Runtime::new(&ctx.store, ctx.driver);
-            let (instances, _) = rt.reconcile()?;
+            let (instances, _) = rt.observe_all()?;
             let mut plans = Vec::new();
             for s in chosen {
                 let (target, _) = ctx.store.resolve(&s.image).map_err(|e| match e {

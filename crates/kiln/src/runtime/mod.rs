@@ -471,7 +471,7 @@ impl<'a> Runtime<'a> {
 
     /// Observes every instance (adopting them), removes runtime containers
     /// no record knows, and returns the records plus the removed orphans.
-    pub fn reconcile(&self) -> Result<(Vec<InstanceRecord>, Vec<String>), RunError> {
+    pub fn observe_all(&self) -> Result<(Vec<InstanceRecord>, Vec<String>), RunError> {
         let mut records = self.records()?;
         for r in &mut records {
             self.observe(r)?;

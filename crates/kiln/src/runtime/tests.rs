@@ -67,7 +67,7 @@ fn setup() -> (Store, std::path::PathBuf) {
 }
 
 #[test]
-fn reconcile_adopts_known_and_removes_unknown_containers() {
+fn observe_all_adopts_known_and_removes_unknown_containers() {
     let (store, home) = setup();
     let driver = RecordingDriver::default();
     let rt = Runtime::new(&store, &driver);
@@ -79,7 +79,7 @@ fn reconcile_adopts_known_and_removes_unknown_containers() {
         cs.push(RuntimeState { id: "web-1".into(), status: RuntimeStatus::Paused, pid: 1 });
         cs.push(RuntimeState { id: "stray-9".into(), status: RuntimeStatus::Running, pid: 2 });
     }
-    let (records, orphans) = rt.reconcile().unwrap();
+    let (records, orphans) = rt.observe_all().unwrap();
     assert_eq!(orphans, vec!["stray-9"]);
     assert_eq!(records[0].state, InstanceState::Paused, "adopted with its observed state");
     assert_eq!(driver.calls(), vec!["delete stray-9 force=true"]);

@@ -225,7 +225,7 @@ impl<'a> Controller<'a> {
 
     /// Live instances of `service` (adopted through their shims).
     fn live(&self, service: &str) -> Result<Vec<InstanceRecord>, ServeError> {
-        let (all, _) = self.runtime().reconcile()?;
+        let (all, _) = self.runtime().observe_all()?;
         Ok(all.into_iter().filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested).collect())
     }
 
@@ -259,7 +259,7 @@ impl<'a> Controller<'a> {
     /// Removes the service's instances that were asked to stop and have
     /// exited; kills those still running past their grace period.
     fn reap(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        let (all, _) = self.runtime().reconcile()?;
+        let (all, _) = self.runtime().observe_all()?;
         let rt = self.runtime();
         for r in all.iter().filter(|r| r.service == name && r.stop_requested && r.release.is_some()) {
             if r.state.is_exited() {
@@ -889,7 +889,7 @@ impl<'a> Controller<'a> {
     }
 
     fn status(&self, only: Option<&str>, now_ms: u64) -> Result<serde_json::Value, ServeError> {
-        let (all, _) = self.runtime().reconcile()?;
+        let (all, _) = self.runtime().observe_all()?;
         let mut out = Vec::new();
         for (name, svc) in self.services.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
             let table = svc.sent.clone().unwrap_or_default();
