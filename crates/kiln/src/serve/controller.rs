@@ -772,6 +772,12 @@ impl<'a> Controller<'a> {
         }
     }
 
+    /// Ends the release in progress as rolled back by `actor`.
+    fn roll_back_in_progress(&mut self, name: &str, a: Active, actor: &str, now_ms: u64) -> Result<(), ServeError> {
+        let reason = format!("rolled back by {actor}");
+        self.fail(name, a, reason, None, Outcome::RolledBack, now_ms, &mut HashSet::new())
+    }
+
     fn rollback(
         &mut self,
         name: &str,
@@ -785,15 +791,7 @@ impl<'a> Controller<'a> {
         }
         if let (Some(a), Some(_)) = (st.rollout.clone(), to) {
             // Rolling back to a named release ends the one in progress first.
-            self.fail(
-                name,
-                a,
-                format!("rolled back by {actor}"),
-                None,
-                Outcome::RolledBack,
-                now_ms,
-                &mut HashSet::new(),
-            )?;
+            self.roll_back_in_progress(name, a, actor, now_ms)?;
             st = self.services[name].state.clone();
             if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) {
                 return Ok(serde_json::json!({ "service": name, "release": to, "instant": true }));
@@ -801,15 +799,7 @@ impl<'a> Controller<'a> {
         }
         if let Some(a) = st.rollout {
             let id = a.rollout.release.clone();
-            self.fail(
-                name,
-                a,
-                format!("rolled back by {actor}"),
-                None,
-                Outcome::RolledBack,
-                now_ms,
-                &mut HashSet::new(),
-            )?;
+            self.roll_back_in_progress(name, a, actor, now_ms)?;
             return Ok(
                 serde_json::json!({ "service": name, "release": st.stable.map(|s| s.id), "rolled_back": id, "instant": true }),
             );
