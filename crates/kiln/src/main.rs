@@ -558,12 +558,11 @@ fn run() -> anyhow::Result<()> {
         Cmd::Up { dir } => {
             let file = dir.join("kiln.toml");
             let service = cli_release::pick_service(&file, None)?;
-            cli_release::serve_in_background(&cli_release::default_home(cli.home.clone()), &file)?;
             let spec = kiln::spec::load(&file)?;
             let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
             let listen = spec.services.get(&service).and_then(|s| s.release.listen);
             deploy_after = Some((service, true, false));
-            up_listen = Some(listen);
+            up_listen = Some((listen, file.clone()));
             match own {
                 Some(own) => (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false),
                 None => (Command::Images, false),
@@ -746,8 +745,14 @@ fn run() -> anyhow::Result<()> {
             }
             _ => None,
         };
+        // `kiln up` starts its controller only after the bake: the
+        // controller reaps this process's exited children, and the bake's
+        // run steps wait for their own.
+        if let Some((_, file)) = &up_listen {
+            cli_release::serve_in_background(ctx.store.home(), file)?;
+        }
         let code = cli_release::deploy(ctx.store.home(), service, digest, wait, json)?;
-        if let Some(listen) = up_listen {
+        if let Some((listen, _)) = up_listen {
             if let Some(l) = listen {
                 println!("serving http://{l}/ (Ctrl-C stops kiln serve; the load balancer and instances keep running)");
             }

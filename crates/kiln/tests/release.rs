@@ -563,3 +563,21 @@ fn a_failing_smoke_check_through_the_preview_fails_the_blue_green_release_before
     assert_eq!(env.deploy().0, 0);
     assert!(env.versions(4).iter().all(|v| v == "demo-app 3.0.0"));
 }
+
+#[test]
+fn a_load_balancer_that_dies_is_started_again_from_the_last_table() {
+    let _g = serial();
+    let env = Env::new("proxy-dies", "replicas = 2\n");
+    assert_eq!(env.deploy().0, 0);
+    let pid = env.status()["proxy_pid"].as_i64().unwrap();
+    // SAFETY: a signal to the proxy this test's kiln serve started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let s = env.wait_for("another load balancer", |s| s["proxy_pid"].as_i64().is_some_and(|p| p != pid));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", env.port)).is_err() {
+        assert!(Instant::now() < deadline, "the new load balancer never listened: {s:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
+    assert!(env.serve_log().contains("is gone; starting another"));
+}

@@ -338,6 +338,14 @@ impl<'a> Controller<'a> {
 
     fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
         let mut exclude = HashSet::new();
+        if !self.services[name].dp.is_alive() {
+            // The load balancer died (killed, OOM): a new one starts from
+            // the last table on disk, and the next sync sends the current one.
+            let svc = self.services.get_mut(name).expect("known");
+            eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", svc.dp.pid);
+            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
+            svc.sent = None;
+        }
         let live = self.live(name)?;
         let st = self.services[name].state.clone();
         let known: HashSet<&str> = st

@@ -176,6 +176,11 @@ impl DataPlane {
         Ok(dp)
     }
 
+    /// Whether the proxy process still runs.
+    pub fn is_alive(&self) -> bool {
+        alive(self.pid)
+    }
+
     fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>, ServeError> {
         let fail = |detail: String| ServeError::Proxy { service: self.service.clone(), admin: self.admin, detail };
         let s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2)).map_err(|e| fail(e.to_string()))?;

@@ -209,6 +209,29 @@ fn answer(conn: impl Read, mut w: impl Write, calls: &mpsc::Sender<Call>, token:
     let _ = http::write_response(&mut w, status, body.to_string().as_bytes());
 }
 
+/// Reaps this process's exited children: the shims and proxies it started
+/// are never waited for (they outlive it), so each one that exits would
+/// stay a zombie, and a zombie still answers `kill(pid, 0)`. Only called
+/// from the controller's loop, between acts: no `Command` of that thread is
+/// waiting for its own child then, and the API threads start none.
+pub fn reap_children() {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<i32>().ok()));
+        if state == Some("Z") && ppid == Some(me) {
+            // SAFETY: waits for one exited child of this process, without blocking.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -237,6 +260,7 @@ pub fn run(
     listen(home, tx)?;
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
     loop {
+        reap_children();
         if let Err(e) = c.tick(now_ms()) {
             eprintln!("kiln serve: {e}");
         }
