@@ -9,8 +9,10 @@
 //! - error rate: the canary's may exceed stable's by `max_error_rate`
 //!   (absolute); it fails when it exceeds it by more and a one-sided
 //!   two-proportion z-test agrees at `confidence`;
-//! - latency: the canary's p99 may be `max_p99_ratio` times stable's; it
-//!   fails when it is more and the canary is significantly slower at
+//! - latency: the canary's p99 (interpolated in its histogram bucket) may
+//!   be `max_p99_ratio` times stable's, or up to `min_p99_increase_ms`
+//!   above it; it fails when it is more than both and the canary is
+//!   significantly slower, with at least a medium effect, at
 //!   `confidence` by either of two one-sided tests (Bonferroni-corrected):
 //!   a Mann-Whitney U test over the two latency histograms (ties within a
 //!   bucket corrected; Kayenta's judge uses the same rank test), which sees
@@ -116,9 +118,14 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
     });
 
     if let Some(s) = stable {
-        let (c99, s99) = (ms(canary.p99_us), ms(s.p99_us));
+        let (c99, s99) = (quantile_ms(&canary.histogram, 0.99), quantile_ms(&s.histogram, 0.99));
         let limit = s99 * spec.max_p99_ratio;
-        let body = mann_whitney_greater(&canary.histogram, &s.histogram);
+        // With thousands of requests a rank test finds even a shift no one
+        // would notice significant; the body counts only with at least a
+        // medium effect (Vargha-Delaney A >= 0.64: a random canary request
+        // is slower than a random stable one nearly two times in three).
+        let (body_p, effect) = mann_whitney(&canary.histogram, &s.histogram);
+        let body = if effect >= MIN_EFFECT { body_p } else { 1.0 };
         let tail = tail_greater(&canary.histogram, &s.histogram, s.p99_us);
         let p = (2.0 * body.min(tail)).min(1.0);
         metrics.push(Metric {
@@ -128,7 +135,7 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
             limit,
             test: "Mann-Whitney U over latency buckets, and the share above stable's p99 (Bonferroni)".into(),
             p_value: Some(p),
-            passed: !(c99 > limit && p < alpha),
+            passed: !(c99 > limit && c99 - s99 > spec.min_p99_increase_ms && p < alpha),
         });
     }
 
@@ -149,24 +156,49 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
     }
 }
 
-/// A bucket's upper bound in milliseconds; the overflow bucket counts as
-/// twice the last bound.
-fn ms(us: u64) -> f64 {
-    if us == u64::MAX {
-        (BUCKETS_US[BUCKETS_US.len() - 1] * 2) as f64 / 1000.0
-    } else {
-        us as f64 / 1000.0
+/// The smallest Vargha-Delaney A (probability that a canary request is
+/// slower than a stable one, ties halved) that lets the rank test fail a
+/// canary.
+const MIN_EFFECT: f64 = 0.64;
+
+/// The `q` quantile of a latency histogram in milliseconds, interpolated
+/// linearly inside its bucket (as Prometheus' `histogram_quantile` does), so
+/// that a shift across one bucket bound does not read as a 2.5x jump. The
+/// overflow bucket ends at twice the last bound.
+pub fn quantile_ms(hist: &[u64], q: f64) -> f64 {
+    let n: u64 = hist.iter().sum();
+    if n == 0 {
+        return 0.0;
     }
+    let rank = q * n as f64;
+    let mut below = 0u64;
+    for (i, &c) in hist.iter().enumerate() {
+        if c > 0 && (below + c) as f64 >= rank {
+            let lo = if i == 0 { 0 } else { BUCKETS_US[i - 1] };
+            let hi = BUCKETS_US.get(i).copied().unwrap_or(BUCKETS_US[BUCKETS_US.len() - 1] * 2);
+            let frac = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
+            return (lo as f64 + (hi - lo) as f64 * frac) / 1000.0;
+        }
+        below += c;
+    }
+    (BUCKETS_US[BUCKETS_US.len() - 1] * 2) as f64 / 1000.0
 }
 
 /// One-sided p-value that samples drawn from `a`'s histogram tend to be
 /// larger than `b`'s (normal approximation with tie and continuity
 /// corrections). 1.0 when there is no evidence either way.
 pub fn mann_whitney_greater(a: &[u64], b: &[u64]) -> f64 {
+    mann_whitney(a, b).0
+}
+
+/// The one-sided p-value of [`mann_whitney_greater`] and the effect size
+/// A = U / (n1 n2): the probability that a sample of `a` is larger than one
+/// of `b`, ties counted half (0.5 when neither tends to be larger).
+pub fn mann_whitney(a: &[u64], b: &[u64]) -> (f64, f64) {
     let n1: f64 = a.iter().sum::<u64>() as f64;
     let n2: f64 = b.iter().sum::<u64>() as f64;
     if n1 == 0.0 || n2 == 0.0 {
-        return 1.0;
+        return (1.0, 0.5);
     }
     // U counts the pairs (x from a, y from b) with x > y, ties as halves.
     let mut below = 0.0;
@@ -180,12 +212,13 @@ pub fn mann_whitney_greater(a: &[u64], b: &[u64]) -> f64 {
         ties += t * t * t - t;
     }
     let n = n1 + n2;
+    let effect = u / (n1 * n2);
     let var = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
     if var <= 0.0 {
-        return 1.0;
+        return (1.0, effect);
     }
     let z = (u - n1 * n2 / 2.0 - 0.5) / var.sqrt();
-    1.0 - normal_cdf(z)
+    (1.0 - normal_cdf(z), effect)
 }
 
 /// One-sided p-value that a larger share of `a` than of `b` lies above
@@ -304,8 +337,8 @@ mod tests {
     #[test]
     fn a_three_times_slower_canary_fails_on_latency_though_it_never_errs() {
         let spec = AnalysisSpec::default();
-        // Stable around 0.25-1 ms, the canary around 1-2.5 ms.
-        let slow = &[(3, 0.7), (4, 0.3)];
+        // Stable around 0.25-1 ms, the canary around 2.5-10 ms.
+        let slow = &[(5, 0.7), (6, 0.3)];
         let v = judge(&spec, &window(300, 0, slow), Some(&window(3000, 0, FAST)));
         assert_eq!(v.outcome, Outcome::Fail, "{v:#?}");
         let l = &v.metrics[1];
@@ -349,6 +382,33 @@ mod tests {
         let v = judge(&spec, &window(100, 5, FAST), Some(&window(10, 0, FAST)));
         assert_eq!(v.outcome, Outcome::Fail, "a stable sample under min_requests is none");
         assert_eq!(v.metrics[0].stable, None);
+    }
+
+    #[test]
+    fn a_small_shift_across_a_bucket_bound_with_many_requests_passes() {
+        // What a cold new instance on a busy host looks like: most requests
+        // a little slower, the p99 just over a bucket bound. A rank test on
+        // thousands of requests calls it significant; it is not a regression.
+        let spec = AnalysisSpec::default();
+        let stable = window(18_000, 0, &[(2, 0.55), (3, 0.445), (4, 0.005)]);
+        let canary = window(4_600, 0, &[(2, 0.45), (3, 0.535), (4, 0.015)]);
+        let v = judge(&spec, &canary, Some(&stable));
+        let l = &v.metrics[1];
+        assert!(l.canary < 2.0 && l.canary - l.stable.unwrap() < 1.0, "interpolated, the p99s are close: {l:?}");
+        assert_eq!(v.outcome, Outcome::Pass, "{v:#?}");
+        let (p, effect) = mann_whitney(&canary.histogram, &stable.histogram);
+        assert!(p < 0.001 && effect < MIN_EFFECT, "significant but small: p {p}, A {effect}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let mut h = [0u64; NB];
+        h[3] = 100; // 0.5 ms - 1 ms
+        assert!((quantile_ms(&h, 0.5) - 0.75).abs() < 1e-9);
+        assert!((quantile_ms(&h, 0.99) - 0.995).abs() < 1e-9);
+        assert_eq!(quantile_ms(&[0; NB], 0.99), 0.0);
+        h[NB - 1] = 100;
+        assert!(quantile_ms(&h, 0.99) > 10_000.0, "the overflow bucket");
     }
 
     #[test]

@@ -133,6 +133,10 @@ pub struct AnalysisSpec {
     /// How far the canary's p99 may exceed stable's (a ratio) before it
     /// fails, when a rank test says the canary is slower.
     pub max_p99_ratio: f64,
+    /// A p99 that rose by less than this (milliseconds) never fails a
+    /// canary, whatever the ratio: on loopback a fresh instance on a busy
+    /// host is a fraction of a millisecond slower, which no user notices.
+    pub min_p99_increase_ms: f64,
     /// Confidence the significance tests need (0.5–0.9999).
     pub confidence: f64,
     /// Inconclusive steps waited out (one more interval each) before the
@@ -146,6 +150,7 @@ impl Default for AnalysisSpec {
             min_requests: 50,
             max_error_rate: 0.01,
             max_p99_ratio: 1.5,
+            min_p99_increase_ms: 2.0,
             confidence: 0.95,
             inconclusive_limit: 3,
         }
@@ -233,6 +238,7 @@ struct RawAnalysis {
     min_requests: Option<Spanned<i64>>,
     max_error_rate: Option<Spanned<f64>>,
     max_p99_ratio: Option<Spanned<f64>>,
+    min_p99_increase_ms: Option<Spanned<f64>>,
     confidence: Option<Spanned<f64>>,
     inconclusive_limit: Option<Spanned<i64>>,
 }
@@ -497,6 +503,12 @@ fn validate_canary(c: Option<RawCanary>) -> Result<CanarySpec, FieldError> {
                     "canary.analysis.max_p99_ratio",
                     d.max_p99_ratio,
                     (1.0, 1000.0),
+                )?,
+                min_p99_increase_ms: probability(
+                    &a.min_p99_increase_ms,
+                    "canary.analysis.min_p99_increase_ms",
+                    d.min_p99_increase_ms,
+                    (0.0, 60_000.0),
                 )?,
                 confidence: probability(&a.confidence, "canary.analysis.confidence", d.confidence, (0.5, 0.9999))?,
                 inconclusive_limit: count(&a.inconclusive_limit, "canary.analysis.inconclusive_limit", 3, 0)?,
