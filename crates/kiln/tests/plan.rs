@@ -8,14 +8,8 @@ use std::path::Path;
 
 use common::{json, kiln_err, kiln_ok, tempdir};
 
-const FILE: &str = r#"
-[image.web]
-from = "scratch"
-version = "VERSION"
-copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
-entrypoint = ["/demo-app"]
-user = "65534:65534"
-
+/// Follows the demo image (eight lines): `[service.web]` is line 10.
+const SERVICES: &str = r#"
 [service.web]
 image = "web"
 env = { HOST = "127.0.0.1" }
@@ -31,7 +25,7 @@ strategy = "recreate"
 "#;
 
 fn write(dir: &Path, version: &str) {
-    fs::write(dir.join("kiln.toml"), FILE.replace("VERSION", version)).unwrap();
+    fs::write(dir.join("kiln.toml"), format!("{}{SERVICES}", common::demo_image(version, ""))).unwrap();
 }
 
 #[test]
@@ -43,7 +37,7 @@ fn plan_shows_the_steps_from_what_runs_and_changes_nothing() {
     write(&dir, "1.0.0");
 
     let e = kiln_err(&home, &dir, &["plan"]);
-    assert!(e.contains("kiln.toml:19: service.legacy.image: [image.web] has not been baked yet"), "{e}");
+    assert!(e.contains("kiln.toml:20: service.legacy.image: [image.web] has not been baked yet"), "{e}");
     let e = kiln_err(&home, &dir, &["plan", "nosuch"]);
     assert!(e.contains("service.nosuch: no such service (the file defines: legacy, web)"), "{e}");
 

@@ -16,16 +16,6 @@ use common::{free_port, json, kiln_bin, load, tempdir, Conn};
 /// Releases use real instances and timing windows: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const IMAGE: &str = r#"
-[image.web]
-from = "scratch"
-version = "@V@"
-copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
-entrypoint = ["/demo-app"]
-env = { DEMO_VERSION = "@V@"@EXTRA@ }
-user = "65534:65534"
-"#;
-
 struct Env {
     dir: PathBuf,
     home: PathBuf,
@@ -77,7 +67,7 @@ impl Env {
     }
 
     fn version(&self, v: &str, extra_env: &str) {
-        let image = IMAGE.replace("@V@", v).replace("@EXTRA@", extra_env);
+        let image = common::demo_image(v, extra_env);
         fs::write(self.dir.join("kiln.toml"), format!("{image}\n{}", self.service)).unwrap();
     }
 

@@ -225,3 +225,15 @@ pub fn load(
         .collect();
     (handles, ok, bad)
 }
+
+/// `[image.web]`: the demo app alone in a scratch image at `version`
+/// (also its `DEMO_VERSION`), with `extra_env` (`, KEY = "value"` pairs)
+/// added to its env. Starts with a blank line; eight lines in all.
+pub fn demo_image(version: &str, extra_env: &str) -> String {
+    format!(
+        "\n[image.web]\nfrom = \"scratch\"\nversion = \"{version}\"\n\
+         copy = [{{ src = \"demo-app\", dest = \"/demo-app\", mode = \"0755\" }}]\n\
+         entrypoint = [\"/demo-app\"]\nenv = {{ DEMO_VERSION = \"{version}\"{extra_env} }}\n\
+         user = \"65534:65534\"\n"
+    )
+}
