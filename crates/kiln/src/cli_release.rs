@@ -367,6 +367,15 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
                 )
             }
             Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
+            Event::Replacing { instance, cause, detail } => format!("replacing {instance} ({}): {detail}", cause.name()),
+            Event::Replaced { instance, replacement, took_ms } => {
+                format!("replaced {instance} by {replacement}, serving after {took_ms} ms")
+            }
+            Event::CrashLoop { failures, backoff_ms } => {
+                format!("crash loop: {failures} failures in a row; next start in {} ms", backoff_ms)
+            }
+            Event::Quarantined { instance, reason, actor } => format!("quarantined {instance} by {actor}: {reason}"),
+            Event::Unquarantined { instance, actor } => format!("destroyed quarantined {instance} ({actor})"),
         };
         println!("{:>4}  {time}  {who:<28}  {what}", e.seq);
     }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher};
 use crate::release::analysis::Verdict;
+use crate::heal::Cause;
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -60,6 +61,17 @@ pub enum Event {
     Verdict { step: u32, verdict: Verdict },
     /// The release ended.
     Finished { outcome: Outcome, reason: String },
+    /// An instance of the release failed (or is recycled) and leaves;
+    /// a replacement from the same digest follows.
+    Replacing { instance: String, cause: Cause, detail: String },
+    /// A replacement serves, `took_ms` after the failure.
+    Replaced { instance: String, replacement: String, took_ms: u64 },
+    /// Instances keep failing: replacements back off.
+    CrashLoop { failures: u32, backoff_ms: u64 },
+    /// An instance was frozen for a post-mortem.
+    Quarantined { instance: String, reason: String, actor: String },
+    /// A quarantined instance was destroyed (released or expired).
+    Unquarantined { instance: String, actor: String },
 }
 
 impl Event {
@@ -69,6 +81,11 @@ impl Event {
             Event::Step { .. } => "step",
             Event::Verdict { .. } => "verdict",
             Event::Finished { .. } => "finished",
+            Event::Replacing { .. } => "replacing",
+            Event::Replaced { .. } => "replaced",
+            Event::CrashLoop { .. } => "crash_loop",
+            Event::Quarantined { .. } => "quarantined",
+            Event::Unquarantined { .. } => "unquarantined",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod bake;
 pub mod command;
 pub mod digest;
 pub mod git;
+pub mod heal;
 pub mod history;
 pub mod layer;
 pub mod oci;

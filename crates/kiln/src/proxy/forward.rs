@@ -414,7 +414,9 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
                 p.passive(backend, true, failure == Failure::Connect);
                 let safe = match failure {
                     Failure::Connect => !body_sent,
-                    Failure::BeforeResponse => !body_sent && info.idempotent,
+                    // A drain cut a request still awaiting its response head
+                    // (a hung backend): nothing reached the client yet.
+                    Failure::BeforeResponse | Failure::Cut => !body_sent && info.idempotent,
                     _ => false,
                 };
                 if safe && attempt < p.config.retries && p.retry_budget.withdraw() {

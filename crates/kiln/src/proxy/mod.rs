@@ -459,20 +459,25 @@ impl Proxy {
         }
     }
 
-    /// Active health checks, forever: every interval, each backend of the
-    /// current table is asked `GET path`; thresholds flip its state.
+    /// Active health checks, forever. A healthy backend is asked `GET
+    /// path` every interval; one that is new, failing or unhealthy every
+    /// [`QUICK_CHECK`] (at most the interval), so a replacement joins, and
+    /// a hung backend leaves, within a fraction of a second rather than
+    /// whole intervals. Thresholds flip its state.
     pub async fn health_loop(self: Arc<Self>) {
         let Some(h) = self.config.health.clone() else { return };
+        let quick = h.interval.min(QUICK_CHECK);
         loop {
             let table = self.table.load_full();
-            let mut seen = std::collections::HashSet::new();
+            let now = self.now_ms();
             for (_, b) in table.backends() {
-                if !seen.insert(b.addr) {
+                if now < b.next_check_ms.load(Ordering::Relaxed) || b.checking.swap(true, Ordering::Relaxed) {
                     continue;
                 }
-                let (b, h) = (b.clone(), h.clone());
+                let (b, h, p) = (b.clone(), h.clone(), self.clone());
                 tokio::spawn(async move {
-                    if forward::probe(b.addr, &h.path, h.timeout).await {
+                    let ok = forward::probe(b.addr, &h.path, h.timeout).await;
+                    if ok {
                         b.health_fail.store(0, Ordering::Relaxed);
                         if b.health_ok.fetch_add(1, Ordering::Relaxed) + 1 >= h.healthy_threshold {
                             b.healthy.store(true, Ordering::Relaxed);
@@ -483,12 +488,21 @@ impl Proxy {
                             b.healthy.store(false, Ordering::Relaxed);
                         }
                     }
+                    let steady = ok && b.healthy.load(Ordering::Relaxed);
+                    let next = p.now_ms() + if steady { h.interval } else { quick }.as_millis() as u64;
+                    b.next_check_ms.store(next, Ordering::Relaxed);
+                    b.checking.store(false, Ordering::Relaxed);
                 });
             }
-            tokio::time::sleep(h.interval).await;
+            tokio::time::sleep(HEALTH_TICK).await;
         }
     }
 }
+
+/// How often the health loop looks for checks that are due.
+const HEALTH_TICK: Duration = Duration::from_millis(25);
+/// The check interval of a backend that is not (or no longer) healthy.
+pub const QUICK_CHECK: Duration = Duration::from_millis(100);
 
 /// How often each worker closes idle connections to draining backends.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);

@@ -42,6 +42,10 @@ pub struct Backend {
     /// Consecutive active-check results, for the thresholds.
     pub health_ok: AtomicU32,
     pub health_fail: AtomicU32,
+    /// When the next active check is due (ms on the proxy's clock), and
+    /// whether one is running.
+    pub next_check_ms: AtomicU64,
+    pub checking: AtomicBool,
     pub requests: AtomicU64,
     /// Requests that failed here and were retried on another backend.
     pub retried: AtomicU64,
@@ -73,6 +77,8 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             health_ok: AtomicU32::new(0),
             health_fail: AtomicU32::new(0),
+            next_check_ms: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             ejections: AtomicU64::new(0),

@@ -51,6 +51,10 @@ pub struct Observed {
     pub new_healthy: u32,
     /// Live instances of the release being replaced.
     pub old_live: u32,
+    /// Instances of the new release that failed by themselves (exited
+    /// unasked) since it began, and the last one's exit.
+    pub new_failures: u32,
+    pub last_failure: Option<String>,
     /// The load balancer's windows for the step's analysis, when asked for.
     pub canary: Option<WindowStats>,
     pub stable: Option<WindowStats>,
@@ -109,6 +113,17 @@ pub fn decide(r: &Rollout, spec: &ReleaseSpec, obs: &Observed, old_at_start: u32
                 "step {} made no progress for {} ms (progress_deadline)",
                 r.index + 1,
                 spec.progress_deadline_ms
+            ),
+            verdict: None,
+        };
+    }
+    if obs.new_failures >= spec.heal.crash_loop {
+        return Action::Fail {
+            reason: format!(
+                "crash loop: {} instances of the new release failed (heal.crash_loop = {}); last: {}",
+                obs.new_failures,
+                spec.heal.crash_loop,
+                obs.last_failure.as_deref().unwrap_or("exited")
             ),
             verdict: None,
         };
@@ -301,6 +316,7 @@ mod tests {
             old_live: 1,
             canary: Some(window(200, 40)),
             stable: Some(window(200, 0)),
+            ..Observed::default()
         };
         let a = decide(&r, &s, &obs, 1, 30_000);
         assert!(matches!(&a, Action::Fail { verdict: Some(v), .. } if v.outcome == Outcome::Fail), "{a:?}");
@@ -367,5 +383,17 @@ mod tests {
         r.index = r.steps.iter().position(|s| matches!(s, Step::Pause { .. })).unwrap();
         r.paused = Some("paused".into());
         assert_eq!(decide(&r, &s, &obs, 1, 600_000), Action::Wait);
+    }
+
+    #[test]
+    fn a_crash_loop_of_the_new_release_fails_it_whatever_the_step() {
+        let s = spec("strategy = \"canary\"\n[service.web.heal]\ncrash_loop = 2\n");
+        let r = rollout(&s, 2);
+        let mut obs = Observed { old_live: 2, new_failures: 1, ..Observed::default() };
+        assert_eq!(decide(&r, &s, &obs, 2, 0), Action::EnsureNew { count: 1 }, "one failure: start again");
+        obs.new_failures = 2;
+        obs.last_failure = Some("web-1a2b exited with code 3".into());
+        let Action::Fail { reason, verdict: None } = decide(&r, &s, &obs, 2, 0) else { panic!() };
+        assert!(reason.starts_with("crash loop: 2 instances") && reason.ends_with("code 3"), "{reason}");
     }
 }

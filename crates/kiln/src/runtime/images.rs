@@ -104,6 +104,28 @@ pub fn prepare(store: &Store, digest: &Digest) -> Result<Prepared, CacheError> {
     Ok(Prepared { digest: digest.clone(), manifest, config, rootfs })
 }
 
+/// Checks an unpacked image's tree against its listing again (drift of a
+/// running instance's root); `Err` names the first difference.
+pub fn verify_cache(store: &Store, digest: &Digest) -> Result<(), CacheError> {
+    let dir = store.home().join("images").join(digest.hex());
+    let tampered = |message: String| CacheError::Tampered { dir: dir.clone(), message };
+    let listing_path = dir.join("listing.json");
+    let bytes = fs::read(&listing_path).map_err(|e| tampered(format!("listing.json: {e}")))?;
+    let listing: Listing = serde_json::from_slice(&bytes).map_err(|e| tampered(format!("listing.json: {e}")))?;
+    verify_tree(&dir.join("rootfs"), &listing).map_err(tampered)
+}
+
+/// Moves a tampered cache aside (`<hex>.tampered-<ms>`, kept for a
+/// post-mortem) so that the next start unpacks the image afresh. The
+/// instances still running from it keep their mount.
+pub fn set_aside(store: &Store, digest: &Digest, now_ms: u64) -> Result<PathBuf, CacheError> {
+    let images = store.home().join("images");
+    let dir = images.join(digest.hex());
+    let aside = images.join(format!("{}.tampered-{now_ms}", digest.hex()));
+    fs::rename(&dir, &aside).map_err(io_err(&dir))?;
+    Ok(aside)
+}
+
 fn unpack_image(store: &Store, digest: &Digest, m: &Manifest, c: &ImageConfig, dir: &Path) -> Result<(), CacheError> {
     let tmp = dir.join("rootfs.partial");
     let _ = fs::remove_dir_all(&tmp);

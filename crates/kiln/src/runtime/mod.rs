@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod driver;
 pub mod images;
 pub mod logs;
+pub mod postmortem;
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -128,6 +129,13 @@ pub struct InstanceRecord {
     pub state: InstanceState,
     #[serde(default)]
     pub stop_requested: bool,
+    /// Unix milliseconds when it started running (0 in older records).
+    #[serde(default)]
+    pub started_ms: i64,
+    /// The sha256 of the runtime config kiln generated for it, to find
+    /// drift (`None` in older records).
+    #[serde(default)]
+    pub config_digest: Option<String>,
 }
 
 /// Written by the shim once the container has started.
@@ -144,6 +152,9 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub at: i64,
+    /// Unix milliseconds (records from before it have `at` only).
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 /// A request to start one instance.
@@ -269,6 +280,34 @@ impl Launcher for ShimLauncher {
         drop(cmd);
         Ok(Box::new(report))
     }
+}
+
+/// File systems an instance may have read-write besides its volumes: its
+/// tmpfs mounts and the kernel's own.
+const EPHEMERAL_FS: &[&str] = &["tmpfs", "devpts", "mqueue", "proc", "sysfs", "cgroup", "cgroup2"];
+
+/// What an instance's mount table (`/proc/PID/mountinfo`, as the
+/// instance sees it) shows that kiln did not set up: a writable root, or
+/// a writable mount of a real file system outside `volumes`. Pure.
+pub fn mount_drift(mountinfo: &str, volumes: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        // id parent dev root mountpoint options [optional...] - fstype source super
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else { continue };
+        let (Some(point), Some(opts), Some(fstype)) = (f.get(4), f.get(5), f.get(dash + 1)) else { continue };
+        let rw = opts.split(',').any(|o| o == "rw");
+        if *point == "/" {
+            if rw {
+                out.push("the root file system is mounted read-write".to_owned());
+            }
+            continue;
+        }
+        if rw && !EPHEMERAL_FS.contains(fstype) && !volumes.contains(point) {
+            out.push(format!("{point} is mounted read-write ({fstype}) and is not a declared volume"));
+        }
+    }
+    out
 }
 
 /// Decides an instance's state from what was observed. Pure.
@@ -401,7 +440,45 @@ impl<'a> Runtime<'a> {
         write_json_atomic(&path, r, 0o644).map_err(io_err(&path))
     }
 
-    fn exit_info(&self, id: &InstanceId) -> Option<ExitInfo> {
+    /// The container's init process, as the shim recorded it.
+    pub fn container_pid(&self, id: &InstanceId) -> Option<i32> {
+        let bytes = fs::read(self.instance_dir(id).join("shim.json")).ok()?;
+        serde_json::from_slice::<ShimStarted>(&bytes).ok().map(|s| s.container_pid)
+    }
+
+    /// What differs between a running instance and what kiln started
+    /// (drift); empty when nothing does. Three checks: the image cache it
+    /// runs from still matches its digest's listing; the runtime config in
+    /// its bundle is the one kiln generated; its root is still read-only
+    /// and nothing is writable outside its volumes and tmpfs mounts.
+    pub fn drift(&self, r: &InstanceRecord) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = images::verify_cache(self.store, &r.image) {
+            out.push(format!("image cache: {e}"));
+        }
+        if let Some(want) = &r.config_digest {
+            let path = self.bundle_dir(&r.id).join("config.json");
+            match fs::read(&path) {
+                Ok(b) if Digest::of(&b).to_string() == *want => {}
+                Ok(b) => out.push(format!(
+                    "runtime config {}: now {}, kiln generated {want}",
+                    path.display(),
+                    Digest::of(&b)
+                )),
+                Err(e) => out.push(format!("runtime config {}: {e}", path.display())),
+            }
+        }
+        if let Some(pid) = self.container_pid(&r.id) {
+            if let Ok(info) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+                let volumes: Vec<&str> = r.volumes.iter().map(|(_, d)| d.as_str()).collect();
+                out.extend(mount_drift(&info, &volumes));
+            }
+        }
+        out
+    }
+
+    /// The shim's record of how and when the container exited.
+    pub fn exit_info(&self, id: &InstanceId) -> Option<ExitInfo> {
         serde_json::from_slice(&fs::read(self.instance_dir(id).join("exit.json")).ok()?).ok()
     }
 
@@ -575,6 +652,8 @@ impl<'a> Runtime<'a> {
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;
         fs::set_permissions(&bdir, fs::Permissions::from_mode(0o700)).map_err(io_err(&bdir))?;
         write_json_atomic(&bdir.join("config.json"), &config, 0o600).map_err(io_err(&bdir))?;
+        let config_digest = fs::read(bdir.join("config.json")).map_err(io_err(&bdir))?;
+        let config_digest = Some(Digest::of(&config_digest).to_string());
 
         let idir = self.instance_dir(&id);
         fs::create_dir_all(&idir).map_err(io_err(&idir))?;
@@ -599,6 +678,8 @@ impl<'a> Runtime<'a> {
             limits: req.limits,
             state: InstanceState::Created,
             stop_requested: false,
+            started_ms: 0,
+            config_digest,
         };
         self.save(&record)?;
         record.state = InstanceState::Starting;
@@ -624,6 +705,7 @@ impl<'a> Runtime<'a> {
             return Err(RunError::StartFailed { id, message: msg });
         }
         record.state = InstanceState::Running;
+        record.started_ms = now_ms();
         self.save(&record)?;
         Ok(record)
     }
@@ -887,6 +969,7 @@ fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunErr
         code: (status >= 0 && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status)),
         signal: (status >= 0 && libc::WIFSIGNALED(status)).then(|| libc::WTERMSIG(status)),
         at: now_ms() / 1000,
+        at_ms: now_ms(),
     };
     write_json_atomic(&idir.join("exit.json"), &exit, 0o644).map_err(io_err(&idir))?;
     let _ = driver.delete(id.as_str(), true);

@@ -19,12 +19,12 @@ fn decide_state_covers_the_lifecycle() {
     assert_eq!(decide_state(&run, true, None, Some(R::Running), false), InstanceState::Stopping);
     assert_eq!(decide_state(&run, false, None, Some(R::Paused), false), InstanceState::Paused);
     assert_eq!(decide_state(&InstanceState::Starting, false, None, None, false), InstanceState::Starting);
-    let e = ExitInfo { code: Some(3), signal: None, at: 0 };
+    let e = ExitInfo { code: Some(3), signal: None, at: 0, at_ms: 0 };
     assert_eq!(
         decide_state(&run, false, Some(&e), None, false),
         InstanceState::Exited { code: Some(3), signal: None, reason: "exited with code 3".into() }
     );
-    let k = ExitInfo { code: None, signal: Some(9), at: 0 };
+    let k = ExitInfo { code: None, signal: Some(9), at: 0, at_ms: 0 };
     assert_eq!(
         decide_state(&run, true, Some(&k), Some(R::Stopped), false),
         InstanceState::Exited { code: None, signal: Some(9), reason: "stopped (signal 9)".into() }
@@ -58,6 +58,8 @@ fn record(id: &str) -> InstanceRecord {
         limits: Limits::default(),
         state: InstanceState::Running,
         stop_requested: false,
+        started_ms: 0,
+        config_digest: None,
     }
 }
 
@@ -172,4 +174,23 @@ fn a_missing_secret_fails_before_anything_is_created() {
     assert!(!home.join("instances").exists() || fs::read_dir(home.join("instances")).unwrap().count() == 0);
     assert!(driver.calls().is_empty());
     fs::remove_dir_all(home).unwrap();
+}
+
+#[test]
+fn mount_drift_finds_a_writable_root_and_writable_mounts_outside_the_volumes() {
+    let good = "\
+22 1 0:50 / / ro,relatime - overlay overlay rw
+23 22 0:51 / /proc rw,nosuid - proc proc rw
+24 22 0:52 / /tmp rw,nosuid - tmpfs tmpfs rw
+25 22 8:1 /var/lib/kiln/volumes/web/data /data rw,relatime - ext4 /dev/sda1 rw
+26 22 8:1 /run/kiln/x/secrets/db /run/secrets/db ro,relatime - tmpfs tmpfs rw
+";
+    assert_eq!(super::mount_drift(good, &["/data"]), Vec::<String>::new());
+    let bad = good.replace("/ / ro,relatime", "/ / rw,relatime")
+        + "27 22 8:1 /etc /etc rw,relatime - ext4 /dev/sda1 rw\n";
+    let d = super::mount_drift(&bad, &["/data"]);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].contains("root") && d[1].starts_with("/etc is mounted read-write (ext4)"), "{d:?}");
+    // A volume that is not declared is drift too.
+    assert_eq!(super::mount_drift(good, &[]).len(), 1);
 }

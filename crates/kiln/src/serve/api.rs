@@ -91,6 +91,7 @@ pub fn status_of(e: &ServeError) -> u16 {
         ServeError::UnknownService(_)
         | ServeError::NoRoute(_)
         | ServeError::UnknownImage { .. }
+        | ServeError::UnknownInstance(_)
         | ServeError::UnknownRelease { .. } => 404,
         ServeError::MethodNotAllowed(_) => 405,
         ServeError::Unauthorized { .. } => 401,

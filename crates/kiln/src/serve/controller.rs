@@ -10,22 +10,27 @@
 //! abandoned) are drained and removed. This module must never decide a
 //! release's next step itself.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::dataplane::DataPlane;
+use super::prober::{self, Prober};
 use super::{api::Request, ServeError};
 use crate::digest::Digest;
+use crate::heal::{self, Cause, HealAction, HealState, Seen};
 use crate::history::{Event, History, Outcome};
 use crate::proxy::ReleaseSpec as TableEntry;
 use crate::release::plan::{self, Current, Step};
 use crate::release::rollout::{self, Action, Observed, Rollout};
 use crate::runtime::driver::Driver;
-use crate::runtime::{InstanceRecord, Launcher, RunRequest, Runtime};
+use crate::runtime::{InstanceRecord, InstanceState, Launcher, RunRequest, Runtime};
 use crate::spec::{self, BlueGreenSpec, ServiceSpec, SmokeCheck, Strategy};
 use crate::store::Store;
 
@@ -46,6 +51,24 @@ pub struct ServiceState {
     pub rollout: Option<Active>,
     /// The last release that ended: id, outcome, reason.
     pub last: Option<(String, Outcome, String)>,
+    /// Replacements under way and the crash count of the stable release.
+    #[serde(default)]
+    pub heal: HealState,
+    /// Frozen instances kept for a post-mortem, by id.
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, Quarantine>,
+}
+
+/// Why and until when an instance is kept frozen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub release: String,
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: u64,
+    pub until_ms: u64,
+    /// Where its logs, tmpfs and volume contents were copied.
+    pub dir: PathBuf,
 }
 
 /// A rollout and the old release's size when it began.
@@ -53,6 +76,11 @@ pub struct ServiceState {
 pub struct Active {
     pub rollout: Rollout,
     pub old_at_start: u32,
+    /// New instances that failed by themselves, and the last one's exit.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 struct Svc {
@@ -83,11 +111,20 @@ fn crash_point(name: &str) {
     }
 }
 
-/// Health of one new instance, as the controller probes it.
-#[derive(Debug, Default, Clone, Copy)]
-struct Probe {
-    last_ms: u64,
-    passes: u32,
+/// What happens to an instance once its drain at the load balancer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Stop,
+    Pause,
+}
+
+/// An instance being drained (in a background thread, so that a long
+/// drain never holds up the loop).
+#[derive(Debug)]
+struct Retiring {
+    service: String,
+    done: Arc<AtomicBool>,
+    then: Then,
 }
 
 /// The controller: services, their load balancers, state and history.
@@ -99,10 +136,18 @@ pub struct Controller<'a> {
     launcher: &'a dyn Launcher,
     history: History,
     services: BTreeMap<String, Svc>,
-    probes: HashMap<String, Probe>,
+    prober: Prober,
     /// When the controller first saw each stopping instance (for SIGKILL
     /// after its grace period).
     stopping: HashMap<String, u64>,
+    retiring: HashMap<String, Retiring>,
+    /// Instances `kiln chaos` killed (their exits are not failures).
+    chaos: HashSet<String>,
+    /// The last drift found per instance, and when each service is checked next.
+    drift: HashMap<String, Vec<String>>,
+    next_drift_ms: HashMap<String, u64>,
+    /// Instances as observed this tick (cleared by every act on them).
+    observed: RefCell<Option<Vec<InstanceRecord>>>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -113,18 +158,6 @@ impl std::fmt::Debug for Controller<'_> {
 
 fn addr(r: &InstanceRecord) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], r.port))
-}
-
-/// `GET path` (or a bare connect) against an instance.
-fn probe(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-    let Some(path) = path else { return true };
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.set_write_timeout(Some(timeout));
-    match super::http::exchange(&mut s, "GET", path, b"") {
-        Ok(r) => (200..400).contains(&r.status),
-        Err(_) => false,
-    }
 }
 
 /// One smoke check against one instance; `Err` says what was wrong.
@@ -164,8 +197,13 @@ impl<'a> Controller<'a> {
             launcher,
             history,
             services: BTreeMap::new(),
-            probes: HashMap::new(),
+            prober: Prober::default(),
             stopping: HashMap::new(),
+            retiring: HashMap::new(),
+            chaos: HashSet::new(),
+            drift: HashMap::new(),
+            next_drift_ms: HashMap::new(),
+            observed: RefCell::new(None),
         };
         c.load_services()?;
         Ok(c)
@@ -223,10 +261,31 @@ impl<'a> Controller<'a> {
         Runtime::new(self.store, self.driver)
     }
 
-    /// Live instances of `service` (adopted through their shims).
-    fn live(&self, service: &str) -> Result<Vec<InstanceRecord>, ServeError> {
+    /// Every instance, observed once per tick (adopted through their shims).
+    fn all(&self) -> Result<Vec<InstanceRecord>, ServeError> {
+        if let Some(all) = self.observed.borrow().as_ref() {
+            return Ok(all.clone());
+        }
         let (all, _) = self.runtime().observe_all()?;
-        Ok(all.into_iter().filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested).collect())
+        *self.observed.borrow_mut() = Some(all.clone());
+        Ok(all)
+    }
+
+    /// After an act on instances, the next question observes again.
+    fn changed(&self) {
+        *self.observed.borrow_mut() = None;
+    }
+
+    /// Live instances of `service`: not exited, not asked to stop, not
+    /// quarantined.
+    fn live(&self, service: &str) -> Result<Vec<InstanceRecord>, ServeError> {
+        let q = &self.services[service].state.quarantined;
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested)
+            .filter(|r| !q.contains_key(r.id.as_str()))
+            .collect())
     }
 
     /// Starts one instance of `release`.
@@ -238,33 +297,62 @@ impl<'a> Controller<'a> {
             ..RunRequest::default()
         };
         let req = RunRequest::for_service(spec, flags);
-        let r = self.runtime().run(&req, self.launcher, (now_ms / 1000) as i64)?;
-        Ok(r)
+        let r = self.runtime().run(&req, self.launcher, (now_ms / 1000) as i64);
+        self.changed();
+        Ok(r?)
     }
 
-    /// Drains an instance at the load balancer, takes it out of the table,
-    /// then asks it to stop without waiting; [`Controller::reap`] removes it
-    /// once it has exited (SIGKILL after its grace period). Its logs stay.
-    fn retire(&mut self, name: &str, r: &InstanceRecord, exclude: &mut HashSet<String>) -> Result<(), ServeError> {
-        let svc = &self.services[name];
-        // A backend the proxy never knew (or retired already) has nothing to drain.
-        let _ = svc.dp.drain(addr(r), svc.spec.release.drain_timeout_ms);
-        exclude.insert(r.id.to_string());
-        self.sync(name, exclude, true)?;
-        self.runtime().request_stop(r.id.as_str(), false)?;
-        self.probes.remove(r.id.as_str());
+    /// Drains an instance at the load balancer (it gets no new requests at
+    /// once; those in flight have `deadline_ms`, then are cut, and an
+    /// idempotent one that had no answer yet is retried elsewhere), in a
+    /// background thread. Once drained it is asked to stop (or, in
+    /// quarantine, frozen): see [`Controller::finish_retiring`]. Idempotent.
+    fn retire(&mut self, name: &str, r: &InstanceRecord, deadline_ms: u64, then: Then) {
+        if self.retiring.contains_key(r.id.as_str()) {
+            return;
+        }
+        let dp = self.services[name].dp.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, a) = (done.clone(), addr(r));
+        std::thread::spawn(move || {
+            // A backend the proxy never knew (or retired already) has nothing to drain.
+            let _ = dp.drain(a, deadline_ms);
+            flag.store(true, Ordering::SeqCst);
+        });
+        self.retiring.insert(r.id.to_string(), Retiring { service: name.to_owned(), done, then });
+    }
+
+    /// Stops (or freezes) the instances whose drain has ended.
+    fn finish_retiring(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let done: Vec<(String, Then)> = self
+            .retiring
+            .iter()
+            .filter(|(_, r)| r.service == name && r.done.load(Ordering::SeqCst))
+            .map(|(id, r)| (id.clone(), r.then))
+            .collect();
+        for (id, then) in done {
+            self.retiring.remove(&id);
+            match then {
+                Then::Stop => {
+                    let _ = self.runtime().request_stop(&id, false);
+                }
+                Then::Pause => self.freeze(name, &id, now_ms)?,
+            }
+            self.changed();
+        }
         Ok(())
     }
 
     /// Removes the service's instances that were asked to stop and have
     /// exited; kills those still running past their grace period.
     fn reap(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        let (all, _) = self.runtime().observe_all()?;
+        let all = self.all()?;
         let rt = self.runtime();
         for r in all.iter().filter(|r| r.service == name && r.stop_requested && r.release.is_some()) {
             if r.state.is_exited() {
                 let _ = rt.remove(r.id.as_str(), true);
                 self.stopping.remove(r.id.as_str());
+                self.changed();
                 continue;
             }
             let since = *self.stopping.entry(r.id.to_string()).or_insert(now_ms);
@@ -276,17 +364,15 @@ impl<'a> Controller<'a> {
     }
 
     /// The routing table the state asks for, from what runs.
-    fn table(&self, name: &str, live: &[InstanceRecord], exclude: &HashSet<String>) -> Vec<TableEntry> {
+    fn table(&self, name: &str, live: &[InstanceRecord]) -> Vec<TableEntry> {
         let svc = &self.services[name];
         let st = &svc.state;
-        let ready = |r: &&InstanceRecord| !exclude.contains(r.id.as_str());
         let of = |id: &str, only_healthy: bool| -> Vec<SocketAddr> {
             let threshold = svc.spec.release.health.healthy_threshold;
             let mut v: Vec<SocketAddr> = live
                 .iter()
                 .filter(|r| r.release.as_deref() == Some(id))
-                .filter(ready)
-                .filter(|r| !only_healthy || self.probes.get(r.id.as_str()).is_some_and(|p| p.passes >= threshold))
+                .filter(|r| !only_healthy || self.prober.health(r.id.as_str()).passes >= threshold)
                 .map(addr)
                 .collect();
             v.sort();
@@ -316,9 +402,15 @@ impl<'a> Controller<'a> {
     }
 
     /// Sends the table to the proxy when it changed (or always, `force`).
-    fn sync(&mut self, name: &str, exclude: &HashSet<String>, force: bool) -> Result<(), ServeError> {
-        let live = self.live(name)?;
-        let t = self.table(name, &live, exclude);
+    fn sync(&mut self, name: &str, force: bool) -> Result<(), ServeError> {
+        let mut live = self.live(name)?;
+        // A quarantined instance stays listed (draining: no new requests)
+        // until its drain ends, so that the drain can cut what it holds.
+        let q = &self.services[name].state.quarantined;
+        live.extend(self.all()?.into_iter().filter(|r| {
+            q.contains_key(r.id.as_str()) && self.retiring.contains_key(r.id.as_str()) && !r.state.is_exited()
+        }));
+        let t = self.table(name, &live);
         let svc = self.services.get_mut(name).expect("known service");
         if force || svc.sent.as_ref() != Some(&t) {
             svc.dp.set_table(&self.home, &t)?;
@@ -337,15 +429,15 @@ impl<'a> Controller<'a> {
     }
 
     fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        let mut exclude = HashSet::new();
         if !self.services[name].dp.is_alive() {
             // The load balancer died (killed, OOM): a new one starts from
             // the last table on disk, and the next sync sends the current one.
-            let svc = self.services.get_mut(name).expect("known");
+            let svc = self.services.get_mut(name).expect("known service");
             eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", svc.dp.pid);
             svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
             svc.sent = None;
         }
+        self.finish_retiring(name, now_ms)?;
         let live = self.live(name)?;
         let st = self.services[name].state.clone();
         let known: HashSet<&str> = st
@@ -357,56 +449,383 @@ impl<'a> Controller<'a> {
             .collect();
         // Instances of releases no record owns: left by a crash, or by a
         // release that was abandoned. Manual `kiln run`s (no release) stay.
+        let drain_ms = self.services[name].spec.release.drain_timeout_ms;
         for r in live.iter().filter(|r| r.release.as_deref().is_some_and(|id| !known.contains(id))) {
-            self.retire(name, r, &mut exclude)?;
+            self.retire(name, r, drain_ms, Then::Stop);
         }
         // The previous release, once its warm time is over.
         if let Some((p, until)) = &st.previous {
             if now_ms >= *until {
                 for r in live.iter().filter(|r| r.release.as_deref() == Some(p.id.as_str())) {
-                    self.retire(name, r, &mut exclude)?;
+                    self.retire(name, r, drain_ms, Then::Stop);
                 }
                 crash_point("old-drained");
                 self.services.get_mut(name).expect("known").state.previous = None;
                 self.save(name, now_ms)?;
             }
         }
-        // Probe the new release's instances (they join traffic when healthy).
+        // Health checks of every instance, in the background.
         let health = self.services[name].spec.release.health.clone();
-        if let Some(a) = &st.rollout {
-            for r in live.iter().filter(|r| r.release.as_deref() == Some(a.rollout.release.as_str())) {
-                let p = self.probes.entry(r.id.to_string()).or_default();
-                if now_ms >= p.last_ms + health.interval_ms || p.last_ms == 0 {
-                    p.last_ms = now_ms;
-                    if probe(addr(r), health.path.as_deref(), Duration::from_millis(health.timeout_ms)) {
-                        p.passes += 1;
-                    } else {
-                        p.passes = 0;
-                    }
-                }
+        let targets: Vec<(String, SocketAddr)> = live
+            .iter()
+            .filter(|r| !self.retiring.contains_key(r.id.as_str()))
+            .map(|r| (r.id.to_string(), addr(r)))
+            .collect();
+        self.prober.tick(&targets, &health, now_ms);
+        self.expire_quarantines(name, now_ms)?;
+        if let Some(every) = self.services[name].spec.release.heal.drift_interval_ms {
+            let due = self.next_drift_ms.entry(name.to_owned()).or_insert(now_ms + every);
+            if now_ms >= *due {
+                *due = now_ms + every;
+                self.check_drift(Some(name))?;
             }
         }
         match st.rollout {
-            Some(a) => self.step(name, a, now_ms, &mut exclude)?,
-            None => self.heal(name, &live, now_ms)?,
+            Some(a) => {
+                let a = self.new_release_failures(name, a, now_ms)?;
+                if let Some(stable) = &st.stable {
+                    match self.services[name].spec.release.strategy {
+                        // The stable set stays whole until the end.
+                        Strategy::Canary(_) | Strategy::BlueGreen(_) => {
+                            let replicas = self.services[name].spec.release.replicas;
+                            self.heal(name, stable, replicas, now_ms)?;
+                        }
+                        // The rollout sizes the old set itself.
+                        Strategy::Rolling(_) | Strategy::Recreate => self.remove_exited(name, &stable.id, now_ms)?,
+                    }
+                }
+                self.step(name, a, now_ms)?
+            }
+            None => {
+                if let Some(stable) = &st.stable {
+                    let replicas = self.services[name].spec.release.replicas;
+                    self.heal(name, stable, replicas, now_ms)?;
+                }
+            }
         }
         self.reap(name, now_ms)?;
-        self.sync(name, &exclude, false)
+        self.sync(name, false)
     }
 
-    /// No release in progress: the stable release keeps its replica count.
-    fn heal(&mut self, name: &str, live: &[InstanceRecord], now_ms: u64) -> Result<(), ServeError> {
-        let Some(stable) = self.services[name].state.stable.clone() else { return Ok(()) };
-        let have = live.iter().filter(|r| r.release.as_deref() == Some(stable.id.as_str())).count() as u32;
-        let want = self.services[name].spec.release.replicas;
-        for _ in have..want {
-            self.start(name, &stable, now_ms)?;
+    /// The instances of `release` that exited unasked (not quarantined).
+    fn exited_unasked(&self, name: &str, release: &str) -> Result<Vec<InstanceRecord>, ServeError> {
+        let q = &self.services[name].state.quarantined;
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.service == name && r.release.as_deref() == Some(release))
+            .filter(|r| r.state.is_exited() && !r.stop_requested && !q.contains_key(r.id.as_str()))
+            .collect())
+    }
+
+    fn exit_detail(r: &InstanceRecord) -> String {
+        match &r.state {
+            InstanceState::Exited { reason, .. } => format!("{} {reason}", r.id),
+            _ => r.id.to_string(),
+        }
+    }
+
+    /// New instances that exited unasked during a release: each is an
+    /// event and counts toward the release's crash loop (see
+    /// [`rollout::decide`]); the rollout starts others in their place.
+    fn new_release_failures(&mut self, name: &str, mut a: Active, now_ms: u64) -> Result<Active, ServeError> {
+        let id = a.rollout.release.clone();
+        for r in self.exited_unasked(name, &id)? {
+            let (code, signal) = match r.state {
+                InstanceState::Exited { code, signal, .. } => (code, signal),
+                _ => (None, None),
+            };
+            let chaos = self.chaos.remove(r.id.as_str());
+            let cause = if chaos { Cause::Chaos } else { Cause::Exited { code, signal } };
+            let detail = Self::exit_detail(&r);
+            let event = Event::Replacing { instance: r.id.to_string(), cause, detail: detail.clone() };
+            self.record(name, &id, now_ms, &event)?;
+            if !chaos {
+                a.failures += 1;
+                a.last_failure = Some(detail);
+            }
+            self.services.get_mut(name).expect("known").state.rollout = Some(a.clone());
+            self.save(name, now_ms)?;
+            let _ = self.runtime().remove(r.id.as_str(), true);
+            self.changed();
+        }
+        Ok(a)
+    }
+
+    /// Removes the exited instances of `release` with an event each (the
+    /// rollout in progress sizes the set; it starts what is missing).
+    fn remove_exited(&mut self, name: &str, release: &str, now_ms: u64) -> Result<(), ServeError> {
+        for r in self.exited_unasked(name, release)? {
+            let (code, signal) = match r.state {
+                InstanceState::Exited { code, signal, .. } => (code, signal),
+                _ => (None, None),
+            };
+            let cause =
+                if self.chaos.remove(r.id.as_str()) { Cause::Chaos } else { Cause::Exited { code, signal } };
+            let event = Event::Replacing { instance: r.id.to_string(), cause, detail: Self::exit_detail(&r) };
+            self.record(name, release, now_ms, &event)?;
+            let _ = self.runtime().remove(r.id.as_str(), true);
+            self.changed();
         }
         Ok(())
     }
 
+    /// What heal sees of the serving release's instances.
+    fn seen(&self, name: &str, release: &str, now_ms: u64) -> Result<Vec<Seen>, ServeError> {
+        let q = &self.services[name].state.quarantined;
+        let rt = self.runtime();
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.service == name && r.release.as_deref() == Some(release) && !r.stop_requested)
+            .filter(|r| !q.contains_key(r.id.as_str()) && !self.retiring.contains_key(r.id.as_str()))
+            .map(|r| {
+                let exit = match r.state {
+                    InstanceState::Exited { code, signal, .. } => {
+                        let at = rt.exit_info(&r.id).map(|e| e.at_ms as u64).filter(|t| *t > 0).unwrap_or(now_ms);
+                        Some((code, signal, at))
+                    }
+                    _ => None,
+                };
+                let started_ms = if r.started_ms > 0 { r.started_ms as u64 } else { r.created as u64 * 1000 };
+                Seen {
+                    id: r.id.to_string(),
+                    started_ms,
+                    exit,
+                    health: self.prober.health(r.id.as_str()),
+                    drift: self.drift.get(r.id.as_str()).cloned().unwrap_or_default(),
+                    chaos: self.chaos.contains(r.id.as_str()),
+                }
+            })
+            .collect())
+    }
+
+    /// Observe → decide ([`heal::decide`]) → act for the serving release:
+    /// each action is recorded (history, then state) before it is done.
+    fn heal(&mut self, name: &str, stable: &ReleaseRef, replicas: u32, now_ms: u64) -> Result<(), ServeError> {
+        let spec = self.services[name].spec.release.clone();
+        let seen = self.seen(name, &stable.id, now_ms)?;
+        let actions = heal::decide(&spec, replicas, &seen, &self.services[name].state.heal, now_ms);
+        for action in actions {
+            let mut started = Vec::new();
+            match &action {
+                HealAction::Replace { instance, cause, detail, .. } => {
+                    let event = Event::Replacing { instance: instance.clone(), cause: cause.clone(), detail: detail.clone() };
+                    self.record(name, &stable.id, now_ms, &event)?;
+                }
+                HealAction::Replaced { old, replacement, took_ms, .. } => {
+                    let event =
+                        Event::Replaced { instance: old.clone(), replacement: replacement.clone(), took_ms: *took_ms };
+                    self.record(name, &stable.id, now_ms, &event)?;
+                }
+                HealAction::Start { count } => {
+                    for _ in 0..*count {
+                        match self.start(name, stable, now_ms) {
+                            Ok(r) => started.push(r.id.to_string()),
+                            // A start that fails is a failure of its own; the
+                            // next tick tries again (with the backoff).
+                            Err(e) => {
+                                eprintln!("kiln serve: {name}: starting a replacement: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                HealAction::Quarantine { .. } | HealAction::Stable => {}
+            }
+            let was_looping = self.services[name].state.heal.crash_looping(&spec);
+            {
+                let st = &mut self.services.get_mut(name).expect("known").state.heal;
+                heal::apply(&spec, st, &action, &seen, &started);
+            }
+            let hs = self.services[name].state.heal.clone();
+            if !was_looping && hs.crash_looping(&spec) {
+                let backoff_ms = hs.backoff_until_ms(&spec).saturating_sub(now_ms);
+                self.record(name, &stable.id, now_ms, &Event::CrashLoop { failures: hs.failures, backoff_ms })?;
+            }
+            if let HealAction::Replace { instance, .. } = &action {
+                self.fill_exit_logs(name, instance);
+            }
+            self.save(name, now_ms)?;
+            // The act, now that it is recorded.
+            match action {
+                HealAction::Replace { instance, cause, .. } => {
+                    self.chaos.remove(&instance);
+                    self.drift.remove(&instance);
+                    let Some(r) = self.all()?.into_iter().find(|r| r.id.as_str() == instance) else { continue };
+                    if r.state.is_exited() {
+                        let _ = self.runtime().remove(&instance, true);
+                        self.changed();
+                    } else if matches!(cause, Cause::Unhealthy | Cause::Hung | Cause::NeverHealthy) {
+                        // Out at once: what it holds is cut (and retried elsewhere when safe).
+                        self.retire(name, &r, 0, Then::Stop);
+                    } else if cause == Cause::Drift {
+                        self.set_aside_tampered_cache(&r, now_ms);
+                    }
+                }
+                HealAction::Quarantine { instance, reason } => {
+                    self.quarantine(name, &instance, &reason, "kiln", now_ms)?;
+                }
+                HealAction::Replaced { old, retire_old: true, .. } => {
+                    if let Some(r) = self.all()?.into_iter().find(|r| r.id.as_str() == old) {
+                        self.retire(name, &r, spec.drain_timeout_ms, Then::Stop);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an instance out of traffic at once and freezes it for a
+    /// post-mortem (recorded first); heal starts its replacement, since a
+    /// quarantined instance counts against no capacity.
+    fn quarantine(
+        &mut self,
+        name: &str,
+        instance: &str,
+        reason: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        let r = self.runtime().find(instance).map_err(|_| ServeError::UnknownInstance(instance.to_owned()))?;
+        if r.service != name {
+            return Err(ServeError::UnknownInstance(instance.to_owned()));
+        }
+        let id = r.id.to_string();
+        if self.services[name].state.quarantined.contains_key(&id) {
+            return Err(ServeError::Conflict(format!("instance {id} is quarantined already")));
+        }
+        if r.state.is_exited() || r.stop_requested {
+            return Err(ServeError::Conflict(format!("instance {id} is {}; there is nothing to freeze", r.state.name())));
+        }
+        let release = r.release.clone().unwrap_or_default();
+        self.record(
+            name,
+            &release,
+            now_ms,
+            &Event::Quarantined { instance: id.clone(), reason: reason.to_owned(), actor: actor.to_owned() },
+        )?;
+        let ttl = self.services[name].spec.release.heal.quarantine_ttl_ms;
+        let dir = self.home.join("quarantine").join(&id);
+        let q = Quarantine {
+            release,
+            reason: reason.to_owned(),
+            actor: actor.to_owned(),
+            at_ms: now_ms,
+            until_ms: now_ms + ttl,
+            dir: dir.clone(),
+        };
+        self.services.get_mut(name).expect("known").state.quarantined.insert(id.clone(), q);
+        self.save(name, now_ms)?;
+        // No new requests from now; those in flight get a short drain (a
+        // frozen process would hold them until the backend timeout).
+        let drain = self.services[name].spec.release.drain_timeout_ms.min(2000);
+        self.retire(name, &r, drain, Then::Pause);
+        self.changed();
+        Ok(serde_json::json!({ "service": name, "instance": id, "quarantined": true, "dir": dir }))
+    }
+
+    /// Freezes a drained quarantined instance and copies what it changed.
+    fn freeze(&mut self, name: &str, id: &str, now_ms: u64) -> Result<(), ServeError> {
+        let rt = self.runtime();
+        let r = match rt.pause(id) {
+            Ok(r) => r,
+            // It exited meanwhile: there is still its record and logs to keep.
+            Err(_) => rt.find(id)?,
+        };
+        let Some(q) = self.services[name].state.quarantined.get(id).cloned() else { return Ok(()) };
+        match rt.keep_for_postmortem(&r, &q.dir) {
+            Ok(kept) => {
+                let meta = serde_json::json!({ "quarantine": q, "kept": kept, "frozen_at_ms": now_ms });
+                let _ = std::fs::write(q.dir.join("quarantine.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default());
+            }
+            Err(e) => eprintln!("kiln serve: quarantine of {id}: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Destroys a quarantined instance and what was kept of it.
+    fn release_quarantine(&mut self, name: &str, id: &str, actor: &str, now_ms: u64) -> Result<(), ServeError> {
+        let Some(q) = self.services[name].state.quarantined.get(id).cloned() else {
+            return Err(ServeError::Conflict(format!("instance {id} is not quarantined")));
+        };
+        self.record(name, &q.release, now_ms, &Event::Unquarantined { instance: id.to_owned(), actor: actor.to_owned() })?;
+        self.services.get_mut(name).expect("known").state.quarantined.remove(id);
+        self.save(name, now_ms)?;
+        self.retiring.remove(id);
+        let _ = self.runtime().request_stop(id, false);
+        let _ = std::fs::remove_dir_all(&q.dir);
+        self.changed();
+        Ok(())
+    }
+
+    fn expire_quarantines(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let due: Vec<String> = self.services[name]
+            .state
+            .quarantined
+            .iter()
+            .filter(|(_, q)| now_ms >= q.until_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.release_quarantine(name, &id, "kiln (quarantine_ttl)", now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// The last log lines of a failed instance, for `kiln status`.
+    fn fill_exit_logs(&mut self, name: &str, instance: &str) {
+        let rt = self.runtime();
+        if let Ok(r) = rt.find(instance) {
+            let _ = rt.logs().ingest(&rt.log_meta(&r), &self.home.join("instances").join(instance), super::now_ms() as i64, false);
+        }
+        let filter = crate::runtime::logs::LogFilter { instance: Some(instance.to_owned()), ..Default::default() };
+        let lines: Vec<String> = rt.logs().query(&filter).unwrap_or_default().into_iter().map(|l| l.line).collect();
+        let tail = lines[lines.len().saturating_sub(5)..].to_vec();
+        let st = &mut self.services.get_mut(name).expect("known").state.heal;
+        if let Some(n) = st.last_exits.iter_mut().rev().find(|n| n.instance == instance) {
+            n.logs = tail;
+        }
+    }
+
+    /// A drifted instance whose image cache was tampered with: the cache
+    /// moves aside, so that its replacement unpacks the image afresh.
+    fn set_aside_tampered_cache(&self, r: &InstanceRecord, now_ms: u64) {
+        use crate::runtime::images;
+        if images::verify_cache(self.store, &r.image).is_err() {
+            match images::set_aside(self.store, &r.image, now_ms) {
+                Ok(p) => eprintln!("kiln serve: image cache of {} moved aside to {}", r.image, p.display()),
+                Err(e) => eprintln!("kiln serve: {e}"),
+            }
+        }
+    }
+
+    /// Checks instances (of `only`, or all) for drift; the next heal acts
+    /// on what was found. Returns each instance checked and what differs.
+    fn check_drift(&mut self, only: Option<&str>) -> Result<Vec<(String, String, Vec<String>)>, ServeError> {
+        let mut out = Vec::new();
+        let names: Vec<String> =
+            self.services.keys().filter(|n| only.is_none_or(|o| o == n.as_str())).cloned().collect();
+        for name in names {
+            for r in self.live(&name)? {
+                if self.retiring.contains_key(r.id.as_str()) || r.state != InstanceState::Running {
+                    continue;
+                }
+                let d = self.runtime().drift(&r);
+                if d.is_empty() {
+                    self.drift.remove(r.id.as_str());
+                } else {
+                    self.drift.insert(r.id.to_string(), d.clone());
+                }
+                out.push((name.clone(), r.id.to_string(), d));
+            }
+        }
+        Ok(out)
+    }
+
     /// Observe → decide → act for the release in progress.
-    fn step(&mut self, name: &str, a: Active, now_ms: u64, exclude: &mut HashSet<String>) -> Result<(), ServeError> {
+    fn step(&mut self, name: &str, a: Active, now_ms: u64) -> Result<(), ServeError> {
         let spec = self.services[name].spec.release.clone();
         let live = self.live(name)?;
         let r = &a.rollout;
@@ -417,9 +836,13 @@ impl<'a> Controller<'a> {
             new_live: new.len() as u32,
             new_healthy: new
                 .iter()
-                .filter(|x| self.probes.get(x.id.as_str()).is_some_and(|p| p.passes >= threshold))
+                .filter(|x| self.prober.health(x.id.as_str()).passes >= threshold)
                 .count() as u32,
-            old_live: r.stable.as_deref().map_or(0, |s| of(s).len() as u32),
+            old_live: r.stable.as_deref().map_or(0, |s| {
+                of(s).iter().filter(|x| !self.retiring.contains_key(x.id.as_str())).count() as u32
+            }),
+            new_failures: a.failures,
+            last_failure: a.last_failure.clone(),
             canary: None,
             stable: None,
         };
@@ -432,7 +855,7 @@ impl<'a> Controller<'a> {
             }
         }
         let action = rollout::decide(r, &spec, &obs, a.old_at_start, now_ms);
-        self.act(name, a, action, now_ms, exclude)
+        self.act(name, a, action, now_ms)
     }
 
     fn act(
@@ -441,7 +864,6 @@ impl<'a> Controller<'a> {
         mut a: Active,
         action: Action,
         now_ms: u64,
-        exclude: &mut HashSet<String>,
     ) -> Result<(), ServeError> {
         let release = ReleaseRef {
             id: a.rollout.release.clone(),
@@ -471,7 +893,7 @@ impl<'a> Controller<'a> {
                     .collect();
                 let failed = self.smoke_through_preview(name, &release.id, &new, &checks)?;
                 match failed {
-                    Some(reason) => return self.fail(name, a, reason, None, Outcome::Failed, now_ms, exclude),
+                    Some(reason) => return self.fail(name, a, reason, None, Outcome::Failed, now_ms),
                     None => self.advance(&mut a, now_ms),
                 }
             }
@@ -486,7 +908,7 @@ impl<'a> Controller<'a> {
                 a.rollout.new_percent = new_percent;
                 self.services.get_mut(name).expect("known").state.rollout = Some(a);
                 self.save(name, now_ms)?;
-                self.sync(name, exclude, false)?;
+                self.sync(name, false)?;
                 crash_point("traffic-routed");
                 return Ok(());
             }
@@ -495,9 +917,11 @@ impl<'a> Controller<'a> {
                 let mut old: Vec<InstanceRecord> =
                     self.live(name)?.into_iter().filter(|r| r.release.as_deref() == Some(old_id.as_str())).collect();
                 old.sort_by_key(|r| r.created);
+                old.retain(|r| !self.retiring.contains_key(r.id.as_str()));
                 let n = old.len().saturating_sub(count as usize);
+                let drain_ms = self.services[name].spec.release.drain_timeout_ms;
                 for r in &old[..n] {
-                    self.retire(name, r, exclude)?;
+                    self.retire(name, r, drain_ms, Then::Stop);
                 }
                 crash_point("old-drained");
                 return Ok(());
@@ -525,7 +949,7 @@ impl<'a> Controller<'a> {
             }
             Action::Fail { reason, verdict } => {
                 let outcome = if a.rollout.stable.is_some() { Outcome::RolledBack } else { Outcome::Failed };
-                return self.fail(name, a, reason, verdict, outcome, now_ms, exclude);
+                return self.fail(name, a, reason, verdict, outcome, now_ms);
             }
             Action::Succeed { warm_until_ms } => return self.succeed(name, a, warm_until_ms, now_ms),
         }
@@ -553,7 +977,8 @@ impl<'a> Controller<'a> {
         let preview = DataPlane::preview(&self.home, spec, &table)?;
         // The preview's own health checks admit the backends first.
         let deadline = std::time::Instant::now() + Duration::from_millis(spec.release.health.start_deadline_ms);
-        while !probe(preview.listen, spec.release.health.path.as_deref().or(Some("/")), Duration::from_secs(1))
+        let path = spec.release.health.path.as_deref().or(Some("/"));
+        while prober::check(preview.listen, path, Duration::from_secs(1)).is_err()
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
@@ -587,7 +1012,6 @@ impl<'a> Controller<'a> {
         verdict: Option<crate::release::analysis::Verdict>,
         outcome: Outcome,
         now_ms: u64,
-        exclude: &mut HashSet<String>,
     ) -> Result<(), ServeError> {
         let id = a.rollout.release.clone();
         if let Some(verdict) = verdict {
@@ -604,11 +1028,20 @@ impl<'a> Controller<'a> {
         let mut stopped = a.clone();
         stopped.rollout.new_percent = 0;
         self.services.get_mut(name).expect("known").state.rollout = Some(stopped);
-        self.sync(name, exclude, false)?;
+        self.sync(name, false)?;
         let new: Vec<InstanceRecord> =
             self.live(name)?.into_iter().filter(|r| r.release.as_deref() == Some(id.as_str())).collect();
+        let (drain_ms, keep) = {
+            let r = &self.services[name].spec.release;
+            let canary = matches!(r.strategy, Strategy::Canary(_)) && r.heal.quarantine_failed_canary;
+            (r.drain_timeout_ms, canary && outcome != Outcome::Superseded && outcome != Outcome::Aborted)
+        };
         for r in &new {
-            self.retire(name, r, exclude)?;
+            if keep {
+                self.quarantine(name, r.id.as_str(), &format!("failed canary: {reason}"), "kiln", now_ms)?;
+            } else {
+                self.retire(name, r, drain_ms, Then::Stop);
+            }
         }
         if !self.finished_already(name, &id)? {
             self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone() })?;
@@ -652,11 +1085,10 @@ impl<'a> Controller<'a> {
         fast: bool,
         now_ms: u64,
     ) -> Result<serde_json::Value, ServeError> {
-        let mut exclude = HashSet::new();
         // A deploy supersedes the release in progress (its analysis starts over).
         if let Some(a) = self.services[name].state.rollout.clone() {
             let reason = format!("superseded by a new deploy of {image_ref}");
-            self.fail(name, a, reason, None, Outcome::Superseded, now_ms, &mut exclude)?;
+            self.fail(name, a, reason, None, Outcome::Superseded, now_ms)?;
         }
         let svc = &self.services[name];
         let live = self.live(name)?;
@@ -709,7 +1141,7 @@ impl<'a> Controller<'a> {
             paused: None,
             skip_analysis: fast,
         };
-        self.services.get_mut(name).expect("known").state.rollout = Some(Active { rollout, old_at_start: old });
+        self.services.get_mut(name).expect("known").state.rollout = Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None });
         self.save(name, now_ms)?;
         crash_point("release-recorded");
         Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
@@ -772,7 +1204,6 @@ impl<'a> Controller<'a> {
                     None,
                     Outcome::Aborted,
                     now_ms,
-                    &mut HashSet::new(),
                 )?;
                 Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
             }
@@ -783,7 +1214,7 @@ impl<'a> Controller<'a> {
     /// Ends the release in progress as rolled back by `actor`.
     fn roll_back_in_progress(&mut self, name: &str, a: Active, actor: &str, now_ms: u64) -> Result<(), ServeError> {
         let reason = format!("rolled back by {actor}");
-        self.fail(name, a, reason, None, Outcome::RolledBack, now_ms, &mut HashSet::new())
+        self.fail(name, a, reason, None, Outcome::RolledBack, now_ms)
     }
 
     fn rollback(
@@ -839,7 +1270,7 @@ impl<'a> Controller<'a> {
             let st = &mut self.services.get_mut(name).expect("known").state;
             st.stable = Some(prev.clone());
             st.previous = Some((current.clone(), now_ms + keep));
-            self.sync(name, &HashSet::new(), false)?;
+            self.sync(name, false)?;
             let reason = format!("instant rollback from {}", current.id);
             self.record(
                 name,

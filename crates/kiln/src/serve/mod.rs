@@ -17,6 +17,7 @@ pub mod api;
 pub mod controller;
 pub mod dataplane;
 pub mod http;
+pub mod prober;
 
 use std::io::{BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub enum ServeError {
     NoListen(String),
     #[error("no service {0:?} in kiln serve's kiln.toml")]
     UnknownService(String),
+    #[error("no instance {0:?} of a service kiln serve manages")]
+    UnknownInstance(String),
     #[error("service {service}: no release {release:?} in its history")]
     UnknownRelease { service: String, release: String },
     #[error("service {service}: no image {reference:?} in the store")]
@@ -232,7 +235,7 @@ pub fn reap_children() {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -199,6 +199,7 @@ struct RawService {
     rolling: Option<Spanned<release::RawRolling>>,
     blue_green: Option<Spanned<release::RawBlueGreen>>,
     canary: Option<Spanned<release::RawCanary>>,
+    heal: Option<Spanned<release::RawHeal>>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +493,7 @@ fn validate_service(
         rolling: raw.rolling,
         blue_green: raw.blue_green,
         canary: raw.canary,
+        heal: raw.heal,
     })?;
     // A byte offset until `parse` turns it into a line.
     let image_line = raw.image.span().start;

@@ -35,6 +35,47 @@ pub struct ReleaseSpec {
     pub progress_deadline_ms: u64,
     /// Digests of succeeded releases kept archived (gc roots) for rollback.
     pub keep_releases: u32,
+    pub heal: HealSpec,
+}
+
+/// `[service.NAME.heal]`: how failed, old and drifted instances are
+/// replaced, and how long quarantined ones are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealSpec {
+    /// Instances older than this are replaced, one at a time, surge-first.
+    pub max_age_ms: Option<u64>,
+    /// Failures in a row (instances that died or turned unhealthy before
+    /// `min_uptime`) that make a crash loop.
+    pub crash_loop: u32,
+    /// An instance that served this long resets the crash count.
+    pub min_uptime_ms: u64,
+    /// Replacements back off from 1 s, doubling once a crash loop starts,
+    /// up to this.
+    pub backoff_cap_ms: u64,
+    /// How often every instance is checked for drift (`None`: only on
+    /// `kiln verify-instances`).
+    pub drift_interval_ms: Option<u64>,
+    /// Quarantine a drifted instance instead of replacing it.
+    pub quarantine_drift: bool,
+    /// Quarantine the instances of a failed canary instead of removing them.
+    pub quarantine_failed_canary: bool,
+    /// A quarantined instance is destroyed after this long.
+    pub quarantine_ttl_ms: u64,
+}
+
+impl Default for HealSpec {
+    fn default() -> Self {
+        HealSpec {
+            max_age_ms: None,
+            crash_loop: 3,
+            min_uptime_ms: 10_000,
+            backoff_cap_ms: 60_000,
+            drift_interval_ms: Some(60_000),
+            quarantine_drift: false,
+            quarantine_failed_canary: false,
+            quarantine_ttl_ms: 24 * 3_600_000,
+        }
+    }
 }
 
 /// When an instance counts as healthy.
@@ -172,6 +213,20 @@ pub(super) struct RawRelease {
     pub rolling: Option<Spanned<RawRolling>>,
     pub blue_green: Option<Spanned<RawBlueGreen>>,
     pub canary: Option<Spanned<RawCanary>>,
+    pub heal: Option<Spanned<RawHeal>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeal {
+    max_age: Option<Spanned<String>>,
+    crash_loop: Option<Spanned<i64>>,
+    min_uptime: Option<Spanned<String>>,
+    backoff_cap: Option<Spanned<String>>,
+    drift_interval: Option<Spanned<String>>,
+    on_drift: Option<Spanned<String>>,
+    quarantine_failed_canary: Option<bool>,
+    quarantine_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -345,12 +400,60 @@ pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), Fie
         keep_previous_ms: duration(&raw.keep_previous, "keep_previous", 300_000)?,
         progress_deadline_ms: duration(&raw.progress_deadline, "progress_deadline", 600_000)?,
         keep_releases: count(&raw.keep_releases, "keep_releases", 10, 1)?,
+        heal: match raw.heal {
+            None => HealSpec::default(),
+            Some(h) => validate_heal(h.into_inner())?,
+        },
     };
     if spec.progress_deadline_ms < spec.health.start_deadline_ms {
         let span = raw.progress_deadline.as_ref().map(Spanned::span);
         return Err((span, "progress_deadline".into(), "must be at least health.start_deadline".into()));
     }
     Ok((spec, claims))
+}
+
+fn validate_heal(h: RawHeal) -> Result<HealSpec, FieldError> {
+    let d = HealSpec::default();
+    let positive = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<u64, FieldError> {
+        let ms = duration(v, key, default)?;
+        match v {
+            Some(s) if ms == 0 => Err(field_err(s.span(), key, "must be more than 0")),
+            _ => Ok(ms),
+        }
+    };
+    let max_age_ms = match &h.max_age {
+        None => None,
+        Some(_) => Some(positive(&h.max_age, "heal.max_age", 0)?),
+    };
+    let drift_interval_ms = match &h.drift_interval {
+        Some(s) if s.get_ref() == "off" => None,
+        Some(_) => Some(positive(&h.drift_interval, "heal.drift_interval", 0)?),
+        None => d.drift_interval_ms,
+    };
+    let quarantine_drift = match &h.on_drift {
+        None => d.quarantine_drift,
+        Some(s) => match s.get_ref().as_str() {
+            "replace" => false,
+            "quarantine" => true,
+            other => {
+                return Err(field_err(
+                    s.span(),
+                    "heal.on_drift",
+                    format!("{other:?}: expected \"replace\" or \"quarantine\""),
+                ))
+            }
+        },
+    };
+    Ok(HealSpec {
+        max_age_ms,
+        crash_loop: count(&h.crash_loop, "heal.crash_loop", d.crash_loop, 1)?,
+        min_uptime_ms: duration(&h.min_uptime, "heal.min_uptime", d.min_uptime_ms)?,
+        backoff_cap_ms: positive(&h.backoff_cap, "heal.backoff_cap", d.backoff_cap_ms)?,
+        drift_interval_ms,
+        quarantine_drift,
+        quarantine_failed_canary: h.quarantine_failed_canary.unwrap_or(d.quarantine_failed_canary),
+        quarantine_ttl_ms: positive(&h.quarantine_ttl, "heal.quarantine_ttl", d.quarantine_ttl_ms)?,
+    })
 }
 
 fn default_health() -> HealthSpec {

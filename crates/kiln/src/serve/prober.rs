@@ -1,0 +1,152 @@
+//! The controller's own health checks of every instance it manages, in
+//! background threads: a hung instance (it accepts a connection but never
+//! answers) holds a probe for its whole timeout, and the reconcile loop
+//! must never wait for that. Each tick starts the checks that are due and
+//! reads the results of those that finished. This module only observes;
+//! what a result means is [`crate::heal`]'s and the rollout's to decide.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::heal::{Health, ProbeFailure};
+use crate::spec::HealthSpec;
+
+/// How often an instance that is not (or no longer) healthy is checked, at
+/// most: a replacement is seen healthy, and a failing one leaves, within
+/// a fraction of a second instead of whole intervals.
+const QUICK: u64 = 100;
+
+#[derive(Debug, Default)]
+struct Slot {
+    health: Health,
+    next_ms: u64,
+    running: bool,
+}
+
+/// Background health checks, by instance id.
+#[derive(Debug, Default, Clone)]
+pub struct Prober {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+/// `GET path` on a new connection (or a bare connect without a path);
+/// healthy on 2xx or 3xx within `timeout`.
+pub fn check(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> Result<(), ProbeFailure> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => ProbeFailure::Timeout,
+        _ => ProbeFailure::Refused,
+    })?;
+    let Some(path) = path else { return Ok(()) };
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let _ = s.set_write_timeout(Some(left()));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kiln-controller\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|_| ProbeFailure::Timeout)?;
+    // Only the status line matters: 12 bytes, "HTTP/1.1 200".
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        let _ = s.set_read_timeout(Some(left()));
+        match s.read(&mut head[got..]) {
+            Ok(0) => return Err(ProbeFailure::Refused),
+            Ok(n) => got += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(ProbeFailure::Timeout)
+            }
+            Err(_) => return Err(ProbeFailure::Refused),
+        }
+        if Instant::now() >= deadline && got < head.len() {
+            return Err(ProbeFailure::Timeout);
+        }
+    }
+    let status = std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(ProbeFailure::Status(status))
+    }
+}
+
+impl Prober {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the checks due among `instances` (id, address); forgets the
+    /// instances no longer listed.
+    pub fn tick(&self, instances: &[(String, SocketAddr)], spec: &HealthSpec, now_ms: u64) {
+        let mut slots = self.slots();
+        slots.retain(|id, _| instances.iter().any(|(i, _)| i == id));
+        for (id, addr) in instances {
+            let slot = slots.entry(id.clone()).or_default();
+            if slot.running || now_ms < slot.next_ms {
+                continue;
+            }
+            slot.running = true;
+            let (this, id, addr, spec) = (self.clone(), id.clone(), *addr, spec.clone());
+            std::thread::spawn(move || {
+                let result = check(addr, spec.path.as_deref(), Duration::from_millis(spec.timeout_ms));
+                let done = super::now_ms();
+                let mut slots = this.slots();
+                let Some(slot) = slots.get_mut(&id) else { return };
+                let h = &mut slot.health;
+                match result {
+                    Ok(()) => {
+                        h.fails = 0;
+                        h.passes += 1;
+                        if h.passes >= spec.healthy_threshold && h.healthy_since_ms.is_none() {
+                            h.healthy_since_ms = Some(done);
+                        }
+                    }
+                    Err(f) => {
+                        h.passes = 0;
+                        h.fails += 1;
+                        h.last_failure = Some(f);
+                    }
+                }
+                let steady = h.fails == 0 && h.healthy_since_ms.is_some();
+                slot.next_ms = done + if steady { spec.interval_ms } else { spec.interval_ms.min(QUICK) };
+                slot.running = false;
+            });
+        }
+    }
+
+    /// What the checks of `id` found so far.
+    pub fn health(&self, id: &str) -> Health {
+        self.slots().get(id).map(|s| s.health).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_check_tells_a_hung_server_from_a_refusing_and_a_failing_one() {
+        let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = hung.local_addr().unwrap();
+        // Accepted (by the backlog) but never answered.
+        let t = Instant::now();
+        assert_eq!(check(addr, Some("/healthz"), Duration::from_millis(300)), Err(ProbeFailure::Timeout));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(hung);
+        assert_eq!(check(addr, Some("/healthz"), Duration::from_millis(300)), Err(ProbeFailure::Refused));
+        let sick = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = sick.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in ["HTTP/1.1 503 Service Unavailable\r\n\r\n", "HTTP/1.1 204 No Content\r\n\r\n"] {
+                let (mut c, _) = sick.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                c.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        assert_eq!(check(addr, Some("/healthz"), Duration::from_secs(2)), Err(ProbeFailure::Status(503)));
+        assert_eq!(check(addr, Some("/healthz"), Duration::from_secs(2)), Ok(()));
+        server.join().unwrap();
+    }
+}
