@@ -230,18 +230,64 @@ pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
             })
             .collect();
         println!("  traffic: {}", if traffic.is_empty() { "none".into() } else { traffic.join(", ") });
+        let h = &s["heal"];
+        if h["failing"].as_bool() == Some(true) {
+            println!(
+                "  FAILING: crash loop, {} failures in a row; next start in {} ms",
+                h["failures_in_a_row"],
+                h["next_start_in_ms"].as_u64().unwrap_or(0)
+            );
+        }
+        for f in h["last_failures"].as_array().into_iter().flatten() {
+            println!(
+                "  failed {} at {} ({}){}",
+                f["instance"].as_str().unwrap_or(""),
+                kiln::time::rfc3339_millis(f["at_ms"].as_i64().unwrap_or(0)),
+                f["cause"]["kind"].as_str().unwrap_or(""),
+                match (f["cause"]["code"].as_i64(), f["cause"]["signal"].as_i64()) {
+                    (Some(c), _) => format!(" exit code {c}"),
+                    (_, Some(sig)) => format!(" signal {sig}"),
+                    _ => String::new(),
+                }
+            );
+            for l in f["logs"].as_array().into_iter().flatten() {
+                println!("    | {}", l.as_str().unwrap_or(""));
+            }
+        }
+        for p in h["pending"].as_array().into_iter().flatten() {
+            println!(
+                "  replacing {} ({}): {}",
+                p["old"].as_str().unwrap_or(""),
+                p["cause"]["kind"].as_str().unwrap_or(""),
+                p["replacement"].as_str().map_or("waiting to start".into(), |r| format!("{r} starting"))
+            );
+        }
         println!(
-            "  {:<22} {:<12} {:<14} {:<9} {:>6} {:>6}  TRAFFIC",
-            "INSTANCE", "RELEASE", "DIGEST", "STATE", "AGE", "PORT"
+            "  {:<22} {:<12} {:<14} {:<11} {:<9} {:>6} {:>8} {:>6}  TRAFFIC",
+            "INSTANCE", "RELEASE", "DIGEST", "STATE", "HEALTH", "AGE", "RECYCLE", "PORT"
         );
         for i in s["instances"].as_array().into_iter().flatten() {
+            let state = if i["quarantined"].as_bool() == Some(true) {
+                "quarantined"
+            } else if i["draining"].as_bool() == Some(true) {
+                "draining"
+            } else {
+                i["state"].as_str().unwrap_or("")
+            };
+            let health = match (i["health"]["healthy"].as_bool(), i["health"]["fails"].as_u64()) {
+                (Some(true), _) => "healthy".to_owned(),
+                (_, Some(f)) if f > 0 => format!("failing {f}"),
+                _ => "starting".to_owned(),
+            };
             println!(
-                "  {:<22} {:<12} {:<14} {:<9} {:>5}s {:>6}  {}",
+                "  {:<22} {:<12} {:<14} {:<11} {:<9} {:>5}s {:>8} {:>6}  {}",
                 i["id"].as_str().unwrap_or(""),
                 i["release"].as_str().unwrap_or(""),
                 short(i["digest"].as_str().unwrap_or("")),
-                i["state"].as_str().unwrap_or(""),
+                state,
+                health,
                 i["age_s"].as_i64().unwrap_or(0),
+                i["recycle_in_s"].as_u64().map_or("-".into(), |r| format!("{r}s")),
                 i["port"].as_u64().unwrap_or(0),
                 match i["release_weight"].as_u64() {
                     Some(w) => format!("release at {w}%"),

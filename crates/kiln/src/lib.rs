@@ -11,6 +11,7 @@
 //!   (CLI today, HTTP API later) maps onto.
 
 pub mod bake;
+pub mod chaos;
 pub mod command;
 pub mod digest;
 pub mod git;

@@ -17,6 +17,7 @@ use kiln::runtime::logs::{LogFilter, LogLine, Retention};
 use kiln::runtime::{RunRequest, ShimLauncher};
 use kiln::store::Store;
 
+mod cli_heal;
 mod cli_release;
 
 /// kiln: bake reproducible images, run them immutably, release by replacement.
@@ -233,6 +234,49 @@ enum Cmd {
     /// Stop the release in progress: its instances removed, traffic on stable.
     Abort {
         service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an instance out of traffic at once, freeze it (runc pause) and keep its logs, tmpfs and volume contents for a post-mortem; a replacement starts.
+    Quarantine {
+        instance: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy a quarantined instance and what was kept of it.
+    ReleaseQuarantine {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What an instance runs (digest, git revision, release, env names, never values) and why it is quarantined.
+    InspectInstance {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every instance still is what its release says (image cache, runtime config, mounts); drifted ones are healed (exit 5 if any drifted).
+    VerifyInstances {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill random instances of a service (never more than --max-share at once) and report replacements and failed requests.
+    Chaos {
+        service: Option<String>,
+        /// Kills per second.
+        #[arg(long, default_value_t = 1.0)]
+        kill_rate: f64,
+        /// How long to kill, e.g. 30s or 10m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// At most this share of the replicas down at once.
+        #[arg(long, default_value_t = 0.34)]
+        max_share: f64,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
         #[arg(long)]
@@ -504,6 +548,12 @@ fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyh
     }
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    kiln::time::parse_duration_ms(s)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{s:?}: expected a duration like 500ms, 30s, 10m"))
+}
+
 /// The request with who asked (user@host), for the history.
 fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
     use kiln::serve::api::Request;
@@ -554,6 +604,32 @@ fn run() -> anyhow::Result<()> {
             let service = cli_release::pick_service(&file, service)?;
             let req = kiln::serve::api::Request::Abort { service, actor: String::new() };
             return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+        }
+        Cmd::Quarantine { instance, reason, json } => {
+            let req = kiln::serve::api::Request::Quarantine { instance, reason, actor: cli_release::actor() };
+            return cli_heal::simple(&cli_release::default_home(cli.home), req, json);
+        }
+        Cmd::ReleaseQuarantine { instance, json } => {
+            let req = kiln::serve::api::Request::ReleaseQuarantine { instance, actor: cli_release::actor() };
+            return cli_heal::simple(&cli_release::default_home(cli.home), req, json);
+        }
+        Cmd::InspectInstance { instance, json } => {
+            return cli_heal::inspect(&cli_release::default_home(cli.home), instance, json)
+        }
+        Cmd::VerifyInstances { service, json } => {
+            let drifted = cli_heal::verify(&cli_release::default_home(cli.home), service, json)?;
+            std::process::exit(if drifted { 5 } else { 0 });
+        }
+        Cmd::Chaos { service, kill_rate, duration, max_share, file, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            if !(kill_rate > 0.0) {
+                bail!("--kill-rate {kill_rate}: must be more than 0 kills per second");
+            }
+            if !(max_share > 0.0 && max_share <= 1.0) {
+                bail!("--max-share {max_share}: must be more than 0 and at most 1");
+            }
+            let o = kiln::chaos::Options { service, kill_rate, duration, max_share, actor: cli_release::actor() };
+            return cli_heal::chaos(&cli_release::default_home(cli.home), &o, json);
         }
         Cmd::Up { dir } => {
             let file = dir.join("kiln.toml");

@@ -778,6 +778,17 @@ impl<'a> Runtime<'a> {
         Ok(r)
     }
 
+    /// SIGKILLs an instance without recording a stop: to whoever watches it,
+    /// it failed (chaos testing). Idempotent once it has exited.
+    pub fn kill(&self, reference: &str) -> Result<InstanceRecord, RunError> {
+        let mut r = self.find(reference)?;
+        self.observe(&mut r)?;
+        if !r.state.is_exited() {
+            self.driver.signal(r.id.as_str(), "SIGKILL")?;
+        }
+        Ok(r)
+    }
+
     /// Freezes an instance (quarantine): out of traffic, processes kept.
     pub fn pause(&self, reference: &str) -> Result<InstanceRecord, RunError> {
         let mut r = self.find(reference)?;

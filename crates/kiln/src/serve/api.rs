@@ -9,7 +9,7 @@ use super::http;
 use super::ServeError;
 
 /// Everything `kiln serve` can be asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     /// Release `image` (or the service's image) for `service`.
@@ -23,6 +23,18 @@ pub enum Request {
     Promote { service: String, actor: String },
     /// Remove the canary, traffic back to stable.
     Abort { service: String, actor: String },
+    /// Take an instance out of traffic, freeze it, keep it for a
+    /// post-mortem; a replacement starts.
+    Quarantine { instance: String, reason: Option<String>, actor: String },
+    /// Destroy a quarantined instance and what was kept of it.
+    ReleaseQuarantine { instance: String, actor: String },
+    /// What an instance runs and why it is where it is.
+    Inspect { instance: String },
+    /// Check instances for drift now; drifted ones are healed.
+    VerifyInstances { service: Option<String> },
+    /// Chaos: SIGKILL one random serving instance of `service`, unless
+    /// more than `max_share` of its replicas are down already.
+    Kill { service: String, max_share: f64, actor: String },
 }
 
 #[derive(Deserialize)]
@@ -38,6 +50,35 @@ struct DeployBody {
 struct RollbackBody {
     service: String,
     to: Option<String>,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineBody {
+    instance: String,
+    reason: Option<String>,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceBody {
+    instance: String,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    service: String,
+    max_share: Option<f64>,
     actor: Option<String>,
 }
 
@@ -77,7 +118,41 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
                 Request::Abort { service, actor }
             })
         }
-        (_, "/v1/status" | "/v1/deploy" | "/v1/rollback" | "/v1/promote" | "/v1/abort") => {
+        ("POST", "/v1/quarantine") => {
+            let b: QuarantineBody = body(req)?;
+            Ok(Request::Quarantine { instance: b.instance, reason: b.reason, actor: actor(b.actor) })
+        }
+        ("POST", "/v1/release-quarantine") => {
+            let b: InstanceBody = body(req)?;
+            Ok(Request::ReleaseQuarantine { instance: b.instance, actor: actor(b.actor) })
+        }
+        ("GET", p) if p.starts_with("/v1/instances/") => {
+            let id = &p["/v1/instances/".len()..];
+            if id.is_empty() || id.contains('/') {
+                return Err(ServeError::BadRequest { field: "instance".into(), message: format!("{p:?}: expected /v1/instances/ID") });
+            }
+            Ok(Request::Inspect { instance: id.to_owned() })
+        }
+        ("POST", "/v1/verify-instances") => {
+            let b: VerifyBody = if req.body.is_empty() { VerifyBody { service: None } } else { body(req)? };
+            Ok(Request::VerifyInstances { service: b.service })
+        }
+        ("POST", "/v1/chaos/kill") => {
+            let b: KillBody = body(req)?;
+            let max_share = b.max_share.unwrap_or(0.34);
+            if !(max_share > 0.0 && max_share <= 1.0) {
+                return Err(ServeError::BadRequest {
+                    field: "max_share".into(),
+                    message: format!("{max_share}: must be more than 0 and at most 1"),
+                });
+            }
+            Ok(Request::Kill { service: b.service, max_share, actor: actor(b.actor) })
+        }
+        (
+            _,
+            "/v1/status" | "/v1/deploy" | "/v1/rollback" | "/v1/promote" | "/v1/abort" | "/v1/quarantine"
+            | "/v1/release-quarantine" | "/v1/verify-instances" | "/v1/chaos/kill",
+        ) => {
             Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path)))
         }
         _ => Err(ServeError::NoRoute(req.path.clone())),
@@ -115,6 +190,28 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
             "/v1/rollback".into(),
             serde_json::to_vec(&serde_json::json!({ "service": service, "to": to, "actor": actor })).unwrap(),
         ),
+        Request::Quarantine { instance, reason, actor } => (
+            "POST",
+            "/v1/quarantine".into(),
+            serde_json::to_vec(&serde_json::json!({ "instance": instance, "reason": reason, "actor": actor })).unwrap(),
+        ),
+        Request::ReleaseQuarantine { instance, actor } => (
+            "POST",
+            "/v1/release-quarantine".into(),
+            serde_json::to_vec(&serde_json::json!({ "instance": instance, "actor": actor })).unwrap(),
+        ),
+        Request::Inspect { instance } => ("GET", format!("/v1/instances/{instance}"), Vec::new()),
+        Request::VerifyInstances { service } => (
+            "POST",
+            "/v1/verify-instances".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service })).unwrap(),
+        ),
+        Request::Kill { service, max_share, actor } => (
+            "POST",
+            "/v1/chaos/kill".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service, "max_share": max_share, "actor": actor }))
+                .unwrap(),
+        ),
         Request::Promote { service, actor } | Request::Abort { service, actor } => {
             let path = if matches!(r, Request::Promote { .. }) { "/v1/promote" } else { "/v1/abort" };
             (
@@ -146,6 +243,13 @@ mod tests {
             Request::Rollback { service: "web".into(), to: Some("web-3".into()), actor: "me".into() },
             Request::Promote { service: "web".into(), actor: "me".into() },
             Request::Abort { service: "web".into(), actor: "me".into() },
+            Request::Quarantine { instance: "web-1a2b3c4d".into(), reason: Some("slow".into()), actor: "me".into() },
+            Request::Quarantine { instance: "web-1a2b3c4d".into(), reason: None, actor: "me".into() },
+            Request::ReleaseQuarantine { instance: "web-1a2b3c4d".into(), actor: "me".into() },
+            Request::Inspect { instance: "web-1a2b3c4d".into() },
+            Request::VerifyInstances { service: None },
+            Request::VerifyInstances { service: Some("web".into()) },
+            Request::Kill { service: "web".into(), max_share: 0.5, actor: "me".into() },
         ];
         for r in all {
             let (m, t, b) = to_http(&r);
@@ -165,6 +269,11 @@ mod tests {
         assert_eq!(status_of(&parse(&req("DELETE", "/v1/status", "")).unwrap_err()), 405);
         assert_eq!(status_of(&parse(&req("GET", "/nope", "")).unwrap_err()), 404);
         assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
+        let e = parse(&req("POST", "/v1/chaos/kill", r#"{"service":"web","max_share":2}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "max_share"), "{e}");
+        let e = parse(&req("POST", "/v1/quarantine", r#"{"reason":"x"}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "instance"), "{e}");
+        assert_eq!(status_of(&ServeError::UnknownInstance("x".into())), 404);
         assert_eq!(status_of(&ServeError::Unauthorized { path: "t".into() }), 401);
     }
 }

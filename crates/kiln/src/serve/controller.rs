@@ -1208,7 +1208,103 @@ impl<'a> Controller<'a> {
                 Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
             }
             Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),
+            Request::Quarantine { instance, reason, actor } => {
+                let r = self.instance(&instance)?;
+                let reason = reason.unwrap_or_else(|| format!("quarantined by {actor}"));
+                self.quarantine(&r.service, r.id.as_str(), &reason, &actor, now_ms)
+            }
+            Request::ReleaseQuarantine { instance, actor } => {
+                let r = self.instance(&instance)?;
+                self.release_quarantine(&r.service, r.id.as_str(), &actor, now_ms)?;
+                Ok(serde_json::json!({ "service": r.service, "instance": r.id.as_str(), "destroyed": true }))
+            }
+            Request::Inspect { instance } => self.inspect(&instance, now_ms),
+            Request::VerifyInstances { service } => {
+                if let Some(s) = &service {
+                    self.service(s)?;
+                }
+                let found = self.check_drift(service.as_deref())?;
+                let list: Vec<serde_json::Value> = found
+                    .into_iter()
+                    .map(|(s, i, d)| serde_json::json!({ "service": s, "instance": i, "drift": d }))
+                    .collect();
+                Ok(serde_json::json!({ "instances": list }))
+            }
+            Request::Kill { service, max_share, actor } => self.kill(&service, max_share, &actor, now_ms),
         }
+    }
+
+    /// An instance of a service this controller manages.
+    fn instance(&self, reference: &str) -> Result<InstanceRecord, ServeError> {
+        let unknown = || ServeError::UnknownInstance(reference.to_owned());
+        let r = self.runtime().find(reference).map_err(|_| unknown())?;
+        if !self.services.contains_key(&r.service) {
+            return Err(unknown());
+        }
+        Ok(r)
+    }
+
+    fn inspect(&self, reference: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        let mut r = self.instance(reference)?;
+        let rt = self.runtime();
+        rt.observe(&mut r)?;
+        let svc = &self.services[&r.service];
+        let h = self.prober.health(r.id.as_str());
+        let started = if r.started_ms > 0 { r.started_ms as u64 } else { r.created as u64 * 1000 };
+        Ok(serde_json::json!({
+            "id": r.id.as_str(),
+            "service": r.service,
+            "release": r.release,
+            "digest": r.image.to_string(),
+            "image": r.image_ref,
+            "revision": r.revision,
+            "state": r.state.name(),
+            "port": r.port,
+            "started_ms": started,
+            "age_s": now_ms.saturating_sub(started) / 1000,
+            "env": rt.env_names(&r),
+            "secrets": r.secrets.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            "volumes": r.volumes,
+            "limits": r.limits,
+            "config_digest": r.config_digest,
+            "health": h,
+            "drift": self.drift.get(r.id.as_str()),
+            "quarantine": svc.state.quarantined.get(r.id.as_str()),
+        }))
+    }
+
+    /// Chaos: SIGKILL one random healthy instance of the serving release,
+    /// unless `max_share` of the replicas are down already.
+    fn kill(&mut self, name: &str, max_share: f64, actor: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        let svc = self.service(name)?;
+        let replicas = svc.spec.release.replicas;
+        let Some(stable) = svc.state.stable.clone() else {
+            return Err(ServeError::Conflict(format!("service {name} has no release serving")));
+        };
+        let serving: Vec<InstanceRecord> = self
+            .live(name)?
+            .into_iter()
+            .filter(|r| r.release.as_deref() == Some(stable.id.as_str()) && !self.retiring.contains_key(r.id.as_str()))
+            .filter(|r| {
+                let h = self.prober.health(r.id.as_str());
+                h.fails == 0 && h.healthy_since_ms.is_some() && !self.chaos.contains(r.id.as_str())
+            })
+            .collect();
+        let down = replicas.saturating_sub(serving.len() as u32);
+        let allowed = ((max_share * f64::from(replicas)).floor() as u32).max(1);
+        if down + 1 > allowed || serving.is_empty() {
+            return Err(ServeError::Conflict(format!(
+                "{down} of {replicas} instances of {name} are down; killing one more would pass max_share {max_share}"
+            )));
+        }
+        let mut b = [0u8; 4];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+        let victim = &serving[u32::from_le_bytes(b) as usize % serving.len()];
+        self.chaos.insert(victim.id.to_string());
+        self.runtime().kill(victim.id.as_str())?;
+        self.changed();
+        eprintln!("kiln serve: chaos ({actor}) killed {}", victim.id);
+        Ok(serde_json::json!({ "service": name, "instance": victim.id.as_str(), "killed_at_ms": now_ms }))
     }
 
     /// Ends the release in progress as rolled back by `actor`.
@@ -1325,12 +1421,28 @@ impl<'a> Controller<'a> {
             let weight_of = |release: &str, a: SocketAddr| {
                 table.iter().find(|e| e.release == release && e.backends.contains(&a)).map(|e| e.weight)
             };
+            let max_age = svc.spec.release.heal.max_age_ms;
             let instances: Vec<serde_json::Value> = all
                 .iter()
                 .filter(|r| r.service == *name && !r.state.is_exited())
                 .map(|r| {
                     let release = r.release.clone().unwrap_or_default();
+                    let h = self.prober.health(r.id.as_str());
+                    let started = if r.started_ms > 0 { r.started_ms as u64 } else { r.created as u64 * 1000 };
+                    let recycle_in_s = max_age
+                        .filter(|_| svc.state.stable.as_ref().is_some_and(|s| s.id == release))
+                        .map(|m| (heal::recycle_at_ms(r.id.as_str(), started, m).saturating_sub(now_ms)) / 1000);
                     serde_json::json!({
+                        "health": {
+                            "healthy": h.fails == 0 && h.healthy_since_ms.is_some(),
+                            "passes": h.passes,
+                            "fails": h.fails,
+                            "last_failure": h.last_failure,
+                        },
+                        "quarantined": svc.state.quarantined.contains_key(r.id.as_str()),
+                        "draining": self.retiring.contains_key(r.id.as_str()),
+                        "recycle_in_s": recycle_in_s,
+                        "drift": self.drift.get(r.id.as_str()),
                         "id": r.id.as_str(),
                         "release": release,
                         "digest": r.image.to_string(),
@@ -1368,7 +1480,16 @@ impl<'a> Controller<'a> {
                 "rollout": rollout,
                 "last": svc.state.last.as_ref().map(|(id, o, reason)| serde_json::json!({ "release": id, "outcome": o, "reason": reason })),
                 "traffic": table,
+                "requests": svc.dp.totals().ok(),
                 "instances": instances,
+                "heal": {
+                    "failing": svc.state.heal.crash_looping(&svc.spec.release),
+                    "failures_in_a_row": svc.state.heal.failures,
+                    "next_start_in_ms": svc.state.heal.backoff_until_ms(&svc.spec.release).saturating_sub(now_ms),
+                    "pending": svc.state.heal.pending,
+                    "last_failures": svc.state.heal.last_exits,
+                },
+                "quarantined": svc.state.quarantined,
             }));
         }
         Ok(serde_json::json!({ "services": out }))

@@ -22,6 +22,14 @@ use crate::proxy::metrics::WindowStats;
 use crate::proxy::ReleaseSpec as TableEntry;
 use crate::spec::ServiceSpec;
 
+/// A load balancer's request counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub failed: u64,
+    pub retries: u64,
+}
+
 /// A service's running load balancer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPlane {
@@ -207,6 +215,27 @@ impl DataPlane {
             admin: self.admin,
             detail: format!("bad /stats answer: {e}"),
         })
+    }
+
+    /// Totals since the proxy started, over every release: requests
+    /// answered, those answered 5xx (the backend's or the proxy's own
+    /// 502/503/504), and retries.
+    pub fn totals(&self) -> Result<Totals, ServeError> {
+        let body = self.call("GET", "/metrics", b"")?;
+        let mut t = Totals::default();
+        for line in String::from_utf8_lossy(&body).lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let v: u64 = value.parse().unwrap_or(0);
+            if series.starts_with("kiln_proxy_requests_total{") {
+                t.requests += v;
+                if series.contains("class=\"5xx\"") {
+                    t.failed += v;
+                }
+            } else if series.starts_with("kiln_proxy_retries_total{") {
+                t.retries += v;
+            }
+        }
+        Ok(t)
     }
 
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
