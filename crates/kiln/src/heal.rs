@@ -322,7 +322,7 @@ pub fn apply(spec: &ReleaseSpec, state: &mut HealState, action: &HealAction, see
                 detail: detail.clone(),
                 since_ms: since,
                 replacement: None,
-                old_serves: *cause == Cause::MaxAge,
+                old_serves: matches!(cause, Cause::MaxAge | Cause::Drift),
             });
             let s = seen.iter().find(|s| s.id == *instance);
             let early = s.is_none_or(|s| {

@@ -20,7 +20,11 @@
 //! Endpoints: `/` (version), `/healthz`, `/slow?ms=N`, `/download?bytes=N`
 //! (streams N bytes), `/upload` (reads the body, answers its length and a
 //! checksum), `/reject` (answers 413 without reading the body and drops the
-//! connection), `/ws` (with `Upgrade`: 101, then echoes bytes).
+//! connection), `/ws` (with `Upgrade`: 101, then echoes bytes), `POST
+//! /order` (prints `order <body>` to its log before answering, so a test
+//! can count what reached the application), `POST /hang` (from then on it
+//! accepts connections and reads requests but never answers: a hung
+//! server that has not exited).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -48,6 +52,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+static HUNG: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.
@@ -245,7 +250,25 @@ fn serve(conn: TcpStream, cfg: &Config, counter: &AtomicU64) -> io::Result<()> {
 
 fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream, cfg: &Config) -> io::Result<()> {
     let v = &cfg.version;
+    if HUNG.load(Ordering::SeqCst) {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/hang") => {
+            HUNG.store(true, Ordering::SeqCst);
+            respond(w, "200 OK", "hanging from now on\n", v, Some(req))?;
+        }
+        ("POST", "/order") => {
+            let mut body = Vec::new();
+            if req.content_length > 0 {
+                r.take(req.content_length.min(1024)).read_to_end(&mut body)?;
+            }
+            let id = String::from_utf8_lossy(&body).trim().to_owned();
+            println!("order {id}");
+            respond(w, "201 Created", &format!("ok {id}\n"), v, Some(req))?;
+        }
         ("GET" | "HEAD", "/healthz") if cfg.fail_health => {
             respond(w, "503 Service Unavailable", "unhealthy\n", v, Some(req))?
         }

@@ -132,8 +132,9 @@ pub struct InstanceRecord {
     /// Unix milliseconds when it started running (0 in older records).
     #[serde(default)]
     pub started_ms: i64,
-    /// The sha256 of the runtime config kiln generated for it, to find
-    /// drift (`None` in older records).
+    /// The fingerprint of the process kiln's runtime config starts (its
+    /// args, env and user; see [`process_fingerprint`]), to find drift
+    /// (`None` in older records).
     #[serde(default)]
     pub config_digest: Option<String>,
 }
@@ -282,6 +283,28 @@ impl Launcher for ShimLauncher {
     }
 }
 
+/// A digest of what starts an instance's process: its args, env (secret
+/// values included, so only the digest is ever kept) and user id. Pure.
+pub fn process_fingerprint<'a>(
+    args: impl Iterator<Item = &'a str>,
+    env: impl Iterator<Item = &'a str>,
+    uid: u64,
+) -> String {
+    let mut text = String::new();
+    for a in args {
+        text.push_str(a);
+        text.push('\0');
+    }
+    text.push('\n');
+    // runc adds HOME from the user's passwd entry when the config has none.
+    for e in env.filter(|e| !e.starts_with("HOME=")) {
+        text.push_str(e);
+        text.push('\0');
+    }
+    text.push_str(&format!("\nuid={uid}"));
+    Digest::of(text.as_bytes()).to_string()
+}
+
 /// File systems an instance may have read-write besides its volumes: its
 /// tmpfs mounts and the kernel's own.
 const EPHEMERAL_FS: &[&str] = &["tmpfs", "devpts", "mqueue", "proc", "sysfs", "cgroup", "cgroup2"];
@@ -419,7 +442,8 @@ impl<'a> Runtime<'a> {
     fn instance_dir(&self, id: &InstanceId) -> PathBuf {
         self.instances_dir().join(id.as_str())
     }
-    fn bundle_dir(&self, id: &InstanceId) -> PathBuf {
+    /// Where an instance's runtime bundle (its `config.json`) is.
+    pub fn bundle_dir(&self, id: &InstanceId) -> PathBuf {
         self.run_dir.join("bundles").join(id.as_str())
     }
     fn secrets_dir(&self, id: &InstanceId) -> PathBuf {
@@ -456,19 +480,39 @@ impl<'a> Runtime<'a> {
         if let Err(e) = images::verify_cache(self.store, &r.image) {
             out.push(format!("image cache: {e}"));
         }
-        if let Some(want) = &r.config_digest {
-            let path = self.bundle_dir(&r.id).join("config.json");
-            match fs::read(&path) {
-                Ok(b) if Digest::of(&b).to_string() == *want => {}
-                Ok(b) => out.push(format!(
-                    "runtime config {}: now {}, kiln generated {want}",
-                    path.display(),
-                    Digest::of(&b)
-                )),
-                Err(e) => out.push(format!("runtime config {}: {e}", path.display())),
+        let pid = self.container_pid(&r.id);
+        if let (Some(want), Some(pid)) = (&r.config_digest, pid) {
+            let read = |f: &str| fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            let split = |b: Vec<u8>| -> Vec<String> {
+                b.split(|c| *c == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+            };
+            let (args, env) = (split(read("cmdline")), split(read("environ")));
+            let status = String::from_utf8_lossy(&read("status")).into_owned();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next()?.parse().ok())
+                .unwrap_or(u64::MAX);
+            if !args.is_empty() {
+                let got = process_fingerprint(args.iter().map(String::as_str), env.iter().map(String::as_str), uid);
+                if got != *want {
+                    out.push(format!(
+                        "runtime config: the running process (args, env, user) is {got}, kiln's config starts {want}"
+                    ));
+                }
             }
         }
-        if let Some(pid) = self.container_pid(&r.id) {
+        // Limits changed behind kiln's back (`runc update`).
+        let pids = ["/sys/fs/cgroup/pids/kiln", "/sys/fs/cgroup/kiln"]
+            .iter()
+            .find_map(|d| fs::read_to_string(Path::new(d).join(r.id.as_str()).join("pids.max")).ok());
+        if let Some(now) = pids {
+            let want = r.limits.pids.map_or("max".to_owned(), |p| p.to_string());
+            if now.trim() != want {
+                out.push(format!("runtime config: pids limit is {}, kiln set {want}", now.trim()));
+            }
+        }
+        if let Some(pid) = pid {
             if let Ok(info) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
                 let volumes: Vec<&str> = r.volumes.iter().map(|(_, d)| d.as_str()).collect();
                 out.extend(mount_drift(&info, &volumes));
@@ -652,8 +696,11 @@ impl<'a> Runtime<'a> {
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;
         fs::set_permissions(&bdir, fs::Permissions::from_mode(0o700)).map_err(io_err(&bdir))?;
         write_json_atomic(&bdir.join("config.json"), &config, 0o600).map_err(io_err(&bdir))?;
-        let config_digest = fs::read(bdir.join("config.json")).map_err(io_err(&bdir))?;
-        let config_digest = Some(Digest::of(&config_digest).to_string());
+        let config_digest = Some(process_fingerprint(
+            config["process"]["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str()),
+            config["process"]["env"].as_array().into_iter().flatten().filter_map(|a| a.as_str()),
+            config["process"]["user"]["uid"].as_u64().unwrap_or(0),
+        ));
 
         let idir = self.instance_dir(&id);
         fs::create_dir_all(&idir).map_err(io_err(&idir))?;

@@ -91,13 +91,16 @@ impl Runtime<'_> {
     /// The names of the environment variables an instance was started
     /// with (never their values: some are secrets), from its bundle.
     pub fn env_names(&self, r: &InstanceRecord) -> Vec<String> {
-        let Ok(bytes) = fs::read(self.bundle_dir(&r.id).join("config.json")) else { return Vec::new() };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
-        let mut names: Vec<String> = v["process"]["env"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e.as_str()?.split('=').next().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        // The bundle is gone once the container runs (it held secret
+        // values); the process's own initial environment is the truth.
+        let Some(pid) = self.container_pid(&r.id) else { return Vec::new() };
+        let bytes = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let mut names: Vec<String> = bytes
+            .split(|b| *b == 0)
+            .filter_map(|e| std::str::from_utf8(e).ok()?.split('=').next().filter(|n| !n.is_empty()).map(str::to_owned))
+            .collect();
         names.sort();
+        names.dedup();
         names
     }
 }

@@ -421,6 +421,8 @@ impl<'a> Controller<'a> {
 
     /// One reconcile pass over every service.
     pub fn tick(&mut self, now_ms: u64) -> Result<(), ServeError> {
+        // Each tick observes afresh.
+        self.changed();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
             self.tick_service(&name, now_ms)?;
@@ -1153,6 +1155,7 @@ impl<'a> Controller<'a> {
 
     /// Carries out one API request.
     pub fn handle(&mut self, req: Request, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+        self.changed();
         match req {
             Request::Deploy { service, image, actor } => {
                 self.load_services()?;
@@ -1267,6 +1270,7 @@ impl<'a> Controller<'a> {
             "volumes": r.volumes,
             "limits": r.limits,
             "config_digest": r.config_digest,
+            "runc_root": crate::runtime::run_dir(&self.home).join("runc"),
             "health": h,
             "drift": self.drift.get(r.id.as_str()),
             "quarantine": svc.state.quarantined.get(r.id.as_str()),

@@ -2,6 +2,8 @@
 //! `kiln` binary, and a busybox rootfs made from Debian's busybox-static.
 #![allow(dead_code)]
 
+pub mod serve_env;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

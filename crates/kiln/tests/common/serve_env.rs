@@ -1,0 +1,176 @@
+//! A kiln home with a demo-app service and its `kiln serve`, for the
+//! tests of releases and healing: real runc instances behind the
+//! service's own `kiln proxy`, driven through the real `kiln` binary.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{free_port, json, kiln_bin, load, tempdir, Conn};
+
+/// Releases use real instances and timing windows: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub home: PathBuf,
+    pub port: u16,
+    pub service: String,
+    pub serve: Option<Child>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_serve();
+        for d in fs::read_dir(self.home.join("proxies")).into_iter().flatten().flatten() {
+            if let Ok(v) = fs::read_to_string(d.path().join("proxy.json")) {
+                if let Some(pid) = json(&v)["pid"].as_i64() {
+                    // SAFETY: a signal to a proxy this test's kiln serve started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        let ps = self.kiln(&["ps", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&ps.stdout) {
+            for r in v["instances"].as_array().into_iter().flatten() {
+                self.kiln(&["rm", "--force", r["id"].as_str().unwrap_or_default()]);
+            }
+        }
+    }
+}
+
+impl Env {
+    /// A kiln.toml with the demo image and `[service.web]` (whose listen
+    /// address is added), baked at 1.0.0; `kiln serve` started.
+    pub fn new(what: &str, service: &str) -> Self {
+        let mut env = Env::bare(what, service);
+        env.start_serve(None);
+        env
+    }
+
+    /// The files and home, no `kiln serve` yet.
+    pub fn bare(what: &str, service: &str) -> Self {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+        assert!(demo.exists(), "run scripts/build-demo.sh first (scripts/test.sh does)");
+        let (dir, home) = (tempdir(&format!("rel-{what}")), tempdir(&format!("rel-{what}-home")));
+        fs::copy(&demo, dir.join("demo-app")).unwrap();
+        let port = free_port();
+        let service = format!("[service.web]\nimage = \"web\"\nenv = {{ HOST = \"127.0.0.1\" }}\nlisten = \"127.0.0.1:{port}\"\n{service}");
+        let env = Env { dir, home, port, service, serve: None };
+        env.version("1.0.0", "");
+        env
+    }
+
+    pub fn version(&self, v: &str, extra_env: &str) {
+        let image = super::demo_image(v, extra_env);
+        fs::write(self.dir.join("kiln.toml"), format!("{image}\n{}", self.service)).unwrap();
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(kiln_bin()).args(args).current_dir(&self.dir).env("KILN_HOME", &self.home).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kiln(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}\n{}\nserve log: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.serve_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn serve_log(&self) -> String {
+        fs::read_to_string(self.home.join("serve-test.log")).unwrap_or_default()
+    }
+
+    pub fn start_serve(&mut self, crash_at: Option<&str>) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.home.join("serve-test.log")).unwrap();
+        let mut c = Command::new(kiln_bin());
+        c.args(["serve", "-f", "kiln.toml"])
+            .current_dir(&self.dir)
+            .env("KILN_HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(p) = crash_at {
+            c.env("KILN_CRASH_AT", p);
+        }
+        self.serve = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.kiln(&["status", "--json"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "kiln serve never answered: {}", self.serve_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill_serve(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kiln deploy`: exit status and output.
+    pub fn deploy(&self) -> (i32, String) {
+        let out = self.kiln(&["deploy"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        json(&self.ok(&["status", "--json"]))["services"][0].clone()
+    }
+
+    /// Live instances by release.
+    pub fn releases_running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["release"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}\n{}", self.serve_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The version the load balancer serves, asked `n` times.
+    pub fn versions(&self, n: usize) -> Vec<String> {
+        let mut c = Conn::new(self.port);
+        (0..n).map(|_| String::from_utf8(c.get("/").unwrap().2).unwrap().trim().to_owned()).collect()
+    }
+}
+
+/// Runs `f` under `threads` clients of keep-alive GETs; returns (ok, failed).
+pub fn under_load(port: u16, f: impl FnOnce()) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, bad) = load(port, 6, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    f();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed))
+}
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+

@@ -1,0 +1,284 @@
+//! Healing end to end: real runc instances of the demo app behind the
+//! service's `kiln proxy`, under continuous keep-alive load, killed, hung,
+//! aged, tampered with and quarantined; `kiln serve` itself restarted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::serve_env::{serial, under_load, Env};
+use common::{json, Conn};
+
+const SERVICE: &str = "replicas = 3\ndrain_timeout = \"2s\"\n\
+    [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"250ms\"\nunhealthy_threshold = 2\n";
+
+fn instances(s: &serde_json::Value) -> Vec<serde_json::Value> {
+    s["instances"].as_array().cloned().unwrap_or_default()
+}
+
+/// Serving instances: healthy, not quarantined, routed.
+fn serving(s: &serde_json::Value) -> usize {
+    instances(s)
+        .iter()
+        .filter(|i| i["health"]["healthy"] == true && i["quarantined"] == false && i["in_table"] == true)
+        .count()
+}
+
+fn deployed(what: &str, settings: &str) -> Env {
+    let env = Env::new(what, &format!("{SERVICE}{settings}"));
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    env.wait_for("3 serving instances", |s| serving(s) == 3);
+    env
+}
+
+/// One client posting `/order` with unique ids until `stop`: (answered
+/// ids, ids that failed).
+fn post_orders(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        let mut c = Conn::new(port);
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) && n < 100_000 {
+            n += 1;
+            let id = format!("o{n}");
+            match c.send("POST", "/order", &[], id.as_bytes()) {
+                Ok((201, _, _)) => ok.push(id),
+                Ok(_) => failed.push(id),
+                Err(_) => {
+                    failed.push(id);
+                    c = Conn::new(port);
+                }
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn sigkill_every_second_for_30_s_fails_no_idempotent_request_and_sends_no_post_twice() {
+    let _g = serial();
+    let env = deployed("chaos", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let posts = post_orders(env.port, stop.clone());
+    let mut report = serde_json::Value::Null;
+    let (ok, bad) = under_load(env.port, || {
+        report = json(&env.ok(&["chaos", "--kill-rate", "1", "--duration", "30s", "--max-share", "0.34", "--json"]));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (posted, post_failed) = posts.join().unwrap();
+    eprintln!("chaos report: {report:#}\nGET ok {ok} failed {bad}; POST ok {} failed {}", posted.len(), post_failed.len());
+    let kills = report["kills"].as_u64().unwrap();
+    assert!(kills >= 20, "about one kill a second: {report:#}");
+    assert_eq!(report["replaced"].as_u64(), Some(kills), "a replacement served after every kill: {report:#}");
+    assert!(report["replace_median_ms"].as_u64().unwrap() < 1000, "median under a second: {report:#}");
+    assert!(ok > 2000, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed idempotent requests under chaos");
+    // What reached the application: no order twice (kiln never retries a POST).
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let logs = env.ok(&["logs", "--service", "web", "--json"]);
+    for l in logs.lines() {
+        if let Some(id) = json(l)["line"].as_str().and_then(|l| l.strip_prefix("order ")) {
+            *seen.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "orders the application received twice: {twice:?}");
+    assert!(posted.iter().all(|id| seen.contains_key(id)), "every answered order was received");
+    assert!(posted.len() > 500, "POSTs ran: {}", posted.len());
+    eprintln!("POSTs that failed under chaos (not retried, by design): {}", post_failed.len());
+    let s = env.wait_for("3 serving instances again", |s| serving(s) == 3);
+    assert_eq!(s["heal"]["failing"], false, "chaos kills are no crash loop: {s:#}");
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains("replacing") && hist.contains("(chaos)") && hist.contains("serving after"), "{hist}");
+}
+
+#[test]
+fn a_hung_instance_is_taken_out_by_health_checks_and_replaced_without_a_failed_request() {
+    let _g = serial();
+    let env = deployed("hung", "");
+    let s = env.status();
+    let victim = instances(&s)[0].clone();
+    let id = victim["id"].as_str().unwrap().to_owned();
+    let port = victim["port"].as_u64().unwrap() as u16;
+    let (ok, bad) = under_load(env.port, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"POST /hang HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let _ = c.read(&mut buf);
+        let t = Instant::now();
+        env.wait_for("the hung instance to be replaced", |s| {
+            !instances(s).iter().any(|i| i["id"] == id.as_str() && i["draining"] == false) && serving(s) == 3
+        });
+        eprintln!("hung instance replaced after {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed requests around the hung instance");
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains(&format!("replacing {id} (hung)")), "{hist}");
+}
+
+#[test]
+fn max_age_recycles_every_instance_surge_first_without_a_failed_request() {
+    let _g = serial();
+    let env = deployed("recycle", "[service.web.heal]\nmax_age = \"4s\"\n");
+    let first: Vec<String> =
+        instances(&env.status()).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    let s = env.status();
+    assert!(instances(&s).iter().all(|i| i["recycle_in_s"].as_u64().is_some_and(|r| r <= 4)), "{s:#}");
+    let (ok, bad) = under_load(env.port, || {
+        env.wait_for("every first instance recycled", |s| {
+            instances(s).iter().all(|i| !first.contains(&i["id"].as_str().unwrap().to_owned())) && serving(s) == 3
+        });
+    });
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed requests while recycling");
+    let hist = env.ok(&["history", "web"]);
+    assert_eq!(hist.matches("(max-age)").count() >= 3, true, "{hist}");
+}
+
+#[test]
+fn drift_of_the_image_cache_and_of_a_runtime_config_is_found_and_healed() {
+    let _g = serial();
+    let env = deployed("drift", "[service.web.heal]\ndrift_interval = \"off\"\n");
+    let out = env.kiln(&["verify-instances", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "nothing drifted yet: {}", String::from_utf8_lossy(&out.stdout));
+    let s = env.status();
+    let digest = s["stable"]["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().to_owned();
+    let id = instances(&s)[0]["id"].as_str().unwrap().to_owned();
+    let info = json(&env.ok(&["inspect-instance", &id, "--json"]));
+    // Its limits changed behind kiln's back.
+    let root = info["runc_root"].as_str().unwrap().to_owned();
+    common::run("runc", &["--root", &root, "update", "--pids-limit", "77", &id]);
+    let out = env.kiln(&["verify-instances"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains(&format!("{id}: DRIFT")) && text.contains("pids limit is 77"), "{text}");
+    assert_eq!(text.matches("DRIFT").count(), 1, "only that one: {text}");
+    let (ok, bad) = under_load(env.port, || {
+        env.wait_for("the drifted instance replaced", |s| {
+            instances(s).iter().all(|i| i["id"] != id.as_str()) && serving(s) == 3
+        });
+    });
+    assert!(ok > 100 && bad == 0, "ok {ok} failed {bad}");
+
+    // The shared image cache: a file that is not in the image.
+    env.wait_for("the old instance gone", |s| instances(s).len() == 3);
+    let before: Vec<String> = instances(&env.status()).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    fs::write(env.home.join("images").join(&digest).join("rootfs/evil"), "x").unwrap();
+    let out = env.kiln(&["verify-instances"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert_eq!(text.matches("/evil is not part of the image").count(), 3, "every instance runs from it: {text}");
+    let (ok, bad) = under_load(env.port, || {
+        env.wait_for("all three replaced from a fresh cache", |s| {
+            instances(s).iter().all(|i| !before.contains(&i["id"].as_str().unwrap().to_owned())) && serving(s) == 3
+        });
+    });
+    assert!(ok > 100 && bad == 0, "ok {ok} failed {bad}");
+    let out = env.kiln(&["verify-instances"]);
+    assert_eq!(out.status.code(), Some(0), "healed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!env.home.join("images").join(&digest).join("rootfs/evil").exists());
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains("(drift): runtime config") && hist.contains("(drift): image cache"), "{hist}");
+}
+
+#[test]
+fn quarantine_freezes_keeps_and_excludes_the_instance_until_released() {
+    let _g = serial();
+    let env = deployed("quarantine", "");
+    let id = instances(&env.status())[0]["id"].as_str().unwrap().to_owned();
+    let (ok, bad) = under_load(env.port, || {
+        let out = env.ok(&["quarantine", &id, "--reason", "post-mortem test"]);
+        assert!(out.contains("frozen"), "{out}");
+        env.wait_for("a replacement, the quarantined one frozen", |s| {
+            serving(s) == 3 && instances(s).iter().any(|i| i["id"] == id.as_str() && i["state"] == "paused")
+        });
+    });
+    assert!(ok > 100 && bad == 0, "ok {ok} failed {bad}");
+    let s = env.status();
+    let q = instances(&s).into_iter().find(|i| i["id"] == id.as_str()).unwrap();
+    assert_eq!((q["quarantined"].clone(), q["in_table"].clone()), (true.into(), false.into()), "{s:#}");
+    // Runc agrees it is frozen.
+    let info = json(&env.ok(&["inspect-instance", &id, "--json"]));
+    let state = common::run("runc", &["--root", info["runc_root"].as_str().unwrap(), "state", &id]);
+    assert_eq!(json(&String::from_utf8_lossy(&state.stdout))["status"], "paused");
+    assert_eq!(info["quarantine"]["reason"], "post-mortem test");
+    assert!(info["env"].as_array().unwrap().iter().any(|e| e == "DEMO_VERSION"), "{info:#}");
+    assert!(!env.ok(&["inspect-instance", &id]).contains("1.0.0\n"), "names only, never values");
+    let dir = std::path::PathBuf::from(info["quarantine"]["dir"].as_str().unwrap());
+    env.wait_for("the post-mortem copy", |_| dir.join("quarantine.json").exists());
+    assert!(fs::read_to_string(dir.join("logs.jsonl")).unwrap().contains("listening"), "its logs are kept");
+    assert!(dir.join("instance.json").exists());
+    // No traffic reaches it: every answer comes from the other three.
+    let mut c = Conn::new(env.port);
+    for _ in 0..30 {
+        assert_eq!(c.get("/").unwrap().0, 200);
+    }
+    env.ok(&["release-quarantine", &id]);
+    env.wait_for("the quarantined instance destroyed", |s| instances(s).iter().all(|i| i["id"] != id.as_str()));
+    assert!(!dir.exists());
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains(&format!("quarantined {id}")) && hist.contains(&format!("destroyed quarantined {id}")), "{hist}");
+}
+
+#[test]
+fn a_crash_loop_in_a_canary_fails_the_release_and_stable_keeps_serving() {
+    let _g = serial();
+    let env = Env::new(
+        "crashloop",
+        &format!(
+            "strategy = \"canary\"\n{SERVICE}[service.web.canary]\nsteps = [50]\nstep_interval = \"2s\"\n\
+             [service.web.heal]\ncrash_loop = 2\n"
+        ),
+    );
+    assert_eq!(env.deploy().0, 0);
+    env.wait_for("3 serving", |s| serving(s) == 3);
+    // Each instance of 2.0.0 exits (code 3) after two health checks.
+    env.version("2.0.0", ", CRASH_AFTER = \"2\"");
+    let mut code = 0;
+    let mut out = String::new();
+    let (ok, bad) = under_load(env.port, || (code, out) = env.deploy());
+    assert_ne!(code, 0, "{out}");
+    let s = env.status();
+    assert_eq!(s["last"]["outcome"], "rolled-back", "{s:#}");
+    assert!(s["last"]["reason"].as_str().unwrap().starts_with("crash loop: 2 instances"), "{s:#}");
+    assert!(s["last"]["reason"].as_str().unwrap().contains("exited with code 3"), "{s:#}");
+    assert_eq!(s["stable"]["id"], "web-1");
+    assert!(ok > 100 && bad == 0, "ok {ok} failed {bad}");
+}
+
+#[test]
+fn kiln_serve_restarted_three_times_under_load_fails_no_request_and_still_heals() {
+    let _g = serial();
+    let mut env = deployed("restart", "");
+    let total_ok = AtomicU64::new(0);
+    let (ok, bad) = under_load(env.port, || {
+        for _ in 0..3 {
+            // SIGTERM, then a new kiln serve adopts instances and proxies.
+            let pid = env.serve.as_ref().unwrap().id() as i32;
+            // SAFETY: a signal to the kiln serve this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = env.serve.take().map(|mut c| c.wait());
+            std::thread::sleep(Duration::from_millis(300));
+            env.start_serve(None);
+            env.wait_for("3 serving after the restart", |s| serving(s) == 3);
+            total_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        // The restarted controller still heals.
+        let id = instances(&env.status())[0]["id"].as_str().unwrap().to_owned();
+        env.ok(&["stop", &id]);
+        env.wait_for("a replacement", |s| serving(s) == 3 && instances(s).iter().all(|i| i["id"] != id.as_str()));
+    });
+    assert_eq!(total_ok.load(Ordering::Relaxed), 3);
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed requests across three restarts of kiln serve");
+}
