@@ -413,7 +413,9 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
                 )
             }
             Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
-            Event::Replacing { instance, cause, detail } => format!("replacing {instance} ({}): {detail}", cause.name()),
+            Event::Replacing { instance, cause, detail } => {
+                format!("replacing {instance} ({}): {detail}", cause.name())
+            }
             Event::Replaced { instance, replacement, took_ms } => {
                 format!("replaced {instance} by {replacement}, serving after {took_ms} ms")
             }

@@ -230,7 +230,8 @@ pub fn decide(spec: &ReleaseSpec, replicas: u32, seen: &[Seen], state: &HealStat
                 Some(ProbeFailure::Status(_)) | None => "failed",
             };
             let detail = format!("{} health checks in a row {what}", s.health.fails);
-            let cause = if s.health.last_failure == Some(ProbeFailure::Timeout) { Cause::Hung } else { Cause::Unhealthy };
+            let cause =
+                if s.health.last_failure == Some(ProbeFailure::Timeout) { Cause::Hung } else { Cause::Unhealthy };
             Some((cause, detail, now_ms))
         } else {
             None
@@ -245,9 +246,9 @@ pub fn decide(spec: &ReleaseSpec, replicas: u32, seen: &[Seen], state: &HealStat
     if state.failures > 0
         && seen.iter().any(|s| {
             healthy(s)
-                && s.health.healthy_since_ms.is_some_and(|t| {
-                    t >= state.last_failure_ms && now_ms.saturating_sub(t) >= spec.heal.min_uptime_ms
-                })
+                && s.health
+                    .healthy_since_ms
+                    .is_some_and(|t| t >= state.last_failure_ms && now_ms.saturating_sub(t) >= spec.heal.min_uptime_ms)
         })
     {
         out.push(HealAction::Stable);
@@ -449,7 +450,8 @@ mod tests {
     fn a_hung_instance_is_told_from_an_unhealthy_one_and_a_slow_starter_is_given_its_deadline() {
         let sp = spec("");
         let mut hung = up("a", 0, 100);
-        hung.health = Health { passes: 0, fails: 2, healthy_since_ms: Some(100), last_failure: Some(ProbeFailure::Timeout) };
+        hung.health =
+            Health { passes: 0, fails: 2, healthy_since_ms: Some(100), last_failure: Some(ProbeFailure::Timeout) };
         let mut sick = up("b", 0, 100);
         sick.health.fails = 1;
         sick.health.last_failure = Some(ProbeFailure::Status(503));
@@ -570,9 +572,12 @@ mod tests {
         let mut d = up("a", 0, 100);
         d.drift = vec!["config.json: sha256:1 != sha256:2".into()];
         let acts = decide(&spec(""), 1, &[d.clone()], &HealState::default(), 5000);
-        assert!(matches!(&acts[0], HealAction::Replace { cause: Cause::Drift, detail, .. } if detail.contains("config.json")));
+        assert!(
+            matches!(&acts[0], HealAction::Replace { cause: Cause::Drift, detail, .. } if detail.contains("config.json"))
+        );
         assert_eq!(acts[1], HealAction::Start { count: 1 });
-        let acts = decide(&spec("[service.web.heal]\non_drift = \"quarantine\"\n"), 1, &[d], &HealState::default(), 5000);
+        let acts =
+            decide(&spec("[service.web.heal]\non_drift = \"quarantine\"\n"), 1, &[d], &HealState::default(), 5000);
         assert!(matches!(&acts[0], HealAction::Quarantine { reason, .. } if reason.starts_with("drift: ")));
         assert_eq!(acts[1], HealAction::Start { count: 1 });
     }

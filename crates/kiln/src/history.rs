@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher};
-use crate::release::analysis::Verdict;
 use crate::heal::Cause;
+use crate::release::analysis::Verdict;
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 2;

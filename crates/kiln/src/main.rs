@@ -622,7 +622,7 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Chaos { service, kill_rate, duration, max_share, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
-            if !(kill_rate > 0.0) {
+            if kill_rate.is_nan() || kill_rate <= 0.0 {
                 bail!("--kill-rate {kill_rate}: must be more than 0 kills per second");
             }
             if !(max_share > 0.0 && max_share <= 1.0) {

@@ -484,7 +484,10 @@ impl<'a> Runtime<'a> {
         if let (Some(want), Some(pid)) = (&r.config_digest, pid) {
             let read = |f: &str| fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
             let split = |b: Vec<u8>| -> Vec<String> {
-                b.split(|c| *c == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+                b.split(|c| *c == 0)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect()
             };
             let (args, env) = (split(read("cmdline")), split(read("environ")));
             let status = String::from_utf8_lossy(&read("status")).into_owned();

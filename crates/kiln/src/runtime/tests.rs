@@ -186,8 +186,8 @@ fn mount_drift_finds_a_writable_root_and_writable_mounts_outside_the_volumes() {
 26 22 8:1 /run/kiln/x/secrets/db /run/secrets/db ro,relatime - tmpfs tmpfs rw
 ";
     assert_eq!(super::mount_drift(good, &["/data"]), Vec::<String>::new());
-    let bad = good.replace("/ / ro,relatime", "/ / rw,relatime")
-        + "27 22 8:1 /etc /etc rw,relatime - ext4 /dev/sda1 rw\n";
+    let bad =
+        good.replace("/ / ro,relatime", "/ / rw,relatime") + "27 22 8:1 /etc /etc rw,relatime - ext4 /dev/sda1 rw\n";
     let d = super::mount_drift(&bad, &["/data"]);
     assert_eq!(d.len(), 2, "{d:?}");
     assert!(d[0].contains("root") && d[1].starts_with("/etc is mounted read-write (ext4)"), "{d:?}");

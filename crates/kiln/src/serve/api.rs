@@ -129,7 +129,10 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
         ("GET", p) if p.starts_with("/v1/instances/") => {
             let id = &p["/v1/instances/".len()..];
             if id.is_empty() || id.contains('/') {
-                return Err(ServeError::BadRequest { field: "instance".into(), message: format!("{p:?}: expected /v1/instances/ID") });
+                return Err(ServeError::BadRequest {
+                    field: "instance".into(),
+                    message: format!("{p:?}: expected /v1/instances/ID"),
+                });
             }
             Ok(Request::Inspect { instance: id.to_owned() })
         }
@@ -150,11 +153,16 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
         }
         (
             _,
-            "/v1/status" | "/v1/deploy" | "/v1/rollback" | "/v1/promote" | "/v1/abort" | "/v1/quarantine"
-            | "/v1/release-quarantine" | "/v1/verify-instances" | "/v1/chaos/kill",
-        ) => {
-            Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path)))
-        }
+            "/v1/status"
+            | "/v1/deploy"
+            | "/v1/rollback"
+            | "/v1/promote"
+            | "/v1/abort"
+            | "/v1/quarantine"
+            | "/v1/release-quarantine"
+            | "/v1/verify-instances"
+            | "/v1/chaos/kill",
+        ) => Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path))),
         _ => Err(ServeError::NoRoute(req.path.clone())),
     }
 }

@@ -562,8 +562,7 @@ impl<'a> Controller<'a> {
                 InstanceState::Exited { code, signal, .. } => (code, signal),
                 _ => (None, None),
             };
-            let cause =
-                if self.chaos.remove(r.id.as_str()) { Cause::Chaos } else { Cause::Exited { code, signal } };
+            let cause = if self.chaos.remove(r.id.as_str()) { Cause::Chaos } else { Cause::Exited { code, signal } };
             let event = Event::Replacing { instance: r.id.to_string(), cause, detail: Self::exit_detail(&r) };
             self.record(name, release, now_ms, &event)?;
             let _ = self.runtime().remove(r.id.as_str(), true);
@@ -612,7 +611,8 @@ impl<'a> Controller<'a> {
             let mut started = Vec::new();
             match &action {
                 HealAction::Replace { instance, cause, detail, .. } => {
-                    let event = Event::Replacing { instance: instance.clone(), cause: cause.clone(), detail: detail.clone() };
+                    let event =
+                        Event::Replacing { instance: instance.clone(), cause: cause.clone(), detail: detail.clone() };
                     self.record(name, &stable.id, now_ms, &event)?;
                 }
                 HealAction::Replaced { old, replacement, took_ms, .. } => {
@@ -699,7 +699,10 @@ impl<'a> Controller<'a> {
             return Err(ServeError::Conflict(format!("instance {id} is quarantined already")));
         }
         if r.state.is_exited() || r.stop_requested {
-            return Err(ServeError::Conflict(format!("instance {id} is {}; there is nothing to freeze", r.state.name())));
+            return Err(ServeError::Conflict(format!(
+                "instance {id} is {}; there is nothing to freeze",
+                r.state.name()
+            )));
         }
         let release = r.release.clone().unwrap_or_default();
         self.record(
@@ -740,7 +743,8 @@ impl<'a> Controller<'a> {
         match rt.keep_for_postmortem(&r, &q.dir) {
             Ok(kept) => {
                 let meta = serde_json::json!({ "quarantine": q, "kept": kept, "frozen_at_ms": now_ms });
-                let _ = std::fs::write(q.dir.join("quarantine.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default());
+                let _ =
+                    std::fs::write(q.dir.join("quarantine.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default());
             }
             Err(e) => eprintln!("kiln serve: quarantine of {id}: {e}"),
         }
@@ -752,7 +756,12 @@ impl<'a> Controller<'a> {
         let Some(q) = self.services[name].state.quarantined.get(id).cloned() else {
             return Err(ServeError::Conflict(format!("instance {id} is not quarantined")));
         };
-        self.record(name, &q.release, now_ms, &Event::Unquarantined { instance: id.to_owned(), actor: actor.to_owned() })?;
+        self.record(
+            name,
+            &q.release,
+            now_ms,
+            &Event::Unquarantined { instance: id.to_owned(), actor: actor.to_owned() },
+        )?;
         self.services.get_mut(name).expect("known").state.quarantined.remove(id);
         self.save(name, now_ms)?;
         self.retiring.remove(id);
@@ -780,7 +789,12 @@ impl<'a> Controller<'a> {
     fn fill_exit_logs(&mut self, name: &str, instance: &str) {
         let rt = self.runtime();
         if let Ok(r) = rt.find(instance) {
-            let _ = rt.logs().ingest(&rt.log_meta(&r), &self.home.join("instances").join(instance), super::now_ms() as i64, false);
+            let _ = rt.logs().ingest(
+                &rt.log_meta(&r),
+                &self.home.join("instances").join(instance),
+                super::now_ms() as i64,
+                false,
+            );
         }
         let filter = crate::runtime::logs::LogFilter { instance: Some(instance.to_owned()), ..Default::default() };
         let lines: Vec<String> = rt.logs().query(&filter).unwrap_or_default().into_iter().map(|l| l.line).collect();
@@ -836,13 +850,11 @@ impl<'a> Controller<'a> {
         let threshold = spec.health.healthy_threshold;
         let mut obs = Observed {
             new_live: new.len() as u32,
-            new_healthy: new
-                .iter()
-                .filter(|x| self.prober.health(x.id.as_str()).passes >= threshold)
-                .count() as u32,
-            old_live: r.stable.as_deref().map_or(0, |s| {
-                of(s).iter().filter(|x| !self.retiring.contains_key(x.id.as_str())).count() as u32
-            }),
+            new_healthy: new.iter().filter(|x| self.prober.health(x.id.as_str()).passes >= threshold).count() as u32,
+            old_live: r
+                .stable
+                .as_deref()
+                .map_or(0, |s| of(s).iter().filter(|x| !self.retiring.contains_key(x.id.as_str())).count() as u32),
             new_failures: a.failures,
             last_failure: a.last_failure.clone(),
             canary: None,
@@ -860,13 +872,7 @@ impl<'a> Controller<'a> {
         self.act(name, a, action, now_ms)
     }
 
-    fn act(
-        &mut self,
-        name: &str,
-        mut a: Active,
-        action: Action,
-        now_ms: u64,
-    ) -> Result<(), ServeError> {
+    fn act(&mut self, name: &str, mut a: Active, action: Action, now_ms: u64) -> Result<(), ServeError> {
         let release = ReleaseRef {
             id: a.rollout.release.clone(),
             digest: a.rollout.digest.clone(),
@@ -1143,7 +1149,8 @@ impl<'a> Controller<'a> {
             paused: None,
             skip_analysis: fast,
         };
-        self.services.get_mut(name).expect("known").state.rollout = Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None });
+        self.services.get_mut(name).expect("known").state.rollout =
+            Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None });
         self.save(name, now_ms)?;
         crash_point("release-recorded");
         Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
@@ -1200,14 +1207,7 @@ impl<'a> Controller<'a> {
                     return Err(ServeError::Conflict(format!("service {service} has no release in progress")));
                 };
                 let id = a.rollout.release.clone();
-                self.fail(
-                    &service,
-                    a,
-                    format!("aborted by {actor}"),
-                    None,
-                    Outcome::Aborted,
-                    now_ms,
-                )?;
+                self.fail(&service, a, format!("aborted by {actor}"), None, Outcome::Aborted, now_ms)?;
                 Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
             }
             Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),

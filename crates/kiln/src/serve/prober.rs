@@ -43,7 +43,8 @@ pub fn check(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> Result<
     let Some(path) = path else { return Ok(()) };
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let _ = s.set_write_timeout(Some(left()));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kiln-controller\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kiln-controller\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|_| ProbeFailure::Timeout)?;
     // Only the status line matters: 12 bytes, "HTTP/1.1 200".
     let mut head = [0u8; 12];
