@@ -182,9 +182,24 @@ pub fn decide(spec: &ReleaseSpec, replicas: u32, seen: &[Seen], state: &HealStat
     let mut out = Vec::new();
     let pending_old = |id: &str| state.pending.iter().any(|p| p.old == id);
     let healthy = |s: &Seen| s.exit.is_none() && s.health.healthy_since_ms.is_some() && s.health.fails == 0;
-    // Replacements that now serve.
+    // Replacements that now serve. An entry whose replacement is not known
+    // (its start was not assigned, or the one assigned died) takes a
+    // healthy instance started after the failure that no entry claims.
+    let mut claimed: Vec<&str> = state.pending.iter().filter_map(|p| p.replacement.as_deref()).collect();
     for p in &state.pending {
-        let Some(r) = p.replacement.as_deref() else { continue };
+        let assigned = p.replacement.as_deref().filter(|r| seen.iter().any(|s| s.id == *r && s.exit.is_none()));
+        let r = match assigned {
+            Some(r) => r,
+            None => {
+                let Some(s) = seen.iter().find(|s| {
+                    healthy(s) && s.started_ms >= p.since_ms && !claimed.contains(&s.id.as_str()) && !pending_old(&s.id)
+                }) else {
+                    continue;
+                };
+                claimed.push(&s.id);
+                &s.id
+            }
+        };
         if let Some(s) = seen.iter().find(|s| s.id == r && healthy(s)) {
             let took = s.health.healthy_since_ms.unwrap_or(now_ms).saturating_sub(p.since_ms);
             out.push(HealAction::Replaced {

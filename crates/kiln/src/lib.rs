@@ -8,7 +8,10 @@
 //!   [`bake::sandbox`] and [`runtime::driver`] (runc);
 //! - operations: [`bake`], [`runtime`] (instances through runc, logs,
 //!   volumes; [`secrets`] at rest), and [`command`], the one enum every front end
-//!   (CLI today, HTTP API later) maps onto.
+//!   (CLI today, HTTP API later) maps onto;
+//! - the controller: [`serve`] (`kiln serve`), deciding with [`release`]
+//!   (rollouts) and [`heal`] (replacements, recycling, crash loops), both
+//!   pure, recording in [`history`]; [`chaos`] drives kills through its API.
 
 pub mod bake;
 pub mod chaos;

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/heal.sh: time from a SIGKILLed instance to its replacement serving,
+# and requests failed meanwhile, kiln against Docker Swarm.
+#   1. kiln: 3 replicas of the demo app behind the service's kiln proxy,
+#      wrk (8 connections) throughout; `kiln chaos` kills one instance a
+#      second, $KILLS times (default 100): kill-to-serving median and p99
+#      (from the history's `replaced` events), failed requests by wrk.
+#   2. kiln, $MANY kills (default 1000) at 4 a second (at most one of the
+#      three down at once): failed requests by wrk and by the load balancer.
+#   3. Docker Swarm (one-node swarm, docker.io from Debian), 3 replicas with
+#      --network host: `docker kill` one task's container, $SWARM_KILLS times
+#      (default 20; each waits out Swarm's restart delay), time until that
+#      slot's port answers again.
+# Usage: bench/heal.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+. bench/common.sh
+bench_setup wrk docker.io skopeo
+bench_workdir heal
+kiln=$root/target/release/kiln
+export KILN_HOME=$work/home
+LB=$(port)
+KILLS=${KILLS:-100}
+MANY=${MANY:-1000}
+SWARM_KILLS=${SWARM_KILLS:-20}
+ms() { python3 -c "import time; print(int(time.time()*1000))"; }
+cp examples/hello/bin/demo-app "$work/"
+cd "$work"
+cat > kiln.toml <<TOML
+[image.web]
+from = "scratch"
+version = "1.0.0"
+copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
+entrypoint = ["/demo-app"]
+env = { DEMO_VERSION = "1.0.0" }
+user = "65534:65534"
+
+[service.web]
+image = "web"
+env = { HOST = "127.0.0.1" }
+replicas = 3
+listen = "127.0.0.1:$LB"
+drain_timeout = "2s"
+[service.web.health]
+path = "/healthz"
+interval = "200ms"
+timeout = "250ms"
+unhealthy_threshold = 2
+TOML
+"$kiln" bake >/dev/null
+"$kiln" serve -f kiln.toml 2>"$work/serve.log" & pids+=($!)
+for _ in $(seq 200); do "$kiln" status >/dev/null 2>&1 && break; sleep 0.05; done
+"$kiln" deploy >/dev/null
+sleep 2
+wrk_errors() {
+  python3 - "$1" <<'PY'
+import re, sys
+f = open(sys.argv[1]).read()
+non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", f) or [0, 0])[1])
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", f)
+print(non2xx + (sum(int(x) for x in sock.groups()) if sock else 0), re.search(r"(\d+) requests in", f).group(1))
+PY
+}
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$@"; }
+printf "%-30s %6s %9s %7s %7s %10s\n" "run" "kills" "median_ms" "p99_ms" "failed" "requests"
+chaos() { # kills rate
+  local secs
+  secs=$(python3 -c "print(int($1/$2)+1)")
+  wrk -t2 -c8 -d$((secs + 8))s "http://127.0.0.1:$LB/" > "$work/chaos.wrk" 2>&1 & local w=$!
+  sleep 1
+  "$kiln" chaos web --kill-rate "$2" --duration "$(python3 -c "print(int($1/$2*1000))")ms" \
+    --max-share 0.34 --json > "$work/chaos.json"
+  wait $w || true
+  read -r fail total < <(wrk_errors "$work/chaos.wrk")
+  printf "%-30s %6s %9s %7s %7s %10s  (lb: %s failed, %s retried; %s kills refused)\n" "kiln chaos $2/s" \
+    "$(field chaos.json kills)" "$(field chaos.json replace_median_ms)" "$(field chaos.json replace_p99_ms)" \
+    "$fail" "$total" "$(field chaos.json failed_requests)" "$(field chaos.json retries)" "$(field chaos.json refused)"
+}
+chaos "$KILLS" 1
+chaos "$MANY" 4
+kill "${pids[-1]}" 2>/dev/null || true
+for p in "$KILN_HOME"/proxies/*/proxy.json; do
+  [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
+done
+for i in $("$kiln" ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]'); do
+  "$kiln" rm --force "$i" >/dev/null || true
+done
+
+# ---- Docker Swarm ----
+if ! docker info >/dev/null 2>&1; then
+  dockerd >"$work/dockerd.log" 2>&1 & pids+=($!)
+  for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+if ! docker swarm init --advertise-addr 127.0.0.1 >"$work/swarm.log" 2>&1; then
+  echo "swarm: docker swarm init failed: $(tail -1 "$work/swarm.log")"
+  exit 0
+fi
+skopeo copy --quiet "oci:$KILN_HOME/store:web:1.0.0" "docker-daemon:bench-web:1.0.0"
+docker service create --quiet --name bench-web --replicas 3 --network host \
+  --env HOST=127.0.0.1 --env 'PORT=1900{{.Task.Slot}}' bench-web:1.0.0 >/dev/null 2>&1
+for p in 19001 19002 19003; do until curl -s "127.0.0.1:$p/" >/dev/null; do sleep 0.2; done; done
+times=()
+for n in $(seq "$SWARM_KILLS"); do
+  slot=$(( (n % 3) + 1 ))
+  c=$(docker ps -q --filter "name=bench-web.$slot." | head -1)
+  t=$(ms); docker kill "$c" >/dev/null
+  until curl -s -m 1 "127.0.0.1:1900$slot/" >/dev/null; do sleep 0.05; done
+  times+=($(( $(ms) - t )))
+done
+read -r med p99 < <(python3 -c "
+import math, sys
+v = sorted(int(x) for x in sys.argv[1:])
+q = lambda p: v[min(len(v), max(1, math.ceil(p * len(v)))) - 1]
+print(q(0.5), q(0.99))" "${times[@]}")
+printf "%-30s %6s %9s %7s\n" "swarm (docker kill, restart)" "$SWARM_KILLS" "$med" "$p99"
+docker service rm bench-web >/dev/null
+docker swarm leave --force >/dev/null
