@@ -78,7 +78,7 @@ chaos() { # kills rate
     "$fail" "$total" "$(field chaos.json failed_requests)" "$(field chaos.json retries)" "$(field chaos.json refused)"
 }
 chaos "$KILLS" 1
-chaos "$MANY" 4
+[ "$MANY" -gt 0 ] && chaos "$MANY" 4
 kill "${pids[-1]}" 2>/dev/null || true
 for p in "$KILN_HOME"/proxies/*/proxy.json; do
   [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true

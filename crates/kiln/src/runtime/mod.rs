@@ -849,6 +849,11 @@ impl<'a> Runtime<'a> {
     pub fn pause(&self, reference: &str) -> Result<InstanceRecord, RunError> {
         let mut r = self.find(reference)?;
         self.driver.pause(r.id.as_str())?;
+        // Recorded at once: observing a running instance skips `runc state`.
+        if r.state == InstanceState::Running {
+            r.state = InstanceState::Paused;
+            self.save(&r)?;
+        }
         self.observe(&mut r)?;
         Ok(r)
     }
@@ -856,6 +861,10 @@ impl<'a> Runtime<'a> {
     pub fn resume(&self, reference: &str) -> Result<InstanceRecord, RunError> {
         let mut r = self.find(reference)?;
         self.driver.resume(r.id.as_str())?;
+        if r.state == InstanceState::Paused {
+            r.state = InstanceState::Running;
+            self.save(&r)?;
+        }
         self.observe(&mut r)?;
         Ok(r)
     }
