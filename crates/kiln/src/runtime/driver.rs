@@ -177,7 +177,22 @@ impl Driver for RuncDriver {
         }
     }
     fn list(&self) -> Result<Vec<RuntimeState>, DriverError> {
-        let out = self.run("list", "", self.command(&["list", "--format", "json"]))?;
+        // `runc list` fails when a container's state directory vanishes
+        // while it reads them (a shim deleting its exited container): that
+        // race is retried, a lasting failure is not.
+        let mut tries = 0;
+        let out = loop {
+            match self.run("list", "", self.command(&["list", "--format", "json"])) {
+                Ok(out) => break out,
+                Err(DriverError::Failed { message, .. })
+                    if tries < 3 && message.contains("no such file or directory") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let list: Option<Vec<RuncState>> = serde_json::from_slice(&out).map_err(|e| DriverError::Failed {
             op: "list".into(),
             id: String::new(),
