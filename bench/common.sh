@@ -33,3 +33,39 @@ wait_port() {
   echo "port $1 never opened" >&2
   exit 1
 }
+
+# Unix milliseconds.
+ms() { python3 -c "import time; print(int(time.time()*1000))"; }
+# "FAILED TOTAL" from a wrk output file: non-2xx/3xx answers plus socket errors.
+wrk_errors() {
+  python3 - "$1" <<'PY'
+import re, sys
+f = open(sys.argv[1]).read()
+non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", f) or [0, 0])[1])
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", f)
+print(non2xx + (sum(int(x) for x in sock.groups()) if sock else 0), re.search(r"(\d+) requests in", f).group(1))
+PY
+}
+# Ends this script's kiln serve (the last pid), the proxies it started and
+# every instance of $KILN_HOME.
+kiln_stop_all() {
+  kill "${pids[-1]}" 2>/dev/null || true
+  for p in "$KILN_HOME"/proxies/*/proxy.json; do
+    [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
+  done
+  for i in $("$kiln" ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]'); do
+    "$kiln" rm --force "$i" >/dev/null || true
+  done
+}
+# Starts dockerd if none runs (ours: ended by PID at exit) and a one-node
+# swarm; returns 1 (with the reason) if the swarm cannot start.
+swarm_up() {
+  if ! docker info >/dev/null 2>&1; then
+    dockerd >"$work/dockerd.log" 2>&1 & pids+=($!)
+    for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+  if ! docker swarm init --advertise-addr 127.0.0.1 >"$work/swarm.log" 2>&1; then
+    echo "swarm: docker swarm init failed: $(tail -1 "$work/swarm.log")"
+    return 1
+  fi
+}

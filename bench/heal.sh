@@ -24,7 +24,6 @@ LB=$(port)
 KILLS=${KILLS:-100}
 MANY=${MANY:-1000}
 SWARM_KILLS=${SWARM_KILLS:-20}
-ms() { python3 -c "import time; print(int(time.time()*1000))"; }
 cp examples/hello/bin/demo-app "$work/"
 cd "$work"
 cat > kiln.toml <<TOML
@@ -53,15 +52,6 @@ TOML
 for _ in $(seq 200); do "$kiln" status >/dev/null 2>&1 && break; sleep 0.05; done
 "$kiln" deploy >/dev/null
 sleep 2
-wrk_errors() {
-  python3 - "$1" <<'PY'
-import re, sys
-f = open(sys.argv[1]).read()
-non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", f) or [0, 0])[1])
-sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", f)
-print(non2xx + (sum(int(x) for x in sock.groups()) if sock else 0), re.search(r"(\d+) requests in", f).group(1))
-PY
-}
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$@"; }
 printf "%-30s %6s %9s %7s %7s %10s\n" "run" "kills" "median_ms" "p99_ms" "failed" "requests"
 chaos() { # kills rate
@@ -79,23 +69,10 @@ chaos() { # kills rate
 }
 chaos "$KILLS" 1
 [ "$MANY" -gt 0 ] && chaos "$MANY" 4
-kill "${pids[-1]}" 2>/dev/null || true
-for p in "$KILN_HOME"/proxies/*/proxy.json; do
-  [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
-done
-for i in $("$kiln" ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]'); do
-  "$kiln" rm --force "$i" >/dev/null || true
-done
+kiln_stop_all
 
 # ---- Docker Swarm ----
-if ! docker info >/dev/null 2>&1; then
-  dockerd >"$work/dockerd.log" 2>&1 & pids+=($!)
-  for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-fi
-if ! docker swarm init --advertise-addr 127.0.0.1 >"$work/swarm.log" 2>&1; then
-  echo "swarm: docker swarm init failed: $(tail -1 "$work/swarm.log")"
-  exit 0
-fi
+swarm_up || exit 0
 skopeo copy --quiet "oci:$KILN_HOME/store:web:1.0.0" "docker-daemon:bench-web:1.0.0"
 docker service create --quiet --name bench-web --replicas 3 --network host \
   --env HOST=127.0.0.1 --env 'PORT=1900{{.Task.Slot}}' bench-web:1.0.0 >/dev/null 2>&1

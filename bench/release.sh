@@ -49,16 +49,6 @@ EOF
 }
 cp examples/hello/bin/demo-app "$work/"
 cd "$work"
-wrk_errors() {
-  python3 - "$1" <<'PY'
-import re, sys
-f = open(sys.argv[1]).read()
-non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", f) or [0, 0])[1])
-sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", f)
-print(non2xx + (sum(int(x) for x in sock.groups()) if sock else 0), re.search(r"(\d+) requests in", f).group(1))
-PY
-}
-ms() { python3 -c "import time; print(int(time.time()*1000))"; }
 # Time (ms) until GET / through the load balancer answers with version $1.
 until_version() {
   python3 - "$LB" "$1" <<'PY'
@@ -81,13 +71,7 @@ start_serve() {
   echo "kiln serve did not start" >&2; cat "$work/serve.log" >&2; exit 1
 }
 stop_all() {
-  kill "${pids[-1]}" 2>/dev/null || true
-  for p in "$KILN_HOME"/proxies/*/proxy.json; do
-    [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
-  done
-  for i in $("$kiln" ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]'); do
-    "$kiln" rm --force "$i" >/dev/null || true
-  done
+  kiln_stop_all
   rm -rf "$KILN_HOME"
 }
 
@@ -121,14 +105,7 @@ printf "%-32s %8s %7s %9s\n" "kiln rolling (surge-first)" "$t" "$fail" "$total"
 stop_all
 
 # ---- Docker Swarm ----
-if ! docker info >/dev/null 2>&1; then
-  dockerd >"$work/dockerd.log" 2>&1 & pids+=($!)
-  for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-fi
-if ! docker swarm init --advertise-addr 127.0.0.1 >"$work/swarm.log" 2>&1; then
-  echo "swarm: docker swarm init failed: $(tail -1 "$work/swarm.log")"
-  exit 0
-fi
+swarm_up || exit 0
 for v in 1.0.0 2.0.0; do
   { image $v; } > kiln.toml
   "$kiln" bake >/dev/null
