@@ -1,8 +1,10 @@
 //! `kiln chaos`: kills random instances of a service through `kiln serve`
 //! at a set rate, never more than a set share at once (the controller
 //! refuses a kill past it), then reports what healing did, from the
-//! service's history and its load balancer's counts. This module is a
-//! client of the API: it must never touch an instance itself.
+//! service's history and its load balancer's counts. `kiln chaos --drill
+//! canary` ([`drill`]) has the controller run a canary made to fail and
+//! reports how fast analysis caught it and rolled it back. This module is
+//! a client of the API: it must never touch an instance itself.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -112,6 +114,141 @@ pub fn run(home: &Path, o: &Options) -> Result<Report, ServeError> {
     report.failed_requests = after.failed.saturating_sub(before.failed);
     report.retries = after.retries.saturating_sub(before.retries);
     Ok(report)
+}
+
+/// What a rollback drill showed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrillReport {
+    pub service: String,
+    /// The drill's release, and the stable one it ran against.
+    pub release: String,
+    pub stable: String,
+    pub window_ms: u64,
+    /// The drill's canary share, percent.
+    pub canary_percent: u32,
+    /// Analysis failed the canary and traffic went back to stable.
+    pub caught: bool,
+    pub outcome: String,
+    pub reason: String,
+    /// From the canary's first routed request to the failing verdict.
+    pub detect_ms: Option<u64>,
+    /// From the start to traffic wholly back on stable.
+    pub rollback_ms: Option<u64>,
+    /// From the start to the canary's instances gone.
+    pub cleaned_ms: Option<u64>,
+    /// Faulted canary requests the verdict counted.
+    pub canary_requests: u64,
+    /// The same stable release and instances before and after.
+    pub stable_untouched: bool,
+    /// Client requests through the load balancer meanwhile, failed ones (5xx).
+    pub requests: u64,
+    pub failed_requests: u64,
+}
+
+impl DrillReport {
+    /// Whether the drill proved what it is for.
+    pub fn passed(&self) -> bool {
+        self.caught && self.stable_untouched && self.failed_requests == 0
+    }
+}
+
+/// The stable release of `service` and its live instances, sorted.
+fn stable_set(home: &Path, service: &str) -> Result<(String, Vec<String>), ServeError> {
+    let st = serve::call(home, &Request::Status { service: Some(service.to_owned()) })?;
+    let s = &st["services"][0];
+    let stable = s["stable"]["id"].as_str().unwrap_or_default().to_owned();
+    let mut ids: Vec<String> = s["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["release"].as_str() == Some(stable.as_str()))
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok((stable, ids))
+}
+
+/// Runs a rollback drill on `service` and follows it to its end (at most
+/// ten analysis windows and a minute).
+pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) -> Result<DrillReport, ServeError> {
+    let before = totals(home, service)?;
+    let (stable, instances) = stable_set(home, service)?;
+    let req = Request::Drill {
+        service: service.to_owned(),
+        window_ms: window.map(|w| w.as_millis() as u64),
+        actor: actor.to_owned(),
+    };
+    let started = serve::call(home, &req)?;
+    let release = started["release"].as_str().unwrap_or_default().to_owned();
+    let window_ms = started["window_ms"].as_u64().unwrap_or(10_000);
+    let mut r =
+        DrillReport { service: service.to_owned(), release: release.clone(), stable, window_ms, ..Default::default() };
+    let history = History::open(&History::path_in(home))?;
+    let deadline = Instant::now() + Duration::from_millis(window_ms * 10) + Duration::from_secs(60);
+    let entries = loop {
+        let entries: Vec<_> = history.entries(Some(service))?.into_iter().filter(|e| e.release == release).collect();
+        if entries.iter().any(|e| matches!(e.event, Event::Finished { .. })) || Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let t0 = entries.iter().find(|e| matches!(e.event, Event::Started { .. })).map_or(0, |e| e.at_ms);
+    let since = |at: i64| Some(at.saturating_sub(t0).max(0) as u64);
+    let mut routed = None;
+    for e in &entries {
+        match &e.event {
+            Event::Step { weights, .. } => {
+                let w = weights.get(&release).copied().unwrap_or(0);
+                if w > 0 && routed.is_none() {
+                    routed = Some(e.at_ms);
+                    r.canary_percent = w;
+                }
+                if w == 0 && routed.is_some() {
+                    r.rollback_ms = since(e.at_ms);
+                }
+            }
+            Event::Verdict { verdict, .. } => {
+                r.canary_requests = verdict.canary_requests;
+                if verdict.outcome == crate::release::analysis::Outcome::Fail {
+                    r.detect_ms = routed.map(|at| e.at_ms.saturating_sub(at).max(0) as u64);
+                }
+            }
+            Event::Finished { outcome, reason } => {
+                r.outcome = outcome.name().to_owned();
+                r.reason = reason.clone();
+                r.caught = *outcome == crate::history::Outcome::RolledBack && r.detect_ms.is_some();
+            }
+            _ => {}
+        }
+    }
+    if r.outcome.is_empty() {
+        r.outcome = "unfinished".into();
+        r.reason = format!("the drill had not ended after {} s", (window_ms * 10) / 1000 + 60);
+    }
+    // The canary's instances drain, then go.
+    let gone_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = serve::call(home, &Request::Status { service: Some(service.to_owned()) })?;
+        let left = st["services"][0]["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["release"].as_str() == Some(release.as_str()));
+        if !left {
+            r.cleaned_ms = Some((crate::serve::now_ms() as i64).saturating_sub(t0).max(0) as u64);
+            break;
+        }
+        if Instant::now() > gone_by {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (stable_after, instances_after) = stable_set(home, service)?;
+    r.stable_untouched = stable_after == r.stable && instances_after == instances;
+    let after = totals(home, service)?;
+    r.requests = after.requests.saturating_sub(before.requests);
+    r.failed_requests = after.failed.saturating_sub(before.failed);
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -115,3 +115,36 @@ pub fn chaos(home: &Path, o: &kiln::chaos::Options, json: bool) -> anyhow::Resul
     );
     Ok(())
 }
+
+/// `kiln chaos --drill canary`: exit 0 when the drill proved the rollback
+/// (caught, stable untouched, no failed request), 2 when it did not.
+pub fn drill(home: &Path, service: &str, window: Option<std::time::Duration>, json: bool) -> anyhow::Result<i32> {
+    let r = kiln::chaos::drill(home, service, window, &crate::cli_release::actor())?;
+    let code = if r.passed() { 0 } else { 2 };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(code);
+    }
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+    println!(
+        "drill {} on {}: a {}% canary of {}'s digest, failed at the load balancer, judged over {} ms",
+        r.release, r.service, r.canary_percent, r.stable, r.window_ms
+    );
+    println!("  {}: {}", r.outcome, r.reason);
+    println!(
+        "  caught after {} of traffic; traffic back on {} at {}; canary gone at {}",
+        ms(r.detect_ms),
+        r.stable,
+        ms(r.rollback_ms),
+        ms(r.cleaned_ms)
+    );
+    println!(
+        "  stable {}; load balancer: {} requests, {} failed (the {} faulted canary requests went to stable)",
+        if r.stable_untouched { "untouched" } else { "CHANGED" },
+        r.requests,
+        r.failed_requests,
+        r.canary_requests
+    );
+    println!("  {}", if r.passed() { "rollback proven" } else { "the drill did NOT prove the rollback" });
+    Ok(code)
+}

@@ -55,11 +55,11 @@ pub fn pick_service(file: &Path, service: Option<String>) -> anyhow::Result<Stri
     }
 }
 
-pub fn serve(home: &Path, file: &Path, tcp: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+pub fn serve(home: &Path, file: &Path, tcp: Option<std::net::SocketAddr>, upgrade: bool) -> anyhow::Result<()> {
     let store = kiln::store::Store::open(home)?;
     let driver = kiln::runtime::driver::RuncDriver::new(kiln::runtime::run_dir(home).join("runc"));
     let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
-    serve::run(home, &file, &store, &driver, &kiln::runtime::ShimLauncher, tcp)?;
+    serve::run(home, &file, &store, &driver, &kiln::runtime::ShimLauncher, tcp, upgrade)?;
     Ok(())
 }
 
@@ -71,7 +71,7 @@ pub fn serve_in_background(home: &Path, file: &Path) -> anyhow::Result<()> {
     }
     let (h, f) = (home.to_owned(), file.to_owned());
     std::thread::spawn(move || {
-        if let Err(e) = serve(&h, &f, None) {
+        if let Err(e) = serve(&h, &f, None, false) {
             eprintln!("kiln: {e:#}");
             std::process::exit(1);
         }

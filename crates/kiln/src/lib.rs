@@ -18,6 +18,7 @@ pub mod chaos;
 pub mod command;
 pub mod digest;
 pub mod git;
+pub mod handoff;
 pub mod heal;
 pub mod history;
 pub mod layer;

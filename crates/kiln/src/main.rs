@@ -185,6 +185,9 @@ enum Cmd {
         /// Also serve the API on this loopback address; requests need `Authorization: Bearer` with the token in $KILN_HOME/serve.token.
         #[arg(long, value_name = "ADDR")]
         tcp: Option<std::net::SocketAddr>,
+        /// Take over from the running kiln serve (after upgrading kiln): its API sockets, instances and load balancers, which are replaced by this binary's without a refused connection; it then exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Release a service (baking its image first when it is an [image.X] of kiln.toml) and follow the release: exit 0 done, 2 failed or rolled back, 4 paused for `kiln promote`.
     Deploy {
@@ -277,6 +280,12 @@ enum Cmd {
         /// At most this share of the replicas down at once.
         #[arg(long, default_value_t = 0.34)]
         max_share: f64,
+        /// Instead of kills, a rollback drill: `canary` releases a canary of the stable digest whose share the load balancer fails (no client sees it), proves analysis rolls it back, and reports how long it took (exit 0 caught, 2 not).
+        #[arg(long, value_enum, value_name = "KIND")]
+        drill: Option<DrillKind>,
+        /// The drill's analysis window (default: the service's canary step_interval, or 10s).
+        #[arg(long, value_parser = parse_duration, requires = "drill")]
+        window: Option<std::time::Duration>,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
         #[arg(long)]
@@ -360,6 +369,12 @@ enum Cmd {
         /// On SIGTERM or Ctrl-C, time given to requests in flight before exit.
         #[arg(long, default_value_t = 10_000, value_name = "MS")]
         shutdown_grace_ms: u64,
+        /// Offer the listeners to a successor on this unix socket (`--take-over` it).
+        #[arg(long, value_name = "SOCKET")]
+        handoff: Option<PathBuf>,
+        /// Serve on a running proxy's listeners, taken over from its --handoff socket; it then stops.
+        #[arg(long, value_name = "SOCKET")]
+        take_over: Option<PathBuf>,
     },
     /// Internal: the per-instance shim started by `kiln run`.
     #[command(name = "__shim", hide = true)]
@@ -369,6 +384,11 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DrillKind {
+    Canary,
 }
 
 #[derive(Debug, Subcommand)]
@@ -586,7 +606,9 @@ fn run() -> anyhow::Result<()> {
     // `kiln up`: after the deploy, stay in the foreground serving.
     let mut up_listen = None;
     let (cmd, json) = match cli.command {
-        Cmd::Serve { file, tcp } => return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp),
+        Cmd::Serve { file, tcp, upgrade } => {
+            return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp, upgrade)
+        }
         Cmd::Status { service, json } => {
             return cli_release::status(&cli_release::default_home(cli.home), service, json)
         }
@@ -620,8 +642,12 @@ fn run() -> anyhow::Result<()> {
             let drifted = cli_heal::verify(&cli_release::default_home(cli.home), service, json)?;
             std::process::exit(if drifted { 5 } else { 0 });
         }
-        Cmd::Chaos { service, kill_rate, duration, max_share, file, json } => {
+        Cmd::Chaos { service, kill_rate, duration, max_share, drill, window, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
+            if let Some(DrillKind::Canary) = drill {
+                let home = cli_release::default_home(cli.home);
+                std::process::exit(cli_heal::drill(&home, &service, window, json)?);
+            }
             if kill_rate.is_nan() || kill_rate <= 0.0 {
                 bail!("--kill-rate {kill_rate}: must be more than 0 kills per second");
             }
@@ -763,6 +789,8 @@ fn run() -> anyhow::Result<()> {
             header_timeout_ms,
             workers,
             shutdown_grace_ms,
+            handoff,
+            take_over,
         } => {
             let health = health_path.map(|path| kiln::proxy::HealthCheck {
                 path,
@@ -783,7 +811,17 @@ fn run() -> anyhow::Result<()> {
             };
             let shutdown_grace = std::time::Duration::from_millis(shutdown_grace_ms);
             let workers = usize::from(workers);
-            let run = command::ProxyRun { listen, admin, releases, releases_file, shutdown_grace, config, workers };
+            let run = command::ProxyRun {
+                listen,
+                admin,
+                releases,
+                releases_file,
+                shutdown_grace,
+                config,
+                workers,
+                handoff,
+                take_over,
+            };
             (Command::Proxy(run), false)
         }
         Cmd::Shim { id } => {

@@ -288,3 +288,119 @@ fn kiln_serve_restarted_three_times_under_load_fails_no_request_and_still_heals(
     assert!(ok > 500, "the load ran: {ok}");
     assert_eq!(bad, 0, "failed requests across three restarts of kiln serve");
 }
+
+/// A process that has exited (gone, or a zombie nobody reaped yet).
+fn gone(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Asks the API for the status over its unix socket every 20 ms until
+/// `stop`: (answered 200, failed).
+fn api_calls(home: std::path::PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut bad) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            let answer = std::os::unix::net::UnixStream::connect(home.join("serve.sock")).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(90)))?;
+                s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match answer {
+                Ok(a) if a.starts_with("HTTP/1.1 200") => ok += 1,
+                other => {
+                    eprintln!("api call: {other:?}");
+                    bad += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, bad)
+    })
+}
+
+#[test]
+fn kiln_serve_upgrade_hands_its_sockets_and_load_balancer_over_without_a_failed_request_or_call() {
+    let _g = serial();
+    let mut env = deployed("upgrade", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let api = api_calls(env.home.clone(), stop.clone());
+    let (ok, bad) = under_load(env.port, || {
+        // A successor that dies after replacing the load balancer, before
+        // it serves the API: the running controller resumes and adopts the
+        // successor's load balancer.
+        let before = env.proxy_pid();
+        let status = env.spawn_upgrade(&[("KILN_CRASH_AT", "upgrade-adopted")]).wait().unwrap();
+        assert!(!status.success(), "the successor was meant to die");
+        assert!(env.serve_running(), "the predecessor resumes: {}", env.serve_log());
+        assert_ne!(env.proxy_pid(), before, "the successor had replaced the load balancer");
+        env.wait_for("3 serving after the failed upgrade", |s| serving(s) == 3);
+        for round in 0..3 {
+            let old_proxy = env.proxy_pid();
+            env.upgrade_serve();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !gone(old_proxy) {
+                assert!(Instant::now() < deadline, "round {round}: the old load balancer never stopped");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_ne!(env.proxy_pid(), old_proxy, "round {round}");
+            env.wait_for("3 serving after the upgrade", |s| serving(s) == 3);
+        }
+        // The upgraded controller drives the new load balancer and heals.
+        let id = instances(&env.status())[0]["id"].as_str().unwrap().to_owned();
+        env.ok(&["stop", &id]);
+        env.wait_for("a replacement", |s| serving(s) == 3 && instances(s).iter().all(|i| i["id"] != id.as_str()));
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (api_ok, api_bad) = api.join().unwrap();
+    let log = env.serve_log();
+    assert_eq!(log.matches("took over from the previous kiln serve").count(), 3, "{log}");
+    assert!(log.contains("resuming"), "{log}");
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "failed requests across the upgrades");
+    assert!(api_ok > 20, "the API calls ran: {api_ok}");
+    assert_eq!(api_bad, 0, "API calls failed across the upgrades");
+}
+
+#[test]
+fn a_canary_drill_is_caught_and_rolled_back_leaving_stable_untouched_without_a_failed_request() {
+    let _g = serial();
+    let env = deployed("drill", "");
+    let before = env.status();
+    let (ok, bad) = under_load(env.port, || {
+        let out = env.kiln(&["chaos", "--drill", "canary", "--window", "2s", "--json"]);
+        let r = json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(0), "{r:#}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(r["caught"], true, "{r:#}");
+        assert_eq!(r["outcome"], "rolled-back", "{r:#}");
+        assert_eq!(r["stable_untouched"], true, "{r:#}");
+        assert_eq!(r["failed_requests"], 0, "{r:#}");
+        assert_eq!(r["canary_percent"], 10, "{r:#}");
+        assert!(r["canary_requests"].as_u64().unwrap() > 20, "{r:#}");
+        let detect = r["detect_ms"].as_u64().unwrap();
+        assert!((2000..10_000).contains(&detect), "caught after one 2 s window: {r:#}");
+        assert!(r["rollback_ms"].as_u64().unwrap() >= detect, "{r:#}");
+        assert!(r["cleaned_ms"].is_u64(), "the canary's instances went: {r:#}");
+    });
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(bad, 0, "no client saw the drill's faults");
+    let after = env.status();
+    assert_eq!(after["stable"]["id"], before["stable"]["id"]);
+    let ids = |s: &serde_json::Value| instances(s).iter().map(|i| i["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "stable's instances were not touched");
+    let history = env.ok(&["history", "--json"]);
+    assert!(history.contains("\"drill\""), "the drill is in the history: {history}");
+    // A drill never waits for a person: without traffic it is inconclusive,
+    // ends by itself (aborted), and says it proved nothing.
+    let out = env.kiln(&["chaos", "--drill", "canary", "--window", "1s", "--json"]);
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{r:#}");
+    assert_eq!((r["caught"].as_bool(), r["outcome"].as_str()), (Some(false), Some("aborted")), "{r:#}");
+    assert!(r["reason"].as_str().unwrap().contains("inconclusive"), "{r:#}");
+    assert_eq!(r["stable_untouched"], true, "{r:#}");
+    let e = env.kiln(&["promote"]);
+    assert!(!e.status.success());
+}

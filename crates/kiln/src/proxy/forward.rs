@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ use super::{InFlight, Proxy, Sticky, MAX_HEAD_BYTES};
 
 /// How long an idle client connection is kept open.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
+/// How long a stopping proxy keeps an idle keep-alive connection open for
+/// a request that may already be on its way.
+pub const STOP_IDLE: Duration = Duration::from_millis(250);
 /// How long an idle backend connection is kept in the pool.
 const BACKEND_IDLE: Duration = Duration::from_secs(30);
 /// A pooled connection idle for longer than this is checked for a close by
@@ -246,7 +249,18 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Serves one client connection until it closes, errs or idles out.
+/// Counts a client connection as open while it lives.
+struct Open<'a>(&'a AtomicU64);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn connection(p: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) {
+    p.connections.fetch_add(1, Ordering::Relaxed);
+    let _open = Open(&p.connections);
     let mut cbuf = Buf::new();
     let mut bbuf = Buf::new();
     let mut head = Vec::with_capacity(1024);
@@ -318,11 +332,36 @@ async fn read_request(
         }
         // Waiting for a new request is the idle timeout; once it has
         // started, the whole head must arrive within the header timeout.
+        // A stopping proxy gives an idle client STOP_IDLE more (a request
+        // already on its way is still answered, with `Connection: close`).
+        let idle = cbuf.filled().is_empty() && deadline.is_none();
         let limit = match deadline {
-            None if cbuf.filled().is_empty() => tokio::time::Instant::now() + CLIENT_IDLE,
+            None if idle => tokio::time::Instant::now() + CLIENT_IDLE,
             _ => *deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout),
         };
-        match tokio::time::timeout_at(limit, cbuf.fill(client, MAX_HEAD_BYTES + 1)).await {
+        let stop = p.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        let limit = if idle && p.stopping.load(Ordering::Relaxed) {
+            limit.min(tokio::time::Instant::now() + STOP_IDLE)
+        } else {
+            limit
+        };
+        let fill = cbuf.fill(client, MAX_HEAD_BYTES + 1);
+        tokio::pin!(fill);
+        let first = if idle {
+            tokio::select! {
+                r = tokio::time::timeout_at(limit, &mut fill) => Some(r),
+                _ = stop => None,
+            }
+        } else {
+            Some(tokio::time::timeout_at(limit, &mut fill).await)
+        };
+        let filled = match first {
+            Some(r) => r,
+            None => tokio::time::timeout_at(limit.min(tokio::time::Instant::now() + STOP_IDLE), &mut fill).await,
+        };
+        match filled {
             Ok(Ok(0)) | Err(_) => return Ok(None),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Other => return Err(HeadError::TooLarge),
             Ok(Err(_)) => return Ok(None),
@@ -384,8 +423,25 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
     let mut body_sent = false;
     let mut skip = None;
     let mut attempt = 0;
+    // The release whose drill fault this request took, if any.
+    let mut faulted = None;
     loop {
-        let Some((index, release, backend)) = table.pick(ticket, sticky, skip, p.ms_at(started)) else {
+        let now_ms = p.ms_at(started);
+        let picked = match faulted {
+            Some(i) => table.pick_excluding(ticket, i, skip, now_ms),
+            None => table.pick(ticket, sticky, skip, now_ms),
+        };
+        let picked = match picked {
+            Some((i, r, _)) if faulted.is_none() && r.fault.is_some() => {
+                // Counted as the release's answer; no backend saw the request.
+                r.metrics.record(r.fault.unwrap_or(503), 0, now_ms / 1000);
+                r.metrics.injected.fetch_add(1, Ordering::Relaxed);
+                faulted = Some(i);
+                table.pick_excluding(ticket, i, skip, now_ms)
+            }
+            other => other,
+        };
+        let Some((index, release, backend)) = picked else {
             return local(p, io, 503, "no healthy backend for this service", None, info).await;
         };
         let reply = h1::Reply {
@@ -500,7 +556,7 @@ async fn local(
         b.traffic.record(status, latency);
     }
     let unread = info.framing != Framing::None;
-    let close = !info.keep_alive || unread;
+    let close = !info.keep_alive || unread || p.stopping.load(Ordering::Relaxed);
     h1::local(io.reply, status, msg, Some(info.request_id.as_bytes()), close);
     match (io.client.write_all(io.reply).await.is_ok(), close, unread) {
         (false, _, _) => Next::Close,

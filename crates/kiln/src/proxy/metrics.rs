@@ -89,6 +89,9 @@ pub struct ReleaseMetrics {
     pub traffic: Traffic,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Drill faults recorded against the release (counted in `traffic`
+    /// too, as analysis must see them, though no client got them).
+    pub injected: AtomicU64,
     ring: Vec<Slot>,
 }
 
@@ -98,6 +101,7 @@ impl Default for ReleaseMetrics {
             traffic: Traffic::default(),
             retries: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
             ring: (0..SLOTS).map(|_| Slot::new()).collect(),
         }
     }
@@ -185,6 +189,7 @@ impl ReleaseMetrics {
         self.traffic.prometheus(out, "kiln_proxy_", &l);
         let _ = writeln!(out, "kiln_proxy_retries_total{{{l}}} {}", self.retries.load(Ordering::Relaxed));
         let _ = writeln!(out, "kiln_proxy_in_flight{{{l}}} {}", self.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "kiln_proxy_injected_faults_total{{{l}}} {}", self.injected.load(Ordering::Relaxed));
     }
 }
 

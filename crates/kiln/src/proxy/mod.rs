@@ -109,6 +109,11 @@ pub struct ReleaseSpec {
     pub release: String,
     pub weight: u32,
     pub backends: Vec<SocketAddr>,
+    /// A drill's injected fault: each request this release is chosen for
+    /// is counted against it as answered with this status, and goes to
+    /// another release (always safe: no backend saw it). No client sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<u16>,
 }
 
 /// Every operation on a running proxy, the one control surface: the admin
@@ -156,6 +161,19 @@ pub enum ControlError {
     NoBackend(SocketAddr),
 }
 
+/// The state a proxy hands to its successor (see [`crate::handoff`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Succession {
+    pub backends: Vec<BackendState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendState {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    pub draining: bool,
+}
+
 /// What a drain saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DrainReport {
@@ -187,6 +205,8 @@ pub struct Proxy {
     registry: Mutex<Registry>,
     /// Set by [`Proxy::stop`]: listeners close, answers say `Connection: close`.
     stopping: AtomicBool,
+    /// Client connections open (idle ones included).
+    connections: AtomicU64,
     stop: tokio::sync::Notify,
 }
 
@@ -274,6 +294,7 @@ impl Proxy {
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
             stopping: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
         })
     }
@@ -314,7 +335,7 @@ impl Proxy {
                 .iter()
                 .map(|a| reg.backends.entry(*a).or_insert_with(|| Backend::new(*a, healthy)).clone())
                 .collect();
-            entries.push(ReleaseEntry { id, weight: s.weight, backends, metrics });
+            entries.push(ReleaseEntry { id, weight: s.weight, backends, metrics, fault: s.fault });
         }
         self.table.store(Arc::new(Table::new(entries)));
         // Backends no release lists any more are retired: pools close their
@@ -381,6 +402,43 @@ impl Proxy {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.stop.notify_waiters();
+    }
+
+    /// Client connections open, idle keep-alive ones included: a stopping
+    /// proxy exits once this is 0 (each one closes after its next answer,
+    /// or after [`forward::STOP_IDLE`] without a request).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// What a successor needs besides the listeners: each backend's health
+    /// and drain, so that it serves the same backends from its first
+    /// request instead of waiting for its own checks.
+    pub fn succession(&self) -> Succession {
+        let reg = self.registry();
+        let mut backends: Vec<BackendState> = reg
+            .backends
+            .values()
+            .map(|b| BackendState {
+                addr: b.addr,
+                healthy: b.healthy.load(Ordering::Relaxed),
+                draining: b.draining.load(Ordering::Relaxed),
+            })
+            .collect();
+        backends.sort_by_key(|b| b.addr);
+        Succession { backends }
+    }
+
+    /// Takes a predecessor's backend states, for the backends this
+    /// proxy's table lists (the table itself comes from its own file).
+    pub fn inherit(&self, s: &Succession) {
+        let reg = self.registry();
+        for st in &s.backends {
+            if let Some(b) = reg.backends.get(&st.addr) {
+                b.healthy.store(st.healthy, Ordering::Relaxed);
+                b.draining.store(st.draining, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Requests, response bodies and tunnels in flight, over all backends.
@@ -550,32 +608,40 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-/// Starts `workers` threads serving the proxy on `addr`, each with its own
-/// runtime and `SO_REUSEPORT` listener. Returns the bound address (useful
-/// with port 0). The threads run until the process exits.
-pub fn start(proxy: Arc<Proxy>, addr: SocketAddr, workers: usize) -> std::io::Result<SocketAddr> {
-    let mut bound = addr;
-    for worker in 0..workers.max(1) {
-        // Worker 0 binds first (resolving port 0); the others join its port.
-        let (tx, rx) = std::sync::mpsc::channel();
+/// Binds `workers` `SO_REUSEPORT` listeners on `addr` (the first resolves
+/// port 0; the others join its port), for [`start`]. They are plain std
+/// sockets, so that they can also be handed to a successor process.
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    rt.block_on(async {
+        let mut bound = addr;
+        let mut out = Vec::with_capacity(workers.max(1));
+        for _ in 0..workers.max(1) {
+            let l = reuseport_listener(bound)?;
+            bound = l.local_addr()?;
+            out.push(l.into_std()?);
+        }
+        Ok(out)
+    })
+}
+
+/// Starts one worker thread per listener serving the proxy, each with its
+/// own runtime. The threads run until the process exits.
+pub fn start(proxy: Arc<Proxy>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<()> {
+    for (worker, l) in listeners.into_iter().enumerate() {
+        l.set_nonblocking(true)?;
         let p = proxy.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name(format!("kiln-proxy-{worker}")).spawn(move || {
             rt.block_on(async move {
-                match reuseport_listener(bound) {
-                    Ok(listener) => {
-                        let _ = tx.send(listener.local_addr());
-                        serve(p, listener).await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+                match TcpListener::from_std(l) {
+                    Ok(listener) => serve(p, listener).await,
+                    Err(e) => eprintln!("kiln proxy: worker {worker}: {e}"),
                 }
             })
         })?;
-        bound = rx.recv().map_err(|_| std::io::Error::other("a proxy worker died while starting"))??;
     }
-    Ok(bound)
+    Ok(())
 }
 
 /// The admin API: `GET /metrics` (Prometheus), `GET /releases`,
@@ -697,7 +763,7 @@ pub fn parse_release_flag(s: &str) -> Result<ReleaseSpec, String> {
     if name.is_empty() {
         return Err(bad());
     }
-    Ok(ReleaseSpec { release: name.to_owned(), weight, backends })
+    Ok(ReleaseSpec { release: name.to_owned(), weight, backends, fault: None })
 }
 
 #[cfg(test)]
@@ -733,7 +799,9 @@ mod tests {
     fn backends_left_out_are_retired_and_come_back_fresh() {
         let p = Proxy::new(ProxyConfig::default());
         let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        let spec = |addrs: Vec<SocketAddr>| vec![ReleaseSpec { release: "web".into(), weight: 1, backends: addrs }];
+        let spec = |addrs: Vec<SocketAddr>| {
+            vec![ReleaseSpec { release: "web".into(), weight: 1, backends: addrs, fault: None }]
+        };
         p.set_releases(spec(vec![a, b])).unwrap();
         let old = p.registry().backends[&a].clone();
         old.failures.store(2, Ordering::Relaxed);
@@ -750,7 +818,7 @@ mod tests {
     async fn the_control_surface_answers_or_refuses_without_changing_anything() {
         let p = Proxy::new(ProxyConfig::default());
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let spec = vec![ReleaseSpec { release: "web".into(), weight: 3, backends: vec![a] }];
+        let spec = vec![ReleaseSpec { release: "web".into(), weight: 3, backends: vec![a], fault: None }];
         assert_eq!(p.control(Control::SetReleases(spec.clone())).await, Ok(ControlOutput::Done));
         assert_eq!(p.control(Control::Releases).await, Ok(ControlOutput::Releases(spec.clone())));
         let unknown = Control::Stats { release: "nope".into(), window_secs: 10 };
@@ -773,15 +841,16 @@ mod tests {
     fn weights_change_only_known_releases() {
         let p = Proxy::new(ProxyConfig::default());
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a] }]).unwrap();
+        p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a], fault: None }])
+            .unwrap();
         assert!(p.set_weights(&BTreeMap::from([("green".to_owned(), 1)])).is_err());
         assert_eq!(p.releases()[0].weight, 100);
         p.set_weights(&BTreeMap::from([("blue".to_owned(), 0)])).unwrap();
         assert_eq!(p.releases()[0].weight, 0);
         assert!(p
             .set_releases(vec![
-                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a] },
-                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a] }
+                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a], fault: None },
+                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a], fault: None }
             ])
             .is_err());
     }

@@ -108,6 +108,7 @@ pub struct Release {
     pub backends: Vec<Arc<Backend>>,
     /// Shared with the proxy's registry: survives table swaps.
     pub metrics: Arc<ReleaseMetrics>,
+    pub fault: Option<u16>,
     rr: AtomicUsize,
 }
 
@@ -118,6 +119,8 @@ pub struct ReleaseEntry {
     pub weight: u32,
     pub backends: Vec<Arc<Backend>>,
     pub metrics: Arc<ReleaseMetrics>,
+    /// See [`crate::proxy::ReleaseSpec::fault`].
+    pub fault: Option<u16>,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +170,7 @@ impl Table {
                 weight: e.weight,
                 backends: e.backends,
                 metrics: e.metrics,
+                fault: e.fault,
                 rr: AtomicUsize::new(0),
             })
             .collect();
@@ -232,6 +236,26 @@ impl Table {
         None
     }
 
+    /// Like [`Table::pick`], never from release `exclude` (whose drill
+    /// fault a request just took): the schedule from `ticket` on, skipping it.
+    pub fn pick_excluding(
+        &self,
+        ticket: u64,
+        exclude: usize,
+        skip: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Option<Pick<'_>> {
+        let n = self.schedule.len();
+        let start = (ticket % n.max(1) as u64) as usize;
+        let at = |now_ms| {
+            (0..n).map(|k| self.schedule[(start + k) % n]).filter(|&i| i != exclude).find_map(|i| {
+                let r = &self.releases[i];
+                r.next_backend(skip, now_ms).map(|b| (i, r, b))
+            })
+        };
+        at(now_ms).or_else(|| at(u64::MAX))
+    }
+
     /// Every backend in the table.
     pub fn backends(&self) -> impl Iterator<Item = (&ReleaseId, &Arc<Backend>)> {
         self.releases.iter().flat_map(|r| r.backends.iter().map(move |b| (&r.id, b)))
@@ -259,7 +283,21 @@ mod tests {
     }
 
     fn entry(id: &str, weight: u32, backends: Vec<Arc<Backend>>) -> ReleaseEntry {
-        ReleaseEntry { id: ReleaseId(id.into()), weight, backends, metrics: Arc::default() }
+        ReleaseEntry { id: ReleaseId(id.into()), weight, backends, metrics: Arc::default(), fault: None }
+    }
+
+    #[test]
+    fn a_pick_excluding_a_release_never_lands_on_it_and_is_none_when_it_is_all_there_is() {
+        let t = Table::new(vec![
+            entry("drill", 50, vec![Backend::new(addr(1), true), Backend::new(addr(2), true)]),
+            entry("stable", 50, vec![Backend::new(addr(3), true)]),
+        ]);
+        for ticket in 0..100 {
+            let (i, r, b) = t.pick_excluding(ticket, 0, None, 0).unwrap();
+            assert_eq!((i, r.id.0.as_str(), b.addr), (1, "stable", addr(3)));
+        }
+        let only = Table::new(vec![entry("drill", 100, vec![Backend::new(addr(1), true)])]);
+        assert!(only.pick_excluding(7, 0, None, 0).is_none());
     }
 
     #[test]

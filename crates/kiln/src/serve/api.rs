@@ -35,6 +35,20 @@ pub enum Request {
     /// Chaos: SIGKILL one random serving instance of `service`, unless
     /// more than `max_share` of its replicas are down already.
     Kill { service: String, max_share: f64, actor: String },
+    /// A rollback drill: a canary of the stable digest whose traffic share
+    /// the load balancer fails (without a client seeing it), so that
+    /// analysis must catch it and roll it back; stable is left untouched.
+    /// `window_ms` replaces the analysis window (the service's
+    /// `step_interval`, or 10 s).
+    Drill { service: String, window_ms: Option<u64>, actor: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillBody {
+    service: String,
+    window_ms: Option<u64>,
+    actor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +165,16 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
             }
             Ok(Request::Kill { service: b.service, max_share, actor: actor(b.actor) })
         }
+        ("POST", "/v1/chaos/drill") => {
+            let b: DrillBody = body(req)?;
+            if let Some(ms) = b.window_ms.filter(|ms| !(1000..=600_000).contains(ms)) {
+                return Err(ServeError::BadRequest {
+                    field: "window_ms".into(),
+                    message: format!("{ms}: the analysis window must be 1 s to 10 min"),
+                });
+            }
+            Ok(Request::Drill { service: b.service, window_ms: b.window_ms, actor: actor(b.actor) })
+        }
         (
             _,
             "/v1/status"
@@ -161,7 +185,8 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
             | "/v1/quarantine"
             | "/v1/release-quarantine"
             | "/v1/verify-instances"
-            | "/v1/chaos/kill",
+            | "/v1/chaos/kill"
+            | "/v1/chaos/drill",
         ) => Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path))),
         _ => Err(ServeError::NoRoute(req.path.clone())),
     }
@@ -220,6 +245,12 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
             serde_json::to_vec(&serde_json::json!({ "service": service, "max_share": max_share, "actor": actor }))
                 .unwrap(),
         ),
+        Request::Drill { service, window_ms, actor } => (
+            "POST",
+            "/v1/chaos/drill".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service, "window_ms": window_ms, "actor": actor }))
+                .unwrap(),
+        ),
         Request::Promote { service, actor } | Request::Abort { service, actor } => {
             let path = if matches!(r, Request::Promote { .. }) { "/v1/promote" } else { "/v1/abort" };
             (
@@ -258,6 +289,8 @@ mod tests {
             Request::VerifyInstances { service: None },
             Request::VerifyInstances { service: Some("web".into()) },
             Request::Kill { service: "web".into(), max_share: 0.5, actor: "me".into() },
+            Request::Drill { service: "web".into(), window_ms: None, actor: "me".into() },
+            Request::Drill { service: "web".into(), window_ms: Some(3000), actor: "me".into() },
         ];
         for r in all {
             let (m, t, b) = to_http(&r);
@@ -277,6 +310,8 @@ mod tests {
         assert_eq!(status_of(&parse(&req("DELETE", "/v1/status", "")).unwrap_err()), 405);
         assert_eq!(status_of(&parse(&req("GET", "/nope", "")).unwrap_err()), 404);
         assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
+        let e = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":5}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "window_ms"), "{e}");
         let e = parse(&req("POST", "/v1/chaos/kill", r#"{"service":"web","max_share":2}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "max_share"), "{e}");
         let e = parse(&req("POST", "/v1/quarantine", r#"{"reason":"x"}"#)).unwrap_err();

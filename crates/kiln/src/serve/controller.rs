@@ -31,7 +31,7 @@ use crate::release::plan::{self, Current, Step};
 use crate::release::rollout::{self, Action, Observed, Rollout};
 use crate::runtime::driver::Driver;
 use crate::runtime::{InstanceRecord, InstanceState, Launcher, RunRequest, Runtime};
-use crate::spec::{self, BlueGreenSpec, ServiceSpec, SmokeCheck, Strategy};
+use crate::spec::{self, BlueGreenSpec, CanaryStep, ServiceSpec, SmokeCheck, Strategy};
 use crate::store::Store;
 
 /// A release that serves (or served).
@@ -81,7 +81,47 @@ pub struct Active {
     pub failures: u32,
     #[serde(default)]
     pub last_failure: Option<String>,
+    /// A rollback drill (`kiln chaos --drill canary`) with its analysis
+    /// window: the load balancer injects [`DRILL_FAULT`] for this release,
+    /// which must fail and roll back; it is never promoted.
+    #[serde(default)]
+    pub drill: Option<u64>,
 }
+
+/// How a release begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Deploy,
+    /// A fast release of an archived digest: new instances first, no analysis.
+    Rollback,
+    /// A canary of the stable digest made to fail, judged over `window_ms`.
+    Drill {
+        window_ms: u64,
+    },
+}
+
+/// The release settings a drill runs with: the service's own, as a canary
+/// of its first step's share (10% when it is not a canary service), judged
+/// by its analysis over `window_ms`, then a pause it never passes.
+fn drill_spec(r: &spec::ReleaseSpec, window_ms: u64) -> spec::ReleaseSpec {
+    let mut r = r.clone();
+    let (weight, analysis) = match &r.strategy {
+        Strategy::Canary(c) => (
+            c.steps.iter().find_map(|s| match s {
+                CanaryStep::Weight(w) if *w < 100 => Some(*w),
+                _ => None,
+            }),
+            c.analysis.clone(),
+        ),
+        _ => (None, spec::release::AnalysisSpec::default()),
+    };
+    let steps = vec![CanaryStep::Weight(weight.unwrap_or(10)), CanaryStep::Pause(None), CanaryStep::Weight(100)];
+    r.strategy = Strategy::Canary(spec::release::CanarySpec { steps, step_interval_ms: window_ms, analysis });
+    r
+}
+
+/// The status a drill's canary is made to answer (at the load balancer).
+pub const DRILL_FAULT: u16 = 503;
 
 struct Svc {
     spec: ServiceSpec,
@@ -103,7 +143,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "finished-recorded",
 ];
 
-fn crash_point(name: &str) {
+pub(super) fn crash_point(name: &str) {
     if std::env::var("KILN_CRASH_AT").is_ok_and(|p| p == name) {
         eprintln!("kiln serve: crash hook {name}");
         // SAFETY: a signal to this very process; nothing is borrowed.
@@ -322,6 +362,48 @@ impl<'a> Controller<'a> {
         self.retiring.insert(r.id.to_string(), Retiring { service: name.to_owned(), done, then });
     }
 
+    /// Waits (up to `deadline`) for the drains in flight and carries out
+    /// what follows them, so that a successor controller inherits no
+    /// half-retired instance (`kiln serve --upgrade`).
+    pub fn settle(&mut self, deadline: std::time::Instant, now_ms: impl Fn() -> u64) {
+        while !self.retiring.is_empty() && std::time::Instant::now() < deadline {
+            let names: Vec<String> = self.services.keys().cloned().collect();
+            for name in names {
+                if let Err(e) = self.finish_retiring(&name, now_ms()) {
+                    eprintln!("kiln serve: {e}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Replaces every service's load balancer with one of this kiln
+    /// binary, each taking its predecessor's listeners over (see
+    /// [`DataPlane::hand_over`]). One that cannot be handed over keeps
+    /// serving as it is; that is reported, not fatal.
+    pub fn hand_over_data_planes(&mut self) -> Vec<(String, Result<i32, ServeError>)> {
+        let mut out = Vec::new();
+        for (name, svc) in self.services.iter_mut() {
+            let result = svc.dp.hand_over(&self.home, &svc.spec).map(|dp| {
+                svc.dp = dp;
+                svc.sent = None;
+                svc.dp.pid
+            });
+            out.push((name.clone(), result));
+        }
+        out
+    }
+
+    /// Adopts each service's load balancer afresh from its record (after an
+    /// upgrade that failed part-way, a successor may have replaced some).
+    pub fn reload_data_planes(&mut self) -> Result<(), ServeError> {
+        for svc in self.services.values_mut() {
+            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
+            svc.sent = None;
+        }
+        Ok(())
+    }
+
     /// Stops (or freezes) the instances whose drain has ended.
     fn finish_retiring(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
         let done: Vec<(String, Then)> = self
@@ -382,7 +464,7 @@ impl<'a> Controller<'a> {
         let mut t = Vec::new();
         if let Some(s) = &st.stable {
             let w = if st.rollout.is_some() { 100 - new_percent } else { 100 };
-            t.push(TableEntry { release: s.id.clone(), weight: w, backends: of(&s.id, false) });
+            t.push(TableEntry { release: s.id.clone(), weight: w, backends: of(&s.id, false), fault: None });
         }
         if let Some(a) = &st.rollout {
             if st.stable.as_ref().is_none_or(|s| s.id != a.rollout.release) {
@@ -390,12 +472,13 @@ impl<'a> Controller<'a> {
                     release: a.rollout.release.clone(),
                     weight: new_percent,
                     backends: of(&a.rollout.release, true),
+                    fault: a.drill.map(|_| DRILL_FAULT),
                 });
             }
         }
         if let Some((p, _)) = &st.previous {
             if t.iter().all(|e| e.release != p.id) {
-                t.push(TableEntry { release: p.id.clone(), weight: 0, backends: of(&p.id, false) });
+                t.push(TableEntry { release: p.id.clone(), weight: 0, backends: of(&p.id, false), fault: None });
             }
         }
         t
@@ -842,7 +925,10 @@ impl<'a> Controller<'a> {
 
     /// Observe → decide → act for the release in progress.
     fn step(&mut self, name: &str, a: Active, now_ms: u64) -> Result<(), ServeError> {
-        let spec = self.services[name].spec.release.clone();
+        let spec = match a.drill {
+            Some(window_ms) => drill_spec(&self.services[name].spec.release, window_ms),
+            None => self.services[name].spec.release.clone(),
+        };
         let live = self.live(name)?;
         let r = &a.rollout;
         let of = |id: &str| live.iter().filter(|x| x.release.as_deref() == Some(id)).collect::<Vec<_>>();
@@ -948,6 +1034,22 @@ impl<'a> Controller<'a> {
                 a.rollout.inconclusive += 1;
                 a.rollout.step_started_ms = now_ms;
             }
+            Action::Pause { verdict, .. } if a.drill.is_some() => {
+                // A drill never waits for a person: past its analysis it
+                // has failed to prove anything.
+                let why = match &verdict {
+                    Some(v) => format!(
+                        "drill inconclusive: {} canary requests of the {} needed to judge (send traffic during the drill)",
+                        v.canary_requests, v.min_requests
+                    ),
+                    None => "drill not caught: analysis passed a canary that failed every request".into(),
+                };
+                return self.fail(name, a, why, verdict, Outcome::Aborted, now_ms);
+            }
+            Action::Succeed { .. } if a.drill.is_some() => {
+                let why = "drill not caught: the faulty canary would have been promoted".to_owned();
+                return self.fail(name, a, why, None, Outcome::Aborted, now_ms);
+            }
             Action::Pause { reason, verdict } => {
                 if let Some(verdict) = verdict {
                     let step = a.rollout.index as u32;
@@ -980,8 +1082,12 @@ impl<'a> Controller<'a> {
             return Ok(None);
         }
         let spec = &self.services[name].spec;
-        let table =
-            vec![TableEntry { release: release.to_owned(), weight: 100, backends: new.iter().map(addr).collect() }];
+        let table = vec![TableEntry {
+            release: release.to_owned(),
+            weight: 100,
+            backends: new.iter().map(addr).collect(),
+            fault: None,
+        }];
         let preview = DataPlane::preview(&self.home, spec, &table)?;
         // The preview's own health checks admit the backends first.
         let deadline = std::time::Instant::now() + Duration::from_millis(spec.release.health.start_deadline_ms);
@@ -1042,7 +1148,8 @@ impl<'a> Controller<'a> {
         let (drain_ms, keep) = {
             let r = &self.services[name].spec.release;
             let canary = matches!(r.strategy, Strategy::Canary(_)) && r.heal.quarantine_failed_canary;
-            (r.drain_timeout_ms, canary && outcome != Outcome::Superseded && outcome != Outcome::Aborted)
+            let kept = outcome != Outcome::Superseded && outcome != Outcome::Aborted && a.drill.is_none();
+            (r.drain_timeout_ms, canary && kept)
         };
         for r in &new {
             if keep {
@@ -1090,7 +1197,7 @@ impl<'a> Controller<'a> {
         digest: Digest,
         image_ref: String,
         actor: &str,
-        fast: bool,
+        mode: Mode,
         now_ms: u64,
     ) -> Result<serde_json::Value, ServeError> {
         // A deploy supersedes the release in progress (its analysis starts over).
@@ -1104,14 +1211,31 @@ impl<'a> Controller<'a> {
         let old = stable
             .as_ref()
             .map_or(0, |s| live.iter().filter(|r| r.release.as_deref() == Some(s.id.as_str())).count() as u32);
-        if stable.as_ref().is_some_and(|s| s.digest == digest) && old >= svc.spec.release.replicas {
+        let drill = match mode {
+            Mode::Drill { window_ms } => Some(window_ms),
+            _ => None,
+        };
+        if drill.is_none() && stable.as_ref().is_some_and(|s| s.digest == digest) && old >= svc.spec.release.replicas {
             return Ok(serde_json::json!({ "service": name, "release": stable.map(|s| s.id), "noop": true }));
         }
-        let mut release_spec = svc.spec.release.clone();
-        if fast {
-            release_spec.strategy = Strategy::BlueGreen(BlueGreenSpec { smoke: Vec::new() });
-        }
-        let from = stable.as_ref().map(|s| Current { digest: s.digest.clone(), instances: old });
+        let release_spec = match mode {
+            Mode::Deploy => svc.spec.release.clone(),
+            Mode::Rollback => spec::ReleaseSpec {
+                strategy: Strategy::BlueGreen(BlueGreenSpec { smoke: Vec::new() }),
+                ..svc.spec.release.clone()
+            },
+            Mode::Drill { window_ms } => drill_spec(&svc.spec.release, window_ms),
+        };
+        // A drill's canary runs the stable digest as a release of its own:
+        // the plan must see stable as the release it would replace.
+        let from = stable.as_ref().map(|s| Current {
+            digest: if drill.is_some() {
+                Digest::of(b"kiln drill: stable is the old release")
+            } else {
+                s.digest.clone()
+            },
+            instances: old,
+        });
         let p = plan::plan(name, &release_spec, from.as_ref(), &digest);
         let n = self.history.releases_started(name)? + 1;
         let id = format!("{name}-{n}");
@@ -1129,7 +1253,11 @@ impl<'a> Controller<'a> {
                 digest: digest.to_string(),
                 tags,
                 revision,
-                strategy: if fast { "rollback".into() } else { p.strategy.clone() },
+                strategy: match mode {
+                    Mode::Deploy => p.strategy.clone(),
+                    Mode::Rollback => "rollback".into(),
+                    Mode::Drill { .. } => "drill".into(),
+                },
                 actor: actor.to_owned(),
                 previous: stable.as_ref().map(|s| s.id.clone()),
             },
@@ -1147,10 +1275,10 @@ impl<'a> Controller<'a> {
             inconclusive: 0,
             promoted: false,
             paused: None,
-            skip_analysis: fast,
+            skip_analysis: mode == Mode::Rollback,
         };
         self.services.get_mut(name).expect("known").state.rollout =
-            Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None });
+            Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None, drill });
         self.save(name, now_ms)?;
         crash_point("release-recorded");
         Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
@@ -1174,7 +1302,7 @@ impl<'a> Controller<'a> {
                     }
                     other => other.into(),
                 })?;
-                self.begin(&service, desc.digest, reference, &actor, false, now_ms)
+                self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms)
             }
             Request::Status { service } => {
                 if let Some(s) = &service {
@@ -1185,6 +1313,10 @@ impl<'a> Controller<'a> {
             Request::Promote { service, .. } => {
                 let svc = self.services.get_mut(&service).ok_or_else(|| ServeError::UnknownService(service.clone()))?;
                 match svc.state.rollout.as_mut() {
+                    Some(a) if a.drill.is_some() => Err(ServeError::Conflict(format!(
+                        "release {} of {service} is a drill: it is never promoted",
+                        a.rollout.release
+                    ))),
                     Some(a) if a.rollout.paused.is_some() => {
                         a.rollout.promoted = true;
                         a.rollout.paused = None;
@@ -1234,7 +1366,38 @@ impl<'a> Controller<'a> {
                 Ok(serde_json::json!({ "instances": list }))
             }
             Request::Kill { service, max_share, actor } => self.kill(&service, max_share, &actor, now_ms),
+            Request::Drill { service, window_ms, actor } => self.drill(&service, window_ms, &actor, now_ms),
         }
+    }
+
+    /// Starts a rollback drill (see [`Request::Drill`]) on a steady service.
+    fn drill(
+        &mut self,
+        name: &str,
+        window_ms: Option<u64>,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        let svc = self.service(name)?;
+        if let Some(a) = &svc.state.rollout {
+            return Err(ServeError::Conflict(format!(
+                "service {name} has release {} in progress; a drill needs a steady service",
+                a.rollout.release
+            )));
+        }
+        let Some(stable) = svc.state.stable.clone() else {
+            return Err(ServeError::Conflict(format!("service {name} has no stable release to drill against")));
+        };
+        let window_ms = window_ms.unwrap_or(match &svc.spec.release.strategy {
+            Strategy::Canary(c) => c.step_interval_ms,
+            _ => 10_000,
+        });
+        let image_ref = format!("{} (drill)", stable.image_ref);
+        let mut out = self.begin(name, stable.digest.clone(), image_ref, actor, Mode::Drill { window_ms }, now_ms)?;
+        out["stable"] = serde_json::json!(stable.id);
+        out["window_ms"] = serde_json::json!(window_ms);
+        out["fault"] = serde_json::json!(DRILL_FAULT);
+        Ok(out)
     }
 
     /// An instance of a service this controller manages.
@@ -1394,7 +1557,7 @@ impl<'a> Controller<'a> {
             let Some(d) = digest else {
                 return Err(ServeError::UnknownRelease { service: name.to_owned(), release: to.to_owned() });
             };
-            return self.begin(name, d.clone(), d.to_string(), actor, true, now_ms);
+            return self.begin(name, d.clone(), d.to_string(), actor, Mode::Rollback, now_ms);
         }
         let mut digests: HashMap<String, String> = HashMap::new();
         let mut good = None;
@@ -1414,7 +1577,7 @@ impl<'a> Controller<'a> {
         let Some(d) = good.and_then(|d| Digest::parse(&d).ok()) else {
             return Err(ServeError::Conflict(format!("service {name}: no earlier good release to roll back to")));
         };
-        self.begin(name, d.clone(), d.to_string(), actor, true, now_ms)
+        self.begin(name, d.clone(), d.to_string(), actor, Mode::Rollback, now_ms)
     }
 
     fn status(&self, only: Option<&str>, now_ms: u64) -> Result<serde_json::Value, ServeError> {

@@ -37,6 +37,10 @@ pub struct DataPlane {
     pub pid: i32,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Where a successor takes its listeners over ([`DataPlane::hand_over`]);
+    /// none for previews, and for proxies of a kiln before handoffs.
+    #[serde(default)]
+    pub handoff: Option<PathBuf>,
 }
 
 fn dir(home: &Path, service: &str) -> PathBuf {
@@ -57,6 +61,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Whether a proxy offers its listeners to a successor, and whether it
+/// takes over a predecessor's.
+#[derive(Debug, Clone, Copy)]
+enum Handoff<'a> {
+    None,
+    Offer,
+    From(&'a Path),
+}
+
+/// A fresh handoff socket path: each proxy has its own, so a successor's
+/// never replaces its predecessor's while both run.
+fn handoff_path(dir: &Path) -> PathBuf {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    dir.join(format!("handoff-{n:x}.sock"))
 }
 
 impl DataPlane {
@@ -81,8 +101,29 @@ impl DataPlane {
         if !table.exists() {
             write_atomic(&table, b"[]")?;
         }
-        let dp = Self::spawn(home, service, &service.name, listen, &table, "proxy.log")?;
+        let dp = Self::spawn(home, service, &service.name, listen, &table, "proxy.log", Handoff::Offer)?;
         write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
+        Ok(dp)
+    }
+
+    /// Replaces this proxy process with one of the running kiln binary,
+    /// without a refused connection: the new one takes the listeners over
+    /// (the same sockets) with each backend's health, serves, and only then
+    /// does the old one stop accepting; it exits once its open connections
+    /// have had their last answers. The new record is written before this
+    /// returns. A proxy without a handoff socket is left as it is.
+    pub fn hand_over(&self, home: &Path, service: &ServiceSpec) -> Result<DataPlane, ServeError> {
+        let Some(from) = self.handoff.clone() else {
+            return Err(ServeError::Proxy {
+                service: self.service.clone(),
+                admin: self.admin,
+                detail: "started without a handoff socket; restart it to upgrade".into(),
+            });
+        };
+        let d = dir(home, &service.name);
+        let table = d.join("releases.json");
+        let dp = Self::spawn(home, service, &service.name, self.listen, &table, "proxy.log", Handoff::From(&from))?;
+        write_atomic(&d.join("proxy.json"), &serde_json::to_vec(&dp).expect("serializes"))?;
         Ok(dp)
     }
 
@@ -103,7 +144,8 @@ impl DataPlane {
             let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(&d))?;
             l.local_addr().map_err(io_err(&d))?
         };
-        let dp = Self::spawn(home, service, &format!("{}-preview", service.name), listen, &file, "preview.log")?;
+        let label = format!("{}-preview", service.name);
+        let dp = Self::spawn(home, service, &label, listen, &file, "preview.log", Handoff::None)?;
         write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
         Ok(dp)
     }
@@ -126,6 +168,7 @@ impl DataPlane {
         listen: SocketAddr,
         table: &Path,
         log_name: &str,
+        handoff: Handoff<'_>,
     ) -> Result<DataPlane, ServeError> {
         let d = dir(home, &service.name);
         let admin = {
@@ -152,6 +195,17 @@ impl DataPlane {
             cmd.args(["--health-path", p]);
         }
         cmd.arg("--release-header");
+        let offer = match handoff {
+            Handoff::None => None,
+            Handoff::Offer => Some(handoff_path(&d)),
+            Handoff::From(p) => {
+                cmd.arg("--take-over").arg(p);
+                Some(handoff_path(&d))
+            }
+        };
+        if let Some(p) = &offer {
+            cmd.arg("--handoff").arg(p);
+        }
         let err_log = log.try_clone().map_err(io_err(&log_path))?;
         cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(err_log);
         use std::os::unix::process::CommandExt;
@@ -166,7 +220,7 @@ impl DataPlane {
             });
         }
         let child = cmd.spawn().map_err(io_err(&d))?;
-        let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin };
+        let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
         // Not waited for: the proxy outlives kiln serve.
         drop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,10 +273,11 @@ impl DataPlane {
 
     /// Totals since the proxy started, over every release: requests
     /// answered, those answered 5xx (the backend's or the proxy's own
-    /// 502/503/504), and retries.
+    /// 502/503/504), and retries. Drill faults are not requests here.
     pub fn totals(&self) -> Result<Totals, ServeError> {
         let body = self.call("GET", "/metrics", b"")?;
         let mut t = Totals::default();
+        let mut injected = 0;
         for line in String::from_utf8_lossy(&body).lines() {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let v: u64 = value.parse().unwrap_or(0);
@@ -233,8 +288,14 @@ impl DataPlane {
                 }
             } else if series.starts_with("kiln_proxy_retries_total{") {
                 t.retries += v;
+            } else if series.starts_with("kiln_proxy_injected_faults_total{") {
+                injected += v;
             }
         }
+        // A drill's injected faults were never a client's request: each
+        // went on to another release, counted there.
+        t.requests = t.requests.saturating_sub(injected);
+        t.failed = t.failed.saturating_sub(injected);
         Ok(t)
     }
 

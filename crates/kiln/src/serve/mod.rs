@@ -18,6 +18,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod http;
 pub mod prober;
+pub mod upgrade;
 
 use std::io::{BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::history::HistoryError;
@@ -77,6 +78,10 @@ pub enum ServeError {
     ProxyStart { service: String, listen: SocketAddr, log: String },
     #[error("service {service}: load balancer admin {admin}: {detail}")]
     Proxy { service: String, admin: SocketAddr, detail: String },
+    #[error(transparent)]
+    Handoff(#[from] crate::handoff::HandoffError),
+    #[error("kiln serve runs {}, not {}: an upgrade keeps the same kiln.toml", running.display(), given.display())]
+    UpgradeFile { running: PathBuf, given: PathBuf },
     #[error("kiln serve answered {status}: {message}")]
     Remote { status: u16, message: String },
 }
@@ -89,7 +94,7 @@ pub fn socket_path(home: &Path) -> PathBuf {
 /// Holds `serve.lock` for the life of the controller.
 #[derive(Debug)]
 pub struct Lock {
-    _file: std::fs::File,
+    pub(crate) file: std::fs::File,
 }
 
 /// Takes the controller lock, or names who holds it.
@@ -112,31 +117,36 @@ pub fn lock(home: &Path) -> Result<Lock, ServeError> {
     f.set_len(0)
         .and_then(|_| writeln!(f, "{}", std::process::id()))
         .map_err(|source| ServeError::Io { path, source })?;
-    Ok(Lock { _file: f })
+    Ok(Lock { file: f })
 }
 
 /// A request from the API thread and where its answer goes.
 pub type Call = (api::Request, mpsc::Sender<Result<serde_json::Value, ServeError>>);
 
-/// Serves the API socket: each connection's request goes to the controller
-/// over `calls`, and its answer back. Runs until the process exits.
-pub fn listen(home: &Path, calls: mpsc::Sender<Call>) -> Result<std::thread::JoinHandle<()>, ServeError> {
+/// Binds the API socket (mode 0600), replacing a stale one.
+pub fn bind_api(home: &Path) -> Result<UnixListener, ServeError> {
     let path = socket_path(home);
     let io = |source| ServeError::Io { path: path.clone(), source };
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(io)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let calls = calls.clone();
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                if let Ok(w) = conn.try_clone() {
-                    answer(conn, w, &calls, None);
-                }
-            });
-        }
-    }))
+    Ok(listener)
+}
+
+/// Serves the API socket: each connection's request goes to the controller
+/// over `calls`, and its answer back. Runs until the process exits.
+pub fn serve_api(listener: UnixListener, calls: mpsc::Sender<Call>, gate: Arc<upgrade::Gate>) {
+    upgrade::accept_loop(
+        listener,
+        gate,
+        |l| l.accept().map(|(c, _)| c),
+        move |conn: UnixStream| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            if let Ok(w) = conn.try_clone() {
+                answer(conn, w, &calls, None);
+            }
+        },
+    );
 }
 
 /// The token file of a kiln home.
@@ -160,28 +170,36 @@ pub fn token(home: &Path) -> Result<String, ServeError> {
     Ok(t)
 }
 
-/// Serves the API on a loopback TCP address too; every request must carry
-/// `Authorization: Bearer TOKEN` or gets 401 and changes nothing.
-pub fn listen_tcp(home: &Path, addr: SocketAddr, calls: mpsc::Sender<Call>) -> Result<SocketAddr, ServeError> {
+/// Binds the API's loopback TCP listener (any other address is refused).
+pub fn bind_tcp(home: &Path, addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     if !addr.ip().is_loopback() {
         return Err(ServeError::NotLoopback(addr));
     }
+    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Io { path: token_path(home), source })
+}
+
+/// Serves the API on a loopback TCP listener too; every request must carry
+/// `Authorization: Bearer TOKEN` or gets 401 and changes nothing.
+pub fn serve_tcp(
+    home: &Path,
+    listener: std::net::TcpListener,
+    calls: mpsc::Sender<Call>,
+    gate: Arc<upgrade::Gate>,
+) -> Result<(), ServeError> {
     let token = token(home)?;
     let path = token_path(home);
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Io { path: path.clone(), source })?;
-    let bound = listener.local_addr().map_err(|source| ServeError::Io { path: path.clone(), source })?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (calls, token, path) = (calls.clone(), token.clone(), path.clone());
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                if let Ok(w) = conn.try_clone() {
-                    answer(conn, w, &calls, Some((&token, &path)));
-                }
-            });
-        }
-    });
-    Ok(bound)
+    upgrade::accept_loop(
+        listener,
+        gate,
+        |l| l.accept().map(|(c, _)| c),
+        move |conn: std::net::TcpStream| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            if let Ok(w) = conn.try_clone() {
+                answer(conn, w, &calls, Some((&token, &path)));
+            }
+        },
+    );
+    Ok(())
 }
 
 /// Whether `given` is `Bearer <token>`, compared in constant time.
@@ -235,13 +253,16 @@ pub fn reap_children() {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Runs the controller in the foreground: the lock, the API socket, then
 /// reconcile ticks (every 100 ms) with API requests carried out between
-/// them. Returns only on a start-up error.
+/// them. With `upgrade`, it takes over from the running `kiln serve`
+/// instead (see [`upgrade`]): its lock and API sockets, its instances and
+/// load balancers, which are replaced by this binary's. Returns only on a
+/// start-up error (a predecessor then serves on as before).
 pub fn run(
     home: &Path,
     file: &Path,
@@ -249,19 +270,50 @@ pub fn run(
     driver: &dyn crate::runtime::driver::Driver,
     launcher: &dyn crate::runtime::Launcher,
     tcp: Option<SocketAddr>,
+    upgrade: bool,
 ) -> Result<(), ServeError> {
     if let Some(a) = tcp.filter(|a| !a.ip().is_loopback()) {
         return Err(ServeError::NotLoopback(a));
     }
-    let _lock = lock(home)?;
-    let mut c = controller::Controller::new(home, file, store, driver, launcher)?;
     let (tx, rx) = mpsc::channel::<Call>();
-    if let Some(addr) = tcp {
-        let bound = listen_tcp(home, addr, tx.clone())?;
+    let gate = Arc::new(upgrade::Gate::default());
+    let (c, listeners) = if upgrade {
+        // Validated before the predecessor pauses for us.
+        crate::spec::load(file)?;
+        let inherited = upgrade::take_over(home, file)?;
+        let mut c = controller::Controller::new(home, file, store, driver, launcher)?;
+        for (service, result) in c.hand_over_data_planes() {
+            match result {
+                Ok(pid) => eprintln!("kiln serve: {service}: load balancer handed over to pid {pid}"),
+                Err(e) => eprintln!("kiln serve: {service}: load balancer kept: {e}"),
+            }
+        }
+        controller::crash_point("upgrade-adopted");
+        (c, inherited)
+    } else {
+        let lock = lock(home)?;
+        let c = controller::Controller::new(home, file, store, driver, launcher)?;
+        let tcp = tcp.map(|a| bind_tcp(home, a)).transpose()?;
+        (c, upgrade::Listeners { lock, api: bind_api(home)?, tcp, predecessor: None })
+    };
+    let kept = listeners.kept(file)?;
+    let upgrade::Listeners { lock: _lock, api, tcp, predecessor } = listeners;
+    if let Some(l) = tcp {
+        let io = |source| ServeError::Io { path: token_path(home), source };
+        let bound = l.local_addr().map_err(io)?;
+        l.set_nonblocking(true).map_err(io)?;
+        serve_tcp(home, l, tx.clone(), gate.clone())?;
         eprintln!("kiln serve: API on http://{bound}/ (token in {})", token_path(home).display());
     }
-    listen(home, tx)?;
+    api.set_nonblocking(true).map_err(|source| ServeError::Io { path: socket_path(home), source })?;
+    serve_api(api, tx, gate.clone());
+    if let Some(p) = predecessor {
+        p.ready()?;
+        eprintln!("kiln serve: took over from the previous kiln serve");
+    }
+    let successors = upgrade::offer(home)?;
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
+    let mut c = c;
     loop {
         reap_children();
         if let Err(e) = c.tick(now_ms()) {
@@ -270,6 +322,9 @@ pub fn run(
         let until = std::time::Instant::now() + Duration::from_millis(100);
         while let Ok((req, reply)) = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
             let _ = reply.send(c.handle(req, now_ms()));
+        }
+        if let Ok(successor) = successors.try_recv() {
+            upgrade::hand_over(&mut c, &gate, &rx, successor, &kept);
         }
     }
 }

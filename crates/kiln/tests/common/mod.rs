@@ -139,26 +139,40 @@ pub fn wait_port(port: u16) {
 /// Status, headers (lowercased names) and body of a response.
 pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// A keep-alive HTTP/1.1 client connection.
-pub struct Conn(pub BufReader<TcpStream>);
+/// A keep-alive HTTP/1.1 client connection. Like any well-behaved
+/// client, it opens a new connection after a `Connection: close` answer
+/// (a stopping load balancer says so) instead of sending on the old one.
+pub struct Conn {
+    r: BufReader<TcpStream>,
+    port: u16,
+    closed: bool,
+}
 
 impl Conn {
     pub fn new(port: u16) -> Self {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Conn(BufReader::new(s))
+        Conn { r: BufReader::new(s), port, closed: false }
     }
     /// Sends a request; returns status, headers (lowercased names) and body.
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+        if self.closed {
+            *self = Conn::new(self.port);
+        }
+        let reply = self.exchange(method, path, headers, body)?;
+        self.closed = reply.1.iter().any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        Ok(reply)
+    }
+    fn exchange(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        self.0.get_mut().write_all(req.as_bytes())?;
-        self.0.get_mut().write_all(body)?;
+        self.r.get_mut().write_all(req.as_bytes())?;
+        self.r.get_mut().write_all(body)?;
         let mut status = String::new();
-        if self.0.read_line(&mut status)? == 0 {
+        if self.r.read_line(&mut status)? == 0 {
             return Err(std::io::Error::other("connection closed"));
         }
         let code = status
@@ -170,7 +184,7 @@ impl Conn {
         let mut len = 0usize;
         loop {
             let mut h = String::new();
-            self.0.read_line(&mut h)?;
+            self.r.read_line(&mut h)?;
             let h = h.trim_end();
             if h.is_empty() {
                 break;
@@ -184,7 +198,7 @@ impl Conn {
             }
         }
         let mut body = vec![0; len];
-        self.0.read_exact(&mut body)?;
+        self.r.read_exact(&mut body)?;
         Ok((code, hs, body))
     }
     pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {

@@ -109,6 +109,49 @@ impl Env {
         }
     }
 
+    /// `kiln serve --upgrade` (with `extra_env`): returns the successor
+    /// once the running kiln serve has exited by itself, successfully.
+    pub fn spawn_upgrade(&self, extra_env: &[(&str, &str)]) -> Child {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.home.join("serve-test.log")).unwrap();
+        Command::new(kiln_bin())
+            .args(["serve", "--upgrade", "-f", "kiln.toml"])
+            .current_dir(&self.dir)
+            .env("KILN_HOME", &self.home)
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Upgrades `kiln serve` in place: the successor takes over and the
+    /// predecessor exits 0 on its own.
+    pub fn upgrade_serve(&mut self) {
+        let next = self.spawn_upgrade(&[]);
+        let mut old = self.serve.take().expect("a kiln serve runs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = old.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the old kiln serve never handed over: {}", self.serve_log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "the old kiln serve exited {status}: {}", self.serve_log());
+        self.serve = Some(next);
+    }
+
+    /// Whether the kiln serve this test started still runs.
+    pub fn serve_running(&mut self) -> bool {
+        self.serve.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The service's load balancer process, from its record.
+    pub fn proxy_pid(&self) -> i32 {
+        let v = fs::read_to_string(self.home.join("proxies/web/proxy.json")).unwrap();
+        json(&v)["pid"].as_i64().unwrap() as i32
+    }
+
     pub fn kill_serve(&mut self) {
         if let Some(mut c) = self.serve.take() {
             let _ = c.kill();
