@@ -5,9 +5,16 @@
 #      wrk (8 connections) throughout; `kiln chaos` kills one instance a
 #      second, $KILLS times (default 100): kill-to-serving median and p99
 #      (from the history's `replaced` events), failed requests by wrk.
-#   2. kiln, $MANY kills (default 1000) at 4 a second (at most one of the
-#      three down at once): failed requests by wrk and by the load balancer.
-#   3. Docker Swarm (one-node swarm, docker.io from Debian), 3 replicas with
+#   2. kiln, $MANY kills (default 1000) at 2 a second (at most one of the
+#      three down at once; refused kills are made up for): failed requests
+#      by wrk and by the load balancer.
+#   3. Upgrades under wrk: `kiln serve --upgrade` $UPGRADES times (default
+#      5; the controller and the service's load balancer are replaced, the
+#      listeners handed over), next to HAProxy's seamless reload (-x with
+#      expose-fd listeners, -sf) in front of the same instances, and next
+#      to a plain restart of the load balancer process (what a proxy
+#      without a handoff, kamal-proxy's restart, costs).
+#   4. Docker Swarm (one-node swarm, docker.io from Debian), 3 replicas with
 #      --network host: `docker kill` one task's container, $SWARM_KILLS times
 #      (default 20; each waits out Swarm's restart delay), time until that
 #      slot's port answers again.
@@ -16,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 . bench/common.sh
-bench_setup wrk docker.io skopeo
+bench_setup wrk docker.io skopeo haproxy
 bench_workdir heal
 kiln=$root/target/release/kiln
 export KILN_HOME=$work/home
@@ -24,6 +31,7 @@ LB=$(port)
 KILLS=${KILLS:-100}
 MANY=${MANY:-1000}
 SWARM_KILLS=${SWARM_KILLS:-20}
+UPGRADES=${UPGRADES:-5}
 cp examples/hello/bin/demo-app "$work/"
 cd "$work"
 cat > kiln.toml <<TOML
@@ -56,10 +64,11 @@ field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.ar
 printf "%-30s %6s %9s %7s %7s %10s\n" "run" "kills" "median_ms" "p99_ms" "failed" "requests"
 chaos() { # kills rate
   local secs
-  secs=$(python3 -c "print(int($1/$2)+1)")
+  # A fifth more time than the kills need: some are refused (one down at a time).
+  secs=$(python3 -c "print(int($1/$2*1.2)+1)")
   wrk -t2 -c8 -d$((secs + 8))s "http://127.0.0.1:$LB/" > "$work/chaos.wrk" 2>&1 & local w=$!
   sleep 1
-  "$kiln" chaos web --kill-rate "$2" --duration "$(python3 -c "print(int($1/$2*1000))")ms" \
+  "$kiln" chaos web --kill-rate "$2" --duration "$(python3 -c "print(int($1/$2*1200))")ms" \
     --max-share 0.34 --json > "$work/chaos.json"
   wait $w || true
   read -r fail total < <(wrk_errors "$work/chaos.wrk")
@@ -68,7 +77,69 @@ chaos() { # kills rate
     "$fail" "$total" "$(field chaos.json failed_requests)" "$(field chaos.json retries)" "$(field chaos.json refused)"
 }
 chaos "$KILLS" 1
-[ "$MANY" -gt 0 ] && chaos "$MANY" 4
+[ "$MANY" -gt 0 ] && chaos "$MANY" 2
+
+# ---- upgrades: kiln serve --upgrade, HAProxy reload, a plain restart ----
+printf "\n%-34s %8s %8s %10s %12s\n" "upgrade run" "reloads" "failed" "requests" "median_ms"
+under_wrk() { # url seconds out
+  wrk -t2 -c8 -d"$2"s "$1" > "$3" 2>&1 & wpid=$!
+  sleep 1
+}
+report() { # name n wrkfile times...
+  local name=$1 n=$2 f=$3; shift 3
+  wait "$wpid" || true
+  read -r fail total < <(wrk_errors "$f")
+  local med
+  med=$(python3 -c "import sys; v=sorted(int(x) for x in sys.argv[1:]); print(v[(len(v)-1)//2] if v else '-')" "$@")
+  printf "%-34s %8s %8s %10s %12s\n" "$name" "$n" "$fail" "$total" "$med"
+}
+under_wrk "http://127.0.0.1:$LB/" $((UPGRADES * 3 + 3)) "$work/upgrade.wrk"
+times=()
+for _ in $(seq "$UPGRADES"); do
+  old=${pids[-1]}
+  t=$(ms)
+  "$kiln" serve --upgrade -f kiln.toml 2>>"$work/serve.log" & pids+=($!)
+  while kill -0 "$old" 2>/dev/null; do sleep 0.01; done
+  times+=($(( $(ms) - t )))
+  sleep 2
+done
+report "kiln serve --upgrade" "$UPGRADES" "$work/upgrade.wrk" "${times[@]}"
+
+# The same instances behind HAProxy, reloaded seamlessly.
+HA=$(port)
+{
+  printf 'global\n  stats socket %s/ha.sock mode 600 level admin expose-fd listeners\n' "$work"
+  printf 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n'
+  printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend be\nbackend be\n' "$HA"
+  "$kiln" ps --json | python3 -c 'import json,sys; [print("  server s%d 127.0.0.1:%d" % (i, r["port"])) for i, r in enumerate(json.load(sys.stdin)["instances"]) if r["state"]["state"] == "running"]'
+} > "$work/haproxy.cfg"
+haproxy -f "$work/haproxy.cfg" -p "$work/ha.pid" -D
+wait_port "$HA"
+under_wrk "http://127.0.0.1:$HA/" $((UPGRADES * 3 + 3)) "$work/haproxy.wrk"
+times=()
+for _ in $(seq "$UPGRADES"); do
+  t=$(ms)
+  haproxy -f "$work/haproxy.cfg" -p "$work/ha.pid" -D -x "$work/ha.sock" -sf "$(cat "$work/ha.pid")"
+  times+=($(( $(ms) - t )))
+  sleep 2
+done
+report "haproxy reload (-x, -sf)" "$UPGRADES" "$work/haproxy.wrk" "${times[@]}"
+kill "$(cat "$work/ha.pid")" 2>/dev/null || true
+
+# A load balancer restart without a handoff: SIGTERM the proxy; the
+# controller starts another on the same address at its next tick.
+under_wrk "http://127.0.0.1:$LB/" $((UPGRADES * 3 + 3)) "$work/restart.wrk"
+times=()
+for _ in $(seq "$UPGRADES"); do
+  old=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$KILN_HOME/proxies/web/proxy.json")
+  t=$(ms)
+  kill "$old"
+  until [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$KILN_HOME/proxies/web/proxy.json")" != "$old" ] \
+    && curl -s -m 1 "127.0.0.1:$LB/" >/dev/null; do sleep 0.01; done
+  times+=($(( $(ms) - t )))
+  sleep 2
+done
+report "proxy restart (no handoff)" "$UPGRADES" "$work/restart.wrk" "${times[@]}"
 kiln_stop_all
 
 # ---- Docker Swarm ----

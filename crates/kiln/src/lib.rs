@@ -11,7 +11,9 @@
 //!   (CLI today, HTTP API later) maps onto;
 //! - the controller: [`serve`] (`kiln serve`), deciding with [`release`]
 //!   (rollouts) and [`heal`] (replacements, recycling, crash loops), both
-//!   pure, recording in [`history`]; [`chaos`] drives kills through its API.
+//!   pure, recording in [`history`]; [`chaos`] drives kills and drills
+//!   through its API; [`handoff`] passes listening sockets to an upgraded
+//!   process (`kiln serve --upgrade`, `kiln proxy --take-over`).
 
 pub mod bake;
 pub mod chaos;
