@@ -92,6 +92,12 @@ pub enum Command {
     },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
     Proxy(ProxyRun),
+    /// The test gate of an image: boot it privately, run its
+    /// `[image.NAME.test]`, record the result on its digest.
+    Test {
+        file: PathBuf,
+        reference: String,
+    },
 }
 
 /// `kiln proxy`: where to listen, the initial releases, the behaviour.
@@ -137,6 +143,7 @@ pub enum Output {
     Done {
         message: String,
     },
+    Test(Box<crate::verify::gate::TestReport>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,8 +163,11 @@ pub struct Inspection {
     pub tags: Vec<String>,
     pub size: u64,
     pub manifest: Manifest,
-    pub config: ImageConfig,
+    /// None for an artifact (a verification record).
+    pub config: Option<ImageConfig>,
     pub tag_history: Vec<TagEvent>,
+    /// Verification records about this image, by kind.
+    pub records: Vec<crate::verify::Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +184,8 @@ pub enum CommandError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(transparent)]
+    Test(#[from] crate::verify::gate::TestError),
 }
 
 impl CommandError {
@@ -320,6 +332,11 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             }
             Ok(Output::Plans(plans))
         }
+        Command::Test { file, reference } => {
+            let f = spec::load(&file)?;
+            let r = crate::verify::gate::test(&ctx.store, ctx.driver, ctx.launcher, &f, &reference, ctx.now)?;
+            Ok(Output::Test(Box::new(r)))
+        }
         Command::History { service, verify } => {
             let path = History::path_in(ctx.store.home());
             if !path.exists() {
@@ -364,6 +381,10 @@ fn images(store: &Store) -> Result<Vec<ImageRow>, StoreError> {
     let mut rows = Vec::new();
     for (desc, tags) in store.tagged()? {
         let m: Manifest = store.read_json(&desc.digest)?;
+        if m.artifact_type.is_some() {
+            // Records about an image, not images: `kiln inspect` shows them.
+            continue;
+        }
         let tagged_at = log
             .iter()
             .filter(|e| e.to == desc.digest && tags.contains(&e.tag))
@@ -385,10 +406,14 @@ fn images(store: &Store) -> Result<Vec<ImageRow>, StoreError> {
 fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
     let (desc, tags): (Descriptor, Vec<String>) = store.resolve(reference)?;
     let manifest: Manifest = store.read_json(&desc.digest)?;
-    let config: ImageConfig = store.read_json(&manifest.config.digest)?;
+    let config: Option<ImageConfig> = match manifest.artifact_type {
+        Some(_) => None,
+        None => Some(store.read_json(&manifest.config.digest)?),
+    };
     let tag_history =
         store.tag_log()?.into_iter().filter(|e| e.to == desc.digest || e.from.as_ref() == Some(&desc.digest)).collect();
-    Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history })
+    let records = crate::verify::records_of(store, &desc.digest)?;
+    Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history, records })
 }
 
 /// The `--release` flags plus the releases file, if any.

@@ -34,6 +34,7 @@ pub mod spec;
 pub mod store;
 pub mod time;
 pub mod unpack;
+pub mod verify;
 
 #[cfg(test)]
 mod testutil;

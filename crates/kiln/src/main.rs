@@ -68,6 +68,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The test gate: boot IMAGE (an [image.X] of kiln.toml, or NAME:TAG, digest) privately with placeholder secrets, run its [image.X.test] checks and commands, record the result on the digest; exit 0 passed, 6 failed.
+    Test {
+        /// Default: the only [image.X] with a test table (its newest build).
+        reference: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove blobs that no tag or archive record references.
     Gc {
         /// Only report what would be removed.
@@ -704,6 +713,26 @@ fn run() -> anyhow::Result<()> {
         Cmd::Images { json } => (Command::Images, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
+        Cmd::Test { reference, file, json } => {
+            let reference = match reference {
+                Some(r) => r,
+                None => {
+                    let f = kiln::spec::load(&file)?;
+                    let tested: Vec<&String> =
+                        f.images.iter().filter(|(_, i)| i.test.is_some()).map(|(n, _)| n).collect();
+                    match tested.as_slice() {
+                        [one] => (*one).clone(),
+                        [] => bail!("{}: no [image.X.test] table: nothing to test", file.display()),
+                        many => bail!(
+                            "{}: several images have tests ({}): name one",
+                            file.display(),
+                            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                }
+            };
+            (Command::Test { file, reference }, json)
+        }
         Cmd::Run {
             reference,
             service,
@@ -733,6 +762,7 @@ fn run() -> anyhow::Result<()> {
                 limits,
                 stop_grace_secs: stop_timeout,
                 release,
+                placeholder_secrets: false,
             };
             (Command::Run { request: req, service_file }, json)
         }
@@ -876,6 +906,8 @@ fn run() -> anyhow::Result<()> {
         }
         std::process::exit(code);
     }
+    // A failed test is a result (rendered), and exit status 6.
+    let failed_test = matches!(&output, Output::Test(r) if !r.passed);
     if json {
         if let Output::Logs(lines) = &output {
             for l in lines {
@@ -884,14 +916,94 @@ fn run() -> anyhow::Result<()> {
         } else {
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
-        return Ok(());
+    } else {
+        render(&output, now);
     }
-    render(&output, now);
+    if failed_test {
+        std::process::exit(6);
+    }
     Ok(())
+}
+
+fn render_test(r: &kiln::verify::gate::TestReport) {
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    println!("test {} ({}) {verdict} in {} ms, instance {}", r.reference, r.digest, r.duration_ms, r.instance);
+    if let Some(ms) = r.ready_ms {
+        println!("  ready after {ms} ms");
+    }
+    if let Some(f) = &r.failure {
+        println!("  {f}");
+    }
+    for c in &r.checks {
+        println!("  {} {}", if c.passed { "ok  " } else { "FAIL" }, c.name);
+        if let Some(d) = c.detail.as_ref().filter(|_| !c.passed) {
+            println!("       {d}");
+        }
+        for l in c.response_head.iter().flat_map(|h| h.lines()) {
+            println!("       < {l}");
+        }
+    }
+    for c in &r.commands {
+        let code = c.exit_code.map_or("killed".into(), |c| format!("exit {c}"));
+        println!("  {} $ {} ({code}, {} ms)", if c.passed { "ok  " } else { "FAIL" }, c.command, c.ms);
+        if !c.passed {
+            for l in c.output.lines() {
+                println!("       | {l}");
+            }
+        }
+    }
+    if !r.logs.is_empty() {
+        println!("  instance logs (first lines):");
+        for l in &r.logs {
+            println!("    {l}");
+        }
+    }
+    if let Some(d) = &r.record {
+        println!("  recorded: {d}");
+    }
+}
+
+fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Manifest) {
+    println!("platform: {}/{}", config.os, config.architecture);
+    if let Some(c) = &config.created {
+        println!("created:  {c}");
+    }
+    println!("annotations:");
+    for (k, v) in manifest.annotations.iter().flatten() {
+        println!("  {k} = {v}");
+    }
+    let c = &config.config;
+    println!("config:");
+    if let Some(e) = &c.entrypoint {
+        println!("  entrypoint: {e:?}");
+    }
+    if let Some(e) = &c.cmd {
+        println!("  cmd:        {e:?}");
+    }
+    for e in c.env.iter().flatten() {
+        println!("  env:        {e}");
+    }
+    if let Some(u) = &c.user {
+        println!("  user:       {u}");
+    }
+    if let Some(w) = &c.working_dir {
+        println!("  workdir:    {w}");
+    }
+    for p in c.exposed_ports.iter().flat_map(|p| p.keys()) {
+        println!("  expose:     {p}");
+    }
+    if let Some(s) = &c.stop_signal {
+        println!("  stop:       {s}");
+    }
+    println!("layers:");
+    for (l, h) in manifest.layers.iter().zip(config.history.iter().filter(|h| !h.empty_layer)) {
+        println!("  {} {:>10}  {}", l.digest, human_size(l.size), h.created_by.as_deref().unwrap_or(""));
+    }
 }
 
 fn render(output: &Output, now: i64) {
     match output {
+        Output::Test(r) => render_test(r),
         Output::Baked(reports) => {
             for r in reports {
                 println!("{} {}", r.image, r.digest);
@@ -920,40 +1032,23 @@ fn render(output: &Output, now: i64) {
             println!("digest:   {}", i.digest);
             println!("tags:     {}", if i.tags.is_empty() { "-".into() } else { i.tags.join(", ") });
             println!("size:     {}", human_size(i.size));
-            println!("platform: {}/{}", i.config.os, i.config.architecture);
-            if let Some(c) = &i.config.created {
-                println!("created:  {c}");
+            match &i.config {
+                Some(config) => render_image_config(config, &i.manifest),
+                None => {
+                    let kind = i.manifest.artifact_type.as_deref().unwrap_or("");
+                    println!("artifact: {kind}");
+                    if let Some(sub) = &i.manifest.subject {
+                        println!("about:    {}", sub.digest);
+                    }
+                    println!("annotations:");
+                    for (k, v) in i.manifest.annotations.iter().flatten() {
+                        println!("  {k} = {v}");
+                    }
+                }
             }
-            println!("annotations:");
-            for (k, v) in i.manifest.annotations.iter().flatten() {
-                println!("  {k} = {v}");
-            }
-            let c = &i.config.config;
-            println!("config:");
-            if let Some(e) = &c.entrypoint {
-                println!("  entrypoint: {e:?}");
-            }
-            if let Some(e) = &c.cmd {
-                println!("  cmd:        {e:?}");
-            }
-            for e in c.env.iter().flatten() {
-                println!("  env:        {e}");
-            }
-            if let Some(u) = &c.user {
-                println!("  user:       {u}");
-            }
-            if let Some(w) = &c.working_dir {
-                println!("  workdir:    {w}");
-            }
-            for p in c.exposed_ports.iter().flat_map(|p| p.keys()) {
-                println!("  expose:     {p}");
-            }
-            if let Some(s) = &c.stop_signal {
-                println!("  stop:       {s}");
-            }
-            println!("layers:");
-            for (l, h) in i.manifest.layers.iter().zip(i.config.history.iter().filter(|h| !h.empty_layer)) {
-                println!("  {} {:>10}  {}", l.digest, human_size(l.size), h.created_by.as_deref().unwrap_or(""));
+            for r in &i.records {
+                let verdict = if r.passed { "passed" } else { "FAILED" };
+                println!("verified: {} {verdict} at {} ({} ms)", r.kind, r.at, r.duration_ms);
             }
             println!("tag history:");
             for e in &i.tag_history {

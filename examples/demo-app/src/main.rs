@@ -273,6 +273,12 @@ fn handle(req: &Request, n: u64, r: &mut BufReader<TcpStream>, w: &mut TcpStream
             respond(w, "503 Service Unavailable", "unhealthy\n", v, Some(req))?
         }
         ("GET" | "HEAD", "/healthz") => respond(w, "200 OK", "ok\n", v, Some(req))?,
+        // A test fixture: what the instance got as DEMO_SECRET (kiln test
+        // gives placeholders, never the stored value).
+        ("GET", "/secret") => {
+            let s = std::env::var("DEMO_SECRET").unwrap_or_default();
+            respond(w, "200 OK", &format!("secret: {s}\n"), v, Some(req))?
+        }
         ("GET", "/") => {
             if !cfg.latency.is_zero() {
                 std::thread::sleep(cfg.latency);

@@ -292,8 +292,10 @@ pub fn bake(
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
+        artifact_type: None,
         config: Descriptor::new(oci::MEDIA_CONFIG, config_digest, config_bytes.len() as u64),
         layers: chain.layers.clone(),
+        subject: None,
         annotations: Some(annotations(spec, git.as_ref(), &created)),
     };
     let manifest_bytes = oci::to_canonical_json(&manifest);

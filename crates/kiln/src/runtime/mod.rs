@@ -172,6 +172,9 @@ pub struct RunRequest {
     pub limits: Limits,
     pub stop_grace_secs: Option<u64>,
     pub release: Option<String>,
+    /// Secrets get a placeholder value (`kiln-test-placeholder-NAME`), never
+    /// the stored one: a test instance (`kiln test`) needs their names only.
+    pub placeholder_secrets: bool,
 }
 
 impl RunRequest {
@@ -207,6 +210,7 @@ impl RunRequest {
             },
             stop_grace_secs: flags.stop_grace_secs.or(service.stop_timeout),
             release: flags.release,
+            placeholder_secrets: flags.placeholder_secrets,
         }
     }
 }
@@ -525,6 +529,17 @@ impl<'a> Runtime<'a> {
     }
 
     /// The shim's record of how and when the container exited.
+    /// The first `n` lines of an instance's output (stdout, then stderr).
+    pub fn log_head(&self, id: &InstanceId, n: usize) -> Vec<String> {
+        let dir = self.home.join("instances").join(id.as_str());
+        let mut out = Vec::new();
+        for (file, tag) in [("stdout.log", "out"), ("stderr.log", "err")] {
+            let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+            out.extend(text.lines().take(n.saturating_sub(out.len())).map(|l| format!("{tag}| {l}")));
+        }
+        out
+    }
+
     pub fn exit_info(&self, id: &InstanceId) -> Option<ExitInfo> {
         serde_json::from_slice(&fs::read(self.instance_dir(id).join("exit.json")).ok()?).ok()
     }
@@ -641,7 +656,12 @@ impl<'a> Runtime<'a> {
         let secrets = Secrets::new(&self.home);
         let mut values = Vec::new();
         for s in &req.secrets {
-            values.push((s, secrets.get(&s.name)?));
+            let v = if req.placeholder_secrets {
+                crate::secrets::SecretValue::placeholder(&s.name)
+            } else {
+                secrets.get(&s.name)?
+            };
+            values.push((s, v));
         }
         let id = InstanceId::generate(&service).map_err(io_err(Path::new("/dev/urandom")))?;
         let cfg = &prepared.config.config;

@@ -10,6 +10,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// The status line and headers, as sent (for error reports).
+    pub head: String,
     pub body: Vec<u8>,
 }
 
@@ -31,6 +33,7 @@ pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {line:?}")))?;
     let mut len = None;
+    let mut head = line.trim_end().to_owned();
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -40,6 +43,8 @@ pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[
         if h.is_empty() {
             break;
         }
+        head.push('\n');
+        head.push_str(h);
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse::<usize>().ok();
@@ -56,7 +61,7 @@ pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[
             r.read_to_end(&mut body)?;
         }
     }
-    Ok(Response { status, body })
+    Ok(Response { status, head, body })
 }
 
 /// A parsed request, as the API server reads it.
@@ -184,6 +189,6 @@ mod tests {
             }
         }
         let r = exchange(Both(std::io::Cursor::new(out), Vec::new()), "GET", "/", b"").unwrap();
-        assert_eq!(r, Response { status: 409, body: b"{\"error\":\"x\"}".to_vec() });
+        assert_eq!((r.status, r.body), (409, b"{\"error\":\"x\"}".to_vec()));
     }
 }

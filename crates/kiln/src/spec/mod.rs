@@ -16,6 +16,7 @@ use toml::Spanned;
 use crate::digest::Digest;
 
 pub mod release;
+pub mod verify;
 
 pub use release::{AnalysisSpec, BlueGreenSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
 
@@ -57,6 +58,10 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
     pub stop_signal: Option<String>,
     pub version: Option<String>,
+    /// `[image.NAME.test]`: what `kiln test` checks. Not part of the image
+    /// (changing a test never changes a digest).
+    #[serde(skip)]
+    pub test: Option<verify::TestSpec>,
     /// Line of the `[image.NAME]` header, for errors found later.
     #[serde(skip)]
     pub line: usize,
@@ -229,6 +234,7 @@ struct RawImage {
     labels: BTreeMap<String, String>,
     stop_signal: Option<Spanned<String>>,
     version: Option<Spanned<String>>,
+    test: Option<Spanned<verify::RawTest>>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +305,17 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         }
         services.insert(name, service);
     }
+    for (name, image) in &images {
+        if let Some(s) = image.test.as_ref().and_then(|t| t.service.as_ref()).filter(|s| !services.contains_key(*s)) {
+            let message = format!("no [service.{s}] in this file");
+            return Err(SpecError {
+                file: path.to_owned(),
+                line: Some(image.line),
+                key: format!("image.{name}.test.service"),
+                message,
+            });
+        }
+    }
     Ok(SpecFile { path: path.to_owned(), images, services })
 }
 
@@ -364,8 +381,10 @@ fn validate_image(name: &str, raw: RawImage, line: usize, lines: &LineIndex) -> 
             return Err((None, key.into(), "arguments must not contain NUL".into()));
         }
     }
+    let test = raw.test.map(verify::validate_test).transpose()?;
     Ok(ImageSpec {
         name: name.to_owned(),
+        test,
         from,
         copy,
         run,

@@ -256,14 +256,14 @@ pub(super) struct RawBlueGreen {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawSmoke {
+pub(super) enum RawSmoke {
     Path(String),
     Full(RawSmokeFull),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSmokeFull {
+pub(super) struct RawSmokeFull {
     path: String,
     method: Option<String>,
     status: Option<i64>,
@@ -302,7 +302,7 @@ struct RawAnalysis {
 /// that two claims of one address can be refused naming the second.
 pub(super) type Claim = (SocketAddr, String, Range<usize>);
 
-fn duration(v: &Option<Spanned<String>>, key: &str, default_ms: u64) -> Result<u64, FieldError> {
+pub(super) fn duration(v: &Option<Spanned<String>>, key: &str, default_ms: u64) -> Result<u64, FieldError> {
     match v {
         None => Ok(default_ms),
         Some(d) => parse_duration_ms(d.get_ref()).ok_or_else(|| {
@@ -507,9 +507,15 @@ fn validate_rolling(r: Option<RawRolling>) -> Result<RollingSpec, FieldError> {
 
 fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<BlueGreenSpec, FieldError> {
     let Some(b) = b else { return Ok(BlueGreenSpec { smoke: Vec::new() }) };
-    let mut smoke = Vec::with_capacity(b.smoke.len());
-    for (i, s) in b.smoke.into_iter().enumerate() {
-        let key = format!("blue_green.smoke[{i}]");
+    Ok(BlueGreenSpec { smoke: validate_checks(b.smoke, "blue_green.smoke")? })
+}
+
+/// HTTP checks (`"/path"` or `{ path, method, status, contains,
+/// not_contains }`), for blue-green smoke checks and image tests alike.
+pub(super) fn validate_checks(raw: Vec<Spanned<RawSmoke>>, list: &str) -> Result<Vec<SmokeCheck>, FieldError> {
+    let mut smoke = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = format!("{list}[{i}]");
         let span = s.span();
         let check = match s.into_inner() {
             RawSmoke::Path(path) => {
@@ -538,7 +544,7 @@ fn validate_blue_green(b: Option<RawBlueGreen>) -> Result<BlueGreenSpec, FieldEr
         }
         smoke.push(check);
     }
-    Ok(BlueGreenSpec { smoke })
+    Ok(smoke)
 }
 
 fn validate_canary(c: Option<RawCanary>) -> Result<CanarySpec, FieldError> {

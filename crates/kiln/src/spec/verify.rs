@@ -1,0 +1,66 @@
+//! `[image.NAME.test]`: what `kiln test` checks on a booted instance of an
+//! image before it may be promoted. Validated here once; the gate itself
+//! (`verify::gate`) never re-checks a field.
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::release::{duration, validate_checks, RawSmoke, SmokeCheck};
+use super::{field_err, FieldError};
+
+/// An image's test gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestSpec {
+    /// HTTP checks against the instance, in order.
+    pub checks: Vec<SmokeCheck>,
+    /// Host-side commands (`sh -c`), run with `KILN_TEST_URL` set, in order.
+    pub commands: Vec<String>,
+    /// For the whole test: boot, health, checks and commands.
+    pub timeout_ms: u64,
+    /// Polled until it answers 200 before the checks (default: the
+    /// service's health path, else `/`).
+    pub health: Option<String>,
+    /// The service whose env (and secret names) the instance runs with
+    /// (default: the one service running this image, if there is one).
+    pub service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTest {
+    #[serde(default)]
+    checks: Vec<Spanned<RawSmoke>>,
+    #[serde(default)]
+    commands: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    health: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+}
+
+pub(super) fn validate_test(raw: Spanned<RawTest>) -> Result<TestSpec, FieldError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let checks = validate_checks(raw.checks, "test.checks")?;
+    let mut commands = Vec::with_capacity(raw.commands.len());
+    for (i, c) in raw.commands.into_iter().enumerate() {
+        if c.get_ref().trim().is_empty() || c.get_ref().contains('\0') {
+            return Err(field_err(c.span(), &format!("test.commands[{i}]"), "an empty command (or one with NUL)"));
+        }
+        commands.push(c.into_inner());
+    }
+    if checks.is_empty() && commands.is_empty() {
+        return Err(field_err(span, "test", "declares no checks and no commands: nothing would be tested"));
+    }
+    let timeout_ms = duration(&raw.timeout, "test.timeout", 60_000)?;
+    if !(1_000..=3_600_000).contains(&timeout_ms) {
+        let s = raw.timeout.as_ref().map(Spanned::span).unwrap_or(span);
+        return Err(field_err(s, "test.timeout", "must be 1s to 1h"));
+    }
+    let health = match raw.health {
+        Some(h) if !h.get_ref().starts_with('/') || h.get_ref().bytes().any(|b| b <= b' ') => {
+            return Err(field_err(h.span(), "test.health", "must start with '/' and hold no spaces"));
+        }
+        h => h.map(Spanned::into_inner),
+    };
+    Ok(TestSpec { checks, commands, timeout_ms, health, service: raw.service.map(Spanned::into_inner) })
+}
