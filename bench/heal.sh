@@ -64,19 +64,23 @@ field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.ar
 printf "%-30s %6s %9s %7s %7s %10s\n" "run" "kills" "median_ms" "p99_ms" "failed" "requests"
 chaos() { # kills rate
   local secs
-  # A fifth more time than the kills need: some are refused (one down at a time).
-  secs=$(python3 -c "print(int($1/$2*1.2)+1)")
-  wrk -t2 -c8 -d$((secs + 8))s "http://127.0.0.1:$LB/" > "$work/chaos.wrk" 2>&1 & local w=$!
+  # Time for half again as many kills: some are refused (one down at a
+  # time); chaos stops at $1 kills.
+  secs=$(python3 -c "print(int($1/$2*1.5)+1)")
+  wrk -t2 -c8 -d$((secs + 40))s "http://127.0.0.1:$LB/" > "$work/chaos.wrk" 2>&1 & local w=$!
   sleep 1
-  "$kiln" chaos web --kill-rate "$2" --duration "$(python3 -c "print(int($1/$2*1200))")ms" \
+  "$kiln" chaos web --kill-rate "$2" --duration "${secs}s" --kills "$1" \
     --max-share 0.34 --json > "$work/chaos.json"
+  # wrk runs a fixed time: end it once the replacements are in (its
+  # report comes on SIGINT).
+  kill -INT $w 2>/dev/null || true
   wait $w || true
   read -r fail total < <(wrk_errors "$work/chaos.wrk")
   printf "%-30s %6s %9s %7s %7s %10s  (lb: %s failed, %s retried; %s kills refused)\n" "kiln chaos $2/s" \
     "$(field chaos.json kills)" "$(field chaos.json replace_median_ms)" "$(field chaos.json replace_p99_ms)" \
     "$fail" "$total" "$(field chaos.json failed_requests)" "$(field chaos.json retries)" "$(field chaos.json refused)"
 }
-chaos "$KILLS" 1
+[ "$KILLS" -gt 0 ] && chaos "$KILLS" 1
 [ "$MANY" -gt 0 ] && chaos "$MANY" 2
 
 # ---- upgrades: kiln serve --upgrade, HAProxy reload, a plain restart ----
@@ -111,7 +115,12 @@ HA=$(port)
   printf 'global\n  stats socket %s/ha.sock mode 600 level admin expose-fd listeners\n' "$work"
   printf 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n'
   printf 'frontend fe\n  bind 127.0.0.1:%s\n  default_backend be\nbackend be\n' "$HA"
-  "$kiln" ps --json | python3 -c 'import json,sys; [print("  server s%d 127.0.0.1:%d" % (i, r["port"])) for i, r in enumerate(json.load(sys.stdin)["instances"]) if r["state"]["state"] == "running"]'
+  "$kiln" ps --json | python3 -c '
+import json, sys
+for i, r in enumerate(json.load(sys.stdin)["instances"]):
+    s = r["state"]["state"] if isinstance(r["state"], dict) else r["state"]
+    if s == "running":
+        print("  server s%d 127.0.0.1:%d" % (i, r["port"]))'
 } > "$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -p "$work/ha.pid" -D
 wait_port "$HA"
@@ -143,6 +152,7 @@ report "proxy restart (no handoff)" "$UPGRADES" "$work/restart.wrk" "${times[@]}
 kiln_stop_all
 
 # ---- Docker Swarm ----
+[ "$SWARM_KILLS" -gt 0 ] || exit 0
 swarm_up || exit 0
 skopeo copy --quiet "oci:$KILN_HOME/store:web:1.0.0" "docker-daemon:bench-web:1.0.0"
 docker service create --quiet --name bench-web --replicas 3 --network host \

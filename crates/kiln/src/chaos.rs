@@ -25,6 +25,8 @@ pub struct Options {
     pub duration: Duration,
     /// At most this share of the replicas down at once.
     pub max_share: f64,
+    /// Stop after this many kills (refused ones do not count), if sooner.
+    pub max_kills: Option<u32>,
     pub actor: String,
 }
 
@@ -70,7 +72,7 @@ pub fn run(home: &Path, o: &Options) -> Result<Report, ServeError> {
     let start = Instant::now();
     let every = Duration::from_secs_f64(1.0 / o.kill_rate.max(0.001));
     let mut next = start;
-    while start.elapsed() < o.duration {
+    while start.elapsed() < o.duration && o.max_kills.is_none_or(|n| report.kills < n) {
         let req = Request::Kill { service: o.service.clone(), max_share: o.max_share, actor: o.actor.clone() };
         match serve::call(home, &req) {
             Ok(v) => {

@@ -289,6 +289,9 @@ enum Cmd {
         /// At most this share of the replicas down at once.
         #[arg(long, default_value_t = 0.34)]
         max_share: f64,
+        /// Stop after this many kills (refused ones do not count), if before --duration.
+        #[arg(long, value_name = "N")]
+        kills: Option<u32>,
         /// Instead of kills, a rollback drill: `canary` releases a canary of the stable digest whose share the load balancer fails (no client sees it), proves analysis rolls it back, and reports how long it took (exit 0 caught, 2 not).
         #[arg(long, value_enum, value_name = "KIND")]
         drill: Option<DrillKind>,
@@ -651,7 +654,7 @@ fn run() -> anyhow::Result<()> {
             let drifted = cli_heal::verify(&cli_release::default_home(cli.home), service, json)?;
             std::process::exit(if drifted { 5 } else { 0 });
         }
-        Cmd::Chaos { service, kill_rate, duration, max_share, drill, window, file, json } => {
+        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
             if let Some(DrillKind::Canary) = drill {
                 let home = cli_release::default_home(cli.home);
@@ -663,7 +666,8 @@ fn run() -> anyhow::Result<()> {
             if !(max_share > 0.0 && max_share <= 1.0) {
                 bail!("--max-share {max_share}: must be more than 0 and at most 1");
             }
-            let o = kiln::chaos::Options { service, kill_rate, duration, max_share, actor: cli_release::actor() };
+            let actor = cli_release::actor();
+            let o = kiln::chaos::Options { service, kill_rate, duration, max_share, max_kills: kills, actor };
             return cli_heal::chaos(&cli_release::default_home(cli.home), &o, json);
         }
         Cmd::Up { dir } => {
