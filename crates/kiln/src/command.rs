@@ -98,6 +98,21 @@ pub enum Command {
         file: PathBuf,
         reference: String,
     },
+    /// A new ECDSA P-256 signing key pair named `name`.
+    KeyGenerate {
+        name: String,
+    },
+    /// Sign an image's digest (and its verification records) with key `key`.
+    Sign {
+        reference: String,
+        key: String,
+    },
+    /// Check an image's signature with a PEM public key (default: the
+    /// home's `default` key).
+    VerifySignature {
+        reference: String,
+        key: Option<PathBuf>,
+    },
 }
 
 /// `kiln proxy`: where to listen, the initial releases, the behaviour.
@@ -144,6 +159,13 @@ pub enum Output {
         message: String,
     },
     Test(Box<crate::verify::gate::TestReport>),
+    Key {
+        name: String,
+        public_key: PathBuf,
+        pem: String,
+    },
+    Signed(Vec<crate::verify::sign::Signed>),
+    Verified(crate::verify::sign::Verified),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +208,8 @@ pub enum CommandError {
     History(#[from] HistoryError),
     #[error(transparent)]
     Test(#[from] crate::verify::gate::TestError),
+    #[error(transparent)]
+    Sign(#[from] crate::verify::sign::SignError),
 }
 
 impl CommandError {
@@ -194,6 +218,9 @@ impl CommandError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::History(HistoryError::Broken { .. }) => 3,
+            CommandError::Sign(
+                crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
+            ) => 7,
             _ => 1,
         }
     }
@@ -336,6 +363,29 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let f = spec::load(&file)?;
             let r = crate::verify::gate::test(&ctx.store, ctx.driver, ctx.launcher, &f, &reference, ctx.now)?;
             Ok(Output::Test(Box::new(r)))
+        }
+        Command::KeyGenerate { name } => {
+            let pem = crate::verify::sign::generate(ctx.store.home(), &name)?;
+            let public_key = crate::verify::sign::public_key_path(ctx.store.home(), &name);
+            Ok(Output::Key { name, public_key, pem })
+        }
+        Command::Sign { reference, key } => {
+            use crate::verify::sign;
+            let image = sign::sign(&ctx.store, &key, &reference, Default::default(), ctx.now)?;
+            // Its verification records are signed too.
+            let mut out = vec![image.clone()];
+            for record in crate::verify::record_artifacts(&ctx.store, &image.digest)? {
+                out.push(sign::sign(&ctx.store, &key, record.as_str(), Default::default(), ctx.now)?);
+            }
+            Ok(Output::Signed(out))
+        }
+        Command::VerifySignature { reference, key } => {
+            use crate::verify::sign;
+            let path = key.unwrap_or_else(|| sign::public_key_path(ctx.store.home(), "default"));
+            let pem =
+                std::fs::read_to_string(&path).map_err(|e| sign::SignError::Io { path: path.clone(), source: e })?;
+            let k = sign::read_public_key(&pem, &path.display().to_string())?;
+            Ok(Output::Verified(sign::verify(&ctx.store, &reference, &k, &path.display().to_string())?))
         }
         Command::History { service, verify } => {
             let path = History::path_in(ctx.store.home());

@@ -77,6 +77,29 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Signing keys (ECDSA P-256; the private key encrypted at rest, the public key PKIX PEM).
+    Key {
+        #[command(subcommand)]
+        action: KeyCmd,
+    },
+    /// Sign an image (cosign's simple-signing format, tag NAME:sha256-<hex>.sig) and its verification records.
+    Sign {
+        reference: String,
+        /// The key's name (see `kiln key generate`).
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image's signature with a PEM public key; exit 7 if unsigned or invalid.
+    Verify {
+        reference: String,
+        /// A PKIX PEM public key file (default: $KILN_HOME/keys/default.pub).
+        #[arg(long, value_name = "PEM")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove blobs that no tag or archive record references.
     Gc {
         /// Only report what would be removed.
@@ -395,6 +418,17 @@ enum Cmd {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Create key pair NAME (default "default"); prints the public key.
+    Generate {
+        #[arg(default_value = "default")]
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -717,6 +751,9 @@ fn run() -> anyhow::Result<()> {
         Cmd::Images { json } => (Command::Images, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
+        Cmd::Key { action: KeyCmd::Generate { name, json } } => (Command::KeyGenerate { name }, json),
+        Cmd::Sign { reference, key, json } => (Command::Sign { reference, key }, json),
+        Cmd::Verify { reference, key, json } => (Command::VerifySignature { reference, key }, json),
         Cmd::Test { reference, file, json } => {
             let reference = match reference {
                 Some(r) => r,
@@ -1008,6 +1045,21 @@ fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Ma
 fn render(output: &Output, now: i64) {
     match output {
         Output::Test(r) => render_test(r),
+        Output::Key { name, public_key, pem } => {
+            println!("key {name}: public key in {}", public_key.display());
+            print!("{pem}");
+        }
+        Output::Signed(list) => {
+            for s in list {
+                println!("signed {} ({}) with key {}: {}", s.reference, s.digest, s.key, s.tag);
+            }
+        }
+        Output::Verified(v) => {
+            println!("verified {} ({}) as {}", v.reference, v.digest, v.docker_reference);
+            for (k, val) in &v.optional {
+                println!("  {k}: {val}");
+            }
+        }
         Output::Baked(reports) => {
             for r in reports {
                 println!("{} {}", r.image, r.digest);

@@ -79,6 +79,12 @@ impl Secrets {
         Secrets { dir: home.join("secrets") }
     }
 
+    /// A store of the same kind in `dir`, with its own key (signing keys
+    /// live apart from the secrets services may mount).
+    pub fn at(dir: &Path) -> Self {
+        Secrets { dir: dir.to_owned() }
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
         move |source| SecretError::Io { path: path.to_owned(), source }
     }

@@ -133,3 +133,78 @@ fn bad_test_tables_are_refused_naming_the_key() {
     let e = kiln_err(&home, &dir, &["test"]);
     assert!(e.contains("no [image.X.test]"), "{e}");
 }
+
+#[test]
+fn signatures_are_cosign_shaped_verify_with_openssl_and_fail_for_another_key() {
+    let (dir, home) = files(PASSING);
+    secret(&home, &dir, "db", "hunter2");
+    let digest = bake_digests(&home, &dir, &[])[0].clone();
+    kiln_ok(&home, &dir, &["test"]);
+    let pem = kiln_ok(&home, &dir, &["key", "generate"]);
+    assert!(pem.contains("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert!(kiln_err(&home, &dir, &["key", "generate"]).contains("exists already"));
+    // The private key is encrypted at rest: no file under the home holds it in clear.
+    use std::os::unix::fs::PermissionsExt;
+    let private = home.join("keys/private");
+    assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o700);
+    let grep = std::process::Command::new("grep").args(["-rl", "PRIVATE KEY"]).arg(&home).output().unwrap();
+    assert!(grep.stdout.is_empty(), "a private key in clear: {}", String::from_utf8_lossy(&grep.stdout));
+    let signed = json(&kiln_ok(&home, &dir, &["sign", "web", "--json"]));
+    let signed = signed.as_array().unwrap();
+    assert_eq!(signed.len(), 2, "the image and its test record: {signed:?}");
+    assert_eq!(signed[0]["digest"], digest.as_str());
+
+    // Independently of kiln: the payload and the annotation, checked by openssl.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let raw =
+        run("skopeo", &["inspect", "--raw", &format!("oci:{}:web:sha256-{hex}.sig", home.join("store").display())]);
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    let m = json(&String::from_utf8_lossy(&raw.stdout));
+    let layer = &m["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dev.cosign.simplesigning.v1+json");
+    let payload_path =
+        home.join("store/blobs/sha256").join(layer["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap());
+    let payload = json(&fs::read_to_string(&payload_path).unwrap());
+    assert_eq!(payload["critical"]["image"]["docker-manifest-digest"], digest.as_str());
+    assert_eq!(payload["critical"]["identity"]["docker-reference"], "web");
+    assert_eq!(payload["critical"]["type"], "cosign container image signature");
+    let b64 = layer["annotations"]["dev.cosignproject.cosign/signature"].as_str().unwrap();
+    fs::write(dir.join("sig.b64"), b64).unwrap();
+    let decoded = run("base64", &["-d", dir.join("sig.b64").to_str().unwrap()]);
+    fs::write(dir.join("sig.der"), &decoded.stdout).unwrap();
+    let pubkey = home.join("keys/default.pub");
+    let ok = run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            pubkey.to_str().unwrap(),
+            "-signature",
+            dir.join("sig.der").to_str().unwrap(),
+            payload_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "Verified OK", "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let v = json(&kiln_ok(&home, &dir, &["verify", "web", "--json"]));
+    assert_eq!(v["digest"], digest.as_str());
+    // Another key: refused, exit 7, naming the key.
+    kiln_ok(&home, &dir, &["key", "generate", "other"]);
+    let other = home.join("keys/other.pub");
+    let out = kiln(&home, &dir, &["verify", "web", "--key", other.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{e}");
+    assert!(e.contains("does not verify") && e.contains("other.pub"), "{e}");
+    // A new build is not signed: exit 7, naming the tag it looked for.
+    fs::write(dir.join("kiln.toml"), fs::read_to_string(dir.join("kiln.toml")).unwrap().replace("1.0.0", "1.0.1"))
+        .unwrap();
+    bake_digests(&home, &dir, &[]);
+    let out = kiln(&home, &dir, &["verify", "web"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A bad PEM names the file.
+    fs::write(dir.join("bad.pem"), "not a key").unwrap();
+    let e = kiln_err(&home, &dir, &["verify", "web:1.0.0", "--key", dir.join("bad.pem").to_str().unwrap()]);
+    assert!(e.contains("bad.pem") && e.contains("PEM"), "{e}");
+}

@@ -8,6 +8,7 @@
 //! This module stores and finds records; it must never run an instance.
 
 pub mod gate;
+pub mod sign;
 
 use std::collections::BTreeMap;
 
@@ -103,5 +104,19 @@ pub fn records_of(store: &Store, subject: &Digest) -> Result<Vec<Record>, StoreE
         }
     }
     out.sort_by(|a, b| a.kind.cmp(&b.kind));
+    Ok(out)
+}
+
+/// The artifact digests of every record about `subject` (signatures
+/// excluded), for signing them.
+pub fn record_artifacts(store: &Store, subject: &Digest) -> Result<Vec<Digest>, StoreError> {
+    let suffix = format!(":sha256-{}.", subject.hex());
+    let mut out = Vec::new();
+    for (d, tags) in store.tagged()? {
+        let is_record = tags.iter().any(|t| t.split_once(&suffix).is_some_and(|(_, kind)| kind != sign::SIG));
+        if is_record && !out.contains(&d.digest) {
+            out.push(d.digest);
+        }
+    }
     Ok(out)
 }

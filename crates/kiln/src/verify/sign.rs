@@ -1,0 +1,312 @@
+//! Signatures in cosign's simple-signing format, ECDSA P-256 with SHA-256,
+//! fully offline (no transparency log). A signature is an artifact tagged
+//! `NAME:sha256-<hex>.sig` whose one layer is the payload
+//! (`application/vnd.dev.cosign.simplesigning.v1+json`) and whose layer
+//! annotation `dev.cosignproject.cosign/signature` holds the base64 of the
+//! DER signature over the payload's bytes: what `cosign verify --key` reads.
+//!
+//! Private keys are encrypted at rest with the secrets' scheme, in a store
+//! of their own (`$KILN_HOME/keys/private/`), so no service can mount one;
+//! public keys are PKIX PEM files (`$KILN_HOME/keys/NAME.pub`). This module
+//! must never write a private key in clear or print it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor, Manifest};
+use crate::secrets::{SecretError, Secrets};
+use crate::store::{Store, StoreError};
+
+pub const MEDIA_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+/// The kind (tag suffix) of a signature.
+pub const SIG: &str = "sig";
+
+/// Why signing or verifying failed, naming the key or the reference.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key {name:?} exists already (remove {} first to replace it)", path.display())]
+    KeyExists { name: String, path: PathBuf },
+    #[error("key {name:?}: {detail}")]
+    BadKey { name: String, detail: String },
+    #[error("{reference}: not signed (no tag {tag})")]
+    Unsigned { reference: String, tag: String },
+    #[error("{reference}: the signature does not verify with {key}: {detail}")]
+    Invalid { reference: String, key: String, detail: String },
+}
+
+/// The public key file of key `name`.
+pub fn public_key_path(home: &Path, name: &str) -> PathBuf {
+    home.join("keys").join(format!("{name}.pub"))
+}
+
+fn private_keys(home: &Path) -> Secrets {
+    Secrets::at(&home.join("keys/private"))
+}
+
+fn bad_key(name: &str, detail: impl std::fmt::Display) -> SignError {
+    SignError::BadKey { name: name.to_owned(), detail: detail.to_string() }
+}
+
+/// Creates key pair `name`: the private scalar encrypted at rest, the
+/// public key as PKIX PEM (returned, and written next to it).
+pub fn generate(home: &Path, name: &str) -> Result<String, SignError> {
+    let pub_path = public_key_path(home, name);
+    if pub_path.exists() {
+        return Err(SignError::KeyExists { name: name.to_owned(), path: pub_path });
+    }
+    let key = loop {
+        // Rejection sampling: a scalar of zero or past the order is refused.
+        let mut b = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .map_err(|source| SignError::Io { path: "/dev/urandom".into(), source })?;
+        if let Ok(k) = SigningKey::from_slice(&b) {
+            break k;
+        }
+    };
+    let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| bad_key(name, e))?;
+    private_keys(home).set(name, &key.to_bytes())?;
+    let dir = home.join("keys");
+    std::fs::create_dir_all(&dir).map_err(|source| SignError::Io { path: dir, source })?;
+    std::fs::write(&pub_path, &pem).map_err(|source| SignError::Io { path: pub_path, source })?;
+    Ok(pem)
+}
+
+fn signing_key(home: &Path, name: &str) -> Result<SigningKey, SignError> {
+    let v = private_keys(home).get(name).map_err(|e| match e {
+        SecretError::Missing(_) => bad_key(name, "no such key (create it with `kiln key generate`)"),
+        e => e.into(),
+    })?;
+    SigningKey::from_slice(v.expose()).map_err(|e| bad_key(name, e))
+}
+
+/// Reads a PKIX PEM public key; `what` names it in errors.
+pub fn read_public_key(pem: &str, what: &str) -> Result<VerifyingKey, SignError> {
+    VerifyingKey::from_public_key_pem(pem).map_err(|e| bad_key(what, format!("not a P-256 PKIX PEM public key: {e}")))
+}
+
+/// cosign's simple-signing payload for `digest` as `docker_reference`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub critical: Critical,
+    #[serde(default)]
+    pub optional: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Critical {
+    pub identity: Identity,
+    pub image: PayloadImage,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(rename = "docker-reference")]
+    pub docker_reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadImage {
+    #[serde(rename = "docker-manifest-digest")]
+    pub docker_manifest_digest: String,
+}
+
+pub fn payload(docker_reference: &str, digest: &Digest, optional: BTreeMap<String, serde_json::Value>) -> Payload {
+    Payload {
+        critical: Critical {
+            identity: Identity { docker_reference: docker_reference.to_owned() },
+            image: PayloadImage { docker_manifest_digest: digest.to_string() },
+            kind: "cosign container image signature".into(),
+        },
+        optional,
+    }
+}
+
+/// Standard base64 with padding (what cosign's annotation holds).
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`base64`]; `None` for anything else.
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// What signing produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Signed {
+    pub reference: String,
+    pub digest: Digest,
+    pub tag: String,
+    pub signature: Digest,
+    pub key: String,
+}
+
+/// The repository name of an image (its title annotation, else its first tag's name).
+fn repository(store: &Store, desc: &Descriptor, tags: &[String]) -> Result<String, StoreError> {
+    let m: Manifest = store.read_json(&desc.digest)?;
+    Ok(m.annotation(oci::ANNOTATION_TITLE)
+        .map(str::to_owned)
+        .or_else(|| tags.first().and_then(|t| t.split_once(':')).map(|(n, _)| n.to_owned()))
+        .unwrap_or_else(|| "image".into()))
+}
+
+/// Signs `reference`'s manifest digest with key `key`; `optional` goes
+/// into the payload's `optional` (a promotion's channel, later).
+pub fn sign(
+    store: &Store,
+    key: &str,
+    reference: &str,
+    optional: BTreeMap<String, serde_json::Value>,
+    now: i64,
+) -> Result<Signed, SignError> {
+    let (desc, tags) = store.resolve(reference)?;
+    let name = repository(store, &desc, &tags)?;
+    let sk = signing_key(store.home(), key)?;
+    let body = serde_json::to_vec(&payload(&name, &desc.digest, optional)).expect("serializes");
+    let sig: Signature = sk.sign(&body);
+    let layer = store.put_blob(&body)?;
+    let mut layer_desc = Descriptor::new(MEDIA_SIMPLE_SIGNING, layer, body.len() as u64);
+    layer_desc.annotations = Some(BTreeMap::from([(ANNOTATION_SIGNATURE.to_owned(), base64(sig.to_der().as_bytes()))]));
+    let empty = store.put_blob(b"{}")?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
+        artifact_type: None,
+        config: Descriptor::new(oci::MEDIA_EMPTY, empty, 2),
+        layers: vec![layer_desc],
+        subject: Some(Descriptor::new(oci::MEDIA_MANIFEST, desc.digest.clone(), desc.size)),
+        annotations: Some(BTreeMap::from([(oci::ANNOTATION_CREATED.to_owned(), crate::time::rfc3339(now))])),
+    };
+    let bytes = oci::to_canonical_json(&manifest);
+    let signature = store.put_blob(&bytes)?;
+    let tag = super::record_tag(&name, &desc.digest, SIG);
+    let sig_desc = Descriptor::new(oci::MEDIA_MANIFEST, signature.clone(), bytes.len() as u64);
+    store.set_tags(std::slice::from_ref(&tag), &sig_desc, true, now)?;
+    Ok(Signed { reference: reference.to_owned(), digest: desc.digest, tag, signature, key: key.to_owned() })
+}
+
+/// What verification found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub reference: String,
+    pub digest: Digest,
+    pub docker_reference: String,
+    pub optional: BTreeMap<String, serde_json::Value>,
+}
+
+/// Checks `reference`'s signature with `key` (a PEM public key; `key_name`
+/// names it in errors): the payload must name this very digest, and the
+/// signature must verify over the payload's bytes as stored.
+pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str) -> Result<Verified, SignError> {
+    let (desc, tags) = store.resolve(reference)?;
+    let name = repository(store, &desc, &tags)?;
+    let tag = super::record_tag(&name, &desc.digest, SIG);
+    let invalid = |detail: &str| SignError::Invalid {
+        reference: reference.to_owned(),
+        key: key_name.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let (sig_desc, _) = match store.resolve(&tag) {
+        Ok(found) => found,
+        Err(StoreError::NotFound(_)) => return Err(SignError::Unsigned { reference: reference.to_owned(), tag }),
+        Err(e) => return Err(e.into()),
+    };
+    let m: Manifest = store.read_json(&sig_desc.digest)?;
+    let layer = m.layers.first().ok_or_else(|| invalid("the signature artifact has no layer"))?;
+    let body = store.read_blob(&layer.digest)?;
+    let der = layer
+        .annotation(ANNOTATION_SIGNATURE)
+        .and_then(unbase64)
+        .ok_or_else(|| invalid("no base64 signature annotation"))?;
+    let sig = Signature::from_der(&der).map_err(|_| invalid("the signature is not DER ECDSA"))?;
+    key.verify(&body, &sig).map_err(|_| invalid("wrong key, or the payload was changed"))?;
+    let p: Payload = serde_json::from_slice(&body).map_err(|e| invalid(&format!("the payload: {e}")))?;
+    if p.critical.image.docker_manifest_digest != desc.digest.to_string() {
+        return Err(invalid(&format!("it signs {}, not this digest", p.critical.image.docker_manifest_digest)));
+    }
+    Ok(Verified {
+        reference: reference.to_owned(),
+        digest: desc.digest,
+        docker_reference: p.critical.identity.docker_reference,
+        optional: p.optional,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_and_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+        for n in 0..64u8 {
+            let v: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+            assert_eq!(unbase64(&base64(&v)).unwrap(), v);
+        }
+        assert!(unbase64("a*b").is_none());
+    }
+
+    #[test]
+    fn the_payload_is_cosigns_simple_signing_shape() {
+        let d = Digest::of(b"m");
+        let v = serde_json::to_value(payload("web", &d, BTreeMap::new())).unwrap();
+        assert_eq!(v["critical"]["identity"]["docker-reference"], "web");
+        assert_eq!(v["critical"]["image"]["docker-manifest-digest"], d.to_string());
+        assert_eq!(v["critical"]["type"], "cosign container image signature");
+        assert!(v["optional"].as_object().unwrap().is_empty());
+    }
+}
