@@ -98,6 +98,12 @@ pub enum Command {
         file: PathBuf,
         reference: String,
     },
+    /// The secret scan of an image (every layer, deleted files too, and
+    /// its config), with `file`'s allowlist; recorded on the digest.
+    ScanSecrets {
+        file: PathBuf,
+        reference: String,
+    },
     /// A new ECDSA P-256 signing key pair named `name`.
     KeyGenerate {
         name: String,
@@ -165,6 +171,7 @@ pub enum Output {
         pem: String,
     },
     Signed(Vec<crate::verify::sign::Signed>),
+    Leaks(Box<crate::verify::leaks::LeakGate>),
     Verified(crate::verify::sign::Verified),
 }
 
@@ -363,6 +370,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let f = spec::load(&file)?;
             let r = crate::verify::gate::test(&ctx.store, ctx.driver, ctx.launcher, &f, &reference, ctx.now)?;
             Ok(Output::Test(Box::new(r)))
+        }
+        Command::ScanSecrets { file, reference } => {
+            // The allowlist is in kiln.toml; an image from elsewhere has none.
+            let f = if file.exists() { Some(spec::load(&file)?) } else { None };
+            let g = crate::verify::leaks::gate(&ctx.store, f.as_ref(), &reference, ctx.now)?;
+            Ok(Output::Leaks(Box::new(g)))
         }
         Command::KeyGenerate { name } => {
             let pem = crate::verify::sign::generate(ctx.store.home(), &name)?;

@@ -77,6 +77,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The secret scan: every layer's files (deleted ones too) and the image config, against credential formats and random-looking assignments; findings name layer, path, line and rule, never the secret; exit 8 if any is not allowed ([image.X.scan] allow_secrets).
+    ScanSecrets {
+        reference: String,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Signing keys (ECDSA P-256; the private key encrypted at rest, the public key PKIX PEM).
     Key {
         #[command(subcommand)]
@@ -752,6 +760,7 @@ fn run() -> anyhow::Result<()> {
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
         Cmd::Key { action: KeyCmd::Generate { name, json } } => (Command::KeyGenerate { name }, json),
+        Cmd::ScanSecrets { reference, file, json } => (Command::ScanSecrets { file, reference }, json),
         Cmd::Sign { reference, key, json } => (Command::Sign { reference, key }, json),
         Cmd::Verify { reference, key, json } => (Command::VerifySignature { reference, key }, json),
         Cmd::Test { reference, file, json } => {
@@ -949,6 +958,7 @@ fn run() -> anyhow::Result<()> {
     }
     // A failed test is a result (rendered), and exit status 6.
     let failed_test = matches!(&output, Output::Test(r) if !r.passed);
+    let leaked = matches!(&output, Output::Leaks(g) if !g.passed);
     if json {
         if let Output::Logs(lines) = &output {
             for l in lines {
@@ -962,6 +972,9 @@ fn run() -> anyhow::Result<()> {
     }
     if failed_test {
         std::process::exit(6);
+    }
+    if leaked {
+        std::process::exit(8);
     }
     Ok(())
 }
@@ -1045,6 +1058,22 @@ fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Ma
 fn render(output: &Output, now: i64) {
     match output {
         Output::Test(r) => render_test(r),
+        Output::Leaks(g) => {
+            let verdict = if g.passed { "no secrets found" } else { "SECRETS FOUND" };
+            println!(
+                "secret scan of {} ({}): {verdict}; {} files, {} bytes in {} ms",
+                g.reference, g.digest, g.report.files, g.report.bytes, g.duration_ms
+            );
+            for f in &g.report.findings {
+                let layer = f.layer.as_ref().map_or("config".to_owned(), |d| format!("layer {}", d.short()));
+                let allowed = f.allowed.as_ref().map_or(String::new(), |r| format!(" (allowed: {r})"));
+                println!("  {} {}:{} [{}] {}{allowed}", layer, f.path, f.line, f.rule, f.fingerprint);
+            }
+            for p in &g.report.truncated {
+                println!("  read only the first 64 MiB of {p}");
+            }
+            println!("  recorded: {}", g.record);
+        }
         Output::Key { name, public_key, pem } => {
             println!("key {name}: public key in {}", public_key.display());
             print!("{pem}");

@@ -208,3 +208,70 @@ fn signatures_are_cosign_shaped_verify_with_openssl_and_fail_for_another_key() {
     let e = kiln_err(&home, &dir, &["verify", "web:1.0.0", "--key", dir.join("bad.pem").to_str().unwrap()]);
     assert!(e.contains("bad.pem") && e.contains("PEM"), "{e}");
 }
+
+const FAKE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----\n";
+
+#[test]
+fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them() {
+    let (dir, home) = (tempdir("leaks"), tempdir("leaks-home"));
+    busybox_rootfs(&dir.join("rootfs.tar"));
+    fs::write(dir.join("key.pem"), FAKE_KEY).unwrap();
+    fs::write(dir.join("app.conf"), "# app\nport = 8080\napi_key = \"Xq3v9LmZ2pR8tK1wYb7NcD\"\n").unwrap();
+    let image = |allow: &str| {
+        format!(
+            "[image.leaky]\nfrom = \"rootfs:rootfs.tar\"\n\
+             copy = [{{ src = \"key.pem\", dest = \"/key.pem\" }}, {{ src = \"app.conf\", dest = \"/etc/app.conf\" }}]\n\
+             run = [\"rm /key.pem\"]\nenv = {{ AWS_ID = \"AKIAIOSFODNN7EXAMPLE\" }}\n{allow}"
+        )
+    };
+    fs::write(dir.join("kiln.toml"), image("")).unwrap();
+    bake_digests(&home, &dir, &[]);
+    let out = kiln(&home, &dir, &["scan-secrets", "leaky"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(8), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("SECRETS FOUND"), "{text}");
+    assert!(text.contains("/key.pem:1 [private-key]"), "deleted by a later layer, still found: {text}");
+    assert!(text.contains("/etc/app.conf:3 [keyword-assignment]"), "{text}");
+    assert!(text.contains("config config:env[") && text.contains("[aws-access-key-id]"), "{text}");
+    for secret in ["Xq3v9LmZ2pR8tK1wYb7NcD", "AKIAIOSFODNN7EXAMPLE", "BEGIN RSA", "MIIBOgIBAAJBAKj34"] {
+        assert!(!text.contains(secret), "the report shows {secret}: {text}");
+    }
+    // Each finding names its layer: the deleted key is in the copy layer.
+    let j = json(&String::from_utf8_lossy(&kiln(&home, &dir, &["scan-secrets", "leaky", "--json"]).stdout));
+    let findings = j["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 3, "{j:#}");
+    let key = findings.iter().find(|f| f["rule"] == "private-key").unwrap();
+    assert!(key["layer"].as_str().unwrap().starts_with("sha256:"), "{key}");
+    let aws = findings.iter().find(|f| f["rule"] == "aws-access-key-id").unwrap();
+    assert!(aws["layer"].is_null());
+    // Known false positives: by fingerprint and by path, each with a reason.
+    let allow = format!(
+        "[image.leaky.scan]\nallow_secrets = [{{ fingerprint = \"{}\", reason = \"AWS's documented example key\" }},\n\
+         {{ path = \"/etc/app.conf\", reason = \"a fixture\" }}]\n",
+        aws["fingerprint"].as_str().unwrap()
+    );
+    fs::write(dir.join("kiln.toml"), image(&allow)).unwrap();
+    let out = kiln(&home, &dir, &["scan-secrets", "leaky"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(8), "the key is still not allowed: {text}");
+    assert!(
+        text.contains("(allowed: AWS's documented example key)") && text.contains("(allowed: a fixture)"),
+        "{text}"
+    );
+    let allow = format!("{allow}");
+    let all = allow.replace(
+        "reason = \"a fixture\" }]",
+        "reason = \"a fixture\" }, { path = \"/key.pem\", reason = \"test key\" }]",
+    );
+    fs::write(dir.join("kiln.toml"), image(&all)).unwrap();
+    let out = kiln(&home, &dir, &["scan-secrets", "leaky", "--json"]);
+    let j = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "{j:#}");
+    assert_eq!(j["passed"], true);
+    let i = json(&kiln_ok(&home, &dir, &["inspect", "leaky", "--json"]));
+    assert_eq!(i["records"][0]["kind"], "secrets", "{i:#}");
+    // A reason is required.
+    fs::write(dir.join("kiln.toml"), image("[image.leaky.scan]\nallow_secrets = [{ path = \"/etc\" }]\n")).unwrap();
+    let e = kiln_err(&home, &dir, &["scan-secrets", "leaky"]);
+    assert!(e.contains("image.leaky.scan.allow_secrets[0].reason"), "{e}");
+}

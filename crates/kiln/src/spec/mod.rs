@@ -62,6 +62,9 @@ pub struct ImageSpec {
     /// (changing a test never changes a digest).
     #[serde(skip)]
     pub test: Option<verify::TestSpec>,
+    /// `[image.NAME.scan]`: what the scans accept (not part of the image).
+    #[serde(skip)]
+    pub scan: verify::ScanSpec,
     /// Line of the `[image.NAME]` header, for errors found later.
     #[serde(skip)]
     pub line: usize,
@@ -235,6 +238,7 @@ struct RawImage {
     stop_signal: Option<Spanned<String>>,
     version: Option<Spanned<String>>,
     test: Option<Spanned<verify::RawTest>>,
+    scan: Option<Spanned<verify::RawScan>>,
 }
 
 #[derive(Deserialize)]
@@ -382,9 +386,11 @@ fn validate_image(name: &str, raw: RawImage, line: usize, lines: &LineIndex) -> 
         }
     }
     let test = raw.test.map(verify::validate_test).transpose()?;
+    let scan = raw.scan.map(verify::validate_scan).transpose()?.unwrap_or_default();
     Ok(ImageSpec {
         name: name.to_owned(),
         test,
+        scan,
         from,
         copy,
         run,

@@ -25,6 +25,60 @@ pub struct TestSpec {
     pub service: Option<String>,
 }
 
+/// `[image.NAME.scan]`: what the scans accept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScanSpec {
+    /// Known false positives of the secret scan.
+    pub allow_secrets: Vec<AllowSecret>,
+}
+
+/// A secret-scan finding marked as a false positive: by its fingerprint,
+/// or every finding under a path prefix; always with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowSecret {
+    pub fingerprint: Option<String>,
+    pub path: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScan {
+    #[serde(default)]
+    allow_secrets: Vec<Spanned<RawAllowSecret>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllowSecret {
+    fingerprint: Option<String>,
+    path: Option<String>,
+    reason: Option<String>,
+}
+
+pub(super) fn validate_scan(raw: Spanned<RawScan>) -> Result<ScanSpec, FieldError> {
+    let mut allow_secrets = Vec::new();
+    for (i, a) in raw.into_inner().allow_secrets.into_iter().enumerate() {
+        let (span, a) = (a.span(), a.into_inner());
+        let key = format!("scan.allow_secrets[{i}]");
+        let reason = a.reason.filter(|r| !r.trim().is_empty());
+        let Some(reason) = reason else {
+            return Err(field_err(span, &format!("{key}.reason"), "say why this finding is a false positive"));
+        };
+        if a.fingerprint.is_none() && a.path.is_none() {
+            return Err(field_err(span, &key, "name a fingerprint (from the scan's report) or a path"));
+        }
+        if let Some(f) = a.fingerprint.as_deref().filter(|f| crate::digest::Digest::parse(f).is_err()) {
+            return Err(field_err(span, &format!("{key}.fingerprint"), format!("{f:?} is not a sha256: digest")));
+        }
+        if let Some(p) = a.path.as_deref().filter(|p| !p.starts_with('/')) {
+            return Err(field_err(span, &format!("{key}.path"), format!("{p:?} must be an absolute path")));
+        }
+        allow_secrets.push(AllowSecret { fingerprint: a.fingerprint, path: a.path, reason });
+    }
+    Ok(ScanSpec { allow_secrets })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTest {

@@ -8,6 +8,7 @@
 //! This module stores and finds records; it must never run an instance.
 
 pub mod gate;
+pub mod leaks;
 pub mod sign;
 
 use std::collections::BTreeMap;
