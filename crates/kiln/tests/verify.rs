@@ -258,7 +258,6 @@ fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them()
         text.contains("(allowed: AWS's documented example key)") && text.contains("(allowed: a fixture)"),
         "{text}"
     );
-    let allow = format!("{allow}");
     let all = allow.replace(
         "reason = \"a fixture\" }]",
         "reason = \"a fixture\" }, { path = \"/key.pem\", reason = \"test key\" }]",
