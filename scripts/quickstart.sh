@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # kiln's main job on the bundled example, end to end: install what it needs,
 # build kiln and the demo app, bake examples/hello into the store and show it
-# through kiln and skopeo (a standard OCI tool), run it once as an immutable
-# instance; then the release loop: kiln serve, deploy v1 behind kiln's load
+# through kiln and skopeo (a standard OCI tool), test and scan it, run it
+# once as an immutable instance; then the release loop: kiln serve, deploy v1 behind kiln's load
 # balancer, release v2 by canary under traffic, roll back, with kiln status
 # and kiln history along the way. Everything it started is stopped at the end.
 set -euo pipefail
@@ -20,6 +20,10 @@ echo "== kiln inspect hello:0.1.0"
 $kiln inspect hello:0.1.0
 echo "== skopeo inspect oci:$KILN_HOME/store:hello:0.1.0"
 skopeo inspect "oci:$KILN_HOME/store:hello:0.1.0"
+echo "== kiln test hello:0.1.0 (the test gate: a private instance, its checks, a record on the digest)"
+$kiln test hello:0.1.0 -f examples/hello/kiln.toml
+echo "== kiln scan-secrets hello:0.1.0"
+$kiln scan-secrets hello:0.1.0 -f examples/hello/kiln.toml
 echo "== kiln run hello:0.1.0"
 id=$($kiln run hello:0.1.0 -e HOST=127.0.0.1 --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["id"], r["port"])')
 set -- $id
