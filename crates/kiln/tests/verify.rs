@@ -274,3 +274,78 @@ fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them()
     let e = kiln_err(&home, &dir, &["scan-secrets", "leaky"]);
     assert!(e.contains("image.leaky.scan.allow_secrets[0].reason"), "{e}");
 }
+
+/// `dpkg --compare-versions` is the oracle of kiln's Debian version order.
+#[test]
+fn debian_versions_order_exactly_as_dpkg_compare_versions() {
+    use kiln::verify::dpkg::Version;
+    use std::cmp::Ordering;
+    let mut versions: Vec<String> = [
+        "1.0",
+        "1.0~rc1",
+        "1.0~~",
+        "1.0+b1",
+        "1.0-1",
+        "1.0-1+deb12u1",
+        "1:0.9",
+        "1.10",
+        "1.9",
+        "1.001",
+        "1.0a",
+        "2.36-9+deb12u4",
+        "2.36-9+deb12u10",
+        "3.0.11-1~deb12u2",
+        "3.0.11-1",
+        "0:1.2",
+        "1.2-0",
+        "7.88.1-10+deb12u5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // A seeded generator (xorshift): the same pairs every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let chars = b"0123456789.~+az";
+    for _ in 0..22 {
+        let mut v = String::new();
+        if next(4) == 0 {
+            v.push_str(&format!("{}:", next(3)));
+        }
+        v.push((b'0' + next(10) as u8) as char);
+        for _ in 0..next(7) {
+            v.push(chars[next(chars.len() as u64) as usize] as char);
+        }
+        if next(2) == 0 {
+            v.push('-');
+            for _ in 0..1 + next(4) {
+                v.push(chars[next(chars.len() as u64) as usize] as char);
+            }
+        }
+        versions.push(v);
+    }
+    let dpkg = |a: &str, op: &str, b: &str| {
+        std::process::Command::new("dpkg").args(["--compare-versions", a, op, b]).status().unwrap().success()
+    };
+    let mut checked = 0;
+    for a in &versions {
+        for b in &versions {
+            let ours = Version::parse(a).unwrap().cmp(&Version::parse(b).unwrap());
+            let theirs = if dpkg(a, "lt", b) {
+                Ordering::Less
+            } else if dpkg(a, "eq", b) {
+                Ordering::Equal
+            } else {
+                Ordering::Greater
+            };
+            assert_eq!(ours, theirs, "{a} vs {b}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, versions.len() * versions.len());
+}

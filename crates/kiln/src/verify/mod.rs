@@ -7,6 +7,7 @@
 //!
 //! This module stores and finds records; it must never run an instance.
 
+pub mod dpkg;
 pub mod gate;
 pub mod leaks;
 pub mod sign;
