@@ -13,7 +13,10 @@
 //!   (rollouts) and [`heal`] (replacements, recycling, crash loops), both
 //!   pure, recording in [`history`]; [`chaos`] drives kills and drills
 //!   through its API; [`handoff`] passes listening sockets to an upgraded
-//!   process (`kiln serve --upgrade`, `kiln proxy --take-over`).
+//!   process (`kiln serve --upgrade`, `kiln proxy --take-over`);
+//! - gates on a digest: [`verify`] (`kiln test`, the secret scan, Debian
+//!   versions for the coming vulnerability scan, signatures), each result a
+//!   record stored as an OCI artifact on the image.
 
 pub mod bake;
 pub mod chaos;
