@@ -404,3 +404,48 @@ fn a_canary_drill_is_caught_and_rolled_back_leaving_stable_untouched_without_a_f
     let e = env.kiln(&["promote"]);
     assert!(!e.status.success());
 }
+
+/// `GET /v1/status` on the API's TCP listener with the token: the status code.
+fn tcp_status(port: u16, token: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET /v1/status HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn kiln_serve_upgrade_hands_the_tcp_api_listener_over_too() {
+    let _g = serial();
+    let mut env = Env::bare("upgrade-tcp", SERVICE);
+    let api = common::free_port();
+    let log = fs::OpenOptions::new().create(true).append(true).open(env.home.join("serve-test.log")).unwrap();
+    let child = std::process::Command::new(common::kiln_bin())
+        .args(["serve", "-f", "kiln.toml", "--tcp", &format!("127.0.0.1:{api}")])
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.serve = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        if let Ok(t) = fs::read_to_string(env.home.join("serve.token")) {
+            if tcp_status(api, t.trim()) == Some(200) {
+                break t.trim().to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "the TCP API never answered: {}", env.serve_log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let old = env.serve.as_ref().unwrap().id();
+    env.upgrade_serve();
+    // The successor was not given --tcp: it serves the listener it inherited.
+    assert_eq!(tcp_status(api, &token), Some(200), "{}", env.serve_log());
+    assert_eq!(tcp_status(api, "wrong"), Some(401));
+    assert_ne!(env.serve.as_ref().unwrap().id(), old);
+    assert!(env.serve_log().contains("took over from the previous kiln serve"));
+}
