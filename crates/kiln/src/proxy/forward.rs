@@ -28,9 +28,11 @@ use super::{InFlight, Proxy, Sticky, MAX_HEAD_BYTES};
 
 /// How long an idle client connection is kept open.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
-/// How long a stopping proxy keeps an idle keep-alive connection open for
-/// a request that may already be on its way.
-pub const STOP_IDLE: Duration = Duration::from_millis(250);
+/// How long a keep-alive connection must have been idle for a stopping
+/// proxy to close it (a request may already be on its way), and so how
+/// often an idle connection wakes to check: long enough to cost nothing
+/// with many idle clients.
+pub const STOP_IDLE: Duration = Duration::from_secs(1);
 /// How long an idle backend connection is kept in the pool.
 const BACKEND_IDLE: Duration = Duration::from_secs(30);
 /// A pooled connection idle for longer than this is checked for a close by
@@ -332,35 +334,27 @@ async fn read_request(
         }
         // Waiting for a new request is the idle timeout; once it has
         // started, the whole head must arrive within the header timeout.
-        // A stopping proxy gives an idle client STOP_IDLE more (a request
-        // already on its way is still answered, with `Connection: close`).
+        // A stopping proxy closes a connection that has been idle for
+        // STOP_IDLE (a request already on its way is still answered, with
+        // `Connection: close`). The idle wait is cut into STOP_IDLE steps
+        // that read the flag: registering with the stop `Notify` instead
+        // would take its lock on every request.
         let idle = cbuf.filled().is_empty() && deadline.is_none();
         let limit = match deadline {
             None if idle => tokio::time::Instant::now() + CLIENT_IDLE,
             _ => *deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout),
         };
-        let stop = p.stop.notified();
-        tokio::pin!(stop);
-        stop.as_mut().enable();
-        let limit = if idle && p.stopping.load(Ordering::Relaxed) {
-            limit.min(tokio::time::Instant::now() + STOP_IDLE)
-        } else {
-            limit
-        };
         let fill = cbuf.fill(client, MAX_HEAD_BYTES + 1);
         tokio::pin!(fill);
-        let first = if idle {
-            tokio::select! {
-                r = tokio::time::timeout_at(limit, &mut fill) => Some(r),
-                _ = stop => None,
+        let filled = loop {
+            let step = if idle { limit.min(tokio::time::Instant::now() + STOP_IDLE) } else { limit };
+            match tokio::time::timeout_at(step, &mut fill).await {
+                Ok(r) => break Some(r),
+                Err(_) if step >= limit || p.stopping.load(Ordering::Relaxed) => break None,
+                Err(_) => {}
             }
-        } else {
-            Some(tokio::time::timeout_at(limit, &mut fill).await)
         };
-        let filled = match first {
-            Some(r) => r,
-            None => tokio::time::timeout_at(limit.min(tokio::time::Instant::now() + STOP_IDLE), &mut fill).await,
-        };
+        let filled = filled.ok_or(());
         match filled {
             Ok(Ok(0)) | Err(_) => return Ok(None),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Other => return Err(HeadError::TooLarge),
