@@ -145,6 +145,21 @@ pub struct SmokeCheck {
     pub not_contains: Option<String>,
 }
 
+impl SmokeCheck {
+    /// What is wrong with an answer to this check, if anything (pure: the
+    /// blue-green smoke checks and `kiln test` judge with it).
+    pub fn judge(&self, status: u16, body: &[u8]) -> Option<String> {
+        let body = String::from_utf8_lossy(body);
+        if status != self.status {
+            return Some(format!("answered {status}, expected {}", self.status));
+        }
+        if let Some(want) = self.contains.as_deref().filter(|w| !body.contains(*w)) {
+            return Some(format!("the body does not contain {want:?}"));
+        }
+        self.not_contains.as_deref().filter(|b| body.contains(*b)).map(|bad| format!("the body contains {bad:?}"))
+    }
+}
+
 /// Shift traffic in steps, judging each one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CanarySpec {

@@ -104,14 +104,7 @@ fn run_check(addr: SocketAddr, c: &SmokeCheck, left: Duration) -> CheckResult {
             return r;
         }
     };
-    let body = String::from_utf8_lossy(&resp.body);
-    r.detail = if resp.status != c.status {
-        Some(format!("answered {}, expected {}", resp.status, c.status))
-    } else if let Some(want) = c.contains.as_deref().filter(|w| !body.contains(*w)) {
-        Some(format!("the body does not contain {want:?}"))
-    } else {
-        c.not_contains.as_deref().filter(|b| body.contains(*b)).map(|bad| format!("the body contains {bad:?}"))
-    };
+    r.detail = c.judge(resp.status, &resp.body);
     r.passed = r.detail.is_none();
     if !r.passed {
         r.response_head = Some(resp.head);

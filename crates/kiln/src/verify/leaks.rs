@@ -388,9 +388,7 @@ pub fn gate(
     let report = scan(store, &desc.digest, &allow)?;
     let passed = report.failing() == 0;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let name = title
-        .or_else(|| tags.first().and_then(|t| t.split_once(':')).map(|(n, _)| n.to_owned()))
-        .unwrap_or_else(|| "image".into());
+    let name = super::repository(&m, &tags);
     let record = super::Record {
         kind: "secrets".into(),
         subject: desc.digest.clone(),

@@ -93,16 +93,36 @@ pub fn find(store: &Store, name: &str, subject: &Digest, kind: &str) -> Result<O
     Ok(Some(r).filter(|r| r.subject == *subject && r.kind == kind))
 }
 
-/// Every record about `subject` (any repository, any kind), by kind.
-pub fn records_of(store: &Store, subject: &Digest) -> Result<Vec<Record>, StoreError> {
+/// The repository an image's records are tagged in: its title (the
+/// `[image.X]` it was baked from), else its first tag's name.
+pub fn repository(manifest: &Manifest, tags: &[String]) -> String {
+    manifest
+        .annotation(oci::ANNOTATION_TITLE)
+        .map(str::to_owned)
+        .or_else(|| tags.first().and_then(|t| t.split_once(':')).map(|(n, _)| n.to_owned()))
+        .unwrap_or_else(|| "image".into())
+}
+
+/// Every artifact tagged about `subject`: (artifact, repository, kind).
+fn about(store: &Store, subject: &Digest) -> Result<Vec<(Digest, String, String)>, StoreError> {
     let suffix = format!(":sha256-{}.", subject.hex());
     let mut out = Vec::new();
-    for (_, tags) in store.tagged()? {
+    for (d, tags) in store.tagged()? {
         for t in tags {
-            let Some((name, kind)) = t.split_once(&suffix) else { continue };
-            if let Some(r) = find(store, name, subject, kind)? {
-                out.push(r);
+            if let Some((name, kind)) = t.split_once(&suffix) {
+                out.push((d.digest.clone(), name.to_owned(), kind.to_owned()));
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Every record about `subject` (any repository, any kind), by kind.
+pub fn records_of(store: &Store, subject: &Digest) -> Result<Vec<Record>, StoreError> {
+    let mut out = Vec::new();
+    for (_, name, kind) in about(store, subject)? {
+        if let Some(r) = find(store, &name, subject, &kind)? {
+            out.push(r);
         }
     }
     out.sort_by(|a, b| a.kind.cmp(&b.kind));
@@ -112,12 +132,10 @@ pub fn records_of(store: &Store, subject: &Digest) -> Result<Vec<Record>, StoreE
 /// The artifact digests of every record about `subject` (signatures
 /// excluded), for signing them.
 pub fn record_artifacts(store: &Store, subject: &Digest) -> Result<Vec<Digest>, StoreError> {
-    let suffix = format!(":sha256-{}.", subject.hex());
-    let mut out = Vec::new();
-    for (d, tags) in store.tagged()? {
-        let is_record = tags.iter().any(|t| t.split_once(&suffix).is_some_and(|(_, kind)| kind != sign::SIG));
-        if is_record && !out.contains(&d.digest) {
-            out.push(d.digest);
+    let mut out: Vec<Digest> = Vec::new();
+    for (d, _, kind) in about(store, subject)? {
+        if kind != sign::SIG && !out.contains(&d) {
+            out.push(d);
         }
     }
     Ok(out)

@@ -190,13 +190,8 @@ pub struct Signed {
     pub key: String,
 }
 
-/// The repository name of an image (its title annotation, else its first tag's name).
 fn repository(store: &Store, desc: &Descriptor, tags: &[String]) -> Result<String, StoreError> {
-    let m: Manifest = store.read_json(&desc.digest)?;
-    Ok(m.annotation(oci::ANNOTATION_TITLE)
-        .map(str::to_owned)
-        .or_else(|| tags.first().and_then(|t| t.split_once(':')).map(|(n, _)| n.to_owned()))
-        .unwrap_or_else(|| "image".into()))
+    Ok(super::repository(&store.read_json(&desc.digest)?, tags))
 }
 
 /// Signs `reference`'s manifest digest with key `key`; `optional` goes
