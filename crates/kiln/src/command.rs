@@ -104,6 +104,20 @@ pub enum Command {
         file: PathBuf,
         reference: String,
     },
+    /// The vulnerability scan of an image against an offline OSV database,
+    /// judged by `file`'s `[image.X.scan]` policy; recorded on the digest.
+    Scan {
+        file: PathBuf,
+        reference: String,
+        /// A directory or zip of OSV JSON.
+        db: Option<PathBuf>,
+        /// Scan with a database older than the policy's `max_db_age`.
+        force: bool,
+    },
+    /// SPDX 2.3 and CycloneDX 1.5 SBOMs of an image, stored as artifacts.
+    Sbom {
+        reference: String,
+    },
     /// A new ECDSA P-256 signing key pair named `name`.
     KeyGenerate {
         name: String,
@@ -172,6 +186,8 @@ pub enum Output {
     },
     Signed(Vec<crate::verify::sign::Signed>),
     Leaks(Box<crate::verify::leaks::LeakGate>),
+    Vulns(Box<crate::verify::vulns::VulnReport>),
+    Sbom(Box<crate::verify::sbom::SbomReport>),
     Verified(crate::verify::sign::Verified),
 }
 
@@ -217,6 +233,10 @@ pub enum CommandError {
     Test(#[from] crate::verify::gate::TestError),
     #[error(transparent)]
     Sign(#[from] crate::verify::sign::SignError),
+    #[error(transparent)]
+    Vuln(#[from] crate::verify::vulns::VulnError),
+    #[error(transparent)]
+    Inventory(#[from] crate::verify::inventory::InventoryError),
 }
 
 impl CommandError {
@@ -376,6 +396,15 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let f = if file.exists() { Some(spec::load(&file)?) } else { None };
             let g = crate::verify::leaks::gate(&ctx.store, f.as_ref(), &reference, ctx.now)?;
             Ok(Output::Leaks(Box::new(g)))
+        }
+        Command::Scan { file, reference, db, force } => {
+            let f = if file.exists() { Some(spec::load(&file)?) } else { None };
+            let db = db.ok_or(crate::verify::vulns::VulnError::NoDatabase)?;
+            let r = crate::verify::vulns::gate(&ctx.store, f.as_ref(), &reference, &db, force, ctx.now)?;
+            Ok(Output::Vulns(Box::new(r)))
+        }
+        Command::Sbom { reference } => {
+            Ok(Output::Sbom(Box::new(crate::verify::sbom::generate(&ctx.store, &reference, ctx.now)?)))
         }
         Command::KeyGenerate { name } => {
             let pem = crate::verify::sign::generate(ctx.store.home(), &name)?;

@@ -19,6 +19,7 @@ use kiln::store::Store;
 
 mod cli_heal;
 mod cli_release;
+mod cli_verify;
 
 /// kiln: bake reproducible images, run them immutably, release by replacement.
 #[derive(Debug, Parser)]
@@ -82,6 +83,31 @@ enum Cmd {
         reference: String,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The vulnerability scan: the image's packages (os-release, dpkg, apk, cargo-auditable binaries) against an offline OSV database, judged by [image.X.scan] (fail_on, fail_unknown, max_db_age, allow with expiry); recorded on the digest; exit 9 if it fails.
+    Scan {
+        reference: String,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        /// A directory or zip of OSV JSON (osv.dev's per-ecosystem exports). Default: $KILN_OSV_DB.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Scan even with a database older than max_db_age (the report says so).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// SBOMs of an image: SPDX 2.3 and CycloneDX 1.5 JSON, stored as artifacts on its digest (tags NAME:sha256-<hex>.spdx, .cdx).
+    Sbom {
+        reference: String,
+        /// Write this format's document to --output (or print it with --output -).
+        #[arg(long, value_enum, default_value = "spdx")]
+        format: SbomFormat,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -440,6 +466,12 @@ enum KeyCmd {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SbomFormat {
+    Spdx,
+    Cyclonedx,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum DrillKind {
     Canary,
@@ -659,6 +691,8 @@ fn run() -> anyhow::Result<()> {
     let mut deploy_after = None;
     // `kiln up`: after the deploy, stay in the foreground serving.
     let mut up_listen = None;
+    // `kiln sbom --output FILE`: where the chosen document goes.
+    let mut sbom_out = None;
     let (cmd, json) = match cli.command {
         Cmd::Serve { file, tcp, upgrade } => {
             return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp, upgrade)
@@ -761,6 +795,14 @@ fn run() -> anyhow::Result<()> {
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
         Cmd::Key { action: KeyCmd::Generate { name, json } } => (Command::KeyGenerate { name }, json),
         Cmd::ScanSecrets { reference, file, json } => (Command::ScanSecrets { file, reference }, json),
+        Cmd::Scan { reference, file, db, force, json } => {
+            let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
+            (Command::Scan { file, reference, db, force }, json)
+        }
+        Cmd::Sbom { reference, format, output, json } => {
+            sbom_out = output.map(|o| (o, format));
+            (Command::Sbom { reference }, json)
+        }
         Cmd::Sign { reference, key, json } => (Command::Sign { reference, key }, json),
         Cmd::Verify { reference, key, json } => (Command::VerifySignature { reference, key }, json),
         Cmd::Test { reference, file, json } => {
@@ -956,9 +998,9 @@ fn run() -> anyhow::Result<()> {
         }
         std::process::exit(code);
     }
-    // A failed test is a result (rendered), and exit status 6.
-    let failed_test = matches!(&output, Output::Test(r) if !r.passed);
-    let leaked = matches!(&output, Output::Leaks(g) if !g.passed);
+    if let (Some((path, format)), Output::Sbom(r)) = (&sbom_out, &output) {
+        cli_verify::write_sbom(r, path, *format == SbomFormat::Cyclonedx)?;
+    }
     if json {
         if let Output::Logs(lines) = &output {
             for l in lines {
@@ -970,51 +1012,11 @@ fn run() -> anyhow::Result<()> {
     } else {
         render(&output, now);
     }
-    if failed_test {
-        std::process::exit(6);
-    }
-    if leaked {
-        std::process::exit(8);
+    // A failed gate is a result (rendered), with its own exit status.
+    if let Some(code) = cli_verify::gate_exit_code(&output) {
+        std::process::exit(code);
     }
     Ok(())
-}
-
-fn render_test(r: &kiln::verify::gate::TestReport) {
-    let verdict = if r.passed { "PASSED" } else { "FAILED" };
-    println!("test {} ({}) {verdict} in {} ms, instance {}", r.reference, r.digest, r.duration_ms, r.instance);
-    if let Some(ms) = r.ready_ms {
-        println!("  ready after {ms} ms");
-    }
-    if let Some(f) = &r.failure {
-        println!("  {f}");
-    }
-    for c in &r.checks {
-        println!("  {} {}", if c.passed { "ok  " } else { "FAIL" }, c.name);
-        if let Some(d) = c.detail.as_ref().filter(|_| !c.passed) {
-            println!("       {d}");
-        }
-        for l in c.response_head.iter().flat_map(|h| h.lines()) {
-            println!("       < {l}");
-        }
-    }
-    for c in &r.commands {
-        let code = c.exit_code.map_or("killed".into(), |c| format!("exit {c}"));
-        println!("  {} $ {} ({code}, {} ms)", if c.passed { "ok  " } else { "FAIL" }, c.command, c.ms);
-        if !c.passed {
-            for l in c.output.lines() {
-                println!("       | {l}");
-            }
-        }
-    }
-    if !r.logs.is_empty() {
-        println!("  instance logs (first lines):");
-        for l in &r.logs {
-            println!("    {l}");
-        }
-    }
-    if let Some(d) = &r.record {
-        println!("  recorded: {d}");
-    }
 }
 
 fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Manifest) {
@@ -1057,38 +1059,13 @@ fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Ma
 
 fn render(output: &Output, now: i64) {
     match output {
-        Output::Test(r) => render_test(r),
-        Output::Leaks(g) => {
-            let verdict = if g.passed { "no secrets found" } else { "SECRETS FOUND" };
-            println!(
-                "secret scan of {} ({}): {verdict}; {} files, {} bytes in {} ms",
-                g.reference, g.digest, g.report.files, g.report.bytes, g.duration_ms
-            );
-            for f in &g.report.findings {
-                let layer = f.layer.as_ref().map_or("config".to_owned(), |d| format!("layer {}", d.short()));
-                let allowed = f.allowed.as_ref().map_or(String::new(), |r| format!(" (allowed: {r})"));
-                println!("  {} {}:{} [{}] {}{allowed}", layer, f.path, f.line, f.rule, f.fingerprint);
-            }
-            for p in &g.report.truncated {
-                println!("  read only the first 64 MiB of {p}");
-            }
-            println!("  recorded: {}", g.record);
-        }
-        Output::Key { name, public_key, pem } => {
-            println!("key {name}: public key in {}", public_key.display());
-            print!("{pem}");
-        }
-        Output::Signed(list) => {
-            for s in list {
-                println!("signed {} ({}) with key {}: {}", s.reference, s.digest, s.key, s.tag);
-            }
-        }
-        Output::Verified(v) => {
-            println!("verified {} ({}) as {}", v.reference, v.digest, v.docker_reference);
-            for (k, val) in &v.optional {
-                println!("  {k}: {val}");
-            }
-        }
+        Output::Test(_)
+        | Output::Leaks(_)
+        | Output::Vulns(_)
+        | Output::Sbom(_)
+        | Output::Key { .. }
+        | Output::Signed(_)
+        | Output::Verified(_) => cli_verify::render(output),
         Output::Baked(reports) => {
             for r in reports {
                 println!("{} {}", r.image, r.digest);

@@ -187,6 +187,17 @@ impl Store {
         Ok(VerifiedReader::new(f, d.clone(), path))
     }
 
+    /// Opens a layer blob as its uncompressed tar stream (gzip is
+    /// inflated; any other media type is read as plain tar). Verified like
+    /// [`Store::open_blob`]: read it to the end.
+    pub fn open_layer(&self, layer: &Descriptor) -> Result<Box<dyn Read>, StoreError> {
+        let blob = io::BufReader::new(self.open_blob(&layer.digest)?);
+        Ok(match oci::LayerEncoding::of_media_type(&layer.media_type) {
+            Some(oci::LayerEncoding::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+            _ => Box::new(blob),
+        })
+    }
+
     fn read_err(&self, d: &Digest, path: &Path, e: io::Error) -> StoreError {
         if e.kind() == io::ErrorKind::NotFound {
             StoreError::Missing { digest: d.clone(), path: path.to_owned() }

@@ -15,7 +15,7 @@ pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::digest::{Digest, Hasher};
 use crate::git::{Git, GitInfo};
 use crate::layer::{self, LayerDigests, COMPRESSOR};
-use crate::oci::{self, Descriptor, History, ImageConfig, LayerEncoding, Manifest, RootFs, RunConfig};
+use crate::oci::{self, Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig};
 use crate::spec::{BaseRef, ImageSpec, SpecFile};
 use crate::store::{CachedLayer, Store, StoreError, TagEvent};
 use crate::unpack::{UnpackError, Unpacker};
@@ -455,12 +455,7 @@ fn unpack_chain(store: &Store, chain: &Chain, at: &str) -> Result<Workspace, Bak
     let io_at = |source| BakeError::Io { at: at.to_owned(), source };
     let mut u = Unpacker::new(&rootfs).map_err(io_at)?;
     for (i, l) in chain.layers.iter().enumerate() {
-        let blob = store.open_blob(&l.digest).map_err(|source| BakeError::Store { at: at.to_owned(), source })?;
-        let reader: Box<dyn Read> = match LayerEncoding::of_media_type(&l.media_type) {
-            Some(LayerEncoding::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(blob))),
-            _ => Box::new(BufReader::new(blob)),
-        };
-        let mut reader = reader;
+        let mut reader = store.open_layer(l).map_err(|source| BakeError::Store { at: at.to_owned(), source })?;
         u.apply_layer(i, &mut reader).map_err(|source| BakeError::Unpack { at: at.to_owned(), source })?;
         // Read to the end so the verifying reader checks the digest.
         io::copy(&mut reader, &mut io::sink()).map_err(io_at)?;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -131,12 +131,7 @@ fn unpack_image(store: &Store, digest: &Digest, m: &Manifest, c: &ImageConfig, d
     let _ = fs::remove_dir_all(&tmp);
     let mut u = Unpacker::new(&tmp).map_err(io_err(&tmp))?;
     for (i, (l, diff_id)) in m.layers.iter().zip(&c.rootfs.diff_ids).enumerate() {
-        let blob = store.open_blob(&l.digest)?;
-        let raw: Box<dyn Read> = match LayerEncoding::of_media_type(&l.media_type) {
-            Some(LayerEncoding::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(blob))),
-            _ => Box::new(BufReader::new(blob)),
-        };
-        let mut reader = HashingReader::new(raw);
+        let mut reader = HashingReader::new(store.open_layer(l)?);
         u.apply_layer(i, &mut reader).map_err(|source| CacheError::Unpack { image: digest.clone(), source })?;
         io::copy(&mut reader, &mut io::sink())
             .map_err(|e| CacheError::Invalid { image: digest.clone(), message: e.to_string() })?;

@@ -26,10 +26,54 @@ pub struct TestSpec {
 }
 
 /// `[image.NAME.scan]`: what the scans accept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScanSpec {
     /// Known false positives of the secret scan.
     pub allow_secrets: Vec<AllowSecret>,
+    /// The least severity that fails the vulnerability scan.
+    pub fail_on: Severity,
+    /// Whether a vulnerability without any severity fails it (Debian's
+    /// OSV records carry none, so this is on by default: unknown is not safe).
+    pub fail_unknown: bool,
+    /// The oldest vulnerability database accepted, by its newest record.
+    pub max_db_age_secs: i64,
+    /// Accepted vulnerabilities, each until it expires.
+    pub allow: Vec<AllowVuln>,
+}
+
+impl Default for ScanSpec {
+    fn default() -> Self {
+        ScanSpec {
+            allow_secrets: Vec::new(),
+            fail_on: Severity::High,
+            fail_unknown: true,
+            max_db_age_secs: 7 * 86_400,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// A severity threshold of the vulnerability scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+    /// Never fail on severity (only on expired allowlist entries).
+    Never,
+}
+
+/// An accepted vulnerability: by id or alias, with a reason, until a date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllowVuln {
+    pub id: String,
+    pub reason: String,
+    /// `YYYY-MM-DD`; from 00:00 UTC that day the entry fails the gate.
+    pub expires: String,
+    /// `expires` as Unix seconds.
+    pub expires_at: i64,
 }
 
 /// A secret-scan finding marked as a false positive: by its fingerprint,
@@ -46,6 +90,19 @@ pub struct AllowSecret {
 pub(super) struct RawScan {
     #[serde(default)]
     allow_secrets: Vec<Spanned<RawAllowSecret>>,
+    fail_on: Option<Spanned<String>>,
+    fail_unknown: Option<bool>,
+    max_db_age: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<RawAllowVuln>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllowVuln {
+    id: Option<String>,
+    reason: Option<String>,
+    expires: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,8 +114,52 @@ struct RawAllowSecret {
 }
 
 pub(super) fn validate_scan(raw: Spanned<RawScan>) -> Result<ScanSpec, FieldError> {
+    let raw = raw.into_inner();
+    let d = ScanSpec::default();
+    let fail_on = match &raw.fail_on {
+        None => d.fail_on,
+        Some(f) => match f.get_ref().to_ascii_lowercase().as_str() {
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            "never" => Severity::Never,
+            other => {
+                return Err(field_err(
+                    f.span(),
+                    "scan.fail_on",
+                    format!("{other:?}: one of low, medium, high, critical, never"),
+                ))
+            }
+        },
+    };
+    let max_db_age_secs = match &raw.max_db_age {
+        None => d.max_db_age_secs,
+        Some(a) => crate::time::parse_duration(a.get_ref()).filter(|s| *s > 0).ok_or_else(|| {
+            field_err(a.span(), "scan.max_db_age", format!("{:?}: expected a duration like 12h or 7d", a.get_ref()))
+        })?,
+    };
+    let mut allow = Vec::new();
+    for (i, a) in raw.allow.into_iter().enumerate() {
+        let (span, a) = (a.span(), a.into_inner());
+        let key = format!("scan.allow[{i}]");
+        let need = |v: Option<String>, field: &str, why: &str| match v.filter(|v| !v.trim().is_empty()) {
+            Some(v) => Ok(v),
+            None => Err(field_err(span.clone(), &format!("{key}.{field}"), why)),
+        };
+        let id = need(a.id, "id", "name the vulnerability (an OSV id or an alias such as CVE-2024-1234)")?;
+        let reason = need(a.reason, "reason", "say why this vulnerability is accepted")?;
+        let expires = need(a.expires, "expires", "an allowlist entry needs an expiry date (YYYY-MM-DD)")?;
+        let expires_at = (expires.len() == 10)
+            .then(|| crate::time::parse_rfc3339(&format!("{expires}T00:00:00Z")))
+            .flatten()
+            .ok_or_else(|| {
+                field_err(span.clone(), &format!("{key}.expires"), format!("{expires:?} is not a date YYYY-MM-DD"))
+            })?;
+        allow.push(AllowVuln { id, reason, expires, expires_at });
+    }
     let mut allow_secrets = Vec::new();
-    for (i, a) in raw.into_inner().allow_secrets.into_iter().enumerate() {
+    for (i, a) in raw.allow_secrets.into_iter().enumerate() {
         let (span, a) = (a.span(), a.into_inner());
         let key = format!("scan.allow_secrets[{i}]");
         let reason = a.reason.filter(|r| !r.trim().is_empty());
@@ -76,7 +177,13 @@ pub(super) fn validate_scan(raw: Spanned<RawScan>) -> Result<ScanSpec, FieldErro
         }
         allow_secrets.push(AllowSecret { fingerprint: a.fingerprint, path: a.path, reason });
     }
-    Ok(ScanSpec { allow_secrets })
+    Ok(ScanSpec {
+        allow_secrets,
+        fail_on,
+        fail_unknown: raw.fail_unknown.unwrap_or(d.fail_unknown),
+        max_db_age_secs,
+        allow,
+    })
 }
 
 #[derive(Deserialize)]

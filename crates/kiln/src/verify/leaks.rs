@@ -263,14 +263,8 @@ pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakRepor
         }
     }
     for layer in &m.layers {
-        let blob = store.open_blob(&layer.digest)?;
         let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
-        let reader: Box<dyn Read> = if layer.media_type == oci::MEDIA_LAYER_GZIP {
-            Box::new(flate2::read::GzDecoder::new(blob))
-        } else {
-            Box::new(blob)
-        };
-        let mut tar = tar::Archive::new(reader);
+        let mut tar = tar::Archive::new(store.open_layer(layer)?);
         let mut buf = Vec::new();
         for entry in tar.entries().map_err(at)? {
             let entry = entry.map_err(at)?;

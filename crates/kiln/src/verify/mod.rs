@@ -3,14 +3,22 @@
 //! artifact whose `subject` is the image's manifest, tagged
 //! `NAME:sha256-<hex>.<kind>` (the tag scheme cosign uses for signatures,
 //! for registries without the referrers API), so `skopeo` and registries
-//! carry it along with the image. [`gate`] is `kiln test`.
+//! carry it along with the image. [`gate`] is `kiln test`, [`vulns`]
+//! `kiln scan`, [`leaks`] `kiln scan-secrets`, [`sbom`] `kiln sbom`, [`sign`]
+//! `kiln sign` and `kiln verify`.
 //!
 //! This module stores and finds records; it must never run an instance.
 
+pub mod apk;
+pub mod auditable;
 pub mod dpkg;
 pub mod gate;
+pub mod inventory;
 pub mod leaks;
+pub mod osv;
+pub mod sbom;
 pub mod sign;
+pub mod vulns;
 
 use std::collections::BTreeMap;
 
@@ -55,26 +63,51 @@ pub fn attach(
     record: &Record,
     now: i64,
 ) -> Result<Digest, StoreError> {
-    let empty = store.put_blob(b"{}")?;
     let payload = oci::to_canonical_json(record);
-    let layer = store.put_blob(&payload)?;
+    let a = Artifact { kind: &record.kind, artifact_type: ARTIFACT_RECORD, payload: &payload, created: &record.at };
+    attach_artifact(store, name, subject, &a, now)
+}
+
+/// An artifact's content: one layer of `artifact_type`.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifact<'a> {
+    /// The tag suffix: `test`, `spdx`, ...
+    pub kind: &'a str,
+    pub artifact_type: &'a str,
+    pub payload: &'a [u8],
+    /// RFC 3339.
+    pub created: &'a str,
+}
+
+/// Stores `a` as a one-layer OCI 1.1 artifact whose `subject` is
+/// `subject`, tagged `NAME:sha256-<hex>.<kind>`.
+pub fn attach_artifact(
+    store: &Store,
+    name: &str,
+    subject: &Descriptor,
+    a: &Artifact<'_>,
+    now: i64,
+) -> Result<Digest, StoreError> {
+    let (kind, artifact_type, payload, created) = (a.kind, a.artifact_type, a.payload, a.created);
+    let empty = store.put_blob(b"{}")?;
+    let layer = store.put_blob(payload)?;
     let annotations = BTreeMap::from([
-        (ANNOTATION_KIND.to_owned(), record.kind.clone()),
-        (oci::ANNOTATION_CREATED.to_owned(), record.at.clone()),
+        (ANNOTATION_KIND.to_owned(), kind.to_owned()),
+        (oci::ANNOTATION_CREATED.to_owned(), created.to_owned()),
     ]);
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
-        artifact_type: Some(ARTIFACT_RECORD.to_owned()),
+        artifact_type: Some(artifact_type.to_owned()),
         config: Descriptor::new(oci::MEDIA_EMPTY, empty, 2),
-        layers: vec![Descriptor::new(ARTIFACT_RECORD, layer, payload.len() as u64)],
+        layers: vec![Descriptor::new(artifact_type, layer, payload.len() as u64)],
         subject: Some(Descriptor::new(oci::MEDIA_MANIFEST, subject.digest.clone(), subject.size)),
         annotations: Some(annotations),
     };
     let bytes = oci::to_canonical_json(&manifest);
     let digest = store.put_blob(&bytes)?;
     let desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), bytes.len() as u64);
-    store.set_tags(&[record_tag(name, &subject.digest, &record.kind)], &desc, true, now)?;
+    store.set_tags(&[record_tag(name, &subject.digest, kind)], &desc, true, now)?;
     Ok(digest)
 }
 

@@ -1,0 +1,156 @@
+//! Rendering of the verify commands' results (`kiln test`, `scan`,
+//! `scan-secrets`, `sbom`, `key`, `sign`, `verify`) and the exit status a
+//! failed gate gives. Front-end only: no logic beyond formatting.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use kiln::command::Output;
+
+/// The exit status of a gate that ran and failed: 6 test, 8 secrets, 9
+/// vulnerabilities. (7, a bad signature, is an error: see `CommandError`.)
+pub fn gate_exit_code(output: &Output) -> Option<i32> {
+    match output {
+        Output::Test(r) if !r.passed => Some(6),
+        Output::Leaks(g) if !g.passed => Some(8),
+        Output::Vulns(r) if !r.passed => Some(9),
+        _ => None,
+    }
+}
+
+/// Writes one SBOM document to `path` (`-`: standard output).
+pub fn write_sbom(r: &kiln::verify::sbom::SbomReport, path: &Path, cyclonedx: bool) -> anyhow::Result<()> {
+    let doc = if cyclonedx { &r.cyclonedx_document } else { &r.spdx_document };
+    let text = serde_json::to_string_pretty(doc)? + "\n";
+    if path == Path::new("-") {
+        std::io::stdout().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn render_vulns(r: &kiln::verify::vulns::VulnReport) {
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let os = r.os.as_ref().and_then(|o| o.pretty_name.clone().or(Some(o.id.clone()))).unwrap_or("no os-release".into());
+    println!(
+        "vulnerability scan of {} ({}): {verdict}; {os}, {} packages, {} findings ({} failing) in {} ms",
+        r.reference,
+        r.digest,
+        r.packages,
+        r.findings.len(),
+        r.failing,
+        r.duration_ms
+    );
+    let age = r.db.age_days.map_or("no records".to_owned(), |d| format!("{d} days old"));
+    let forced = if r.db.forced { " (older than the limit: --force)" } else { "" };
+    println!("  database {}: {} advisories, {age}{forced}", r.db.path.display(), r.db.advisories);
+    println!(
+        "  policy: fail on {:?} and above{}",
+        r.fail_on,
+        if r.fail_unknown { ", and on unknown severity" } else { "" }
+    );
+    for j in &r.findings {
+        let f = &j.finding;
+        let mark = if j.failing { "FAIL" } else { "    " };
+        let score = f.score.map_or(String::new(), |s| format!(" {s:.1}"));
+        let fixed = f.fixed.as_ref().map_or("no fix yet".to_owned(), |v| format!("fixed in {v}"));
+        let alias = f.aliases.first().map_or(String::new(), |a| format!(" ({a})"));
+        let allowed = j.allowed.as_ref().map_or(String::new(), |r| format!("; allowed: {r}"));
+        println!(
+            "  {mark} {}{alias} {:?}{score}: {} {} (source {} {}), {fixed}{allowed}",
+            f.id, f.severity, f.package, f.version, f.source, f.source_version
+        );
+    }
+    for e in &r.expired_allows {
+        println!("  FAIL [image.X.scan] allow[{}] ({}) expired on {}", e.index, e.id, e.expires);
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    println!("  recorded: {}", r.record);
+}
+
+/// Renders a verify command's output.
+pub fn render(output: &Output) {
+    match output {
+        Output::Vulns(r) => render_vulns(r),
+        Output::Sbom(r) => {
+            println!("sbom of {} ({}): {} packages", r.reference, r.digest, r.packages);
+            println!("  spdx 2.3:       {}", r.spdx);
+            println!("  cyclonedx 1.5:  {}", r.cyclonedx);
+        }
+        Output::Test(r) => render_test(r),
+        Output::Leaks(g) => {
+            let verdict = if g.passed { "no secrets found" } else { "SECRETS FOUND" };
+            println!(
+                "secret scan of {} ({}): {verdict}; {} files, {} bytes in {} ms",
+                g.reference, g.digest, g.report.files, g.report.bytes, g.duration_ms
+            );
+            for f in &g.report.findings {
+                let layer = f.layer.as_ref().map_or("config".to_owned(), |d| format!("layer {}", d.short()));
+                let allowed = f.allowed.as_ref().map_or(String::new(), |r| format!(" (allowed: {r})"));
+                println!("  {} {}:{} [{}] {}{allowed}", layer, f.path, f.line, f.rule, f.fingerprint);
+            }
+            for p in &g.report.truncated {
+                println!("  read only the first 64 MiB of {p}");
+            }
+            println!("  recorded: {}", g.record);
+        }
+        Output::Key { name, public_key, pem } => {
+            println!("key {name}: public key in {}", public_key.display());
+            print!("{pem}");
+        }
+        Output::Signed(list) => {
+            for s in list {
+                println!("signed {} ({}) with key {}: {}", s.reference, s.digest, s.key, s.tag);
+            }
+        }
+        Output::Verified(v) => {
+            println!("verified {} ({}) as {}", v.reference, v.digest, v.docker_reference);
+            for (k, val) in &v.optional {
+                println!("  {k}: {val}");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn render_test(r: &kiln::verify::gate::TestReport) {
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    println!("test {} ({}) {verdict} in {} ms, instance {}", r.reference, r.digest, r.duration_ms, r.instance);
+    if let Some(ms) = r.ready_ms {
+        println!("  ready after {ms} ms");
+    }
+    if let Some(f) = &r.failure {
+        println!("  {f}");
+    }
+    for c in &r.checks {
+        println!("  {} {}", if c.passed { "ok  " } else { "FAIL" }, c.name);
+        if let Some(d) = c.detail.as_ref().filter(|_| !c.passed) {
+            println!("       {d}");
+        }
+        for l in c.response_head.iter().flat_map(|h| h.lines()) {
+            println!("       < {l}");
+        }
+    }
+    for c in &r.commands {
+        let code = c.exit_code.map_or("killed".into(), |c| format!("exit {c}"));
+        println!("  {} $ {} ({code}, {} ms)", if c.passed { "ok  " } else { "FAIL" }, c.command, c.ms);
+        if !c.passed {
+            for l in c.output.lines() {
+                println!("       | {l}");
+            }
+        }
+    }
+    if !r.logs.is_empty() {
+        println!("  instance logs (first lines):");
+        for l in &r.logs {
+            println!("    {l}");
+        }
+    }
+    if let Some(d) = &r.record {
+        println!("  recorded: {d}");
+    }
+}

@@ -1,0 +1,584 @@
+//! An offline OSV database and the matching of an inventory against it.
+//!
+//! The database is what osv.dev publishes per ecosystem: a directory of
+//! OSV JSON files, or a zip of them (`all.zip`), read here with a small zip
+//! reader of our own (stored and deflated entries, the only kinds those
+//! exports use). Matching follows the OSV schema: an `affected` entry names
+//! an ecosystem and a package, and lists exact `versions` and `ranges` of
+//! `introduced` / `fixed` / `last_affected` / `limit` events, evaluated
+//! with the ecosystem's own version order (dpkg's for `Debian:N`, apk's
+//! for `Alpine:vX.Y`, SemVer for `crates.io`). Debian advisories name the
+//! source package and its version, so that is what a binary package is
+//! matched by.
+//!
+//! Loading does I/O; [`Database::matches`] and [`cvss3_score`] are pure.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::inventory::{Inventory, Kind, Package};
+use super::{apk, auditable, dpkg};
+
+/// One OSV record (the fields matching and reporting need).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Advisory {
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    pub modified: String,
+    #[serde(default)]
+    pub withdrawn: Option<String>,
+    #[serde(default)]
+    pub severity: Vec<Severity>,
+    #[serde(default)]
+    pub affected: Vec<Affected>,
+    #[serde(default)]
+    pub database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Severity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Affected {
+    #[serde(default)]
+    pub package: Option<AffectedPackage>,
+    #[serde(default)]
+    pub ranges: Vec<Range>,
+    #[serde(default)]
+    pub versions: Vec<String>,
+    #[serde(default)]
+    pub severity: Vec<Severity>,
+    #[serde(default)]
+    pub ecosystem_specific: Option<serde_json::Value>,
+    #[serde(default)]
+    pub database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AffectedPackage {
+    pub ecosystem: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Range {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Event {
+    pub introduced: Option<String>,
+    pub fixed: Option<String>,
+    pub last_affected: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// How bad a vulnerability is, from its CVSS score or its database's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Neither a CVSS vector nor a severity word.
+    Unknown,
+    None,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "unknown" => Level::Unknown,
+            "none" => Level::None,
+            "low" | "negligible" => Level::Low,
+            "medium" | "moderate" => Level::Medium,
+            "high" | "important" => Level::High,
+            "critical" => Level::Critical,
+            _ => return None,
+        })
+    }
+
+    fn of_score(score: f64) -> Level {
+        match score {
+            s if s >= 9.0 => Level::Critical,
+            s if s >= 7.0 => Level::High,
+            s if s >= 4.0 => Level::Medium,
+            s if s > 0.0 => Level::Low,
+            _ => Level::None,
+        }
+    }
+}
+
+/// CVSS v3.0/v3.1 base score of a vector (`CVSS:3.1/AV:N/AC:L/...`), by
+/// the specification's formulas; `None` for anything else.
+pub fn cvss3_score(vector: &str) -> Option<f64> {
+    let mut parts = vector.split('/');
+    if !matches!(parts.next()?, "CVSS:3.0" | "CVSS:3.1") {
+        return None;
+    }
+    let m: HashMap<&str, &str> = parts.filter_map(|p| p.split_once(':')).collect();
+    let changed = match *m.get("S")? {
+        "U" => false,
+        "C" => true,
+        _ => return None,
+    };
+    let av = match *m.get("AV")? {
+        "N" => 0.85,
+        "A" => 0.62,
+        "L" => 0.55,
+        "P" => 0.2,
+        _ => return None,
+    };
+    let ac = match *m.get("AC")? {
+        "L" => 0.77,
+        "H" => 0.44,
+        _ => return None,
+    };
+    let pr = match (*m.get("PR")?, changed) {
+        ("N", _) => 0.85,
+        ("L", false) => 0.62,
+        ("L", true) => 0.68,
+        ("H", false) => 0.27,
+        ("H", true) => 0.5,
+        _ => return None,
+    };
+    let ui = match *m.get("UI")? {
+        "N" => 0.85,
+        "R" => 0.62,
+        _ => return None,
+    };
+    let cia = |k: &str| -> Option<f64> {
+        match *m.get(k)? {
+            "H" => Some(0.56),
+            "L" => Some(0.22),
+            "N" => Some(0.0),
+            _ => None,
+        }
+    };
+    let iss = 1.0 - (1.0 - cia("C")?) * (1.0 - cia("I")?) * (1.0 - cia("A")?);
+    let impact = if changed { 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02).powi(15) } else { 6.42 * iss };
+    let exploitability = 8.22 * av * ac * pr * ui;
+    if impact <= 0.0 {
+        return Some(0.0);
+    }
+    let raw = if changed { (1.08 * (impact + exploitability)).min(10.0) } else { (impact + exploitability).min(10.0) };
+    // The specification's Roundup, exact in integers.
+    let int = (raw * 100_000.0).round() as i64;
+    Some(if int % 10_000 == 0 { int as f64 / 100_000.0 } else { ((int / 10_000) + 1) as f64 / 10.0 })
+}
+
+/// A package affected by an advisory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub summary: Option<String>,
+    pub severity: Level,
+    pub score: Option<f64>,
+    pub kind: Kind,
+    pub package: String,
+    pub version: String,
+    /// The source package the advisory names (Debian, Alpine).
+    pub source: String,
+    pub source_version: String,
+    /// The first fixed version after the installed one, if any.
+    pub fixed: Option<String>,
+    pub location: String,
+}
+
+/// Why a database could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OsvError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A loaded OSV database, indexed by (ecosystem, package).
+#[derive(Debug, Default)]
+pub struct Database {
+    pub source: PathBuf,
+    pub advisories: Vec<Advisory>,
+    /// The newest `modified` of any record (Unix seconds): the data's age.
+    pub newest_modified: Option<i64>,
+    index: HashMap<(String, String), Vec<(usize, usize)>>,
+}
+
+impl Database {
+    /// Reads a directory (recursively) of `*.json`, or a `.zip` of them.
+    pub fn load(path: &Path) -> Result<Database, OsvError> {
+        let io = |source| OsvError::Io { path: path.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
+        if meta.is_dir() {
+            let mut dirs = vec![path.to_owned()];
+            while let Some(d) = dirs.pop() {
+                let rd = std::fs::read_dir(&d).map_err(|source| OsvError::Io { path: d.clone(), source })?;
+                for e in rd {
+                    let e = e.map_err(|source| OsvError::Io { path: d.clone(), source })?;
+                    let p = e.path();
+                    if p.is_dir() {
+                        dirs.push(p);
+                    } else if p.extension().is_some_and(|x| x == "json") {
+                        let bytes = std::fs::read(&p).map_err(|source| OsvError::Io { path: p.clone(), source })?;
+                        docs.push((p.display().to_string(), bytes));
+                    }
+                }
+            }
+        } else {
+            let bytes = std::fs::read(path).map_err(io)?;
+            let invalid = |message| OsvError::Invalid { path: path.to_owned(), message };
+            for (name, data) in unzip(&bytes).map_err(invalid)? {
+                if name.ends_with(".json") {
+                    docs.push((format!("{}!{name}", path.display()), data));
+                }
+            }
+        }
+        docs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut db = Database { source: path.to_owned(), ..Database::default() };
+        for (name, bytes) in docs {
+            let a: Advisory = serde_json::from_slice(&bytes).map_err(|e| OsvError::Invalid {
+                path: PathBuf::from(&name),
+                message: format!("not an OSV record: {e}"),
+            })?;
+            let modified = crate::time::parse_rfc3339(&a.modified).ok_or_else(|| OsvError::Invalid {
+                path: PathBuf::from(&name),
+                message: format!("modified: {:?} is not an RFC 3339 time", a.modified),
+            })?;
+            db.newest_modified = Some(db.newest_modified.map_or(modified, |m| m.max(modified)));
+            db.add(a);
+        }
+        Ok(db)
+    }
+
+    /// Adds one record (withdrawn ones are kept out of the index).
+    pub fn add(&mut self, a: Advisory) {
+        let i = self.advisories.len();
+        if a.withdrawn.is_none() {
+            for (j, aff) in a.affected.iter().enumerate() {
+                if let Some(p) = &aff.package {
+                    self.index.entry((p.ecosystem.clone(), p.name.clone())).or_default().push((i, j));
+                }
+            }
+        }
+        self.advisories.push(a);
+    }
+
+    /// Every advisory affecting a package of `inv`, with notes on packages
+    /// that could not be matched (no OS to name their ecosystem).
+    pub fn matches(&self, inv: &Inventory) -> (Vec<Finding>, Vec<String>) {
+        let os_ecosystem = inv.os.as_ref().and_then(|o| o.ecosystem());
+        let mut findings = Vec::new();
+        let mut notes = Vec::new();
+        for p in &inv.packages {
+            let eco = match p.kind {
+                Kind::Cargo => "crates.io".to_owned(),
+                Kind::Deb | Kind::Apk => match &os_ecosystem {
+                    Some(e) => e.clone(),
+                    None => {
+                        notes.push(format!("{} {}: no os-release names its distribution", p.name, p.version));
+                        continue;
+                    }
+                },
+            };
+            let Some(hits) = self.index.get(&(eco, p.source.clone())) else { continue };
+            let mut seen: Vec<usize> = Vec::new();
+            for &(i, j) in hits {
+                let a = &self.advisories[i];
+                let aff = &a.affected[j];
+                if seen.contains(&i) {
+                    continue;
+                }
+                if let Some(fixed) = affects(aff, p) {
+                    seen.push(i);
+                    let (severity, score) = severity_of(a, aff);
+                    findings.push(Finding {
+                        id: a.id.clone(),
+                        aliases: a.aliases.clone(),
+                        summary: a.summary.clone(),
+                        severity,
+                        score,
+                        kind: p.kind,
+                        package: p.name.clone(),
+                        version: p.version.clone(),
+                        source: p.source.clone(),
+                        source_version: p.source_version.clone(),
+                        fixed,
+                        location: p.location.clone(),
+                    });
+                }
+            }
+        }
+        findings
+            .sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| (&a.package, &a.id).cmp(&(&b.package, &b.id))));
+        (findings, notes)
+    }
+}
+
+/// The ecosystem's order of two versions.
+fn compare(kind: Kind, a: &str, b: &str) -> Option<Ordering> {
+    match kind {
+        Kind::Deb => Some(dpkg::Version::parse(a).ok()?.cmp(&dpkg::Version::parse(b).ok()?)),
+        Kind::Apk => apk::compare(a, b),
+        Kind::Cargo => auditable::compare_semver(a, b),
+    }
+}
+
+/// `Some(first fixed version after it)` when `aff` affects `p`.
+fn affects(aff: &Affected, p: &Package) -> Option<Option<String>> {
+    let v = p.source_version.as_str();
+    if aff.versions.iter().any(|x| compare(p.kind, x, v) == Some(Ordering::Equal)) {
+        return Some(first_fix(aff, p));
+    }
+    for r in aff.ranges.iter().filter(|r| matches!(r.kind.as_str(), "ECOSYSTEM" | "SEMVER")) {
+        // (version, what it does), in version order; "0" is before all.
+        let mut events: Vec<(&str, u8)> = Vec::new();
+        for e in &r.events {
+            for (x, what) in [(&e.introduced, 0u8), (&e.fixed, 1), (&e.last_affected, 2), (&e.limit, 3)] {
+                if let Some(x) = x {
+                    events.push((x, what));
+                }
+            }
+        }
+        let order = |a: &str, b: &str| match (a, b) {
+            ("0", "0") => Ordering::Equal,
+            ("0", _) => Ordering::Less,
+            (_, "0") => Ordering::Greater,
+            _ => compare(p.kind, a, b).unwrap_or(Ordering::Equal),
+        };
+        events.sort_by(|a, b| order(a.0, b.0));
+        let mut affected = false;
+        for (x, what) in events {
+            let at = order(x, v);
+            match what {
+                0 if at != Ordering::Greater => affected = true,
+                1 | 3 if at != Ordering::Greater => affected = false,
+                2 if at == Ordering::Less => affected = false,
+                _ => {}
+            }
+        }
+        if affected {
+            return Some(first_fix(aff, p));
+        }
+    }
+    None
+}
+
+/// The least `fixed` version above the installed one.
+fn first_fix(aff: &Affected, p: &Package) -> Option<String> {
+    aff.ranges
+        .iter()
+        .flat_map(|r| r.events.iter().filter_map(|e| e.fixed.clone()))
+        .filter(|f| compare(p.kind, f, &p.source_version) == Some(Ordering::Greater))
+        .min_by(|a, b| compare(p.kind, a, b).unwrap_or(Ordering::Equal))
+}
+
+/// The highest CVSS v3 score given (record or entry), else a severity word.
+fn severity_of(a: &Advisory, aff: &Affected) -> (Level, Option<f64>) {
+    let score = a
+        .severity
+        .iter()
+        .chain(&aff.severity)
+        .filter(|s| s.kind == "CVSS_V3")
+        .filter_map(|s| cvss3_score(&s.score))
+        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))));
+    if let Some(s) = score {
+        return (Level::of_score(s), Some(s));
+    }
+    let word = [&aff.ecosystem_specific, &aff.database_specific, &a.database_specific]
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.get("severity").and_then(|s| s.as_str()).and_then(Level::parse));
+    (word.unwrap_or(Level::Unknown), None)
+}
+
+/// The entries of a zip archive: (name, contents). Stored and deflated
+/// entries only; zip64 and encryption are refused by name.
+pub fn unzip(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let u16_at = |i: usize| zip.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |i: usize| zip.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let short = || "truncated: a header runs past the end".to_owned();
+    // The end-of-central-directory record, searched from the end (it may
+    // be followed by a comment of up to 64 KiB).
+    let lowest = zip.len().saturating_sub(22 + 65_535);
+    let eocd = (lowest..=zip.len().saturating_sub(22))
+        .rev()
+        .find(|&i| zip[i..].starts_with(b"PK\x05\x06"))
+        .ok_or("not a zip file (no end-of-central-directory record)")?;
+    let count = u16_at(eocd + 10).ok_or_else(short)?;
+    let mut at = u32_at(eocd + 16).ok_or_else(short)?;
+    if count == 0xFFFF || at == 0xFFFF_FFFF {
+        return Err("a zip64 archive (over 65,535 entries or 4 GiB), which kiln does not read".into());
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        if !zip.get(at..).is_some_and(|z| z.starts_with(b"PK\x01\x02")) {
+            return Err(format!("bad central directory entry at byte {at}"));
+        }
+        let flags = u16_at(at + 8).ok_or_else(short)?;
+        let method = u16_at(at + 10).ok_or_else(short)?;
+        let csize = u32_at(at + 20).ok_or_else(short)?;
+        let usize_ = u32_at(at + 24).ok_or_else(short)?;
+        let (n, x, c) = (
+            u16_at(at + 28).ok_or_else(short)?,
+            u16_at(at + 30).ok_or_else(short)?,
+            u16_at(at + 32).ok_or_else(short)?,
+        );
+        let local = u32_at(at + 42).ok_or_else(short)?;
+        let name = String::from_utf8_lossy(zip.get(at + 46..at + 46 + n).ok_or_else(short)?).into_owned();
+        at += 46 + n + x + c;
+        if flags & 1 != 0 {
+            return Err(format!("{name}: encrypted entries are not read"));
+        }
+        if name.ends_with('/') {
+            continue;
+        }
+        if !zip.get(local..).is_some_and(|z| z.starts_with(b"PK\x03\x04")) {
+            return Err(format!("{name}: bad local header at byte {local}"));
+        }
+        let start = local + 30 + u16_at(local + 26).ok_or_else(short)? + u16_at(local + 28).ok_or_else(short)?;
+        let data = zip.get(start..start + csize).ok_or_else(|| format!("{name}: its data runs past the end"))?;
+        let bytes = match method {
+            0 => data.to_vec(),
+            8 => {
+                let mut v = Vec::with_capacity(usize_);
+                flate2::read::DeflateDecoder::new(data)
+                    .take(usize_ as u64 + 1)
+                    .read_to_end(&mut v)
+                    .map_err(|e| format!("{name}: does not inflate: {e}"))?;
+                v
+            }
+            m => return Err(format!("{name}: compression method {m} is not read (only stored and deflate)")),
+        };
+        if bytes.len() != usize_ {
+            return Err(format!("{name}: inflates to {} bytes, the directory says {usize_}", bytes.len()));
+        }
+        out.push((name, bytes));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::inventory::Os;
+
+    #[test]
+    fn cvss3_scores_match_the_specification() {
+        let cases = [
+            ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", 9.8),
+            ("CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H", 7.8),
+            ("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:H/I:H/A:H", 8.1),
+            ("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:H/I:H/A:H", 8.8),
+            ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:H", 7.5),
+            ("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:C/C:L/I:L/A:N", 6.1),
+            ("CVSS:3.0/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", 10.0),
+            ("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N", 0.0),
+        ];
+        for (v, want) in cases {
+            assert_eq!(cvss3_score(v), Some(want), "{v}");
+        }
+        assert_eq!(cvss3_score("CVSS:2.0/AV:N"), None);
+        assert_eq!(cvss3_score("CVSS:3.1/AV:N/AC:L"), None, "incomplete");
+    }
+
+    fn advisory(json: &str) -> Advisory {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn pkg(kind: Kind, source: &str, version: &str) -> Package {
+        Package {
+            kind,
+            name: format!("lib{source}"),
+            version: version.into(),
+            source: source.into(),
+            source_version: version.into(),
+            architecture: None,
+            license: None,
+            location: "/var/lib/dpkg/status".into(),
+        }
+    }
+
+    #[test]
+    fn ranges_follow_the_osv_rules() {
+        let mut db = Database::default();
+        db.add(advisory(
+            r#"{"id":"X-1","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Debian:12","name":"glibc"},
+               "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.36-9+deb12u3"},{"introduced":"2.36-9+deb12u5"},{"fixed":"2.36-9+deb12u7"}]}]}]}"#,
+        ));
+        db.add(advisory(
+            r#"{"id":"X-2","modified":"2024-01-01T00:00:00Z","withdrawn":"2024-02-01T00:00:00Z","affected":[{"package":{"ecosystem":"Debian:12","name":"glibc"},
+               "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#,
+        ));
+        db.add(advisory(
+            r#"{"id":"X-3","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"Debian:11","name":"glibc"},
+               "ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#,
+        ));
+        db.add(advisory(
+            r#"{"id":"X-4","modified":"2024-01-01T00:00:00Z","affected":[{"package":{"ecosystem":"crates.io","name":"time"},
+               "ranges":[{"type":"SEMVER","events":[{"introduced":"0.2.0"},{"last_affected":"0.2.22"}]}],"versions":["0.1.43"]}]}"#,
+        ));
+        let os = Os { id: "debian".into(), version_id: Some("12".into()), pretty_name: None };
+        let ids = |p: Package| -> Vec<(String, Option<String>)> {
+            let inv = Inventory { os: Some(os.clone()), packages: vec![p], notes: vec![] };
+            db.matches(&inv).0.into_iter().map(|f| (f.id, f.fixed)).collect()
+        };
+        let fix = |s: &str| Some(s.to_owned());
+        assert_eq!(ids(pkg(Kind::Deb, "glibc", "2.36-9+deb12u1")), [("X-1".into(), fix("2.36-9+deb12u3"))]);
+        assert_eq!(ids(pkg(Kind::Deb, "glibc", "2.36-9+deb12u3")), [], "fixed there");
+        assert_eq!(ids(pkg(Kind::Deb, "glibc", "2.36-9+deb12u4")), [], "between the ranges");
+        assert_eq!(
+            ids(pkg(Kind::Deb, "glibc", "2.36-9+deb12u6")),
+            [("X-1".into(), fix("2.36-9+deb12u7"))],
+            "re-introduced"
+        );
+        assert_eq!(ids(pkg(Kind::Deb, "glibc", "2.36-9+deb12u10")), [], "dpkg order, not text: u10 > u7");
+        assert_eq!(ids(pkg(Kind::Deb, "other", "1.0")), []);
+        assert_eq!(ids(pkg(Kind::Cargo, "time", "0.2.22")), [("X-4".into(), None)], "last_affected is inclusive");
+        assert_eq!(ids(pkg(Kind::Cargo, "time", "0.2.23")), []);
+        assert_eq!(ids(pkg(Kind::Cargo, "time", "0.1.43")), [("X-4".into(), None)], "listed version");
+        let no_os = Inventory { os: None, packages: vec![pkg(Kind::Deb, "glibc", "2.36-9")], notes: vec![] };
+        let (f, notes) = db.matches(&no_os);
+        assert!(f.is_empty() && notes[0].contains("no os-release"), "{notes:?}");
+    }
+
+    #[test]
+    fn severity_comes_from_cvss_else_a_word_else_unknown() {
+        let a = advisory(
+            r#"{"id":"A","modified":"2024-01-01T00:00:00Z","severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+                "affected":[{"package":{"ecosystem":"crates.io","name":"x"}}]}"#,
+        );
+        assert_eq!(severity_of(&a, &a.affected[0]), (Level::Critical, Some(9.8)));
+        let b = advisory(
+            r#"{"id":"B","modified":"2024-01-01T00:00:00Z","database_specific":{"severity":"MODERATE"},"affected":[{"package":{"ecosystem":"crates.io","name":"x"}}]}"#,
+        );
+        assert_eq!(severity_of(&b, &b.affected[0]), (Level::Medium, None));
+        let c = advisory(r#"{"id":"C","modified":"2024-01-01T00:00:00Z","affected":[{}]}"#);
+        assert_eq!(severity_of(&c, &c.affected[0]), (Level::Unknown, None));
+    }
+
+    #[test]
+    fn a_broken_zip_is_refused_by_name() {
+        assert!(unzip(b"not a zip").unwrap_err().contains("not a zip"));
+        let mut z = vec![0u8; 22];
+        z[..4].copy_from_slice(b"PK\x05\x06");
+        z[10] = 1; // one entry, at offset 0, which is no directory entry
+        assert!(unzip(&z).unwrap_err().contains("central directory"));
+    }
+}
