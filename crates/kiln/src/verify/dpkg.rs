@@ -122,11 +122,16 @@ pub struct Package {
     pub source: String,
     /// The source version (`Source: name (version)`), else the package's.
     pub source_version: String,
+    /// Fully installed (`Status: ... installed`, or no `Status`). A package
+    /// removed but for its conffiles (`config-files`) or half-installed is
+    /// still listed, since some of its files are on disk.
+    pub installed: bool,
 }
 
-/// The installed packages of a dpkg `status` file (or a `status.d/` file,
-/// the same format): paragraphs whose `Status` ends in `installed` (all,
-/// when a paragraph has no `Status`, as in distroless `status.d/`).
+/// The packages of a dpkg `status` file (or a `status.d/` file, the same
+/// format): every paragraph but those whose `Status` ends in
+/// `not-installed`, with `installed` true when it ends in `installed` (or
+/// a paragraph has no `Status`, as in distroless `status.d/`).
 /// Continuation lines are skipped; a paragraph without `Package` or
 /// `Version` is an error naming its line.
 pub fn parse_status(text: &str) -> Result<Vec<Package>, String> {
@@ -159,10 +164,9 @@ pub fn parse_status(text: &str) -> Result<Vec<Package>, String> {
 
 fn paragraph(fields: &[(&str, &str)]) -> Result<Option<Package>, String> {
     let get = |k: &str| fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| *v);
-    if let Some(status) = get("Status") {
-        if status.split_whitespace().last() != Some("installed") {
-            return Ok(None);
-        }
+    let state = get("Status").map_or("installed", |s| s.split_whitespace().last().unwrap_or(""));
+    if state == "not-installed" {
+        return Ok(None);
     }
     let name = get("Package").ok_or("a paragraph without Package")?;
     let version = get("Version").ok_or_else(|| format!("package {name} has no Version"))?;
@@ -180,6 +184,7 @@ fn paragraph(fields: &[(&str, &str)]) -> Result<Option<Package>, String> {
         architecture: get("Architecture").map(str::to_owned),
         source,
         source_version,
+        installed: state == "installed",
     }))
 }
 
@@ -225,9 +230,13 @@ mod tests {
                     Source: openssl\nVersion: 3.0.11-1~deb12u2\nDescription: TLS\n continued line\n\n\
                     Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\nSource: bash (5.2.15-2)\n\n\
                     Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n\
+                    Package: purged\nStatus: purge ok not-installed\nVersion: 1.0\n\n\
                     Package: base-files\nVersion: 12.4+deb12u5\n";
         let p = parse_status(text).unwrap();
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!((p[2].name.as_str(), p[2].installed), ("gone", false), "its conffiles remain");
+        assert!(p[0].installed && p[3].installed, "no Status: installed (distroless status.d/)");
+        let p: Vec<Package> = p.into_iter().filter(|p| p.name != "gone").collect();
         assert_eq!((p[0].source.as_str(), p[0].source_version.as_str()), ("openssl", "3.0.11-1~deb12u2"));
         assert_eq!((p[1].source.as_str(), p[1].source_version.as_str()), ("bash", "5.2.15-2"));
         assert_eq!(p[1].version, "5.2.15-2+b2");

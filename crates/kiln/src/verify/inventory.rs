@@ -53,6 +53,8 @@ pub enum Kind {
     Deb,
     Apk,
     Cargo,
+    /// A program found by its contents, not listed by a package manager.
+    Binary,
 }
 
 /// One installed package.
@@ -66,8 +68,11 @@ pub struct Package {
     pub source_version: String,
     pub architecture: Option<String>,
     pub license: Option<String>,
-    /// The file that lists it.
+    /// The file that lists it (for a binary found by its contents, the binary).
     pub location: String,
+    /// False for a Debian package removed but for its conffiles: listed in
+    /// the SBOM (files of it remain), not matched against advisories.
+    pub installed: bool,
 }
 
 /// Percent-encodes a purl component (RFC 3986 unreserved characters stay).
@@ -90,6 +95,7 @@ impl Package {
             Kind::Deb => ("deb", Some(os.map_or("debian", |o| o.id.as_str()))),
             Kind::Apk => ("apk", Some(os.map_or("alpine", |o| o.id.as_str()))),
             Kind::Cargo => ("cargo", None),
+            Kind::Binary => ("generic", None),
         };
         let mut s = format!("pkg:{kind}/");
         if let Some(ns) = namespace {
@@ -103,7 +109,7 @@ impl Package {
         if let Some(a) = &self.architecture {
             q.push(format!("arch={}", purl_escape(a)));
         }
-        if self.kind != Kind::Cargo {
+        if matches!(self.kind, Kind::Deb | Kind::Apk) {
             if let Some(o) = os {
                 q.push(format!("distro={}-{}", purl_escape(&o.id), purl_escape(o.version_id.as_deref().unwrap_or(""))));
             }
@@ -152,9 +158,35 @@ pub fn parse_os_release(text: &str) -> Option<Os> {
 
 /// What a path held, as far as the inventory cares.
 enum Found {
-    Text { layer: Digest, bytes: Vec<u8> },
+    Text {
+        layer: Digest,
+        bytes: Vec<u8>,
+    },
     Link(String),
     Crates(Vec<auditable::Crate>),
+    /// A program recognised by its contents (see [`classify`]).
+    Binary {
+        name: String,
+        version: String,
+    },
+}
+
+/// Programs that carry their version in a known string, the way syft's
+/// binary classifiers find them: (name, the bytes before the version).
+const CLASSIFIERS: &[(&str, &[u8])] = &[("busybox", b"BusyBox v")];
+
+/// A statically known program in `elf`: its name and version.
+pub fn classify(elf: &[u8]) -> Option<(String, String)> {
+    for (name, marker) in CLASSIFIERS {
+        let at = elf.windows(marker.len()).position(|w| w == *marker)? + marker.len();
+        let version: String =
+            elf[at..].iter().take(32).take_while(|b| b.is_ascii_digit() || **b == b'.').map(|&b| b as char).collect();
+        let version = version.trim_end_matches('.');
+        if version.contains('.') {
+            return Some(((*name).to_owned(), version.to_owned()));
+        }
+    }
+    None
 }
 
 fn is_package_file(path: &str) -> bool {
@@ -246,7 +278,11 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                 Ok(Some(crates)) => {
                     files.insert(path, Found::Crates(crates));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some((name, version)) = classify(&elf) {
+                        files.insert(path, Found::Binary { name, version });
+                    }
+                }
                 Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
             }
         }
@@ -278,6 +314,7 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         architecture: p.architecture,
                         license: None,
                         location: format!("/{path}"),
+                        installed: p.installed,
                     });
                 }
             }
@@ -293,23 +330,44 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         architecture: p.architecture,
                         license: p.license,
                         location: format!("/{path}"),
+                        installed: true,
                     });
                 }
             }
             Found::Crates(crates) => {
-                for c in crates.iter().filter(|c| !c.root && c.kind.as_deref() != Some("build")) {
+                // All of them, the binary's own crate and build-time ones
+                // too: an SBOM lists what went into the binary.
+                for c in crates {
+                    // Advisories name crates.io crates: a local or git crate
+                    // of the same name is another crate, so its source says so.
+                    let source = match c.source.as_str() {
+                        "crates.io" | "" => c.name.clone(),
+                        other => format!("{other}:{}", c.name),
+                    };
                     inv.packages.push(Package {
                         kind: Kind::Cargo,
                         name: c.name.clone(),
                         version: c.version.clone(),
-                        source: c.name.clone(),
+                        source,
                         source_version: c.version.clone(),
                         architecture: None,
                         license: None,
                         location: format!("/{path}"),
+                        installed: true,
                     });
                 }
             }
+            Found::Binary { name, version } => inv.packages.push(Package {
+                kind: Kind::Binary,
+                name: name.clone(),
+                version: version.clone(),
+                source: name.clone(),
+                source_version: version.clone(),
+                architecture: None,
+                license: None,
+                location: format!("/{path}"),
+                installed: true,
+            }),
             _ => {}
         }
     }
@@ -347,6 +405,7 @@ mod tests {
             architecture: Some("amd64".into()),
             license: None,
             location: "/var/lib/dpkg/status".into(),
+            installed: true,
         };
         assert_eq!(
             p.purl(Some(&os)),
@@ -354,6 +413,16 @@ mod tests {
         );
         let c = Package { kind: Kind::Cargo, name: "serde".into(), version: "1.0.0".into(), architecture: None, ..p };
         assert_eq!(c.purl(Some(&os)), "pkg:cargo/serde@1.0.0");
+    }
+
+    #[test]
+    fn busybox_is_known_by_its_banner() {
+        assert_eq!(
+            classify(b"\x7fELF...BusyBox v1.35.0 (Debian 1:1.35.0-4+b3) multi-call"),
+            Some(("busybox".into(), "1.35.0".into()))
+        );
+        assert_eq!(classify(b"\x7fELF...BusyBox v"), None);
+        assert_eq!(classify(b"\x7fELF...nothing"), None);
     }
 
     #[test]

@@ -286,9 +286,10 @@ impl Database {
         let os_ecosystem = inv.os.as_ref().and_then(|o| o.ecosystem());
         let mut findings = Vec::new();
         let mut notes = Vec::new();
-        for p in &inv.packages {
+        for p in inv.packages.iter().filter(|p| p.installed) {
             let eco = match p.kind {
                 Kind::Cargo => "crates.io".to_owned(),
+                Kind::Binary => continue,
                 Kind::Deb | Kind::Apk => match &os_ecosystem {
                     Some(e) => e.clone(),
                     None => {
@@ -336,7 +337,7 @@ fn compare(kind: Kind, a: &str, b: &str) -> Option<Ordering> {
     match kind {
         Kind::Deb => Some(dpkg::Version::parse(a).ok()?.cmp(&dpkg::Version::parse(b).ok()?)),
         Kind::Apk => apk::compare(a, b),
-        Kind::Cargo => auditable::compare_semver(a, b),
+        Kind::Cargo | Kind::Binary => auditable::compare_semver(a, b),
     }
 }
 
@@ -512,6 +513,7 @@ mod tests {
             architecture: None,
             license: None,
             location: "/var/lib/dpkg/status".into(),
+            installed: true,
         }
     }
 

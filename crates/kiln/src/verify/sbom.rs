@@ -84,7 +84,11 @@ pub fn spdx(s: &Subject<'_>, inv: &Inventory) -> Value {
             "copyrightText": "NOASSERTION",
             "primaryPackagePurpose": if p.kind == Kind::Cargo { "LIBRARY" } else { "INSTALL" },
             "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": p.purl(inv.os.as_ref())}],
-            "comment": format!("listed in {}", p.location),
+            "comment": if p.installed {
+                format!("listed in {}", p.location)
+            } else {
+                format!("listed in {}: removed, but its configuration files remain", p.location)
+            },
         });
         if p.source != p.name || p.source_version != p.version {
             pkg["sourceInfo"] = json!(format!("built from source package {} {}", p.source, p.source_version));
@@ -135,6 +139,7 @@ pub fn cyclonedx(s: &Subject<'_>, inv: &Inventory) -> Value {
             "properties": [
                 {"name": "kiln:package:source", "value": format!("{} {}", p.source, p.source_version)},
                 {"name": "kiln:package:location", "value": p.location},
+                {"name": "kiln:package:installed", "value": p.installed.to_string()},
             ],
         }));
     }
@@ -210,6 +215,7 @@ mod tests {
                 architecture: Some("amd64".into()),
                 license: None,
                 location: "/var/lib/dpkg/status".into(),
+                installed: true,
             }],
             notes: vec![],
         }

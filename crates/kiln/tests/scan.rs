@@ -1,0 +1,337 @@
+//! The vulnerability scan and the SBOMs end to end: an image baked (with a
+//! runc `run` step that deletes a package file, so a whiteout must be
+//! honoured) from a Debian 12 rootfs whose dpkg database holds real
+//! package versions, some affected by the fixture database's real
+//! advisories and some fixed; a cargo-auditable section in a binary; an
+//! Alpine image. The SBOMs are checked by `pyspdxtools` (spdx-tools) and
+//! against syft's package list for the same OCI layout.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_size(size);
+    h
+}
+
+/// /bin/true with a cargo-auditable `.dep-v0` section listing `crates`.
+fn auditable_binary(dir: &Path, crates: &str) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(crates.as_bytes()).unwrap();
+    let section = dir.join("dep-v0.zlib");
+    fs::write(&section, z.finish().unwrap()).unwrap();
+    let out = dir.join("app-bin");
+    let r = run(
+        "objcopy",
+        &[
+            "--add-section",
+            &format!(".dep-v0={}", section.display()),
+            "--set-section-flags",
+            ".dep-v0=noload,readonly",
+            "/bin/true",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "objcopy: {}", String::from_utf8_lossy(&r.stderr));
+    fs::read(out).unwrap()
+}
+
+const CRATES: &str = r#"{"packages":[
+  {"name":"app","version":"0.1.0","source":"local","kind":"runtime","dependencies":[1,2],"root":true},
+  {"name":"smallvec","version":"1.6.0","source":"crates.io","kind":"runtime"},
+  {"name":"time","version":"0.2.23","source":"crates.io","kind":"runtime"}]}"#;
+
+/// A Debian 12 rootfs: busybox (for the run step), os-release as Debian
+/// has it (a symlink into /usr/lib), the fixture dpkg database, a package
+/// file the image's run step deletes, and a cargo-auditable binary.
+fn debian_rootfs(dir: &Path) {
+    let f = fixtures().join("debian12");
+    let busybox = fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["bin", "etc", "tmp", "usr", "usr/lib", "usr/local", "usr/local/bin", "var", "var/lib", "var/lib/dpkg"] {
+        b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
+    }
+    let mut file = |path: &str, data: &[u8], mode: u32| {
+        b.append_data(&mut header(tar::EntryType::Regular, mode, data.len() as u64), path, data).unwrap();
+    };
+    file("bin/busybox", &busybox, 0o755);
+    file("usr/lib/os-release", &fs::read(f.join("os-release")).unwrap(), 0o644);
+    file("var/lib/dpkg/status", &fs::read(f.join("status")).unwrap(), 0o644);
+    file("var/lib/dpkg/status.d/openssh-client", &fs::read(f.join("status.d/openssh-client")).unwrap(), 0o644);
+    // Affected by DSA-5514-1 if it were there; the run step deletes it.
+    file("var/lib/dpkg/status.d/ghost", b"Package: ghost\nVersion: 1.0\nSource: glibc (2.36-9)\n", 0o644);
+    file("usr/local/bin/app", &auditable_binary(dir, CRATES), 0o755);
+    for a in ["sh", "rm"] {
+        b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
+    }
+    b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), "etc/os-release", "../usr/lib/os-release").unwrap();
+    fs::write(dir.join("debian.tar"), b.into_inner().unwrap()).unwrap();
+}
+
+fn alpine_rootfs(dir: &Path) {
+    let f = fixtures().join("alpine318");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut file = |path: &str, data: &[u8]| {
+        b.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data).unwrap();
+    };
+    file("etc/os-release", &fs::read(f.join("os-release")).unwrap());
+    file("lib/apk/db/installed", &fs::read(f.join("installed")).unwrap());
+    fs::write(dir.join("alpine.tar"), b.into_inner().unwrap()).unwrap();
+}
+
+fn project(scan: &str) -> (PathBuf, PathBuf) {
+    let (dir, home) = (tempdir("scan"), tempdir("scan-home"));
+    debian_rootfs(&dir);
+    alpine_rootfs(&dir);
+    let toml = format!(
+        "[image.deb]\nfrom = \"rootfs:debian.tar\"\nversion = \"1.0\"\n\
+         run = [\"rm /var/lib/dpkg/status.d/ghost\"]\nentrypoint = [\"/usr/local/bin/app\"]\n{scan}\n\
+         [image.alp]\nfrom = \"rootfs:alpine.tar\"\nversion = \"1.0\"\nentrypoint = [\"/bin/true\"]\n"
+    );
+    fs::write(dir.join("kiln.toml"), toml).unwrap();
+    let out = kiln(&home, &dir, &["bake"]);
+    assert!(out.status.success(), "bake: {}", String::from_utf8_lossy(&out.stderr));
+    (dir, home)
+}
+
+fn db() -> String {
+    fixtures().join("osv").display().to_string()
+}
+
+fn scan(home: &Path, dir: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut all = vec!["scan", "--db"];
+    let d = db();
+    all.push(&d);
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = kiln(home, dir, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ids(r: &serde_json::Value) -> BTreeSet<String> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["id"].as_str().unwrap(), f["package"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn debian_packages_match_by_source_with_dpkg_order_and_deleted_files_are_gone() {
+    let (dir, home) = project("");
+    // The fixture's newest record is from 2024: over the 7-day default.
+    let (code, _, err) = scan(&home, &dir, &["deb"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("days old") && err.contains("max_db_age") && err.contains("--force"), "{err}");
+
+    let (code, r, err) = scan(&home, &dir, &["deb", "--force"]);
+    assert_eq!(code, Some(9), "{r:#} {err}");
+    assert_eq!(r["db"]["forced"], true);
+    assert_eq!(r["db"]["advisories"], 10);
+    assert_eq!(r["os"]["id"], "debian", "os-release through Debian's symlink");
+    let want: BTreeSet<String> = [
+        "DSA-5514-1 libc6",
+        "DSA-5514-1 libc-bin",
+        "DEBIAN-CVE-2024-2961 libc6",
+        "DEBIAN-CVE-2024-2961 libc-bin",
+        "DEBIAN-CVE-2024-0727 libssl3",
+        "DEBIAN-CVE-2024-2398 libcurl4",
+        "RUSTSEC-2021-0003 smallvec",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Fixed at exactly the installed version: DSA-5532-1 (openssl),
+    // DSA-5724-1 (openssh, in status.d/), DSA-5496-1 (libwebp); fixed
+    // before it: CVE-2023-38545 (curl). Deleted by the run step: ghost.
+    assert_eq!(ids(&r), want, "{r:#}");
+    let by_id = |id: &str| r["findings"].as_array().unwrap().iter().find(|f| f["id"] == id).unwrap().clone();
+    let glibc = by_id("DSA-5514-1");
+    assert_eq!(glibc["source"], "glibc");
+    assert_eq!(glibc["fixed"], "2.36-9+deb12u3");
+    assert_eq!(glibc["severity"], "high");
+    assert_eq!(glibc["score"], 7.8);
+    assert_eq!(by_id("DEBIAN-CVE-2024-2398")["severity"], "unknown");
+    assert_eq!(by_id("DEBIAN-CVE-2024-0727")["severity"], "medium");
+    assert_eq!(by_id("RUSTSEC-2021-0003")["fixed"], "1.6.1");
+    assert_eq!(by_id("RUSTSEC-2021-0003")["location"], "/usr/local/bin/app");
+    let failing: BTreeSet<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["failing"] == true)
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failing,
+        ["DSA-5514-1", "DEBIAN-CVE-2024-2961", "DEBIAN-CVE-2024-2398", "RUSTSEC-2021-0003"].into_iter().collect(),
+        "high and above, and unknown; medium passes by default"
+    );
+    // The verdict is recorded on the digest.
+    let inspect = json(&kiln_ok(&home, &dir, &["inspect", "deb", "--json"]));
+    let rec =
+        inspect["records"].as_array().unwrap().iter().find(|r| r["kind"] == "vulns").expect("a vulns record").clone();
+    assert_eq!(rec["passed"], false);
+
+    // The same database as a zip (what osv.dev publishes) gives the same.
+    let zip = dir.join("osv.zip");
+    let py = format!(
+        "import zipfile,os\nz=zipfile.ZipFile('{}','w',zipfile.ZIP_DEFLATED)\n\
+         for r,_,fs in os.walk('{}'):\n  for f in fs: z.write(os.path.join(r,f), f)\nz.close()\n",
+        zip.display(),
+        db()
+    );
+    assert!(run("python3", &["-c", &py]).status.success());
+    let out = kiln(&home, &dir, &["scan", "deb", "--db", zip.to_str().unwrap(), "--force", "--json"]);
+    assert_eq!(ids(&json(&String::from_utf8_lossy(&out.stdout))), want);
+
+    // A broken record is refused by its file name, and nothing is recorded.
+    let bad = tempdir("scan-bad-db");
+    fs::write(bad.join("X-1.json"), "{\"id\": \"X-1\"}").unwrap();
+    let out = kiln(&home, &dir, &["scan", "deb", "--db", bad.to_str().unwrap(), "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("X-1.json") && err.contains("modified"), "{err}");
+    let out = kiln(&home, &dir, &["scan", "deb"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--db"), "no database named");
+}
+
+#[test]
+fn the_policy_sets_the_failing_severity_and_expired_allowlist_entries_fail() {
+    let accepting = r#"
+[image.deb.scan]
+fail_on = "critical"
+fail_unknown = false
+max_db_age = "36500d"
+allow = [{ id = "RUSTSEC-2021-0003", reason = "insert_many is never called", expires = "2099-01-01" }]
+"#;
+    let (dir, home) = project(accepting);
+    let (code, r, err) = scan(&home, &dir, &["deb"]);
+    assert_eq!(code, Some(0), "{r:#} {err}");
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["db"]["forced"], false, "young enough for this policy");
+    let smallvec = r["findings"].as_array().unwrap().iter().find(|f| f["package"] == "smallvec").unwrap().clone();
+    assert_eq!(smallvec["allowed"], "insert_many is never called");
+
+    // The same entry, expired: the gate fails on the entry itself.
+    let expired = accepting.replace("2099-01-01", "2020-01-01").replace("CVE-NONE", "");
+    fs::write(dir.join("kiln.toml"), fs::read_to_string(dir.join("kiln.toml")).unwrap().replace(accepting, &expired))
+        .unwrap();
+    let (code, r, _) = scan(&home, &dir, &["deb"]);
+    assert_eq!(code, Some(9), "{r:#}");
+    assert_eq!(r["expired_allows"][0]["id"], "RUSTSEC-2021-0003");
+    assert_eq!(r["expired_allows"][0]["expires"], "2020-01-01");
+    let text = kiln(&home, &dir, &["scan", "deb", "--db", &db()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("allow[0] (RUSTSEC-2021-0003) expired on 2020-01-01"));
+
+    // An entry without an expiry is refused where it is written.
+    let toml = fs::read_to_string(dir.join("kiln.toml")).unwrap().replace(", expires = \"2020-01-01\"", "");
+    fs::write(dir.join("kiln.toml"), toml).unwrap();
+    let err = kiln_err(&home, &dir, &["scan", "deb", "--db", &db()]);
+    assert!(err.contains("kiln.toml") && err.contains("scan.allow[0].expires"), "{err}");
+}
+
+#[test]
+fn alpine_packages_match_by_origin_with_apk_order() {
+    let (dir, home) = project("");
+    let (code, r, err) = scan(&home, &dir, &["alp", "--force"]);
+    assert_eq!(code, Some(9), "{r:#} {err}");
+    assert_eq!(r["os"]["id"], "alpine");
+    assert_eq!(ids(&r), ["CVE-2023-5363 libcrypto3", "CVE-2023-5363 libssl3"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(r["findings"][0]["fixed"], "3.1.4-r0");
+    assert_eq!(r["packages"], 3);
+}
+
+/// The package names syft finds in an OCI layout.
+fn syft_packages(layout: &Path) -> BTreeSet<String> {
+    let out = run("syft", &["scan", &format!("oci-dir:{}", layout.display()), "-o", "json", "-q"]);
+    assert!(out.status.success(), "syft: {}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{} {}", a["name"].as_str().unwrap(), a["version"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
+    let (dir, home) = project("");
+    for image in ["deb", "alp"] {
+        let spdx = dir.join(format!("{image}.spdx.json"));
+        let r = json(&kiln_ok(&home, &dir, &["sbom", image, "-o", spdx.to_str().unwrap(), "--json"]));
+        let cdx = dir.join(format!("{image}.cdx.json"));
+        kiln_ok(&home, &dir, &["sbom", image, "--format", "cyclonedx", "-o", cdx.to_str().unwrap()]);
+        let doc = json(&fs::read_to_string(&spdx).unwrap());
+        let c = json(&fs::read_to_string(&cdx).unwrap());
+        assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+        assert_eq!(c["specVersion"], "1.5");
+        // The validator of the SPDX project itself.
+        let v = run("pyspdxtools", &["-i", spdx.to_str().unwrap()]);
+        assert!(
+            v.status.success(),
+            "pyspdxtools: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+
+        let ours: BTreeSet<String> = c["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "library")
+            .map(|c| format!("{} {}", c["name"].as_str().unwrap(), c["version"].as_str().unwrap()))
+            .collect();
+        assert_eq!(ours.len() as u64, r["packages"].as_u64().unwrap());
+        // syft on the same image, copied out of the store by skopeo.
+        let layout = dir.join(format!("{image}-layout"));
+        let store = format!("oci:{}:{image}:1.0", home.join("store").display());
+        let copy = run("skopeo", &["copy", &store, &format!("oci:{}:{image}", layout.display())]);
+        assert!(copy.status.success(), "skopeo: {}", String::from_utf8_lossy(&copy.stderr));
+        let theirs = syft_packages(&layout);
+        let missing: Vec<&String> = theirs.difference(&ours).collect();
+        assert!(missing.is_empty(), "{image}: syft finds {missing:?} that kiln does not (kiln: {ours:?})");
+        eprintln!(
+            "{image}: kiln {} packages, syft {}; only kiln: {:?}",
+            ours.len(),
+            theirs.len(),
+            ours.difference(&theirs).collect::<Vec<_>>()
+        );
+
+        // Both are stored as artifacts whose subject is the image.
+        let hex = r["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+        for kind in ["spdx", "cdx"] {
+            let raw = run(
+                "skopeo",
+                &["inspect", "--raw", &format!("oci:{}:{image}:sha256-{hex}.{kind}", home.join("store").display())],
+            );
+            let m = json(&String::from_utf8_lossy(&raw.stdout));
+            assert_eq!(m["subject"]["digest"], r["digest"], "{kind}: {m:#}");
+        }
+        assert_eq!(
+            json(&kiln_ok(&home, &dir, &["sbom", image, "--json"]))["spdx"],
+            r["spdx"],
+            "the same digest gets the same SBOM"
+        );
+    }
+}
