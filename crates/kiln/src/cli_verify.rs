@@ -76,6 +76,11 @@ fn render_vulns(r: &kiln::verify::vulns::VulnReport) {
 pub fn render(output: &Output) {
     match output {
         Output::Vulns(r) => render_vulns(r),
+        Output::Promoted(p) => {
+            println!("promoted {} ({}) to {} by {} at {}", p.reference, p.digest, p.channel, p.by, p.at);
+            println!("  channels: {}", p.channels.join(", "));
+            println!("  signature: {}", p.signature);
+        }
         Output::Sbom(r) => {
             println!("sbom of {} ({}): {} packages", r.reference, r.digest, r.packages);
             println!("  spdx 2.3:       {}", r.spdx);
@@ -111,6 +116,10 @@ pub fn render(output: &Output) {
             println!("verified {} ({}) as {}", v.reference, v.digest, v.docker_reference);
             for (k, val) in &v.optional {
                 println!("  {k}: {val}");
+            }
+            for (channel, o) in &v.channels {
+                let field = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+                println!("  promoted to {channel} by {} at {}", field("promoted_by"), field("promoted_at"));
             }
         }
         _ => {}

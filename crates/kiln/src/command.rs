@@ -114,6 +114,14 @@ pub enum Command {
         /// Scan with a database older than the policy's `max_db_age`.
         force: bool,
     },
+    /// Move an image's digest to channel `to` of `file`'s `[promotion]`
+    /// (passed gate, valid signature, the channel before it), as `actor`.
+    PromoteImage {
+        file: PathBuf,
+        reference: String,
+        to: String,
+        actor: String,
+    },
     /// SPDX 2.3 and CycloneDX 1.5 SBOMs of an image, stored as artifacts.
     Sbom {
         reference: String,
@@ -188,6 +196,7 @@ pub enum Output {
     Leaks(Box<crate::verify::leaks::LeakGate>),
     Vulns(Box<crate::verify::vulns::VulnReport>),
     Sbom(Box<crate::verify::sbom::SbomReport>),
+    Promoted(Box<crate::verify::promote::Promoted>),
     Verified(crate::verify::sign::Verified),
 }
 
@@ -237,6 +246,8 @@ pub enum CommandError {
     Vuln(#[from] crate::verify::vulns::VulnError),
     #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
+    #[error(transparent)]
+    Promote(#[from] crate::verify::promote::PromoteError),
 }
 
 impl CommandError {
@@ -248,6 +259,7 @@ impl CommandError {
             CommandError::Sign(
                 crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
             ) => 7,
+            CommandError::Promote(p) if p.is_refusal() => 7,
             _ => 1,
         }
     }
@@ -290,16 +302,23 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
         Command::Gc { dry_run } => Ok(Output::Gc(ctx.store.gc(dry_run)?)),
         Command::Run { request, service_file } => {
+            let mut channel = None;
             let req = match (service_file, request.service.clone()) {
                 (Some(path), Some(name)) => {
                     let f = spec::load(&path)?;
                     let service = f.services.get(&name).ok_or_else(|| no_such_service(&f, &name))?;
+                    channel.clone_from(&service.channel);
                     RunRequest::for_service(service, request)
                 }
                 _ => request,
             };
             if req.reference.is_empty() {
                 return Err(RunError::Invalid("name an image to run, or a --service from kiln.toml".into()).into());
+            }
+            // A service with a channel runs only digests promoted to it.
+            if let Some(rule) = &channel {
+                let (desc, _) = ctx.store.resolve(&req.reference)?;
+                crate::verify::promote::admit(&ctx.store, rule, &desc.digest)?;
             }
             let rt = Runtime::new(&ctx.store, ctx.driver);
             Ok(Output::Instance(Box::new(rt.run(&req, ctx.launcher, ctx.now)?)))
@@ -402,6 +421,11 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let db = db.ok_or(crate::verify::vulns::VulnError::NoDatabase)?;
             let r = crate::verify::vulns::gate(&ctx.store, f.as_ref(), &reference, &db, force, ctx.now)?;
             Ok(Output::Vulns(Box::new(r)))
+        }
+        Command::PromoteImage { file, reference, to, actor } => {
+            let policy = if file.exists() { spec::load(&file)?.promotion } else { Default::default() };
+            let p = crate::verify::promote::promote(&ctx.store, &policy, &reference, &to, &actor, ctx.now)?;
+            Ok(Output::Promoted(Box::new(p)))
         }
         Command::Sbom { reference } => {
             Ok(Output::Sbom(Box::new(crate::verify::sbom::generate(&ctx.store, &reference, ctx.now)?)))

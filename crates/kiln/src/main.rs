@@ -100,6 +100,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Promote an image's digest to a channel of [promotion] (default dev, staging, prod): needs passed test, scan and scan-secrets records, a valid signature by the [promotion] key, and the channel before; adds a channel signature naming who and when; exit 7 if refused.
+    PromoteImage {
+        reference: String,
+        #[arg(long, value_name = "CHANNEL")]
+        to: String,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// SBOMs of an image: SPDX 2.3 and CycloneDX 1.5 JSON, stored as artifacts on its digest (tags NAME:sha256-<hex>.spdx, .cdx).
     Sbom {
         reference: String,
@@ -799,6 +809,9 @@ fn run() -> anyhow::Result<()> {
             let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
             (Command::Scan { file, reference, db, force }, json)
         }
+        Cmd::PromoteImage { reference, to, file, json } => {
+            (Command::PromoteImage { file, reference, to, actor: cli_release::actor() }, json)
+        }
         Cmd::Sbom { reference, format, output, json } => {
             sbom_out = output.map(|o| (o, format));
             (Command::Sbom { reference }, json)
@@ -1063,6 +1076,7 @@ fn render(output: &Output, now: i64) {
         | Output::Leaks(_)
         | Output::Vulns(_)
         | Output::Sbom(_)
+        | Output::Promoted(_)
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),

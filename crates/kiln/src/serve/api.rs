@@ -204,6 +204,7 @@ pub fn status_of(e: &ServeError) -> u16 {
         ServeError::MethodNotAllowed(_) => 405,
         ServeError::Unauthorized { .. } => 401,
         ServeError::Conflict(_) => 409,
+        ServeError::Refused { source, .. } if source.is_refusal() => 403,
         _ => 500,
     }
 }

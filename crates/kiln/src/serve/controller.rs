@@ -324,6 +324,7 @@ impl<'a> Controller<'a> {
     /// Starts one instance of `release`.
     fn start(&mut self, name: &str, release: &ReleaseRef, now_ms: u64) -> Result<InstanceRecord, ServeError> {
         let spec = &self.services[name].spec;
+        self.admit(spec, &release.digest)?;
         let flags = RunRequest {
             reference: release.digest.to_string(),
             release: Some(release.id.clone()),
@@ -333,6 +334,16 @@ impl<'a> Controller<'a> {
         let r = self.runtime().run(&req, self.launcher, (now_ms / 1000) as i64);
         self.changed();
         Ok(r?)
+    }
+
+    /// A service with a `channel` runs only digests promoted to it, with
+    /// a signature that verifies: checked before every start.
+    fn admit(&self, spec: &crate::spec::ServiceSpec, digest: &Digest) -> Result<(), ServeError> {
+        match &spec.channel {
+            Some(rule) => crate::verify::promote::admit(&self.store, rule, digest)
+                .map_err(|source| ServeError::Refused { service: spec.name.clone(), source }),
+            None => Ok(()),
+        }
     }
 
     /// Drains an instance at the load balancer (it gets no new requests at
@@ -1295,6 +1306,7 @@ impl<'a> Controller<'a> {
                     }
                     other => other.into(),
                 })?;
+                self.admit(&svc.spec, &desc.digest)?;
                 self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms)
             }
             Request::Status { service } => {

@@ -82,6 +82,8 @@ pub enum ServeError {
     Handoff(#[from] crate::handoff::HandoffError),
     #[error("kiln serve runs {}, not {}: an upgrade keeps the same kiln.toml", running.display(), given.display())]
     UpgradeFile { running: PathBuf, given: PathBuf },
+    #[error("service {service}: {source}")]
+    Refused { service: String, source: crate::verify::promote::PromoteError },
     #[error("kiln serve answered {status}: {message}")]
     Remote { status: u16, message: String },
 }

@@ -27,6 +27,8 @@ pub struct SpecFile {
     pub path: PathBuf,
     pub images: BTreeMap<String, ImageSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// `[promotion]`: the channel order and the signing key.
+    pub promotion: verify::PromotionSpec,
 }
 
 impl SpecFile {
@@ -137,6 +139,9 @@ pub struct ServiceSpec {
     pub stop_timeout: Option<u64>,
     /// How `kiln deploy` replaces its instances.
     pub release: ReleaseSpec,
+    /// `channel`: only digests promoted to it, with a signature that
+    /// verifies, may run as this service.
+    pub channel: Option<verify::ChannelRule>,
     #[serde(skip)]
     pub line: usize,
     /// Line of the `image` key, for an image the store does not have.
@@ -180,12 +185,14 @@ struct RawFile {
     image: BTreeMap<String, Spanned<RawImage>>,
     #[serde(default)]
     service: BTreeMap<String, Spanned<RawService>>,
+    promotion: Option<Spanned<verify::RawPromotion>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
     image: Spanned<String>,
+    channel: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -291,14 +298,29 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             .map_err(|(span, key, message)| err(span, &format!("image.{name}.{key}"), message))?;
         images.insert(name, image);
     }
+    let promotion = match raw.promotion {
+        Some(p) => verify::validate_promotion(p)
+            .map_err(|(span, key, message)| err(span, &format!("promotion.{key}"), message))?,
+        None => verify::PromotionSpec::default(),
+    };
     let mut services = BTreeMap::new();
     let mut claimed: BTreeMap<std::net::SocketAddr, String> = BTreeMap::new();
     for (name, raw_service) in raw.service {
         let line = lines.line(raw_service.span().start);
+        let channel = match &raw_service.get_ref().channel {
+            Some(c) if !promotion.channels.contains(c.get_ref()) => {
+                let message =
+                    format!("{:?} is not a channel of [promotion] ({})", c.get_ref(), promotion.channels.join(", "));
+                return Err(err(Some(c.span()), &format!("service.{name}.channel"), message));
+            }
+            Some(c) => Some(verify::ChannelRule { channel: c.get_ref().clone(), key: promotion.key.clone() }),
+            None => None,
+        };
         let key_of = |key: &str| format!("service.{name}{}{key}", if key.is_empty() { "" } else { "." });
         let (mut service, claims) = validate_service(&name, raw_service.into_inner(), line)
             .map_err(|(span, key, message)| err(span, &key_of(&key), message))?;
         service.image_line = lines.line(service.image_line);
+        service.channel = channel;
         // Two listeners on one address: the second would fail to bind in
         // the middle of a deploy, so it is refused here.
         for (addr, key, span) in claims {
@@ -320,7 +342,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             });
         }
     }
-    Ok(SpecFile { path: path.to_owned(), images, services })
+    Ok(SpecFile { path: path.to_owned(), images, services, promotion })
 }
 
 /// A problem inside one table: span, key (relative to the table), message.
@@ -533,6 +555,7 @@ fn validate_service(
         pids: positive(&raw.pids, "pids")?,
         stop_timeout: positive(&raw.stop_timeout, "stop_timeout")?,
         release,
+        channel: None,
         line,
         image_line,
     };
@@ -731,6 +754,28 @@ mod tests {
 
     fn err(text: &str) -> String {
         p(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn channels_are_declared_once_and_services_name_one_of_them() {
+        let svc = "[service.web]\nimage = \"web\"\nchannel = \"prod\"\n";
+        let f = p(svc).unwrap();
+        assert_eq!(f.promotion.channels, ["dev", "staging", "prod"]);
+        let rule = f.services["web"].channel.clone().unwrap();
+        assert_eq!((rule.channel.as_str(), rule.key.as_str()), ("prod", "default"));
+        let f = p(&format!(
+            "[promotion]\nchannels = [\"test\", \"live\"]\nkey = \"release\"\n{}",
+            svc.replace("prod", "live")
+        ))
+        .unwrap();
+        assert_eq!(f.services["web"].channel.as_ref().unwrap().key, "release");
+        let e = err(&format!("[promotion]\nchannels = [\"test\", \"live\"]\n{svc}"));
+        assert!(e.contains("kiln.toml:5: service.web.channel") && e.contains("(test, live)"), "{e}");
+        let e = err("[promotion]\nchannels = [\"a\", \"a\"]\n[service.web]\nimage = \"web\"\n");
+        assert!(e.contains("promotion.channels[1]") && e.contains("twice"), "{e}");
+        let e = err("[promotion]\nchannels = []\n[service.web]\nimage = \"web\"\n");
+        assert!(e.contains("promotion.channels"), "{e}");
+        assert!(p("[service.web]\nimage = \"web\"\n").unwrap().services["web"].channel.is_none());
     }
 
     #[test]

@@ -225,3 +225,67 @@ pub(super) fn validate_test(raw: Spanned<RawTest>) -> Result<TestSpec, FieldErro
     };
     Ok(TestSpec { checks, commands, timeout_ms, health, service: raw.service.map(Spanned::into_inner) })
 }
+
+/// `[promotion]`: the order digests move along, and whose key signs them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PromotionSpec {
+    /// In order: a digest reaches one only from the one before.
+    pub channels: Vec<String>,
+    /// The signing key's name in the kiln home (`kiln key generate NAME`).
+    pub key: String,
+}
+
+impl Default for PromotionSpec {
+    fn default() -> Self {
+        PromotionSpec { channels: vec!["dev".into(), "staging".into(), "prod".into()], key: "default".into() }
+    }
+}
+
+/// A service's admission rule: the channel its digests must be promoted
+/// to, checked with the public key named `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelRule {
+    pub channel: String,
+    pub key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPromotion {
+    channels: Option<Spanned<Vec<String>>>,
+    key: Option<Spanned<String>>,
+}
+
+pub(super) fn validate_promotion(raw: Spanned<RawPromotion>) -> Result<PromotionSpec, FieldError> {
+    let raw = raw.into_inner();
+    let d = PromotionSpec::default();
+    let channels = match raw.channels {
+        None => d.channels,
+        Some(c) => {
+            let span = c.span();
+            let list = c.into_inner();
+            if list.is_empty() {
+                return Err(field_err(span, "channels", "name at least one channel"));
+            }
+            for (i, n) in list.iter().enumerate() {
+                if !super::valid_image_name(n) {
+                    return Err(field_err(
+                        span,
+                        &format!("channels[{i}]"),
+                        format!("{n:?}: lowercase letters, digits, '.', '_' or '-'"),
+                    ));
+                }
+                if list[..i].contains(n) {
+                    return Err(field_err(span, &format!("channels[{i}]"), format!("{n:?} is listed twice")));
+                }
+            }
+            list
+        }
+    };
+    let key = match raw.key {
+        None => d.key,
+        Some(k) if crate::secrets::valid_name(k.get_ref()) => k.into_inner(),
+        Some(k) => return Err(field_err(k.span(), "key", format!("{:?} is not a key name", k.get_ref()))),
+    };
+    Ok(PromotionSpec { channels, key })
+}

@@ -16,6 +16,7 @@ pub mod gate;
 pub mod inventory;
 pub mod leaks;
 pub mod osv;
+pub mod promote;
 pub mod sbom;
 pub mod sign;
 pub mod vulns;

@@ -195,7 +195,10 @@ fn repository(store: &Store, desc: &Descriptor, tags: &[String]) -> Result<Strin
 }
 
 /// Signs `reference`'s manifest digest with key `key`; `optional` goes
-/// into the payload's `optional` (a promotion's channel, later).
+/// into the payload's `optional` (a promotion's `channel`, who and when).
+/// Like cosign, the `.sig` artifact holds one layer per signature: a new
+/// one replaces the layer with the same `optional.channel` (none for the
+/// plain signature) and keeps the others.
 pub fn sign(
     store: &Store,
     key: &str,
@@ -206,27 +209,49 @@ pub fn sign(
     let (desc, tags) = store.resolve(reference)?;
     let name = repository(store, &desc, &tags)?;
     let sk = signing_key(store.home(), key)?;
+    let channel = optional.get(CHANNEL).cloned();
     let body = serde_json::to_vec(&payload(&name, &desc.digest, optional)).expect("serializes");
     let sig: Signature = sk.sign(&body);
     let layer = store.put_blob(&body)?;
     let mut layer_desc = Descriptor::new(MEDIA_SIMPLE_SIGNING, layer, body.len() as u64);
     layer_desc.annotations = Some(BTreeMap::from([(ANNOTATION_SIGNATURE.to_owned(), base64(sig.to_der().as_bytes()))]));
+    let tag = super::record_tag(&name, &desc.digest, SIG);
+    let mut layers = Vec::new();
+    if let Some(old) = signature_manifest(store, &tag)? {
+        for l in old.layers {
+            let p: Option<Payload> = serde_json::from_slice(&store.read_blob(&l.digest)?).ok();
+            if p.is_some_and(|p| p.optional.get(CHANNEL) != channel.as_ref()) {
+                layers.push(l);
+            }
+        }
+    }
+    layers.push(layer_desc);
     let empty = store.put_blob(b"{}")?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
         artifact_type: None,
         config: Descriptor::new(oci::MEDIA_EMPTY, empty, 2),
-        layers: vec![layer_desc],
+        layers,
         subject: Some(Descriptor::new(oci::MEDIA_MANIFEST, desc.digest.clone(), desc.size)),
         annotations: Some(BTreeMap::from([(oci::ANNOTATION_CREATED.to_owned(), crate::time::rfc3339(now))])),
     };
     let bytes = oci::to_canonical_json(&manifest);
     let signature = store.put_blob(&bytes)?;
-    let tag = super::record_tag(&name, &desc.digest, SIG);
     let sig_desc = Descriptor::new(oci::MEDIA_MANIFEST, signature.clone(), bytes.len() as u64);
     store.set_tags(std::slice::from_ref(&tag), &sig_desc, true, now)?;
     Ok(Signed { reference: reference.to_owned(), digest: desc.digest, tag, signature, key: key.to_owned() })
+}
+
+/// The `optional` key a promotion's signature names its channel with.
+pub const CHANNEL: &str = "channel";
+
+fn signature_manifest(store: &Store, tag: &str) -> Result<Option<Manifest>, StoreError> {
+    match store.resolve(tag) {
+        Ok((d, _)) => Ok(Some(store.read_json(&d.digest)?)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// What verification found.
@@ -235,12 +260,17 @@ pub struct Verified {
     pub reference: String,
     pub digest: Digest,
     pub docker_reference: String,
+    /// The plain signature's `optional` (else the first valid one's).
     pub optional: BTreeMap<String, serde_json::Value>,
+    /// The channels valid signatures promote it to, with their `optional`.
+    pub channels: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
-/// Checks `reference`'s signature with `key` (a PEM public key; `key_name`
-/// names it in errors): the payload must name this very digest, and the
-/// signature must verify over the payload's bytes as stored.
+/// Checks `reference`'s signatures with `key` (a PEM public key; `key_name`
+/// names it in errors): a signature counts when it verifies over the
+/// payload's bytes as stored and the payload names this very digest.
+/// Signatures by other keys are passed over; none that counts is an error
+/// naming why the first one failed.
 pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str) -> Result<Verified, SignError> {
     let (desc, tags) = store.resolve(reference)?;
     let name = repository(store, &desc, &tags)?;
@@ -250,29 +280,47 @@ pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str
         key: key_name.to_owned(),
         detail: detail.to_owned(),
     };
-    let (sig_desc, _) = match store.resolve(&tag) {
-        Ok(found) => found,
-        Err(StoreError::NotFound(_)) => return Err(SignError::Unsigned { reference: reference.to_owned(), tag }),
-        Err(e) => return Err(e.into()),
+    let Some(m) = signature_manifest(store, &tag)? else {
+        return Err(SignError::Unsigned { reference: reference.to_owned(), tag });
     };
-    let m: Manifest = store.read_json(&sig_desc.digest)?;
-    let layer = m.layers.first().ok_or_else(|| invalid("the signature artifact has no layer"))?;
-    let body = store.read_blob(&layer.digest)?;
-    let der = layer
-        .annotation(ANNOTATION_SIGNATURE)
-        .and_then(unbase64)
-        .ok_or_else(|| invalid("no base64 signature annotation"))?;
-    let sig = Signature::from_der(&der).map_err(|_| invalid("the signature is not DER ECDSA"))?;
-    key.verify(&body, &sig).map_err(|_| invalid("wrong key, or the payload was changed"))?;
-    let p: Payload = serde_json::from_slice(&body).map_err(|e| invalid(&format!("the payload: {e}")))?;
-    if p.critical.image.docker_manifest_digest != desc.digest.to_string() {
-        return Err(invalid(&format!("it signs {}, not this digest", p.critical.image.docker_manifest_digest)));
+    let mut first_failure = None;
+    let mut valid: Vec<Payload> = Vec::new();
+    for layer in &m.layers {
+        let body = store.read_blob(&layer.digest)?;
+        let check = || -> Result<Payload, String> {
+            let der =
+                layer.annotation(ANNOTATION_SIGNATURE).and_then(unbase64).ok_or("no base64 signature annotation")?;
+            let sig = Signature::from_der(&der).map_err(|_| "the signature is not DER ECDSA")?;
+            key.verify(&body, &sig).map_err(|_| "wrong key, or the payload was changed")?;
+            let p: Payload = serde_json::from_slice(&body).map_err(|e| format!("the payload: {e}"))?;
+            if p.critical.image.docker_manifest_digest != desc.digest.to_string() {
+                return Err(format!("it signs {}, not this digest", p.critical.image.docker_manifest_digest));
+            }
+            Ok(p)
+        };
+        match check() {
+            Ok(p) => valid.push(p),
+            Err(e) => {
+                first_failure.get_or_insert(e);
+            }
+        }
     }
+    if valid.is_empty() {
+        return Err(invalid(first_failure.as_deref().unwrap_or("the signature artifact has no layer")));
+    }
+    let mut channels = BTreeMap::new();
+    for p in &valid {
+        if let Some(c) = p.optional.get(CHANNEL).and_then(|c| c.as_str()) {
+            channels.insert(c.to_owned(), p.optional.clone());
+        }
+    }
+    let plain = valid.iter().find(|p| !p.optional.contains_key(CHANNEL)).unwrap_or(&valid[0]);
     Ok(Verified {
         reference: reference.to_owned(),
         digest: desc.digest,
-        docker_reference: p.critical.identity.docker_reference,
-        optional: p.optional,
+        docker_reference: plain.critical.identity.docker_reference.clone(),
+        optional: plain.optional.clone(),
+        channels,
     })
 }
 

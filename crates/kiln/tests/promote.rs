@@ -1,0 +1,122 @@
+//! Promotion end to end, as root with runc: a digest moves dev → staging →
+//! prod only with a passed gate and a valid signature, in order; a service
+//! with `channel = "prod"` runs nothing else, whether started by
+//! `kiln run --service` or deployed through `kiln serve`; a layer swapped
+//! after signing does not start.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::serve_env::{serial, Env};
+use common::*;
+
+const SERVICE: &str = "channel = \"prod\"\n\
+[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+[image.web.test]\nchecks = [\"/healthz\"]\ntimeout = \"30s\"\n\
+[image.web.scan]\nmax_db_age = \"36500d\"\n";
+
+fn osv() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv").display().to_string()
+}
+
+fn refused(env: &Env, args: &[&str], needle: &str) {
+    let out = env.kiln(args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "kiln {args:?} should be refused: {text}");
+    assert!(text.contains(needle), "kiln {args:?}: want {needle:?} in: {text}");
+}
+
+fn gate(env: &Env) {
+    env.ok(&["test", "web"]);
+    env.ok(&["scan", "web", "--db", &osv()]);
+    env.ok(&["scan-secrets", "web"]);
+}
+
+#[test]
+fn only_promoted_signed_digests_run_in_a_channel() {
+    let _one = serial();
+    let mut env = Env::bare("promote", SERVICE);
+    env.ok(&["bake"]);
+    env.ok(&["key", "generate"]);
+
+    // The gate first, then a signature, then the channels in order.
+    let out = env.kiln(&["promote-image", "web", "--to", "dev"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the test gate has not run; run `kiln test web`"));
+    gate(&env);
+    refused(&env, &["promote-image", "web", "--to", "dev"], "not signed");
+    env.ok(&["sign", "web"]);
+    refused(
+        &env,
+        &["promote-image", "web", "--to", "staging"],
+        "is not promoted to \"dev\", which comes before \"staging\"",
+    );
+    refused(
+        &env,
+        &["promote-image", "web", "--to", "qa"],
+        "no channel \"qa\" in [promotion] channels (dev, staging, prod)",
+    );
+    let p = json(&env.ok(&["promote-image", "web", "--to", "dev", "--json"]));
+    assert_eq!(p["channels"], serde_json::json!(["dev"]));
+    assert!(p["by"].as_str().unwrap().contains('@'), "who: {p}");
+    env.ok(&["promote-image", "web", "--to", "staging"]);
+
+    // Not prod yet: a start for the service is refused, naming why.
+    refused(
+        &env,
+        &["run", "--service", "web"],
+        "is not promoted to channel \"prod\" (it is promoted to: dev, staging)",
+    );
+    let p = json(&env.ok(&["promote-image", "web", "--to", "prod", "--json"]));
+    assert_eq!(p["channels"], serde_json::json!(["dev", "staging", "prod"]));
+    // The channel signatures are independent cosign signatures: `kiln
+    // verify` shows them all, and the plain one still verifies.
+    let v = json(&env.ok(&["verify", "web", "--json"]));
+    assert_eq!(v["channels"]["prod"]["channel"], "prod");
+    assert!(v["channels"]["staging"]["promoted_at"].is_string());
+
+    // Deployed through kiln serve: promoted, so it runs.
+    env.start_serve(None);
+    let (code, text) = env.deploy();
+    assert_eq!(code, 0, "{text}\n{}", env.serve_log());
+    let stable = env.status()["services"][0]["stable"]["digest"].clone();
+
+    // A new build is not promoted: the deploy is refused and stable stays.
+    env.version("2.0.0", "");
+    env.ok(&["bake"]);
+    let (code, text) = env.deploy();
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("not signed") || text.contains("not promoted"), "{text}");
+    assert_eq!(env.status()["services"][0]["stable"]["digest"], stable);
+    assert_eq!(env.releases_running().len(), 1);
+}
+
+#[test]
+fn a_layer_swapped_after_signing_does_not_start() {
+    let _one = serial();
+    let env = Env::bare("promote-swap", SERVICE);
+    env.ok(&["bake"]);
+    env.ok(&["key", "generate"]);
+    gate(&env);
+    env.ok(&["sign", "web"]);
+    for c in ["dev", "staging", "prod"] {
+        env.ok(&["promote-image", "web", "--to", c]);
+    }
+    // Replace the demo app's layer blob with other bytes of the same size.
+    let m = json(&env.ok(&["inspect", "web", "--json"]));
+    let layer = m["manifest"]["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let blob = env.home.join("store/blobs/sha256").join(&layer);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    // The signature still verifies (it covers the manifest, which names
+    // the layer's digest), and the start fails on the layer itself.
+    let out = env.kiln(&["run", "--service", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&layer[..12]), "names the swapped layer: {err}");
+    assert!(env.kiln(&["ps", "--json"]).stdout.windows(4).all(|w| w != b"\"id\""), "nothing started");
+}
