@@ -340,8 +340,8 @@ impl<'a> Controller<'a> {
     /// a signature that verifies: checked before every start.
     fn admit(&self, spec: &crate::spec::ServiceSpec, digest: &Digest) -> Result<(), ServeError> {
         match &spec.channel {
-            Some(rule) => crate::verify::promote::admit(&self.store, rule, digest)
-                .map_err(|source| ServeError::Refused { service: spec.name.clone(), source }),
+            Some(rule) => crate::verify::promote::admit(self.store, rule, digest)
+                .map_err(|e| ServeError::Refused { service: spec.name.clone(), source: Box::new(e) }),
             None => Ok(()),
         }
     }

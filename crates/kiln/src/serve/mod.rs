@@ -83,7 +83,7 @@ pub enum ServeError {
     #[error("kiln serve runs {}, not {}: an upgrade keeps the same kiln.toml", running.display(), given.display())]
     UpgradeFile { running: PathBuf, given: PathBuf },
     #[error("service {service}: {source}")]
-    Refused { service: String, source: crate::verify::promote::PromoteError },
+    Refused { service: String, source: Box<crate::verify::promote::PromoteError> },
     #[error("kiln serve answered {status}: {message}")]
     Remote { status: u16, message: String },
 }
