@@ -81,6 +81,17 @@ pub fn render(output: &Output) {
             println!("  channels: {}", p.channels.join(", "));
             println!("  signature: {}", p.signature);
         }
+        Output::Transfer(t) => {
+            let d = t.digest.as_ref().map_or(String::new(), |d| d.to_string());
+            println!("{} -> {} ({d}) in {} ms", t.reference, t.remote, t.duration_ms);
+            println!("  {} blobs moved ({} bytes), {} already there", t.blobs, t.bytes, t.blobs_present);
+            for a in &t.artifacts {
+                println!("  with {a}");
+            }
+            for tag in &t.tags {
+                println!("  tagged {tag}");
+            }
+        }
         Output::Sbom(r) => {
             println!("sbom of {} ({}): {} packages", r.reference, r.digest, r.packages);
             println!("  spdx 2.3:       {}", r.spdx);

@@ -122,6 +122,17 @@ pub enum Command {
         to: String,
         actor: String,
     },
+    /// Copy an image and everything about it to a registry.
+    Push {
+        reference: String,
+        remote: String,
+    },
+    /// Copy an image and everything about it from a registry (tagged
+    /// locally as `name`, default its title).
+    Pull {
+        remote: String,
+        name: Option<String>,
+    },
     /// SPDX 2.3 and CycloneDX 1.5 SBOMs of an image, stored as artifacts.
     Sbom {
         reference: String,
@@ -197,6 +208,7 @@ pub enum Output {
     Vulns(Box<crate::verify::vulns::VulnReport>),
     Sbom(Box<crate::verify::sbom::SbomReport>),
     Promoted(Box<crate::verify::promote::Promoted>),
+    Transfer(Box<crate::registry::Transfer>),
     Verified(crate::verify::sign::Verified),
 }
 
@@ -248,6 +260,8 @@ pub enum CommandError {
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl CommandError {
@@ -427,6 +441,14 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let p = crate::verify::promote::promote(&ctx.store, &policy, &reference, &to, &actor, ctx.now)?;
             Ok(Output::Promoted(Box::new(p)))
         }
+        Command::Push { reference, remote } => {
+            let r = crate::registry::Remote::parse(&remote)?;
+            Ok(Output::Transfer(Box::new(crate::registry::push(&ctx.store, &reference, &r)?)))
+        }
+        Command::Pull { remote, name } => {
+            let r = crate::registry::Remote::parse(&remote)?;
+            Ok(Output::Transfer(Box::new(crate::registry::pull(&ctx.store, &r, name.as_deref(), ctx.now)?)))
+        }
         Command::Sbom { reference } => {
             Ok(Output::Sbom(Box::new(crate::verify::sbom::generate(&ctx.store, &reference, ctx.now)?)))
         }
@@ -497,8 +519,9 @@ fn images(store: &Store) -> Result<Vec<ImageRow>, StoreError> {
     let mut rows = Vec::new();
     for (desc, tags) in store.tagged()? {
         let m: Manifest = store.read_json(&desc.digest)?;
-        if m.artifact_type.is_some() {
-            // Records about an image, not images: `kiln inspect` shows them.
+        if m.artifact_type.is_some() || m.subject.is_some() {
+            // Records and signatures about an image, not images: `kiln
+            // inspect` shows them.
             continue;
         }
         let tagged_at = log

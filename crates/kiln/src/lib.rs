@@ -14,14 +14,17 @@
 //!   pure, recording in [`history`]; [`chaos`] drives kills and drills
 //!   through its API; [`handoff`] passes listening sockets to an upgraded
 //!   process (`kiln serve --upgrade`, `kiln proxy --take-over`);
-//! - gates on a digest: [`verify`] (`kiln test`, the secret scan, Debian
-//!   versions for the coming vulnerability scan, signatures), each result a
-//!   record stored as an OCI artifact on the image.
+//! - gates on a digest: [`verify`] (`kiln test`, the vulnerability and
+//!   secret scans, SBOMs, signatures, promotion), each result a record
+//!   stored as an OCI artifact on the image; [`registry`] pushes and pulls
+//!   an image with all of them through an OCI registry;
+//! - [`faults`]: the crash hooks tests inject faults with.
 
 pub mod bake;
 pub mod chaos;
 pub mod command;
 pub mod digest;
+pub mod faults;
 pub mod git;
 pub mod handoff;
 pub mod heal;
@@ -29,6 +32,7 @@ pub mod history;
 pub mod layer;
 pub mod oci;
 pub mod proxy;
+pub mod registry;
 pub mod release;
 pub mod runtime;
 pub mod secrets;

@@ -110,6 +110,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Push an image and everything about it (records, SBOMs, signatures) to an OCI registry on loopback: REGISTRY/REPO[:TAG] (TAG default: the reference's).
+    Push {
+        reference: String,
+        remote: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull an image and everything about it from an OCI registry; every blob is verified, and tags are set only when all of it is in.
+    Pull {
+        /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
+        remote: String,
+        /// The local image name (default: the image's title, else the repository's last part).
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// SBOMs of an image: SPDX 2.3 and CycloneDX 1.5 JSON, stored as artifacts on its digest (tags NAME:sha256-<hex>.spdx, .cdx).
     Sbom {
         reference: String,
@@ -812,6 +829,8 @@ fn run() -> anyhow::Result<()> {
         Cmd::PromoteImage { reference, to, file, json } => {
             (Command::PromoteImage { file, reference, to, actor: cli_release::actor() }, json)
         }
+        Cmd::Push { reference, remote, json } => (Command::Push { reference, remote }, json),
+        Cmd::Pull { remote, name, json } => (Command::Pull { remote, name }, json),
         Cmd::Sbom { reference, format, output, json } => {
             sbom_out = output.map(|o| (o, format));
             (Command::Sbom { reference }, json)
@@ -1077,6 +1096,7 @@ fn render(output: &Output, now: i64) {
         | Output::Vulns(_)
         | Output::Sbom(_)
         | Output::Promoted(_)
+        | Output::Transfer(_)
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),

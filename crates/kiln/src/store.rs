@@ -520,7 +520,17 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     /// Flushes, syncs and renames the blob into place.
-    pub fn commit(mut self) -> Result<(Digest, u64), StoreError> {
+    pub fn commit(self) -> Result<(Digest, u64), StoreError> {
+        self.commit_checked(None)
+    }
+
+    /// Like [`BlobWriter::commit`], but only if the content is `expected`
+    /// (a blob fetched from elsewhere); otherwise nothing is stored.
+    pub fn commit_as(self, expected: &Digest) -> Result<(Digest, u64), StoreError> {
+        self.commit_checked(Some(expected))
+    }
+
+    fn commit_checked(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
         let Some(inner) = self.inner.take() else {
             return Err(StoreError::Invalid {
                 path: self.tmp.clone(),
@@ -528,6 +538,10 @@ impl BlobWriter {
             });
         };
         let (buf, digest, size) = inner.finish();
+        if let Some(e) = expected.filter(|e| **e != digest) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::Corrupt { digest: e.clone(), actual: digest, path: self.tmp.clone() });
+        }
         let file = buf.into_inner().map_err(|e| StoreError::Io { path: self.tmp.clone(), source: e.into_error() })?;
         file.sync_all().map_err(io_err(&self.tmp))?;
         let dest = self.store.blob_path(&digest);

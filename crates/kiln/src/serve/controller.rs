@@ -143,13 +143,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "finished-recorded",
 ];
 
-pub(super) fn crash_point(name: &str) {
-    if std::env::var("KILN_CRASH_AT").is_ok_and(|p| p == name) {
-        eprintln!("kiln serve: crash hook {name}");
-        // SAFETY: a signal to this very process; nothing is borrowed.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
-}
+pub(super) use crate::faults::crash_point;
 
 /// What happens to an instance once its drain at the load balancer ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

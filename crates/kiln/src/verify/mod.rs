@@ -138,7 +138,7 @@ pub fn repository(manifest: &Manifest, tags: &[String]) -> String {
 }
 
 /// Every artifact tagged about `subject`: (artifact, repository, kind).
-fn about(store: &Store, subject: &Digest) -> Result<Vec<(Digest, String, String)>, StoreError> {
+pub fn about(store: &Store, subject: &Digest) -> Result<Vec<(Digest, String, String)>, StoreError> {
     let suffix = format!(":sha256-{}.", subject.hex());
     let mut out = Vec::new();
     for (d, tags) in store.tagged()? {

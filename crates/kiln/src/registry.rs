@@ -1,0 +1,616 @@
+//! Push and pull through an OCI distribution registry (`kiln push`,
+//! `kiln pull`): an image with everything about it (verification records,
+//! SBOMs, signatures, and the signatures of those), so that another host
+//! gets the same verified, promoted digest. This is what a fleet of hosts
+//! will use.
+//!
+//! kiln's own small client over `std::net`, not `oci-client`: the
+//! distribution API needs a handful of requests (`HEAD`/`GET` blob, a
+//! monolithic upload, `PUT`/`GET` manifest, the tag list), kiln already
+//! speaks HTTP/1.1, and `oci-client` would bring an async HTTP and TLS
+//! stack into a lean build. Plain HTTP only: registries on loopback (the
+//! tests' `docker-registry`, or a TLS-terminating proxy on this host);
+//! another host is refused by name until TLS is built.
+//!
+//! Artifacts travel as tags in the cosign scheme (`sha256-<hex>.<kind>`),
+//! which every registry carries, referrers API or not. A pull writes
+//! every blob (each verified against its digest on the way in) and every
+//! manifest before it sets any tag, so an interrupted pull leaves the
+//! store as it was, plus unreferenced blobs `kiln gc` removes; a push
+//! sends the image's manifest only after all its blobs.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::oci::{self, Descriptor, Manifest};
+use crate::store::{Store, StoreError};
+
+/// The manifest types kiln sends and accepts.
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// A manifest or a tag list larger than this is refused.
+const MAX_DOCUMENT: u64 = 4 << 20;
+
+/// Why a transfer failed, naming the registry, the request or the blob.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{input:?}: {why}")]
+    BadRemote { input: String, why: String },
+    #[error("registry {host}: {source}")]
+    Io { host: String, source: io::Error },
+    #[error("registry {host}: {method} {path} answered {status}: {body}")]
+    Status { host: String, method: String, path: String, status: u16, body: String },
+    #[error("registry {host}: {what} is {actual}, not {expected} as asked: refused")]
+    Digest { host: String, what: String, expected: Digest, actual: Digest },
+    #[error("registry {host}: {what}: {why}")]
+    Invalid { host: String, what: String, why: String },
+}
+
+/// `HOST[:PORT]/REPO[:TAG|@DIGEST]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    pub repo: String,
+    pub reference: Option<String>,
+}
+
+impl Remote {
+    pub fn parse(input: &str) -> Result<Remote, RegistryError> {
+        let bad = |why: &str| RegistryError::BadRemote { input: input.to_owned(), why: why.to_owned() };
+        let input_s = input.strip_prefix("http://").unwrap_or(input);
+        let (host, rest) = input_s.split_once('/').ok_or_else(|| bad("expected HOST:PORT/REPO[:TAG]"))?;
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if !matches!(name, "localhost" | "[::1]") && !name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        {
+            return Err(bad("kiln speaks plain HTTP to registries, so only a registry on loopback (127.0.0.1, localhost) is allowed until TLS is built"));
+        }
+        let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
+            Digest::parse(d).map_err(|_| bad("the part after '@' is not a sha256: digest"))?;
+            (r, Some(d.to_owned()))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((r, t)) if !t.contains('/') => (r, Some(t.to_owned())),
+                _ => (rest, None),
+            }
+        };
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/');
+        if repo.is_empty()
+            || !repo.chars().all(ok)
+            || repo.starts_with('/')
+            || repo.ends_with('/')
+            || repo.contains("//")
+        {
+            return Err(bad("the repository is lowercase letters, digits, '.', '_', '-' and '/'"));
+        }
+        if let Some(t) = reference.as_deref().filter(|t| !t.starts_with("sha256:")) {
+            if t.is_empty()
+                || t.len() > 128
+                || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(bad("the tag is letters, digits, '.', '_' and '-', at most 128"));
+            }
+        }
+        Ok(Remote { host: host.to_owned(), repo: repo.to_owned(), reference })
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.repo)?;
+        match &self.reference {
+            Some(r) if r.starts_with("sha256:") => write!(f, "@{r}"),
+            Some(r) => write!(f, ":{r}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a push or pull moved.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Transfer {
+    pub reference: String,
+    pub remote: String,
+    pub digest: Option<Digest>,
+    /// Blobs sent or fetched, and those the other side had already.
+    pub blobs: u64,
+    pub blobs_present: u64,
+    pub bytes: u64,
+    /// The artifacts' tags (records, SBOMs, signatures) carried along.
+    pub artifacts: Vec<String>,
+    /// The local tags set (pull).
+    pub tags: Vec<String>,
+    pub duration_ms: u64,
+}
+
+enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File(std::fs::File, u64),
+}
+
+/// One response, its body not yet read.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Streams the body (by length, chunked, or to the end) into `out`.
+    fn copy_to(mut self, out: &mut impl Write, max: u64) -> io::Result<u64> {
+        let too_big = || io::Error::new(io::ErrorKind::InvalidData, format!("a body over {max} bytes"));
+        if self.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            let mut total = 0u64;
+            loop {
+                let mut line = String::new();
+                self.reader.read_line(&mut line)?;
+                let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a bad chunk size"))?;
+                if size == 0 {
+                    return Ok(total);
+                }
+                total += size;
+                if total > max {
+                    return Err(too_big());
+                }
+                let n = io::copy(&mut (&mut self.reader).take(size), out)?;
+                if n != size {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.reader.read_line(&mut line)?;
+            }
+        }
+        match self.length() {
+            Some(n) if n > max => Err(too_big()),
+            Some(n) => {
+                let got = io::copy(&mut (&mut self.reader).take(n), out)?;
+                if got == n {
+                    Ok(got)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the body ended after {got} of {n} bytes"),
+                    ))
+                }
+            }
+            None => io::copy(&mut (&mut self.reader).take(max + 1), out).and_then(|n| {
+                if n > max {
+                    Err(too_big())
+                } else {
+                    Ok(n)
+                }
+            }),
+        }
+    }
+
+    fn bytes(self, max: u64) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.copy_to(&mut v, max)?;
+        Ok(v)
+    }
+}
+
+/// A registry client: one connection per request.
+struct Client<'a> {
+    host: &'a str,
+}
+
+impl Client<'_> {
+    fn io(&self, source: io::Error) -> RegistryError {
+        RegistryError::Io { host: self.host.to_owned(), source }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<Resp, RegistryError> {
+        let addr = self
+            .host
+            .to_socket_addrs()
+            .map_err(|e| self.io(e))?
+            .next()
+            .ok_or_else(|| self.io(io::ErrorKind::NotFound.into()))?;
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| self.io(e))?;
+        stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
+        stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
+        let len = match &body {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File(_, n) => *n,
+        };
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: kiln/{}\r\n",
+            self.host,
+            env!("CARGO_PKG_VERSION")
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if method != "GET" && method != "HEAD" {
+            head.push_str(&format!("Content-Length: {len}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut w = io::BufWriter::with_capacity(256 * 1024, &stream);
+        let sent = (|| -> io::Result<()> {
+            w.write_all(head.as_bytes())?;
+            match body {
+                Body::None => {}
+                Body::Bytes(b) => w.write_all(b)?,
+                Body::File(f, n) => {
+                    let copied = io::copy(&mut f.take(n), &mut w)?;
+                    if copied != n {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the blob file is shorter than its size",
+                        ));
+                    }
+                }
+            }
+            w.flush()
+        })();
+        drop(w);
+        sent.map_err(|e| self.io(e))?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| self.io(e))?;
+        let status =
+            line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| RegistryError::Invalid {
+                host: self.host.to_owned(),
+                what: format!("{method} {path}"),
+                why: format!("not an HTTP response: {:?}", line.trim_end()),
+            })?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| self.io(e))? == 0 {
+                break;
+            }
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        Ok(Resp { status, headers, reader })
+    }
+
+    /// A request that must answer one of `ok`.
+    fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+        ok: &[u16],
+    ) -> Result<Resp, RegistryError> {
+        let r = self.request(method, path, headers, body)?;
+        if ok.contains(&r.status) {
+            return Ok(r);
+        }
+        let status = r.status;
+        let text = if method == "HEAD" { Vec::new() } else { r.bytes(64 << 10).unwrap_or_default() };
+        Err(RegistryError::Status {
+            host: self.host.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&text).trim().chars().take(400).collect(),
+        })
+    }
+}
+
+/// The path part of a `Location` header (registries send absolute URLs
+/// or paths).
+fn location_path(loc: &str) -> String {
+    match loc.strip_prefix("http://").or_else(|| loc.strip_prefix("https://")) {
+        Some(rest) => rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned()),
+        None => loc.to_owned(),
+    }
+}
+
+fn push_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut Transfer) -> Result<(), RegistryError> {
+    let path = format!("/v2/{repo}/blobs/{}", d.digest);
+    if c.request("HEAD", &path, &[], Body::None)?.status == 200 {
+        t.blobs_present += 1;
+        return Ok(());
+    }
+    let r = c.expect("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Body::None, &[202])?;
+    let loc = r.header("location").map(location_path).ok_or_else(|| RegistryError::Invalid {
+        host: c.host.to_owned(),
+        what: format!("POST /v2/{repo}/blobs/uploads/"),
+        why: "no Location for the upload".into(),
+    })?;
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let file_path = store.blob_path(&d.digest);
+    // Verified before it leaves: a swapped blob is never sent.
+    store.verify_blob(&d.digest)?;
+    let f = std::fs::File::open(&file_path).map_err(|e| StoreError::Io { path: file_path.clone(), source: e })?;
+    let size = f.metadata().map_err(|e| StoreError::Io { path: file_path, source: e })?.len();
+    let headers = [("Content-Type", "application/octet-stream")];
+    c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::File(f, size), &[201])?;
+    t.blobs += 1;
+    t.bytes += size;
+    crate::faults::crash_point("push-blob");
+    Ok(())
+}
+
+/// Pushes one manifest's blobs, then the manifest under `tag`.
+fn push_manifest(
+    c: &Client<'_>,
+    store: &Store,
+    repo: &str,
+    digest: &Digest,
+    tag: &str,
+    t: &mut Transfer,
+) -> Result<(), RegistryError> {
+    let bytes = store.read_blob(digest)?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+        host: c.host.to_owned(),
+        what: format!("local manifest {digest}"),
+        why: e.to_string(),
+    })?;
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        push_blob(c, store, repo, d, t)?;
+    }
+    let media = m.media_type.clone().unwrap_or_else(|| oci::MEDIA_MANIFEST.to_owned());
+    let r = c.expect(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", &media)],
+        Body::Bytes(&bytes),
+        &[201],
+    )?;
+    if let Some(sent) = r.header("docker-content-digest").and_then(|d| Digest::parse(d).ok()) {
+        if &sent != digest {
+            return Err(RegistryError::Digest {
+                host: c.host.to_owned(),
+                what: format!("manifest {tag}"),
+                expected: digest.clone(),
+                actual: sent,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Everything tagged about `subject` (and about those): (artifact, kind).
+fn related(store: &Store, subject: &Digest) -> Result<Vec<(Digest, Digest, String)>, StoreError> {
+    let mut out = Vec::new();
+    let mut todo = vec![subject.clone()];
+    while let Some(s) = todo.pop() {
+        for (artifact, _, kind) in crate::verify::about(store, &s)? {
+            if !out.iter().any(|(a, _, _): &(Digest, Digest, String)| *a == artifact) {
+                todo.push(artifact.clone());
+                out.push((artifact, s.clone(), kind));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `kiln push REF REGISTRY/REPO[:TAG]`: the image, then everything about it.
+pub fn push(store: &Store, reference: &str, remote: &Remote) -> Result<Transfer, RegistryError> {
+    let started = Instant::now();
+    let (desc, _) = store.resolve(reference)?;
+    let tag = match &remote.reference {
+        Some(r) if r.starts_with("sha256:") && *r != desc.digest.to_string() => {
+            return Err(RegistryError::BadRemote {
+                input: remote.to_string(),
+                why: format!("{reference} is {}, not that digest", desc.digest),
+            })
+        }
+        Some(r) if !r.starts_with("sha256:") => r.clone(),
+        _ => match reference.split_once(':') {
+            Some((_, t)) if !reference.starts_with("sha256:") => t.to_owned(),
+            _ => {
+                return Err(RegistryError::BadRemote {
+                    input: remote.to_string(),
+                    why: "name a tag (REGISTRY/REPO:TAG)".into(),
+                })
+            }
+        },
+    };
+    let c = Client { host: &remote.host };
+    let mut t = Transfer {
+        reference: reference.to_owned(),
+        remote: format!("{}/{}:{tag}", remote.host, remote.repo),
+        digest: Some(desc.digest.clone()),
+        ..Transfer::default()
+    };
+    push_manifest(&c, store, &remote.repo, &desc.digest, &tag, &mut t)?;
+    for (artifact, about, kind) in related(store, &desc.digest)? {
+        let atag = format!("sha256-{}.{kind}", about.hex());
+        push_manifest(&c, store, &remote.repo, &artifact, &atag, &mut t)?;
+        t.artifacts.push(atag);
+    }
+    t.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(t)
+}
+
+/// Fetches one blob into the store, verified against its digest.
+fn pull_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut Transfer) -> Result<(), RegistryError> {
+    if store.has_blob(&d.digest) {
+        t.blobs_present += 1;
+        return Ok(());
+    }
+    let path = format!("/v2/{repo}/blobs/{}", d.digest);
+    let r = c.expect("GET", &path, &[], Body::None, &[200])?;
+    let mut w = store.blob_writer()?;
+    let n = r.copy_to(&mut w, d.size).map_err(|e| c.io(e))?;
+    if n != d.size {
+        return Err(RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: format!("blob {}", d.digest),
+            why: format!("{n} bytes, the manifest says {}", d.size),
+        });
+    }
+    crate::faults::crash_point("pull-blob");
+    let (actual, _) = w.commit_as(&d.digest).map_err(|e| match e {
+        StoreError::Corrupt { actual, .. } => RegistryError::Digest {
+            host: c.host.to_owned(),
+            what: format!("blob {path}"),
+            expected: d.digest.clone(),
+            actual,
+        },
+        other => other.into(),
+    })?;
+    debug_assert_eq!(actual, d.digest);
+    t.blobs += 1;
+    t.bytes += n;
+    Ok(())
+}
+
+/// Fetches a manifest (verified when asked by digest, or against the
+/// registry's `Docker-Content-Digest`) and its blobs; stores them all.
+fn pull_manifest(
+    c: &Client<'_>,
+    store: &Store,
+    repo: &str,
+    reference: &str,
+    t: &mut Transfer,
+) -> Result<(Digest, Manifest), RegistryError> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let r = c.expect("GET", &path, &[("Accept", ACCEPT)], Body::None, &[200])?;
+    let claimed = r.header("docker-content-digest").and_then(|d| Digest::parse(d).ok());
+    let bytes = r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?;
+    let digest = Digest::of(&bytes);
+    let expected = Digest::parse(reference).ok().or(claimed);
+    if let Some(e) = expected.filter(|e| *e != digest) {
+        return Err(RegistryError::Digest {
+            host: c.host.to_owned(),
+            what: format!("manifest {reference}"),
+            expected: e,
+            actual: digest,
+        });
+    }
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+        host: c.host.to_owned(),
+        what: format!("manifest {reference}"),
+        why: format!("not an OCI image manifest: {e}"),
+    })?;
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        pull_blob(c, store, repo, d, t)?;
+    }
+    store.put_blob(&bytes)?;
+    Ok((digest, m))
+}
+
+/// `kiln pull REGISTRY/REPO:TAG [--as NAME]`: the image and everything
+/// tagged about it; tags are set only once all of it is in the store.
+pub fn pull(store: &Store, remote: &Remote, local_name: Option<&str>, now: i64) -> Result<Transfer, RegistryError> {
+    let started = Instant::now();
+    let reference = remote
+        .reference
+        .clone()
+        .ok_or_else(|| RegistryError::BadRemote { input: remote.to_string(), why: "name a tag or a digest".into() })?;
+    let c = Client { host: &remote.host };
+    let mut t = Transfer { reference: remote.to_string(), remote: remote.to_string(), ..Transfer::default() };
+    let (digest, m) = pull_manifest(&c, store, &remote.repo, &reference, &mut t)?;
+    if m.artifact_type.is_some() {
+        return Err(RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: reference,
+            why: "an artifact, not an image".into(),
+        });
+    }
+    let r = c.expect("GET", &format!("/v2/{}/tags/list", remote.repo), &[], Body::None, &[200])?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?).map_err(|e| RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: "the tag list".into(),
+            why: e.to_string(),
+        })?;
+    let remote_tags: Vec<String> =
+        list["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+    // Artifacts about the image, then about those (signatures of records).
+    let mut subjects = vec![digest.clone()];
+    let mut artifacts: Vec<(Digest, String)> = Vec::new();
+    while let Some(s) = subjects.pop() {
+        let prefix = format!("sha256-{}.", s.hex());
+        for tag in remote_tags.iter().filter(|t| t.starts_with(&prefix)) {
+            let (a, am) = pull_manifest(&c, store, &remote.repo, tag, &mut t)?;
+            if am.subject.as_ref().is_some_and(|d| d.digest == s) && !artifacts.iter().any(|(d, _)| *d == a) {
+                subjects.push(a.clone());
+                artifacts.push((a, tag.clone()));
+            }
+        }
+    }
+    let name = local_name
+        .map(str::to_owned)
+        .or_else(|| m.annotation(oci::ANNOTATION_TITLE).map(str::to_owned))
+        .unwrap_or_else(|| remote.repo.rsplit('/').next().unwrap_or("image").to_owned());
+    if !crate::spec::valid_image_name(&name) {
+        return Err(RegistryError::BadRemote {
+            input: name,
+            why: "not a valid local image name (use --as NAME)".into(),
+        });
+    }
+    let size = store.read_blob(&digest)?.len() as u64;
+    let desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size);
+    if !reference.starts_with("sha256:") {
+        let tag = format!("{name}:{reference}");
+        store.set_tags(std::slice::from_ref(&tag), &desc, false, now)?;
+        t.tags.push(tag);
+    }
+    for (a, tag) in artifacts {
+        let size = store.read_blob(&a)?.len() as u64;
+        let local = format!("{name}:{tag}");
+        store.set_tags(std::slice::from_ref(&local), &Descriptor::new(oci::MEDIA_MANIFEST, a, size), true, now)?;
+        t.artifacts.push(local);
+    }
+    t.digest = Some(digest);
+    t.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_parse_and_only_loopback_is_allowed() {
+        let r = Remote::parse("127.0.0.1:5000/team/web:1.0").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.reference.as_deref()),
+            ("127.0.0.1:5000", "team/web", Some("1.0"))
+        );
+        assert_eq!(r.to_string(), "127.0.0.1:5000/team/web:1.0");
+        let d = Digest::of(b"x");
+        let r = Remote::parse(&format!("localhost:5000/web@{d}")).unwrap();
+        assert_eq!(r.reference, Some(d.to_string()));
+        assert_eq!(Remote::parse("localhost:5000/web").unwrap().reference, None);
+        let e = Remote::parse("registry.example.com/web:1").unwrap_err().to_string();
+        assert!(e.contains("loopback") && e.contains("registry.example.com/web:1"), "{e}");
+        assert!(Remote::parse("127.0.0.1:5000/Web:1").unwrap_err().to_string().contains("lowercase"));
+        assert!(Remote::parse("127.0.0.1:5000").is_err());
+        assert!(Remote::parse("127.0.0.1:5000/web@sha256:zz").is_err());
+    }
+
+    #[test]
+    fn locations_become_paths() {
+        assert_eq!(
+            location_path("http://127.0.0.1:5000/v2/web/blobs/uploads/abc?_state=x"),
+            "/v2/web/blobs/uploads/abc?_state=x"
+        );
+        assert_eq!(location_path("/v2/web/blobs/uploads/abc"), "/v2/web/blobs/uploads/abc");
+    }
+}

@@ -1,0 +1,190 @@
+//! `kiln push` and `kiln pull` through a real registry: Debian's
+//! `docker-registry`, started on loopback by the test. The image travels
+//! with its records, SBOMs and signatures; skopeo reads what kiln pushed;
+//! a blob changed in the registry is refused; a transfer killed half-way
+//! leaves both sides as they were, and the retry completes.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Registry {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let port = free_port();
+        let dir = tempdir("registry");
+        let data = dir.join("data");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            data.display()
+        );
+        fs::write(dir.join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", dir.join("config.yml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        wait_port(port);
+        Registry { child, port, data }
+    }
+
+    fn repo(&self, repo: &str) -> String {
+        format!("127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A demo image baked, tested... as far as records go: secret scan, SBOM
+/// and signature (the boot test is `tests/verify.rs`'s).
+fn baked() -> (PathBuf, PathBuf, String) {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+    let (dir, home) = (tempdir("reg-src"), tempdir("reg-src-home"));
+    fs::copy(&demo, dir.join("demo-app")).unwrap();
+    fs::write(dir.join("kiln.toml"), demo_image("1.0.0", "")).unwrap();
+    let digest = bake_digests(&home, &dir, &[])[0].clone();
+    kiln_ok(&home, &dir, &["scan-secrets", "web"]);
+    kiln_ok(&home, &dir, &["sbom", "web"]);
+    kiln_ok(&home, &dir, &["key", "generate"]);
+    kiln_ok(&home, &dir, &["sign", "web"]);
+    (dir, home, digest)
+}
+
+fn kinds(inspect: &serde_json::Value) -> Vec<String> {
+    inspect["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn an_image_travels_with_its_records_sboms_and_signatures() {
+    let reg = Registry::start();
+    let (dir, home, digest) = baked();
+    let remote = reg.repo("team/web:1.0.0");
+    let t = json(&kiln_ok(&home, &dir, &["push", "web:1.0.0", &remote, "--json"]));
+    assert_eq!(t["digest"], digest.as_str());
+    let artifacts: Vec<&str> = t["artifacts"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for kind in ["secrets", "spdx", "cdx", "sig"] {
+        assert!(artifacts.iter().any(|a| a.ends_with(&format!(".{kind}"))), "{kind} in {artifacts:?}");
+    }
+    // Pushing again sends nothing new.
+    let again = json(&kiln_ok(&home, &dir, &["push", "web:1.0.0", &remote, "--json"]));
+    assert_eq!(again["blobs"], 0, "{again}");
+
+    // skopeo reads what kiln pushed, signatures and SBOMs included.
+    let out = run("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{remote}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["Digest"], digest.as_str());
+    let hex = digest.trim_start_matches("sha256:");
+    let sbom = run(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}:sha256-{hex}.spdx", reg.repo("team/web"))],
+    );
+    assert_eq!(json(&String::from_utf8_lossy(&sbom.stdout))["subject"]["digest"], digest.as_str());
+    let layout = dir.join("copied");
+    let copy = run(
+        "skopeo",
+        &["copy", "--src-tls-verify=false", &format!("docker://{remote}"), &format!("oci:{}:web", layout.display())],
+    );
+    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+
+    // Another host pulls it: the same digest, the records, a signature
+    // that verifies with the first host's public key.
+    let other = tempdir("reg-dst-home");
+    let p = json(&kiln_ok(&other, &dir, &["pull", &remote, "--json"]));
+    assert_eq!(p["digest"], digest.as_str());
+    assert_eq!(p["tags"], serde_json::json!(["web:1.0.0"]));
+    let inspect = json(&kiln_ok(&other, &dir, &["inspect", "web:1.0.0", "--json"]));
+    assert_eq!(inspect["digest"], digest.as_str());
+    assert_eq!(kinds(&inspect), ["secrets"]);
+    let key = home.join("keys/default.pub");
+    let v = json(&kiln_ok(&other, &dir, &["verify", "web:1.0.0", "--key", key.to_str().unwrap(), "--json"]));
+    assert_eq!(v["digest"], digest.as_str());
+    // By digest too, under another name.
+    let by_digest = format!("{}@{digest}", reg.repo("team/web"));
+    let third = tempdir("reg-third-home");
+    let p = json(&kiln_ok(&third, &dir, &["pull", &by_digest, "--as", "copy", "--json"]));
+    assert_eq!(p["digest"], digest.as_str());
+    assert_eq!(p["tags"], serde_json::json!([]), "a digest pull sets no tag but the artifacts'");
+    assert!(kiln_ok(&third, &dir, &["images"]).lines().count() == 1, "only the header: no tag");
+
+    // Only loopback registries: plain HTTP must not leave the host.
+    let e = kiln_err(&home, &dir, &["push", "web:1.0.0", "registry.example.com/web:1"]);
+    assert!(e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn a_blob_changed_in_the_registry_is_refused_and_nothing_is_tagged() {
+    let reg = Registry::start();
+    let (dir, home, _) = baked();
+    let remote = reg.repo("web:1.0.0");
+    kiln_ok(&home, &dir, &["push", "web:1.0.0", &remote]);
+    // The demo app's layer, rewritten inside the registry's storage.
+    let inspect = json(&kiln_ok(&home, &dir, &["inspect", "web:1.0.0", "--json"]));
+    let layer = inspect["manifest"]["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let blob = reg.data.join("docker/registry/v2/blobs/sha256").join(&layer[..2]).join(&layer).join("data");
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let other = tempdir("reg-tamper-home");
+    let e = kiln_err(&other, &dir, &["pull", &remote]);
+    assert!(e.contains(&layer[..12]) && e.contains("refused"), "{e}");
+    assert_eq!(kiln_ok(&other, &dir, &["images"]).lines().count(), 1, "no tag set");
+    let store_blobs = other.join("store/blobs/sha256");
+    assert!(!store_blobs.join(&layer).exists(), "the bad blob is not stored");
+}
+
+fn killed_at(home: &Path, dir: &Path, point: &str, args: &[&str]) {
+    let out = Command::new(kiln_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("KILN_HOME", home)
+        .env("KILN_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed at {point}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_transfer_killed_half_way_changes_nothing_and_the_retry_completes() {
+    let reg = Registry::start();
+    let (dir, home, digest) = baked();
+    let remote = reg.repo("cut:1.0.0");
+    // Push killed after its first blob: the registry has no such tag.
+    killed_at(&home, &dir, "push-blob", &["push", "web:1.0.0", &remote]);
+    // (The repository has no manifest yet, so the registry does not know it.)
+    let tags = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false", &format!("docker://{}", reg.repo("cut"))])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&tags.stdout);
+    assert!(!tags.status.success() || !listed.contains("1.0.0"), "{listed}");
+    kiln_ok(&home, &dir, &["push", "web:1.0.0", &remote]);
+
+    // Pull killed after its first blob: no tag, a store that still checks.
+    let other = tempdir("reg-cut-home");
+    killed_at(&other, &dir, "pull-blob", &["pull", &remote]);
+    assert_eq!(kiln_ok(&other, &dir, &["images"]).lines().count(), 1);
+    let p = json(&kiln_ok(&other, &dir, &["pull", &remote, "--json"]));
+    assert_eq!(p["digest"], digest.as_str());
+    let gc = json(&kiln_ok(&other, &dir, &["gc", "--dry-run", "--json"]));
+    assert_eq!(gc["removed"].as_array().unwrap().len(), 0, "nothing half-written left: {gc}");
+    // The pulled image runs.
+    let r = json(&kiln_ok(&other, &dir, &["run", "web:1.0.0", "--json"]));
+    let id = r["id"].as_str().unwrap().to_owned();
+    kiln_ok(&other, &dir, &["rm", "--force", &id]);
+}
