@@ -81,6 +81,15 @@ pub fn render(output: &Output) {
             println!("  channels: {}", p.channels.join(", "));
             println!("  signature: {}", p.signature);
         }
+        Output::Pipeline(r) => {
+            let d = r.digest.as_ref().map_or("-".to_owned(), |d| d.to_string());
+            println!("release pipeline for {} ({} {d}):", r.service, r.image);
+            for s in &r.steps {
+                println!("  {} {:<8} {:>6} ms  {}", if s.passed { "ok  " } else { "FAIL" }, s.name, s.ms, s.summary);
+            }
+            let verdict = if r.passed { "passed".to_owned() } else { format!("stopped (exit {})", r.exit_code) };
+            println!("  {verdict} in {} ms", r.duration_ms);
+        }
         Output::Transfer(t) => {
             let d = t.digest.as_ref().map_or(String::new(), |d| d.to_string());
             println!("{} -> {} ({d}) in {} ms", t.reference, t.remote, t.duration_ms);

@@ -110,6 +110,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The whole pipeline for a service: bake, test, scan (vulnerabilities), scan-secrets, sbom, sign, promote (through the channels up to --to, default the service's channel), then deploy through kiln serve. Exit 0 released; 6 test, 9 vulnerabilities, 8 secrets, 7 signature or promotion refused; deploy's own codes after (2 rolled back, 4 paused). With --json: the pipeline report, then the deploy's final status, one JSON document per line.
+    Release {
+        /// Default: the file's only service.
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        /// The OSV database (directory or zip). Default: $KILN_OSV_DB.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Scan with a database older than max_db_age.
+        #[arg(long)]
+        force_db: bool,
+        /// Promote up to this channel (default: the service's channel).
+        #[arg(long, value_name = "CHANNEL")]
+        to: Option<String>,
+        /// Stop after promotion (no deploy).
+        #[arg(long)]
+        no_deploy: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Push an image and everything about it (records, SBOMs, signatures) to an OCI registry on loopback: REGISTRY/REPO[:TAG] (TAG default: the reference's).
     Push {
         reference: String,
@@ -720,6 +741,8 @@ fn run() -> anyhow::Result<()> {
     let mut up_listen = None;
     // `kiln sbom --output FILE`: where the chosen document goes.
     let mut sbom_out = None;
+    // `kiln release`: deploy the digest once the pipeline passed (json?).
+    let mut release_deploy = None;
     let (cmd, json) = match cli.command {
         Cmd::Serve { file, tcp, upgrade } => {
             return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp, upgrade)
@@ -828,6 +851,14 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::PromoteImage { reference, to, file, json } => {
             (Command::PromoteImage { file, reference, to, actor: cli_release::actor() }, json)
+        }
+        Cmd::Release { service, file, db, force_db, to, no_deploy, json } => {
+            let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
+            if !no_deploy {
+                release_deploy = Some(json);
+            }
+            let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: cli_release::actor() };
+            (Command::Release(run), json)
         }
         Cmd::Push { reference, remote, json } => (Command::Push { reference, remote }, json),
         Cmd::Pull { remote, name, json } => (Command::Pull { remote, name }, json),
@@ -1033,6 +1064,20 @@ fn run() -> anyhow::Result<()> {
     if let (Some((path, format)), Output::Sbom(r)) = (&sbom_out, &output) {
         cli_verify::write_sbom(r, path, *format == SbomFormat::Cyclonedx)?;
     }
+    if let Output::Pipeline(r) = &output {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            cli_verify::render(&output);
+        }
+        match (r.passed, release_deploy, &r.digest) {
+            (true, Some(json), Some(d)) => {
+                let code = cli_release::deploy(ctx.store.home(), r.service.clone(), Some(d.to_string()), true, json)?;
+                std::process::exit(code);
+            }
+            _ => std::process::exit(r.exit_code),
+        }
+    }
     if json {
         if let Output::Logs(lines) = &output {
             for l in lines {
@@ -1097,6 +1142,7 @@ fn render(output: &Output, now: i64) {
         | Output::Sbom(_)
         | Output::Promoted(_)
         | Output::Transfer(_)
+        | Output::Pipeline(_)
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),

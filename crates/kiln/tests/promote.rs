@@ -81,7 +81,8 @@ fn only_promoted_signed_digests_run_in_a_channel() {
     env.start_serve(None);
     let (code, text) = env.deploy();
     assert_eq!(code, 0, "{text}\n{}", env.serve_log());
-    let stable = env.status()["services"][0]["stable"]["digest"].clone();
+    let stable = env.status()["stable"]["digest"].clone();
+    assert!(stable.as_str().is_some_and(|d| d.starts_with("sha256:")), "{stable}");
 
     // A new build is not promoted: the deploy is refused and stable stays.
     env.version("2.0.0", "");
@@ -89,7 +90,7 @@ fn only_promoted_signed_digests_run_in_a_channel() {
     let (code, text) = env.deploy();
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("not signed") || text.contains("not promoted"), "{text}");
-    assert_eq!(env.status()["services"][0]["stable"]["digest"], stable);
+    assert_eq!(env.status()["stable"]["digest"], stable);
     assert_eq!(env.releases_running().len(), 1);
 }
 
@@ -119,4 +120,34 @@ fn a_layer_swapped_after_signing_does_not_start() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains(&layer[..12]), "names the swapped layer: {err}");
     assert!(env.kiln(&["ps", "--json"]).stdout.windows(4).all(|w| w != b"\"id\""), "nothing started");
+}
+
+#[test]
+fn kiln_release_runs_the_whole_pipeline_and_stops_at_a_failing_gate() {
+    let _one = serial();
+    let mut env = Env::bare("pipeline", SERVICE);
+    env.ok(&["key", "generate"]);
+    env.start_serve(None);
+    let out = env.kiln(&["release", "--db", &osv(), "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), env.serve_log());
+    let report = json(stdout.lines().next().unwrap());
+    let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["bake", "test", "scan", "secrets", "sbom", "sign", "promote"]);
+    assert_eq!(report["channels"], serde_json::json!(["dev", "staging", "prod"]));
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(env.status()["stable"]["digest"], report["digest"], "deployed");
+
+    // A credential baked into the next version: the pipeline stops at the
+    // secret scan with its exit code, and nothing is promoted or deployed.
+    env.version("2.0.0", ", AWS_ACCESS_KEY_ID = \"AKIAIOSFODNN7EXAMPLE\"");
+    let out = env.kiln(&["release", "--db", &osv(), "--json"]);
+    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed = json(String::from_utf8_lossy(&out.stdout).lines().next().unwrap());
+    let last = failed["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["name"].as_str(), last["passed"].as_bool()), (Some("secrets"), Some(false)));
+    assert_eq!(failed["channels"], serde_json::json!([]));
+    assert_eq!(env.status()["stable"]["digest"], report["digest"], "stable untouched");
+    let text = env.kiln(&["release", "--db", &osv()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("FAIL secrets"));
 }

@@ -2,6 +2,8 @@
 //! parse their input into a [`Command`] and render the [`Output`]; neither
 //! contains logic of its own.
 
+pub mod pipeline;
+
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -122,6 +124,8 @@ pub enum Command {
         to: String,
         actor: String,
     },
+    /// The pipeline: bake, test, scan, secret scan, SBOM, sign, promote.
+    Release(pipeline::ReleaseRun),
     /// Copy an image and everything about it to a registry.
     Push {
         reference: String,
@@ -209,6 +213,7 @@ pub enum Output {
     Sbom(Box<crate::verify::sbom::SbomReport>),
     Promoted(Box<crate::verify::promote::Promoted>),
     Transfer(Box<crate::registry::Transfer>),
+    Pipeline(Box<pipeline::PipelineReport>),
     Verified(crate::verify::sign::Verified),
 }
 
@@ -441,6 +446,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let p = crate::verify::promote::promote(&ctx.store, &policy, &reference, &to, &actor, ctx.now)?;
             Ok(Output::Promoted(Box::new(p)))
         }
+        Command::Release(run) => Ok(Output::Pipeline(Box::new(pipeline::release(run, ctx)?))),
         Command::Push { reference, remote } => {
             let r = crate::registry::Remote::parse(&remote)?;
             Ok(Output::Transfer(Box::new(crate::registry::push(&ctx.store, &reference, &r)?)))
