@@ -19,17 +19,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_600_000_000);
-    h.set_size(size);
-    h
-}
-
 /// /bin/true with a cargo-auditable `.dep-v0` section listing `crates`.
 fn auditable_binary(dir: &Path, crates: &str) -> Vec<u8> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
@@ -65,10 +54,10 @@ fn debian_rootfs(dir: &Path) {
     let busybox = fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
     for d in ["bin", "etc", "tmp", "usr", "usr/lib", "usr/local", "usr/local/bin", "var", "var/lib", "var/lib/dpkg"] {
-        b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
+        b.append_data(&mut tar_header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
     }
     let mut file = |path: &str, data: &[u8], mode: u32| {
-        b.append_data(&mut header(tar::EntryType::Regular, mode, data.len() as u64), path, data).unwrap();
+        b.append_data(&mut tar_header(tar::EntryType::Regular, mode, data.len() as u64), path, data).unwrap();
     };
     file("bin/busybox", &busybox, 0o755);
     file("usr/lib/os-release", &fs::read(f.join("os-release")).unwrap(), 0o644);
@@ -78,9 +67,10 @@ fn debian_rootfs(dir: &Path) {
     file("var/lib/dpkg/status.d/ghost", b"Package: ghost\nVersion: 1.0\nSource: glibc (2.36-9)\n", 0o644);
     file("usr/local/bin/app", &auditable_binary(dir, CRATES), 0o755);
     for a in ["sh", "rm"] {
-        b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
+        b.append_link(&mut tar_header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
     }
-    b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), "etc/os-release", "../usr/lib/os-release").unwrap();
+    b.append_link(&mut tar_header(tar::EntryType::Symlink, 0o777, 0), "etc/os-release", "../usr/lib/os-release")
+        .unwrap();
     fs::write(dir.join("debian.tar"), b.into_inner().unwrap()).unwrap();
 }
 
@@ -88,7 +78,7 @@ fn alpine_rootfs(dir: &Path) {
     let f = fixtures().join("alpine318");
     let mut b = tar::Builder::new(Vec::new());
     let mut file = |path: &str, data: &[u8]| {
-        b.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data).unwrap();
+        b.append_data(&mut tar_header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data).unwrap();
     };
     file("etc/os-release", &fs::read(f.join("os-release")).unwrap());
     file("lib/apk/db/installed", &fs::read(f.join("installed")).unwrap());

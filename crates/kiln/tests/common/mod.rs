@@ -85,31 +85,33 @@ const APPLETS: &[&str] = &[
     "grep", "printenv",
 ];
 
+/// A GNU tar header owned by root, with a fixed mtime.
+pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_size(size);
+    h
+}
+
 /// Writes a rootfs tarball with Debian's static busybox and a few applet
 /// links, plus /etc/motd, at `path`.
 pub fn busybox_rootfs(path: &Path) {
     let busybox = fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_600_000_000);
-        h.set_size(size);
-        h
-    };
     for d in ["bin", "etc", "tmp"] {
-        b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
+        b.append_data(&mut tar_header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
     }
-    b.append_data(&mut header(tar::EntryType::Regular, 0o755, busybox.len() as u64), "bin/busybox", &busybox[..])
+    b.append_data(&mut tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64), "bin/busybox", &busybox[..])
         .unwrap();
     for a in APPLETS {
-        b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
+        b.append_link(&mut tar_header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
     }
     let motd = b"welcome\n";
-    b.append_data(&mut header(tar::EntryType::Regular, 0o644, motd.len() as u64), "etc/motd", &motd[..]).unwrap();
+    b.append_data(&mut tar_header(tar::EntryType::Regular, 0o644, motd.len() as u64), "etc/motd", &motd[..]).unwrap();
     fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
