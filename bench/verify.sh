@@ -139,10 +139,11 @@ print("%-40s %8d ms" % ("kiln sbom (same)", bt))
 print("%-40s %8d ms" % ("kiln sign (same)", gt))
 print("%-40s %8d ms" % ("  kiln gate without boot, total", st + lt + bt + gt))
 print("%-40s %8d ms" % ("syft scan (same OCI layout)", yt))
-print("%-40s %8d / %d (syft finds %d kiln does not; kiln %d syft does not)" % (
-    "packages: kiln / syft", len(ours), len(theirs), len(theirs - ours), len(ours - theirs)))
-for n, v in sorted(theirs - ours)[:10]:
+names = lambda s: {n for n, _ in s}
+print("%-40s %8d / %d" % ("packages: kiln / syft", len(ours), len(theirs)))
+print("%-40s %8d (and %d (name, version) pairs)" % ("  syft finds, kiln does not: names", len(names(theirs) - names(ours)), len(theirs - ours)))
+for n, v in sorted(theirs - ours)[:12]:
     print("    only syft: %s %s" % (n, v))
-for n, v in sorted(ours - theirs)[:5]:
+for n, v in sorted(ours - theirs)[:6]:
     print("    only kiln: %s %s" % (n, v))
 PY

@@ -66,6 +66,8 @@ fn debian_rootfs(dir: &Path) {
     // Affected by DSA-5514-1 if it were there; the run step deletes it.
     file("var/lib/dpkg/status.d/ghost", b"Package: ghost\nVersion: 1.0\nSource: glibc (2.36-9)\n", 0o644);
     file("usr/local/bin/app", &auditable_binary(dir, CRATES), 0o755);
+    // A real Go binary (Debian's docker-registry): its build information.
+    file("usr/bin/docker-registry", &fs::read("/usr/bin/docker-registry").expect("docker-registry"), 0o755);
     for a in ["sh", "rm"] {
         b.append_link(&mut tar_header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
     }
@@ -251,8 +253,8 @@ fn alpine_packages_match_by_origin_with_apk_order() {
     assert_eq!(r["packages"], 3);
 }
 
-/// The package names syft finds in an OCI layout.
-fn syft_packages(layout: &Path) -> BTreeSet<String> {
+/// The packages (name, version) syft finds in an OCI layout.
+fn syft_packages(layout: &Path) -> BTreeSet<(String, String)> {
     let out = run("syft", &["scan", &format!("oci-dir:{}", layout.display()), "-o", "json", "-q"]);
     assert!(out.status.success(), "syft: {}", String::from_utf8_lossy(&out.stderr));
     let v = json(&String::from_utf8_lossy(&out.stdout));
@@ -260,7 +262,7 @@ fn syft_packages(layout: &Path) -> BTreeSet<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| format!("{} {}", a["name"].as_str().unwrap(), a["version"].as_str().unwrap()))
+        .map(|a| (a["name"].as_str().unwrap().to_owned(), a["version"].as_str().unwrap().to_owned()))
         .collect()
 }
 
@@ -285,12 +287,12 @@ fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
             String::from_utf8_lossy(&v.stderr)
         );
 
-        let ours: BTreeSet<String> = c["components"]
+        let ours: BTreeSet<(String, String)> = c["components"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|c| c["type"] == "library")
-            .map(|c| format!("{} {}", c["name"].as_str().unwrap(), c["version"].as_str().unwrap()))
+            .map(|c| (c["name"].as_str().unwrap().to_owned(), c["version"].as_str().unwrap().to_owned()))
             .collect();
         assert_eq!(ours.len() as u64, r["packages"].as_u64().unwrap());
         // syft on the same image, copied out of the store by skopeo.
@@ -299,12 +301,16 @@ fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
         let copy = run("skopeo", &["copy", &store, &format!("oci:{}:{image}", layout.display())]);
         assert!(copy.status.success(), "skopeo: {}", String::from_utf8_lossy(&copy.stderr));
         let theirs = syft_packages(&layout);
-        let missing: Vec<&String> = theirs.difference(&ours).collect();
+        let names = |s: &BTreeSet<(String, String)>| s.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<String>>();
+        let missing: Vec<String> = names(&theirs).difference(&names(&ours)).cloned().collect();
         assert!(missing.is_empty(), "{image}: syft finds {missing:?} that kiln does not (kiln: {ours:?})");
+        // Every difference is reported: versions read differently, and
+        // what only kiln finds.
         eprintln!(
-            "{image}: kiln {} packages, syft {}; only kiln: {:?}",
+            "{image}: kiln {} packages, syft {}; versions only syft gives: {:?}; only kiln: {:?}",
             ours.len(),
             theirs.len(),
+            theirs.difference(&ours).collect::<Vec<_>>(),
             ours.difference(&theirs).collect::<Vec<_>>()
         );
 

@@ -14,7 +14,7 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use super::{apk, auditable, dpkg};
+use super::{apk, auditable, dpkg, gobin};
 use crate::digest::Digest;
 use crate::oci::Manifest;
 use crate::store::{Store, StoreError};
@@ -53,6 +53,8 @@ pub enum Kind {
     Deb,
     Apk,
     Cargo,
+    /// A Go module (or `stdlib`) compiled into a binary.
+    Golang,
     /// A program found by its contents, not listed by a package manager.
     Binary,
 }
@@ -95,6 +97,7 @@ impl Package {
             Kind::Deb => ("deb", Some(os.map_or("debian", |o| o.id.as_str()))),
             Kind::Apk => ("apk", Some(os.map_or("alpine", |o| o.id.as_str()))),
             Kind::Cargo => ("cargo", None),
+            Kind::Golang => ("golang", None),
             Kind::Binary => ("generic", None),
         };
         let mut s = format!("pkg:{kind}/");
@@ -164,6 +167,7 @@ enum Found {
     },
     Link(String),
     Crates(Vec<auditable::Crate>),
+    Go(Vec<gobin::Module>),
     /// A program recognised by its contents (see [`classify`]).
     Binary {
         name: String,
@@ -278,11 +282,17 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                 Ok(Some(crates)) => {
                     files.insert(path, Found::Crates(crates));
                 }
-                Ok(None) => {
-                    if let Some((name, version)) = classify(&elf) {
-                        files.insert(path, Found::Binary { name, version });
+                Ok(None) => match gobin::modules(&elf) {
+                    Ok(Some(modules)) => {
+                        files.insert(path, Found::Go(modules));
                     }
-                }
+                    Ok(None) => {
+                        if let Some((name, version)) = classify(&elf) {
+                            files.insert(path, Found::Binary { name, version });
+                        }
+                    }
+                    Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
+                },
                 Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
             }
         }
@@ -350,6 +360,22 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         version: c.version.clone(),
                         source,
                         source_version: c.version.clone(),
+                        architecture: None,
+                        license: None,
+                        location: format!("/{path}"),
+                        installed: true,
+                    });
+                }
+            }
+            Found::Go(modules) => {
+                for m in modules {
+                    inv.packages.push(Package {
+                        kind: Kind::Golang,
+                        name: m.path.clone(),
+                        version: m.version.clone(),
+                        source: m.path.clone(),
+                        // OSV's Go ecosystem: `stdlib` at 1.21.5, modules at 1.2.3.
+                        source_version: m.version.trim_start_matches("go").trim_start_matches('v').to_owned(),
                         architecture: None,
                         license: None,
                         location: format!("/{path}"),

@@ -13,6 +13,7 @@ pub mod apk;
 pub mod auditable;
 pub mod dpkg;
 pub mod gate;
+pub mod gobin;
 pub mod inventory;
 pub mod leaks;
 pub mod osv;

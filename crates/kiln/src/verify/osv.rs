@@ -289,6 +289,7 @@ impl Database {
         for p in inv.packages.iter().filter(|p| p.installed) {
             let eco = match p.kind {
                 Kind::Cargo => "crates.io".to_owned(),
+                Kind::Golang => "Go".to_owned(),
                 Kind::Binary => continue,
                 Kind::Deb | Kind::Apk => match &os_ecosystem {
                     Some(e) => e.clone(),
@@ -337,7 +338,7 @@ fn compare(kind: Kind, a: &str, b: &str) -> Option<Ordering> {
     match kind {
         Kind::Deb => Some(dpkg::Version::parse(a).ok()?.cmp(&dpkg::Version::parse(b).ok()?)),
         Kind::Apk => apk::compare(a, b),
-        Kind::Cargo | Kind::Binary => auditable::compare_semver(a, b),
+        Kind::Cargo | Kind::Golang | Kind::Binary => auditable::compare_semver(a, b),
     }
 }
 
