@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kiln's main job on the bundled example, end to end: install what it needs,
 # build kiln and the demo app, bake examples/hello into the store and show it
-# through kiln and skopeo (a standard OCI tool), test and scan it, run it
+# through kiln and skopeo (a standard OCI tool), test, scan, SBOM and sign it, run it
 # once as an immutable instance; then the release loop: kiln serve, deploy v1 behind kiln's load
 # balancer, release v2 by canary under traffic, roll back, with kiln status
 # and kiln history along the way. Everything it started is stopped at the end.
@@ -24,6 +24,14 @@ echo "== kiln test hello:0.1.0 (the test gate: a private instance, its checks, a
 $kiln test hello:0.1.0 -f examples/hello/kiln.toml
 echo "== kiln scan-secrets hello:0.1.0"
 $kiln scan-secrets hello:0.1.0 -f examples/hello/kiln.toml
+echo "== kiln scan hello:0.1.0 (offline OSV database; here the tests' fixture of real Debian 12 advisories)"
+$kiln scan hello:0.1.0 -f examples/hello/kiln.toml --db crates/kiln/tests/fixtures/osv --force
+echo "== kiln sbom hello:0.1.0 (SPDX 2.3 and CycloneDX 1.5, stored on the digest)"
+$kiln sbom hello:0.1.0
+echo "== kiln key generate; kiln sign hello:0.1.0; kiln verify hello:0.1.0"
+[ -f "$KILN_HOME/keys/default.pub" ] || $kiln key generate >/dev/null
+$kiln sign hello:0.1.0
+$kiln verify hello:0.1.0
 echo "== kiln run hello:0.1.0"
 id=$($kiln run hello:0.1.0 -e HOST=127.0.0.1 --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["id"], r["port"])')
 set -- $id
