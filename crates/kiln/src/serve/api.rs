@@ -16,6 +16,8 @@ pub enum Request {
     Deploy { service: String, image: Option<String>, actor: String },
     /// Services, releases, instances, the rollout in progress.
     Status { service: Option<String> },
+    /// The controller's Prometheus metrics (answered as text, not JSON).
+    Metrics,
     /// Back to the previous release, or to `to` (instant when it is
     /// still warm, else a fast release of its image).
     Rollback { service: String, to: Option<String>, actor: String },
@@ -115,6 +117,7 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
     let actor = |a: Option<String>| a.unwrap_or_else(|| "api".into());
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/status") => Ok(Request::Status { service: req.param("service").map(str::to_owned) }),
+        ("GET", "/metrics") => Ok(Request::Metrics),
         ("POST", "/v1/deploy") => {
             let b: DeployBody = body(req)?;
             Ok(Request::Deploy { service: b.service, image: b.image, actor: actor(b.actor) })
@@ -178,6 +181,7 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
         (
             _,
             "/v1/status"
+            | "/metrics"
             | "/v1/deploy"
             | "/v1/rollback"
             | "/v1/promote"
@@ -214,6 +218,7 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
     match r {
         Request::Status { service: Some(s) } => ("GET", format!("/v1/status?service={s}"), Vec::new()),
         Request::Status { service: None } => ("GET", "/v1/status".into(), Vec::new()),
+        Request::Metrics => ("GET", "/metrics".into(), Vec::new()),
         Request::Deploy { service, image, actor } => (
             "POST",
             "/v1/deploy".into(),

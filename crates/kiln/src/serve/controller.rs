@@ -182,6 +182,8 @@ pub struct Controller<'a> {
     next_drift_ms: HashMap<String, u64>,
     /// Instances as observed this tick (cleared by every act on them).
     observed: RefCell<Option<Vec<InstanceRecord>>>,
+    /// Counters for `/metrics`, fed by [`Controller::record`].
+    counters: super::metrics::Counters,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -231,6 +233,7 @@ impl<'a> Controller<'a> {
             drift: HashMap::new(),
             next_drift_ms: HashMap::new(),
             observed: RefCell::new(None),
+            counters: Default::default(),
         };
         c.load_services()?;
         Ok(c)
@@ -281,6 +284,7 @@ impl<'a> Controller<'a> {
 
     fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
         self.history.append(service, release, now_ms as i64, event)?;
+        self.counters.observe(service, release, event);
         Ok(())
     }
 
@@ -502,13 +506,38 @@ impl<'a> Controller<'a> {
 
     /// One reconcile pass over every service.
     pub fn tick(&mut self, now_ms: u64) -> Result<(), ServeError> {
+        let started = std::time::Instant::now();
         // Each tick observes afresh.
         self.changed();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
             self.tick_service(&name, now_ms)?;
         }
+        self.counters.reconciled(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// `/metrics`: the counters, with gauges read now.
+    fn metrics(&self) -> Result<String, ServeError> {
+        let mut g = super::metrics::Gauges::default();
+        let all = self.all()?;
+        for (name, svc) in &self.services {
+            let (step, steps) = svc
+                .state
+                .rollout
+                .as_ref()
+                .map_or((0, 0), |a| (a.rollout.index as u32 + 1, a.rollout.steps.len() as u32));
+            g.steps.push((name.clone(), step, steps));
+            for e in svc.sent.iter().flatten() {
+                g.weights.push((name.clone(), e.release.clone(), e.weight));
+            }
+            let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+            for r in all.iter().filter(|r| r.service == *name) {
+                *by_state.entry(r.state.name()).or_default() += 1;
+            }
+            g.instances.extend(by_state.into_iter().map(|(s, n)| (name.clone(), s.to_owned(), n)));
+        }
+        Ok(super::metrics::render(&self.counters, &g))
     }
 
     fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
@@ -1303,6 +1332,7 @@ impl<'a> Controller<'a> {
                 self.admit(&svc.spec, &desc.digest)?;
                 self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms)
             }
+            Request::Metrics => Ok(serde_json::Value::String(self.metrics()?)),
             Request::Status { service } => {
                 if let Some(s) = &service {
                     self.service(s)?;

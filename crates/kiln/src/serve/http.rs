@@ -138,18 +138,24 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
 
 /// Writes a JSON response and closes.
 pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Result<()> {
+    write_response_typed(w, status, "application/json", body)
+}
+
+/// Writes a whole response with `content_type`.
+pub fn write_response_typed(w: &mut impl Write, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
         _ => "Error",
     };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     w.write_all(head.as_bytes())?;

@@ -17,6 +17,7 @@ pub mod api;
 pub mod controller;
 pub mod dataplane;
 pub mod http;
+pub mod metrics;
 pub mod prober;
 pub mod upgrade;
 
@@ -221,15 +222,21 @@ fn answer(conn: impl Read, mut w: impl Write, calls: &mpsc::Sender<Call>, token:
         })
         .and_then(|req| api::parse(&req))
         .and_then(|req| {
+            let text = req == api::Request::Metrics;
             let (tx, rx) = mpsc::channel();
             calls.send((req, tx)).map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?;
-            rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?
+            rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?.map(|v| (v, text))
         });
-    let (status, body) = match result {
-        Ok(v) => (200, v),
-        Err(e) => (api::status_of(&e), serde_json::json!({ "error": e.to_string() })),
+    let _ = match result {
+        Ok((serde_json::Value::String(s), true)) => {
+            http::write_response_typed(&mut w, 200, "text/plain; version=0.0.4; charset=utf-8", s.as_bytes())
+        }
+        Ok((v, _)) => http::write_response(&mut w, 200, v.to_string().as_bytes()),
+        Err(e) => {
+            let body = serde_json::json!({ "error": e.to_string() });
+            http::write_response(&mut w, api::status_of(&e), body.to_string().as_bytes())
+        }
     };
-    let _ = http::write_response(&mut w, status, body.to_string().as_bytes());
 }
 
 /// Reaps this process's exited children: the shims and proxies it started
