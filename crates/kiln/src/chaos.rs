@@ -215,7 +215,7 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
                     r.detect_ms = routed.map(|at| e.at_ms.saturating_sub(at).max(0) as u64);
                 }
             }
-            Event::Finished { outcome, reason } => {
+            Event::Finished { outcome, reason, .. } => {
                 r.outcome = outcome.name().to_owned();
                 r.reason = reason.clone();
                 r.caught = *outcome == crate::history::Outcome::RolledBack && r.detect_ms.is_some();

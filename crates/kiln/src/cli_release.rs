@@ -412,7 +412,7 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
                     m.join("; ")
                 )
             }
-            Event::Finished { outcome, reason } => format!("finished {}: {reason}", outcome.name()),
+            Event::Finished { outcome, reason, .. } => format!("finished {}: {reason}", outcome.name()),
             Event::Replacing { instance, cause, detail } => {
                 format!("replacing {instance} ({}): {detail}", cause.name())
             }

@@ -60,7 +60,15 @@ pub enum Event {
     /// A canary step's analysis, with its figures.
     Verdict { step: u32, verdict: Verdict },
     /// The release ended.
-    Finished { outcome: Outcome, reason: String },
+    Finished {
+        outcome: Outcome,
+        reason: String,
+        /// It failed because a step made no progress in time
+        /// (`progress_deadline`). Absent when false, so entries written
+        /// before the field existed hash as they did.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deadline: bool,
+    },
     /// An instance of the release failed (or is recycled) and leaves;
     /// a replacement from the same digest follows.
     Replacing { instance: String, cause: Cause, detail: String },

@@ -30,6 +30,7 @@ pub mod handoff;
 pub mod heal;
 pub mod history;
 pub mod layer;
+pub mod notify;
 pub mod oci;
 pub mod proxy;
 pub mod registry;

@@ -58,11 +58,16 @@ fn history_shows_verifies_and_names_an_edited_entry() {
         "web",
         "web-2",
         1_700_000_031_100,
-        &Event::Finished { outcome: Outcome::RolledBack, reason: "analysis failed at step 0".into() },
+        &Event::Finished { outcome: Outcome::RolledBack, reason: "analysis failed at step 0".into(), deadline: false },
     )
     .unwrap();
-    h.append("api", "api-1", 1_700_000_040_000, &Event::Finished { outcome: Outcome::Aborted, reason: "x".into() })
-        .unwrap();
+    h.append(
+        "api",
+        "api-1",
+        1_700_000_040_000,
+        &Event::Finished { outcome: Outcome::Aborted, reason: "x".into(), deadline: false },
+    )
+    .unwrap();
     drop(h);
 
     let out = kiln_ok(&home, &home, &["history", "--verify"]);

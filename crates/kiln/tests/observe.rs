@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
+use common::json;
 use common::serve_env::{serial, Env};
 
 fn get(env: &Env, path: &str) -> (String, String) {
@@ -95,4 +96,111 @@ fn the_documented_scrape_config_and_alert_rules_pass_promtool() {
         let family = name.trim_end_matches("_bucket");
         assert!(exposed.contains(&format!("# TYPE {family} ")), "{name} is not a metric kiln serve exposes");
     }
+}
+
+/// A webhook receiver on `port`: answers 500 to the first `fail` requests,
+/// then 200; sends each (headers, body) it got.
+fn receiver(listener: std::net::TcpListener, fail: usize) -> std::sync::mpsc::Receiver<(String, String)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let k = c.read(&mut chunk).unwrap_or(0);
+                if k == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                    let len = h
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if b.len() >= len {
+                        break (h.to_owned(), b[..len].to_owned());
+                    }
+                }
+            };
+            let status = if n < fail { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send((head, body));
+        }
+    });
+    rx
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+#[test]
+fn a_quarantine_alert_is_signed_retried_and_survives_a_controller_crash() {
+    let _one = serial();
+    let port = common::free_port();
+    let settings = format!(
+        "replicas = 2\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [[notify]]\nurl = \"http://127.0.0.1:{port}/hooks/kiln\"\nevents = [\"quarantine\", \"crash-loop\"]\nsecret = \"hook\"\n"
+    );
+    let mut env = Env::bare("notify", &settings);
+    let mut c = std::process::Command::new(common::kiln_bin())
+        .args(["secret", "set", "hook"])
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"s3cret-key").unwrap();
+    assert!(c.wait().unwrap().success());
+    env.start_serve(None);
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    let s = env.wait_for("2 instances", |s| s["instances"].as_array().is_some_and(|i| i.len() == 2));
+    let id = s["instances"][0]["id"].as_str().unwrap().to_owned();
+
+    // The receiver is down: the first attempt fails and is queued on disk.
+    env.ok(&["quarantine", &id, "--reason", "post-mortem drill"]);
+    let log = env.home.join("notify/deliveries.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("retrying") {
+        assert!(std::time::Instant::now() < deadline, "no failed attempt recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The controller dies; the receiver comes up, fails once more, then takes it.
+    env.kill_serve();
+    let rx = receiver(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), 1);
+    env.start_serve(None);
+    let (head1, _) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a retry after the restart");
+    let (head, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the retry after a 500");
+    assert!(head.starts_with("POST /hooks/kiln HTTP/1.1"), "{head}");
+    assert_eq!(header(&head, "X-Kiln-Event"), Some("quarantine"));
+    assert_eq!(header(&head1, "X-Kiln-Delivery"), header(&head, "X-Kiln-Delivery"), "the same delivery, retried");
+    let v = json(&body);
+    assert_eq!((v["alert"].as_str(), v["service"].as_str()), (Some("quarantine"), Some("web")));
+    assert_eq!(v["event"]["instance"], id.as_str());
+    assert_eq!(v["event"]["reason"], "post-mortem drill");
+
+    // The signature, checked independently of kiln.
+    let dir = common::tempdir("hook");
+    std::fs::write(dir.join("body"), &body).unwrap();
+    let mac =
+        common::run("openssl", &["dgst", "-sha256", "-hmac", "s3cret-key", "-r", dir.join("body").to_str().unwrap()]);
+    let hex = String::from_utf8_lossy(&mac.stdout).split_whitespace().next().unwrap().to_owned();
+    assert_eq!(header(&head, "X-Kiln-Signature"), Some(format!("sha256={hex}").as_str()));
+
+    // Every attempt is recorded, once delivered nothing is pending, and
+    // nothing was sent twice after it was delivered.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(json).collect();
+    let states: Vec<&str> = lines.iter().map(|l| l["state"].as_str().unwrap()).collect();
+    assert!(states.len() >= 3 && states.last() == Some(&"delivered"), "{states:?}");
+    assert_eq!(states.iter().filter(|s| **s == "delivered").count(), 1);
+    let attempts: Vec<u64> = lines.iter().map(|l| l["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, (1..=attempts.len() as u64).collect::<Vec<_>>(), "one delivery, counted across the restart");
+    assert_eq!(std::fs::read_dir(env.home.join("notify/pending")).unwrap().count(), 0);
+    assert!(rx.try_recv().is_err(), "no duplicate");
+    env.ok(&["release-quarantine", &id]);
 }

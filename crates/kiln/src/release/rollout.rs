@@ -100,6 +100,12 @@ fn targets(steps: &[Step], index: usize, old_at_start: u32) -> (u32, u32) {
     (new, old_at_start.saturating_sub(stopped))
 }
 
+/// Whether `r`'s step has made no progress within `progress_deadline` (a
+/// pause for a person never counts).
+pub fn past_deadline(r: &Rollout, spec: &ReleaseSpec, now_ms: u64) -> bool {
+    now_ms.saturating_sub(r.step_started_ms) > spec.progress_deadline_ms && r.paused.is_none()
+}
+
 /// Decides the next action of `r`. `old_at_start`: the old release's
 /// instances when the rollout began (recorded with it).
 pub fn decide(r: &Rollout, spec: &ReleaseSpec, obs: &Observed, old_at_start: u32, now_ms: u64) -> Action {
@@ -107,7 +113,7 @@ pub fn decide(r: &Rollout, spec: &ReleaseSpec, obs: &Observed, old_at_start: u32
         return Action::Succeed { warm_until_ms: now_ms };
     };
     let elapsed = now_ms.saturating_sub(r.step_started_ms);
-    if now_ms.saturating_sub(r.step_started_ms) > spec.progress_deadline_ms && r.paused.is_none() {
+    if past_deadline(r, spec, now_ms) {
         return Action::Fail {
             reason: format!(
                 "step {} made no progress for {} ms (progress_deadline)",

@@ -184,6 +184,9 @@ pub struct Controller<'a> {
     observed: RefCell<Option<Vec<InstanceRecord>>>,
     /// Counters for `/metrics`, fed by [`Controller::record`].
     counters: super::metrics::Counters,
+    /// Webhook deliveries (`[[notify]]`), also fed by [`Controller::record`].
+    notifier: crate::notify::Notifier,
+    hooks: Vec<crate::notify::NotifySpec>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -234,6 +237,9 @@ impl<'a> Controller<'a> {
             next_drift_ms: HashMap::new(),
             observed: RefCell::new(None),
             counters: Default::default(),
+            notifier: crate::notify::Notifier::start(home)
+                .map_err(|source| ServeError::Io { path: home.join("notify"), source })?,
+            hooks: Vec::new(),
         };
         c.load_services()?;
         Ok(c)
@@ -243,6 +249,7 @@ impl<'a> Controller<'a> {
     /// settings apply from the next release on.
     fn load_services(&mut self) -> Result<(), ServeError> {
         let f = spec::load(&self.file)?;
+        self.hooks = f.notify;
         for (name, s) in f.services {
             if s.release.listen.is_none() {
                 continue;
@@ -285,6 +292,11 @@ impl<'a> Controller<'a> {
     fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
         self.history.append(service, release, now_ms as i64, event)?;
         self.counters.observe(service, release, event);
+        // Queued on disk (the worker thread sends it), after the history
+        // has it: an alert is never about something not recorded.
+        self.notifier
+            .alert(&self.hooks, service, release, now_ms, event)
+            .map_err(|source| ServeError::Io { path: self.home.join("notify"), source })?;
         Ok(())
     }
 
@@ -1186,7 +1198,10 @@ impl<'a> Controller<'a> {
             }
         }
         if !self.finished_already(name, &id)? {
-            self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone() })?;
+            // decide() fails a rollout past its deadline before anything else.
+            let deadline = outcome == Outcome::Failed
+                && crate::release::rollout::past_deadline(&a.rollout, &self.services[name].spec.release, now_ms);
+            self.record(name, &id, now_ms, &Event::Finished { outcome, reason: reason.clone(), deadline })?;
             crash_point("finished-recorded");
         }
         let st = &mut self.services.get_mut(name).expect("known").state;
@@ -1200,7 +1215,7 @@ impl<'a> Controller<'a> {
         let new = ReleaseRef { id: r.release.clone(), digest: r.digest.clone(), image_ref: r.image_ref.clone() };
         let reason = format!("{} steps done", r.steps.len());
         if !self.finished_already(name, &new.id)? {
-            let event = Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() };
+            let event = Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone(), deadline: false };
             self.record(name, &new.id, now_ms, &event)?;
             crash_point("finished-recorded");
         }
@@ -1568,7 +1583,7 @@ impl<'a> Controller<'a> {
                 name,
                 &prev.id,
                 now_ms,
-                &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone() },
+                &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone(), deadline: false },
             )?;
             self.services.get_mut(name).expect("known").state.last =
                 Some((prev.id.clone(), Outcome::Succeeded, reason));

@@ -17,11 +17,26 @@ pub struct Response {
 
 /// Sends one request and reads the whole response.
 pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[u8]) -> io::Result<Response> {
+    exchange_with(stream, method, target, &[], body)
+}
+
+/// [`exchange`] with more request headers (`Name`, `value`).
+pub fn exchange_with<S: Read + Write>(
+    stream: S,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
     let mut r = BufReader::new(stream);
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     r.get_mut().write_all(head.as_bytes())?;
     r.get_mut().write_all(body)?;
     r.get_mut().flush()?;

@@ -166,8 +166,16 @@ mod tests {
             previous: None,
         };
         c.observe("web", "web-2", &started);
-        c.observe("web", "web-2", &Event::Finished { outcome: Outcome::RolledBack, reason: "p99".into() });
-        c.observe("web", "web-1", &Event::Finished { outcome: Outcome::Succeeded, reason: String::new() });
+        c.observe(
+            "web",
+            "web-2",
+            &Event::Finished { outcome: Outcome::RolledBack, reason: "p99".into(), deadline: false },
+        );
+        c.observe(
+            "web",
+            "web-1",
+            &Event::Finished { outcome: Outcome::Succeeded, reason: String::new(), deadline: false },
+        );
         let replacing = |cause| Event::Replacing { instance: "i".into(), cause, detail: String::new() };
         c.observe("web", "web-1", &replacing(Cause::Chaos));
         c.observe("web", "web-1", &replacing(Cause::Chaos));

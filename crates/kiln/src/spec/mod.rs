@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use crate::digest::Digest;
 
+pub mod notify;
 pub mod release;
 pub mod verify;
 
@@ -29,6 +30,8 @@ pub struct SpecFile {
     pub services: BTreeMap<String, ServiceSpec>,
     /// `[promotion]`: the channel order and the signing key.
     pub promotion: verify::PromotionSpec,
+    /// `[[notify]]`: webhooks for every failure path.
+    pub notify: Vec<notify::NotifySpec>,
 }
 
 impl SpecFile {
@@ -186,6 +189,8 @@ struct RawFile {
     #[serde(default)]
     service: BTreeMap<String, Spanned<RawService>>,
     promotion: Option<Spanned<verify::RawPromotion>>,
+    #[serde(default)]
+    notify: Vec<Spanned<notify::RawNotify>>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +308,10 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             .map_err(|(span, key, message)| err(span, &format!("promotion.{key}"), message))?,
         None => verify::PromotionSpec::default(),
     };
+    let mut hooks = Vec::new();
+    for (i, n) in raw.notify.into_iter().enumerate() {
+        hooks.push(notify::validate(i, n).map_err(|(span, key, message)| err(span, &key, message))?);
+    }
     let mut services = BTreeMap::new();
     let mut claimed: BTreeMap<std::net::SocketAddr, String> = BTreeMap::new();
     for (name, raw_service) in raw.service {
@@ -342,7 +351,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             });
         }
     }
-    Ok(SpecFile { path: path.to_owned(), images, services, promotion })
+    Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks })
 }
 
 /// A problem inside one table: span, key (relative to the table), message.
@@ -754,6 +763,21 @@ mod tests {
 
     fn err(text: &str) -> String {
         p(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn webhooks_are_checked_where_they_are_written() {
+        let svc = "[service.web]\nimage = \"web\"\n";
+        let f = p(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"hook\"\n{svc}")).unwrap();
+        assert_eq!(f.notify[0].authority, "127.0.0.1:9000");
+        assert_eq!(f.notify[0].path, "/hook");
+        assert_eq!(f.notify[0].events.len(), 7, "all by default");
+        let e = err(&format!("[[notify]]\nurl = \"https://hooks.example.com/x\"\n{svc}"));
+        assert!(e.contains("kiln.toml:2: notify[0].url") && e.contains("TLS"), "{e}");
+        let e = err(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/\"\nevents = [\"oops\"]\n{svc}"));
+        assert!(e.contains("notify[0].events") && e.contains("release-failed"), "{e}");
+        let e = err(&format!("[[notify]]\nurl = \"http://nohost/\"\n{svc}"));
+        assert!(e.contains("HOST:PORT"), "{e}");
     }
 
     #[test]
