@@ -245,8 +245,12 @@ pub fn decide(spec: &ReleaseSpec, replicas: u32, seen: &[Seen], state: &HealStat
                 Some(ProbeFailure::Status(_)) | None => "failed",
             };
             let detail = format!("{} health checks in a row {what}", s.health.fails);
-            let cause =
-                if s.health.last_failure == Some(ProbeFailure::Timeout) { Cause::Hung } else { Cause::Unhealthy };
+            // A chaos victim's probes fail before its exit is seen: still chaos.
+            let cause = match s.health.last_failure {
+                _ if s.chaos => Cause::Chaos,
+                Some(ProbeFailure::Timeout) => Cause::Hung,
+                _ => Cause::Unhealthy,
+            };
             Some((cause, detail, now_ms))
         } else {
             None
@@ -553,6 +557,17 @@ mod tests {
         }
         assert_eq!(st.failures, 0);
         assert!(st.pending.is_empty(), "{:?}", st.pending);
+        // Killed, and its probes failing before the exit is observed.
+        let mut seen = vec![up("a", 0, 100), up("b", 0, 100)];
+        seen[0].chaos = true;
+        seen[0].health.fails = sp.health.unhealthy_threshold;
+        seen[0].health.last_failure = Some(ProbeFailure::Refused);
+        let acts = step(&sp, &mut seen, &mut st, now);
+        assert!(
+            acts.iter().any(|a| matches!(a, HealAction::Replace { cause: Cause::Chaos, .. })),
+            "a chaos victim found by its probes is chaos, not unhealthy: {acts:?}"
+        );
+        assert_eq!(st.failures, 0);
     }
 
     #[test]

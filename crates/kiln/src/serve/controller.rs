@@ -774,13 +774,20 @@ impl<'a> Controller<'a> {
             // The act, now that it is recorded.
             match action {
                 HealAction::Replace { instance, cause, .. } => {
-                    self.chaos.remove(&instance);
                     self.drift.remove(&instance);
-                    let Some(r) = self.all()?.into_iter().find(|r| r.id.as_str() == instance) else { continue };
+                    let Some(r) = self.all()?.into_iter().find(|r| r.id.as_str() == instance) else {
+                        self.chaos.remove(&instance);
+                        continue;
+                    };
+                    // A chaos victim caught by its probes keeps its mark
+                    // until its exit is seen, so that exit is no failure.
+                    if r.state.is_exited() || cause != Cause::Chaos {
+                        self.chaos.remove(&instance);
+                    }
                     if r.state.is_exited() {
                         let _ = self.runtime().remove(&instance, true);
                         self.changed();
-                    } else if matches!(cause, Cause::Unhealthy | Cause::Hung | Cause::NeverHealthy) {
+                    } else if matches!(cause, Cause::Unhealthy | Cause::Hung | Cause::NeverHealthy | Cause::Chaos) {
                         // Out at once: what it holds is cut (and retried elsewhere when safe).
                         self.retire(name, &r, 0, Then::Stop);
                     } else if cause == Cause::Drift {
