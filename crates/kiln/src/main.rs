@@ -268,6 +268,9 @@ enum Cmd {
     Logs {
         #[arg(long)]
         service: Option<String>,
+        /// A release id (web-3): the lines of every instance it ran.
+        #[arg(long)]
+        release: Option<String>,
         /// Instance id or prefix.
         #[arg(long)]
         instance: Option<String>,
@@ -303,6 +306,8 @@ enum Cmd {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Print the link that opens kiln serve's web dashboard in a browser (signing it in once; kiln serve needs --tcp).
+    Dashboard,
     /// Release a service (baking its image first when it is an [image.X] of kiln.toml) and follow the release: exit 0 done, 2 failed or rolled back, 4 paused for `kiln promote`.
     Deploy {
         /// The service (default: the only one with a listen address).
@@ -747,6 +752,10 @@ fn run() -> anyhow::Result<()> {
         Cmd::Serve { file, tcp, upgrade } => {
             return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp, upgrade)
         }
+        Cmd::Dashboard => {
+            println!("{}", kiln::serve::dashboard_link(&cli_release::default_home(cli.home))?);
+            return Ok(());
+        }
         Cmd::Status { service, json } => {
             return cli_release::status(&cli_release::default_home(cli.home), service, json)
         }
@@ -926,7 +935,7 @@ fn run() -> anyhow::Result<()> {
         Cmd::Rm { instance, force } => (Command::Rm { instance, force }, false),
         Cmd::Pause { instance } => (Command::Pause { instance }, false),
         Cmd::Resume { instance } => (Command::Resume { instance }, false),
-        Cmd::Logs { service, instance, image, since, follow, json } => {
+        Cmd::Logs { service, release, instance, image, since, follow, json } => {
             let since = match since {
                 None => None,
                 Some(s) => Some(match kiln::time::parse_duration(&s) {
@@ -936,7 +945,7 @@ fn run() -> anyhow::Result<()> {
                         .with_context(|| format!("--since {s:?}: expected a duration like 15m or an RFC 3339 time"))?,
                 }),
             };
-            let filter = LogFilter { service, instance, image, since };
+            let filter = LogFilter { service, release, instance, image, since };
             if follow {
                 return follow_logs(cli.home, filter, json);
             }

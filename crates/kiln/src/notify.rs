@@ -16,7 +16,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::heal::Cause;
 use crate::history::{Event, Outcome};
@@ -40,19 +39,6 @@ pub fn alert_of(event: &Event) -> Option<Alert> {
         Event::Quarantined { .. } => Some(Alert::Quarantine),
         _ => None,
     }
-}
-
-/// HMAC-SHA256 (RFC 2104).
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(msg).finalize();
-    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
 }
 
 /// One delivery, as kept on disk until it is done.
@@ -151,7 +137,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 fn send(home: &Path, d: &Delivery) -> (Option<u16>, Option<String>) {
     let signature = match &d.hook.secret {
         Some(name) => match crate::secrets::Secrets::new(home).get(name) {
-            Ok(v) => Some(format!("sha256={}", crate::digest::hex(&hmac_sha256(v.expose(), d.body.as_bytes())))),
+            Ok(v) => Some(format!(
+                "sha256={}",
+                crate::digest::hex(&crate::digest::hmac_sha256(v.expose(), d.body.as_bytes()))
+            )),
             Err(e) => return (None, Some(format!("secret {name}: {e}"))),
         },
         None => None,
@@ -261,14 +250,6 @@ fn worker(home: &Path, wake: mpsc::Receiver<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_matches_rfc_4231() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(crate::digest::hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        let long = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
-        assert_eq!(crate::digest::hex(&long), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-    }
 
     #[test]
     fn failures_raise_alerts_and_successes_do_not() {

@@ -8,5 +8,6 @@
 //! balancer, recording history) live elsewhere and must never decide.
 
 pub mod analysis;
+pub mod diff;
 pub mod plan;
 pub mod rollout;

@@ -38,10 +38,13 @@ pub struct LogLine {
     pub line: String,
 }
 
-/// Which lines `kiln logs` shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which lines `kiln logs` (and `GET /v1/logs`) shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogFilter {
     pub service: Option<String>,
+    /// A release id (`web-3`).
+    #[serde(default)]
+    pub release: Option<String>,
     /// An instance id or a unique prefix of one.
     pub instance: Option<String>,
     /// An image digest, with or without `sha256:`, or a prefix.
@@ -53,6 +56,7 @@ pub struct LogFilter {
 impl LogFilter {
     pub fn matches(&self, l: &LogLine) -> bool {
         self.service.as_ref().is_none_or(|s| *s == l.meta.service)
+            && self.release.as_ref().is_none_or(|r| l.meta.release.as_ref() == Some(r))
             && self.instance.as_ref().is_none_or(|i| l.meta.instance.starts_with(i.as_str()))
             && self.image.as_ref().is_none_or(|d| {
                 let want = d.strip_prefix("sha256:").unwrap_or(d);

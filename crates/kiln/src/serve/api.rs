@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::http;
 use super::ServeError;
+use crate::runtime::logs::LogFilter;
 
 /// Everything `kiln serve` can be asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,13 +44,39 @@ pub enum Request {
     /// `window_ms` replaces the analysis window (the service's
     /// `step_interval`, or 10 s).
     Drill { service: String, window_ms: Option<u64>, actor: String },
+    /// The release history (of one service), and with `verify` whether its
+    /// hash chain holds.
+    History { service: Option<String>, verify: bool },
+    /// What changed between two releases of a service: digest, revision,
+    /// config, environment variable names.
+    Diff { service: String, from: String, to: String },
+    /// Log lines of instances: the newest `limit` that match.
+    Logs { filter: LogFilter, limit: usize },
+}
+
+/// What an API connection asks: a command, the event stream, or one of
+/// the files `kiln serve` serves (the dashboard and the API description).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    Call(Request),
+    /// `GET /v1/events`: server-sent events after `last_id`.
+    Events {
+        last_id: Option<u64>,
+    },
+    /// `GET /`: the dashboard; with `?token=`, a browser signing in.
+    Dashboard {
+        token: Option<String>,
+    },
+    /// `GET /openapi.json`.
+    OpenApi,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrillBody {
     service: String,
-    window_ms: Option<u64>,
+    /// JSON has one number type: 3000.0 is as much an integer as 3000.
+    window_ms: Option<f64>,
     actor: Option<String>,
 }
 
@@ -112,11 +139,90 @@ fn body<'a, T: Deserialize<'a>>(req: &'a http::Request) -> Result<T, ServeError>
     })
 }
 
+fn not_allowed(req: &http::Request, allow: &'static str) -> ServeError {
+    ServeError::MethodNotAllowed { method: req.method.clone(), path: req.path.clone(), allow }
+}
+
+/// A query parameter that must be present.
+fn required(req: &http::Request, name: &str) -> Result<String, ServeError> {
+    req.param(name)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ServeError::BadRequest { field: name.into(), message: "missing query parameter".into() })
+}
+
+/// A query parameter parsed as `T`, if present.
+fn number<T: std::str::FromStr>(req: &http::Request, name: &str) -> Result<Option<T>, ServeError> {
+    req.param(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ServeError::BadRequest { field: name.into(), message: format!("{v:?} is not a number") })
+        })
+        .transpose()
+}
+
+/// Parses an HTTP request of the API into a [`Route`].
+pub fn route(req: &http::Request) -> Result<Route, ServeError> {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/") => Ok(Route::Dashboard { token: req.param("token").map(str::to_owned) }),
+        ("GET", "/openapi.json") => Ok(Route::OpenApi),
+        ("GET", "/v1/events") => {
+            let last = req.header("last-event-id").or_else(|| req.param("last_event_id"));
+            let last_id = last
+                .map(|v| {
+                    v.trim().parse().map_err(|_| ServeError::BadRequest {
+                        field: "Last-Event-ID".into(),
+                        message: format!("{v:?} is not an event id"),
+                    })
+                })
+                .transpose()?;
+            Ok(Route::Events { last_id })
+        }
+        (_, "/" | "/openapi.json" | "/v1/events") => Err(not_allowed(req, "GET")),
+        _ => parse(req).map(Route::Call),
+    }
+}
+
 /// Parses an HTTP request of the API into a [`Request`].
 pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
     let actor = |a: Option<String>| a.unwrap_or_else(|| "api".into());
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/status") => Ok(Request::Status { service: req.param("service").map(str::to_owned) }),
+        ("GET", "/v1/history") => {
+            let verify = match req.param("verify") {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(v) => {
+                    return Err(ServeError::BadRequest {
+                        field: "verify".into(),
+                        message: format!("{v:?}: expected true or false"),
+                    })
+                }
+            };
+            Ok(Request::History { service: req.param("service").map(str::to_owned), verify })
+        }
+        ("GET", "/v1/diff") => Ok(Request::Diff {
+            service: required(req, "service")?,
+            from: required(req, "from")?,
+            to: required(req, "to")?,
+        }),
+        ("GET", "/v1/logs") => {
+            let limit = number::<usize>(req, "limit")?.unwrap_or(200);
+            if !(1..=5000).contains(&limit) {
+                return Err(ServeError::BadRequest { field: "limit".into(), message: format!("{limit}: 1 to 5000") });
+            }
+            let opt = |n: &str| req.param(n).filter(|v| !v.is_empty()).map(str::to_owned);
+            Ok(Request::Logs {
+                filter: LogFilter {
+                    service: opt("service"),
+                    release: opt("release"),
+                    instance: opt("instance"),
+                    image: opt("image"),
+                    since: number(req, "since")?,
+                },
+                limit,
+            })
+        }
         ("GET", "/metrics") => Ok(Request::Metrics),
         ("POST", "/v1/deploy") => {
             let b: DeployBody = body(req)?;
@@ -170,19 +276,19 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
         }
         ("POST", "/v1/chaos/drill") => {
             let b: DrillBody = body(req)?;
-            if let Some(ms) = b.window_ms.filter(|ms| !(1000..=600_000).contains(ms)) {
+            if let Some(ms) = b.window_ms.filter(|ms| ms.fract() != 0.0 || !(1000.0..=600_000.0).contains(ms)) {
                 return Err(ServeError::BadRequest {
                     field: "window_ms".into(),
-                    message: format!("{ms}: the analysis window must be 1 s to 10 min"),
+                    message: format!("{ms}: the analysis window must be 1 s to 10 min, in whole milliseconds"),
                 });
             }
-            Ok(Request::Drill { service: b.service, window_ms: b.window_ms, actor: actor(b.actor) })
+            Ok(Request::Drill { service: b.service, window_ms: b.window_ms.map(|ms| ms as u64), actor: actor(b.actor) })
         }
+        (_, "/v1/status" | "/v1/history" | "/v1/diff" | "/v1/logs" | "/metrics") => Err(not_allowed(req, "GET")),
+        (_, p) if p.starts_with("/v1/instances/") => Err(not_allowed(req, "GET")),
         (
             _,
-            "/v1/status"
-            | "/metrics"
-            | "/v1/deploy"
+            "/v1/deploy"
             | "/v1/rollback"
             | "/v1/promote"
             | "/v1/abort"
@@ -191,7 +297,7 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
             | "/v1/verify-instances"
             | "/v1/chaos/kill"
             | "/v1/chaos/drill",
-        ) => Err(ServeError::MethodNotAllowed(format!("{} {}", req.method, req.path))),
+        ) => Err(not_allowed(req, "POST")),
         _ => Err(ServeError::NoRoute(req.path.clone())),
     }
 }
@@ -205,20 +311,50 @@ pub fn status_of(e: &ServeError) -> u16 {
         | ServeError::UnknownImage { .. }
         | ServeError::UnknownInstance(_)
         | ServeError::UnknownRelease { .. } => 404,
-        ServeError::MethodNotAllowed(_) => 405,
+        ServeError::MethodNotAllowed { .. } => 405,
         ServeError::Unauthorized { .. } => 401,
+        ServeError::Csrf(_) => 403,
         ServeError::Conflict(_) => 409,
         ServeError::Refused { source, .. } if source.is_refusal() => 403,
         _ => 500,
     }
 }
 
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The request as the CLI sends it: method, target and JSON body.
 pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
     match r {
-        Request::Status { service: Some(s) } => ("GET", format!("/v1/status?service={s}"), Vec::new()),
+        Request::Status { service: Some(s) } => ("GET", format!("/v1/status?service={}", encode(s)), Vec::new()),
         Request::Status { service: None } => ("GET", "/v1/status".into(), Vec::new()),
         Request::Metrics => ("GET", "/metrics".into(), Vec::new()),
+        Request::History { service, verify } => {
+            let mut q = vec![format!("verify={verify}")];
+            q.extend(service.as_ref().map(|s| format!("service={}", encode(s))));
+            ("GET", format!("/v1/history?{}", q.join("&")), Vec::new())
+        }
+        Request::Diff { service, from, to } => {
+            ("GET", format!("/v1/diff?service={}&from={}&to={}", encode(service), encode(from), encode(to)), Vec::new())
+        }
+        Request::Logs { filter, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            let f = filter;
+            for (k, v) in
+                [("service", &f.service), ("release", &f.release), ("instance", &f.instance), ("image", &f.image)]
+            {
+                q.extend(v.as_ref().map(|v| format!("{k}={}", encode(v))));
+            }
+            q.extend(filter.since.map(|s| format!("since={s}")));
+            ("GET", format!("/v1/logs?{}", q.join("&")), Vec::new())
+        }
         Request::Deploy { service, image, actor } => (
             "POST",
             "/v1/deploy".into(),
@@ -297,6 +433,20 @@ mod tests {
             Request::Kill { service: "web".into(), max_share: 0.5, actor: "me".into() },
             Request::Drill { service: "web".into(), window_ms: None, actor: "me".into() },
             Request::Drill { service: "web".into(), window_ms: Some(3000), actor: "me".into() },
+            Request::History { service: None, verify: false },
+            Request::History { service: Some("web app".into()), verify: true },
+            Request::Diff { service: "web".into(), from: "web-1".into(), to: "web-2&x".into() },
+            Request::Logs { filter: LogFilter::default(), limit: 200 },
+            Request::Logs {
+                filter: LogFilter {
+                    service: Some("web".into()),
+                    release: Some("web-2".into()),
+                    instance: Some("web-1a".into()),
+                    image: Some("sha256:ab".into()),
+                    since: Some(17),
+                },
+                limit: 10,
+            },
         ];
         for r in all {
             let (m, t, b) = to_http(&r);
@@ -318,11 +468,101 @@ mod tests {
         assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
         let e = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":5}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "window_ms"), "{e}");
+        let e = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":1500.5}"#)).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "window_ms"), "{e}");
+        let ok = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":3000.0}"#)).unwrap();
+        assert!(matches!(ok, Request::Drill { window_ms: Some(3000), .. }));
         let e = parse(&req("POST", "/v1/chaos/kill", r#"{"service":"web","max_share":2}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "max_share"), "{e}");
         let e = parse(&req("POST", "/v1/quarantine", r#"{"reason":"x"}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "instance"), "{e}");
         assert_eq!(status_of(&ServeError::UnknownInstance("x".into())), 404);
         assert_eq!(status_of(&ServeError::Unauthorized { path: "t".into() }), 401);
+        assert_eq!(status_of(&ServeError::Csrf("x")), 403);
+        let e = parse(&req("GET", "/v1/diff?service=web&from=web-1", "")).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "to"), "{e}");
+        let e = parse(&req("GET", "/v1/logs?limit=0", "")).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "limit"), "{e}");
+        let e = parse(&req("GET", "/v1/logs?since=yesterday", "")).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "since"), "{e}");
+        let e = parse(&req("GET", "/v1/history?verify=maybe", "")).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "verify"), "{e}");
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes_there_are() {
+        let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let m = method.to_uppercase();
+                documented.insert((m.clone(), path.clone()));
+                // Every documented operation is a route (not 404 or 405).
+                let concrete = path.replace("{instance}", "web-1a2b3c4d");
+                let body = if m == "POST" { "{}" } else { "" };
+                let r = route(&req(&m, &concrete, body));
+                assert!(
+                    !matches!(r, Err(ServeError::NoRoute(_) | ServeError::MethodNotAllowed { .. })),
+                    "{m} {path} is documented but no route"
+                );
+                // Each body's fields are the ones the parser takes.
+                if let Some(schema) = op.pointer("/requestBody/content/application~1json/schema") {
+                    assert_eq!(schema["additionalProperties"], false, "{path}: unknown fields are refused");
+                    for (field, _) in schema["properties"].as_object().unwrap() {
+                        let probe = format!("{{\"{field}\": 12345.5}}");
+                        let e = parse(&req(&m, path, &probe)).unwrap_err();
+                        assert!(
+                            !e.to_string().contains("unknown field"),
+                            "{path}: documented field {field:?} is unknown to the parser: {e}"
+                        );
+                    }
+                }
+            }
+        }
+        // Every request the CLI sends is documented.
+        let all = [
+            Request::Deploy { service: "w".into(), image: None, actor: "a".into() },
+            Request::Status { service: None },
+            Request::Metrics,
+            Request::Rollback { service: "w".into(), to: None, actor: "a".into() },
+            Request::Promote { service: "w".into(), actor: "a".into() },
+            Request::Abort { service: "w".into(), actor: "a".into() },
+            Request::Quarantine { instance: "i".into(), reason: None, actor: "a".into() },
+            Request::ReleaseQuarantine { instance: "i".into(), actor: "a".into() },
+            Request::Inspect { instance: "i".into() },
+            Request::VerifyInstances { service: None },
+            Request::Kill { service: "w".into(), max_share: 0.5, actor: "a".into() },
+            Request::Drill { service: "w".into(), window_ms: None, actor: "a".into() },
+            Request::History { service: None, verify: true },
+            Request::Diff { service: "w".into(), from: "a".into(), to: "b".into() },
+            Request::Logs { filter: LogFilter::default(), limit: 5 },
+        ];
+        for r in &all {
+            let (m, t, _) = to_http(r);
+            let path = t.split('?').next().unwrap();
+            let path = if path.starts_with("/v1/instances/") { "/v1/instances/{instance}" } else { path };
+            assert!(documented.contains(&(m.to_owned(), path.to_owned())), "{m} {path} is not in openapi.json");
+        }
+        for extra in [("GET", "/"), ("GET", "/openapi.json"), ("GET", "/v1/events")] {
+            assert!(documented.contains(&(extra.0.to_owned(), extra.1.to_owned())), "{extra:?}");
+        }
+        assert_eq!(documented.len(), all.len() + 3, "no operation documented twice or left over: {documented:?}");
+    }
+
+    #[test]
+    fn the_stream_and_the_files_are_routes_of_their_own() {
+        assert_eq!(route(&req("GET", "/", "")).unwrap(), Route::Dashboard { token: None });
+        assert_eq!(route(&req("GET", "/?token=ab", "")).unwrap(), Route::Dashboard { token: Some("ab".into()) });
+        assert_eq!(route(&req("GET", "/openapi.json", "")).unwrap(), Route::OpenApi);
+        assert_eq!(route(&req("GET", "/v1/events", "")).unwrap(), Route::Events { last_id: None });
+        let raw = "GET /v1/events HTTP/1.1\r\nLast-Event-ID: 42\r\n\r\n";
+        let r = http::read_request(&mut raw.as_bytes()).unwrap();
+        assert_eq!(route(&r).unwrap(), Route::Events { last_id: Some(42) });
+        let e = route(&req("GET", "/v1/events?last_event_id=x", "")).unwrap_err();
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "Last-Event-ID"), "{e}");
+        assert_eq!(status_of(&route(&req("POST", "/v1/events", "")).unwrap_err()), 405);
+        assert!(matches!(route(&req("GET", "/v1/status", "")).unwrap(), Route::Call(Request::Status { .. })));
     }
 }

@@ -187,12 +187,57 @@ pub struct Controller<'a> {
     /// Webhook deliveries (`[[notify]]`), also fed by [`Controller::record`].
     notifier: crate::notify::Notifier,
     hooks: Vec<crate::notify::NotifySpec>,
+    /// The live event stream (`/v1/events`), fed by [`Controller::record`]
+    /// and by what each tick sees change.
+    events: std::sync::Arc<super::events::Bus>,
+    /// Each instance's health as last published.
+    health_seen: HashMap<String, &'static str>,
+    /// When each service's analysis was last sampled for the stream.
+    sampled_ms: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller").field("home", &self.home).field("file", &self.file).finish_non_exhaustive()
     }
+}
+
+/// One point of the dashboard's analysis charts: the canary's and
+/// stable's error rate and p99 over the step's window, with the limits the
+/// analysis holds them to.
+fn analysis_sample(
+    service: &str,
+    r: &rollout::Rollout,
+    spec: &crate::spec::ReleaseSpec,
+    obs: &Observed,
+    now_ms: u64,
+) -> serde_json::Value {
+    let a = match &spec.strategy {
+        crate::spec::Strategy::Canary(c) => c.analysis.clone(),
+        _ => Default::default(),
+    };
+    let side = |w: &Option<crate::proxy::metrics::WindowStats>| {
+        w.as_ref().map(|w| {
+            serde_json::json!({
+                "requests": w.requests,
+                "error_rate": w.error_rate,
+                "p99_ms": crate::release::analysis::quantile_ms(&w.histogram, 0.99),
+            })
+        })
+    };
+    serde_json::json!({
+        "service": service,
+        "release": r.release,
+        "stable_release": r.stable,
+        "step": r.index + 1,
+        "percent": r.new_percent,
+        "at_ms": now_ms,
+        "canary": side(&obs.canary),
+        "stable": side(&obs.stable),
+        "max_error_rate": a.max_error_rate,
+        "max_p99_ratio": a.max_p99_ratio,
+        "min_p99_increase_ms": a.min_p99_increase_ms,
+    })
 }
 
 fn addr(r: &InstanceRecord) -> SocketAddr {
@@ -240,6 +285,9 @@ impl<'a> Controller<'a> {
             notifier: crate::notify::Notifier::start(home)
                 .map_err(|source| ServeError::Io { path: home.join("notify"), source })?,
             hooks: Vec::new(),
+            events: Default::default(),
+            health_seen: HashMap::new(),
+            sampled_ms: HashMap::new(),
         };
         c.load_services()?;
         Ok(c)
@@ -289,9 +337,15 @@ impl<'a> Controller<'a> {
             .is_some_and(|e| matches!(e.event, Event::Finished { .. })))
     }
 
+    /// The event stream, for the API threads.
+    pub fn events(&self) -> std::sync::Arc<super::events::Bus> {
+        self.events.clone()
+    }
+
     fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
-        self.history.append(service, release, now_ms as i64, event)?;
+        let entry = self.history.append(service, release, now_ms as i64, event)?;
         self.counters.observe(service, release, event);
+        self.events.publish(event.kind(), &serde_json::to_value(&entry).expect("entries serialize"));
         // Queued on disk (the worker thread sends it), after the history
         // has it: an alert is never about something not recorded.
         self.notifier
@@ -526,6 +580,40 @@ impl<'a> Controller<'a> {
             self.tick_service(&name, now_ms)?;
         }
         self.counters.reconciled(started.elapsed().as_secs_f64());
+        self.publish_health(now_ms)?;
+        Ok(())
+    }
+
+    /// Publishes each instance whose health changed since the last tick
+    /// (and each that is gone).
+    fn publish_health(&mut self, now_ms: u64) -> Result<(), ServeError> {
+        let threshold = |svc: &str| self.services.get(svc).map_or(1, |s| s.spec.release.health.healthy_threshold);
+        let mut now: HashMap<String, (&'static str, String, String)> = HashMap::new();
+        for r in self.all()?.iter().filter(|r| !r.state.is_exited() && self.services.contains_key(&r.service)) {
+            let h = self.prober.health(r.id.as_str());
+            let state = if self.services[&r.service].state.quarantined.contains_key(r.id.as_str()) {
+                "quarantined"
+            } else if h.fails > 0 {
+                "unhealthy"
+            } else if h.passes >= threshold(&r.service) {
+                "healthy"
+            } else {
+                "starting"
+            };
+            now.insert(r.id.to_string(), (state, r.service.clone(), r.release.clone().unwrap_or_default()));
+        }
+        for (id, (state, service, release)) in &now {
+            if self.health_seen.get(id) != Some(state) {
+                self.health_seen.insert(id.clone(), state);
+                let data = serde_json::json!({ "instance": id, "service": service, "release": release, "health": state, "at_ms": now_ms });
+                self.events.publish("health", &data);
+            }
+        }
+        let gone: Vec<String> = self.health_seen.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
+        for id in gone {
+            self.health_seen.remove(&id);
+            self.events.publish("health", &serde_json::json!({ "instance": id, "health": "gone", "at_ms": now_ms }));
+        }
         Ok(())
     }
 
@@ -999,6 +1087,10 @@ impl<'a> Controller<'a> {
             if let Some(s) = &r.stable {
                 obs.stable = Some(dp.stats(s, secs)?);
             }
+            if self.sampled_ms.get(name).is_none_or(|t| now_ms >= t + 1000) {
+                self.sampled_ms.insert(name.to_owned(), now_ms);
+                self.events.publish("analysis", &analysis_sample(name, r, &spec, &obs, now_ms));
+            }
         }
         let action = rollout::decide(r, &spec, &obs, a.old_at_start, now_ms);
         self.act(name, a, action, now_ms)
@@ -1418,7 +1510,52 @@ impl<'a> Controller<'a> {
             }
             Request::Kill { service, max_share, actor } => self.kill(&service, max_share, &actor, now_ms),
             Request::Drill { service, window_ms, actor } => self.drill(&service, window_ms, &actor, now_ms),
+            Request::History { service, verify } => {
+                if let Some(s) = &service {
+                    self.service(s)?;
+                }
+                let entries = self.history.entries(service.as_deref())?;
+                let verified = verify.then(|| match self.history.verify() {
+                    Ok(n) => serde_json::json!({ "ok": true, "entries": n }),
+                    Err(e) => serde_json::json!({ "ok": false, "error": e.to_string() }),
+                });
+                Ok(serde_json::json!({ "entries": entries, "verified": verified }))
+            }
+            Request::Diff { service, from, to } => {
+                self.service(&service)?;
+                let (a, b) = (self.release_side(&service, &from)?, self.release_side(&service, &to)?);
+                Ok(serde_json::to_value(crate::release::diff::diff(&a, &b)).expect("serializes"))
+            }
+            Request::Logs { filter, limit } => {
+                if let Some(s) = &filter.service {
+                    self.service(s)?;
+                }
+                let logs = self.runtime().logs();
+                let lines =
+                    logs.query(&filter).map_err(|source| ServeError::Io { path: self.home.join("logs"), source })?;
+                let skip = lines.len().saturating_sub(limit);
+                Ok(serde_json::json!({ "lines": lines[skip..] }))
+            }
         }
+    }
+
+    /// A release as [`crate::release::diff`] compares it: from its
+    /// `started` entry, and its image's config if the store still has it.
+    fn release_side(&self, service: &str, release: &str) -> Result<crate::release::diff::Side, ServeError> {
+        let started = self.history.entries(Some(service))?.into_iter().find_map(|e| match e.event {
+            Event::Started { digest, tags, revision, .. } if e.release == release => Some((digest, tags, revision)),
+            _ => None,
+        });
+        let Some((digest, tags, revision)) = started else {
+            return Err(ServeError::UnknownRelease { service: service.to_owned(), release: release.to_owned() });
+        };
+        let image = crate::digest::Digest::parse(&digest).ok().and_then(|d| {
+            let m: crate::oci::Manifest = self.store.read_json(&d).ok()?;
+            let c: crate::oci::ImageConfig = self.store.read_json(&m.config.digest).ok()?;
+            Some((c.config, m.layers.iter().map(|l| l.digest.to_string()).collect()))
+        });
+        let (config, layers) = image.map_or((None, Vec::new()), |(c, l)| (Some(c), l));
+        Ok(crate::release::diff::Side { release: release.to_owned(), digest, revision, tags, config, layers })
     }
 
     /// Starts a rollback drill (see [`Request::Drill`]) on a steady service.
@@ -1664,6 +1801,7 @@ impl<'a> Controller<'a> {
                         "id": r.id.as_str(),
                         "release": release,
                         "digest": r.image.to_string(),
+                        "revision": r.revision,
                         "image": r.image_ref,
                         "state": r.state.name(),
                         "port": r.port,

@@ -86,15 +86,42 @@ pub struct Request {
     /// The path without the query.
     pub path: String,
     pub query: Vec<(String, String)>,
-    /// The `Authorization` header, if any.
-    pub authorization: Option<String>,
+    /// Every header, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Request {
+    /// A query parameter, percent-decoded.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `%XX` and `+` decoded; a bad escape is kept as it is.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Largest request body the API reads.
@@ -112,7 +139,7 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
     };
     let mut len = 0usize;
     let mut headers = 0;
-    let mut authorization = None;
+    let mut headers_seen = Vec::new();
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -129,9 +156,8 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse().map_err(|_| bad("bad Content-Length"))?;
-            } else if k.eq_ignore_ascii_case("authorization") {
-                authorization = Some(v.trim().to_owned());
             }
+            headers_seen.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
     if len > MAX_BODY {
@@ -145,10 +171,10 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_owned(), v.to_owned())
+            (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Ok(Request { method, path: path.to_owned(), query, authorization, body })
+    Ok(Request { method, path: path.to_owned(), query, headers: headers_seen, body })
 }
 
 /// Writes a JSON response and closes.
@@ -158,9 +184,33 @@ pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Resul
 
 /// Writes a whole response with `content_type`.
 pub fn write_response_typed(w: &mut impl Write, status: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
-    let reason = match status {
+    write_response_full(w, status, content_type, &[], body)
+}
+
+/// Writes a whole response with `content_type` and more headers.
+pub fn write_response_full(
+    w: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
+    let reason = reason(status);
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
         200 => "OK",
         201 => "Created",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -168,14 +218,7 @@ pub fn write_response_typed(w: &mut impl Write, status: u16, content_type: &str,
         405 => "Method Not Allowed",
         409 => "Conflict",
         _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    w.write_all(head.as_bytes())?;
-    w.write_all(body)?;
-    w.flush()
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +232,7 @@ mod tests {
         assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/deploy"));
         assert_eq!(req.param("service"), Some("web"));
         assert_eq!(req.param("x"), Some(""));
+        assert_eq!(percent_decode("a%20b+c%2Fd%zz%4"), "a b c/d%zz%4");
         assert_eq!(req.body, b"{}");
         assert!(read_request(&mut &b"garbage\r\n\r\n"[..]).is_err());
         assert!(read_request(&mut &b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"[..]).is_err());

@@ -14,8 +14,11 @@
 //! [`crate::release`]) or render (that is the front end).
 
 pub mod api;
+pub mod auth;
 pub mod controller;
+pub mod dashboard;
 pub mod dataplane;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod prober;
@@ -67,14 +70,18 @@ pub enum ServeError {
     Conflict(String),
     #[error("missing or wrong token (Authorization: Bearer <{}>)", path.display())]
     Unauthorized { path: PathBuf },
+    #[error("{}: kiln serve has no TCP listener, and a browser cannot open its unix socket; restart it with --tcp 127.0.0.1:7070 ({source})", path.display())]
+    NoTcp { path: PathBuf, source: std::io::Error },
     #[error("--tcp {0}: the API listens on loopback addresses only")]
     NotLoopback(SocketAddr),
+    #[error("refused: {0} (the dashboard sends it; other programs use Authorization: Bearer)")]
+    Csrf(&'static str),
     #[error("bad request: {field}: {message}")]
     BadRequest { field: String, message: String },
     #[error("no such API route {0:?}")]
     NoRoute(String),
-    #[error("method not allowed: {0}")]
-    MethodNotAllowed(String),
+    #[error("method not allowed: {method} {path} (allowed: {allow})")]
+    MethodNotAllowed { method: String, path: String, allow: &'static str },
     #[error("service {service}: the load balancer on {listen} did not start: {log}")]
     ProxyStart { service: String, listen: SocketAddr, log: String },
     #[error("service {service}: load balancer admin {admin}: {detail}")]
@@ -136,20 +143,51 @@ pub fn bind_api(home: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// What every API connection handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiShared {
+    pub calls: mpsc::Sender<Call>,
+    pub bus: Arc<events::Bus>,
+    pub gate: Arc<upgrade::Gate>,
+}
+
 /// Serves the API socket: each connection's request goes to the controller
 /// over `calls`, and its answer back. Runs until the process exits.
-pub fn serve_api(listener: UnixListener, calls: mpsc::Sender<Call>, gate: Arc<upgrade::Gate>) {
+pub fn serve_api(listener: UnixListener, shared: ApiShared) {
+    let gate = shared.gate.clone();
     upgrade::accept_loop(
         listener,
         gate,
         |l| l.accept().map(|(c, _)| c),
         move |conn: UnixStream| {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
             if let Ok(w) = conn.try_clone() {
-                answer(conn, w, &calls, None);
+                answer(conn, w, &shared, None);
             }
         },
     );
+}
+
+/// Where `kiln serve` records its TCP address (when it has one).
+pub fn tcp_path(home: &Path) -> PathBuf {
+    home.join("serve.tcp")
+}
+
+fn write_atomic_text(path: &Path, text: &str) -> Result<(), ServeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| ServeError::Io { path: path.to_owned(), source })
+}
+
+/// The link that signs a browser in to the dashboard of the `kiln serve`
+/// on `home`: its TCP address and the token, once.
+pub fn dashboard_link(home: &Path) -> Result<String, ServeError> {
+    call(home, &api::Request::Status { service: None })?;
+    let path = tcp_path(home);
+    let addr = std::fs::read_to_string(&path).map_err(|source| ServeError::NoTcp { path: path.clone(), source })?;
+    Ok(format!("http://{}/?token={}", addr.trim(), token(home)?))
 }
 
 /// The token file of a kiln home.
@@ -182,61 +220,149 @@ pub fn bind_tcp(home: &Path, addr: SocketAddr) -> Result<std::net::TcpListener, 
 }
 
 /// Serves the API on a loopback TCP listener too; every request must carry
-/// `Authorization: Bearer TOKEN` or gets 401 and changes nothing.
-pub fn serve_tcp(
-    home: &Path,
-    listener: std::net::TcpListener,
-    calls: mpsc::Sender<Call>,
-    gate: Arc<upgrade::Gate>,
-) -> Result<(), ServeError> {
-    let token = token(home)?;
-    let path = token_path(home);
+/// `Authorization: Bearer TOKEN` (or be a dashboard session, see [`auth`])
+/// or gets 401 and changes nothing.
+pub fn serve_tcp(home: &Path, listener: std::net::TcpListener, shared: ApiShared) -> Result<(), ServeError> {
+    let keys = (auth::Keys::new(&token(home)?), token_path(home));
+    let gate = shared.gate.clone();
     upgrade::accept_loop(
         listener,
         gate,
         |l| l.accept().map(|(c, _)| c),
         move |conn: std::net::TcpStream| {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+            let _ = conn.set_nodelay(true);
             if let Ok(w) = conn.try_clone() {
-                answer(conn, w, &calls, Some((&token, &path)));
+                answer(conn, w, &shared, Some((&keys.0, &keys.1)));
             }
         },
     );
     Ok(())
 }
 
-/// Whether `given` is `Bearer <token>`, compared in constant time.
-fn authorized(given: Option<&str>, token: &str) -> bool {
-    let Some(t) = given.and_then(|g| g.strip_prefix("Bearer ")) else { return false };
-    t.len() == token.len() && t.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
+/// The API's description, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
-fn answer(conn: impl Read, mut w: impl Write, calls: &mpsc::Sender<Call>, token: Option<(&str, &Path)>) {
-    let result = http::read_request(&mut BufReader::new(conn))
-        .map_err(|e| ServeError::BadRequest { field: "request".into(), message: e.to_string() })
-        .and_then(|req| match token {
-            Some((t, path)) if !authorized(req.authorization.as_deref(), t) => {
-                Err(ServeError::Unauthorized { path: path.to_owned() })
-            }
-            _ => Ok(req),
-        })
-        .and_then(|req| api::parse(&req))
-        .and_then(|req| {
+fn answer(conn: impl Read, mut w: impl Write, shared: &ApiShared, keys: Option<(&auth::Keys, &Path)>) {
+    let req = match http::read_request(&mut BufReader::new(conn)) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = ServeError::BadRequest { field: "request".into(), message: e.to_string() };
+            return drop(write_error(&mut w, &e));
+        }
+    };
+    // Who asks is settled before what is asked: a request without the
+    // token learns nothing, not even whether its parameters were good.
+    let public = matches!(req.path.as_str(), "/" | "/openapi.json");
+    let denied = if public { None } else { auth::check(&req, keys.map(|(k, _)| k)).err() };
+    if let Some(d) = denied {
+        return drop(write_error(&mut w, &refusal(d, keys)));
+    }
+    let route = match api::route(&req) {
+        Ok(r) => r,
+        Err(e) => return drop(write_error(&mut w, &e)),
+    };
+    let result = match route {
+        // The API's shape is no secret; schema tools read it first.
+        api::Route::OpenApi => return drop(http::write_response(&mut w, 200, OPENAPI.as_bytes())),
+        api::Route::Dashboard { token } => return dashboard(&mut w, &req, token.as_deref(), keys),
+        api::Route::Events { last_id } => return stream_events(w, shared, last_id),
+        api::Route::Call(req) => {
             let text = req == api::Request::Metrics;
             let (tx, rx) = mpsc::channel();
-            calls.send((req, tx)).map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?;
-            rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))?.map(|v| (v, text))
-        });
+            shared
+                .calls
+                .send((req, tx))
+                .map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))
+                .and_then(|_| rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into())))
+                .and_then(|r| r.map(|v| (v, text)))
+        }
+    };
     let _ = match result {
         Ok((serde_json::Value::String(s), true)) => {
             http::write_response_typed(&mut w, 200, "text/plain; version=0.0.4; charset=utf-8", s.as_bytes())
         }
         Ok((v, _)) => http::write_response(&mut w, 200, v.to_string().as_bytes()),
-        Err(e) => {
-            let body = serde_json::json!({ "error": e.to_string() });
-            http::write_response(&mut w, api::status_of(&e), body.to_string().as_bytes())
-        }
+        Err(e) => write_error(&mut w, &e),
     };
+}
+
+/// `GET /`: a browser signing in with the link `kiln dashboard` prints
+/// (the token becomes a session cookie and leaves the address bar), the
+/// sign-in hint, or the page.
+fn dashboard(w: &mut impl Write, req: &http::Request, token: Option<&str>, keys: Option<(&auth::Keys, &Path)>) {
+    let keys = keys.map(|(k, _)| k);
+    if let (Some(t), Some(k)) = (token, keys) {
+        if k.is_token(t) {
+            let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", auth::COOKIE, k.session());
+            let headers = [("Location", "/"), ("Set-Cookie", cookie.as_str()), ("Cache-Control", "no-store")];
+            let _ = http::write_response_full(w, 303, "text/plain", &headers, b"signed in\n");
+            return;
+        }
+    }
+    let _ = if auth::check(req, keys).is_err() {
+        http::write_response_typed(w, 401, "text/html; charset=utf-8", dashboard::SIGN_IN.as_bytes())
+    } else {
+        let page = dashboard::page(&keys.map(|k| k.csrf()).unwrap_or_default());
+        http::write_response_full(w, 200, "text/html; charset=utf-8", dashboard::HEADERS, page.as_bytes())
+    };
+}
+
+fn refusal(d: auth::Denied, keys: Option<(&auth::Keys, &Path)>) -> ServeError {
+    match d {
+        auth::Denied::Unauthenticated => {
+            ServeError::Unauthorized { path: keys.map(|(_, p)| p.to_owned()).unwrap_or_default() }
+        }
+        auth::Denied::Csrf(why) => ServeError::Csrf(why),
+    }
+}
+
+fn write_error(w: &mut impl Write, e: &ServeError) -> std::io::Result<()> {
+    let body = serde_json::json!({ "error": e.to_string() });
+    let allow = match e {
+        ServeError::MethodNotAllowed { allow, .. } => vec![("Allow", *allow)],
+        _ => Vec::new(),
+    };
+    http::write_response_full(w, api::status_of(e), "application/json", &allow, body.to_string().as_bytes())
+}
+
+/// `GET /v1/events`: server-sent events until the client goes, falls too
+/// far behind, or a successor takes over (then the browser reconnects to
+/// it, as EventSource does by itself).
+fn stream_events(mut w: impl Write, shared: &ApiShared, last_id: Option<u64>) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nretry: 1000\n\n";
+    let (backlog, rx) = shared.bus.subscribe(last_id);
+    if w.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for e in backlog {
+        if w.write_all(e.frame().as_bytes()).is_err() {
+            return;
+        }
+    }
+    let _ = w.flush();
+    let mut quiet = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(e) => {
+                quiet = 0;
+                if w.write_all(e.frame().as_bytes()).and_then(|_| w.flush()).is_err() {
+                    return;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                quiet += 1;
+                // A comment now and then finds a client that went away.
+                if shared.gate.is_paused()
+                    || (quiet % 15 == 0 && w.write_all(b": idle\n\n").and_then(|_| w.flush()).is_err())
+                {
+                    return;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// Reaps this process's exited children: the shims and proxies it started
@@ -305,17 +431,25 @@ pub fn run(
         let tcp = tcp.map(|a| bind_tcp(home, a)).transpose()?;
         (c, upgrade::Listeners { lock, api: bind_api(home)?, tcp, predecessor: None })
     };
+    let shared = ApiShared { calls: tx, bus: c.events(), gate: gate.clone() };
     let kept = listeners.kept(file)?;
     let upgrade::Listeners { lock: _lock, api, tcp, predecessor } = listeners;
     if let Some(l) = tcp {
         let io = |source| ServeError::Io { path: token_path(home), source };
         let bound = l.local_addr().map_err(io)?;
         l.set_nonblocking(true).map_err(io)?;
-        serve_tcp(home, l, tx.clone(), gate.clone())?;
-        eprintln!("kiln serve: API on http://{bound}/ (token in {})", token_path(home).display());
+        serve_tcp(home, l, shared.clone())?;
+        // Where `kiln dashboard` finds it.
+        write_atomic_text(&tcp_path(home), &format!("{bound}\n"))?;
+        eprintln!(
+            "kiln serve: API and dashboard on http://{bound}/ (token in {}; `kiln dashboard` prints the sign-in link)",
+            token_path(home).display()
+        );
+    } else {
+        let _ = std::fs::remove_file(tcp_path(home));
     }
     api.set_nonblocking(true).map_err(|source| ServeError::Io { path: socket_path(home), source })?;
-    serve_api(api, tx, gate.clone());
+    serve_api(api, shared);
     if let Some(p) = predecessor {
         p.ready()?;
         eprintln!("kiln serve: took over from the previous kiln serve");
@@ -355,15 +489,6 @@ pub fn call(home: &Path, req: &api::Request) -> Result<serde_json::Value, ServeE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_exact_bearer_token_is_authorized() {
-        assert!(authorized(Some("Bearer abc"), "abc"));
-        assert!(!authorized(Some("Bearer abd"), "abc"));
-        assert!(!authorized(Some("Bearer ab"), "abc"));
-        assert!(!authorized(Some("abc"), "abc"));
-        assert!(!authorized(None, "abc"));
-    }
 
     #[test]
     fn the_token_is_made_once_and_private() {

@@ -54,6 +54,11 @@ impl Gate {
     fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
+    /// A successor is taking over: long answers (the event stream) end, so
+    /// that their clients reconnect to it.
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
 }
 
 /// Whether `fd` has a connection to accept within `ms`.

@@ -21,6 +21,8 @@ pub struct Env {
     pub port: u16,
     pub service: String,
     pub serve: Option<Child>,
+    /// `kiln serve --tcp 127.0.0.1:PORT` when set.
+    pub tcp: Option<u16>,
 }
 
 impl Drop for Env {
@@ -60,7 +62,7 @@ impl Env {
         fs::copy(&demo, dir.join("demo-app")).unwrap();
         let port = free_port();
         let service = format!("[service.web]\nimage = \"web\"\nenv = {{ HOST = \"127.0.0.1\" }}\nlisten = \"127.0.0.1:{port}\"\n{service}");
-        let env = Env { dir, home, port, service, serve: None };
+        let env = Env { dir, home, port, service, serve: None, tcp: None };
         env.version("1.0.0", "");
         env
     }
@@ -100,6 +102,9 @@ impl Env {
             .stderr(log);
         if let Some(p) = crash_at {
             c.env("KILN_CRASH_AT", p);
+        }
+        if let Some(p) = self.tcp {
+            c.args(["--tcp", &format!("127.0.0.1:{p}")]);
         }
         self.serve = Some(c.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
