@@ -43,17 +43,13 @@ mod tests {
         let p = page("abc123");
         assert!(p.contains("content=\"abc123\""));
         assert!(!p.contains("__KILN_CSRF__"));
-        for path in [
-            "/v1/status",
-            "/v1/events",
-            "/v1/history",
-            "/v1/diff",
-            "/v1/logs",
-            "/v1/abort",
-            "/v1/promote",
-            "/v1/rollback",
-        ] {
+        for path in ["/v1/status", "/v1/events", "/v1/history", "/v1/diff", "/v1/logs"] {
             assert!(p.contains(path), "{path}");
+        }
+        // Actions post to /v1/<action>, the same requests the CLI sends.
+        assert!(p.contains(r#"api("/v1/" + action"#));
+        for action in ["promote", "abort", "rollback"] {
+            assert!(p.contains(&format!(r#"data-action="{action}""#)), "{action}");
         }
         assert!(!p.contains("http://") && !p.contains("https://"), "no asset from elsewhere");
     }
