@@ -38,6 +38,7 @@ pub mod release;
 pub mod runtime;
 pub mod secrets;
 pub mod serve;
+pub mod ship;
 pub mod spec;
 pub mod store;
 pub mod time;

@@ -190,6 +190,8 @@ pub struct Controller<'a> {
     /// The live event stream (`/v1/events`), fed by [`Controller::record`]
     /// and by what each tick sees change.
     events: std::sync::Arc<super::events::Bus>,
+    /// `[syslog]`: the thread shipping instance logs, if configured.
+    shipper: Option<crate::ship::Shipper>,
     /// Each instance's health as last published.
     health_seen: HashMap<String, &'static str>,
     /// When each service's analysis was last sampled for the stream.
@@ -287,6 +289,7 @@ impl<'a> Controller<'a> {
             hooks: Vec::new(),
             events: Default::default(),
             health_seen: HashMap::new(),
+            shipper: None,
             sampled_ms: HashMap::new(),
         };
         c.load_services()?;
@@ -298,6 +301,10 @@ impl<'a> Controller<'a> {
     fn load_services(&mut self) -> Result<(), ServeError> {
         let f = spec::load(&self.file)?;
         self.hooks = f.notify;
+        // A changed [syslog] replaces the shipper (the old one stops).
+        if self.shipper.as_ref().map(|s| &s.spec) != f.syslog.as_ref() {
+            self.shipper = f.syslog.map(|s| crate::ship::Shipper::start(&self.home, s));
+        }
         for (name, s) in f.services {
             if s.release.listen.is_none() {
                 continue;

@@ -17,6 +17,7 @@ use crate::digest::Digest;
 
 pub mod notify;
 pub mod release;
+pub mod syslog;
 pub mod verify;
 
 pub use release::{AnalysisSpec, BlueGreenSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
@@ -32,6 +33,8 @@ pub struct SpecFile {
     pub promotion: verify::PromotionSpec,
     /// `[[notify]]`: webhooks for every failure path.
     pub notify: Vec<notify::NotifySpec>,
+    /// `[syslog]`: where instance logs are shipped, if anywhere.
+    pub syslog: Option<syslog::SyslogSpec>,
 }
 
 impl SpecFile {
@@ -191,6 +194,7 @@ struct RawFile {
     promotion: Option<Spanned<verify::RawPromotion>>,
     #[serde(default)]
     notify: Vec<Spanned<notify::RawNotify>>,
+    syslog: Option<Spanned<syslog::RawSyslog>>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +316,8 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
     for (i, n) in raw.notify.into_iter().enumerate() {
         hooks.push(notify::validate(i, n).map_err(|(span, key, message)| err(span, &key, message))?);
     }
+    let syslog =
+        raw.syslog.map(syslog::validate).transpose().map_err(|(span, key, message)| err(span, &key, message))?;
     let mut services = BTreeMap::new();
     let mut claimed: BTreeMap<std::net::SocketAddr, String> = BTreeMap::new();
     for (name, raw_service) in raw.service {
@@ -351,7 +357,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             });
         }
     }
-    Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks })
+    Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks, syslog })
 }
 
 /// A problem inside one table: span, key (relative to the table), message.
@@ -772,6 +778,17 @@ mod tests {
         assert_eq!(f.notify[0].authority, "127.0.0.1:9000");
         assert_eq!(f.notify[0].path, "/hook");
         assert_eq!(f.notify[0].events.len(), 7, "all by default");
+        let f = p(&format!("[syslog]\nurl = \"relp://127.0.0.1:2514\"\n{svc}")).unwrap();
+        let sl = f.syslog.unwrap();
+        assert_eq!((sl.transport, sl.authority.as_str(), sl.facility), (syslog::Transport::Relp, "127.0.0.1:2514", 16));
+        let e = err(&format!("[syslog]\nurl = \"udp://127.0.0.1:514\"\n{svc}"));
+        assert!(e.contains("kiln.toml:2: syslog.url") && e.contains("relp://"), "{e}");
+        let e = err(&format!("[syslog]\nurl = \"tcp://127.0.0.1\"\n{svc}"));
+        assert!(e.contains("syslog.url") && e.contains("HOST:PORT"), "{e}");
+        let e = err(&format!("[syslog]\nurl = \"tcp://127.0.0.1:514\"\nfacility = \"kern\"\n{svc}"));
+        assert!(e.contains("kiln.toml:3: syslog.facility") && e.contains("local0"), "{e}");
+        let e = err(&format!("[syslog]\nurl = \"tcp://127.0.0.1:514\"\nport = 1\n{svc}"));
+        assert!(e.contains("port"), "{e}");
         let e = err(&format!("[[notify]]\nurl = \"https://hooks.example.com/x\"\n{svc}"));
         assert!(e.contains("kiln.toml:2: notify[0].url") && e.contains("TLS"), "{e}");
         let e = err(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/\"\nevents = [\"oops\"]\n{svc}"));

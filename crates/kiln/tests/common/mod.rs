@@ -171,8 +171,11 @@ impl Conn {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        self.r.get_mut().write_all(req.as_bytes())?;
-        self.r.get_mut().write_all(body)?;
+        // One write: head and body in two would wait out Nagle and the
+        // peer's delayed ACK (40 ms) on every request with a body.
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.r.get_mut().write_all(&bytes)?;
         let mut status = String::new();
         if self.r.read_line(&mut status)? == 0 {
             return Err(std::io::Error::other("connection closed"));
