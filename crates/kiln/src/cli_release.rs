@@ -304,30 +304,22 @@ fn short(d: &str) -> String {
 }
 
 /// `kiln rollback`, `promote`, `abort`.
-pub fn simple(home: &Path, req: Request, json: bool) -> anyhow::Result<()> {
-    let v = call(home, &req)?;
-    if json {
-        println!("{v}");
-        return Ok(());
-    }
+/// The controller's answer to a request `kiln` sent (rollback, promote,
+/// abort, quarantine, release-quarantine), as text.
+pub fn render_answer(req: &Request, v: &serde_json::Value) {
+    let release = v["release"].as_str().unwrap_or("?");
     match req {
+        Request::Rollback { service, .. } if v["instant"].as_bool() == Some(true) => {
+            println!("{service}: traffic is back on {release}")
+        }
         Request::Rollback { service, .. } => {
-            if v["instant"].as_bool() == Some(true) {
-                println!("{service}: traffic is back on {}", v["release"].as_str().unwrap_or("?"));
-            } else {
-                println!(
-                    "{service}: rolling back by release {} (new instances first)",
-                    v["release"].as_str().unwrap_or("?")
-                );
-            }
+            println!("{service}: rolling back by release {release} (new instances first)")
         }
-        Request::Promote { service, .. } => println!("{service}: {} goes on", v["release"].as_str().unwrap_or("?")),
-        Request::Abort { service, .. } => {
-            println!("{service}: {} aborted; traffic is on stable", v["release"].as_str().unwrap_or("?"))
-        }
+        Request::Promote { service, .. } => println!("{service}: {release} goes on"),
+        Request::Abort { service, .. } => println!("{service}: {release} aborted; traffic is on stable"),
+        Request::Quarantine { .. } | Request::ReleaseQuarantine { .. } => crate::cli_heal::render_quarantine(req, v),
         _ => println!("{v}"),
     }
-    Ok(())
 }
 
 pub fn default_home(home: Option<PathBuf>) -> PathBuf {

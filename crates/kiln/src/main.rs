@@ -761,27 +761,38 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Rollback { service, to, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
-            let req = kiln::serve::api::Request::Rollback { service, to, actor: String::new() };
-            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+            (
+                Command::Controller(with_actor(kiln::serve::api::Request::Rollback {
+                    service,
+                    to,
+                    actor: String::new(),
+                })),
+                json,
+            )
         }
         Cmd::Promote { service, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
-            let req = kiln::serve::api::Request::Promote { service, actor: String::new() };
-            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+            (
+                Command::Controller(with_actor(kiln::serve::api::Request::Promote { service, actor: String::new() })),
+                json,
+            )
         }
         Cmd::Abort { service, file, json } => {
             let service = cli_release::pick_service(&file, service)?;
-            let req = kiln::serve::api::Request::Abort { service, actor: String::new() };
-            return cli_release::simple(&cli_release::default_home(cli.home), with_actor(req), json);
+            (Command::Controller(with_actor(kiln::serve::api::Request::Abort { service, actor: String::new() })), json)
         }
-        Cmd::Quarantine { instance, reason, json } => {
-            let req = kiln::serve::api::Request::Quarantine { instance, reason, actor: cli_release::actor() };
-            return cli_heal::simple(&cli_release::default_home(cli.home), req, json);
-        }
-        Cmd::ReleaseQuarantine { instance, json } => {
-            let req = kiln::serve::api::Request::ReleaseQuarantine { instance, actor: cli_release::actor() };
-            return cli_heal::simple(&cli_release::default_home(cli.home), req, json);
-        }
+        Cmd::Quarantine { instance, reason, json } => (
+            Command::Controller(kiln::serve::api::Request::Quarantine {
+                instance,
+                reason,
+                actor: cli_release::actor(),
+            }),
+            json,
+        ),
+        Cmd::ReleaseQuarantine { instance, json } => (
+            Command::Controller(kiln::serve::api::Request::ReleaseQuarantine { instance, actor: cli_release::actor() }),
+            json,
+        ),
         Cmd::InspectInstance { instance, json } => {
             return cli_heal::inspect(&cli_release::default_home(cli.home), instance, json)
         }
@@ -1092,6 +1103,8 @@ fn run() -> anyhow::Result<()> {
             for l in lines {
                 print_log(l, true);
             }
+        } else if let Output::Controller { answer, .. } = &output {
+            println!("{answer}");
         } else {
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
@@ -1145,6 +1158,7 @@ fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Ma
 
 fn render(output: &Output, now: i64) {
     match output {
+        Output::Controller { request, answer } => cli_release::render_answer(request, answer),
         Output::Test(_)
         | Output::Leaks(_)
         | Output::Vulns(_)

@@ -23,6 +23,10 @@ use crate::store::{GcReport, Store, StoreError, TagEvent};
 /// Everything kiln can be asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
+    /// A request for the running `kiln serve` of this home (rollback,
+    /// promote, abort, quarantine, ...): carried out by a call to its API,
+    /// which parses into the same [`crate::serve::api::Request`].
+    Controller(crate::serve::api::Request),
     /// Bake one image (or all) from a kiln.toml.
     Bake {
         file: PathBuf,
@@ -180,6 +184,12 @@ pub struct ProxyRun {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Output {
+    /// The controller's answer to a [`Command::Controller`] request.
+    Controller {
+        #[serde(skip)]
+        request: crate::serve::api::Request,
+        answer: serde_json::Value,
+    },
     Baked(Vec<BakeReport>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
@@ -267,6 +277,8 @@ pub enum CommandError {
     Promote(#[from] crate::verify::promote::PromoteError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
 }
 
 impl CommandError {
@@ -279,6 +291,9 @@ impl CommandError {
                 crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
             ) => 7,
             CommandError::Promote(p) if p.is_refusal() => 7,
+            // The controller refused by the same rule (its 403 comes from
+            // ServeError::Refused, by variant).
+            CommandError::Serve(crate::serve::ServeError::Remote { status: 403, .. }) => 7,
             _ => 1,
         }
     }
@@ -304,6 +319,10 @@ impl std::fmt::Debug for Context<'_> {
 
 pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
+        Command::Controller(request) => {
+            let answer = crate::serve::call(ctx.store.home(), &request)?;
+            Ok(Output::Controller { request, answer })
+        }
         Command::Bake { file, image, no_cache, force } => {
             let f = spec::load(&file)?;
             let names: Vec<String> = match image {
