@@ -69,3 +69,18 @@ swarm_up() {
     return 1
   fi
 }
+
+# The demo app alone in a scratch image, as kiln.toml's [image.web] at
+# version $1 (default 1.0.0); the script copies demo-app next to it.
+demo_image_toml() {
+  local v=${1:-1.0.0}
+  cat <<TOML
+[image.web]
+from = "scratch"
+version = "$v"
+copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
+entrypoint = ["/demo-app"]
+env = { DEMO_VERSION = "$v" }
+user = "65534:65534"
+TOML
+}

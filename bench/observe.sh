@@ -25,15 +25,8 @@ LB=$(port)
 API=$(port)
 cp examples/hello/bin/demo-app "$work/"
 cd "$work"
-cat > kiln.toml <<TOML
-[image.web]
-from = "scratch"
-version = "1.0.0"
-copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
-entrypoint = ["/demo-app"]
-env = { DEMO_VERSION = "1.0.0" }
-user = "65534:65534"
-
+{ demo_image_toml 1.0.0; echo; } > kiln.toml
+cat >> kiln.toml <<TOML
 [service.web]
 image = "web"
 env = { HOST = "127.0.0.1" }
