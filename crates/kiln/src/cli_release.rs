@@ -385,7 +385,7 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
                 let w: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
                 format!("step {}: {}", index + 1, w.join(" "))
             }
-            Event::Verdict { step, verdict } => {
+            Event::Verdict { step, verdict, .. } => {
                 let m: Vec<String> = verdict
                     .metrics
                     .iter()

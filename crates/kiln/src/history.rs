@@ -58,7 +58,15 @@ pub enum Event {
     /// Traffic moved: every release's weight at this step.
     Step { index: u32, weights: BTreeMap<String, u32> },
     /// A canary step's analysis, with its figures.
-    Verdict { step: u32, verdict: Verdict },
+    Verdict {
+        step: u32,
+        verdict: Verdict,
+        /// The release now waits for a person (inconclusive past
+        /// `inconclusive_limit`). Absent when false, so older entries hash
+        /// as they did.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
+    },
     /// The release ended.
     Finished {
         outcome: Outcome,

@@ -31,7 +31,9 @@ pub fn alert_of(event: &Event) -> Option<Alert> {
         Event::Finished { outcome: Outcome::RolledBack, .. } => Some(Alert::RolledBack),
         Event::Finished { outcome: Outcome::Failed, deadline: true, .. } => Some(Alert::Deadline),
         Event::Finished { outcome: Outcome::Failed, .. } => Some(Alert::ReleaseFailed),
-        Event::Verdict { verdict, .. } if verdict.outcome == analysis::Outcome::Inconclusive => {
+        // Inconclusive and waiting for a person; an inconclusive step that
+        // is only waited out one more interval is no failure yet.
+        Event::Verdict { verdict, paused: true, .. } if verdict.outcome == analysis::Outcome::Inconclusive => {
             Some(Alert::Inconclusive)
         }
         Event::CrashLoop { .. } => Some(Alert::CrashLoop),
@@ -264,6 +266,22 @@ mod tests {
         assert_eq!(alert_of(&replacing(Cause::Chaos)), None);
         let q = Event::Quarantined { instance: "i".into(), reason: "r".into(), actor: "a".into() };
         assert_eq!(alert_of(&q), Some(Alert::Quarantine));
+        let verdict = |outcome, paused| Event::Verdict {
+            step: 0,
+            verdict: analysis::Verdict {
+                outcome,
+                canary_requests: 3,
+                stable_requests: 0,
+                min_requests: 50,
+                confidence: 0.95,
+                metrics: Vec::new(),
+            },
+            paused,
+        };
+        let inconclusive = analysis::Outcome::Inconclusive;
+        assert_eq!(alert_of(&verdict(inconclusive, true)), Some(Alert::Inconclusive), "waits for a person");
+        assert_eq!(alert_of(&verdict(inconclusive, false)), None, "waited out one more interval");
+        assert_eq!(alert_of(&verdict(analysis::Outcome::Fail, false)), None, "the rollback alerts, not the verdict");
         assert_eq!(backoff_ms(1), 1000);
         assert_eq!(backoff_ms(2), 2000);
         assert_eq!(backoff_ms(6), 32_000);

@@ -53,7 +53,7 @@ fn history_shows_verifies_and_names_an_edited_entry() {
     }
     let verdict = analysis::judge(&AnalysisSpec::default(), &canary.window(30, 10), Some(&stable.window(30, 10)));
     assert_eq!(verdict.outcome, analysis::Outcome::Fail);
-    h.append("web", "web-2", 1_700_000_031_000, &Event::Verdict { step: 0, verdict }).unwrap();
+    h.append("web", "web-2", 1_700_000_031_000, &Event::Verdict { step: 0, verdict, paused: false }).unwrap();
     h.append(
         "web",
         "web-2",

@@ -204,3 +204,41 @@ fn a_quarantine_alert_is_signed_retried_and_survives_a_controller_crash() {
     assert!(rx.try_recv().is_err(), "no duplicate");
     env.ok(&["release-quarantine", &id]);
 }
+
+#[test]
+fn a_rolled_back_canary_and_an_inconclusive_one_raise_their_alerts_end_to_end() {
+    let _one = serial();
+    let port = common::free_port();
+    let rx = receiver(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), 0);
+    let settings = format!(
+        "replicas = 1\nstrategy = \"canary\"\ndrain_timeout = \"1s\"\n\
+         [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
+         [service.web.canary]\nsteps = [50]\nstep_interval = \"3s\"\nanalysis = {{ min_requests = 30, inconclusive_limit = 1 }}\n\
+         [[notify]]\nurl = \"http://127.0.0.1:{port}/hooks\"\nevents = [\"rolled-back\", \"inconclusive\", \"release-failed\"]\n"
+    );
+    let env = Env::new("notify-canary", &settings);
+    assert_eq!(env.deploy().0, 0);
+    assert!(rx.try_recv().is_err(), "a release that succeeds raises nothing");
+
+    // An erring canary under load: analysis rolls it back.
+    env.version("2.0.0", ", FAIL_RATE = \"0.2\"");
+    let mut result = (0, String::new());
+    common::serve_env::under_load(env.port, || result = env.deploy());
+    assert_eq!(result.0, 2, "{}", result.1);
+    let (head, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the rolled-back alert");
+    assert_eq!(header(&head, "X-Kiln-Event"), Some("rolled-back"), "{head}");
+    assert!(header(&head, "X-Kiln-Signature").is_none(), "no secret, no signature");
+    let v = json(&body);
+    assert_eq!((v["release"].as_str(), v["event"]["outcome"].as_str()), (Some("web-2"), Some("rolled-back")), "{v:#}");
+
+    // A canary with no traffic: inconclusive, then it waits for a person.
+    env.version("3.0.0", "");
+    let (code, out) = env.deploy();
+    assert_eq!(code, 4, "{out}");
+    let (head, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the inconclusive alert");
+    assert_eq!(header(&head, "X-Kiln-Event"), Some("inconclusive"), "{head}");
+    assert_eq!(json(&body)["release"], "web-3");
+    env.ok(&["abort"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(rx.try_recv().is_err(), "an abort by a person is not a failure to alert on, and nothing came twice");
+}

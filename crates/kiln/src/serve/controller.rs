@@ -1168,14 +1168,14 @@ impl<'a> Controller<'a> {
             Action::Advance { verdict } => {
                 if let Some(verdict) = verdict {
                     let step = a.rollout.index as u32;
-                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict, paused: false })?;
                     crash_point("verdict-recorded");
                 }
                 self.advance(&mut a, now_ms);
             }
             Action::Extend { verdict } => {
                 let step = a.rollout.index as u32;
-                self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict, paused: false })?;
                 a.rollout.inconclusive += 1;
                 a.rollout.step_started_ms = now_ms;
             }
@@ -1198,7 +1198,7 @@ impl<'a> Controller<'a> {
             Action::Pause { reason, verdict } => {
                 if let Some(verdict) = verdict {
                     let step = a.rollout.index as u32;
-                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict })?;
+                    self.record(name, &release.id, now_ms, &Event::Verdict { step, verdict, paused: true })?;
                 }
                 a.rollout.paused = Some(reason);
             }
@@ -1275,7 +1275,7 @@ impl<'a> Controller<'a> {
         let id = a.rollout.release.clone();
         if let Some(verdict) = verdict {
             let step = a.rollout.index as u32;
-            self.record(name, &id, now_ms, &Event::Verdict { step, verdict })?;
+            self.record(name, &id, now_ms, &Event::Verdict { step, verdict, paused: false })?;
         }
         if a.rollout.new_percent > 0 {
             let mut weights = BTreeMap::from([(id.clone(), 0)]);
