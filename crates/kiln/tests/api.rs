@@ -128,11 +128,17 @@ fn over_tcp_the_token_is_required_bad_input_is_named_and_schemathesis_finds_noth
     assert!(env.serve_running());
     // (It finds real ids in the answers: it deploys, rolls back and
     // quarantines for real, so count the instances that serve.)
-    env.wait_for("2 serving instances still", |s| {
+    // (A rollback keeps the release it left warm, so count the stable ones.)
+    env.wait_for("2 serving instances of the stable release", |s| {
+        let stable = s["stable"]["id"].clone();
         s["instances"].as_array().is_some_and(|i| {
-            i.iter().filter(|x| x["quarantined"] == false && x["health"]["healthy"] == true).count() == 2
+            i.iter()
+                .filter(|x| x["release"] == stable && x["quarantined"] == false && x["health"]["healthy"] == true)
+                .count()
+                == 2
         })
     });
+    assert!(env.versions(4).iter().all(|v| v.starts_with("demo-app ")), "the service still answers");
 }
 
 /// Reads SSE frames from `r` until `done` says so (or 30 s pass): each as

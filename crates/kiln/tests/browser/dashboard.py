@@ -14,6 +14,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -77,7 +78,16 @@ try:
     assert status == 403, f"without X-Kiln-CSRF: {status}"
     assert attr(f"#rollout-{service}", "data-release") == canary, "the refused request changed nothing"
 
-    driver.find_element(By.CSS_SELECTOR, f"button[data-action='abort'][data-service='{service}']").click()
+    # A real click; the page may re-render between finding the button and
+    # clicking it (every event re-renders), so find it again if so.
+    for attempt in range(20):
+        try:
+            driver.find_element(By.CSS_SELECTOR, f"button[data-action='abort'][data-service='{service}']").click()
+            break
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the Abort button never held still long enough to be clicked")
     WebDriverWait(driver, 5).until(ec.alert_is_present())
     driver.switch_to.alert.accept()
     clicked = time.time()
