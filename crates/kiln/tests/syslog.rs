@@ -20,12 +20,13 @@ struct Rsyslog {
 }
 
 impl Rsyslog {
-    fn start(dir: &Path, port: u16) -> Rsyslog {
+    /// rsyslogd listening on `port` with `input` (imrelp or imtcp).
+    fn start(dir: &Path, port: u16, input: &str) -> Rsyslog {
         std::fs::create_dir_all(dir.join("work")).unwrap();
         let conf = format!(
             "global(workDirectory=\"{d}/work\")\n\
-             module(load=\"imrelp\")\n\
-             input(type=\"imrelp\" port=\"{port}\" address=\"127.0.0.1\")\n\
+             module(load=\"{input}\")\n\
+             input(type=\"{input}\" port=\"{port}\" address=\"127.0.0.1\")\n\
              template(name=\"kiln\" type=\"string\" string=\"%app-name% %procid% %msgid% %structured-data% %msg%\\n\")\n\
              action(type=\"omfile\" file=\"{d}/out.log\" template=\"kiln\")\n",
             d = dir.display()
@@ -83,12 +84,68 @@ impl Drop for Rsyslog {
     }
 }
 
+/// The order lines rsyslog wrote, as (app-name, "procid head", order
+/// number), once `n` distinct ones are there (or 60 s have passed).
+fn orders_arrived(rsyslog: &Rsyslog, n: usize) -> Vec<(String, String, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let orders: Vec<(String, String, usize)> = rsyslog
+            .out()
+            .lines()
+            .filter_map(|l| {
+                let (head, msg) = l.split_once("] ")?;
+                let n = msg.trim().strip_prefix("order ")?.parse().ok()?;
+                let mut f = head.split(' ');
+                let (app, procid) = (f.next()?.to_owned(), f.next()?.to_owned());
+                Some((app, format!("{procid} {head}"), n))
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<usize> = orders.iter().map(|o| o.2).collect();
+        if distinct.len() >= n || Instant::now() > deadline {
+            return orders;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn plain_tcp_syslog_reaches_rsyslog_with_octet_counting_and_the_identity() {
+    let _one = serial();
+    let port = common::free_port();
+    let dir = common::tempdir("rsyslog-tcp");
+    let rsyslog = Rsyslog::start(&dir, port, "imtcp");
+    let mut env = Env::bare(
+        "syslog-tcp",
+        &format!("[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n[syslog]\nurl = \"tcp://127.0.0.1:{port}\"\nfacility = \"local3\"\n"),
+    );
+    env.start_serve(None);
+    assert_eq!(env.deploy().0, 0);
+    let mut c = Conn::new(env.port);
+    for i in 0..500 {
+        assert_eq!(c.send("POST", "/order", &[], format!("{i}").as_bytes()).unwrap().0, 201);
+    }
+    let orders = orders_arrived(&rsyslog, 500);
+    let ns: Vec<usize> = orders.iter().map(|o| o.2).collect();
+    assert_eq!(ns, (0..500).collect::<Vec<_>>(), "each once, in order (one instance)");
+    assert!(
+        orders.iter().all(|(app, head, _)| app == "web" && head.contains("release=\"web-1\"")),
+        "{:?}",
+        orders.first()
+    );
+    // The "listening" line came first, as stdout of the same instance.
+    let out = rsyslog.out();
+    assert!(
+        out.lines().next().is_some_and(|l| l.contains(" stdout [kiln@32473 ") && l.contains("listening on")),
+        "{out}"
+    );
+}
+
 #[test]
 fn every_line_reaches_rsyslog_once_in_order_per_instance_across_rsyslog_restarts() {
     let _one = serial();
     let port = common::free_port();
     let dir = common::tempdir("rsyslog");
-    let mut rsyslog = Rsyslog::start(&dir, port);
+    let mut rsyslog = Rsyslog::start(&dir, port, "imrelp");
     let mut env = Env::bare(
         "syslog",
         &format!(
@@ -116,25 +173,7 @@ fn every_line_reaches_rsyslog_once_in_order_per_instance_across_rsyslog_restarts
 
     println!("{N} orders sent in {:?}", t.elapsed());
     // Every order line arrives, once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let orders = loop {
-        let out = rsyslog.out();
-        let orders: Vec<(String, String, usize)> = out
-            .lines()
-            .filter_map(|l| {
-                let (head, msg) = l.split_once("] ")?;
-                let n = msg.trim().strip_prefix("order ")?.parse().ok()?;
-                let mut f = head.split(' ');
-                let (app, procid) = (f.next()?.to_owned(), f.next()?.to_owned());
-                Some((app, format!("{procid} {head}"), n))
-            })
-            .collect();
-        let distinct: std::collections::BTreeSet<usize> = orders.iter().map(|o| o.2).collect();
-        if distinct.len() >= N || Instant::now() > deadline {
-            break orders;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let orders = orders_arrived(&rsyslog, N);
     println!("all arrived {:?} after the first order", t.elapsed());
     let mut seen = vec![0u32; N];
     for (_, _, n) in &orders {
