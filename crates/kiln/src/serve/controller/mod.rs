@@ -1,0 +1,685 @@
+//! The release controller's acts: observe instances and the load
+//! balancers, ask [`rollout::decide`] what to do, do it, record it.
+//!
+//! Every act is recorded before it is taken (a history event, then the
+//! service's state in `state.db`) and is idempotent, because the decisions
+//! name absolute targets: after a crash at any point the next controller
+//! reads the state, observes what really runs, and the same decision
+//! either finds the act done or does it. Instances a recorded release does
+//! not own (a crash between starting and recording, a release that was
+//! abandoned) are drained and removed. This module must never decide a
+//! release's next step itself.
+//!
+//! Its parts: this file holds the state, the tick, recording, starting and
+//! retiring instances and the traffic table; `releasing` the release
+//! acts, `healing` the healing acts, `answers` the API's requests and
+//! views.
+
+mod answers;
+mod healing;
+mod releasing;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataplane::DataPlane;
+use super::prober::{self, Prober};
+use super::{api::Request, ServeError};
+use crate::digest::Digest;
+use crate::heal::{self, Cause, HealAction, HealState, Seen};
+use crate::history::{Event, History, Outcome};
+use crate::proxy::ReleaseSpec as TableEntry;
+use crate::release::plan::{self, Current, Step};
+use crate::release::rollout::{self, Action, Observed, Rollout};
+use crate::runtime::driver::Driver;
+use crate::runtime::{InstanceRecord, InstanceState, Launcher, RunRequest, Runtime};
+use crate::spec::{self, BlueGreenSpec, CanaryStep, ServiceSpec, SmokeCheck, Strategy};
+use crate::store::Store;
+
+/// A release that serves (or served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub id: String,
+    pub digest: Digest,
+    pub image_ref: String,
+}
+
+/// What the controller records per service (in `state.db`, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub stable: Option<ReleaseRef>,
+    /// The release replaced last, kept warm until `warm_until_ms`.
+    pub previous: Option<(ReleaseRef, u64)>,
+    pub rollout: Option<Active>,
+    /// The last release that ended: id, outcome, reason.
+    pub last: Option<(String, Outcome, String)>,
+    /// Replacements under way and the crash count of the stable release.
+    #[serde(default)]
+    pub heal: HealState,
+    /// Frozen instances kept for a post-mortem, by id.
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, Quarantine>,
+}
+
+/// Why and until when an instance is kept frozen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub release: String,
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: u64,
+    pub until_ms: u64,
+    /// Where its logs, tmpfs and volume contents were copied.
+    pub dir: PathBuf,
+}
+
+/// A rollout and the old release's size when it began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Active {
+    pub rollout: Rollout,
+    pub old_at_start: u32,
+    /// New instances that failed by themselves, and the last one's exit.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// A rollback drill (`kiln chaos --drill canary`) with its analysis
+    /// window: the load balancer injects [`DRILL_FAULT`] for this release,
+    /// which must fail and roll back; it is never promoted.
+    #[serde(default)]
+    pub drill: Option<u64>,
+}
+
+/// How a release begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Deploy,
+    /// A fast release of an archived digest: new instances first, no analysis.
+    Rollback,
+    /// A canary of the stable digest made to fail, judged over `window_ms`.
+    Drill {
+        window_ms: u64,
+    },
+}
+
+/// The release settings a drill runs with: the service's own, as a canary
+/// of its first step's share (10% when it is not a canary service), judged
+/// by its analysis over `window_ms`, then a pause it never passes.
+fn drill_spec(r: &spec::ReleaseSpec, window_ms: u64) -> spec::ReleaseSpec {
+    let mut r = r.clone();
+    let (weight, analysis) = match &r.strategy {
+        Strategy::Canary(c) => (
+            c.steps.iter().find_map(|s| match s {
+                CanaryStep::Weight(w) if *w < 100 => Some(*w),
+                _ => None,
+            }),
+            c.analysis.clone(),
+        ),
+        _ => (None, spec::release::AnalysisSpec::default()),
+    };
+    let steps = vec![CanaryStep::Weight(weight.unwrap_or(10)), CanaryStep::Pause(None), CanaryStep::Weight(100)];
+    r.strategy = Strategy::Canary(spec::release::CanarySpec { steps, step_interval_ms: window_ms, analysis });
+    r
+}
+
+/// The status a drill's canary is made to answer (at the load balancer).
+pub const DRILL_FAULT: u16 = 503;
+
+struct Svc {
+    spec: ServiceSpec,
+    dp: DataPlane,
+    state: ServiceState,
+    /// The table last sent to the proxy.
+    sent: Option<Vec<TableEntry>>,
+}
+
+/// Test hooks: `KILN_CRASH_AT=<point>` kills the controller (SIGKILL) the
+/// first time it reaches that point, to prove recovery from each one.
+pub const CRASH_POINTS: &[&str] = &[
+    "release-recorded",
+    "instances-started",
+    "step-recorded",
+    "traffic-routed",
+    "verdict-recorded",
+    "old-drained",
+    "finished-recorded",
+];
+
+pub(super) use crate::faults::crash_point;
+
+/// What happens to an instance once its drain at the load balancer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Stop,
+    Pause,
+}
+
+/// An instance being drained (in a background thread, so that a long
+/// drain never holds up the loop).
+#[derive(Debug)]
+struct Retiring {
+    service: String,
+    done: Arc<AtomicBool>,
+    then: Then,
+}
+
+/// The controller: services, their load balancers, state and history.
+pub struct Controller<'a> {
+    home: PathBuf,
+    file: PathBuf,
+    store: &'a Store,
+    driver: &'a dyn Driver,
+    launcher: &'a dyn Launcher,
+    history: History,
+    services: BTreeMap<String, Svc>,
+    prober: Prober,
+    /// When the controller first saw each stopping instance (for SIGKILL
+    /// after its grace period).
+    stopping: HashMap<String, u64>,
+    retiring: HashMap<String, Retiring>,
+    /// Instances `kiln chaos` killed (their exits are not failures).
+    chaos: HashSet<String>,
+    /// The last drift found per instance, and when each service is checked next.
+    drift: HashMap<String, Vec<String>>,
+    next_drift_ms: HashMap<String, u64>,
+    /// Instances as observed this tick (cleared by every act on them).
+    observed: RefCell<Option<Vec<InstanceRecord>>>,
+    /// Counters for `/metrics`, fed by [`Controller::record`].
+    counters: super::metrics::Counters,
+    /// Webhook deliveries (`[[notify]]`), also fed by [`Controller::record`].
+    notifier: crate::notify::Notifier,
+    hooks: Vec<crate::notify::NotifySpec>,
+    /// The live event stream (`/v1/events`), fed by [`Controller::record`]
+    /// and by what each tick sees change.
+    events: std::sync::Arc<super::events::Bus>,
+    /// `[syslog]`: the thread shipping instance logs, if configured.
+    shipper: Option<crate::ship::Shipper>,
+    /// Each instance's health as last published.
+    health_seen: HashMap<String, &'static str>,
+    /// When each service's analysis was last sampled for the stream.
+    sampled_ms: HashMap<String, u64>,
+}
+
+impl std::fmt::Debug for Controller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("home", &self.home).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+/// One point of the dashboard's analysis charts: the canary's and
+/// stable's error rate and p99 over the step's window, with the limits the
+/// analysis holds them to.
+fn analysis_sample(
+    service: &str,
+    r: &rollout::Rollout,
+    spec: &crate::spec::ReleaseSpec,
+    obs: &Observed,
+    now_ms: u64,
+) -> serde_json::Value {
+    let a = match &spec.strategy {
+        crate::spec::Strategy::Canary(c) => c.analysis.clone(),
+        _ => Default::default(),
+    };
+    let side = |w: &Option<crate::proxy::metrics::WindowStats>| {
+        w.as_ref().map(|w| {
+            serde_json::json!({
+                "requests": w.requests,
+                "error_rate": w.error_rate,
+                "p99_ms": crate::release::analysis::quantile_ms(&w.histogram, 0.99),
+            })
+        })
+    };
+    serde_json::json!({
+        "service": service,
+        "release": r.release,
+        "stable_release": r.stable,
+        "step": r.index + 1,
+        "percent": r.new_percent,
+        "at_ms": now_ms,
+        "canary": side(&obs.canary),
+        "stable": side(&obs.stable),
+        "max_error_rate": a.max_error_rate,
+        "max_p99_ratio": a.max_p99_ratio,
+        "min_p99_increase_ms": a.min_p99_increase_ms,
+    })
+}
+
+fn addr(r: &InstanceRecord) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], r.port))
+}
+
+/// One smoke check against one instance; `Err` says what was wrong.
+fn smoke(addr: SocketAddr, c: &SmokeCheck) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let r = super::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
+    match c.judge(r.status, &r.body) {
+        Some(why) => Err(format!("{} {}: {why}", c.method, c.path)),
+        None => Ok(()),
+    }
+}
+
+impl<'a> Controller<'a> {
+    /// Loads kiln.toml and the recorded state, and adopts (or starts) the
+    /// load balancer of every service that has a `listen` address.
+    pub fn new(
+        home: &Path,
+        file: &Path,
+        store: &'a Store,
+        driver: &'a dyn Driver,
+        launcher: &'a dyn Launcher,
+    ) -> Result<Self, ServeError> {
+        let history = History::open(&History::path_in(home))?;
+        let mut c = Controller {
+            home: home.to_owned(),
+            file: file.to_owned(),
+            store,
+            driver,
+            launcher,
+            history,
+            services: BTreeMap::new(),
+            prober: Prober::default(),
+            stopping: HashMap::new(),
+            retiring: HashMap::new(),
+            chaos: HashSet::new(),
+            drift: HashMap::new(),
+            next_drift_ms: HashMap::new(),
+            observed: RefCell::new(None),
+            counters: Default::default(),
+            notifier: crate::notify::Notifier::start(home)
+                .map_err(|source| ServeError::Io { path: home.join("notify"), source })?,
+            hooks: Vec::new(),
+            events: Default::default(),
+            health_seen: HashMap::new(),
+            shipper: None,
+            sampled_ms: HashMap::new(),
+        };
+        c.load_services()?;
+        Ok(c)
+    }
+
+    /// (Re-)reads kiln.toml: new services get a load balancer, changed
+    /// settings apply from the next release on.
+    fn load_services(&mut self) -> Result<(), ServeError> {
+        let f = spec::load(&self.file)?;
+        self.hooks = f.notify;
+        // A changed [syslog] replaces the shipper (the old one stops).
+        if self.shipper.as_ref().map(|s| &s.spec) != f.syslog.as_ref() {
+            self.shipper = f.syslog.map(|s| crate::ship::Shipper::start(&self.home, s));
+        }
+        for (name, s) in f.services {
+            if s.release.listen.is_none() {
+                continue;
+            }
+            if let Some(svc) = self.services.get_mut(&name) {
+                if svc.spec.release.listen != s.release.listen {
+                    svc.dp = DataPlane::ensure(&self.home, &s)?;
+                    svc.sent = None;
+                }
+                svc.spec = s;
+                continue;
+            }
+            let dp = DataPlane::ensure(&self.home, &s)?;
+            let state = match self.history.load_service(&name)? {
+                Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+                None => ServiceState::default(),
+            };
+            self.services.insert(name, Svc { spec: s, dp, state, sent: None });
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let json = serde_json::to_string(&self.services[name].state).expect("state serializes");
+        self.history.save_service(name, &json, now_ms as i64)?;
+        Ok(())
+    }
+
+    /// Whether `release`'s last history entry already says it finished (a
+    /// controller that died after recording the end, before saving state).
+    fn finished_already(&self, service: &str, release: &str) -> Result<bool, ServeError> {
+        let entries = self.history.entries(Some(service))?;
+        Ok(entries
+            .iter()
+            .rev()
+            .find(|e| e.release == release)
+            .is_some_and(|e| matches!(e.event, Event::Finished { .. })))
+    }
+
+    /// The event stream, for the API threads.
+    pub fn events(&self) -> std::sync::Arc<super::events::Bus> {
+        self.events.clone()
+    }
+
+    fn record(&mut self, service: &str, release: &str, now_ms: u64, event: &Event) -> Result<(), ServeError> {
+        let entry = self.history.append(service, release, now_ms as i64, event)?;
+        self.counters.observe(service, release, event);
+        self.events.publish(event.kind(), &serde_json::to_value(&entry).expect("entries serialize"));
+        // Queued on disk (the worker thread sends it), after the history
+        // has it: an alert is never about something not recorded.
+        self.notifier
+            .alert(&self.hooks, service, release, now_ms, event)
+            .map_err(|source| ServeError::Io { path: self.home.join("notify"), source })?;
+        Ok(())
+    }
+
+    fn runtime(&self) -> Runtime<'a> {
+        Runtime::new(self.store, self.driver)
+    }
+
+    /// Every instance, observed once per tick (adopted through their shims).
+    fn all(&self) -> Result<Vec<InstanceRecord>, ServeError> {
+        if let Some(all) = self.observed.borrow().as_ref() {
+            return Ok(all.clone());
+        }
+        let (all, _) = self.runtime().observe_all()?;
+        *self.observed.borrow_mut() = Some(all.clone());
+        Ok(all)
+    }
+
+    /// After an act on instances, the next question observes again.
+    fn changed(&self) {
+        *self.observed.borrow_mut() = None;
+    }
+
+    /// Live instances of `service`: not exited, not asked to stop, not
+    /// quarantined.
+    fn live(&self, service: &str) -> Result<Vec<InstanceRecord>, ServeError> {
+        let q = &self.services[service].state.quarantined;
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested)
+            .filter(|r| !q.contains_key(r.id.as_str()))
+            .collect())
+    }
+
+    /// Starts one instance of `release`.
+    fn start(&mut self, name: &str, release: &ReleaseRef, now_ms: u64) -> Result<InstanceRecord, ServeError> {
+        let spec = &self.services[name].spec;
+        self.admit(spec, &release.digest)?;
+        let flags = RunRequest {
+            reference: release.digest.to_string(),
+            release: Some(release.id.clone()),
+            ..RunRequest::default()
+        };
+        let req = RunRequest::for_service(spec, flags);
+        let r = self.runtime().run(&req, self.launcher, (now_ms / 1000) as i64);
+        self.changed();
+        Ok(r?)
+    }
+
+    /// A service with a `channel` runs only digests promoted to it, with
+    /// a signature that verifies: checked before every start.
+    fn admit(&self, spec: &crate::spec::ServiceSpec, digest: &Digest) -> Result<(), ServeError> {
+        match &spec.channel {
+            Some(rule) => crate::verify::promote::admit(self.store, rule, digest)
+                .map_err(|e| ServeError::Refused { service: spec.name.clone(), source: Box::new(e) }),
+            None => Ok(()),
+        }
+    }
+
+    /// Drains an instance at the load balancer (it gets no new requests at
+    /// once; those in flight have `deadline_ms`, then are cut, and an
+    /// idempotent one that had no answer yet is retried elsewhere), in a
+    /// background thread. Once drained it is asked to stop (or, in
+    /// quarantine, frozen): see [`Controller::finish_retiring`]. Idempotent.
+    fn retire(&mut self, name: &str, r: &InstanceRecord, deadline_ms: u64, then: Then) {
+        if self.retiring.contains_key(r.id.as_str()) {
+            return;
+        }
+        let dp = self.services[name].dp.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, a) = (done.clone(), addr(r));
+        std::thread::spawn(move || {
+            // A backend the proxy never knew (or retired already) has nothing to drain.
+            let _ = dp.drain(a, deadline_ms);
+            flag.store(true, Ordering::SeqCst);
+        });
+        self.retiring.insert(r.id.to_string(), Retiring { service: name.to_owned(), done, then });
+    }
+
+    /// Waits (up to `deadline`) for the drains in flight and carries out
+    /// what follows them, so that a successor controller inherits no
+    /// half-retired instance (`kiln serve --upgrade`).
+    pub fn settle(&mut self, deadline: std::time::Instant, now_ms: impl Fn() -> u64) {
+        while !self.retiring.is_empty() && std::time::Instant::now() < deadline {
+            let names: Vec<String> = self.services.keys().cloned().collect();
+            for name in names {
+                if let Err(e) = self.finish_retiring(&name, now_ms()) {
+                    eprintln!("kiln serve: {e}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Replaces every service's load balancer with one of this kiln
+    /// binary, each taking its predecessor's listeners over (see
+    /// [`DataPlane::hand_over`]). One that cannot be handed over keeps
+    /// serving as it is; that is reported, not fatal.
+    pub fn hand_over_data_planes(&mut self) -> Vec<(String, Result<i32, ServeError>)> {
+        let mut out = Vec::new();
+        for (name, svc) in self.services.iter_mut() {
+            let result = svc.dp.hand_over(&self.home, &svc.spec).map(|dp| {
+                svc.dp = dp;
+                svc.sent = None;
+                svc.dp.pid
+            });
+            out.push((name.clone(), result));
+        }
+        out
+    }
+
+    /// Adopts each service's load balancer afresh from its record (after an
+    /// upgrade that failed part-way, a successor may have replaced some).
+    pub fn reload_data_planes(&mut self) -> Result<(), ServeError> {
+        for svc in self.services.values_mut() {
+            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
+            svc.sent = None;
+        }
+        Ok(())
+    }
+
+    /// Stops (or freezes) the instances whose drain has ended.
+    fn finish_retiring(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let done: Vec<(String, Then)> = self
+            .retiring
+            .iter()
+            .filter(|(_, r)| r.service == name && r.done.load(Ordering::SeqCst))
+            .map(|(id, r)| (id.clone(), r.then))
+            .collect();
+        for (id, then) in done {
+            self.retiring.remove(&id);
+            match then {
+                Then::Stop => {
+                    let _ = self.runtime().request_stop(&id, false);
+                }
+                Then::Pause => self.freeze(name, &id, now_ms)?,
+            }
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Removes the service's instances that were asked to stop and have
+    /// exited; kills those still running past their grace period.
+    fn reap(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let all = self.all()?;
+        let rt = self.runtime();
+        for r in all.iter().filter(|r| r.service == name && r.stop_requested && r.release.is_some()) {
+            if r.state.is_exited() {
+                let _ = rt.remove(r.id.as_str(), true);
+                self.stopping.remove(r.id.as_str());
+                self.changed();
+                continue;
+            }
+            let since = *self.stopping.entry(r.id.to_string()).or_insert(now_ms);
+            if now_ms.saturating_sub(since) > r.stop_grace_secs * 1000 {
+                let _ = rt.request_stop(r.id.as_str(), true);
+            }
+        }
+        Ok(())
+    }
+
+    /// The routing table the state asks for, from what runs.
+    fn table(&self, name: &str, live: &[InstanceRecord]) -> Vec<TableEntry> {
+        let svc = &self.services[name];
+        let st = &svc.state;
+        let of = |id: &str, only_healthy: bool| -> Vec<SocketAddr> {
+            let threshold = svc.spec.release.health.healthy_threshold;
+            let mut v: Vec<SocketAddr> = live
+                .iter()
+                .filter(|r| r.release.as_deref() == Some(id))
+                .filter(|r| !only_healthy || self.prober.health(r.id.as_str()).passes >= threshold)
+                .map(addr)
+                .collect();
+            v.sort();
+            v
+        };
+        let new_percent = st.rollout.as_ref().map_or(0, |a| a.rollout.new_percent);
+        let mut t = Vec::new();
+        if let Some(s) = &st.stable {
+            let w = if st.rollout.is_some() { 100 - new_percent } else { 100 };
+            t.push(TableEntry { release: s.id.clone(), weight: w, backends: of(&s.id, false), fault: None });
+        }
+        if let Some(a) = &st.rollout {
+            if st.stable.as_ref().is_none_or(|s| s.id != a.rollout.release) {
+                t.push(TableEntry {
+                    release: a.rollout.release.clone(),
+                    weight: new_percent,
+                    backends: of(&a.rollout.release, true),
+                    fault: a.drill.map(|_| DRILL_FAULT),
+                });
+            }
+        }
+        if let Some((p, _)) = &st.previous {
+            if t.iter().all(|e| e.release != p.id) {
+                t.push(TableEntry { release: p.id.clone(), weight: 0, backends: of(&p.id, false), fault: None });
+            }
+        }
+        t
+    }
+
+    /// Sends the table to the proxy when it changed (or always, `force`).
+    fn sync(&mut self, name: &str, force: bool) -> Result<(), ServeError> {
+        let mut live = self.live(name)?;
+        // A quarantined instance stays listed (draining: no new requests)
+        // until its drain ends, so that the drain can cut what it holds.
+        let q = &self.services[name].state.quarantined;
+        live.extend(self.all()?.into_iter().filter(|r| {
+            q.contains_key(r.id.as_str()) && self.retiring.contains_key(r.id.as_str()) && !r.state.is_exited()
+        }));
+        let t = self.table(name, &live);
+        let svc = self.services.get_mut(name).expect("known service");
+        if force || svc.sent.as_ref() != Some(&t) {
+            svc.dp.set_table(&self.home, &t)?;
+            svc.sent = Some(t);
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass over every service.
+    pub fn tick(&mut self, now_ms: u64) -> Result<(), ServeError> {
+        let started = std::time::Instant::now();
+        // Each tick observes afresh.
+        self.changed();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.tick_service(&name, now_ms)?;
+        }
+        self.counters.reconciled(started.elapsed().as_secs_f64());
+        self.publish_health(now_ms)?;
+        Ok(())
+    }
+
+    fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        if !self.services[name].dp.is_alive() {
+            // The load balancer died (killed, OOM): a new one starts from
+            // the last table on disk, and the next sync sends the current one.
+            let svc = self.services.get_mut(name).expect("known service");
+            eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", svc.dp.pid);
+            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
+            svc.sent = None;
+        }
+        self.finish_retiring(name, now_ms)?;
+        let live = self.live(name)?;
+        let st = self.services[name].state.clone();
+        let known: HashSet<&str> = st
+            .stable
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(st.previous.iter().map(|(p, _)| p.id.as_str()))
+            .chain(st.rollout.iter().map(|a| a.rollout.release.as_str()))
+            .collect();
+        // Instances of releases no record owns: left by a crash, or by a
+        // release that was abandoned. Manual `kiln run`s (no release) stay.
+        let drain_ms = self.services[name].spec.release.drain_timeout_ms;
+        for r in live.iter().filter(|r| r.release.as_deref().is_some_and(|id| !known.contains(id))) {
+            self.retire(name, r, drain_ms, Then::Stop);
+        }
+        // The previous release, once its warm time is over.
+        if let Some((p, until)) = &st.previous {
+            if now_ms >= *until {
+                for r in live.iter().filter(|r| r.release.as_deref() == Some(p.id.as_str())) {
+                    self.retire(name, r, drain_ms, Then::Stop);
+                }
+                crash_point("old-drained");
+                self.services.get_mut(name).expect("known").state.previous = None;
+                self.save(name, now_ms)?;
+            }
+        }
+        // Health checks of every instance, in the background.
+        let health = self.services[name].spec.release.health.clone();
+        let targets: Vec<(String, SocketAddr)> = live
+            .iter()
+            .filter(|r| !self.retiring.contains_key(r.id.as_str()))
+            .map(|r| (r.id.to_string(), addr(r)))
+            .collect();
+        self.prober.tick(&targets, &health, now_ms);
+        self.expire_quarantines(name, now_ms)?;
+        if let Some(every) = self.services[name].spec.release.heal.drift_interval_ms {
+            let due = self.next_drift_ms.entry(name.to_owned()).or_insert(now_ms + every);
+            if now_ms >= *due {
+                *due = now_ms + every;
+                self.check_drift(Some(name))?;
+            }
+        }
+        match st.rollout {
+            Some(a) => {
+                let a = self.new_release_failures(name, a, now_ms)?;
+                if let Some(stable) = &st.stable {
+                    match self.services[name].spec.release.strategy {
+                        // The stable set stays whole until the end.
+                        Strategy::Canary(_) | Strategy::BlueGreen(_) => {
+                            let replicas = self.services[name].spec.release.replicas;
+                            self.heal(name, stable, replicas, now_ms)?;
+                        }
+                        // The rollout sizes the old set itself.
+                        Strategy::Rolling(_) | Strategy::Recreate => self.remove_exited(name, &stable.id, now_ms)?,
+                    }
+                }
+                self.step(name, a, now_ms)?
+            }
+            None => {
+                if let Some(stable) = &st.stable {
+                    let replicas = self.services[name].spec.release.replicas;
+                    self.heal(name, stable, replicas, now_ms)?;
+                }
+            }
+        }
+        self.reap(name, now_ms)?;
+        self.sync(name, false)
+    }
+
+    fn service(&self, name: &str) -> Result<&Svc, ServeError> {
+        self.services.get(name).ok_or_else(|| ServeError::UnknownService(name.to_owned()))
+    }
+}
