@@ -238,7 +238,27 @@ fn a_rolled_back_canary_and_an_inconclusive_one_raise_their_alerts_end_to_end() 
     let (head, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the inconclusive alert");
     assert_eq!(header(&head, "X-Kiln-Event"), Some("inconclusive"), "{head}");
     assert_eq!(json(&body)["release"], "web-3");
-    env.ok(&["abort"]);
+    // While it waits, nothing is judged again (no new verdict, no new alert).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let verdicts = |env: &Env| {
+        let h = json(&env.ok(&["history", "web", "--json"]));
+        let entries = h["entries"].as_array().unwrap().clone();
+        entries.into_iter().filter(|e| e["release"] == "web-3" && e["event"]["kind"] == "verdict").count()
+    };
+    assert_eq!(verdicts(&env), 2, "one inconclusive waited out, one that paused");
+    // A person promotes: it goes on past the step, to the 100% step's
+    // analysis, which has no traffic either: one more pause, one more alert.
+    let first = env.status()["rollout"]["step"].as_u64().unwrap();
+    env.ok(&["promote"]);
+    env.wait_for("the next pause", |s| {
+        s["rollout"]["step"].as_u64().is_some_and(|n| n > first) && s["rollout"]["paused"].is_string()
+    });
+    let (head, _) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the second pause's alert");
+    assert_eq!(header(&head, "X-Kiln-Event"), Some("inconclusive"));
+    env.ok(&["promote"]);
+    env.wait_for("web-3 stable", |s| s["stable"]["id"] == "web-3" && s["rollout"].is_null());
+    assert_eq!(verdicts(&env), 4, "two per analysis step, none while paused");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(rx.try_recv().is_err(), "an abort by a person is not a failure to alert on, and nothing came twice");
+    let extra: Vec<(String, String)> = rx.try_iter().collect();
+    assert!(extra.is_empty(), "a promoted release raises nothing more, and nothing came twice: {extra:?}");
 }

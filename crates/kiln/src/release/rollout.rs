@@ -162,8 +162,14 @@ pub fn decide(r: &Rollout, spec: &ReleaseSpec, obs: &Observed, old_at_start: u32
             }
         }
         Step::Analyse { window_ms } => {
-            if r.skip_analysis {
+            // A person promoted past an inconclusive pause: go on.
+            if r.skip_analysis || r.promoted {
                 return Action::Advance { verdict: None };
+            }
+            // Paused for a person: judging again every tick would record a
+            // new verdict (and raise a new alert) each time.
+            if r.paused.is_some() {
+                return Action::Wait;
             }
             if elapsed < window_ms {
                 return Action::Wait;
@@ -336,6 +342,18 @@ mod tests {
         }
         let a = decide(&r, &s, &obs, 1, 90_000);
         assert!(matches!(&a, Action::Pause { reason, .. } if reason.contains("inconclusive 3 times")), "{a:?}");
+        apply(&mut r, &a, 90_000);
+        // Paused, it waits for a person and judges nothing more.
+        for now in [90_100, 200_000, 900_000] {
+            assert_eq!(decide(&r, &s, &obs, 1, now), Action::Wait, "at {now}");
+        }
+        // Without a person the pause lasts: no deadline fails it.
+        // `kiln promote` (promoted, pause cleared, the step's clock restarted)
+        // goes on past the step.
+        r.promoted = true;
+        r.paused = None;
+        r.step_started_ms = 900_000;
+        assert_eq!(decide(&r, &s, &obs, 1, 900_100), Action::Advance { verdict: None });
     }
 
     #[test]

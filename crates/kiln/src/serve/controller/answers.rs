@@ -96,6 +96,9 @@ impl<'a> Controller<'a> {
                     Some(a) if a.rollout.paused.is_some() => {
                         a.rollout.promoted = true;
                         a.rollout.paused = None;
+                        // Time spent waiting for a person is no lack of
+                        // progress: the deadline counts from now.
+                        a.rollout.step_started_ms = now_ms;
                         let id = a.rollout.release.clone();
                         self.save(&service, now_ms)?;
                         Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
