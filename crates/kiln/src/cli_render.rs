@@ -1,0 +1,271 @@
+//! What the CLI prints: bake progress, and each command's output as text
+//! (or JSON lines for logs). Rendering only; nothing here acts, except
+//! `follow_logs`, which reads the log files as they grow.
+
+use kiln::bake::{Outcome, Progress, StepReport};
+use kiln::command::Output;
+use kiln::runtime::driver::RuncDriver;
+use kiln::runtime::logs::{LogFilter, LogLine};
+use kiln::store::Store;
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::{cli_release, cli_verify};
+
+/// Step progress on a terminal: one line per step, rewritten in place.
+pub(crate) struct TtyProgress {
+    pub(crate) current: String,
+}
+
+impl Progress for TtyProgress {
+    fn step_started(&mut self, index: usize, total: usize, description: &str) {
+        self.current = format!("[{}/{total}] {description}", index + 1);
+        eprint!("{} ...", self.current);
+        let _ = std::io::stderr().flush();
+    }
+    fn step_output(&mut self, line: &str) {
+        eprint!("\r\x1b[K    | {line}\n{} ...", self.current);
+    }
+    fn step_finished(&mut self, r: &StepReport) {
+        eprintln!("\r\x1b[K{} {}", self.current, outcome(r));
+    }
+}
+
+/// Step progress elsewhere: plain lines.
+pub(crate) struct PlainProgress {
+    pub(crate) current: String,
+}
+
+impl Progress for PlainProgress {
+    fn step_started(&mut self, index: usize, total: usize, description: &str) {
+        self.current = format!("[{}/{total}] {description}", index + 1);
+    }
+    fn step_output(&mut self, line: &str) {
+        eprintln!("    | {line}");
+    }
+    fn step_finished(&mut self, r: &StepReport) {
+        eprintln!("{} {}", self.current, outcome(r));
+    }
+}
+
+pub(crate) fn outcome(r: &StepReport) -> String {
+    match r.outcome {
+        Outcome::Cached => format!("cached ({} ms)", r.millis),
+        Outcome::Built => format!("built ({} ms)", r.millis),
+    }
+}
+
+pub(crate) fn human_size(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1024 * 1024 * 1024 => format!("{:.1} MiB", n as f64 / 1048576.0),
+        n => format!("{:.1} GiB", n as f64 / 1073741824.0),
+    }
+}
+
+pub(crate) fn print_log(l: &LogLine, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(l).unwrap_or_default());
+    } else {
+        let err = if l.stream == "stderr" { " !" } else { "" };
+        println!("{} {}{err} {}", kiln::time::rfc3339_millis(l.ts), l.meta.instance, l.line);
+    }
+}
+
+/// `kiln logs --follow`: prints what is there, then new lines as they come.
+pub(crate) fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyhow::Result<()> {
+    let home = home.unwrap_or_else(Store::default_home);
+    let store = Store::open(&home)?;
+    let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
+    let rt = kiln::runtime::Runtime::new(&store, &driver);
+    let mut seen_at_last: Vec<LogLine> = Vec::new();
+    loop {
+        rt.ingest_all()?;
+        let lines = rt.logs().query(&filter)?;
+        let last = lines.last().map(|l| l.ts);
+        for l in &lines {
+            if !seen_at_last.contains(l) {
+                print_log(l, json);
+            }
+        }
+        if let Some(ts) = last {
+            // Lines at the newest timestamp may still be joined by others at
+            // the same millisecond; remember them rather than skip the ms.
+            seen_at_last = lines.into_iter().filter(|l| l.ts == ts).collect();
+            filter.since = Some(ts);
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+pub(crate) fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Manifest) {
+    println!("platform: {}/{}", config.os, config.architecture);
+    if let Some(c) = &config.created {
+        println!("created:  {c}");
+    }
+    println!("annotations:");
+    for (k, v) in manifest.annotations.iter().flatten() {
+        println!("  {k} = {v}");
+    }
+    let c = &config.config;
+    println!("config:");
+    if let Some(e) = &c.entrypoint {
+        println!("  entrypoint: {e:?}");
+    }
+    if let Some(e) = &c.cmd {
+        println!("  cmd:        {e:?}");
+    }
+    for e in c.env.iter().flatten() {
+        println!("  env:        {e}");
+    }
+    if let Some(u) = &c.user {
+        println!("  user:       {u}");
+    }
+    if let Some(w) = &c.working_dir {
+        println!("  workdir:    {w}");
+    }
+    for p in c.exposed_ports.iter().flat_map(|p| p.keys()) {
+        println!("  expose:     {p}");
+    }
+    if let Some(s) = &c.stop_signal {
+        println!("  stop:       {s}");
+    }
+    println!("layers:");
+    for (l, h) in manifest.layers.iter().zip(config.history.iter().filter(|h| !h.empty_layer)) {
+        println!("  {} {:>10}  {}", l.digest, human_size(l.size), h.created_by.as_deref().unwrap_or(""));
+    }
+}
+
+pub(crate) fn render(output: &Output, now: i64) {
+    match output {
+        Output::Controller { request, answer } => cli_release::render_answer(request, answer),
+        Output::Test(_)
+        | Output::Leaks(_)
+        | Output::Vulns(_)
+        | Output::Sbom(_)
+        | Output::Promoted(_)
+        | Output::Transfer(_)
+        | Output::Pipeline(_)
+        | Output::Key { .. }
+        | Output::Signed(_)
+        | Output::Verified(_) => cli_verify::render(output),
+        Output::Baked(reports) => {
+            for r in reports {
+                println!("{} {}", r.image, r.digest);
+                for t in &r.tags {
+                    println!("  tag {t}");
+                }
+                for c in r.tag_changes.iter().filter(|c| c.from.is_some()) {
+                    println!(
+                        "  moved {} from {} (forced)",
+                        c.tag,
+                        c.from.as_ref().map(|d| d.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Output::Images(rows) => {
+            println!("{:<19} {:>10} {:>6}  {:<12}  TAGS", "DIGEST", "SIZE", "AGE", "REVISION");
+            for r in rows {
+                let age = r.tagged_at.map(|t| kiln::time::age(now - t)).unwrap_or_else(|| "-".into());
+                let rev = r.revision.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("-");
+                let digest = format!("sha256:{}", r.digest.short());
+                println!("{digest:<19} {:>10} {age:>6}  {rev:<12}  {}", human_size(r.size), r.tags.join(" "));
+            }
+        }
+        Output::Inspect(i) => {
+            println!("digest:   {}", i.digest);
+            println!("tags:     {}", if i.tags.is_empty() { "-".into() } else { i.tags.join(", ") });
+            println!("size:     {}", human_size(i.size));
+            match &i.config {
+                Some(config) => render_image_config(config, &i.manifest),
+                None => {
+                    let kind = i.manifest.artifact_type.as_deref().unwrap_or("");
+                    println!("artifact: {kind}");
+                    if let Some(sub) = &i.manifest.subject {
+                        println!("about:    {}", sub.digest);
+                    }
+                    println!("annotations:");
+                    for (k, v) in i.manifest.annotations.iter().flatten() {
+                        println!("  {k} = {v}");
+                    }
+                }
+            }
+            for r in &i.records {
+                let verdict = if r.passed { "passed" } else { "FAILED" };
+                println!("verified: {} {verdict} at {} ({} ms)", r.kind, r.at, r.duration_ms);
+            }
+            println!("tag history:");
+            for e in &i.tag_history {
+                match &e.from {
+                    Some(f) if *f == i.digest => println!("  {} {} moved away to {}", e.time, e.tag, e.to),
+                    Some(f) => println!("  {} {} moved here from {}", e.time, e.tag, f),
+                    None => println!("  {} {} set", e.time, e.tag),
+                }
+            }
+        }
+        Output::Instance(r) => {
+            println!("{} {} port {} image {} ({})", r.id, r.state.name(), r.port, r.image_ref, r.image.short());
+            if let kiln::runtime::InstanceState::Exited { reason, .. } = &r.state {
+                println!("  {reason}");
+            }
+        }
+        Output::Instances { instances, orphans_removed } => {
+            for o in orphans_removed {
+                eprintln!("kiln: removed container {o}, which no instance record knows");
+            }
+            println!("{:<22} {:<12} {:<30} {:<10} {:>6} {:>6}", "ID", "SERVICE", "IMAGE", "STATE", "AGE", "PORT");
+            for r in instances {
+                let image = format!("{} ({})", r.image_ref, &r.image.short()[..7]);
+                let state = match &r.state {
+                    kiln::runtime::InstanceState::Exited { code: Some(c), .. } => format!("exited({c})"),
+                    kiln::runtime::InstanceState::Exited { signal: Some(sig), .. } => format!("killed({sig})"),
+                    other => other.name().to_owned(),
+                };
+                println!(
+                    "{:<22} {:<12} {:<30} {:<10} {:>6} {:>6}",
+                    r.id,
+                    r.service,
+                    image,
+                    state,
+                    kiln::time::age(now - r.created),
+                    r.port
+                );
+            }
+        }
+        Output::Logs(lines) => {
+            for l in lines {
+                print_log(l, false);
+            }
+        }
+        Output::Volumes(vs) => {
+            println!("{:<14} {:<14} {:>10}  USERS", "SERVICE", "VOLUME", "SIZE");
+            for v in vs {
+                let users: Vec<String> = v.users.iter().map(|u| u.to_string()).collect();
+                println!(
+                    "{:<14} {:<14} {:>10}  {}",
+                    v.service,
+                    v.name,
+                    human_size(v.bytes),
+                    if users.is_empty() { "-".into() } else { users.join(",") }
+                );
+            }
+        }
+        Output::Secrets(names) => {
+            for n in names {
+                println!("{n}");
+            }
+        }
+        Output::Done { message } => println!("{message}"),
+        Output::History { entries, verified } => cli_release::render_history(entries, *verified),
+        Output::Plans(plans) => plans.iter().for_each(cli_release::render_plan),
+        Output::Gc(g) => {
+            for (d, size) in &g.removed {
+                println!("removed {d} ({})", human_size(*size));
+            }
+            println!("{} blobs removed ({}), {} kept", g.removed.len(), human_size(g.freed_bytes), g.kept);
+        }
+    }
+}
