@@ -256,7 +256,14 @@ fn a_crash_loop_in_a_canary_fails_the_release_and_stable_keeps_serving() {
     assert_ne!(code, 0, "{out}");
     let s = env.status();
     assert_eq!(s["last"]["outcome"], "rolled-back", "{s:#}");
-    assert!(s["last"]["reason"].as_str().unwrap().starts_with("crash loop: 2 instances"), "{s:#}");
+    // At least the limit: more may exit within the tick that sees the loop.
+    let reason = s["last"]["reason"].as_str().unwrap();
+    let failed: u32 = reason
+        .strip_prefix("crash loop: ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{s:#}"));
+    assert!(failed >= 2, "{s:#}");
     assert!(s["last"]["reason"].as_str().unwrap().contains("exited with code 3"), "{s:#}");
     assert_eq!(s["stable"]["id"], "web-1");
     assert!(ok > 100 && bad == 0, "ok {ok} failed {bad}");
