@@ -20,17 +20,7 @@ kiln=$root/target/release/kiln
 export KILN_HOME=$work/home
 LB=$(port)
 
-image() {
-  cat <<EOF
-[image.web]
-from = "scratch"
-version = "$1"
-copy = [{ src = "demo-app", dest = "/demo-app", mode = "0755" }]
-entrypoint = ["/demo-app"]
-env = { DEMO_VERSION = "$1" }
-user = "65534:65534"
-EOF
-}
+image() { demo_image_toml "$1"; }
 service() {
   cat <<EOF
 
