@@ -2,9 +2,12 @@
 //!
 //! - One per `KILN_HOME`: `serve.lock` (flock) names the holder's pid to a
 //!   second one, which refuses to start.
-//! - Its API is HTTP on the unix socket `$KILN_HOME/serve.sock` (mode 0600);
-//!   [`api`] turns requests into one [`api::Request`] enum, which the
-//!   [`controller`] carries out between reconcile ticks.
+//! - Its API is HTTP on the unix socket `$KILN_HOME/serve.sock` (mode 0600)
+//!   and, with `--tcp`, on loopback with a token ([`auth`]); [`api`] turns
+//!   requests into one [`api::Request`] enum, which the [`controller`]
+//!   carries out between reconcile ticks. The same listeners serve the
+//!   event stream ([`events`]), the dashboard ([`dashboard`]) and the
+//!   OpenAPI document.
 //! - The data plane is a `kiln proxy` process per service ([`dataplane`]),
 //!   so traffic survives a SIGKILL of the controller; a restarted one adopts
 //!   the proxies as `Runtime` adopts instances through their shims.
