@@ -4,7 +4,8 @@
 # through kiln and skopeo (a standard OCI tool), test, scan, SBOM and sign it, run it
 # once as an immutable instance; then the release loop: kiln serve, deploy v1 behind kiln's load
 # balancer, release v2 by canary under traffic, roll back, with kiln status
-# and kiln history along the way. Everything it started is stopped at the end.
+# and kiln history along the way (and the dashboard's link, the API on
+# 127.0.0.1:7070). Everything it started is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -56,13 +57,16 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-$kiln serve -f examples/hello/kiln.toml 2>"$work/serve.log" &
+$kiln serve -f examples/hello/kiln.toml --tcp 127.0.0.1:7070 2>"$work/serve.log" &
 serve=$!
 for _ in $(seq 100); do $kiln status >/dev/null 2>&1 && break; sleep 0.1; done
 echo "== kiln deploy (v1: hello:0.1.0, two instances behind 127.0.0.1:8080)"
 $kiln deploy -f examples/hello/kiln.toml
 curl -fsS http://127.0.0.1:8080/
 $kiln status
+echo "== the dashboard and the API (kiln serve --tcp 127.0.0.1:7070)"
+echo "open $($kiln dashboard) in a browser while this runs"
+curl -fsS -H "Authorization: Bearer $(cat "$KILN_HOME/serve.token")" http://127.0.0.1:7070/metrics | grep '^kiln_releases_total'
 echo "== kiln plan, then kiln deploy of v2 (hello:0.2.0) by canary, under traffic"
 sed 's/"0.1.0"/"0.2.0"/g' examples/hello/kiln.toml > "$work/kiln.toml"
 mkdir -p "$work/bin" && cp examples/hello/bin/demo-app "$work/bin/"
