@@ -20,6 +20,7 @@
 //!   an image with all of them through an OCI registry;
 //! - [`faults`]: the crash hooks tests inject faults with.
 
+pub mod atomic;
 pub mod bake;
 pub mod chaos;
 pub mod command;

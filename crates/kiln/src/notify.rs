@@ -127,13 +127,7 @@ impl Notifier {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+use crate::atomic::write as write_atomic;
 
 /// Sends one delivery: (status, error).
 fn send(home: &Path, d: &Delivery) -> (Option<u16>, Option<String>) {

@@ -236,11 +236,7 @@ fn load_cursor(path: &Path) -> Cursor {
 
 fn save_cursor(path: &Path, c: &Cursor) -> io::Result<()> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(c).expect("serializes"))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::atomic::write(path, &serde_json::to_vec(c).expect("serializes"))
 }
 
 /// One connection to the collector.

@@ -57,10 +57,7 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ServeError + '_ {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::atomic::write(path, bytes).map_err(io_err(path))
 }
 
 /// Whether a proxy offers its listeners to a successor, and whether it

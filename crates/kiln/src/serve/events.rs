@@ -76,7 +76,7 @@ impl Bus {
         (backlog, rx)
     }
 
-    /// How many subscribers are connected (for tests and metrics).
+    /// How many subscribers are connected.
     pub fn subscribers(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).subscribers.len()
     }

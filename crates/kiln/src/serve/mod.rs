@@ -177,13 +177,6 @@ pub fn tcp_path(home: &Path) -> PathBuf {
     home.join("serve.tcp")
 }
 
-fn write_atomic_text(path: &Path, text: &str) -> Result<(), ServeError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| ServeError::Io { path: path.to_owned(), source })
-}
-
 /// The link that signs a browser in to the dashboard of the `kiln serve`
 /// on `home`: its TCP address and the token, once.
 pub fn dashboard_link(home: &Path) -> Result<String, ServeError> {
@@ -443,7 +436,9 @@ pub fn run(
         l.set_nonblocking(true).map_err(io)?;
         serve_tcp(home, l, shared.clone())?;
         // Where `kiln dashboard` finds it.
-        write_atomic_text(&tcp_path(home), &format!("{bound}\n"))?;
+        let path = tcp_path(home);
+        crate::atomic::write(&path, format!("{bound}\n").as_bytes())
+            .map_err(|source| ServeError::Io { path: path.clone(), source })?;
         eprintln!(
             "kiln serve: API and dashboard on http://{bound}/ (token in {}; `kiln dashboard` prints the sign-in link)",
             token_path(home).display()

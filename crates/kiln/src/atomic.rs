@@ -1,0 +1,29 @@
+//! Writing a file whole or not at all: into `<path>.tmp`, fsynced, then
+//! renamed over `path`, so a crash leaves the old contents or the new,
+//! never half. For the small state files kiln rewrites (cursors, queues,
+//! tables, addresses); the store has its own (`Store::write_atomic`).
+
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Replaces `path` with `bytes`, durably.
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary() {
+        let dir = crate::testutil::tempdir("atomic");
+        let p = dir.join("state.json");
+        super::write(&p, b"one").unwrap();
+        super::write(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert!(!dir.join("state.tmp").exists());
+    }
+}
