@@ -59,7 +59,11 @@ pub fn serve(home: &Path, file: &Path, tcp: Option<std::net::SocketAddr>, upgrad
     let store = kiln::store::Store::open(home)?;
     let driver = kiln::runtime::driver::RuncDriver::new(kiln::runtime::run_dir(home).join("runc"));
     let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
-    serve::run(home, &file, &store, &driver, &kiln::runtime::ShimLauncher, tcp, upgrade)?;
+    // Everything else the CLI can do, carried out for the API's clients.
+    let commands =
+        std::sync::Arc::new(kiln::command::remote::Runner { home: home.to_owned(), retention: crate::retention()? });
+    let options = serve::Options { tcp, upgrade, commands };
+    serve::run(home, &file, &store, &driver, &kiln::runtime::ShimLauncher, options)?;
     Ok(())
 }
 

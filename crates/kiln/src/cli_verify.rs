@@ -20,9 +20,15 @@ pub fn gate_exit_code(output: &Output) -> Option<i32> {
 }
 
 /// Writes one SBOM document to `path` (`-`: standard output).
-pub fn write_sbom(r: &kiln::verify::sbom::SbomReport, path: &Path, cyclonedx: bool) -> anyhow::Result<()> {
-    let doc = if cyclonedx { &r.cyclonedx_document } else { &r.spdx_document };
-    let text = serde_json::to_string_pretty(doc)? + "\n";
+/// It is read back from the store (the command may have run in `kiln serve`).
+pub fn write_sbom(
+    store: &kiln::store::Store,
+    r: &kiln::verify::sbom::SbomReport,
+    path: &Path,
+    cyclonedx: bool,
+) -> anyhow::Result<()> {
+    let doc = kiln::verify::sbom::document(store, if cyclonedx { &r.cyclonedx } else { &r.spdx })?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
     if path == Path::new("-") {
         std::io::stdout().write_all(text.as_bytes())?;
     } else {

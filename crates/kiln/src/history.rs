@@ -129,7 +129,7 @@ impl Outcome {
 }
 
 /// One entry of the log, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Entry {
     pub seq: i64,
     pub service: String,

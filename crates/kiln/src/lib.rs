@@ -23,6 +23,7 @@
 pub mod atomic;
 pub mod bake;
 pub mod chaos;
+pub mod children;
 pub mod command;
 pub mod digest;
 pub mod faults;

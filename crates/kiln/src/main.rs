@@ -8,13 +8,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::{CommandFactory, Parser};
 
-use kiln::bake::sandbox::Runc;
-use kiln::bake::{Progress, Tools};
-use kiln::command::{self, Command, Context, Output};
-use kiln::git::GitCli;
+use kiln::bake::Progress;
+use kiln::command::host::Host;
+use kiln::command::remote::Job;
+use kiln::command::{self, Command, Output};
 use kiln::runtime::driver::RuncDriver;
 use kiln::runtime::logs::{LogFilter, Retention};
-use kiln::runtime::{RunRequest, ShimLauncher};
+use kiln::runtime::RunRequest;
 use kiln::store::Store;
 
 mod cli_args;
@@ -166,7 +166,7 @@ fn run() -> anyhow::Result<()> {
             up_listen = Some((listen, file.clone()));
             match own {
                 Some(own) => (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false),
-                None => (Command::Images, false),
+                None => (Command::Images {}, false),
             }
         }
         Cmd::Deploy { service, image, file, no_wait, json } => {
@@ -200,7 +200,7 @@ fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Bake { image, file, no_cache, force, json } => (Command::Bake { file, image, no_cache, force }, json),
-        Cmd::Images { json } => (Command::Images, json),
+        Cmd::Images { json } => (Command::Images {}, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
         Cmd::Key { action: KeyCmd::Generate { name, json } } => (Command::KeyGenerate { name }, json),
@@ -263,9 +263,6 @@ fn run() -> anyhow::Result<()> {
             release,
             json,
         } => {
-            if cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-                bail!("--cpus must be a positive number of cores");
-            }
             let limits = kiln::runtime::bundle::Limits { memory_bytes: memory, cpus, pids };
             let service_file = service.is_some().then_some(file);
             let req = RunRequest {
@@ -302,7 +299,7 @@ fn run() -> anyhow::Result<()> {
             }
             (Command::Logs(filter), json)
         }
-        Cmd::Volumes { json } => (Command::Volumes, json),
+        Cmd::Volumes { json } => (Command::Volumes {}, json),
         Cmd::Plan { service, file, json } => (Command::Plan { file, service }, json),
         Cmd::History { service, verify, json } => (Command::History { service, verify }, json),
         Cmd::Secret { action: SecretCmd::Set { name } } => {
@@ -314,7 +311,7 @@ fn run() -> anyhow::Result<()> {
             }
             (Command::SecretSet { name, value }, false)
         }
-        Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList, json),
+        Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList {}, json),
         Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
         Cmd::Proxy {
             listen,
@@ -377,26 +374,28 @@ fn run() -> anyhow::Result<()> {
         }
     };
     let home = cli.home.unwrap_or_else(Store::default_home);
-    let store = Store::open(&home).with_context(|| format!("opening the store at {}", home.display()))?;
-    let sandbox = Runc::new(home.join("runc"));
-    let git = GitCli;
+    let host = Host::open(&home).with_context(|| format!("opening the store at {}", home.display()))?;
     let mut tty = TtyProgress { current: String::new() };
     let mut plain = PlainProgress { current: String::new() };
     let progress: &mut dyn Progress = if std::io::stderr().is_terminal() { &mut tty } else { &mut plain };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
-    let launcher = ShimLauncher;
-    let mut ctx = Context {
-        store,
-        tools: Tools { sandbox: &sandbox, git: &git },
-        progress,
-        now,
-        source_date_epoch: source_date_epoch()?,
-        driver: &driver,
-        launcher: &launcher,
-        retention: retention()?,
+    let job = Job { command: cmd, source_date_epoch: source_date_epoch()? };
+    // With a `kiln serve` on this home, the command is a call to its API
+    // (carried out there, beside the releases it may race with); without
+    // one, it is carried out here.
+    let remote = if job.is_remote() {
+        let job = job.clone().absolute().context("making the command's paths absolute")?;
+        command::remote::send(&home, &job, progress)
+    } else {
+        None
     };
-    let output = command::execute(cmd, &mut ctx)?;
+    let output = match remote {
+        Some(answer) => answer?,
+        None => {
+            let mut ctx = host.context(progress, now, job.source_date_epoch, retention()?);
+            command::execute(job.command, &mut ctx)?
+        }
+    };
     if let Some((service, wait, json)) = deploy_after {
         let digest = match &output {
             Output::Baked(reports) => {
@@ -404,13 +403,11 @@ fn run() -> anyhow::Result<()> {
             }
             _ => None,
         };
-        // `kiln up` starts its controller only after the bake: the
-        // controller reaps this process's exited children, and the bake's
-        // run steps wait for their own.
+        // `kiln up` starts its controller once the image is baked.
         if let Some((_, file)) = &up_listen {
-            cli_release::serve_in_background(ctx.store.home(), file)?;
+            cli_release::serve_in_background(&home, file)?;
         }
-        let code = cli_release::deploy(ctx.store.home(), service, digest, wait, json)?;
+        let code = cli_release::deploy(&home, service, digest, wait, json)?;
         if let Some((listen, _)) = up_listen {
             if let Some(l) = listen {
                 println!("serving http://{l}/ (Ctrl-C stops kiln serve; the load balancer and instances keep running)");
@@ -422,7 +419,7 @@ fn run() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     if let (Some((path, format)), Output::Sbom(r)) = (&sbom_out, &output) {
-        cli_verify::write_sbom(r, path, *format == SbomFormat::Cyclonedx)?;
+        cli_verify::write_sbom(host.store(), r, path, *format == SbomFormat::Cyclonedx)?;
     }
     if let Output::Pipeline(r) = &output {
         if json {
@@ -432,7 +429,7 @@ fn run() -> anyhow::Result<()> {
         }
         match (r.passed, release_deploy, &r.digest) {
             (true, Some(json), Some(d)) => {
-                let code = cli_release::deploy(ctx.store.home(), r.service.clone(), Some(d.to_string()), true, json)?;
+                let code = cli_release::deploy(&home, r.service.clone(), Some(d.to_string()), true, json)?;
                 std::process::exit(code);
             }
             _ => std::process::exit(r.exit_code),
@@ -446,7 +443,7 @@ fn run() -> anyhow::Result<()> {
         } else if let Output::Controller { answer, .. } = &output {
             println!("{answer}");
         } else {
-            println!("{}", serde_json::to_string_pretty(&output)?);
+            println!("{}", output.payload_json());
         }
     } else {
         render(&output, now);

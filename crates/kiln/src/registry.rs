@@ -112,7 +112,7 @@ impl std::fmt::Display for Remote {
 }
 
 /// What a push or pull moved.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Transfer {
     pub reference: String,
     pub remote: String,

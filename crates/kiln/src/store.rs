@@ -60,7 +60,7 @@ pub struct TagEvent {
 }
 
 /// What `gc` found.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub removed: Vec<(Digest, u64)>,
     pub kept: usize,

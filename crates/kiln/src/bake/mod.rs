@@ -70,14 +70,14 @@ pub enum BakeError {
 }
 
 /// How a step was satisfied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Cached,
     Built,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepReport {
     pub description: String,
     pub outcome: Outcome,
@@ -85,7 +85,7 @@ pub struct StepReport {
 }
 
 /// What a bake produced.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BakeReport {
     pub image: String,
     pub digest: Digest,

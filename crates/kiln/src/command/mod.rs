@@ -2,11 +2,13 @@
 //! parse their input into a [`Command`] and render the [`Output`]; neither
 //! contains logic of its own.
 
+pub mod host;
 pub mod pipeline;
+pub mod remote;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
 use crate::digest::Digest;
@@ -20,48 +22,61 @@ use crate::secrets::{SecretError, Secrets};
 use crate::spec::{self, SpecError};
 use crate::store::{GcReport, Store, StoreError, TagEvent};
 
-/// Everything kiln can be asked to do.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything kiln can be asked to do. It is also the body of the API's
+/// `POST /v1/commands` (see [`remote`]), externally tagged:
+/// `{"bake": {"file": "/abs/kiln.toml"}}`; optional fields may be left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// A request for the running `kiln serve` of this home (rollback,
     /// promote, abort, quarantine, ...): carried out by a call to its API,
-    /// which parses into the same [`crate::serve::api::Request`].
+    /// which parses into the same [`crate::serve::api::Request`]. Not a
+    /// command body: those requests have routes of their own.
+    #[serde(skip)]
     Controller(crate::serve::api::Request),
     /// Bake one image (or all) from a kiln.toml.
     Bake {
         file: PathBuf,
+        #[serde(default)]
         image: Option<String>,
+        #[serde(default)]
         no_cache: bool,
+        #[serde(default)]
         force: bool,
     },
     /// List tagged images.
-    Images,
+    Images {},
     /// Show one image: manifest, config, annotations, tag history.
     Inspect {
         reference: String,
     },
     /// Remove unreferenced blobs.
     Gc {
+        #[serde(default)]
         dry_run: bool,
     },
     /// Start one instance of an image; with `service_file`, the request's
     /// service is a `[service.NAME]` of that file, and its fields the overrides.
     Run {
         request: RunRequest,
+        #[serde(default)]
         service_file: Option<PathBuf>,
     },
     /// List instances (running ones, or all).
     Ps {
+        #[serde(default)]
         all: bool,
     },
     /// Stop an instance: its stop signal, the grace period, then SIGKILL.
     Stop {
         instance: String,
+        #[serde(default)]
         grace_secs: Option<u64>,
     },
     /// Remove an exited instance (killing it first with `force`).
     Rm {
         instance: String,
+        #[serde(default)]
         force: bool,
     },
     /// Freeze an instance for post-mortem (quarantine) / thaw it.
@@ -74,13 +89,13 @@ pub enum Command {
     /// Central logs, filtered.
     Logs(LogFilter),
     /// Named volumes, their size and users.
-    Volumes,
+    Volumes {},
     /// Store a secret (the value comes from the front end, never a flag).
     SecretSet {
         name: String,
         value: Vec<u8>,
     },
-    SecretList,
+    SecretList {},
     SecretRemove {
         name: String,
     },
@@ -88,15 +103,20 @@ pub enum Command {
     /// what runs now; changes nothing.
     Plan {
         file: PathBuf,
+        #[serde(default)]
         service: Option<String>,
     },
     /// The release history (of one service), and with `verify` a check of
     /// its whole hash chain.
     History {
+        #[serde(default)]
         service: Option<String>,
+        #[serde(default)]
         verify: bool,
     },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
+    /// Not a command body: `kiln serve` runs load balancers of its own.
+    #[serde(skip)]
     Proxy(ProxyRun),
     /// The test gate of an image: boot it privately, run its
     /// `[image.NAME.test]`, record the result on its digest.
@@ -116,8 +136,10 @@ pub enum Command {
         file: PathBuf,
         reference: String,
         /// A directory or zip of OSV JSON.
+        #[serde(default)]
         db: Option<PathBuf>,
         /// Scan with a database older than the policy's `max_db_age`.
+        #[serde(default)]
         force: bool,
     },
     /// Move an image's digest to channel `to` of `file`'s `[promotion]`
@@ -126,6 +148,7 @@ pub enum Command {
         file: PathBuf,
         reference: String,
         to: String,
+        #[serde(default = "api_actor")]
         actor: String,
     },
     /// The pipeline: bake, test, scan, secret scan, SBOM, sign, promote.
@@ -139,6 +162,7 @@ pub enum Command {
     /// locally as `name`, default its title).
     Pull {
         remote: String,
+        #[serde(default)]
         name: Option<String>,
     },
     /// SPDX 2.3 and CycloneDX 1.5 SBOMs of an image, stored as artifacts.
@@ -158,8 +182,41 @@ pub enum Command {
     /// home's `default` key).
     VerifySignature {
         reference: String,
+        #[serde(default)]
         key: Option<PathBuf>,
     },
+}
+
+impl Command {
+    /// The paths a command names, by field (`bake.file`), so a front end can
+    /// make them absolute and the API can refuse relative ones.
+    pub fn paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+        match self {
+            Command::Bake { file, .. } => vec![("bake.file", file)],
+            Command::Run { service_file: Some(f), .. } => vec![("run.service_file", f)],
+            Command::Plan { file, .. } => vec![("plan.file", file)],
+            Command::Test { file, .. } => vec![("test.file", file)],
+            Command::ScanSecrets { file, .. } => vec![("scan_secrets.file", file)],
+            Command::Scan { file, db, .. } => {
+                let mut v = vec![("scan.file", file)];
+                v.extend(db.as_mut().map(|d| ("scan.db", d)));
+                v
+            }
+            Command::PromoteImage { file, .. } => vec![("promote_image.file", file)],
+            Command::Release(run) => {
+                let mut v = vec![("release.file", &mut run.file)];
+                v.extend(run.db.as_mut().map(|d| ("release.db", d)));
+                v
+            }
+            Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k)],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Who asked, when an API client does not say.
+pub(crate) fn api_actor() -> String {
+    "api".into()
 }
 
 /// `kiln proxy`: where to listen, the initial releases, the behaviour.
@@ -180,11 +237,14 @@ pub struct ProxyRun {
     pub take_over: Option<std::path::PathBuf>,
 }
 
-/// What a command produced, for a front end to render.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
+/// What a command produced, for a front end to render. On the wire (the
+/// answer to `POST /v1/commands`) it is `{"kind": "baked", "output": ...}`;
+/// `--json` prints the `output` part alone ([`Output::payload`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "output", rename_all = "snake_case")]
 pub enum Output {
     /// The controller's answer to a [`Command::Controller`] request.
+    #[serde(skip)]
     Controller {
         #[serde(skip)]
         request: crate::serve::api::Request,
@@ -227,7 +287,7 @@ pub enum Output {
     Verified(crate::verify::sign::Verified),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ImageRow {
     pub tags: Vec<String>,
     pub digest: Digest,
@@ -238,7 +298,7 @@ pub struct ImageRow {
     pub created: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Inspection {
     pub digest: Digest,
     pub tags: Vec<String>,
@@ -279,6 +339,69 @@ pub enum CommandError {
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    /// A command body that cannot be carried out, naming the field.
+    #[error("bad request: {field}: {message}")]
+    BadRequest { field: String, message: String },
+    /// `kiln serve` carried the command out and it failed: its message, and
+    /// the exit status it computed from the error's variant.
+    #[error("{message}")]
+    Remote { status: u16, exit: i32, message: String },
+}
+
+impl Output {
+    /// The output alone, as `--json` prints it (pretty, fields in order).
+    pub fn payload_json(&self) -> String {
+        fn pretty<T: Serialize + ?Sized>(v: &T) -> String {
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        }
+        match self {
+            Output::Controller { answer, .. } => pretty(answer),
+            Output::Baked(x) => pretty(x),
+            Output::Images(x) => pretty(x),
+            Output::Inspect(x) => pretty(x),
+            Output::Gc(x) => pretty(x),
+            Output::Instance(x) => pretty(x),
+            Output::Instances { instances, orphans_removed } => {
+                #[derive(Serialize)]
+                struct Of<'a> {
+                    instances: &'a [InstanceRecord],
+                    orphans_removed: &'a [String],
+                }
+                pretty(&Of { instances, orphans_removed })
+            }
+            Output::Logs(x) => pretty(x),
+            Output::Volumes(x) => pretty(x),
+            Output::Secrets(x) => pretty(x),
+            Output::Plans(x) => pretty(x),
+            Output::History { entries, verified } => {
+                #[derive(Serialize)]
+                struct Of<'a> {
+                    entries: &'a [Entry],
+                    verified: &'a Option<u64>,
+                }
+                pretty(&Of { entries, verified })
+            }
+            Output::Done { message } => pretty(&serde_json::json!({ "message": message })),
+            Output::Test(x) => pretty(x),
+            Output::Key { name, public_key, pem } => {
+                #[derive(Serialize)]
+                struct Of<'a> {
+                    name: &'a str,
+                    public_key: &'a PathBuf,
+                    pem: &'a str,
+                }
+                pretty(&Of { name, public_key, pem })
+            }
+            Output::Signed(x) => pretty(x),
+            Output::Leaks(x) => pretty(x),
+            Output::Vulns(x) => pretty(x),
+            Output::Sbom(x) => pretty(x),
+            Output::Promoted(x) => pretty(x),
+            Output::Transfer(x) => pretty(x),
+            Output::Pipeline(x) => pretty(x),
+            Output::Verified(x) => pretty(x),
+        }
+    }
 }
 
 impl CommandError {
@@ -294,6 +417,7 @@ impl CommandError {
             // The controller refused by the same rule (its 403 comes from
             // ServeError::Refused, by variant).
             CommandError::Serve(crate::serve::ServeError::Remote { status: 403, .. }) => 7,
+            CommandError::Remote { exit, .. } => *exit,
             _ => 1,
         }
     }
@@ -336,7 +460,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             }
             Ok(Output::Baked(out))
         }
-        Command::Images => Ok(Output::Images(images(&ctx.store)?)),
+        Command::Images {} => Ok(Output::Images(images(&ctx.store)?)),
         Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
         Command::Gc { dry_run } => Ok(Output::Gc(ctx.store.gc(dry_run)?)),
         Command::Run { request, service_file } => {
@@ -393,12 +517,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             logs.prune(&ctx.retention, ctx.now, &live).map_err(io)?;
             Ok(Output::Logs(logs.query(&filter).map_err(io)?))
         }
-        Command::Volumes => Ok(Output::Volumes(Runtime::new(&ctx.store, ctx.driver).volumes()?)),
+        Command::Volumes {} => Ok(Output::Volumes(Runtime::new(&ctx.store, ctx.driver).volumes()?)),
         Command::SecretSet { name, value } => {
             Secrets::new(ctx.store.home()).set(&name, &value)?;
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
-        Command::SecretList => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
+        Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
         Command::Proxy(run) => {
             run_proxy(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
             Ok(Output::Done { message: "kiln proxy stopped".into() })

@@ -23,21 +23,27 @@ pub const EXIT_SECRETS: i32 = 8;
 pub const EXIT_VULNS: i32 = 9;
 
 /// What `kiln release` is asked to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseRun {
     pub file: PathBuf,
     /// Default: the file's only service.
+    #[serde(default)]
     pub service: Option<String>,
+    #[serde(default)]
     pub db: Option<PathBuf>,
+    #[serde(default)]
     pub force_db: bool,
     /// Promote through the channels up to this one (default: the
     /// service's `channel`; none when it has none).
+    #[serde(default)]
     pub to: Option<String>,
+    #[serde(default = "super::api_actor")]
     pub actor: String,
 }
 
 /// One step's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Step {
     pub name: String,
     pub passed: bool,
@@ -48,7 +54,7 @@ pub struct Step {
 }
 
 /// The pipeline's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PipelineReport {
     pub service: String,
     pub image: String,

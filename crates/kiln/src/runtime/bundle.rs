@@ -18,6 +18,7 @@ use crate::oci::RunConfig;
 
 /// Resource limits from the service spec or `kiln run` flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// CPUs as a fraction (0.5 = half a core).

@@ -40,6 +40,7 @@ pub struct LogLine {
 
 /// Which lines `kiln logs` (and `GET /v1/logs`) shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogFilter {
     pub service: Option<String>,
     /// A release id (`web-3`).

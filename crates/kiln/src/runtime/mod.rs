@@ -97,6 +97,7 @@ impl InstanceState {
 /// A secret an instance receives: always as `/run/secrets/NAME`, and as
 /// the environment variable `env` when given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecretUse {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,13 +159,16 @@ pub struct ExitInfo {
     pub at_ms: i64,
 }
 
-/// A request to start one instance.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A request to start one instance (also the body of the API's `run`
+/// command: every field but `reference` may be left out).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RunRequest {
     /// Image tag, digest or digest prefix.
     pub reference: String,
     /// Service name; defaults to the image's title.
     pub service: Option<String>,
+    /// (name, value), later ones replacing earlier ones of the same name.
     pub env: Vec<(String, String)>,
     /// (volume name, absolute path inside)
     pub volumes: Vec<(String, String)>,
@@ -174,6 +178,8 @@ pub struct RunRequest {
     pub release: Option<String>,
     /// Secrets get a placeholder value (`kiln-test-placeholder-NAME`), never
     /// the stored one: a test instance (`kiln test`) needs their names only.
+    /// Never from outside: only `kiln test` sets it.
+    #[serde(skip)]
     pub placeholder_secrets: bool,
 }
 
@@ -280,8 +286,9 @@ impl Launcher for ShimLauncher {
                 Ok(())
             });
         }
-        // Not waited for: the shim outlives the caller.
-        drop(cmd.spawn()?);
+        // Not waited for: the shim outlives the caller (a long-running
+        // caller reaps it, see crate::children).
+        crate::children::abandon(cmd.spawn()?);
         drop(cmd);
         Ok(Box::new(report))
     }
@@ -382,7 +389,7 @@ pub fn decide_state(
 }
 
 /// A volume and who uses it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VolumeInfo {
     pub service: String,
     pub name: String,
@@ -641,6 +648,17 @@ impl<'a> Runtime<'a> {
         };
         if !valid_service(&service) {
             return Err(RunError::Invalid(format!("service name {service:?}: use lowercase letters, digits and '-'")));
+        }
+        if req.limits.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+            return Err(RunError::Invalid("cpus: must be a positive number of cores, at most 1024".into()));
+        }
+        if let Some((k, _)) = req.env.iter().find(|(k, _)| k.is_empty() || k.contains(['=', '\0'])) {
+            return Err(RunError::Invalid(format!(
+                "environment variable name {k:?}: must be non-empty, without '=' or NUL"
+            )));
+        }
+        if let Some((k, _)) = req.env.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(RunError::Invalid(format!("environment variable {k}: its value holds a NUL byte")));
         }
         for (name, dest) in &req.volumes {
             if !valid_service(name) && !crate::secrets::valid_name(name) {

@@ -69,6 +69,12 @@ pub enum Route {
     },
     /// `GET /openapi.json`.
     OpenApi,
+    /// `POST /v1/commands`: a command (bake, run, ps, ...) whose body the
+    /// command surface parses ([`crate::command::remote::Job`]); `stream`
+    /// when the client accepts NDJSON progress.
+    Command {
+        stream: bool,
+    },
 }
 
 #[derive(Deserialize)]
@@ -179,6 +185,11 @@ pub fn route(req: &http::Request) -> Result<Route, ServeError> {
             Ok(Route::Events { last_id })
         }
         (_, "/" | "/openapi.json" | "/v1/events") => Err(not_allowed(req, "GET")),
+        ("POST", "/v1/commands") => {
+            let stream = req.header("accept").is_some_and(|a| a.contains("application/x-ndjson"));
+            Ok(Route::Command { stream })
+        }
+        (_, "/v1/commands") => Err(not_allowed(req, "POST")),
         _ => parse(req).map(Route::Call),
     }
 }
@@ -545,10 +556,17 @@ mod tests {
             let path = if path.starts_with("/v1/instances/") { "/v1/instances/{instance}" } else { path };
             assert!(documented.contains(&(m.to_owned(), path.to_owned())), "{m} {path} is not in openapi.json");
         }
-        for extra in [("GET", "/"), ("GET", "/openapi.json"), ("GET", "/v1/events")] {
-            assert!(documented.contains(&(extra.0.to_owned(), extra.1.to_owned())), "{extra:?}");
+        // The files, the stream, and every other command (its body is
+        // checked against the command surface in command::remote).
+        let extra = [("GET", "/"), ("GET", "/openapi.json"), ("GET", "/v1/events"), ("POST", "/v1/commands")];
+        for e in extra {
+            assert!(documented.contains(&(e.0.to_owned(), e.1.to_owned())), "{e:?}");
         }
-        assert_eq!(documented.len(), all.len() + 3, "no operation documented twice or left over: {documented:?}");
+        assert_eq!(
+            documented.len(),
+            all.len() + extra.len(),
+            "no operation documented twice or left over: {documented:?}"
+        );
     }
 
     #[test]
@@ -564,5 +582,10 @@ mod tests {
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "Last-Event-ID"), "{e}");
         assert_eq!(status_of(&route(&req("POST", "/v1/events", "")).unwrap_err()), 405);
         assert!(matches!(route(&req("GET", "/v1/status", "")).unwrap(), Route::Call(Request::Status { .. })));
+        assert_eq!(route(&req("POST", "/v1/commands", "{}")).unwrap(), Route::Command { stream: false });
+        let raw = "POST /v1/commands HTTP/1.1\r\nAccept: application/x-ndjson\r\nContent-Length: 2\r\n\r\n{}";
+        let r = http::read_request(&mut raw.as_bytes()).unwrap();
+        assert_eq!(route(&r).unwrap(), Route::Command { stream: true });
+        assert_eq!(status_of(&route(&req("GET", "/v1/commands", "")).unwrap_err()), 405);
     }
 }

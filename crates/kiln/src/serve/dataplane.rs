@@ -218,8 +218,9 @@ impl DataPlane {
         }
         let child = cmd.spawn().map_err(io_err(&d))?;
         let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
-        // Not waited for: the proxy outlives kiln serve.
-        drop(child);
+        // Not waited for: the proxy outlives kiln serve (reaped by it, see
+        // crate::children, when it exits first).
+        crate::children::abandon(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while dp.call("GET", "/releases", b"").is_err() {
             if Instant::now() > deadline || !alive(dp.pid) {

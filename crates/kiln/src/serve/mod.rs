@@ -146,12 +146,24 @@ pub fn bind_api(home: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// Carries out the commands of `POST /v1/commands` (bake, run, ps, ...;
+/// everything that is not a request to the controller), each on its
+/// connection's thread. Implemented outside this module
+/// ([`crate::command::remote::Runner`]) so that `serve` needs nothing of
+/// the commands it carries.
+pub trait Commands: Send + Sync + std::fmt::Debug {
+    /// The answer to one request body (its HTTP status, and the JSON),
+    /// handing each progress event to `progress` as it comes.
+    fn carry_out(&self, body: &[u8], progress: &mut dyn FnMut(serde_json::Value)) -> (u16, serde_json::Value);
+}
+
 /// What every API connection handler shares.
 #[derive(Debug, Clone)]
 pub struct ApiShared {
     pub calls: mpsc::Sender<Call>,
     pub bus: Arc<events::Bus>,
     pub gate: Arc<upgrade::Gate>,
+    pub commands: Arc<dyn Commands>,
 }
 
 /// Serves the API socket: each connection's request goes to the controller
@@ -264,6 +276,7 @@ fn answer(conn: impl Read, mut w: impl Write, shared: &ApiShared, keys: Option<(
         api::Route::OpenApi => return drop(http::write_response(&mut w, 200, OPENAPI.as_bytes())),
         api::Route::Dashboard { token } => return dashboard(&mut w, &req, token.as_deref(), keys),
         api::Route::Events { last_id } => return stream_events(w, shared, last_id),
+        api::Route::Command { stream } => return run_command(w, shared, &req.body, stream),
         api::Route::Call(req) => {
             let text = req == api::Request::Metrics;
             let (tx, rx) = mpsc::channel();
@@ -323,6 +336,28 @@ fn write_error(w: &mut impl Write, e: &ServeError) -> std::io::Result<()> {
     http::write_response_full(w, api::status_of(e), "application/json", &allow, body.to_string().as_bytes())
 }
 
+/// `POST /v1/commands`: one command, carried out on this thread. Streamed
+/// (`Accept: application/x-ndjson`), the answer is 200 and NDJSON: a line
+/// per progress event, then the outcome with its own `status`; otherwise
+/// the outcome alone, with its status.
+fn run_command(mut w: impl Write, shared: &ApiShared, body: &[u8], stream: bool) {
+    if !stream {
+        let (status, answer) = shared.commands.carry_out(body, &mut |_| {});
+        let _ = http::write_response(&mut w, status, answer.to_string().as_bytes());
+        return;
+    }
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    let mut open = w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok();
+    let (status, mut answer) = shared.commands.carry_out(body, &mut |event| {
+        // A client that went away stops getting progress; the command
+        // itself runs to its end (half a bake is worth nothing).
+        open = open && writeln!(w, "{event}").and_then(|_| w.flush()).is_ok();
+    });
+    answer["status"] = serde_json::json!(status);
+    let _ = writeln!(w, "{answer}").and_then(|_| w.flush());
+}
+
 /// `GET /v1/events`: server-sent events until the client goes, falls too
 /// far behind, or a successor takes over (then the browser reconnects to
 /// it, as EventSource does by itself).
@@ -361,31 +396,18 @@ fn stream_events(mut w: impl Write, shared: &ApiShared, last_id: Option<u64>) {
     }
 }
 
-/// Reaps this process's exited children: the shims and proxies it started
-/// are never waited for (they outlive it), so each one that exits would
-/// stay a zombie, and a zombie still answers `kill(pid, 0)`. Only called
-/// from the controller's loop, between acts: no `Command` of that thread is
-/// waiting for its own child then, and the API threads start none.
-pub fn reap_children() {
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        let mut f = rest.split_whitespace();
-        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<i32>().ok()));
-        if state == Some("Z") && ppid == Some(me) {
-            // SAFETY: waits for one exited child of this process, without blocking.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        }
-    }
-}
-
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// How `kiln serve` starts.
+#[derive(Debug)]
+pub struct Options {
+    /// A loopback address for the API with a token, besides the socket.
+    pub tcp: Option<SocketAddr>,
+    /// Take over from the running `kiln serve` (see [`upgrade`]).
+    pub upgrade: bool,
+    pub commands: Arc<dyn Commands>,
 }
 
 /// Runs the controller in the foreground: the lock, the API socket, then
@@ -400,9 +422,9 @@ pub fn run(
     store: &crate::store::Store,
     driver: &dyn crate::runtime::driver::Driver,
     launcher: &dyn crate::runtime::Launcher,
-    tcp: Option<SocketAddr>,
-    upgrade: bool,
+    options: Options,
 ) -> Result<(), ServeError> {
+    let Options { tcp, upgrade, commands } = options;
     if let Some(a) = tcp.filter(|a| !a.ip().is_loopback()) {
         return Err(ServeError::NotLoopback(a));
     }
@@ -427,7 +449,7 @@ pub fn run(
         let tcp = tcp.map(|a| bind_tcp(home, a)).transpose()?;
         (c, upgrade::Listeners { lock, api: bind_api(home)?, tcp, predecessor: None })
     };
-    let shared = ApiShared { calls: tx, bus: c.events(), gate: gate.clone() };
+    let shared = ApiShared { calls: tx, bus: c.events(), gate: gate.clone(), commands };
     let kept = listeners.kept(file)?;
     let upgrade::Listeners { lock: _lock, api, tcp, predecessor } = listeners;
     if let Some(l) = tcp {
@@ -456,7 +478,7 @@ pub fn run(
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
     let mut c = c;
     loop {
-        reap_children();
+        crate::children::reap();
         if let Err(e) = c.tick(now_ms()) {
             eprintln!("kiln serve: {e}");
         }

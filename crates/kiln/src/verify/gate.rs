@@ -43,7 +43,7 @@ pub enum TestError {
 }
 
 /// One HTTP check's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CheckResult {
     /// `GET /healthz -> 200`.
     pub name: String,
@@ -54,7 +54,7 @@ pub struct CheckResult {
 }
 
 /// One host command's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CommandResult {
     pub command: String,
     pub passed: bool,
@@ -65,7 +65,7 @@ pub struct CommandResult {
 }
 
 /// What `kiln test` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TestReport {
     pub reference: String,
     pub digest: Digest,

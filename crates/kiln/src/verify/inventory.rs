@@ -23,7 +23,7 @@ use crate::store::{Store, StoreError};
 const MAX_BINARY: u64 = 256 << 20;
 
 /// The operating system an image declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Os {
     /// `ID`: `debian`, `alpine`, ...
     pub id: String,
@@ -47,7 +47,7 @@ impl Os {
 }
 
 /// Which package manager a package came from (the purl type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Deb,

@@ -30,7 +30,7 @@ pub struct Hit {
 }
 
 /// A finding in an image; never the secret itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub rule: String,
     /// The layer blob, or none for the image config.
@@ -45,7 +45,7 @@ pub struct Finding {
 }
 
 /// What the scan read and found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct LeakReport {
     pub findings: Vec<Finding>,
     pub files: u64,
@@ -350,7 +350,7 @@ mod tests {
 }
 
 /// The secret-scan gate's result for one image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LeakGate {
     pub reference: String,
     pub digest: Digest,

@@ -183,7 +183,7 @@ pub fn cvss3_score(vector: &str) -> Option<f64> {
 }
 
 /// A package affected by an advisory.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub id: String,
     pub aliases: Vec<String>,

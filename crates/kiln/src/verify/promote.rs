@@ -49,7 +49,7 @@ impl PromoteError {
 }
 
 /// What a promotion did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Promoted {
     pub reference: String,
     pub digest: Digest,

@@ -158,7 +158,7 @@ pub fn cyclonedx(s: &Subject<'_>, inv: &Inventory) -> Value {
 }
 
 /// `kiln sbom`'s result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SbomReport {
     pub reference: String,
     pub digest: Digest,
@@ -166,10 +166,16 @@ pub struct SbomReport {
     /// The stored artifacts.
     pub spdx: Digest,
     pub cyclonedx: Digest,
-    #[serde(skip)]
-    pub spdx_document: Value,
-    #[serde(skip)]
-    pub cyclonedx_document: Value,
+}
+
+/// The SBOM document stored as the artifact `artifact` (its one layer).
+pub fn document(store: &Store, artifact: &Digest) -> Result<Value, crate::store::StoreError> {
+    let m: Manifest = store.read_json(artifact)?;
+    let layer = m.layers.first().ok_or_else(|| crate::store::StoreError::Invalid {
+        path: store.blob_path(artifact),
+        message: "an SBOM artifact without its document layer".into(),
+    })?;
+    store.read_json(&layer.digest)
 }
 
 /// Takes the inventory of `reference`, stores both SBOMs as artifacts.
@@ -193,8 +199,6 @@ pub fn generate(store: &Store, reference: &str, now: i64) -> Result<SbomReport, 
         packages: inv.packages.len(),
         spdx: put("spdx", ARTIFACT_SPDX, &s)?,
         cyclonedx: put("cdx", ARTIFACT_CYCLONEDX, &c)?,
-        spdx_document: s,
-        cyclonedx_document: c,
     })
 }
 

@@ -181,7 +181,7 @@ pub fn unbase64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// What signing produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Signed {
     pub reference: String,
     pub digest: Digest,
@@ -255,7 +255,7 @@ fn signature_manifest(store: &Store, tag: &str) -> Result<Option<Manifest>, Stor
 }
 
 /// What verification found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verified {
     pub reference: String,
     pub digest: Digest,

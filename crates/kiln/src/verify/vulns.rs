@@ -32,7 +32,7 @@ pub enum VulnError {
 }
 
 /// What the report says of the database.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DbInfo {
     pub path: std::path::PathBuf,
     pub advisories: usize,
@@ -44,7 +44,7 @@ pub struct DbInfo {
 }
 
 /// One finding as judged by the policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Judged {
     #[serde(flatten)]
     pub finding: Finding,
@@ -54,7 +54,7 @@ pub struct Judged {
 }
 
 /// An allowlist entry that has expired (which fails the gate by itself).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Expired {
     pub index: usize,
     pub id: String,
@@ -62,7 +62,7 @@ pub struct Expired {
 }
 
 /// The scan's verdict on one image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VulnReport {
     pub reference: String,
     pub digest: Digest,

@@ -1,0 +1,552 @@
+//! Commands carried out by `kiln serve` for a client: the wire form of a
+//! [`Command`] (a [`Job`], the body of `POST /v1/commands`), the server side
+//! ([`Runner`], which `kiln serve` is given as its [`crate::serve::Commands`])
+//! and the client the CLI uses ([`send`]).
+//!
+//! With `kiln serve` running, the CLI is a client of it: every command runs
+//! in the controller's process, and the same request works over TCP with
+//! the token. Without one, the CLI carries the command out itself through
+//! the same [`super::execute`].
+//!
+//! This module converts and carries; it must never decide what a command
+//! does (that is [`super::execute`]).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Command, CommandError, Output};
+use crate::bake::{Progress, StepReport};
+use crate::runtime::logs::Retention;
+
+/// One command as a client sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub command: Command,
+    /// The client's `SOURCE_DATE_EPOCH`, for a bake.
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+}
+
+impl Job {
+    /// Whether this command can be carried out by `kiln serve`: not a
+    /// controller request (it has routes of its own) nor `kiln proxy`
+    /// (a load balancer in the caller's foreground).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self.command, Command::Controller(_) | Command::Proxy(_))
+    }
+
+    /// Refuses what no server can take: a relative path (relative to what,
+    /// on the server?), naming the field.
+    pub fn check(&self) -> Result<(), CommandError> {
+        let mut c = self.command.clone();
+        for (field, p) in c.paths_mut() {
+            if !p.is_absolute() {
+                return Err(CommandError::BadRequest {
+                    field: field.into(),
+                    message: format!("{}: must be an absolute path on the host kiln serve runs on", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The job with its paths made absolute against the caller's working
+    /// directory (what a CLI does before sending it).
+    pub fn absolute(mut self) -> std::io::Result<Job> {
+        for (_, p) in self.command.paths_mut() {
+            *p = std::path::absolute(&*p)?;
+        }
+        Ok(self)
+    }
+}
+
+/// A progress event of a command in flight, one NDJSON line of a streamed
+/// answer: `{"progress": {"started": {...}}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    Started { index: usize, total: usize, description: String },
+    Output { line: String },
+    Finished { report: StepReport },
+}
+
+/// A [`Progress`] that hands each event on as JSON.
+struct Relay<'a>(&'a mut dyn FnMut(Value));
+
+impl Relay<'_> {
+    fn send(&mut self, s: Step) {
+        (self.0)(json!({ "progress": s }));
+    }
+}
+
+impl Progress for Relay<'_> {
+    fn step_started(&mut self, index: usize, total: usize, description: &str) {
+        self.send(Step::Started { index, total, description: description.to_owned() });
+    }
+    fn step_output(&mut self, line: &str) {
+        self.send(Step::Output { line: line.to_owned() });
+    }
+    fn step_finished(&mut self, report: &StepReport) {
+        self.send(Step::Finished { report: report.clone() });
+    }
+}
+
+/// Passes one event on to a front end's [`Progress`].
+pub fn replay(step: Step, progress: &mut dyn Progress) {
+    match step {
+        Step::Started { index, total, description } => progress.step_started(index, total, &description),
+        Step::Output { line } => progress.step_output(&line),
+        Step::Finished { report } => progress.step_finished(&report),
+    }
+}
+
+/// The HTTP status of a command's error, by variant: the caller's mistake
+/// (4xx) or the host's (5xx), never by its text.
+pub fn status(e: &CommandError) -> u16 {
+    use crate::runtime::RunError;
+    use crate::secrets::SecretError;
+    use crate::store::StoreError;
+    use crate::verify::vulns::VulnError;
+    use crate::verify::{gate::TestError, inventory::InventoryError, promote::PromoteError, sign::SignError};
+    fn store(e: &StoreError) -> u16 {
+        match e {
+            StoreError::NotFound(_) => 404,
+            StoreError::Ambiguous { .. } => 400,
+            StoreError::TagConflict { .. } => 409,
+            _ => 500,
+        }
+    }
+    fn secret(e: &SecretError) -> u16 {
+        match e {
+            SecretError::BadName(_) => 400,
+            SecretError::Missing(_) => 404,
+            _ => 500,
+        }
+    }
+    fn run(e: &RunError) -> u16 {
+        match e {
+            RunError::Store(s) => store(s),
+            RunError::Secret(s) => secret(s),
+            RunError::Invalid(_) | RunError::Ambiguous { .. } => 400,
+            RunError::NotFound(_) => 404,
+            RunError::NotExited(..) => 409,
+            _ => 500,
+        }
+    }
+    fn io(e: &std::io::Error) -> u16 {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            404
+        } else {
+            500
+        }
+    }
+    fn sign(e: &SignError) -> u16 {
+        match e {
+            SignError::Store(s) => store(s),
+            SignError::Secret(s) => secret(s),
+            SignError::Io { source, .. } => io(source),
+            SignError::KeyExists { .. } => 409,
+            SignError::BadKey { .. } => 400,
+            SignError::Unsigned { .. } | SignError::Invalid { .. } => 403,
+        }
+    }
+    fn inventory(e: &InventoryError) -> u16 {
+        match e {
+            InventoryError::Store(s) => store(s),
+            InventoryError::Parse { .. } => 422,
+        }
+    }
+    match e {
+        CommandError::Spec(_) | CommandError::BadRequest { .. } => 400,
+        CommandError::Bake(b) => match b {
+            crate::bake::BakeError::Store { source, .. } => store(source),
+            // A step of the caller's kiln.toml failed, or its input is bad.
+            crate::bake::BakeError::Step { .. } | crate::bake::BakeError::Unpack { .. } => 422,
+            _ => 500,
+        },
+        CommandError::Store(s) => store(s),
+        CommandError::Run(r) => run(r),
+        CommandError::Secret(s) => secret(s),
+        CommandError::History(_) => 500,
+        CommandError::Test(t) => match t {
+            TestError::Spec(_) | TestError::NoTest { .. } | TestError::NotFromFile { .. } => 400,
+            TestError::Store(s) => store(s),
+            TestError::Run(r) => run(r),
+        },
+        CommandError::Sign(s) => sign(s),
+        CommandError::Vuln(v) => match v {
+            VulnError::Store(s) => store(s),
+            VulnError::Inventory(i) => inventory(i),
+            VulnError::NoDatabase => 400,
+            VulnError::Database { .. } => 400,
+            VulnError::Stale { .. } => 409,
+        },
+        CommandError::Inventory(i) => inventory(i),
+        CommandError::Promote(p) if p.is_refusal() => 403,
+        CommandError::Promote(p) => match p {
+            PromoteError::Store(s) => store(s),
+            PromoteError::Sign(s) => sign(s),
+            PromoteError::UnknownChannel { .. } => 400,
+            _ => 403,
+        },
+        CommandError::Registry(r) => match r {
+            crate::registry::RegistryError::Store(s) => store(s),
+            crate::registry::RegistryError::BadRemote { .. } => 400,
+            // The registry failed or could not be reached: a bad gateway.
+            _ => 502,
+        },
+        CommandError::Serve(s) => crate::serve::api::status_of(s),
+        CommandError::Remote { status, .. } => *status,
+    }
+}
+
+/// An error with its causes, as the CLI prints it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The answer to a command that failed: the message, the field when the
+/// request was bad, and the exit status a CLI gives it.
+fn failure(e: &CommandError) -> (u16, Value) {
+    let mut body = json!({ "error": chain(e), "exit": e.exit_code() });
+    if let CommandError::BadRequest { field, .. } = e {
+        body["field"] = json!(field);
+    }
+    (status(e), body)
+}
+
+/// Carries out the commands of `POST /v1/commands` in `kiln serve`, each on
+/// its connection's thread, with the real tools of the host.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub home: PathBuf,
+    pub retention: Retention,
+}
+
+impl Runner {
+    fn run(&self, body: &[u8], progress: &mut dyn FnMut(Value)) -> Result<Output, CommandError> {
+        let job: Job = serde_json::from_slice(body).map_err(|e| CommandError::BadRequest {
+            // serde names the field between backticks; else the whole body.
+            field: e.to_string().split('`').nth(1).unwrap_or("command").to_owned(),
+            message: e.to_string(),
+        })?;
+        if !job.is_remote() {
+            return Err(CommandError::BadRequest { field: "command".into(), message: "not a command body".into() });
+        }
+        job.check()?;
+        let host = super::host::Host::open(&self.home)?;
+        let mut relay = Relay(progress);
+        let now = (crate::serve::now_ms() / 1000) as i64;
+        let mut ctx = host.context(&mut relay, now, job.source_date_epoch, self.retention);
+        super::execute(job.command, &mut ctx)
+    }
+}
+
+impl crate::serve::Commands for Runner {
+    fn carry_out(&self, body: &[u8], progress: &mut dyn FnMut(Value)) -> (u16, Value) {
+        let started = std::time::Instant::now();
+        let what = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["command"].as_object().and_then(|o| o.keys().next().cloned()))
+            .unwrap_or_else(|| "?".into());
+        // A bug in one command must not take the controller down with it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(body, progress)));
+        let (status, answer) = match outcome {
+            Ok(Ok(output)) => (200, serde_json::to_value(&output).unwrap_or_default()),
+            Ok(Err(e)) => failure(&e),
+            Err(_) => (
+                500,
+                json!({ "error": format!("kiln serve: the {what} command panicked (a bug; see kiln serve's log)"), "exit": 1 }),
+            ),
+        };
+        eprintln!("kiln serve: command {what}: {status} in {} ms", started.elapsed().as_millis());
+        (status, answer)
+    }
+}
+
+/// Carries out `job` in the `kiln serve` of `home`, replaying its progress
+/// on `progress` as it comes. `None` when no `kiln serve` answers there
+/// (or an older one without `/v1/commands`): the caller runs it itself.
+pub fn send(home: &Path, job: &Job, progress: &mut dyn Progress) -> Option<Result<Output, CommandError>> {
+    if !job.is_remote() {
+        return None;
+    }
+    let s = UnixStream::connect(crate::serve::socket_path(home)).ok()?;
+    exchange(s, job, progress)
+}
+
+fn lost(home: &Path, source: std::io::Error) -> CommandError {
+    CommandError::Serve(crate::serve::ServeError::NotRunning { home: home.to_owned(), source })
+}
+
+fn exchange(s: UnixStream, job: &Job, progress: &mut dyn Progress) -> Option<Result<Output, CommandError>> {
+    let home = PathBuf::from("kiln serve");
+    let body = serde_json::to_vec(job).expect("a job serializes");
+    let head = format!(
+        "POST /v1/commands HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut r = BufReader::new(s);
+    if let Err(e) = r.get_mut().write_all(head.as_bytes()).and_then(|_| r.get_mut().write_all(&body)) {
+        return Some(Err(lost(&home, e)));
+    }
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() || line.is_empty() {
+        // It accepted the connection and went away: nothing was carried out.
+        return None;
+    }
+    let http = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if line.trim_end().is_empty() => break,
+            Ok(_) => {}
+            Err(e) => return Some(Err(lost(&home, e))),
+        }
+    }
+    if http == 404 {
+        // A kiln serve from before /v1/commands.
+        return None;
+    }
+    if http != 200 {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut r, &mut rest);
+        let v: Value = serde_json::from_str(&rest).unwrap_or(Value::Null);
+        let message = v["error"].as_str().map(str::to_owned).unwrap_or(rest);
+        return Some(Err(CommandError::Remote { status: http, exit: 1, message }));
+    }
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "it went away before the command finished (its outcome is unknown)",
+                );
+                return Some(Err(lost(&home, e)));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(Err(lost(&home, e))),
+        }
+        let Ok(mut v) = serde_json::from_str::<Value>(&line) else { continue };
+        if let Some(p) = v.get_mut("progress").map(Value::take) {
+            if let Ok(step) = serde_json::from_value::<Step>(p) {
+                replay(step, progress);
+            }
+            continue;
+        }
+        let status = v.get("status").and_then(Value::as_u64).unwrap_or(500) as u16;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+        if status == 200 {
+            return Some(serde_json::from_value::<Output>(v).map_err(|e| CommandError::Remote {
+                status: 500,
+                exit: 1,
+                message: format!("kiln serve sent an answer this kiln cannot read: {e}"),
+            }));
+        }
+        let exit = v["exit"].as_i64().map_or(1, |c| c as i32);
+        let message = v["error"].as_str().unwrap_or("kiln serve failed the command").to_owned();
+        return Some(Err(CommandError::Remote { status, exit, message }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_round_trips_and_names_what_is_wrong() {
+        let job = Job {
+            command: Command::Bake { file: "/src/kiln.toml".into(), image: None, no_cache: false, force: true },
+            source_date_epoch: Some(1),
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        // Optional fields may be left out.
+        let short: Job = serde_json::from_str(r#"{"command": {"images": {}}}"#).unwrap();
+        assert_eq!(short.command, Command::Images {});
+        let bad = serde_json::from_str::<Job>(r#"{"command": {"bake": {"file": "/k", "colour": 1}}}"#).unwrap_err();
+        assert!(bad.to_string().contains("colour"), "{bad}");
+        assert!(serde_json::from_str::<Job>(r#"{"command": {"proxy": {}}}"#).is_err(), "kiln proxy is not a body");
+        let rel = Job { command: Command::Plan { file: "kiln.toml".into(), service: None }, source_date_epoch: None };
+        match rel.check() {
+            Err(CommandError::BadRequest { field, .. }) => assert_eq!(field, "plan.file"),
+            other => panic!("{other:?}"),
+        }
+        let abs = rel.absolute().unwrap();
+        assert!(abs.check().is_ok());
+        assert!(matches!(&abs.command, Command::Plan { file, .. } if file.is_absolute()));
+    }
+
+    /// The name of a command in a body; exhaustive, so a new command cannot
+    /// be added without deciding its wire name (and documenting it).
+    fn wire_name(c: &Command) -> Option<&'static str> {
+        Some(match c {
+            Command::Controller(_) | Command::Proxy(_) => return None,
+            Command::Bake { .. } => "bake",
+            Command::Images {} => "images",
+            Command::Inspect { .. } => "inspect",
+            Command::Gc { .. } => "gc",
+            Command::Run { .. } => "run",
+            Command::Ps { .. } => "ps",
+            Command::Stop { .. } => "stop",
+            Command::Rm { .. } => "rm",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Logs(_) => "logs",
+            Command::Volumes {} => "volumes",
+            Command::SecretSet { .. } => "secret_set",
+            Command::SecretList {} => "secret_list",
+            Command::SecretRemove { .. } => "secret_remove",
+            Command::Plan { .. } => "plan",
+            Command::History { .. } => "history",
+            Command::Test { .. } => "test",
+            Command::ScanSecrets { .. } => "scan_secrets",
+            Command::Scan { .. } => "scan",
+            Command::PromoteImage { .. } => "promote_image",
+            Command::Release(_) => "release",
+            Command::Push { .. } => "push",
+            Command::Pull { .. } => "pull",
+            Command::Sbom { .. } => "sbom",
+            Command::KeyGenerate { .. } => "key_generate",
+            Command::Sign { .. } => "sign",
+            Command::VerifySignature { .. } => "verify_signature",
+        })
+    }
+
+    /// A value of a schema's type (the first non-null one).
+    fn sample(schema: &Value) -> Value {
+        let ty = match &schema["type"] {
+            Value::Array(t) => t.iter().find(|t| *t != "null").cloned().unwrap_or(Value::Null),
+            t => t.clone(),
+        };
+        match ty.as_str() {
+            Some("string") => json!("/x"),
+            Some("boolean") => json!(true),
+            Some("integer") => json!(1),
+            Some("number") => json!(0.5),
+            Some("array") => match schema["items"]["type"].as_str() {
+                Some("string") => json!(["a", "/b"]),
+                _ if schema["items"]["type"] == "integer" => json!([1, 2]),
+                _ => json!([sample(&schema["items"])]),
+            },
+            Some("object") => {
+                let mut o = serde_json::Map::new();
+                for (k, v) in schema["properties"].as_object().into_iter().flatten() {
+                    o.insert(k.clone(), sample(v));
+                }
+                Value::Object(o)
+            }
+            _ => Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_command_body() {
+        let doc: Value = serde_json::from_str(crate::serve::OPENAPI).unwrap();
+        let variants = doc["components"]["schemas"]["Command"]["oneOf"].as_array().unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for v in variants {
+            let (name, schema) = v["properties"].as_object().unwrap().iter().next().unwrap();
+            assert_eq!(schema["additionalProperties"], false, "{name}: unknown fields are refused");
+            // Every documented field, filled in, is taken by the parser...
+            let full = json!({ "command": { name.as_str(): sample(schema) } });
+            let job: Job = serde_json::from_value(full.clone()).unwrap_or_else(|e| panic!("{name}: {full}: {e}"));
+            documented.insert(wire_name(&job.command).unwrap());
+            // ...the required ones are enough...
+            let mut min = serde_json::Map::new();
+            for r in schema["required"].as_array().into_iter().flatten() {
+                let r = r.as_str().unwrap();
+                min.insert(r.into(), sample(&schema["properties"][r]));
+            }
+            let body = json!({ "command": { name.as_str(): min } });
+            serde_json::from_value::<Job>(body.clone()).unwrap_or_else(|e| panic!("{name}: {body}: {e}"));
+            // ...and one of them left out is refused.
+            if let Some(first) = schema["required"].as_array().and_then(|r| r.first()) {
+                let mut less = min.clone();
+                less.remove(first.as_str().unwrap());
+                let body = json!({ "command": { name.as_str(): less } });
+                assert!(serde_json::from_value::<Job>(body.clone()).is_err(), "{name}: {body} lacks {first}");
+            }
+        }
+        // Every command a front end can build is documented, once.
+        let all = [
+            Command::Bake { file: "/k".into(), image: None, no_cache: false, force: false },
+            Command::Images {},
+            Command::Inspect { reference: "r".into() },
+            Command::Gc { dry_run: true },
+            Command::Run { request: Default::default(), service_file: None },
+            Command::Ps { all: true },
+            Command::Stop { instance: "i".into(), grace_secs: None },
+            Command::Rm { instance: "i".into(), force: false },
+            Command::Pause { instance: "i".into() },
+            Command::Resume { instance: "i".into() },
+            Command::Logs(Default::default()),
+            Command::Volumes {},
+            Command::SecretSet { name: "n".into(), value: vec![1] },
+            Command::SecretList {},
+            Command::SecretRemove { name: "n".into() },
+            Command::Plan { file: "/k".into(), service: None },
+            Command::History { service: None, verify: false },
+            Command::Test { file: "/k".into(), reference: "r".into() },
+            Command::ScanSecrets { file: "/k".into(), reference: "r".into() },
+            Command::Scan { file: "/k".into(), reference: "r".into(), db: None, force: false },
+            Command::PromoteImage { file: "/k".into(), reference: "r".into(), to: "prod".into(), actor: "a".into() },
+            Command::Release(super::super::pipeline::ReleaseRun {
+                file: "/k".into(),
+                service: None,
+                db: None,
+                force_db: false,
+                to: None,
+                actor: "a".into(),
+            }),
+            Command::Push { reference: "r".into(), remote: "127.0.0.1:5000/r".into() },
+            Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None },
+            Command::Sbom { reference: "r".into() },
+            Command::KeyGenerate { name: "k".into() },
+            Command::Sign { reference: "r".into(), key: "k".into() },
+            Command::VerifySignature { reference: "r".into(), key: None },
+        ];
+        for c in &all {
+            let name = wire_name(c).unwrap();
+            assert!(documented.contains(name), "{name} is not in openapi.json");
+            // What a client sends is what the server reads back.
+            let job = Job { command: c.clone(), source_date_epoch: None };
+            let back: Job = serde_json::from_str(&serde_json::to_string(&job).unwrap()).unwrap();
+            assert_eq!(back, job, "{name}");
+        }
+        assert_eq!(documented.len(), all.len(), "a documented command that is not one: {documented:?}");
+    }
+
+    #[test]
+    fn statuses_come_from_variants() {
+        use crate::store::StoreError;
+        assert_eq!(status(&StoreError::NotFound("x".into()).into()), 404);
+        assert_eq!(status(&CommandError::BadRequest { field: "f".into(), message: "m".into() }), 400);
+        let reg = crate::registry::RegistryError::Io {
+            host: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(status(&reg.into()), 502);
+        let (s, body) = failure(&CommandError::Remote { status: 403, exit: 7, message: "refused".into() });
+        assert_eq!((s, body["exit"].as_i64()), (403, Some(7)));
+    }
+}
