@@ -125,7 +125,7 @@ fn over_tcp_the_token_is_required_bad_input_is_named_and_schemathesis_finds_noth
         .expect("schemathesis (pip install schemathesis; scripts/install-deps.sh does)");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "schemathesis found problems:\n{report}\nserve log: {}", env.serve_log());
-    assert!(report.contains("Tested: 16"), "every operation but the stream was tested:\n{report}");
+    assert!(report.contains("Tested: 17"), "every operation but the stream was tested:\n{report}");
     // And the controller still works afterwards.
     assert!(env.serve_running());
     // (It finds real ids in the answers: it deploys, rolls back and
@@ -292,4 +292,140 @@ fn the_dashboard_in_chromium_shows_a_canary_advance_live_and_aborts_it() {
     for shot in ["1-canary-started.png", "2-canary-advanced.png", "3-aborted.png"] {
         assert!(std::fs::metadata(shots.join(shot)).unwrap().len() > 10_000, "{shot}");
     }
+}
+
+/// How many commands `kiln serve` says it carried out under `name`.
+fn served(env: &Env, name: &str) -> usize {
+    let prefix = format!("kiln serve: command {name}: ");
+    env.serve_log().lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+#[test]
+fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
+    let _one = serial();
+    let mut env = Env::bare("client", HEALTH);
+    let port = common::free_port();
+    env.tcp = Some(port);
+    env.start_serve(None);
+
+    // A bake runs in kiln serve; its progress reaches the CLI as it goes.
+    let out = env.kiln(&["bake"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", env.serve_log());
+    assert!(stderr.contains("copy demo-app -> /demo-app"), "progress was relayed: {stderr}");
+    assert_eq!(served(&env, "bake"), 1, "{}", env.serve_log());
+    let images = env.ok(&["images", "--json"]);
+    assert!(json(&images)[0]["tags"].as_array().unwrap().iter().any(|t| t == "web:1.0.0"), "{images}");
+
+    // Instances: run, ps, logs, stop, rm.
+    let id = json(&env.ok(&["run", "web", "--name", "probe", "--json"]))["id"].as_str().unwrap().to_owned();
+    assert!(env.ok(&["ps", "--json"]).contains(&id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.ok(&["logs", "--instance", &id, "--json"]).contains("demo-app 1.0.0") {
+        assert!(Instant::now() < deadline, "no log line of {id}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Commands that start and wait for their own processes (runc) run on
+    // kiln serve's threads while the controller reaps the shims and load
+    // balancers it abandoned: none loses its child's exit to the reaper.
+    let many: Vec<_> = (0..16)
+        .map(|_| {
+            let (dir, home) = (env.dir.clone(), env.home.clone());
+            std::thread::spawn(move || common::kiln(&home, &dir, &["ps", "--json"]))
+        })
+        .collect();
+    for h in many {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    }
+    env.ok(&["stop", &id]);
+    env.ok(&["rm", &id]);
+    assert!(!env.ok(&["ps", "--all", "--json"]).contains(&id));
+
+    // Secrets, volumes, plan, history, gc.
+    let mut set = Command::new(common::kiln_bin())
+        .args(["secret", "set", "db_password"])
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    assert!(set.wait().unwrap().success());
+    assert_eq!(env.ok(&["secret", "ls"]).trim(), "db_password");
+    env.ok(&["volumes"]);
+    assert_eq!(json(&env.ok(&["plan", "--json"]))[0]["service"], "web");
+    env.ok(&["history", "--json"]);
+    env.ok(&["gc", "--dry-run", "--json"]);
+
+    // Errors keep their exit status, which kiln serve computes by variant.
+    let out = env.kiln(&["inspect", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""), "{out:?}");
+    env.ok(&["key", "generate", "default"]);
+    let out = env.kiln(&["verify", "web"]);
+    assert_eq!(out.status.code(), Some(7), "an unsigned image is refused: {out:?}");
+    env.ok(&["sign", "web", "--key", "default"]);
+    env.ok(&["verify", "web"]);
+    // `kiln sbom --output` writes the document kiln serve stored.
+    let sbom = env.dir.join("sbom.json");
+    env.ok(&["sbom", "web", "--output", sbom.to_str().unwrap()]);
+    assert_eq!(json(&std::fs::read_to_string(&sbom).unwrap())["spdxVersion"], "SPDX-2.3");
+
+    for name in [
+        "bake",
+        "images",
+        "inspect",
+        "run",
+        "ps",
+        "logs",
+        "stop",
+        "rm",
+        "secret_set",
+        "secret_list",
+        "volumes",
+        "plan",
+        "history",
+        "gc",
+        "key_generate",
+        "sign",
+        "verify_signature",
+        "sbom",
+    ] {
+        assert!(served(&env, name) > 0, "kiln {name} did not go through kiln serve:\n{}", env.serve_log());
+    }
+
+    // The same command over TCP: the token first, relative paths refused
+    // by field, progress streamed as NDJSON with the outcome last.
+    let token = std::fs::read_to_string(env.home.join("serve.token")).unwrap().trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let body = r#"{"command": {"secret_set": {"name": "sneaky", "value": [1, 2]}}}"#;
+    let (code, _, _) = tcp(port, "POST", "/v1/commands", &[], body);
+    assert_eq!(code, 401);
+    assert!(!env.ok(&["secret", "ls"]).contains("sneaky"), "a request without the token changed nothing");
+    let (code, _, body) = tcp(port, "POST", "/v1/commands", &auth, r#"{"command": {"bake": {"file": "kiln.toml"}}}"#);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(json(&body)["field"], "bake.file", "{body}");
+    let (code, _, body) = tcp(port, "POST", "/v1/commands", &auth, r#"{"command": {"inspect": {"reference": "nope"}}}"#);
+    assert_eq!(code, 404, "{body}");
+    let file = env.dir.join("kiln.toml");
+    let bake = format!(r#"{{"command": {{"bake": {{"file": {:?}, "no_cache": true}}}}}}"#, file.to_str().unwrap());
+    let stream = [("Authorization", bearer.as_str()), ("Accept", "application/x-ndjson")];
+    let (code, head, body) = tcp(port, "POST", "/v1/commands", &stream, &bake);
+    assert_eq!(code, 200, "{body}");
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let lines: Vec<serde_json::Value> = body.lines().map(json).collect();
+    let (last, progress) = lines.split_last().unwrap();
+    assert!(progress.iter().any(|l| l["progress"]["finished"]["report"]["outcome"] == "built"), "{body}");
+    assert_eq!((last["status"].as_u64(), last["kind"].as_str()), (Some(200), Some("baked")), "{body}");
+
+    // And what it answers is what the CLI answers by itself, without one.
+    let images = env.ok(&["images", "--json"]);
+    let inspect = env.ok(&["inspect", "web:1.0.0", "--json"]);
+    assert!(images.contains("web:b2"), "{images}");
+    env.kill_serve();
+    assert_eq!(env.ok(&["images", "--json"]), images);
+    assert_eq!(env.ok(&["inspect", "web:1.0.0", "--json"]), inspect);
 }

@@ -240,10 +240,15 @@ pub struct Runner {
 
 impl Runner {
     fn run(&self, body: &[u8], progress: &mut dyn FnMut(Value)) -> Result<Output, CommandError> {
-        let job: Job = serde_json::from_slice(body).map_err(|e| CommandError::BadRequest {
-            // serde names the field between backticks; else the whole body.
-            field: e.to_string().split('`').nth(1).unwrap_or("command").to_owned(),
-            message: e.to_string(),
+        let job: Job = serde_json::from_slice(body).map_err(|e| {
+            let m = e.to_string();
+            // serde names the field between backticks; a wrong command
+            // name is the `command` field's fault.
+            let field = match m.split('`').nth(1) {
+                Some(f) if !m.starts_with("unknown variant") => f,
+                _ => "command",
+            };
+            CommandError::BadRequest { field: field.to_owned(), message: m }
         })?;
         if !job.is_remote() {
             return Err(CommandError::BadRequest { field: "command".into(), message: "not a command body".into() });
