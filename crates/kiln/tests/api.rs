@@ -408,7 +408,8 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
     let (code, _, body) = tcp(port, "POST", "/v1/commands", &auth, r#"{"command": {"bake": {"file": "kiln.toml"}}}"#);
     assert_eq!(code, 400, "{body}");
     assert_eq!(json(&body)["field"], "bake.file", "{body}");
-    let (code, _, body) = tcp(port, "POST", "/v1/commands", &auth, r#"{"command": {"inspect": {"reference": "nope"}}}"#);
+    let (code, _, body) =
+        tcp(port, "POST", "/v1/commands", &auth, r#"{"command": {"inspect": {"reference": "nope"}}}"#);
     assert_eq!(code, 404, "{body}");
     let file = env.dir.join("kiln.toml");
     let bake = format!(r#"{{"command": {{"bake": {{"file": {:?}, "no_cache": true}}}}}}"#, file.to_str().unwrap());

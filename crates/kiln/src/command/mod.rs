@@ -187,28 +187,39 @@ pub enum Command {
     },
 }
 
+/// What a path a command names must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathNeed {
+    /// A file that is there (a kiln.toml to bake, a key).
+    File,
+    /// A file or directory that is there (an OSV database).
+    Exists,
+    /// Consulted when there, and then a file (an allowlist, a policy).
+    Optional,
+}
+
 impl Command {
     /// The paths a command names, by field (`bake.file`), so a front end can
     /// make them absolute and the API can refuse relative ones.
-    pub fn paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+    pub fn paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf, PathNeed)> {
         match self {
-            Command::Bake { file, .. } => vec![("bake.file", file)],
-            Command::Run { service_file: Some(f), .. } => vec![("run.service_file", f)],
-            Command::Plan { file, .. } => vec![("plan.file", file)],
-            Command::Test { file, .. } => vec![("test.file", file)],
-            Command::ScanSecrets { file, .. } => vec![("scan_secrets.file", file)],
+            Command::Bake { file, .. } => vec![("bake.file", file, PathNeed::File)],
+            Command::Run { service_file: Some(f), .. } => vec![("run.service_file", f, PathNeed::File)],
+            Command::Plan { file, .. } => vec![("plan.file", file, PathNeed::File)],
+            Command::Test { file, .. } => vec![("test.file", file, PathNeed::File)],
+            Command::ScanSecrets { file, .. } => vec![("scan_secrets.file", file, PathNeed::Optional)],
             Command::Scan { file, db, .. } => {
-                let mut v = vec![("scan.file", file)];
-                v.extend(db.as_mut().map(|d| ("scan.db", d)));
+                let mut v = vec![("scan.file", file, PathNeed::Optional)];
+                v.extend(db.as_mut().map(|d| ("scan.db", d, PathNeed::Exists)));
                 v
             }
-            Command::PromoteImage { file, .. } => vec![("promote_image.file", file)],
+            Command::PromoteImage { file, .. } => vec![("promote_image.file", file, PathNeed::Optional)],
             Command::Release(run) => {
-                let mut v = vec![("release.file", &mut run.file)];
-                v.extend(run.db.as_mut().map(|d| ("release.db", d)));
+                let mut v = vec![("release.file", &mut run.file, PathNeed::File)];
+                v.extend(run.db.as_mut().map(|d| ("release.db", d, PathNeed::Exists)));
                 v
             }
-            Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k)],
+            Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k, PathNeed::File)],
             _ => Vec::new(),
         }
     }
@@ -339,6 +350,9 @@ pub enum CommandError {
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    /// A path a command names that is not there.
+    #[error("{field}: {} is not there (or is not a file)", path.display())]
+    NoFile { field: String, path: PathBuf },
     /// A command body that cannot be carried out, naming the field.
     #[error("bad request: {field}: {message}")]
     BadRequest { field: String, message: String },
@@ -574,18 +588,18 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::ScanSecrets { file, reference } => {
             // The allowlist is in kiln.toml; an image from elsewhere has none.
-            let f = if file.exists() { Some(spec::load(&file)?) } else { None };
+            let f = if file.is_file() { Some(spec::load(&file)?) } else { None };
             let g = crate::verify::leaks::gate(&ctx.store, f.as_ref(), &reference, ctx.now)?;
             Ok(Output::Leaks(Box::new(g)))
         }
         Command::Scan { file, reference, db, force } => {
-            let f = if file.exists() { Some(spec::load(&file)?) } else { None };
+            let f = if file.is_file() { Some(spec::load(&file)?) } else { None };
             let db = db.ok_or(crate::verify::vulns::VulnError::NoDatabase)?;
             let r = crate::verify::vulns::gate(&ctx.store, f.as_ref(), &reference, &db, force, ctx.now)?;
             Ok(Output::Vulns(Box::new(r)))
         }
         Command::PromoteImage { file, reference, to, actor } => {
-            let policy = if file.exists() { spec::load(&file)?.promotion } else { Default::default() };
+            let policy = if file.is_file() { spec::load(&file)?.promotion } else { Default::default() };
             let p = crate::verify::promote::promote(&ctx.store, &policy, &reference, &to, &actor, ctx.now)?;
             Ok(Output::Promoted(Box::new(p)))
         }

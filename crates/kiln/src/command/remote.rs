@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Command, CommandError, Output};
+use super::{Command, CommandError, Output, PathNeed};
 use crate::bake::{Progress, StepReport};
 use crate::runtime::logs::Retention;
 
@@ -43,13 +43,27 @@ impl Job {
     /// Refuses what no server can take: a relative path (relative to what,
     /// on the server?), naming the field.
     pub fn check(&self) -> Result<(), CommandError> {
+        if self.source_date_epoch.is_some_and(|t| t < 0) {
+            return Err(CommandError::BadRequest {
+                field: "source_date_epoch".into(),
+                message: "seconds since 1970, not negative".into(),
+            });
+        }
         let mut c = self.command.clone();
-        for (field, p) in c.paths_mut() {
+        for (field, p, need) in c.paths_mut() {
             if !p.is_absolute() {
                 return Err(CommandError::BadRequest {
                     field: field.into(),
                     message: format!("{}: must be an absolute path on the host kiln serve runs on", p.display()),
                 });
+            }
+            let there = match need {
+                PathNeed::File => p.is_file(),
+                PathNeed::Exists => p.exists(),
+                PathNeed::Optional => !p.exists() || p.is_file(),
+            };
+            if !there {
+                return Err(CommandError::NoFile { field: field.into(), path: p.clone() });
             }
         }
         Ok(())
@@ -58,7 +72,7 @@ impl Job {
     /// The job with its paths made absolute against the caller's working
     /// directory (what a CLI does before sending it).
     pub fn absolute(mut self) -> std::io::Result<Job> {
-        for (_, p) in self.command.paths_mut() {
+        for (_, p, _) in self.command.paths_mut() {
             *p = std::path::absolute(&*p)?;
         }
         Ok(self)
@@ -116,7 +130,8 @@ pub fn status(e: &CommandError) -> u16 {
     fn store(e: &StoreError) -> u16 {
         match e {
             StoreError::NotFound(_) => 404,
-            StoreError::Ambiguous { .. } => 400,
+            // Several match: the caller must say which.
+            StoreError::Ambiguous { .. } => 409,
             StoreError::TagConflict { .. } => 409,
             _ => 500,
         }
@@ -132,7 +147,8 @@ pub fn status(e: &CommandError) -> u16 {
         match e {
             RunError::Store(s) => store(s),
             RunError::Secret(s) => secret(s),
-            RunError::Invalid(_) | RunError::Ambiguous { .. } => 400,
+            RunError::Invalid(_) => 400,
+            RunError::Ambiguous { .. } => 409,
             RunError::NotFound(_) => 404,
             RunError::NotExited(..) => 409,
             _ => 500,
@@ -152,6 +168,7 @@ pub fn status(e: &CommandError) -> u16 {
             SignError::Io { source, .. } => io(source),
             SignError::KeyExists { .. } => 409,
             SignError::BadKey { .. } => 400,
+            SignError::NoKey { .. } => 404,
             SignError::Unsigned { .. } | SignError::Invalid { .. } => 403,
         }
     }
@@ -163,6 +180,7 @@ pub fn status(e: &CommandError) -> u16 {
     }
     match e {
         CommandError::Spec(_) | CommandError::BadRequest { .. } => 400,
+        CommandError::NoFile { .. } => 404,
         CommandError::Bake(b) => match b {
             crate::bake::BakeError::Store { source, .. } => store(source),
             // A step of the caller's kiln.toml failed, or its input is bad.
@@ -191,12 +209,14 @@ pub fn status(e: &CommandError) -> u16 {
         CommandError::Promote(p) => match p {
             PromoteError::Store(s) => store(s),
             PromoteError::Sign(s) => sign(s),
-            PromoteError::UnknownChannel { .. } => 400,
+            PromoteError::UnknownChannel { .. } => 404,
             _ => 403,
         },
         CommandError::Registry(r) => match r {
             crate::registry::RegistryError::Store(s) => store(s),
             crate::registry::RegistryError::BadRemote { .. } => 400,
+            // Nothing answers where the body says the registry is.
+            crate::registry::RegistryError::Io { .. } => 404,
             // The registry failed or could not be reached: a bad gateway.
             _ => 502,
         },
@@ -230,6 +250,26 @@ fn failure(e: &CommandError) -> (u16, Value) {
     (status(e), body)
 }
 
+/// JSON has one number type: `3000.0` is as much an integer as `3000`, so
+/// whole numbers become integers before the body meets the integer fields.
+fn whole_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Strictly within ±2^63 (and below 2^64 on the positive side) the
+            // cast is exact; an integer past those was read as a float.
+            if f.fract() == 0.0 && f > -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
+                *v = json!(f as i64);
+            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+                *v = json!(f as u64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(whole_numbers),
+        Value::Object(o) => o.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
 /// Carries out the commands of `POST /v1/commands` in `kiln serve`, each on
 /// its connection's thread, with the real tools of the host.
 #[derive(Debug, Clone)]
@@ -240,7 +280,7 @@ pub struct Runner {
 
 impl Runner {
     fn run(&self, body: &[u8], progress: &mut dyn FnMut(Value)) -> Result<Output, CommandError> {
-        let job: Job = serde_json::from_slice(body).map_err(|e| {
+        let bad = |e: serde_json::Error| {
             let m = e.to_string();
             // serde names the field between backticks; a wrong command
             // name is the `command` field's fault.
@@ -249,7 +289,10 @@ impl Runner {
                 _ => "command",
             };
             CommandError::BadRequest { field: field.to_owned(), message: m }
-        })?;
+        };
+        let mut v: Value = serde_json::from_slice(body).map_err(bad)?;
+        whole_numbers(&mut v);
+        let job = Job::deserialize(v).map_err(bad)?;
         if !job.is_remote() {
             return Err(CommandError::BadRequest { field: "command".into(), message: "not a command body".into() });
         }
@@ -397,8 +440,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let abs = rel.absolute().unwrap();
-        assert!(abs.check().is_ok());
         assert!(matches!(&abs.command, Command::Plan { file, .. } if file.is_absolute()));
+        // A file to read must be there (404 by variant), one to consult
+        // (an allowlist) may be absent.
+        let gone = Job { command: Command::Plan { file: "/no/such/kiln.toml".into(), service: None }, ..abs };
+        assert!(matches!(gone.check(), Err(CommandError::NoFile { ref field, .. }) if field == "plan.file"));
+        assert_eq!(status(&gone.check().unwrap_err()), 404);
+        let dir = Job { command: Command::Plan { file: "/".into(), service: None }, source_date_epoch: None };
+        assert!(matches!(dir.check(), Err(CommandError::NoFile { .. })), "a directory is not a kiln.toml");
+        let optional = Command::ScanSecrets { file: "/no/such/kiln.toml".into(), reference: "x".into() };
+        assert!(Job { command: optional, source_date_epoch: None }.check().is_ok());
     }
 
     /// The name of a command in a body; exhaustive, so a new command cannot
@@ -542,6 +593,21 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_are_integers() {
+        let mut v = json!({"a": 697.0, "b": [1.5, -2.0], "c": 1e300, "d": 3});
+        whole_numbers(&mut v);
+        assert_eq!(v, json!({"a": 697, "b": [1.5, -2], "c": 1e300, "d": 3}));
+        let job: Job = {
+            let mut v = json!({"command": {"stop": {"instance": "i", "grace_secs": 5.0}}, "source_date_epoch": 0.0});
+            whole_numbers(&mut v);
+            Job::deserialize(v).unwrap()
+        };
+        assert_eq!(job.command, Command::Stop { instance: "i".into(), grace_secs: Some(5) });
+        let neg = Job { source_date_epoch: Some(-1), ..job };
+        assert!(matches!(neg.check(), Err(CommandError::BadRequest { ref field, .. }) if field == "source_date_epoch"));
+    }
+
+    #[test]
     fn statuses_come_from_variants() {
         use crate::store::StoreError;
         assert_eq!(status(&StoreError::NotFound("x".into()).into()), 404);
@@ -550,7 +616,15 @@ mod tests {
             host: "127.0.0.1:1".into(),
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
-        assert_eq!(status(&reg.into()), 502);
+        assert_eq!(status(&reg.into()), 404, "no registry there");
+        let reg = crate::registry::RegistryError::Status {
+            host: "127.0.0.1:1".into(),
+            method: "GET".into(),
+            path: "/v2/".into(),
+            status: 500,
+            body: String::new(),
+        };
+        assert_eq!(status(&reg.into()), 502, "the registry failed");
         let (s, body) = failure(&CommandError::Remote { status: 403, exit: 7, message: "refused".into() });
         assert_eq!((s, body["exit"].as_i64()), (403, Some(7)));
     }

@@ -606,6 +606,10 @@ impl<'a> Runtime<'a> {
 
     /// Resolves an id or a unique prefix.
     pub fn find(&self, reference: &str) -> Result<InstanceRecord, RunError> {
+        if reference.is_empty() {
+            // The prefix of every instance: never one of them.
+            return Err(RunError::Invalid("name an instance (an id or a unique prefix of one)".into()));
+        }
         let all = self.records()?;
         if let Some(r) = all.iter().find(|r| r.id.as_str() == reference) {
             return Ok(r.clone());

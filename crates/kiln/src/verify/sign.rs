@@ -39,6 +39,8 @@ pub enum SignError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("key {name:?} exists already (remove {} first to replace it)", path.display())]
     KeyExists { name: String, path: PathBuf },
+    #[error("no signing key {name:?} (create it with `kiln key generate {name}`)")]
+    NoKey { name: String },
     #[error("key {name:?}: {detail}")]
     BadKey { name: String, detail: String },
     #[error("{reference}: not signed (no tag {tag})")]
@@ -87,7 +89,7 @@ pub fn generate(home: &Path, name: &str) -> Result<String, SignError> {
 
 fn signing_key(home: &Path, name: &str) -> Result<SigningKey, SignError> {
     let v = private_keys(home).get(name).map_err(|e| match e {
-        SecretError::Missing(_) => bad_key(name, "no such key (create it with `kiln key generate`)"),
+        SecretError::Missing(_) => SignError::NoKey { name: name.to_owned() },
         e => e.into(),
     })?;
     SigningKey::from_slice(v.expose()).map_err(|e| bad_key(name, e))
