@@ -260,7 +260,7 @@ fn whole_numbers(v: &mut Value) {
             // cast is exact; an integer past those was read as a float.
             if f.fract() == 0.0 && f > -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
                 *v = json!(f as i64);
-            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+            } else if f.fract() == 0.0 && (0.0..1.844_674_407_370_955_2e19).contains(&f) {
                 *v = json!(f as u64);
             }
         }
