@@ -1,14 +1,14 @@
 //! What the CLI prints: bake progress, and each command's output as text
 //! (or JSON lines for logs). Rendering only; nothing here acts, except
-//! `follow_logs`, which reads the log files as they grow.
+//! `follow_logs`, which asks for new log lines in a loop.
 
 use kiln::bake::{Outcome, Progress, StepReport};
-use kiln::command::Output;
-use kiln::runtime::driver::RuncDriver;
+use kiln::command::host::Host;
+use kiln::command::remote::Job;
+use kiln::command::{Command, Output};
 use kiln::runtime::logs::{LogFilter, LogLine};
-use kiln::store::Store;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 
 use crate::{cli_release, cli_verify};
 
@@ -73,16 +73,17 @@ pub(crate) fn print_log(l: &LogLine, json: bool) {
     }
 }
 
-/// `kiln logs --follow`: prints what is there, then new lines as they come.
-pub(crate) fn follow_logs(home: Option<PathBuf>, mut filter: LogFilter, json: bool) -> anyhow::Result<()> {
-    let home = home.unwrap_or_else(Store::default_home);
-    let store = Store::open(&home)?;
-    let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));
-    let rt = kiln::runtime::Runtime::new(&store, &driver);
+/// `kiln logs --follow`: prints what is there, then new lines as they come,
+/// asking again every 250 ms (through `kiln serve` when it runs).
+pub(crate) fn follow_logs(home: &Path, host: &Host, mut filter: LogFilter, json: bool) -> anyhow::Result<()> {
     let mut seen_at_last: Vec<LogLine> = Vec::new();
+    let mut quiet = PlainProgress { current: String::new() };
     loop {
-        rt.ingest_all()?;
-        let lines = rt.logs().query(&filter)?;
+        let job = Job { command: Command::Logs(filter.clone()), source_date_epoch: None };
+        let lines = match crate::carry_out(home, host, job, &mut quiet)? {
+            Output::Logs(lines) => lines,
+            _ => Vec::new(),
+        };
         let last = lines.last().map(|l| l.ts);
         for l in &lines {
             if !seen_at_last.contains(l) {

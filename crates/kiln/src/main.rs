@@ -65,6 +65,21 @@ fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
     }
 }
 
+/// Carries `job` out: with a `kiln serve` on this home, as a call to its
+/// API (carried out there, beside the releases it may race with); without
+/// one, here, the same way.
+fn carry_out(home: &std::path::Path, host: &Host, job: Job, progress: &mut dyn Progress) -> anyhow::Result<Output> {
+    if job.is_remote() {
+        let sent = job.clone().absolute().context("making the command's paths absolute")?;
+        if let Some(answer) = command::remote::send(home, &sent, progress) {
+            return Ok(answer?);
+        }
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut ctx = host.context(progress, now, job.source_date_epoch, retention()?);
+    Ok(command::execute(job.command, &mut ctx)?)
+}
+
 fn main() {
     // SAFETY: restores the default SIGPIPE action before any thread starts,
     // so `kiln status | head` ends quietly instead of panicking on EPIPE.
@@ -295,7 +310,8 @@ fn run() -> anyhow::Result<()> {
             };
             let filter = LogFilter { service, release, instance, image, since };
             if follow {
-                return follow_logs(cli.home, filter, json);
+                let home = cli.home.unwrap_or_else(Store::default_home);
+                return follow_logs(&home, &Host::open(&home)?, filter, json);
             }
             (Command::Logs(filter), json)
         }
@@ -380,22 +396,7 @@ fn run() -> anyhow::Result<()> {
     let progress: &mut dyn Progress = if std::io::stderr().is_terminal() { &mut tty } else { &mut plain };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let job = Job { command: cmd, source_date_epoch: source_date_epoch()? };
-    // With a `kiln serve` on this home, the command is a call to its API
-    // (carried out there, beside the releases it may race with); without
-    // one, it is carried out here.
-    let remote = if job.is_remote() {
-        let job = job.clone().absolute().context("making the command's paths absolute")?;
-        command::remote::send(&home, &job, progress)
-    } else {
-        None
-    };
-    let output = match remote {
-        Some(answer) => answer?,
-        None => {
-            let mut ctx = host.context(progress, now, job.source_date_epoch, retention()?);
-            command::execute(job.command, &mut ctx)?
-        }
-    };
+    let output = carry_out(&home, &host, job, progress)?;
     if let Some((service, wait, json)) = deploy_after {
         let digest = match &output {
             Output::Baked(reports) => {

@@ -325,6 +325,23 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
         assert!(Instant::now() < deadline, "no log line of {id}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // `kiln logs --follow` asks kiln serve again and again.
+    let before = served(&env, "logs");
+    let mut follow = Command::new(common::kiln_bin())
+        .args(["logs", "--follow", "--instance", &id, "--json"])
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(follow.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("demo-app 1.0.0"), "{first}");
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(served(&env, "logs") >= before + 2, "the follower polled through kiln serve:\n{}", env.serve_log());
+
     // Commands that start and wait for their own processes (runc) run on
     // kiln serve's threads while the controller reaps the shims and load
     // balancers it abandoned: none loses its child's exit to the reaper.
