@@ -8,6 +8,8 @@
 #      `kiln chaos` kills $KILLS instances (default 20), one a second.
 #   3. Memory (VmRSS) of kiln serve with the $N instances and the dashboard
 #      open, and of the service's load balancer.
+#   4. The CLI through kiln serve (POST /v1/commands) against the CLI alone:
+#      `kiln ps --json` and `kiln images --json`, median of 20 runs.
 # Goal: first paint and event latency under 200 ms on loopback.
 # Usage: bench/observe.sh
 set -euo pipefail
@@ -92,4 +94,25 @@ print(f"dashboard: first contentful paint {first['fcp']:.0f} ms, data rendered {
 print(f"change -> screen over {len(lat)} changes: median {statistics.median(lat):.0f} ms, max {lat[-1]:.0f} ms")
 PY
 echo "memory after: kiln serve $(( $(rss "$serve_pid") / 1024 )) MiB"
+# 4. The CLI as a client of kiln serve (POST /v1/commands) against the CLI
+#    alone, same commands, same $N instances: median wall time of 20 runs.
+cli_times() {
+  python3 - "$kiln" "$@" <<'PY'
+import statistics, subprocess, sys, time
+kiln, args = sys.argv[1], sys.argv[2:]
+t = []
+for _ in range(20):
+    a = time.perf_counter()
+    subprocess.run([kiln, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t.append((time.perf_counter() - a) * 1000)
+print(f"{statistics.median(t):.1f}")
+PY
+}
+ps_serve=$(cli_times ps --json); img_serve=$(cli_times images --json)
+served=$(grep -c "command ps: 200" "$work/serve.log" || true)
+kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
+ps_alone=$(cli_times ps --json); img_alone=$(cli_times images --json)
+echo "kiln ps --json ($N instances): through kiln serve $ps_serve ms, alone $ps_alone ms (kiln serve carried out $served)"
+echo "kiln images --json: through kiln serve $img_serve ms, alone $img_alone ms"
+python3 -c "import sys; print(f'ratio through/alone: ps {float(sys.argv[1])/float(sys.argv[2]):.2f}, images {float(sys.argv[3])/float(sys.argv[4]):.2f}')" "$ps_serve" "$ps_alone" "$img_serve" "$img_alone"
 kiln_stop_all

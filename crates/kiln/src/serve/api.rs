@@ -59,9 +59,12 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     Call(Request),
-    /// `GET /v1/events`: server-sent events after `last_id`.
+    /// `GET /v1/events`: the events after `last_id`, as server-sent events
+    /// from then on when the client accepts `text/event-stream` (as
+    /// EventSource does), else the kept ones as JSON, at once.
     Events {
         last_id: Option<u64>,
+        stream: bool,
     },
     /// `GET /`: the dashboard; with `?token=`, a browser signing in.
     Dashboard {
@@ -173,16 +176,21 @@ pub fn route(req: &http::Request) -> Result<Route, ServeError> {
         ("GET", "/") => Ok(Route::Dashboard { token: req.param("token").map(str::to_owned) }),
         ("GET", "/openapi.json") => Ok(Route::OpenApi),
         ("GET", "/v1/events") => {
-            let last = req.header("last-event-id").or_else(|| req.param("last_event_id"));
-            let last_id = last
-                .map(|v| {
-                    v.trim().parse().map_err(|_| ServeError::BadRequest {
-                        field: "Last-Event-ID".into(),
+            // Both are checked; the header (what EventSource sends on a
+            // reconnect) wins.
+            let id = |field: &str, v: Option<&str>| {
+                v.map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| ServeError::BadRequest {
+                        field: field.into(),
                         message: format!("{v:?} is not an event id"),
                     })
                 })
-                .transpose()?;
-            Ok(Route::Events { last_id })
+                .transpose()
+            };
+            let header = id("Last-Event-ID", req.header("last-event-id"))?;
+            let last_id = header.or(id("last_event_id", req.param("last_event_id"))?);
+            let stream = req.header("accept").is_some_and(|a| a.contains("text/event-stream"));
+            Ok(Route::Events { last_id, stream })
         }
         (_, "/" | "/openapi.json" | "/v1/events") => Err(not_allowed(req, "GET")),
         ("POST", "/v1/commands") => {
@@ -574,12 +582,15 @@ mod tests {
         assert_eq!(route(&req("GET", "/", "")).unwrap(), Route::Dashboard { token: None });
         assert_eq!(route(&req("GET", "/?token=ab", "")).unwrap(), Route::Dashboard { token: Some("ab".into()) });
         assert_eq!(route(&req("GET", "/openapi.json", "")).unwrap(), Route::OpenApi);
-        assert_eq!(route(&req("GET", "/v1/events", "")).unwrap(), Route::Events { last_id: None });
-        let raw = "GET /v1/events HTTP/1.1\r\nLast-Event-ID: 42\r\n\r\n";
+        assert_eq!(route(&req("GET", "/v1/events", "")).unwrap(), Route::Events { last_id: None, stream: false });
+        let raw = "GET /v1/events HTTP/1.1\r\nLast-Event-ID: 42\r\nAccept: text/event-stream\r\n\r\n";
         let r = http::read_request(&mut raw.as_bytes()).unwrap();
-        assert_eq!(route(&r).unwrap(), Route::Events { last_id: Some(42) });
+        assert_eq!(route(&r).unwrap(), Route::Events { last_id: Some(42), stream: true });
         let e = route(&req("GET", "/v1/events?last_event_id=x", "")).unwrap_err();
-        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "Last-Event-ID"), "{e}");
+        assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "last_event_id"), "{e}");
+        let raw = "GET /v1/events?last_event_id=-1 HTTP/1.1\r\nLast-Event-ID: 0\r\n\r\n";
+        let r = http::read_request(&mut raw.as_bytes()).unwrap();
+        assert!(route(&r).is_err(), "a bad parameter is refused even beside a good header");
         assert_eq!(status_of(&route(&req("POST", "/v1/events", "")).unwrap_err()), 405);
         assert!(matches!(route(&req("GET", "/v1/status", "")).unwrap(), Route::Call(Request::Status { .. })));
         assert_eq!(route(&req("POST", "/v1/commands", "{}")).unwrap(), Route::Command { stream: false });

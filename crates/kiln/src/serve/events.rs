@@ -76,6 +76,13 @@ impl Bus {
         (backlog, rx)
     }
 
+    /// The kept events after `last_id` (all kept ones without it), for a
+    /// client that polls instead of subscribing.
+    pub fn since(&self, last_id: Option<u64>) -> Vec<Published> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.backlog.iter().filter(|e| e.id > last_id.unwrap_or(0)).cloned().collect()
+    }
+
     /// How many subscribers are connected.
     pub fn subscribers(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).subscribers.len()
@@ -96,6 +103,8 @@ mod tests {
         }
         let got: Vec<u64> = rx.try_iter().map(|e| e.id).collect();
         assert_eq!(got, [1, 2, 3]);
+        assert_eq!(bus.since(None).len(), 3, "a poll gets what is kept");
+        assert_eq!(bus.since(Some(2)).iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
         let (back, _rx2) = bus.subscribe(Some(1));
         assert_eq!(back.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(back[0].frame(), "id: 2\nevent: step\ndata: {\"index\":1}\n\n");

@@ -275,7 +275,8 @@ fn answer(conn: impl Read, mut w: impl Write, shared: &ApiShared, keys: Option<(
         // The API's shape is no secret; schema tools read it first.
         api::Route::OpenApi => return drop(http::write_response(&mut w, 200, OPENAPI.as_bytes())),
         api::Route::Dashboard { token } => return dashboard(&mut w, &req, token.as_deref(), keys),
-        api::Route::Events { last_id } => return stream_events(w, shared, last_id),
+        api::Route::Events { last_id, stream: true } => return stream_events(w, shared, last_id),
+        api::Route::Events { last_id, stream: false } => Ok((poll_events(shared, last_id), false)),
         api::Route::Command { stream } => return run_command(w, shared, &req.body, stream),
         api::Route::Call(req) => {
             let text = req == api::Request::Metrics;
@@ -356,6 +357,23 @@ fn run_command(mut w: impl Write, shared: &ApiShared, body: &[u8], stream: bool)
     });
     answer["status"] = serde_json::json!(status);
     let _ = writeln!(w, "{answer}").and_then(|_| w.flush());
+}
+
+/// `GET /v1/events` without `Accept: text/event-stream`: the kept events
+/// after `last_id`, at once (for tools that poll; the stream is the same
+/// events, live).
+fn poll_events(shared: &ApiShared, last_id: Option<u64>) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = shared
+        .bus
+        .since(last_id)
+        .into_iter()
+        .map(|e| {
+            let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "id": e.id, "event": e.kind, "data": data })
+        })
+        .collect();
+    let last = events.last().and_then(|e| e["id"].as_u64()).or(last_id).unwrap_or(0);
+    serde_json::json!({ "events": events, "last_id": last })
 }
 
 /// `GET /v1/events`: server-sent events until the client goes, falls too
