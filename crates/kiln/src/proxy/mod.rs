@@ -612,6 +612,20 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// port 0; the others join its port), for [`start`]. They are plain std
 /// sockets, so that they can also be handed to a successor process.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT would let this proxy share the port with any other
+    // listener of the same user (another kiln home's proxy, say), splitting
+    // its traffic silently. A plain bind first finds such a listener; a
+    // successor shares the port only through --take-over.
+    if addr.port() != 0 {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process listens there (a successor takes a port over with --take-over)".to_owned()
+            } else {
+                e.to_string()
+            };
+            return Err(std::io::Error::new(e.kind(), format!("{addr}: {why}")));
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
     rt.block_on(async {
         let mut bound = addr;
@@ -777,6 +791,19 @@ mod tests {
         assert!(parse_release_flag("x=5").is_err());
         assert!(parse_release_flag("x=a@127.0.0.1:1").is_err());
         assert!(parse_release_flag("x=5@localhost").unwrap_err().contains("localhost"));
+    }
+
+    #[test]
+    fn a_port_another_process_listens_on_is_refused_not_shared() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        let e = bind(addr, 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        drop(other);
+        let ours = bind(addr, 2).unwrap();
+        assert_eq!(ours.len(), 2, "its own workers still share the port");
+        assert!(bind(addr, 1).is_err(), "nor may a second proxy join them");
     }
 
     #[test]
