@@ -87,7 +87,18 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     if let Err(e) = run() {
-        eprintln!("kiln: {e:#}");
+        // Each cause once: many errors name their cause in their own text.
+        let mut text = String::new();
+        for c in e.chain() {
+            let t = c.to_string();
+            if !text.ends_with(&t) {
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&t);
+            }
+        }
+        eprintln!("kiln: {text}");
         std::process::exit(e.downcast_ref::<command::CommandError>().map_or(1, |c| c.exit_code()));
     }
 }
