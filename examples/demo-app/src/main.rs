@@ -97,7 +97,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    println!("demo-app {} listening on {addr}", cfg.version);
+    // The address bound (PORT=0 picks a free port; this line says which).
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    println!("demo-app {} listening on {bound}", cfg.version);
     let counter = Arc::new(AtomicU64::new(0));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };

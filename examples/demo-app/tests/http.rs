@@ -1,7 +1,7 @@
 //! The demo app over real sockets: version, health, failure knobs.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,24 +18,29 @@ impl Drop for App {
 }
 
 fn start(env: &[(&str, &str)]) -> App {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The app picks its own free port and says which: a port picked here and
+    // freed could be taken by another test's app before this one binds it.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo-app"));
-    cmd.env("HOST", "127.0.0.1").env("PORT", port.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env("HOST", "127.0.0.1").env("PORT", "0").stdout(Stdio::piped()).stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let app = App { child: cmd.spawn().unwrap(), port };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "demo-app did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    app
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("demo-app did not say where it listens: {line:?}"));
+    App { child, port }
 }
 
 /// One request on a keep-alive connection; returns (status, body).
 fn get(r: &mut BufReader<TcpStream>, path: &str) -> (u16, String) {
-    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // One write: pieces of a request would wait on each other's ACKs.
+    r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
     let mut status = String::new();
     r.read_line(&mut status).unwrap();
     let code = status.split_whitespace().nth(1).unwrap().parse().unwrap();
