@@ -335,15 +335,19 @@ pub fn send(home: &Path, job: &Job, progress: &mut dyn Progress) -> Option<Resul
         return None;
     }
     let s = UnixStream::connect(crate::serve::socket_path(home)).ok()?;
-    exchange(s, job, progress)
+    exchange(home, s, job, progress)
 }
 
 fn lost(home: &Path, source: std::io::Error) -> CommandError {
     CommandError::Serve(crate::serve::ServeError::NotRunning { home: home.to_owned(), source })
 }
 
-fn exchange(s: UnixStream, job: &Job, progress: &mut dyn Progress) -> Option<Result<Output, CommandError>> {
-    let home = PathBuf::from("kiln serve");
+fn exchange(
+    home: &Path,
+    s: UnixStream,
+    job: &Job,
+    progress: &mut dyn Progress,
+) -> Option<Result<Output, CommandError>> {
     let body = serde_json::to_vec(job).expect("a job serializes");
     let head = format!(
         "POST /v1/commands HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -351,7 +355,7 @@ fn exchange(s: UnixStream, job: &Job, progress: &mut dyn Progress) -> Option<Res
     );
     let mut r = BufReader::new(s);
     if let Err(e) = r.get_mut().write_all(head.as_bytes()).and_then(|_| r.get_mut().write_all(&body)) {
-        return Some(Err(lost(&home, e)));
+        return Some(Err(lost(home, e)));
     }
     let mut line = String::new();
     if r.read_line(&mut line).is_err() || line.is_empty() {
@@ -365,7 +369,7 @@ fn exchange(s: UnixStream, job: &Job, progress: &mut dyn Progress) -> Option<Res
             Ok(0) => break,
             Ok(_) if line.trim_end().is_empty() => break,
             Ok(_) => {}
-            Err(e) => return Some(Err(lost(&home, e))),
+            Err(e) => return Some(Err(lost(home, e))),
         }
     }
     if http == 404 {
@@ -387,10 +391,10 @@ fn exchange(s: UnixStream, job: &Job, progress: &mut dyn Progress) -> Option<Res
                     std::io::ErrorKind::UnexpectedEof,
                     "it went away before the command finished (its outcome is unknown)",
                 );
-                return Some(Err(lost(&home, e)));
+                return Some(Err(lost(home, e)));
             }
             Ok(_) => {}
-            Err(e) => return Some(Err(lost(&home, e))),
+            Err(e) => return Some(Err(lost(home, e))),
         }
         let Ok(mut v) = serde_json::from_str::<Value>(&line) else { continue };
         if let Some(p) = v.get_mut("progress").map(Value::take) {

@@ -217,6 +217,9 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        422 => "Unprocessable Content",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
         _ => "Error",
     }
 }
