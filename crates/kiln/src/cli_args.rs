@@ -6,7 +6,13 @@ use std::path::PathBuf;
 
 /// kiln: bake reproducible images, run them immutably, release by replacement.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    after_help = "While a `kiln serve` runs on the home, every command is carried out by it (POST /v1/commands on its socket); without one, kiln carries it out itself.",
+    propagate_version = true
+)]
 pub(crate) struct Cli {
     /// kiln's data directory (store, cache, metadata). Default: $KILN_HOME,
     /// else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln.
