@@ -456,3 +456,49 @@ fn kiln_serve_upgrade_hands_the_tcp_api_listener_over_too() {
     assert_ne!(env.serve.as_ref().unwrap().id(), old);
     assert!(env.serve_log().contains("took over from the previous kiln serve"));
 }
+
+#[test]
+fn an_exec_entrypoint_is_not_drift_and_a_changed_runc_config_is_named_by_its_field() {
+    let _g = serial();
+    // busybox httpd started by `sh -c "exec …"`: the process kiln's config
+    // starts (sh) is replaced by another (httpd) at once, as in most images.
+    let env = Env::busybox(
+        "drift-exec",
+        "replicas = 2\ndrain_timeout = \"1s\"\n[service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n\
+         [service.web.heal]\ndrift_interval = \"300ms\"\n",
+    );
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    env.wait_for("2 serving instances", |s| serving(s) == 2);
+    let before: Vec<String> = instances(&env.status()).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(env.versions(3), ["1.0.0"; 3]);
+    // Ten drift checks' worth of time: nothing is replaced.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = env.kiln(&["verify-instances"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "an exec'ing entrypoint is not drift: {text}");
+    let now: Vec<String> = instances(&env.status()).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(now, before, "no instance was replaced");
+    let hist = env.ok(&["history", "web"]);
+    assert!(!hist.contains("drift"), "{hist}");
+
+    // The runtime config as runc holds it, changed behind kiln's back: the
+    // finding names the field and nothing else.
+    let id = before[0].clone();
+    let info = json(&env.ok(&["inspect-instance", &id, "--json"]));
+    let state = std::path::Path::new(info["runc_root"].as_str().unwrap()).join(&id).join("state.json");
+    let mut v = json(&fs::read_to_string(&state).unwrap());
+    assert_eq!(v["config"]["readonlyfs"], true, "kiln starts a read-only root");
+    v["config"]["readonlyfs"] = serde_json::Value::Bool(false);
+    fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = env.kiln(&["verify-instances"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains(&format!("{id}: DRIFT")) && text.contains("runtime config: readonlyfs changed"), "{text}");
+    assert_eq!(text.matches("DRIFT").count(), 1, "only that one: {text}");
+    env.wait_for("the drifted instance replaced", |s| {
+        instances(s).iter().all(|i| i["id"] != id.as_str()) && serving(s) == 2
+    });
+    let hist = env.ok(&["history", "web"]);
+    assert_eq!(hist.matches("(drift)").count(), 1, "one replacement for drift: {hist}");
+}

@@ -407,3 +407,57 @@ fn a_load_balancer_that_dies_is_started_again_from_the_last_table() {
     assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
     assert!(env.serve_log().contains("is gone; starting another"));
 }
+
+#[test]
+fn a_listen_address_another_process_holds_is_refused_at_once_and_the_running_listener_keeps_serving() {
+    let _g = serial();
+    let mut env = Env::busybox("listen-taken", "replicas = 2\n[service.web.health]\npath = \"/\"\n");
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    env.wait_for("2 healthy", |s| {
+        s["instances"].as_array().unwrap().iter().filter(|i| i["health"]["healthy"] == true).count() == 2
+    });
+    let old_port = env.port;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = taken.local_addr().unwrap();
+    let toml = fs::read_to_string(env.dir.join("kiln.toml")).unwrap();
+    let moved = toml.replace(&format!("127.0.0.1:{old_port}"), &b.to_string());
+    let line = moved.lines().position(|l| l.starts_with("listen = ")).unwrap() + 1;
+    fs::write(env.dir.join("kiln.toml"), &moved).unwrap();
+    let mut took = Duration::ZERO;
+    let (ok, bad) = under_load(old_port, || {
+        let t = Instant::now();
+        let out = env.kiln(&["deploy", "web"]);
+        took = t.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("409") && err.contains(&format!("kiln.toml:{line}: service.web.listen: cannot bind {b}")),
+            "{err}"
+        );
+        assert!(err.contains("another process listens there"), "{err}");
+    });
+    assert!(took < Duration::from_secs(1), "refused in {took:?}");
+    assert!(ok > 50 && bad == 0, "the old listener kept serving: ok {ok} failed {bad}");
+    assert_eq!(env.versions(3), ["1.0.0"; 3]);
+    // The service stays as it was: status still shows the old address.
+    assert_eq!(env.status()["listen"], format!("127.0.0.1:{old_port}"), "{}", env.status());
+
+    // kiln serve started with the taken address fails at once, naming the key.
+    env.kill_serve();
+    let t = Instant::now();
+    let out = env.kiln(&["serve", "-f", "kiln.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}: {err}", t.elapsed());
+    assert!(err.contains(&format!("kiln.toml:{line}: service.web.listen: cannot bind {b}")), "{err}");
+    drop(taken);
+    // Freed, the move goes through: the new address serves and the old one closes.
+    fs::write(env.dir.join("kiln.toml"), &toml).unwrap();
+    env.start_serve(None);
+    fs::write(env.dir.join("kiln.toml"), &moved).unwrap();
+    let out = env.kiln(&["deploy", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = Conn::new(b.port());
+    assert_eq!(String::from_utf8(c.get("/").unwrap().2).unwrap().trim(), "1.0.0");
+}

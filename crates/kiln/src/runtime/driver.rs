@@ -60,6 +60,9 @@ pub trait Driver: Send + Sync {
     fn state(&self, id: &str) -> Result<Option<RuntimeState>, DriverError>;
     fn delete(&self, id: &str, force: bool) -> Result<(), DriverError>;
     fn list(&self) -> Result<Vec<RuntimeState>, DriverError>;
+    /// The runtime config as the runtime holds it for a running container
+    /// (runc: the `config` of its `state.json`); `None` if it holds none.
+    fn config(&self, id: &str) -> Result<Option<serde_json::Value>, DriverError>;
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +207,22 @@ impl Driver for RuncDriver {
             .map(|s| RuntimeState { id: s.id, status: status(&s.status), pid: s.pid })
             .collect())
     }
+    fn config(&self, id: &str) -> Result<Option<serde_json::Value>, DriverError> {
+        // Read, not `runc state` (which does not print the config): runc
+        // writes this file atomically, on create and on `runc update`.
+        let path = self.root.join(id).join("state.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DriverError::Failed { op: "config".into(), id: id.into(), message: e.to_string() }),
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| DriverError::Failed {
+            op: "config".into(),
+            id: id.into(),
+            message: format!("{}: {e}", path.display()),
+        })?;
+        Ok(Some(v["config"].take()).filter(|c| !c.is_null()))
+    }
 }
 
 /// A fake that keeps containers in memory and records every call.
@@ -211,6 +230,8 @@ impl Driver for RuncDriver {
 pub struct RecordingDriver {
     pub calls: Mutex<Vec<String>>,
     pub containers: Mutex<Vec<RuntimeState>>,
+    /// What [`Driver::config`] answers, by container id.
+    pub configs: Mutex<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl RecordingDriver {
@@ -279,5 +300,8 @@ impl Driver for RecordingDriver {
     }
     fn list(&self) -> Result<Vec<RuntimeState>, DriverError> {
         Ok(self.containers.lock().map(|c| c.clone()).unwrap_or_default())
+    }
+    fn config(&self, id: &str) -> Result<Option<serde_json::Value>, DriverError> {
+        Ok(self.configs.lock().ok().and_then(|c| c.get(id).cloned()))
     }
 }

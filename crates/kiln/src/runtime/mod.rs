@@ -14,6 +14,7 @@
 //! module never writes a secret value under `$KILN_HOME`.
 
 pub mod bundle;
+pub mod drift;
 pub mod driver;
 pub mod images;
 pub mod logs;
@@ -133,11 +134,6 @@ pub struct InstanceRecord {
     /// Unix milliseconds when it started running (0 in older records).
     #[serde(default)]
     pub started_ms: i64,
-    /// The fingerprint of the process kiln's runtime config starts (its
-    /// args, env and user; see [`process_fingerprint`]), to find drift
-    /// (`None` in older records).
-    #[serde(default)]
-    pub config_digest: Option<String>,
 }
 
 /// Written by the shim once the container has started.
@@ -294,56 +290,6 @@ impl Launcher for ShimLauncher {
     }
 }
 
-/// A digest of what starts an instance's process: its args, env (secret
-/// values included, so only the digest is ever kept) and user id. Pure.
-pub fn process_fingerprint<'a>(
-    args: impl Iterator<Item = &'a str>,
-    env: impl Iterator<Item = &'a str>,
-    uid: u64,
-) -> String {
-    let mut text = String::new();
-    for a in args {
-        text.push_str(a);
-        text.push('\0');
-    }
-    text.push('\n');
-    // runc adds HOME from the user's passwd entry when the config has none.
-    for e in env.filter(|e| !e.starts_with("HOME=")) {
-        text.push_str(e);
-        text.push('\0');
-    }
-    text.push_str(&format!("\nuid={uid}"));
-    Digest::of(text.as_bytes()).to_string()
-}
-
-/// File systems an instance may have read-write besides its volumes: its
-/// tmpfs mounts and the kernel's own.
-const EPHEMERAL_FS: &[&str] = &["tmpfs", "devpts", "mqueue", "proc", "sysfs", "cgroup", "cgroup2"];
-
-/// What an instance's mount table (`/proc/PID/mountinfo`, as the
-/// instance sees it) shows that kiln did not set up: a writable root, or
-/// a writable mount of a real file system outside `volumes`. Pure.
-pub fn mount_drift(mountinfo: &str, volumes: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        // id parent dev root mountpoint options [optional...] - fstype source super
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let Some(dash) = f.iter().position(|x| *x == "-") else { continue };
-        let (Some(point), Some(opts), Some(fstype)) = (f.get(4), f.get(5), f.get(dash + 1)) else { continue };
-        let rw = opts.split(',').any(|o| o == "rw");
-        if *point == "/" {
-            if rw {
-                out.push("the root file system is mounted read-write".to_owned());
-            }
-            continue;
-        }
-        if rw && !EPHEMERAL_FS.contains(fstype) && !volumes.contains(point) {
-            out.push(format!("{point} is mounted read-write ({fstype}) and is not a declared volume"));
-        }
-    }
-    out
-}
-
 /// Decides an instance's state from what was observed. Pure.
 pub fn decide_state(
     recorded: &InstanceState,
@@ -479,60 +425,6 @@ impl<'a> Runtime<'a> {
     pub fn container_pid(&self, id: &InstanceId) -> Option<i32> {
         let bytes = fs::read(self.instance_dir(id).join("shim.json")).ok()?;
         serde_json::from_slice::<ShimStarted>(&bytes).ok().map(|s| s.container_pid)
-    }
-
-    /// What differs between a running instance and what kiln started
-    /// (drift); empty when nothing does. Three checks: the image cache it
-    /// runs from still matches its digest's listing; the runtime config in
-    /// its bundle is the one kiln generated; its root is still read-only
-    /// and nothing is writable outside its volumes and tmpfs mounts.
-    pub fn drift(&self, r: &InstanceRecord) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Err(e) = images::verify_cache(self.store, &r.image) {
-            out.push(format!("image cache: {e}"));
-        }
-        let pid = self.container_pid(&r.id);
-        if let (Some(want), Some(pid)) = (&r.config_digest, pid) {
-            let read = |f: &str| fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
-            let split = |b: Vec<u8>| -> Vec<String> {
-                b.split(|c| *c == 0)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .collect()
-            };
-            let (args, env) = (split(read("cmdline")), split(read("environ")));
-            let status = String::from_utf8_lossy(&read("status")).into_owned();
-            let uid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().next()?.parse().ok())
-                .unwrap_or(u64::MAX);
-            if !args.is_empty() {
-                let got = process_fingerprint(args.iter().map(String::as_str), env.iter().map(String::as_str), uid);
-                if got != *want {
-                    out.push(format!(
-                        "runtime config: the running process (args, env, user) is {got}, kiln's config starts {want}"
-                    ));
-                }
-            }
-        }
-        // Limits changed behind kiln's back (`runc update`).
-        let pids = ["/sys/fs/cgroup/pids/kiln", "/sys/fs/cgroup/kiln"]
-            .iter()
-            .find_map(|d| fs::read_to_string(Path::new(d).join(r.id.as_str()).join("pids.max")).ok());
-        if let Some(now) = pids {
-            let want = r.limits.pids.map_or("max".to_owned(), |p| p.to_string());
-            if now.trim() != want {
-                out.push(format!("runtime config: pids limit is {}, kiln set {want}", now.trim()));
-            }
-        }
-        if let Some(pid) = pid {
-            if let Ok(info) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
-                let volumes: Vec<&str> = r.volumes.iter().map(|(_, d)| d.as_str()).collect();
-                out.extend(mount_drift(&info, &volumes));
-            }
-        }
-        out
     }
 
     /// The shim's record of how and when the container exited.
@@ -747,11 +639,6 @@ impl<'a> Runtime<'a> {
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;
         fs::set_permissions(&bdir, fs::Permissions::from_mode(0o700)).map_err(io_err(&bdir))?;
         write_json_atomic(&bdir.join("config.json"), &config, 0o600).map_err(io_err(&bdir))?;
-        let config_digest = Some(process_fingerprint(
-            config["process"]["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str()),
-            config["process"]["env"].as_array().into_iter().flatten().filter_map(|a| a.as_str()),
-            config["process"]["user"]["uid"].as_u64().unwrap_or(0),
-        ));
 
         let idir = self.instance_dir(&id);
         fs::create_dir_all(&idir).map_err(io_err(&idir))?;
@@ -777,7 +664,6 @@ impl<'a> Runtime<'a> {
             state: InstanceState::Created,
             stop_requested: false,
             started_ms: 0,
-            config_digest,
         };
         self.save(&record)?;
         record.state = InstanceState::Starting;
@@ -1051,6 +937,7 @@ fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunErr
     // The container holds its config and secret mounts now; the clear
     // copies on tmpfs are no longer needed.
     rt.cleanup(&id);
+    rt.keep_runtime_config(&id, &idir);
     let started = ShimStarted { shim_pid: std::process::id() as i32, container_pid: pid };
     write_json_atomic(&idir.join("shim.json"), &started, 0o644).map_err(io_err(&idir))?;
     report("started");

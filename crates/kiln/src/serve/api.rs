@@ -333,7 +333,7 @@ pub fn status_of(e: &ServeError) -> u16 {
         ServeError::MethodNotAllowed { .. } => 405,
         ServeError::Unauthorized { .. } => 401,
         ServeError::Csrf(_) => 403,
-        ServeError::Conflict(_) => 409,
+        ServeError::Conflict(_) | ServeError::ListenTaken { .. } => 409,
         ServeError::Refused { source, .. } if source.is_refusal() => 403,
         _ => 500,
     }

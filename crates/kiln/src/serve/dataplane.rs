@@ -84,22 +84,26 @@ impl DataPlane {
         let d = dir(home, &service.name);
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         let record = d.join("proxy.json");
-        if let Some(dp) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok()) {
+        let old = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok());
+        if let Some(dp) = &old {
             if alive(dp.pid) && dp.listen == listen && dp.call("GET", "/releases", b"").is_ok() {
-                return Ok(dp);
-            }
-            if alive(dp.pid) && dp.listen != listen {
-                // The service moved: the old listener goes (gracefully).
-                // SAFETY: a signal to a process kiln started and recorded.
-                unsafe { libc::kill(dp.pid, libc::SIGTERM) };
+                return Ok(dp.clone());
             }
         }
         let table = d.join("releases.json");
         if !table.exists() {
             write_atomic(&table, b"[]")?;
         }
+        // The new listener first: an address that cannot be bound fails
+        // here, and the running load balancer keeps serving.
         let dp = Self::spawn(home, service, &service.name, listen, &table, "proxy.log", Handoff::Offer)?;
         write_atomic(&record, &serde_json::to_vec(&dp).expect("serializes"))?;
+        if let Some(old) = old.filter(|o| alive(o.pid) && o.listen != listen) {
+            // The service moved: the old listener goes (gracefully: what
+            // it has in flight is answered).
+            // SAFETY: a signal to a process kiln started and recorded.
+            unsafe { libc::kill(old.pid, libc::SIGTERM) };
+        }
         Ok(dp)
     }
 
@@ -168,6 +172,24 @@ impl DataPlane {
         handoff: Handoff<'_>,
     ) -> Result<DataPlane, ServeError> {
         let d = dir(home, &service.name);
+        if !matches!(handoff, Handoff::From(_)) {
+            // A taken address is refused at once, naming the key, rather
+            // than after the proxy's start deadline.
+            if let Err(e) = TcpListener::bind(listen) {
+                let why = match e.kind() {
+                    io::ErrorKind::AddrInUse => "another process listens there".to_owned(),
+                    _ => e.to_string(),
+                };
+                return Err(ServeError::ListenTaken {
+                    at: Box::new(crate::spec::SpecError {
+                        file: service.file.clone(),
+                        line: Some(service.release.listen_line).filter(|l| *l > 0),
+                        key: format!("service.{}.listen", service.name),
+                        message: format!("cannot bind {listen}: {why}"),
+                    }),
+                });
+            }
+        }
         let admin = {
             let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(&d))?;
             l.local_addr().map_err(io_err(&d))?
@@ -216,14 +238,18 @@ impl DataPlane {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(io_err(&d))?;
+        let mut child = cmd.spawn().map_err(io_err(&d))?;
         let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
-        // Not waited for: the proxy outlives kiln serve (reaped by it, see
-        // crate::children, when it exits first).
-        crate::children::abandon(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while dp.call("GET", "/releases", b"").is_err() {
-            if Instant::now() > deadline || !alive(dp.pid) {
+            // An exited proxy is found by waiting on it: as a zombie it
+            // would still answer `kill(pid, 0)` until the deadline.
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if Instant::now() > deadline || exited {
+                if !exited {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(ServeError::ProxyStart {
                     service: service.name.clone(),
@@ -233,6 +259,9 @@ impl DataPlane {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Not waited for: the proxy outlives kiln serve (reaped by it, see
+        // crate::children, when it exits first).
+        crate::children::abandon(child);
         Ok(dp)
     }
 

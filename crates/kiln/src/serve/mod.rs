@@ -85,6 +85,10 @@ pub enum ServeError {
     NoRoute(String),
     #[error("method not allowed: {method} {path} (allowed: {allow})")]
     MethodNotAllowed { method: String, path: String, allow: &'static str },
+    /// The address a service's `listen` names cannot be bound (another
+    /// process listens there): the running listener is left serving.
+    #[error("{at}")]
+    ListenTaken { at: Box<SpecError> },
     #[error("service {service}: the load balancer on {listen} did not start: {log}")]
     ProxyStart { service: String, listen: SocketAddr, log: String },
     #[error("service {service}: load balancer admin {admin}: {detail}")]

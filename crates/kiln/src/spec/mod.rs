@@ -153,6 +153,10 @@ pub struct ServiceSpec {
     /// Line of the `image` key, for an image the store does not have.
     #[serde(skip)]
     pub image_line: usize,
+    /// The kiln.toml it was read from, for errors found later (a listen
+    /// address another process holds).
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 /// A secret a service needs: always at `/run/secrets/NAME`, and as `env`
@@ -336,9 +340,13 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             .map_err(|(span, key, message)| err(span, &key_of(&key), message))?;
         service.image_line = lines.line(service.image_line);
         service.channel = channel;
+        service.file = path.to_owned();
         // Two listeners on one address: the second would fail to bind in
         // the middle of a deploy, so it is refused here.
         for (addr, key, span) in claims {
+            if key == "listen" {
+                service.release.listen_line = lines.line(span.start);
+            }
             if let Some(first) = claimed.get(&addr) {
                 return Err(err(Some(span), &key_of(&key), format!("{addr} is already {first}")));
             }
@@ -573,6 +581,7 @@ fn validate_service(
         channel: None,
         line,
         image_line,
+        file: PathBuf::new(),
     };
     Ok((service, claims))
 }

@@ -23,6 +23,10 @@ pub struct ReleaseSpec {
     pub replicas: u32,
     /// The load balancer's address for this service; required to deploy.
     pub listen: Option<SocketAddr>,
+    /// The line of the `listen` key (0 when absent), for an address that
+    /// turns out to be taken when the load balancer binds it.
+    #[serde(skip)]
+    pub listen_line: usize,
     pub health: HealthSpec,
     pub strategy: Strategy,
     /// How long an old instance's requests may take to finish once it no
@@ -409,6 +413,7 @@ pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), Fie
     let spec = ReleaseSpec {
         replicas,
         listen,
+        listen_line: 0,
         health,
         strategy,
         drain_timeout_ms: duration(&raw.drain_timeout, "drain_timeout", 30_000)?,

@@ -115,6 +115,38 @@ pub fn busybox_rootfs(path: &Path) {
     fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
+/// Writes a rootfs tarball for a web server kiln did not write: Debian's
+/// static busybox (its `httpd` applet) with `sh`, an empty `/www` for the
+/// pages (copied in by the image's `copy`) and a CGI script
+/// `/www/cgi-bin/slow` whose answer is close-delimited (no length).
+pub fn busybox_httpd_rootfs(path: &Path) {
+    let busybox = fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["bin", "etc", "tmp", "www", "www/cgi-bin"] {
+        b.append_data(&mut tar_header(tar::EntryType::Directory, 0o755, 0), format!("{d}/"), std::io::empty()).unwrap();
+    }
+    b.append_data(&mut tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64), "bin/busybox", &busybox[..])
+        .unwrap();
+    for a in ["sh", "httpd", "cat", "echo", "sleep", "printenv"] {
+        b.append_link(&mut tar_header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{a}"), "busybox").unwrap();
+    }
+    let cgi = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"cgi $QUERY_STRING\"\n";
+    b.append_data(&mut tar_header(tar::EntryType::Regular, 0o755, cgi.len() as u64), "www/cgi-bin/echo", &cgi[..])
+        .unwrap();
+    fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// `[image.web]`: busybox httpd serving `www/` (its `index.html` says
+/// `version`), started through a shell that execs it, as many real images
+/// start. Starts with a blank line.
+pub fn busybox_image(version: &str) -> String {
+    format!(
+        "\n[image.web]\nfrom = \"rootfs:busybox-httpd.tar\"\nversion = \"{version}\"\n\
+         copy = [{{ src = \"www-{version}/index.html\", dest = \"/www/index.html\" }}]\n\
+         entrypoint = [\"/bin/sh\", \"-c\", \"exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www\"]\n"
+    )
+}
+
 /// The uncompressed entries (path, is-whiteout) of a gzip layer blob.
 pub fn layer_paths(blob: &Path) -> Vec<String> {
     let f = fs::File::open(blob).unwrap();

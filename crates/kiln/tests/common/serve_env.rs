@@ -23,6 +23,8 @@ pub struct Env {
     pub serve: Option<Child>,
     /// `kiln serve --tcp 127.0.0.1:PORT` when set.
     pub tcp: Option<u16>,
+    /// busybox httpd instead of the demo app.
+    pub busybox: bool,
 }
 
 impl Drop for Env {
@@ -62,13 +64,40 @@ impl Env {
         fs::copy(&demo, dir.join("demo-app")).unwrap();
         let port = free_port();
         let service = format!("[service.web]\nimage = \"web\"\nenv = {{ HOST = \"127.0.0.1\" }}\nlisten = \"127.0.0.1:{port}\"\n{service}");
-        let env = Env { dir, home, port, service, serve: None, tcp: None };
+        let env = Env { dir, home, port, service, serve: None, tcp: None, busybox: false };
         env.version("1.0.0", "");
         env
     }
 
+    /// Like [`Env::bare`] with busybox httpd (a server kiln did not
+    /// write, started by `sh -c "exec …"`) as the service's image; its
+    /// index page answers `version`.
+    pub fn bare_busybox(what: &str, service: &str) -> Self {
+        let (dir, home) = (tempdir(&format!("rel-{what}")), tempdir(&format!("rel-{what}-home")));
+        super::busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
+        let port = free_port();
+        let service = format!("[service.web]\nimage = \"web\"\nlisten = \"127.0.0.1:{port}\"\n{service}");
+        let env = Env { dir, home, port, service, serve: None, tcp: None, busybox: true };
+        env.version("1.0.0", "");
+        env
+    }
+
+    /// A busybox httpd service with `kiln serve` started.
+    pub fn busybox(what: &str, service: &str) -> Self {
+        let mut env = Env::bare_busybox(what, service);
+        env.start_serve(None);
+        env
+    }
+
     pub fn version(&self, v: &str, extra_env: &str) {
-        let image = super::demo_image(v, extra_env);
+        let image = if self.busybox {
+            let www = self.dir.join(format!("www-{v}"));
+            fs::create_dir_all(&www).unwrap();
+            fs::write(www.join("index.html"), format!("{v}\n")).unwrap();
+            super::busybox_image(v)
+        } else {
+            super::demo_image(v, extra_env)
+        };
         fs::write(self.dir.join("kiln.toml"), format!("{image}\n{}", self.service)).unwrap();
     }
 

@@ -226,7 +226,6 @@ impl<'a> Controller<'a> {
             "secrets": r.secrets.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             "volumes": r.volumes,
             "limits": r.limits,
-            "config_digest": r.config_digest,
             "runc_root": crate::runtime::run_dir(&self.home).join("runc"),
             "health": h,
             "drift": self.drift.get(r.id.as_str()),

@@ -314,26 +314,44 @@ impl<'a> Controller<'a> {
         if self.shipper.as_ref().map(|s| &s.spec) != f.syslog.as_ref() {
             self.shipper = f.syslog.map(|s| crate::ship::Shipper::start(&self.home, s));
         }
+        // Each service on its own: one whose new listener cannot be bound
+        // keeps its running one and its old settings, and the others still
+        // take their changes; the first error is the answer.
+        let mut first_err = None;
         for (name, s) in f.services {
             if s.release.listen.is_none() {
                 continue;
             }
             if let Some(svc) = self.services.get_mut(&name) {
                 if svc.spec.release.listen != s.release.listen {
-                    svc.dp = DataPlane::ensure(&self.home, &s)?;
-                    svc.sent = None;
+                    match DataPlane::ensure(&self.home, &s) {
+                        Ok(dp) => {
+                            svc.dp = dp;
+                            svc.sent = None;
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            continue;
+                        }
+                    }
                 }
                 svc.spec = s;
                 continue;
             }
-            let dp = DataPlane::ensure(&self.home, &s)?;
+            let dp = match DataPlane::ensure(&self.home, &s) {
+                Ok(dp) => dp,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
             let state = match self.history.load_service(&name)? {
                 Some(json) => serde_json::from_str(&json).unwrap_or_default(),
                 None => ServiceState::default(),
             };
             self.services.insert(name, Svc { spec: s, dp, state, sent: None });
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     fn save(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
