@@ -420,6 +420,10 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
             }
             Event::Quarantined { instance, reason, actor } => format!("quarantined {instance} by {actor}: {reason}"),
             Event::Unquarantined { instance, actor } => format!("destroyed quarantined {instance} ({actor})"),
+            Event::Failing { error, retry_ms } => format!("cannot reconcile: {error}; retrying in {retry_ms} ms"),
+            Event::Recovered { failed_ms, attempts } => {
+                format!("reconciled again after {failed_ms} ms and {attempts} failed attempt(s)")
+            }
         };
         println!("{:>4}  {time}  {who:<28}  {what}", e.seq);
     }

@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::ReleaseSpec;
 
+/// How long a service whose reconcile failed `attempts` times in a row
+/// waits before the next try: 500 ms doubling, at most 30 s. Pure.
+pub fn reconcile_backoff_ms(attempts: u32) -> u64 {
+    500u64.saturating_mul(1 << attempts.saturating_sub(1).min(6)).min(30_000)
+}
+
 /// Why an instance is replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -387,6 +393,13 @@ pub fn apply(spec: &ReleaseSpec, state: &mut HealState, action: &HealAction, see
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failing_service_is_retried_with_a_doubling_capped_backoff() {
+        let b: Vec<u64> = (1..=9).map(super::reconcile_backoff_ms).collect();
+        assert_eq!(b, [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]);
+        assert_eq!(super::reconcile_backoff_ms(u32::MAX), 30_000);
+    }
+
     use super::*;
 
     fn spec(extra: &str) -> ReleaseSpec {

@@ -88,6 +88,12 @@ pub enum Event {
     Quarantined { instance: String, reason: String, actor: String },
     /// A quarantined instance was destroyed (released or expired).
     Unquarantined { instance: String, actor: String },
+    /// The service could not be reconciled (its load balancer cannot
+    /// start, say); it is retried with backoff while the others go on.
+    /// Recorded when it begins, not at every retry.
+    Failing { error: String, retry_ms: u64 },
+    /// A failing service reconciled again.
+    Recovered { failed_ms: u64, attempts: u32 },
 }
 
 impl Event {
@@ -102,6 +108,8 @@ impl Event {
             Event::CrashLoop { .. } => "crash_loop",
             Event::Quarantined { .. } => "quarantined",
             Event::Unquarantined { .. } => "unquarantined",
+            Event::Failing { .. } => "failing",
+            Event::Recovered { .. } => "recovered",
         }
     }
 }

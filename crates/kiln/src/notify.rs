@@ -39,6 +39,7 @@ pub fn alert_of(event: &Event) -> Option<Alert> {
         Event::CrashLoop { .. } => Some(Alert::CrashLoop),
         Event::Replacing { cause: Cause::Drift, .. } => Some(Alert::Drift),
         Event::Quarantined { .. } => Some(Alert::Quarantine),
+        Event::Failing { .. } => Some(Alert::Failing),
         _ => None,
     }
 }

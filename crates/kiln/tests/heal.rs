@@ -502,3 +502,71 @@ fn an_exec_entrypoint_is_not_drift_and_a_changed_runc_config_is_named_by_its_fie
     let hist = env.ok(&["history", "web"]);
     assert_eq!(hist.matches("(drift)").count(), 1, "one replacement for drift: {hist}");
 }
+
+#[test]
+fn a_service_whose_load_balancer_cannot_start_is_retried_and_never_stops_another_from_healing() {
+    let _g = serial();
+    let api_port = common::free_port();
+    let env = Env::busybox(
+        "isolated",
+        &format!(
+            "replicas = 2\ndrain_timeout = \"1s\"\n[service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n\n\
+             [service.api]\nimage = \"web\"\nlisten = \"127.0.0.1:{api_port}\"\n"
+        ),
+    );
+    for s in ["web", "api"] {
+        env.ok(&["deploy", s]);
+    }
+    env.wait_for("web serving", |s| serving(s) == 2);
+    // api's load balancer dies and cannot start again: its last table is
+    // unreadable.
+    let api_dir = env.home.join("proxies/api");
+    let pid = json(&fs::read_to_string(api_dir.join("proxy.json")).unwrap())["pid"].as_i64().unwrap() as i32;
+    fs::write(api_dir.join("releases.json"), "not a table").unwrap();
+    // SAFETY: a signal to the load balancer this test's kiln serve started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let failing = |env: &Env| -> serde_json::Value {
+        let all = json(&env.ok(&["status", "--json"]));
+        all["services"].as_array().unwrap().iter().find(|s| s["service"] == "api").unwrap()["reconcile"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failing(&env).is_null() {
+        assert!(Instant::now() < deadline, "api never reported failing: {}", env.serve_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let f = failing(&env);
+    assert!(f["error"].as_str().unwrap().contains("load balancer"), "{f}");
+
+    // An instance of web is killed: it is replaced as usual.
+    let s = env.status();
+    let id = instances(&s)[0]["id"].as_str().unwrap().to_owned();
+    let info = json(&env.ok(&["inspect-instance", &id, "--json"]));
+    common::run("runc", &["--root", info["runc_root"].as_str().unwrap(), "kill", &id, "KILL"]);
+    let (ok, bad) = under_load(env.port, || {
+        env.wait_for("the killed web instance replaced", |s| {
+            instances(s).iter().all(|i| i["id"] != id.as_str()) && serving(s) == 2
+        });
+    });
+    assert!(ok > 20, "web served: {ok}");
+    let _ = bad; // the killed instance's requests in flight may fail; healing is what is asserted
+    assert!(!failing(&env).is_null(), "api still cannot start its load balancer");
+    let attempts = failing(&env)["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2, "retried: {attempts}");
+    let (_, metrics) = env.api_get("/metrics");
+    assert!(metrics.contains("kiln_service_failing{service=\"api\"} 1"), "{metrics}");
+    assert!(metrics.contains("kiln_reconcile_errors_total{service=\"api\"}"), "{metrics}");
+
+    // Its table readable again, api recovers on a retry, and history has
+    // the failure once and the recovery once.
+    fs::write(api_dir.join("releases.json"), "[]").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !failing(&env).is_null() {
+        assert!(Instant::now() < deadline, "api never recovered: {}", env.serve_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c = Conn::new(api_port);
+    assert_eq!(String::from_utf8(c.get("/").unwrap().2).unwrap().trim(), "1.0.0");
+    let hist = env.ok(&["history", "api"]);
+    assert_eq!(hist.matches("cannot reconcile").count(), 1, "{hist}");
+    assert_eq!(hist.matches("reconciled again").count(), 1, "{hist}");
+}

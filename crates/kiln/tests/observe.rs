@@ -11,12 +11,7 @@ use common::json;
 use common::serve_env::{serial, Env};
 
 fn get(env: &Env, path: &str) -> (String, String) {
-    let mut s = UnixStream::connect(env.home.join("serve.sock")).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
+    env.api_get(path)
 }
 
 #[test]

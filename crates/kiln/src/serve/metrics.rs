@@ -25,6 +25,8 @@ pub struct Counters {
     replacements: BTreeMap<(String, String), u64>,
     crash_loops: BTreeMap<String, u64>,
     quarantines: BTreeMap<String, u64>,
+    /// Failed reconcile passes of one service (every retry counts).
+    reconcile_errors: BTreeMap<String, u64>,
     /// The strategy of each release seen starting: (service, release).
     strategy: BTreeMap<(String, String), String>,
     /// Reconcile passes: per-bucket counts (one over the last bound), sum.
@@ -41,6 +43,8 @@ pub struct Gauges {
     pub weights: Vec<(String, String, u32)>,
     /// (service, state, count).
     pub instances: Vec<(String, String, u64)>,
+    /// (service, whether it cannot be reconciled now).
+    pub failing: Vec<(String, bool)>,
 }
 
 impl Counters {
@@ -65,8 +69,17 @@ impl Counters {
             }
             Event::CrashLoop { .. } => *self.crash_loops.entry(s).or_default() += 1,
             Event::Quarantined { .. } => *self.quarantines.entry(s).or_default() += 1,
-            Event::Step { .. } | Event::Replaced { .. } | Event::Unquarantined { .. } => {}
+            Event::Step { .. }
+            | Event::Replaced { .. }
+            | Event::Unquarantined { .. }
+            | Event::Failing { .. }
+            | Event::Recovered { .. } => {}
         }
+    }
+
+    /// Counts one failed reconcile of `service`.
+    pub fn reconcile_failed(&mut self, service: &str) {
+        *self.reconcile_errors.entry(service.to_owned()).or_default() += 1;
     }
 
     /// Counts one reconcile pass that took `secs`.
@@ -115,6 +128,14 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     family(&mut out, "kiln_quarantines_total", "counter", "Instances quarantined for a post-mortem.");
     for (s, n) in &c.quarantines {
         let _ = writeln!(out, "kiln_quarantines_total{{service=\"{}\"}} {n}", esc(s));
+    }
+    family(&mut out, "kiln_reconcile_errors_total", "counter", "Failed reconcile passes of a service (each retry).");
+    for (s, n) in &c.reconcile_errors {
+        let _ = writeln!(out, "kiln_reconcile_errors_total{{service=\"{}\"}} {n}", esc(s));
+    }
+    family(&mut out, "kiln_service_failing", "gauge", "1 while a service cannot be reconciled.");
+    for (s, f) in &g.failing {
+        let _ = writeln!(out, "kiln_service_failing{{service=\"{}\"}} {}", esc(s), u8::from(*f));
     }
     family(&mut out, "kiln_rollout_step", "gauge", "The step of the rollout in progress (1-based; 0 when none).");
     family(&mut out, "kiln_rollout_steps", "gauge", "The steps of the rollout in progress.");
@@ -186,12 +207,18 @@ mod tests {
             steps: vec![("web".into(), 1, 2)],
             weights: vec![("web".into(), "web-1".into(), 90), ("web".into(), "web-2".into(), 10)],
             instances: vec![("web".into(), "running".into(), 3)],
+            failing: vec![("web".into(), false), ("api".into(), true)],
         };
+        c.reconcile_failed("api");
+        c.reconcile_failed("api");
         let text = render(&c, &g);
         for line in [
             "kiln_releases_total{service=\"web\",strategy=\"canary\",outcome=\"rolled-back\"} 1",
             "kiln_releases_total{service=\"web\",strategy=\"unknown\",outcome=\"succeeded\"} 1",
             "kiln_replacements_total{service=\"web\",cause=\"chaos\"} 2",
+            "kiln_reconcile_errors_total{service=\"api\"} 2",
+            "kiln_service_failing{service=\"api\"} 1",
+            "kiln_service_failing{service=\"web\"} 0",
             "kiln_replacements_total{service=\"web\",cause=\"drift\"} 1",
             "kiln_release_weight{service=\"web\",release=\"web-2\"} 10",
             "kiln_rollout_step{service=\"web\"} 1",

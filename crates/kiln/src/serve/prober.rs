@@ -21,6 +21,8 @@ const QUICK: u64 = 100;
 
 #[derive(Debug, Default)]
 struct Slot {
+    /// The service the instance belongs to: a tick forgets only its own.
+    service: String,
     health: Health,
     next_ms: u64,
     running: bool,
@@ -76,13 +78,15 @@ impl Prober {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the checks due among `instances` (id, address); forgets the
-    /// instances no longer listed.
-    pub fn tick(&self, instances: &[(String, SocketAddr)], spec: &HealthSpec, now_ms: u64) {
+    /// Starts the checks due among `service`'s `instances` (id, address);
+    /// forgets that service's instances no longer listed (another
+    /// service's are left alone: each has its own tick).
+    pub fn tick(&self, service: &str, instances: &[(String, SocketAddr)], spec: &HealthSpec, now_ms: u64) {
         let mut slots = self.slots();
-        slots.retain(|id, _| instances.iter().any(|(i, _)| i == id));
+        slots.retain(|id, s| s.service != service || instances.iter().any(|(i, _)| i == id));
         for (id, addr) in instances {
-            let slot = slots.entry(id.clone()).or_default();
+            let slot =
+                slots.entry(id.clone()).or_insert_with(|| Slot { service: service.to_owned(), ..Slot::default() });
             if slot.running || now_ms < slot.next_ms {
                 continue;
             }
@@ -149,5 +153,32 @@ mod tests {
         assert_eq!(check(addr, Some("/healthz"), Duration::from_secs(2)), Err(ProbeFailure::Status(503)));
         assert_eq!(check(addr, Some("/healthz"), Duration::from_secs(2)), Ok(()));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn one_services_tick_never_forgets_another_services_instances() {
+        let up = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = up.local_addr().unwrap();
+        let p = Prober::default();
+        let spec = HealthSpec {
+            path: None,
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+            start_deadline_ms: 30_000,
+        };
+        p.tick("web", &[("web-1".into(), addr)], &spec, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.health("web-1").passes == 0 {
+            assert!(Instant::now() < deadline, "never checked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Another service's tick, with none of web's instances.
+        p.tick("api", &[], &spec, 1);
+        assert_eq!(p.health("web-1").passes, 1, "web-1's health is kept");
+        // web's own tick without web-1 forgets it.
+        p.tick("web", &[], &spec, 2);
+        assert_eq!(p.health("web-1").passes, 0);
     }
 }

@@ -786,7 +786,7 @@ mod tests {
         let f = p(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"hook\"\n{svc}")).unwrap();
         assert_eq!(f.notify[0].authority, "127.0.0.1:9000");
         assert_eq!(f.notify[0].path, "/hook");
-        assert_eq!(f.notify[0].events.len(), 7, "all by default");
+        assert_eq!(f.notify[0].events.len(), 8, "all by default");
         let f = p(&format!("[syslog]\nurl = \"relp://127.0.0.1:2514\"\n{svc}")).unwrap();
         let sl = f.syslog.unwrap();
         assert_eq!((sl.transport, sl.authority.as_str(), sl.facility), (syslog::Transport::Relp, "127.0.0.1:2514", 16));

@@ -24,10 +24,12 @@ pub enum Alert {
     Quarantine,
     /// A rollout step made no progress within `progress_deadline`.
     Deadline,
+    /// A service cannot be reconciled; it is retried with backoff.
+    Failing,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 7] = [
+    pub const ALL: [Alert; 8] = [
         Alert::ReleaseFailed,
         Alert::RolledBack,
         Alert::Inconclusive,
@@ -35,6 +37,7 @@ impl Alert {
         Alert::Drift,
         Alert::Quarantine,
         Alert::Deadline,
+        Alert::Failing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Alert {
             Alert::Drift => "drift",
             Alert::Quarantine => "quarantine",
             Alert::Deadline => "deadline",
+            Alert::Failing => "failing",
         }
     }
 }

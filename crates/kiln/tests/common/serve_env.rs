@@ -117,6 +117,17 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `GET path` on kiln serve's unix socket: (head, body).
+    pub fn api_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.home.join("serve.sock")).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
     pub fn serve_log(&self) -> String {
         fs::read_to_string(self.home.join("serve-test.log")).unwrap_or_default()
     }
@@ -201,7 +212,8 @@ impl Env {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        json(&self.ok(&["status", "--json"]))["services"][0].clone()
+        let all = json(&self.ok(&["status", "--json"]));
+        all["services"].as_array().unwrap().iter().find(|s| s["service"] == "web").cloned().unwrap_or_default()
     }
 
     /// Live instances by release.

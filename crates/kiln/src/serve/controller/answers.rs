@@ -50,6 +50,7 @@ impl<'a> Controller<'a> {
                 .as_ref()
                 .map_or((0, 0), |a| (a.rollout.index as u32 + 1, a.rollout.steps.len() as u32));
             g.steps.push((name.clone(), step, steps));
+            g.failing.push((name.clone(), self.failing.contains_key(name)));
             for e in svc.sent.iter().flatten() {
                 g.weights.push((name.clone(), e.release.clone(), e.weight));
             }
@@ -311,6 +312,7 @@ impl<'a> Controller<'a> {
                     "last_failures": svc.state.heal.last_exits,
                 },
                 "quarantined": svc.state.quarantined,
+                "reconcile": self.failing.get(name),
             }));
         }
         Ok(serde_json::json!({ "services": out }))

@@ -154,6 +154,16 @@ pub const CRASH_POINTS: &[&str] = &[
 
 pub(super) use crate::faults::crash_point;
 
+/// A service whose reconcile fails, retried with backoff while the others
+/// go on (kube-rs's `error_policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failing {
+    pub error: String,
+    pub since_ms: u64,
+    pub attempts: u32,
+    pub next_ms: u64,
+}
+
 /// What happens to an instance once its drain at the load balancer ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Then {
@@ -205,6 +215,8 @@ pub struct Controller<'a> {
     health_seen: HashMap<String, &'static str>,
     /// When each service's analysis was last sampled for the stream.
     sampled_ms: HashMap<String, u64>,
+    /// Services whose last reconcile failed, by name.
+    failing: BTreeMap<String, Failing>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -300,6 +312,7 @@ impl<'a> Controller<'a> {
             health_seen: HashMap::new(),
             shipper: None,
             sampled_ms: HashMap::new(),
+            failing: BTreeMap::new(),
         };
         c.load_services()?;
         Ok(c)
@@ -611,7 +624,15 @@ impl<'a> Controller<'a> {
         self.changed();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
-            self.tick_service(&name, now_ms)?;
+            // Each service on its own: one that fails is reported and
+            // retried with backoff; it never stops the others.
+            if self.failing.get(&name).is_some_and(|f| now_ms < f.next_ms) {
+                continue;
+            }
+            match self.tick_service(&name, now_ms) {
+                Ok(()) => self.recovered(&name, now_ms),
+                Err(e) => self.reconcile_failed(&name, &e, now_ms),
+            }
         }
         self.counters.reconciled(started.elapsed().as_secs_f64());
         self.publish_health(now_ms)?;
@@ -661,7 +682,7 @@ impl<'a> Controller<'a> {
             .filter(|r| !self.retiring.contains_key(r.id.as_str()))
             .map(|r| (r.id.to_string(), addr(r)))
             .collect();
-        self.prober.tick(&targets, &health, now_ms);
+        self.prober.tick(name, &targets, &health, now_ms);
         self.expire_quarantines(name, now_ms)?;
         if let Some(every) = self.services[name].spec.release.heal.drift_interval_ms {
             let due = self.next_drift_ms.entry(name.to_owned()).or_insert(now_ms + every);
@@ -695,6 +716,47 @@ impl<'a> Controller<'a> {
         }
         self.reap(name, now_ms)?;
         self.sync(name, false)
+    }
+
+    /// Records a failed reconcile of `name` and when to try again; the
+    /// first failure of a run is a history event (and an alert).
+    fn reconcile_failed(&mut self, name: &str, e: &ServeError, now_ms: u64) {
+        self.counters.reconcile_failed(name);
+        let error = e.to_string();
+        let f = self.failing.entry(name.to_owned()).or_insert(Failing {
+            error: error.clone(),
+            since_ms: now_ms,
+            attempts: 0,
+            next_ms: now_ms,
+        });
+        f.attempts += 1;
+        f.error = error.clone();
+        let retry_ms = heal::reconcile_backoff_ms(f.attempts);
+        f.next_ms = now_ms + retry_ms;
+        let first = f.attempts == 1;
+        eprintln!("kiln serve: service {name}: {error} (attempt {}, next in {retry_ms} ms)", f.attempts);
+        if first {
+            let release = self.release_of(name);
+            if let Err(e) = self.record(name, &release, now_ms, &Event::Failing { error, retry_ms }) {
+                eprintln!("kiln serve: service {name}: cannot record the failure: {e}");
+            }
+        }
+    }
+
+    /// A service that was failing reconciled: recorded once.
+    fn recovered(&mut self, name: &str, now_ms: u64) {
+        if let Some(f) = self.failing.remove(name) {
+            let release = self.release_of(name);
+            let event = Event::Recovered { failed_ms: now_ms.saturating_sub(f.since_ms), attempts: f.attempts };
+            if let Err(e) = self.record(name, &release, now_ms, &event) {
+                eprintln!("kiln serve: service {name}: cannot record the recovery: {e}");
+            }
+        }
+    }
+
+    /// The release a service-wide event is recorded under: the stable one.
+    fn release_of(&self, name: &str) -> String {
+        self.services[name].state.stable.as_ref().map(|s| s.id.clone()).unwrap_or_default()
     }
 
     fn service(&self, name: &str) -> Result<&Svc, ServeError> {
