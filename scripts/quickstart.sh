@@ -47,13 +47,12 @@ $kiln rm "$1" >/dev/null
 echo "== kiln serve (the release controller, in the background)"
 work=$(mktemp -d)
 cleanup() {
-  [ -n "${serve:-}" ] && kill "$serve" 2>/dev/null || true
-  for p in "$KILN_HOME"/proxies/*/proxy.json; do
-    [ -f "$p" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$p")" 2>/dev/null || true
-  done
-  for i in $($kiln ps --json | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"] if r["service"] == "hello"]'); do
-    $kiln rm --force "$i" >/dev/null || true
-  done
+  # kiln down drains and destroys the service's instances and stops its
+  # load balancer (a script cut short still stops what it started).
+  if [ -n "${serve:-}" ]; then
+    $kiln down hello -f examples/hello/kiln.toml >/dev/null 2>&1 || true
+    kill "$serve" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -84,3 +83,6 @@ curl -fsS http://127.0.0.1:8080/
 $kiln status
 echo "== kiln history --verify"
 $kiln history --verify
+echo "== kiln down hello (drain, destroy its instances, stop its load balancer; history and archive stay)"
+$kiln down hello -f examples/hello/kiln.toml
+$kiln history hello | tail -n 2

@@ -312,6 +312,21 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a service down: drain and destroy its instances, stop its load balancer, record it in history. History, the archive and volumes stay (volumes go with --purge); `kiln deploy` brings it back.
+    Down {
+        /// The service (default: the only one with a listen address).
+        service: Option<String>,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+        /// Also remove the service's volumes once its instances are gone.
+        #[arg(long)]
+        purge: bool,
+        /// Return once it is under way.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The quick start: bake DIR/kiln.toml, serve it (in this process, unless a kiln serve already runs), deploy its service, print its URL, and stay in the foreground.
     Up {
         #[arg(default_value = ".")]

@@ -96,6 +96,40 @@ fn call(home: &Path, req: &Request) -> anyhow::Result<Value> {
 
 /// `kiln deploy`: sends the deploy, then follows the release until it ends
 /// (or pauses), printing each change. Returns the exit status.
+/// `kiln down`: asks kiln serve to take `service` down and, with `wait`,
+/// follows it until its instances and load balancer are gone.
+pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -> anyhow::Result<i32> {
+    let asked = call(home, &Request::Down { service: service.clone(), purge, actor: actor() })?;
+    if !json {
+        match asked["already"].as_bool() {
+            Some(true) => println!("{service}: already taken down"),
+            _ => println!("{service}: going down (instances drain, then go; then its load balancer)"),
+        }
+    }
+    let mut st = asked;
+    if wait {
+        loop {
+            let status = call(home, &Request::Status { service: Some(service.clone()) })?;
+            let s = &status["services"][0];
+            if s["down"].is_null() {
+                anyhow::bail!("{service} was deployed again while it was going down");
+            }
+            if s["down"]["done"].as_bool() == Some(true) {
+                st = status;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if json {
+        println!("{st}");
+    } else if wait {
+        let purged = if purge { "; its volumes were removed" } else { "" };
+        println!("{service}: down: no instance left, load balancer stopped{purged}; history and archive kept");
+    }
+    Ok(0)
+}
+
 pub fn deploy(home: &Path, service: String, image: Option<String>, wait: bool, json: bool) -> anyhow::Result<i32> {
     let started = call(home, &Request::Deploy { service: service.clone(), image, actor: actor() })?;
     if started["noop"].as_bool() == Some(true) {
@@ -421,6 +455,9 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
             Event::Quarantined { instance, reason, actor } => format!("quarantined {instance} by {actor}: {reason}"),
             Event::Unquarantined { instance, actor } => format!("destroyed quarantined {instance} ({actor})"),
             Event::Failing { error, retry_ms } => format!("cannot reconcile: {error}; retrying in {retry_ms} ms"),
+            Event::Down { actor, purge } => {
+                format!("taken down by {actor}{}", if *purge { ", volumes purged" } else { "" })
+            }
             Event::Recovered { failed_ms, attempts } => {
                 format!("reconciled again after {failed_ms} ms and {attempts} failed attempt(s)")
             }

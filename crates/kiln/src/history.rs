@@ -94,6 +94,9 @@ pub enum Event {
     Failing { error: String, retry_ms: u64 },
     /// A failing service reconciled again.
     Recovered { failed_ms: u64, attempts: u32 },
+    /// The service was taken down (`kiln down`): its instances drain and
+    /// go, then its load balancer; with `purge` its volumes too.
+    Down { actor: String, purge: bool },
 }
 
 impl Event {
@@ -110,6 +113,7 @@ impl Event {
             Event::Unquarantined { .. } => "unquarantined",
             Event::Failing { .. } => "failing",
             Event::Recovered { .. } => "recovered",
+            Event::Down { .. } => "down",
         }
     }
 }

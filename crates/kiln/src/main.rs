@@ -195,6 +195,11 @@ fn run() -> anyhow::Result<()> {
                 None => (Command::Images {}, false),
             }
         }
+        Cmd::Down { service, file, purge, no_wait, json } => {
+            let service = cli_release::pick_service(&file, service)?;
+            let home = cli_release::default_home(cli.home);
+            std::process::exit(cli_release::down(&home, service, purge, !no_wait, json)?);
+        }
         Cmd::Deploy { service, image, file, no_wait, json } => {
             let service = cli_release::pick_service(&file, service)?;
             let spec = kiln::spec::load(&file)?;

@@ -461,3 +461,53 @@ fn a_listen_address_another_process_holds_is_refused_at_once_and_the_running_lis
     let mut c = Conn::new(b.port());
     assert_eq!(String::from_utf8(c.get("/").unwrap().2).unwrap().trim(), "1.0.0");
 }
+
+#[test]
+fn kiln_down_drains_and_destroys_a_service_keeps_its_volumes_and_history_and_deploy_brings_it_back() {
+    let _g = serial();
+    let mut env = Env::busybox(
+        "down",
+        "replicas = 2\ndrain_timeout = \"1s\"\nvolumes = { data = \"/data\" }\n[service.web.health]\npath = \"/\"\n",
+    );
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(env.versions(2), ["1.0.0"; 2]);
+    let proxy = env.proxy_pid();
+    let volume = env.home.join("volumes/web/data");
+    assert!(volume.is_dir(), "the volume exists");
+
+    let out = env.ok(&["down", "web"]);
+    assert!(out.contains("web: down: no instance left, load balancer stopped"), "{out}");
+    let s = env.status();
+    assert_eq!(s["instances"].as_array().unwrap().len(), 0, "{s}");
+    assert_eq!(s["down"]["done"], true, "{s}");
+    assert!(s["proxy_pid"].is_null(), "{s}");
+    let ps = json(&env.ok(&["ps", "--json"]));
+    assert_eq!(ps["instances"].as_array().unwrap().len(), 0, "{ps}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{proxy}")).exists()
+        && !fs::read_to_string(format!("/proc/{proxy}/stat")).unwrap_or_default().contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "the load balancer (pid {proxy}) never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", env.port)).is_err(), "nothing listens on the service's address");
+    assert!(volume.is_dir(), "volumes are kept unless --purge");
+    let hist = env.ok(&["history", "web"]);
+    assert!(hist.contains("taken down by"), "{hist}");
+    // A restarted kiln serve does not bring it back by itself.
+    env.kill_serve();
+    env.start_serve(None);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", env.port)).is_err(), "still down after a restart");
+
+    // A deploy brings it back; down --purge removes its volumes too.
+    let out = env.kiln(&["deploy", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(env.versions(2), ["1.0.0"; 2]);
+    assert!(env.status()["down"].is_null());
+    let out = env.ok(&["down", "web", "--purge"]);
+    assert!(out.contains("its volumes were removed"), "{out}");
+    assert!(!env.home.join("volumes/web").exists(), "purged");
+    assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"));
+}

@@ -52,6 +52,9 @@ pub enum Request {
     Diff { service: String, from: String, to: String },
     /// Log lines of instances: the newest `limit` that match.
     Logs { filter: LogFilter, limit: usize },
+    /// Take a service down: drain and destroy its instances, stop its load
+    /// balancer; history and the archive stay, volumes unless `purge`.
+    Down { service: String, purge: bool, actor: String },
 }
 
 /// What an API connection asks: a command, the event stream, or one of
@@ -131,6 +134,14 @@ struct VerifyBody {
 struct KillBody {
     service: String,
     max_share: Option<f64>,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownBody {
+    service: String,
+    purge: Option<bool>,
     actor: Option<String>,
 }
 
@@ -260,6 +271,10 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
                 Request::Abort { service, actor }
             })
         }
+        ("POST", "/v1/down") => {
+            let b: DownBody = body(req)?;
+            Ok(Request::Down { service: b.service, purge: b.purge.unwrap_or(false), actor: actor(b.actor) })
+        }
         ("POST", "/v1/quarantine") => {
             let b: QuarantineBody = body(req)?;
             Ok(Request::Quarantine { instance: b.instance, reason: b.reason, actor: actor(b.actor) })
@@ -311,6 +326,7 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
             | "/v1/rollback"
             | "/v1/promote"
             | "/v1/abort"
+            | "/v1/down"
             | "/v1/quarantine"
             | "/v1/release-quarantine"
             | "/v1/verify-instances"
@@ -383,6 +399,11 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
             "POST",
             "/v1/rollback".into(),
             serde_json::to_vec(&serde_json::json!({ "service": service, "to": to, "actor": actor })).unwrap(),
+        ),
+        Request::Down { service, purge, actor } => (
+            "POST",
+            "/v1/down".into(),
+            serde_json::to_vec(&serde_json::json!({ "service": service, "purge": purge, "actor": actor })).unwrap(),
         ),
         Request::Quarantine { instance, reason, actor } => (
             "POST",
@@ -557,6 +578,7 @@ mod tests {
             Request::History { service: None, verify: true },
             Request::Diff { service: "w".into(), from: "a".into(), to: "b".into() },
             Request::Logs { filter: LogFilter::default(), limit: 5 },
+            Request::Down { service: "w".into(), purge: true, actor: "a".into() },
         ];
         for r in &all {
             let (m, t, _) = to_http(r);

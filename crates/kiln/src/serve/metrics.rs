@@ -73,7 +73,8 @@ impl Counters {
             | Event::Replaced { .. }
             | Event::Unquarantined { .. }
             | Event::Failing { .. }
-            | Event::Recovered { .. } => {}
+            | Event::Recovered { .. }
+            | Event::Down { .. } => {}
         }
     }
 

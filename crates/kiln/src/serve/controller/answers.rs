@@ -78,6 +78,7 @@ impl<'a> Controller<'a> {
                     other => other.into(),
                 })?;
                 self.admit(&svc.spec, &desc.digest)?;
+                self.bring_back(&service, now_ms)?;
                 self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms)
             }
             Request::Metrics => Ok(serde_json::Value::String(self.metrics()?)),
@@ -123,6 +124,7 @@ impl<'a> Controller<'a> {
                 Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
             }
             Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),
+            Request::Down { service, purge, actor } => self.down(&service, purge, &actor, now_ms),
             Request::Quarantine { instance, reason, actor } => {
                 let r = self.instance(&instance)?;
                 let reason = reason.unwrap_or_else(|| format!("quarantined by {actor}"));
@@ -293,8 +295,8 @@ impl<'a> Controller<'a> {
             });
             out.push(serde_json::json!({
                 "service": name,
-                "listen": svc.dp.listen.to_string(),
-                "proxy_pid": svc.dp.pid,
+                "listen": svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen)).map(|l| l.to_string()),
+                "proxy_pid": svc.dp.as_ref().map(|d| d.pid),
                 "strategy": svc.spec.release.strategy.name(),
                 "replicas": svc.spec.release.replicas,
                 "stable": svc.state.stable,
@@ -302,7 +304,8 @@ impl<'a> Controller<'a> {
                 "rollout": rollout,
                 "last": svc.state.last.as_ref().map(|(id, o, reason)| serde_json::json!({ "release": id, "outcome": o, "reason": reason })),
                 "traffic": table,
-                "requests": svc.dp.totals().ok(),
+                "requests": svc.dp.as_ref().and_then(|d| d.totals().ok()),
+                "down": svc.state.down,
                 "instances": instances,
                 "heal": {
                     "failing": svc.state.heal.crash_looping(&svc.spec.release),

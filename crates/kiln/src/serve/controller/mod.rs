@@ -66,6 +66,21 @@ pub struct ServiceState {
     /// Frozen instances kept for a post-mortem, by id.
     #[serde(default)]
     pub quarantined: BTreeMap<String, Quarantine>,
+    /// Taken down (`kiln down`): its instances drain and go, then its load
+    /// balancer; a deploy brings it back.
+    #[serde(default)]
+    pub down: Option<Down>,
+}
+
+/// A service taken down, and whether that is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Down {
+    pub actor: String,
+    pub at_ms: u64,
+    /// Its volumes go too once its instances are gone.
+    pub purge: bool,
+    /// Its instances and load balancer are gone.
+    pub done: bool,
 }
 
 /// Why and until when an instance is kept frozen.
@@ -134,7 +149,8 @@ pub const DRILL_FAULT: u16 = 503;
 
 struct Svc {
     spec: ServiceSpec,
-    dp: DataPlane,
+    /// Its load balancer; none once the service is down.
+    dp: Option<DataPlane>,
     state: ServiceState,
     /// The table last sent to the proxy.
     sent: Option<Vec<TableEntry>>,
@@ -336,10 +352,10 @@ impl<'a> Controller<'a> {
                 continue;
             }
             if let Some(svc) = self.services.get_mut(&name) {
-                if svc.spec.release.listen != s.release.listen {
+                if svc.dp.is_some() && svc.spec.release.listen != s.release.listen {
                     match DataPlane::ensure(&self.home, &s) {
                         Ok(dp) => {
-                            svc.dp = dp;
+                            svc.dp = Some(dp);
                             svc.sent = None;
                         }
                         Err(e) => {
@@ -351,16 +367,21 @@ impl<'a> Controller<'a> {
                 svc.spec = s;
                 continue;
             }
-            let dp = match DataPlane::ensure(&self.home, &s) {
-                Ok(dp) => dp,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    continue;
-                }
-            };
-            let state = match self.history.load_service(&name)? {
+            let state: ServiceState = match self.history.load_service(&name)? {
                 Some(json) => serde_json::from_str(&json).unwrap_or_default(),
                 None => ServiceState::default(),
+            };
+            // A service that was taken down gets no load balancer until
+            // it is deployed again.
+            let dp = match state.down.as_ref().is_some_and(|d| d.done) {
+                true => None,
+                false => match DataPlane::ensure(&self.home, &s) {
+                    Ok(dp) => Some(dp),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                },
             };
             self.services.insert(name, Svc { spec: s, dp, state, sent: None });
         }
@@ -470,8 +491,11 @@ impl<'a> Controller<'a> {
         let done = Arc::new(AtomicBool::new(false));
         let (flag, a) = (done.clone(), addr(r));
         std::thread::spawn(move || {
-            // A backend the proxy never knew (or retired already) has nothing to drain.
-            let _ = dp.drain(a, deadline_ms);
+            // A backend the proxy never knew (or retired already) has
+            // nothing to drain, nor has a service without a load balancer.
+            if let Some(dp) = dp {
+                let _ = dp.drain(a, deadline_ms);
+            }
             flag.store(true, Ordering::SeqCst);
         });
         self.retiring.insert(r.id.to_string(), Retiring { service: name.to_owned(), done, then });
@@ -499,10 +523,12 @@ impl<'a> Controller<'a> {
     pub fn hand_over_data_planes(&mut self) -> Vec<(String, Result<i32, ServeError>)> {
         let mut out = Vec::new();
         for (name, svc) in self.services.iter_mut() {
-            let result = svc.dp.hand_over(&self.home, &svc.spec).map(|dp| {
-                svc.dp = dp;
+            let Some(old) = &svc.dp else { continue };
+            let result = old.hand_over(&self.home, &svc.spec).map(|dp| {
+                let pid = dp.pid;
+                svc.dp = Some(dp);
                 svc.sent = None;
-                svc.dp.pid
+                pid
             });
             out.push((name.clone(), result));
         }
@@ -512,8 +538,8 @@ impl<'a> Controller<'a> {
     /// Adopts each service's load balancer afresh from its record (after an
     /// upgrade that failed part-way, a successor may have replaced some).
     pub fn reload_data_planes(&mut self) -> Result<(), ServeError> {
-        for svc in self.services.values_mut() {
-            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
+        for svc in self.services.values_mut().filter(|s| s.dp.is_some()) {
+            svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
             svc.sent = None;
         }
         Ok(())
@@ -610,8 +636,9 @@ impl<'a> Controller<'a> {
         }));
         let t = self.table(name, &live);
         let svc = self.services.get_mut(name).expect("known service");
+        let Some(dp) = &svc.dp else { return Ok(()) };
         if force || svc.sent.as_ref() != Some(&t) {
-            svc.dp.set_table(&self.home, &t)?;
+            dp.set_table(&self.home, &t)?;
             svc.sent = Some(t);
         }
         Ok(())
@@ -640,13 +667,21 @@ impl<'a> Controller<'a> {
     }
 
     fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        if !self.services[name].dp.is_alive() {
-            // The load balancer died (killed, OOM): a new one starts from
-            // the last table on disk, and the next sync sends the current one.
-            let svc = self.services.get_mut(name).expect("known service");
-            eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", svc.dp.pid);
-            svc.dp = DataPlane::ensure(&self.home, &svc.spec)?;
-            svc.sent = None;
+        if self.services[name].state.down.is_some() {
+            return self.tick_down(name, now_ms);
+        }
+        let svc = self.services.get_mut(name).expect("known service");
+        match &svc.dp {
+            Some(dp) if dp.is_alive() => {}
+            dead => {
+                // The load balancer died (killed, OOM): a new one starts from
+                // the last table on disk, and the next sync sends the current one.
+                if let Some(dp) = dead {
+                    eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", dp.pid);
+                }
+                svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
+                svc.sent = None;
+            }
         }
         self.finish_retiring(name, now_ms)?;
         let live = self.live(name)?;
@@ -757,6 +792,11 @@ impl<'a> Controller<'a> {
     /// The release a service-wide event is recorded under: the stable one.
     fn release_of(&self, name: &str) -> String {
         self.services[name].state.stable.as_ref().map(|s| s.id.clone()).unwrap_or_default()
+    }
+
+    /// The load balancer of a service that has one.
+    fn dp(&self, name: &str) -> Result<&DataPlane, ServeError> {
+        self.services[name].dp.as_ref().ok_or_else(|| ServeError::NoListen(name.to_owned()))
     }
 
     fn service(&self, name: &str) -> Result<&Svc, ServeError> {

@@ -31,7 +31,7 @@ impl<'a> Controller<'a> {
         };
         if let Some(Step::Analyse { window_ms }) = r.steps.get(r.index) {
             let secs = (window_ms / 1000).clamp(1, 60);
-            let dp = &self.services[name].dp;
+            let dp = self.dp(name)?;
             obs.canary = Some(dp.stats(&r.release, secs)?);
             if let Some(s) = &r.stable {
                 obs.stable = Some(dp.stats(s, secs)?);
@@ -514,5 +514,94 @@ impl<'a> Controller<'a> {
             return Err(ServeError::Conflict(format!("service {name}: no earlier good release to roll back to")));
         };
         self.begin(name, d.clone(), d.to_string(), actor, Mode::Rollback, now_ms)
+    }
+}
+
+impl Controller<'_> {
+    /// `kiln down`: recorded first, then the release in progress ends
+    /// (aborted) and the service forgets its releases; the next ticks
+    /// drain and destroy its instances and stop its load balancer (see
+    /// [`Controller::tick_down`]). History and the archive are kept; with
+    /// `purge` its volumes go too. Idempotent.
+    pub(super) fn down(
+        &mut self,
+        name: &str,
+        purge: bool,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        self.service(name)?;
+        if let Some(d) = &self.services[name].state.down {
+            return Ok(serde_json::json!({ "service": name, "down": d, "already": true }));
+        }
+        let release = self.release_of(name);
+        self.record(name, &release, now_ms, &Event::Down { actor: actor.to_owned(), purge })?;
+        if let Some(a) = self.services[name].state.rollout.clone() {
+            let reason = format!("the service was taken down by {actor}");
+            self.fail(name, a, reason, None, Outcome::Aborted, now_ms)?;
+        }
+        let st = &mut self.services.get_mut(name).expect("known").state;
+        st.stable = None;
+        st.previous = None;
+        st.heal = Default::default();
+        let down = Down { actor: actor.to_owned(), at_ms: now_ms, purge, done: false };
+        st.down = Some(down.clone());
+        self.save(name, now_ms)?;
+        Ok(serde_json::json!({ "service": name, "down": down, "already": false }))
+    }
+
+    /// A deploy of a service that was taken down: it gets its load
+    /// balancer again (on the address kiln.toml names now).
+    pub(super) fn bring_back(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        if self.services[name].state.down.is_none() {
+            return Ok(());
+        }
+        let svc = self.services.get_mut(name).expect("known");
+        if svc.dp.is_none() {
+            svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
+            svc.sent = None;
+        }
+        svc.state.down = None;
+        self.save(name, now_ms)
+    }
+
+    /// A service being taken down: each instance of a release drains (no
+    /// new requests, those in flight get `drain_timeout`) and is stopped
+    /// and removed; once none is left its load balancer stops (SIGTERM:
+    /// it answers what it holds) and, with `purge`, its volumes go.
+    /// Instances started by hand (`kiln run`, no release) are not kiln
+    /// serve's to remove.
+    pub(super) fn tick_down(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
+        let Some(down) = self.services[name].state.down.clone() else { return Ok(()) };
+        if down.done {
+            return Ok(());
+        }
+        self.finish_retiring(name, now_ms)?;
+        let drain_ms = self.services[name].spec.release.drain_timeout_ms;
+        for r in self.live(name)?.iter().filter(|r| r.release.is_some()) {
+            self.retire(name, r, drain_ms, Then::Stop);
+        }
+        self.reap(name, now_ms)?;
+        let left = self.all()?.iter().filter(|r| r.service == name && r.release.is_some()).count();
+        if left > 0 || self.retiring.values().any(|r| r.service == name) {
+            return Ok(());
+        }
+        if let Some(dp) = self.services.get_mut(name).expect("known").dp.take() {
+            dp.stop_preview(&self.home, name);
+            let _ = std::fs::remove_file(self.home.join("proxies").join(name).join("proxy.json"));
+        }
+        if down.purge {
+            let dir = self.home.join("volumes").join(name);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ServeError::Io { path: dir, source: e });
+                }
+                _ => {}
+            }
+        }
+        let svc = self.services.get_mut(name).expect("known");
+        svc.sent = None;
+        svc.state.down = Some(Down { done: true, ..down });
+        self.save(name, now_ms)
     }
 }
