@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         head_method: data.first() == Some(&b'H'),
         close: data.len() % 2 == 0,
         http10_keep_alive: false,
+        chunked_ok: data.len() % 3 == 0,
     };
     if let Ok(Some(info)) = h1::response(data, &reply, &mut out) {
         assert!(info.head_len <= data.len());

@@ -511,3 +511,74 @@ fn kiln_down_drains_and_destroys_a_service_keeps_its_volumes_and_history_and_dep
     assert!(!env.home.join("volumes/web").exists(), "purged");
     assert!(env.ok(&["history", "--verify"]).contains("hash chain verified"));
 }
+
+/// Reads one response with a chunked or sized body from `r`: (head, body).
+fn read_reframed(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, String) {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the connection closed: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let len = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().unwrap())
+            .expect("a length or chunks");
+        body.resize(len, 0);
+        r.read_exact(&mut body).unwrap();
+    }
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_connection() {
+    use std::io::Write;
+    let _g = serial();
+    let env = Env::busybox("close-delimited", "[service.web.health]\npath = \"/\"\n");
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    // busybox httpd's CGI answers end when it closes the connection (no
+    // length, no chunks, bare LF after its headers).
+    let s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    for i in 0..5 {
+        let path = if i % 2 == 0 { format!("/cgi-bin/echo?n={i}") } else { "/".to_owned() };
+        write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let (head, body) = read_reframed(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "the client connection is kept: {head}");
+        if i % 2 == 0 {
+            assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+            assert_eq!(body, format!("cgi n={i}\n"));
+        } else {
+            assert_eq!(body, "1.0.0\n");
+        }
+    }
+    // An HTTP/1.0 client gets the body delimited by the close, as before.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    write!(s, "GET /cgi-bin/echo?old HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = String::new();
+    std::io::Read::read_to_string(&mut s, &mut all).unwrap();
+    assert!(all.contains("Connection: close") && all.ends_with("cgi old\n") && !all.contains("chunked"), "{all}");
+}

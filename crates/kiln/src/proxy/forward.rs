@@ -105,14 +105,18 @@ enum Relay {
 }
 
 /// Moves one body from `src` (its first bytes already in `buf`) to `dst`,
-/// writing `prefix` (a head) together with the first body bytes.
+/// writing `prefix` (a head) together with the first body bytes. With
+/// `rechunk`, a close-delimited body goes out chunked, each read one chunk,
+/// and the last chunk follows the sender's close.
 async fn relay(
     src: &mut (impl AsyncRead + Unpin),
     buf: &mut Buf,
     dst: &mut (impl AsyncWrite + Unpin),
     framing: Framing,
     prefix: &mut Vec<u8>,
+    rechunk: bool,
 ) -> Result<(), Relay> {
+    let rechunk = rechunk && framing == Framing::UntilClose;
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
@@ -126,7 +130,17 @@ async fn relay(
             Framing::Chunked => chunked.feed(avail).map_err(|_| Relay::From)?,
             Framing::UntilClose => avail.len(),
         };
-        if prefix.is_empty() {
+        if rechunk {
+            if take > 0 {
+                prefix.extend_from_slice(format!("{take:x}\r\n").as_bytes());
+                prefix.extend_from_slice(&avail[..take]);
+                prefix.extend_from_slice(b"\r\n");
+            }
+            if !prefix.is_empty() {
+                write(dst, prefix).await?;
+                prefix.clear();
+            }
+        } else if prefix.is_empty() {
             if take > 0 {
                 write(dst, &avail[..take]).await?;
             }
@@ -151,7 +165,12 @@ async fn relay(
             buf.data.resize(STREAM_BUF, 0);
         }
         match tokio::time::timeout(BODY_IDLE, buf.fill(src, STREAM_BUF)).await {
-            Ok(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
+            Ok(Ok(0)) if framing == Framing::UntilClose => {
+                if rechunk {
+                    write(dst, b"0\r\n\r\n").await?;
+                }
+                return Ok(());
+            }
             Ok(Ok(0) | Err(_)) | Err(_) => return Err(Relay::From),
             Ok(Ok(_)) => {}
         }
@@ -445,6 +464,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
             head_method: info.head_method,
             close: !info.keep_alive || p.stopping.load(Ordering::Relaxed),
             http10_keep_alive: info.http10 && info.keep_alive,
+            chunked_ok: !info.http10,
         };
         let guard = InFlight::new(backend, &release.metrics);
         let (mut conn, resp, unread) = match attempt_on(p, io, info, &reply, backend, &mut body_sent, started).await {
@@ -515,7 +535,7 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
         // The body streams back; a drain deadline cuts it too.
         let relayed = tokio::select! {
             biased;
-            r = relay(&mut conn, io.bbuf, io.client, resp.framing, io.reply) => r.is_ok(),
+            r = relay(&mut conn, io.bbuf, io.client, resp.framing, io.reply, resp.rechunk) => r.is_ok(),
             _ = backend.cut.notified() => false,
         };
         drop(guard);
@@ -619,7 +639,7 @@ async fn attempt_on(
         *body_sent = true;
         let unread = {
             let mut no_prefix = Vec::new();
-            let send = relay(client, cbuf, &mut wr, info.framing, &mut no_prefix);
+            let send = relay(client, cbuf, &mut wr, info.framing, &mut no_prefix, false);
             tokio::pin!(send);
             tokio::select! {
                 biased;

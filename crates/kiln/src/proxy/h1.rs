@@ -345,8 +345,11 @@ pub struct ResponseInfo {
     /// The backend will keep the connection after this response.
     pub reusable: bool,
     /// The client connection ends after this response (asked for, or the
-    /// body runs until the backend closes).
+    /// body runs until the backend closes and cannot be re-framed).
     pub close: bool,
+    /// A body that runs until the backend closes goes to the client
+    /// chunked (as nginx does), so its connection is kept.
+    pub rechunk: bool,
 }
 
 /// What the proxy adds to a response head.
@@ -362,6 +365,8 @@ pub struct Reply<'a> {
     /// The client connection closes after this response.
     pub close: bool,
     pub http10_keep_alive: bool,
+    /// The client speaks HTTP/1.1, so a body may go to it chunked.
+    pub chunked_ok: bool,
 }
 
 /// Parses a response head at the start of `input` and writes the head for
@@ -395,7 +400,11 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
         && !reply.head_method
         && if http10 { has_token(connection, "keep-alive") } else { !has_token(connection, "close") };
     let switching = status == 101;
-    let close = !switching && (reply.close || framing == Framing::UntilClose);
+    // A close-delimited body (HTTP/1.0 servers, CGI, busybox httpd) is
+    // re-framed as chunked for an HTTP/1.1 client, which keeps its
+    // connection; a coding other than chunked stays close-delimited.
+    let rechunk = framing == Framing::UntilClose && chunked.is_none() && reply.chunked_ok && !switching;
+    let close = !switching && (reply.close || (framing == Framing::UntilClose && !rechunk));
 
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} ");
@@ -423,6 +432,9 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
     if let Some(r) = reply.set_cookie {
         let _ = write!(out, "Set-Cookie: kiln_release={r}; Path=/; HttpOnly; SameSite=Lax\r\n");
     }
+    if rechunk {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if close {
@@ -431,7 +443,7 @@ pub fn response(input: &[u8], reply: &Reply<'_>, out: &mut Vec<u8>) -> Result<Op
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some(ResponseInfo { head_len, status, framing, reusable, close }))
+    Ok(Some(ResponseInfo { head_len, status, framing, reusable, close, rechunk }))
 }
 
 /// Makes a response head written by [`response`] end its connection (the
@@ -675,7 +687,25 @@ Cookie: a=1; kiln_release=green ; b=2\r\nX-User: u1\r\nX-App: kept\r\n\r\nBODY";
         head_method: false,
         close: false,
         http10_keep_alive: false,
+        chunked_ok: true,
     };
+
+    #[test]
+    fn a_close_delimited_body_is_rechunked_for_an_http11_client_and_its_connection_kept() {
+        let (info, out) = resp(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n", REPLY);
+        assert_eq!((info.framing, info.reusable, info.close, info.rechunk), (Framing::UntilClose, false, false, true));
+        assert!(out.contains("Transfer-Encoding: chunked\r\n") && !out.contains("Connection: close"), "{out}");
+        // An HTTP/1.0 client cannot read chunks: the connection ends the body.
+        let (info, out) = resp(b"HTTP/1.0 200 OK\r\n\r\n", Reply { chunked_ok: false, ..REPLY });
+        assert_eq!((info.close, info.rechunk), (true, false));
+        assert!(out.contains("Connection: close\r\n") && !out.contains("chunked"), "{out}");
+        // A coding other than chunked stays close-delimited.
+        let (info, _) = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", REPLY);
+        assert_eq!((info.close, info.rechunk), (true, false));
+        // Bodiless answers are not re-framed.
+        let (info, out) = resp(b"HTTP/1.0 204 No Content\r\n\r\n", REPLY);
+        assert!(!info.rechunk && !out.contains("chunked"), "{out}");
+    }
 
     #[test]
     fn a_response_head_is_rewritten_for_the_client() {
@@ -688,8 +718,10 @@ X-Request-Id: other\r\nX-App: 1\r\n\r\nhello";
             out,
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: 1\r\nX-Request-Id: rid\r\nX-Kiln-Release: blue\r\n\r\n"
         );
-        let (info, out) =
-            resp(b"HTTP/1.0 200 OK\r\n\r\n", Reply { set_cookie: Some("green"), close: true, release: None, ..REPLY });
+        let (info, out) = resp(
+            b"HTTP/1.0 200 OK\r\n\r\n",
+            Reply { set_cookie: Some("green"), close: true, release: None, chunked_ok: false, ..REPLY },
+        );
         assert_eq!((info.framing, info.reusable), (Framing::UntilClose, false));
         assert!(out.contains("Set-Cookie: kiln_release=green; Path=/; HttpOnly; SameSite=Lax\r\nConnection: close\r\n"));
         let (info, _) = resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", REPLY);
