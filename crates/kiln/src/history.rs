@@ -12,7 +12,14 @@
 //! entry before it, so editing, removing or reordering an entry breaks the
 //! chain at that entry, and [`History::verify`] names it. Entries are
 //! written before the step they describe is taken (log before state).
-//! This module must never update or delete an entry.
+//!
+//! The chain cannot show that its newest entries were removed: the head is
+//! anchored outside the database too. After each append its sequence
+//! number and hash are appended (and synced) to `state.anchor` beside it,
+//! a plain append-only text file, so a truncation of `state.db` alone is
+//! named by `verify`; only an edit of both files together goes unseen.
+//! This module must never update or delete an entry, nor rewrite the
+//! anchor.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +32,7 @@ use crate::heal::Cause;
 use crate::release::analysis::Verdict;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The hash an empty chain starts from.
 const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -39,6 +46,12 @@ pub enum HistoryError {
     TooNew { path: PathBuf, found: i64 },
     #[error("{}: history entry {seq} (release {release}): {problem}", path.display())]
     Broken { path: PathBuf, seq: i64, release: String, problem: String },
+    /// The history does not reach the head its anchor file holds
+    /// (entries were removed from its end), or the anchor is gone.
+    #[error("{}: {problem}", path.display())]
+    Anchor { path: PathBuf, problem: String },
+    #[error("{}: {source}", path.display())]
+    AnchorIo { path: PathBuf, source: std::io::Error },
 }
 
 /// What happened, one entry each.
@@ -205,6 +218,9 @@ fn migrate(db: &mut Connection, path: &Path) -> Result<(), HistoryError> {
             state      TEXT NOT NULL,
             updated_ms INTEGER NOT NULL
         );",
+        // 2 → 3: no table; the head is anchored in `state.anchor` from
+        // here on (History::open writes the first line).
+        "SELECT 1;",
     ];
     for (v, sql) in STEPS.iter().enumerate().skip(found as usize) {
         let tx = db.transaction().map_err(err)?;
@@ -226,8 +242,51 @@ impl History {
             return Err(err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, not wal"))));
         }
         db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        let before: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
         migrate(&mut db, path)?;
-        Ok(History { path: path.to_owned(), db })
+        let h = History { path: path.to_owned(), db };
+        // The first anchor: of a new file, or of one from before anchors
+        // (trusted as it is then). Later, a missing anchor is reported.
+        if before < 3 && !h.anchor_path().exists() {
+            if let Some((seq, hash)) = h.head()? {
+                h.anchor(seq, &hash)?;
+            } else {
+                h.anchor_file()?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// The file the chain's head is anchored in, beside the state file.
+    pub fn anchor_path(&self) -> PathBuf {
+        self.path.with_extension("anchor")
+    }
+
+    fn anchor_file(&self) -> Result<std::fs::File, HistoryError> {
+        let path = self.anchor_path();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| HistoryError::AnchorIo { path, source })
+    }
+
+    /// Appends `seq hash` to the anchor, synced before it returns.
+    fn anchor(&self, seq: i64, hash: &str) -> Result<(), HistoryError> {
+        use std::io::Write;
+        let mut f = self.anchor_file()?;
+        let path = self.anchor_path();
+        f.write_all(format!("{seq} {hash}\n").as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|source| HistoryError::AnchorIo { path, source })
+    }
+
+    /// The newest entry's sequence number and hash.
+    fn head(&self) -> Result<Option<(i64, String)>, HistoryError> {
+        self.db
+            .query_row("SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(self.err())
     }
 
     /// The state file of a kiln home.
@@ -263,6 +322,9 @@ impl History {
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
+        // After the commit: a crash between the two leaves the newest
+        // entry unanchored, which verify allows for that one entry only.
+        self.anchor(seq, &hash)?;
         Ok(Entry {
             seq,
             service: service.to_owned(),
@@ -319,6 +381,7 @@ impl History {
             .map_err(self.err())?;
         let mut rows = stmt.query([]).map_err(self.err())?;
         let (mut prev, mut expect_seq, mut n) = (GENESIS.to_owned(), 1i64, 0u64);
+        let mut hashes = Vec::new();
         while let Some(r) = rows.next().map_err(self.err())? {
             let get = |i| r.get::<_, String>(i);
             let seq: i64 = r.get(0).map_err(self.err())?;
@@ -346,11 +409,58 @@ impl History {
             if entry_hash(&prev_hash, seq, &service, &release, at_ms, &kind, &body).as_str() != hash {
                 return Err(broken("its contents do not match its hash: the entry was edited".into()));
             }
+            hashes.push(hash.clone());
             prev = hash;
             expect_seq += 1;
             n += 1;
         }
+        self.check_anchor(&hashes)?;
         Ok(n)
+    }
+
+    /// Checks the chain's hashes (entry 1 first) against the anchor: every
+    /// anchored head is there with its hash, and at most the newest entry
+    /// is not anchored yet (a crash between its commit and its anchor).
+    fn check_anchor(&self, hashes: &[String]) -> Result<(), HistoryError> {
+        let path = self.anchor_path();
+        let problem = |problem: String| HistoryError::Anchor { path: path.clone(), problem };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(problem(format!(
+                    "missing: the head of the history ({} entries) cannot be checked; entries may have been removed from its end",
+                    hashes.len()
+                )))
+            }
+            Err(source) => return Err(HistoryError::AnchorIo { path, source }),
+        };
+        let mut last = 0usize;
+        for (i, line) in text.lines().enumerate() {
+            let parsed = line.split_once(' ').and_then(|(s, h)| Some((s.parse::<usize>().ok()?, h)));
+            let Some((seq, hash)) = parsed else {
+                return Err(problem(format!("line {}: not \"SEQ HASH\": the anchor was edited", i + 1)));
+            };
+            if seq > hashes.len() {
+                return Err(problem(format!(
+                    "the history was truncated: the anchor holds entry {seq} ({hash}), the state file ends at entry {}",
+                    hashes.len()
+                )));
+            }
+            if seq == 0 || hashes[seq - 1] != hash {
+                return Err(problem(format!(
+                    "entry {seq} is not the one anchored ({hash}): the history was rewritten"
+                )));
+            }
+            last = last.max(seq);
+        }
+        if hashes.len() > last + 1 {
+            return Err(problem(format!(
+                "entries {} to {} are not anchored: they were not written by kiln, or the anchor was cut",
+                last + 1,
+                hashes.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Keeps `digest` as a gc root for `service`'s rollbacks: recorded here
@@ -524,6 +634,46 @@ mod tests {
     }
 
     #[test]
+    fn removing_the_newest_entries_is_named_by_the_anchor() {
+        let dir = tempdir("history-truncate");
+        let mut h = History::open(&History::path_in(dir.as_path())).unwrap();
+        for i in 0..10 {
+            h.append("web", &format!("r{i}"), i * 10, &started(&format!("sha256:{i}"))).unwrap();
+        }
+        assert_eq!(h.verify().unwrap(), 10);
+        h.db.execute("DELETE FROM history WHERE seq = (SELECT max(seq) FROM history)", []).unwrap();
+        let e = h.verify().unwrap_err().to_string();
+        assert!(
+            e.contains("state.anchor: the history was truncated: the anchor holds entry 10")
+                && e.contains("the state file ends at entry 9"),
+            "{e}"
+        );
+        // A crash between an entry's commit and its anchor leaves one
+        // entry unanchored: accepted; two are not.
+        let dir = tempdir("history-unanchored");
+        let mut h = History::open(&History::path_in(dir.as_path())).unwrap();
+        for i in 0..3 {
+            h.append("web", &format!("r{i}"), i, &started("sha256:a")).unwrap();
+        }
+        let anchor = h.anchor_path();
+        let text = std::fs::read_to_string(&anchor).unwrap();
+        let cut: Vec<&str> = text.lines().collect();
+        std::fs::write(&anchor, format!("{}\n", cut[..2].join("\n"))).unwrap();
+        assert_eq!(h.verify().unwrap(), 3);
+        std::fs::write(&anchor, format!("{}\n", cut[0])).unwrap();
+        let e = h.verify().unwrap_err().to_string();
+        assert!(e.contains("entries 2 to 3 are not anchored"), "{e}");
+        // A rewritten chain does not match its anchored hashes.
+        std::fs::write(&anchor, format!("{}\n1 sha256:beef\n", text.trim_end())).unwrap();
+        assert!(h.verify().unwrap_err().to_string().contains("entry 1 is not the one anchored"));
+        // The anchor removed: reported, not recreated.
+        std::fs::remove_file(&anchor).unwrap();
+        drop(h);
+        let h = History::open(&History::path_in(dir.as_path())).unwrap();
+        assert!(h.verify().unwrap_err().to_string().contains("missing"), "{:?}", h.verify());
+    }
+
+    #[test]
     fn a_version_1_file_is_migrated_and_keeps_its_history() {
         let dir = tempdir("history-migrate");
         let path = History::path_in(&dir);
@@ -547,7 +697,7 @@ mod tests {
         h.append("web", "web-1", 1, &started("sha256:aa")).unwrap();
         h.save_service("web", "{}", 1).unwrap();
         let v: i64 = h.db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!((v, h.verify().unwrap()), (2, 1));
+        assert_eq!((v, h.verify().unwrap()), (SCHEMA_VERSION, 1));
     }
 
     #[test]

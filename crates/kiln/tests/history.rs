@@ -96,3 +96,26 @@ fn history_shows_verifies_and_names_an_edited_entry() {
     // Without --verify the history still reads (and shows the edit).
     assert!(kiln_ok(&home, &home, &["history"]).contains(&other));
 }
+
+#[test]
+fn deleting_the_newest_entry_with_sqlite3_is_named_by_verify() {
+    let home = tempdir("history-truncated");
+    let db = History::path_in(&home);
+    let mut h = History::open(&db).unwrap();
+    for i in 0..9 {
+        let event = Event::Finished { outcome: Outcome::Aborted, reason: format!("r{i}"), deadline: false };
+        h.append("web", &format!("web-{i}"), 1_700_000_000_000 + i, &event).unwrap();
+    }
+    drop(h);
+    assert!(kiln_ok(&home, &home, &["history", "--verify"]).contains("hash chain verified: 9 entries"));
+    // The reproduction of issue #19: the newest entry removed, as a person would.
+    sqlite3(&db, "DELETE FROM history WHERE seq = (SELECT max(seq) FROM history);");
+    let out = kiln(&home, &home, &["history", "--verify"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "a truncated history exits 3: {err}");
+    assert!(
+        err.contains("state.anchor: the history was truncated: the anchor holds entry 9")
+            && err.contains("the state file ends at entry 8"),
+        "{err}"
+    );
+}

@@ -423,7 +423,7 @@ impl CommandError {
     /// found tampering (a broken history chain), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CommandError::History(HistoryError::Broken { .. }) => 3,
+            CommandError::History(HistoryError::Broken { .. } | HistoryError::Anchor { .. }) => 3,
             CommandError::Sign(
                 crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
             ) => 7,
