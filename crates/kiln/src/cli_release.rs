@@ -164,12 +164,20 @@ pub fn deploy(home: &Path, service: String, image: Option<String>, wait: bool, j
         let s = &st["services"][0];
         let r = &s["rollout"];
         if r["release"].as_str() == Some(release.as_str()) {
+            // The step as it is meant: a shift names the share it moves
+            // to, an analysis the share it judges (never the share before).
+            let cur = &r["current"];
+            let what = match cur["step"].as_str() {
+                Some("shift") => format!("shift to {}% new", cur["new_percent"]),
+                Some("analyse") => format!("analyse at {}% new", r["new_percent"]),
+                Some("pause") => format!("pause at {}% new", r["new_percent"]),
+                Some(other) => other.replace('_', " "),
+                None => "-".into(),
+            };
             let line = format!(
-                "  step {}/{}: {} (canary {}%){}",
+                "  step {}/{}: {what}{}",
                 r["step"],
                 r["steps"],
-                r["current"]["step"].as_str().unwrap_or("-"),
-                r["new_percent"],
                 r["paused"].as_str().map(|p| format!(" — {p}")).unwrap_or_default()
             );
             if line != last_line && !json && !r["current"].is_null() {
@@ -313,6 +321,7 @@ pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
                 i["state"].as_str().unwrap_or("")
             };
             let health = match (i["health"]["healthy"].as_bool(), i["health"]["fails"].as_u64()) {
+                _ if i["leaving"].as_bool() == Some(true) => "leaving".to_owned(),
                 (Some(true), _) => "healthy".to_owned(),
                 (_, Some(f)) if f > 0 => format!("failing {f}"),
                 _ => "starting".to_owned(),
@@ -327,9 +336,9 @@ pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
                 i["age_s"].as_i64().unwrap_or(0),
                 i["recycle_in_s"].as_u64().map_or("-".into(), |r| format!("{r}s")),
                 i["port"].as_u64().unwrap_or(0),
-                match i["release_weight"].as_u64() {
-                    Some(w) => format!("release at {w}%"),
-                    None => "not routed".into(),
+                match (i["share_percent"].as_f64(), i["release_weight"].as_u64()) {
+                    (Some(s), Some(w)) => format!("{s}% (release at {w}%)"),
+                    _ => "not routed".into(),
                 }
             );
         }
@@ -430,7 +439,14 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
                     .map(|m| {
                         let stable = m.stable.map_or("-".into(), |s| format!("{s:.4}"));
                         let p = m.p_value.map_or(String::new(), |p| format!(", p={p:.4}"));
-                        format!("{} canary {:.4} stable {stable} limit {:.4}{p}", m.name, m.canary, m.limit)
+                        let judged = if m.inconclusive {
+                            "inconclusive"
+                        } else if m.passed {
+                            "pass"
+                        } else {
+                            "FAIL"
+                        };
+                        format!("{} {judged}: canary {:.4} stable {stable} limit {:.4}{p}", m.name, m.canary, m.limit)
                     })
                     .collect();
                 format!(

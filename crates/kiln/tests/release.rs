@@ -118,7 +118,7 @@ fn a_canary_that_errs_or_is_slow_fails_and_traffic_is_back_on_stable() {
     let env = Env::new("canary-bad", CANARY);
     assert_eq!(env.deploy().0, 0);
     for (round, (extra, metric)) in
-        [(", FAIL_RATE = \"0.2\"", "error_rate"), (", LATENCY_MS = \"25\"", "p99_latency_ms")].iter().enumerate()
+        [(", FAIL_RATE = \"0.2\"", "error_rate"), (", LATENCY_MS = \"25\"", "latency_ms")].iter().enumerate()
     {
         env.version(&format!("2.0.{round}"), extra);
         let mut result = (0, String::new());

@@ -8,7 +8,7 @@
 //! histogram bucket:
 //! - error rate: the canary's may exceed stable's by `max_error_rate`
 //!   (absolute); it fails when it exceeds it by more and a one-sided
-//!   two-proportion z-test agrees at `confidence`;
+//!   two-proportion z-test finds it worse than stable at `confidence`;
 //! - latency: the canary's p99 (interpolated in its histogram bucket) may
 //!   be `max_p99_ratio` times stable's, or up to `min_p99_increase_ms`
 //!   above it; it fails when it is more than both and the canary is
@@ -19,10 +19,19 @@
 //!   a slower body of requests, and a two-proportion test of the share of
 //!   requests above stable's p99 bucket, which sees a slower tail.
 //!
-//! Too few canary requests (`min_requests`) is **inconclusive**, never a
-//! pass and never a fail. Without a stable sample (the 100% step, or an
-//! idle stable) error rate is judged against `max_error_rate` alone and
-//! latency is not judged.
+//! A metric over its limit without significance is **inconclusive** (the
+//! window extends, the canary keeps its share), never a pass. Too few
+//! canary requests (`min_requests`) is inconclusive too, never a pass and
+//! never a fail. Without a stable release (the 100% step) error rate is
+//! judged against `max_error_rate` alone (with a one-proportion test) and
+//! latency is not judged; with a stable sample under `min_requests`, error
+//! rate is judged the same way and latency is inconclusive, and the
+//! verdict still reports how many requests stable served.
+//!
+//! Small samples: the latency quantile judged follows the smaller side's
+//! size (p99 from [`P99_MIN_REQUESTS`], p95 from 60, else p90), because
+//! with tens of requests a p99 is the slowest one, such as the first
+//! request to a fresh instance.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +70,13 @@ pub struct Metric {
     pub test: String,
     /// One-sided p-value of "the canary is worse", when a test ran.
     pub p_value: Option<f64>,
+    /// Within its limit.
     pub passed: bool,
+    /// Over its limit without significance, or not judged for want of a
+    /// stable sample: the step neither passes nor fails on it. Absent when
+    /// false, so that older history entries hash as they did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
 }
 
 /// A step's verdict with everything that led to it.
@@ -75,76 +90,102 @@ pub struct Verdict {
     pub metrics: Vec<Metric>,
 }
 
+impl Verdict {
+    /// The failed metrics, each as `name canary > limit`, for a reason.
+    pub fn failed(&self) -> String {
+        let m: Vec<String> = self
+            .metrics
+            .iter()
+            .filter(|m| !m.passed && !m.inconclusive)
+            .map(|m| format!("{} {:.4} > {:.4}", m.name, m.canary, m.limit))
+            .collect();
+        m.join(", ")
+    }
+}
+
 /// Judges one step. `stable` is `None` when there is no stable release.
 pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowStats>) -> Verdict {
     let alpha = 1.0 - spec.confidence;
-    let stable = stable.filter(|s| s.requests >= spec.min_requests);
+    // A stable sample too small to compare with is still reported as it is
+    // (never "vs 0"); the metrics that need it are inconclusive.
+    let comparable = stable.filter(|s| s.requests >= spec.min_requests);
     let mut metrics = Vec::with_capacity(2);
 
     let (pc, nc) = (canary.error_rate, canary.requests as f64);
-    metrics.push(match stable {
+    metrics.push(match comparable {
         Some(s) => {
+            // Over the margin (as measured) and significantly worse than
+            // stable: a test of "worse by more than the margin" would need
+            // thousands of requests to see two points of errors (see
+            // bench/calibrate.sh).
             let (ps, ns) = (s.error_rate, s.requests as f64);
             let margin = spec.max_error_rate;
-            let worse = pc - ps > margin;
+            let over = pc - ps > margin;
             let se = (pc * (1.0 - pc) / nc.max(1.0) + ps * (1.0 - ps) / ns).sqrt();
-            // With no variance on either side the difference is exact.
-            let p = if se > 0.0 {
-                1.0 - normal_cdf((pc - ps - margin) / se)
-            } else if worse {
-                0.0
-            } else {
-                1.0
-            };
-            Metric {
-                name: "error_rate".into(),
-                canary: pc,
-                stable: Some(ps),
-                limit: ps + margin,
-                test: "two-proportion z-test".into(),
-                p_value: Some(p),
-                passed: !(worse && p < alpha),
-            }
+            let p = one_sided(pc - ps, se, pc > ps);
+            metric("error_rate", pc, Some(ps), ps + margin, "two-proportion z-test", p, over, alpha)
         }
-        None => Metric {
-            name: "error_rate".into(),
-            canary: pc,
-            stable: None,
-            limit: spec.max_error_rate,
-            test: "absolute limit (no stable sample)".into(),
-            p_value: None,
-            passed: pc <= spec.max_error_rate,
-        },
+        None => {
+            // The absolute limit, with a one-proportion test.
+            let limit = spec.max_error_rate;
+            let over = pc > limit;
+            let p = one_sided(pc - limit, (pc * (1.0 - pc) / nc.max(1.0)).sqrt(), over);
+            let test = match stable {
+                Some(_) => "absolute limit, z-test (stable sample under min_requests)",
+                None => "absolute limit, z-test (no stable release)",
+            };
+            metric("error_rate", pc, stable.map(|s| s.error_rate), limit, test, p, over, alpha)
+        }
     });
 
-    if let Some(s) = stable {
-        let (c99, s99) = (quantile_ms(&canary.histogram, 0.99), quantile_ms(&s.histogram, 0.99));
-        let limit = s99 * spec.max_p99_ratio;
-        // With thousands of requests a rank test finds even a shift no one
-        // would notice significant; the body counts only with at least a
-        // medium effect (Vargha-Delaney A >= 0.64: a random canary request
-        // is slower than a random stable one nearly two times in three).
-        let (body_p, effect) = mann_whitney(&canary.histogram, &s.histogram);
-        let body = if effect >= MIN_EFFECT { body_p } else { 1.0 };
-        let tail = tail_greater(&canary.histogram, &s.histogram, s.p99_us);
-        let p = (2.0 * body.min(tail)).min(1.0);
-        metrics.push(Metric {
-            name: "p99_latency_ms".into(),
-            canary: c99,
-            stable: Some(s99),
-            limit,
-            test: "Mann-Whitney U over latency buckets, and the share above stable's p99 (Bonferroni)".into(),
-            p_value: Some(p),
-            passed: !(c99 > limit && c99 - s99 > spec.min_p99_increase_ms && p < alpha),
-        });
+    match (stable, comparable) {
+        (None, _) => {}
+        (Some(s), None) => {
+            // Latency needs a stable sample to compare with: with too small
+            // a one it is inconclusive, never a pass (a slow canary beside
+            // a quiet stable is still slow).
+            let q = latency_quantile(canary.requests, s.requests);
+            let (cq, sq) = (quantile_ms(&canary.histogram, q), quantile_ms(&s.histogram, q));
+            metrics.push(Metric {
+                name: latency_name(q),
+                canary: cq,
+                stable: Some(sq),
+                limit: sq * spec.max_p99_ratio,
+                test: format!("not judged: stable served {} requests, under min_requests", s.requests),
+                p_value: None,
+                passed: false,
+                inconclusive: true,
+            });
+        }
+        (Some(_), Some(s)) => {
+            // With tens of samples the p99 is the maximum: one slow first
+            // request to a fresh instance. The quantile judged follows the
+            // smaller sample, so that it is never its extreme.
+            let q = latency_quantile(canary.requests, s.requests);
+            let (cq, sq) = (quantile_ms(&canary.histogram, q), quantile_ms(&s.histogram, q));
+            let limit = sq * spec.max_p99_ratio;
+            // With thousands of requests a rank test finds even a shift no one
+            // would notice significant; the body counts only with at least a
+            // medium effect (Vargha-Delaney A >= 0.64: a random canary request
+            // is slower than a random stable one nearly two times in three).
+            let (body_p, effect) = mann_whitney(&canary.histogram, &s.histogram);
+            let body = if effect >= MIN_EFFECT { body_p } else { 1.0 };
+            let tail = tail_greater(&canary.histogram, &s.histogram, bucket_of(&s.histogram, q));
+            let p = (2.0 * body.min(tail)).min(1.0);
+            let over = cq > limit && cq - sq > spec.min_p99_increase_ms;
+            let test = "Mann-Whitney U over latency buckets, and the share above stable's quantile (Bonferroni)";
+            metrics.push(metric(&latency_name(q), cq, Some(sq), limit, test, p, over, alpha));
+        }
     }
 
     let outcome = if canary.requests < spec.min_requests {
         Outcome::Inconclusive
-    } else if metrics.iter().all(|m| m.passed) {
-        Outcome::Pass
-    } else {
+    } else if metrics.iter().any(|m| !m.passed && !m.inconclusive) {
         Outcome::Fail
+    } else if metrics.iter().any(|m| m.inconclusive) {
+        Outcome::Inconclusive
+    } else {
+        Outcome::Pass
     };
     Verdict {
         outcome,
@@ -154,6 +195,76 @@ pub fn judge(spec: &AnalysisSpec, canary: &WindowStats, stable: Option<&WindowSt
         confidence: spec.confidence,
         metrics,
     }
+}
+
+/// One metric judged against its limit: over it and significant fails;
+/// over it without significance is inconclusive (the window extends), never
+/// a pass; within it passes.
+#[allow(clippy::too_many_arguments)]
+fn metric(
+    name: &str,
+    canary: f64,
+    stable: Option<f64>,
+    limit: f64,
+    test: &str,
+    p: f64,
+    over: bool,
+    alpha: f64,
+) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        canary,
+        stable,
+        limit,
+        test: test.to_owned(),
+        p_value: Some(p),
+        passed: !over,
+        inconclusive: over && p >= alpha,
+    }
+}
+
+/// One-sided p-value of a difference `d` (positive: the canary is worse)
+/// with standard error `se`; with no variance the difference is exact.
+fn one_sided(d: f64, se: f64, over: bool) -> f64 {
+    if se > 0.0 {
+        1.0 - normal_cdf(d / se)
+    } else if over {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+/// Requests both sides need before the p99 is judged rather than a lower
+/// quantile: with fewer, the p99 is one of the slowest two requests.
+pub const P99_MIN_REQUESTS: u64 = 200;
+
+/// The latency quantile judged for samples of these sizes: the p99 from
+/// [`P99_MIN_REQUESTS`] on, the p95 from 60, else the p90.
+pub fn latency_quantile(canary: u64, stable: u64) -> f64 {
+    match canary.min(stable) {
+        n if n >= P99_MIN_REQUESTS => 0.99,
+        n if n >= 60 => 0.95,
+        _ => 0.9,
+    }
+}
+
+fn latency_name(q: f64) -> String {
+    format!("p{}_latency_ms", (q * 100.0).round() as u32)
+}
+
+/// The index of the bucket holding a histogram's `q` quantile.
+fn bucket_of(hist: &[u64], q: f64) -> usize {
+    let n: u64 = hist.iter().sum();
+    let target = ((n as f64 * q).ceil() as u64).max(1);
+    let mut acc = 0;
+    for (i, h) in hist.iter().enumerate() {
+        acc += h;
+        if acc >= target {
+            return i;
+        }
+    }
+    hist.len().saturating_sub(1)
 }
 
 /// The smallest Vargha-Delaney A (probability that a canary request is
@@ -222,9 +333,9 @@ pub fn mann_whitney(a: &[u64], b: &[u64]) -> (f64, f64) {
 }
 
 /// One-sided p-value that a larger share of `a` than of `b` lies above
-/// the bucket whose bound is `bound_us` (two-proportion z-test).
-fn tail_greater(a: &[u64], b: &[u64], bound_us: u64) -> f64 {
-    let cut = BUCKETS_US.iter().position(|&x| x == bound_us).map_or(a.len(), |i| i + 1);
+/// bucket `bucket` (two-proportion z-test).
+fn tail_greater(a: &[u64], b: &[u64], bucket: usize) -> f64 {
+    let cut = bucket + 1;
     let share = |h: &[u64]| {
         let n: u64 = h.iter().sum();
         let over: u64 = h.iter().skip(cut).sum();
@@ -232,13 +343,7 @@ fn tail_greater(a: &[u64], b: &[u64], bound_us: u64) -> f64 {
     };
     let ((pa, na), (pb, nb)) = (share(a), share(b));
     let se = (pa * (1.0 - pa) / na + pb * (1.0 - pb) / nb).sqrt();
-    if se > 0.0 {
-        1.0 - normal_cdf((pa - pb) / se)
-    } else if pa > pb {
-        0.0
-    } else {
-        1.0
-    }
+    one_sided(pa - pb, se, pa > pb)
 }
 
 /// The standard normal CDF.
@@ -325,13 +430,57 @@ mod tests {
     }
 
     #[test]
-    fn a_few_unlucky_errors_are_not_significant() {
+    fn errors_over_the_margin_without_significance_are_inconclusive_never_a_pass() {
         // 2 in 60 (3.3%) over stable's 0%: above the margin, but a z-test
-        // cannot tell it from noise at 95%.
+        // cannot tell it from noise at 95%: the window extends.
         let spec = AnalysisSpec { min_requests: 50, ..AnalysisSpec::default() };
         let v = judge(&spec, &window(60, 2, FAST), Some(&window(3000, 0, FAST)));
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{v:#?}");
+        let e = &v.metrics[0];
+        assert!(e.p_value.unwrap() > 0.05 && e.inconclusive && !e.passed, "{e:?}");
+        // Issue #19's case: 4% errors on a 10% step, measured 2.05% over
+        // 195 requests against stable's 0% (p = 0.15 against the margin):
+        // it was a pass, and the canary advanced to 50%. It is over the
+        // margin and significantly worse than stable: it fails there.
+        let v = judge(&AnalysisSpec::default(), &window(195, 4, FAST), Some(&window(1755, 0, FAST)));
+        assert_eq!(v.outcome, Outcome::Fail, "{v:#?}");
+        assert!(v.failed().starts_with("error_rate 0.0205 > 0.0100"), "{}", v.failed());
+        // Within the margin: a pass.
+        let v = judge(&AnalysisSpec::default(), &window(200, 1, FAST), Some(&window(3000, 6, FAST)));
         assert_eq!(v.outcome, Outcome::Pass, "{v:#?}");
-        assert!(v.metrics[0].p_value.unwrap() > 0.05);
+    }
+
+    #[test]
+    fn a_slow_canary_beside_a_small_stable_sample_is_inconclusive_not_a_pass() {
+        // Issue #19: steps = [80] at 12 req/s, the canary 3.8 times slower:
+        // 91 canary requests, 24 stable ones. Latency was not judged and
+        // the step passed "n=91 vs 0".
+        let spec = AnalysisSpec::default();
+        let slow = &[(4, 0.6), (5, 0.4)];
+        let v = judge(&spec, &window(91, 0, slow), Some(&window(24, 0, &[(2, 0.6), (3, 0.4)])));
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{v:#?}");
+        assert_eq!((v.canary_requests, v.stable_requests), (91, 24), "never \"vs 0\" when stable served requests");
+        let l = &v.metrics[1];
+        assert!(l.inconclusive && l.name.ends_with("_latency_ms") && l.test.contains("24 requests"), "{l:?}");
+    }
+
+    #[test]
+    fn tens_of_samples_judge_a_lower_quantile_so_one_slow_first_request_fails_nothing() {
+        // Issue #19: an identical v2 at 20 req/s with a 20% share, rolled
+        // back on its p99 (the one slow first request of a fresh instance).
+        let spec = AnalysisSpec { min_requests: 20, ..AnalysisSpec::default() };
+        let same = &[(1, 0.6), (2, 0.4)];
+        let mut canary = window(28, 0, same);
+        canary.histogram[1] -= 1;
+        canary.histogram[6] += 1; // one request of 5-10 ms
+        let v = judge(&spec, &canary, Some(&window(112, 0, same)));
+        assert_eq!(v.metrics[1].name, "p90_latency_ms");
+        assert_eq!(v.outcome, Outcome::Pass, "{v:#?}");
+        // A canary slow in its body is still caught at that size.
+        let v = judge(&spec, &window(28, 0, &[(5, 0.6), (6, 0.4)]), Some(&window(112, 0, same)));
+        assert_eq!(v.outcome, Outcome::Fail, "{v:#?}");
+        assert_eq!(latency_quantile(300, 5000), 0.99);
+        assert_eq!(latency_quantile(100, 5000), 0.95);
     }
 
     #[test]
@@ -349,15 +498,15 @@ mod tests {
     }
 
     #[test]
-    fn a_p99_over_the_ratio_by_chance_passes_and_a_slow_tail_fails() {
+    fn a_p99_over_the_ratio_by_chance_is_inconclusive_and_a_slow_tail_fails() {
         // 2% of 300 requests in a slow bucket against stable's 1% above its
         // p99: the p99 is over the ratio, but that is within chance.
         let spec = AnalysisSpec::default();
         let v = judge(&spec, &window(300, 0, &[(1, 0.7), (2, 0.28), (7, 0.02)]), Some(&window(3000, 0, FAST)));
         let l = &v.metrics[1];
         assert!(l.canary > l.limit, "the p99 is over the ratio: {l:?}");
-        assert!(l.passed, "but not significantly slower: {l:?}");
-        assert_eq!(v.outcome, Outcome::Pass);
+        assert!(l.inconclusive && !l.passed, "but not significantly slower: {l:?}");
+        assert_eq!(v.outcome, Outcome::Inconclusive);
         // 8% of requests 50 times slower: the body is the same, the tail
         // is not, and the tail test sees it.
         let v = judge(&spec, &window(300, 0, &[(1, 0.7), (2, 0.22), (7, 0.08)]), Some(&window(3000, 0, FAST)));
@@ -380,8 +529,9 @@ mod tests {
         let v = judge(&spec, &window(100, 0, FAST), None);
         assert_eq!((v.outcome, v.metrics.len()), (Outcome::Pass, 1));
         let v = judge(&spec, &window(100, 5, FAST), Some(&window(10, 0, FAST)));
-        assert_eq!(v.outcome, Outcome::Fail, "a stable sample under min_requests is none");
-        assert_eq!(v.metrics[0].stable, None);
+        assert_eq!(v.outcome, Outcome::Fail, "a stable sample under min_requests is not compared with");
+        assert!(v.metrics[0].test.contains("absolute limit"), "{v:#?}");
+        assert_eq!((v.metrics[0].stable, v.stable_requests), (Some(0.0), 10), "but reported");
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub fn decide(r: &Rollout, spec: &ReleaseSpec, obs: &Observed, old_at_start: u32
             match verdict.outcome {
                 Outcome::Pass => Action::Advance { verdict: Some(verdict) },
                 Outcome::Fail => Action::Fail {
-                    reason: format!("canary analysis failed at {}%", r.new_percent),
+                    reason: format!("canary analysis failed at {}%: {}", r.new_percent, verdict.failed()),
                     verdict: Some(verdict),
                 },
                 Outcome::Inconclusive if r.inconclusive < analysis.inconclusive_limit => Action::Extend { verdict },

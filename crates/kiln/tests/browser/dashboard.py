@@ -9,6 +9,7 @@ usage: dashboard.py LINK SERVICE STABLE_RELEASE CANARY_RELEASE SCREENSHOT_DIR
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -97,6 +98,26 @@ try:
     # The history shows the abort (the timeline follows the stream too).
     wait.until(lambda d: "aborted by dashboard" in d.find_element(By.ID, "timeline").text)
     driver.save_screenshot(os.path.join(shots, "3-aborted.png"))
+    # What the page shows, read as a person would.
+    timeline = driver.find_element(By.ID, "timeline").text
+    assert "[object Object]" not in timeline and "undefined" not in timeline, timeline
+    assert f"started" in timeline and "aborted by dashboard" in timeline, timeline
+    # Every verdict's inequality is true as printed.
+    judged = 0
+    for m in re.finditer(r"(\w+_(?:rate|latency_ms)) ([\d.]+) (≤|>) ([\d.]+)", timeline):
+        a, op, b = float(m[2]), m[3], float(m[4])
+        assert (a <= b) == (op == "≤"), f"a false inequality: {m[0]}"
+        judged += 1
+    # Each instance's share of the traffic, summed over the service, is 100.
+    def shares():
+        return driver.execute_script(
+            "return [...document.querySelectorAll(`section[data-service='${arguments[0]}'] tr[data-instance]`)]"
+            ".map(r => r.lastElementChild.textContent);",
+            service,
+        )
+    wait.until(lambda d: abs(sum(float(s.rstrip("%")) for s in shares() if s.endswith("%")) - 100) < 1.5)
+    # With no release in progress there is nothing to abort.
+    wait.until(lambda d: attr(f"button[data-action='abort'][data-service='{service}']", "disabled") is not None)
     latencies = driver.execute_script("return window.kiln.latencies;")
     print(json.dumps({
         "first_contentful_paint_ms": paint,
@@ -105,6 +126,8 @@ try:
         "first_step": first_step,
         "advanced_to": advanced_to,
         "abort_to_stable_ms": back_ms,
+        "verdict_inequalities_checked": judged,
+        "shares": shares(),
     }))
 except Exception:
     driver.save_screenshot(os.path.join(shots, "failure.png"))

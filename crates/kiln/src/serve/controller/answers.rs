@@ -244,6 +244,15 @@ impl<'a> Controller<'a> {
             let weight_of = |release: &str, a: SocketAddr| {
                 table.iter().find(|e| e.release == release && e.backends.contains(&a)).map(|e| e.weight)
             };
+            // Each routed instance's own share of the service's traffic:
+            // its release's weight split over the release's backends.
+            let share_of = |release: &str, a: SocketAddr| {
+                let total: u32 = table.iter().map(|e| e.weight).sum();
+                table.iter().find(|e| e.release == release && e.backends.contains(&a)).map(|e| {
+                    let share = f64::from(e.weight) * 100.0 / f64::from(total.max(1)) / e.backends.len() as f64;
+                    (share * 10.0).round() / 10.0
+                })
+            };
             let max_age = svc.spec.release.heal.max_age_ms;
             let instances: Vec<serde_json::Value> = all
                 .iter()
@@ -264,6 +273,8 @@ impl<'a> Controller<'a> {
                         },
                         "quarantined": svc.state.quarantined.contains_key(r.id.as_str()),
                         "draining": self.retiring.contains_key(r.id.as_str()),
+                        // Drained or stopping: it is leaving, its health no longer checked.
+                        "leaving": self.retiring.contains_key(r.id.as_str()) || r.stop_requested,
                         "recycle_in_s": recycle_in_s,
                         "drift": self.drift.get(r.id.as_str()),
                         "id": r.id.as_str(),
@@ -276,6 +287,7 @@ impl<'a> Controller<'a> {
                         "age_s": (now_ms / 1000) as i64 - r.created,
                         "in_table": weight_of(&release, addr(r)).is_some(),
                         "release_weight": weight_of(&release, addr(r)),
+                        "share_percent": share_of(&release, addr(r)),
                     })
                 })
                 .collect();
