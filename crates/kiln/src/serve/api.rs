@@ -152,10 +152,30 @@ struct ServiceBody {
     actor: Option<String>,
 }
 
-fn body<'a, T: Deserialize<'a>>(req: &'a http::Request) -> Result<T, ServeError> {
-    serde_json::from_slice(&req.body).map_err(|e| ServeError::BadRequest {
-        field: e.to_string().split('`').nth(1).unwrap_or("body").to_owned(),
-        message: e.to_string(),
+/// A JSON object body as `T`; a bad one is refused naming its field (an
+/// unknown or missing one, or the one whose value has the wrong type),
+/// never its value.
+fn body<T: serde::de::DeserializeOwned>(req: &http::Request) -> Result<T, ServeError> {
+    let bad = |field: &str, message: String| ServeError::BadRequest { field: field.to_owned(), message };
+    let v: serde_json::Value = serde_json::from_slice(&req.body).map_err(|e| bad("body", e.to_string()))?;
+    let serde_json::Value::Object(map) = &v else {
+        return Err(bad("body", "expected a JSON object".into()));
+    };
+    serde_json::from_value::<T>(v.clone()).map_err(|e| {
+        let message = e.to_string();
+        if message.starts_with("unknown field") || message.starts_with("missing field") {
+            let field = message.split('`').nth(1).unwrap_or("body").to_owned();
+            return bad(&field, message);
+        }
+        // A value of the wrong type: serde's message names the value, so
+        // the field is the one whose removal makes that error go.
+        let field = map.keys().find(|k| {
+            let mut rest = map.clone();
+            rest.remove(*k);
+            serde_json::from_value::<T>(serde_json::Value::Object(rest))
+                .map_or_else(|e| e.to_string() != message, |_| true)
+        });
+        bad(field.map_or("body", String::as_str), message)
     })
 }
 
@@ -451,6 +471,21 @@ mod tests {
     fn req(method: &str, target: &str, body: &str) -> http::Request {
         let raw = format!("{method} {target} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         http::read_request(&mut raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_bad_body_is_refused_naming_its_field_not_its_value() {
+        let field = |r: Result<Request, ServeError>| match r {
+            Err(ServeError::BadRequest { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(parse(&req("POST", "/v1/deploy", r#"{"service": 5}"#))), "service");
+        assert_eq!(field(parse(&req("POST", "/v1/deploy", r#"{"service": "web", "image": [1]}"#))), "image");
+        assert_eq!(field(parse(&req("POST", "/v1/deploy", r#"{"servic": "web"}"#))), "servic");
+        assert_eq!(field(parse(&req("POST", "/v1/deploy", r#"{}"#))), "service");
+        // Not an object: refused, though serde would read [null] as a struct.
+        assert_eq!(field(parse(&req("POST", "/v1/verify-instances", "[null]"))), "body");
+        assert_eq!(field(parse(&req("POST", "/v1/down", r#"{"service": "web", "purge": "yes"}"#))), "purge");
     }
 
     #[test]

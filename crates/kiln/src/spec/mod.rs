@@ -300,7 +300,10 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         key: key.to_owned(),
         message,
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_owned()))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let key = e.span().map(|s| key_at(text, s)).unwrap_or_default();
+        err(e.span(), &key, e.message().trim().to_owned())
+    })?;
     if raw.image.is_empty() && raw.service.is_empty() {
         return Err(err(None, "image", "no [image.NAME] or [service.NAME] table".into()));
     }
@@ -366,6 +369,34 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         }
     }
     Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks, syslog })
+}
+
+/// The full path of the key at `span` (`service.web.replica`): the table
+/// header above it, the inline table it sits in on its line, and the key
+/// itself, for errors the TOML parser reports with a span only. Pure.
+fn key_at(text: &str, span: Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    let line = &text[line_start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let before = &text[line_start..start];
+    // `canary = { stepz = 1 }`: the key sits in the inline table `canary`.
+    let inline = before.find('{').and_then(|b| before[..b].split('=').next()).map(str::trim).filter(|k| !k.is_empty());
+    let own = text.get(span.clone()).map(str::trim).filter(|k| !k.is_empty() && !k.contains('\n'));
+    let own = own.or_else(|| line.split('=').next().map(str::trim)).unwrap_or("").trim_matches('"');
+    [table.as_str(), inline.unwrap_or(""), if inline == Some(own) { "" } else { own }]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A problem inside one table: span, key (relative to the table), message.
@@ -770,6 +801,19 @@ impl LineIndex {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unknown_key_is_named_by_its_full_path_and_line() {
+        let text = "[image.web]\nfrom = \"scratch\"\nversion = \"1\"\n\n[service.web]\nimage = \"web\"\nreplica = 3\n";
+        let e = super::parse(std::path::Path::new("kiln.toml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("kiln.toml:7: service.web.replica: unknown field `replica`"), "{e}");
+        let text = "[service.web]\nimage = \"x:1\"\ncanary = { stepz = [1] }\n";
+        let e = super::parse(std::path::Path::new("kiln.toml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("kiln.toml:3: service.web.canary.stepz: unknown field `stepz`"), "{e}");
+        let text = "[service.web]\nimage = \"x:1\"\n[service.web.health]\npth = \"/\"\n";
+        let e = super::parse(std::path::Path::new("kiln.toml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("kiln.toml:4: service.web.health.pth: unknown field `pth`"), "{e}");
+    }
+
     use super::*;
 
     fn p(text: &str) -> Result<SpecFile, SpecError> {
