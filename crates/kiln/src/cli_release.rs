@@ -96,6 +96,18 @@ fn call(home: &Path, req: &Request) -> anyhow::Result<Value> {
 
 /// `kiln deploy`: sends the deploy, then follows the release until it ends
 /// (or pauses), printing each change. Returns the exit status.
+/// Whether exactly `to` instances of `release` serve, healthy, none leaving.
+fn scaled(home: &Path, service: &str, release: &str, to: u64) -> anyhow::Result<bool> {
+    let st = call(home, &Request::Status { service: Some(service.to_owned()) })?;
+    let serving: Vec<&serde_json::Value> = st["services"][0]["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["release"] == release && i["leaving"] != true)
+        .collect();
+    Ok(serving.len() as u64 == to && serving.iter().all(|i| i["health"]["healthy"] == true))
+}
+
 /// `kiln down`: asks kiln serve to take `service` down and, with `wait`,
 /// follows it until its instances and load balancer are gone.
 pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -> anyhow::Result<i32> {
@@ -130,8 +142,15 @@ pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -
     Ok(0)
 }
 
-pub fn deploy(home: &Path, service: String, image: Option<String>, wait: bool, json: bool) -> anyhow::Result<i32> {
-    let started = call(home, &Request::Deploy { service: service.clone(), image, actor: actor() })?;
+pub fn deploy(
+    home: &Path,
+    service: String,
+    image: Option<String>,
+    file: Option<PathBuf>,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let started = call(home, &Request::Deploy { service: service.clone(), image, file, actor: actor() })?;
     if started["noop"].as_bool() == Some(true) {
         if json {
             println!("{started}");
@@ -144,6 +163,25 @@ pub fn deploy(home: &Path, service: String, image: Option<String>, wait: bool, j
         return Ok(0);
     }
     let release = started["release"].as_str().unwrap_or_default().to_owned();
+    if let Some(to) = started["scaled"]["to"].as_u64() {
+        if !json {
+            println!("{service}: {release} scales from {} to {to} instance(s)", started["scaled"]["from"]);
+        }
+        // Followed until that many of its instances serve (none leaving).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while wait && !scaled(home, &service, &release, to)? {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{service}: {release} did not reach {to} healthy instance(s) within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if json {
+            println!("{started}");
+        } else if wait {
+            println!("{service}: {release} runs {to} instance(s)");
+        }
+        return Ok(0);
+    }
     if !json {
         println!("{service}: release {release} started");
         if let Some(p) = started.get("plan") {
@@ -380,6 +418,9 @@ pub fn render_plan(p: &kiln::release::plan::Plan) {
         None => "nothing running".into(),
     };
     println!("service {}: {} → {} replica(s) of {} ({})", p.service, from, p.replicas, p.to.short(), p.strategy);
+    if !p.changed.is_empty() {
+        println!("  same image, new settings ({}): its instances are replaced", p.changed.join(", "));
+    }
     if p.steps.is_empty() {
         println!("  nothing to do: already running");
     }
@@ -422,11 +463,12 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
         let who = if e.release == last_release { String::new() } else { format!("{} {}", e.service, e.release) };
         last_release = &e.release;
         let what = match &e.event {
-            Event::Started { digest, tags, revision, strategy, actor, previous } => format!(
-                "started {strategy}: {digest} [{}]{} by {actor}{}",
+            Event::Started { digest, tags, revision, strategy, actor, previous, changed } => format!(
+                "started {strategy}: {digest} [{}]{} by {actor}{}{}",
                 tags.join(", "),
                 revision.as_deref().map(|r| format!(" git {r}")).unwrap_or_default(),
-                previous.as_deref().map(|p| format!(", replacing {p}")).unwrap_or_default()
+                previous.as_deref().map(|p| format!(", replacing {p}")).unwrap_or_default(),
+                if changed.is_empty() { String::new() } else { format!("; settings: {}", changed.join(", ")) }
             ),
             Event::Step { index, weights } => {
                 let w: Vec<String> = weights.iter().map(|(r, w)| format!("{r}={w}")).collect();
@@ -471,6 +513,7 @@ pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
             Event::Quarantined { instance, reason, actor } => format!("quarantined {instance} by {actor}: {reason}"),
             Event::Unquarantined { instance, actor } => format!("destroyed quarantined {instance} ({actor})"),
             Event::Failing { error, retry_ms } => format!("cannot reconcile: {error}; retrying in {retry_ms} ms"),
+            Event::Scaled { from, to, actor } => format!("scaled from {from} to {to} instance(s) by {actor}"),
             Event::Down { actor, purge } => {
                 format!("taken down by {actor}{}", if *purge { ", volumes purged" } else { "" })
             }

@@ -67,6 +67,10 @@ pub enum Event {
         actor: String,
         /// The release it replaces, if any.
         previous: Option<String>,
+        /// The service settings that changed with it, by name (`env.X
+        /// changed`). Absent when none, so older entries hash as before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<String>,
     },
     /// Traffic moved: every release's weight at this step.
     Step { index: u32, weights: BTreeMap<String, u32> },
@@ -107,6 +111,9 @@ pub enum Event {
     Failing { error: String, retry_ms: u64 },
     /// A failing service reconciled again.
     Recovered { failed_ms: u64, attempts: u32 },
+    /// The stable release's instance count changed (`replicas` alone
+    /// changed: a scale, not a release).
+    Scaled { from: u32, to: u32, actor: String },
     /// The service was taken down (`kiln down`): its instances drain and
     /// go, then its load balancer; with `purge` its volumes too.
     Down { actor: String, purge: bool },
@@ -127,6 +134,7 @@ impl Event {
             Event::Failing { .. } => "failing",
             Event::Recovered { .. } => "recovered",
             Event::Down { .. } => "down",
+            Event::Scaled { .. } => "scaled",
         }
     }
 }
@@ -583,6 +591,7 @@ mod tests {
             strategy: "canary".into(),
             actor: "ci".into(),
             previous: None,
+            changed: Vec::new(),
         }
     }
 

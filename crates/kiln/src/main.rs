@@ -188,7 +188,7 @@ fn run() -> anyhow::Result<()> {
             let spec = kiln::spec::load(&file)?;
             let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
             let listen = spec.services.get(&service).and_then(|s| s.release.listen);
-            deploy_after = Some((service, true, false));
+            deploy_after = Some((service, true, false, None));
             up_listen = Some((listen, file.clone()));
             match own {
                 Some(own) => (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false),
@@ -203,6 +203,9 @@ fn run() -> anyhow::Result<()> {
         Cmd::Deploy { service, image, file, no_wait, json } => {
             let service = cli_release::pick_service(&file, service)?;
             let spec = kiln::spec::load(&file)?;
+            // kiln serve releases the service as its own kiln.toml says; it
+            // refuses a deploy that names another file (see README).
+            let named = Some(std::path::absolute(&file).with_context(|| format!("{}", file.display()))?);
             let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
             match (image, own) {
                 (Some(image), _) => {
@@ -210,18 +213,19 @@ fn run() -> anyhow::Result<()> {
                         &cli_release::default_home(cli.home),
                         service,
                         Some(image),
+                        named,
                         !no_wait,
                         json,
                     )?;
                     std::process::exit(code);
                 }
                 (None, Some(own)) => {
-                    deploy_after = Some((service, !no_wait, json));
+                    deploy_after = Some((service, !no_wait, json, named));
                     (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false)
                 }
                 (None, None) => {
-                    let code =
-                        cli_release::deploy(&cli_release::default_home(cli.home), service, None, !no_wait, json)?;
+                    let home = cli_release::default_home(cli.home);
+                    let code = cli_release::deploy(&home, service, None, named, !no_wait, json)?;
                     std::process::exit(code);
                 }
             }
@@ -306,6 +310,7 @@ fn run() -> anyhow::Result<()> {
                 stop_grace_secs: stop_timeout,
                 release,
                 placeholder_secrets: false,
+                release_fields: Default::default(),
             };
             (Command::Run { request: req, service_file }, json)
         }
@@ -413,7 +418,7 @@ fn run() -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let job = Job { command: cmd, source_date_epoch: source_date_epoch()? };
     let output = carry_out(&home, &host, job, progress)?;
-    if let Some((service, wait, json)) = deploy_after {
+    if let Some((service, wait, json, named)) = deploy_after {
         let digest = match &output {
             Output::Baked(reports) => {
                 Some(reports.first().map(|r| r.digest.to_string()).context("the bake produced no image")?)
@@ -424,7 +429,7 @@ fn run() -> anyhow::Result<()> {
         if let Some((_, file)) = &up_listen {
             cli_release::serve_in_background(&home, file)?;
         }
-        let code = cli_release::deploy(&home, service, digest, wait, json)?;
+        let code = cli_release::deploy(&home, service, digest, named, wait, json)?;
         if let Some((listen, _)) = up_listen {
             if let Some(l) = listen {
                 println!("serving http://{l}/ (Ctrl-C stops kiln serve; the load balancer and instances keep running)");
@@ -446,7 +451,7 @@ fn run() -> anyhow::Result<()> {
         }
         match (r.passed, release_deploy, &r.digest) {
             (true, Some(json), Some(d)) => {
-                let code = cli_release::deploy(&home, r.service.clone(), Some(d.to_string()), true, json)?;
+                let code = cli_release::deploy(&home, r.service.clone(), Some(d.to_string()), None, true, json)?;
                 std::process::exit(code);
             }
             _ => std::process::exit(r.exit_code),

@@ -154,6 +154,18 @@ impl Secrets {
             .map_err(|_| SecretError::Undecryptable(name.to_owned()))
     }
 
+    /// The stored version of a secret: a digest of its ciphertext (a fresh
+    /// nonce each `set`, so every rotation is a new version, and nothing
+    /// of the value can be learnt from it).
+    pub fn version(&self, name: &str) -> Result<String, SecretError> {
+        let path = self.file(name)?;
+        match fs::read(&path) {
+            Ok(b) => Ok(crate::digest::Digest::of(&b).hex()[..12].to_owned()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SecretError::Missing(name.to_owned())),
+            Err(e) => Err(SecretError::Io { path, source: e }),
+        }
+    }
+
     pub fn remove(&self, name: &str) -> Result<(), SecretError> {
         let path = self.file(name)?;
         match fs::remove_file(&path) {

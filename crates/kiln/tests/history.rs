@@ -39,6 +39,7 @@ fn history_shows_verifies_and_names_an_edited_entry() {
             strategy: "canary".into(),
             actor: "root@ci".into(),
             previous: Some("web-1".into()),
+            changed: Vec::new(),
         },
     )
     .unwrap();

@@ -582,3 +582,123 @@ fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_c
     std::io::Read::read_to_string(&mut s, &mut all).unwrap();
     assert!(all.contains("Connection: close") && all.ends_with("cgi old\n") && !all.contains("chunked"), "{all}");
 }
+
+fn secret_set(env: &Env, name: &str, value: &[u8]) {
+    use std::io::Write;
+    let mut c = Command::new(kiln_bin())
+        .args(["secret", "set", name])
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_over_a_table_of_changes() {
+    let _g = serial();
+    let base = "replicas = 2\ndrain_timeout = \"1s\"\nstrategy = \"rolling\"\n\
+                secrets = [{ name = \"tok\", env = \"TOK\" }]\n[service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n";
+    let mut env = Env::bare_busybox("settings", base);
+    secret_set(&env, "tok", b"one");
+    env.start_serve(None);
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    let toml = fs::read_to_string(env.dir.join("kiln.toml")).unwrap();
+    let ids = |env: &Env| -> Vec<String> {
+        let mut v: Vec<String> = env.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // (what changes, how kiln.toml reads then, the settings named as changed,
+    // whether every instance is replaced, replicas after)
+    let table: [(&str, String, &[&str], bool, usize); 5] = [
+        ("nothing", toml.clone(), &[], false, 2),
+        ("replicas 2 -> 3 (a scale)", toml.replace("replicas = 2", "replicas = 3"), &[], false, 3),
+        (
+            "an env variable",
+            toml.replace("replicas = 2", "replicas = 3\nenv = { FOO = \"1\" }"),
+            &["env.FOO added"],
+            true,
+            3,
+        ),
+        (
+            "a memory limit",
+            toml.replace("replicas = 2", "replicas = 3\nenv = { FOO = \"1\" }\nmemory = \"64M\""),
+            &["memory changed"],
+            true,
+            3,
+        ),
+        (
+            "the secret rotated (kiln secret set)",
+            toml.replace("replicas = 2", "replicas = 3\nenv = { FOO = \"1\" }\nmemory = \"64M\""),
+            &["secret.tok changed"],
+            true,
+            3,
+        ),
+    ];
+    for (what, text, changed, replaced, replicas) in table {
+        fs::write(env.dir.join("kiln.toml"), &text).unwrap();
+        if what.starts_with("the secret") {
+            secret_set(&env, "tok", b"two");
+        }
+        let before = ids(&env);
+        let plan = json(&env.ok(&["plan", "web", "--json"]))[0].clone();
+        let started = json(&env.ok(&["deploy", "web", "--no-wait", "--json"]));
+        if plan["steps"].as_array().unwrap().is_empty() {
+            assert_eq!(started["noop"], true, "{what}: plan says nothing to do, so does deploy: {started}");
+            assert_eq!(ids(&env), before, "{what}");
+            continue;
+        }
+        assert!(started["noop"].is_null(), "{what}: plan has steps, deploy must release: {plan} {started}");
+        assert_eq!(started["plan"]["steps"], plan["steps"], "{what}: plan and deploy agree");
+        assert_eq!(started["plan"]["changed"], plan["changed"], "{what}");
+        let named: Vec<&str> =
+            plan["changed"].as_array().map_or(vec![], |a| a.iter().map(|c| c.as_str().unwrap()).collect());
+        assert_eq!(named, changed, "{what}: the settings named");
+        let release = started["release"].as_str().unwrap().to_owned();
+        let scale = !started["scaled"].is_null();
+        assert_eq!(scale, changed.is_empty(), "{what}: replicas alone is a scale of the stable release: {started}");
+        // Done: no rollout, and exactly `replicas` instances, all healthy,
+        // none leaving (the old ones drained and gone).
+        env.wait_for(&format!("{what}: {release} done"), |s| {
+            let all = s["instances"].as_array().unwrap();
+            s["rollout"].is_null() && all.len() == replicas && all.iter().all(|i| i["health"]["healthy"] == true)
+        });
+        if !scale {
+            assert_eq!(env.status()["last"]["outcome"], "succeeded", "{what}");
+        }
+        let after = ids(&env);
+        let kept = before.iter().filter(|i| after.contains(i)).count();
+        if replaced {
+            assert_eq!(kept, 0, "{what}: every instance replaced ({before:?} -> {after:?})");
+        } else {
+            assert_eq!(kept, before.len(), "{what}: a scale keeps the running instances ({before:?} -> {after:?})");
+        }
+        // History records the settings that changed, by name.
+        if !changed.is_empty() {
+            let hist = env.ok(&["history", "web"]);
+            assert!(hist.contains(&format!("settings: {}", changed.join(", "))), "{what}: {hist}");
+        }
+    }
+    // kiln status shows the secret version each instance holds: all the new one.
+    let s = env.status();
+    let versions: Vec<&str> =
+        s["instances"].as_array().unwrap().iter().filter_map(|i| i["secrets"]["tok"].as_str()).collect();
+    assert_eq!(versions.len(), 3, "{s}");
+    assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+    // A deploy that names another file is refused; serve's own file rules.
+    fs::write(env.dir.join("other.toml"), toml.replace("replicas = 2", "replicas = 1")).unwrap();
+    let out = env.kiln(&["deploy", "web", "-f", "other.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("409") && err.contains("other.toml") && err.contains("kiln.toml"), "{err}");
+    assert_eq!(ids(&env).len(), 3, "nothing changed");
+}

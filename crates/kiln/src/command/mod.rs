@@ -577,7 +577,15 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                     }),
                     other => other.into(),
                 })?;
-                plans.push(plan::plan(&s.name, &s.release, current(&instances, &s.name).as_ref(), &target.digest));
+                let secrets = crate::secrets::Secrets::new(ctx.store.home());
+                let versions = s
+                    .secrets
+                    .iter()
+                    .filter_map(|x| secrets.version(&x.name).ok().map(|v| (x.name.clone(), v)))
+                    .collect();
+                let fields = s.release_fields(&versions);
+                let now = current(&instances, &s.name);
+                plans.push(plan::plan_release(&s.name, &s.release, now.as_ref(), &target.digest, &fields));
             }
             Ok(Output::Plans(plans))
         }
@@ -665,12 +673,19 @@ fn no_such_service(f: &spec::SpecFile, name: &str) -> CommandError {
 }
 
 /// What serves a service now: the digest most of its live instances run.
+/// What runs of `service`: the (digest, settings) pair most of its live
+/// instances run, as the controller's releases started them.
 fn current(instances: &[InstanceRecord], service: &str) -> Option<Current> {
-    let mut by_digest: std::collections::BTreeMap<&Digest, u32> = std::collections::BTreeMap::new();
-    for r in instances.iter().filter(|r| r.service == service && !r.state.is_exited()) {
-        *by_digest.entry(&r.image).or_default() += 1;
+    type Key<'a> = (&'a Digest, &'a std::collections::BTreeMap<String, String>);
+    let mut by_release: std::collections::BTreeMap<Key<'_>, u32> = std::collections::BTreeMap::new();
+    for r in instances.iter().filter(|r| r.service == service && !r.state.is_exited() && !r.stop_requested) {
+        *by_release.entry((&r.image, &r.release_fields)).or_default() += 1;
     }
-    by_digest.into_iter().max_by_key(|(_, n)| *n).map(|(d, n)| Current { digest: d.clone(), instances: n })
+    by_release.into_iter().max_by_key(|(_, n)| *n).map(|((d, f), n)| Current {
+        digest: d.clone(),
+        instances: n,
+        fields: f.clone(),
+    })
 }
 
 fn image_size(m: &Manifest) -> u64 {

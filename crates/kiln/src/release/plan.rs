@@ -6,6 +6,8 @@
 //! a user is shown is what happens. This module must never look at the
 //! store, the instances or the clock.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -17,6 +19,11 @@ pub struct Current {
     pub digest: Digest,
     /// Running instances of it.
     pub instances: u32,
+    /// The release fields it was started with
+    /// ([`crate::spec::ServiceSpec::release_fields`]); empty when unknown
+    /// (instances of an older kiln), which counts as unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// One step of a release, in order.
@@ -58,15 +65,40 @@ pub struct Plan {
     /// The fewest instances serving at any moment, and the most running.
     pub min_serving: u32,
     pub max_running: u32,
+    /// The service's settings that changed with the same image (`env.X
+    /// changed`, `secret.db changed`): a release of them, by replacement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
-/// Plans the release of `to` for `service`.
+/// Plans the release of `to` for `service`, whatever settings run.
 pub fn plan(service: &str, spec: &ReleaseSpec, from: Option<&Current>, to: &Digest) -> Plan {
+    plan_release(service, spec, from, to, &BTreeMap::new())
+}
+
+/// Plans the release of (`to`, `to_fields`) for `service`: a release is an
+/// image digest and the service's settings together, so the same digest
+/// with other settings (env, volumes, secrets and their versions, limits,
+/// health, strategy) is replaced like a new image; the same pair with
+/// another `replicas` is a scale.
+pub fn plan_release(
+    service: &str,
+    spec: &ReleaseSpec,
+    from: Option<&Current>,
+    to: &Digest,
+    to_fields: &BTreeMap<String, String>,
+) -> Plan {
     let r = spec.replicas;
     let drain = spec.drain_timeout_ms;
     let start = |count| Step::Start { count, start_deadline_ms: spec.health.start_deadline_ms };
-    let old = from.filter(|c| c.digest != *to).map_or(0, |c| c.instances);
-    let same = from.filter(|c| c.digest == *to).map_or(0, |c| c.instances);
+    let known = |c: &Current| !c.fields.is_empty() && !to_fields.is_empty();
+    let is_same = |c: &&Current| c.digest == *to && (!known(c) || c.fields == *to_fields);
+    let changed = from
+        .filter(|c| c.digest == *to && known(c))
+        .map(|c| crate::spec::fields_diff(&c.fields, to_fields))
+        .unwrap_or_default();
+    let old = from.filter(|c| !is_same(c)).map_or(0, |c| c.instances);
+    let same = from.filter(is_same).map_or(0, |c| c.instances);
     let mut steps = Vec::new();
     let mut sim = Sim { old, new: same, min_serving: old + same, max_running: old + same };
 
@@ -160,6 +192,7 @@ pub fn plan(service: &str, spec: &ReleaseSpec, from: Option<&Current>, to: &Dige
         min_serving: sim.min_serving,
         max_running: sim.max_running,
         steps,
+        changed,
     }
 }
 
@@ -208,8 +241,28 @@ mod tests {
         Digest::of(&[i])
     }
 
+    #[test]
+    fn the_same_image_with_other_settings_is_a_release_and_replicas_alone_a_scale() {
+        let fields =
+            |v: &str| BTreeMap::from([("env.A".to_owned(), v.to_owned()), ("memory".to_owned(), "-".to_owned())]);
+        let now = Current { digest: d(1), instances: 2, fields: fields("x") };
+        let s = spec("replicas = 2\nstrategy = \"rolling\"\n");
+        let p = plan_release("web", &s, Some(&now), &d(1), &fields("x"));
+        assert!(p.steps.is_empty() && p.changed.is_empty(), "nothing changed: {p:?}");
+        let p = plan_release("web", &s, Some(&now), &d(1), &fields("y"));
+        assert_eq!(p.changed, ["env.A changed"]);
+        let stopped: u32 = p.steps.iter().map(|s| if let Step::StopOld { count, .. } = s { *count } else { 0 }).sum();
+        assert_eq!(stopped, 2, "both replaced: {p:?}");
+        let p = plan_release("web", &spec("replicas = 3\n"), Some(&now), &d(1), &fields("x"));
+        assert_eq!(p.steps.first(), Some(&Step::Start { count: 1, start_deadline_ms: 30_000 }), "a scale: {p:?}");
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::StopOld { .. })));
+        // Instances of an older kiln carry no settings: not a release.
+        let old = Current { digest: d(1), instances: 2, fields: BTreeMap::new() };
+        assert!(plan_release("web", &s, Some(&old), &d(1), &fields("y")).steps.is_empty());
+    }
+
     fn running(i: u8, n: u32) -> Current {
-        Current { digest: d(i), instances: n }
+        Current { digest: d(i), instances: n, fields: BTreeMap::new() }
     }
 
     #[test]

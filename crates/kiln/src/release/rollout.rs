@@ -41,6 +41,10 @@ pub struct Rollout {
     pub paused: Option<String>,
     /// Skip analysis (a rollback's fast release).
     pub skip_analysis: bool,
+    /// The service settings it releases
+    /// ([`crate::spec::ServiceSpec::release_fields`]); empty in older state.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// What was observed of the release this tick.
@@ -235,7 +239,7 @@ mod tests {
     }
 
     fn rollout(spec: &ReleaseSpec, old: u32) -> Rollout {
-        let from = Current { digest: Digest::of(b"old"), instances: old };
+        let from = Current { digest: Digest::of(b"old"), instances: old, fields: Default::default() };
         let p = plan("web", spec, (old > 0).then_some(&from), &Digest::of(b"new"));
         Rollout {
             release: "web-2".into(),
@@ -251,6 +255,7 @@ mod tests {
             promoted: false,
             paused: None,
             skip_analysis: false,
+            fields: Default::default(),
         }
     }
 

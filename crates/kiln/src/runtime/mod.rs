@@ -134,6 +134,12 @@ pub struct InstanceRecord {
     /// Unix milliseconds when it started running (0 in older records).
     #[serde(default)]
     pub started_ms: i64,
+    /// The service settings of its release (see [`RunRequest::release_fields`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub release_fields: std::collections::BTreeMap<String, String>,
+    /// The stored version of each secret it was given, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_versions: std::collections::BTreeMap<String, String>,
 }
 
 /// Written by the shim once the container has started.
@@ -177,6 +183,10 @@ pub struct RunRequest {
     /// Never from outside: only `kiln test` sets it.
     #[serde(skip)]
     pub placeholder_secrets: bool,
+    /// The service settings of the release it is started for (kept on the
+    /// instance, so that `kiln plan` sees what runs). Only kiln serve sets it.
+    #[serde(skip)]
+    pub release_fields: std::collections::BTreeMap<String, String>,
 }
 
 impl RunRequest {
@@ -213,6 +223,7 @@ impl RunRequest {
             stop_grace_secs: flags.stop_grace_secs.or(service.stop_timeout),
             release: flags.release,
             placeholder_secrets: flags.placeholder_secrets,
+            release_fields: flags.release_fields,
         }
     }
 }
@@ -569,11 +580,16 @@ impl<'a> Runtime<'a> {
         // Read all secrets first: a missing one fails before anything exists.
         let secrets = Secrets::new(&self.home);
         let mut values = Vec::new();
+        let mut secret_versions = std::collections::BTreeMap::new();
         for s in &req.secrets {
             let v = if req.placeholder_secrets {
                 crate::secrets::SecretValue::placeholder(&s.name)
             } else {
-                secrets.get(&s.name)?
+                // The version read with the value (a rotation in between
+                // shows as the newer version on both).
+                let v = secrets.get(&s.name)?;
+                secret_versions.insert(s.name.clone(), secrets.version(&s.name)?);
+                v
             };
             values.push((s, v));
         }
@@ -664,6 +680,8 @@ impl<'a> Runtime<'a> {
             state: InstanceState::Created,
             stop_requested: false,
             started_ms: 0,
+            release_fields: req.release_fields.clone(),
+            secret_versions,
         };
         self.save(&record)?;
         record.state = InstanceState::Starting;

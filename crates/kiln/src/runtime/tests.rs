@@ -59,6 +59,8 @@ fn record(id: &str) -> InstanceRecord {
         state: InstanceState::Running,
         stop_requested: false,
         started_ms: 0,
+        release_fields: Default::default(),
+        secret_versions: Default::default(),
     }
 }
 

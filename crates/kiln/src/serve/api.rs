@@ -13,8 +13,9 @@ use crate::runtime::logs::LogFilter;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
-    /// Release `image` (or the service's image) for `service`.
-    Deploy { service: String, image: Option<String>, actor: String },
+    /// Release `image` (or the service's image) for `service`. `file`, when
+    /// given, must be the kiln.toml kiln serve runs (it refuses another).
+    Deploy { service: String, image: Option<String>, file: Option<std::path::PathBuf>, actor: String },
     /// Services, releases, instances, the rollout in progress.
     Status { service: Option<String> },
     /// The controller's Prometheus metrics (answered as text, not JSON).
@@ -97,6 +98,7 @@ struct DrillBody {
 struct DeployBody {
     service: String,
     image: Option<String>,
+    file: Option<std::path::PathBuf>,
     actor: Option<String>,
 }
 
@@ -276,7 +278,13 @@ pub fn parse(req: &http::Request) -> Result<Request, ServeError> {
         ("GET", "/metrics") => Ok(Request::Metrics),
         ("POST", "/v1/deploy") => {
             let b: DeployBody = body(req)?;
-            Ok(Request::Deploy { service: b.service, image: b.image, actor: actor(b.actor) })
+            if b.file.as_ref().is_some_and(|f| !f.is_absolute()) {
+                return Err(ServeError::BadRequest {
+                    field: "file".into(),
+                    message: "must be an absolute path".into(),
+                });
+            }
+            Ok(Request::Deploy { service: b.service, image: b.image, file: b.file, actor: actor(b.actor) })
         }
         ("POST", "/v1/rollback") => {
             let b: RollbackBody = body(req)?;
@@ -369,7 +377,7 @@ pub fn status_of(e: &ServeError) -> u16 {
         ServeError::MethodNotAllowed { .. } => 405,
         ServeError::Unauthorized { .. } => 401,
         ServeError::Csrf(_) => 403,
-        ServeError::Conflict(_) | ServeError::ListenTaken { .. } => 409,
+        ServeError::Conflict(_) | ServeError::ListenTaken { .. } | ServeError::OtherFile { .. } => 409,
         ServeError::Refused { source, .. } if source.is_refusal() => 403,
         _ => 500,
     }
@@ -410,10 +418,13 @@ pub fn to_http(r: &Request) -> (&'static str, String, Vec<u8>) {
             q.extend(filter.since.map(|s| format!("since={s}")));
             ("GET", format!("/v1/logs?{}", q.join("&")), Vec::new())
         }
-        Request::Deploy { service, image, actor } => (
+        Request::Deploy { service, image, file, actor } => (
             "POST",
             "/v1/deploy".into(),
-            serde_json::to_vec(&serde_json::json!({ "service": service, "image": image, "actor": actor })).unwrap(),
+            serde_json::to_vec(
+                &serde_json::json!({ "service": service, "image": image, "file": file, "actor": actor }),
+            )
+            .unwrap(),
         ),
         Request::Rollback { service, to, actor } => (
             "POST",
@@ -491,8 +502,13 @@ mod tests {
     #[test]
     fn every_request_round_trips_through_http() {
         let all = [
-            Request::Deploy { service: "web".into(), image: Some("hello:2".into()), actor: "me".into() },
-            Request::Deploy { service: "web".into(), image: None, actor: "me".into() },
+            Request::Deploy {
+                service: "web".into(),
+                image: Some("hello:2".into()),
+                file: Some("/srv/kiln.toml".into()),
+                actor: "me".into(),
+            },
+            Request::Deploy { service: "web".into(), image: None, file: None, actor: "me".into() },
             Request::Status { service: None },
             Request::Status { service: Some("web".into()) },
             Request::Rollback { service: "web".into(), to: None, actor: "me".into() },
@@ -598,7 +614,7 @@ mod tests {
         }
         // Every request the CLI sends is documented.
         let all = [
-            Request::Deploy { service: "w".into(), image: None, actor: "a".into() },
+            Request::Deploy { service: "w".into(), image: None, file: None, actor: "a".into() },
             Request::Status { service: None },
             Request::Metrics,
             Request::Rollback { service: "w".into(), to: None, actor: "a".into() },

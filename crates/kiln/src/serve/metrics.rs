@@ -74,7 +74,8 @@ impl Counters {
             | Event::Unquarantined { .. }
             | Event::Failing { .. }
             | Event::Recovered { .. }
-            | Event::Down { .. } => {}
+            | Event::Down { .. }
+            | Event::Scaled { .. } => {}
         }
     }
 
@@ -186,6 +187,7 @@ mod tests {
             strategy: "canary".into(),
             actor: "me".into(),
             previous: None,
+            changed: Vec::new(),
         };
         c.observe("web", "web-2", &started);
         c.observe(

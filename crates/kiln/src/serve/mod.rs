@@ -95,6 +95,8 @@ pub enum ServeError {
     Proxy { service: String, admin: SocketAddr, detail: String },
     #[error(transparent)]
     Handoff(#[from] crate::handoff::HandoffError),
+    #[error("service {service}: kiln serve releases it as {} says; this deploy names {}: edit that file (or restart kiln serve -f {})", running.display(), given.display(), given.display())]
+    OtherFile { service: String, running: PathBuf, given: PathBuf },
     #[error("kiln serve runs {}, not {}: an upgrade keeps the same kiln.toml", running.display(), given.display())]
     UpgradeFile { running: PathBuf, given: PathBuf },
     #[error("service {service}: {source}")]

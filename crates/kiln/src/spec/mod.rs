@@ -159,6 +159,70 @@ pub struct ServiceSpec {
     pub file: PathBuf,
 }
 
+impl ServiceSpec {
+    /// What makes an instance of this service what it is, besides its
+    /// image: one entry per setting (`env.NAME`, `volume.NAME`,
+    /// `secret.NAME`, `memory`, `cpus`, `pids`, `stop_timeout`, `health`,
+    /// `strategy`), each a short digest or a plain figure, never a value
+    /// from kiln.toml or the secret store. `secret_versions` are the stored
+    /// versions of the secrets it uses (a rotation changes the release).
+    /// `replicas` is not in it: a change of it alone is a scale. Pure.
+    pub fn release_fields(&self, secret_versions: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let short = |v: &[u8]| crate::digest::Digest::of(v).hex()[..12].to_owned();
+        let json = |v: &dyn erased::Ser| short(v.json().as_bytes());
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.env {
+            out.insert(format!("env.{k}"), short(v.as_bytes()));
+        }
+        for (k, v) in &self.volumes {
+            out.insert(format!("volume.{k}"), v.clone());
+        }
+        for s in &self.secrets {
+            let version = secret_versions.get(&s.name).map_or("unset", String::as_str);
+            out.insert(format!("secret.{}", s.name), format!("{} {version}", s.env.as_deref().unwrap_or("-")));
+        }
+        out.insert("memory".into(), self.memory_bytes.map_or("-".into(), |m| m.to_string()));
+        out.insert("cpus".into(), self.cpus.map_or("-".into(), |c| c.to_string()));
+        out.insert("pids".into(), self.pids.map_or("-".into(), |p| p.to_string()));
+        out.insert("stop_timeout".into(), self.stop_timeout.map_or("-".into(), |t| t.to_string()));
+        out.insert("health".into(), json(&self.release.health));
+        out.insert("strategy".into(), format!("{} {}", self.release.strategy.name(), json(&self.release.strategy)));
+        out
+    }
+}
+
+/// The digest of a service's release fields ([`ServiceSpec::release_fields`]).
+pub fn fields_digest(fields: &BTreeMap<String, String>) -> crate::digest::Digest {
+    crate::digest::Digest::of(serde_json::to_string(fields).expect("strings serialize").as_bytes())
+}
+
+/// What changed between two sets of release fields, by name only
+/// (`env.RUST_LOG changed`, `secret.db added`). Pure.
+pub fn fields_diff(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in new {
+        match old.get(k) {
+            Some(o) if o == v => {}
+            Some(_) => out.push(format!("{k} changed")),
+            None => out.push(format!("{k} added")),
+        }
+    }
+    out.extend(old.keys().filter(|k| !new.contains_key(*k)).map(|k| format!("{k} removed")));
+    out
+}
+
+/// JSON text of the parts of a spec that are digested whole.
+mod erased {
+    pub trait Ser {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("specs serialize")
+        }
+    }
+}
+
 /// A secret a service needs: always at `/run/secrets/NAME`, and as `env`
 /// when given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -67,7 +67,14 @@ impl<'a> Controller<'a> {
     pub fn handle(&mut self, req: Request, now_ms: u64) -> Result<serde_json::Value, ServeError> {
         self.changed();
         match req {
-            Request::Deploy { service, image, actor } => {
+            Request::Deploy { service, image, file, actor } => {
+                if let Some(given) = file {
+                    let same = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+                    if same(&given) != same(&self.file) {
+                        let running = same(&self.file);
+                        return Err(ServeError::OtherFile { service, running, given });
+                    }
+                }
                 self.load_services()?;
                 let svc = self.service(&service)?;
                 let reference = image.unwrap_or_else(|| svc.spec.image.clone());
@@ -288,6 +295,8 @@ impl<'a> Controller<'a> {
                         "in_table": weight_of(&release, addr(r)).is_some(),
                         "release_weight": weight_of(&release, addr(r)),
                         "share_percent": share_of(&release, addr(r)),
+                        // Which stored version of each secret it holds.
+                        "secrets": r.secret_versions,
                     })
                 })
                 .collect();

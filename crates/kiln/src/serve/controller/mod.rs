@@ -49,6 +49,10 @@ pub struct ReleaseRef {
     pub id: String,
     pub digest: Digest,
     pub image_ref: String,
+    /// The service settings it runs with
+    /// ([`crate::spec::ServiceSpec::release_fields`]); empty in older state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// What the controller records per service (in `state.db`, as JSON).
@@ -460,6 +464,7 @@ impl<'a> Controller<'a> {
         let flags = RunRequest {
             reference: release.digest.to_string(),
             release: Some(release.id.clone()),
+            release_fields: release.fields.clone(),
             ..RunRequest::default()
         };
         let req = RunRequest::for_service(spec, flags);
@@ -787,6 +792,16 @@ impl<'a> Controller<'a> {
                 eprintln!("kiln serve: service {name}: cannot record the recovery: {e}");
             }
         }
+    }
+
+    /// The service's release fields as kiln.toml and the secret store have
+    /// them now.
+    fn release_fields(&self, name: &str) -> BTreeMap<String, String> {
+        let spec = &self.services[name].spec;
+        let secrets = crate::secrets::Secrets::new(&self.home);
+        let versions =
+            spec.secrets.iter().filter_map(|s| secrets.version(&s.name).ok().map(|v| (s.name.clone(), v))).collect();
+        spec.release_fields(&versions)
     }
 
     /// The release a service-wide event is recorded under: the stable one.

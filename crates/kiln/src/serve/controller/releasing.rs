@@ -50,6 +50,7 @@ impl<'a> Controller<'a> {
             id: a.rollout.release.clone(),
             digest: a.rollout.digest.clone(),
             image_ref: a.rollout.image_ref.clone(),
+            fields: a.rollout.fields.clone(),
         };
         match action {
             Action::Wait => return Ok(()),
@@ -260,7 +261,12 @@ impl<'a> Controller<'a> {
 
     pub(super) fn succeed(&mut self, name: &str, a: Active, warm_until_ms: u64, now_ms: u64) -> Result<(), ServeError> {
         let r = &a.rollout;
-        let new = ReleaseRef { id: r.release.clone(), digest: r.digest.clone(), image_ref: r.image_ref.clone() };
+        let new = ReleaseRef {
+            id: r.release.clone(),
+            digest: r.digest.clone(),
+            image_ref: r.image_ref.clone(),
+            fields: r.fields.clone(),
+        };
         let reason = format!("{} steps done", r.steps.len());
         if !self.finished_already(name, &new.id)? {
             let event = Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone(), deadline: false };
@@ -305,9 +311,6 @@ impl<'a> Controller<'a> {
             Mode::Drill { window_ms } => Some(window_ms),
             _ => None,
         };
-        if drill.is_none() && stable.as_ref().is_some_and(|s| s.digest == digest) && old >= svc.spec.release.replicas {
-            return Ok(serde_json::json!({ "service": name, "release": stable.map(|s| s.id), "noop": true }));
-        }
         let release_spec = match mode {
             Mode::Deploy => svc.spec.release.clone(),
             Mode::Rollback => spec::ReleaseSpec {
@@ -325,8 +328,24 @@ impl<'a> Controller<'a> {
                 s.digest.clone()
             },
             instances: old,
+            fields: s.fields.clone(),
         });
-        let p = plan::plan(name, &release_spec, from.as_ref(), &digest);
+        // A release is the image and the service's settings together: the
+        // same pair at the same size is nothing to do, and what plan shows
+        // is what is done.
+        let fields = self.release_fields(name);
+        let p = plan::plan_release(name, &release_spec, from.as_ref(), &digest, &fields);
+        if drill.is_none() && p.steps.is_empty() {
+            return Ok(serde_json::json!({ "service": name, "release": stable.map(|s| s.id), "noop": true }));
+        }
+        // The same release at another size: a scale of the stable release,
+        // not a new one (its instances stay its own).
+        if let (Mode::Deploy, Some(s)) = (mode, stable.as_ref()) {
+            let same = s.digest == digest && (s.fields.is_empty() || s.fields == fields);
+            if same && old != release_spec.replicas {
+                return self.scale(name, s, old, release_spec.replicas, actor, p, now_ms);
+            }
+        }
         let n = self.history.releases_started(name)? + 1;
         let id = format!("{name}-{n}");
         let tags = self.store.resolve(digest.as_str()).map(|(_, t)| t).unwrap_or_default();
@@ -350,6 +369,7 @@ impl<'a> Controller<'a> {
                 },
                 actor: actor.to_owned(),
                 previous: stable.as_ref().map(|s| s.id.clone()),
+                changed: p.changed.clone(),
             },
         )?;
         let rollout = Rollout {
@@ -366,12 +386,51 @@ impl<'a> Controller<'a> {
             promoted: false,
             paused: None,
             skip_analysis: mode == Mode::Rollback,
+            fields,
         };
         self.services.get_mut(name).expect("known").state.rollout =
             Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None, drill });
         self.save(name, now_ms)?;
         crash_point("release-recorded");
         Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
+    }
+
+    /// A scale of the stable release from `from` to `to` instances:
+    /// recorded, then the surplus drained and stopped (newest first); a
+    /// shortfall is started by the heal loop, which keeps the stable
+    /// release at `replicas`.
+    #[allow(clippy::too_many_arguments)]
+    fn scale(
+        &mut self,
+        name: &str,
+        stable: &ReleaseRef,
+        from: u32,
+        to: u32,
+        actor: &str,
+        plan: plan::Plan,
+        now_ms: u64,
+    ) -> Result<serde_json::Value, ServeError> {
+        self.record(name, &stable.id, now_ms, &Event::Scaled { from, to, actor: actor.to_owned() })?;
+        if to < from {
+            let mut live: Vec<InstanceRecord> = self
+                .live(name)?
+                .into_iter()
+                .filter(|r| {
+                    r.release.as_deref() == Some(stable.id.as_str()) && !self.retiring.contains_key(r.id.as_str())
+                })
+                .collect();
+            live.sort_by_key(|r| std::cmp::Reverse(r.created));
+            let drain_ms = self.services[name].spec.release.drain_timeout_ms;
+            for r in live.iter().take((from - to) as usize) {
+                self.retire(name, r, drain_ms, Then::Stop);
+            }
+        }
+        Ok(serde_json::json!({
+            "service": name,
+            "release": stable.id,
+            "scaled": { "from": from, "to": to },
+            "plan": plan,
+        }))
     }
 
     /// Starts a rollback drill (see [`Request::Drill`]) on a steady service.
@@ -457,11 +516,17 @@ impl<'a> Controller<'a> {
                 now_ms,
                 &Event::Started {
                     digest: prev.digest.to_string(),
-                    tags: Vec::new(),
-                    revision: None,
+                    // What it runs, as a fresh release records it.
+                    tags: self.store.resolve(prev.digest.as_str()).map(|(_, t)| t).unwrap_or_default(),
+                    revision: self
+                        .store
+                        .read_json::<crate::oci::Manifest>(&prev.digest)
+                        .ok()
+                        .and_then(|m| m.annotation(crate::oci::ANNOTATION_REVISION).map(str::to_owned)),
                     strategy: "rollback".into(),
                     actor: actor.to_owned(),
                     previous: Some(current.id.clone()),
+                    changed: Vec::new(),
                 },
             )?;
             self.record(name, &prev.id, now_ms, &Event::Step { index: 0, weights })?;
