@@ -196,6 +196,15 @@ pub fn deploy(
         }
         return Ok(0);
     }
+    follow(home, &service, &release, json)
+}
+
+/// Follows `release` of `service` to its end, printing each step (or, with
+/// `json`, the final status): exit 0 succeeded, 2 failed, rolled back,
+/// aborted or superseded, 4 paused for a person. Deploys and cold
+/// rollbacks end the same way.
+pub fn follow(home: &Path, service: &str, release: &str, json: bool) -> anyhow::Result<i32> {
+    let (service, release) = (service.to_owned(), release.to_owned());
     let mut last_line = String::new();
     loop {
         let st = call(home, &Request::Status { service: Some(service.clone()) })?;
@@ -394,9 +403,10 @@ fn short(d: &str) -> String {
 pub fn render_answer(req: &Request, v: &serde_json::Value) {
     let release = v["release"].as_str().unwrap_or("?");
     match req {
-        Request::Rollback { service, .. } if v["instant"].as_bool() == Some(true) => {
-            println!("{service}: traffic is back on {release}")
-        }
+        Request::Rollback { service, .. } if v["instant"].as_bool() == Some(true) => match v["rollback"].as_str() {
+            Some(id) => println!("{service}: traffic is back on {release} (rollback release {id})"),
+            None => println!("{service}: traffic is back on {release}"),
+        },
         Request::Rollback { service, .. } => {
             println!("{service}: rolling back by release {release} (new instances first)")
         }

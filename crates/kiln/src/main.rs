@@ -470,6 +470,15 @@ fn run() -> anyhow::Result<()> {
     } else {
         render(&output, now);
     }
+    // A cold rollback is a release: followed to its end like a deploy, with
+    // the same exit codes.
+    if let Output::Controller { request: kiln::serve::api::Request::Rollback { service, .. }, answer } = &output {
+        if answer["instant"] != true {
+            if let Some(release) = answer["release"].as_str() {
+                std::process::exit(cli_release::follow(&home, service, release, json)?);
+            }
+        }
+    }
     // A failed gate is a result (rendered), with its own exit status.
     if let Some(code) = cli_verify::gate_exit_code(&output) {
         std::process::exit(code);

@@ -40,8 +40,10 @@ fn release_under_load(what: &str, settings: &str) {
     // image, new instances first, no analysis, and loses nothing either.
     let (ok, bad) = under_load(env.port, || {
         let out = env.ok(&["rollback"]);
-        assert!(out.contains("rolling back by release web-3"), "{out}");
-        env.wait_for("the rollback release", |s| s["rollout"].is_null() && s["stable"]["id"] == "web-3");
+        // A cold rollback is followed to its end, as a deploy is.
+        assert!(out.contains("rolling back by release web-3") && out.contains("release web-3 succeeded"), "{out}");
+        let s = env.status();
+        assert!(s["rollout"].is_null() && s["stable"]["id"] == "web-3", "done when it returns: {s}");
     });
     assert!(ok > 100 && bad == 0, "rollback: ok {ok}, failed {bad}");
     assert_eq!(env.status()["stable"]["digest"].as_str(), Some(v1.as_str()));
@@ -98,6 +100,10 @@ fn a_blue_green_release_under_load_fails_nothing_and_rolls_back_in_under_a_secon
     assert!(env.versions(6).iter().all(|v| v == "demo-app 1.0.0"));
     let hist = env.ok(&["history", "--verify"]);
     assert!(hist.contains("started rollback") && hist.contains("hash chain verified"), "{hist}");
+    // The rollback is a release of its own (web-3), naming where it went,
+    // with the tags of what it runs; the next id follows it.
+    assert!(hist.contains("web web-3") && hist.contains("instant rollback to web-1 from web-2"), "{hist}");
+    assert!(!hist.contains("[]"), "tags recorded: {hist}");
 
     // --to names a release: web-2 is warm now, so that is a switch too.
     let err = String::from_utf8_lossy(&env.kiln(&["rollback", "--to", "web-1"]).stderr).into_owned();

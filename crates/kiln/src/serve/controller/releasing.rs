@@ -508,11 +508,14 @@ impl<'a> Controller<'a> {
         if let Some((prev, _)) = st.previous.filter(|(p, _)| {
             to.is_none_or(|t| t == p.id) && live.iter().any(|r| r.release.as_deref() == Some(p.id.as_str()))
         }) {
-            // Still warm: one table swap.
+            // Still warm: one table swap. The rollback is a release of its
+            // own in the history (its own id, naming what it went back to);
+            // the instances it serves stay the previous release's.
+            let id = format!("{name}-{}", self.history.releases_started(name)? + 1);
             let weights = BTreeMap::from([(prev.id.clone(), 100), (current.id.clone(), 0)]);
             self.record(
                 name,
-                &prev.id,
+                &id,
                 now_ms,
                 &Event::Started {
                     digest: prev.digest.to_string(),
@@ -529,23 +532,22 @@ impl<'a> Controller<'a> {
                     changed: Vec::new(),
                 },
             )?;
-            self.record(name, &prev.id, now_ms, &Event::Step { index: 0, weights })?;
+            self.record(name, &id, now_ms, &Event::Step { index: 0, weights })?;
             let keep = self.services[name].spec.release.keep_previous_ms;
             let st = &mut self.services.get_mut(name).expect("known").state;
             st.stable = Some(prev.clone());
             st.previous = Some((current.clone(), now_ms + keep));
             self.sync(name, false)?;
-            let reason = format!("instant rollback from {}", current.id);
+            let reason = format!("instant rollback to {} from {}", prev.id, current.id);
             self.record(
                 name,
-                &prev.id,
+                &id,
                 now_ms,
                 &Event::Finished { outcome: Outcome::Succeeded, reason: reason.clone(), deadline: false },
             )?;
-            self.services.get_mut(name).expect("known").state.last =
-                Some((prev.id.clone(), Outcome::Succeeded, reason));
+            self.services.get_mut(name).expect("known").state.last = Some((id.clone(), Outcome::Succeeded, reason));
             self.save(name, now_ms)?;
-            return Ok(serde_json::json!({ "service": name, "release": prev.id, "instant": true }));
+            return Ok(serde_json::json!({ "service": name, "release": prev.id, "rollback": id, "instant": true }));
         }
         // Cold: a fast release of the named release's digest, or of the
         // last good one before the current one.
