@@ -22,40 +22,8 @@ printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "cgi $QUERY_STRIN
 chmod +x "$work/www/cgi-bin/echo"
 busybox httpd -f -p 127.0.0.1:$B -h "$work/www" & pids+=($!)
 "$root/target/release/kiln" proxy --listen 127.0.0.1:$K --release b=1@127.0.0.1:$B --workers 2 2>/dev/null & pids+=($!)
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 2;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream b { server 127.0.0.1:$B; }
-  server {
-    listen 127.0.0.1:$N;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
-nginx -p "$work/nginx" -c "$work/nginx.conf" & pids+=($!)
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 2
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend f
-  bind 127.0.0.1:$H
-  default_backend b
-backend b
-  server s1 127.0.0.1:$B
-CONF
-haproxy -f "$work/haproxy.cfg" -db 2>/dev/null & pids+=($!)
+start_nginx $N "server 127.0.0.1:$B;"
+start_haproxy $H "  server s1 127.0.0.1:$B"
 for p in $B $K $N $H; do wait_port $p; done
 
 python3 - "$SECS" "$CONNS" "$B" "$K" "$N" "$H" <<'PY'

@@ -34,6 +34,50 @@ wait_port() {
   exit 1
 }
 
+# Starts nginx (2 workers, no access log) on 127.0.0.1:$1 proxying HTTP/1.1
+# to the upstream lines in $2 (e.g. "server 127.0.0.1:8080; keepalive 256;");
+# sets nginx_pid.
+start_nginx() {
+  mkdir -p "$work/nginx/logs"
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream b { $2 }
+  server {
+    listen 127.0.0.1:$1;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  nginx -p "$work/nginx" -c "$work/nginx.conf" & pids+=($!); nginx_pid=$!
+}
+# Starts HAProxy (2 threads, keep-alive HTTP mode) on 127.0.0.1:$1 with the
+# backend lines in $2 (e.g. "server s1 127.0.0.1:8080"); sets haproxy_pid.
+start_haproxy() {
+  cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 2
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$1
+  default_backend b
+backend b
+$2
+CONF
+  haproxy -f "$work/haproxy.cfg" -db 2>/dev/null & pids+=($!); haproxy_pid=$!
+}
+
 # Unix milliseconds.
 ms() { python3 -c "import time; print(int(time.time()*1000))"; }
 # "FAILED TOTAL" from a wrk output file: non-2xx/3xx answers plus socket errors.

@@ -17,41 +17,9 @@ B=$(port); K=$(port); N=$(port); H=$(port)
 
 HOST=127.0.0.1 PORT=$B examples/hello/bin/demo-app >/dev/null 2>&1 & pids+=($!)
 "$root/target/release/kiln" proxy --listen 127.0.0.1:$K --release b=1@127.0.0.1:$B --workers 2 2>/dev/null & pids+=($!); kiln_pid=$!
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 2;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream b { server 127.0.0.1:$B; keepalive 256; }
-  server {
-    listen 127.0.0.1:$N;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
-nginx -p "$work/nginx" -c "$work/nginx.conf" & pids+=($!); nginx_pid=$!
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 2
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend f
-  bind 127.0.0.1:$H
-  default_backend b
-backend b
-  http-reuse always
-  server s1 127.0.0.1:$B
-CONF
-haproxy -f "$work/haproxy.cfg" -db 2>/dev/null & pids+=($!); haproxy_pid=$!
+start_nginx $N "server 127.0.0.1:$B; keepalive 256;"
+start_haproxy $H "  http-reuse always
+  server s1 127.0.0.1:$B"
 for p in $B $K $N $H; do wait_port $p; done
 
 python3 - "$ROUNDS" "$SECS" "$B" "$K" "$N" "$H" "$kiln_pid" "$nginx_pid" "$haproxy_pid" <<'PY'

@@ -75,7 +75,7 @@ fn history_shows_verifies_and_names_an_edited_entry() {
     assert!(out.contains("hash chain verified: 5 entries"), "{out}");
     assert!(out.contains("web web-2") && out.contains("started canary") && out.contains("by root@ci"), "{out}");
     assert!(out.contains("step 1: web-1=95 web-2=5"), "{out}");
-    assert!(out.contains("verdict at step 1: fail") && out.contains("error_rate canary 0.2000"), "{out}");
+    assert!(out.contains("verdict at step 1: fail") && out.contains("error_rate FAIL: canary 0.2000"), "{out}");
     assert!(out.contains("finished rolled-back"), "{out}");
     let v = json(&kiln_ok(&home, &home, &["history", "web", "--json"]));
     assert_eq!(v["entries"].as_array().unwrap().len(), 4, "only web's");

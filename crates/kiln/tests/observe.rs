@@ -141,15 +141,7 @@ fn a_quarantine_alert_is_signed_retried_and_survives_a_controller_crash() {
          [[notify]]\nurl = \"http://127.0.0.1:{port}/hooks/kiln\"\nevents = [\"quarantine\", \"crash-loop\"]\nsecret = \"hook\"\n"
     );
     let mut env = Env::bare("notify", &settings);
-    let mut c = std::process::Command::new(common::kiln_bin())
-        .args(["secret", "set", "hook"])
-        .current_dir(&env.dir)
-        .env("KILN_HOME", &env.home)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(b"s3cret-key").unwrap();
-    assert!(c.wait().unwrap().success());
+    env.secret_set("hook", b"s3cret-key");
     env.start_serve(None);
     let (code, out) = env.deploy();
     assert_eq!(code, 0, "{out}");

@@ -589,18 +589,6 @@ fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_c
     assert!(all.contains("Connection: close") && all.ends_with("cgi old\n") && !all.contains("chunked"), "{all}");
 }
 
-fn secret_set(env: &Env, name: &str, value: &[u8]) {
-    use std::io::Write;
-    let mut c = Command::new(kiln_bin())
-        .args(["secret", "set", name])
-        .current_dir(&env.dir)
-        .env("KILN_HOME", &env.home)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(value).unwrap();
-    assert!(c.wait().unwrap().success());
-}
 
 #[test]
 fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_over_a_table_of_changes() {
@@ -608,7 +596,7 @@ fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_ove
     let base = "replicas = 2\ndrain_timeout = \"1s\"\nstrategy = \"rolling\"\n\
                 secrets = [{ name = \"tok\", env = \"TOK\" }]\n[service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n";
     let mut env = Env::bare_busybox("settings", base);
-    secret_set(&env, "tok", b"one");
+    env.secret_set("tok", b"one");
     env.start_serve(None);
     let (code, out) = env.deploy();
     assert_eq!(code, 0, "{out}");
@@ -653,7 +641,7 @@ fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_ove
     for (what, text, changed, replaced, replicas) in table {
         fs::write(env.dir.join("kiln.toml"), &text).unwrap();
         if what.starts_with("the secret") {
-            secret_set(&env, "tok", b"two");
+            env.secret_set("tok", b"two");
         }
         let before = ids(&env);
         let plan = json(&env.ok(&["plan", "web", "--json"]))[0].clone();

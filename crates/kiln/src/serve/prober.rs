@@ -160,14 +160,7 @@ mod tests {
         let up = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = up.local_addr().unwrap();
         let p = Prober::default();
-        let spec = HealthSpec {
-            path: None,
-            interval_ms: 1000,
-            timeout_ms: 1000,
-            healthy_threshold: 1,
-            unhealthy_threshold: 3,
-            start_deadline_ms: 30_000,
-        };
+        let spec = HealthSpec::default();
         p.tick("web", &[("web-1".into(), addr)], &spec, 0);
         let deadline = Instant::now() + Duration::from_secs(5);
         while p.health("web-1").passes == 0 {

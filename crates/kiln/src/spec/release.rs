@@ -476,15 +476,23 @@ fn validate_heal(h: RawHeal) -> Result<HealSpec, FieldError> {
     })
 }
 
-fn default_health() -> HealthSpec {
-    HealthSpec {
-        path: None,
-        interval_ms: 1000,
-        timeout_ms: 1000,
-        healthy_threshold: 1,
-        unhealthy_threshold: 3,
-        start_deadline_ms: 30_000,
+/// The health settings of a service that names none: a connect check
+/// every second.
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: None,
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+            start_deadline_ms: 30_000,
+        }
     }
+}
+
+fn default_health() -> HealthSpec {
+    HealthSpec::default()
 }
 
 fn validate_health(h: RawHealth) -> Result<HealthSpec, FieldError> {

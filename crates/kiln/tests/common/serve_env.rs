@@ -117,6 +117,20 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `kiln secret set NAME` with `value` on its stdin.
+    pub fn secret_set(&self, name: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut c = Command::new(kiln_bin())
+            .args(["secret", "set", name])
+            .current_dir(&self.dir)
+            .env("KILN_HOME", &self.home)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(value).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
     /// `GET path` on kiln serve's unix socket: (head, body).
     pub fn api_get(&self, path: &str) -> (String, String) {
         use std::io::{Read, Write};
