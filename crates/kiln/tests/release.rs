@@ -589,7 +589,6 @@ fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_c
     assert!(all.contains("Connection: close") && all.ends_with("cgi old\n") && !all.contains("chunked"), "{all}");
 }
 
-
 #[test]
 fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_over_a_table_of_changes() {
     let _g = serial();

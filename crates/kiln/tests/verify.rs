@@ -209,18 +209,30 @@ fn signatures_are_cosign_shaped_verify_with_openssl_and_fail_for_another_key() {
     assert!(e.contains("bad.pem") && e.contains("PEM"), "{e}");
 }
 
-const FAKE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----\n";
+/// A real private key made by openssl (`genpkey`), PKCS#8 PEM.
+fn openssl_key(path: &std::path::Path, algorithm: &[&str]) -> String {
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(algorithm);
+    args.extend_from_slice(&["-out", path.to_str().unwrap()]);
+    common::run("openssl", &args);
+    fs::read_to_string(path).unwrap()
+}
 
 #[test]
 fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them() {
     let (dir, home) = (tempdir("leaks"), tempdir("leaks-home"));
     busybox_rootfs(&dir.join("rootfs.tar"));
-    fs::write(dir.join("key.pem"), FAKE_KEY).unwrap();
+    let key = openssl_key(&dir.join("key.pem"), &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let id = openssl_key(&dir.join("id.pem"), &["-algorithm", "ed25519"]);
+    // What a TLS library's read-only data holds: PEM headers, no key.
+    fs::write(dir.join("libfake.so"), b"\x7fELF\0\0-----BEGIN PRIVATE KEY-----\0-----END PRIVATE KEY-----\0\0")
+        .unwrap();
     fs::write(dir.join("app.conf"), "# app\nport = 8080\napi_key = \"Xq3v9LmZ2pR8tK1wYb7NcD\"\n").unwrap();
     let image = |allow: &str| {
         format!(
             "[image.leaky]\nfrom = \"rootfs:rootfs.tar\"\n\
-             copy = [{{ src = \"key.pem\", dest = \"/key.pem\" }}, {{ src = \"app.conf\", dest = \"/etc/app.conf\" }}]\n\
+             copy = [{{ src = \"key.pem\", dest = \"/key.pem\" }}, {{ src = \"app.conf\", dest = \"/etc/app.conf\" }},\n\
+             {{ src = \"id.pem\", dest = \"/etc/ssl/private/id.pem\" }}, {{ src = \"libfake.so\", dest = \"/usr/lib/libfake.so\" }}]\n\
              run = [\"rm /key.pem\"]\nenv = {{ AWS_ID = \"AKIAIOSFODNN7EXAMPLE\" }}\n{allow}"
         )
     };
@@ -233,15 +245,21 @@ fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them()
     assert!(text.contains("/key.pem:1 [private-key]"), "deleted by a later layer, still found: {text}");
     assert!(text.contains("/etc/app.conf:3 [keyword-assignment]"), "{text}");
     assert!(text.contains("config config:env[") && text.contains("[aws-access-key-id]"), "{text}");
-    for secret in ["Xq3v9LmZ2pR8tK1wYb7NcD", "AKIAIOSFODNN7EXAMPLE", "BEGIN RSA", "MIIBOgIBAAJBAKj34"] {
+    assert!(text.contains("/etc/ssl/private/id.pem:1 [private-key]"), "{text}");
+    assert!(!text.contains("libfake.so"), "a PEM header alone is no key: {text}");
+    let body = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
+    for secret in ["Xq3v9LmZ2pR8tK1wYb7NcD", "AKIAIOSFODNN7EXAMPLE", "BEGIN PRIVATE", &body(&key), &body(&id)] {
         assert!(!text.contains(secret), "the report shows {secret}: {text}");
     }
     // Each finding names its layer: the deleted key is in the copy layer.
     let j = json(&String::from_utf8_lossy(&kiln(&home, &dir, &["scan-secrets", "leaky", "--json"]).stdout));
     let findings = j["findings"].as_array().unwrap();
-    assert_eq!(findings.len(), 3, "{j:#}");
-    let key = findings.iter().find(|f| f["rule"] == "private-key").unwrap();
-    assert!(key["layer"].as_str().unwrap().starts_with("sha256:"), "{key}");
+    assert_eq!(findings.len(), 4, "{j:#}");
+    let keys: Vec<&serde_json::Value> = findings.iter().filter(|f| f["rule"] == "private-key").collect();
+    assert_eq!(keys.len(), 2, "{j:#}");
+    assert!(keys[0]["layer"].as_str().unwrap().starts_with("sha256:"), "{}", keys[0]);
+    assert_ne!(keys[0]["fingerprint"], keys[1]["fingerprint"], "one fingerprint per key");
+    let deleted = keys.iter().find(|f| f["path"] == "/key.pem").unwrap();
     let aws = findings.iter().find(|f| f["rule"] == "aws-access-key-id").unwrap();
     assert!(aws["layer"].is_null());
     // Known false positives: by fingerprint and by path, each with a reason.
@@ -258,9 +276,24 @@ fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them()
         text.contains("(allowed: AWS's documented example key)") && text.contains("(allowed: a fixture)"),
         "{text}"
     );
-    let all = allow.replace(
+    // Allowing one key by its fingerprint allows that key alone.
+    let one = allow.replace(
         "reason = \"a fixture\" }]",
-        "reason = \"a fixture\" }, { path = \"/key.pem\", reason = \"test key\" }]",
+        &format!(
+            "reason = \"a fixture\" }}, {{ fingerprint = \"{}\", reason = \"test key\" }}]",
+            deleted["fingerprint"].as_str().unwrap()
+        ),
+    );
+    fs::write(dir.join("kiln.toml"), image(&one)).unwrap();
+    let out = kiln(&home, &dir, &["scan-secrets", "leaky"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(8), "the other key is still a finding: {text}");
+    assert!(text.contains("/key.pem:1 [private-key]") && text.contains("(allowed: test key)"), "{text}");
+    let other = text.lines().find(|l| l.contains("/etc/ssl/private/id.pem")).unwrap_or_default();
+    assert!(!other.contains("allowed"), "{text}");
+    let all = one.replace(
+        "reason = \"test key\" }]",
+        "reason = \"test key\" }, { path = \"/etc/ssl/private/\", reason = \"host key fixture\" }]",
     );
     fs::write(dir.join("kiln.toml"), image(&all)).unwrap();
     let out = kiln(&home, &dir, &["scan-secrets", "leaky", "--json"]);

@@ -117,10 +117,7 @@ pub fn scan_bytes(data: &[u8]) -> Vec<Hit> {
     while i < data.len() {
         let rest = &data[i..];
         let hit = match rest[0] {
-            b'-' if rest.starts_with(b"-----BEGIN ") => {
-                let head = &rest[..rest.len().min(64)];
-                head.windows(16).position(|w| w == b"PRIVATE KEY-----").map(|p| ("private-key", p + 16))
-            }
+            b'-' if rest.starts_with(b"-----BEGIN ") => private_key_block(rest).map(|n| ("private-key", n)),
             b'A' if boundary(data, i) && (rest.starts_with(b"AKIA") || rest.starts_with(b"ASIA")) => {
                 let n = run(data, i + 4, 17, |b| b.is_ascii_uppercase() || b.is_ascii_digit());
                 (n == 16).then_some(("aws-access-key-id", 20))
@@ -153,6 +150,14 @@ pub fn scan_bytes(data: &[u8]) -> Vec<Hit> {
                 let n = run(data, i + 8, 200, is_alnum);
                 (n >= 24).then_some(("stripe-live-key", 8 + n))
             }
+            b'h' if rest.starts_with(b"https://hooks.slack.com/services/") => {
+                let n = run(data, i + 33, 120, |b| is_alnum(b) || b == b'/' || b == b'_');
+                (n >= 20 && data[i + 33..i + 33 + n].iter().filter(|b| **b == b'/').count() >= 2)
+                    .then_some(("slack-webhook", 33 + n))
+            }
+            b':' if rest.starts_with(b"://") && i > 0 && data[i - 1].is_ascii_alphanumeric() => {
+                url_credentials(&data[i + 3..]).map(|n| ("url-credentials", 3 + n))
+            }
             b'e' if boundary(data, i) && rest.starts_with(b"eyJ") => {
                 let a = run(data, i, 4096, is_b64url);
                 let b = if data.get(i + a) == Some(&b'.') { run(data, i + a + 1, 8192, is_b64url) } else { 0 };
@@ -178,6 +183,62 @@ pub fn scan_bytes(data: &[u8]) -> Vec<Hit> {
         i += 1;
     }
     hits
+}
+
+/// `user:password@` right after a URL's `://`, when the password is not
+/// a placeholder (`password`, `${DB_PASS}`, `<pass>`, `****`): its length
+/// up to the `@`.
+fn url_credentials(rest: &[u8]) -> Option<usize> {
+    let userinfo = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+    let user = run(rest, 0, 128, userinfo);
+    if user == 0 || rest.get(user) != Some(&b':') {
+        return None;
+    }
+    let pass = run(rest, user + 1, 256, userinfo);
+    if rest.get(user + 1 + pass) != Some(&b'@') {
+        return None;
+    }
+    let p = &rest[user + 1..user + 1 + pass];
+    let lower = String::from_utf8_lossy(p).to_ascii_lowercase();
+    let placeholder =
+        ["pass", "secret", "changeme", "example", "xxx", "***", "$", "{", "<", "%"].iter().any(|w| lower.contains(w));
+    let distinct = p.iter().collect::<std::collections::BTreeSet<_>>().len();
+    (pass >= 6 && distinct >= 4 && !placeholder).then_some(user + 1 + pass + 1)
+}
+
+/// A PEM private key block at the start of `rest`, BEGIN line to END
+/// line, whose body decodes as a key: DER whose outer SEQUENCE spans it
+/// exactly (PKCS#1, PKCS#8, SEC1, encrypted PKCS#8), or OpenSSH's format.
+/// Its length, so that the finding (and its fingerprint) is this one key;
+/// a header alone (the read-only data of a TLS library) is none.
+fn private_key_block(rest: &[u8]) -> Option<usize> {
+    let head = &rest[..rest.len().min(80)];
+    let head_end = head.windows(16).position(|w| w == b"PRIVATE KEY-----")? + 16;
+    let label = &rest[11..head_end - 5];
+    let end = [b"-----END ".as_slice(), label, b"-----"].concat();
+    let window = &rest[head_end..rest.len().min(head_end + (64 << 10))];
+    let body_len = window.windows(end.len()).position(|w| w == end.as_slice())?;
+    // Header lines of a traditional encrypted key (`Proc-Type:`,
+    // `DEK-Info:`) are skipped; the rest must be base64.
+    let mut text = String::new();
+    for line in window[..body_len].split(|b| *b == b'\n') {
+        if line.contains(&b':') {
+            continue;
+        }
+        text.push_str(std::str::from_utf8(line).ok()?.trim());
+    }
+    let der = crate::verify::sign::unbase64(&text)?;
+    let whole = match (der.first(), der.get(1).copied()) {
+        _ if der.starts_with(b"openssh-key-v1\0") => true,
+        (Some(0x30), Some(n)) if n < 0x80 => der.len() == 2 + usize::from(n),
+        (Some(0x30), Some(n @ 0x81..=0x83)) => {
+            let k = usize::from(n - 0x80);
+            let len = der.get(2..2 + k)?.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+            der.len() == 2 + k + len
+        }
+        _ => false,
+    };
+    (whole && der.len() >= 32).then_some(head_end + body_len + end.len())
 }
 
 /// `KEYWORD = "value"` (also `:`, `=>`, quotes, env style `FOO_PASSWORD=`)
@@ -294,10 +355,66 @@ mod tests {
         scan_bytes(s.as_bytes()).iter().map(|h| h.rule).collect()
     }
 
+    /// A real PKCS#8 key (P-256, from fixed bytes) as PEM.
+    fn pem_key(seed: u8) -> String {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap().to_string()
+    }
+
+    #[test]
+    fn a_private_key_is_found_whole_and_its_fingerprint_names_that_key_alone() {
+        let (a, b) = (pem_key(7), pem_key(9));
+        let text = format!("config\n{a}more\n{b}");
+        let hits = scan_bytes(text.as_bytes());
+        assert_eq!(hits.iter().map(|h| h.rule).collect::<Vec<_>>(), ["private-key", "private-key"]);
+        let block = |h: &Hit| &text.as_bytes()[h.start..h.end];
+        assert_eq!(block(&hits[0]), a.trim_end().as_bytes(), "BEGIN line to END line");
+        let (fa, fb) = (fingerprint(block(&hits[0])), fingerprint(block(&hits[1])));
+        assert_ne!(fa, fb, "one fingerprint per key, not per header");
+        let allow = [Allow { fingerprint: Some(fa.clone()), path: None, reason: "test key".into() }];
+        assert!(allowed(&allow, "/a.pem", &fa).is_some() && allowed(&allow, "/b.pem", &fb).is_none());
+        // A body that does not decode as a key is none.
+        let broken = a.replace("MI", "!!");
+        assert!(scan_bytes(broken.as_bytes()).is_empty());
+        // An OpenSSH key and a traditional encrypted one are keys.
+        let body = super::super::sign::base64(b"openssh-key-v1\0 and the rest of a key of some length");
+        let ssh = format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n");
+        assert_eq!(rules(&ssh), ["private-key"]);
+        let der = &a.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+        let enc = format!(
+            "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n{der}\n-----END EC PRIVATE KEY-----"
+        );
+        assert_eq!(rules(&enc), ["private-key"]);
+    }
+
+    #[test]
+    fn slack_webhooks_and_credentials_in_urls_are_found_and_placeholders_are_not() {
+        assert_eq!(
+            rules("url = \"https://hooks.slack.com/services/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\""),
+            ["slack-webhook"]
+        );
+        assert_eq!(rules("DATABASE_URL=postgres://app:Zr8!kq2Lw@db:5432/shop"), ["url-credentials"]);
+        assert_eq!(rules("git clone https://deploy:ghx7Tq93kLm0@git.example.com/repo"), ["url-credentials"]);
+        for fine in [
+            "postgres://user:password@localhost/db",
+            "http://user:pass@proxy:3128/",
+            "amqp://guest:${RABBIT_PASSWORD}@mq/",
+            "https://user:<token>@host/",
+            "mysql://root:****@db/",
+            "http://[::1]:8080/",
+            "https://example.com:443/path",
+            "ftp://anonymous@ftp.debian.org/",
+        ] {
+            assert!(rules(fine).is_empty(), "{fine}: {:?}", rules(fine));
+        }
+    }
+
     #[test]
     fn well_known_formats_are_found() {
-        assert_eq!(rules("-----BEGIN RSA PRIVATE KEY-----\nMIIE"), ["private-key"]);
-        assert_eq!(rules("-----BEGIN OPENSSH PRIVATE KEY-----"), ["private-key"]);
+        // A PEM header alone is no key (TLS libraries carry it as a string).
+        assert!(rules("-----BEGIN RSA PRIVATE KEY-----\nMIIE").is_empty());
+        assert!(rules("x\0-----BEGIN PRIVATE KEY-----\0-----END PRIVATE KEY-----\0").is_empty());
         assert_eq!(rules("-----BEGIN PUBLIC KEY-----"), Vec::<&str>::new());
         assert_eq!(rules("id=AKIAIOSFODNN7EXAMPLE;"), ["aws-access-key-id"]);
         assert_eq!(rules("XAKIAIOSFODNN7EXAMPLE"), Vec::<&str>::new(), "inside a longer token");
