@@ -46,6 +46,31 @@ fn metrics_count_releases_and_replacements_and_promtool_accepts_them() {
     assert!(count > 0, "reconcile passes are counted");
 
     // Prometheus's own checker.
+    promtool_accepts(&body);
+    // And the load balancer's own /metrics (its admin address), with
+    // releases, backends and their histograms.
+    let proxy = json(&std::fs::read_to_string(env.home.join("proxies/web/proxy.json")).unwrap());
+    let mut s = std::net::TcpStream::connect(proxy["admin"].as_str().unwrap()).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").unwrap();
+    let mut lb = String::new();
+    s.read_to_string(&mut lb).unwrap();
+    let (_, lb) = lb.split_once("\r\n\r\n").unwrap();
+    assert!(
+        lb.contains("# TYPE kiln_proxy_requests_total counter") && lb.contains("kiln_proxy_backend_healthy{"),
+        "{lb}"
+    );
+    promtool_accepts(lb);
+
+    // Other methods are refused by variant, not by text.
+    let mut s = UnixStream::connect(env.home.join("serve.sock")).unwrap();
+    write!(s, "POST /metrics HTTP/1.1\r\nHost: kiln\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+}
+
+/// `promtool check metrics` finds nothing to say about `body`.
+fn promtool_accepts(body: &str) {
     let mut p = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -55,19 +80,8 @@ fn metrics_count_releases_and_replacements_and_promtool_accepts_them() {
         .expect("promtool (apt-get install prometheus)");
     p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // Other methods are refused by variant, not by text.
-    let mut s = UnixStream::connect(env.home.join("serve.sock")).unwrap();
-    write!(s, "POST /metrics HTTP/1.1\r\nHost: kiln\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{body}");
 }
 
 #[test]

@@ -15,6 +15,36 @@ pub const BUCKETS_US: [u64; 16] = [
 pub const NB: usize = BUCKETS_US.len() + 1;
 const SLOTS: usize = 60;
 
+/// A Prometheus text exposition (version 0.0.4) built family by family:
+/// each family's samples together, under one `# HELP` and one `# TYPE`
+/// line (what `promtool check metrics` requires), in the order families
+/// first appear.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    families: Vec<(String, String)>,
+}
+
+impl Exposition {
+    /// Adds one sample line (`name{labels} value`) to family `family`, of
+    /// `kind` (counter, gauge, histogram) with `help`.
+    pub fn sample(&mut self, family: &str, kind: &str, help: &str, line: std::fmt::Arguments<'_>) {
+        let i = match self.families.iter().position(|(f, _)| f == family) {
+            Some(i) => i,
+            None => {
+                self.families.push((family.to_owned(), format!("# HELP {family} {help}\n# TYPE {family} {kind}\n")));
+                self.families.len() - 1
+            }
+        };
+        let text = &mut self.families[i].1;
+        let _ = text.write_fmt(line);
+        text.push('\n');
+    }
+
+    pub fn render(self) -> String {
+        self.families.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     second: AtomicU64,
@@ -65,21 +95,25 @@ impl Traffic {
         b
     }
 
-    /// Appends `{prefix}requests_total` by class and the
+    /// Adds `{prefix}requests_total` by class and the
     /// `{prefix}request_duration_seconds` histogram, with labels `l`.
-    pub fn prometheus(&self, out: &mut String, prefix: &str, l: &str) {
+    pub fn prometheus(&self, out: &mut Exposition, prefix: &str, l: &str) {
+        let (requests, duration) = (format!("{prefix}requests_total"), format!("{prefix}request_duration_seconds"));
         for (i, c) in self.by_class.iter().enumerate() {
-            let _ = writeln!(out, "{prefix}requests_total{{{l},class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
+            let help = "Responses, by status class (the load balancer's own 502/503/504 included).";
+            let n = c.load(Ordering::Relaxed);
+            out.sample(&requests, "counter", help, format_args!("{requests}{{{l},class=\"{}xx\"}} {n}", i + 1));
         }
+        let help = "Time from the request to the response head, in seconds.";
         let mut acc = 0;
         for (i, h) in self.hist.iter().enumerate() {
             acc += h.load(Ordering::Relaxed);
             let le = BUCKETS_US.get(i).map_or("+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
-            let _ = writeln!(out, "{prefix}request_duration_seconds_bucket{{{l},le=\"{le}\"}} {acc}");
+            out.sample(&duration, "histogram", help, format_args!("{duration}_bucket{{{l},le=\"{le}\"}} {acc}"));
         }
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{prefix}request_duration_seconds_sum{{{l}}} {sum}");
-        let _ = writeln!(out, "{prefix}request_duration_seconds_count{{{l}}} {acc}");
+        out.sample(&duration, "histogram", help, format_args!("{duration}_sum{{{l}}} {sum}"));
+        out.sample(&duration, "histogram", help, format_args!("{duration}_count{{{l}}} {acc}"));
     }
 }
 
@@ -183,13 +217,22 @@ impl ReleaseMetrics {
         }
     }
 
-    /// Appends this release's series in Prometheus text format.
-    pub fn prometheus(&self, out: &mut String, service: &str, release: &str) {
+    /// Adds this release's series.
+    pub fn prometheus(&self, out: &mut Exposition, service: &str, release: &str) {
         let l = format!("service=\"{service}\",release=\"{release}\"");
         self.traffic.prometheus(out, "kiln_proxy_", &l);
-        let _ = writeln!(out, "kiln_proxy_retries_total{{{l}}} {}", self.retries.load(Ordering::Relaxed));
-        let _ = writeln!(out, "kiln_proxy_in_flight{{{l}}} {}", self.in_flight.load(Ordering::Relaxed));
-        let _ = writeln!(out, "kiln_proxy_injected_faults_total{{{l}}} {}", self.injected.load(Ordering::Relaxed));
+        let (retries, in_flight, injected) = (
+            self.retries.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
+            self.injected.load(Ordering::Relaxed),
+        );
+        let f = "kiln_proxy_retries_total";
+        out.sample(f, "counter", "Requests retried on another backend.", format_args!("{f}{{{l}}} {retries}"));
+        let f = "kiln_proxy_in_flight";
+        out.sample(f, "gauge", "Requests being answered now.", format_args!("{f}{{{l}}} {in_flight}"));
+        let f = "kiln_proxy_injected_faults_total";
+        let help = "Faults a rollback drill injected (counted in requests too; no client got them).";
+        out.sample(f, "counter", help, format_args!("{f}{{{l}}} {injected}"));
     }
 }
 
@@ -219,8 +262,16 @@ mod tests {
         let m = ReleaseMetrics::default();
         m.record(200, 50, 1);
         m.record(503, 3_000, 1);
-        let mut out = String::new();
-        m.prometheus(&mut out, "web", "r1");
+        let mut e = Exposition::default();
+        m.prometheus(&mut e, "web", "r1");
+        let other = ReleaseMetrics::default();
+        other.prometheus(&mut e, "web", "r2");
+        let out = e.render();
+        // Each family once, its samples together, after its HELP and TYPE.
+        assert_eq!(out.matches("# TYPE kiln_proxy_requests_total counter").count(), 1, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let first = lines.iter().position(|l| l.contains("requests_total{")).unwrap();
+        assert!(lines[first + 1..first + 10].iter().all(|l| l.starts_with("kiln_proxy_requests_total{")), "{out}");
         assert!(out.contains("kiln_proxy_requests_total{service=\"web\",release=\"r1\",class=\"2xx\"} 1"), "{out}");
         assert!(out.contains("kiln_proxy_requests_total{service=\"web\",release=\"r1\",class=\"5xx\"} 1"));
         assert!(out.contains("le=\"+Inf\"} 2"));

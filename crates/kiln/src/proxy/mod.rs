@@ -471,7 +471,7 @@ impl Proxy {
 
     pub fn metrics_text(&self) -> String {
         let reg = self.registry();
-        let mut out = String::new();
+        let mut out = metrics::Exposition::default();
         for (id, m) in &reg.releases {
             m.prometheus(&mut out, &self.config.service, &id.0);
         }
@@ -479,26 +479,40 @@ impl Proxy {
         backends.sort_by_key(|b| b.addr);
         for b in backends {
             let l = format!("service=\"{}\",backend=\"{}\"", self.config.service, b.addr);
-            use std::fmt::Write as _;
-            let _ = writeln!(out, "kiln_proxy_backend_attempts_total{{{l}}} {}", b.requests.load(Ordering::Relaxed));
-            let _ = writeln!(out, "kiln_proxy_backend_in_flight{{{l}}} {}", b.in_flight.load(Ordering::Relaxed));
-            let _ = writeln!(out, "kiln_proxy_backend_healthy{{{l}}} {}", u8::from(b.healthy.load(Ordering::Relaxed)));
-            let _ = writeln!(out, "kiln_proxy_backend_ejections_total{{{l}}} {}", b.ejections.load(Ordering::Relaxed));
-            let _ = writeln!(out, "kiln_proxy_backend_retried_total{{{l}}} {}", b.retried.load(Ordering::Relaxed));
-            let _ = writeln!(out, "kiln_proxy_backend_idle_connections{{{l}}} {}", b.idle.load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "kiln_proxy_backend_drained_total{{{l},outcome=\"finished\"}} {}",
-                b.drain_finished.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "kiln_proxy_backend_drained_total{{{l},outcome=\"cut\"}} {}",
-                b.drain_cut.load(Ordering::Relaxed)
-            );
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let families: [(&str, &str, &str, u64); 6] = [
+                ("kiln_proxy_backend_attempts_total", "counter", "Requests sent to the backend.", n(&b.requests)),
+                ("kiln_proxy_backend_in_flight", "gauge", "Requests the backend is answering now.", n(&b.in_flight)),
+                (
+                    "kiln_proxy_backend_healthy",
+                    "gauge",
+                    "1 while the backend passes its health checks.",
+                    u64::from(b.healthy.load(Ordering::Relaxed)),
+                ),
+                (
+                    "kiln_proxy_backend_ejections_total",
+                    "counter",
+                    "Times failures took the backend out.",
+                    n(&b.ejections),
+                ),
+                (
+                    "kiln_proxy_backend_retried_total",
+                    "counter",
+                    "Requests of the backend retried elsewhere.",
+                    n(&b.retried),
+                ),
+                ("kiln_proxy_backend_idle_connections", "gauge", "Idle kept connections to the backend.", n(&b.idle)),
+            ];
+            for (f, kind, help, v) in families {
+                out.sample(f, kind, help, format_args!("{f}{{{l}}} {v}"));
+            }
+            let f = "kiln_proxy_backend_drained_total";
+            let help = "Drains of the backend, by outcome (finished in time, or cut at the deadline).";
+            out.sample(f, "counter", help, format_args!("{f}{{{l},outcome=\"finished\"}} {}", n(&b.drain_finished)));
+            out.sample(f, "counter", help, format_args!("{f}{{{l},outcome=\"cut\"}} {}", n(&b.drain_cut)));
             b.traffic.prometheus(&mut out, "kiln_proxy_backend_", &l);
         }
-        out
+        out.render()
     }
 
     /// Passive health: consecutive failures eject a backend for a while,
