@@ -451,3 +451,87 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
     assert_eq!(env.ok(&["images", "--json"]), images);
     assert_eq!(env.ok(&["inspect", "web:1.0.0", "--json"]), inspect);
 }
+
+#[test]
+fn the_tcp_api_checks_the_token_before_the_body_says_nothing_on_401_and_cannot_be_held_open() {
+    let _one = serial();
+    let mut env = Env::bare("api-hardening", &format!("replicas = 1\n{HEALTH}"));
+    let port = common::free_port();
+    env.tcp = Some(port);
+    env.start_serve(None);
+    let token = std::fs::read_to_string(env.home.join("serve.token")).unwrap().trim().to_owned();
+
+    // A 20 MB body without the token: 401 from the head alone.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /v1/deploy HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n{{\"service\":").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    // The 401 says nothing, not where the token lives.
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body.trim(), r#"{"error":"unauthorized"}"#);
+    assert!(!out.contains("serve.token") && !out.contains(env.home.to_str().unwrap()), "{out}");
+    // The scheme is case-insensitive (RFC 9110, 11.1).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let h = format!("{scheme} {token}");
+        let (code, _, body) = tcp(port, "GET", "/v1/status", &[("Authorization", h.as_str())], "");
+        assert_eq!(code, 200, "{scheme}: {body}");
+    }
+
+    // A client that sends its head a byte at a time gets 408 within the
+    // head time (5 s), whatever it keeps sending.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    for b in b"GET /v1/status HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+        if slow.write_all(&[*b]).is_err() || t.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(n @ 1..) = slow.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 408"), "after {took:?}: {text}");
+    assert!(took < Duration::from_secs(8), "408 within the head time: {took:?}");
+
+    // Connections that never finish a head are capped: past the cap the
+    // API answers 503 at once, and it serves again once they time out.
+    let held: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(b"GET /v1/status HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = held
+        .iter()
+        .filter(|c| {
+            let mut c = *c;
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = [0u8; 12];
+            matches!(c.read(&mut buf), Ok(12) if &buf == b"HTTP/1.1 503")
+        })
+        .count();
+    assert!((30..=60).contains(&busy), "about 300 - 256 refused at once: {busy}");
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", env.serve.as_ref().unwrap().id())).unwrap().count();
+    assert!(threads() < 300, "no thread per refused connection: {}", threads());
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = format!("Bearer {token}");
+    loop {
+        let (code, _, _) = tcp(port, "GET", "/v1/status", &[("Authorization", h.as_str())], "");
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API never served again: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -375,7 +375,9 @@ pub fn status_of(e: &ServeError) -> u16 {
         | ServeError::UnknownInstance(_)
         | ServeError::UnknownRelease { .. } => 404,
         ServeError::MethodNotAllowed { .. } => 405,
-        ServeError::Unauthorized { .. } => 401,
+        ServeError::Unauthorized => 401,
+        ServeError::Timeout => 408,
+        ServeError::Busy => 503,
         ServeError::Csrf(_) => 403,
         ServeError::Conflict(_) | ServeError::ListenTaken { .. } | ServeError::OtherFile { .. } => 409,
         ServeError::Refused { source, .. } if source.is_refusal() => 403,
@@ -568,7 +570,7 @@ mod tests {
         let e = parse(&req("POST", "/v1/quarantine", r#"{"reason":"x"}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "instance"), "{e}");
         assert_eq!(status_of(&ServeError::UnknownInstance("x".into())), 404);
-        assert_eq!(status_of(&ServeError::Unauthorized { path: "t".into() }), 401);
+        assert_eq!(status_of(&ServeError::Unauthorized), 401);
         assert_eq!(status_of(&ServeError::Csrf("x")), 403);
         let e = parse(&req("GET", "/v1/diff?service=web&from=web-1", "")).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "to"), "{e}");

@@ -88,8 +88,13 @@ fn changes(method: &str) -> bool {
 /// Lets a request in, or says why not. `keys` is `None` on the unix socket.
 pub fn check(req: &Request, keys: Option<&Keys>) -> Result<Caller, Denied> {
     let Some(keys) = keys else { return Ok(Caller::Socket) };
-    if let Some(t) = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
-        return if keys.is_token(t) { Ok(Caller::Bearer) } else { Err(Denied::Unauthenticated) };
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    let bearer = req
+        .header("authorization")
+        .and_then(|a| a.trim().split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"));
+    if let Some((_, t)) = bearer {
+        return if keys.is_token(t.trim()) { Ok(Caller::Bearer) } else { Err(Denied::Unauthenticated) };
     }
     match cookie(req.header("cookie"), COOKIE) {
         Some(s) if same(s, &keys.session()) => {
@@ -128,7 +133,10 @@ mod tests {
         let k = Keys::new("abc");
         assert_eq!(check(&req("POST", &[]), None), Ok(Caller::Socket));
         assert_eq!(check(&req("POST", &[("authorization", "Bearer abc")]), Some(&k)), Ok(Caller::Bearer));
-        for bad in ["Bearer abd", "Bearer ab", "abc", "Bearer "] {
+        for scheme in ["bearer abc", "BEARER abc", "Bearer  abc"] {
+            assert_eq!(check(&req("GET", &[("authorization", scheme)]), Some(&k)), Ok(Caller::Bearer), "{scheme}");
+        }
+        for bad in ["Bearer abd", "Bearer ab", "abc", "Bearer ", "Basic abc", "Bearerabc"] {
             assert_eq!(check(&req("GET", &[("authorization", bad)]), Some(&k)), Err(Denied::Unauthenticated), "{bad}");
         }
         assert_eq!(check(&req("GET", &[]), Some(&k)), Err(Denied::Unauthenticated));

@@ -129,6 +129,24 @@ const MAX_BODY: usize = 1 << 20;
 
 /// Reads one request (head and `Content-Length` body) from a client.
 pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
+    let (mut req, len) = read_head(r)?;
+    read_body(r, &mut req, len)?;
+    Ok(req)
+}
+
+/// Reads the body a head announced (`len` bytes, at most 1 MiB).
+pub fn read_body(r: &mut impl BufRead, req: &mut Request, len: usize) -> io::Result<()> {
+    if len > MAX_BODY {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "request body too large"));
+    }
+    req.body = vec![0; len];
+    r.read_exact(&mut req.body)
+}
+
+/// Reads a request's line and headers, leaving its body unread (so that
+/// who asks is known before a byte of it is read); returns the request
+/// without a body, and the body's announced length.
+pub fn read_head(r: &mut impl BufRead) -> io::Result<(Request, usize)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -160,11 +178,6 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
             headers_seen.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
-    if len > MAX_BODY {
-        return Err(bad("request body too large"));
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
     let (path, q) = target.split_once('?').unwrap_or((&target, ""));
     let query = q
         .split('&')
@@ -174,7 +187,49 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Ok(Request { method, path: path.to_owned(), query, headers: headers_seen, body })
+    Ok((Request { method, path: path.to_owned(), query, headers: headers_seen, body: Vec::new() }, len))
+}
+
+/// A stream whose reads can be given a timeout.
+pub trait Timed: Read {
+    fn set_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()>;
+}
+
+impl Timed for std::net::TcpStream {
+    fn set_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        self.set_read_timeout(d)
+    }
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        self.set_read_timeout(d)
+    }
+}
+
+/// Reads from `S` until a moving deadline: each read may wait only for
+/// what is left, so a client that trickles a byte at a time cannot hold a
+/// connection longer than the deadline allows.
+#[derive(Debug)]
+pub struct Deadline<S> {
+    pub stream: S,
+    pub until: std::time::Instant,
+}
+
+impl<S: Timed> Read for Deadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request was not received in time"));
+        }
+        self.stream.set_timeout(Some(left))?;
+        self.stream.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                io::Error::new(io::ErrorKind::TimedOut, "the request was not received in time")
+            }
+            _ => e,
+        })
+    }
 }
 
 /// Writes a JSON response and closes.
@@ -216,10 +271,12 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         422 => "Unprocessable Content",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }

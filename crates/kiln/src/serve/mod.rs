@@ -71,8 +71,15 @@ pub enum ServeError {
     UnknownImage { service: String, reference: String },
     #[error("{0}")]
     Conflict(String),
-    #[error("missing or wrong token (Authorization: Bearer <{}>)", path.display())]
-    Unauthorized { path: PathBuf },
+    /// No or a wrong credential; says nothing more (not where the token is).
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The request's head (or body) did not arrive in time: 408.
+    #[error("the request was not received in time")]
+    Timeout,
+    /// Too many connections are open: 503, try again.
+    #[error("too many connections; try again")]
+    Busy,
     #[error("{}: kiln serve has no TCP listener, and a browser cannot open its unix socket; restart it with --tcp 127.0.0.1:7070 ({source})", path.display())]
     NoTcp { path: PathBuf, source: std::io::Error },
     #[error("--tcp {0}: the API listens on loopback addresses only")]
@@ -181,12 +188,12 @@ pub fn serve_api(listener: UnixListener, shared: ApiShared) {
         gate,
         |l| l.accept().map(|(c, _)| c),
         move |conn: UnixStream| {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
             let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
             if let Ok(w) = conn.try_clone() {
                 answer(conn, w, &shared, None);
             }
         },
+        refuse_busy,
     );
 }
 
@@ -237,20 +244,20 @@ pub fn bind_tcp(home: &Path, addr: SocketAddr) -> Result<std::net::TcpListener, 
 /// `Authorization: Bearer TOKEN` (or be a dashboard session, see [`auth`])
 /// or gets 401 and changes nothing.
 pub fn serve_tcp(home: &Path, listener: std::net::TcpListener, shared: ApiShared) -> Result<(), ServeError> {
-    let keys = (auth::Keys::new(&token(home)?), token_path(home));
+    let keys = auth::Keys::new(&token(home)?);
     let gate = shared.gate.clone();
     upgrade::accept_loop(
         listener,
         gate,
         |l| l.accept().map(|(c, _)| c),
         move |conn: std::net::TcpStream| {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
             let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
             let _ = conn.set_nodelay(true);
             if let Ok(w) = conn.try_clone() {
-                answer(conn, w, &shared, Some((&keys.0, &keys.1)));
+                answer(conn, w, &shared, Some(&keys));
             }
         },
+        refuse_busy,
     );
     Ok(())
 }
@@ -258,21 +265,46 @@ pub fn serve_tcp(home: &Path, listener: std::net::TcpListener, shared: ApiShared
 /// The API's description, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-fn answer(conn: impl Read, mut w: impl Write, shared: &ApiShared, keys: Option<(&auth::Keys, &Path)>) {
-    let req = match http::read_request(&mut BufReader::new(conn)) {
-        Ok(r) => r,
+/// How long a client has to send a request's head; then it gets 408.
+const HEAD_TIME: Duration = Duration::from_secs(5);
+/// How long it has for the body after that (at most 1 MiB).
+const BODY_TIME: Duration = Duration::from_secs(10);
+
+/// Answers a connection refused because too many are open: 503, closed,
+/// without reading the request (no thread was given to it).
+fn refuse_busy(mut w: impl Write) {
+    let e = ServeError::Busy;
+    let _ = write_error(&mut w, &e);
+}
+
+fn answer<C: http::Timed>(conn: C, mut w: impl Write, shared: &ApiShared, keys: Option<&auth::Keys>) {
+    let mut r = BufReader::new(http::Deadline { stream: conn, until: std::time::Instant::now() + HEAD_TIME });
+    let (mut req, len) = match http::read_head(&mut r) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return drop(write_error(&mut w, &ServeError::Timeout)),
         Err(e) => {
             let e = ServeError::BadRequest { field: "request".into(), message: e.to_string() };
             return drop(write_error(&mut w, &e));
         }
     };
-    // Who asks is settled before what is asked: a request without the
-    // token learns nothing, not even whether its parameters were good.
+    // Who asks is settled before what is asked, and before its body is
+    // read: a request without the token learns nothing, not even whether
+    // its parameters were good.
     let public = matches!(req.path.as_str(), "/" | "/openapi.json");
-    let denied = if public { None } else { auth::check(&req, keys.map(|(k, _)| k)).err() };
+    let denied = if public { None } else { auth::check(&req, keys).err() };
     if let Some(d) = denied {
-        return drop(write_error(&mut w, &refusal(d, keys)));
+        return drop(write_error(&mut w, &refusal(d)));
     }
+    r.get_mut().until = std::time::Instant::now() + BODY_TIME;
+    match http::read_body(&mut r, &mut req, len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return drop(write_error(&mut w, &ServeError::Timeout)),
+        Err(e) => {
+            let e = ServeError::BadRequest { field: "body".into(), message: e.to_string() };
+            return drop(write_error(&mut w, &e));
+        }
+    }
+
     let route = match api::route(&req) {
         Ok(r) => r,
         Err(e) => return drop(write_error(&mut w, &e)),
@@ -307,8 +339,7 @@ fn answer(conn: impl Read, mut w: impl Write, shared: &ApiShared, keys: Option<(
 /// `GET /`: a browser signing in with the link `kiln dashboard` prints
 /// (the token becomes a session cookie and leaves the address bar), the
 /// sign-in hint, or the page.
-fn dashboard(w: &mut impl Write, req: &http::Request, token: Option<&str>, keys: Option<(&auth::Keys, &Path)>) {
-    let keys = keys.map(|(k, _)| k);
+fn dashboard(w: &mut impl Write, req: &http::Request, token: Option<&str>, keys: Option<&auth::Keys>) {
     if let (Some(t), Some(k)) = (token, keys) {
         if k.is_token(t) {
             let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", auth::COOKIE, k.session());
@@ -325,11 +356,9 @@ fn dashboard(w: &mut impl Write, req: &http::Request, token: Option<&str>, keys:
     };
 }
 
-fn refusal(d: auth::Denied, keys: Option<(&auth::Keys, &Path)>) -> ServeError {
+fn refusal(d: auth::Denied) -> ServeError {
     match d {
-        auth::Denied::Unauthenticated => {
-            ServeError::Unauthorized { path: keys.map(|(_, p)| p.to_owned()).unwrap_or_default() }
-        }
+        auth::Denied::Unauthenticated => ServeError::Unauthorized,
         auth::Denied::Csrf(why) => ServeError::Csrf(why),
     }
 }

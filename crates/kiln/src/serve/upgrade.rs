@@ -68,14 +68,22 @@ fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
+/// Connections answered at once, over every listener of the gate; one
+/// more is refused (503) by the accepting thread, without a thread of its
+/// own, so that clients that never finish a request cannot exhaust the
+/// process before they are even authenticated.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Accepts connections on `listener` (set non-blocking here: a successor
 /// shares the socket, and whichever process loses a wake-up must not block)
-/// and answers each on its own thread, while the gate is open.
+/// and answers each on its own thread, while the gate is open; past
+/// [`MAX_CONNECTIONS`] a connection gets `refuse` instead.
 pub(super) fn accept_loop<L, C>(
     listener: L,
     gate: Arc<Gate>,
     accept: impl Fn(&L) -> io::Result<C> + Send + 'static,
     handle: impl Fn(C) + Send + Sync + 'static,
+    refuse: impl Fn(C) + Send + 'static,
 ) where
     L: AsRawFd + Send + 'static,
     C: Send + 'static,
@@ -96,6 +104,11 @@ pub(super) fn accept_loop<L, C>(
             continue;
         }
         match accept(&listener) {
+            // This one is counted already: more than the cap is refused.
+            Ok(conn) if gate.active.load(Ordering::SeqCst) > MAX_CONNECTIONS => {
+                refuse(conn);
+                gate.active.fetch_sub(1, Ordering::SeqCst);
+            }
             Ok(conn) => {
                 let (gate, handle) = (gate.clone(), handle.clone());
                 std::thread::spawn(move || {
