@@ -360,3 +360,66 @@ fn the_hello_example_bakes_and_standard_tools_read_it() {
     assert_eq!(config["process"]["args"][0], "/demo-app");
     fs::remove_dir_all(home).unwrap();
 }
+
+#[test]
+fn a_rootfs_made_with_tar_c_dot_bakes_with_one_name_per_path_and_dev_nodes_left_out() {
+    let dir = tempdir("tar-dot");
+    let root = dir.join("root");
+    for d in ["bin", "etc", "dev", "usr/lib"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    fs::write(root.join("etc/motd"), "hello\n").unwrap();
+    fs::hard_link(root.join("etc/motd"), root.join("usr/lib/motd.copy")).unwrap();
+    // What debootstrap leaves in /dev (as root, in CI), and a fifo.
+    run("mknod", &[root.join("dev/null").to_str().unwrap(), "c", "1", "3"]);
+    run("mkfifo", &[root.join("dev/initctl").to_str().unwrap()]);
+    run("tar", &["-C", root.to_str().unwrap(), "-cf", dir.join("rootfs.tar").to_str().unwrap(), "."]);
+    let listed = String::from_utf8(run("tar", &["-tf", dir.join("rootfs.tar").to_str().unwrap()]).stdout).unwrap();
+    assert!(listed.lines().any(|l| l == "./etc/motd"), "tar -C dir . names entries ./x: {listed}");
+    fs::write(
+        dir.join("kiln.toml"),
+        "[image.deb]\nfrom = \"rootfs:rootfs.tar\"\nversion = \"12.0.1\"\nentrypoint = [\"/bin/sh\"]\n",
+    )
+    .unwrap();
+    let home = tempdir("tar-dot-home");
+    let out = kiln(&home, &dir, &["bake"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 device node(s), fifo(s) or socket(s) under /dev left out"), "{text}");
+    let digest =
+        json(&kiln_ok(&home, &dir, &["inspect", "deb:12.0.1", "--json"]))["digest"].as_str().unwrap().to_owned();
+    let store = home.join("store");
+    let manifest = json(&fs::read_to_string(store.join("blobs/sha256").join(&digest[7..])).unwrap());
+    let layer = store.join("blobs/sha256").join(&manifest["layers"][0]["digest"].as_str().unwrap()[7..]);
+    let paths = layer_paths(&layer);
+    assert!(paths.contains(&"etc/motd".to_owned()) && paths.contains(&"dev/".to_owned()), "{paths:?}");
+    assert!(paths.iter().all(|p| !p.starts_with("./") && !p.starts_with('/')), "one name per path: {paths:?}");
+    assert!(!paths.iter().any(|p| p == "dev/null" || p == "dev/initctl"), "{paths:?}");
+    // umoci unpacks it, hardlink and symlink as they were.
+    let bundle = dir.join("bundle");
+    run("umoci", &["unpack", "--image", &format!("{}:deb:12.0.1", store.display()), bundle.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(bundle.join("rootfs/usr/lib/motd.copy")).unwrap(), "hello\n");
+    assert_eq!(fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(), Path::new("busybox"));
+    // kiln's own store as a base, by the reference skopeo reads
+    // (`oci:STORE:NAME:TAG`, the tag holding a colon).
+    let child = dir.join("child");
+    fs::create_dir_all(&child).unwrap();
+    fs::write(
+        child.join("kiln.toml"),
+        format!("[image.app]\nfrom = \"oci:{}:deb:12.0.1\"\nversion = \"1.0.0\"\n", store.display()),
+    )
+    .unwrap();
+    kiln_ok(&home, &child, &["bake"]);
+    run("skopeo", &["inspect", &format!("oci:{}:deb:12.0.1", store.display())]);
+
+    // A device node anywhere else is refused, naming the entry.
+    run("mknod", &[root.join("etc/console").to_str().unwrap(), "c", "5", "1"]);
+    run("tar", &["-C", root.to_str().unwrap(), "-cf", dir.join("rootfs.tar").to_str().unwrap(), "."]);
+    let e = kiln_err(&home, &dir, &["bake"]);
+    assert!(e.contains("rootfs.tar: entry \"./etc/console\" refused: device node"), "{e}");
+    for d in [dir, home] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::digest::{Digest, HashingReader};
@@ -141,16 +142,93 @@ pub fn file_digest(path: &Path) -> io::Result<Digest> {
     Ok(r.finish().0)
 }
 
-/// Checks every entry of a rootfs tarball (plain or gzip) with the safe
-/// unpacker's rules and stores it, verbatim, as one gzip layer.
-pub fn import_rootfs(store: &Store, path: &Path) -> Result<LayerDigests, String> {
-    let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut f = BufReader::new(File::open(path).map_err(|e| shown(&e))?);
+/// What a rootfs tarball's entry becomes in the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// As it is.
+    Verbatim,
+    /// Under its normalised name (`./usr/x` and `/usr/x` are `usr/x`), with
+    /// a hardlink's target normalised too.
+    Renamed { path: Vec<u8>, link: Option<Vec<u8>> },
+    /// A device node, fifo or socket under `/dev`: the runtime provides
+    /// `/dev`, so it is left out (and said).
+    Dropped,
+}
+
+/// `./x`, `/x` and `x` are one path: leading `/` and `./` removed.
+fn normal_name(p: &[u8]) -> &[u8] {
+    let mut p = p;
+    loop {
+        match p {
+            [b'/', rest @ ..] => p = rest,
+            [b'.', b'/', rest @ ..] => p = rest,
+            _ => return p,
+        }
+    }
+}
+
+/// Judges one rootfs entry. Pure: the unpacker's rules, after the name is
+/// normalised; special files only under `dev/`.
+pub fn rootfs_entry(p: &[u8], kind: tar::EntryType, link: Option<&[u8]>) -> Result<Keep, unpack::EntryProblem> {
+    use tar::EntryType as T;
+    let name = normal_name(p);
+    if matches!(kind, T::Char | T::Block | T::Fifo) {
+        return match name.starts_with(b"dev/") {
+            true => Ok(Keep::Dropped),
+            false if kind == T::Fifo => Err(unpack::EntryProblem::Unsupported("fifo (outside /dev)".into())),
+            false => Err(unpack::EntryProblem::DeviceNode),
+        };
+    }
+    let link_name = link.filter(|_| kind == T::Link).map(normal_name);
+    unpack::classify(name, kind, link_name.or(link))?;
+    if name == p && link_name.is_none_or(|l| Some(l) == link) {
+        return Ok(Keep::Verbatim);
+    }
+    Ok(Keep::Renamed { path: name.to_vec(), link: link_name.map(<[u8]>::to_vec) })
+}
+
+/// A rootfs tarball, plain or gzip, read from the start.
+fn rootfs_reader(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut f = BufReader::new(File::open(path)?);
     let mut magic = [0u8; 2];
     let gzip = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let f = File::open(path).map_err(|e| shown(&e))?;
-    let reader: Box<dyn Read> =
-        if gzip { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))) } else { Box::new(BufReader::new(f)) };
+    let f = File::open(path)?;
+    Ok(if gzip { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))) } else { Box::new(BufReader::new(f)) })
+}
+
+/// Checks every entry of a rootfs tarball (plain or gzip) with the safe
+/// unpacker's rules and stores it as one gzip layer: verbatim when every
+/// entry is clean, else rewritten once here (names normalised, special
+/// files under `/dev` left out), so that the store, the scans and the SBOM
+/// all see one path for one file. Returns the layer and how many entries
+/// were left out.
+pub fn import_rootfs(store: &Store, path: &Path) -> Result<(LayerDigests, usize), String> {
+    let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let refused = |p: &[u8], problem: unpack::EntryProblem| {
+        format!("{}: entry {:?} refused: {problem}", path.display(), String::from_utf8_lossy(p))
+    };
+    // Judged first, without storing anything.
+    let (mut dirty, mut dropped) = (false, 0usize);
+    {
+        let mut archive = tar::Archive::new(rootfs_reader(path).map_err(|e| shown(&e))?);
+        for entry in archive.entries().map_err(|e| shown(&e))? {
+            let entry = entry.map_err(|e| shown(&format!("not a valid tar stream: {e}")))?;
+            let p = entry.path_bytes().into_owned();
+            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            match rootfs_entry(&p, entry.header().entry_type(), link.as_deref()).map_err(|e| refused(&p, e))? {
+                Keep::Verbatim => {}
+                Keep::Renamed { .. } => dirty = true,
+                Keep::Dropped => {
+                    dirty = true;
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    if dirty {
+        return rewrite_rootfs(store, path).map(|l| (l, dropped));
+    }
+    let reader = rootfs_reader(path).map_err(|e| shown(&e))?;
     let blob = store.blob_writer().map_err(|e| e.to_string())?;
     let mut tee = Tee {
         inner: reader,
@@ -172,7 +250,79 @@ pub fn import_rootfs(store: &Store, path: &Path) -> Result<LayerDigests, String>
     let (blob, digest, size) = gz.finish().map_err(|e| shown(&e))?.finish();
     let (committed, _) = blob.commit().map_err(|e| e.to_string())?;
     debug_assert_eq!(committed, digest);
+    Ok((LayerDigests { diff_id, digest, size }, 0))
+}
+
+/// The rewrite of [`import_rootfs`]: each kept entry with its header (and
+/// its PAX records: xattrs, sub-second times) under its normalised name.
+fn rewrite_rootfs(store: &Store, path: &Path) -> Result<LayerDigests, String> {
+    let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let blob = store.blob_writer().map_err(|e| e.to_string())?;
+    let out = crate::digest::HashingWriter::new(layer::gzip_encoder(crate::digest::HashingWriter::new(blob)));
+    let mut b = tar::Builder::new(out);
+    let mut archive = tar::Archive::new(rootfs_reader(path).map_err(|e| shown(&e))?);
+    for entry in archive.entries().map_err(|e| shown(&e))? {
+        let mut entry = entry.map_err(|e| shown(&e))?;
+        let p = entry.path_bytes().into_owned();
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let kind = entry.header().entry_type();
+        let (name, link) = match rootfs_entry(&p, kind, link.as_deref()).map_err(|e| shown(&e))? {
+            Keep::Dropped => continue,
+            Keep::Verbatim => (p.clone(), link),
+            // The root itself (`./`): nothing to write.
+            Keep::Renamed { path, .. } if path.is_empty() => continue,
+            Keep::Renamed { path, link: l } => (path, l.or(link)),
+        };
+        let pax: Vec<(String, Vec<u8>)> = match entry.pax_extensions().map_err(|e| shown(&e))? {
+            Some(exts) => exts
+                .filter_map(Result::ok)
+                .filter_map(|e| Some((e.key().ok()?.to_owned(), e.value_bytes().to_vec())))
+                .filter(|(k, _)| k != "path" && k != "linkpath")
+                .collect(),
+            None => Vec::new(),
+        };
+        if !pax.is_empty() {
+            let records = pax_records(&pax);
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_path("PaxHeaders/entry").map_err(|e| shown(&e))?;
+            h.set_size(records.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, &records[..]).map_err(|e| shown(&e))?;
+        }
+        let mut h = entry.header().clone();
+        let name = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&name));
+        match (kind, link) {
+            (tar::EntryType::Link | tar::EntryType::Symlink, Some(target)) => {
+                let target = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&target));
+                b.append_link(&mut h, &name, &target).map_err(|e| shown(&e))?;
+            }
+            _ => b.append_data(&mut h, &name, &mut entry).map_err(|e| shown(&e))?,
+        }
+    }
+    let out = b.into_inner().map_err(|e| shown(&e))?;
+    let (gz, diff_id, _) = out.finish();
+    let (blob, digest, size) = gz.finish().map_err(|e| shown(&e))?.finish();
+    let (committed, _) = blob.commit().map_err(|e| e.to_string())?;
+    debug_assert_eq!(committed, digest);
     Ok(LayerDigests { diff_id, digest, size })
+}
+
+/// PAX extended header records: `LEN key=value\n`, LEN counting itself.
+fn pax_records(pax: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pax {
+        let body = k.len() + v.len() + 3; // ' ', '=', '\n'
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len = body + len.to_string().len();
+        }
+        out.extend_from_slice(format!("{len} {k}=").as_bytes());
+        out.extend_from_slice(v);
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Copies everything read from `inner` into `out`.
@@ -186,5 +336,53 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
         let n = self.inner.read(buf)?;
         self.out.write_all(&buf[..n])?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::EntryType as T;
+
+    #[test]
+    fn rootfs_entries_get_one_name_and_special_files_only_under_dev() {
+        assert_eq!(rootfs_entry(b"etc/motd", T::Regular, None), Ok(Keep::Verbatim));
+        for p in [&b"./etc/motd"[..], b"/etc/motd", b"././etc/motd"] {
+            assert_eq!(
+                rootfs_entry(p, T::Regular, None),
+                Ok(Keep::Renamed { path: b"etc/motd".to_vec(), link: None }),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(
+            rootfs_entry(b"./usr/lib/x", T::Link, Some(b"./etc/motd")),
+            Ok(Keep::Renamed { path: b"usr/lib/x".to_vec(), link: Some(b"etc/motd".to_vec()) })
+        );
+        // A symlink's target is what it says, not a name in the archive.
+        assert_eq!(rootfs_entry(b"bin/sh", T::Symlink, Some(b"./busybox")), Ok(Keep::Verbatim));
+        assert_eq!(rootfs_entry(b"./dev/null", T::Char, None), Ok(Keep::Dropped));
+        assert_eq!(rootfs_entry(b"dev/initctl", T::Fifo, None), Ok(Keep::Dropped));
+        assert_eq!(rootfs_entry(b"./etc/console", T::Char, None), Err(unpack::EntryProblem::DeviceNode));
+        assert!(rootfs_entry(b"./tmp/fifo", T::Fifo, None).is_err());
+        assert!(rootfs_entry(b"./../etc", T::Regular, None).is_err(), "the unpacker's rules still hold");
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        let r =
+            pax_records(&[("SCHILY.xattr.security.capability".into(), vec![1, 0, 0, 2]), ("a".into(), b"b".to_vec())]);
+        let text = String::from_utf8_lossy(&r).into_owned();
+        let mut rest = &r[..];
+        while !rest.is_empty() {
+            let sp = rest.iter().position(|b| *b == b' ').unwrap();
+            let len: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            assert_eq!(rest[len - 1], b'\n', "{text:?}");
+            rest = &rest[len..];
+        }
+        assert_eq!(pax_records(&[("k".into(), b"1234".to_vec())]), b"9 k=1234\n");
+        // A record whose length gains a digit once counted: 9 + 1 digit
+        // would be 10, which takes two.
+        assert_eq!(pax_records(&[("k".into(), b"12345".to_vec())]), b"11 k=12345\n");
     }
 }

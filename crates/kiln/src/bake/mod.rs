@@ -340,12 +340,19 @@ fn base_chain(
         BaseRef::Rootfs { path } => {
             let p = dir.join(path);
             let file_digest = base::file_digest(&p).map_err(|e| format!("rootfs tarball {}: {e}", p.display()))?;
-            let k = key(&root, "rootfs", &[file_digest.as_str().as_bytes()]);
+            // v2: names normalised and /dev nodes left out at ingestion.
+            let k = key(&root, "rootfs-v2", &[file_digest.as_str().as_bytes()]);
             let mut chain = empty(root);
             let (l, outcome) = match lookup(store, &k, opts, progress) {
                 Some(l) => (l, Outcome::Cached),
                 None => {
-                    let l = cached(&base::import_rootfs(store, &p)?);
+                    let (layer, dropped) = base::import_rootfs(store, &p)?;
+                    if dropped > 0 {
+                        progress.step_output(&format!(
+                            "note: {dropped} device node(s), fifo(s) or socket(s) under /dev left out of {path}: the runtime provides /dev"
+                        ));
+                    }
+                    let l = cached(&layer);
                     store.cache_put(&k, &l).map_err(|e| e.to_string())?;
                     (l, Outcome::Built)
                 }

@@ -744,18 +744,18 @@ fn parse_base(s: &str) -> Result<BaseRef, String> {
         return Ok(BaseRef::Rootfs { path: p.to_owned() });
     }
     if let Some(rest) = s.strip_prefix("oci:") {
-        let (path, reference) = if let Some((p, d)) = rest.rsplit_once('@') {
-            (p, Some(OciRef::Digest(Digest::parse(d).map_err(|e| e.to_string())?)))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((p, t)) if !t.contains('/') => {
-                    if t.is_empty() {
-                        return Err(format!("{s:?}: empty tag after ':'"));
-                    }
-                    (p, Some(OciRef::Tag(t.to_owned())))
-                }
-                _ => (rest, None),
+        // As skopeo reads it: the path ends at the first ':', and the
+        // reference after it may hold colons (`store:deb:12.0.1`, kiln's
+        // own `NAME:TAG`); `@sha256:…` names a digest.
+        let (path, reference) = match rest.rsplit_once('@') {
+            Some((p, d)) if d.starts_with("sha256:") => {
+                (p, Some(OciRef::Digest(Digest::parse(d).map_err(|e| e.to_string())?)))
             }
+            _ => match rest.split_once(':') {
+                Some((_, "")) => return Err(format!("{s:?}: empty tag after ':'")),
+                Some((p, t)) => (p, Some(OciRef::Tag(t.to_owned()))),
+                None => (rest, None),
+            },
         };
         if path.is_empty() {
             return Err("oci: needs a layout directory path".into());
@@ -1055,6 +1055,11 @@ stop_timeout = 3
         assert!(parse_base("oci:layout@sha256:zz").is_err());
         assert_eq!(parse_base("rootfs:a.tar").unwrap(), BaseRef::Rootfs { path: "a.tar".into() });
         assert_eq!(parse_base("oci:x:").unwrap_err(), "\"oci:x:\": empty tag after ':'");
+        // A reference with colons, as kiln's own store names its images.
+        assert_eq!(
+            parse_base("oci:/home/k/store:deb:12.0.1").unwrap(),
+            BaseRef::Oci { path: "/home/k/store".into(), reference: Some(OciRef::Tag("deb:12.0.1".into())) }
+        );
     }
 
     #[test]
