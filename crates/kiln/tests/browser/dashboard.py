@@ -66,6 +66,17 @@ try:
     assert canary in split and stable in split, split
     # The analysis charts have points from the event stream.
     wait.until(lambda d: int(attr(f"section[data-service='{service}'] svg[data-points]", "data-points") or 0) >= 2)
+    # The charts have a time axis (clock times) and fill their column.
+    axis = driver.execute_script(
+        "const s = document.querySelector(`section[data-service='${arguments[0]}'] svg[data-points]`);"
+        "if (!s) return null; const p = s.querySelector('path'); const r = s.getBoundingClientRect();"
+        "return {ticks: [...s.querySelectorAll('text.t-axis')].map(t => t.textContent),"
+        " svg: r.width, col: s.parentElement.getBoundingClientRect().width, path: p ? p.getBoundingClientRect().width : 0};",
+        service,
+    )
+    assert axis and len(axis["ticks"]) == 3, axis
+    assert all(re.fullmatch(r"\d{1,2}:\d{2}:\d{2}", t) for t in axis["ticks"]), axis
+    assert axis["svg"] >= 0.95 * axis["col"] and axis["path"] >= 0.8 * axis["svg"], f"the chart fills its column: {axis}"
     driver.save_screenshot(os.path.join(shots, "2-canary-advanced.png"))
 
     # A changing request without the CSRF value is refused, even with the cookie.
