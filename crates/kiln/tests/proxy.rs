@@ -40,25 +40,39 @@ fn backend(version: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     (p, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-/// Starts `kiln proxy`; returns it, its port and its admin port.
+/// Starts `kiln proxy`; returns it, its port and its admin port. A port
+/// picked free can be taken by another test before the proxy binds it (the
+/// proxy then refuses it and exits): it is tried again on other ports.
 fn proxy(releases: &[String], extra: &[&str]) -> (Proc, u16, u16) {
-    let (port, admin) = (free_port(), free_port());
-    let mut args = vec![
-        "proxy".to_owned(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--admin".into(),
-        format!("127.0.0.1:{admin}"),
-    ];
-    for r in releases {
-        args.push("--release".into());
-        args.push(r.clone());
+    for _ in 0..5 {
+        let (port, admin) = (free_port(), free_port());
+        let mut args = vec![
+            "proxy".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin".into(),
+            format!("127.0.0.1:{admin}"),
+        ];
+        for r in releases {
+            args.push("--release".into());
+            args.push(r.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p =
+            Proc(Command::new(kiln_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let up = |q: u16| TcpStream::connect(("127.0.0.1", q)).is_ok();
+        while !(up(port) && up(admin)) && p.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A proxy that found its port taken exits at once: give it the
+        // moment to, so that another process's listener is not taken for it.
+        std::thread::sleep(Duration::from_millis(50));
+        if up(port) && up(admin) && p.0.try_wait().unwrap().is_none() {
+            return (p, port, admin);
+        }
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let p = Proc(Command::new(kiln_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    wait_port(port);
-    wait_port(admin);
-    (p, port, admin)
+    panic!("kiln proxy never started on a free port in 5 tries");
 }
 
 fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
