@@ -471,7 +471,14 @@ impl<'a> Runtime<'a> {
         let state = decide_state(&r.state, r.stop_requested, exit.as_ref(), runtime, shim_alive);
         if state != r.state {
             r.state = state;
-            self.save(r)?;
+            if let Err(e) = self.save(r) {
+                // Removed meanwhile by another kiln (kiln serve reaps an
+                // instance a `kiln stop` beside it is waiting on): what was
+                // observed stands, there is no record left to update.
+                if self.instance_dir(&r.id).exists() {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
