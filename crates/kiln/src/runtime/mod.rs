@@ -538,24 +538,15 @@ impl<'a> Runtime<'a> {
     /// Observes every instance (adopting them), removes runtime containers
     /// no record knows, and returns the records plus the removed orphans.
     pub fn observe_all(&self) -> Result<(Vec<InstanceRecord>, Vec<String>), RunError> {
+        // An instance removed meanwhile by another kiln is observed as it
+        // was (see `observe`), not an error.
         let mut records = self.records()?;
-        let mut vanished = Vec::new();
         for r in &mut records {
-            if let Err(e) = self.observe(r) {
-                // Removed meanwhile by another kiln (a command beside the
-                // controller, or the other side of an upgrade): gone, not
-                // an error of this observation.
-                if !self.instance_dir(&r.id).exists() {
-                    vanished.push(r.id.clone());
-                    continue;
-                }
-                return Err(e);
-            }
+            self.observe(r)?;
         }
-        records.retain(|r| !vanished.contains(&r.id));
         let mut orphans = Vec::new();
         for c in self.driver.list()? {
-            if !records.iter().any(|r| r.id.as_str() == c.id) && !vanished.iter().any(|v| v.as_str() == c.id) {
+            if !records.iter().any(|r| r.id.as_str() == c.id) {
                 self.driver.delete(&c.id, true)?;
                 orphans.push(c.id);
             }

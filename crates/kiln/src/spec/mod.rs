@@ -169,7 +169,7 @@ impl ServiceSpec {
     /// `replicas` is not in it: a change of it alone is a scale. Pure.
     pub fn release_fields(&self, secret_versions: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         let short = |v: &[u8]| crate::digest::Digest::of(v).hex()[..12].to_owned();
-        let json = |v: &dyn erased::Ser| short(v.json().as_bytes());
+        let json = |v: String| short(v.as_bytes());
         let mut out = BTreeMap::new();
         for (k, v) in &self.env {
             out.insert(format!("env.{k}"), short(v.as_bytes()));
@@ -185,8 +185,10 @@ impl ServiceSpec {
         out.insert("cpus".into(), self.cpus.map_or("-".into(), |c| c.to_string()));
         out.insert("pids".into(), self.pids.map_or("-".into(), |p| p.to_string()));
         out.insert("stop_timeout".into(), self.stop_timeout.map_or("-".into(), |t| t.to_string()));
-        out.insert("health".into(), json(&self.release.health));
-        out.insert("strategy".into(), format!("{} {}", self.release.strategy.name(), json(&self.release.strategy)));
+        let health = serde_json::to_string(&self.release.health).expect("specs serialize");
+        let strategy = serde_json::to_string(&self.release.strategy).expect("specs serialize");
+        out.insert("health".into(), json(health));
+        out.insert("strategy".into(), format!("{} {}", self.release.strategy.name(), json(strategy)));
         out
     }
 }
@@ -209,18 +211,6 @@ pub fn fields_diff(old: &BTreeMap<String, String>, new: &BTreeMap<String, String
     }
     out.extend(old.keys().filter(|k| !new.contains_key(*k)).map(|k| format!("{k} removed")));
     out
-}
-
-/// JSON text of the parts of a spec that are digested whole.
-mod erased {
-    pub trait Ser {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("specs serialize")
-        }
-    }
 }
 
 /// A secret a service needs: always at `/run/secrets/NAME`, and as `env`

@@ -374,7 +374,7 @@ pub(super) fn validate(raw: RawRelease) -> Result<(ReleaseSpec, Vec<Claim>), Fie
         None => None,
     };
     let health = match raw.health {
-        None => default_health(),
+        None => HealthSpec::default(),
         Some(h) => validate_health(h.into_inner())?,
     };
     let kind = match &raw.strategy {
@@ -491,12 +491,8 @@ impl Default for HealthSpec {
     }
 }
 
-fn default_health() -> HealthSpec {
-    HealthSpec::default()
-}
-
 fn validate_health(h: RawHealth) -> Result<HealthSpec, FieldError> {
-    let d = default_health();
+    let d = HealthSpec::default();
     let path = match h.path {
         Some(p) if !p.get_ref().starts_with('/') || p.get_ref().bytes().any(|b| b <= b' ' || b == 0x7f) => {
             return Err(field_err(p.span(), "health.path", "must start with '/' and hold no spaces or control bytes"))
