@@ -127,6 +127,12 @@ pub fn render(output: &Output) {
             for p in &g.report.truncated {
                 println!("  read only the first 64 MiB of {p}");
             }
+            if g.report.packaged > 0 {
+                println!(
+                    "  {} files not searched: byte for byte as their Debian package installed them (dpkg md5sums)",
+                    g.report.packaged
+                );
+            }
             println!("  recorded: {}", g.record);
         }
         Output::Key { name, public_key, pem } => {

@@ -331,3 +331,123 @@ fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
         );
     }
 }
+
+/// A Debian 12 minbase rootfs (curl, openssl, ca-certificates) from
+/// Debian's packages by debootstrap, built once per test run.
+fn debootstrap_rootfs() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-12-minbase.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/debian-rootfs.sh");
+    let r = run(script.to_str().unwrap(), &[out.to_str().unwrap()]);
+    assert!(r.status.success(), "debootstrap: {}", String::from_utf8_lossy(&r.stderr));
+    out
+}
+
+#[test]
+fn stock_debian_passes_the_secret_scan_keys_added_to_it_do_not_and_its_sbom_is_syfts() {
+    let rootfs = debootstrap_rootfs();
+    let (dir, home) = (tempdir("debian"), tempdir("debian-home"));
+    // A packaged file changed after installation (a key appended to it),
+    // and two keys copied in, all made by openssl.
+    let key = |name: &str, alg: &[&str]| {
+        let path = dir.join(name);
+        let mut args = vec!["genpkey"];
+        args.extend_from_slice(alg);
+        args.extend_from_slice(&["-out", path.to_str().unwrap()]);
+        assert!(run("openssl", &args).status.success());
+        fs::read_to_string(path).unwrap()
+    };
+    key("id_ed25519", &["-algorithm", "ed25519"]);
+    key("server.key", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
+    let appended = key("appended.pem", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let copyright = run("tar", &["-xOf", rootfs.to_str().unwrap(), "./usr/share/doc/curl/copyright"]);
+    assert!(copyright.status.success() && !copyright.stdout.is_empty());
+    let mut changed = copyright.stdout.clone();
+    changed.extend_from_slice(appended.as_bytes());
+    fs::write(dir.join("copyright"), changed).unwrap();
+    fs::write(
+        dir.join("kiln.toml"),
+        format!(
+            "[image.deb]\nfrom = \"rootfs:{r}\"\nversion = \"12.0.0\"\nentrypoint = [\"/bin/sh\"]\n\n\
+             [image.leaky]\nfrom = \"rootfs:{r}\"\nversion = \"1.0.0\"\nentrypoint = [\"/bin/sh\"]\n\
+             copy = [{{ src = \"id_ed25519\", dest = \"/root/.ssh/id_ed25519\" }},\n\
+             {{ src = \"server.key\", dest = \"/app/keys/server.key\" }},\n\
+             {{ src = \"copyright\", dest = \"/usr/share/doc/curl/copyright\" }}]\n",
+            r = rootfs.display()
+        ),
+    )
+    .unwrap();
+    bake_digests(&home, &dir, &[]);
+
+    // Stock Debian: libgnutls.so.30 holds real PEM test keys; as Debian
+    // ships them they are public, and the gate passes with 0 findings.
+    let out = kiln(&home, &dir, &["scan-secrets", "deb", "--json"]);
+    let j = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "{j:#}");
+    assert_eq!(j["findings"].as_array().unwrap().len(), 0, "{j:#}");
+    assert!(j["packaged"].as_u64().unwrap() > 4000, "{}", j["packaged"]);
+    let out = kiln(&home, &dir, &["scan-secrets", "leaky", "--json"]);
+    let j = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(8), "{j:#}");
+    let mut found: Vec<(String, String)> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_owned(), f["rule"].as_str().unwrap().to_owned()))
+        .collect();
+    found.sort();
+    let want = |p: &str| (p.to_owned(), "private-key".to_owned());
+    assert_eq!(
+        found,
+        [want("/app/keys/server.key"), want("/root/.ssh/id_ed25519"), want("/usr/share/doc/curl/copyright")],
+        "{j:#}"
+    );
+
+    // The SBOM: every purl as syft writes it (upstream= included),
+    // licenses from /usr/share/doc/*/copyright, dated like the image.
+    let spdx = dir.join("deb.spdx.json");
+    kiln_ok(&home, &dir, &["sbom", "deb", "-o", spdx.to_str().unwrap()]);
+    let v = run("pyspdxtools", &["-i", spdx.to_str().unwrap()]);
+    assert!(
+        v.status.success(),
+        "pyspdxtools: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let doc = json(&fs::read_to_string(&spdx).unwrap());
+    let debs: Vec<&serde_json::Value> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["externalRefs"][0]["referenceLocator"].as_str().is_some_and(|l| l.starts_with("pkg:deb/")))
+        .collect();
+    let ours: BTreeSet<String> =
+        debs.iter().map(|p| p["externalRefs"][0]["referenceLocator"].as_str().unwrap().to_owned()).collect();
+    let layout = dir.join("deb-layout");
+    let store = format!("oci:{}:deb:12.0.0", home.join("store").display());
+    let copy = run("skopeo", &["copy", &store, &format!("oci:{}:deb", layout.display())]);
+    assert!(copy.status.success(), "skopeo: {}", String::from_utf8_lossy(&copy.stderr));
+    let s = run("syft", &["scan", &format!("oci-dir:{}", layout.display()), "-o", "json", "-q"]);
+    assert!(s.status.success(), "syft: {}", String::from_utf8_lossy(&s.stderr));
+    let theirs: BTreeSet<String> = json(&String::from_utf8_lossy(&s.stdout))["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["type"] == "deb")
+        .map(|a| a["purl"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ours.len() > 100, "{}", ours.len());
+    assert_eq!(
+        ours,
+        theirs,
+        "purls: only kiln {:?}, only syft {:?}",
+        ours.difference(&theirs),
+        theirs.difference(&ours)
+    );
+    let licensed = debs.iter().filter(|p| p["licenseDeclared"] != "NOASSERTION").count();
+    assert!(licensed * 100 >= debs.len() * 95, "licenses for {licensed} of {} packages", debs.len());
+    let bash = debs.iter().find(|p| p["name"] == "bash").unwrap();
+    assert!(bash["licenseDeclared"].as_str().unwrap().contains("GPL-3.0-or-later"), "{bash:#}");
+    let created = json(&kiln_ok(&home, &dir, &["inspect", "deb", "--json"]))["config"]["created"].clone();
+    assert_eq!(doc["creationInfo"]["created"], created);
+    assert!(!created.as_str().unwrap().starts_with("1970"), "outside git the image is dated by its rootfs: {created}");
+}

@@ -253,6 +253,18 @@ pub fn import_rootfs(store: &Store, path: &Path) -> Result<(LayerDigests, usize)
     Ok((LayerDigests { diff_id, digest, size }, 0))
 }
 
+/// The newest modification time among a rootfs tarball's entries (none
+/// for an empty one): the tarball's own date, read from its headers.
+pub fn newest_mtime(path: &Path) -> io::Result<Option<i64>> {
+    let mut archive = tar::Archive::new(rootfs_reader(path)?);
+    let mut newest = None;
+    for entry in archive.entries()? {
+        let t = entry?.header().mtime()? as i64;
+        newest = Some(newest.map_or(t, |n: i64| n.max(t)));
+    }
+    Ok(newest)
+}
+
 /// The rewrite of [`import_rootfs`]: each kept entry with its header (and
 /// its PAX records: xattrs, sub-second times) under its normalised name.
 fn rewrite_rootfs(store: &Store, path: &Path) -> Result<LayerDigests, String> {

@@ -111,6 +111,8 @@ struct Chain {
     history: Vec<History>,
     base_config: RunConfig,
     architecture: String,
+    /// An OCI base's `created`.
+    base_created: Option<String>,
 }
 
 impl Chain {
@@ -184,8 +186,16 @@ pub fn bake(
     let dir = file.dir();
     let at = |line: usize, key: &str| format!("{}:{line}: image.{name}.{key}", file.path.display());
     let git = tools.git.info(dir);
-    let created_secs = opts.source_date_epoch.or(git.as_ref().map(|g| g.commit_time)).unwrap_or(0);
-    let created = crate::time::rfc3339(created_secs);
+    // The image's time: SOURCE_DATE_EPOCH, else the commit's. Outside git,
+    // the base's own time (a rootfs tarball's newest entry, an OCI base's
+    // `created`): a function of the inputs, so bakes stay reproducible, and
+    // a date the SBOMs can carry. Only a scratch image outside git is 1970.
+    let pinned = opts.source_date_epoch.or(git.as_ref().map(|g| g.commit_time));
+    let rootfs_time = match (&pinned, &spec.from) {
+        (None, BaseRef::Rootfs { path }) => base::newest_mtime(&dir.join(path)).ok().flatten(),
+        _ => None,
+    };
+    let mut created = crate::time::rfc3339(pinned.or(rootfs_time).unwrap_or(0));
 
     let total = 1 + spec.copy.len() + spec.run.len();
     let mut reports = Vec::with_capacity(total);
@@ -198,6 +208,11 @@ pub fn bake(
         Ok(outcome)
     })?;
     let mut chain = chain.ok_or_else(|| BakeError::Step { at: at(spec.line, "from"), message: "no base".into() })?;
+    if pinned.is_none() {
+        if let Some(t) = chain.base_created.as_deref().and_then(crate::time::parse_rfc3339) {
+            created = crate::time::rfc3339(t);
+        }
+    }
 
     // Copies: plan all (entries, key, cache hit), then compress the misses
     // in parallel. A copy layer's bytes depend only on its own inputs; the
@@ -334,6 +349,7 @@ fn base_chain(
         history: Vec::new(),
         base_config: RunConfig::default(),
         architecture: oci::host_architecture().to_owned(),
+        base_created: None,
     };
     match &spec.from {
         BaseRef::Scratch => Ok((empty(key(&root, "scratch", &[])), Outcome::Cached)),
@@ -368,6 +384,7 @@ fn base_chain(
             chain.history = b.config.history;
             chain.base_config = b.config.config;
             chain.architecture = b.config.architecture;
+            chain.base_created = b.config.created;
             Ok((chain, Outcome::Cached))
         }
     }

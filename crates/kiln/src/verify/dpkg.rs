@@ -188,6 +188,49 @@ fn paragraph(fields: &[(&str, &str)]) -> Result<Option<Package>, String> {
     }))
 }
 
+/// The licenses a Debian `copyright` file names, sorted and deduplicated:
+/// the value of every `License:` line (DEP-5, the machine-readable format;
+/// a `GPL-2+ or Artistic` value gives both) and every file named under
+/// `/usr/share/common-licenses/` (the free-form files that point there).
+/// `none` and empty values are skipped; a sentence's final `.` is dropped.
+pub fn copyright_licenses(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        let name = name.trim().trim_end_matches(['.', ',', ';', ')']).trim_start_matches('(');
+        if !name.is_empty() && !name.eq_ignore_ascii_case("none") && name.len() <= 64 {
+            out.push(name.to_owned());
+        }
+    };
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("License:") {
+            let value = value.trim();
+            // `A or B`, `A and B`, `A, and B`: each one is a license of the package.
+            let mut rest = value.replace(" | ", " or ").replace(", and ", " and ").replace(", or ", " or ");
+            for sep in [" or ", " and ", " OR ", " AND ", ", "] {
+                rest = rest.replace(sep, "\n");
+            }
+            for part in rest.split('\n') {
+                // A DEP-5 value is one short name; words after it are prose.
+                if let Some(first) = part.split_whitespace().next() {
+                    add(first);
+                }
+            }
+        }
+        let mut at = line;
+        while let Some(i) = at.find("/usr/share/common-licenses/") {
+            let tail = &at[i + "/usr/share/common-licenses/".len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+')))
+                .unwrap_or(tail.len());
+            add(&tail[..end]);
+            at = &tail[end..];
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +289,20 @@ mod tests {
         let e = parse_status("Package: a\nVersion: 1\n\nPackage: b\nVersion: x:1\n").unwrap_err();
         assert!(e.contains("line 4") && e.contains("package b") && e.contains("epoch"), "{e}");
         assert!(parse_status("garbage\n").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn copyright_files_name_their_licenses_in_both_formats() {
+        let dep5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+                    \nFiles: *\nCopyright: 2001 A\nLicense: GPL-2+\n This program is free software\n\
+                    \nFiles: lib/*\nLicense: BSD-3-clause or Expat\n\
+                    \nFiles: doc/*\nLicense: GFDL-1.3\n On Debian systems, see /usr/share/common-licenses/GFDL-1.3.\n\
+                    \nFiles: t/*\nLicense: none\n";
+        assert_eq!(copyright_licenses(dep5), ["BSD-3-clause", "Expat", "GFDL-1.3", "GPL-2+"]);
+        let prose = "This package is Copyright 1995 B.\n\nIt is licensed under the GPL; on Debian systems the\n\
+                     full text is in /usr/share/common-licenses/GPL-2, and the\n\
+                     library under /usr/share/common-licenses/LGPL-2.1.\n";
+        assert_eq!(copyright_licenses(prose), ["GPL-2", "LGPL-2.1"]);
+        assert!(copyright_licenses("no license named here\n").is_empty());
     }
 }

@@ -69,7 +69,10 @@ pub struct Package {
     pub source: String,
     pub source_version: String,
     pub architecture: Option<String>,
-    pub license: Option<String>,
+    /// Its licenses as the package states them: Debian's short names from
+    /// `/usr/share/doc/NAME/copyright` (`GPL-2+`, `Expat`), Alpine's `L:`
+    /// field. The SBOM maps them to SPDX ids where one exists.
+    pub licenses: Vec<String>,
     /// The file that lists it (for a binary found by its contents, the binary).
     pub location: String,
     /// False for a Debian package removed but for its conffiles: listed in
@@ -77,11 +80,13 @@ pub struct Package {
     pub installed: bool,
 }
 
-/// Percent-encodes a purl component (RFC 3986 unreserved characters stay).
+/// Percent-encodes a purl component: RFC 3986 unreserved characters and
+/// `:` stay (an epoch's colon is not encoded, as syft and packageurl-go
+/// write it, so the purls compare equal as strings).
 fn purl_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b':') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -91,7 +96,12 @@ fn purl_escape(s: &str) -> String {
 }
 
 impl Package {
-    /// Its package URL: `pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12`.
+    /// Its package URL:
+    /// `pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12&upstream=openssl`.
+    /// Qualifiers are sorted by key (the purl canonical form). `upstream`
+    /// names the source package when it differs from the binary one, with
+    /// `@version` when its version differs too: what grype matches Debian's
+    /// advisories (which name source packages) by.
     pub fn purl(&self, os: Option<&Os>) -> String {
         let (kind, namespace) = match self.kind {
             Kind::Deb => ("deb", Some(os.map_or("debian", |o| o.id.as_str()))),
@@ -116,6 +126,14 @@ impl Package {
             if let Some(o) = os {
                 q.push(format!("distro={}-{}", purl_escape(&o.id), purl_escape(o.version_id.as_deref().unwrap_or(""))));
             }
+        }
+        if self.kind == Kind::Deb && (self.source != self.name || self.source_version != self.version) {
+            let mut up = purl_escape(&self.source);
+            if self.source_version != self.version {
+                up.push_str("%40");
+                up.push_str(&purl_escape(&self.source_version));
+            }
+            q.push(format!("upstream={up}"));
         }
         if !q.is_empty() {
             s.push('?');
@@ -196,6 +214,13 @@ pub fn classify(elf: &[u8]) -> Option<(String, String)> {
 fn is_package_file(path: &str) -> bool {
     matches!(path, "etc/os-release" | "usr/lib/os-release" | "var/lib/dpkg/status" | "lib/apk/db/installed")
         || path.strip_prefix("var/lib/dpkg/status.d/").is_some_and(|f| !f.is_empty() && !f.contains('/'))
+        || doc_package(path).is_some()
+}
+
+/// The package whose copyright file `path` is: `usr/share/doc/NAME/copyright`.
+fn doc_package(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("usr/share/doc/")?.strip_suffix("/copyright")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// Drops `path` and everything under it.
@@ -218,6 +243,19 @@ fn resolve_link(dir: &str, target: &str) -> String {
     }
     parts.retain(|p| !p.is_empty());
     parts.join("/")
+}
+
+/// A Debian package's licenses, from `usr/share/doc/NAME/copyright`
+/// (following one link of its doc directory); none when it has none.
+fn debian_licenses(files: &BTreeMap<String, Found>, name: &str) -> Vec<String> {
+    let mut file = format!("usr/share/doc/{name}/copyright");
+    if let Some(Found::Link(target)) = files.get(&format!("usr/share/doc/{name}")) {
+        file = format!("{target}/copyright");
+    }
+    match files.get(&file) {
+        Some(Found::Text { bytes, .. }) => dpkg::copyright_licenses(&String::from_utf8_lossy(bytes)),
+        _ => Vec::new(),
+    }
 }
 
 /// The inventory of image `digest`.
@@ -251,7 +289,10 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
             } else {
                 remove_tree(&mut files, &path);
             }
-            if kind.is_symlink() && path == "etc/os-release" {
+            // A package's doc directory may be a link to another's
+            // (`usr/share/doc/libfoo1 -> libfoo-common`): its copyright is there.
+            let doc_link = path.strip_prefix("usr/share/doc/").is_some_and(|n| !n.is_empty() && !n.contains('/'));
+            if kind.is_symlink() && (path == "etc/os-release" || doc_link) {
                 if let Some(t) = entry.link_name().map_err(at)? {
                     files.insert(path.clone(), Found::Link(resolve_link(dir, &t.to_string_lossy())));
                 }
@@ -317,12 +358,12 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                 for p in dpkg::parse_status(&String::from_utf8_lossy(bytes)).map_err(parse)? {
                     inv.packages.push(Package {
                         kind: Kind::Deb,
+                        licenses: debian_licenses(&files, &p.name),
                         name: p.name,
                         version: p.version,
                         source: p.source,
                         source_version: p.source_version,
                         architecture: p.architecture,
-                        license: None,
                         location: format!("/{path}"),
                         installed: p.installed,
                     });
@@ -338,7 +379,7 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         version: p.version,
                         source: p.origin,
                         architecture: p.architecture,
-                        license: p.license,
+                        licenses: p.license.into_iter().collect(),
                         location: format!("/{path}"),
                         installed: true,
                     });
@@ -361,7 +402,7 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         source,
                         source_version: c.version.clone(),
                         architecture: None,
-                        license: None,
+                        licenses: Vec::new(),
                         location: format!("/{path}"),
                         installed: true,
                     });
@@ -377,7 +418,7 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                         // OSV's Go ecosystem: `stdlib` at 1.21.5, modules at 1.2.3.
                         source_version: m.version.trim_start_matches("go").trim_start_matches('v').to_owned(),
                         architecture: None,
-                        license: None,
+                        licenses: Vec::new(),
                         location: format!("/{path}"),
                         installed: true,
                     });
@@ -390,7 +431,7 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
                 source: name.clone(),
                 source_version: version.clone(),
                 architecture: None,
-                license: None,
+                licenses: Vec::new(),
                 location: format!("/{path}"),
                 installed: true,
             }),
@@ -429,14 +470,28 @@ mod tests {
             source: "openssh".into(),
             source_version: "1:9.2p1-2+deb12u3".into(),
             architecture: Some("amd64".into()),
-            license: None,
+            licenses: Vec::new(),
             location: "/var/lib/dpkg/status".into(),
             installed: true,
         };
         assert_eq!(
             p.purl(Some(&os)),
-            "pkg:deb/debian/openssh-client@1%3A9.2p1-2%2Bdeb12u3?arch=amd64&distro=debian-12"
+            "pkg:deb/debian/openssh-client@1:9.2p1-2%2Bdeb12u3?arch=amd64&distro=debian-12&upstream=openssh"
         );
+        // Built from a source of another version (a binNMU): upstream names it.
+        let bash = Package {
+            name: "bash".into(),
+            version: "5.2.15-2+b7".into(),
+            source: "bash".into(),
+            source_version: "5.2.15-2".into(),
+            ..p.clone()
+        };
+        assert_eq!(
+            bash.purl(Some(&os)),
+            "pkg:deb/debian/bash@5.2.15-2%2Bb7?arch=amd64&distro=debian-12&upstream=bash%405.2.15-2"
+        );
+        let own = Package { source: "bash".into(), source_version: "5.2.15-2+b7".into(), ..bash };
+        assert!(!own.purl(Some(&os)).contains("upstream"), "its own source, same version");
         let c = Package { kind: Kind::Cargo, name: "serde".into(), version: "1.0.0".into(), architecture: None, ..p };
         assert_eq!(c.purl(Some(&os)), "pkg:cargo/serde@1.0.0");
     }

@@ -8,7 +8,13 @@
 //! names the rule, the layer, the path and the line, and a fingerprint
 //! (a hash of the match) to mark a known false positive with; it never
 //! holds the matched text. [`scan_bytes`] is pure.
+//!
+//! A file byte for byte as its Debian package installed it (dpkg's
+//! `md5sums`) is not searched: it is the distribution's public content,
+//! and its test vectors (gnutls carries real PEM test keys) are no leak.
+//! A packaged file changed after installation is searched like any other.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use serde::Serialize;
@@ -52,6 +58,10 @@ pub struct LeakReport {
     pub bytes: u64,
     /// Files read only up to [`MAX_FILE`].
     pub truncated: Vec<String>,
+    /// Files left unsearched because they are byte for byte what their
+    /// Debian package installed.
+    #[serde(default)]
+    pub packaged: u64,
 }
 
 impl LeakReport {
@@ -301,6 +311,48 @@ fn add(report: &mut LeakReport, data: &[u8], layer: Option<&Digest>, path: &str,
     }
 }
 
+/// What dpkg recorded of the packaged files in `m`'s layers: path (with
+/// its leading `/`) to MD5, from every `var/lib/dpkg/info/*.md5sums`.
+fn packaged_sums(store: &Store, m: &Manifest) -> Result<HashMap<String, [u8; 16]>, StoreError> {
+    let mut sums = HashMap::new();
+    for layer in &m.layers {
+        let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
+        let mut tar = tar::Archive::new(store.open_layer(layer)?);
+        for entry in tar.entries().map_err(at)? {
+            let mut entry = entry.map_err(at)?;
+            let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
+            let path = raw.trim_start_matches("./").trim_start_matches('/');
+            let is_sums =
+                path.strip_prefix("var/lib/dpkg/info/").is_some_and(|f| f.ends_with(".md5sums") && !f.contains('/'));
+            if !is_sums || entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let mut text = String::new();
+            if entry.read_to_string(&mut text).is_err() {
+                continue;
+            }
+            for line in text.lines() {
+                let Some((hex, file)) = line.split_once("  ") else { continue };
+                if let Some(sum) = md5_hex(hex) {
+                    sums.insert(format!("/{}", file.trim_start_matches('/')), sum);
+                }
+            }
+        }
+    }
+    Ok(sums)
+}
+
+fn md5_hex(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Scans every layer of `digest` and its config.
 pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakReport, StoreError> {
     let m: Manifest = store.read_json(digest)?;
@@ -323,6 +375,7 @@ pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakRepor
             add(&mut report, s.as_bytes(), None, &format!("config:history[{i}]"), allow);
         }
     }
+    let sums = packaged_sums(store, &m)?;
     for layer in &m.layers {
         let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
         let mut tar = tar::Archive::new(store.open_layer(layer)?);
@@ -332,11 +385,20 @@ pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakRepor
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
-            let path = format!("/{}", entry.path().map_err(at)?.display());
+            let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
+            let path = format!("/{}", raw.trim_start_matches("./").trim_start_matches('/'));
             let size = entry.header().size().map_err(at)?;
             buf.clear();
             entry.take(MAX_FILE).read_to_end(&mut buf).map_err(at)?;
-            if size > MAX_FILE {
+            if size <= MAX_FILE {
+                if let Some(sum) = sums.get(&path) {
+                    use md5::Digest as _;
+                    if md5::Md5::digest(&buf)[..] == sum[..] {
+                        report.packaged += 1;
+                        continue;
+                    }
+                }
+            } else {
                 report.truncated.push(path.clone());
             }
             report.files += 1;

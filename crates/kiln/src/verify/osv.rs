@@ -512,7 +512,7 @@ mod tests {
             source: source.into(),
             source_version: version.into(),
             architecture: None,
-            license: None,
+            licenses: Vec::new(),
             location: "/var/lib/dpkg/status".into(),
             installed: true,
         }

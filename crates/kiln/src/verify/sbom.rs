@@ -38,6 +38,80 @@ fn spdx_id(i: usize, name: &str) -> String {
     format!("SPDXRef-Package-{i}-{clean}")
 }
 
+/// Debian's license short names (DEP-5 §7.1) and other common spellings,
+/// with their SPDX ids. A name not here becomes a `LicenseRef-`.
+const SPDX_IDS: &[(&str, &str)] = &[
+    ("AGPL-3", "AGPL-3.0-only"),
+    ("AGPL-3+", "AGPL-3.0-or-later"),
+    ("Apache-2", "Apache-2.0"),
+    ("Apache-2.0", "Apache-2.0"),
+    ("Artistic-2.0", "Artistic-2.0"),
+    ("BSD-2-clause", "BSD-2-Clause"),
+    ("BSD-3-clause", "BSD-3-Clause"),
+    ("BSD-4-clause", "BSD-4-Clause"),
+    ("BSL-1.0", "BSL-1.0"),
+    ("CC0", "CC0-1.0"),
+    ("CC0-1.0", "CC0-1.0"),
+    ("curl", "curl"),
+    ("Expat", "MIT"),
+    ("FSFAP", "FSFAP"),
+    ("FSFUL", "FSFUL"),
+    ("FSFULLR", "FSFULLR"),
+    ("GFDL-1.2", "GFDL-1.2-only"),
+    ("GFDL-1.2+", "GFDL-1.2-or-later"),
+    ("GFDL-1.3", "GFDL-1.3-only"),
+    ("GFDL-1.3+", "GFDL-1.3-or-later"),
+    ("GPL-1", "GPL-1.0-only"),
+    ("GPL-1+", "GPL-1.0-or-later"),
+    ("GPL-2", "GPL-2.0-only"),
+    ("GPL-2+", "GPL-2.0-or-later"),
+    ("GPL-3", "GPL-3.0-only"),
+    ("GPL-3+", "GPL-3.0-or-later"),
+    ("ISC", "ISC"),
+    ("LGPL-2", "LGPL-2.0-only"),
+    ("LGPL-2+", "LGPL-2.0-or-later"),
+    ("LGPL-2.1", "LGPL-2.1-only"),
+    ("LGPL-2.1+", "LGPL-2.1-or-later"),
+    ("LGPL-3", "LGPL-3.0-only"),
+    ("LGPL-3+", "LGPL-3.0-or-later"),
+    ("MIT", "MIT"),
+    ("MPL-1.1", "MPL-1.1"),
+    ("MPL-2.0", "MPL-2.0"),
+    ("OpenSSL", "OpenSSL"),
+    ("PSF-2", "PSF-2.0"),
+    ("Python-2.0", "Python-2.0"),
+    ("Unicode-DFS-2016", "Unicode-DFS-2016"),
+    ("Unlicense", "Unlicense"),
+    ("WTFPL", "WTFPL"),
+    ("X11", "X11"),
+    ("Zlib", "Zlib"),
+];
+
+/// A license name as SPDX knows it: its id, or none.
+pub fn spdx_license_id(name: &str) -> Option<&'static str> {
+    SPDX_IDS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, id)| *id)
+}
+
+/// The `LicenseRef-` an SPDX document names a license without an id by
+/// (letters, digits, `.` and `-` only).
+fn license_ref(name: &str) -> String {
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    format!("LicenseRef-{clean}")
+}
+
+/// A package's licenses as one SPDX expression (all of them apply: `AND`),
+/// or `NOASSERTION`.
+fn spdx_expression(licenses: &[String]) -> String {
+    if licenses.is_empty() {
+        return "NOASSERTION".into();
+    }
+    let mut terms: Vec<String> =
+        licenses.iter().map(|l| spdx_license_id(l).map_or_else(|| license_ref(l), str::to_owned)).collect();
+    terms.sort();
+    terms.dedup();
+    terms.join(" AND ")
+}
+
 fn oci_purl(s: &Subject<'_>) -> String {
     format!("pkg:oci/{}@sha256%3A{}", s.name, s.digest.hex())
 }
@@ -71,8 +145,14 @@ pub fn spdx(s: &Subject<'_>, inv: &Inventory) -> Value {
             "spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": "SPDXRef-OperatingSystem",
         }));
     }
+    // Every LicenseRef used, with the name it stands for (SPDX requires
+    // each to be declared).
+    let mut refs: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     for (i, p) in inv.packages.iter().enumerate() {
         let id = spdx_id(i + 1, &p.name);
+        for l in p.licenses.iter().filter(|l| spdx_license_id(l).is_none()) {
+            refs.insert(license_ref(l), l.clone());
+        }
         let mut pkg = json!({
             "SPDXID": id,
             "name": p.name,
@@ -80,7 +160,7 @@ pub fn spdx(s: &Subject<'_>, inv: &Inventory) -> Value {
             "downloadLocation": "NOASSERTION",
             "filesAnalyzed": false,
             "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
+            "licenseDeclared": spdx_expression(&p.licenses),
             "copyrightText": "NOASSERTION",
             "primaryPackagePurpose": if p.kind == Kind::Cargo { "LIBRARY" } else { "INSTALL" },
             "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": p.purl(inv.os.as_ref())}],
@@ -107,6 +187,11 @@ pub fn spdx(s: &Subject<'_>, inv: &Inventory) -> Value {
         "creationInfo": {"created": s.created, "creators": [format!("Tool: {}", tool())]},
         "packages": packages,
         "relationships": relationships,
+        "hasExtractedLicensingInfos": refs.iter().map(|(id, name)| json!({
+            "licenseId": id,
+            "name": name,
+            "extractedText": format!("{name}: a license the package names by this name, without an SPDX id"),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -136,6 +221,10 @@ pub fn cyclonedx(s: &Subject<'_>, inv: &Inventory) -> Value {
             "name": p.name,
             "version": p.version,
             "purl": p.purl(inv.os.as_ref()),
+            "licenses": p.licenses.iter().map(|l| match spdx_license_id(l) {
+                Some(id) => json!({"license": {"id": id}}),
+                None => json!({"license": {"name": l}}),
+            }).collect::<Vec<_>>(),
             "properties": [
                 {"name": "kiln:package:source", "value": format!("{} {}", p.source, p.source_version)},
                 {"name": "kiln:package:location", "value": p.location},
@@ -217,7 +306,7 @@ mod tests {
                 source: "openssl".into(),
                 source_version: "3.0.11-1~deb12u2".into(),
                 architecture: Some("amd64".into()),
-                license: None,
+                licenses: vec!["GPL-2+".into(), "public-domain".into(), "Expat".into()],
                 location: "/var/lib/dpkg/status".into(),
                 installed: true,
             }],
@@ -237,12 +326,16 @@ mod tests {
         assert_eq!(pkgs[2]["sourceInfo"], "built from source package openssl 3.0.11-1~deb12u2");
         assert_eq!(
             pkgs[2]["externalRefs"][0]["referenceLocator"],
-            "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12"
+            "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64&distro=debian-12&upstream=openssl"
         );
+        assert_eq!(pkgs[2]["licenseDeclared"], "GPL-2.0-or-later AND LicenseRef-public-domain AND MIT");
+        assert_eq!(doc["hasExtractedLicensingInfos"][0]["licenseId"], "LicenseRef-public-domain");
         assert_eq!(doc["relationships"].as_array().unwrap().len(), 3);
         let cdx = cyclonedx(&s, &inv());
         assert_eq!(cdx["specVersion"], "1.5");
         assert_eq!(cdx["components"].as_array().unwrap().len(), 2);
+        assert_eq!(cdx["components"][1]["licenses"][0]["license"]["id"], "GPL-2.0-or-later");
+        assert_eq!(cdx["components"][1]["licenses"][1]["license"]["name"], "public-domain");
         assert_eq!(cdx["serialNumber"].as_str().unwrap().len(), "urn:uuid:".len() + 36);
         assert_eq!(spdx(&s, &inv()), doc, "a function of the image alone");
     }
