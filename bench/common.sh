@@ -19,6 +19,10 @@ bench_workdir() {
   work=$(mktemp -d "/tmp/kiln-bench-$1.XXXXXX")
   pids=()
   trap bench_cleanup EXIT
+  # Secrets and signing keys are sealed by a key outside KILN_HOME.
+  mkdir -p "$work/kek"
+  (umask 077; openssl rand -hex -out "$work/kek/key" 32)
+  export KILN_KEY_FILE="$work/kek/key"
 }
 bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

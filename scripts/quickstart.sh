@@ -13,6 +13,14 @@ cargo build --quiet --release --locked -p kiln
 ./scripts/build-demo.sh >/dev/null
 kiln=$PWD/target/release/kiln
 export KILN_HOME="${KILN_HOME:-$HOME/.local/share/kiln}"
+# The key that seals secrets and signing keys lives outside KILN_HOME
+# (README, "Keys at rest"); the quick start makes one if there is none.
+export KILN_KEY_FILE="${KILN_KEY_FILE:-$HOME/.config/kiln/key}"
+if [ ! -f "$KILN_KEY_FILE" ]; then
+  mkdir -p "$(dirname "$KILN_KEY_FILE")"
+  (umask 077; openssl rand -hex -out "$KILN_KEY_FILE" 32)
+  echo "== made a key-encryption key: $KILN_KEY_FILE (mode 0600, outside KILN_HOME)"
+fi
 echo "== kiln bake (store: $KILN_HOME/store)"
 $kiln bake -f examples/hello/kiln.toml
 echo "== kiln images"

@@ -521,6 +521,12 @@ pub(crate) enum KeyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-encrypt the private keys under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE).
+    Rotate {
+        /// The key file the keys were sealed with, when it is not the current one (or KILN_OLD_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        old_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -545,6 +551,12 @@ pub(crate) enum SecretCmd {
     },
     /// Delete a secret.
     Rm { name: String },
+    /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE).
+    RotateKey {
+        /// The key file the secrets were sealed with, when it is not the current one (or KILN_OLD_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        old_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 pub(crate) fn parse_health_path(s: &str) -> Result<String, String> {

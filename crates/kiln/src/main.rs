@@ -350,6 +350,12 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList {}, json),
         Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
+        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file } } => {
+            (Command::RotateKey { store: kiln::command::KeyStore::Secrets, old_key_file }, false)
+        }
+        Cmd::Key { action: KeyCmd::Rotate { old_key_file } } => {
+            (Command::RotateKey { store: kiln::command::KeyStore::SigningKeys, old_key_file }, false)
+        }
         Cmd::Proxy {
             listen,
             admin,

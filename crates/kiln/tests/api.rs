@@ -331,7 +331,7 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
     }
     // `kiln logs --follow` asks kiln serve again and again.
     let before = served(&env, "logs");
-    let mut follow = Command::new(common::kiln_bin())
+    let mut follow = common::kiln_cmd()
         .args(["logs", "--follow", "--instance", &id, "--json"])
         .current_dir(&env.dir)
         .env("KILN_HOME", &env.home)
@@ -365,7 +365,7 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
     assert!(!env.ok(&["ps", "--all", "--json"]).contains(&id));
 
     // Secrets, volumes, plan, history, gc.
-    let mut set = Command::new(common::kiln_bin())
+    let mut set = common::kiln_cmd()
         .args(["secret", "set", "db_password"])
         .current_dir(&env.dir)
         .env("KILN_HOME", &env.home)

@@ -429,7 +429,7 @@ fn kiln_serve_upgrade_hands_the_tcp_api_listener_over_too() {
     let mut env = Env::bare("upgrade-tcp", SERVICE);
     let api = common::free_port();
     let log = fs::OpenOptions::new().create(true).append(true).open(env.home.join("serve-test.log")).unwrap();
-    let child = std::process::Command::new(common::kiln_bin())
+    let child = common::kiln_cmd()
         .args(["serve", "-f", "kiln.toml", "--tcp", &format!("127.0.0.1:{api}")])
         .current_dir(&env.dir)
         .env("KILN_HOME", &env.home)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, json, kiln_bin, load, wait_port, Conn};
+use common::{free_port, json, kiln_cmd, load, wait_port, Conn};
 
 struct Proc(Child);
 impl Drop for Proc {
@@ -58,8 +58,7 @@ fn proxy(releases: &[String], extra: &[&str]) -> (Proc, u16, u16) {
             args.push(r.clone());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut p =
-            Proc(Command::new(kiln_bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let mut p = Proc(kiln_cmd().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         let up = |q: u16| TcpStream::connect(("127.0.0.1", q)).is_ok();
         while !(up(port) && up(admin)) && p.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -616,7 +615,7 @@ fn a_releases_file_is_read_at_start_and_again_on_sighup_and_a_bad_one_changes_no
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(body(), "demo-app green\n");
     // At start, a bad file is an error naming the file, line and field.
-    let out = Command::new(kiln_bin())
+    let out = kiln_cmd()
         .args(["proxy", "--listen", "127.0.0.1:0", "--releases-file", file.to_str().unwrap()])
         .output()
         .unwrap();
@@ -709,7 +708,7 @@ fn bad_proxy_flags_are_refused_naming_the_flag() {
         ("--healthy-threshold", "0"),
         ("--release", "web=1@localhost"),
     ] {
-        let out = Command::new(kiln_bin()).args(["proxy", "--listen", "127.0.0.1:0", flag, value]).output().unwrap();
+        let out = kiln_cmd().args(["proxy", "--listen", "127.0.0.1:0", flag, value]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} was accepted");
         assert!(err.contains(flag) && err.contains(value), "{flag} {value}: {err}");

@@ -149,13 +149,8 @@ fn a_blob_changed_in_the_registry_is_refused_and_nothing_is_tagged() {
 }
 
 fn killed_at(home: &Path, dir: &Path, point: &str, args: &[&str]) {
-    let out = Command::new(kiln_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("KILN_HOME", home)
-        .env("KILN_CRASH_AT", point)
-        .output()
-        .unwrap();
+    let out =
+        kiln_cmd().args(args).current_dir(dir).env("KILN_HOME", home).env("KILN_CRASH_AT", point).output().unwrap();
     assert_eq!(out.status.code(), None, "killed at {point}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

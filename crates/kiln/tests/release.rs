@@ -5,11 +5,11 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::serve_env::{serial, under_load, Env};
-use common::{free_port, json, kiln_bin, Conn};
+use common::{free_port, json, kiln_cmd, Conn};
 
 /// v1 → v2 under load with one strategy: nothing fails, only v2 is left
 /// once the old set's warm time is over, and v1's image is archived.
@@ -307,7 +307,7 @@ fn kiln_up_bakes_serves_and_deploys_in_the_foreground() {
     use std::io::BufRead;
     let _g = serial();
     let mut env = Env::bare("up", "replicas = 2\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
-    let mut up = Command::new(kiln_bin())
+    let mut up = kiln_cmd()
         .args(["up", env.dir.to_str().unwrap()])
         .env("KILN_HOME", &env.home)
         .stdout(Stdio::piped())
@@ -336,7 +336,7 @@ fn the_tcp_api_needs_the_token_and_refuses_without_changing_anything() {
     let port = free_port();
     let log = fs::File::create(env.home.join("serve-test.log")).unwrap();
     env.serve = Some(
-        Command::new(kiln_bin())
+        kiln_cmd()
             .args(["serve", "-f", "kiln.toml", "--tcp", &format!("127.0.0.1:{port}")])
             .current_dir(&env.dir)
             .env("KILN_HOME", &env.home)

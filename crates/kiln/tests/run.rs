@@ -115,16 +115,11 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         // Leave nothing running: remove every instance this test started.
-        if let Ok(out) =
-            std::process::Command::new(kiln_bin()).args(["ps", "--all", "--json"]).env("KILN_HOME", &self.home).output()
-        {
+        if let Ok(out) = kiln_cmd().args(["ps", "--all", "--json"]).env("KILN_HOME", &self.home).output() {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
                 for r in v["instances"].as_array().cloned().unwrap_or_default() {
                     let id = r["id"].as_str().unwrap_or_default();
-                    let _ = std::process::Command::new(kiln_bin())
-                        .args(["rm", "--force", id])
-                        .env("KILN_HOME", &self.home)
-                        .output();
+                    let _ = kiln_cmd().args(["rm", "--force", id]).env("KILN_HOME", &self.home).output();
                 }
             }
         }
@@ -222,7 +217,7 @@ fn a_volume_outlives_its_instance_and_is_listed() {
 fn secrets_reach_the_instance_only_at_run_secrets_and_nowhere_in_clear() {
     let env = Env::new("secret");
     let value = "s3cr3t-Value-7f3a9c";
-    let mut child = std::process::Command::new(kiln_bin())
+    let mut child = kiln_cmd()
         .args(["secret", "set", "api_key"])
         .env("KILN_HOME", &env.home)
         .stdin(std::process::Stdio::piped())
@@ -270,6 +265,110 @@ fn secrets_reach_the_instance_only_at_run_secrets_and_nowhere_in_clear() {
     assert!(e.contains("kiln.toml: service.nosuch: no such service"), "{e}");
 }
 
+/// kiln with exactly the key-encryption key settings in `vars` (none of
+/// the tests' own), `stdin` on its standard input.
+fn kiln_with(env: &Env, vars: &[(&str, &str)], args: &[&str], stdin: &str) -> (bool, String) {
+    let mut c = std::process::Command::new(kiln_bin());
+    c.args(args)
+        .current_dir(&env.dir)
+        .env("KILN_HOME", &env.home)
+        .env("KILN_NO_PROMPT", "1")
+        .env_remove("KILN_KEY_FILE")
+        .env_remove("KILN_PASSPHRASE")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .envs(vars.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A key file of 32 random bytes (hex) with `mode`.
+fn key_file(path: &Path, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let r = std::process::Command::new("openssl")
+        .args(["rand", "-hex", "-out", path.to_str().unwrap(), "32"])
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn keys_at_rest_are_sealed_by_a_key_from_outside_kiln_home_and_rotate_to_another() {
+    let env = Env::new("kek");
+    let keys = tempdir("kek-keys");
+    let value = "s3cr3t-Value-7f3a9c";
+    // No key-encryption key: refused, nothing written.
+    let (ok, text) = kiln_with(&env, &[], &["secret", "set", "api_key"], value);
+    assert!(!ok && text.contains("no key-encryption key") && text.contains("KILN_KEY_FILE"), "{text}");
+    assert!(!env.home.join("secrets/api_key.enc").exists());
+    // A key file others can read, or one inside KILN_HOME: refused, naming it.
+    let loose = key_file(&keys.join("loose"), 0o644);
+    let (ok, text) = kiln_with(&env, &[("KILN_KEY_FILE", &loose)], &["secret", "set", "api_key"], value);
+    assert!(!ok && text.contains(&format!("{loose}: mode 0644 lets other users read it")), "{text}");
+    let inside = key_file(&env.home.join("my.key"), 0o600);
+    let (ok, text) = kiln_with(&env, &[("KILN_KEY_FILE", &inside)], &["secret", "set", "api_key"], value);
+    assert!(!ok && text.contains("inside KILN_HOME"), "{text}");
+    fs::remove_file(&inside).unwrap();
+
+    // Sealed by K1; nothing in KILN_HOME opens it.
+    let k1 = key_file(&keys.join("k1"), 0o600);
+    let with_k1 = [("KILN_KEY_FILE", k1.as_str())];
+    let (ok, text) = kiln_with(&env, &with_k1, &["secret", "set", "api_key"], value);
+    assert!(ok, "{text}");
+    let (ok, text) = kiln_with(&env, &with_k1, &["key", "generate"], "");
+    assert!(ok, "{text}");
+    for store in ["secrets", "keys/private"] {
+        let names: Vec<String> = fs::read_dir(env.home.join(store))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"dek".to_owned()) && !names.contains(&"key".to_owned()), "{store}: {names:?}");
+    }
+    // A backup of KILN_HOME with another key: opens nothing.
+    let k2 = key_file(&keys.join("k2"), 0o600);
+    let with_k2 = [("KILN_KEY_FILE", k2.as_str())];
+    let (ok, text) = kiln_with(&env, &with_k2, &["secret", "set", "other"], "x");
+    assert!(!ok && text.contains("sealed with another key-encryption key (a key file)"), "{text}");
+    let (ok, text) = kiln_with(&env, &with_k2, &["secret", "rotate-key"], "");
+    assert!(!ok && text.contains("--old-key-file"), "the new key alone cannot re-seal: {text}");
+
+    // Rotation to K2: the secret and the signing key, each with the old key.
+    let (ok, text) = kiln_with(&env, &with_k2, &["secret", "rotate-key", "--old-key-file", &k1], "");
+    assert!(ok && text.contains("1 secret(s) re-encrypted") && text.contains(&k2), "{text}");
+    let (ok, text) = kiln_with(&env, &with_k2, &["key", "rotate", "--old-key-file", &k1], "");
+    assert!(ok && text.contains("1 signing key(s) re-encrypted"), "{text}");
+    let (ok, text) = kiln_with(&env, &with_k1, &["secret", "set", "other"], "x");
+    assert!(!ok && text.contains("sealed with another"), "K1 opens nothing now: {text}");
+    let (ok, text) = kiln_with(&env, &with_k2, &["run", "--json", "--service", "vault"], "");
+    assert!(ok, "{text}");
+    let id = json(&text)["id"].as_str().unwrap().to_owned();
+    let all = env.wait_log(&id, "len=").join("\n");
+    assert!(all.contains("env-matches-file") && all.contains(&format!("len={}", value.len())), "{all}");
+
+    // To a passphrase, then to a systemd credential.
+    let pass = [("KILN_PASSPHRASE", "correct horse battery staple")];
+    let (ok, text) = kiln_with(&env, &pass, &["secret", "rotate-key", "--old-key-file", &k2], "");
+    assert!(ok && text.contains("the passphrase in KILN_PASSPHRASE"), "{text}");
+    let creds = tempdir("kek-creds");
+    key_file(&creds.join("kiln-key"), 0o400);
+    let cred =
+        [("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()), ("KILN_OLD_PASSPHRASE", "correct horse battery staple")];
+    let (ok, text) = kiln_with(&env, &cred, &["secret", "rotate-key"], "");
+    assert!(ok && text.contains("the systemd credential"), "{text}");
+    let (ok, text) = kiln_with(&env, &cred[..1], &["run", "--json", "--service", "vault"], "");
+    assert!(ok, "{text}");
+    let id = json(&text)["id"].as_str().unwrap().to_owned();
+    assert!(env.wait_log(&id, "len=").join("\n").contains(&format!("len={}", value.len())));
+    fs::remove_dir_all(keys).unwrap();
+    fs::remove_dir_all(creds).unwrap();
+}
+
 #[test]
 fn killing_kiln_processes_leaves_instances_serving_and_loses_no_log_line() {
     let env = Env::new("kill");
@@ -277,7 +376,7 @@ fn killing_kiln_processes_leaves_instances_serving_and_loses_no_log_line() {
     let (counter, _) = env.run(&["counter"]);
     env.wait_log(&counter, "line 5");
     // A long-running kiln (logs --follow) and both shims, killed with SIGKILL.
-    let mut follower = std::process::Command::new(kiln_bin())
+    let mut follower = kiln_cmd()
         .args(["logs", "--follow", "--instance", &counter])
         .env("KILN_HOME", &env.home)
         .stdout(std::process::Stdio::null())

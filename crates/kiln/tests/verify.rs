@@ -26,7 +26,7 @@ fn files(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
 
 fn secret(home: &Path, dir: &Path, name: &str, value: &str) {
     use std::io::Write;
-    let mut c = std::process::Command::new(kiln_bin())
+    let mut c = kiln_cmd()
         .args(["secret", "set", name])
         .current_dir(dir)
         .env("KILN_HOME", home)

@@ -99,6 +99,15 @@ pub enum Command {
     SecretRemove {
         name: String,
     },
+    /// Re-encrypt a store under a new data key sealed by the current
+    /// key-encryption key; `old_key_file` (or `KILN_OLD_PASSPHRASE`) opens
+    /// it when it was sealed with another. Carried out where the key files
+    /// are, in the caller's process, never by `kiln serve`.
+    RotateKey {
+        store: KeyStore,
+        #[serde(default)]
+        old_key_file: Option<PathBuf>,
+    },
     /// What deploying each service (or one) of a kiln.toml would do, from
     /// what runs now; changes nothing.
     Plan {
@@ -220,9 +229,18 @@ impl Command {
                 v
             }
             Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k, PathNeed::File)],
+            Command::RotateKey { old_key_file: Some(k), .. } => vec![("rotate_key.old_key_file", k, PathNeed::File)],
             _ => Vec::new(),
         }
     }
+}
+
+/// Which encrypted store a rotation re-seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStore {
+    Secrets,
+    SigningKeys,
 }
 
 /// Who asked, when an API client does not say.
@@ -544,6 +562,30 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         Command::SecretRemove { name } => {
             Secrets::new(ctx.store.home()).remove(&name)?;
             Ok(Output::Done { message: format!("secret {name} removed") })
+        }
+        Command::RotateKey { store, old_key_file } => {
+            use crate::secrets::kek;
+            let home = ctx.store.home();
+            let (secrets, what) = match store {
+                KeyStore::Secrets => (Secrets::new(home), "secret(s)"),
+                KeyStore::SigningKeys => (Secrets::signing_keys(home), "signing key(s)"),
+            };
+            let old = match (old_key_file, std::env::var(kek::OLD_PASSPHRASE_ENV)) {
+                (Some(p), _) => Some(kek::from_file(&p, "--old-key-file", home).map_err(SecretError::from)?),
+                (None, Ok(pass)) => Some(
+                    kek::from_passphrase(&pass, kek::Origin::PassphraseEnv(kek::OLD_PASSPHRASE_ENV))
+                        .map_err(SecretError::from)?,
+                ),
+                (None, Err(_)) => None,
+            };
+            let r = secrets.rotate(old)?;
+            let migrated = if r.migrated { "; the bare key that sat beside them is removed" } else { "" };
+            Ok(Output::Done {
+                message: format!(
+                    "{} {what} re-encrypted under a new data key, sealed with {}{migrated}",
+                    r.count, r.sealed_with
+                ),
+            })
         }
         Command::Plan { file, service } => {
             let f = spec::load(&file)?;

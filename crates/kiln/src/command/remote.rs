@@ -37,7 +37,7 @@ impl Job {
     /// controller request (it has routes of its own) nor `kiln proxy`
     /// (a load balancer in the caller's foreground).
     pub fn is_remote(&self) -> bool {
-        !matches!(self.command, Command::Controller(_) | Command::Proxy(_))
+        !matches!(self.command, Command::Controller(_) | Command::Proxy(_) | Command::RotateKey { .. })
     }
 
     /// Refuses what no server can take: a relative path (relative to what,
@@ -460,7 +460,7 @@ mod tests {
     /// be added without deciding its wire name (and documenting it).
     fn wire_name(c: &Command) -> Option<&'static str> {
         Some(match c {
-            Command::Controller(_) | Command::Proxy(_) => return None,
+            Command::Controller(_) | Command::Proxy(_) | Command::RotateKey { .. } => return None,
             Command::Bake { .. } => "bake",
             Command::Images {} => "images",
             Command::Inspect { .. } => "inspect",

@@ -474,8 +474,12 @@ impl<'a> Runtime<'a> {
             if let Err(e) = self.save(r) {
                 // Removed meanwhile by another kiln (kiln serve reaps an
                 // instance a `kiln stop` beside it is waiting on): what was
-                // observed stands, there is no record left to update.
-                if self.instance_dir(&r.id).exists() {
+                // observed stands, there is no record left to update. A
+                // directory being removed still exists while its files go
+                // (seen once: a 500 from /v1/status during an upgrade), so
+                // a record not found is gone too.
+                let not_found = matches!(&e, RunError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
+                if !not_found && self.instance_dir(&r.id).exists() {
                     return Err(e);
                 }
             }

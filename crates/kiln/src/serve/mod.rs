@@ -528,6 +528,12 @@ pub fn run(
         eprintln!("kiln serve: took over from the previous kiln serve");
     }
     let successors = upgrade::offer(home)?;
+    // Said at start, not at the first instance that needs a secret.
+    for store in [crate::secrets::Secrets::new(home), crate::secrets::Secrets::signing_keys(home)] {
+        if let Err(e) = store.check() {
+            eprintln!("kiln serve: warning: {e}; instances that use secrets (or signing) will fail until it is given");
+        }
+    }
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
     let mut c = c;
     loop {

@@ -55,7 +55,7 @@ pub fn public_key_path(home: &Path, name: &str) -> PathBuf {
 }
 
 fn private_keys(home: &Path) -> Secrets {
-    Secrets::at(&home.join("keys/private"))
+    Secrets::signing_keys(home)
 }
 
 fn bad_key(name: &str, detail: impl std::fmt::Display) -> SignError {

@@ -29,9 +29,33 @@ pub fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
 }
 
+/// The key-encryption key file every kiln these tests start is given
+/// (outside every KILN_HOME, mode 0600), made once per test process.
+pub fn test_kek() -> &'static Path {
+    static KEK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEK.get_or_init(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = std::env::temp_dir().join(format!("kiln-it-kek-{}", std::process::id()));
+        let _ = fs::remove_file(&p);
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        let mut seed = [0u8; 32];
+        fs::File::open("/dev/urandom").unwrap().read_exact(&mut seed).unwrap();
+        writeln!(f, "{}", seed.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap();
+        p
+    })
+}
+
+/// The kiln binary as a command, with the tests' key-encryption key and
+/// never a passphrase prompt.
+pub fn kiln_cmd() -> Command {
+    let mut c = Command::new(kiln_bin());
+    c.env("KILN_KEY_FILE", test_kek()).env("KILN_NO_PROMPT", "1").env_remove("KILN_PASSPHRASE");
+    c
+}
+
 /// Runs kiln with `home` as KILN_HOME in `cwd`, with SOURCE_DATE_EPOCH unset.
 pub fn kiln(home: &Path, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(kiln_bin())
+    kiln_cmd()
         .args(args)
         .current_dir(cwd)
         .env("KILN_HOME", home)

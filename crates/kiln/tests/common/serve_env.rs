@@ -4,13 +4,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{free_port, json, kiln_bin, load, tempdir, Conn};
+use super::{free_port, json, kiln_cmd, load, tempdir, Conn};
 
 /// Releases use real instances and timing windows: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -102,7 +102,7 @@ impl Env {
     }
 
     pub fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(kiln_bin()).args(args).current_dir(&self.dir).env("KILN_HOME", &self.home).output().unwrap()
+        kiln_cmd().args(args).current_dir(&self.dir).env("KILN_HOME", &self.home).output().unwrap()
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -120,7 +120,7 @@ impl Env {
     /// `kiln secret set NAME` with `value` on its stdin.
     pub fn secret_set(&self, name: &str, value: &[u8]) {
         use std::io::Write;
-        let mut c = Command::new(kiln_bin())
+        let mut c = kiln_cmd()
             .args(["secret", "set", name])
             .current_dir(&self.dir)
             .env("KILN_HOME", &self.home)
@@ -148,7 +148,7 @@ impl Env {
 
     pub fn start_serve(&mut self, crash_at: Option<&str>) {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.home.join("serve-test.log")).unwrap();
-        let mut c = Command::new(kiln_bin());
+        let mut c = kiln_cmd();
         c.args(["serve", "-f", "kiln.toml"])
             .current_dir(&self.dir)
             .env("KILN_HOME", &self.home)
@@ -172,7 +172,7 @@ impl Env {
     /// once the running kiln serve has exited by itself, successfully.
     pub fn spawn_upgrade(&self, extra_env: &[(&str, &str)]) -> Child {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.home.join("serve-test.log")).unwrap();
-        Command::new(kiln_bin())
+        kiln_cmd()
             .args(["serve", "--upgrade", "-f", "kiln.toml"])
             .current_dir(&self.dir)
             .env("KILN_HOME", &self.home)

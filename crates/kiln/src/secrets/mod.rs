@@ -1,0 +1,694 @@
+//! Secrets: stored encrypted at rest, given to instances only at run time.
+//!
+//! Envelope encryption. Each store (`$KILN_HOME/secrets`, and the signing
+//! keys' `$KILN_HOME/keys/private`) has a random 256-bit data key, kept in
+//! the store's `dek` file only wrapped (ChaCha20-Poly1305) by a key derived
+//! from the key-encryption key, which lives outside KILN_HOME (see
+//! [`kek`]). Each secret is `<NAME>.enc`: a header (format, the data key's
+//! id, the secret's version) and a random 96-bit nonce, then the
+//! ChaCha20-Poly1305 ciphertext of the value with the name and version as
+//! associated data (a ciphertext renamed to another secret fails to
+//! decrypt). So a reader of KILN_HOME learns names, sizes and versions,
+//! never a value.
+//!
+//! `rotate` re-encrypts a store under a new data key wrapped by the
+//! current KEK (which may be a new one): every secret is written beside
+//! the old one as `NAME.enc.new`, then `dek` is replaced (the commit), then
+//! the new files take the old ones' places. A rotation cut short is
+//! finished or undone by the next writer: a `.enc.new` of the committed
+//! data key replaces its `.enc`, any other is removed.
+//!
+//! A store from before the KEK (a bare `key` file beside the secrets) is
+//! still read, with a warning, and is sealed under the KEK the first time
+//! one is given. This module must never log, print or write a value or a
+//! key in clear; the only clear copies of values are the ones the runtime
+//! writes to tmpfs for an instance.
+
+pub mod kek;
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+pub use kek::{Kek, KekError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret name {0:?} is invalid: use letters, digits, '_', '.', '-' (at most 128)")]
+    BadName(String),
+    #[error("no secret named {0:?} (see `kiln secret ls`; set it with `kiln secret set {0}`)")]
+    Missing(String),
+    #[error("secret {0:?} cannot be decrypted: wrong key or tampered file")]
+    Undecryptable(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: key file must be 32 bytes with mode 0600", .0.display())]
+    BadKey(PathBuf),
+    /// No key-encryption key is offered, and the store needs one.
+    #[error(
+        "{}: no key-encryption key: set KILN_KEY_FILE to a file only its owner can read, outside KILN_HOME \
+         (`(umask 077; openssl rand -hex 32 > /etc/kiln/key)`), give kiln serve the systemd credential \
+         `kiln-key`, or set KILN_PASSPHRASE",
+        store.display()
+    )]
+    NoKek { store: PathBuf },
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// The store was sealed with another KEK than the one offered.
+    #[error(
+        "{}: sealed with another key-encryption key ({sealed}) than {offered}; offer the one it was sealed with, \
+         or re-seal it: `kiln {command} --old-key-file OLD` (or KILN_OLD_PASSPHRASE) with the new one in KILN_KEY_FILE",
+        store.display()
+    )]
+    WrongKek { store: PathBuf, sealed: String, offered: String, command: &'static str },
+    /// A store file kiln cannot read as its own.
+    #[error("{}: {message}", path.display())]
+    BadStore { path: PathBuf, message: String },
+}
+
+/// A secret value; its `Debug` never shows the bytes.
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    /// What a test instance gets instead of the secret: its name, marked.
+    pub fn placeholder(name: &str) -> SecretValue {
+        SecretValue(format!("kiln-test-placeholder-{name}").into_bytes())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+/// Which store: each has its own data key, and its wrapping key is bound
+/// to its purpose, so one store's files never open with the other's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Secrets,
+    SigningKeys,
+}
+
+impl Purpose {
+    fn label(self) -> &'static str {
+        match self {
+            Purpose::Secrets => "secrets",
+            Purpose::SigningKeys => "signing-keys",
+        }
+    }
+
+    /// The command that re-seals this store.
+    fn rotate_command(self) -> &'static str {
+        match self {
+            Purpose::Secrets => "secret rotate-key",
+            Purpose::SigningKeys => "key rotate",
+        }
+    }
+}
+
+/// Where a store's KEK comes from.
+#[derive(Debug, Clone)]
+enum KekSource {
+    /// The process's environment, resolved once (see [`kek::Sources`]).
+    Process,
+    /// Given (tests, and `rotate`'s callers).
+    Given(Option<Kek>),
+}
+
+/// An encrypted store: `$KILN_HOME/secrets` or `$KILN_HOME/keys/private`.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    dir: PathBuf,
+    home: PathBuf,
+    purpose: Purpose,
+    kek: KekSource,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// How many entries were re-encrypted.
+    pub count: usize,
+    /// The KEK the store is sealed with now (its origin, never its bytes).
+    pub sealed_with: String,
+    /// A store from before the KEK was sealed (its bare `key` is gone).
+    pub migrated: bool,
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !name.starts_with('.')
+}
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The first bytes of a v2 secret file.
+const MAGIC: &[u8; 5] = b"kiln\x02";
+const ID_LEN: usize = 8;
+const VERSION_LEN: usize = 6;
+const HEADER: usize = MAGIC.len() + ID_LEN + VERSION_LEN;
+
+/// A store's `dek` file: how its data key is wrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DekFile {
+    kind: kek::Kind,
+    salt: Vec<u8>,
+    id: [u8; ID_LEN],
+    wrapped: Vec<u8>,
+}
+
+impl DekFile {
+    fn render(&self, purpose: Purpose) -> String {
+        format!(
+            "kiln-store 1\npurpose {}\nkek {}\nsalt {}\nid {}\nwrapped {}\n",
+            purpose.label(),
+            self.kind.as_str(),
+            hex(&self.salt),
+            hex(&self.id),
+            hex(&self.wrapped)
+        )
+    }
+
+    fn parse(text: &str, path: &Path, purpose: Purpose) -> Result<DekFile, SecretError> {
+        let bad = |message: String| SecretError::BadStore { path: path.to_owned(), message };
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        let mut lines = text.lines();
+        if lines.next() != Some("kiln-store 1") {
+            return Err(bad("not a kiln store key file (expected `kiln-store 1` first)".into()));
+        }
+        for (n, line) in lines.enumerate() {
+            let (k, v) = line.split_once(' ').ok_or_else(|| bad(format!("line {}: expected `KEY VALUE`", n + 2)))?;
+            fields.insert(k, v);
+        }
+        let field = |k: &str| fields.get(k).copied().ok_or_else(|| bad(format!("no `{k}` line")));
+        if field("purpose")? != purpose.label() {
+            return Err(bad(format!("purpose {:?}, expected {:?}", field("purpose")?, purpose.label())));
+        }
+        let kind = kek::Kind::parse(field("kek")?).ok_or_else(|| bad("kek: expected file or passphrase".into()))?;
+        let salt = unhex(field("salt")?).ok_or_else(|| bad("salt: not hex".into()))?;
+        let id: [u8; ID_LEN] = unhex(field("id")?)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad(format!("id: not {ID_LEN} hex bytes")))?;
+        let wrapped = unhex(field("wrapped")?).ok_or_else(|| bad("wrapped: not hex".into()))?;
+        if wrapped.len() != 12 + 32 + 16 {
+            return Err(bad("wrapped: not a wrapped 32-byte key".into()));
+        }
+        Ok(DekFile { kind, salt, id, wrapped })
+    }
+}
+
+/// An opened store's data key.
+#[derive(Clone)]
+enum DataKey {
+    Sealed {
+        key: [u8; 32],
+        id: [u8; ID_LEN],
+    },
+    /// A store from before the KEK: the bare `key` file's bytes.
+    Legacy([u8; 32]),
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        match self {
+            DataKey::Sealed { key, .. } | DataKey::Legacy(key) => key.iter_mut().for_each(|b| *b = 0),
+        }
+    }
+}
+
+/// The process's KEK, resolved once (a prompt is answered once).
+fn process_kek(home: &Path) -> Result<Option<Kek>, SecretError> {
+    static KEK: Mutex<Option<(PathBuf, Option<Kek>)>> = Mutex::new(None);
+    let mut slot = KEK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((h, k)) = slot.as_ref() {
+        if h == home {
+            return Ok(k.clone());
+        }
+    }
+    let k = kek::resolve(&kek::Sources::from_env(), home)?;
+    *slot = Some((home.to_owned(), k.clone()));
+    Ok(k)
+}
+
+/// Data keys already unwrapped in this process, by store, `dek` file
+/// contents and KEK: a passphrase's 600,000 rounds are paid once, not
+/// per read.
+type Unwrapped = HashMap<(PathBuf, String), [u8; 32]>;
+
+fn unwrapped_cache() -> &'static Mutex<Unwrapped> {
+    static CACHE: OnceLock<Mutex<Unwrapped>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn warn_legacy(dir: &Path) {
+    static WARNED: OnceLock<()> = OnceLock::new();
+    WARNED.get_or_init(|| {
+        eprintln!(
+            "kiln: warning: {} is encrypted with a key stored beside it; whoever reads KILN_HOME reads the secrets. \
+             Set KILN_KEY_FILE (see README, \"Keys at rest\") and it is sealed on next use.",
+            dir.display()
+        );
+    });
+}
+
+impl Secrets {
+    pub fn new(home: &Path) -> Self {
+        Secrets { dir: home.join("secrets"), home: home.to_owned(), purpose: Purpose::Secrets, kek: KekSource::Process }
+    }
+
+    /// The signing keys' store, apart from the secrets services may mount.
+    pub fn signing_keys(home: &Path) -> Self {
+        Secrets {
+            dir: home.join("keys/private"),
+            home: home.to_owned(),
+            purpose: Purpose::SigningKeys,
+            kek: KekSource::Process,
+        }
+    }
+
+    /// The same store with `kek` instead of the environment's.
+    pub fn with_kek(mut self, kek: Option<Kek>) -> Self {
+        self.kek = KekSource::Given(kek);
+        self
+    }
+
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
+        move |source| SecretError::Io { path: path.to_owned(), source }
+    }
+
+    fn kek(&self) -> Result<Option<Kek>, SecretError> {
+        match &self.kek {
+            KekSource::Process => process_kek(&self.home),
+            KekSource::Given(k) => Ok(k.clone()),
+        }
+    }
+
+    fn need_kek(&self) -> Result<Kek, SecretError> {
+        self.kek()?.ok_or_else(|| SecretError::NoKek { store: self.dir.clone() })
+    }
+
+    fn file(&self, name: &str) -> Result<PathBuf, SecretError> {
+        if !valid_name(name) {
+            return Err(SecretError::BadName(name.to_owned()));
+        }
+        Ok(self.dir.join(format!("{name}.enc")))
+    }
+
+    fn ensure_dir(&self) -> Result<(), SecretError> {
+        fs::create_dir_all(&self.dir).map_err(Self::io(&self.dir))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(Self::io(&self.dir))
+    }
+
+    /// Holds the store's write lock until dropped (writers take turns;
+    /// readers never wait: every file is replaced by a rename).
+    fn lock(&self) -> Result<fs::File, SecretError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io(&path))?;
+        f.lock().map_err(Self::io(&path))?;
+        Ok(f)
+    }
+
+    fn read_dek(&self) -> Result<Option<(DekFile, String)>, SecretError> {
+        let path = self.dir.join("dek");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some((DekFile::parse(&text, &path, self.purpose)?, text))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SecretError::Io { path, source: e }),
+        }
+    }
+
+    fn unwrap_with(&self, dek: &DekFile, kek: &Kek) -> Result<[u8; 32], SecretError> {
+        let wk = kek::wrapping_key(kek, self.purpose.label(), &dek.salt);
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&wk));
+        let (nonce, sealed) = dek.wrapped.split_at(12);
+        let key = cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &dek.id }).map_err(|_| {
+            SecretError::WrongKek {
+                store: self.dir.clone(),
+                sealed: format!("a {}", if dek.kind == kek::Kind::File { "key file" } else { "passphrase" }),
+                offered: kek.origin.to_string(),
+                command: self.purpose.rotate_command(),
+            }
+        })?;
+        key.try_into().map_err(|_| SecretError::BadStore {
+            path: self.dir.join("dek"),
+            message: "the wrapped data key is not 32 bytes".into(),
+        })
+    }
+
+    /// The store's data key: none for a store never written.
+    fn open(&self) -> Result<Option<DataKey>, SecretError> {
+        if let Some((dek, text)) = self.read_dek()? {
+            let kek = self.need_kek()?;
+            let cache_key = (self.dir.clone(), format!("{text}{}", kek.fingerprint()));
+            if let Some(k) = unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+                return Ok(Some(DataKey::Sealed { key: *k, id: dek.id }));
+            }
+            let key = self.unwrap_with(&dek, &kek)?;
+            unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, key);
+            return Ok(Some(DataKey::Sealed { key, id: dek.id }));
+        }
+        let legacy = self.dir.join("key");
+        if !legacy.exists() {
+            return Ok(None);
+        }
+        warn_legacy(&self.dir);
+        let meta = fs::metadata(&legacy).map_err(Self::io(&legacy))?;
+        let key = fs::read(&legacy).map_err(Self::io(&legacy))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(SecretError::BadKey(legacy));
+        }
+        let key: [u8; 32] = key.try_into().map_err(|_| SecretError::BadKey(legacy.clone()))?;
+        Ok(Some(DataKey::Legacy(key)))
+    }
+
+    /// A new data key sealed under `kek`: the `dek` file's contents, and the key.
+    fn seal_new(&self, kek: &Kek) -> Result<(DekFile, [u8; 32]), SecretError> {
+        let dek_path = self.dir.join("dek");
+        let key: [u8; 32] = random().map_err(Self::io(&dek_path))?;
+        let salt: [u8; 16] = random().map_err(Self::io(&dek_path))?;
+        let nonce: [u8; 12] = random().map_err(Self::io(&dek_path))?;
+        let id: [u8; ID_LEN] = random().map_err(Self::io(&dek_path))?;
+        let wk = kek::wrapping_key(kek, self.purpose.label(), &salt);
+        let sealed = ChaCha20Poly1305::new(Key::from_slice(&wk))
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &key, aad: &id })
+            .map_err(|_| SecretError::BadStore {
+                path: dek_path.clone(),
+                message: "cannot seal the data key".into(),
+            })?;
+        let wrapped = [nonce.as_slice(), &sealed].concat();
+        Ok((DekFile { kind: kek.kind, salt: salt.to_vec(), id, wrapped }, key))
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = self.dir.join(format!(".{file_name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(Self::io(&tmp))?;
+        f.write_all(bytes).and_then(|()| f.sync_all()).map_err(Self::io(&tmp))?;
+        fs::rename(&tmp, path).map_err(Self::io(path))
+    }
+
+    fn seal(
+        key: &[u8; 32],
+        id: &[u8; ID_LEN],
+        version: &[u8; VERSION_LEN],
+        name: &str,
+        value: &[u8],
+    ) -> Option<Vec<u8>> {
+        let nonce: [u8; 12] = random().ok()?;
+        let aad = [name.as_bytes(), b"\0", version].concat();
+        let sealed = ChaCha20Poly1305::new(Key::from_slice(key))
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: value, aad: &aad })
+            .ok()?;
+        Some([MAGIC.as_slice(), id, version, &nonce, &sealed].concat())
+    }
+
+    /// A secret file's value and version, with the data key `key`.
+    fn unseal(key: &DataKey, name: &str, bytes: &[u8]) -> Result<(SecretValue, [u8; VERSION_LEN]), SecretError> {
+        let bad = || SecretError::Undecryptable(name.to_owned());
+        match key {
+            DataKey::Sealed { key, id } => {
+                if bytes.len() < HEADER + 12 + 16 || &bytes[..MAGIC.len()] != MAGIC {
+                    return Err(bad());
+                }
+                if &bytes[MAGIC.len()..MAGIC.len() + ID_LEN] != id {
+                    return Err(bad());
+                }
+                let version: [u8; VERSION_LEN] = bytes[MAGIC.len() + ID_LEN..HEADER].try_into().map_err(|_| bad())?;
+                let aad = [name.as_bytes(), b"\0", &version].concat();
+                let plain = ChaCha20Poly1305::new(Key::from_slice(key))
+                    .decrypt(
+                        Nonce::from_slice(&bytes[HEADER..HEADER + 12]),
+                        Payload { msg: &bytes[HEADER + 12..], aad: &aad },
+                    )
+                    .map_err(|_| bad())?;
+                Ok((SecretValue(plain), version))
+            }
+            DataKey::Legacy(key) => {
+                if bytes.len() < 12 + 16 {
+                    return Err(bad());
+                }
+                let plain = ChaCha20Poly1305::new(Key::from_slice(key))
+                    .decrypt(Nonce::from_slice(&bytes[..12]), Payload { msg: &bytes[12..], aad: name.as_bytes() })
+                    .map_err(|_| bad())?;
+                Ok((SecretValue(plain), legacy_version(bytes)))
+            }
+        }
+    }
+
+    /// Finishes or undoes a rotation cut short (under the lock).
+    fn recover(&self) -> Result<(), SecretError> {
+        let committed = self.read_dek()?.map(|(d, _)| d.id);
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SecretError::Io { path: self.dir.clone(), source: e }),
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "dek.new" {
+                fs::remove_file(&path).map_err(Self::io(&path))?;
+            } else if let Some(target) = name.strip_suffix(".new").filter(|t| t.ends_with(".enc")) {
+                let bytes = fs::read(&path).map_err(Self::io(&path))?;
+                let id = bytes.get(MAGIC.len()..MAGIC.len() + ID_LEN);
+                if committed.is_some_and(|c| id == Some(&c[..])) {
+                    fs::rename(&path, self.dir.join(target)).map_err(Self::io(&path))?;
+                } else {
+                    fs::remove_file(&path).map_err(Self::io(&path))?;
+                }
+            } else if name == "key" && committed.is_some() {
+                // A migration that committed: the bare key goes.
+                fs::remove_file(&path).map_err(Self::io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores (or replaces) a secret; a new version.
+    pub fn set(&self, name: &str, value: &[u8]) -> Result<(), SecretError> {
+        let path = self.file(name)?;
+        let _lock = self.lock()?;
+        self.recover()?;
+        if self.is_legacy() && self.kek()?.is_some() {
+            self.rotate_locked(None)?;
+        }
+        let (key, id) = match self.open()? {
+            Some(DataKey::Sealed { key, id }) => (key, id),
+            Some(DataKey::Legacy(_)) => return Err(SecretError::NoKek { store: self.dir.clone() }),
+            None => {
+                let kek = self.need_kek()?;
+                kek::confirm(&kek)?;
+                let (dek, key) = self.seal_new(&kek)?;
+                self.write_atomic(&self.dir.join("dek"), dek.render(self.purpose).as_bytes())?;
+                (key, dek.id)
+            }
+        };
+        let version: [u8; VERSION_LEN] = random().map_err(Self::io(&path))?;
+        let sealed =
+            Self::seal(&key, &id, &version, name, value).ok_or_else(|| SecretError::Undecryptable(name.to_owned()))?;
+        self.write_atomic(&path, &sealed)
+    }
+
+    fn read_file(&self, name: &str) -> Result<Vec<u8>, SecretError> {
+        let path = self.file(name)?;
+        match fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SecretError::Missing(name.to_owned())),
+            Err(e) => Err(SecretError::Io { path, source: e }),
+        }
+    }
+
+    /// A store from before the KEK, not sealed yet.
+    fn is_legacy(&self) -> bool {
+        !self.dir.join("dek").exists() && self.dir.join("key").exists()
+    }
+
+    /// Seals a store from before the KEK, once a KEK is offered.
+    fn migrate(&self) -> Result<(), SecretError> {
+        if self.is_legacy() && self.kek()?.is_some() {
+            let _lock = self.lock()?;
+            self.recover()?;
+            if self.is_legacy() {
+                self.rotate_locked(None)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<SecretValue, SecretError> {
+        self.migrate()?;
+        let bytes = self.read_file(name)?;
+        let key = self.open()?.ok_or_else(|| SecretError::Undecryptable(name.to_owned()))?;
+        match Self::unseal(&key, name, &bytes) {
+            Ok((v, _)) => Ok(v),
+            // A rotation committed between reading `dek` and the file:
+            // once more, with both read again.
+            Err(_) => Self::unseal(
+                &self.open()?.ok_or_else(|| SecretError::Missing(name.to_owned()))?,
+                name,
+                &self.read_file(name)?,
+            )
+            .map(|(v, _)| v),
+        }
+    }
+
+    /// The stored version of a secret: set by each `set` (so every rotation
+    /// of the value is a new version), kept by a re-encryption, and nothing
+    /// of the value can be learnt from it. Needs no key.
+    pub fn version(&self, name: &str) -> Result<String, SecretError> {
+        let bytes = self.read_file(name)?;
+        if bytes.len() >= HEADER && &bytes[..MAGIC.len()] == MAGIC {
+            Ok(hex(&bytes[MAGIC.len() + ID_LEN..HEADER]))
+        } else {
+            Ok(hex(&legacy_version(&bytes)))
+        }
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), SecretError> {
+        let path = self.file(name)?;
+        let _lock = self.lock()?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SecretError::Missing(name.to_owned())),
+            Err(e) => Err(SecretError::Io { path, source: e }),
+        }
+    }
+
+    /// Whether the store opens with the KEK on offer (a store never
+    /// written needs none).
+    pub fn check(&self) -> Result<(), SecretError> {
+        self.migrate()?;
+        self.open().map(drop)
+    }
+
+    /// Names of the stored secrets, sorted.
+    pub fn list(&self) -> Result<Vec<String>, SecretError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(SecretError::Io { path: self.dir.clone(), source: e }),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".enc").map(str::to_owned))
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Re-encrypts every entry under a new data key sealed by the current
+    /// KEK. `old` opens the store when it was sealed with another KEK (the
+    /// current one otherwise; a store from before the KEK needs none).
+    pub fn rotate(&self, old: Option<Kek>) -> Result<Rotated, SecretError> {
+        self.need_kek()?;
+        let _lock = self.lock()?;
+        self.recover()?;
+        self.rotate_locked(old)
+    }
+
+    fn rotate_locked(&self, old: Option<Kek>) -> Result<Rotated, SecretError> {
+        let new_kek = self.need_kek()?;
+        let (current, migrated) = match self.read_dek()? {
+            Some((dek, _)) => {
+                let opener = old.as_ref().unwrap_or(&new_kek);
+                (Some(DataKey::Sealed { key: self.unwrap_with(&dek, opener)?, id: dek.id }), false)
+            }
+            None => {
+                let legacy = self.dir.join("key");
+                match fs::read(&legacy) {
+                    Ok(k) => {
+                        let k: [u8; 32] = k.try_into().map_err(|_| SecretError::BadKey(legacy.clone()))?;
+                        (Some(DataKey::Legacy(k)), true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => (None, false),
+                    Err(e) => return Err(SecretError::Io { path: legacy, source: e }),
+                }
+            }
+        };
+        if current.is_none() {
+            kek::confirm(&new_kek)?;
+        }
+        let (dek, key) = self.seal_new(&new_kek)?;
+        let names = self.list()?;
+        if let Some(current) = &current {
+            for name in &names {
+                let (value, version) = Self::unseal(current, name, &self.read_file(name)?)?;
+                let sealed = Self::seal(&key, &dek.id, &version, name, value.expose())
+                    .ok_or_else(|| SecretError::Undecryptable(name.clone()))?;
+                let next = self.dir.join(format!("{name}.enc.new"));
+                self.write_atomic(&next, &sealed)?;
+            }
+        }
+        // The commit: from here on the new files are the store.
+        self.write_atomic(&self.dir.join("dek"), dek.render(self.purpose).as_bytes())?;
+        self.recover()?;
+        Ok(Rotated {
+            count: if current.is_some() { names.len() } else { 0 },
+            sealed_with: new_kek.origin.to_string(),
+            migrated,
+        })
+    }
+}
+
+/// A pre-KEK secret's version: a digest of its ciphertext (as it was
+/// computed before, so sealing an old store changes no version).
+fn legacy_version(bytes: &[u8]) -> [u8; VERSION_LEN] {
+    let d = crate::digest::Digest::of(bytes);
+    let h = d.hex();
+    let mut v = [0u8; VERSION_LEN];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests;
