@@ -5,7 +5,7 @@
 //! more bytes than it was given.
 #![no_main]
 
-use kiln::proxy::h1;
+use kiln_proxy::h1;
 use libfuzzer_sys::fuzz_target;
 
 fn one_head(out: &[u8], request: bool) {

@@ -568,14 +568,7 @@ pub(crate) fn parse_health_path(s: &str) -> Result<String, String> {
 }
 
 pub(crate) fn parse_sticky(s: &str) -> Result<kiln::proxy::Sticky, String> {
-    match s {
-        "none" => Ok(kiln::proxy::Sticky::None),
-        "cookie" => Ok(kiln::proxy::Sticky::Cookie),
-        _ => match s.strip_prefix("header:").map(|h| hyper::header::HeaderName::from_bytes(h.as_bytes())) {
-            Some(Ok(h)) => Ok(kiln::proxy::Sticky::Header(h)),
-            _ => Err(format!("{s:?}: expected none, cookie or header:NAME")),
-        },
-    }
+    s.parse()
 }
 
 pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {

@@ -1,8 +1,9 @@
 //! kiln: immutable infrastructure in one binary.
 //!
 //! Module map (see `docs/architecture.md` for the data flow):
-//! - pure logic: [`spec`] (kiln.toml), [`digest`], [`oci`] (image types),
-//!   [`layer`] (deterministic tar/gzip), [`time`];
+//! - pure logic, from the `kiln-core` crate: [`spec`] (kiln.toml),
+//!   [`digest`], [`oci`] (image types), [`time`], [`release`], [`heal`];
+//!   and here [`layer`] (deterministic tar/gzip);
 //! - storage: [`store`] (OCI layout, tags, cache, gc);
 //! - edges to the outside: [`unpack`] (hostile tarballs), [`git`],
 //!   [`bake::sandbox`] and [`runtime::driver`] (runc);
@@ -20,30 +21,28 @@
 //!   an image with all of them through an OCI registry;
 //! - [`faults`]: the crash hooks tests inject faults with.
 
+// The pure core, re-exported under the names the engine has always used.
+pub use kiln_core::{digest, heal, oci, release, spec, time};
+// The data plane, and the socket handoff it shares with `kiln serve`.
+pub use kiln_proxy as proxy;
+pub use kiln_proxy::handoff;
+
 pub mod atomic;
 pub mod bake;
 pub mod chaos;
 pub mod children;
 pub mod command;
-pub mod digest;
 pub mod faults;
 pub mod git;
-pub mod handoff;
-pub mod heal;
 pub mod history;
 pub mod layer;
 pub mod notify;
-pub mod oci;
-pub mod proxy;
 pub mod registry;
-pub mod release;
 pub mod runtime;
 pub mod secrets;
 pub mod serve;
 pub mod ship;
-pub mod spec;
 pub mod store;
-pub mod time;
 pub mod unpack;
 pub mod verify;
 

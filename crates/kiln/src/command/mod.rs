@@ -248,23 +248,7 @@ pub(crate) fn api_actor() -> String {
     "api".into()
 }
 
-/// `kiln proxy`: where to listen, the initial releases, the behaviour.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyRun {
-    pub listen: std::net::SocketAddr,
-    pub admin: Option<std::net::SocketAddr>,
-    pub releases: Vec<crate::proxy::ReleaseSpec>,
-    /// More releases, from a JSON file re-read on SIGHUP.
-    pub releases_file: Option<std::path::PathBuf>,
-    /// On SIGTERM or Ctrl-C, how long requests in flight get to finish.
-    pub shutdown_grace: std::time::Duration,
-    pub config: crate::proxy::ProxyConfig,
-    pub workers: usize,
-    /// Where a successor may take the listeners over (see [`crate::handoff`]).
-    pub handoff: Option<std::path::PathBuf>,
-    /// A predecessor's handoff socket: serve on its listeners, then it stops.
-    pub take_over: Option<std::path::PathBuf>,
-}
+pub use kiln_proxy::run::ProxyRun;
 
 /// What a command produced, for a front end to render. On the wire (the
 /// answer to `POST /v1/commands`) it is `{"kind": "baked", "output": ...}`;
@@ -556,7 +540,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
         Command::Proxy(run) => {
-            run_proxy(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
+            kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
             Ok(Output::Done { message: "kiln proxy stopped".into() })
         }
         Command::SecretRemove { name } => {
@@ -773,132 +757,4 @@ fn inspect(store: &Store, reference: &str) -> Result<Inspection, StoreError> {
         store.tag_log()?.into_iter().filter(|e| e.to == desc.digest || e.from.as_ref() == Some(&desc.digest)).collect();
     let records = crate::verify::records_of(store, &desc.digest)?;
     Ok(Inspection { digest: desc.digest, tags, size: image_size(&manifest), manifest, config, tag_history, records })
-}
-
-/// The `--release` flags plus the releases file, if any.
-fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::proxy::ReleaseSpec>, String> {
-    let mut releases = run.releases.clone();
-    if let Some(path) = &run.releases_file {
-        releases.extend(crate::proxy::read_releases_file(path)?);
-    }
-    Ok(releases)
-}
-
-/// The proxy's listeners: a predecessor's (the very sockets, so its accept
-/// queue carries over) with its backends' health, or fresh ones.
-fn proxy_listeners(
-    run: &ProxyRun,
-    proxy: &crate::proxy::Proxy,
-) -> std::io::Result<(Vec<std::net::TcpListener>, Option<crate::handoff::Inherited>)> {
-    let Some(path) = &run.take_over else { return Ok((crate::proxy::bind(run.listen, run.workers)?, None)) };
-    let mut inh = crate::handoff::take_over(path).map_err(std::io::Error::other)?;
-    let state: crate::proxy::Succession = serde_json::from_slice(&inh.state)
-        .map_err(|e| std::io::Error::other(format!("{}: the predecessor's state: {e}", path.display())))?;
-    let listeners: Vec<std::net::TcpListener> = std::mem::take(&mut inh.fds).into_iter().map(Into::into).collect();
-    for l in &listeners {
-        let at = l.local_addr()?;
-        if at != run.listen {
-            let m =
-                format!("--take-over {}: the predecessor listens on {at}, not --listen {}", path.display(), run.listen);
-            return Err(std::io::Error::other(m));
-        }
-    }
-    if listeners.is_empty() {
-        return Err(std::io::Error::other(format!("--take-over {}: no listener was handed over", path.display())));
-    }
-    proxy.inherit(&state);
-    Ok((listeners, Some(inh)))
-}
-
-/// Offers this proxy's listeners to a successor on `path`; `handed` is
-/// notified once one serves on them.
-fn offer_listeners(
-    path: &std::path::Path,
-    proxy: std::sync::Arc<crate::proxy::Proxy>,
-    fds: Vec<std::os::fd::OwnedFd>,
-    handed: std::sync::Arc<tokio::sync::Notify>,
-) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    let offer = crate::handoff::Offer::bind(path).map_err(std::io::Error::other)?;
-    std::thread::spawn(move || loop {
-        let result = offer.accept().and_then(|successor| {
-            let state = serde_json::to_vec(&proxy.succession()).expect("serializes");
-            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            successor.hand_over(&borrowed, &state, std::time::Duration::from_secs(30))
-        });
-        match result {
-            Ok(true) => return handed.notify_one(),
-            Ok(false) => eprintln!("kiln proxy: the successor went away before it served; still serving"),
-            Err(e) => eprintln!("kiln proxy: {e}; still serving"),
-        }
-    });
-    Ok(())
-}
-
-fn run_proxy(run: ProxyRun) -> std::io::Result<()> {
-    let proxy = crate::proxy::Proxy::new(run.config.clone());
-    let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
-    proxy.set_releases(initial).map_err(std::io::Error::other)?;
-    let (listeners, inherited) = proxy_listeners(&run, &proxy)?;
-    // Copies kept for a successor: the same sockets, not new ones.
-    let keep =
-        listeners.iter().map(|l| l.try_clone().map(std::os::fd::OwnedFd::from)).collect::<Result<Vec<_>, _>>()?;
-    // Every socket of the SO_REUSEPORT group needs an acceptor; extra
-    // workers share one.
-    let mut workers = listeners;
-    for i in workers.len()..run.workers.max(1) {
-        let extra = workers[i % keep.len()].try_clone()?;
-        workers.push(extra);
-    }
-    let bound = workers[0].local_addr()?;
-    let n = workers.len();
-    crate::proxy::start(proxy.clone(), workers)?;
-    if let Some(inh) = inherited {
-        inh.ready().map_err(std::io::Error::other)?;
-        eprintln!("kiln proxy: took over {bound} from its predecessor");
-    }
-    let handed = std::sync::Arc::new(tokio::sync::Notify::new());
-    if let Some(path) = &run.handoff {
-        offer_listeners(path, proxy.clone(), keep, handed.clone())?;
-    }
-    eprintln!("kiln proxy: listening on {bound} with {n} worker threads");
-    // Admin API, health checks and signals share one more thread.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
-        if let Some(a) = run.admin {
-            let admin = tokio::net::TcpListener::bind(a).await?;
-            eprintln!("kiln proxy: admin API on {}", admin.local_addr()?);
-            tokio::spawn(crate::proxy::serve_admin(proxy.clone(), admin));
-        }
-        tokio::spawn(proxy.clone().health_loop());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = handed.notified() => {
-                    eprintln!("kiln proxy: a successor serves on the listeners; stopping");
-                    break;
-                }
-                _ = hup.recv() => {
-                    // A bad file changes nothing: the current table keeps serving.
-                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r).map_err(|e| e.to_string())) {
-                        Ok(()) => eprintln!("kiln proxy: releases reloaded"),
-                        Err(e) => eprintln!("kiln proxy: reload refused, nothing changed: {e}"),
-                    }
-                }
-            }
-        }
-        // New connections are refused (or, after a handoff, go to the
-        // successor); what is in flight finishes, and each open connection
-        // closes after its next answer, up to the grace period.
-        proxy.stop();
-        let deadline = std::time::Instant::now() + run.shutdown_grace;
-        while (proxy.in_flight() > 0 || proxy.connections() > 0) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        eprintln!("kiln proxy: stopped, {} in flight cut", proxy.in_flight());
-        Ok(())
-    })
 }

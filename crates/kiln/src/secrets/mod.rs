@@ -152,12 +152,7 @@ pub struct Rotated {
     pub migrated: bool,
 }
 
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && !name.starts_with('.')
-}
+pub use crate::spec::valid_secret_name as valid_name;
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];

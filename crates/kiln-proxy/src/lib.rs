@@ -14,11 +14,22 @@
 //! channel. The routing table is swapped whole through `ArcSwap`, so a
 //! switch never blocks or fails a request. Nothing on the request path may
 //! block or take a lock. The admin API is a hyper server: it is not hot.
+//! [`run`] is `kiln proxy`'s main; [`handoff`] passes listening sockets to
+//! a successor process (the proxy's `--take-over`, and `kiln serve
+//! --upgrade`).
+//!
+//! Must never: know kiln's store, runtime or controller (it is a crate of
+//! its own, depending on kiln-core alone among kiln's crates, so the
+//! compiler holds it to that); block or lock on the request path.
 
 mod forward;
 pub mod h1;
-pub mod metrics;
+pub mod handoff;
+pub use kiln_core::metrics;
+pub mod run;
 pub mod table;
+#[cfg(test)]
+mod testutil;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -55,6 +66,22 @@ pub enum Sticky {
     /// A request header's value (a user or session id) hashed onto the
     /// weighted schedule: the same value always lands on the same release.
     Header(HeaderName),
+}
+
+impl std::str::FromStr for Sticky {
+    type Err = String;
+
+    /// `none`, `cookie` or `header:NAME` (a valid header name).
+    fn from_str(s: &str) -> Result<Sticky, String> {
+        match s {
+            "none" => Ok(Sticky::None),
+            "cookie" => Ok(Sticky::Cookie),
+            _ => match s.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.as_bytes())) {
+                Some(Ok(h)) => Ok(Sticky::Header(h)),
+                _ => Err(format!("{s:?}: expected none, cookie or header:NAME")),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::analysis::{self, Outcome, Verdict};
 use super::plan::Step;
 use crate::digest::Digest;
-use crate::proxy::metrics::WindowStats;
+use crate::metrics::WindowStats;
 use crate::spec::{AnalysisSpec, ReleaseSpec};
 
 /// A release in progress, as recorded (in `state.db`) after each step.
@@ -229,7 +229,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::proxy::metrics::ReleaseMetrics;
+    use crate::metrics::ReleaseMetrics;
     use crate::release::plan::{plan, Current};
     use crate::spec::parse;
 

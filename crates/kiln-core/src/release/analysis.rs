@@ -35,7 +35,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::metrics::{WindowStats, BUCKETS_US};
+use crate::metrics::{WindowStats, BUCKETS_US};
 use crate::spec::AnalysisSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,7 +374,7 @@ fn erfc(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::metrics::NB;
+    use crate::metrics::NB;
 
     /// A window of `n` requests, `errors` of them 5xx, with latencies spread
     /// over buckets as `(bucket index, share)`.

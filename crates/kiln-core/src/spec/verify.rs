@@ -284,7 +284,7 @@ pub(super) fn validate_promotion(raw: Spanned<RawPromotion>) -> Result<Promotion
     };
     let key = match raw.key {
         None => d.key,
-        Some(k) if crate::secrets::valid_name(k.get_ref()) => k.into_inner(),
+        Some(k) if crate::spec::valid_secret_name(k.get_ref()) => k.into_inner(),
         Some(k) => return Err(field_err(k.span(), "key", format!("{:?} is not a key name", k.get_ref()))),
     };
     Ok(PromotionSpec { channels, key })

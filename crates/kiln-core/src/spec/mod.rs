@@ -853,6 +853,15 @@ impl LineIndex {
     }
 }
 
+/// Whether `name` can name a secret: letters, digits, `_`, `.`, `-`, at
+/// most 128, not starting with `.` (it becomes a file name).
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !name.starts_with('.')
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -116,7 +116,7 @@ pub(super) fn validate(i: usize, raw: Spanned<RawNotify>) -> Result<NotifySpec, 
         }
     };
     let secret = match raw.secret {
-        Some(s) if !crate::secrets::valid_name(s.get_ref()) => {
+        Some(s) if !crate::spec::valid_secret_name(s.get_ref()) => {
             return Err(field_err(s.span(), &key("secret"), format!("{:?} is not a secret name", s.get_ref())));
         }
         s => s.map(Spanned::into_inner),

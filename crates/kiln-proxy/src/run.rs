@@ -1,0 +1,155 @@
+//! `kiln proxy`'s main: the listeners (fresh, or a predecessor's taken
+//! over), the worker threads, the admin API, SIGHUP reloads and the drain
+//! at the end.
+//!
+//! For: running the data plane as its own process, which outlives the
+//! controller. Must never: read kiln's store or its state; everything it
+//! knows comes from its flags, its releases file and its admin API.
+
+/// `kiln proxy`: where to listen, the initial releases, the behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRun {
+    pub listen: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+    pub releases: Vec<crate::ReleaseSpec>,
+    /// More releases, from a JSON file re-read on SIGHUP.
+    pub releases_file: Option<std::path::PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long requests in flight get to finish.
+    pub shutdown_grace: std::time::Duration,
+    pub config: crate::ProxyConfig,
+    pub workers: usize,
+    /// Where a successor may take the listeners over (see [`crate::handoff`]).
+    pub handoff: Option<std::path::PathBuf>,
+    /// A predecessor's handoff socket: serve on its listeners, then it stops.
+    pub take_over: Option<std::path::PathBuf>,
+}
+
+/// The `--release` flags plus the releases file, if any.
+fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::ReleaseSpec>, String> {
+    let mut releases = run.releases.clone();
+    if let Some(path) = &run.releases_file {
+        releases.extend(crate::read_releases_file(path)?);
+    }
+    Ok(releases)
+}
+
+/// The proxy's listeners: a predecessor's (the very sockets, so its accept
+/// queue carries over) with its backends' health, or fresh ones.
+fn proxy_listeners(
+    run: &ProxyRun,
+    proxy: &crate::Proxy,
+) -> std::io::Result<(Vec<std::net::TcpListener>, Option<crate::handoff::Inherited>)> {
+    let Some(path) = &run.take_over else { return Ok((crate::bind(run.listen, run.workers)?, None)) };
+    let mut inh = crate::handoff::take_over(path).map_err(std::io::Error::other)?;
+    let state: crate::Succession = serde_json::from_slice(&inh.state)
+        .map_err(|e| std::io::Error::other(format!("{}: the predecessor's state: {e}", path.display())))?;
+    let listeners: Vec<std::net::TcpListener> = std::mem::take(&mut inh.fds).into_iter().map(Into::into).collect();
+    for l in &listeners {
+        let at = l.local_addr()?;
+        if at != run.listen {
+            let m =
+                format!("--take-over {}: the predecessor listens on {at}, not --listen {}", path.display(), run.listen);
+            return Err(std::io::Error::other(m));
+        }
+    }
+    if listeners.is_empty() {
+        return Err(std::io::Error::other(format!("--take-over {}: no listener was handed over", path.display())));
+    }
+    proxy.inherit(&state);
+    Ok((listeners, Some(inh)))
+}
+
+/// Offers this proxy's listeners to a successor on `path`; `handed` is
+/// notified once one serves on them.
+fn offer_listeners(
+    path: &std::path::Path,
+    proxy: std::sync::Arc<crate::Proxy>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    handed: std::sync::Arc<tokio::sync::Notify>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let offer = crate::handoff::Offer::bind(path).map_err(std::io::Error::other)?;
+    std::thread::spawn(move || loop {
+        let result = offer.accept().and_then(|successor| {
+            let state = serde_json::to_vec(&proxy.succession()).expect("serializes");
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            successor.hand_over(&borrowed, &state, std::time::Duration::from_secs(30))
+        });
+        match result {
+            Ok(true) => return handed.notify_one(),
+            Ok(false) => eprintln!("kiln proxy: the successor went away before it served; still serving"),
+            Err(e) => eprintln!("kiln proxy: {e}; still serving"),
+        }
+    });
+    Ok(())
+}
+
+/// `kiln proxy`'s main: serves until SIGTERM, Ctrl-C or a successor
+/// takes the listeners over, then drains for the grace period.
+pub fn run(run: ProxyRun) -> std::io::Result<()> {
+    let proxy = crate::Proxy::new(run.config.clone());
+    let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
+    proxy.set_releases(initial).map_err(std::io::Error::other)?;
+    let (listeners, inherited) = proxy_listeners(&run, &proxy)?;
+    // Copies kept for a successor: the same sockets, not new ones.
+    let keep =
+        listeners.iter().map(|l| l.try_clone().map(std::os::fd::OwnedFd::from)).collect::<Result<Vec<_>, _>>()?;
+    // Every socket of the SO_REUSEPORT group needs an acceptor; extra
+    // workers share one.
+    let mut workers = listeners;
+    for i in workers.len()..run.workers.max(1) {
+        let extra = workers[i % keep.len()].try_clone()?;
+        workers.push(extra);
+    }
+    let bound = workers[0].local_addr()?;
+    let n = workers.len();
+    crate::start(proxy.clone(), workers)?;
+    if let Some(inh) = inherited {
+        inh.ready().map_err(std::io::Error::other)?;
+        eprintln!("kiln proxy: took over {bound} from its predecessor");
+    }
+    let handed = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let Some(path) = &run.handoff {
+        offer_listeners(path, proxy.clone(), keep, handed.clone())?;
+    }
+    eprintln!("kiln proxy: listening on {bound} with {n} worker threads");
+    // Admin API, health checks and signals share one more thread.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        if let Some(a) = run.admin {
+            let admin = tokio::net::TcpListener::bind(a).await?;
+            eprintln!("kiln proxy: admin API on {}", admin.local_addr()?);
+            tokio::spawn(crate::serve_admin(proxy.clone(), admin));
+        }
+        tokio::spawn(proxy.clone().health_loop());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = handed.notified() => {
+                    eprintln!("kiln proxy: a successor serves on the listeners; stopping");
+                    break;
+                }
+                _ = hup.recv() => {
+                    // A bad file changes nothing: the current table keeps serving.
+                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r).map_err(|e| e.to_string())) {
+                        Ok(()) => eprintln!("kiln proxy: releases reloaded"),
+                        Err(e) => eprintln!("kiln proxy: reload refused, nothing changed: {e}"),
+                    }
+                }
+            }
+        }
+        // New connections are refused (or, after a handoff, go to the
+        // successor); what is in flight finishes, and each open connection
+        // closes after its next answer, up to the grace period.
+        proxy.stop();
+        let deadline = std::time::Instant::now() + run.shutdown_grace;
+        while (proxy.in_flight() > 0 || proxy.connections() > 0) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        eprintln!("kiln proxy: stopped, {} in flight cut", proxy.in_flight());
+        Ok(())
+    })
+}
