@@ -146,7 +146,7 @@ fn bucket(us: u64) -> usize {
 }
 
 /// Error rate and latency over a window.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,

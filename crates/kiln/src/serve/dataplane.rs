@@ -8,10 +8,18 @@
 //! decided. `proxy.json` records its pid and admin address; a restarted
 //! controller adopts a proxy that is alive and answers there. This module
 //! must never decide what the table holds.
+//!
+//! The controller drives load balancers only through the [`DataPlane`] and
+//! [`DataPlanes`] traits: [`ProxyProcesses`] is the real one (a `kiln
+//! proxy` process per service), [`RecordingDataPlanes`] the fake beside it,
+//! which records every call with its typed arguments, answers stats a test
+//! sets, and fails a call on request. In a fleet, an agent's load
+//! balancers are a third.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,14 +38,135 @@ pub struct Totals {
     pub retries: u64,
 }
 
-/// A service's running load balancer.
+/// A service's load balancer, as the controller drives it.
+pub trait DataPlane: std::fmt::Debug + Send + Sync {
+    /// The address clients connect to.
+    fn listen(&self) -> SocketAddr;
+    /// The process serving it, when it is one on this host.
+    fn pid(&self) -> Option<i32>;
+    fn is_alive(&self) -> bool;
+    /// Makes `table` the routing table (kept where a restarted load
+    /// balancer finds it).
+    fn set_table(&self, table: &[TableEntry]) -> Result<(), ServeError>;
+    /// A release's traffic over the last `window_secs` seconds.
+    fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError>;
+    /// Totals since it started, over every release.
+    fn totals(&self) -> Result<Totals, ServeError>;
+    /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
+    /// what it has in flight.
+    fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError>;
+}
+
+/// Where the controller's load balancers come from.
+pub trait DataPlanes: std::fmt::Debug {
+    /// Adopts the service's load balancer if it runs with the same listen
+    /// address; otherwise starts one (bound first: a taken address fails
+    /// here, naming the key).
+    fn ensure(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError>;
+    /// Replaces `service`'s load balancer with a new one on the same
+    /// listeners, without a refused connection.
+    fn hand_over(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError>;
+    /// A private load balancer for `table` alone (blue-green's preview).
+    fn preview(&self, service: &ServiceSpec, table: &[TableEntry]) -> Result<Arc<dyn DataPlane>, ServeError>;
+    /// Ends `service`'s preview, if any.
+    fn stop_preview(&self, service: &str);
+    /// Stops `service`'s load balancer (what it has in flight is answered)
+    /// and forgets it: the service was taken down.
+    fn stop(&self, service: &str);
+}
+
+/// `kiln proxy` processes, one per service, recorded under
+/// `$KILN_HOME/proxies`.
+#[derive(Debug, Clone)]
+pub struct ProxyProcesses {
+    home: PathBuf,
+}
+
+impl ProxyProcesses {
+    pub fn new(home: &Path) -> Self {
+        ProxyProcesses { home: home.to_owned() }
+    }
+}
+
+impl DataPlanes for ProxyProcesses {
+    fn ensure(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let rec = ProxyProcess::ensure(&self.home, service)?;
+        Ok(Arc::new(Proxied { rec, home: self.home.clone() }))
+    }
+
+    fn hand_over(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let path = dir(&self.home, &service.name).join("proxy.json");
+        let old: ProxyProcess = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ServeError::NoListen(service.name.clone()))?;
+        let rec = old.hand_over(&self.home, service)?;
+        Ok(Arc::new(Proxied { rec, home: self.home.clone() }))
+    }
+
+    fn preview(&self, service: &ServiceSpec, table: &[TableEntry]) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let rec = ProxyProcess::preview(&self.home, service, table)?;
+        Ok(Arc::new(Proxied { rec, home: self.home.clone() }))
+    }
+
+    fn stop_preview(&self, service: &str) {
+        let record = dir(&self.home, service).join("preview.json");
+        if let Some(old) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<ProxyProcess>(&b).ok()) {
+            old.stop_preview(&self.home, service);
+        }
+    }
+
+    fn stop(&self, service: &str) {
+        let record = dir(&self.home, service).join("proxy.json");
+        if let Some(p) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<ProxyProcess>(&b).ok()) {
+            if alive(p.pid) {
+                // SAFETY: a signal to a proxy process kiln started and recorded.
+                unsafe { libc::kill(p.pid, libc::SIGTERM) };
+            }
+        }
+        let _ = std::fs::remove_file(record);
+    }
+}
+
+/// A running proxy process and where its table lives.
+#[derive(Debug)]
+struct Proxied {
+    rec: ProxyProcess,
+    home: PathBuf,
+}
+
+impl DataPlane for Proxied {
+    fn listen(&self) -> SocketAddr {
+        self.rec.listen
+    }
+    fn pid(&self) -> Option<i32> {
+        Some(self.rec.pid)
+    }
+    fn is_alive(&self) -> bool {
+        alive(self.rec.pid)
+    }
+    fn set_table(&self, table: &[TableEntry]) -> Result<(), ServeError> {
+        self.rec.set_table(&self.home, table)
+    }
+    fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError> {
+        self.rec.stats(release, window_secs)
+    }
+    fn totals(&self) -> Result<Totals, ServeError> {
+        self.rec.totals()
+    }
+    fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
+        self.rec.drain(backend, deadline_ms)
+    }
+}
+
+/// A service's running `kiln proxy`, as `proxy.json` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataPlane {
+pub struct ProxyProcess {
     pub service: String,
     pub pid: i32,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    /// Where a successor takes its listeners over ([`DataPlane::hand_over`]);
+    /// Where a successor takes its listeners over ([`ProxyProcess::hand_over`]);
     /// none for previews, and for proxies of a kiln before handoffs.
     #[serde(default)]
     pub handoff: Option<PathBuf>,
@@ -76,15 +205,15 @@ fn handoff_path(dir: &Path) -> PathBuf {
     dir.join(format!("handoff-{n:x}.sock"))
 }
 
-impl DataPlane {
+impl ProxyProcess {
     /// Adopts the service's proxy if it runs and answers on the recorded
     /// admin address with the same listen address; otherwise starts one.
-    pub fn ensure(home: &Path, service: &ServiceSpec) -> Result<DataPlane, ServeError> {
+    fn ensure(home: &Path, service: &ServiceSpec) -> Result<ProxyProcess, ServeError> {
         let listen = service.release.listen.ok_or_else(|| ServeError::NoListen(service.name.clone()))?;
         let d = dir(home, &service.name);
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         let record = d.join("proxy.json");
-        let old = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok());
+        let old = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<ProxyProcess>(&b).ok());
         if let Some(dp) = &old {
             if alive(dp.pid) && dp.listen == listen && dp.call("GET", "/releases", b"").is_ok() {
                 return Ok(dp.clone());
@@ -113,7 +242,7 @@ impl DataPlane {
     /// does the old one stop accepting; it exits once its open connections
     /// have had their last answers. The new record is written before this
     /// returns. A proxy without a handoff socket is left as it is.
-    pub fn hand_over(&self, home: &Path, service: &ServiceSpec) -> Result<DataPlane, ServeError> {
+    fn hand_over(&self, home: &Path, service: &ServiceSpec) -> Result<ProxyProcess, ServeError> {
         let Some(from) = self.handoff.clone() else {
             return Err(ServeError::Proxy {
                 service: self.service.clone(),
@@ -131,12 +260,12 @@ impl DataPlane {
     /// Starts a private load balancer for `table` alone on a free loopback
     /// port (blue-green's preview listener: smoke checks go through it
     /// before the new set gets any traffic). A preview left by a crashed
-    /// controller is ended first. [`DataPlane::stop`] ends it.
-    pub fn preview(home: &Path, service: &ServiceSpec, table: &[TableEntry]) -> Result<DataPlane, ServeError> {
+    /// controller is ended first. [`ProxyProcess::stop_preview`] ends it.
+    fn preview(home: &Path, service: &ServiceSpec, table: &[TableEntry]) -> Result<ProxyProcess, ServeError> {
         let d = dir(home, &service.name);
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         let record = d.join("preview.json");
-        if let Some(old) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<DataPlane>(&b).ok()) {
+        if let Some(old) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<ProxyProcess>(&b).ok()) {
             old.stop_preview(home, &service.name);
         }
         let file = d.join("preview-releases.json");
@@ -153,7 +282,7 @@ impl DataPlane {
 
     /// Ends `service`'s preview load balancer (SIGTERM: requests in flight
     /// finish) and its record.
-    pub fn stop_preview(&self, home: &Path, service: &str) {
+    fn stop_preview(&self, home: &Path, service: &str) {
         if alive(self.pid) {
             // SAFETY: a signal to a proxy process kiln started and recorded.
             unsafe { libc::kill(self.pid, libc::SIGTERM) };
@@ -170,7 +299,7 @@ impl DataPlane {
         table: &Path,
         log_name: &str,
         handoff: Handoff<'_>,
-    ) -> Result<DataPlane, ServeError> {
+    ) -> Result<ProxyProcess, ServeError> {
         let d = dir(home, &service.name);
         if !matches!(handoff, Handoff::From(_)) {
             // A taken address is refused at once, naming the key, rather
@@ -239,7 +368,7 @@ impl DataPlane {
             });
         }
         let mut child = cmd.spawn().map_err(io_err(&d))?;
-        let dp = DataPlane { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
+        let dp = ProxyProcess { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
         let deadline = Instant::now() + Duration::from_secs(10);
         while dp.call("GET", "/releases", b"").is_err() {
             // An exited proxy is found by waiting on it: as a zombie it
@@ -265,11 +394,6 @@ impl DataPlane {
         Ok(dp)
     }
 
-    /// Whether the proxy process still runs.
-    pub fn is_alive(&self) -> bool {
-        alive(self.pid)
-    }
-
     fn call(&self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>, ServeError> {
         let fail = |detail: String| ServeError::Proxy { service: self.service.clone(), admin: self.admin, detail };
         let s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2)).map_err(|e| fail(e.to_string()))?;
@@ -282,14 +406,14 @@ impl DataPlane {
     }
 
     /// Makes `table` the routing table: on disk first, then in the proxy.
-    pub fn set_table(&self, home: &Path, table: &[TableEntry]) -> Result<(), ServeError> {
+    fn set_table(&self, home: &Path, table: &[TableEntry]) -> Result<(), ServeError> {
         let body = serde_json::to_vec(table).expect("serializes");
         write_atomic(&dir(home, &self.service).join("releases.json"), &body)?;
         self.call("PUT", "/releases", &body).map(drop)
     }
 
     /// A release's traffic over the last `window_secs` seconds.
-    pub fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError> {
+    fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError> {
         let body = self.call("GET", &format!("/stats?release={release}&window={window_secs}"), b"")?;
         serde_json::from_slice(&body).map_err(|e| ServeError::Proxy {
             service: self.service.clone(),
@@ -301,7 +425,7 @@ impl DataPlane {
     /// Totals since the proxy started, over every release: requests
     /// answered, those answered 5xx (the backend's or the proxy's own
     /// 502/503/504), and retries. Drill faults are not requests here.
-    pub fn totals(&self) -> Result<Totals, ServeError> {
+    fn totals(&self) -> Result<Totals, ServeError> {
         let body = self.call("GET", "/metrics", b"")?;
         let mut t = Totals::default();
         let mut injected = 0;
@@ -328,7 +452,152 @@ impl DataPlane {
 
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
     /// what it has in flight.
-    pub fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
+    fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
         self.call("POST", &format!("/drain?backend={backend}&deadline_ms={deadline_ms}"), b"").map(drop)
+    }
+}
+
+/// One call a [`RecordingDataPlanes`] received, with its typed arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataPlaneCall {
+    Ensure { service: String, listen: SocketAddr },
+    HandOver { service: String },
+    Preview { service: String, table: Vec<TableEntry> },
+    StopPreview { service: String },
+    Stop { service: String },
+    SetTable { service: String, table: Vec<TableEntry> },
+    Drain { service: String, backend: SocketAddr },
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    calls: Vec<DataPlaneCall>,
+    stats: std::collections::HashMap<(String, String), WindowStats>,
+    failing: std::collections::HashMap<String, String>,
+    dead: std::collections::HashSet<String>,
+}
+
+/// The fake data plane, for the controller's unit tests: no process, no
+/// socket. It records every call, answers the stats a test sets (empty
+/// windows otherwise), and fails every call for a service a test marks.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingDataPlanes {
+    inner: Arc<Mutex<Recorded>>,
+}
+
+impl RecordingDataPlanes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<DataPlaneCall> {
+        self.lock().calls.clone()
+    }
+
+    /// The table last set for `service`.
+    pub fn table(&self, service: &str) -> Option<Vec<TableEntry>> {
+        self.lock().calls.iter().rev().find_map(|c| match c {
+            DataPlaneCall::SetTable { service: s, table } if s == service => Some(table.clone()),
+            _ => None,
+        })
+    }
+
+    /// What `stats` answers for `release` of `service`.
+    pub fn set_stats(&self, service: &str, release: &str, stats: WindowStats) {
+        self.lock().stats.insert((service.to_owned(), release.to_owned()), stats);
+    }
+
+    /// Makes every call for `service` fail with `detail` (none: succeed again).
+    pub fn fail(&self, service: &str, detail: Option<&str>) {
+        let mut r = self.lock();
+        match detail {
+            Some(d) => r.failing.insert(service.to_owned(), d.to_owned()),
+            None => r.failing.remove(service),
+        };
+    }
+
+    /// `service`'s load balancer dies (until the next `ensure`).
+    pub fn kill(&self, service: &str) {
+        self.lock().dead.insert(service.to_owned());
+    }
+
+    fn call(&self, service: &str, listen: SocketAddr, call: DataPlaneCall) -> Result<(), ServeError> {
+        let mut r = self.lock();
+        if let Some(detail) = r.failing.get(service) {
+            return Err(ServeError::Proxy { service: service.to_owned(), admin: listen, detail: detail.clone() });
+        }
+        r.calls.push(call);
+        Ok(())
+    }
+}
+
+/// A load balancer of [`RecordingDataPlanes`].
+#[derive(Debug)]
+struct FakePlane {
+    service: String,
+    listen: SocketAddr,
+    owner: RecordingDataPlanes,
+}
+
+impl DataPlane for FakePlane {
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+    fn pid(&self) -> Option<i32> {
+        None
+    }
+    fn is_alive(&self) -> bool {
+        !self.owner.lock().dead.contains(&self.service)
+    }
+    fn set_table(&self, table: &[TableEntry]) -> Result<(), ServeError> {
+        let call = DataPlaneCall::SetTable { service: self.service.clone(), table: table.to_vec() };
+        self.owner.call(&self.service, self.listen, call)
+    }
+    fn stats(&self, release: &str, _window_secs: u64) -> Result<WindowStats, ServeError> {
+        let r = self.owner.lock();
+        if let Some(detail) = r.failing.get(&self.service) {
+            return Err(ServeError::Proxy {
+                service: self.service.clone(),
+                admin: self.listen,
+                detail: detail.clone(),
+            });
+        }
+        Ok(r.stats.get(&(self.service.clone(), release.to_owned())).cloned().unwrap_or_default())
+    }
+    fn totals(&self) -> Result<Totals, ServeError> {
+        Ok(Totals::default())
+    }
+    fn drain(&self, backend: SocketAddr, _deadline_ms: u64) -> Result<(), ServeError> {
+        self.owner.call(&self.service, self.listen, DataPlaneCall::Drain { service: self.service.clone(), backend })
+    }
+}
+
+impl DataPlanes for RecordingDataPlanes {
+    fn ensure(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let listen = service.release.listen.ok_or_else(|| ServeError::NoListen(service.name.clone()))?;
+        self.call(&service.name, listen, DataPlaneCall::Ensure { service: service.name.clone(), listen })?;
+        self.lock().dead.remove(&service.name);
+        Ok(Arc::new(FakePlane { service: service.name.clone(), listen, owner: self.clone() }))
+    }
+    fn hand_over(&self, service: &ServiceSpec) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let listen = service.release.listen.ok_or_else(|| ServeError::NoListen(service.name.clone()))?;
+        self.call(&service.name, listen, DataPlaneCall::HandOver { service: service.name.clone() })?;
+        Ok(Arc::new(FakePlane { service: service.name.clone(), listen, owner: self.clone() }))
+    }
+    fn preview(&self, service: &ServiceSpec, table: &[TableEntry]) -> Result<Arc<dyn DataPlane>, ServeError> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 1));
+        let call = DataPlaneCall::Preview { service: service.name.clone(), table: table.to_vec() };
+        self.call(&service.name, listen, call)?;
+        Ok(Arc::new(FakePlane { service: format!("{}-preview", service.name), listen, owner: self.clone() }))
+    }
+    fn stop_preview(&self, service: &str) {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 1));
+        let _ = self.call(service, listen, DataPlaneCall::StopPreview { service: service.to_owned() });
+    }
+    fn stop(&self, service: &str) {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 1));
+        let _ = self.call(service, listen, DataPlaneCall::Stop { service: service.to_owned() });
+        self.lock().dead.insert(service.to_owned());
     }
 }

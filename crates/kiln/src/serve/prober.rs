@@ -28,6 +28,15 @@ struct Slot {
     running: bool,
 }
 
+/// The controller's health checks, as it uses them: the seam beside the
+/// data plane's. [`Prober`] is the real one; [`FixedProber`] the fake.
+pub trait Probe: std::fmt::Debug {
+    /// Starts the checks due among `service`'s `instances` (id, address).
+    fn tick(&self, service: &str, instances: &[(String, SocketAddr)], spec: &HealthSpec, now_ms: u64);
+    /// What the checks of `id` found so far.
+    fn health(&self, id: &str) -> Health;
+}
+
 /// Background health checks, by instance id.
 #[derive(Debug, Default, Clone)]
 pub struct Prober {
@@ -70,6 +79,68 @@ pub fn check(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> Result<
         Ok(())
     } else {
         Err(ProbeFailure::Status(status))
+    }
+}
+
+impl Probe for Prober {
+    fn tick(&self, service: &str, instances: &[(String, SocketAddr)], spec: &HealthSpec, now_ms: u64) {
+        Prober::tick(self, service, instances, spec, now_ms)
+    }
+    fn health(&self, id: &str) -> Health {
+        Prober::health(self, id)
+    }
+}
+
+/// The fake prober: each instance's health is what a test sets (else the
+/// default it sets: healthy since 0 unless told otherwise); every tick is
+/// recorded with the ids it was given.
+#[derive(Debug, Clone)]
+pub struct FixedProber {
+    inner: Arc<Mutex<Fixed>>,
+}
+
+#[derive(Debug)]
+struct Fixed {
+    default: Health,
+    by_id: HashMap<String, Health>,
+    ticks: Vec<(String, Vec<String>)>,
+}
+
+impl Default for FixedProber {
+    fn default() -> Self {
+        let healthy = Health { passes: 10, fails: 0, healthy_since_ms: Some(0), last_failure: None };
+        FixedProber {
+            inner: Arc::new(Mutex::new(Fixed { default: healthy, by_id: HashMap::new(), ticks: Vec::new() })),
+        }
+    }
+}
+
+impl FixedProber {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fixed> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// `id`'s health from now on.
+    pub fn set(&self, id: &str, h: Health) {
+        self.lock().by_id.insert(id.to_owned(), h);
+    }
+    /// The health of every instance not set one by one.
+    pub fn set_default(&self, h: Health) {
+        self.lock().default = h;
+    }
+    /// Every tick so far: the service and the instance ids it was given.
+    pub fn ticks(&self) -> Vec<(String, Vec<String>)> {
+        self.lock().ticks.clone()
+    }
+}
+
+impl Probe for FixedProber {
+    fn tick(&self, service: &str, instances: &[(String, SocketAddr)], _spec: &HealthSpec, _now_ms: u64) {
+        let ids = instances.iter().map(|(i, _)| i.clone()).collect();
+        self.lock().ticks.push((service.to_owned(), ids));
+    }
+    fn health(&self, id: &str) -> Health {
+        let f = self.lock();
+        f.by_id.get(id).copied().unwrap_or(f.default)
     }
 }
 

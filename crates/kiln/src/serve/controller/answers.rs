@@ -316,8 +316,8 @@ impl<'a> Controller<'a> {
             });
             out.push(serde_json::json!({
                 "service": name,
-                "listen": svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen)).map(|l| l.to_string()),
-                "proxy_pid": svc.dp.as_ref().map(|d| d.pid),
+                "listen": svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen())).map(|l| l.to_string()),
+                "proxy_pid": svc.dp.as_ref().and_then(|d| d.pid()),
                 "strategy": svc.spec.release.strategy.name(),
                 "replicas": svc.spec.release.replicas,
                 "stable": svc.state.stable,

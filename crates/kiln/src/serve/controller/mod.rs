@@ -18,6 +18,8 @@
 mod answers;
 mod healing;
 mod releasing;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,8 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::dataplane::DataPlane;
-use super::prober::{self, Prober};
+use super::dataplane::{DataPlane, DataPlanes, ProxyProcesses};
+use super::prober::{self, Probe, Prober};
 use super::{api::Request, ServeError};
 use crate::digest::Digest;
 use crate::heal::{self, Cause, HealAction, HealState, Seen};
@@ -154,7 +156,7 @@ pub const DRILL_FAULT: u16 = 503;
 struct Svc {
     spec: ServiceSpec,
     /// Its load balancer; none once the service is down.
-    dp: Option<DataPlane>,
+    dp: Option<Arc<dyn DataPlane>>,
     state: ServiceState,
     /// The table last sent to the proxy.
     sent: Option<Vec<TableEntry>>,
@@ -209,7 +211,10 @@ pub struct Controller<'a> {
     launcher: &'a dyn Launcher,
     history: History,
     services: BTreeMap<String, Svc>,
-    prober: Prober,
+    /// The load balancers (one `kiln proxy` per service; a fake in tests).
+    planes: Box<dyn DataPlanes + 'a>,
+    /// The health checks of every instance (a fake in tests).
+    prober: Box<dyn Probe + 'a>,
     /// When the controller first saw each stopping instance (for SIGKILL
     /// after its grace period).
     stopping: HashMap<String, u64>,
@@ -308,6 +313,22 @@ impl<'a> Controller<'a> {
         driver: &'a dyn Driver,
         launcher: &'a dyn Launcher,
     ) -> Result<Self, ServeError> {
+        let planes = Box::new(ProxyProcesses::new(home));
+        Self::with_seams(home, file, store, driver, launcher, planes, Box::new(Prober::default()))
+    }
+
+    /// [`Controller::new`] with the load balancers and the health checks
+    /// given: the real ones, or the fakes beside them
+    /// ([`super::dataplane::RecordingDataPlanes`], [`super::prober::FixedProber`]).
+    pub fn with_seams(
+        home: &Path,
+        file: &Path,
+        store: &'a Store,
+        driver: &'a dyn Driver,
+        launcher: &'a dyn Launcher,
+        planes: Box<dyn DataPlanes + 'a>,
+        prober: Box<dyn Probe + 'a>,
+    ) -> Result<Self, ServeError> {
         let history = History::open(&History::path_in(home))?;
         let mut c = Controller {
             home: home.to_owned(),
@@ -317,7 +338,8 @@ impl<'a> Controller<'a> {
             launcher,
             history,
             services: BTreeMap::new(),
-            prober: Prober::default(),
+            planes,
+            prober,
             stopping: HashMap::new(),
             retiring: HashMap::new(),
             chaos: HashSet::new(),
@@ -357,7 +379,7 @@ impl<'a> Controller<'a> {
             }
             if let Some(svc) = self.services.get_mut(&name) {
                 if svc.dp.is_some() && svc.spec.release.listen != s.release.listen {
-                    match DataPlane::ensure(&self.home, &s) {
+                    match self.planes.ensure(&s) {
                         Ok(dp) => {
                             svc.dp = Some(dp);
                             svc.sent = None;
@@ -379,7 +401,7 @@ impl<'a> Controller<'a> {
             // it is deployed again.
             let dp = match state.down.as_ref().is_some_and(|d| d.done) {
                 true => None,
-                false => match DataPlane::ensure(&self.home, &s) {
+                false => match self.planes.ensure(&s) {
                     Ok(dp) => Some(dp),
                     Err(e) => {
                         first_err.get_or_insert(e);
@@ -523,14 +545,16 @@ impl<'a> Controller<'a> {
 
     /// Replaces every service's load balancer with one of this kiln
     /// binary, each taking its predecessor's listeners over (see
-    /// [`DataPlane::hand_over`]). One that cannot be handed over keeps
+    /// [`DataPlanes::hand_over`]). One that cannot be handed over keeps
     /// serving as it is; that is reported, not fatal.
     pub fn hand_over_data_planes(&mut self) -> Vec<(String, Result<i32, ServeError>)> {
         let mut out = Vec::new();
         for (name, svc) in self.services.iter_mut() {
-            let Some(old) = &svc.dp else { continue };
-            let result = old.hand_over(&self.home, &svc.spec).map(|dp| {
-                let pid = dp.pid;
+            if svc.dp.is_none() {
+                continue;
+            }
+            let result = self.planes.hand_over(&svc.spec).map(|dp| {
+                let pid = dp.pid().unwrap_or(0);
                 svc.dp = Some(dp);
                 svc.sent = None;
                 pid
@@ -544,7 +568,7 @@ impl<'a> Controller<'a> {
     /// upgrade that failed part-way, a successor may have replaced some).
     pub fn reload_data_planes(&mut self) -> Result<(), ServeError> {
         for svc in self.services.values_mut().filter(|s| s.dp.is_some()) {
-            svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
+            svc.dp = Some(self.planes.ensure(&svc.spec)?);
             svc.sent = None;
         }
         Ok(())
@@ -643,7 +667,7 @@ impl<'a> Controller<'a> {
         let svc = self.services.get_mut(name).expect("known service");
         let Some(dp) = &svc.dp else { return Ok(()) };
         if force || svc.sent.as_ref() != Some(&t) {
-            dp.set_table(&self.home, &t)?;
+            dp.set_table(&t)?;
             svc.sent = Some(t);
         }
         Ok(())
@@ -682,9 +706,12 @@ impl<'a> Controller<'a> {
                 // The load balancer died (killed, OOM): a new one starts from
                 // the last table on disk, and the next sync sends the current one.
                 if let Some(dp) = dead {
-                    eprintln!("kiln serve: the load balancer of {name} (pid {}) is gone; starting another", dp.pid);
+                    eprintln!(
+                        "kiln serve: the load balancer of {name} (pid {}) is gone; starting another",
+                        dp.pid().unwrap_or(0)
+                    );
                 }
-                svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
+                svc.dp = Some(self.planes.ensure(&svc.spec)?);
                 svc.sent = None;
             }
         }
@@ -810,7 +837,7 @@ impl<'a> Controller<'a> {
     }
 
     /// The load balancer of a service that has one.
-    fn dp(&self, name: &str) -> Result<&DataPlane, ServeError> {
+    fn dp(&self, name: &str) -> Result<&Arc<dyn DataPlane>, ServeError> {
         self.services[name].dp.as_ref().ok_or_else(|| ServeError::NoListen(name.to_owned()))
     }
 

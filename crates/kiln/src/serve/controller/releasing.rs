@@ -176,23 +176,23 @@ impl<'a> Controller<'a> {
             backends: new.iter().map(addr).collect(),
             fault: None,
         }];
-        let preview = DataPlane::preview(&self.home, spec, &table)?;
+        let preview = self.planes.preview(spec, &table)?;
         // The preview's own health checks admit the backends first.
         let deadline = std::time::Instant::now() + Duration::from_millis(spec.release.health.start_deadline_ms);
         let path = spec.release.health.path.as_deref().or(Some("/"));
-        while prober::check(preview.listen, path, Duration::from_secs(1)).is_err()
+        while prober::check(preview.listen(), path, Duration::from_secs(1)).is_err()
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
         }
         let failed = checks.iter().find_map(|c| {
             (0..new.len().max(1)).find_map(|_| {
-                smoke(preview.listen, c)
+                smoke(preview.listen(), c)
                     .err()
-                    .map(|e| format!("smoke check through the preview listener {}: {e}", preview.listen))
+                    .map(|e| format!("smoke check through the preview listener {}: {e}", preview.listen()))
             })
         });
-        preview.stop_preview(&self.home, name);
+        self.planes.stop_preview(name);
         Ok(failed)
     }
 
@@ -625,7 +625,7 @@ impl Controller<'_> {
         }
         let svc = self.services.get_mut(name).expect("known");
         if svc.dp.is_none() {
-            svc.dp = Some(DataPlane::ensure(&self.home, &svc.spec)?);
+            svc.dp = Some(self.planes.ensure(&svc.spec)?);
             svc.sent = None;
         }
         svc.state.down = None;
@@ -653,9 +653,8 @@ impl Controller<'_> {
         if left > 0 || self.retiring.values().any(|r| r.service == name) {
             return Ok(());
         }
-        if let Some(dp) = self.services.get_mut(name).expect("known").dp.take() {
-            dp.stop_preview(&self.home, name);
-            let _ = std::fs::remove_file(self.home.join("proxies").join(name).join("proxy.json"));
+        if self.services.get_mut(name).expect("known").dp.take().is_some() {
+            self.planes.stop(name);
         }
         if down.purge {
             let dir = self.home.join("volumes").join(name);
