@@ -1,5 +1,18 @@
 //! Civil time from Unix seconds, without a time-zone database: RFC 3339 in
-//! UTC is all an image or a log line needs. Pure; never reads the clock.
+//! UTC is all an image or a log line needs; and the one wall clock,
+//! [`now_ms`] and [`now_secs`], which every part of kiln reads (decisions
+//! never do: they take `now` from their caller, so a test pauses it).
+//! Nothing else here reads the clock.
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> i64 {
+    (now_ms() / 1000) as i64
+}
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(secs: i64) -> String {

@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use clap::{CommandFactory, Parser};
@@ -37,7 +36,7 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    kiln::time::now_ms() as i64
 }
 
 /// Log retention from `KILN_LOG_MAX_BYTES` and `KILN_LOG_MAX_AGE` (a duration).
@@ -75,7 +74,7 @@ fn carry_out(home: &std::path::Path, host: &Host, job: Job, progress: &mut dyn P
             return Ok(answer?);
         }
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = kiln::time::now_secs();
     let mut ctx = host.context(progress, now, job.source_date_epoch, retention()?);
     Ok(command::execute(job.command, &mut ctx)?)
 }
@@ -421,7 +420,7 @@ fn run() -> anyhow::Result<()> {
     let mut tty = TtyProgress { current: String::new() };
     let mut plain = PlainProgress { current: String::new() };
     let progress: &mut dyn Progress = if std::io::stderr().is_terminal() { &mut tty } else { &mut plain };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = kiln::time::now_secs();
     let job = Job { command: cmd, source_date_epoch: source_date_epoch()? };
     let output = carry_out(&home, &host, job, progress)?;
     if let Some((service, wait, json, named)) = deploy_after {

@@ -167,9 +167,7 @@ fn send(home: &Path, d: &Delivery) -> (Option<u16>, Option<String>) {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::time::now_ms;
 
 fn log(home: &Path, a: &Attempt) {
     let path = home.join("notify").join("deliveries.jsonl");

@@ -264,7 +264,7 @@ mod tests {
             fs::write(home.join(format!("logs/{id}.jsonl")), vec![b'x'; 100]).unwrap();
         }
         let live: HashSet<String> = ["a".to_owned()].into();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = crate::time::now_secs();
         let r = s.prune(&Retention { max_bytes: 1000, max_age_secs: 3600 }, now, &live).unwrap();
         assert!(r.is_empty());
         let mut r = s.prune(&Retention { max_bytes: 150, max_age_secs: 3600 }, now, &live).unwrap();

@@ -377,7 +377,7 @@ pub fn run_dir(home: &Path) -> PathBuf {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    crate::time::now_ms() as i64
 }
 
 /// Atomic (rename) but not fsynced: these records describe running

@@ -449,9 +449,7 @@ fn stream_events(mut w: impl Write, shared: &ApiShared, last_id: Option<u64>) {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::time::now_ms;
 
 /// How `kiln serve` starts.
 #[derive(Debug)]
