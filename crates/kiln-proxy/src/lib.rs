@@ -129,10 +129,12 @@ impl Default for ProxyConfig {
     }
 }
 
-/// One release in the control API.
+/// One row of the routing table: a release, its weight and its backends
+/// (the control API's unit; not to be confused with kiln.toml's release
+/// settings, `kiln_core::spec::ReleaseSpec`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReleaseSpec {
+pub struct TableEntry {
     pub release: String,
     pub weight: u32,
     pub backends: Vec<SocketAddr>,
@@ -149,7 +151,7 @@ pub struct ReleaseSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
     /// Replace the whole backend set and weights.
-    SetReleases(Vec<ReleaseSpec>),
+    SetReleases(Vec<TableEntry>),
     /// Change the weights of known releases.
     SetWeights(BTreeMap<String, u32>),
     /// Stop sending to a backend, wait for what it has in flight, cut the rest.
@@ -171,7 +173,7 @@ pub enum Control {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlOutput {
     Done,
-    Releases(Vec<ReleaseSpec>),
+    Releases(Vec<TableEntry>),
     Drained(DrainReport),
     Stats(WindowStats),
     Metrics(String),
@@ -215,7 +217,7 @@ pub struct DrainReport {
 
 #[derive(Debug, Default)]
 struct Registry {
-    specs: Vec<ReleaseSpec>,
+    specs: Vec<TableEntry>,
     releases: BTreeMap<ReleaseId, Arc<ReleaseMetrics>>,
     backends: HashMap<SocketAddr, Arc<Backend>>,
 }
@@ -344,7 +346,7 @@ impl Proxy {
     /// Replaces the whole backend set and weights, atomically. Backends
     /// already known keep their health; new ones join once healthy (at once
     /// when there are no active checks); those left out are retired.
-    pub fn set_releases(&self, specs: Vec<ReleaseSpec>) -> Result<(), ControlError> {
+    pub fn set_releases(&self, specs: Vec<TableEntry>) -> Result<(), ControlError> {
         let mut seen = std::collections::HashSet::new();
         for s in &specs {
             if s.release.is_empty() || !seen.insert(&s.release) {
@@ -393,7 +395,7 @@ impl Proxy {
         self.set_releases(specs)
     }
 
-    pub fn releases(&self) -> Vec<ReleaseSpec> {
+    pub fn releases(&self) -> Vec<TableEntry> {
         self.registry().specs.clone()
     }
 
@@ -793,7 +795,7 @@ async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
 
 /// Reads a releases file: the JSON list `PUT /releases` takes. Errors
 /// name the file, and the line and column of what is wrong.
-pub fn read_releases_file(path: &std::path::Path) -> Result<Vec<ReleaseSpec>, String> {
+pub fn read_releases_file(path: &std::path::Path) -> Result<Vec<TableEntry>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         format!(
@@ -806,7 +808,7 @@ pub fn read_releases_file(path: &std::path::Path) -> Result<Vec<ReleaseSpec>, St
 }
 
 /// Parses `NAME=WEIGHT@ADDR[,ADDR…]` (the `--release` flag).
-pub fn parse_release_flag(s: &str) -> Result<ReleaseSpec, String> {
+pub fn parse_release_flag(s: &str) -> Result<TableEntry, String> {
     let bad = || format!("{s:?}: expected NAME=WEIGHT@ADDR[,ADDR...], e.g. stable=95@127.0.0.1:8001");
     let (name, rest) = s.split_once('=').ok_or_else(bad)?;
     let (weight, addrs) = rest.split_once('@').ok_or_else(bad)?;
@@ -818,7 +820,7 @@ pub fn parse_release_flag(s: &str) -> Result<ReleaseSpec, String> {
     if name.is_empty() {
         return Err(bad());
     }
-    Ok(ReleaseSpec { release: name.to_owned(), weight, backends, fault: None })
+    Ok(TableEntry { release: name.to_owned(), weight, backends, fault: None })
 }
 
 #[cfg(test)]
@@ -868,7 +870,7 @@ mod tests {
         let p = Proxy::new(ProxyConfig::default());
         let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let spec = |addrs: Vec<SocketAddr>| {
-            vec![ReleaseSpec { release: "web".into(), weight: 1, backends: addrs, fault: None }]
+            vec![TableEntry { release: "web".into(), weight: 1, backends: addrs, fault: None }]
         };
         p.set_releases(spec(vec![a, b])).unwrap();
         let old = p.registry().backends[&a].clone();
@@ -886,7 +888,7 @@ mod tests {
     async fn the_control_surface_answers_or_refuses_without_changing_anything() {
         let p = Proxy::new(ProxyConfig::default());
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let spec = vec![ReleaseSpec { release: "web".into(), weight: 3, backends: vec![a], fault: None }];
+        let spec = vec![TableEntry { release: "web".into(), weight: 3, backends: vec![a], fault: None }];
         assert_eq!(p.control(Control::SetReleases(spec.clone())).await, Ok(ControlOutput::Done));
         assert_eq!(p.control(Control::Releases).await, Ok(ControlOutput::Releases(spec.clone())));
         let unknown = Control::Stats { release: "nope".into(), window_secs: 10 };
@@ -909,7 +911,7 @@ mod tests {
     fn weights_change_only_known_releases() {
         let p = Proxy::new(ProxyConfig::default());
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        p.set_releases(vec![ReleaseSpec { release: "blue".into(), weight: 100, backends: vec![a], fault: None }])
+        p.set_releases(vec![TableEntry { release: "blue".into(), weight: 100, backends: vec![a], fault: None }])
             .unwrap();
         assert!(p.set_weights(&BTreeMap::from([("green".to_owned(), 1)])).is_err());
         assert_eq!(p.releases()[0].weight, 100);
@@ -917,8 +919,8 @@ mod tests {
         assert_eq!(p.releases()[0].weight, 0);
         assert!(p
             .set_releases(vec![
-                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a], fault: None },
-                ReleaseSpec { release: "x".into(), weight: 1, backends: vec![a], fault: None }
+                TableEntry { release: "x".into(), weight: 1, backends: vec![a], fault: None },
+                TableEntry { release: "x".into(), weight: 1, backends: vec![a], fault: None }
             ])
             .is_err());
     }

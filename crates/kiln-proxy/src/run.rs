@@ -11,7 +11,7 @@
 pub struct ProxyRun {
     pub listen: std::net::SocketAddr,
     pub admin: Option<std::net::SocketAddr>,
-    pub releases: Vec<crate::ReleaseSpec>,
+    pub releases: Vec<crate::TableEntry>,
     /// More releases, from a JSON file re-read on SIGHUP.
     pub releases_file: Option<std::path::PathBuf>,
     /// On SIGTERM or Ctrl-C, how long requests in flight get to finish.
@@ -25,7 +25,7 @@ pub struct ProxyRun {
 }
 
 /// The `--release` flags plus the releases file, if any.
-fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::ReleaseSpec>, String> {
+fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::TableEntry>, String> {
     let mut releases = run.releases.clone();
     if let Some(path) = &run.releases_file {
         releases.extend(crate::read_releases_file(path)?);

@@ -119,7 +119,7 @@ pub struct ReleaseEntry {
     pub weight: u32,
     pub backends: Vec<Arc<Backend>>,
     pub metrics: Arc<ReleaseMetrics>,
-    /// See [`crate::proxy::ReleaseSpec::fault`].
+    /// See [`crate::TableEntry::fault`].
     pub fault: Option<u16>,
 }
 

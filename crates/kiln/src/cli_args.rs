@@ -451,7 +451,7 @@ pub(crate) enum Cmd {
         admin: Option<std::net::SocketAddr>,
         /// A release: NAME=WEIGHT@ADDR[,ADDR...] (repeatable).
         #[arg(long = "release", value_name = "NAME=WEIGHT@ADDRS", value_parser = kiln::proxy::parse_release_flag)]
-        releases: Vec<kiln::proxy::ReleaseSpec>,
+        releases: Vec<kiln::proxy::TableEntry>,
         /// Releases from a JSON file (the list PUT /releases takes), added to
         /// the --release flags; SIGHUP re-reads it (a bad file changes nothing).
         #[arg(long, value_name = "FILE")]

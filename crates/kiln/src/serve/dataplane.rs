@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::http;
 use super::ServeError;
 use crate::proxy::metrics::WindowStats;
-use crate::proxy::ReleaseSpec as TableEntry;
+use crate::proxy::TableEntry;
 use crate::spec::ServiceSpec;
 
 /// A load balancer's request counts.

@@ -37,7 +37,7 @@ use super::{api::Request, ServeError};
 use crate::digest::Digest;
 use crate::heal::{self, Cause, HealAction, HealState, Seen};
 use crate::history::{Event, History, Outcome};
-use crate::proxy::ReleaseSpec as TableEntry;
+use crate::proxy::TableEntry;
 use crate::release::plan::{self, Current, Step};
 use crate::release::rollout::{self, Action, Observed, Rollout};
 use crate::runtime::driver::Driver;
