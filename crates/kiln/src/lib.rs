@@ -12,7 +12,7 @@
 //!   (CLI today, HTTP API later) maps onto;
 //! - the controller: [`serve`] (`kiln serve`), deciding with [`release`]
 //!   (rollouts) and [`heal`] (replacements, recycling, crash loops), both
-//!   pure, recording in [`history`]; [`chaos`] drives kills and drills
+//!   pure, recording in [`history`]; `kiln chaos` (in the binary) drives kills and drills
 //!   through its API; [`handoff`] passes listening sockets to an upgraded
 //!   process (`kiln serve --upgrade`, `kiln proxy --take-over`);
 //! - gates on a digest: [`verify`] (`kiln test`, the vulnerability and
@@ -29,7 +29,6 @@ pub use kiln_proxy::handoff;
 
 pub mod atomic;
 pub mod bake;
-pub mod chaos;
 pub mod children;
 pub mod command;
 pub mod faults;

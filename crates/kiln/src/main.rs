@@ -16,14 +16,10 @@ use kiln::runtime::logs::{LogFilter, Retention};
 use kiln::runtime::RunRequest;
 use kiln::store::Store;
 
-mod cli_args;
-mod cli_heal;
-mod cli_release;
-mod cli_render;
-mod cli_verify;
+mod cli;
 
-use cli_args::*;
-use cli_render::*;
+use cli::args::*;
+use cli::render::*;
 
 fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
@@ -55,7 +51,7 @@ fn retention() -> anyhow::Result<Retention> {
 /// The request with who asked (user@host), for the history.
 fn with_actor(req: kiln::serve::api::Request) -> kiln::serve::api::Request {
     use kiln::serve::api::Request;
-    let actor = cli_release::actor();
+    let actor = cli::actor();
     match req {
         Request::Rollback { service, to, .. } => Request::Rollback { service, to, actor },
         Request::Promote { service, .. } => Request::Promote { service, actor },
@@ -115,17 +111,17 @@ fn run() -> anyhow::Result<()> {
     let mut release_deploy = None;
     let (cmd, json) = match cli.command {
         Cmd::Serve { file, tcp, upgrade } => {
-            return cli_release::serve(&cli_release::default_home(cli.home), &file, tcp, upgrade)
+            return crate::cli::release::serve(&crate::cli::release::default_home(cli.home), &file, tcp, upgrade)
         }
         Cmd::Dashboard => {
-            println!("{}", kiln::serve::dashboard_link(&cli_release::default_home(cli.home))?);
+            println!("{}", kiln::serve::dashboard_link(&crate::cli::release::default_home(cli.home))?);
             return Ok(());
         }
         Cmd::Status { service, json } => {
-            return cli_release::status(&cli_release::default_home(cli.home), service, json)
+            return crate::cli::release::status(&crate::cli::release::default_home(cli.home), service, json)
         }
         Cmd::Rollback { service, to, file, json } => {
-            let service = cli_release::pick_service(&file, service)?;
+            let service = crate::cli::release::pick_service(&file, service)?;
             (
                 Command::Controller(with_actor(kiln::serve::api::Request::Rollback {
                     service,
@@ -136,40 +132,34 @@ fn run() -> anyhow::Result<()> {
             )
         }
         Cmd::Promote { service, file, json } => {
-            let service = cli_release::pick_service(&file, service)?;
+            let service = crate::cli::release::pick_service(&file, service)?;
             (
                 Command::Controller(with_actor(kiln::serve::api::Request::Promote { service, actor: String::new() })),
                 json,
             )
         }
         Cmd::Abort { service, file, json } => {
-            let service = cli_release::pick_service(&file, service)?;
+            let service = crate::cli::release::pick_service(&file, service)?;
             (Command::Controller(with_actor(kiln::serve::api::Request::Abort { service, actor: String::new() })), json)
         }
-        Cmd::Quarantine { instance, reason, json } => (
-            Command::Controller(kiln::serve::api::Request::Quarantine {
-                instance,
-                reason,
-                actor: cli_release::actor(),
-            }),
-            json,
-        ),
-        Cmd::ReleaseQuarantine { instance, json } => (
-            Command::Controller(kiln::serve::api::Request::ReleaseQuarantine { instance, actor: cli_release::actor() }),
-            json,
-        ),
+        Cmd::Quarantine { instance, reason, json } => {
+            (Command::Controller(kiln::serve::api::Request::Quarantine { instance, reason, actor: cli::actor() }), json)
+        }
+        Cmd::ReleaseQuarantine { instance, json } => {
+            (Command::Controller(kiln::serve::api::Request::ReleaseQuarantine { instance, actor: cli::actor() }), json)
+        }
         Cmd::InspectInstance { instance, json } => {
-            return cli_heal::inspect(&cli_release::default_home(cli.home), instance, json)
+            return crate::cli::heal::inspect(&crate::cli::release::default_home(cli.home), instance, json)
         }
         Cmd::VerifyInstances { service, json } => {
-            let drifted = cli_heal::verify(&cli_release::default_home(cli.home), service, json)?;
+            let drifted = crate::cli::heal::verify(&crate::cli::release::default_home(cli.home), service, json)?;
             std::process::exit(if drifted { 5 } else { 0 });
         }
         Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json } => {
-            let service = cli_release::pick_service(&file, service)?;
+            let service = crate::cli::release::pick_service(&file, service)?;
             if let Some(DrillKind::Canary) = drill {
-                let home = cli_release::default_home(cli.home);
-                std::process::exit(cli_heal::drill(&home, &service, window, json)?);
+                let home = crate::cli::release::default_home(cli.home);
+                std::process::exit(crate::cli::heal::drill(&home, &service, window, json)?);
             }
             if kill_rate.is_nan() || kill_rate <= 0.0 {
                 bail!("--kill-rate {kill_rate}: must be more than 0 kills per second");
@@ -177,13 +167,13 @@ fn run() -> anyhow::Result<()> {
             if !(max_share > 0.0 && max_share <= 1.0) {
                 bail!("--max-share {max_share}: must be more than 0 and at most 1");
             }
-            let actor = cli_release::actor();
-            let o = kiln::chaos::Options { service, kill_rate, duration, max_share, max_kills: kills, actor };
-            return cli_heal::chaos(&cli_release::default_home(cli.home), &o, json);
+            let actor = cli::actor();
+            let o = crate::cli::chaos::Options { service, kill_rate, duration, max_share, max_kills: kills, actor };
+            return crate::cli::heal::chaos(&crate::cli::release::default_home(cli.home), &o, json);
         }
         Cmd::Up { dir } => {
             let file = dir.join("kiln.toml");
-            let service = cli_release::pick_service(&file, None)?;
+            let service = crate::cli::release::pick_service(&file, None)?;
             let spec = kiln::spec::load(&file)?;
             let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
             let listen = spec.services.get(&service).and_then(|s| s.release.listen);
@@ -195,12 +185,12 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Cmd::Down { service, file, purge, no_wait, json } => {
-            let service = cli_release::pick_service(&file, service)?;
-            let home = cli_release::default_home(cli.home);
-            std::process::exit(cli_release::down(&home, service, purge, !no_wait, json)?);
+            let service = crate::cli::release::pick_service(&file, service)?;
+            let home = crate::cli::release::default_home(cli.home);
+            std::process::exit(crate::cli::release::down(&home, service, purge, !no_wait, json)?);
         }
         Cmd::Deploy { service, image, file, no_wait, json } => {
-            let service = cli_release::pick_service(&file, service)?;
+            let service = crate::cli::release::pick_service(&file, service)?;
             let spec = kiln::spec::load(&file)?;
             // kiln serve releases the service as its own kiln.toml says; it
             // refuses a deploy that names another file (see README).
@@ -208,8 +198,8 @@ fn run() -> anyhow::Result<()> {
             let own = spec.services.get(&service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i));
             match (image, own) {
                 (Some(image), _) => {
-                    let code = cli_release::deploy(
-                        &cli_release::default_home(cli.home),
+                    let code = crate::cli::release::deploy(
+                        &crate::cli::release::default_home(cli.home),
                         service,
                         Some(image),
                         named,
@@ -223,8 +213,8 @@ fn run() -> anyhow::Result<()> {
                     (Command::Bake { file, image: Some(own), no_cache: false, force: false }, false)
                 }
                 (None, None) => {
-                    let home = cli_release::default_home(cli.home);
-                    let code = cli_release::deploy(&home, service, None, named, !no_wait, json)?;
+                    let home = crate::cli::release::default_home(cli.home);
+                    let code = crate::cli::release::deploy(&home, service, None, named, !no_wait, json)?;
                     std::process::exit(code);
                 }
             }
@@ -244,14 +234,14 @@ fn run() -> anyhow::Result<()> {
             (Command::Scan { file, reference, db, force }, json)
         }
         Cmd::PromoteImage { reference, to, file, json } => {
-            (Command::PromoteImage { file, reference, to, actor: cli_release::actor() }, json)
+            (Command::PromoteImage { file, reference, to, actor: cli::actor() }, json)
         }
         Cmd::Release { service, file, db, force_db, to, no_deploy, json } => {
             let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
             if !no_deploy {
                 release_deploy = Some(json);
             }
-            let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: cli_release::actor() };
+            let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: cli::actor() };
             (Command::Release(run), json)
         }
         Cmd::Push { reference, remote, json } => (Command::Push { reference, remote }, json),
@@ -432,9 +422,9 @@ fn run() -> anyhow::Result<()> {
         };
         // `kiln up` starts its controller once the image is baked.
         if let Some((_, file)) = &up_listen {
-            cli_release::serve_in_background(&home, file)?;
+            crate::cli::release::serve_in_background(&home, file)?;
         }
-        let code = cli_release::deploy(&home, service, digest, named, wait, json)?;
+        let code = crate::cli::release::deploy(&home, service, digest, named, wait, json)?;
         if let Some((listen, _)) = up_listen {
             if let Some(l) = listen {
                 println!("serving http://{l}/ (Ctrl-C stops kiln serve; the load balancer and instances keep running)");
@@ -446,17 +436,18 @@ fn run() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     if let (Some((path, format)), Output::Sbom(r)) = (&sbom_out, &output) {
-        cli_verify::write_sbom(host.store(), r, path, *format == SbomFormat::Cyclonedx)?;
+        crate::cli::verify::write_sbom(host.store(), r, path, *format == SbomFormat::Cyclonedx)?;
     }
     if let Output::Pipeline(r) = &output {
         if json {
             println!("{}", serde_json::to_string(r)?);
         } else {
-            cli_verify::render(&output);
+            crate::cli::verify::render(&output);
         }
         match (r.passed, release_deploy, &r.digest) {
             (true, Some(json), Some(d)) => {
-                let code = cli_release::deploy(&home, r.service.clone(), Some(d.to_string()), None, true, json)?;
+                let code =
+                    crate::cli::release::deploy(&home, r.service.clone(), Some(d.to_string()), None, true, json)?;
                 std::process::exit(code);
             }
             _ => std::process::exit(r.exit_code),
@@ -480,12 +471,12 @@ fn run() -> anyhow::Result<()> {
     if let Output::Controller { request: kiln::serve::api::Request::Rollback { service, .. }, answer } = &output {
         if answer["instant"] != true {
             if let Some(release) = answer["release"].as_str() {
-                std::process::exit(cli_release::follow(&home, service, release, json)?);
+                std::process::exit(crate::cli::release::follow(&home, service, release, json)?);
             }
         }
     }
     // A failed gate is a result (rendered), with its own exit status.
-    if let Some(code) = cli_verify::gate_exit_code(&output) {
+    if let Some(code) = crate::cli::verify::gate_exit_code(&output) {
         std::process::exit(code);
     }
     Ok(())

@@ -1,24 +1,12 @@
 //! Front end of the healing commands: `quarantine`, `release-quarantine`,
 //! `inspect-instance`, `verify-instances` and `chaos`. Each converts its
-//! arguments into one API request (or [`kiln::chaos::run`]) and renders
+//! arguments into one API request (or [`crate::cli::chaos::run`]) and renders
 //! the answer; nothing is decided here.
 
 use std::path::Path;
 
 use kiln::serve::{self, api::Request};
 use serde_json::Value;
-
-/// The answer to `kiln quarantine` or `kiln release-quarantine`.
-pub fn render_quarantine(req: &Request, v: &Value) {
-    let id = v["instance"].as_str().unwrap_or("?");
-    match req {
-        Request::Quarantine { .. } => println!(
-            "{id}: out of traffic and frozen; a replacement starts. Kept in {}",
-            v["dir"].as_str().unwrap_or("?")
-        ),
-        _ => println!("{id}: destroyed, with what was kept of it"),
-    }
-}
 
 pub fn inspect(home: &Path, instance: String, json: bool) -> anyhow::Result<()> {
     let v = serve::call(home, &Request::Inspect { instance })?;
@@ -84,8 +72,8 @@ pub fn verify(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
     Ok(drifted)
 }
 
-pub fn chaos(home: &Path, o: &kiln::chaos::Options, json: bool) -> anyhow::Result<()> {
-    let r = kiln::chaos::run(home, o)?;
+pub fn chaos(home: &Path, o: &crate::cli::chaos::Options, json: bool) -> anyhow::Result<()> {
+    let r = crate::cli::chaos::run(home, o)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -113,7 +101,7 @@ pub fn chaos(home: &Path, o: &kiln::chaos::Options, json: bool) -> anyhow::Resul
 /// `kiln chaos --drill canary`: exit 0 when the drill proved the rollback
 /// (caught, stable untouched, no failed request), 2 when it did not.
 pub fn drill(home: &Path, service: &str, window: Option<std::time::Duration>, json: bool) -> anyhow::Result<i32> {
-    let r = kiln::chaos::drill(home, service, window, &crate::cli_release::actor())?;
+    let r = crate::cli::chaos::drill(home, service, window, &crate::cli::actor())?;
     let code = if r.passed() { 0 } else { 2 };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);

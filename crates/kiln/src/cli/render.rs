@@ -10,7 +10,7 @@ use kiln::runtime::logs::{LogFilter, LogLine};
 use std::io::Write;
 use std::path::Path;
 
-use crate::{cli_release, cli_verify};
+use crate::cli::{release as cli_release, verify as cli_verify};
 
 /// Step progress on a terminal: one line per step, rewritten in place.
 pub(crate) struct TtyProgress {
@@ -268,5 +268,17 @@ pub(crate) fn render(output: &Output, now: i64) {
             }
             println!("{} blobs removed ({}), {} kept", g.removed.len(), human_size(g.freed_bytes), g.kept);
         }
+    }
+}
+
+/// The answer to `kiln quarantine` or `kiln release-quarantine`.
+pub fn render_quarantine(req: &kiln::serve::api::Request, v: &serde_json::Value) {
+    let id = v["instance"].as_str().unwrap_or("?");
+    match req {
+        kiln::serve::api::Request::Quarantine { .. } => println!(
+            "{id}: out of traffic and frozen; a replacement starts. Kept in {}",
+            v["dir"].as_str().unwrap_or("?")
+        ),
+        _ => println!("{id}: destroyed, with what was kept of it"),
     }
 }

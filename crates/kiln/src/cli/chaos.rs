@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::history::{Event, History};
-use crate::serve::api::Request;
-use crate::serve::dataplane::Totals;
-use crate::serve::{self, ServeError};
+use kiln::history::{Event, History};
+use kiln::serve::api::Request;
+use kiln::serve::dataplane::Totals;
+use kiln::serve::{self, ServeError};
 
 /// What to do.
 #[derive(Debug, Clone)]
@@ -211,14 +211,14 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
             }
             Event::Verdict { verdict, .. } => {
                 r.canary_requests = verdict.canary_requests;
-                if verdict.outcome == crate::release::analysis::Outcome::Fail {
+                if verdict.outcome == kiln::release::analysis::Outcome::Fail {
                     r.detect_ms = routed.map(|at| e.at_ms.saturating_sub(at).max(0) as u64);
                 }
             }
             Event::Finished { outcome, reason, .. } => {
                 r.outcome = outcome.name().to_owned();
                 r.reason = reason.clone();
-                r.caught = *outcome == crate::history::Outcome::RolledBack && r.detect_ms.is_some();
+                r.caught = *outcome == kiln::history::Outcome::RolledBack && r.detect_ms.is_some();
             }
             _ => {}
         }
@@ -237,7 +237,7 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
             .flatten()
             .any(|i| i["release"].as_str() == Some(release.as_str()));
         if !left {
-            r.cleaned_ms = Some((crate::serve::now_ms() as i64).saturating_sub(t0).max(0) as u64);
+            r.cleaned_ms = Some((kiln::time::now_ms() as i64).saturating_sub(t0).max(0) as u64);
             break;
         }
         if Instant::now() > gone_by {

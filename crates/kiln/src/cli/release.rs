@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use kiln::serve::{self, api::Request};
+
+use crate::cli::actor;
 use serde_json::Value;
 
 /// Exit status of a deploy whose release failed, was rolled back, aborted
@@ -15,26 +17,6 @@ use serde_json::Value;
 pub const EXIT_RELEASE_FAILED: i32 = 2;
 /// Exit status of a deploy that paused for a person (`kiln promote`).
 pub const EXIT_PAUSED: i32 = 4;
-
-/// Who asked, for the history: user@host.
-pub fn actor() -> String {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let from_passwd = || {
-        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-        passwd.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2) == Some(&uid.to_string().as_str())).then(|| f[0].to_owned())
-        })
-    };
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .ok()
-        .or_else(from_passwd)
-        .unwrap_or_else(|| format!("uid{uid}"));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{user}@{}", host.trim())
-}
 
 /// The service a command means: the one named, or the only one with a
 /// `listen` address in the file.
@@ -412,7 +394,7 @@ pub fn render_answer(req: &Request, v: &serde_json::Value) {
         }
         Request::Promote { service, .. } => println!("{service}: {release} goes on"),
         Request::Abort { service, .. } => println!("{service}: {release} aborted; traffic is on stable"),
-        Request::Quarantine { .. } | Request::ReleaseQuarantine { .. } => crate::cli_heal::render_quarantine(req, v),
+        Request::Quarantine { .. } | Request::ReleaseQuarantine { .. } => crate::cli::render::render_quarantine(req, v),
         _ => println!("{v}"),
     }
 }
