@@ -35,6 +35,7 @@ pub mod faults;
 pub mod git;
 pub mod history;
 pub mod layer;
+pub mod net;
 pub mod notify;
 pub mod registry;
 pub mod runtime;

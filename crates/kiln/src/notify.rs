@@ -161,7 +161,7 @@ fn send(home: &Path, d: &Delivery) -> (Option<u16>, Option<String>) {
     if let Some(s) = &signature {
         headers.push(("X-Kiln-Signature", s.as_str()));
     }
-    match crate::serve::http::exchange_with(stream, "POST", &d.hook.path, &headers, d.body.as_bytes()) {
+    match crate::net::http::exchange_with(stream, "POST", &d.hook.path, &headers, d.body.as_bytes()) {
         Ok(r) => (Some(r.status), None),
         Err(e) => (None, Some(e.to_string())),
     }

@@ -19,7 +19,7 @@
 //! store as it was, plus unreferenced blobs `kiln gc` removes; a push
 //! sends the image's manifest only after all its blobs.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -128,81 +128,10 @@ pub struct Transfer {
     pub duration_ms: u64,
 }
 
-enum Body<'a> {
-    None,
-    Bytes(&'a [u8]),
-    File(std::fs::File, u64),
-}
+use crate::net::http::{self, Body};
 
 /// One response, its body not yet read.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    reader: BufReader<TcpStream>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn length(&self) -> Option<u64> {
-        self.header("content-length").and_then(|v| v.trim().parse().ok())
-    }
-
-    /// Streams the body (by length, chunked, or to the end) into `out`.
-    fn copy_to(mut self, out: &mut impl Write, max: u64) -> io::Result<u64> {
-        let too_big = || io::Error::new(io::ErrorKind::InvalidData, format!("a body over {max} bytes"));
-        if self.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-            let mut total = 0u64;
-            loop {
-                let mut line = String::new();
-                self.reader.read_line(&mut line)?;
-                let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a bad chunk size"))?;
-                if size == 0 {
-                    return Ok(total);
-                }
-                total += size;
-                if total > max {
-                    return Err(too_big());
-                }
-                let n = io::copy(&mut (&mut self.reader).take(size), out)?;
-                if n != size {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                self.reader.read_line(&mut line)?;
-            }
-        }
-        match self.length() {
-            Some(n) if n > max => Err(too_big()),
-            Some(n) => {
-                let got = io::copy(&mut (&mut self.reader).take(n), out)?;
-                if got == n {
-                    Ok(got)
-                } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the body ended after {got} of {n} bytes"),
-                    ))
-                }
-            }
-            None => io::copy(&mut (&mut self.reader).take(max + 1), out).and_then(|n| {
-                if n > max {
-                    Err(too_big())
-                } else {
-                    Ok(n)
-                }
-            }),
-        }
-    }
-
-    fn bytes(self, max: u64) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        self.copy_to(&mut v, max)?;
-        Ok(v)
-    }
-}
+type Resp = http::Streaming<TcpStream>;
 
 /// A registry client: one connection per request.
 struct Client<'a> {
@@ -230,67 +159,17 @@ impl Client<'_> {
         let stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| self.io(e))?;
         stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
         stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
-        let len = match &body {
-            Body::None => 0,
-            Body::Bytes(b) => b.len() as u64,
-            Body::File(_, n) => *n,
-        };
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: kiln/{}\r\n",
-            self.host,
-            env!("CARGO_PKG_VERSION")
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if method != "GET" && method != "HEAD" {
-            head.push_str(&format!("Content-Length: {len}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut w = io::BufWriter::with_capacity(256 * 1024, &stream);
-        let sent = (|| -> io::Result<()> {
-            w.write_all(head.as_bytes())?;
-            match body {
-                Body::None => {}
-                Body::Bytes(b) => w.write_all(b)?,
-                Body::File(f, n) => {
-                    let copied = io::copy(&mut f.take(n), &mut w)?;
-                    if copied != n {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the blob file is shorter than its size",
-                        ));
-                    }
+        http::send(stream, http::Outgoing { method, target: path, host: self.host, headers, body }).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                RegistryError::Invalid {
+                    host: self.host.to_owned(),
+                    what: format!("{method} {path}"),
+                    why: e.to_string(),
                 }
+            } else {
+                self.io(e)
             }
-            w.flush()
-        })();
-        drop(w);
-        sent.map_err(|e| self.io(e))?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| self.io(e))?;
-        let status =
-            line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| RegistryError::Invalid {
-                host: self.host.to_owned(),
-                what: format!("{method} {path}"),
-                why: format!("not an HTTP response: {:?}", line.trim_end()),
-            })?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(|e| self.io(e))? == 0 {
-                break;
-            }
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-        }
-        Ok(Resp { status, headers, reader })
+        })
     }
 
     /// A request that must answer one of `ok`.
@@ -343,10 +222,10 @@ fn push_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut 
     let file_path = store.blob_path(&d.digest);
     // Verified before it leaves: a swapped blob is never sent.
     store.verify_blob(&d.digest)?;
-    let f = std::fs::File::open(&file_path).map_err(|e| StoreError::Io { path: file_path.clone(), source: e })?;
+    let mut f = std::fs::File::open(&file_path).map_err(|e| StoreError::Io { path: file_path.clone(), source: e })?;
     let size = f.metadata().map_err(|e| StoreError::Io { path: file_path, source: e })?.len();
     let headers = [("Content-Type", "application/octet-stream")];
-    c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::File(f, size), &[201])?;
+    c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::Reader(&mut f, size), &[201])?;
     t.blobs += 1;
     t.bytes += size;
     crate::faults::crash_point("push-blob");

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::http;
 use super::ServeError;
+use crate::net::http;
 use crate::runtime::logs::LogFilter;
 
 /// Everything `kiln serve` can be asked.

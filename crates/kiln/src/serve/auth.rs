@@ -13,7 +13,7 @@
 //!
 //! This module must never read files or act: the caller hands it the token.
 
-use super::http::Request;
+use crate::net::http::Request;
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

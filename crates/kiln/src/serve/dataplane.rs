@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::http;
 use super::ServeError;
+use crate::net::http;
 use crate::proxy::metrics::WindowStats;
 use crate::proxy::TableEntry;
 use crate::spec::ServiceSpec;

@@ -22,7 +22,7 @@ pub mod controller;
 pub mod dashboard;
 pub mod dataplane;
 pub mod events;
-pub mod http;
+pub use crate::net::http;
 pub mod metrics;
 pub mod prober;
 pub mod upgrade;

@@ -95,7 +95,7 @@ fn run_check(addr: SocketAddr, c: &SmokeCheck, left: Duration) -> CheckResult {
     let mut r = CheckResult { name: check_name(c), passed: false, detail: None, response_head: None };
     let answer = TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))).and_then(|s| {
         s.set_read_timeout(Some(left.max(Duration::from_millis(100))))?;
-        crate::serve::http::exchange(s, &c.method, &c.path, b"")
+        crate::net::http::exchange(s, &c.method, &c.path, b"")
     });
     let resp = match answer {
         Ok(resp) => resp,

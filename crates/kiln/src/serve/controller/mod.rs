@@ -296,7 +296,7 @@ fn addr(r: &InstanceRecord) -> SocketAddr {
 fn smoke(addr: SocketAddr, c: &SmokeCheck) -> Result<(), String> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let r = super::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
+    let r = crate::net::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
     match c.judge(r.status, &r.body) {
         Some(why) => Err(format!("{} {}: {why}", c.method, c.path)),
         None => Ok(()),

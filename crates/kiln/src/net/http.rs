@@ -1,12 +1,17 @@
-//! A minimal blocking HTTP/1.1 exchange over any stream: what the CLI uses
-//! to talk to `kiln serve` (unix socket) and the controller to talk to a
-//! service's load balancer (admin API on loopback). One request per
-//! connection (`Connection: close`), bodies by `Content-Length` or read to
-//! the end. This module must never retry: callers decide what is safe.
+//! kiln's one HTTP/1.1 module, blocking, over any stream: the client
+//! every part uses (the CLI to `kiln serve` on its unix socket, the
+//! controller to a load balancer's admin API, the test gate's checks,
+//! webhook deliveries, the registry client with its streamed blobs) and
+//! the server primitives of `kiln serve`'s API (heads with a deadline,
+//! bodies by length). One request per connection (`Connection: close`);
+//! response bodies by `Content-Length`, chunked, or to the end.
+//!
+//! For: speaking HTTP/1.1 correctly once. Must never: retry (callers
+//! decide what is safe), or buffer a body a caller asked to stream.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-/// What came back.
+/// What came back, read whole ([`exchange`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -15,7 +20,180 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Sends one request and reads the whole response.
+/// A request body.
+pub enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    /// `len` bytes streamed from a reader (a blob file).
+    Reader(&'a mut dyn Read, u64),
+}
+
+impl std::fmt::Debug for Body<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({} bytes)", self.len())
+    }
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::None => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::Reader(_, n) => *n,
+        }
+    }
+}
+
+/// One request as a client sends it.
+#[derive(Debug)]
+pub struct Outgoing<'a, 'b> {
+    pub method: &'a str,
+    pub target: &'a str,
+    /// The `Host` header.
+    pub host: &'a str,
+    /// More headers (`Name`, `value`).
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Body<'b>,
+}
+
+/// A response whose head is read and whose body is not yet.
+#[derive(Debug)]
+pub struct Streaming<S: Read> {
+    pub status: u16,
+    /// The status line and headers, as sent (for error reports).
+    pub head: String,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<S>,
+}
+
+impl<S: Read> Streaming<S> {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Streams the body (chunked, by length, or to the end) into `out`;
+    /// more than `max` bytes is an error.
+    pub fn copy_to(mut self, out: &mut impl Write, max: u64) -> io::Result<u64> {
+        let too_big = || io::Error::new(io::ErrorKind::InvalidData, format!("a body over {max} bytes"));
+        if self.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            let mut total = 0u64;
+            loop {
+                let mut line = String::new();
+                self.reader.read_line(&mut line)?;
+                let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a bad chunk size"))?;
+                if size == 0 {
+                    return Ok(total);
+                }
+                total += size;
+                if total > max {
+                    return Err(too_big());
+                }
+                let n = io::copy(&mut (&mut self.reader).take(size), out)?;
+                if n != size {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.reader.read_line(&mut line)?;
+            }
+        }
+        match self.length() {
+            Some(n) if n > max => Err(too_big()),
+            Some(n) => {
+                let got = io::copy(&mut (&mut self.reader).take(n), out)?;
+                if got == n {
+                    Ok(got)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the body ended after {got} of {n} bytes"),
+                    ))
+                }
+            }
+            None => io::copy(&mut (&mut self.reader).take(max + 1), out).and_then(|n| {
+                if n > max {
+                    Err(too_big())
+                } else {
+                    Ok(n)
+                }
+            }),
+        }
+    }
+
+    /// The whole body, up to `max` bytes.
+    pub fn bytes(self, max: u64) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.copy_to(&mut v, max)?;
+        Ok(v)
+    }
+}
+
+/// Sends `req` on `stream` and reads the response's head; the body is
+/// the caller's to read ([`Streaming::copy_to`]).
+pub fn send<S: Read + Write>(stream: S, req: Outgoing<'_, '_>) -> io::Result<Streaming<S>> {
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: kiln/{}\r\n",
+        req.method,
+        req.target,
+        req.host,
+        env!("CARGO_PKG_VERSION")
+    );
+    for (k, v) in req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let len = req.body.len();
+    if len > 0 || !matches!(req.method, "GET" | "HEAD") {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut reader = BufReader::new(stream);
+    {
+        let mut w = io::BufWriter::with_capacity(64 * 1024, reader.get_mut());
+        w.write_all(head.as_bytes())?;
+        match req.body {
+            Body::None => {}
+            Body::Bytes(b) => w.write_all(b)?,
+            Body::Reader(r, n) => {
+                let copied = io::copy(&mut r.take(n), &mut w)?;
+                if copied != n {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the body is shorter than its length"));
+                }
+            }
+        }
+        w.flush()?;
+    }
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {line:?}")))?;
+    let mut head = line.trim_end().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        head.push('\n');
+        head.push_str(h);
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    Ok(Streaming { status, head, headers, reader })
+}
+
+/// Sends one request with a JSON body and reads the whole response.
 pub fn exchange<S: Read + Write>(stream: S, method: &str, target: &str, body: &[u8]) -> io::Result<Response> {
     exchange_with(stream, method, target, &[], body)
 }
@@ -28,54 +206,12 @@ pub fn exchange_with<S: Read + Write>(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
-    let mut r = BufReader::new(stream);
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    r.get_mut().write_all(head.as_bytes())?;
-    r.get_mut().write_all(body)?;
-    r.get_mut().flush()?;
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP response: {line:?}")))?;
-    let mut len = None;
-    let mut head = line.trim_end().to_owned();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            break;
-        }
-        let h = line.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        head.push('\n');
-        head.push_str(h);
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = Vec::new();
-    match len {
-        Some(n) => {
-            body.resize(n, 0);
-            r.read_exact(&mut body)?;
-        }
-        None => {
-            r.read_to_end(&mut body)?;
-        }
-    }
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    let body = if body.is_empty() { Body::None } else { Body::Bytes(body) };
+    let r = send(stream, Outgoing { method, target, host: "kiln", headers: &all, body })?;
+    let (status, head) = (r.status, r.head.clone());
+    let body = if method == "HEAD" { Vec::new() } else { r.bytes(u64::MAX / 2)? };
     Ok(Response { status, head, body })
 }
 
