@@ -26,12 +26,12 @@ fn check(base: &PathBuf) {
 fuzz_target!(|data: &[u8]| {
     let base = sandbox();
     let root = base.join("root");
-    let _ = kiln::unpack::unpack(&root, [data]);
+    let _ = kiln::image::unpack::unpack(&root, [data]);
     check(&base);
     if let Some((&split, rest)) = data.split_first() {
         let at = (usize::from(split) * 512).min(rest.len());
         let _ = fs::remove_dir_all(&root);
-        let _ = kiln::unpack::unpack(&root, [&rest[..at], &rest[at..]]);
+        let _ = kiln::image::unpack::unpack(&root, [&rest[..at], &rest[at..]]);
         check(&base);
     }
     let _ = fs::remove_dir_all(&base);

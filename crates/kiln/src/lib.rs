@@ -1,25 +1,27 @@
 //! kiln: immutable infrastructure in one binary.
 //!
-//! Module map (see `docs/architecture.md` for the data flow):
+//! The engine's folders follow the loop (see `docs/architecture.md` for
+//! the data flow): bake → verify → store → run → route → release → heal →
+//! observe.
 //! - pure logic, from the `kiln-core` crate: [`spec`] (kiln.toml),
-//!   [`digest`], [`oci`] (image types), [`time`], [`release`], [`heal`];
-//!   and here [`layer`] (deterministic tar/gzip);
-//! - storage: [`store`] (OCI layout, tags, cache, gc);
-//! - edges to the outside: [`unpack`] (hostile tarballs), [`git`],
-//!   [`bake::sandbox`] and [`runtime::driver`] (runc);
-//! - operations: [`bake`], [`runtime`] (instances through runc, logs,
-//!   volumes; [`secrets`] at rest), and [`command`], the one enum every front end
-//!   (CLI today, HTTP API later) maps onto;
-//! - the controller: [`serve`] (`kiln serve`), deciding with [`release`]
-//!   (rollouts) and [`heal`] (replacements, recycling, crash loops), both
-//!   pure, recording in [`history`]; `kiln chaos` (in the binary) drives kills and drills
-//!   through its API; [`handoff`] passes listening sockets to an upgraded
-//!   process (`kiln serve --upgrade`, `kiln proxy --take-over`);
-//! - gates on a digest: [`verify`] (`kiln test`, the vulnerability and
-//!   secret scans, SBOMs, signatures, promotion), each result a record
-//!   stored as an OCI artifact on the image; [`registry`] pushes and pulls
-//!   an image with all of them through an OCI registry;
-//! - [`faults`]: the crash hooks tests inject faults with.
+//!   [`digest`], [`oci`] (image types), [`time`], [`release`] (plan,
+//!   rollout, analysis), [`heal`] (the healing policy);
+//! - bake: [`bake`] (steps → layers → image; its `git` and `sandbox`);
+//! - verify: [`verify`] (`kiln test`, the vulnerability and secret scans,
+//!   SBOMs, signatures, promotion), each result a record stored as an OCI
+//!   artifact on the image;
+//! - store: [`image`] (the OCI layout under `$KILN_HOME/store`, layers,
+//!   hostile layers unpacked safely, the registry client);
+//! - run: [`runtime`] (instances through runc, logs, volumes, drift) and
+//!   [`secrets`] (sealed at rest, given at run time);
+//! - route: [`proxy`], the data plane, from the `kiln-proxy` crate, with
+//!   [`handoff`] (listening sockets passed to a successor);
+//! - release and heal: [`serve`] (`kiln serve`: its controller, API,
+//!   history, the data plane and prober seams);
+//! - observe: [`observe`] (webhooks, log shipping);
+//! - around them: [`command`], the one command surface every front end maps
+//!   onto; [`net`] (the one HTTP/1.1 client); [`sys`] (atomic writes,
+//!   abandoned children, crash points).
 
 // The pure core, re-exported under the names the engine has always used.
 pub use kiln_core::{digest, heal, oci, release, spec, time};
@@ -27,23 +29,15 @@ pub use kiln_core::{digest, heal, oci, release, spec, time};
 pub use kiln_proxy as proxy;
 pub use kiln_proxy::handoff;
 
-pub mod atomic;
 pub mod bake;
-pub mod children;
 pub mod command;
-pub mod faults;
-pub mod git;
-pub mod history;
-pub mod layer;
+pub mod image;
 pub mod net;
-pub mod notify;
-pub mod registry;
+pub mod observe;
 pub mod runtime;
 pub mod secrets;
 pub mod serve;
-pub mod ship;
-pub mod store;
-pub mod unpack;
+pub mod sys;
 pub mod verify;
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use kiln::bake::Progress;
 use kiln::command::host::Host;
 use kiln::command::remote::Job;
 use kiln::command::{self, Command, Output};
+use kiln::image::store::Store;
 use kiln::runtime::driver::RuncDriver;
 use kiln::runtime::logs::{LogFilter, Retention};
 use kiln::runtime::RunRequest;
-use kiln::store::Store;
 
 mod cli;
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{json, kiln, kiln_ok, tempdir};
-use kiln::history::{Event, History, Outcome};
 use kiln::proxy::metrics::ReleaseMetrics;
 use kiln::release::analysis;
+use kiln::serve::history::{Event, History, Outcome};
 use kiln::spec::AnalysisSpec;
 
 fn sqlite3(db: &std::path::Path, sql: &str) -> String {
@@ -84,7 +84,7 @@ fn history_shows_verifies_and_names_an_edited_entry() {
     // The file is plain SQLite: a person can read it, in WAL mode, at the
     // schema version kiln wrote.
     assert_eq!(sqlite3(&db, "PRAGMA journal_mode;").trim(), "wal");
-    assert_eq!(sqlite3(&db, "PRAGMA user_version;").trim(), kiln::history::SCHEMA_VERSION.to_string());
+    assert_eq!(sqlite3(&db, "PRAGMA user_version;").trim(), kiln::serve::history::SCHEMA_VERSION.to_string());
     assert_eq!(sqlite3(&db, "SELECT count(*) FROM history WHERE service = 'web';").trim(), "4");
 
     // Someone rewrites which image a release deployed.

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 
 use common::tempdir;
-use kiln::unpack::{unpack, EntryProblem, UnpackError};
+use kiln::image::unpack::{unpack, EntryProblem, UnpackError};
 
 const REG: u8 = b'0';
 const HARD: u8 = b'1';

@@ -9,11 +9,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::digest::{Digest, HashingReader};
-use crate::layer::{self, LayerDigests};
+use crate::image::layer::{self, LayerDigests};
+use crate::image::store::Store;
+use crate::image::unpack;
 use crate::oci::{self, Descriptor, ImageConfig, Index, LayerEncoding, Manifest};
 use crate::spec::OciRef;
-use crate::store::Store;
-use crate::unpack;
 
 /// An imported base image.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::layer::{sort_entries, Entry, Kind};
+use crate::image::layer::{sort_entries, Entry, Kind};
 use crate::spec::CopySpec;
 
 /// The entries a copy produces, sorted. Errors are messages naming the

@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::layer::{sort_entries, Entry, Kind};
+use crate::image::layer::{sort_entries, Entry, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileKind {

@@ -11,6 +11,7 @@
 pub mod base;
 pub mod copy;
 pub mod diff;
+pub mod git;
 pub mod sandbox;
 
 use std::collections::BTreeMap;
@@ -21,13 +22,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::bake::git::{Git, GitInfo};
 use crate::digest::{Digest, Hasher};
-use crate::git::{Git, GitInfo};
-use crate::layer::{self, LayerDigests, COMPRESSOR};
+use crate::image::layer::{self, LayerDigests, COMPRESSOR};
+use crate::image::store::{CachedLayer, Store, StoreError, TagEvent};
+use crate::image::unpack::{UnpackError, Unpacker};
 use crate::oci::{self, Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig};
 use crate::spec::{BaseRef, ImageSpec, SpecFile};
-use crate::store::{CachedLayer, Store, StoreError, TagEvent};
-use crate::unpack::{UnpackError, Unpacker};
 use sandbox::{RunSpec, Sandbox, SandboxError};
 
 /// The external things a bake uses, behind their traits.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use kiln::history::{Event, History};
 use kiln::serve::api::Request;
 use kiln::serve::dataplane::Totals;
+use kiln::serve::history::{Event, History};
 use kiln::serve::{self, ServeError};
 
 /// What to do.
@@ -218,7 +218,7 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
             Event::Finished { outcome, reason, .. } => {
                 r.outcome = outcome.name().to_owned();
                 r.reason = reason.clone();
-                r.caught = *outcome == kiln::history::Outcome::RolledBack && r.detect_ms.is_some();
+                r.caught = *outcome == kiln::serve::history::Outcome::RolledBack && r.detect_ms.is_some();
             }
             _ => {}
         }

@@ -38,7 +38,7 @@ pub fn pick_service(file: &Path, service: Option<String>) -> anyhow::Result<Stri
 }
 
 pub fn serve(home: &Path, file: &Path, tcp: Option<std::net::SocketAddr>, upgrade: bool) -> anyhow::Result<()> {
-    let store = kiln::store::Store::open(home)?;
+    let store = kiln::image::store::Store::open(home)?;
     let driver = kiln::runtime::driver::RuncDriver::new(kiln::runtime::run_dir(home).join("runc"));
     let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
     // Everything else the CLI can do, carried out for the API's clients.
@@ -400,7 +400,7 @@ pub fn render_answer(req: &Request, v: &serde_json::Value) {
 }
 
 pub fn default_home(home: Option<PathBuf>) -> PathBuf {
-    home.unwrap_or_else(kiln::store::Store::default_home)
+    home.unwrap_or_else(kiln::image::store::Store::default_home)
 }
 
 pub fn render_plan(p: &kiln::release::plan::Plan) {
@@ -444,8 +444,8 @@ pub fn render_plan(p: &kiln::release::plan::Plan) {
     println!("  capacity: at least {} serving, at most {} running; downtime: {downtime}", p.min_serving, p.max_running);
 }
 
-pub fn render_history(entries: &[kiln::history::Entry], verified: Option<u64>) {
-    use kiln::history::Event;
+pub fn render_history(entries: &[kiln::serve::history::Entry], verified: Option<u64>) {
+    use kiln::serve::history::Event;
     if entries.is_empty() {
         println!("no releases yet");
     }

@@ -22,7 +22,7 @@ pub fn gate_exit_code(output: &Output) -> Option<i32> {
 /// Writes one SBOM document to `path` (`-`: standard output).
 /// It is read back from the store (the command may have run in `kiln serve`).
 pub fn write_sbom(
-    store: &kiln::store::Store,
+    store: &kiln::image::store::Store,
     r: &kiln::verify::sbom::SbomReport,
     path: &Path,
     cyclonedx: bool,

@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use super::Context;
+use crate::bake::git::GitCli;
 use crate::bake::sandbox::Runc;
 use crate::bake::{Progress, Tools};
-use crate::git::GitCli;
+use crate::image::store::{Store, StoreError};
 use crate::runtime::driver::RuncDriver;
 use crate::runtime::logs::Retention;
 use crate::runtime::ShimLauncher;
-use crate::store::{Store, StoreError};
 
 /// The store of one kiln home and the tools that act on it.
 #[derive(Debug)]

@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
 use crate::digest::Digest;
-use crate::history::{Entry, History, HistoryError};
+use crate::image::store::{GcReport, Store, StoreError, TagEvent};
 use crate::oci::{self, Descriptor, ImageConfig, Manifest};
 use crate::release::plan::{self, Current, Plan};
 use crate::runtime::driver::Driver;
 use crate::runtime::logs::{LogFilter, LogLine, Retention};
 use crate::runtime::{InstanceRecord, Launcher, RunError, RunRequest, Runtime, VolumeInfo};
 use crate::secrets::{SecretError, Secrets};
+use crate::serve::history::{Entry, History, HistoryError};
 use crate::spec::{self, SpecError};
-use crate::store::{GcReport, Store, StoreError, TagEvent};
 
 /// Everything kiln can be asked to do. It is also the body of the API's
 /// `POST /v1/commands` (see [`remote`]), externally tagged:
@@ -295,7 +295,7 @@ pub enum Output {
     Vulns(Box<crate::verify::vulns::VulnReport>),
     Sbom(Box<crate::verify::sbom::SbomReport>),
     Promoted(Box<crate::verify::promote::Promoted>),
-    Transfer(Box<crate::registry::Transfer>),
+    Transfer(Box<crate::image::registry::Transfer>),
     Pipeline(Box<pipeline::PipelineReport>),
     Verified(crate::verify::sign::Verified),
 }
@@ -349,7 +349,7 @@ pub enum CommandError {
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::image::registry::RegistryError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
     /// A path a command names that is not there.
@@ -639,12 +639,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::Release(run) => Ok(Output::Pipeline(Box::new(pipeline::release(run, ctx)?))),
         Command::Push { reference, remote } => {
-            let r = crate::registry::Remote::parse(&remote)?;
-            Ok(Output::Transfer(Box::new(crate::registry::push(&ctx.store, &reference, &r)?)))
+            let r = crate::image::registry::Remote::parse(&remote)?;
+            Ok(Output::Transfer(Box::new(crate::image::registry::push(&ctx.store, &reference, &r)?)))
         }
         Command::Pull { remote, name } => {
-            let r = crate::registry::Remote::parse(&remote)?;
-            Ok(Output::Transfer(Box::new(crate::registry::pull(&ctx.store, &r, name.as_deref(), ctx.now)?)))
+            let r = crate::image::registry::Remote::parse(&remote)?;
+            Ok(Output::Transfer(Box::new(crate::image::registry::pull(&ctx.store, &r, name.as_deref(), ctx.now)?)))
         }
         Command::Sbom { reference } => {
             Ok(Output::Sbom(Box::new(crate::verify::sbom::generate(&ctx.store, &reference, ctx.now)?)))

@@ -122,9 +122,9 @@ pub fn replay(step: Step, progress: &mut dyn Progress) {
 /// The HTTP status of a command's error, by variant: the caller's mistake
 /// (4xx) or the host's (5xx), never by its text.
 pub fn status(e: &CommandError) -> u16 {
+    use crate::image::store::StoreError;
     use crate::runtime::RunError;
     use crate::secrets::SecretError;
-    use crate::store::StoreError;
     use crate::verify::vulns::VulnError;
     use crate::verify::{gate::TestError, inventory::InventoryError, promote::PromoteError, sign::SignError};
     fn store(e: &StoreError) -> u16 {
@@ -213,10 +213,10 @@ pub fn status(e: &CommandError) -> u16 {
             _ => 403,
         },
         CommandError::Registry(r) => match r {
-            crate::registry::RegistryError::Store(s) => store(s),
-            crate::registry::RegistryError::BadRemote { .. } => 400,
+            crate::image::registry::RegistryError::Store(s) => store(s),
+            crate::image::registry::RegistryError::BadRemote { .. } => 400,
             // Nothing answers where the body says the registry is.
-            crate::registry::RegistryError::Io { .. } => 404,
+            crate::image::registry::RegistryError::Io { .. } => 404,
             // The registry failed or could not be reached: a bad gateway.
             _ => 502,
         },
@@ -613,15 +613,15 @@ mod tests {
 
     #[test]
     fn statuses_come_from_variants() {
-        use crate::store::StoreError;
+        use crate::image::store::StoreError;
         assert_eq!(status(&StoreError::NotFound("x".into()).into()), 404);
         assert_eq!(status(&CommandError::BadRequest { field: "f".into(), message: "m".into() }), 400);
-        let reg = crate::registry::RegistryError::Io {
+        let reg = crate::image::registry::RegistryError::Io {
             host: "127.0.0.1:1".into(),
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
         assert_eq!(status(&reg.into()), 404, "no registry there");
-        let reg = crate::registry::RegistryError::Status {
+        let reg = crate::image::registry::RegistryError::Status {
             host: "127.0.0.1:1".into(),
             method: "GET".into(),
             path: "/v2/".into(),

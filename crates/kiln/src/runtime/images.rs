@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingReader};
+use crate::image::store::{Store, StoreError};
+use crate::image::unpack::{UnpackError, Unpacker};
 use crate::oci::{ImageConfig, LayerEncoding, Manifest};
-use crate::store::{Store, StoreError};
-use crate::unpack::{UnpackError, Unpacker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci;
 use crate::secrets::{SecretError, Secrets};
-use crate::store::{Store, StoreError};
 use bundle::{BundleError, InstanceConfig, Limits};
 use driver::{Driver, DriverError, RuntimeStatus};
 use images::CacheError;
@@ -294,8 +294,8 @@ impl Launcher for ShimLauncher {
             });
         }
         // Not waited for: the shim outlives the caller (a long-running
-        // caller reaps it, see crate::children).
-        crate::children::abandon(cmd.spawn()?);
+        // caller reaps it, see crate::sys::children).
+        crate::sys::children::abandon(cmd.spawn()?);
         drop(cmd);
         Ok(Box::new(report))
     }

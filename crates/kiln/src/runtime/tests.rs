@@ -147,8 +147,8 @@ fn a_missing_secret_fails_before_anything_is_created() {
     let file = crate::spec::load(&home.join("kiln.toml")).unwrap();
     let sb = crate::bake::sandbox::RecordingSandbox::new(|_, _| Ok(()));
     struct NoGit;
-    impl crate::git::Git for NoGit {
-        fn info(&self, _: &Path) -> Option<crate::git::GitInfo> {
+    impl crate::bake::git::Git for NoGit {
+        fn info(&self, _: &Path) -> Option<crate::bake::git::GitInfo> {
             None
         }
     }

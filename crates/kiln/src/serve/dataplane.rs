@@ -186,7 +186,7 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ServeError + '_ {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServeError> {
-    crate::atomic::write(path, bytes).map_err(io_err(path))
+    crate::sys::atomic::write(path, bytes).map_err(io_err(path))
 }
 
 /// Whether a proxy offers its listeners to a successor, and whether it
@@ -389,8 +389,8 @@ impl ProxyProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Not waited for: the proxy outlives kiln serve (reaped by it, see
-        // crate::children, when it exits first).
-        crate::children::abandon(child);
+        // crate::sys::children, when it exits first).
+        crate::sys::children::abandon(child);
         Ok(dp)
     }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::history::Event;
+use crate::serve::history::Event;
 
 /// Reconcile-duration histogram bounds, in seconds.
 const BOUNDS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -175,7 +175,7 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
 mod tests {
     use super::*;
     use crate::heal::Cause;
-    use crate::history::Outcome;
+    use crate::serve::history::Outcome;
 
     #[test]
     fn events_become_counters_and_the_text_is_the_exposition_format() {

@@ -11,7 +11,7 @@
 //! - The data plane is a `kiln proxy` process per service ([`dataplane`]),
 //!   so traffic survives a SIGKILL of the controller; a restarted one adopts
 //!   the proxies as `Runtime` adopts instances through their shims.
-//! - State and history are in `state.db` ([`crate::history`]).
+//! - State and history are in `state.db` ([`crate::serve::history`]).
 //!
 //! This module wires threads and sockets; it must never decide (that is
 //! [`crate::release`]) or render (that is the front end).
@@ -22,6 +22,7 @@ pub mod controller;
 pub mod dashboard;
 pub mod dataplane;
 pub mod events;
+pub mod history;
 pub use crate::net::http;
 pub mod metrics;
 pub mod prober;
@@ -37,10 +38,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use crate::history::HistoryError;
+use crate::image::store::StoreError;
 use crate::runtime::RunError;
+use crate::serve::history::HistoryError;
 use crate::spec::SpecError;
-use crate::store::StoreError;
 
 /// Why the controller refused or failed, naming the thing.
 #[derive(Debug, thiserror::Error)]
@@ -470,7 +471,7 @@ pub struct Options {
 pub fn run(
     home: &Path,
     file: &Path,
-    store: &crate::store::Store,
+    store: &crate::image::store::Store,
     driver: &dyn crate::runtime::driver::Driver,
     launcher: &dyn crate::runtime::Launcher,
     options: Options,
@@ -510,7 +511,7 @@ pub fn run(
         serve_tcp(home, l, shared.clone())?;
         // Where `kiln dashboard` finds it.
         let path = tcp_path(home);
-        crate::atomic::write(&path, format!("{bound}\n").as_bytes())
+        crate::sys::atomic::write(&path, format!("{bound}\n").as_bytes())
             .map_err(|source| ServeError::Io { path: path.clone(), source })?;
         eprintln!(
             "kiln serve: API and dashboard on http://{bound}/ (token in {}; `kiln dashboard` prints the sign-in link)",
@@ -535,7 +536,7 @@ pub fn run(
     eprintln!("kiln serve: ready on {}", socket_path(home).display());
     let mut c = c;
     loop {
-        crate::children::reap();
+        crate::sys::children::reap();
         if let Err(e) = c.tick(now_ms()) {
             eprintln!("kiln serve: {e}");
         }

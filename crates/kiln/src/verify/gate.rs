@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Manifest};
 use crate::runtime::driver::Driver;
 use crate::runtime::{Launcher, RunError, RunRequest, Runtime};
 use crate::spec::release::SmokeCheck;
 use crate::spec::verify::TestSpec;
 use crate::spec::{SpecError, SpecFile};
-use crate::store::{Store, StoreError};
 
 /// The service name of test instances.
 pub const TEST_SERVICE: &str = "kiln-test";

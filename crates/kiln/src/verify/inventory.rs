@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use super::{apk, auditable, dpkg, gobin};
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::Manifest;
-use crate::store::{Store, StoreError};
 
 /// An executable larger than this is not searched for cargo-auditable data.
 const MAX_BINARY: u64 = 256 << 20;

@@ -20,9 +20,9 @@ use std::io::Read;
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, ImageConfig, Manifest};
 pub use crate::spec::verify::AllowSecret as Allow;
-use crate::store::{Store, StoreError};
 
 /// A file larger than this is scanned up to it (and says so).
 pub const MAX_FILE: u64 = 64 << 20;

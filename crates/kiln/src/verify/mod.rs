@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Descriptor, Manifest};
-use crate::store::{Store, StoreError};
 
 /// The artifact type of a verification record.
 pub const ARTIFACT_RECORD: &str = "application/vnd.kiln.verification.v1+json";

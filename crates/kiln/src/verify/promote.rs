@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::sign::{self, SignError};
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::spec::verify::{ChannelRule, PromotionSpec};
-use crate::store::{Store, StoreError};
 
 /// The gate records a promotion needs, by kind.
 pub const REQUIRED: [&str; 3] = ["test", "vulns", "secrets"];

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::inventory::{self, Inventory, InventoryError, Kind};
 use crate::digest::Digest;
+use crate::image::store::Store;
 use crate::oci::{self, ImageConfig, Manifest};
-use crate::store::Store;
 
 pub const ARTIFACT_SPDX: &str = "application/spdx+json";
 pub const ARTIFACT_CYCLONEDX: &str = "application/vnd.cyclonedx+json";
@@ -258,9 +258,9 @@ pub struct SbomReport {
 }
 
 /// The SBOM document stored as the artifact `artifact` (its one layer).
-pub fn document(store: &Store, artifact: &Digest) -> Result<Value, crate::store::StoreError> {
+pub fn document(store: &Store, artifact: &Digest) -> Result<Value, crate::image::store::StoreError> {
     let m: Manifest = store.read_json(artifact)?;
-    let layer = m.layers.first().ok_or_else(|| crate::store::StoreError::Invalid {
+    let layer = m.layers.first().ok_or_else(|| crate::image::store::StoreError::Invalid {
         path: store.blob_path(artifact),
         message: "an SBOM artifact without its document layer".into(),
     })?;

@@ -19,9 +19,9 @@ use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::secrets::{SecretError, Secrets};
-use crate::store::{Store, StoreError};
 
 pub const MEDIA_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";

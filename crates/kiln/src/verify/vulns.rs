@@ -8,9 +8,9 @@ use serde::Serialize;
 use super::inventory::{self, InventoryError, Os};
 use super::osv::{Database, Finding, Level, OsvError};
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Manifest};
 use crate::spec::verify::{ScanSpec, Severity};
-use crate::store::{Store, StoreError};
 
 /// Why a scan could not judge an image.
 #[derive(Debug, thiserror::Error)]

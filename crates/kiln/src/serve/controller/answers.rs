@@ -79,7 +79,7 @@ impl<'a> Controller<'a> {
                 let svc = self.service(&service)?;
                 let reference = image.unwrap_or_else(|| svc.spec.image.clone());
                 let (desc, _) = self.store.resolve(&reference).map_err(|e| match e {
-                    crate::store::StoreError::NotFound(_) => {
+                    crate::image::store::StoreError::NotFound(_) => {
                         ServeError::UnknownImage { service: service.clone(), reference: reference.clone() }
                     }
                     other => other.into(),

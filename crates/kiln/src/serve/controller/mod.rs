@@ -36,14 +36,14 @@ use super::prober::{self, Probe, Prober};
 use super::{api::Request, ServeError};
 use crate::digest::Digest;
 use crate::heal::{self, Cause, HealAction, HealState, Seen};
-use crate::history::{Event, History, Outcome};
+use crate::image::store::Store;
 use crate::proxy::TableEntry;
 use crate::release::plan::{self, Current, Step};
 use crate::release::rollout::{self, Action, Observed, Rollout};
 use crate::runtime::driver::Driver;
 use crate::runtime::{InstanceRecord, InstanceState, Launcher, RunRequest, Runtime};
+use crate::serve::history::{Event, History, Outcome};
 use crate::spec::{self, BlueGreenSpec, CanaryStep, ServiceSpec, SmokeCheck, Strategy};
-use crate::store::Store;
 
 /// A release that serves (or served).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +174,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "finished-recorded",
 ];
 
-pub(super) use crate::faults::crash_point;
+pub(super) use crate::sys::faults::crash_point;
 
 /// A service whose reconcile fails, retried with backoff while the others
 /// go on (kube-rs's `error_policy`).
@@ -229,13 +229,13 @@ pub struct Controller<'a> {
     /// Counters for `/metrics`, fed by [`Controller::record`].
     counters: super::metrics::Counters,
     /// Webhook deliveries (`[[notify]]`), also fed by [`Controller::record`].
-    notifier: crate::notify::Notifier,
-    hooks: Vec<crate::notify::NotifySpec>,
+    notifier: crate::observe::notify::Notifier,
+    hooks: Vec<crate::observe::notify::NotifySpec>,
     /// The live event stream (`/v1/events`), fed by [`Controller::record`]
     /// and by what each tick sees change.
     events: std::sync::Arc<super::events::Bus>,
     /// `[syslog]`: the thread shipping instance logs, if configured.
-    shipper: Option<crate::ship::Shipper>,
+    shipper: Option<crate::observe::ship::Shipper>,
     /// Each instance's health as last published.
     health_seen: HashMap<String, &'static str>,
     /// When each service's analysis was last sampled for the stream.
@@ -347,7 +347,7 @@ impl<'a> Controller<'a> {
             next_drift_ms: HashMap::new(),
             observed: RefCell::new(None),
             counters: Default::default(),
-            notifier: crate::notify::Notifier::start(home)
+            notifier: crate::observe::notify::Notifier::start(home)
                 .map_err(|source| ServeError::Io { path: home.join("notify"), source })?,
             hooks: Vec::new(),
             events: Default::default(),
@@ -367,7 +367,7 @@ impl<'a> Controller<'a> {
         self.hooks = f.notify;
         // A changed [syslog] replaces the shipper (the old one stops).
         if self.shipper.as_ref().map(|s| &s.spec) != f.syslog.as_ref() {
-            self.shipper = f.syslog.map(|s| crate::ship::Shipper::start(&self.home, s));
+            self.shipper = f.syslog.map(|s| crate::observe::ship::Shipper::start(&self.home, s));
         }
         // Each service on its own: one whose new listener cannot be bound
         // keeps its running one and its old settings, and the others still

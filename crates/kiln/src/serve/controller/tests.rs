@@ -9,10 +9,10 @@ use std::io;
 use std::path::Path;
 
 use super::*;
-use crate::history::Event;
 use crate::runtime::driver::{RecordingDriver, RuntimeState, RuntimeStatus};
 use crate::runtime::InstanceId;
 use crate::serve::dataplane::{DataPlaneCall, RecordingDataPlanes};
+use crate::serve::history::Event;
 use crate::serve::prober::FixedProber;
 
 /// A launch that starts no process: the driver gets a running container.
@@ -34,8 +34,8 @@ impl crate::bake::Progress for Quiet {
 }
 
 struct NoGit;
-impl crate::git::Git for NoGit {
-    fn info(&self, _: &Path) -> Option<crate::git::GitInfo> {
+impl crate::bake::git::Git for NoGit {
+    fn info(&self, _: &Path) -> Option<crate::bake::git::GitInfo> {
         None
     }
 }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Descriptor, Manifest};
-use crate::store::{Store, StoreError};
 
 /// The manifest types kiln sends and accepts.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -228,7 +228,7 @@ fn push_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut 
     c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::Reader(&mut f, size), &[201])?;
     t.blobs += 1;
     t.bytes += size;
-    crate::faults::crash_point("push-blob");
+    crate::sys::faults::crash_point("push-blob");
     Ok(())
 }
 
@@ -342,7 +342,7 @@ fn pull_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut 
             why: format!("{n} bytes, the manifest says {}", d.size),
         });
     }
-    crate::faults::crash_point("pull-blob");
+    crate::sys::faults::crash_point("pull-blob");
     let (actual, _) = w.commit_as(&d.digest).map_err(|e| match e {
         StoreError::Corrupt { actual, .. } => RegistryError::Digest {
             host: c.host.to_owned(),

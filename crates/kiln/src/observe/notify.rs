@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::heal::Cause;
-use crate::history::{Event, Outcome};
 use crate::release::analysis;
+use crate::serve::history::{Event, Outcome};
 pub use crate::spec::notify::{Alert, NotifySpec};
 
 /// Attempts before a delivery is given up (recorded as such).
@@ -128,7 +128,7 @@ impl Notifier {
     }
 }
 
-use crate::atomic::write as write_atomic;
+use crate::sys::atomic::write as write_atomic;
 
 /// Sends one delivery: (status, error).
 fn send(home: &Path, d: &Delivery) -> (Option<u16>, Option<String>) {

@@ -236,7 +236,7 @@ fn load_cursor(path: &Path) -> Cursor {
 
 fn save_cursor(path: &Path, c: &Cursor) -> io::Result<()> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    crate::atomic::write(path, &serde_json::to_vec(c).expect("serializes"))
+    crate::sys::atomic::write(path, &serde_json::to_vec(c).expect("serializes"))
 }
 
 /// One connection to the collector.
