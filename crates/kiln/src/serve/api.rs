@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(status_of(&e), 400);
         assert_eq!(status_of(&parse(&req("DELETE", "/v1/status", "")).unwrap_err()), 405);
         assert_eq!(status_of(&parse(&req("GET", "/nope", "")).unwrap_err()), 404);
-        assert_eq!(status_of(&ServeError::Conflict("x".into())), 409);
+        assert_eq!(status_of(&ServeError::Conflict(super::super::Conflict::Stopping)), 409);
         let e = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":5}"#)).unwrap_err();
         assert!(matches!(&e, ServeError::BadRequest { field, .. } if field == "window_ms"), "{e}");
         let e = parse(&req("POST", "/v1/chaos/drill", r#"{"service":"web","window_ms":1500.5}"#)).unwrap_err();

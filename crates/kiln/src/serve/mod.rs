@@ -43,6 +43,40 @@ use crate::runtime::RunError;
 use crate::serve::history::HistoryError;
 use crate::spec::SpecError;
 
+/// Why a request cannot be carried out now (409), case by case; each
+/// names the service, release or instance.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Conflict {
+    #[error("kiln serve is stopping")]
+    Stopping,
+    #[error("release {release} of {service} is a drill: it is never promoted")]
+    DrillNotPromoted { service: String, release: String },
+    #[error("release {release} of {service} is not paused (step {step} of {steps})")]
+    NotPaused { service: String, release: String, step: usize, steps: usize },
+    #[error("service {service} has no release in progress")]
+    NoReleaseInProgress { service: String },
+    #[error("service {service} has release {release} in progress; a drill needs a steady service")]
+    Busy { service: String, release: String },
+    #[error("service {service} has no release serving")]
+    NotServing { service: String },
+    #[error("service {service} has no stable release to drill against")]
+    NoStable { service: String },
+    #[error("service {service}: {release} already serves")]
+    AlreadyServes { service: String, release: String },
+    #[error("service {service} has no release to roll back from")]
+    NothingToRollBackFrom { service: String },
+    #[error("service {service}: no earlier good release to roll back to")]
+    NoEarlierRelease { service: String },
+    #[error("instance {instance} is quarantined already")]
+    Quarantined { instance: String },
+    #[error("instance {instance} is not quarantined")]
+    NotQuarantined { instance: String },
+    #[error("instance {instance} is {state}; there is nothing to freeze")]
+    NothingToFreeze { instance: String, state: String },
+    #[error("{down} of {replicas} instances of {service} are down; killing one more would pass max_share {max_share}")]
+    MaxShare { service: String, down: u32, replicas: u32, max_share: f64 },
+}
+
 /// Why the controller refused or failed, naming the thing.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -70,8 +104,8 @@ pub enum ServeError {
     UnknownRelease { service: String, release: String },
     #[error("service {service}: no image {reference:?} in the store")]
     UnknownImage { service: String, reference: String },
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// No or a wrong credential; says nothing more (not where the token is).
     #[error("unauthorized")]
     Unauthorized,
@@ -323,8 +357,8 @@ fn answer<C: http::Timed>(conn: C, mut w: impl Write, shared: &ApiShared, keys: 
             shared
                 .calls
                 .send((req, tx))
-                .map_err(|_| ServeError::Conflict("kiln serve is stopping".into()))
-                .and_then(|_| rx.recv().map_err(|_| ServeError::Conflict("kiln serve is stopping".into())))
+                .map_err(|_| ServeError::Conflict(Conflict::Stopping))
+                .and_then(|_| rx.recv().map_err(|_| ServeError::Conflict(Conflict::Stopping)))
                 .and_then(|r| r.map(|v| (v, text)))
         }
     };

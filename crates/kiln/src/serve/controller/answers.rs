@@ -98,10 +98,10 @@ impl<'a> Controller<'a> {
             Request::Promote { service, .. } => {
                 let svc = self.services.get_mut(&service).ok_or_else(|| ServeError::UnknownService(service.clone()))?;
                 match svc.state.rollout.as_mut() {
-                    Some(a) if a.drill.is_some() => Err(ServeError::Conflict(format!(
-                        "release {} of {service} is a drill: it is never promoted",
-                        a.rollout.release
-                    ))),
+                    Some(a) if a.drill.is_some() => {
+                        Err(Conflict::DrillNotPromoted { service: service.clone(), release: a.rollout.release.clone() }
+                            .into())
+                    }
                     Some(a) if a.rollout.paused.is_some() => {
                         a.rollout.promoted = true;
                         a.rollout.paused = None;
@@ -112,19 +112,20 @@ impl<'a> Controller<'a> {
                         self.save(&service, now_ms)?;
                         Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
                     }
-                    Some(a) => Err(ServeError::Conflict(format!(
-                        "release {} of {service} is not paused (step {} of {})",
-                        a.rollout.release,
-                        a.rollout.index + 1,
-                        a.rollout.steps.len()
-                    ))),
-                    None => Err(ServeError::Conflict(format!("service {service} has no release in progress"))),
+                    Some(a) => Err(Conflict::NotPaused {
+                        service: service.clone(),
+                        release: a.rollout.release.clone(),
+                        step: a.rollout.index + 1,
+                        steps: a.rollout.steps.len(),
+                    }
+                    .into()),
+                    None => Err(Conflict::NoReleaseInProgress { service: service.clone() }.into()),
                 }
             }
             Request::Abort { service, actor } => {
                 let a = self.service(&service)?.state.rollout.clone();
                 let Some(a) = a else {
-                    return Err(ServeError::Conflict(format!("service {service} has no release in progress")));
+                    return Err(Conflict::NoReleaseInProgress { service: service.clone() }.into());
                 };
                 let id = a.rollout.release.clone();
                 self.fail(&service, a, format!("aborted by {actor}"), None, Outcome::Aborted, now_ms)?;

@@ -210,13 +210,10 @@ impl<'a> Controller<'a> {
         }
         let id = r.id.to_string();
         if self.services[name].state.quarantined.contains_key(&id) {
-            return Err(ServeError::Conflict(format!("instance {id} is quarantined already")));
+            return Err(Conflict::Quarantined { instance: id }.into());
         }
         if r.state.is_exited() || r.stop_requested {
-            return Err(ServeError::Conflict(format!(
-                "instance {id} is {}; there is nothing to freeze",
-                r.state.name()
-            )));
+            return Err(Conflict::NothingToFreeze { instance: id, state: r.state.name().to_owned() }.into());
         }
         let release = r.release.clone().unwrap_or_default();
         self.record(
@@ -274,7 +271,7 @@ impl<'a> Controller<'a> {
         now_ms: u64,
     ) -> Result<(), ServeError> {
         let Some(q) = self.services[name].state.quarantined.get(id).cloned() else {
-            return Err(ServeError::Conflict(format!("instance {id} is not quarantined")));
+            return Err(Conflict::NotQuarantined { instance: id.to_owned() }.into());
         };
         self.record(
             name,
@@ -372,7 +369,7 @@ impl<'a> Controller<'a> {
         let svc = self.service(name)?;
         let replicas = svc.spec.release.replicas;
         let Some(stable) = svc.state.stable.clone() else {
-            return Err(ServeError::Conflict(format!("service {name} has no release serving")));
+            return Err(Conflict::NotServing { service: name.to_owned() }.into());
         };
         let serving: Vec<InstanceRecord> = self
             .live(name)?
@@ -386,9 +383,7 @@ impl<'a> Controller<'a> {
         let down = replicas.saturating_sub(serving.len() as u32);
         let allowed = ((max_share * f64::from(replicas)).floor() as u32).max(1);
         if down + 1 > allowed || serving.is_empty() {
-            return Err(ServeError::Conflict(format!(
-                "{down} of {replicas} instances of {name} are down; killing one more would pass max_share {max_share}"
-            )));
+            return Err(Conflict::MaxShare { service: name.to_owned(), down, replicas, max_share }.into());
         }
         let mut b = [0u8; 4];
         let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));

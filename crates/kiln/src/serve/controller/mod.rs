@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataplane::{DataPlane, DataPlanes, ProxyProcesses};
 use super::prober::{self, Probe, Prober};
-use super::{api::Request, ServeError};
+use super::{api::Request, Conflict, ServeError};
 use crate::digest::Digest;
 use crate::heal::{self, Cause, HealAction, HealState, Seen};
 use crate::image::store::Store;

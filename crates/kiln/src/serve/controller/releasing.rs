@@ -443,13 +443,10 @@ impl<'a> Controller<'a> {
     ) -> Result<serde_json::Value, ServeError> {
         let svc = self.service(name)?;
         if let Some(a) = &svc.state.rollout {
-            return Err(ServeError::Conflict(format!(
-                "service {name} has release {} in progress; a drill needs a steady service",
-                a.rollout.release
-            )));
+            return Err(Conflict::Busy { service: name.to_owned(), release: a.rollout.release.clone() }.into());
         }
         let Some(stable) = svc.state.stable.clone() else {
-            return Err(ServeError::Conflict(format!("service {name} has no stable release to drill against")));
+            return Err(Conflict::NoStable { service: name.to_owned() }.into());
         };
         let window_ms = window_ms.unwrap_or(match &svc.spec.release.strategy {
             Strategy::Canary(c) => c.step_interval_ms,
@@ -484,7 +481,11 @@ impl<'a> Controller<'a> {
     ) -> Result<serde_json::Value, ServeError> {
         let mut st = self.service(name)?.state.clone();
         if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) && st.rollout.is_none() {
-            return Err(ServeError::Conflict(format!("service {name}: {} already serves", to.unwrap_or_default())));
+            return Err(Conflict::AlreadyServes {
+                service: name.to_owned(),
+                release: to.unwrap_or_default().to_owned(),
+            }
+            .into());
         }
         if let (Some(a), Some(_)) = (st.rollout.clone(), to) {
             // Rolling back to a named release ends the one in progress first.
@@ -502,7 +503,7 @@ impl<'a> Controller<'a> {
             );
         }
         let Some(current) = st.stable.clone() else {
-            return Err(ServeError::Conflict(format!("service {name} has no release to roll back from")));
+            return Err(Conflict::NothingToRollBackFrom { service: name.to_owned() }.into());
         };
         let live = self.live(name)?;
         if let Some((prev, _)) = st.previous.filter(|(p, _)| {
@@ -578,7 +579,7 @@ impl<'a> Controller<'a> {
             }
         }
         let Some(d) = good.and_then(|d| Digest::parse(&d).ok()) else {
-            return Err(ServeError::Conflict(format!("service {name}: no earlier good release to roll back to")));
+            return Err(Conflict::NoEarlierRelease { service: name.to_owned() }.into());
         };
         self.begin(name, d.clone(), d.to_string(), actor, Mode::Rollback, now_ms)
     }
