@@ -12,13 +12,23 @@
 //!
 //! Secrets and bundles live on tmpfs under `/run/kiln/<home-hash>/`; this
 //! module never writes a secret value under `$KILN_HOME`.
+//!
+//! Its parts: [`model`] (ids, states, records, requests, errors and the
+//! pure [`decide_state`]), [`shim`] (the supervisor process and its
+//! [`Launcher`]), this file (the lifecycle: run, observe, stop, remove,
+//! pause, volumes), and the modules below.
 
 pub mod bundle;
 pub mod drift;
 pub mod driver;
 pub mod images;
 pub mod logs;
+pub mod model;
 pub mod postmortem;
+pub mod shim;
+
+pub use model::*;
+pub use shim::{shim, Launcher, ShimLauncher};
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -27,332 +37,18 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::image::store::{Store, StoreError};
+use crate::image::store::Store;
 use crate::oci;
-use crate::secrets::{SecretError, Secrets};
-use bundle::{BundleError, InstanceConfig, Limits};
-use driver::{Driver, DriverError, RuntimeStatus};
-use images::CacheError;
+use crate::secrets::Secrets;
+use bundle::InstanceConfig;
+use driver::Driver;
 use logs::{LogMeta, LogStore};
-
-/// `<service>-<8 hex>`; also the container id and the hostname.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct InstanceId(String);
-
-impl InstanceId {
-    fn generate(service: &str) -> io::Result<Self> {
-        let mut b = [0u8; 4];
-        io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut b)?;
-        Ok(InstanceId(format!("{service}-{}", crate::digest::hex(&b))))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
-
-/// Lifecycle: created → starting → running → stopping → exited; paused
-/// (quarantine) from running and back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum InstanceState {
-    Created,
-    Starting,
-    Running,
-    Stopping,
-    Paused,
-    Exited {
-        #[serde(default)]
-        code: Option<i32>,
-        #[serde(default)]
-        signal: Option<i32>,
-        reason: String,
-    },
-}
-
-impl InstanceState {
-    pub fn is_exited(&self) -> bool {
-        matches!(self, InstanceState::Exited { .. })
-    }
-    pub fn name(&self) -> &'static str {
-        match self {
-            InstanceState::Created => "created",
-            InstanceState::Starting => "starting",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Paused => "paused",
-            InstanceState::Exited { .. } => "exited",
-        }
-    }
-}
-
-/// A secret an instance receives: always as `/run/secrets/NAME`, and as
-/// the environment variable `env` when given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretUse {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-}
-
-/// What kiln remembers of an instance (`instances/<id>/instance.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceRecord {
-    pub id: InstanceId,
-    pub service: String,
-    pub image: Digest,
-    pub image_ref: String,
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(default)]
-    pub release: Option<String>,
-    pub port: u16,
-    /// Unix seconds.
-    pub created: i64,
-    #[serde(default)]
-    pub volumes: Vec<(String, String)>,
-    #[serde(default)]
-    pub secrets: Vec<SecretUse>,
-    pub stop_signal: String,
-    pub stop_grace_secs: u64,
-    #[serde(default)]
-    pub limits: Limits,
-    #[serde(flatten)]
-    pub state: InstanceState,
-    #[serde(default)]
-    pub stop_requested: bool,
-    /// Unix milliseconds when it started running (0 in older records).
-    #[serde(default)]
-    pub started_ms: i64,
-    /// The service settings of its release (see [`RunRequest::release_fields`]).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub release_fields: std::collections::BTreeMap<String, String>,
-    /// The stored version of each secret it was given, by name.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub secret_versions: std::collections::BTreeMap<String, String>,
-}
-
-/// Written by the shim once the container has started.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ShimStarted {
-    shim_pid: i32,
-    container_pid: i32,
-}
-
-/// Written by the shim (or by `stop` if the shim is gone) when the
-/// container has exited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub at: i64,
-    /// Unix milliseconds (records from before it have `at` only).
-    #[serde(default)]
-    pub at_ms: i64,
-}
-
-/// A request to start one instance (also the body of the API's `run`
-/// command: every field but `reference` may be left out).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunRequest {
-    /// Image tag, digest or digest prefix.
-    pub reference: String,
-    /// Service name; defaults to the image's title.
-    pub service: Option<String>,
-    /// (name, value), later ones replacing earlier ones of the same name.
-    pub env: Vec<(String, String)>,
-    /// (volume name, absolute path inside)
-    pub volumes: Vec<(String, String)>,
-    pub secrets: Vec<SecretUse>,
-    pub limits: Limits,
-    pub stop_grace_secs: Option<u64>,
-    pub release: Option<String>,
-    /// Secrets get a placeholder value (`kiln-test-placeholder-NAME`), never
-    /// the stored one: a test instance (`kiln test`) needs their names only.
-    /// Never from outside: only `kiln test` sets it.
-    #[serde(skip)]
-    pub placeholder_secrets: bool,
-    /// The service settings of the release it is started for (kept on the
-    /// instance, so that `kiln plan` sees what runs). Only kiln serve sets it.
-    #[serde(skip)]
-    pub release_fields: std::collections::BTreeMap<String, String>,
-}
-
-impl RunRequest {
-    /// The request for a `[service.NAME]`, with `flags` added on top (their
-    /// env, volumes and secrets added or replacing, their limits winning).
-    pub fn for_service(service: &crate::spec::ServiceSpec, flags: RunRequest) -> RunRequest {
-        let mut env: Vec<(String, String)> = service.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (k, v) in flags.env {
-            env.retain(|(e, _)| *e != k);
-            env.push((k, v));
-        }
-        let mut volumes: Vec<(String, String)> = service.volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (n, d) in flags.volumes {
-            volumes.retain(|(e, _)| *e != n);
-            volumes.push((n, d));
-        }
-        let mut secrets: Vec<SecretUse> =
-            service.secrets.iter().map(|s| SecretUse { name: s.name.clone(), env: s.env.clone() }).collect();
-        for s in flags.secrets {
-            secrets.retain(|e| e.name != s.name);
-            secrets.push(s);
-        }
-        RunRequest {
-            reference: if flags.reference.is_empty() { service.image.clone() } else { flags.reference },
-            service: Some(service.name.clone()),
-            env,
-            volumes,
-            secrets,
-            limits: Limits {
-                memory_bytes: flags.limits.memory_bytes.or(service.memory_bytes),
-                cpus: flags.limits.cpus.or(service.cpus),
-                pids: flags.limits.pids.or(service.pids),
-            },
-            stop_grace_secs: flags.stop_grace_secs.or(service.stop_timeout),
-            release: flags.release,
-            placeholder_secrets: flags.placeholder_secrets,
-            release_fields: flags.release_fields,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    #[error(transparent)]
-    Driver(#[from] DriverError),
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("instance {id} failed to start: {message}")]
-    StartFailed { id: InstanceId, message: String },
-    #[error("no instance matches {0:?} (see `kiln ps --all`)")]
-    NotFound(String),
-    #[error("{reference:?} matches several instances: {}", candidates.join(", "))]
-    Ambiguous { reference: String, candidates: Vec<String> },
-    #[error("instance {0} is {1}; stop it first, or pass --force")]
-    NotExited(InstanceId, &'static str),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-}
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RunError + '_ {
     move |source| RunError::Io { path: path.to_owned(), source }
-}
-
-/// Starts the shim for an instance; behind a trait so the code above is
-/// testable without processes.
-pub trait Launcher {
-    /// Starts the shim; the returned reader yields its one-line report,
-    /// `started` or `error: …`.
-    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<Box<dyn io::Read>>;
-}
-
-/// Starts `kiln __shim` in its own session, detached from the caller.
-#[derive(Debug, Default)]
-pub struct ShimLauncher;
-
-impl Launcher for ShimLauncher {
-    fn launch(&self, home: &Path, id: &InstanceId) -> io::Result<Box<dyn io::Read>> {
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe()?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.join("instances").join(id.as_str()).join("shim.log"))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("--home").arg(home).arg("__shim").arg(id.as_str());
-        let (report, report_w) = io::pipe()?;
-        cmd.stdin(std::process::Stdio::null()).stdout(report_w).stderr(log);
-        // SAFETY: setsid is async-signal-safe and touches no memory; it only
-        // makes the child a session leader so the caller's terminal and
-        // process group signals do not reach the shim.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // Not waited for: the shim outlives the caller (a long-running
-        // caller reaps it, see crate::sys::children).
-        crate::sys::children::abandon(cmd.spawn()?);
-        drop(cmd);
-        Ok(Box::new(report))
-    }
-}
-
-/// Decides an instance's state from what was observed. Pure.
-pub fn decide_state(
-    recorded: &InstanceState,
-    stop_requested: bool,
-    exit: Option<&ExitInfo>,
-    runtime: Option<RuntimeStatus>,
-    shim_alive: bool,
-) -> InstanceState {
-    if recorded.is_exited() {
-        return recorded.clone();
-    }
-    if let Some(e) = exit {
-        let reason = match (e.code, e.signal, stop_requested) {
-            (_, Some(s), true) => format!("stopped (signal {s})"),
-            (Some(c), _, true) => format!("stopped (exit code {c})"),
-            (Some(c), _, false) => format!("exited with code {c}"),
-            (_, Some(s), false) => format!("killed by signal {s}"),
-            _ => "exited".to_owned(),
-        };
-        return InstanceState::Exited { code: e.code, signal: e.signal, reason };
-    }
-    match runtime {
-        Some(RuntimeStatus::Running) if stop_requested => InstanceState::Stopping,
-        Some(RuntimeStatus::Running) => InstanceState::Running,
-        Some(RuntimeStatus::Paused) => InstanceState::Paused,
-        Some(RuntimeStatus::Created) => InstanceState::Starting,
-        // The shim is about to record the exit status.
-        Some(RuntimeStatus::Stopped) | None
-            if shim_alive && !matches!(recorded, InstanceState::Created | InstanceState::Starting) =>
-        {
-            InstanceState::Stopping
-        }
-        Some(RuntimeStatus::Stopped) => InstanceState::Exited {
-            code: None,
-            signal: None,
-            reason: "exited; status unknown (its shim is gone)".into(),
-        },
-        None if matches!(recorded, InstanceState::Created | InstanceState::Starting) => recorded.clone(),
-        None => {
-            InstanceState::Exited { code: None, signal: None, reason: "lost: the runtime no longer knows it".into() }
-        }
-    }
-}
-
-/// A volume and who uses it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct VolumeInfo {
-    pub service: String,
-    pub name: String,
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub users: Vec<InstanceId>,
 }
 
 /// The instance runtime over one `$KILN_HOME`.
@@ -905,111 +601,6 @@ fn du(path: &Path) -> u64 {
         return m.len();
     }
     fs::read_dir(path).map(|d| d.flatten().map(|e| du(&e.path())).sum()).unwrap_or(0)
-}
-
-/// The shim: started detached by [`ShimLauncher`] as `kiln __shim ID`.
-/// Creates and starts the container as this process's descendant (it is a
-/// child subreaper, so it can read the exit status), removes the bundle and
-/// secret files once the container holds them, moves log lines to the
-/// central store every 200 ms, and records the exit. Returns the process
-/// exit code.
-pub fn shim(store: &Store, driver: &dyn Driver, id: &str) -> i32 {
-    match shim_inner(store, driver, id) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kiln shim {id}: {e}");
-            1
-        }
-    }
-}
-
-/// Writes the shim's one-line report to its stdout (a pipe to `kiln run`),
-/// then points stdout at /dev/null: the reader is gone soon after.
-fn report(line: &str) {
-    let mut out = io::stdout();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-    if let Ok(null) = fs::File::open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto fd 1 with a valid open fd; no memory is involved.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
-    }
-}
-
-fn shim_inner(store: &Store, driver: &dyn Driver, id: &str) -> Result<(), RunError> {
-    let rt = Runtime::new(store, driver);
-    let id = InstanceId(id.to_owned());
-    let record = rt.load(&id)?;
-    let idir = rt.instance_dir(&id);
-    let fail = |message: String| {
-        let _ = fs::write(idir.join("start-error"), &message);
-        report(&format!("error: {}", message.replace('\n', " ")));
-        RunError::StartFailed { id: id.clone(), message }
-    };
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and has no
-    // memory-safety preconditions.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(fail(format!("cannot become a subreaper: {}", io::Error::last_os_error())));
-    }
-    let open = |name: &str| OpenOptions::new().create(true).append(true).mode(0o640).open(idir.join(name));
-    let (out, err) = match (open("stdout.log"), open("stderr.log")) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => return Err(fail(format!("cannot open the log files: {e}"))),
-    };
-    let pid = match driver.run_detached(id.as_str(), &rt.bundle_dir(&id), out, err) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = driver.delete(id.as_str(), true);
-            let tail = fs::read_to_string(idir.join("stderr.log")).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
-            return Err(fail(format!("{e}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" / "))));
-        }
-    };
-    // The container holds its config and secret mounts now; the clear
-    // copies on tmpfs are no longer needed.
-    rt.cleanup(&id);
-    rt.keep_runtime_config(&id, &idir);
-    let started = ShimStarted { shim_pid: std::process::id() as i32, container_pid: pid };
-    write_json_atomic(&idir.join("shim.json"), &started, 0o644).map_err(io_err(&idir))?;
-    report("started");
-
-    let meta = rt.log_meta(&record);
-    let logs = rt.logs();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let status = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = logs.ingest(&meta, &idir, now_ms(), false);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        // Reap every child (as subreaper the shim inherits the container's
-        // orphans too) until the container itself exits.
-        let status = loop {
-            let mut st: libc::c_int = 0;
-            // SAFETY: waitpid writes only into `st`, a valid local.
-            let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-            if r == pid {
-                break st;
-            }
-            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                // No children left: the container is gone without a status.
-                break -1;
-            }
-        };
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        status
-    });
-    let _ = logs.ingest(&meta, &idir, now_ms(), true);
-    let exit = ExitInfo {
-        code: (status >= 0 && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status)),
-        signal: (status >= 0 && libc::WIFSIGNALED(status)).then(|| libc::WTERMSIG(status)),
-        at: now_ms() / 1000,
-        at_ms: now_ms(),
-    };
-    write_json_atomic(&idir.join("exit.json"), &exit, 0o644).map_err(io_err(&idir))?;
-    let _ = driver.delete(id.as_str(), true);
-    Ok(())
 }
 
 #[cfg(test)]

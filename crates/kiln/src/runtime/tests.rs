@@ -4,7 +4,8 @@
 use std::fs;
 use std::sync::Mutex;
 
-use super::driver::{RecordingDriver, RuntimeState};
+use super::bundle::Limits;
+use super::driver::{RecordingDriver, RuntimeState, RuntimeStatus};
 use super::*;
 
 fn exited(reason: &str) -> InstanceState {
