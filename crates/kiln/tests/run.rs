@@ -174,6 +174,9 @@ fn instances_have_a_read_only_root_tmpfs_tmp_and_their_own_identity() {
 fn the_demo_app_serves_and_stops_gracefully_within_the_grace_period() {
     let env = Env::new("web");
     let (id, port) = env.run(&["web:b1"]);
+    // Running is not listening yet: the app binds its port a moment after
+    // it starts (seen once in a full run with another test's runc beside it).
+    wait_port(port);
     assert_eq!(http_get(port, "/", Duration::from_secs(2)), Some((200, "demo-app 0.1.0\n".into())));
     let t = Instant::now();
     env.ok(&["stop", &id]);

@@ -95,42 +95,8 @@ impl<'a> Controller<'a> {
                 }
                 self.status(service.as_deref(), now_ms)
             }
-            Request::Promote { service, .. } => {
-                let svc = self.services.get_mut(&service).ok_or_else(|| ServeError::UnknownService(service.clone()))?;
-                match svc.state.rollout.as_mut() {
-                    Some(a) if a.drill.is_some() => {
-                        Err(Conflict::DrillNotPromoted { service: service.clone(), release: a.rollout.release.clone() }
-                            .into())
-                    }
-                    Some(a) if a.rollout.paused.is_some() => {
-                        a.rollout.promoted = true;
-                        a.rollout.paused = None;
-                        // Time spent waiting for a person is no lack of
-                        // progress: the deadline counts from now.
-                        a.rollout.step_started_ms = now_ms;
-                        let id = a.rollout.release.clone();
-                        self.save(&service, now_ms)?;
-                        Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
-                    }
-                    Some(a) => Err(Conflict::NotPaused {
-                        service: service.clone(),
-                        release: a.rollout.release.clone(),
-                        step: a.rollout.index + 1,
-                        steps: a.rollout.steps.len(),
-                    }
-                    .into()),
-                    None => Err(Conflict::NoReleaseInProgress { service: service.clone() }.into()),
-                }
-            }
-            Request::Abort { service, actor } => {
-                let a = self.service(&service)?.state.rollout.clone();
-                let Some(a) = a else {
-                    return Err(Conflict::NoReleaseInProgress { service: service.clone() }.into());
-                };
-                let id = a.rollout.release.clone();
-                self.fail(&service, a, format!("aborted by {actor}"), None, Outcome::Aborted, now_ms)?;
-                Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
-            }
+            Request::Promote { service, .. } => self.promote(&service, now_ms),
+            Request::Abort { service, actor } => self.abort(&service, &actor, now_ms),
             Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),
             Request::Down { service, purge, actor } => self.down(&service, purge, &actor, now_ms),
             Request::Quarantine { instance, reason, actor } => {
