@@ -14,7 +14,7 @@ for p in docker.io buildah hyperfine busybox-static; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
 done
 if [ -n "${missing:-}" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; fi
-cargo build --quiet --release --locked -p kiln
+cargo build --quiet --release --locked -p kiln-cli
 KILN=$root/target/release/kiln
 DOCKER=/usr/bin/docker   # Debian's client: BuildKit via DOCKER_BUILDKIT=1
 

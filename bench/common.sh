@@ -9,7 +9,7 @@ bench_setup() {
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
-  cargo build --quiet --release --locked -p kiln
+  cargo build --quiet --release --locked -p kiln-cli
   ./scripts/build-demo.sh >/dev/null
 }
 

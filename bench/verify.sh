@@ -84,7 +84,7 @@ PY
 
 # ---- the whole gate on examples/hello ----
 cd "$work/hello"
-db=$root/crates/kiln/tests/fixtures/osv
+db=$root/crates/kiln-cli/tests/fixtures/osv
 "$kiln" key generate >/dev/null 2>&1 || true
 gate=()
 for _ in $(seq "$RUNS"); do

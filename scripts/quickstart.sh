@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --quiet --release --locked -p kiln
+cargo build --quiet --release --locked -p kiln-cli
 ./scripts/build-demo.sh >/dev/null
 kiln=$PWD/target/release/kiln
 export KILN_HOME="${KILN_HOME:-$HOME/.local/share/kiln}"
@@ -34,7 +34,7 @@ $kiln test hello:0.1.0 -f examples/hello/kiln.toml
 echo "== kiln scan-secrets hello:0.1.0"
 $kiln scan-secrets hello:0.1.0 -f examples/hello/kiln.toml
 echo "== kiln scan hello:0.1.0 (offline OSV database; here the tests' fixture of real Debian 12 advisories)"
-$kiln scan hello:0.1.0 -f examples/hello/kiln.toml --db crates/kiln/tests/fixtures/osv --force
+$kiln scan hello:0.1.0 -f examples/hello/kiln.toml --db crates/kiln-cli/tests/fixtures/osv --force
 echo "== kiln sbom hello:0.1.0 (SPDX 2.3 and CycloneDX 1.5, stored on the digest)"
 $kiln sbom hello:0.1.0
 echo "== kiln key generate; kiln sign hello:0.1.0; kiln verify hello:0.1.0"
