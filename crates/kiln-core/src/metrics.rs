@@ -145,6 +145,17 @@ fn bucket(us: u64) -> usize {
     BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len())
 }
 
+/// A load balancer's request counts since it started, over every release:
+/// requests answered, those answered 5xx (the backend's or its own
+/// 502/503/504), and retries. A drill's injected faults are not requests
+/// here (each went on to another release, counted there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub failed: u64,
+    pub retries: u64,
+}
+
 /// Error rate and latency over a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {

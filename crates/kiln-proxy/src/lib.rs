@@ -167,6 +167,9 @@ pub enum Control {
     },
     /// Prometheus text.
     Metrics,
+    /// Request counts since start, over every release (what `kiln status`
+    /// and `kiln chaos` report), typed: no one parses the Prometheus text.
+    Totals,
 }
 
 /// What a [`Control`] returns.
@@ -177,6 +180,7 @@ pub enum ControlOutput {
     Drained(DrainReport),
     Stats(WindowStats),
     Metrics(String),
+    Totals(metrics::Totals),
 }
 
 /// Why a [`Control`] was refused; nothing changed.
@@ -495,7 +499,26 @@ impl Proxy {
             Control::Releases => ControlOutput::Releases(self.releases()),
             Control::Stats { release, window_secs } => ControlOutput::Stats(self.window(&release, window_secs)?),
             Control::Metrics => ControlOutput::Metrics(self.metrics_text()),
+            Control::Totals => ControlOutput::Totals(self.totals()),
         })
+    }
+
+    /// Requests, 5xx answers and retries since start, over every release,
+    /// without a drill's injected faults.
+    pub fn totals(&self) -> metrics::Totals {
+        let reg = self.registry();
+        let mut t = metrics::Totals::default();
+        let mut injected = 0;
+        for m in reg.releases.values() {
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            t.requests += m.traffic.by_class.iter().map(n).sum::<u64>();
+            t.failed += n(&m.traffic.by_class[4]);
+            t.retries += n(&m.retries);
+            injected += n(&m.injected);
+        }
+        t.requests = t.requests.saturating_sub(injected);
+        t.failed = t.failed.saturating_sub(injected);
+        t
     }
 
     pub fn metrics_text(&self) -> String {
@@ -747,6 +770,7 @@ async fn parse_admin(req: Request<Incoming>) -> Result<Control, (StatusCode, Str
     let path = req.uri().path().to_owned();
     Ok(match (method, path.as_str()) {
         (Method::GET, "/metrics") => Control::Metrics,
+        (Method::GET, "/totals") => Control::Totals,
         (Method::GET, "/releases") => Control::Releases,
         (Method::GET, "/stats") => Control::Stats {
             release: query(&req, "release").unwrap_or_default(),
@@ -788,6 +812,7 @@ async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
         Ok(ControlOutput::Releases(r)) => json_response(&r),
         Ok(ControlOutput::Drained(r)) => json_response(&r),
         Ok(ControlOutput::Stats(w)) => json_response(&w),
+        Ok(ControlOutput::Totals(t)) => json_response(&t),
         Err(e) if changes || matches!(e, ControlError::BadRelease(_)) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
     }
@@ -895,6 +920,20 @@ mod tests {
         assert_eq!(p.control(unknown).await, Err(ControlError::NoRelease("nope".into())));
         let stats = p.control(Control::Stats { release: "web".into(), window_secs: 10 }).await.unwrap();
         assert!(matches!(stats, ControlOutput::Stats(w) if w.requests == 0));
+        // Totals: every answer counted once, 5xx as failed, a drill's
+        // injected faults left out (they were no client's request).
+        let m = p.registry().releases.values().next().unwrap().clone();
+        for status in [200, 200, 503, 404] {
+            m.record(status, 1_000, 1);
+        }
+        m.retries.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(
+            p.control(Control::Totals).await,
+            Ok(ControlOutput::Totals(metrics::Totals { requests: 4, failed: 1, retries: 2 }))
+        );
+        m.record(503, 10, 1);
+        m.injected.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(p.totals(), metrics::Totals { requests: 4, failed: 1, retries: 2 });
         let elsewhere: SocketAddr = "127.0.0.1:2".parse().unwrap();
         let drain = |backend| Control::Drain { backend, deadline: Duration::from_millis(50) };
         assert_eq!(p.control(drain(elsewhere)).await, Err(ControlError::NoBackend(elsewhere)));

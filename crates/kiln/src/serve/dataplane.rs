@@ -30,13 +30,7 @@ use crate::proxy::metrics::WindowStats;
 use crate::proxy::TableEntry;
 use crate::spec::ServiceSpec;
 
-/// A load balancer's request counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub requests: u64,
-    pub failed: u64,
-    pub retries: u64,
-}
+pub use crate::proxy::metrics::Totals;
 
 /// A service's load balancer, as the controller drives it.
 pub trait DataPlane: std::fmt::Debug + Send + Sync {
@@ -422,32 +416,15 @@ impl ProxyProcess {
         })
     }
 
-    /// Totals since the proxy started, over every release: requests
-    /// answered, those answered 5xx (the backend's or the proxy's own
-    /// 502/503/504), and retries. Drill faults are not requests here.
+    /// Totals since the proxy started, over every release (its typed
+    /// `/totals`; drill faults are not requests there).
     fn totals(&self) -> Result<Totals, ServeError> {
-        let body = self.call("GET", "/metrics", b"")?;
-        let mut t = Totals::default();
-        let mut injected = 0;
-        for line in String::from_utf8_lossy(&body).lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let v: u64 = value.parse().unwrap_or(0);
-            if series.starts_with("kiln_proxy_requests_total{") {
-                t.requests += v;
-                if series.contains("class=\"5xx\"") {
-                    t.failed += v;
-                }
-            } else if series.starts_with("kiln_proxy_retries_total{") {
-                t.retries += v;
-            } else if series.starts_with("kiln_proxy_injected_faults_total{") {
-                injected += v;
-            }
-        }
-        // A drill's injected faults were never a client's request: each
-        // went on to another release, counted there.
-        t.requests = t.requests.saturating_sub(injected);
-        t.failed = t.failed.saturating_sub(injected);
-        Ok(t)
+        let body = self.call("GET", "/totals", b"")?;
+        serde_json::from_slice(&body).map_err(|e| ServeError::Proxy {
+            service: self.service.clone(),
+            admin: self.admin,
+            detail: format!("bad /totals answer: {e}"),
+        })
     }
 
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
