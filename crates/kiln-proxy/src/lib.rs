@@ -14,6 +14,9 @@
 //! channel. The routing table is swapped whole through `ArcSwap`, so a
 //! switch never blocks or fails a request. Nothing on the request path may
 //! block or take a lock. The admin API is a hyper server: it is not hot.
+//! Its parts: [`config`] (what it is told), [`control`] (the typed control
+//! surface), [`admin`] (HTTP onto it), this file (the proxy's state, the
+//! worker threads, health checks, metrics).
 //! [`run`] is `kiln proxy`'s main; [`handoff`] passes listening sockets to
 //! a successor process (the proxy's `--take-over`, and `kiln serve
 //! --upgrade`).
@@ -26,13 +29,19 @@ mod forward;
 pub mod h1;
 pub mod handoff;
 pub use kiln_core::metrics;
+pub mod admin;
+pub mod config;
+pub mod control;
 pub mod run;
 pub mod table;
+
+pub use admin::serve_admin;
+pub use config::*;
+pub use control::*;
 #[cfg(test)]
 mod testutil;
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,11 +51,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
 
 use metrics::{ReleaseMetrics, WindowStats};
@@ -56,168 +62,6 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// How a client is kept on the release it first got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sticky {
-    None,
-    /// The `kiln_release` cookie, set on the first response.
-    Cookie,
-    /// A request header's value (a user or session id) hashed onto the
-    /// weighted schedule: the same value always lands on the same release.
-    Header(HeaderName),
-}
-
-impl std::str::FromStr for Sticky {
-    type Err = String;
-
-    /// `none`, `cookie` or `header:NAME` (a valid header name).
-    fn from_str(s: &str) -> Result<Sticky, String> {
-        match s {
-            "none" => Ok(Sticky::None),
-            "cookie" => Ok(Sticky::Cookie),
-            _ => match s.strip_prefix("header:").map(|h| HeaderName::from_bytes(h.as_bytes())) {
-                Some(Ok(h)) => Ok(Sticky::Header(h)),
-                _ => Err(format!("{s:?}: expected none, cookie or header:NAME")),
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheck {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyConfig {
-    pub service: String,
-    pub sticky: Sticky,
-    /// Add `X-Kiln-Release` to responses.
-    pub release_header: bool,
-    /// Extra attempts on another backend, when safe.
-    pub retries: u32,
-    /// Time allowed for a backend's response head.
-    pub backend_timeout: Duration,
-    /// Consecutive failures (5xx or errors) before passive ejection.
-    pub eject_after: u32,
-    /// First ejection length; doubles with each further failure, up to 30 s.
-    pub eject_for: Duration,
-    /// Active checks; without them, backends are healthy from the start.
-    pub health: Option<HealthCheck>,
-    /// Time a client gets to send its request headers (slowloris guard).
-    pub header_timeout: Duration,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            service: "default".into(),
-            sticky: Sticky::None,
-            release_header: false,
-            retries: 2,
-            backend_timeout: Duration::from_secs(30),
-            eject_after: 3,
-            eject_for: Duration::from_secs(1),
-            health: None,
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// One row of the routing table: a release, its weight and its backends
-/// (the control API's unit; not to be confused with kiln.toml's release
-/// settings, `kiln_core::spec::ReleaseSpec`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableEntry {
-    pub release: String,
-    pub weight: u32,
-    pub backends: Vec<SocketAddr>,
-    /// A drill's injected fault: each request this release is chosen for
-    /// is counted against it as answered with this status, and goes to
-    /// another release (always safe: no backend saw it). No client sees it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<u16>,
-}
-
-/// Every operation on a running proxy, the one control surface: the admin
-/// API parses HTTP into these, and the release controller calls
-/// [`Proxy::control`] with them directly.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Control {
-    /// Replace the whole backend set and weights.
-    SetReleases(Vec<TableEntry>),
-    /// Change the weights of known releases.
-    SetWeights(BTreeMap<String, u32>),
-    /// Stop sending to a backend, wait for what it has in flight, cut the rest.
-    Drain {
-        backend: SocketAddr,
-        deadline: Duration,
-    },
-    Releases,
-    /// Windowed error rate and latency of a release (at most 60 s).
-    Stats {
-        release: String,
-        window_secs: u64,
-    },
-    /// Prometheus text.
-    Metrics,
-    /// Request counts since start, over every release (what `kiln status`
-    /// and `kiln chaos` report), typed: no one parses the Prometheus text.
-    Totals,
-}
-
-/// What a [`Control`] returns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ControlOutput {
-    Done,
-    Releases(Vec<TableEntry>),
-    Drained(DrainReport),
-    Stats(WindowStats),
-    Metrics(String),
-    Totals(metrics::Totals),
-}
-
-/// Why a [`Control`] was refused; nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ControlError {
-    #[error("release {0:?} is empty or given twice")]
-    BadRelease(String),
-    #[error("no release {0:?}")]
-    NoRelease(String),
-    #[error("no backend {0}")]
-    NoBackend(SocketAddr),
-}
-
-/// The state a proxy hands to its successor (see [`crate::handoff`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Succession {
-    pub backends: Vec<BackendState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendState {
-    pub addr: SocketAddr,
-    pub healthy: bool,
-    pub draining: bool,
-}
-
-/// What a drain saw.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DrainReport {
-    pub backend: SocketAddr,
-    /// Requests and upgraded connections in flight when the drain began
-    /// that finished before the deadline.
-    pub finished: u64,
-    /// Still in flight at the deadline.
-    pub cut: u64,
-    pub waited_ms: u64,
-}
 
 #[derive(Debug, Default)]
 struct Registry {
@@ -722,130 +566,6 @@ pub fn start(proxy: Arc<Proxy>, listeners: Vec<std::net::TcpListener>) -> std::i
         })?;
     }
     Ok(())
-}
-
-/// The admin API: `GET /metrics` (Prometheus), `GET /releases`,
-/// `PUT /releases` (JSON list), `PUT /weights` (JSON map),
-/// `POST /drain?backend=ADDR&deadline_ms=N`, `GET /stats?release=R&window=S`.
-pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let p = proxy.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let p = p.clone();
-                async move { Ok::<_, Infallible>(admin(&p, req).await) }
-            });
-            let mut server = hyper::server::conn::http1::Builder::new();
-            server.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-            let _ = server.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
-}
-
-fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
-}
-
-/// A whole-number query parameter, `default` when absent; anything else is
-/// an error naming the parameter (never silently the default).
-fn number(req: &Request<Incoming>, key: &str, default: u64) -> Result<u64, String> {
-    match query(req, key) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| format!("{key}={v:?}: expected a whole number")),
-    }
-}
-
-fn json_response<T: Serialize>(v: &T) -> Response<Body> {
-    let mut r = text(StatusCode::OK, &serde_json::to_string(v).unwrap_or_default());
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// Maps an admin request onto a [`Control`]; a bad one is answered with
-/// the status and the message naming what is wrong.
-async fn parse_admin(req: Request<Incoming>) -> Result<Control, (StatusCode, String)> {
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    Ok(match (method, path.as_str()) {
-        (Method::GET, "/metrics") => Control::Metrics,
-        (Method::GET, "/totals") => Control::Totals,
-        (Method::GET, "/releases") => Control::Releases,
-        (Method::GET, "/stats") => Control::Stats {
-            release: query(&req, "release").unwrap_or_default(),
-            window_secs: number(&req, "window", 10).map_err(bad)?,
-        },
-        (Method::POST, "/drain") => Control::Drain {
-            backend: query(&req, "backend")
-                .and_then(|b| b.parse().ok())
-                .ok_or_else(|| bad("backend=ADDR:PORT is required".into()))?,
-            deadline: Duration::from_millis(number(&req, "deadline_ms", 30_000).map_err(bad)?),
-        },
-        (Method::PUT, "/releases" | "/weights") => {
-            let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}"))),
-            };
-            let json = |e: serde_json::Error| bad(format!("body: {e}"));
-            if path == "/releases" {
-                Control::SetReleases(serde_json::from_slice(&body).map_err(json)?)
-            } else {
-                Control::SetWeights(serde_json::from_slice(&body).map_err(json)?)
-            }
-        }
-        _ => return Err((StatusCode::NOT_FOUND, "not found".into())),
-    })
-}
-
-async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
-    let c = match parse_admin(req).await {
-        Ok(c) => c,
-        Err((status, msg)) => return text(status, &msg),
-    };
-    // A name in a body that does not exist is a bad body; in a query, a
-    // missing resource.
-    let changes = matches!(c, Control::SetReleases(_) | Control::SetWeights(_));
-    match p.control(c).await {
-        Ok(ControlOutput::Done) => text(StatusCode::OK, "ok"),
-        Ok(ControlOutput::Metrics(m)) => text(StatusCode::OK, &m),
-        Ok(ControlOutput::Releases(r)) => json_response(&r),
-        Ok(ControlOutput::Drained(r)) => json_response(&r),
-        Ok(ControlOutput::Stats(w)) => json_response(&w),
-        Ok(ControlOutput::Totals(t)) => json_response(&t),
-        Err(e) if changes || matches!(e, ControlError::BadRelease(_)) => text(StatusCode::BAD_REQUEST, &e.to_string()),
-        Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
-    }
-}
-
-/// Reads a releases file: the JSON list `PUT /releases` takes. Errors
-/// name the file, and the line and column of what is wrong.
-pub fn read_releases_file(path: &std::path::Path) -> Result<Vec<TableEntry>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: line {}, column {}: {e}; expected [{{\"release\": NAME, \"weight\": N, \"backends\": [\"IP:PORT\", ...]}}, ...]",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })
-}
-
-/// Parses `NAME=WEIGHT@ADDR[,ADDR…]` (the `--release` flag).
-pub fn parse_release_flag(s: &str) -> Result<TableEntry, String> {
-    let bad = || format!("{s:?}: expected NAME=WEIGHT@ADDR[,ADDR...], e.g. stable=95@127.0.0.1:8001");
-    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
-    let (weight, addrs) = rest.split_once('@').ok_or_else(bad)?;
-    let weight = weight.parse().map_err(|_| bad())?;
-    let backends = addrs
-        .split(',')
-        .map(|a| a.trim().parse::<SocketAddr>().map_err(|_| format!("{a:?} is not an IP:PORT")))
-        .collect::<Result<_, _>>()?;
-    if name.is_empty() {
-        return Err(bad());
-    }
-    Ok(TableEntry { release: name.to_owned(), weight, backends, fault: None })
 }
 
 #[cfg(test)]
