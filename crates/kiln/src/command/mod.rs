@@ -2,24 +2,29 @@
 //! parse their input into a [`Command`] and render the [`Output`]; neither
 //! contains logic of its own.
 
+mod error;
 pub mod host;
+mod output;
 pub mod pipeline;
 pub mod remote;
+
+pub use error::*;
+pub use output::*;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bake::{self, BakeError, BakeOptions, BakeReport, Progress, Tools};
+use crate::bake::{self, BakeOptions, Progress, Tools};
 use crate::digest::Digest;
-use crate::image::store::{GcReport, Store, StoreError, TagEvent};
+use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Descriptor, ImageConfig, Manifest};
-use crate::release::plan::{self, Current, Plan};
+use crate::release::plan::{self, Current};
 use crate::runtime::driver::Driver;
-use crate::runtime::logs::{LogFilter, LogLine, Retention};
-use crate::runtime::{InstanceRecord, Launcher, RunError, RunRequest, Runtime, VolumeInfo};
+use crate::runtime::logs::{LogFilter, Retention};
+use crate::runtime::{InstanceRecord, Launcher, RunError, RunRequest, Runtime};
 use crate::secrets::{SecretError, Secrets};
-use crate::serve::history::{Entry, History, HistoryError};
+use crate::serve::history::History;
 use crate::spec::{self, SpecError};
 
 /// Everything kiln can be asked to do. It is also the body of the API's
@@ -249,195 +254,6 @@ pub(crate) fn api_actor() -> String {
 }
 
 pub use kiln_proxy::run::ProxyRun;
-
-/// What a command produced, for a front end to render. On the wire (the
-/// answer to `POST /v1/commands`) it is `{"kind": "baked", "output": ...}`;
-/// `--json` prints the `output` part alone ([`Output::payload`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "output", rename_all = "snake_case")]
-pub enum Output {
-    /// The controller's answer to a [`Command::Controller`] request.
-    #[serde(skip)]
-    Controller {
-        #[serde(skip)]
-        request: crate::serve::api::Request,
-        answer: serde_json::Value,
-    },
-    Baked(Vec<BakeReport>),
-    Images(Vec<ImageRow>),
-    Inspect(Box<Inspection>),
-    Gc(GcReport),
-    Instance(Box<InstanceRecord>),
-    Instances {
-        instances: Vec<InstanceRecord>,
-        orphans_removed: Vec<String>,
-    },
-    Logs(Vec<LogLine>),
-    Volumes(Vec<VolumeInfo>),
-    Secrets(Vec<String>),
-    Plans(Vec<Plan>),
-    History {
-        entries: Vec<Entry>,
-        /// Entries in the verified chain, when asked to verify.
-        verified: Option<u64>,
-    },
-    Done {
-        message: String,
-    },
-    Test(Box<crate::verify::gate::TestReport>),
-    Key {
-        name: String,
-        public_key: PathBuf,
-        pem: String,
-    },
-    Signed(Vec<crate::verify::sign::Signed>),
-    Leaks(Box<crate::verify::leaks::LeakGate>),
-    Vulns(Box<crate::verify::vulns::VulnReport>),
-    Sbom(Box<crate::verify::sbom::SbomReport>),
-    Promoted(Box<crate::verify::promote::Promoted>),
-    Transfer(Box<crate::image::registry::Transfer>),
-    Pipeline(Box<pipeline::PipelineReport>),
-    Verified(crate::verify::sign::Verified),
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ImageRow {
-    pub tags: Vec<String>,
-    pub digest: Digest,
-    pub size: u64,
-    /// Unix time the newest of its tags was set.
-    pub tagged_at: Option<i64>,
-    pub revision: Option<String>,
-    pub created: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Inspection {
-    pub digest: Digest,
-    pub tags: Vec<String>,
-    pub size: u64,
-    pub manifest: Manifest,
-    /// None for an artifact (a verification record).
-    pub config: Option<ImageConfig>,
-    pub tag_history: Vec<TagEvent>,
-    /// Verification records about this image, by kind.
-    pub records: Vec<crate::verify::Record>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error(transparent)]
-    Bake(#[from] BakeError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error(transparent)]
-    History(#[from] HistoryError),
-    #[error(transparent)]
-    Test(#[from] crate::verify::gate::TestError),
-    #[error(transparent)]
-    Sign(#[from] crate::verify::sign::SignError),
-    #[error(transparent)]
-    Vuln(#[from] crate::verify::vulns::VulnError),
-    #[error(transparent)]
-    Inventory(#[from] crate::verify::inventory::InventoryError),
-    #[error(transparent)]
-    Promote(#[from] crate::verify::promote::PromoteError),
-    #[error(transparent)]
-    Registry(#[from] crate::image::registry::RegistryError),
-    #[error(transparent)]
-    Serve(#[from] crate::serve::ServeError),
-    /// A path a command names that is not there.
-    #[error("{field}: {} is not there (or is not a file)", path.display())]
-    NoFile { field: String, path: PathBuf },
-    /// A command body that cannot be carried out, naming the field.
-    #[error("bad request: {field}: {message}")]
-    BadRequest { field: String, message: String },
-    /// `kiln serve` carried the command out and it failed: its message, and
-    /// the exit status it computed from the error's variant.
-    #[error("{message}")]
-    Remote { status: u16, exit: i32, message: String },
-}
-
-impl Output {
-    /// The output alone, as `--json` prints it (pretty, fields in order).
-    pub fn payload_json(&self) -> String {
-        fn pretty<T: Serialize + ?Sized>(v: &T) -> String {
-            serde_json::to_string_pretty(v).unwrap_or_default()
-        }
-        match self {
-            Output::Controller { answer, .. } => pretty(answer),
-            Output::Baked(x) => pretty(x),
-            Output::Images(x) => pretty(x),
-            Output::Inspect(x) => pretty(x),
-            Output::Gc(x) => pretty(x),
-            Output::Instance(x) => pretty(x),
-            Output::Instances { instances, orphans_removed } => {
-                #[derive(Serialize)]
-                struct Of<'a> {
-                    instances: &'a [InstanceRecord],
-                    orphans_removed: &'a [String],
-                }
-                pretty(&Of { instances, orphans_removed })
-            }
-            Output::Logs(x) => pretty(x),
-            Output::Volumes(x) => pretty(x),
-            Output::Secrets(x) => pretty(x),
-            Output::Plans(x) => pretty(x),
-            Output::History { entries, verified } => {
-                #[derive(Serialize)]
-                struct Of<'a> {
-                    entries: &'a [Entry],
-                    verified: &'a Option<u64>,
-                }
-                pretty(&Of { entries, verified })
-            }
-            Output::Done { message } => pretty(&serde_json::json!({ "message": message })),
-            Output::Test(x) => pretty(x),
-            Output::Key { name, public_key, pem } => {
-                #[derive(Serialize)]
-                struct Of<'a> {
-                    name: &'a str,
-                    public_key: &'a PathBuf,
-                    pem: &'a str,
-                }
-                pretty(&Of { name, public_key, pem })
-            }
-            Output::Signed(x) => pretty(x),
-            Output::Leaks(x) => pretty(x),
-            Output::Vulns(x) => pretty(x),
-            Output::Sbom(x) => pretty(x),
-            Output::Promoted(x) => pretty(x),
-            Output::Transfer(x) => pretty(x),
-            Output::Pipeline(x) => pretty(x),
-            Output::Verified(x) => pretty(x),
-        }
-    }
-}
-
-impl CommandError {
-    /// The process exit status a CLI gives this error: 3 when a check
-    /// found tampering (a broken history chain), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CommandError::History(HistoryError::Broken { .. } | HistoryError::Anchor { .. }) => 3,
-            CommandError::Sign(
-                crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
-            ) => 7,
-            CommandError::Promote(p) if p.is_refusal() => 7,
-            // The controller refused by the same rule (its 403 comes from
-            // ServeError::Refused, by variant).
-            CommandError::Serve(crate::serve::ServeError::Remote { status: 403, .. }) => 7,
-            CommandError::Remote { exit, .. } => *exit,
-            _ => 1,
-        }
-    }
-}
 
 /// What commands run against.
 pub struct Context<'a> {
