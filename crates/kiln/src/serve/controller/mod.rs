@@ -10,14 +10,17 @@
 //! abandoned) are drained and removed. This module must never decide a
 //! release's next step itself.
 //!
-//! Its parts: this file holds the state, the tick, recording, starting and
-//! retiring instances and the traffic table; `releasing` the release
-//! acts, `healing` the healing acts, `answers` the API's requests and
-//! views.
+//! Its parts: this file holds the controller, the tick, recording and
+//! starting instances; `state` what is recorded per service; `retiring`
+//! instances leaving and the traffic table; `releasing` the release acts;
+//! `healing` the healing acts; `answers` the API's requests and views;
+//! `tests` the acts on a paused clock with the fakes of every seam.
 
 mod answers;
 mod healing;
 mod releasing;
+mod retiring;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -44,79 +47,7 @@ use crate::runtime::driver::Driver;
 use crate::runtime::{InstanceRecord, InstanceState, Launcher, RunRequest, Runtime};
 use crate::serve::history::{Event, History, Outcome};
 use crate::spec::{self, BlueGreenSpec, CanaryStep, ServiceSpec, SmokeCheck, Strategy};
-
-/// A release that serves (or served).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRef {
-    pub id: String,
-    pub digest: Digest,
-    pub image_ref: String,
-    /// The service settings it runs with
-    /// ([`crate::spec::ServiceSpec::release_fields`]); empty in older state.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, String>,
-}
-
-/// What the controller records per service (in `state.db`, as JSON).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceState {
-    pub stable: Option<ReleaseRef>,
-    /// The release replaced last, kept warm until `warm_until_ms`.
-    pub previous: Option<(ReleaseRef, u64)>,
-    pub rollout: Option<Active>,
-    /// The last release that ended: id, outcome, reason.
-    pub last: Option<(String, Outcome, String)>,
-    /// Replacements under way and the crash count of the stable release.
-    #[serde(default)]
-    pub heal: HealState,
-    /// Frozen instances kept for a post-mortem, by id.
-    #[serde(default)]
-    pub quarantined: BTreeMap<String, Quarantine>,
-    /// Taken down (`kiln down`): its instances drain and go, then its load
-    /// balancer; a deploy brings it back.
-    #[serde(default)]
-    pub down: Option<Down>,
-}
-
-/// A service taken down, and whether that is done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Down {
-    pub actor: String,
-    pub at_ms: u64,
-    /// Its volumes go too once its instances are gone.
-    pub purge: bool,
-    /// Its instances and load balancer are gone.
-    pub done: bool,
-}
-
-/// Why and until when an instance is kept frozen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Quarantine {
-    pub release: String,
-    pub reason: String,
-    pub actor: String,
-    pub at_ms: u64,
-    pub until_ms: u64,
-    /// Where its logs, tmpfs and volume contents were copied.
-    pub dir: PathBuf,
-}
-
-/// A rollout and the old release's size when it began.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Active {
-    pub rollout: Rollout,
-    pub old_at_start: u32,
-    /// New instances that failed by themselves, and the last one's exit.
-    #[serde(default)]
-    pub failures: u32,
-    #[serde(default)]
-    pub last_failure: Option<String>,
-    /// A rollback drill (`kiln chaos --drill canary`) with its analysis
-    /// window: the load balancer injects [`DRILL_FAULT`] for this release,
-    /// which must fail and roll back; it is never promoted.
-    #[serde(default)]
-    pub drill: Option<u64>,
-}
+pub use state::*;
 
 /// How a release begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,16 +106,6 @@ pub const CRASH_POINTS: &[&str] = &[
 ];
 
 pub(super) use crate::sys::faults::crash_point;
-
-/// A service whose reconcile fails, retried with backoff while the others
-/// go on (kube-rs's `error_policy`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Failing {
-    pub error: String,
-    pub since_ms: u64,
-    pub attempts: u32,
-    pub next_ms: u64,
-}
 
 /// What happens to an instance once its drain at the load balancer ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,44 +426,6 @@ impl<'a> Controller<'a> {
         }
     }
 
-    /// Drains an instance at the load balancer (it gets no new requests at
-    /// once; those in flight have `deadline_ms`, then are cut, and an
-    /// idempotent one that had no answer yet is retried elsewhere), in a
-    /// background thread. Once drained it is asked to stop (or, in
-    /// quarantine, frozen): see [`Controller::finish_retiring`]. Idempotent.
-    fn retire(&mut self, name: &str, r: &InstanceRecord, deadline_ms: u64, then: Then) {
-        if self.retiring.contains_key(r.id.as_str()) {
-            return;
-        }
-        let dp = self.services[name].dp.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let (flag, a) = (done.clone(), addr(r));
-        std::thread::spawn(move || {
-            // A backend the proxy never knew (or retired already) has
-            // nothing to drain, nor has a service without a load balancer.
-            if let Some(dp) = dp {
-                let _ = dp.drain(a, deadline_ms);
-            }
-            flag.store(true, Ordering::SeqCst);
-        });
-        self.retiring.insert(r.id.to_string(), Retiring { service: name.to_owned(), done, then });
-    }
-
-    /// Waits (up to `deadline`) for the drains in flight and carries out
-    /// what follows them, so that a successor controller inherits no
-    /// half-retired instance (`kiln serve --upgrade`).
-    pub fn settle(&mut self, deadline: std::time::Instant, now_ms: impl Fn() -> u64) {
-        while !self.retiring.is_empty() && std::time::Instant::now() < deadline {
-            let names: Vec<String> = self.services.keys().cloned().collect();
-            for name in names {
-                if let Err(e) = self.finish_retiring(&name, now_ms()) {
-                    eprintln!("kiln serve: {e}");
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Replaces every service's load balancer with one of this kiln
     /// binary, each taking its predecessor's listeners over (see
     /// [`DataPlanes::hand_over`]). One that cannot be handed over keeps
@@ -570,105 +453,6 @@ impl<'a> Controller<'a> {
         for svc in self.services.values_mut().filter(|s| s.dp.is_some()) {
             svc.dp = Some(self.planes.ensure(&svc.spec)?);
             svc.sent = None;
-        }
-        Ok(())
-    }
-
-    /// Stops (or freezes) the instances whose drain has ended.
-    fn finish_retiring(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        let done: Vec<(String, Then)> = self
-            .retiring
-            .iter()
-            .filter(|(_, r)| r.service == name && r.done.load(Ordering::SeqCst))
-            .map(|(id, r)| (id.clone(), r.then))
-            .collect();
-        for (id, then) in done {
-            self.retiring.remove(&id);
-            match then {
-                Then::Stop => {
-                    let _ = self.runtime().request_stop(&id, false);
-                }
-                Then::Pause => self.freeze(name, &id, now_ms)?,
-            }
-            self.changed();
-        }
-        Ok(())
-    }
-
-    /// Removes the service's instances that were asked to stop and have
-    /// exited; kills those still running past their grace period.
-    fn reap(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
-        let all = self.all()?;
-        let rt = self.runtime();
-        for r in all.iter().filter(|r| r.service == name && r.stop_requested && r.release.is_some()) {
-            if r.state.is_exited() {
-                let _ = rt.remove(r.id.as_str(), true);
-                self.stopping.remove(r.id.as_str());
-                self.changed();
-                continue;
-            }
-            let since = *self.stopping.entry(r.id.to_string()).or_insert(now_ms);
-            if now_ms.saturating_sub(since) > r.stop_grace_secs * 1000 {
-                let _ = rt.request_stop(r.id.as_str(), true);
-            }
-        }
-        Ok(())
-    }
-
-    /// The routing table the state asks for, from what runs.
-    fn table(&self, name: &str, live: &[InstanceRecord]) -> Vec<TableEntry> {
-        let svc = &self.services[name];
-        let st = &svc.state;
-        let of = |id: &str, only_healthy: bool| -> Vec<SocketAddr> {
-            let threshold = svc.spec.release.health.healthy_threshold;
-            let mut v: Vec<SocketAddr> = live
-                .iter()
-                .filter(|r| r.release.as_deref() == Some(id))
-                .filter(|r| !only_healthy || self.prober.health(r.id.as_str()).passes >= threshold)
-                .map(addr)
-                .collect();
-            v.sort();
-            v
-        };
-        let new_percent = st.rollout.as_ref().map_or(0, |a| a.rollout.new_percent);
-        let mut t = Vec::new();
-        if let Some(s) = &st.stable {
-            let w = if st.rollout.is_some() { 100 - new_percent } else { 100 };
-            t.push(TableEntry { release: s.id.clone(), weight: w, backends: of(&s.id, false), fault: None });
-        }
-        if let Some(a) = &st.rollout {
-            if st.stable.as_ref().is_none_or(|s| s.id != a.rollout.release) {
-                t.push(TableEntry {
-                    release: a.rollout.release.clone(),
-                    weight: new_percent,
-                    backends: of(&a.rollout.release, true),
-                    fault: a.drill.map(|_| DRILL_FAULT),
-                });
-            }
-        }
-        if let Some((p, _)) = &st.previous {
-            if t.iter().all(|e| e.release != p.id) {
-                t.push(TableEntry { release: p.id.clone(), weight: 0, backends: of(&p.id, false), fault: None });
-            }
-        }
-        t
-    }
-
-    /// Sends the table to the proxy when it changed (or always, `force`).
-    fn sync(&mut self, name: &str, force: bool) -> Result<(), ServeError> {
-        let mut live = self.live(name)?;
-        // A quarantined instance stays listed (draining: no new requests)
-        // until its drain ends, so that the drain can cut what it holds.
-        let q = &self.services[name].state.quarantined;
-        live.extend(self.all()?.into_iter().filter(|r| {
-            q.contains_key(r.id.as_str()) && self.retiring.contains_key(r.id.as_str()) && !r.state.is_exited()
-        }));
-        let t = self.table(name, &live);
-        let svc = self.services.get_mut(name).expect("known service");
-        let Some(dp) = &svc.dp else { return Ok(()) };
-        if force || svc.sent.as_ref() != Some(&t) {
-            dp.set_table(&t)?;
-            svc.sent = Some(t);
         }
         Ok(())
     }
