@@ -117,9 +117,7 @@ fn run() -> anyhow::Result<()> {
             println!("{}", kiln::serve::dashboard_link(&crate::cli::release::default_home(cli.home))?);
             return Ok(());
         }
-        Cmd::Status { service, json } => {
-            return crate::cli::release::status(&crate::cli::release::default_home(cli.home), service, json)
-        }
+        Cmd::Status { service, json } => (Command::Controller(kiln::serve::api::Request::Status { service }), json),
         Cmd::Rollback { service, to, file, json } => {
             let service = crate::cli::release::pick_service(&file, service)?;
             (

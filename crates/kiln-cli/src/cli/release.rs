@@ -245,12 +245,8 @@ pub fn follow(home: &Path, service: &str, release: &str, json: bool) -> anyhow::
     }
 }
 
-pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Result<()> {
-    let st = call(home, &Request::Status { service })?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-        return Ok(());
-    }
+/// `kiln status`'s answer as text.
+pub fn render_status(st: &Value) {
     for s in st["services"].as_array().into_iter().flatten() {
         let rel =
             |v: &Value| format!("{} ({})", v["id"].as_str().unwrap_or("-"), short(v["digest"].as_str().unwrap_or("")));
@@ -372,7 +368,6 @@ pub fn status(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
             );
         }
     }
-    Ok(())
 }
 
 fn short(d: &str) -> String {
@@ -395,6 +390,7 @@ pub fn render_answer(req: &Request, v: &serde_json::Value) {
         Request::Promote { service, .. } => println!("{service}: {release} goes on"),
         Request::Abort { service, .. } => println!("{service}: {release} aborted; traffic is on stable"),
         Request::Quarantine { .. } | Request::ReleaseQuarantine { .. } => crate::cli::render::render_quarantine(req, v),
+        Request::Status { .. } => render_status(v),
         _ => println!("{v}"),
     }
 }
