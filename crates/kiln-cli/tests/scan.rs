@@ -451,3 +451,38 @@ fn stock_debian_passes_the_secret_scan_keys_added_to_it_do_not_and_its_sbom_is_s
     assert_eq!(doc["creationInfo"]["created"], created);
     assert!(!created.as_str().unwrap().starts_with("1970"), "outside git the image is dated by its rootfs: {created}");
 }
+
+#[test]
+fn an_alpine_file_as_its_package_installed_it_is_not_searched_and_a_copy_elsewhere_is() {
+    let (dir, home) = (tempdir("apk-sums"), tempdir("apk-sums-home"));
+    let key = dir.join("key.pem");
+    assert!(run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", key.to_str().unwrap()]).status.success());
+    let pem = fs::read(&key).unwrap();
+    // apk's checksum of a file: `Q1` and the base64 of its SHA-1.
+    let sha1 = run("openssl", &["dgst", "-sha1", "-binary", key.to_str().unwrap()]).stdout;
+    let b64 = run("sh", &["-c", &format!("openssl dgst -sha1 -binary {} | base64", key.display())]).stdout;
+    assert_eq!(sha1.len(), 20);
+    let q1 = format!("Q1{}", String::from_utf8(b64).unwrap().trim());
+    let installed = format!(
+        "P:test-vectors\nV:1.0-r0\nA:x86_64\no:test-vectors\nF:usr/share/test-vectors\nR:key.pem\nZ:{q1}\nR:changed.pem\nZ:{q1}\n\n"
+    );
+    let mut changed = pem.clone();
+    changed.extend_from_slice(b"# edited after installation\n");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut file = |path: &str, data: &[u8]| {
+        b.append_data(&mut tar_header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data).unwrap();
+    };
+    file("lib/apk/db/installed", installed.as_bytes());
+    file("usr/share/test-vectors/key.pem", &pem);
+    file("usr/share/test-vectors/changed.pem", &changed);
+    file("etc/app/key.pem", &pem);
+    fs::write(dir.join("alpine.tar"), b.into_inner().unwrap()).unwrap();
+    fs::write(dir.join("kiln.toml"), "[image.alp]\nfrom = \"rootfs:alpine.tar\"\nversion = \"1.0\"\n").unwrap();
+    kiln_ok(&home, &dir, &["bake"]);
+    let out = kiln(&home, &dir, &["scan-secrets", "alp", "--json"]);
+    let j = json(&String::from_utf8_lossy(&out.stdout));
+    let mut paths: Vec<&str> = j["findings"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/etc/app/key.pem", "/usr/share/test-vectors/changed.pem"], "{j:#}");
+    assert_eq!(j["packaged"], 1, "{j:#}");
+}

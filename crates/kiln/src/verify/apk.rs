@@ -138,6 +138,32 @@ pub fn compare(a: &str, b: &str) -> Option<Ordering> {
     Some(a.revision.cmp(&b.revision))
 }
 
+/// The files apk recorded in its `installed` database with their SHA-1:
+/// `F:` names a directory, each `R:` a file in it, and the `Z:` after it
+/// its checksum (`Q1` and base64). Paths get a leading `/`; a file without
+/// a readable `Z:` is left out.
+pub fn file_sums(text: &str) -> Vec<(String, [u8; 20])> {
+    let mut out = Vec::new();
+    let (mut dir, mut file) = (String::new(), None::<String>);
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("F:") {
+            dir = d.trim_matches('/').to_owned();
+            file = None;
+        } else if let Some(r) = line.strip_prefix("R:") {
+            file = Some(if dir.is_empty() { format!("/{r}") } else { format!("/{dir}/{r}") });
+        } else if let Some(z) = line.strip_prefix("Z:Q1") {
+            let sum = crate::verify::sign::unbase64(z).and_then(|b| <[u8; 20]>::try_from(b).ok());
+            if let (Some(path), Some(sum)) = (file.take(), sum) {
+                out.push((path, sum));
+            }
+        } else if line.is_empty() {
+            dir.clear();
+            file = None;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +208,20 @@ mod tests {
         let e = parse_installed("P:a\n\nP:b\nV:1\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("package a"), "{e}");
         assert!(parse_installed("garbage\n").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn file_sums_pair_each_file_with_its_sha1() {
+        use sha1::Digest as _;
+        let sum = sha1::Sha1::digest(b"#!/bin/sh\n");
+        let q1 = format!("Q1{}", crate::verify::sign::base64(&sum));
+        let db = format!(
+            "P:busybox\nV:1.36.1-r2\nF:bin\nR:busybox\na:0:0:755\nZ:{q1}\nR:sh\nZ:Q1notbase64!\n\
+             F:etc/profile.d\nR:color.sh\nZ:{q1}\n\nP:other\nV:1\nR:top\nZ:{q1}\n"
+        );
+        let sums = file_sums(&db);
+        let paths: Vec<&str> = sums.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/bin/busybox", "/etc/profile.d/color.sh", "/top"], "a bad Z: is left out");
+        assert_eq!(&sums[0].1[..], &sum[..]);
     }
 }

@@ -9,8 +9,8 @@
 //! (a hash of the match) to mark a known false positive with; it never
 //! holds the matched text. [`scan_bytes`] is pure.
 //!
-//! A file byte for byte as its Debian package installed it (dpkg's
-//! `md5sums`) is not searched: it is the distribution's public content,
+//! A file byte for byte as its package installed it (dpkg's `md5sums`,
+//! apk's SHA-1s in its `installed` database) is not searched: it is the distribution's public content,
 //! and its test vectors (gnutls carries real PEM test keys) are no leak.
 //! A packaged file changed after installation is searched like any other.
 
@@ -311,9 +311,34 @@ fn add(report: &mut LeakReport, data: &[u8], layer: Option<&Digest>, path: &str,
     }
 }
 
-/// What dpkg recorded of the packaged files in `m`'s layers: path (with
-/// its leading `/`) to MD5, from every `var/lib/dpkg/info/*.md5sums`.
-fn packaged_sums(store: &Store, m: &Manifest) -> Result<HashMap<String, [u8; 16]>, StoreError> {
+/// A packaged file's checksum as its package manager recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sum {
+    /// dpkg's `md5sums`.
+    Md5([u8; 16]),
+    /// apk's `Z:Q1…`.
+    Sha1([u8; 20]),
+}
+
+impl Sum {
+    fn matches(&self, data: &[u8]) -> bool {
+        match self {
+            Sum::Md5(s) => {
+                use md5::Digest as _;
+                md5::Md5::digest(data)[..] == s[..]
+            }
+            Sum::Sha1(s) => {
+                use sha1::Digest as _;
+                sha1::Sha1::digest(data)[..] == s[..]
+            }
+        }
+    }
+}
+
+/// What the package managers recorded of the packaged files in `m`'s
+/// layers: path (with its leading `/`) to checksum, from every dpkg
+/// `var/lib/dpkg/info/*.md5sums` and apk's `lib/apk/db/installed`.
+fn packaged_sums(store: &Store, m: &Manifest) -> Result<HashMap<String, Sum>, StoreError> {
     let mut sums = HashMap::new();
     for layer in &m.layers {
         let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
@@ -322,19 +347,26 @@ fn packaged_sums(store: &Store, m: &Manifest) -> Result<HashMap<String, [u8; 16]
             let mut entry = entry.map_err(at)?;
             let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
             let path = raw.trim_start_matches("./").trim_start_matches('/');
-            let is_sums =
+            let dpkg =
                 path.strip_prefix("var/lib/dpkg/info/").is_some_and(|f| f.ends_with(".md5sums") && !f.contains('/'));
-            if !is_sums || entry.header().entry_type() != tar::EntryType::Regular {
+            let apk = path == "lib/apk/db/installed";
+            if !(dpkg || apk) || entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
             let mut text = String::new();
             if entry.read_to_string(&mut text).is_err() {
                 continue;
             }
+            if apk {
+                for (file, sum) in super::apk::file_sums(&text) {
+                    sums.insert(file, Sum::Sha1(sum));
+                }
+                continue;
+            }
             for line in text.lines() {
                 let Some((hex, file)) = line.split_once("  ") else { continue };
                 if let Some(sum) = md5_hex(hex) {
-                    sums.insert(format!("/{}", file.trim_start_matches('/')), sum);
+                    sums.insert(format!("/{}", file.trim_start_matches('/')), Sum::Md5(sum));
                 }
             }
         }
@@ -391,12 +423,9 @@ pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakRepor
             buf.clear();
             entry.take(MAX_FILE).read_to_end(&mut buf).map_err(at)?;
             if size <= MAX_FILE {
-                if let Some(sum) = sums.get(&path) {
-                    use md5::Digest as _;
-                    if md5::Md5::digest(&buf)[..] == sum[..] {
-                        report.packaged += 1;
-                        continue;
-                    }
+                if sums.get(&path).is_some_and(|sum| sum.matches(&buf)) {
+                    report.packaged += 1;
+                    continue;
                 }
             } else {
                 report.truncated.push(path.clone());
