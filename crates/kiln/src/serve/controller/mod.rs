@@ -13,11 +13,13 @@
 //! Its parts: this file holds the controller, the tick, recording and
 //! starting instances; `state` what is recorded per service; `retiring`
 //! instances leaving and the traffic table; `releasing` the release acts;
-//! `healing` the healing acts; `answers` the API's requests and views;
-//! `tests` the acts on a paused clock with the fakes of every seam.
+//! `operator` a person's promote and abort; `healing` the healing acts;
+//! `answers` the API's requests and views; `tests` the acts on a paused
+//! clock with the fakes of every seam.
 
 mod answers;
 mod healing;
+mod operator;
 mod releasing;
 mod retiring;
 mod state;
