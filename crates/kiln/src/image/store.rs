@@ -190,6 +190,27 @@ impl Store {
     /// Opens a layer blob as its uncompressed tar stream (gzip is
     /// inflated; any other media type is read as plain tar). Verified like
     /// [`Store::open_blob`]: read it to the end.
+    /// Calls `f` with every entry of every layer of `m`, in order: the
+    /// layer, the entry's path normalised (no `./`, no leading or trailing
+    /// `/`) and the entry, its contents unread. What the scans walk.
+    pub fn each_entry<E: From<StoreError>>(
+        &self,
+        m: &oci::Manifest,
+        mut f: impl FnMut(&Descriptor, &str, tar::Entry<'_, Box<dyn Read>>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for layer in &m.layers {
+            let at = |source| StoreError::Io { path: self.blob_path(&layer.digest), source };
+            let mut tar = tar::Archive::new(self.open_layer(layer)?);
+            for entry in tar.entries().map_err(at)? {
+                let entry = entry.map_err(at)?;
+                let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
+                let path = raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+                f(layer, path, entry)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn open_layer(&self, layer: &Descriptor) -> Result<Box<dyn Read>, StoreError> {
         let blob = io::BufReader::new(self.open_blob(&layer.digest)?);
         Ok(match oci::LayerEncoding::of_media_type(&layer.media_type) {

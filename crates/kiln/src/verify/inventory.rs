@@ -263,81 +263,77 @@ pub fn collect(store: &Store, digest: &Digest) -> Result<Inventory, InventoryErr
     let m: Manifest = store.read_json(digest)?;
     let mut files: BTreeMap<String, Found> = BTreeMap::new();
     let mut notes = Vec::new();
-    for layer in &m.layers {
+    store.each_entry(&m, |layer, path, mut entry| {
         let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
-        let mut tar = tar::Archive::new(store.open_layer(layer)?);
-        for entry in tar.entries().map_err(at)? {
-            let mut entry = entry.map_err(at)?;
-            let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
-            let path = raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_owned();
-            let (dir, base) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            if base == ".wh..wh..opq" {
-                let prefix = format!("{dir}/");
-                files.retain(|p, _| !p.starts_with(&prefix));
-                continue;
-            }
-            if let Some(gone) = base.strip_prefix(".wh.") {
-                remove_tree(&mut files, &if dir.is_empty() { gone.to_owned() } else { format!("{dir}/{gone}") });
-                continue;
-            }
-            let header = entry.header();
-            let kind = header.entry_type();
-            // A later entry at a path replaces what was there; a directory
-            // entry merges with the one below it.
-            if kind.is_dir() {
-                files.remove(&path);
-            } else {
-                remove_tree(&mut files, &path);
-            }
-            // A package's doc directory may be a link to another's
-            // (`usr/share/doc/libfoo1 -> libfoo-common`): its copyright is there.
-            let doc_link = path.strip_prefix("usr/share/doc/").is_some_and(|n| !n.is_empty() && !n.contains('/'));
-            if kind.is_symlink() && (path == "etc/os-release" || doc_link) {
-                if let Some(t) = entry.link_name().map_err(at)? {
-                    files.insert(path.clone(), Found::Link(resolve_link(dir, &t.to_string_lossy())));
-                }
-                continue;
-            }
-            if kind != tar::EntryType::Regular {
-                continue;
-            }
-            if is_package_file(&path) {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(at)?;
-                files.insert(path, Found::Text { layer: layer.digest.clone(), bytes });
-                continue;
-            }
-            let mode = header.mode().map_err(at)?;
-            let size = header.size().map_err(at)?;
-            if mode & 0o111 == 0 || !(64..=MAX_BINARY).contains(&size) {
-                continue;
-            }
-            let mut head = [0u8; 4];
-            entry.read_exact(&mut head).map_err(at)?;
-            if !auditable::is_elf(&head) {
-                continue;
-            }
-            let mut elf = head.to_vec();
-            entry.read_to_end(&mut elf).map_err(at)?;
-            match auditable::packages(&elf) {
-                Ok(Some(crates)) => {
-                    files.insert(path, Found::Crates(crates));
-                }
-                Ok(None) => match gobin::modules(&elf) {
-                    Ok(Some(modules)) => {
-                        files.insert(path, Found::Go(modules));
-                    }
-                    Ok(None) => {
-                        if let Some((name, version)) = classify(&elf) {
-                            files.insert(path, Found::Binary { name, version });
-                        }
-                    }
-                    Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
-                },
-                Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
-            }
+        let path = path.to_owned();
+        let (dir, base) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        if base == ".wh..wh..opq" {
+            let prefix = format!("{dir}/");
+            files.retain(|p, _| !p.starts_with(&prefix));
+            return Ok(());
         }
-    }
+        if let Some(gone) = base.strip_prefix(".wh.") {
+            remove_tree(&mut files, &if dir.is_empty() { gone.to_owned() } else { format!("{dir}/{gone}") });
+            return Ok(());
+        }
+        let header = entry.header();
+        let kind = header.entry_type();
+        // A later entry at a path replaces what was there; a directory
+        // entry merges with the one below it.
+        if kind.is_dir() {
+            files.remove(&path);
+        } else {
+            remove_tree(&mut files, &path);
+        }
+        // A package's doc directory may be a link to another's
+        // (`usr/share/doc/libfoo1 -> libfoo-common`): its copyright is there.
+        let doc_link = path.strip_prefix("usr/share/doc/").is_some_and(|n| !n.is_empty() && !n.contains('/'));
+        if kind.is_symlink() && (path == "etc/os-release" || doc_link) {
+            if let Some(t) = entry.link_name().map_err(at)? {
+                files.insert(path.clone(), Found::Link(resolve_link(dir, &t.to_string_lossy())));
+            }
+            return Ok(());
+        }
+        if kind != tar::EntryType::Regular {
+            return Ok(());
+        }
+        if is_package_file(&path) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(at)?;
+            files.insert(path, Found::Text { layer: layer.digest.clone(), bytes });
+            return Ok(());
+        }
+        let mode = header.mode().map_err(at)?;
+        let size = header.size().map_err(at)?;
+        if mode & 0o111 == 0 || !(64..=MAX_BINARY).contains(&size) {
+            return Ok(());
+        }
+        let mut head = [0u8; 4];
+        entry.read_exact(&mut head).map_err(at)?;
+        if !auditable::is_elf(&head) {
+            return Ok(());
+        }
+        let mut elf = head.to_vec();
+        entry.read_to_end(&mut elf).map_err(at)?;
+        match auditable::packages(&elf) {
+            Ok(Some(crates)) => {
+                files.insert(path, Found::Crates(crates));
+            }
+            Ok(None) => match gobin::modules(&elf) {
+                Ok(Some(modules)) => {
+                    files.insert(path, Found::Go(modules));
+                }
+                Ok(None) => {
+                    if let Some((name, version)) = classify(&elf) {
+                        files.insert(path, Found::Binary { name, version });
+                    }
+                }
+                Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
+            },
+            Err(e) => notes.push(format!("layer {} /{path}: {e}", layer.digest.short())),
+        }
+        Ok::<(), InventoryError>(())
+    })?;
     let mut inv = Inventory { notes, ..Inventory::default() };
     let text = |p: &str| match files.get(p) {
         Some(Found::Text { bytes, .. }) => Some(String::from_utf8_lossy(bytes).into_owned()),

@@ -340,37 +340,29 @@ impl Sum {
 /// `var/lib/dpkg/info/*.md5sums` and apk's `lib/apk/db/installed`.
 fn packaged_sums(store: &Store, m: &Manifest) -> Result<HashMap<String, Sum>, StoreError> {
     let mut sums = HashMap::new();
-    for layer in &m.layers {
-        let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
-        let mut tar = tar::Archive::new(store.open_layer(layer)?);
-        for entry in tar.entries().map_err(at)? {
-            let mut entry = entry.map_err(at)?;
-            let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
-            let path = raw.trim_start_matches("./").trim_start_matches('/');
-            let dpkg =
-                path.strip_prefix("var/lib/dpkg/info/").is_some_and(|f| f.ends_with(".md5sums") && !f.contains('/'));
-            let apk = path == "lib/apk/db/installed";
-            if !(dpkg || apk) || entry.header().entry_type() != tar::EntryType::Regular {
-                continue;
-            }
-            let mut text = String::new();
-            if entry.read_to_string(&mut text).is_err() {
-                continue;
-            }
-            if apk {
-                for (file, sum) in super::apk::file_sums(&text) {
-                    sums.insert(file, Sum::Sha1(sum));
-                }
-                continue;
-            }
-            for line in text.lines() {
-                let Some((hex, file)) = line.split_once("  ") else { continue };
-                if let Some(sum) = md5_hex(hex) {
-                    sums.insert(format!("/{}", file.trim_start_matches('/')), Sum::Md5(sum));
-                }
+    store.each_entry(m, |_, path, mut entry| {
+        let dpkg = path.strip_prefix("var/lib/dpkg/info/").is_some_and(|f| f.ends_with(".md5sums") && !f.contains('/'));
+        let apk = path == "lib/apk/db/installed";
+        if !(dpkg || apk) || entry.header().entry_type() != tar::EntryType::Regular {
+            return Ok(());
+        }
+        let mut text = String::new();
+        // A checksum list that is not text lists nothing kiln can trust.
+        if entry.read_to_string(&mut text).is_err() {
+            return Ok(());
+        }
+        if apk {
+            sums.extend(super::apk::file_sums(&text).into_iter().map(|(file, sum)| (file, Sum::Sha1(sum))));
+            return Ok(());
+        }
+        for line in text.lines() {
+            let Some((hex, file)) = line.split_once("  ") else { continue };
+            if let Some(sum) = md5_hex(hex) {
+                sums.insert(format!("/{}", file.trim_start_matches('/')), Sum::Md5(sum));
             }
         }
-    }
+        Ok::<(), StoreError>(())
+    })?;
     Ok(sums)
 }
 
@@ -408,33 +400,29 @@ pub fn scan(store: &Store, digest: &Digest, allow: &[Allow]) -> Result<LeakRepor
         }
     }
     let sums = packaged_sums(store, &m)?;
-    for layer in &m.layers {
-        let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
-        let mut tar = tar::Archive::new(store.open_layer(layer)?);
-        let mut buf = Vec::new();
-        for entry in tar.entries().map_err(at)? {
-            let entry = entry.map_err(at)?;
-            if entry.header().entry_type() != tar::EntryType::Regular {
-                continue;
-            }
-            let raw = entry.path().map_err(at)?.to_string_lossy().into_owned();
-            let path = format!("/{}", raw.trim_start_matches("./").trim_start_matches('/'));
-            let size = entry.header().size().map_err(at)?;
-            buf.clear();
-            entry.take(MAX_FILE).read_to_end(&mut buf).map_err(at)?;
-            if size <= MAX_FILE {
-                if sums.get(&path).is_some_and(|sum| sum.matches(&buf)) {
-                    report.packaged += 1;
-                    continue;
-                }
-            } else {
-                report.truncated.push(path.clone());
-            }
-            report.files += 1;
-            report.bytes += buf.len() as u64;
-            add(&mut report, &buf, Some(&layer.digest), &path, allow);
+    let mut buf = Vec::new();
+    store.each_entry(&m, |layer, path, entry| {
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Ok(());
         }
-    }
+        let at = |source| StoreError::Io { path: store.blob_path(&layer.digest), source };
+        let path = format!("/{path}");
+        let size = entry.header().size().map_err(at)?;
+        buf.clear();
+        entry.take(MAX_FILE).read_to_end(&mut buf).map_err(at)?;
+        if size <= MAX_FILE {
+            if sums.get(&path).is_some_and(|sum| sum.matches(&buf)) {
+                report.packaged += 1;
+                return Ok(());
+            }
+        } else {
+            report.truncated.push(path.clone());
+        }
+        report.files += 1;
+        report.bytes += buf.len() as u64;
+        add(&mut report, &buf, Some(&layer.digest), &path, allow);
+        Ok::<(), StoreError>(())
+    })?;
     Ok(report)
 }
 
