@@ -457,7 +457,7 @@ fn run() -> anyhow::Result<()> {
                 print_log(l, true);
             }
         } else if let Output::Controller { answer, .. } = &output {
-            println!("{answer}");
+            println!("{}", answer.to_json());
         } else {
             println!("{}", output.payload_json());
         }
@@ -467,10 +467,13 @@ fn run() -> anyhow::Result<()> {
     // A cold rollback is a release: followed to its end like a deploy, with
     // the same exit codes.
     if let Output::Controller { request: kiln::serve::api::Request::Rollback { service, .. }, answer } = &output {
-        if answer["instant"] != true {
-            if let Some(release) = answer["release"].as_str() {
-                std::process::exit(crate::cli::release::follow(&home, service, release, json)?);
-            }
+        if let kiln::serve::answer::Answer::Release(kiln::serve::answer::Released {
+            instant: false,
+            release: Some(release),
+            ..
+        }) = answer.as_ref()
+        {
+            std::process::exit(crate::cli::release::follow(&home, service, release, json)?);
         }
     }
     // A failed gate is a result (rendered), with its own exit status.

@@ -73,7 +73,7 @@ pub enum ProbeFailure {
 }
 
 /// The controller's probes of one instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     /// Consecutive passes and failures.
     pub passes: u32,

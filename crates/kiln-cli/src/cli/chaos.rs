@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use kiln::serve::answer::{Killed, Released, ServiceStatus, Status};
 use kiln::serve::api::Request;
 use kiln::serve::dataplane::Totals;
 use kiln::serve::history::{Event, History};
@@ -51,8 +52,13 @@ pub struct Report {
 }
 
 fn totals(home: &Path, service: &str) -> Result<Totals, ServeError> {
-    let st = serve::call(home, &Request::Status { service: Some(service.to_owned()) })?;
-    Ok(serde_json::from_value(st["services"][0]["requests"].clone()).unwrap_or_default())
+    Ok(status(home, service)?.and_then(|s| s.requests).unwrap_or_default())
+}
+
+/// The status of `service` (none when kiln serve does not know it).
+fn status(home: &Path, service: &str) -> Result<Option<ServiceStatus>, ServeError> {
+    let st: Status = serve::ask(home, &Request::Status { service: Some(service.to_owned()) })?;
+    Ok(st.services.into_iter().next())
 }
 
 /// The `q` quantile of sorted values (nearest rank).
@@ -74,10 +80,10 @@ pub fn run(home: &Path, o: &Options) -> Result<Report, ServeError> {
     let mut next = start;
     while start.elapsed() < o.duration && o.max_kills.is_none_or(|n| report.kills < n) {
         let req = Request::Kill { service: o.service.clone(), max_share: o.max_share, actor: o.actor.clone() };
-        match serve::call(home, &req) {
-            Ok(v) => {
+        match serve::ask::<Killed>(home, &req) {
+            Ok(k) => {
                 report.kills += 1;
-                killed.push(v["instance"].as_str().unwrap_or_default().to_owned());
+                killed.push(k.instance);
             }
             Err(ServeError::Remote { status: 409, .. }) => report.refused += 1,
             Err(e) => return Err(e),
@@ -156,16 +162,10 @@ impl DrillReport {
 
 /// The stable release of `service` and its live instances, sorted.
 fn stable_set(home: &Path, service: &str) -> Result<(String, Vec<String>), ServeError> {
-    let st = serve::call(home, &Request::Status { service: Some(service.to_owned()) })?;
-    let s = &st["services"][0];
-    let stable = s["stable"]["id"].as_str().unwrap_or_default().to_owned();
-    let mut ids: Vec<String> = s["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| i["release"].as_str() == Some(stable.as_str()))
-        .filter_map(|i| i["id"].as_str().map(str::to_owned))
-        .collect();
+    let s = status(home, service)?;
+    let stable = s.as_ref().and_then(|s| s.stable.as_ref()).map(|r| r.id.clone()).unwrap_or_default();
+    let mut ids: Vec<String> =
+        s.iter().flat_map(|s| &s.instances).filter(|i| i.release == stable).map(|i| i.id.clone()).collect();
     ids.sort();
     Ok((stable, ids))
 }
@@ -180,9 +180,9 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
         window_ms: window.map(|w| w.as_millis() as u64),
         actor: actor.to_owned(),
     };
-    let started = serve::call(home, &req)?;
-    let release = started["release"].as_str().unwrap_or_default().to_owned();
-    let window_ms = started["window_ms"].as_u64().unwrap_or(10_000);
+    let started: Released = serve::ask(home, &req)?;
+    let release = started.release.unwrap_or_default();
+    let window_ms = started.window_ms.unwrap_or(10_000);
     let mut r =
         DrillReport { service: service.to_owned(), release: release.clone(), stable, window_ms, ..Default::default() };
     let history = History::open(&History::path_in(home))?;
@@ -230,12 +230,7 @@ pub fn drill(home: &Path, service: &str, window: Option<Duration>, actor: &str) 
     // The canary's instances drain, then go.
     let gone_by = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = serve::call(home, &Request::Status { service: Some(service.to_owned()) })?;
-        let left = st["services"][0]["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|i| i["release"].as_str() == Some(release.as_str()));
+        let left = status(home, service)?.is_some_and(|s| s.instances.iter().any(|i| i.release == release));
         if !left {
             r.cleaned_ms = Some((kiln::time::now_ms() as i64).saturating_sub(t0).max(0) as u64);
             break;

@@ -5,68 +5,50 @@
 
 use std::path::Path;
 
+use kiln::serve::answer::{Drifts, InstanceView};
 use kiln::serve::{self, api::Request};
-use serde_json::Value;
 
 pub fn inspect(home: &Path, instance: String, json: bool) -> anyhow::Result<()> {
-    let v = serve::call(home, &Request::Inspect { instance })?;
+    let v: Box<InstanceView> = serve::ask(home, &Request::Inspect { instance })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
-    println!("instance  {}", s("id"));
-    println!("service   {} (release {})", s("service"), s("release"));
-    println!("image     {} = {}", s("image"), s("digest"));
-    println!("revision  {}", s("revision"));
-    println!("state     {}, {} s old, port {}", s("state"), v["age_s"], v["port"]);
-    let names = |k: &str| -> String {
-        let list: Vec<&str> = v[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        if list.is_empty() {
-            "-".into()
-        } else {
-            list.join(" ")
-        }
-    };
-    println!("env       {}", names("env"));
-    println!("secrets   {}", names("secrets"));
-    println!("health    {}", v["health"]);
-    if let Some(d) = v["drift"].as_array() {
-        for x in d {
-            println!("drift     {}", x.as_str().unwrap_or(""));
-        }
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_owned();
+    println!("instance  {}", v.id);
+    println!("service   {} (release {})", v.service, or_dash(v.release.as_deref()));
+    println!("image     {} = {}", v.image, v.digest);
+    println!("revision  {}", or_dash(v.revision.as_deref()));
+    println!("state     {}, {} s old, port {}", v.state, v.age_s, v.port);
+    let names = |list: &[String]| if list.is_empty() { "-".into() } else { list.join(" ") };
+    println!("env       {}", names(&v.env));
+    println!("secrets   {}", names(&v.secrets));
+    println!("health    {}", serde_json::to_string(&v.health)?);
+    for x in v.drift.iter().flatten() {
+        println!("drift     {x}");
     }
-    let q = &v["quarantine"];
-    if !q.is_null() {
-        println!(
-            "quarantined by {}: {}; kept in {}",
-            q["actor"].as_str().unwrap_or("?"),
-            q["reason"].as_str().unwrap_or("?"),
-            q["dir"].as_str().unwrap_or("?")
-        );
+    if let Some(q) = &v.quarantine {
+        println!("quarantined by {}: {}; kept in {}", q.actor, q.reason, q.dir.display());
     }
     Ok(())
 }
 
 /// Returns whether any instance drifted.
 pub fn verify(home: &Path, service: Option<String>, json: bool) -> anyhow::Result<bool> {
-    let v = serve::call(home, &Request::VerifyInstances { service })?;
-    let list = v["instances"].as_array().cloned().unwrap_or_default();
-    let drifted = list.iter().any(|i| i["drift"].as_array().is_some_and(|d| !d.is_empty()));
+    let v: Drifts = serve::ask(home, &Request::VerifyInstances { service })?;
+    let drifted = v.instances.iter().any(|i| !i.drift.is_empty());
     if json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&v)?);
         return Ok(drifted);
     }
-    for i in &list {
-        let d: Vec<&str> = i["drift"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let id = i["instance"].as_str().unwrap_or("?");
-        if d.is_empty() {
-            println!("{id}: as released");
+    for i in &v.instances {
+        if i.drift.is_empty() {
+            println!("{}: as released", i.instance);
         } else {
-            println!("{id}: DRIFT (it will be replaced): {}", d.join("; "));
+            println!("{}: DRIFT (it will be replaced): {}", i.instance, i.drift.join("; "));
         }
     }
-    if list.is_empty() {
+    if v.instances.is_empty() {
         println!("no running instances to check");
     }
     Ok(drifted)

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use kiln::serve::answer::{self, Answer, Released, ServiceStatus};
 use kiln::serve::{self, api::Request};
 
 use crate::cli::actor;
-use serde_json::Value;
 
 /// Exit status of a deploy whose release failed, was rolled back, aborted
 /// or superseded.
@@ -72,51 +72,50 @@ pub fn serve_in_background(home: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn call(home: &Path, req: &Request) -> anyhow::Result<Value> {
-    Ok(serve::call(home, req)?)
+/// The status of one service.
+pub fn service_status(home: &Path, service: &str) -> anyhow::Result<ServiceStatus> {
+    let st: answer::Status = serve::ask(home, &Request::Status { service: Some(service.to_owned()) })?;
+    st.services.into_iter().next().with_context(|| format!("kiln serve has no service {service}"))
 }
 
-/// `kiln deploy`: sends the deploy, then follows the release until it ends
-/// (or pauses), printing each change. Returns the exit status.
 /// Whether exactly `to` instances of `release` serve, healthy, none leaving.
-fn scaled(home: &Path, service: &str, release: &str, to: u64) -> anyhow::Result<bool> {
-    let st = call(home, &Request::Status { service: Some(service.to_owned()) })?;
-    let serving: Vec<&serde_json::Value> = st["services"][0]["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| i["release"] == release && i["leaving"] != true)
-        .collect();
-    Ok(serving.len() as u64 == to && serving.iter().all(|i| i["health"]["healthy"] == true))
+fn scaled(home: &Path, service: &str, release: &str, to: u32) -> anyhow::Result<bool> {
+    let s = service_status(home, service)?;
+    let serving: Vec<_> = s.instances.iter().filter(|i| i.release == release && !i.leaving).collect();
+    Ok(serving.len() == to as usize && serving.iter().all(|i| i.health.healthy))
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).expect("answers serialize"));
 }
 
 /// `kiln down`: asks kiln serve to take `service` down and, with `wait`,
 /// follows it until its instances and load balancer are gone.
 pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -> anyhow::Result<i32> {
-    let asked = call(home, &Request::Down { service: service.clone(), purge, actor: actor() })?;
+    let asked: answer::WentDown = serve::ask(home, &Request::Down { service: service.clone(), purge, actor: actor() })?;
     if !json {
-        match asked["already"].as_bool() {
-            Some(true) => println!("{service}: already taken down"),
-            _ => println!("{service}: going down (instances drain, then go; then its load balancer)"),
+        match asked.already {
+            true => println!("{service}: already taken down"),
+            false => println!("{service}: going down (instances drain, then go; then its load balancer)"),
         }
     }
-    let mut st = asked;
+    let mut st = Answer::Down(asked);
     if wait {
         loop {
-            let status = call(home, &Request::Status { service: Some(service.clone()) })?;
-            let s = &status["services"][0];
-            if s["down"].is_null() {
+            let status: answer::Status = serve::ask(home, &Request::Status { service: Some(service.clone()) })?;
+            let down = status.services.first().and_then(|s| s.down.as_ref());
+            let Some(down) = down else {
                 anyhow::bail!("{service} was deployed again while it was going down");
-            }
-            if s["down"]["done"].as_bool() == Some(true) {
-                st = status;
+            };
+            if down.done {
+                st = Answer::Status(status);
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     if json {
-        println!("{st}");
+        print_json(&st);
     } else if wait {
         let purged = if purge { "; its volumes were removed" } else { "" };
         println!("{service}: down: no instance left, load balancer stopped{purged}; history and archive kept");
@@ -132,22 +131,20 @@ pub fn deploy(
     wait: bool,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let started = call(home, &Request::Deploy { service: service.clone(), image, file, actor: actor() })?;
-    if started["noop"].as_bool() == Some(true) {
+    let started: Released =
+        serve::ask(home, &Request::Deploy { service: service.clone(), image, file, actor: actor() })?;
+    if started.noop {
         if json {
-            println!("{started}");
+            print_json(&started);
         } else {
-            println!(
-                "{service}: {} already runs that image; nothing to do",
-                started["release"].as_str().unwrap_or("?")
-            );
+            println!("{service}: {} already runs that image; nothing to do", started.release.as_deref().unwrap_or("?"));
         }
         return Ok(0);
     }
-    let release = started["release"].as_str().unwrap_or_default().to_owned();
-    if let Some(to) = started["scaled"]["to"].as_u64() {
+    let release = started.release.clone().unwrap_or_default();
+    if let Some(answer::Scaled { from, to }) = started.scaled {
         if !json {
-            println!("{service}: {release} scales from {} to {to} instance(s)", started["scaled"]["from"]);
+            println!("{service}: {release} scales from {from} to {to} instance(s)");
         }
         // Followed until that many of its instances serve (none leaving).
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -158,7 +155,7 @@ pub fn deploy(
             std::thread::sleep(Duration::from_millis(200));
         }
         if json {
-            println!("{started}");
+            print_json(&started);
         } else if wait {
             println!("{service}: {release} runs {to} instance(s)");
         }
@@ -166,15 +163,13 @@ pub fn deploy(
     }
     if !json {
         println!("{service}: release {release} started");
-        if let Some(p) = started.get("plan") {
-            if let Ok(p) = serde_json::from_value::<kiln::release::plan::Plan>(p.clone()) {
-                render_plan(&p);
-            }
+        if let Some(p) = &started.plan {
+            render_plan(p);
         }
     }
     if !wait {
         if json {
-            println!("{started}");
+            print_json(&started);
         }
         return Ok(0);
     }
@@ -186,182 +181,158 @@ pub fn deploy(
 /// aborted or superseded, 4 paused for a person. Deploys and cold
 /// rollbacks end the same way.
 pub fn follow(home: &Path, service: &str, release: &str, json: bool) -> anyhow::Result<i32> {
-    let (service, release) = (service.to_owned(), release.to_owned());
+    use kiln::release::plan::Step;
     let mut last_line = String::new();
     loop {
-        let st = call(home, &Request::Status { service: Some(service.clone()) })?;
-        let s = &st["services"][0];
-        let r = &s["rollout"];
-        if r["release"].as_str() == Some(release.as_str()) {
-            // The step as it is meant: a shift names the share it moves
-            // to, an analysis the share it judges (never the share before).
-            let cur = &r["current"];
-            let what = match cur["step"].as_str() {
-                Some("shift") => format!("shift to {}% new", cur["new_percent"]),
-                Some("analyse") => format!("analyse at {}% new", r["new_percent"]),
-                Some("pause") => format!("pause at {}% new", r["new_percent"]),
-                Some(other) => other.replace('_', " "),
-                None => "-".into(),
-            };
-            let line = format!(
-                "  step {}/{}: {what}{}",
-                r["step"],
-                r["steps"],
-                r["paused"].as_str().map(|p| format!(" — {p}")).unwrap_or_default()
-            );
-            if line != last_line && !json && !r["current"].is_null() {
-                println!("{line}");
-                last_line = line;
+        let st: answer::Status = serve::ask(home, &Request::Status { service: Some(service.to_owned()) })?;
+        let s = st.services.first().with_context(|| format!("kiln serve has no service {service}"))?;
+        match &s.rollout {
+            Some(r) if r.release == release => {
+                // The step as it is meant: a shift names the share it moves
+                // to, an analysis the share it judges (never the share before).
+                let what = match &r.current {
+                    Some(Step::Shift { new_percent }) => format!("shift to {new_percent}% new"),
+                    Some(Step::Analyse { .. }) => format!("analyse at {}% new", r.new_percent),
+                    Some(Step::Pause { .. }) => format!("pause at {}% new", r.new_percent),
+                    Some(other) => other.name().replace('_', " "),
+                    None => "-".into(),
+                };
+                let paused = r.paused.as_deref().map(|p| format!(" — {p}")).unwrap_or_default();
+                let line = format!("  step {}/{}: {what}{paused}", r.step, r.steps);
+                if line != last_line && !json && r.current.is_some() {
+                    println!("{line}");
+                    last_line = line;
+                }
+                if r.paused.is_some() {
+                    if json {
+                        print_json(&st);
+                    }
+                    return Ok(EXIT_PAUSED);
+                }
             }
-            if r["paused"].is_string() {
+            _ => {
                 if json {
-                    println!("{st}");
+                    print_json(&st);
                 }
-                return Ok(EXIT_PAUSED);
+                return Ok(match &s.last {
+                    Some(last) if last.release == release => {
+                        let outcome = last.outcome.name();
+                        if !json {
+                            println!("{service}: release {release} {outcome}: {}", last.reason);
+                        }
+                        if last.outcome == kiln::serve::history::Outcome::Succeeded {
+                            0
+                        } else {
+                            EXIT_RELEASE_FAILED
+                        }
+                    }
+                    _ => {
+                        if !json {
+                            println!("{service}: release {release} was superseded");
+                        }
+                        EXIT_RELEASE_FAILED
+                    }
+                });
             }
-        } else {
-            let last = &s["last"];
-            if json {
-                println!("{st}");
-            }
-            return Ok(if last["release"].as_str() == Some(release.as_str()) {
-                let outcome = last["outcome"].as_str().unwrap_or("?");
-                if !json {
-                    println!("{service}: release {release} {outcome}: {}", last["reason"].as_str().unwrap_or(""));
-                }
-                if outcome == "succeeded" {
-                    0
-                } else {
-                    EXIT_RELEASE_FAILED
-                }
-            } else {
-                if !json {
-                    println!("{service}: release {release} was superseded");
-                }
-                EXIT_RELEASE_FAILED
-            });
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 /// `kiln status`'s answer as text.
-pub fn render_status(st: &Value) {
-    for s in st["services"].as_array().into_iter().flatten() {
-        let rel =
-            |v: &Value| format!("{} ({})", v["id"].as_str().unwrap_or("-"), short(v["digest"].as_str().unwrap_or("")));
+pub fn render_status(st: &answer::Status) {
+    use kiln::release::plan::Step;
+    for s in &st.services {
+        let rel = |r: &kiln::serve::controller::ReleaseRef| format!("{} ({})", r.id, short(r.digest.as_str()));
         println!(
             "service {} on {} ({}, {} replicas): stable {}",
-            s["service"].as_str().unwrap_or(""),
-            s["listen"].as_str().unwrap_or(""),
-            s["strategy"].as_str().unwrap_or(""),
-            s["replicas"],
-            if s["stable"].is_null() { "none".into() } else { rel(&s["stable"]) }
+            s.service,
+            s.listen.as_deref().unwrap_or(""),
+            s.strategy,
+            s.replicas,
+            s.stable.as_ref().map_or("none".into(), rel)
         );
-        if !s["previous"].is_null() {
-            println!(
-                "  previous {} warm for {} s (instant rollback)",
-                rel(&s["previous"]["release"]),
-                s["previous"]["warm_for_ms"].as_u64().unwrap_or(0) / 1000
-            );
+        if let Some(p) = &s.previous {
+            println!("  previous {} warm for {} s (instant rollback)", rel(&p.release), p.warm_for_ms / 1000);
         }
-        let r = &s["rollout"];
-        if !r.is_null() {
+        if let Some(r) = &s.rollout {
             println!(
                 "  rollout {} ({}): step {}/{} {}, canary {}%{}",
-                r["release"].as_str().unwrap_or(""),
-                r["image"].as_str().unwrap_or(""),
-                r["step"],
-                r["steps"],
-                r["current"]["step"].as_str().unwrap_or(""),
-                r["new_percent"],
-                r["paused"].as_str().map(|p| format!(" — {p}")).unwrap_or_default()
+                r.release,
+                r.image,
+                r.step,
+                r.steps,
+                r.current.as_ref().map_or("", Step::name),
+                r.new_percent,
+                r.paused.as_deref().map(|p| format!(" — {p}")).unwrap_or_default()
             );
         }
-        if !s["last"].is_null() {
-            let l = &s["last"];
-            println!(
-                "  last release {}: {} ({})",
-                l["release"].as_str().unwrap_or(""),
-                l["outcome"].as_str().unwrap_or(""),
-                l["reason"].as_str().unwrap_or("")
-            );
+        if let Some(l) = &s.last {
+            println!("  last release {}: {} ({})", l.release, l.outcome.name(), l.reason);
         }
-        let traffic: Vec<String> = s["traffic"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                format!(
-                    "{}={}% ({} backends)",
-                    t["release"].as_str().unwrap_or(""),
-                    t["weight"],
-                    t["backends"].as_array().map_or(0, |b| b.len())
-                )
-            })
-            .collect();
+        let traffic: Vec<String> =
+            s.traffic.iter().map(|t| format!("{}={}% ({} backends)", t.release, t.weight, t.backends.len())).collect();
         println!("  traffic: {}", if traffic.is_empty() { "none".into() } else { traffic.join(", ") });
-        let h = &s["heal"];
-        if h["failing"].as_bool() == Some(true) {
+        let h = &s.heal;
+        if h.failing {
             println!(
                 "  FAILING: crash loop, {} failures in a row; next start in {} ms",
-                h["failures_in_a_row"],
-                h["next_start_in_ms"].as_u64().unwrap_or(0)
+                h.failures_in_a_row, h.next_start_in_ms
             );
         }
-        for f in h["last_failures"].as_array().into_iter().flatten() {
+        for f in &h.last_failures {
             println!(
                 "  failed {} at {} ({}){}",
-                f["instance"].as_str().unwrap_or(""),
-                kiln::time::rfc3339_millis(f["at_ms"].as_i64().unwrap_or(0)),
-                f["cause"]["kind"].as_str().unwrap_or(""),
-                match (f["cause"]["code"].as_i64(), f["cause"]["signal"].as_i64()) {
-                    (Some(c), _) => format!(" exit code {c}"),
-                    (_, Some(sig)) => format!(" signal {sig}"),
+                f.instance,
+                kiln::time::rfc3339_millis(f.at_ms as i64),
+                f.cause.name(),
+                match &f.cause {
+                    kiln::heal::Cause::Exited { code: Some(c), .. } => format!(" exit code {c}"),
+                    kiln::heal::Cause::Exited { signal: Some(sig), .. } => format!(" signal {sig}"),
                     _ => String::new(),
                 }
             );
-            for l in f["logs"].as_array().into_iter().flatten() {
-                println!("    | {}", l.as_str().unwrap_or(""));
+            for l in &f.logs {
+                println!("    | {l}");
             }
         }
-        for p in h["pending"].as_array().into_iter().flatten() {
+        for p in &h.pending {
             println!(
                 "  replacing {} ({}): {}",
-                p["old"].as_str().unwrap_or(""),
-                p["cause"]["kind"].as_str().unwrap_or(""),
-                p["replacement"].as_str().map_or("waiting to start".into(), |r| format!("{r} starting"))
+                p.old,
+                p.cause.name(),
+                p.replacement.as_deref().map_or("waiting to start".into(), |r| format!("{r} starting"))
             );
         }
         println!(
             "  {:<22} {:<12} {:<14} {:<11} {:<9} {:>6} {:>8} {:>6}  TRAFFIC",
             "INSTANCE", "RELEASE", "DIGEST", "STATE", "HEALTH", "AGE", "RECYCLE", "PORT"
         );
-        for i in s["instances"].as_array().into_iter().flatten() {
-            let state = if i["quarantined"].as_bool() == Some(true) {
+        for i in &s.instances {
+            let state = if i.quarantined {
                 "quarantined"
-            } else if i["draining"].as_bool() == Some(true) {
+            } else if i.draining {
                 "draining"
             } else {
-                i["state"].as_str().unwrap_or("")
+                i.state.as_str()
             };
-            let health = match (i["health"]["healthy"].as_bool(), i["health"]["fails"].as_u64()) {
-                _ if i["leaving"].as_bool() == Some(true) => "leaving".to_owned(),
-                (Some(true), _) => "healthy".to_owned(),
-                (_, Some(f)) if f > 0 => format!("failing {f}"),
+            let health = match i.health {
+                _ if i.leaving => "leaving".to_owned(),
+                h if h.healthy => "healthy".to_owned(),
+                h if h.fails > 0 => format!("failing {}", h.fails),
                 _ => "starting".to_owned(),
             };
             println!(
                 "  {:<22} {:<12} {:<14} {:<11} {:<9} {:>5}s {:>8} {:>6}  {}",
-                i["id"].as_str().unwrap_or(""),
-                i["release"].as_str().unwrap_or(""),
-                short(i["digest"].as_str().unwrap_or("")),
+                i.id,
+                i.release,
+                short(&i.digest),
                 state,
                 health,
-                i["age_s"].as_i64().unwrap_or(0),
-                i["recycle_in_s"].as_u64().map_or("-".into(), |r| format!("{r}s")),
-                i["port"].as_u64().unwrap_or(0),
-                match (i["share_percent"].as_f64(), i["release_weight"].as_u64()) {
+                i.age_s,
+                i.recycle_in_s.map_or("-".into(), |r| format!("{r}s")),
+                i.port,
+                match (i.share_percent, i.release_weight) {
                     (Some(s), Some(w)) => format!("{s}% (release at {w}%)"),
                     _ => "not routed".into(),
                 }
@@ -374,24 +345,26 @@ fn short(d: &str) -> String {
     d.strip_prefix("sha256:").unwrap_or(d).chars().take(12).collect()
 }
 
-/// `kiln rollback`, `promote`, `abort`.
 /// The controller's answer to a request `kiln` sent (rollback, promote,
-/// abort, quarantine, release-quarantine), as text.
-pub fn render_answer(req: &Request, v: &serde_json::Value) {
-    let release = v["release"].as_str().unwrap_or("?");
-    match req {
-        Request::Rollback { service, .. } if v["instant"].as_bool() == Some(true) => match v["rollback"].as_str() {
-            Some(id) => println!("{service}: traffic is back on {release} (rollback release {id})"),
-            None => println!("{service}: traffic is back on {release}"),
-        },
-        Request::Rollback { service, .. } => {
-            println!("{service}: rolling back by release {release} (new instances first)")
+/// abort, quarantine, release-quarantine, status), as text.
+pub fn render_answer(req: &Request, a: &Answer) {
+    match (req, a) {
+        (Request::Rollback { service, .. }, Answer::Release(r)) => {
+            let release = r.release.as_deref().unwrap_or("?");
+            match (r.instant, &r.rollback) {
+                (true, Some(id)) => println!("{service}: traffic is back on {release} (rollback release {id})"),
+                (true, None) => println!("{service}: traffic is back on {release}"),
+                (false, _) => println!("{service}: rolling back by release {release} (new instances first)"),
+            }
         }
-        Request::Promote { service, .. } => println!("{service}: {release} goes on"),
-        Request::Abort { service, .. } => println!("{service}: {release} aborted; traffic is on stable"),
-        Request::Quarantine { .. } | Request::ReleaseQuarantine { .. } => crate::cli::render::render_quarantine(req, v),
-        Request::Status { .. } => render_status(v),
-        _ => println!("{v}"),
+        (_, Answer::Promote(p)) => println!("{}: {} goes on", p.service, p.release),
+        (_, Answer::Abort(p)) => println!("{}: {} aborted; traffic is on stable", p.service, p.release),
+        (_, Answer::Quarantine(q)) => {
+            println!("{}: out of traffic and frozen; a replacement starts. Kept in {}", q.instance, q.dir.display())
+        }
+        (_, Answer::ReleaseQuarantine(q)) => println!("{}: destroyed, with what was kept of it", q.instance),
+        (_, Answer::Status(st)) => render_status(st),
+        (_, other) => print_json(other),
     }
 }
 

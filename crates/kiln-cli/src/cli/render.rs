@@ -270,15 +270,3 @@ pub(crate) fn render(output: &Output, now: i64) {
         }
     }
 }
-
-/// The answer to `kiln quarantine` or `kiln release-quarantine`.
-pub fn render_quarantine(req: &kiln::serve::api::Request, v: &serde_json::Value) {
-    let id = v["instance"].as_str().unwrap_or("?");
-    match req {
-        kiln::serve::api::Request::Quarantine { .. } => println!(
-            "{id}: out of traffic and frozen; a replacement starts. Kept in {}",
-            v["dir"].as_str().unwrap_or("?")
-        ),
-        _ => println!("{id}: destroyed, with what was kept of it"),
-    }
-}

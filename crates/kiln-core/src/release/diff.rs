@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::oci::RunConfig;
 
@@ -23,7 +23,7 @@ pub struct Side {
 }
 
 /// A field that differs, both values as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub field: String,
     pub from: Option<String>,
@@ -31,7 +31,7 @@ pub struct Change {
 }
 
 /// The whole difference.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diff {
     pub from: String,
     pub to: String,

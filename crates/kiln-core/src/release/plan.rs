@@ -51,6 +51,22 @@ pub enum Step {
     StopSame { count: u32, drain_timeout_ms: u64 },
 }
 
+impl Step {
+    /// Its name as the wire spells it (the `step` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Start { .. } => "start",
+            Step::Smoke { .. } => "smoke",
+            Step::Shift { .. } => "shift",
+            Step::Analyse { .. } => "analyse",
+            Step::Pause { .. } => "pause",
+            Step::KeepWarm { .. } => "keep_warm",
+            Step::StopOld { .. } => "stop_old",
+            Step::StopSame { .. } => "stop_same",
+        }
+    }
+}
+
 /// A whole release, as a user is shown it before it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -230,6 +246,23 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn a_step_is_named_as_its_wire_tag() {
+        let all = [
+            Step::Start { count: 1, start_deadline_ms: 1 },
+            Step::Smoke { checks: 1 },
+            Step::Shift { new_percent: 5 },
+            Step::Analyse { window_ms: 1 },
+            Step::Pause { for_ms: None },
+            Step::KeepWarm { for_ms: 1 },
+            Step::StopOld { count: 1, drain_timeout_ms: 1 },
+            Step::StopSame { count: 1, drain_timeout_ms: 1 },
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(&s).unwrap()["step"], s.name(), "{s:?}");
+        }
+    }
     use crate::spec::parse;
 
     fn spec(body: &str) -> ReleaseSpec {

@@ -277,7 +277,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
     match cmd {
         Command::Controller(request) => {
             let answer = crate::serve::call(ctx.store.home(), &request)?;
-            Ok(Output::Controller { request, answer })
+            Ok(Output::Controller { request, answer: Box::new(answer) })
         }
         Command::Bake { file, image, no_cache, force } => {
             let f = spec::load(&file)?;

@@ -29,7 +29,7 @@ pub enum Output {
     Controller {
         #[serde(skip)]
         request: crate::serve::api::Request,
-        answer: serde_json::Value,
+        answer: Box<crate::serve::answer::Answer>,
     },
     Baked(Vec<BakeReport>),
     Images(Vec<ImageRow>),

@@ -16,6 +16,7 @@
 //! This module wires threads and sockets; it must never decide (that is
 //! [`crate::release`]) or render (that is the front end).
 
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod controller;
@@ -182,7 +183,7 @@ pub fn lock(home: &Path) -> Result<Lock, ServeError> {
 }
 
 /// A request from the API thread and where its answer goes.
-pub type Call = (api::Request, mpsc::Sender<Result<serde_json::Value, ServeError>>);
+pub type Call = (api::Request, mpsc::Sender<Result<answer::Answer, ServeError>>);
 
 /// Binds the API socket (mode 0600), replacing a stale one.
 pub fn bind_api(home: &Path) -> Result<UnixListener, ServeError> {
@@ -349,24 +350,25 @@ fn answer<C: http::Timed>(conn: C, mut w: impl Write, shared: &ApiShared, keys: 
         api::Route::OpenApi => return drop(http::write_response(&mut w, 200, OPENAPI.as_bytes())),
         api::Route::Dashboard { token } => return dashboard(&mut w, &req, token.as_deref(), keys),
         api::Route::Events { last_id, stream: true } => return stream_events(w, shared, last_id),
-        api::Route::Events { last_id, stream: false } => Ok((poll_events(shared, last_id), false)),
+        api::Route::Events { last_id, stream: false } => {
+            return drop(http::write_response(&mut w, 200, poll_events(shared, last_id).to_string().as_bytes()))
+        }
         api::Route::Command { stream } => return run_command(w, shared, &req.body, stream),
         api::Route::Call(req) => {
-            let text = req == api::Request::Metrics;
             let (tx, rx) = mpsc::channel();
             shared
                 .calls
                 .send((req, tx))
                 .map_err(|_| ServeError::Conflict(Conflict::Stopping))
                 .and_then(|_| rx.recv().map_err(|_| ServeError::Conflict(Conflict::Stopping)))
-                .and_then(|r| r.map(|v| (v, text)))
+                .and_then(|r| r)
         }
     };
     let _ = match result {
-        Ok((serde_json::Value::String(s), true)) => {
+        Ok(answer::Answer::Metrics(s)) => {
             http::write_response_typed(&mut w, 200, "text/plain; version=0.0.4; charset=utf-8", s.as_bytes())
         }
-        Ok((v, _)) => http::write_response(&mut w, 200, v.to_string().as_bytes()),
+        Ok(a) => http::write_response(&mut w, 200, a.to_json().as_bytes()),
         Err(e) => write_error(&mut w, &e),
     };
 }
@@ -584,18 +586,33 @@ pub fn run(
     }
 }
 
-/// Sends one request to the `kiln serve` of `home`; its JSON answer.
-pub fn call(home: &Path, req: &api::Request) -> Result<serde_json::Value, ServeError> {
+/// Sends one request to the `kiln serve` of `home`; its answer.
+pub fn call(home: &Path, req: &api::Request) -> Result<answer::Answer, ServeError> {
     let s = UnixStream::connect(socket_path(home))
         .map_err(|source| ServeError::NotRunning { home: home.to_owned(), source })?;
     let (m, t, b) = api::to_http(req);
     let r = http::exchange(s, m, &t, &b).map_err(|source| ServeError::NotRunning { home: home.to_owned(), source })?;
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
     if r.status != 200 {
-        let message = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(&r.body).into());
+        #[derive(serde::Deserialize)]
+        struct Refusal {
+            error: String,
+        }
+        let message = serde_json::from_slice::<Refusal>(&r.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into());
         return Err(ServeError::Remote { status: r.status, message });
     }
-    Ok(v)
+    answer::Answer::parse(req, &r.body)
+        .map_err(|e| ServeError::Remote { status: r.status, message: format!("an answer kiln cannot read: {e}") })
+}
+
+/// Sends one request to the `kiln serve` of `home`; its answer as the
+/// payload type `T` that request is answered with.
+pub fn ask<T: answer::Payload>(home: &Path, req: &api::Request) -> Result<T, ServeError> {
+    T::from_answer(call(home, req)?).ok_or_else(|| ServeError::Remote {
+        status: 200,
+        message: format!("kiln serve answered {req:?} with the answer to another request"),
+    })
 }
 
 #[cfg(test)]

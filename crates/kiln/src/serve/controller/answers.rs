@@ -4,6 +4,7 @@
 //! acts, this part only reads.
 
 use super::*;
+use crate::serve::answer::{self, Answer};
 
 impl<'a> Controller<'a> {
     /// Publishes each instance whose health changed since the last tick
@@ -64,7 +65,7 @@ impl<'a> Controller<'a> {
     }
 
     /// Carries out one API request.
-    pub fn handle(&mut self, req: Request, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+    pub fn handle(&mut self, req: Request, now_ms: u64) -> Result<Answer, ServeError> {
         self.changed();
         match req {
             Request::Deploy { service, image, file, actor } => {
@@ -86,58 +87,68 @@ impl<'a> Controller<'a> {
                 })?;
                 self.admit(&svc.spec, &desc.digest)?;
                 self.bring_back(&service, now_ms)?;
-                self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms)
+                self.begin(&service, desc.digest, reference, &actor, Mode::Deploy, now_ms).map(Answer::Release)
             }
-            Request::Metrics => Ok(serde_json::Value::String(self.metrics()?)),
+            Request::Metrics => Ok(Answer::Metrics(self.metrics()?)),
             Request::Status { service } => {
                 if let Some(s) = &service {
                     self.service(s)?;
                 }
-                self.status(service.as_deref(), now_ms)
+                self.status(service.as_deref(), now_ms).map(Answer::Status)
             }
-            Request::Promote { service, .. } => self.promote(&service, now_ms),
-            Request::Abort { service, actor } => self.abort(&service, &actor, now_ms),
-            Request::Rollback { service, to, actor } => self.rollback(&service, to.as_deref(), &actor, now_ms),
-            Request::Down { service, purge, actor } => self.down(&service, purge, &actor, now_ms),
+            Request::Promote { service, .. } => self.promote(&service, now_ms).map(Answer::Promote),
+            Request::Abort { service, actor } => self.abort(&service, &actor, now_ms).map(Answer::Abort),
+            Request::Rollback { service, to, actor } => {
+                self.rollback(&service, to.as_deref(), &actor, now_ms).map(Answer::Release)
+            }
+            Request::Down { service, purge, actor } => self.down(&service, purge, &actor, now_ms).map(Answer::Down),
             Request::Quarantine { instance, reason, actor } => {
                 let r = self.instance(&instance)?;
                 let reason = reason.unwrap_or_else(|| format!("quarantined by {actor}"));
-                self.quarantine(&r.service, r.id.as_str(), &reason, &actor, now_ms)
+                self.quarantine(&r.service, r.id.as_str(), &reason, &actor, now_ms).map(Answer::Quarantine)
             }
             Request::ReleaseQuarantine { instance, actor } => {
                 let r = self.instance(&instance)?;
                 self.release_quarantine(&r.service, r.id.as_str(), &actor, now_ms)?;
-                Ok(serde_json::json!({ "service": r.service, "instance": r.id.as_str(), "destroyed": true }))
+                Ok(Answer::ReleaseQuarantine(answer::Unquarantined {
+                    service: r.service,
+                    instance: r.id.to_string(),
+                    destroyed: true,
+                }))
             }
-            Request::Inspect { instance } => self.inspect(&instance, now_ms),
+            Request::Inspect { instance } => self.inspect(&instance, now_ms).map(|v| Answer::Inspect(Box::new(v))),
             Request::VerifyInstances { service } => {
                 if let Some(s) = &service {
                     self.service(s)?;
                 }
                 let found = self.check_drift(service.as_deref())?;
-                let list: Vec<serde_json::Value> = found
+                let instances = found
                     .into_iter()
-                    .map(|(s, i, d)| serde_json::json!({ "service": s, "instance": i, "drift": d }))
+                    .map(|(service, instance, drift)| answer::Drift { service, instance, drift })
                     .collect();
-                Ok(serde_json::json!({ "instances": list }))
+                Ok(Answer::VerifyInstances(answer::Drifts { instances }))
             }
-            Request::Kill { service, max_share, actor } => self.kill(&service, max_share, &actor, now_ms),
-            Request::Drill { service, window_ms, actor } => self.drill(&service, window_ms, &actor, now_ms),
+            Request::Kill { service, max_share, actor } => {
+                self.kill(&service, max_share, &actor, now_ms).map(Answer::Kill)
+            }
+            Request::Drill { service, window_ms, actor } => {
+                self.drill(&service, window_ms, &actor, now_ms).map(Answer::Release)
+            }
             Request::History { service, verify } => {
                 if let Some(s) = &service {
                     self.service(s)?;
                 }
                 let entries = self.history.entries(service.as_deref())?;
                 let verified = verify.then(|| match self.history.verify() {
-                    Ok(n) => serde_json::json!({ "ok": true, "entries": n }),
-                    Err(e) => serde_json::json!({ "ok": false, "error": e.to_string() }),
+                    Ok(n) => answer::Verified { ok: true, entries: Some(n), error: None },
+                    Err(e) => answer::Verified { ok: false, entries: None, error: Some(e.to_string()) },
                 });
-                Ok(serde_json::json!({ "entries": entries, "verified": verified }))
+                Ok(Answer::History(answer::HistoryAnswer { entries, verified }))
             }
             Request::Diff { service, from, to } => {
                 self.service(&service)?;
                 let (a, b) = (self.release_side(&service, &from)?, self.release_side(&service, &to)?);
-                Ok(serde_json::to_value(crate::release::diff::diff(&a, &b)).expect("serializes"))
+                Ok(Answer::Diff(crate::release::diff::diff(&a, &b)))
             }
             Request::Logs { filter, limit } => {
                 if let Some(s) = &filter.service {
@@ -147,7 +158,7 @@ impl<'a> Controller<'a> {
                 let lines =
                     logs.query(&filter).map_err(|source| ServeError::Io { path: self.home.join("logs"), source })?;
                 let skip = lines.len().saturating_sub(limit);
-                Ok(serde_json::json!({ "lines": lines[skip..] }))
+                Ok(Answer::Logs(answer::Logs { lines: lines[skip..].to_vec() }))
             }
         }
     }
@@ -181,38 +192,37 @@ impl<'a> Controller<'a> {
         Ok(r)
     }
 
-    pub(super) fn inspect(&self, reference: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+    pub(super) fn inspect(&self, reference: &str, now_ms: u64) -> Result<answer::InstanceView, ServeError> {
         let mut r = self.instance(reference)?;
         let rt = self.runtime();
         rt.observe(&mut r)?;
         let svc = &self.services[&r.service];
-        let h = self.prober.health(r.id.as_str());
         let started = if r.started_ms > 0 { r.started_ms as u64 } else { r.created as u64 * 1000 };
-        Ok(serde_json::json!({
-            "id": r.id.as_str(),
-            "service": r.service,
-            "release": r.release,
-            "digest": r.image.to_string(),
-            "image": r.image_ref,
-            "revision": r.revision,
-            "state": r.state.name(),
-            "port": r.port,
-            "started_ms": started,
-            "age_s": now_ms.saturating_sub(started) / 1000,
-            "env": rt.env_names(&r),
-            "secrets": r.secrets.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-            "volumes": r.volumes,
-            "limits": r.limits,
-            "runc_root": crate::runtime::run_dir(&self.home).join("runc"),
-            "health": h,
-            "drift": self.drift.get(r.id.as_str()),
-            "quarantine": svc.state.quarantined.get(r.id.as_str()),
-        }))
+        Ok(answer::InstanceView {
+            id: r.id.to_string(),
+            service: r.service.clone(),
+            release: r.release.clone(),
+            digest: r.image.to_string(),
+            image: r.image_ref.clone(),
+            revision: r.revision.clone(),
+            state: r.state.name().to_owned(),
+            port: r.port,
+            started_ms: started,
+            age_s: now_ms.saturating_sub(started) / 1000,
+            env: rt.env_names(&r),
+            secrets: r.secrets.iter().map(|s| s.name.clone()).collect(),
+            volumes: r.volumes.clone(),
+            limits: r.limits,
+            runc_root: crate::runtime::run_dir(&self.home).join("runc"),
+            health: self.prober.health(r.id.as_str()),
+            drift: self.drift.get(r.id.as_str()).cloned(),
+            quarantine: svc.state.quarantined.get(r.id.as_str()).cloned(),
+        })
     }
 
-    pub(super) fn status(&self, only: Option<&str>, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+    pub(super) fn status(&self, only: Option<&str>, now_ms: u64) -> Result<answer::Status, ServeError> {
         let (all, _) = self.runtime().observe_all()?;
-        let mut out = Vec::new();
+        let mut services = Vec::new();
         for (name, svc) in self.services.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
             let table = svc.sent.clone().unwrap_or_default();
             let weight_of = |release: &str, a: SocketAddr| {
@@ -228,7 +238,7 @@ impl<'a> Controller<'a> {
                 })
             };
             let max_age = svc.spec.release.heal.max_age_ms;
-            let instances: Vec<serde_json::Value> = all
+            let instances = all
                 .iter()
                 .filter(|r| r.service == *name && !r.state.is_exited())
                 .map(|r| {
@@ -238,74 +248,81 @@ impl<'a> Controller<'a> {
                     let recycle_in_s = max_age
                         .filter(|_| svc.state.stable.as_ref().is_some_and(|s| s.id == release))
                         .map(|m| (heal::recycle_at_ms(r.id.as_str(), started, m).saturating_sub(now_ms)) / 1000);
-                    serde_json::json!({
-                        "health": {
-                            "healthy": h.fails == 0 && h.healthy_since_ms.is_some(),
-                            "passes": h.passes,
-                            "fails": h.fails,
-                            "last_failure": h.last_failure,
+                    let retiring = self.retiring.contains_key(r.id.as_str());
+                    answer::InstanceStatus {
+                        health: answer::HealthView {
+                            healthy: h.fails == 0 && h.healthy_since_ms.is_some(),
+                            passes: h.passes,
+                            fails: h.fails,
+                            last_failure: h.last_failure,
                         },
-                        "quarantined": svc.state.quarantined.contains_key(r.id.as_str()),
-                        "draining": self.retiring.contains_key(r.id.as_str()),
-                        // Drained or stopping: it is leaving, its health no longer checked.
-                        "leaving": self.retiring.contains_key(r.id.as_str()) || r.stop_requested,
-                        "recycle_in_s": recycle_in_s,
-                        "drift": self.drift.get(r.id.as_str()),
-                        "id": r.id.as_str(),
-                        "release": release,
-                        "digest": r.image.to_string(),
-                        "revision": r.revision,
-                        "image": r.image_ref,
-                        "state": r.state.name(),
-                        "port": r.port,
-                        "age_s": (now_ms / 1000) as i64 - r.created,
-                        "in_table": weight_of(&release, addr(r)).is_some(),
-                        "release_weight": weight_of(&release, addr(r)),
-                        "share_percent": share_of(&release, addr(r)),
-                        // Which stored version of each secret it holds.
-                        "secrets": r.secret_versions,
-                    })
+                        quarantined: svc.state.quarantined.contains_key(r.id.as_str()),
+                        draining: retiring,
+                        leaving: retiring || r.stop_requested,
+                        recycle_in_s,
+                        drift: self.drift.get(r.id.as_str()).cloned(),
+                        id: r.id.to_string(),
+                        digest: r.image.to_string(),
+                        revision: r.revision.clone(),
+                        image: r.image_ref.clone(),
+                        state: r.state.name().to_owned(),
+                        port: r.port,
+                        age_s: (now_ms / 1000) as i64 - r.created,
+                        in_table: weight_of(&release, addr(r)).is_some(),
+                        release_weight: weight_of(&release, addr(r)),
+                        share_percent: share_of(&release, addr(r)),
+                        secrets: r.secret_versions.clone(),
+                        release,
+                    }
                 })
                 .collect();
             let rollout = svc.state.rollout.as_ref().map(|a| {
                 let r = &a.rollout;
-                serde_json::json!({
-                    "release": r.release,
-                    "digest": r.digest.to_string(),
-                    "image": r.image_ref,
-                    "step": r.index + 1,
-                    "steps": r.steps.len(),
-                    "current": r.steps.get(r.index),
-                    "new_percent": r.new_percent,
-                    "paused": r.paused,
-                    "elapsed_ms": now_ms.saturating_sub(r.started_ms),
-                })
+                answer::RolloutView {
+                    release: r.release.clone(),
+                    digest: r.digest.to_string(),
+                    image: r.image_ref.clone(),
+                    step: r.index + 1,
+                    steps: r.steps.len(),
+                    current: r.steps.get(r.index).cloned(),
+                    new_percent: r.new_percent,
+                    paused: r.paused.clone(),
+                    elapsed_ms: now_ms.saturating_sub(r.started_ms),
+                }
             });
-            out.push(serde_json::json!({
-                "service": name,
-                "listen": svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen())).map(|l| l.to_string()),
-                "proxy_pid": svc.dp.as_ref().and_then(|d| d.pid()),
-                "strategy": svc.spec.release.strategy.name(),
-                "replicas": svc.spec.release.replicas,
-                "stable": svc.state.stable,
-                "previous": svc.state.previous.as_ref().map(|(p, until)| serde_json::json!({ "release": p, "warm_for_ms": until.saturating_sub(now_ms) })),
-                "rollout": rollout,
-                "last": svc.state.last.as_ref().map(|(id, o, reason)| serde_json::json!({ "release": id, "outcome": o, "reason": reason })),
-                "traffic": table,
-                "requests": svc.dp.as_ref().and_then(|d| d.totals().ok()),
-                "down": svc.state.down,
-                "instances": instances,
-                "heal": {
-                    "failing": svc.state.heal.crash_looping(&svc.spec.release),
-                    "failures_in_a_row": svc.state.heal.failures,
-                    "next_start_in_ms": svc.state.heal.backoff_until_ms(&svc.spec.release).saturating_sub(now_ms),
-                    "pending": svc.state.heal.pending,
-                    "last_failures": svc.state.heal.last_exits,
+            let heal = &svc.state.heal;
+            services.push(answer::ServiceStatus {
+                service: name.clone(),
+                listen: svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen())).map(|l| l.to_string()),
+                proxy_pid: svc.dp.as_ref().and_then(|d| d.pid()),
+                strategy: svc.spec.release.strategy.name().to_owned(),
+                replicas: svc.spec.release.replicas,
+                stable: svc.state.stable.clone(),
+                previous: svc.state.previous.as_ref().map(|(p, until)| answer::Previous {
+                    release: p.clone(),
+                    warm_for_ms: until.saturating_sub(now_ms),
+                }),
+                rollout,
+                last: svc.state.last.as_ref().map(|(id, o, reason)| answer::LastRelease {
+                    release: id.clone(),
+                    outcome: *o,
+                    reason: reason.clone(),
+                }),
+                traffic: table.clone(),
+                requests: svc.dp.as_ref().and_then(|d| d.totals().ok()),
+                down: svc.state.down.clone(),
+                instances,
+                heal: answer::HealView {
+                    failing: heal.crash_looping(&svc.spec.release),
+                    failures_in_a_row: heal.failures,
+                    next_start_in_ms: heal.backoff_until_ms(&svc.spec.release).saturating_sub(now_ms),
+                    pending: heal.pending.clone(),
+                    last_failures: heal.last_exits.clone(),
                 },
-                "quarantined": svc.state.quarantined,
-                "reconcile": self.failing.get(name),
-            }));
+                quarantined: svc.state.quarantined.clone(),
+                reconcile: self.failing.get(name).cloned(),
+            });
         }
-        Ok(serde_json::json!({ "services": out }))
+        Ok(answer::Status { services })
     }
 }

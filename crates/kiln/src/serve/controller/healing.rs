@@ -3,6 +3,7 @@
 //! `crate::heal::decide`'s; this part only observes and acts.
 
 use super::*;
+use crate::serve::answer;
 
 impl<'a> Controller<'a> {
     /// The instances of `release` that exited unasked (not quarantined).
@@ -203,7 +204,7 @@ impl<'a> Controller<'a> {
         reason: &str,
         actor: &str,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<answer::Quarantined, ServeError> {
         let r = self.runtime().find(instance).map_err(|_| ServeError::UnknownInstance(instance.to_owned()))?;
         if r.service != name {
             return Err(ServeError::UnknownInstance(instance.to_owned()));
@@ -239,7 +240,7 @@ impl<'a> Controller<'a> {
         let drain = self.services[name].spec.release.drain_timeout_ms.min(2000);
         self.retire(name, &r, drain, Then::Pause);
         self.changed();
-        Ok(serde_json::json!({ "service": name, "instance": id, "quarantined": true, "dir": dir }))
+        Ok(answer::Quarantined { service: name.to_owned(), instance: id, quarantined: true, dir })
     }
 
     /// Freezes a drained quarantined instance and copies what it changed.
@@ -365,7 +366,7 @@ impl<'a> Controller<'a> {
         max_share: f64,
         actor: &str,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<answer::Killed, ServeError> {
         let svc = self.service(name)?;
         let replicas = svc.spec.release.replicas;
         let Some(stable) = svc.state.stable.clone() else {
@@ -392,6 +393,6 @@ impl<'a> Controller<'a> {
         self.runtime().kill(victim.id.as_str())?;
         self.changed();
         eprintln!("kiln serve: chaos ({actor}) killed {}", victim.id);
-        Ok(serde_json::json!({ "service": name, "instance": victim.id.as_str(), "killed_at_ms": now_ms }))
+        Ok(answer::Killed { service: name.to_owned(), instance: victim.id.to_string(), killed_at_ms: now_ms })
     }
 }

@@ -6,11 +6,12 @@
 //! (the rollout does, from what these record).
 
 use super::*;
+use crate::serve::answer;
 
 impl Controller<'_> {
     /// `kiln promote`: past the pause the release waits at (recorded
     /// before the next tick acts on it).
-    pub(super) fn promote(&mut self, service: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+    pub(super) fn promote(&mut self, service: &str, now_ms: u64) -> Result<answer::Promoted, ServeError> {
         let svc = self.services.get_mut(service).ok_or_else(|| ServeError::UnknownService(service.to_owned()))?;
         match svc.state.rollout.as_mut() {
             Some(a) if a.drill.is_some() => {
@@ -25,7 +26,7 @@ impl Controller<'_> {
                 a.rollout.step_started_ms = now_ms;
                 let id = a.rollout.release.clone();
                 self.save(service, now_ms)?;
-                Ok(serde_json::json!({ "service": service, "release": id, "promoted": true }))
+                Ok(answer::Promoted { service: service.to_owned(), release: id, promoted: true })
             }
             Some(a) => Err(Conflict::NotPaused {
                 service: service.to_owned(),
@@ -39,12 +40,12 @@ impl Controller<'_> {
     }
 
     /// `kiln abort`: the release in progress fails, traffic back to stable.
-    pub(super) fn abort(&mut self, service: &str, actor: &str, now_ms: u64) -> Result<serde_json::Value, ServeError> {
+    pub(super) fn abort(&mut self, service: &str, actor: &str, now_ms: u64) -> Result<answer::Aborted, ServeError> {
         let Some(a) = self.service(service)?.state.rollout.clone() else {
             return Err(Conflict::NoReleaseInProgress { service: service.to_owned() }.into());
         };
         let id = a.rollout.release.clone();
         self.fail(service, a, format!("aborted by {actor}"), None, Outcome::Aborted, now_ms)?;
-        Ok(serde_json::json!({ "service": service, "release": id, "aborted": true }))
+        Ok(answer::Aborted { service: service.to_owned(), release: id, aborted: true })
     }
 }

@@ -4,6 +4,7 @@
 //! must never decide a step itself.
 
 use super::*;
+use crate::serve::answer::{Released, Scaled, WentDown};
 
 impl<'a> Controller<'a> {
     /// Observe → decide → act for the release in progress.
@@ -295,7 +296,7 @@ impl<'a> Controller<'a> {
         actor: &str,
         mode: Mode,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<Released, ServeError> {
         // A deploy supersedes the release in progress (its analysis starts over).
         if let Some(a) = self.services[name].state.rollout.clone() {
             let reason = format!("superseded by a new deploy of {image_ref}");
@@ -336,7 +337,12 @@ impl<'a> Controller<'a> {
         let fields = self.release_fields(name);
         let p = plan::plan_release(name, &release_spec, from.as_ref(), &digest, &fields);
         if drill.is_none() && p.steps.is_empty() {
-            return Ok(serde_json::json!({ "service": name, "release": stable.map(|s| s.id), "noop": true }));
+            return Ok(Released {
+                service: name.to_owned(),
+                release: stable.map(|s| s.id),
+                noop: true,
+                ..Default::default()
+            });
         }
         // The same release at another size: a scale of the stable release,
         // not a new one (its instances stay its own).
@@ -392,7 +398,7 @@ impl<'a> Controller<'a> {
             Some(Active { rollout, old_at_start: old, failures: 0, last_failure: None, drill });
         self.save(name, now_ms)?;
         crash_point("release-recorded");
-        Ok(serde_json::json!({ "service": name, "release": id, "plan": p }))
+        Ok(Released { service: name.to_owned(), release: Some(id), plan: Some(p), ..Default::default() })
     }
 
     /// A scale of the stable release from `from` to `to` instances:
@@ -409,7 +415,7 @@ impl<'a> Controller<'a> {
         actor: &str,
         plan: plan::Plan,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<Released, ServeError> {
         self.record(name, &stable.id, now_ms, &Event::Scaled { from, to, actor: actor.to_owned() })?;
         if to < from {
             let mut live: Vec<InstanceRecord> = self
@@ -425,12 +431,13 @@ impl<'a> Controller<'a> {
                 self.retire(name, r, drain_ms, Then::Stop);
             }
         }
-        Ok(serde_json::json!({
-            "service": name,
-            "release": stable.id,
-            "scaled": { "from": from, "to": to },
-            "plan": plan,
-        }))
+        Ok(Released {
+            service: name.to_owned(),
+            release: Some(stable.id.clone()),
+            scaled: Some(Scaled { from, to }),
+            plan: Some(plan),
+            ..Default::default()
+        })
     }
 
     /// Starts a rollback drill (see [`Request::Drill`]) on a steady service.
@@ -440,7 +447,7 @@ impl<'a> Controller<'a> {
         window_ms: Option<u64>,
         actor: &str,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<Released, ServeError> {
         let svc = self.service(name)?;
         if let Some(a) = &svc.state.rollout {
             return Err(Conflict::Busy { service: name.to_owned(), release: a.rollout.release.clone() }.into());
@@ -454,9 +461,9 @@ impl<'a> Controller<'a> {
         });
         let image_ref = format!("{} (drill)", stable.image_ref);
         let mut out = self.begin(name, stable.digest.clone(), image_ref, actor, Mode::Drill { window_ms }, now_ms)?;
-        out["stable"] = serde_json::json!(stable.id);
-        out["window_ms"] = serde_json::json!(window_ms);
-        out["fault"] = serde_json::json!(DRILL_FAULT);
+        out.stable = Some(stable.id);
+        out.window_ms = Some(window_ms);
+        out.fault = Some(DRILL_FAULT);
         Ok(out)
     }
 
@@ -478,7 +485,7 @@ impl<'a> Controller<'a> {
         to: Option<&str>,
         actor: &str,
         now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    ) -> Result<Released, ServeError> {
         let mut st = self.service(name)?.state.clone();
         if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) && st.rollout.is_none() {
             return Err(Conflict::AlreadyServes {
@@ -492,15 +499,24 @@ impl<'a> Controller<'a> {
             self.roll_back_in_progress(name, a, actor, now_ms)?;
             st = self.services[name].state.clone();
             if st.stable.as_ref().is_some_and(|s| Some(s.id.as_str()) == to) {
-                return Ok(serde_json::json!({ "service": name, "release": to, "instant": true }));
+                return Ok(Released {
+                    service: name.to_owned(),
+                    release: to.map(str::to_owned),
+                    instant: true,
+                    ..Default::default()
+                });
             }
         }
         if let Some(a) = st.rollout {
             let id = a.rollout.release.clone();
             self.roll_back_in_progress(name, a, actor, now_ms)?;
-            return Ok(
-                serde_json::json!({ "service": name, "release": st.stable.map(|s| s.id), "rolled_back": id, "instant": true }),
-            );
+            return Ok(Released {
+                service: name.to_owned(),
+                release: st.stable.map(|s| s.id),
+                rolled_back: Some(id),
+                instant: true,
+                ..Default::default()
+            });
         }
         let Some(current) = st.stable.clone() else {
             return Err(Conflict::NothingToRollBackFrom { service: name.to_owned() }.into());
@@ -548,7 +564,13 @@ impl<'a> Controller<'a> {
             )?;
             self.services.get_mut(name).expect("known").state.last = Some((id.clone(), Outcome::Succeeded, reason));
             self.save(name, now_ms)?;
-            return Ok(serde_json::json!({ "service": name, "release": prev.id, "rollback": id, "instant": true }));
+            return Ok(Released {
+                service: name.to_owned(),
+                release: Some(prev.id),
+                rollback: Some(id),
+                instant: true,
+                ..Default::default()
+            });
         }
         // Cold: a fast release of the named release's digest, or of the
         // last good one before the current one.
@@ -591,16 +613,10 @@ impl Controller<'_> {
     /// drain and destroy its instances and stop its load balancer (see
     /// [`Controller::tick_down`]). History and the archive are kept; with
     /// `purge` its volumes go too. Idempotent.
-    pub(super) fn down(
-        &mut self,
-        name: &str,
-        purge: bool,
-        actor: &str,
-        now_ms: u64,
-    ) -> Result<serde_json::Value, ServeError> {
+    pub(super) fn down(&mut self, name: &str, purge: bool, actor: &str, now_ms: u64) -> Result<WentDown, ServeError> {
         self.service(name)?;
         if let Some(d) = &self.services[name].state.down {
-            return Ok(serde_json::json!({ "service": name, "down": d, "already": true }));
+            return Ok(WentDown { service: name.to_owned(), down: d.clone(), already: true });
         }
         let release = self.release_of(name);
         self.record(name, &release, now_ms, &Event::Down { actor: actor.to_owned(), purge })?;
@@ -615,7 +631,7 @@ impl Controller<'_> {
         let down = Down { actor: actor.to_owned(), at_ms: now_ms, purge, done: false };
         st.down = Some(down.clone());
         self.save(name, now_ms)?;
-        Ok(serde_json::json!({ "service": name, "down": down, "already": false }))
+        Ok(WentDown { service: name.to_owned(), down, already: false })
     }
 
     /// A deploy of a service that was taken down: it gets its load

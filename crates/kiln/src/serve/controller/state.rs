@@ -81,7 +81,7 @@ pub struct Active {
 
 /// A service whose reconcile fails, retried with backoff while the others
 /// go on (kube-rs's `error_policy`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failing {
     pub error: String,
     pub since_ms: u64,
