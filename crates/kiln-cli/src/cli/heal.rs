@@ -6,14 +6,9 @@
 use std::path::Path;
 
 use kiln::serve::answer::{Drifts, InstanceView};
-use kiln::serve::{self, api::Request};
 
-pub fn inspect(home: &Path, instance: String, json: bool) -> anyhow::Result<()> {
-    let v: Box<InstanceView> = serve::ask(home, &Request::Inspect { instance })?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
+/// `kiln inspect-instance`'s answer as text.
+pub fn render_inspect(v: &InstanceView) {
     let or_dash = |s: Option<&str>| s.unwrap_or("-").to_owned();
     println!("instance  {}", v.id);
     println!("service   {} (release {})", v.service, or_dash(v.release.as_deref()));
@@ -23,24 +18,17 @@ pub fn inspect(home: &Path, instance: String, json: bool) -> anyhow::Result<()> 
     let names = |list: &[String]| if list.is_empty() { "-".into() } else { list.join(" ") };
     println!("env       {}", names(&v.env));
     println!("secrets   {}", names(&v.secrets));
-    println!("health    {}", serde_json::to_string(&v.health)?);
+    println!("health    {}", serde_json::to_string(&v.health).expect("health serializes"));
     for x in v.drift.iter().flatten() {
         println!("drift     {x}");
     }
     if let Some(q) = &v.quarantine {
         println!("quarantined by {}: {}; kept in {}", q.actor, q.reason, q.dir.display());
     }
-    Ok(())
 }
 
-/// Returns whether any instance drifted.
-pub fn verify(home: &Path, service: Option<String>, json: bool) -> anyhow::Result<bool> {
-    let v: Drifts = serve::ask(home, &Request::VerifyInstances { service })?;
-    let drifted = v.instances.iter().any(|i| !i.drift.is_empty());
-    if json {
-        println!("{}", serde_json::to_string(&v)?);
-        return Ok(drifted);
-    }
+/// `kiln verify-instances`'s answer as text.
+pub fn render_drifts(v: &Drifts) {
     for i in &v.instances {
         if i.drift.is_empty() {
             println!("{}: as released", i.instance);
@@ -51,7 +39,6 @@ pub fn verify(home: &Path, service: Option<String>, json: bool) -> anyhow::Resul
     if v.instances.is_empty() {
         println!("no running instances to check");
     }
-    Ok(drifted)
 }
 
 pub fn chaos(home: &Path, o: &crate::cli::chaos::Options, json: bool) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod chaos;
+pub mod convert;
 pub mod heal;
 pub mod release;
 pub mod render;

@@ -3,14 +3,13 @@
 //! It converts arguments into `serve::api::Request`s and renders answers;
 //! the controller behind the socket does the work.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use kiln::serve::answer::{self, Answer, Released, ServiceStatus};
 use kiln::serve::{self, api::Request};
 
-use crate::cli::actor;
 
 /// Exit status of a deploy whose release failed, was rolled back, aborted
 /// or superseded.
@@ -85,21 +84,58 @@ fn scaled(home: &Path, service: &str, release: &str, to: u32) -> anyhow::Result<
     Ok(serving.len() == to as usize && serving.iter().all(|i| i.health.healthy))
 }
 
-fn print_json(v: &impl serde::Serialize) {
+pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(v).expect("answers serialize"));
 }
 
-/// `kiln down`: asks kiln serve to take `service` down and, with `wait`,
-/// follows it until its instances and load balancer are gone.
-pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -> anyhow::Result<i32> {
-    let asked: answer::WentDown = serve::ask(home, &Request::Down { service: service.clone(), purge, actor: actor() })?;
+/// What follows the controller's answer to a request `kiln` sent: it
+/// rendered (or printed as JSON), a cold rollback followed, a service going
+/// down waited for, drift turned into exit status 5.
+pub(crate) fn after_answer(
+    home: &Path,
+    req: &Request,
+    answer: &Answer,
+    json: bool,
+    then: &crate::cli::convert::Then,
+) -> anyhow::Result<i32> {
+    use crate::cli::convert::Then;
+    match (then, answer) {
+        (Then::WaitDown { wait, purge }, Answer::Down(d)) => return down(home, d, *purge, *wait, json),
+        (Then::FollowRollback, Answer::Release(r)) => {
+            if json {
+                print_json(answer);
+            } else {
+                render_answer(req, answer);
+            }
+            if let (false, Some(release)) = (r.instant, &r.release) {
+                return follow(home, &r.service, release, json);
+            }
+            return Ok(0);
+        }
+        _ => {}
+    }
+    if json {
+        print_json(answer);
+    } else {
+        render_answer(req, answer);
+    }
+    Ok(match (then, answer) {
+        (Then::ExitIfDrifted, Answer::VerifyInstances(d)) if d.instances.iter().any(|i| !i.drift.is_empty()) => 5,
+        _ => 0,
+    })
+}
+
+/// `kiln down`: kiln serve took `service` down (or had); with `wait`,
+/// followed until its instances and load balancer are gone.
+fn down(home: &Path, asked: &answer::WentDown, purge: bool, wait: bool, json: bool) -> anyhow::Result<i32> {
+    let service = &asked.service;
     if !json {
         match asked.already {
             true => println!("{service}: already taken down"),
             false => println!("{service}: going down (instances drain, then go; then its load balancer)"),
         }
     }
-    let mut st = Answer::Down(asked);
+    let mut st = Answer::Down(asked.clone());
     if wait {
         loop {
             let status: answer::Status = serve::ask(home, &Request::Status { service: Some(service.clone()) })?;
@@ -123,16 +159,10 @@ pub fn down(home: &Path, service: String, purge: bool, wait: bool, json: bool) -
     Ok(0)
 }
 
-pub fn deploy(
-    home: &Path,
-    service: String,
-    image: Option<String>,
-    file: Option<PathBuf>,
-    wait: bool,
-    json: bool,
-) -> anyhow::Result<i32> {
-    let started: Released =
-        serve::ask(home, &Request::Deploy { service: service.clone(), image, file, actor: actor() })?;
+/// `kiln deploy`: kiln serve began the release (`started`); with `wait` it
+/// is followed until it ends (or pauses), each change printed. Returns the
+/// exit status.
+pub fn deployed(home: &Path, service: &str, started: Released, wait: bool, json: bool) -> anyhow::Result<i32> {
     if started.noop {
         if json {
             print_json(&started);
@@ -148,7 +178,7 @@ pub fn deploy(
         }
         // Followed until that many of its instances serve (none leaving).
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while wait && !scaled(home, &service, &release, to)? {
+        while wait && !scaled(home, service, &release, to)? {
             if std::time::Instant::now() > deadline {
                 anyhow::bail!("{service}: {release} did not reach {to} healthy instance(s) within 120 s");
             }
@@ -173,14 +203,14 @@ pub fn deploy(
         }
         return Ok(0);
     }
-    follow(home, &service, &release, json)
+    follow(home, service, &release, json)
 }
 
 /// Follows `release` of `service` to its end, printing each step (or, with
 /// `json`, the final status): exit 0 succeeded, 2 failed, rolled back,
 /// aborted or superseded, 4 paused for a person. Deploys and cold
 /// rollbacks end the same way.
-pub fn follow(home: &Path, service: &str, release: &str, json: bool) -> anyhow::Result<i32> {
+fn follow(home: &Path, service: &str, release: &str, json: bool) -> anyhow::Result<i32> {
     use kiln::release::plan::Step;
     let mut last_line = String::new();
     loop {
@@ -364,12 +394,10 @@ pub fn render_answer(req: &Request, a: &Answer) {
         }
         (_, Answer::ReleaseQuarantine(q)) => println!("{}: destroyed, with what was kept of it", q.instance),
         (_, Answer::Status(st)) => render_status(st),
+        (_, Answer::Inspect(v)) => crate::cli::heal::render_inspect(v),
+        (_, Answer::VerifyInstances(d)) => crate::cli::heal::render_drifts(d),
         (_, other) => print_json(other),
     }
-}
-
-pub fn default_home(home: Option<PathBuf>) -> PathBuf {
-    home.unwrap_or_else(kiln::image::store::Store::default_home)
 }
 
 pub fn render_plan(p: &kiln::release::plan::Plan) {

@@ -4,7 +4,7 @@
 //! `kiln run --service` or deployed through `kiln serve`; a layer swapped
 //! after signing does not start.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -36,6 +36,7 @@ fn gate(env: &Env) {
 
 #[test]
 fn only_promoted_signed_digests_run_in_a_channel() {
+    let _room = common::room("promote");
     let _one = serial();
     let mut env = Env::bare("promote", SERVICE);
     env.ok(&["bake"]);
@@ -96,6 +97,7 @@ fn only_promoted_signed_digests_run_in_a_channel() {
 
 #[test]
 fn a_layer_swapped_after_signing_does_not_start() {
+    let _room = common::room("promote");
     let _one = serial();
     let env = Env::bare("promote-swap", SERVICE);
     env.ok(&["bake"]);
@@ -124,6 +126,7 @@ fn a_layer_swapped_after_signing_does_not_start() {
 
 #[test]
 fn kiln_release_runs_the_whole_pipeline_and_stops_at_a_failing_gate() {
+    let _room = common::room("promote");
     let _one = serial();
     let mut env = Env::bare("pipeline", SERVICE);
     env.ok(&["key", "generate"]);

@@ -3,7 +3,7 @@
 //! and records the result on the digest as an OCI artifact that skopeo
 //! reads.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -47,6 +47,7 @@ timeout = "30s"
 
 #[test]
 fn a_passing_test_uses_placeholder_secrets_and_records_an_artifact_on_the_digest() {
+    let _room = common::room("verify");
     let (dir, home) = files(PASSING);
     secret(&home, &dir, "db", "hunter2");
     let digest = bake_digests(&home, &dir, &[])[0].clone();
@@ -88,6 +89,7 @@ fn a_passing_test_uses_placeholder_secrets_and_records_an_artifact_on_the_digest
 
 #[test]
 fn a_failing_check_names_the_check_and_shows_the_response_head_and_the_logs() {
+    let _room = common::room("verify");
     let (dir, home) = files(
         "\n[image.web.test]\nchecks = [\"/healthz\", { path = \"/\", status = 201 }]\n\
          commands = [\"echo checking; exit 4\"]\ntimeout = \"30s\"\n",
@@ -112,6 +114,7 @@ fn a_failing_check_names_the_check_and_shows_the_response_head_and_the_logs() {
 
 #[test]
 fn bad_test_tables_are_refused_naming_the_key() {
+    let _room = common::room("verify");
     let (dir, home) = files("\n[image.web.test]\ntimeout = \"30s\"\n");
     let e = kiln_err(&home, &dir, &["test"]);
     assert!(e.contains("image.web.test") && e.contains("nothing would be tested"), "{e}");
@@ -136,6 +139,7 @@ fn bad_test_tables_are_refused_naming_the_key() {
 
 #[test]
 fn signatures_are_cosign_shaped_verify_with_openssl_and_fail_for_another_key() {
+    let _room = common::room("verify");
     let (dir, home) = files(PASSING);
     secret(&home, &dir, "db", "hunter2");
     let digest = bake_digests(&home, &dir, &[])[0].clone();
@@ -220,6 +224,7 @@ fn openssl_key(path: &std::path::Path, algorithm: &[&str]) -> String {
 
 #[test]
 fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them() {
+    let _room = common::room("verify");
     let (dir, home) = (tempdir("leaks"), tempdir("leaks-home"));
     busybox_rootfs(&dir.join("rootfs.tar"));
     let key = openssl_key(&dir.join("key.pem"), &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
@@ -311,6 +316,7 @@ fn the_secret_scan_finds_deleted_files_and_config_values_without_printing_them()
 /// `dpkg --compare-versions` is the oracle of kiln's Debian version order.
 #[test]
 fn debian_versions_order_exactly_as_dpkg_compare_versions() {
+    let _room = common::room("verify");
     use kiln::verify::dpkg::Version;
     use std::cmp::Ordering;
     let mut versions: Vec<String> = [

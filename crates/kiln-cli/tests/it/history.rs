@@ -2,7 +2,7 @@
 //! library (as the controller writes them), read and verified by the
 //! binary, and tampered with by Debian's `sqlite3`, as a person would.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -21,6 +21,7 @@ fn sqlite3(db: &std::path::Path, sql: &str) -> String {
 
 #[test]
 fn history_shows_verifies_and_names_an_edited_entry() {
+    let _room = common::room("no-runc");
     let home = tempdir("history");
     assert!(kiln_ok(&home, &home, &["history", "--verify"]).contains("no releases yet"));
     assert!(!History::path_in(&home).exists(), "reading creates no state file");
@@ -100,6 +101,7 @@ fn history_shows_verifies_and_names_an_edited_entry() {
 
 #[test]
 fn deleting_the_newest_entry_with_sqlite3_is_named_by_verify() {
+    let _room = common::room("no-runc");
     let home = tempdir("history-truncated");
     let db = History::path_in(&home);
     let mut h = History::open(&db).unwrap();

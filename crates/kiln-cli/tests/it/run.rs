@@ -1,7 +1,7 @@
 //! `kiln run` and friends end to end, as root, with Debian's runc: images
 //! baked by kiln itself from the demo app and a busybox rootfs.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -146,6 +146,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn instances_have_a_read_only_root_tmpfs_tmp_and_their_own_identity() {
+    let _room = common::room("run");
     let env = Env::new("ro");
     let (id, port) = env.run(&["probe", "--memory", "64M", "--pids", "50", "--cpus", "0.5"]);
     let lines = env.wait_log(&id, "port=");
@@ -172,6 +173,7 @@ fn instances_have_a_read_only_root_tmpfs_tmp_and_their_own_identity() {
 
 #[test]
 fn the_demo_app_serves_and_stops_gracefully_within_the_grace_period() {
+    let _room = common::room("run");
     let env = Env::new("web");
     let (id, port) = env.run(&["web:b1"]);
     // Running is not listening yet: the app binds its port a moment after
@@ -199,6 +201,7 @@ fn the_demo_app_serves_and_stops_gracefully_within_the_grace_period() {
 
 #[test]
 fn a_volume_outlives_its_instance_and_is_listed() {
+    let _room = common::room("run");
     let env = Env::new("vol");
     // Once from the [service.db] table, once from flags alone: the same volume.
     let (first, _) = env.run(&["--service", "db"]);
@@ -218,6 +221,7 @@ fn a_volume_outlives_its_instance_and_is_listed() {
 
 #[test]
 fn secrets_reach_the_instance_only_at_run_secrets_and_nowhere_in_clear() {
+    let _room = common::room("run");
     let env = Env::new("secret");
     let value = "s3cr3t-Value-7f3a9c";
     let mut child = kiln_cmd()
@@ -303,6 +307,7 @@ fn key_file(path: &Path, mode: u32) -> String {
 
 #[test]
 fn keys_at_rest_are_sealed_by_a_key_from_outside_kiln_home_and_rotate_to_another() {
+    let _room = common::room("run");
     let env = Env::new("kek");
     let keys = tempdir("kek-keys");
     let value = "s3cr3t-Value-7f3a9c";
@@ -374,6 +379,7 @@ fn keys_at_rest_are_sealed_by_a_key_from_outside_kiln_home_and_rotate_to_another
 
 #[test]
 fn killing_kiln_processes_leaves_instances_serving_and_loses_no_log_line() {
+    let _room = common::room("run");
     let env = Env::new("kill");
     let (web, port) = env.run(&["web:b1"]);
     let (counter, _) = env.run(&["counter"]);
@@ -413,6 +419,7 @@ fn killing_kiln_processes_leaves_instances_serving_and_loses_no_log_line() {
 
 #[test]
 fn a_tampered_blob_or_cache_is_refused_and_nothing_runs() {
+    let _room = common::room("run");
     let env = Env::new("tamper");
     let (id, _) = env.run(&["web:b1"]);
     env.ok(&["rm", "--force", &id]);
@@ -439,6 +446,7 @@ fn a_tampered_blob_or_cache_is_refused_and_nothing_runs() {
 
 #[test]
 fn containers_no_record_knows_are_reported_and_removed() {
+    let _room = common::room("run");
     let env = Env::new("orphan");
     let (id, port) = env.run(&["web:b1"]);
     let (_, container) = env.shim_pid(&id);
@@ -456,6 +464,7 @@ fn containers_no_record_knows_are_reported_and_removed() {
 
 #[test]
 fn pause_freezes_an_instance_and_resume_thaws_it() {
+    let _room = common::room("run");
     let env = Env::new("pause");
     let (id, port) = env.run(&["web:b1"]);
     env.ok(&["pause", &id]);

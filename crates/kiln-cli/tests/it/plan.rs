@@ -1,7 +1,7 @@
 //! `kiln plan` end to end: a real store, a real instance through runc, and
 //! the plan a deploy would follow from what runs (changing nothing).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -30,6 +30,7 @@ fn write(dir: &Path, version: &str) {
 
 #[test]
 fn plan_shows_the_steps_from_what_runs_and_changes_nothing() {
+    let _room = common::room("plan");
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
     assert!(demo.exists(), "run scripts/build-demo.sh first (scripts/test.sh does)");
     let (dir, home) = (tempdir("plan"), tempdir("plan-home"));
@@ -75,6 +76,7 @@ fn plan_shows_the_steps_from_what_runs_and_changes_nothing() {
 
 #[test]
 fn recreate_plans_say_they_have_downtime() {
+    let _room = common::room("plan");
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
     let (dir, home) = (tempdir("plan-recreate"), tempdir("plan-recreate-home"));
     fs::copy(&demo, dir.join("demo-app")).unwrap();

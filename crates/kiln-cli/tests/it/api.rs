@@ -5,7 +5,7 @@
 //! and a real browser (chromium driven by selenium) watches a canary
 //! advance live and aborts it.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -43,6 +43,7 @@ const HEALTH: &str = "[service.web.health]\npath = \"/healthz\"\ninterval = \"20
 
 #[test]
 fn over_tcp_the_token_is_required_bad_input_is_named_and_schemathesis_finds_nothing() {
+    let _room = common::room("api");
     let _one = serial();
     let mut env = Env::bare("api", &format!("replicas = 2\n{HEALTH}"));
     let port = common::free_port();
@@ -198,6 +199,7 @@ fn subscribe(env: &Env, last: Option<u64>) -> BufReader<UnixStream> {
 
 #[test]
 fn the_event_stream_carries_releases_replacements_and_health_and_resumes_after_an_id() {
+    let _room = common::room("api");
     let _one = serial();
     let env = Env::new("events", &format!("replicas = 2\n{HEALTH}"));
     let mut r = subscribe(&env, None);
@@ -248,6 +250,7 @@ fn the_event_stream_carries_releases_replacements_and_health_and_resumes_after_a
 
 #[test]
 fn the_dashboard_in_chromium_shows_a_canary_advance_live_and_aborts_it() {
+    let _room = common::room("api");
     let _one = serial();
     let canary = "replicas = 2\nstrategy = \"canary\"\ndrain_timeout = \"1s\"\n\
                   [service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n\
@@ -306,6 +309,7 @@ fn served(env: &Env, name: &str) -> usize {
 
 #[test]
 fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
+    let _room = common::room("api");
     let _one = serial();
     let mut env = Env::bare("client", HEALTH);
     let port = common::free_port();
@@ -454,6 +458,7 @@ fn with_kiln_serve_running_every_cli_command_is_a_call_to_its_api() {
 
 #[test]
 fn the_tcp_api_checks_the_token_before_the_body_says_nothing_on_401_and_cannot_be_held_open() {
+    let _room = common::room("api");
     let _one = serial();
     let mut env = Env::bare("api-hardening", &format!("replicas = 1\n{HEALTH}"));
     let port = common::free_port();

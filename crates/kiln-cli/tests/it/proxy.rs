@@ -2,7 +2,7 @@
 //! stickiness, switching and killing under load, draining, streaming,
 //! hostile requests.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -85,6 +85,7 @@ fn admin(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn weights_hold_exactly_and_cookie_stickiness_keeps_clients() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("stable", &[]);
     let (_b, b) = backend("canary", &[]);
     let (_p, port, _) =
@@ -117,6 +118,7 @@ fn weights_hold_exactly_and_cookie_stickiness_keeps_clients() {
 
 #[test]
 fn switching_all_traffic_twenty_times_under_load_fails_nothing() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("blue", &[]);
     let (_b, b) = backend("green", &[]);
     let (_p, port, admin_port) = proxy(&[format!("blue=100@{a}"), format!("green=0@{b}")], &[]);
@@ -136,6 +138,7 @@ fn switching_all_traffic_twenty_times_under_load_fails_nothing() {
 
 #[test]
 fn killing_a_backend_under_load_fails_no_idempotent_request() {
+    let _room = common::room("no-runc");
     let (mut victim, a) = backend("one", &[]);
     let (_b, b) = backend("two", &[]);
     let (_p, port, admin_port) = proxy(&[format!("web=100@{a},{b}")], &[]);
@@ -163,6 +166,7 @@ fn killing_a_backend_under_load_fails_no_idempotent_request() {
 /// release had no other), and most rounds lost a request or two as 502.
 #[test]
 fn killing_one_of_two_single_backend_releases_fails_nothing_round_after_round() {
+    let _room = common::room("no-runc");
     let mut total = 0;
     for round in 0..8 {
         let (mut victim, a) = backend("one", &[]);
@@ -195,6 +199,7 @@ fn killing_one_of_two_single_backend_releases_fails_nothing_round_after_round() 
 
 #[test]
 fn drain_waits_for_in_flight_requests_up_to_the_deadline() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_b, b) = backend("b", &[]);
     let (_p, port, admin_port) = proxy(&[format!("web=100@{a}"), format!("new=0@{b}")], &[]);
@@ -228,6 +233,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn hundred_megabytes_stream_through_in_bounded_memory() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
     let pid = p.0.id();
@@ -270,6 +276,7 @@ fn hundred_megabytes_stream_through_in_bounded_memory() {
 
 #[test]
 fn hostile_requests_get_the_right_status_and_others_are_still_served() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_p, port, _) = proxy(&[format!("web=100@{a}")], &["--header-timeout-ms", "500"]);
     let raw = |bytes: &[u8]| raw_exchange(port, bytes);
@@ -293,6 +300,7 @@ fn hostile_requests_get_the_right_status_and_others_are_still_served() {
 
 #[test]
 fn no_backend_is_503_a_timeout_is_504_and_headers_are_forwarded() {
+    let _room = common::room("no-runc");
     let (_p, port, admin_port) = proxy(&[], &["--backend-timeout-ms", "300"]);
     let (code, _, body) = Conn::new(port).get("/").unwrap();
     assert_eq!(code, 503);
@@ -358,6 +366,7 @@ fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
 
 #[test]
 fn drain_keeps_a_websocket_until_it_closes_or_the_deadline_cuts_it() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_p, port, admin_port) = proxy(&[format!("web=100@{a}")], &[]);
     // Closed by the client during the drain: counted as finished.
@@ -389,6 +398,7 @@ fn drain_keeps_a_websocket_until_it_closes_or_the_deadline_cuts_it() {
 
 #[test]
 fn active_checks_keep_unhealthy_backends_out_and_header_stickiness_holds() {
+    let _room = common::room("no-runc");
     let (_sick, sick) = backend("sick", &[("FAIL_HEALTH", "1")]);
     let (_good, good) = backend("good", &[]);
     let (_c, canary) = backend("canary", &[]);
@@ -448,6 +458,7 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn drain_closes_that_backends_idle_connections_and_cuts_a_stalled_body_at_the_deadline() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_b, b) = backend("b", &[]);
     let (_p, port, admin_port) = proxy(&[format!("x=50@{a}"), format!("y=50@{b}")], &["--sticky", "cookie"]);
@@ -526,6 +537,7 @@ fn raw_exchange(port: u16, req: &[u8]) -> String {
 
 #[test]
 fn chunked_bodies_pipelining_http10_head_and_expect_continue_pass_through() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
     // A chunked upload arrives whole: same length and checksum as sent straight to the backend.
@@ -588,6 +600,7 @@ fn chunked_bodies_pipelining_http10_head_and_expect_continue_pass_through() {
 
 #[test]
 fn a_releases_file_is_read_at_start_and_again_on_sighup_and_a_bad_one_changes_nothing() {
+    let _room = common::room("no-runc");
     let (_blue, blue) = backend("blue", &[]);
     let (_green, green) = backend("green", &[]);
     let dir = std::env::temp_dir().join(format!("kiln-releases-{}", std::process::id()));
@@ -627,6 +640,7 @@ fn a_releases_file_is_read_at_start_and_again_on_sighup_and_a_bad_one_changes_no
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (mut p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
     let slow = std::thread::spawn(move || Conn::new(port).get("/slow?ms=800").map(|r| r.0));
@@ -646,6 +660,7 @@ fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
 
 #[test]
 fn a_backend_that_answers_before_reading_the_body_is_heard() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_p, port, _) = proxy(&[format!("web=100@{a}")], &[]);
     // A 64 MiB upload the backend refuses by its headers: after 1 MiB the
@@ -675,6 +690,7 @@ fn a_backend_that_answers_before_reading_the_body_is_heard() {
 
 #[test]
 fn a_client_that_leaves_a_slow_request_frees_the_backend_connection() {
+    let _room = common::room("no-runc");
     let (_a, a) = backend("a", &[]);
     let (_p, port, admin_port) = proxy(&[format!("web=100@{a}")], &[]);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -702,6 +718,7 @@ fn a_client_that_leaves_a_slow_request_frees_the_backend_connection() {
 
 #[test]
 fn bad_proxy_flags_are_refused_naming_the_flag() {
+    let _room = common::room("no-runc");
     for (flag, value) in [
         ("--health-path", "healthz"),
         ("--workers", "0"),

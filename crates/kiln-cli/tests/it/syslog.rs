@@ -3,7 +3,7 @@
 //! identity as structured data, and none is lost when rsyslog restarts in
 //! the middle, three times (the shipper resends from its on-disk cursor).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +110,7 @@ fn orders_arrived(rsyslog: &Rsyslog, n: usize) -> Vec<(String, String, usize)> {
 
 #[test]
 fn plain_tcp_syslog_reaches_rsyslog_with_octet_counting_and_the_identity() {
+    let _room = common::room("syslog");
     let _one = serial();
     let port = common::free_port();
     let dir = common::tempdir("rsyslog-tcp");
@@ -142,6 +143,7 @@ fn plain_tcp_syslog_reaches_rsyslog_with_octet_counting_and_the_identity() {
 
 #[test]
 fn every_line_reaches_rsyslog_once_in_order_per_instance_across_rsyslog_restarts() {
+    let _room = common::room("syslog");
     let _one = serial();
     let port = common::free_port();
     let dir = common::tempdir("rsyslog");

@@ -2,7 +2,7 @@
 //! runc instances of the demo app behind the service's own `kiln proxy`
 //! process, under continuous keep-alive load from test threads.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::process::Stdio;
@@ -58,11 +58,13 @@ fn release_under_load(what: &str, settings: &str) {
 
 #[test]
 fn a_rolling_release_under_load_fails_nothing() {
+    let _room = common::room("release");
     release_under_load("rolling", "replicas = 2\nstrategy = \"rolling\"\ndrain_timeout = \"2s\"\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
 }
 
 #[test]
 fn a_canary_release_under_load_fails_nothing() {
+    let _room = common::room("release");
     release_under_load(
         "canary",
         "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"2s\"\n\
@@ -73,6 +75,7 @@ fn a_canary_release_under_load_fails_nothing() {
 
 #[test]
 fn a_blue_green_release_under_load_fails_nothing_and_rolls_back_in_under_a_second() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new(
         "bluegreen",
@@ -120,6 +123,7 @@ const CANARY: &str = "replicas = 1\nstrategy = \"canary\"\ndrain_timeout = \"1s\
 
 #[test]
 fn a_canary_that_errs_or_is_slow_fails_and_traffic_is_back_on_stable() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new("canary-bad", CANARY);
     assert_eq!(env.deploy().0, 0);
@@ -142,6 +146,7 @@ fn a_canary_that_errs_or_is_slow_fails_and_traffic_is_back_on_stable() {
 
 #[test]
 fn too_little_traffic_is_inconclusive_then_pauses_and_abort_leaves_stable() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new("canary-idle", CANARY);
     assert_eq!(env.deploy().0, 0);
@@ -162,6 +167,7 @@ fn too_little_traffic_is_inconclusive_then_pauses_and_abort_leaves_stable() {
 
 #[test]
 fn a_release_whose_health_check_fails_never_gets_a_request_and_fails_cleanly() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new("unhealthy", CANARY);
     assert_eq!(env.deploy().0, 0);
@@ -179,6 +185,7 @@ fn a_release_whose_health_check_fails_never_gets_a_request_and_fails_cleanly() {
 
 #[test]
 fn a_second_serve_refuses_naming_the_first_and_bad_requests_name_the_field() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new("second", "");
     let out = env.kiln(&["serve", "-f", "kiln.toml"]);
@@ -237,6 +244,7 @@ fn crash_at_each_point(what: &str, settings: &str, points: &[&str]) {
 
 #[test]
 fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request() {
+    let _room = common::room("release");
     crash_at_each_point(
         "crash-canary",
         "replicas = 2\nstrategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
@@ -255,6 +263,7 @@ fn sigkill_of_serve_at_each_point_of_a_canary_converges_with_no_failed_request()
 
 #[test]
 fn sigkill_of_serve_at_each_point_of_a_blue_green_release_converges_with_no_failed_request() {
+    let _room = common::room("release");
     crash_at_each_point(
         "crash-bluegreen",
         "replicas = 2\nstrategy = \"blue-green\"\nkeep_previous = \"1s\"\ndrain_timeout = \"1s\"\n\
@@ -272,6 +281,7 @@ fn sigkill_of_serve_at_each_point_of_a_blue_green_release_converges_with_no_fail
 
 #[test]
 fn a_deploy_during_a_release_supersedes_it_and_starts_over() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new(
         "supersede",
@@ -304,6 +314,7 @@ fn a_deploy_during_a_release_supersedes_it_and_starts_over() {
 
 #[test]
 fn kiln_up_bakes_serves_and_deploys_in_the_foreground() {
+    let _room = common::room("release");
     use std::io::BufRead;
     let _g = serial();
     let mut env = Env::bare("up", "replicas = 2\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
@@ -331,6 +342,7 @@ fn kiln_up_bakes_serves_and_deploys_in_the_foreground() {
 
 #[test]
 fn the_tcp_api_needs_the_token_and_refuses_without_changing_anything() {
+    let _room = common::room("release");
     let _g = serial();
     let mut env = Env::bare("tcp", "");
     let port = free_port();
@@ -372,6 +384,7 @@ fn the_tcp_api_needs_the_token_and_refuses_without_changing_anything() {
 
 #[test]
 fn a_failing_smoke_check_through_the_preview_fails_the_blue_green_release_before_any_traffic() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new(
         "smoke",
@@ -398,6 +411,7 @@ fn a_failing_smoke_check_through_the_preview_fails_the_blue_green_release_before
 
 #[test]
 fn a_load_balancer_that_dies_is_started_again_from_the_last_table() {
+    let _room = common::room("release");
     let _g = serial();
     let env = Env::new("proxy-dies", "replicas = 2\n");
     assert_eq!(env.deploy().0, 0);
@@ -416,6 +430,7 @@ fn a_load_balancer_that_dies_is_started_again_from_the_last_table() {
 
 #[test]
 fn a_listen_address_another_process_holds_is_refused_at_once_and_the_running_listener_keeps_serving() {
+    let _room = common::room("release");
     let _g = serial();
     let mut env = Env::busybox("listen-taken", "replicas = 2\n[service.web.health]\npath = \"/\"\n");
     let (code, out) = env.deploy();
@@ -470,6 +485,7 @@ fn a_listen_address_another_process_holds_is_refused_at_once_and_the_running_lis
 
 #[test]
 fn kiln_down_drains_and_destroys_a_service_keeps_its_volumes_and_history_and_deploy_brings_it_back() {
+    let _room = common::room("release");
     let _g = serial();
     let mut env = Env::busybox(
         "down",
@@ -558,6 +574,7 @@ fn read_reframed(r: &mut std::io::BufReader<std::net::TcpStream>) -> (String, St
 
 #[test]
 fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_connection() {
+    let _room = common::room("release");
     use std::io::Write;
     let _g = serial();
     let env = Env::busybox("close-delimited", "[service.web.health]\npath = \"/\"\n");
@@ -591,6 +608,7 @@ fn a_close_delimited_backend_answer_reaches_a_keep_alive_client_chunked_on_one_c
 
 #[test]
 fn a_release_is_the_image_and_the_service_settings_and_plan_and_deploy_agree_over_a_table_of_changes() {
+    let _room = common::room("release");
     let _g = serial();
     let base = "replicas = 2\ndrain_timeout = \"1s\"\nstrategy = \"rolling\"\n\
                 secrets = [{ name = \"tok\", env = \"TOK\" }]\n[service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n";

@@ -1,7 +1,7 @@
 //! `kiln bake` end to end: the real binary, runc for `run` steps, and
 //! skopeo/umoci reading (and writing) what kiln reads and writes.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -58,6 +58,7 @@ fn write_project(dir: &Path, reverse: bool, mtime: SystemTime, umask: u32) {
 
 #[test]
 fn same_inputs_give_the_same_digest_anywhere() {
+    let _room = common::room("bake");
     let (a, b) = (tempdir("repro-a"), tempdir("repro-b-longer-name"));
     write_project(&a, false, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000), 0o022);
     write_project(&b, true, SystemTime::now(), 0o077);
@@ -83,6 +84,7 @@ fn same_inputs_give_the_same_digest_anywhere() {
 
 #[test]
 fn run_step_in_busybox_adds_and_deletes_files_and_umoci_agrees() {
+    let _room = common::room("bake");
     let dir = tempdir("run");
     write_project(&dir, false, SystemTime::now(), 0o022);
     let home = tempdir("run-home");
@@ -127,6 +129,7 @@ fn run_step_in_busybox_adds_and_deletes_files_and_umoci_agrees() {
 
 #[test]
 fn bakes_from_layouts_written_by_skopeo_and_umoci() {
+    let _room = common::room("bake");
     let dir = tempdir("interop");
     let home = tempdir("interop-home");
     write_project(&dir, false, SystemTime::now(), 0o022);
@@ -181,6 +184,7 @@ fn bakes_from_layouts_written_by_skopeo_and_umoci() {
 
 #[test]
 fn bad_specs_name_file_line_and_key() {
+    let _room = common::room("bake");
     let dir = tempdir("bad");
     let home = tempdir("bad-home");
     let cases: &[(&str, &[&str])] = &[
@@ -210,6 +214,7 @@ fn bad_specs_name_file_line_and_key() {
 
 #[test]
 fn tags_are_guarded_recorded_and_gc_keeps_what_they_reach() {
+    let _room = common::room("bake");
     let dir = tempdir("tags");
     let home = tempdir("tags-home");
     fs::write(dir.join("f"), "one\n").unwrap();
@@ -254,6 +259,7 @@ fn tags_are_guarded_recorded_and_gc_keeps_what_they_reach() {
 
 #[test]
 fn corrupted_blobs_are_named_and_never_used() {
+    let _room = common::room("bake");
     let dir = tempdir("corrupt");
     let home = tempdir("corrupt-home");
     write_project(&dir, false, SystemTime::now(), 0o022);
@@ -286,6 +292,7 @@ fn corrupted_blobs_are_named_and_never_used() {
 
 #[test]
 fn git_revision_tags_and_created_time() {
+    let _room = common::room("bake");
     let dir = tempdir("git");
     let home = tempdir("git-home");
     fs::write(dir.join("f"), "x\n").unwrap();
@@ -338,6 +345,7 @@ fn git_revision_tags_and_created_time() {
 
 #[test]
 fn the_hello_example_bakes_and_standard_tools_read_it() {
+    let _room = common::room("bake");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let example = root.join("examples/hello");
     assert!(
@@ -363,6 +371,7 @@ fn the_hello_example_bakes_and_standard_tools_read_it() {
 
 #[test]
 fn a_rootfs_made_with_tar_c_dot_bakes_with_one_name_per_path_and_dev_nodes_left_out() {
+    let _room = common::room("bake");
     let dir = tempdir("tar-dot");
     let root = dir.join("root");
     for d in ["bin", "etc", "dev", "usr/lib"] {

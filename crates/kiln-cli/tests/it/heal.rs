@@ -2,7 +2,7 @@
 //! service's `kiln proxy`, under continuous keep-alive load, killed, hung,
 //! aged, tampered with and quarantined; `kiln serve` itself restarted.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fs;
@@ -63,6 +63,7 @@ fn post_orders(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec
 
 #[test]
 fn sigkill_every_second_for_30_s_fails_no_idempotent_request_and_sends_no_post_twice() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("chaos", "");
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,6 +106,7 @@ fn sigkill_every_second_for_30_s_fails_no_idempotent_request_and_sends_no_post_t
 
 #[test]
 fn a_hung_instance_is_taken_out_by_health_checks_and_replaced_without_a_failed_request() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("hung", "");
     let s = env.status();
@@ -132,6 +134,7 @@ fn a_hung_instance_is_taken_out_by_health_checks_and_replaced_without_a_failed_r
 
 #[test]
 fn max_age_recycles_every_instance_surge_first_without_a_failed_request() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("recycle", "[service.web.heal]\nmax_age = \"4s\"\n");
     let first: Vec<String> = instances(&env.status()).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
@@ -150,6 +153,7 @@ fn max_age_recycles_every_instance_surge_first_without_a_failed_request() {
 
 #[test]
 fn drift_of_the_image_cache_and_of_a_runtime_config_is_found_and_healed() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("drift", "[service.web.heal]\ndrift_interval = \"off\"\n");
     let out = env.kiln(&["verify-instances", "--json"]);
@@ -196,6 +200,7 @@ fn drift_of_the_image_cache_and_of_a_runtime_config_is_found_and_healed() {
 
 #[test]
 fn quarantine_freezes_keeps_and_excludes_the_instance_until_released() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("quarantine", "");
     let id = instances(&env.status())[0]["id"].as_str().unwrap().to_owned();
@@ -238,6 +243,7 @@ fn quarantine_freezes_keeps_and_excludes_the_instance_until_released() {
 
 #[test]
 fn a_crash_loop_in_a_canary_fails_the_release_and_stable_keeps_serving() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = Env::new(
         "crashloop",
@@ -271,6 +277,7 @@ fn a_crash_loop_in_a_canary_fails_the_release_and_stable_keeps_serving() {
 
 #[test]
 fn kiln_serve_restarted_three_times_under_load_fails_no_request_and_still_heals() {
+    let _room = common::room("heal");
     let _g = serial();
     let mut env = deployed("restart", "");
     let total_ok = AtomicU64::new(0);
@@ -331,6 +338,7 @@ fn api_calls(home: std::path::PathBuf, stop: Arc<AtomicBool>) -> std::thread::Jo
 
 #[test]
 fn kiln_serve_upgrade_hands_its_sockets_and_load_balancer_over_without_a_failed_request_or_call() {
+    let _room = common::room("heal");
     let _g = serial();
     let mut env = deployed("upgrade", "");
     let stop = Arc::new(AtomicBool::new(false));
@@ -374,6 +382,7 @@ fn kiln_serve_upgrade_hands_its_sockets_and_load_balancer_over_without_a_failed_
 
 #[test]
 fn a_canary_drill_is_caught_and_rolled_back_leaving_stable_untouched_without_a_failed_request() {
+    let _room = common::room("heal");
     let _g = serial();
     let env = deployed("drill", "");
     let before = env.status();
@@ -425,6 +434,7 @@ fn tcp_status(port: u16, token: &str) -> Option<u16> {
 
 #[test]
 fn kiln_serve_upgrade_hands_the_tcp_api_listener_over_too() {
+    let _room = common::room("heal");
     let _g = serial();
     let mut env = Env::bare("upgrade-tcp", SERVICE);
     let api = common::free_port();
@@ -459,6 +469,7 @@ fn kiln_serve_upgrade_hands_the_tcp_api_listener_over_too() {
 
 #[test]
 fn an_exec_entrypoint_is_not_drift_and_a_changed_runc_config_is_named_by_its_field() {
+    let _room = common::room("heal");
     let _g = serial();
     // busybox httpd started by `sh -c "exec …"`: the process kiln's config
     // starts (sh) is replaced by another (httpd) at once, as in most images.
@@ -505,6 +516,7 @@ fn an_exec_entrypoint_is_not_drift_and_a_changed_runc_config_is_named_by_its_fie
 
 #[test]
 fn a_service_whose_load_balancer_cannot_start_is_retried_and_never_stops_another_from_healing() {
+    let _room = common::room("heal");
     let _g = serial();
     let api_port = common::free_port();
     let env = Env::busybox(

@@ -8,23 +8,28 @@
 //! request, no task is spawned and no channel crossed, so a request costs
 //! about four socket calls. Nothing here may block the thread or take a
 //! lock: a worker serves all of its connections.
+//!
+//! Its parts: [`body`] moves bodies, [`pool`] keeps backend connections.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+mod body;
+mod pool;
+
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::h1::{self, Chunked, Framing, HeadError, RequestId};
+use super::h1::{self, Framing, HeadError, RequestId};
 use super::metrics::ReleaseMetrics;
 use super::table::Backend;
 use super::{InFlight, Proxy, Sticky, MAX_HEAD_BYTES};
+use body::{relay, Buf, Relay};
+pub(super) use pool::sweep;
+use pool::{put, take};
 
 /// How long an idle client connection is kept open.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
@@ -33,234 +38,14 @@ const CLIENT_IDLE: Duration = Duration::from_secs(75);
 /// often an idle connection wakes to check: long enough to cost nothing
 /// with many idle clients.
 pub const STOP_IDLE: Duration = Duration::from_secs(1);
-/// How long an idle backend connection is kept in the pool.
-const BACKEND_IDLE: Duration = Duration::from_secs(30);
-/// A pooled connection idle for longer than this is checked for a close by
-/// the backend before it is used.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A backend slower than this to answer has the client watched for a close.
 const WATCH_AFTER: Duration = Duration::from_millis(100);
 /// The longest a body may stall, either side, before its exchange is ended.
-const BODY_IDLE: Duration = Duration::from_secs(60);
-const MAX_IDLE_PER_BACKEND: usize = 512;
+pub(super) const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long a closing connection keeps reading a request body nobody wants.
 const LINGER: Duration = Duration::from_secs(2);
-const BUF: usize = 8 * 1024;
-/// Buffers grow to this while a large body streams through.
-const STREAM_BUF: usize = 64 * 1024;
-
-/// A read buffer: `data[lo..hi]` is what was read and not yet used.
-#[derive(Debug)]
-struct Buf {
-    data: Vec<u8>,
-    lo: usize,
-    hi: usize,
-}
-
-impl Buf {
-    fn new() -> Self {
-        Buf { data: vec![0; BUF], lo: 0, hi: 0 }
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.data[self.lo..self.hi]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.lo += n;
-        if self.lo == self.hi {
-            (self.lo, self.hi) = (0, 0);
-        }
-    }
-
-    /// Reads once more from `s`, making room (up to `limit` bytes in all)
-    /// first. `Ok(0)` is the end of the stream.
-    async fn fill(&mut self, s: &mut (impl AsyncRead + Unpin), limit: usize) -> io::Result<usize> {
-        if self.hi == self.data.len() {
-            if self.lo > 0 {
-                self.data.copy_within(self.lo..self.hi, 0);
-                (self.lo, self.hi) = (0, self.hi - self.lo);
-            }
-            if self.hi == self.data.len() {
-                if self.data.len() >= limit {
-                    return Err(io::Error::other("buffer limit"));
-                }
-                self.data.resize((self.data.len() * 2).min(limit), 0);
-            }
-        }
-        let n = s.read(&mut self.data[self.hi..]).await?;
-        self.hi += n;
-        Ok(n)
-    }
-}
-
-/// Why moving a body failed, by side.
-#[derive(Debug)]
-enum Relay {
-    /// The sender failed, closed early or broke the framing.
-    From,
-    /// The receiver failed.
-    To,
-}
-
-/// Moves one body from `src` (its first bytes already in `buf`) to `dst`,
-/// writing `prefix` (a head) together with the first body bytes. With
-/// `rechunk`, a close-delimited body goes out chunked, each read one chunk,
-/// and the last chunk follows the sender's close.
-async fn relay(
-    src: &mut (impl AsyncRead + Unpin),
-    buf: &mut Buf,
-    dst: &mut (impl AsyncWrite + Unpin),
-    framing: Framing,
-    prefix: &mut Vec<u8>,
-    rechunk: bool,
-) -> Result<(), Relay> {
-    let rechunk = rechunk && framing == Framing::UntilClose;
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut chunked = Chunked::default();
-    loop {
-        let avail = buf.filled();
-        let take = match framing {
-            Framing::None => 0,
-            Framing::Length(_) => left.min(avail.len() as u64) as usize,
-            Framing::Chunked => chunked.feed(avail).map_err(|_| Relay::From)?,
-            Framing::UntilClose => avail.len(),
-        };
-        if rechunk {
-            if take > 0 {
-                prefix.extend_from_slice(format!("{take:x}\r\n").as_bytes());
-                prefix.extend_from_slice(&avail[..take]);
-                prefix.extend_from_slice(b"\r\n");
-            }
-            if !prefix.is_empty() {
-                write(dst, prefix).await?;
-                prefix.clear();
-            }
-        } else if prefix.is_empty() {
-            if take > 0 {
-                write(dst, &avail[..take]).await?;
-            }
-        } else {
-            // Small bodies ride in the same write as the head.
-            prefix.extend_from_slice(&avail[..take]);
-            write(dst, prefix).await?;
-            prefix.clear();
-        }
-        buf.consume(take);
-        left -= take as u64;
-        let done = match framing {
-            Framing::None => true,
-            Framing::Length(_) => left == 0,
-            Framing::Chunked => chunked == Chunked::Done,
-            Framing::UntilClose => false,
-        };
-        if done {
-            return Ok(());
-        }
-        if left > buf.data.len() as u64 && buf.data.len() < STREAM_BUF {
-            buf.data.resize(STREAM_BUF, 0);
-        }
-        match tokio::time::timeout(BODY_IDLE, buf.fill(src, STREAM_BUF)).await {
-            Ok(Ok(0)) if framing == Framing::UntilClose => {
-                if rechunk {
-                    write(dst, b"0\r\n\r\n").await?;
-                }
-                return Ok(());
-            }
-            Ok(Ok(0) | Err(_)) | Err(_) => return Err(Relay::From),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// A write that may wait at most [`BODY_IDLE`] for the peer to read.
-async fn write(dst: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), Relay> {
-    match tokio::time::timeout(BODY_IDLE, dst.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Relay::To),
-    }
-}
-
-/// An idle backend connection in this thread's pool.
-#[derive(Debug)]
-struct Idle {
-    conn: TcpStream,
-    backend: Arc<Backend>,
-    since: Instant,
-}
-
-thread_local! {
-    /// Each worker thread's keep-alive connections, by backend.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
-}
-
-/// Whether the backend closed (or wrote to) an idle connection: either
-/// makes it unusable for the next request.
-fn stale(conn: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor belongs to `conn`, which outlives the call; the
-    // buffer is one valid, writable byte; MSG_PEEK | MSG_DONTWAIT neither
-    // consumes data nor blocks.
-    let n = unsafe { libc::recv(conn.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
-}
-
-/// A connection to `backend` from this thread's pool, newest first.
-/// `careful`: check even a recently used one for a close (for requests that
-/// cannot be retried, where a race with the backend's keep-alive timeout
-/// would cost the client a 502).
-fn take(backend: &Backend, now: Instant, careful: bool) -> Option<TcpStream> {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let idle = pool.get_mut(&backend.addr)?;
-        while let Some(i) = idle.pop() {
-            backend.idle.fetch_sub(1, Ordering::Relaxed);
-            let age = now.saturating_duration_since(i.since);
-            // A retired backend's connections may share the address with
-            // a new instance's: they are never reused.
-            let retired = i.backend.draining.load(Ordering::Relaxed);
-            if !retired && age < BACKEND_IDLE && ((age < CHECK_AFTER && !careful) || !stale(&i.conn)) {
-                return Some(i.conn);
-            }
-        }
-        None
-    })
-}
-
-fn put(backend: &Arc<Backend>, conn: TcpStream, now: Instant) {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let idle = pool.entry(backend.addr).or_default();
-        if idle.len() < MAX_IDLE_PER_BACKEND && !backend.draining.load(Ordering::Relaxed) {
-            backend.idle.fetch_add(1, Ordering::Relaxed);
-            idle.push(Idle { conn, backend: backend.clone(), since: now });
-        }
-    });
-}
-
-/// Closes this thread's idle connections to draining backends and those
-/// idle too long. Runs every few hundred ms on each worker.
-pub(super) fn sweep(now: Instant) {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        for idle in pool.values_mut() {
-            idle.retain(|i| {
-                let keep = !i.backend.draining.load(Ordering::Relaxed)
-                    && now.saturating_duration_since(i.since) < BACKEND_IDLE;
-                if !keep {
-                    i.backend.idle.fetch_sub(1, Ordering::Relaxed);
-                }
-                keep
-            });
-        }
-        pool.retain(|_, v| !v.is_empty());
-    });
-}
-
+pub(super) const BUF: usize = 8 * 1024;
 async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await

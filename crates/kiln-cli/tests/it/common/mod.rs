@@ -13,6 +13,38 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Tests of one room run side by side, never beside another room's: each
+/// file that needs runc is a room of its own (as when it was a test binary
+/// of its own, its instances, ports and timing windows alone on the
+/// machine), and the files that need no runc share one.
+pub fn room(name: &'static str) -> Room {
+    let mut s = ROOM.lock().unwrap_or_else(|e| e.into_inner());
+    while s.0.is_some_and(|r| r != name) {
+        s = ROOM_FREED.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    s.0 = Some(name);
+    s.1 += 1;
+    Room(())
+}
+
+/// The room in use and how many tests are in it.
+static ROOM: std::sync::Mutex<(Option<&'static str>, usize)> = std::sync::Mutex::new((None, 0));
+static ROOM_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A test's place in its room, left when the test ends (or panics).
+pub struct Room(());
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut s = ROOM.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 -= 1;
+        if s.1 == 0 {
+            s.0 = None;
+            ROOM_FREED.notify_all();
+        }
+    }
+}
+
 pub fn tempdir(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let p = std::env::temp_dir().join(format!(

@@ -6,7 +6,7 @@
 //! Alpine image. The SBOMs are checked by `pyspdxtools` (spdx-tools) and
 //! against syft's package list for the same OCI layout.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -129,6 +129,7 @@ fn ids(r: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn debian_packages_match_by_source_with_dpkg_order_and_deleted_files_are_gone() {
+    let _room = common::room("scan");
     let (dir, home) = project("");
     // The fixture's newest record is from 2024: over the 7-day default.
     let (code, _, err) = scan(&home, &dir, &["deb"]);
@@ -209,6 +210,7 @@ fn debian_packages_match_by_source_with_dpkg_order_and_deleted_files_are_gone() 
 
 #[test]
 fn the_policy_sets_the_failing_severity_and_expired_allowlist_entries_fail() {
+    let _room = common::room("scan");
     let accepting = r#"
 [image.deb.scan]
 fail_on = "critical"
@@ -244,6 +246,7 @@ allow = [{ id = "RUSTSEC-2021-0003", reason = "insert_many is never called", exp
 
 #[test]
 fn alpine_packages_match_by_origin_with_apk_order() {
+    let _room = common::room("scan");
     let (dir, home) = project("");
     let (code, r, err) = scan(&home, &dir, &["alp", "--force"]);
     assert_eq!(code, Some(9), "{r:#} {err}");
@@ -268,6 +271,7 @@ fn syft_packages(layout: &Path) -> BTreeSet<(String, String)> {
 
 #[test]
 fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
+    let _room = common::room("scan");
     let (dir, home) = project("");
     for image in ["deb", "alp"] {
         let spdx = dir.join(format!("{image}.spdx.json"));
@@ -344,6 +348,7 @@ fn debootstrap_rootfs() -> PathBuf {
 
 #[test]
 fn stock_debian_passes_the_secret_scan_keys_added_to_it_do_not_and_its_sbom_is_syfts() {
+    let _room = common::room("scan");
     let rootfs = debootstrap_rootfs();
     let (dir, home) = (tempdir("debian"), tempdir("debian-home"));
     // A packaged file changed after installation (a key appended to it),
@@ -454,6 +459,7 @@ fn stock_debian_passes_the_secret_scan_keys_added_to_it_do_not_and_its_sbom_is_s
 
 #[test]
 fn an_alpine_file_as_its_package_installed_it_is_not_searched_and_a_copy_elsewhere_is() {
+    let _room = common::room("scan");
     let (dir, home) = (tempdir("apk-sums"), tempdir("apk-sums-home"));
     let key = dir.join("key.pem");
     assert!(run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", key.to_str().unwrap()]).status.success());

@@ -2,7 +2,7 @@
 //! chaos kill, the controller's counters and gauges are there, and
 //! Prometheus's own `promtool check metrics` accepts the exposition.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,6 +16,7 @@ fn get(env: &Env, path: &str) -> (String, String) {
 
 #[test]
 fn metrics_count_releases_and_replacements_and_promtool_accepts_them() {
+    let _room = common::room("observe");
     let _one = serial();
     let env = Env::new("metrics", "replicas = 2\n[service.web.health]\npath = \"/healthz\"\ninterval = \"200ms\"\n");
     let (code, out) = env.deploy();
@@ -86,6 +87,7 @@ fn promtool_accepts(body: &str) {
 
 #[test]
 fn the_documented_scrape_config_and_alert_rules_pass_promtool() {
+    let _room = common::room("observe");
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/prometheus");
     let dir = common::tempdir("promtool");
     let token = dir.join("serve.token");
@@ -148,6 +150,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn a_quarantine_alert_is_signed_retried_and_survives_a_controller_crash() {
+    let _room = common::room("observe");
     let _one = serial();
     let port = common::free_port();
     let settings = format!(
@@ -208,6 +211,7 @@ fn a_quarantine_alert_is_signed_retried_and_survives_a_controller_crash() {
 
 #[test]
 fn a_rolled_back_canary_and_an_inconclusive_one_raise_their_alerts_end_to_end() {
+    let _room = common::room("observe");
     let _one = serial();
     let port = common::free_port();
     let rx = receiver(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), 0);

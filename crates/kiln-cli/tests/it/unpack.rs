@@ -2,7 +2,7 @@
 //! written byte by byte here, because well-behaved tar writers refuse to
 //! produce most of these entries.
 
-mod common;
+use crate::common;
 
 use std::fs;
 
@@ -93,6 +93,7 @@ fn refused(r: Result<(), UnpackError>) -> (String, EntryProblem) {
 
 #[test]
 fn dot_dot_and_absolute_paths_are_refused() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let (name, p) = refused(s.unpack(&[tarball(&[entry(b"../outside/pwned", REG, b"", b"x")])]));
     assert_eq!((name.as_str(), p), ("../outside/pwned", EntryProblem::DotDot));
@@ -104,6 +105,7 @@ fn dot_dot_and_absolute_paths_are_refused() {
 
 #[test]
 fn symlinks_that_climb_out_are_refused() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let (name, p) = refused(s.unpack(&[tarball(&[entry(b"a/up", SYM, b"../../outside", b"")])]));
     assert_eq!(name, "a/up");
@@ -113,6 +115,7 @@ fn symlinks_that_climb_out_are_refused() {
 
 #[test]
 fn writes_through_a_symlinked_directory_are_refused_within_and_across_layers() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let target = s.outside();
     let link = entry(b"evil", SYM, target.to_str().unwrap().as_bytes(), b"");
@@ -136,6 +139,7 @@ fn writes_through_a_symlinked_directory_are_refused_within_and_across_layers() {
 
 #[test]
 fn hardlinks_outside_the_root_are_refused() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let (_, p) = refused(s.unpack(&[tarball(&[entry(b"h", HARD, b"../outside/x", b"")])]));
     assert!(matches!(p, EntryProblem::HardlinkOutside(_)), "{p:?}");
@@ -153,6 +157,7 @@ fn hardlinks_outside_the_root_are_refused() {
 
 #[test]
 fn device_nodes_and_malformed_whiteouts_are_refused() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     assert_eq!(refused(s.unpack(&[tarball(&[entry(b"dev/sda", BLK, b"", b"")])])).1, EntryProblem::DeviceNode);
     assert_eq!(refused(s.unpack(&[tarball(&[entry(b"dev/mem", CHR, b"", b"")])])).1, EntryProblem::DeviceNode);
@@ -165,6 +170,7 @@ fn device_nodes_and_malformed_whiteouts_are_refused() {
 
 #[test]
 fn whiteouts_and_opaque_directories_apply_to_lower_layers_only() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let lower = tarball(&[
         entry(b"a/", DIR, b"", b""),
@@ -204,6 +210,7 @@ fn whiteouts_and_opaque_directories_apply_to_lower_layers_only() {
 
 #[test]
 fn later_layers_replace_types_and_read_only_dirs_still_fill() {
+    let _room = common::room("no-runc");
     let s = Sandbox::new();
     let mut ro_dir = entry(b"ro/", DIR, b"", b"");
     // mode 0555
@@ -238,6 +245,7 @@ fn later_layers_replace_types_and_read_only_dirs_still_fill() {
 /// panic and never write outside the root.
 #[test]
 fn mutated_layers_never_escape() {
+    let _room = common::room("no-runc");
     let base = tarball(&[
         entry(b"d/", DIR, b"", b""),
         entry(b"d/f", REG, b"", b"content"),

@@ -4,7 +4,7 @@
 //! a blob changed in the registry is refused; a transfer killed half-way
 //! leaves both sides as they were, and the retry completes.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ impl Drop for Registry {
 }
 
 /// A demo image baked, tested... as far as records go: secret scan, SBOM
-/// and signature (the boot test is `tests/verify.rs`'s).
+/// and signature (the boot test is `tests/it/verify.rs`'s).
 fn baked() -> (PathBuf, PathBuf, String) {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
     let (dir, home) = (tempdir("reg-src"), tempdir("reg-src-home"));
@@ -71,6 +71,7 @@ fn kinds(inspect: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn an_image_travels_with_its_records_sboms_and_signatures() {
+    let _room = common::room("registry");
     let reg = Registry::start();
     let (dir, home, digest) = baked();
     let remote = reg.repo("team/web:1.0.0");
@@ -128,6 +129,7 @@ fn an_image_travels_with_its_records_sboms_and_signatures() {
 
 #[test]
 fn a_blob_changed_in_the_registry_is_refused_and_nothing_is_tagged() {
+    let _room = common::room("registry");
     let reg = Registry::start();
     let (dir, home, _) = baked();
     let remote = reg.repo("web:1.0.0");
@@ -156,6 +158,7 @@ fn killed_at(home: &Path, dir: &Path, point: &str, args: &[&str]) {
 
 #[test]
 fn a_transfer_killed_half_way_changes_nothing_and_the_retry_completes() {
+    let _room = common::room("registry");
     let reg = Registry::start();
     let (dir, home, digest) = baked();
     let remote = reg.repo("cut:1.0.0");

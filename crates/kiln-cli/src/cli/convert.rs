@@ -1,0 +1,367 @@
+//! The command line as kiln's one command surface: each `kiln` command
+//! converted into a [`Command`] (or, for the few that are the CLI's own,
+//! an [`Invocation`] of their own), and what follows its output ([`Then`]).
+//!
+//! For: converting arguments. Must never: carry a command out or render
+//! one (main does both, through the library).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use kiln::command::{self, Command};
+use kiln::runtime::logs::LogFilter;
+use kiln::runtime::RunRequest;
+use kiln::serve::api::Request;
+
+use super::args::*;
+use super::release::pick_service;
+
+/// What one `kiln` command line asks for.
+pub(crate) enum Invocation {
+    /// A command carried out (here, or by the `kiln serve` of the home),
+    /// its output rendered, then `then`.
+    Command {
+        command: Box<Command>,
+        json: bool,
+        then: Then,
+    },
+    /// `kiln deploy` and `kiln up`.
+    Deploy(Deploy),
+    /// `kiln serve`, in the foreground.
+    Serve {
+        file: PathBuf,
+        tcp: Option<std::net::SocketAddr>,
+        upgrade: bool,
+    },
+    Dashboard,
+    Chaos {
+        options: super::chaos::Options,
+        json: bool,
+    },
+    Drill {
+        service: String,
+        window: Option<std::time::Duration>,
+        json: bool,
+    },
+    Completions(clap_complete::Shell),
+    FollowLogs {
+        filter: LogFilter,
+        json: bool,
+    },
+    /// The supervisor of one instance (started by kiln itself).
+    Shim {
+        id: String,
+    },
+}
+
+/// What follows a command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Then {
+    Nothing,
+    /// A cold rollback is a release: followed to its end like a deploy.
+    FollowRollback,
+    /// `kiln down`: followed (with `wait`) until the service is gone.
+    WaitDown {
+        wait: bool,
+        purge: bool,
+    },
+    /// `kiln verify-instances`: exit 5 when an instance drifted.
+    ExitIfDrifted,
+    /// `kiln sbom --output`: the chosen document written to a file.
+    WriteSbom {
+        path: PathBuf,
+        cyclonedx: bool,
+    },
+    /// `kiln release`: the digest deployed once the pipeline passed.
+    DeployPassed,
+}
+
+/// A deploy: the service's own image baked first (a cache hit when nothing
+/// changed), then that digest released.
+pub(crate) struct Deploy {
+    pub service: String,
+    pub image: Option<String>,
+    /// The kiln.toml and `[image.X]` to bake first.
+    pub bake: Option<(PathBuf, String)>,
+    /// The file named on the command line (kiln serve refuses another).
+    pub file: Option<PathBuf>,
+    pub wait: bool,
+    pub json: bool,
+    /// `kiln up`: start kiln serve here first, stay in the foreground after.
+    pub up: Option<Up>,
+}
+
+pub(crate) struct Up {
+    pub file: PathBuf,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The request with who asked (user@host), for the history.
+fn controller(req: Request, json: bool, then: Then) -> Invocation {
+    Invocation::Command { command: Box::new(Command::Controller(req)), json, then }
+}
+
+/// The `[image.X]` of `file` that `service` runs, when it is one.
+fn own_image(file: &std::path::Path, service: &str) -> anyhow::Result<Option<String>> {
+    let spec = kiln::spec::load(file)?;
+    Ok(spec.services.get(service).map(|s| s.image.clone()).filter(|i| spec.images.contains_key(i)))
+}
+
+pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
+    let actor = super::actor;
+    let mut then = Then::Nothing;
+    let (command, json) = match cmd {
+        Cmd::Serve { file, tcp, upgrade } => return Ok(Invocation::Serve { file, tcp, upgrade }),
+        Cmd::Dashboard => return Ok(Invocation::Dashboard),
+        Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
+        Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
+        Cmd::Status { service, json } => return Ok(controller(Request::Status { service }, json, then)),
+        Cmd::Rollback { service, to, file, json } => {
+            let service = pick_service(&file, service)?;
+            return Ok(controller(Request::Rollback { service, to, actor: actor() }, json, Then::FollowRollback));
+        }
+        Cmd::Promote { service, file, json } => {
+            let service = pick_service(&file, service)?;
+            return Ok(controller(Request::Promote { service, actor: actor() }, json, then));
+        }
+        Cmd::Abort { service, file, json } => {
+            let service = pick_service(&file, service)?;
+            return Ok(controller(Request::Abort { service, actor: actor() }, json, then));
+        }
+        Cmd::Quarantine { instance, reason, json } => {
+            return Ok(controller(Request::Quarantine { instance, reason, actor: actor() }, json, then))
+        }
+        Cmd::ReleaseQuarantine { instance, json } => {
+            return Ok(controller(Request::ReleaseQuarantine { instance, actor: actor() }, json, then))
+        }
+        Cmd::InspectInstance { instance, json } => return Ok(controller(Request::Inspect { instance }, json, then)),
+        Cmd::VerifyInstances { service, json } => {
+            return Ok(controller(Request::VerifyInstances { service }, json, Then::ExitIfDrifted))
+        }
+        Cmd::Down { service, file, purge, no_wait, json } => {
+            let service = pick_service(&file, service)?;
+            let then = Then::WaitDown { wait: !no_wait, purge };
+            return Ok(controller(Request::Down { service, purge, actor: actor() }, json, then));
+        }
+        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json } => {
+            let service = pick_service(&file, service)?;
+            if let Some(DrillKind::Canary) = drill {
+                return Ok(Invocation::Drill { service, window, json });
+            }
+            if kill_rate.is_nan() || kill_rate <= 0.0 {
+                bail!("--kill-rate {kill_rate}: must be more than 0 kills per second");
+            }
+            if !(max_share > 0.0 && max_share <= 1.0) {
+                bail!("--max-share {max_share}: must be more than 0 and at most 1");
+            }
+            let options =
+                super::chaos::Options { service, kill_rate, duration, max_share, max_kills: kills, actor: actor() };
+            return Ok(Invocation::Chaos { options, json });
+        }
+        Cmd::Up { dir } => {
+            let file = dir.join("kiln.toml");
+            let service = pick_service(&file, None)?;
+            let listen = kiln::spec::load(&file)?.services.get(&service).and_then(|s| s.release.listen);
+            let bake = own_image(&file, &service)?.map(|own| (file.clone(), own));
+            let up = Some(Up { file, listen });
+            return Ok(Invocation::Deploy(Deploy {
+                service,
+                image: None,
+                bake,
+                file: None,
+                wait: true,
+                json: false,
+                up,
+            }));
+        }
+        Cmd::Deploy { service, image, file, no_wait, json } => {
+            let service = pick_service(&file, service)?;
+            // kiln serve releases the service as its own kiln.toml says; it
+            // refuses a deploy that names another file (see README).
+            let named = Some(std::path::absolute(&file).with_context(|| format!("{}", file.display()))?);
+            let bake = match image {
+                Some(_) => None,
+                None => own_image(&file, &service)?.map(|own| (file.clone(), own)),
+            };
+            let d = Deploy { service, image, bake, file: named, wait: !no_wait, json, up: None };
+            return Ok(Invocation::Deploy(d));
+        }
+        Cmd::Bake { image, file, no_cache, force, json } => (Command::Bake { file, image, no_cache, force }, json),
+        Cmd::Images { json } => (Command::Images {}, json),
+        Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
+        Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),
+        Cmd::Key { action: KeyCmd::Generate { name, json } } => (Command::KeyGenerate { name }, json),
+        Cmd::ScanSecrets { reference, file, json } => (Command::ScanSecrets { file, reference }, json),
+        Cmd::Scan { reference, file, db, force, json } => {
+            let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
+            (Command::Scan { file, reference, db, force }, json)
+        }
+        Cmd::PromoteImage { reference, to, file, json } => {
+            (Command::PromoteImage { file, reference, to, actor: super::actor() }, json)
+        }
+        Cmd::Release { service, file, db, force_db, to, no_deploy, json } => {
+            let db = db.or_else(|| std::env::var_os("KILN_OSV_DB").map(PathBuf::from));
+            if !no_deploy {
+                then = Then::DeployPassed;
+            }
+            let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: super::actor() };
+            (Command::Release(run), json)
+        }
+        Cmd::Push { reference, remote, json } => (Command::Push { reference, remote }, json),
+        Cmd::Pull { remote, name, json } => (Command::Pull { remote, name }, json),
+        Cmd::Sbom { reference, format, output, json } => {
+            if let Some(path) = output {
+                then = Then::WriteSbom { path, cyclonedx: format == SbomFormat::Cyclonedx };
+            }
+            (Command::Sbom { reference }, json)
+        }
+        Cmd::Sign { reference, key, json } => (Command::Sign { reference, key }, json),
+        Cmd::Verify { reference, key, json } => (Command::VerifySignature { reference, key }, json),
+        Cmd::Test { reference, file, json } => {
+            let reference = match reference {
+                Some(r) => r,
+                None => {
+                    let f = kiln::spec::load(&file)?;
+                    let tested: Vec<&String> =
+                        f.images.iter().filter(|(_, i)| i.test.is_some()).map(|(n, _)| n).collect();
+                    match tested.as_slice() {
+                        [one] => (*one).clone(),
+                        [] => bail!("{}: no [image.X.test] table: nothing to test", file.display()),
+                        many => bail!(
+                            "{}: several images have tests ({}): name one",
+                            file.display(),
+                            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                }
+            };
+            (Command::Test { file, reference }, json)
+        }
+        Cmd::Run {
+            reference,
+            service,
+            file,
+            name,
+            env,
+            volume,
+            secret,
+            memory,
+            cpus,
+            pids,
+            stop_timeout,
+            release,
+            json,
+        } => {
+            let limits = kiln::runtime::bundle::Limits { memory_bytes: memory, cpus, pids };
+            let service_file = service.is_some().then_some(file);
+            let req = RunRequest {
+                reference: reference.unwrap_or_default(),
+                service: service.or(name),
+                env,
+                volumes: volume,
+                secrets: secret,
+                limits,
+                stop_grace_secs: stop_timeout,
+                release,
+                placeholder_secrets: false,
+                release_fields: Default::default(),
+            };
+            (Command::Run { request: req, service_file }, json)
+        }
+        Cmd::Ps { all, json } => (Command::Ps { all }, json),
+        Cmd::Stop { instance, time } => (Command::Stop { instance, grace_secs: time }, false),
+        Cmd::Rm { instance, force } => (Command::Rm { instance, force }, false),
+        Cmd::Pause { instance } => (Command::Pause { instance }, false),
+        Cmd::Resume { instance } => (Command::Resume { instance }, false),
+        Cmd::Logs { service, release, instance, image, since, follow, json } => {
+            let since = match since {
+                None => None,
+                Some(s) => Some(match kiln::time::parse_duration(&s) {
+                    Some(d) => kiln::time::now_ms() as i64 - d * 1000,
+                    None => kiln::time::parse_rfc3339(&s)
+                        .map(|t| t * 1000)
+                        .with_context(|| format!("--since {s:?}: expected a duration like 15m or an RFC 3339 time"))?,
+                }),
+            };
+            let filter = LogFilter { service, release, instance, image, since };
+            if follow {
+                return Ok(Invocation::FollowLogs { filter, json });
+            }
+            (Command::Logs(filter), json)
+        }
+        Cmd::Volumes { json } => (Command::Volumes {}, json),
+        Cmd::Plan { service, file, json } => (Command::Plan { file, service }, json),
+        Cmd::History { service, verify, json } => (Command::History { service, verify }, json),
+        Cmd::Secret { action: SecretCmd::Set { name } } => {
+            let mut value = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+                .context("reading the secret from standard input")?;
+            if value.ends_with(b"\n") {
+                value.pop();
+            }
+            (Command::SecretSet { name, value }, false)
+        }
+        Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList {}, json),
+        Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
+        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file } } => {
+            (Command::RotateKey { store: kiln::command::KeyStore::Secrets, old_key_file }, false)
+        }
+        Cmd::Key { action: KeyCmd::Rotate { old_key_file } } => {
+            (Command::RotateKey { store: kiln::command::KeyStore::SigningKeys, old_key_file }, false)
+        }
+        Cmd::Proxy {
+            listen,
+            admin,
+            releases,
+            releases_file,
+            service,
+            health_path,
+            health_interval_ms,
+            health_timeout_ms,
+            healthy_threshold,
+            unhealthy_threshold,
+            sticky,
+            release_header,
+            retries,
+            backend_timeout_ms,
+            header_timeout_ms,
+            workers,
+            shutdown_grace_ms,
+            handoff,
+            take_over,
+        } => {
+            let health = health_path.map(|path| kiln::proxy::HealthCheck {
+                path,
+                interval: std::time::Duration::from_millis(health_interval_ms),
+                timeout: std::time::Duration::from_millis(health_timeout_ms),
+                healthy_threshold,
+                unhealthy_threshold,
+            });
+            let config = kiln::proxy::ProxyConfig {
+                service,
+                sticky,
+                release_header,
+                retries,
+                backend_timeout: std::time::Duration::from_millis(backend_timeout_ms),
+                health,
+                header_timeout: std::time::Duration::from_millis(header_timeout_ms),
+                ..Default::default()
+            };
+            let shutdown_grace = std::time::Duration::from_millis(shutdown_grace_ms);
+            let workers = usize::from(workers);
+            let run = command::ProxyRun {
+                listen,
+                admin,
+                releases,
+                releases_file,
+                shutdown_grace,
+                config,
+                workers,
+                handoff,
+                take_over,
+            };
+            (Command::Proxy(run), false)
+        }
+    };
+    Ok(Invocation::Command { command: Box::new(command), json, then })
+}

@@ -1,0 +1,24 @@
+//! kiln's integration tests, linked as one binary: the real `kiln`
+//! binary, runc, skopeo, umoci, a registry and a browser, driven end to
+//! end. Each file was once a test binary of its own; [`common::room`]
+//! keeps what that guaranteed (tests that share runc, ports and timing
+//! windows never overlap another file's), while the tests that need no
+//! runc run side by side.
+
+mod common;
+
+mod api;
+mod bake;
+mod heal;
+mod history;
+mod observe;
+mod plan;
+mod promote;
+mod proxy;
+mod registry;
+mod release;
+mod run;
+mod scan;
+mod syslog;
+mod unpack;
+mod verify;
