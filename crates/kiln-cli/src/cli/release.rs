@@ -10,7 +10,6 @@ use anyhow::{bail, Context as _};
 use kiln::serve::answer::{self, Answer, Released, ServiceStatus};
 use kiln::serve::{self, api::Request};
 
-
 /// Exit status of a deploy whose release failed, was rolled back, aborted
 /// or superseded.
 pub const EXIT_RELEASE_FAILED: i32 = 2;

@@ -289,6 +289,28 @@ impl<'a> Controller<'a> {
         Ok(())
     }
 
+    /// A quarantine recorded but not carried out (the controller went
+    /// between the two): its instance still runs and is not leaving, so it
+    /// is drained and frozen now, as the request would have. Idempotent: a
+    /// frozen or leaving instance is left alone.
+    pub(super) fn finish_quarantines(&mut self, name: &str) -> Result<(), ServeError> {
+        let q = &self.services[name].state.quarantined;
+        if q.keys().all(|id| self.retiring.contains_key(id.as_str())) {
+            return Ok(());
+        }
+        let pending: Vec<InstanceRecord> = self
+            .all()?
+            .into_iter()
+            .filter(|r| r.service == name && r.state == InstanceState::Running && !r.stop_requested)
+            .filter(|r| q.contains_key(r.id.as_str()) && !self.retiring.contains_key(r.id.as_str()))
+            .collect();
+        let drain = self.services[name].spec.release.drain_timeout_ms.min(2000);
+        for r in &pending {
+            self.retire(name, r, drain, Then::Pause);
+        }
+        Ok(())
+    }
+
     pub(super) fn expire_quarantines(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {
         let due: Vec<String> = self.services[name]
             .state

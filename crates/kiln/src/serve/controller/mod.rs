@@ -536,6 +536,7 @@ impl<'a> Controller<'a> {
             .map(|r| (r.id.to_string(), addr(r)))
             .collect();
         self.prober.tick(name, &targets, &health, now_ms);
+        self.finish_quarantines(name)?;
         self.expire_quarantines(name, now_ms)?;
         if let Some(every) = self.services[name].spec.release.heal.drift_interval_ms {
             let due = self.next_drift_ms.entry(name.to_owned()).or_insert(now_ms + every);

@@ -312,3 +312,53 @@ fn a_release_recorded_but_not_acted_on_is_finished_by_the_next_controller() {
     assert_eq!(started, 2, "the release was not started twice");
     std::fs::remove_dir_all(home).unwrap();
 }
+
+#[test]
+fn a_quarantine_and_a_down_recorded_but_not_acted_on_are_finished_by_the_next_controller() {
+    let api = format!("[service.api]\nimage = \"app\"\nreplicas = 1\nlisten = \"127.0.0.1:{}\"\n", port());
+    let (home, store) = home_with(&format!("{}\n{api}", web(2, "drain_timeout = \"100ms\"\n")));
+    let driver = RecordingDriver::default();
+    let launcher = FakeLaunch(&driver);
+    let mut t = 1_000;
+    let frozen;
+    {
+        let planes = RecordingDataPlanes::default();
+        let mut c = controller(&home, &store, &driver, &launcher, &planes, &FixedProber::default());
+        c.handle(deploy("web", "app:b1"), t).unwrap();
+        c.handle(deploy("api", "app:b1"), t).unwrap();
+        tick_until(&mut c, &mut t, 200, "both serve", |c| settled(c, "web", "app:b1") && settled(c, "api", "app:b1"));
+        // Both requests are recorded and answered; the controller goes
+        // (a crash) before any tick acts on them.
+        let victim = c.live("web").unwrap()[0].id.to_string();
+        let q = Request::Quarantine { instance: victim.clone(), reason: Some("post-mortem".into()), actor: "t".into() };
+        c.handle(q, t).unwrap();
+        c.handle(Request::Down { service: "api".into(), purge: false, actor: "t".into() }, t).unwrap();
+        frozen = victim;
+    }
+    let planes = RecordingDataPlanes::default();
+    let mut c = controller(&home, &store, &driver, &launcher, &planes, &FixedProber::default());
+    assert!(c.services["web"].state.quarantined.contains_key(&frozen), "the quarantine was recorded");
+    assert!(c.services["api"].state.down.is_some(), "the down was recorded");
+    let status_of = |id: &str| driver.containers.lock().unwrap().iter().find(|s| s.id == id).map(|s| s.status);
+    tick_until(&mut c, &mut t, 300, "the quarantined instance frozen, api gone", |c| {
+        status_of(&frozen) == Some(RuntimeStatus::Paused)
+            && c.services["api"].state.down.as_ref().is_some_and(|d| d.done)
+    });
+    // web is back at two serving instances without the frozen one, which
+    // no table routes to; api has no instance and no load balancer.
+    tick_until(&mut c, &mut t, 300, "web at two again", |c| {
+        let serving = c.live("web").unwrap().iter().filter(|r| r.id.as_str() != frozen).count();
+        let routed = table(&planes, "web").iter().map(|(_, _, n)| n).sum::<usize>();
+        serving == 2 && routed == 2
+    });
+    assert!(planes.table("web").unwrap().iter().all(|e| e.backends.iter().all(|b| {
+        let r = c.runtime().find(&frozen).unwrap();
+        *b != addr(&r)
+    })));
+    assert!(c.live("api").unwrap().is_empty(), "api's instances are gone");
+    assert!(planes.calls().contains(&DataPlaneCall::Stop { service: "api".into() }), "api's load balancer stopped");
+    let downs = events(&home, "api").iter().filter(|e| matches!(e, Event::Down { .. })).count();
+    let frozen_events = events(&home, "web").iter().filter(|e| matches!(e, Event::Quarantined { .. })).count();
+    assert_eq!((downs, frozen_events), (1, 1), "each act recorded once, not again by the next controller");
+    std::fs::remove_dir_all(home).unwrap();
+}
