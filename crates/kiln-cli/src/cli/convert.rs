@@ -265,6 +265,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 release,
                 placeholder_secrets: false,
                 release_fields: Default::default(),
+                sandbox: Default::default(),
             };
             (Command::Run { request: req, service_file }, json)
         }

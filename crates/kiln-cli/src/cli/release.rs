@@ -406,6 +406,9 @@ pub fn render_plan(p: &kiln::release::plan::Plan) {
         None => "nothing running".into(),
     };
     println!("service {}: {} → {} replica(s) of {} ({})", p.service, from, p.replicas, p.to.short(), p.strategy);
+    for w in &p.warnings {
+        println!("  WARNING: {w}");
+    }
     if !p.changed.is_empty() {
         println!("  same image, new settings ({}): its instances are replaced", p.changed.join(", "));
     }

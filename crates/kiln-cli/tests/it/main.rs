@@ -18,6 +18,7 @@ mod proxy;
 mod registry;
 mod release;
 mod run;
+mod sandbox;
 mod scan;
 mod syslog;
 mod unpack;

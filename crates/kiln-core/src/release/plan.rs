@@ -85,6 +85,10 @@ pub struct Plan {
     /// changed`, `secret.db changed`): a release of them, by replacement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
+    /// What a person should know before it runs (a privileged or
+    /// unconfined sandbox), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Plans the release of `to` for `service`, whatever settings run.
@@ -209,6 +213,7 @@ pub fn plan_release(
         max_running: sim.max_running,
         steps,
         changed,
+        warnings: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::digest::Digest;
 mod image;
 pub mod notify;
 pub mod release;
+pub mod sandbox;
 pub mod syslog;
 pub mod verify;
 
@@ -151,6 +152,9 @@ pub struct ServiceSpec {
     /// `channel`: only digests promoted to it, with a signature that
     /// verifies, may run as this service.
     pub channel: Option<verify::ChannelRule>,
+    /// Seccomp, capabilities, privileged.
+    #[serde(default)]
+    pub sandbox: sandbox::SandboxSpec,
     #[serde(skip)]
     pub line: usize,
     /// Line of the `image` key, for an image the store does not have.
@@ -188,6 +192,11 @@ impl ServiceSpec {
         out.insert("cpus".into(), self.cpus.map_or("-".into(), |c| c.to_string()));
         out.insert("pids".into(), self.pids.map_or("-".into(), |p| p.to_string()));
         out.insert("stop_timeout".into(), self.stop_timeout.map_or("-".into(), |t| t.to_string()));
+        // Only when set: instances started before the key existed are not
+        // replaced for it.
+        if !self.sandbox.is_default() {
+            out.insert("sandbox".into(), self.sandbox.field());
+        }
         let health = serde_json::to_string(&self.release.health).expect("specs serialize");
         let strategy = serde_json::to_string(&self.release.strategy).expect("specs serialize");
         out.insert("health".into(), json(health));
@@ -242,7 +251,18 @@ pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
         key: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(path, &text)
+    let mut file = parse(path, &text)?;
+    // A seccomp profile file is read once, here, beside its kiln.toml.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for (name, service) in &mut file.services {
+        sandbox::load_profile(&mut service.sandbox, dir).map_err(|(profile, e)| SpecError {
+            file: profile,
+            line: None,
+            key: e.key.clone(),
+            message: format!("{} (the seccomp profile of service.{name})", e.message),
+        })?;
+    }
+    Ok(file)
 }
 
 #[derive(Deserialize)]
@@ -285,6 +305,9 @@ struct RawService {
     blue_green: Option<Spanned<release::RawBlueGreen>>,
     canary: Option<Spanned<release::RawCanary>>,
     heal: Option<Spanned<release::RawHeal>>,
+    seccomp: Option<Spanned<String>>,
+    capabilities: Option<Spanned<Vec<Spanned<String>>>>,
+    privileged: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -446,8 +469,12 @@ fn key_at(text: &str, span: Range<usize>) -> String {
     let before = &text[line_start..start];
     // `canary = { stepz = 1 }`: the key sits in the inline table `canary`.
     let inline = before.find('{').and_then(|b| before[..b].split('=').next()).map(str::trim).filter(|k| !k.is_empty());
+    // A span on a value (`privileged = "yes"`, a wrong type): its key is
+    // what stands before the '=' of the last key-value in the line.
+    let last = &before[before.rfind(['{', ',']).map_or(0, |i| i + 1)..];
+    let of_value = last.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
     let own = text.get(span.clone()).map(str::trim).filter(|k| !k.is_empty() && !k.contains('\n'));
-    let own = own.or_else(|| line.split('=').next().map(str::trim)).unwrap_or("").trim_matches('"');
+    let own = of_value.or(own).or_else(|| line.split('=').next().map(str::trim)).unwrap_or("").trim_matches('"');
     [table.as_str(), inline.unwrap_or(""), if inline == Some(own) { "" } else { own }]
         .iter()
         .filter(|p| !p.is_empty())
@@ -551,6 +578,11 @@ fn validate_service(
         canary: raw.canary,
         heal: raw.heal,
     })?;
+    let sandbox = sandbox::validate(sandbox::RawSandbox {
+        seccomp: raw.seccomp,
+        capabilities: raw.capabilities,
+        privileged: raw.privileged,
+    })?;
     // A byte offset until `parse` turns it into a line.
     let image_line = raw.image.span().start;
     let service = ServiceSpec {
@@ -565,6 +597,7 @@ fn validate_service(
         stop_timeout: positive(&raw.stop_timeout, "stop_timeout")?,
         release,
         channel: None,
+        sandbox,
         line,
         image_line,
         file: PathBuf::new(),

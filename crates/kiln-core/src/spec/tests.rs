@@ -209,3 +209,17 @@ fn image_names() {
     assert!(!valid_image_name("a--b"));
     assert!(!valid_image_name("-a"));
 }
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_its_key_not_its_value() {
+    let text = "[service.web]\nimage = \"x\"\nprivileged = \"yes\"\n";
+    let e = parse(Path::new("kiln.toml"), text).unwrap_err();
+    assert_eq!((e.key.as_str(), e.line), ("service.web.privileged", Some(3)), "{e}");
+    let text = "[service.web]\nimage = \"x\"\nheal = { max_age = 5 }\n";
+    let e = parse(Path::new("kiln.toml"), text).unwrap_err();
+    assert_eq!(e.key, "service.web.heal.max_age", "{e}");
+    let text = "[service.web]\nimage = \"x\"\ncapabilities = [\"NET_BIND_SERVICE\", \"SYS_ADMIN\"]\n";
+    let e = parse(Path::new("kiln.toml"), text).unwrap_err();
+    assert_eq!(e.key, "service.web.capabilities[1]", "{e}");
+    assert!(e.message.contains("privileged = true"), "{e}");
+}

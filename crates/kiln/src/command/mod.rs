@@ -427,7 +427,9 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                     .collect();
                 let fields = s.release_fields(&versions);
                 let now = current(&instances, &s.name);
-                plans.push(plan::plan_release(&s.name, &s.release, now.as_ref(), &target.digest, &fields));
+                let mut p = plan::plan_release(&s.name, &s.release, now.as_ref(), &target.digest, &fields);
+                p.warnings = s.sandbox.warnings();
+                plans.push(p);
             }
             Ok(Output::Plans(plans))
         }

@@ -2,9 +2,12 @@
 //! it needs comes in an [`InstanceConfig`], so every rule is unit-tested.
 //!
 //! What every instance gets: a read-only root shared with the other
-//! instances of its image, tmpfs `/tmp` and `/run`, `noNewPrivileges`, only
-//! `CAP_NET_BIND_SERVICE`, the host network (a port on 127.0.0.1 passed as
-//! `PORT`), its own pid/ipc/uts/mount namespaces, hostname = instance id.
+//! instances of its image, tmpfs `/tmp` and `/run`, `noNewPrivileges`, no
+//! capability unless its service asks (`capabilities`), kiln's seccomp
+//! allow-list ([`super::seccomp`]) unless its service names another, the
+//! host network (a port on 127.0.0.1 passed as `PORT`), its own
+//! pid/ipc/uts/mount/cgroup namespaces, hostname = instance id, and runc's
+//! masked and read-only paths of /proc and /sys.
 //! Secrets are bind-mounted read-only from host tmpfs at `/run/secrets/NAME`;
 //! volumes are bind-mounted read-write. This module never sees a secret value
 //! unless the service asked for one as an environment variable, and then
@@ -43,6 +46,7 @@ pub struct InstanceConfig<'a> {
     pub secret_files: &'a [(PathBuf, String)],
     pub limits: Limits,
     pub cgroup: &'a str,
+    pub sandbox: &'a crate::spec::sandbox::SandboxSpec,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +84,7 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
     if args.is_empty() {
         return Err(BundleError::NothingToRun);
     }
-    let caps = ["CAP_NET_BIND_SERVICE"];
+    let caps = &c.sandbox.capabilities;
     let mut mounts = vec![
         json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
         json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
@@ -114,7 +118,13 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
     if let Some(p) = c.limits.pids {
         resources["pids"] = json!({ "limit": p });
     }
-    Ok(json!({
+    use crate::spec::sandbox::Seccomp;
+    let seccomp = match &c.sandbox.seccomp {
+        Seccomp::Default => Some(super::seccomp::default_profile()),
+        Seccomp::Unconfined => None,
+        Seccomp::Profile { profile, .. } => profile.clone(),
+    };
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -132,11 +142,15 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
             "cgroupsPath": c.cgroup,
             "resources": resources,
             // No network namespace: instances share the host's and listen on their PORT.
-            "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
-            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" }],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    }))
+    });
+    if let Some(profile) = seccomp {
+        config["linux"]["seccomp"] = profile;
+    }
+    Ok(config)
 }
 
 /// Resolves the image's `user` (`uid`, `uid:gid`, `name`, `name:group`) to
@@ -217,6 +231,7 @@ mod tests {
             secret_files: &secrets,
             limits: Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(64) },
             cgroup: "/kiln/web-1",
+            sandbox: &Default::default(),
         };
         let v = runtime_config(&c).unwrap();
         assert_eq!(v["root"]["readonly"], true);
@@ -224,7 +239,8 @@ mod tests {
         assert_eq!(v["process"]["args"], json!(["/app", "--x"]));
         assert_eq!(v["process"]["cwd"], "/srv");
         assert_eq!(v["process"]["user"]["uid"], 65534);
-        assert_eq!(v["process"]["capabilities"]["bounding"], json!(["CAP_NET_BIND_SERVICE"]));
+        assert_eq!(v["process"]["capabilities"]["bounding"], json!([]), "no capability by default");
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO", "kiln's allow-list by default");
         assert_eq!(v["hostname"], "web-1");
         let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
         assert!(
@@ -244,6 +260,29 @@ mod tests {
         let ns: Vec<&str> =
             v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(!ns.contains(&"network"));
+        assert!(ns.contains(&"cgroup"));
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"] {
+            assert!(masked.contains(&json!(p)), "{p} masked");
+        }
+
+        // What a service asks for: a capability, no filter, a profile.
+        use crate::spec::sandbox::{SandboxSpec, Seccomp};
+        let asked = SandboxSpec {
+            capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            seccomp: Seccomp::Unconfined,
+            privileged: false,
+        };
+        let v = runtime_config(&InstanceConfig { sandbox: &asked, ..c.clone() }).unwrap();
+        assert_eq!(v["process"]["capabilities"]["effective"], json!(["CAP_NET_BIND_SERVICE"]));
+        assert!(v["linux"].get("seccomp").is_none(), "unconfined: no filter");
+        let profile = json!({ "defaultAction": "SCMP_ACT_ALLOW" });
+        let own = SandboxSpec {
+            seccomp: Seccomp::Profile { path: "p.json".into(), profile: Some(profile.clone()) },
+            ..Default::default()
+        };
+        let v = runtime_config(&InstanceConfig { sandbox: &own, ..c }).unwrap();
+        assert_eq!(v["linux"]["seccomp"], profile);
     }
 
     #[test]
@@ -261,6 +300,7 @@ mod tests {
             secret_files: &[],
             limits: Limits::default(),
             cgroup: "/k/x",
+            sandbox: &Default::default(),
         };
         assert_eq!(runtime_config(&c).unwrap_err(), BundleError::NothingToRun);
         let img = image();

@@ -25,6 +25,7 @@ pub mod images;
 pub mod logs;
 pub mod model;
 pub mod postmortem;
+pub mod seccomp;
 pub mod shim;
 
 pub use model::*;
@@ -359,6 +360,7 @@ impl<'a> Runtime<'a> {
             secret_files: &secret_files,
             limits: req.limits,
             cgroup: &cgroup,
+            sandbox: &req.sandbox,
         })?;
         let bdir = self.bundle_dir(&id);
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;

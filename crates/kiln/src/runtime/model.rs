@@ -168,6 +168,11 @@ pub struct RunRequest {
     /// instance, so that `kiln plan` sees what runs). Only kiln serve sets it.
     #[serde(skip)]
     pub release_fields: std::collections::BTreeMap<String, String>,
+    /// Seccomp and capabilities: the default sandbox unless the request is
+    /// for a `[service.NAME]` that says otherwise. Never from outside: an
+    /// API body cannot ask for privileges its kiln.toml does not give.
+    #[serde(skip)]
+    pub sandbox: crate::spec::sandbox::SandboxSpec,
 }
 
 impl RunRequest {
@@ -204,6 +209,7 @@ impl RunRequest {
             stop_grace_secs: flags.stop_grace_secs.or(service.stop_timeout),
             release: flags.release,
             placeholder_secrets: flags.placeholder_secrets,
+            sandbox: service.sandbox.clone(),
             release_fields: flags.release_fields,
         }
     }
