@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# bench/sandbox.sh: what the default sandbox (seccomp allow-list, no
+# capabilities) costs an instance, against the same image with
+# `seccomp = "unconfined"`, interleaved in one run:
+#   - start → serving: `kiln run` until the demo app answers HTTP (median);
+#   - requests/s and p99 straight to the instance with wrk (64 keep-alive
+#     connections, 2 threads), median of ROUNDS rounds.
+# Prints both and the ratios. Usage: bench/sandbox.sh [RUNS] [ROUNDS] [SECONDS]
+# (defaults 20, 3, 5). Needs root, runc and wrk.
+set -euo pipefail
+RUNS=${1:-20}
+ROUNDS=${2:-3}
+SECS=${3:-5}
+cd "$(dirname "$0")/.."
+root=$PWD
+. bench/common.sh
+bench_setup runc wrk
+work=$(mktemp -d /tmp/kiln-bench-sandbox.XXXXXX)
+export KILN_HOME=$work/home
+kiln="$root/target/release/kiln"
+cleanup() {
+  for id in $("$kiln" ps --all --json 2>/dev/null | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]' 2>/dev/null); do
+    "$kiln" rm --force "$id" >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$kiln" bake -f examples/hello/kiln.toml >/dev/null 2>&1
+cat >"$work/kiln.toml" <<'EOF'
+[service.on]
+image = "hello:0.1.0"
+env = { HOST = "127.0.0.1" }
+
+[service.off]
+image = "hello:0.1.0"
+env = { HOST = "127.0.0.1" }
+seccomp = "unconfined"
+EOF
+
+python3 - "$RUNS" "$ROUNDS" "$SECS" "$kiln" "$work/kiln.toml" <<'PY'
+import json, re, socket, statistics, subprocess, sys, time
+
+runs, rounds, secs, kiln, spec = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+def answered(port, deadline):
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return True
+        except OSError:
+            time.sleep(0.001)
+    return False
+
+def start(service):
+    t = time.monotonic()
+    out = subprocess.run([kiln, "run", "--service", service, "--file", spec, "--json"], check=True, capture_output=True)
+    r = json.loads(out.stdout)
+    assert answered(r["port"], t + 10), f"{service} did not answer"
+    return time.monotonic() - t, r
+
+def rm(r):
+    subprocess.run([kiln, "rm", "--force", r["id"]], check=True, capture_output=True)
+
+def unit(v, u):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+
+def load(port):
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{secs}s", "--latency", f"http://127.0.0.1:{port}/"],
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return rps, unit(p99.group(1), p99.group(2))
+
+for s in ("on", "off"):  # warm caches (image unpack)
+    rm(start(s)[1])
+times = {"on": [], "off": []}
+for _ in range(runs):
+    for s in ("on", "off"):
+        took, r = start(s)
+        times[s].append(took)
+        rm(r)
+rps = {"on": [], "off": []}
+p99 = {"on": [], "off": []}
+inst = {s: start(s)[1] for s in ("on", "off")}
+for _ in range(rounds):
+    for s in ("on", "off"):
+        a, b = load(inst[s]["port"])
+        rps[s].append(a)
+        p99[s].append(b)
+for r in inst.values():
+    rm(r)
+med = statistics.median
+print(f"{'sandbox':<26} {'start ms':>9} {'req/s':>9} {'p99 ms':>7}")
+names = {"on": "default (seccomp, no caps)", "off": "unconfined"}
+for s in ("on", "off"):
+    print(f"{names[s]:<26} {med(times[s])*1000:>9.1f} {med(rps[s]):>9.0f} {med(p99[s]):>7.2f}")
+print(f"start: default / unconfined = {med(times['on'])/med(times['off']):.3f}; "
+      f"req/s: default / unconfined = {med(rps['on'])/med(rps['off']):.3f} (goal: cost under 5 %)")
+PY
