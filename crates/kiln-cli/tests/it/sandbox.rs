@@ -39,7 +39,24 @@ fn results(lines: &[String]) -> BTreeMap<String, bool> {
         .collect()
 }
 
+/// The `uidmap INSIDE OUTSIDE COUNT` line: where the probe's root is on the host.
+fn uid_map(lines: &[String]) -> Option<(u64, u64, u64)> {
+    lines.iter().find_map(|l| {
+        let v: Vec<u64> = l.strip_prefix("uidmap ")?.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        (v.len() == 3).then(|| (v[0], v[1], v[2]))
+    })
+}
+
 fn probe_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> BTreeMap<String, bool> {
+    probe_lines_under_kiln(home, dir, extra).0
+}
+
+/// The probe's results and its uid map, under kiln.
+fn probe_lines_under_kiln(
+    home: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> (BTreeMap<String, bool>, Option<(u64, u64, u64)>) {
     let mut args = vec!["run", "--json", "probe:1", "--volume", "data:/data"];
     args.extend_from_slice(extra);
     let v = json(&kiln_ok(home, dir, &args));
@@ -52,7 +69,7 @@ fn probe_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> BTreeMap<String,
             .collect();
         if lines.iter().any(|l| l == "probe done") {
             kiln(home, dir, &["rm", "--force", &id]);
-            return results(&lines);
+            return (results(&lines), uid_map(&lines));
         }
         assert!(Instant::now() < deadline, "the probe did not finish under kiln: {lines:?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -157,7 +174,16 @@ fn the_probe_gets_no_further_under_kiln_than_under_docker() {
     )
     .unwrap();
     kiln_ok(&home, &dir, &["bake"]);
-    let kiln_side = probe_under_kiln(&home, &dir, &[]);
+    let (kiln_side, map) = probe_lines_under_kiln(&home, &dir, &[]);
+    // Its root is an unprivileged host uid: the service's range, recorded.
+    let ranges = json(&fs::read_to_string(home.join("userns.json")).unwrap());
+    let base = ranges["ranges"]["probe"].as_u64().expect("the probe service's range is recorded");
+    assert_eq!(map, Some((0, base, 65536)), "uid 0 inside is host uid {base}");
+    assert!(base >= 1 << 30);
+    // What it wrote to its volume is owned by that uid on the host.
+    use std::os::unix::fs::MetadataExt;
+    let left = fs::metadata(home.join("volumes/probe/data/kiln-probe-left")).unwrap();
+    assert_eq!((u64::from(left.uid()), u64::from(left.gid())), (base, base));
     let docker_side = probe_under_docker(&dir, &dir.join("probe"));
     println!("succeeded under kiln:   {}", show(&kiln_side));
     println!("succeeded under docker: {}", show(&docker_side));
@@ -188,18 +214,19 @@ fn the_probe_gets_no_further_under_kiln_than_under_docker() {
     for n in ["unshare-user", "keyctl", "bpf", "userfaultfd", "io_uring_setup", "perf_event_open", "ptrace", "mount"] {
         assert!(!kiln_side[n], "{n} is refused under kiln");
     }
-    // The probe is no fake: with no filter and the capabilities docker
-    // grants, the same binary gets further (so a refusal above is kiln's).
+    // The probe is no fake: with no filter, no user namespace and the
+    // capabilities docker grants, the same binary gets further (so a
+    // refusal above is kiln's).
     fs::write(
         dir.join("kiln.toml"),
         format!(
-            "{}\n[service.loose]\nimage = \"probe\"\nseccomp = \"unconfined\"\ncapabilities = [\"CHOWN\", \"MKNOD\", \"NET_RAW\"]\n",
+            "{}\n[service.loose]\nimage = \"probe\"\nseccomp = \"unconfined\"\nuserns = false\ncapabilities = [\"CHOWN\", \"MKNOD\", \"NET_RAW\"]\n",
             fs::read_to_string(dir.join("kiln.toml")).unwrap()
         ),
     )
     .unwrap();
     let loose = probe_under_kiln(&home, &dir, &["--service", "loose"]);
-    println!("succeeded under kiln, unconfined with CHOWN, MKNOD, NET_RAW: {}", show(&loose));
+    println!("succeeded under kiln, unconfined, userns = false, CHOWN, MKNOD, NET_RAW: {}", show(&loose));
     for n in ["chown-volume", "mknod", "raw-socket", "keyctl"] {
         assert!(loose[n], "{n} succeeds once the service asks for it: {loose:?}");
     }

@@ -308,6 +308,7 @@ struct RawService {
     seccomp: Option<Spanned<String>>,
     capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     privileged: Option<Spanned<bool>>,
+    userns: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -582,6 +583,7 @@ fn validate_service(
         seccomp: raw.seccomp,
         capabilities: raw.capabilities,
         privileged: raw.privileged,
+        userns: raw.userns,
     })?;
     // A byte offset until `parse` turns it into a line.
     let image_line = raw.image.span().start;

@@ -33,13 +33,23 @@ pub enum Seccomp {
 }
 
 /// What an instance may do beyond an unprivileged process.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SandboxSpec {
     pub seccomp: Seccomp,
     /// Capabilities kept, as `CAP_NAME`; none by default.
     pub capabilities: Vec<String>,
     /// Allows the dangerous capabilities (`plan` flags it).
     pub privileged: bool,
+    /// Its uid 0 is an unprivileged host uid (a user namespace); on by
+    /// default, `userns = false` opts out (`plan` warns).
+    pub userns: bool,
+}
+
+impl Default for SandboxSpec {
+    fn default() -> Self {
+        SandboxSpec { seccomp: Seccomp::Default, capabilities: Vec::new(), privileged: false, userns: true }
+    }
 }
 
 impl SandboxSpec {
@@ -53,6 +63,9 @@ impl SandboxSpec {
         let mut out = Vec::new();
         if self.privileged {
             out.push(format!("privileged: it may hold {}", self.capabilities.join(", ")));
+        }
+        if !self.userns {
+            out.push("userns = false: its root is the host's root".to_owned());
         }
         if self.seccomp == Seccomp::Unconfined {
             out.push("seccomp = \"unconfined\": every syscall of the kernel is open to it".to_owned());
@@ -70,7 +83,12 @@ impl SandboxSpec {
                 format!("{} {}", path.display(), &crate::digest::Digest::of(text.as_bytes()).hex()[..12])
             }
         };
-        format!("seccomp={seccomp} caps={} privileged={}", self.capabilities.join(","), self.privileged)
+        format!(
+            "seccomp={seccomp} caps={} privileged={} userns={}",
+            self.capabilities.join(","),
+            self.privileged,
+            self.userns
+        )
     }
 }
 
@@ -147,6 +165,7 @@ pub(super) struct RawSandbox {
     pub seccomp: Option<Spanned<String>>,
     pub capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     pub privileged: Option<Spanned<bool>>,
+    pub userns: Option<Spanned<bool>>,
 }
 
 fn err(span: Range<usize>, key: &str, message: impl Into<String>) -> FieldError {
@@ -181,7 +200,8 @@ pub(super) fn validate(raw: RawSandbox) -> Result<SandboxSpec, FieldError> {
             capabilities.push(full);
         }
     }
-    Ok(SandboxSpec { seccomp, capabilities, privileged })
+    let userns = raw.userns.is_none_or(|u| *u.get_ref());
+    Ok(SandboxSpec { seccomp, capabilities, privileged, userns })
 }
 
 /// A problem in a profile file: its key and what is wrong.

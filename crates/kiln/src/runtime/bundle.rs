@@ -47,6 +47,9 @@ pub struct InstanceConfig<'a> {
     pub limits: Limits,
     pub cgroup: &'a str,
     pub sandbox: &'a crate::spec::sandbox::SandboxSpec,
+    /// Its user namespace's host range; `rootfs` is then the image tree
+    /// idmapped into it ([`super::userns`]).
+    pub userns: Option<super::userns::Range>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,7 +94,13 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
         json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
         json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
         json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
-        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        // In a user namespace that does not own the network namespace (the
+        // host's), sysfs cannot be mounted: the host's is bound, read-only.
+        if c.userns.is_some() {
+            json!({ "destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"] })
+        } else {
+            json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] })
+        },
         json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=65536k"] }),
         json!({ "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", "size=16384k"] }),
     ];
@@ -149,6 +158,12 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
     });
     if let Some(profile) = seccomp {
         config["linux"]["seccomp"] = profile;
+    }
+    if let Some(r) = c.userns {
+        let map = json!([{ "containerID": 0, "hostID": r.base, "size": r.size }]);
+        config["linux"]["namespaces"].as_array_mut().expect("a list").push(json!({ "type": "user" }));
+        config["linux"]["uidMappings"] = map.clone();
+        config["linux"]["gidMappings"] = map;
     }
     Ok(config)
 }
@@ -232,6 +247,7 @@ mod tests {
             limits: Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(64) },
             cgroup: "/kiln/web-1",
             sandbox: &Default::default(),
+            userns: None,
         };
         let v = runtime_config(&c).unwrap();
         assert_eq!(v["root"]["readonly"], true);
@@ -272,6 +288,7 @@ mod tests {
             capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
             seccomp: Seccomp::Unconfined,
             privileged: false,
+            userns: true,
         };
         let v = runtime_config(&InstanceConfig { sandbox: &asked, ..c.clone() }).unwrap();
         assert_eq!(v["process"]["capabilities"]["effective"], json!(["CAP_NET_BIND_SERVICE"]));
@@ -281,8 +298,19 @@ mod tests {
             seccomp: Seccomp::Profile { path: "p.json".into(), profile: Some(profile.clone()) },
             ..Default::default()
         };
-        let v = runtime_config(&InstanceConfig { sandbox: &own, ..c }).unwrap();
+        let v = runtime_config(&InstanceConfig { sandbox: &own, ..c.clone() }).unwrap();
         assert_eq!(v["linux"]["seccomp"], profile);
+
+        // A user namespace: root inside is the range's first host uid, and
+        // /sys is the host's, bound read-only (sysfs needs the netns).
+        let range = crate::runtime::userns::Range { base: 1 << 30, size: 65536 };
+        let v = runtime_config(&InstanceConfig { userns: Some(range), ..c }).unwrap();
+        assert!(v["linux"]["namespaces"].as_array().unwrap().contains(&json!({ "type": "user" })));
+        assert_eq!(v["linux"]["uidMappings"], json!([{ "containerID": 0, "hostID": 1u32 << 30, "size": 65536 }]));
+        assert_eq!(v["linux"]["gidMappings"], v["linux"]["uidMappings"]);
+        let sys = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert_eq!((sys["source"].as_str(), sys["options"][0].as_str()), (Some("/sys"), Some("rbind")));
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
     }
 
     #[test]
@@ -301,6 +329,7 @@ mod tests {
             limits: Limits::default(),
             cgroup: "/k/x",
             sandbox: &Default::default(),
+            userns: None,
         };
         assert_eq!(runtime_config(&c).unwrap_err(), BundleError::NothingToRun);
         let img = image();

@@ -87,6 +87,10 @@ pub fn config_drift(at_start: &serde_json::Value, now: &serde_json::Value) -> Ve
 /// tmpfs mounts and the kernel's own.
 const EPHEMERAL_FS: &[&str] = &["tmpfs", "devpts", "mqueue", "proc", "sysfs", "cgroup", "cgroup2"];
 
+/// The device nodes runc binds from the host's devtmpfs in a user
+/// namespace (it cannot mknod them there), by their path on that devtmpfs.
+const DEVICES: &[&str] = &["/null", "/zero", "/full", "/random", "/urandom", "/tty"];
+
 /// What an instance's mount table (`/proc/PID/mountinfo`, as the
 /// instance sees it) shows that kiln did not set up: a writable root, or
 /// a writable mount of a real file system outside `volumes`. Pure.
@@ -104,7 +108,10 @@ pub fn mount_drift(mountinfo: &str, volumes: &[&str]) -> Vec<String> {
             }
             continue;
         }
-        if rw && !EPHEMERAL_FS.contains(fstype) && !volumes.contains(point) {
+        // In a user namespace runc cannot make device nodes: it binds the
+        // host's (and masks paths with a bind of /dev/null). Harmless.
+        let device = *fstype == "devtmpfs" && f.get(3).is_some_and(|r| DEVICES.contains(r));
+        if rw && !EPHEMERAL_FS.contains(fstype) && !volumes.contains(point) && !device {
             out.push(format!("{point} is mounted read-write ({fstype}) and is not a declared volume"));
         }
     }
@@ -210,5 +217,17 @@ mod tests {
         assert!(d[0].contains("root") && d[1].starts_with("/etc is mounted read-write (ext4)"), "{d:?}");
         // A volume that is not declared is drift too.
         assert_eq!(mount_drift(good, &[]).len(), 1);
+        // runc's device binds in a user namespace are not drift; another
+        // file of the host's devtmpfs is.
+        let userns = "\
+22 1 0:50 / / ro,relatime - ext4 /dev/vda rw
+30 22 0:5 /null /dev/null rw,nosuid - devtmpfs udev rw
+31 22 0:5 /null /proc/keys rw,nosuid - devtmpfs udev rw
+32 22 0:5 /sda /dev/sda rw,nosuid - devtmpfs udev rw
+";
+        assert_eq!(
+            mount_drift(userns, &[]),
+            ["/dev/sda is mounted read-write (devtmpfs) and is not a declared volume"]
+        );
     }
 }

@@ -63,6 +63,16 @@ pub trait Driver: Send + Sync {
     /// The runtime config as the runtime holds it for a running container
     /// (runc: the `config` of its `state.json`); `None` if it holds none.
     fn config(&self, id: &str) -> Result<Option<serde_json::Value>, DriverError>;
+    /// Shows the image tree `src` at `dst` (an empty directory) read-only,
+    /// its ids shifted into `range`: an instance's root in its user
+    /// namespace ([`super::userns::mount_idmapped`]).
+    fn mount_root(&self, src: &Path, dst: &Path, range: super::userns::Range) -> std::io::Result<()> {
+        super::userns::mount_idmapped(src, dst, range)
+    }
+    /// Undoes [`Driver::mount_root`] (and removes the empty directory).
+    fn unmount_root(&self, dst: &Path) {
+        super::userns::unmount(dst)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -303,5 +313,13 @@ impl Driver for RecordingDriver {
     }
     fn config(&self, id: &str) -> Result<Option<serde_json::Value>, DriverError> {
         Ok(self.configs.lock().ok().and_then(|c| c.get(id).cloned()))
+    }
+    fn mount_root(&self, src: &Path, dst: &Path, range: super::userns::Range) -> std::io::Result<()> {
+        self.record(format!("mount_root {} {} {}", src.display(), dst.display(), range.base));
+        Ok(())
+    }
+    fn unmount_root(&self, dst: &Path) {
+        self.record(format!("unmount_root {}", dst.display()));
+        let _ = std::fs::remove_dir(dst);
     }
 }

@@ -27,6 +27,7 @@ pub mod model;
 pub mod postmortem;
 pub mod seccomp;
 pub mod shim;
+pub mod userns;
 
 pub use model::*;
 pub use shim::{shim, Launcher, ShimLauncher};
@@ -110,6 +111,26 @@ impl<'a> Runtime<'a> {
     /// Where an instance's runtime bundle (its `config.json`) is.
     pub fn bundle_dir(&self, id: &InstanceId) -> PathBuf {
         self.run_dir.join("bundles").join(id.as_str())
+    }
+    /// runc mounts an instance's root and secrets from inside its user
+    /// namespace, as a uid the host does not know: every directory above
+    /// them must let others pass (not list). What lies below stays closed:
+    /// bundles are 0700, each instance's secrets 0700 and owned by its root.
+    fn traversable_run_dir(&self) -> io::Result<()> {
+        for d in [Path::new("/run/kiln"), self.run_dir.as_path()] {
+            fs::create_dir_all(d)?;
+            let mode = fs::metadata(d)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                fs::set_permissions(d, fs::Permissions::from_mode((mode & 0o7777) | 0o711))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the image tree is idmapped for an instance in a user namespace
+    /// (outside its bundle, which is removed recursively).
+    fn idmapped_root(&self, id: &InstanceId) -> PathBuf {
+        self.run_dir.join("rootfs").join(id.as_str())
     }
     fn secrets_dir(&self, id: &InstanceId) -> PathBuf {
         self.run_dir.join("secrets").join(id.as_str())
@@ -310,6 +331,12 @@ impl<'a> Runtime<'a> {
             bundle::resolve_user(cfg.user.as_deref(), read("etc/passwd").as_deref(), read("etc/group").as_deref())
                 .map_err(RunError::Invalid)?;
         let port = free_port().map_err(io_err(Path::new("127.0.0.1")))?;
+        // The service's user namespace range: its ids as the host sees them.
+        let range = match req.sandbox.userns {
+            true => Some(userns::range_for(&self.home, &service).map_err(io_err(&self.home.join("userns.json")))?),
+            false => None,
+        };
+        let (host_uid, host_gid) = range.map_or((uid, gid), |r| (r.host(uid), r.host(gid)));
 
         let mut volumes = Vec::new();
         for (name, dest) in &req.volumes {
@@ -317,7 +344,10 @@ impl<'a> Runtime<'a> {
             if !dir.exists() {
                 fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 // The instance's user owns a new volume, so it can write to it.
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io_err(&dir))?;
+                std::os::unix::fs::chown(&dir, Some(host_uid), Some(host_gid)).map_err(io_err(&dir))?;
+            } else if let Some(r) = range {
+                // Made before the service had a range: shifted into it once.
+                userns::shift_volume(&dir, r).map_err(io_err(&dir))?;
             }
             volumes.push((dir, dest.clone()));
         }
@@ -328,13 +358,17 @@ impl<'a> Runtime<'a> {
         if !values.is_empty() {
             fs::create_dir_all(&sdir).map_err(io_err(&sdir))?;
             fs::set_permissions(&sdir, fs::Permissions::from_mode(0o700)).map_err(io_err(&sdir))?;
+            if let Some(r) = range {
+                // Its root passes through (and nobody else).
+                std::os::unix::fs::chown(&sdir, Some(r.host(0)), Some(r.host(0))).map_err(io_err(&sdir))?;
+            }
         }
         for (s, v) in &values {
             let path = sdir.join(&s.name);
             let mut f =
                 OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path).map_err(io_err(&path))?;
             f.write_all(v.expose()).map_err(io_err(&path))?;
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io_err(&path))?;
+            std::os::unix::fs::fchown(&f, Some(host_uid), Some(host_gid)).map_err(io_err(&path))?;
             secret_files.push((path, s.name.clone()));
             if let Some(var) = &s.env {
                 let text = std::str::from_utf8(v.expose()).map_err(|_| {
@@ -348,9 +382,16 @@ impl<'a> Runtime<'a> {
         }
 
         let cgroup = format!("/kiln/{id}");
+        // Under a user namespace the shared image tree is shown to the
+        // instance through a read-only idmapped mount of its own.
+        // (Mounted just before the shim starts, see below.)
+        let rootfs = match range {
+            Some(_) => self.idmapped_root(&id),
+            None => prepared.rootfs.clone(),
+        };
         let config = bundle::runtime_config(&InstanceConfig {
             id: id.as_str(),
-            rootfs: &prepared.rootfs,
+            rootfs: &rootfs,
             image: cfg,
             env: &env,
             port,
@@ -361,6 +402,7 @@ impl<'a> Runtime<'a> {
             limits: req.limits,
             cgroup: &cgroup,
             sandbox: &req.sandbox,
+            userns: range,
         })?;
         let bdir = self.bundle_dir(&id);
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;
@@ -397,9 +439,32 @@ impl<'a> Runtime<'a> {
         self.save(&record)?;
         record.state = InstanceState::Starting;
         self.save(&record)?;
-        let mut report = launcher
-            .launch(&self.home, &id)
-            .map_err(|e| RunError::StartFailed { id: id.clone(), message: format!("cannot start the shim: {e}") })?;
+        if let Some(r) = range {
+            // runc cannot make a volume's mount point in a read-only root:
+            // it is made in the image tree first, as runc made it before (an
+            // empty directory the cache check allows).
+            for (_, dest) in &volumes {
+                let point = prepared.rootfs.join(dest.trim_start_matches('/'));
+                if !point.exists() {
+                    fs::create_dir_all(&point).map_err(io_err(&point))?;
+                }
+            }
+            let mounted = self
+                .traversable_run_dir()
+                .and_then(|_| fs::create_dir_all(&rootfs))
+                .and_then(|_| self.driver.mount_root(&prepared.rootfs, &rootfs, r));
+            if let Err(e) = mounted {
+                self.cleanup(&id);
+                let message = format!("{}: {e}; `userns = false` runs it without a user namespace", rootfs.display());
+                record.state = InstanceState::Exited { code: None, signal: None, reason: message.clone() };
+                self.save(&record)?;
+                return Err(RunError::StartFailed { id, message });
+            }
+        }
+        let mut report = launcher.launch(&self.home, &id).map_err(|e| {
+            self.cleanup(&id);
+            RunError::StartFailed { id: id.clone(), message: format!("cannot start the shim: {e}") }
+        })?;
         // The shim writes one line once the container runs or failed; EOF
         // without it means the shim died (its stderr is in shim.log).
         let mut line = String::new();
@@ -425,6 +490,10 @@ impl<'a> Runtime<'a> {
 
     /// Removes the tmpfs leftovers of an instance.
     fn cleanup(&self, id: &InstanceId) {
+        let root = self.idmapped_root(id);
+        if root.exists() {
+            self.driver.unmount_root(&root);
+        }
         let _ = fs::remove_dir_all(self.bundle_dir(id));
         let _ = fs::remove_dir_all(self.secrets_dir(id));
     }
