@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/sandbox.sh: what the default sandbox (seccomp allow-list, no
-# capabilities) costs an instance, against the same image with
-# `seccomp = "unconfined"`, interleaved in one run:
+# capabilities, a user namespace with an idmapped root) costs an instance,
+# against the same image with `seccomp = "unconfined"` and with
+# `userns = false` as well, interleaved in one run:
 #   - start → serving: `kiln run` until the demo app answers HTTP (median);
 #   - requests/s and p99 straight to the instance with wrk (64 keep-alive
 #     connections, 2 threads), median of ROUNDS rounds.
@@ -31,10 +32,16 @@ cat >"$work/kiln.toml" <<'EOF'
 image = "hello:0.1.0"
 env = { HOST = "127.0.0.1" }
 
+[service.nofilter]
+image = "hello:0.1.0"
+env = { HOST = "127.0.0.1" }
+seccomp = "unconfined"
+
 [service.off]
 image = "hello:0.1.0"
 env = { HOST = "127.0.0.1" }
 seccomp = "unconfined"
+userns = false
 EOF
 
 python3 - "$RUNS" "$ROUNDS" "$SECS" "$kiln" "$work/kiln.toml" <<'PY'
@@ -73,29 +80,32 @@ def load(port):
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     return rps, unit(p99.group(1), p99.group(2))
 
-for s in ("on", "off"):  # warm caches (image unpack)
+kinds = ("on", "nofilter", "off")
+for s in kinds:  # warm caches (image unpack)
     rm(start(s)[1])
-times = {"on": [], "off": []}
+times = {s: [] for s in kinds}
 for _ in range(runs):
-    for s in ("on", "off"):
+    for s in kinds:
         took, r = start(s)
         times[s].append(took)
         rm(r)
-rps = {"on": [], "off": []}
-p99 = {"on": [], "off": []}
-inst = {s: start(s)[1] for s in ("on", "off")}
+rps = {s: [] for s in kinds}
+p99 = {s: [] for s in kinds}
+inst = {s: start(s)[1] for s in kinds}
 for _ in range(rounds):
-    for s in ("on", "off"):
+    for s in kinds:
         a, b = load(inst[s]["port"])
         rps[s].append(a)
         p99[s].append(b)
 for r in inst.values():
     rm(r)
 med = statistics.median
-print(f"{'sandbox':<26} {'start ms':>9} {'req/s':>9} {'p99 ms':>7}")
-names = {"on": "default (seccomp, no caps)", "off": "unconfined"}
-for s in ("on", "off"):
-    print(f"{names[s]:<26} {med(times[s])*1000:>9.1f} {med(rps[s]):>9.0f} {med(p99[s]):>7.2f}")
-print(f"start: default / unconfined = {med(times['on'])/med(times['off']):.3f}; "
-      f"req/s: default / unconfined = {med(rps['on'])/med(rps['off']):.3f} (goal: cost under 5 %)")
+print(f"{'sandbox':<40} {'start ms':>9} {'req/s':>9} {'p99 ms':>7}")
+names = {"on": "default (seccomp, no caps, userns)", "nofilter": "seccomp unconfined (userns)",
+         "off": "seccomp unconfined, userns = false"}
+for s in kinds:
+    print(f"{names[s]:<40} {med(times[s])*1000:>9.1f} {med(rps[s]):>9.0f} {med(p99[s]):>7.2f}")
+for s in ("on", "nofilter"):
+    print(f"{names[s]} / no sandbox: start {med(times[s])/med(times['off']):.3f}, "
+          f"req/s {med(rps[s])/med(rps['off']):.3f} (goal: cost under 5 %)")
 PY

@@ -39,8 +39,11 @@ fn results(lines: &[String]) -> BTreeMap<String, bool> {
         .collect()
 }
 
+/// Inside, outside, count: the first line of a uid map.
+type UidMap = (u64, u64, u64);
+
 /// The `uidmap INSIDE OUTSIDE COUNT` line: where the probe's root is on the host.
-fn uid_map(lines: &[String]) -> Option<(u64, u64, u64)> {
+fn uid_map(lines: &[String]) -> Option<UidMap> {
     lines.iter().find_map(|l| {
         let v: Vec<u64> = l.strip_prefix("uidmap ")?.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         (v.len() == 3).then(|| (v[0], v[1], v[2]))
@@ -52,11 +55,7 @@ fn probe_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> BTreeMap<String,
 }
 
 /// The probe's results and its uid map, under kiln.
-fn probe_lines_under_kiln(
-    home: &Path,
-    dir: &Path,
-    extra: &[&str],
-) -> (BTreeMap<String, bool>, Option<(u64, u64, u64)>) {
+fn probe_lines_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> (BTreeMap<String, bool>, Option<UidMap>) {
     let mut args = vec!["run", "--json", "probe:1", "--volume", "data:/data"];
     args.extend_from_slice(extra);
     let v = json(&kiln_ok(home, dir, &args));
@@ -272,6 +271,9 @@ fn bad_sandbox_keys_are_refused_naming_file_and_key() {
     let out = kiln(&home, &dir, &["plan"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("privileged") && text.contains("CAP_SYS_PTRACE"), "{text}");
+    fs::write(dir.join("kiln.toml"), format!("{base}userns = false\nseccomp = \"unconfined\"\n")).unwrap();
+    let text = kiln_ok(&home, &dir, &["plan"]);
+    assert!(text.contains("WARNING: userns = false") && text.contains("WARNING: seccomp = \"unconfined\""), "{text}");
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&home).unwrap();
 }
