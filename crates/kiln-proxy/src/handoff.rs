@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_successor_inherits_live_sockets_and_the_state() {
-        let dir = crate::testutil::tempdir("handoff");
+        let dir = kiln_testutil::tempdir("handoff");
         let path = dir.join("h.sock");
         let offer = Offer::bind(&path).unwrap();
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn ready_reaches_the_predecessor_and_a_stranger_is_refused() {
-        let dir = crate::testutil::tempdir("handoff-ready");
+        let dir = kiln_testutil::tempdir("handoff-ready");
         let path = dir.join("h.sock");
         let offer = Offer::bind(&path).unwrap();
         let p = path.clone();

@@ -38,8 +38,6 @@ pub mod table;
 pub use admin::serve_admin;
 pub use config::*;
 pub use control::*;
-#[cfg(test)]
-mod testutil;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

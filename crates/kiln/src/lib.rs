@@ -39,6 +39,3 @@ pub mod secrets;
 pub mod serve;
 pub mod sys;
 pub mod verify;
-
-#[cfg(test)]
-mod testutil;

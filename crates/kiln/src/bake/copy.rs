@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn files_globs_and_directories() {
-        let d = crate::testutil::tempdir("copy");
+        let d = kiln_testutil::tempdir("copy");
         fs::create_dir_all(d.join("conf/sub")).unwrap();
         fs::write(d.join("a.txt"), "a").unwrap();
         fs::write(d.join("b.txt"), "b").unwrap();
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn missing_sources_and_collisions_are_named() {
-        let d = crate::testutil::tempdir("copy");
+        let d = kiln_testutil::tempdir("copy");
         let e = copy_entries(&d, &spec(&["nope.bin"], "/x")).unwrap_err();
         assert!(e.contains(&d.join("nope.bin").display().to_string()), "{e}");
         let e = copy_entries(&d, &spec(&["*.none"], "/x")).unwrap_err();

@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn detects_additions_changes_deletions_and_links() {
-        let root = crate::testutil::tempdir("diff");
+        let root = kiln_testutil::tempdir("diff");
         fs::create_dir_all(root.join("etc/old")).unwrap();
         fs::write(root.join("etc/old/f"), "1").unwrap();
         fs::write(root.join("etc/keep"), "k").unwrap();
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn nothing_changed_means_no_entries() {
-        let root = crate::testutil::tempdir("diff");
+        let root = kiln_testutil::tempdir("diff");
         fs::write(root.join("f"), "1").unwrap();
         let a = snapshot(&root).unwrap();
         let b = snapshot(&root).unwrap();

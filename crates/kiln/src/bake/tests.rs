@@ -25,7 +25,7 @@ impl Progress for Quiet {
 }
 
 fn setup(toml: &str) -> (Store, SpecFile, std::path::PathBuf) {
-    let d = crate::testutil::tempdir("bake");
+    let d = kiln_testutil::tempdir("bake");
     fs::write(d.join("app.bin"), vec![7u8; 10_000]).unwrap();
     fs::write(d.join("app.conf"), "port = 80\n").unwrap();
     // A rootfs whose /bin/sh exists (the fake sandbox never executes it).

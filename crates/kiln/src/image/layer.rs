@@ -317,6 +317,6 @@ mod tests {
     }
 
     fn tempdir() -> PathBuf {
-        crate::testutil::tempdir("layer")
+        kiln_testutil::tempdir("layer")
     }
 }

@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn batches_take_whole_lines_in_file_order_and_resume_from_the_cursor() {
-        let dir = crate::testutil::tempdir("ship-batch");
+        let dir = kiln_testutil::tempdir("ship-batch");
         let write = |name: &str, lines: &[LogLine], tail: &str| {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap();
             for l in lines {

@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn ingests_complete_lines_once_and_the_tail_at_the_end() {
-        let home = crate::testutil::tempdir("logs");
+        let home = kiln_testutil::tempdir("logs");
         let inst = home.join("inst");
         fs::create_dir_all(&inst).unwrap();
         fs::write(inst.join("stdout.log"), "one\ntwo\npart").unwrap();
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn prune_keeps_live_instances_and_drops_old_or_excess() {
-        let home = crate::testutil::tempdir("logs");
+        let home = kiln_testutil::tempdir("logs");
         let s = LogStore::new(&home);
         fs::create_dir_all(home.join("logs")).unwrap();
         for id in ["a", "b", "c"] {

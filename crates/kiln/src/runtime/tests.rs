@@ -66,7 +66,7 @@ fn record(id: &str) -> InstanceRecord {
 }
 
 fn setup() -> (Store, std::path::PathBuf) {
-    let home = crate::testutil::tempdir("runtime");
+    let home = kiln_testutil::tempdir("runtime");
     (Store::open(&home).unwrap(), home)
 }
 

@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn each_service_gets_a_range_of_its_own_and_keeps_it() {
-        let home = crate::testutil::tempdir("userns");
+        let home = kiln_testutil::tempdir("userns");
         let web = range_for(&home, "web").unwrap();
         let db = range_for(&home, "db").unwrap();
         assert_eq!(web, Range { base: FIRST_BASE, size: SIZE });

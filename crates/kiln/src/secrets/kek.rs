@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn key_files_others_can_read_inside_the_home_or_short_are_refused() {
-        let dir = crate::testutil::tempdir("kek");
+        let dir = kiln_testutil::tempdir("kek");
         let home = dir.join("home");
         std::fs::create_dir_all(&home).unwrap();
         let write = |p: &Path, body: &str, mode: u32| {

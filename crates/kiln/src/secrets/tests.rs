@@ -13,7 +13,7 @@ fn kek_file(dir: &Path, name: &str, home: &Path) -> Kek {
 }
 
 fn setup(what: &str) -> (PathBuf, PathBuf, Kek) {
-    let dir = crate::testutil::tempdir(what);
+    let dir = kiln_testutil::tempdir(what);
     let home = dir.join("home");
     fs::create_dir_all(&home).unwrap();
     let k = kek_file(&dir, "kek", &home);

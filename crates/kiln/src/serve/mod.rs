@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn the_token_is_made_once_and_private() {
-        let home = crate::testutil::tempdir("serve-token");
+        let home = kiln_testutil::tempdir("serve-token");
         let t = token(&home).unwrap();
         assert_eq!(t.len(), 64);
         assert_eq!(token(&home).unwrap(), t);

@@ -19,7 +19,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {
-        let dir = crate::testutil::tempdir("atomic");
+        let dir = kiln_testutil::tempdir("atomic");
         let p = dir.join("state.json");
         super::write(&p, b"one").unwrap();
         super::write(&p, b"two").unwrap();

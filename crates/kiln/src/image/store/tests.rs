@@ -3,7 +3,7 @@
 use super::*;
 
 fn store() -> Store {
-    Store::open(&crate::testutil::tempdir("store")).unwrap()
+    Store::open(&kiln_testutil::tempdir("store")).unwrap()
 }
 
 #[test]

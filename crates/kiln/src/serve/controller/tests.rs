@@ -46,7 +46,7 @@ const IMAGE: &str =
 /// A KILN_HOME with images `app:b1` and `app:b2` and a kiln.toml of
 /// `services` (TOML tables).
 fn home_with(services: &str) -> (PathBuf, Store) {
-    let home = crate::testutil::tempdir("controller");
+    let home = kiln_testutil::tempdir("controller");
     let store = Store::open(&home.join("store")).unwrap();
     let sb = crate::bake::sandbox::RecordingSandbox::new(|_, _| Ok(()));
     let tools = crate::bake::Tools { sandbox: &sb, git: &NoGit };

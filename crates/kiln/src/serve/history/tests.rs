@@ -1,7 +1,7 @@
 //! Unit tests of [`super`].
 
 use super::*;
-use crate::testutil::tempdir;
+use kiln_testutil::tempdir;
 
 fn started(digest: &str) -> Event {
     Event::Started {

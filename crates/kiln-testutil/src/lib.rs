@@ -1,4 +1,7 @@
-//! Helpers for unit tests only.
+//! Helpers for the unit tests of kiln's crates: a dev-dependency of each,
+//! so the one copy is shared and nothing here is linked into kiln.
+//!
+//! For: test scaffolding. Must never: be a normal dependency of a crate.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
