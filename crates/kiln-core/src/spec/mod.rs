@@ -19,12 +19,14 @@ mod image;
 pub mod notify;
 pub mod release;
 pub mod sandbox;
+mod service;
 pub mod syslog;
 pub mod verify;
 
 use image::validate_image;
 pub use image::{valid_image_name, validate_version};
 pub use release::{AnalysisSpec, BlueGreenSpec, CanaryStep, HealthSpec, ReleaseSpec, SmokeCheck, Strategy};
+use service::validate_service;
 
 /// A parsed, validated `kiln.toml`.
 #[derive(Debug, Clone)]
@@ -489,122 +491,6 @@ type FieldError = (Option<Range<usize>>, String, String);
 
 fn field_err(span: Range<usize>, key: &str, message: impl Into<String>) -> FieldError {
     (Some(span), key.to_owned(), message.into())
-}
-
-fn validate_service(
-    name: &str,
-    raw: RawService,
-    line: usize,
-) -> Result<(ServiceSpec, Vec<release::Claim>), FieldError> {
-    if !valid_image_name(name) || name.contains('.') {
-        return Err((
-            None,
-            String::new(),
-            format!("service name {name:?} must be lowercase letters, digits and single '-'/'_'"),
-        ));
-    }
-    if raw.image.get_ref().trim().is_empty() {
-        return Err(field_err(raw.image.span(), "image", "names no image"));
-    }
-    check_env_names(&raw.env)?;
-    let mut volumes = BTreeMap::new();
-    for (v, dest) in raw.volumes {
-        let ok_name = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
-        if !ok_name {
-            return Err(field_err(
-                dest.span(),
-                &format!("volumes.{v}"),
-                "a volume name is letters, digits, '_' and '-'",
-            ));
-        }
-        let d = dest.get_ref();
-        if !d.starts_with('/') || d.split('/').any(|p| p == "..") {
-            return Err(field_err(
-                dest.span(),
-                &format!("volumes.{v}"),
-                format!("{d:?} must be an absolute path without '..'"),
-            ));
-        }
-        volumes.insert(v, dest.into_inner());
-    }
-    let mut secrets = Vec::new();
-    for (i, sec) in raw.secrets.into_iter().enumerate() {
-        let span = sec.span();
-        let (n, env) = match sec.into_inner() {
-            RawSecret::Name(n) => (n, None),
-            RawSecret::Full { name, env } => (name, env),
-        };
-        let valid = !n.is_empty()
-            && n.len() <= 128
-            && !n.starts_with('.')
-            && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !valid {
-            return Err(field_err(span, &format!("secrets[{i}]"), format!("{n:?} is not a valid secret name")));
-        }
-        if env.as_ref().is_some_and(|e| e.is_empty() || e.contains('=')) {
-            return Err(field_err(span, &format!("secrets[{i}].env"), "must be a variable name"));
-        }
-        secrets.push(SecretRef { name: n, env });
-    }
-    let memory_bytes =
-        match &raw.memory {
-            Some(m) => Some(parse_size(m.get_ref()).ok_or_else(|| {
-                field_err(m.span(), "memory", format!("{:?}: expected a size like 256M", m.get_ref()))
-            })?),
-            None => None,
-        };
-    if let Some(c) = &raw.cpus {
-        if !(*c.get_ref() > 0.0 && *c.get_ref() <= 1024.0) {
-            return Err(field_err(c.span(), "cpus", "must be a positive number of cores"));
-        }
-    }
-    let positive = |v: &Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, FieldError> {
-        match v {
-            Some(n) if *n.get_ref() < 0 => Err(field_err(n.span(), key, "must not be negative")),
-            Some(n) => Ok(Some(*n.get_ref() as u64)),
-            None => Ok(None),
-        }
-    };
-    let (release, claims) = release::validate(release::RawRelease {
-        replicas: raw.replicas,
-        listen: raw.listen,
-        strategy: raw.strategy,
-        drain_timeout: raw.drain_timeout,
-        keep_previous: raw.keep_previous,
-        progress_deadline: raw.progress_deadline,
-        keep_releases: raw.keep_releases,
-        health: raw.health,
-        rolling: raw.rolling,
-        blue_green: raw.blue_green,
-        canary: raw.canary,
-        heal: raw.heal,
-    })?;
-    let sandbox = sandbox::validate(sandbox::RawSandbox {
-        seccomp: raw.seccomp,
-        capabilities: raw.capabilities,
-        privileged: raw.privileged,
-        userns: raw.userns,
-    })?;
-    // A byte offset until `parse` turns it into a line.
-    let image_line = raw.image.span().start;
-    let service = ServiceSpec {
-        name: name.to_owned(),
-        image: raw.image.into_inner(),
-        env: raw.env,
-        volumes,
-        secrets,
-        memory_bytes,
-        cpus: raw.cpus.map(Spanned::into_inner),
-        pids: positive(&raw.pids, "pids")?,
-        stop_timeout: positive(&raw.stop_timeout, "stop_timeout")?,
-        release,
-        channel: None,
-        sandbox,
-        line,
-        image_line,
-        file: PathBuf::new(),
-    };
-    Ok((service, claims))
 }
 
 /// Parses a size like `512`, `64K`, `256M`, `2G` into bytes.
