@@ -44,21 +44,12 @@ seccomp = "unconfined"
 userns = false
 EOF
 
-python3 - "$RUNS" "$ROUNDS" "$SECS" "$kiln" "$work/kiln.toml" <<'PY'
-import json, re, socket, statistics, subprocess, sys, time
+python3 - "$RUNS" "$ROUNDS" "$SECS" "$kiln" "$work/kiln.toml" "$root/bench" <<'PY'
+import json, re, statistics, subprocess, sys, time
+sys.path.insert(0, sys.argv[-1])
+from http_ready import answered, free_port
 
 runs, rounds, secs, kiln, spec = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-
-def answered(port, deadline):
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return True
-        except OSError:
-            time.sleep(0.001)
-    return False
 
 def start(service):
     t = time.monotonic()

@@ -28,26 +28,12 @@ fi
 "$root/target/release/kiln" bake -f examples/hello/kiln.toml >/dev/null 2>&1
 skopeo copy -q "oci:$KILN_HOME/store:hello:0.1.0" docker-daemon:kiln-bench-hello:0.1.0
 
-python3 - "$RUNS" "$root/target/release/kiln" <<'PY'
-import json, socket, statistics, subprocess, sys, time
+python3 - "$RUNS" "$root/target/release/kiln" "$root/bench" <<'PY'
+import json, statistics, subprocess, sys, time
+sys.path.insert(0, sys.argv[-1])
+from http_ready import answered, free_port
 
 runs, kiln = int(sys.argv[1]), sys.argv[2]
-
-def answered(port, deadline):
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return True
-        except OSError:
-            time.sleep(0.001)
-    return False
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 def kiln_start():
     t = time.monotonic()
