@@ -277,3 +277,54 @@ fn bad_sandbox_keys_are_refused_naming_file_and_key() {
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&home).unwrap();
 }
+
+/// A tree kiln did not make: Debian 12 (debootstrap) under the user
+/// namespace. Its root-owned files are root's inside (setuid bits kept), a
+/// file written to a volume is the service's host uid outside, and the
+/// host keeps no mount of it.
+#[test]
+fn a_debian_tree_runs_as_its_own_root_inside_and_an_unprivileged_uid_outside() {
+    let _room = common::room("sandbox");
+    let dir = tempdir("sandbox-debian");
+    let home = tempdir("sandbox-debian-home");
+    fs::copy(crate::scan::debootstrap_rootfs(), dir.join("rootfs.tar")).unwrap();
+    let script = "echo user=$(id -un) uid=$(id -u); stat -c 'stat %U:%G %a %n' /etc/shadow /usr/bin/passwd; \
+                  echo hi > /var/lib/app/x && echo wrote; exec sleep 60";
+    fs::write(
+        dir.join("kiln.toml"),
+        format!(
+            "[image.deb]\nfrom = \"rootfs:rootfs.tar\"\nversion = \"1\"\nentrypoint = [\"/bin/sh\", \"-c\", {script:?}]\n\n\
+             [service.deb]\nimage = \"deb\"\nvolumes = {{ app = \"/var/lib/app\" }}\n"
+        ),
+    )
+    .unwrap();
+    kiln_ok(&home, &dir, &["bake"]);
+    let v = json(&kiln_ok(&home, &dir, &["run", "--service", "deb", "--json"]));
+    let id = v["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines: Vec<String> = kiln_ok(&home, &dir, &["logs", "--instance", &id, "--json"])
+            .lines()
+            .map(|l| json(l)["line"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if lines.iter().any(|l| l == "wrote") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the Debian instance did not write its volume: {lines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(lines.contains(&"user=root uid=0".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"stat root:shadow 640 /etc/shadow".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"stat root:root 4755 /usr/bin/passwd".to_owned()), "{lines:?}");
+    let base = json(&fs::read_to_string(home.join("userns.json")).unwrap())["ranges"]["deb"].as_u64().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let x = fs::metadata(home.join("volumes/deb/app/x")).unwrap();
+    assert_eq!(u64::from(x.uid()), base, "root inside is host uid {base}");
+    // The idmapped root lives only in the instance's mount namespace: the
+    // shim detaches the host's copy once the container holds it.
+    let on_host = fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&id)).count();
+    assert_eq!(on_host, 0, "no mount of the instance is left on the host");
+    kiln_ok(&home, &dir, &["rm", "--force", &id]);
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&home).unwrap();
+}

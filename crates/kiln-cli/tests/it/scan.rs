@@ -338,7 +338,7 @@ fn sboms_are_valid_spdx_and_cyclonedx_and_list_every_package_syft_finds() {
 
 /// A Debian 12 minbase rootfs (curl, openssl, ca-certificates) from
 /// Debian's packages by debootstrap, built once per test run.
-fn debootstrap_rootfs() -> PathBuf {
+pub(crate) fn debootstrap_rootfs() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-12-minbase.tar");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/debian-rootfs.sh");
     let r = run(script.to_str().unwrap(), &[out.to_str().unwrap()]);

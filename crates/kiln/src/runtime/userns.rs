@@ -11,7 +11,9 @@
 //! `MOUNT_ATTR_IDMAP`, `move_mount`; Linux 5.12 or later, on a file system
 //! that supports it, such as ext4, xfs, btrfs or tmpfs) and gives runc the
 //! mounted tree as the instance's root. The mount is read-only, so nothing
-//! can delete the shared image tree through it.
+//! can delete the shared image tree through it, and it lives on only in the
+//! instance's own mount namespace: the shim detaches the host's copy as soon
+//! as the container holds it (with the bundle), so the host keeps none.
 //!
 //! For: ranges, idmapped trees, shifting a volume into a range. Must never:
 //! unmount anything it did not mount, or follow a symlink out of a volume.
