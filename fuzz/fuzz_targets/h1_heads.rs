@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     let fwd = h1::Forward {
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        https: true,
         sticky_header: Some("x-user"),
         generated_id: &|| h1::RequestId::generate(1, 2),
     };

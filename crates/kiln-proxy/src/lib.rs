@@ -28,10 +28,12 @@
 mod forward;
 pub mod h1;
 pub mod handoff;
+pub mod tls;
 pub use kiln_core::metrics;
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod redirect;
 pub mod run;
 pub mod table;
 
@@ -83,6 +85,8 @@ pub struct Proxy {
     /// Client connections open (idle ones included).
     connections: AtomicU64,
     stop: tokio::sync::Notify,
+    /// The listener's certificates, when it serves HTTPS (for metrics).
+    certs: std::sync::OnceLock<Arc<tls::Certs>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -171,7 +175,14 @@ impl Proxy {
             stopping: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
+            certs: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes `certs` part of the metrics (their expiry, reloads and
+    /// refused names); the first call wins.
+    pub fn set_certs(&self, certs: Arc<tls::Certs>) {
+        let _ = self.certs.set(certs);
     }
 
     fn now_ms(&self) -> u64 {
@@ -406,7 +417,33 @@ impl Proxy {
             out.sample(f, "counter", help, format_args!("{f}{{{l},outcome=\"cut\"}} {}", n(&b.drain_cut)));
             b.traffic.prometheus(&mut out, "kiln_proxy_backend_", &l);
         }
+        if let Some(certs) = self.certs.get() {
+            self.tls_metrics(&mut out, certs);
+        }
         out.render()
+    }
+
+    fn tls_metrics(&self, out: &mut metrics::Exposition, certs: &tls::Certs) {
+        let s = &self.config.service;
+        let f = "kiln_proxy_tls_certificate_expiry_timestamp_seconds";
+        let help = "When the served certificate stops being valid (Unix seconds).";
+        for (cert, not_after) in certs.expiries() {
+            let cert = cert.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+            out.sample(f, "gauge", help, format_args!("{f}{{service=\"{s}\",cert=\"{cert}\"}} {not_after}"));
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let f = "kiln_proxy_tls_reloads_total";
+        let help = "Certificate files re-read after a change, by outcome (a failed one keeps the old pair).";
+        out.sample(f, "counter", help, format_args!("{f}{{service=\"{s}\",outcome=\"loaded\"}} {}", n(&certs.reloads)));
+        out.sample(
+            f,
+            "counter",
+            help,
+            format_args!("{f}{{service=\"{s}\",outcome=\"kept\"}} {}", n(&certs.reload_failures)),
+        );
+        let f = "kiln_proxy_tls_unknown_names_total";
+        let help = "Handshakes refused because the client named a host not served here.";
+        out.sample(f, "counter", help, format_args!("{f}{{service=\"{s}\"}} {}", n(&certs.unknown_names)));
     }
 
     /// Passive health: consecutive failures eject a backend for a while,
@@ -473,8 +510,10 @@ pub const QUICK_CHECK: Duration = Duration::from_millis(100);
 /// How often each worker closes idle connections to draining backends.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
-/// Serves the proxy on `listener`, on the current (worker's) runtime.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+/// Serves the proxy on `listener`, on the current (worker's) runtime;
+/// over TLS with `tls`.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async {
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
@@ -499,7 +538,21 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(forward::connection(proxy.clone(), stream, peer));
+        match &acceptor {
+            None => {
+                tokio::spawn(forward::connection(proxy.clone(), stream, peer));
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, under the
+                // header timeout: a client that stalls it holds nothing else.
+                let (p, accept) = (proxy.clone(), acceptor.accept(stream));
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) = tokio::time::timeout(p.config.header_timeout, accept).await {
+                        forward::connection(p, tls, peer).await;
+                    }
+                });
+            }
+        }
     }
     // Stopping: new connections are refused, while the connections already
     // accepted (tasks of this runtime) go on until the process exits.
@@ -547,17 +600,22 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
     })
 }
 
-/// Starts one worker thread per listener serving the proxy, each with its
-/// own runtime. The threads run until the process exits.
-pub fn start(proxy: Arc<Proxy>, listeners: Vec<std::net::TcpListener>) -> std::io::Result<()> {
+/// Starts one worker thread per listener serving the proxy (over TLS with
+/// `tls`), each with its own runtime. The threads run until the process
+/// exits.
+pub fn start(
+    proxy: Arc<Proxy>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     for (worker, l) in listeners.into_iter().enumerate() {
         l.set_nonblocking(true)?;
-        let p = proxy.clone();
+        let (p, tls) = (proxy.clone(), tls.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name(format!("kiln-proxy-{worker}")).spawn(move || {
             rt.block_on(async move {
                 match TcpListener::from_std(l) {
-                    Ok(listener) => serve(p, listener).await,
+                    Ok(listener) => serve(p, listener, tls).await,
                     Err(e) => eprintln!("kiln proxy: worker {worker}: {e}"),
                 }
             })

@@ -22,7 +22,23 @@ pub struct ProxyRun {
     pub handoff: Option<std::path::PathBuf>,
     /// A predecessor's handoff socket: serve on its listeners, then it stops.
     pub take_over: Option<std::path::PathBuf>,
+    /// HTTPS on `listen`, with this certificate for these hosts.
+    pub tls: Option<TlsRun>,
+    /// A plain-HTTP listener answering every request with a redirect to
+    /// HTTPS (see [`crate::redirect`]).
+    pub redirect_http: Option<std::net::SocketAddr>,
 }
+
+/// `kiln proxy --tls-cert F --tls-key K [--host H ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRun {
+    pub files: crate::tls::TlsFiles,
+    /// The names served (SNI); none: every name gets the certificate.
+    pub hosts: Vec<String>,
+}
+
+/// How often certificate files are looked at for a rotation.
+const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `--release` flags plus the releases file, if any.
 fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::TableEntry>, String> {
@@ -33,30 +49,42 @@ fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::TableEntry>, String> {
     Ok(releases)
 }
 
-/// The proxy's listeners: a predecessor's (the very sockets, so its accept
-/// queue carries over) with its backends' health, or fresh ones.
-fn proxy_listeners(
-    run: &ProxyRun,
-    proxy: &crate::Proxy,
-) -> std::io::Result<(Vec<std::net::TcpListener>, Option<crate::handoff::Inherited>)> {
-    let Some(path) = &run.take_over else { return Ok((crate::bind(run.listen, run.workers)?, None)) };
+/// The proxy's listeners and its redirect listener: a predecessor's (the
+/// very sockets, so its accept queue carries over) with its backends'
+/// health, or fresh ones.
+type Listeners = (Vec<std::net::TcpListener>, Option<std::net::TcpListener>, Option<crate::handoff::Inherited>);
+
+fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<Listeners> {
+    let Some(path) = &run.take_over else {
+        let redirect = run.redirect_http.map(|a| crate::bind(a, 1)).transpose()?.and_then(|mut v| v.pop());
+        return Ok((crate::bind(run.listen, run.workers)?, redirect, None));
+    };
     let mut inh = crate::handoff::take_over(path).map_err(std::io::Error::other)?;
     let state: crate::Succession = serde_json::from_slice(&inh.state)
         .map_err(|e| std::io::Error::other(format!("{}: the predecessor's state: {e}", path.display())))?;
-    let listeners: Vec<std::net::TcpListener> = std::mem::take(&mut inh.fds).into_iter().map(Into::into).collect();
-    for l in &listeners {
+    let mut listeners = Vec::new();
+    let mut redirect = None;
+    for l in std::mem::take(&mut inh.fds).into_iter().map(std::net::TcpListener::from) {
         let at = l.local_addr()?;
-        if at != run.listen {
+        if at == run.listen {
+            listeners.push(l);
+        } else if Some(at) == run.redirect_http {
+            redirect = Some(l);
+        } else {
             let m =
                 format!("--take-over {}: the predecessor listens on {at}, not --listen {}", path.display(), run.listen);
             return Err(std::io::Error::other(m));
         }
     }
+    // A redirect listener the predecessor did not have is bound afresh.
+    if redirect.is_none() {
+        redirect = run.redirect_http.map(|a| crate::bind(a, 1)).transpose()?.and_then(|mut v| v.pop());
+    }
     if listeners.is_empty() {
         return Err(std::io::Error::other(format!("--take-over {}: no listener was handed over", path.display())));
     }
     proxy.inherit(&state);
-    Ok((listeners, Some(inh)))
+    Ok((listeners, redirect, Some(inh)))
 }
 
 /// Offers this proxy's listeners to a successor on `path`; `handed` is
@@ -90,20 +118,38 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
     let proxy = crate::Proxy::new(run.config.clone());
     let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
     proxy.set_releases(initial).map_err(std::io::Error::other)?;
-    let (listeners, inherited) = proxy_listeners(&run, &proxy)?;
+    // Certificates before listeners: a pair that fails its checks leaves a
+    // predecessor serving.
+    let tls = match &run.tls {
+        Some(t) => {
+            let now = kiln_core::time::now_secs();
+            let certs = std::sync::Arc::new(
+                crate::tls::Certs::load(&[(t.files.clone(), t.hosts.clone())], now).map_err(std::io::Error::other)?,
+            );
+            proxy.set_certs(certs.clone());
+            let config = crate::tls::server_config(certs.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?;
+            Some((certs, config))
+        }
+        None => None,
+    };
+    let (listeners, redirect, inherited) = proxy_listeners(&run, &proxy)?;
     // Copies kept for a successor: the same sockets, not new ones.
-    let keep =
+    let mut keep =
         listeners.iter().map(|l| l.try_clone().map(std::os::fd::OwnedFd::from)).collect::<Result<Vec<_>, _>>()?;
+    let main_sockets = keep.len();
+    if let Some(r) = &redirect {
+        keep.push(r.try_clone()?.into());
+    }
     // Every socket of the SO_REUSEPORT group needs an acceptor; extra
     // workers share one.
     let mut workers = listeners;
     for i in workers.len()..run.workers.max(1) {
-        let extra = workers[i % keep.len()].try_clone()?;
+        let extra = workers[i % main_sockets].try_clone()?;
         workers.push(extra);
     }
     let bound = workers[0].local_addr()?;
     let n = workers.len();
-    crate::start(proxy.clone(), workers)?;
+    crate::start(proxy.clone(), workers, tls.as_ref().map(|(_, c)| c.clone()))?;
     if let Some(inh) = inherited {
         inh.ready().map_err(std::io::Error::other)?;
         eprintln!("kiln proxy: took over {bound} from its predecessor");
@@ -122,6 +168,30 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
             tokio::spawn(crate::serve_admin(proxy.clone(), admin));
         }
         tokio::spawn(proxy.clone().health_loop());
+        if let Some(r) = redirect {
+            r.set_nonblocking(true)?;
+            eprintln!("kiln proxy: redirecting plain HTTP on {} to https", r.local_addr()?);
+            tokio::spawn(crate::redirect::serve_redirects(tokio::net::TcpListener::from_std(r)?, bound.port()));
+        }
+        if let Some((certs, _)) = tls {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CERT_POLL).await;
+                    for r in certs.reload(kiln_core::time::now_secs()) {
+                        match r {
+                            crate::tls::Reload::Loaded { cert, not_after } => eprintln!(
+                                "kiln proxy: {}: reloaded, valid until {}",
+                                cert.display(),
+                                kiln_core::time::rfc3339(not_after)
+                            ),
+                            crate::tls::Reload::Kept(e) => {
+                                eprintln!("kiln proxy: certificate not reloaded, the old one is served: {e}")
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {

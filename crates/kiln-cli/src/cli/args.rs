@@ -501,6 +501,18 @@ pub(crate) enum Cmd {
         /// Serve on a running proxy's listeners, taken over from its --handoff socket; it then stops.
         #[arg(long, value_name = "SOCKET")]
         take_over: Option<PathBuf>,
+        /// Serve HTTPS with this certificate chain (PEM), re-read when it changes.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A host name served (repeatable; `*.example.com` for one label): the certificate must cover it, and a client naming another host is refused. None: every name.
+        #[arg(long = "host", value_name = "NAME", requires = "tls_cert")]
+        hosts: Vec<String>,
+        /// Also listen for plain HTTP here and redirect every request to HTTPS (308).
+        #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+        redirect_http: Option<std::net::SocketAddr>,
     },
     /// Internal: the per-instance shim started by `kiln run`.
     #[command(name = "__shim", hide = true)]

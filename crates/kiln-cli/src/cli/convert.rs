@@ -330,6 +330,10 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             shutdown_grace_ms,
             handoff,
             take_over,
+            tls_cert,
+            tls_key,
+            hosts,
+            redirect_http,
         } => {
             let health = health_path.map(|path| kiln::proxy::HealthCheck {
                 path,
@@ -360,6 +364,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 workers,
                 handoff,
                 take_over,
+                tls: tls_cert.zip(tls_key).map(|(cert, key)| kiln::proxy::run::TlsRun {
+                    files: kiln::proxy::tls::TlsFiles { cert, key },
+                    hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                }),
+                redirect_http,
             };
             (Command::Proxy(run), false)
         }

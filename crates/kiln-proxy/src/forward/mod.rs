@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Framing, HeadError, RequestId};
@@ -54,7 +54,29 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(conn)
 }
 
-/// Serves one client connection until it closes, errs or idles out.
+/// A client connection: plain TCP, or TLS over it.
+pub(super) trait Client: AsyncRead + AsyncWrite + Unpin {
+    /// Whether it came over TLS (`X-Forwarded-Proto`).
+    const HTTPS: bool;
+    /// The TCP socket underneath, watched for a close while a slow
+    /// backend answers.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Client for TcpStream {
+    const HTTPS: bool = false;
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Client for tokio_rustls::server::TlsStream<TcpStream> {
+    const HTTPS: bool = true;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Counts a client connection as open while it lives.
 struct Open<'a>(&'a AtomicU64);
 
@@ -64,7 +86,8 @@ impl Drop for Open<'_> {
     }
 }
 
-pub(super) async fn connection(p: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) {
+/// Serves one client connection until it closes, errs or idles out.
+pub(super) async fn connection<C: Client>(p: Arc<Proxy>, mut client: C, peer: SocketAddr) {
     p.connections.fetch_add(1, Ordering::Relaxed);
     let _open = Open(&p.connections);
     let mut cbuf = Buf::new();
@@ -99,9 +122,9 @@ pub(super) async fn connection(p: Arc<Proxy>, mut client: TcpStream, peer: Socke
 /// of it into `head`; returns it with the request's ticket. `Ok(None)`:
 /// the client closed, idled out, or did not finish its head in time
 /// (slowloris).
-async fn read_request(
+async fn read_request<C: Client>(
     p: &Proxy,
-    client: &mut TcpStream,
+    client: &mut C,
     cbuf: &mut Buf,
     head: &mut Vec<u8>,
     peer: SocketAddr,
@@ -115,6 +138,7 @@ async fn read_request(
             let next = || p.ticket.fetch_add(1, Ordering::Relaxed);
             let fwd = h1::Forward {
                 client_ip: peer.ip(),
+                https: C::HTTPS,
                 sticky_header: match &p.config.sticky {
                     Sticky::Header(name) => Some(name.as_str()),
                     _ => None,
@@ -171,8 +195,8 @@ async fn read_request(
 }
 
 /// The client side of one exchange and this connection's reused buffers.
-struct Io<'a> {
-    client: &'a mut TcpStream,
+struct Io<'a, C> {
+    client: &'a mut C,
     /// Bytes from the client not yet used (a request body, the next request).
     cbuf: &'a mut Buf,
     /// Bytes from the backend not yet used.
@@ -207,7 +231,7 @@ enum Failure {
 /// when nothing can be lost), answer, stream the body back, and return the
 /// backend connection to the pool. Returns what the client connection
 /// does next.
-async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u64) -> Next {
+async fn exchange<C: Client>(p: &Proxy, io: &mut Io<'_, C>, info: &h1::RequestInfo, ticket: u64) -> Next {
     let started = Instant::now();
     let table = p.table.load_full();
     let sticky = info.sticky_cookie.and_then(|(s, e)| table.release_index(&io.cbuf.filled()[s..e]));
@@ -341,9 +365,9 @@ async fn exchange(p: &Proxy, io: &mut Io<'_>, info: &h1::RequestInfo, ticket: u6
 /// Answers the client with a response of the proxy's own; records it
 /// against the release and backend that failed, if any. A request whose
 /// body was not read ends its connection (lingering).
-async fn local(
+async fn local<C: Client>(
     p: &Proxy,
-    io: &mut Io<'_>,
+    io: &mut Io<'_, C>,
     status: u16,
     msg: &str,
     failed: Option<(&ReleaseMetrics, &Backend, Instant)>,
@@ -378,7 +402,7 @@ enum Next {
 
 /// Half-closes, then reads and discards what the client still sends, for
 /// at most [`LINGER`], before the connection is dropped.
-async fn linger(client: &mut TcpStream, scratch: &mut Buf) {
+async fn linger<C: Client>(client: &mut C, scratch: &mut Buf) {
     let _ = client.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER;
     loop {
@@ -393,9 +417,9 @@ async fn linger(client: &mut TcpStream, scratch: &mut Buf) {
 /// One attempt on one backend: a connection (pooled or new), the request
 /// head and body, and the response head, written for the client into
 /// `io.reply`.
-async fn attempt_on(
+async fn attempt_on<C: Client>(
     p: &Proxy,
-    io: &mut Io<'_>,
+    io: &mut Io<'_, C>,
     info: &h1::RequestInfo,
     reply: &h1::Reply<'_>,
     backend: &Backend,
@@ -417,7 +441,7 @@ async fn attempt_on(
         let head = response_head(&mut rd, bbuf, reply, reply_head);
         tokio::pin!(head);
         if info.framing == Framing::None {
-            return Ok((await_head(head, client, limit).await?, false));
+            return Ok((await_head(head, client.tcp(), limit).await?, false));
         }
         // The body goes up while the response head is awaited: a backend
         // may answer (413, 401, ...) before it has read the whole body.
@@ -439,7 +463,7 @@ async fn attempt_on(
         };
         // The backend timeout runs from the end of the request, so a large
         // upload from a slow client takes the time it needs.
-        Ok((await_head(head, client, limit).await?, unread))
+        Ok((await_head(head, client.tcp(), limit).await?, unread))
     };
     let (mut resp, unread) = tokio::select! {
         biased;

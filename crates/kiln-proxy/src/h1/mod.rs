@@ -102,6 +102,8 @@ impl RequestId {
 #[derive(Clone, Copy)]
 pub struct Forward<'a> {
     pub client_ip: std::net::IpAddr,
+    /// The client connected over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
     /// Lower-case name of the header whose value picks a sticky release.
     pub sticky_header: Option<&'a str>,
     /// Used when the client sent no usable `X-Request-Id`.
@@ -112,6 +114,7 @@ impl std::fmt::Debug for Forward<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forward")
             .field("client_ip", &self.client_ip)
+            .field("https", &self.https)
             .field("sticky_header", &self.sticky_header)
             .finish()
     }
@@ -280,7 +283,7 @@ pub fn request(input: &[u8], fwd: &Forward<'_>, out: &mut Vec<u8>) -> Result<Opt
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}\r\n", fwd.client_ip);
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if fwd.https { b"X-Forwarded-Proto: https\r\n" } else { b"X-Forwarded-Proto: http\r\n" });
     if let Some(host) = host {
         header(out, b"X-Forwarded-Host", host);
     }

@@ -5,6 +5,7 @@ use super::*;
 fn fwd_with(sticky: Option<&'static str>) -> Forward<'static> {
     Forward {
         client_ip: std::net::IpAddr::from([10, 0, 0, 7]),
+        https: false,
         sticky_header: sticky,
         generated_id: &|| RequestId::generate(7, 1),
     }

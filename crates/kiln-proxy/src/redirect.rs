@@ -1,0 +1,84 @@
+//! The plain-HTTP listener of an HTTPS service (`redirect_http`): every
+//! request is answered `308 Permanent Redirect` to the same host, path and
+//! query on `https://`, so a method and body are kept. A hyper server on
+//! the admin thread: redirects are not the hot path.
+//!
+//! For: sending plain-HTTP clients to HTTPS. Must never: forward a
+//! request to a backend.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::{text, Body};
+
+/// Where a request to `host` (its `Host` header, port and all) for
+/// `path_and_query` is sent, for an HTTPS listener on `https_port`. `None`:
+/// the host is not a host name or address a Location can carry.
+pub fn location(host: &str, path_and_query: &str, https_port: u16) -> Option<String> {
+    // The Host header's own port is the plain one; the HTTPS port replaces it.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n).to_owned(),
+    };
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if !ok {
+        return None;
+    }
+    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    let path = if path_and_query.starts_with('/') { path_and_query } else { "/" };
+    Some(format!("https://{name}{port}{path}"))
+}
+
+fn answer(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match host.and_then(|h| location(h, path, https_port)) {
+        Some(to) => {
+            let mut r = text(StatusCode::PERMANENT_REDIRECT, &to);
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        None => text(StatusCode::BAD_REQUEST, "a request needs a Host header naming a host"),
+    }
+}
+
+/// Serves redirects on `listener` until the process exits.
+pub async fn serve_redirects(listener: TcpListener, https_port: u16) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req| async move { Ok::<_, Infallible>(answer(&req, https_port)) });
+            let mut server = hyper::server::conn::http1::Builder::new();
+            server.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_keep_host_path_and_query_and_take_the_https_port() {
+        assert_eq!(location("shop.test", "/a?b=1", 443).as_deref(), Some("https://shop.test/a?b=1"));
+        assert_eq!(location("shop.test:8080", "/", 8443).as_deref(), Some("https://shop.test:8443/"));
+        assert_eq!(location("[::1]:80", "/x", 443).as_deref(), Some("https://[::1]/x"));
+        assert_eq!(location("127.0.0.1:80", "*", 443).as_deref(), Some("https://127.0.0.1/"));
+        assert_eq!(location("evil.test/@x", "/", 443), None);
+        assert_eq!(location("", "/", 443), None);
+    }
+}
