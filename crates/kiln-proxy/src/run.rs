@@ -64,6 +64,7 @@ fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<List
         .map_err(|e| std::io::Error::other(format!("{}: the predecessor's state: {e}", path.display())))?;
     let mut listeners = Vec::new();
     let mut redirect = None;
+    let mut others = Vec::new();
     for l in std::mem::take(&mut inh.fds).into_iter().map(std::net::TcpListener::from) {
         let at = l.local_addr()?;
         if at == run.listen {
@@ -71,17 +72,28 @@ fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<List
         } else if Some(at) == run.redirect_http {
             redirect = Some(l);
         } else {
-            let m =
-                format!("--take-over {}: the predecessor listens on {at}, not --listen {}", path.display(), run.listen);
-            return Err(std::io::Error::other(m));
+            others.push(at);
         }
+    }
+    if listeners.is_empty() && others.is_empty() {
+        return Err(std::io::Error::other(format!("--take-over {}: no listener was handed over", path.display())));
+    }
+    if listeners.is_empty() {
+        let m = format!(
+            "--take-over {}: the predecessor listens on {others:?}, not --listen {}",
+            path.display(),
+            run.listen
+        );
+        return Err(std::io::Error::other(m));
+    }
+    for at in others {
+        // A redirect listener this proxy no longer has: closed here, and
+        // in the predecessor when it exits.
+        eprintln!("kiln proxy: {at}: no longer listened on");
     }
     // A redirect listener the predecessor did not have is bound afresh.
     if redirect.is_none() {
         redirect = run.redirect_http.map(|a| crate::bind(a, 1)).transpose()?.and_then(|mut v| v.pop());
-    }
-    if listeners.is_empty() {
-        return Err(std::io::Error::other(format!("--take-over {}: no listener was handed over", path.display())));
     }
     proxy.inherit(&state);
     Ok((listeners, redirect, Some(inh)))

@@ -9,6 +9,7 @@ mod common;
 
 mod api;
 mod bake;
+mod edge;
 mod heal;
 mod history;
 mod observe;

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 use crate::digest::Digest;
 
+pub mod edge;
 mod image;
 pub mod notify;
 pub mod release;
@@ -157,6 +158,9 @@ pub struct ServiceSpec {
     /// Seccomp, capabilities, privileged.
     #[serde(default)]
     pub sandbox: sandbox::SandboxSpec,
+    /// Host names, TLS and the HTTP redirect of its load balancer.
+    #[serde(default)]
+    pub edge: edge::EdgeSpec,
     #[serde(skip)]
     pub line: usize,
     /// Line of the `image` key, for an image the store does not have.
@@ -257,6 +261,7 @@ pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
     // A seccomp profile file is read once, here, beside its kiln.toml.
     let dir = path.parent().unwrap_or(Path::new("."));
     for (name, service) in &mut file.services {
+        edge::resolve(&mut service.edge, dir);
         sandbox::load_profile(&mut service.sandbox, dir).map_err(|(profile, e)| SpecError {
             file: profile,
             line: None,
@@ -311,6 +316,9 @@ struct RawService {
     capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     privileged: Option<Spanned<bool>>,
     userns: Option<Spanned<bool>>,
+    hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    tls: Option<Spanned<edge::RawTls>>,
+    redirect_http: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +433,9 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         let (mut service, claims) = validate_service(&name, raw_service.into_inner(), line)
             .map_err(|(span, key, message)| err(span, &key_of(&key), message))?;
         service.image_line = lines.line(service.image_line);
+        if service.edge.tls.is_some() {
+            service.edge.tls_line = lines.line(service.edge.tls_line);
+        }
         service.channel = channel;
         service.file = path.to_owned();
         // Two listeners on one address: the second would fail to bind in

@@ -95,6 +95,14 @@ pub(super) fn validate_service(
         canary: raw.canary,
         heal: raw.heal,
     })?;
+    let (edge, edge_claims) = edge::validate(edge::RawEdge {
+        hosts: raw.hosts,
+        tls: raw.tls,
+        redirect_http: raw.redirect_http,
+        has_listen: release.listen.is_some(),
+    })?;
+    let mut claims = claims;
+    claims.extend(edge_claims);
     let sandbox = sandbox::validate(sandbox::RawSandbox {
         seccomp: raw.seccomp,
         capabilities: raw.capabilities,
@@ -116,6 +124,7 @@ pub(super) fn validate_service(
         release,
         channel: None,
         sandbox,
+        edge,
         line,
         image_line,
         file: PathBuf::new(),

@@ -223,3 +223,43 @@ fn a_value_of_the_wrong_type_is_named_by_its_key_not_its_value() {
     assert_eq!(e.key, "service.web.capabilities[1]", "{e}");
     assert!(e.message.contains("privileged = true"), "{e}");
 }
+
+#[test]
+fn edge_keys_parse_and_each_mistake_names_its_key() {
+    let f = p(r#"
+[service.shop]
+image = "shop"
+listen = "0.0.0.0:8443"
+hosts = ["Shop.Test", "*.apps.test"]
+tls = { cert = "certs/shop.pem", key = "certs/shop.key" }
+redirect_http = "0.0.0.0:8080"
+"#)
+    .unwrap();
+    let e = &f.services["shop"].edge;
+    assert_eq!(e.hosts, ["shop.test", "*.apps.test"]);
+    assert_eq!(e.tls.as_ref().unwrap().cert, Path::new("certs/shop.pem"));
+    assert_eq!(e.redirect_http, Some("0.0.0.0:8080".parse().unwrap()));
+    assert_eq!(e.tls_line, 6);
+    let base = "[service.shop]\nimage = \"shop\"\nlisten = \"0.0.0.0:8443\"\n";
+    let cases = [
+        ("hosts = [\"a..test\"]", "dir/kiln.toml:4: service.shop.hosts[0]: \"a..test\" is not a host name"),
+        ("hosts = [\"a.test\", \"A.test\"]", "service.shop.hosts[1]: \"a.test\" is listed twice"),
+        ("tls = { cert = \"c.pem\" }", ":4: service.shop.tls.key: names the PEM file"),
+        (
+            "tls = { acme = \"https://acme.test/dir\", email = \"a@b\" }",
+            "service.shop.tls.acme: ACME is not supported yet",
+        ),
+        ("tls = { cert = \"c\", key = \"k\", crt = \"x\" }", "crt"),
+        ("redirect_http = \"0.0.0.0:80\"", "service.shop.redirect_http: redirects to HTTPS: it needs `tls`"),
+        (
+            "tls = { cert = \"c\", key = \"k\" }\nredirect_http = \"0.0.0.0:8443\"",
+            ":5: service.shop.redirect_http: 0.0.0.0:8443 is already service.shop.listen",
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = err(&format!("{base}{extra}\n"));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let e = err("[service.shop]\nimage = \"shop\"\ntls = { cert = \"c\", key = \"k\" }\n");
+    assert!(e.contains(":3: service.shop.tls: needs a listen address"), "{e}");
+}

@@ -97,7 +97,7 @@ pub(super) async fn connection<C: Client>(p: Arc<Proxy>, mut client: C, peer: So
     loop {
         let (info, ticket) = match read_request(&p, &mut client, &mut cbuf, &mut head, peer).await {
             Ok(Some(r)) => r,
-            Ok(None) => return,
+            Ok(None) => return close(&mut client).await,
             Err(e) => {
                 let (status, msg) = match e {
                     HeadError::TooLarge => (431, "request header fields too large"),
@@ -106,15 +106,24 @@ pub(super) async fn connection<C: Client>(p: Arc<Proxy>, mut client: C, peer: So
                 };
                 h1::local(&mut reply, status, msg, None, true);
                 let _ = client.write_all(&reply).await;
-                return;
+                return close(&mut client).await;
             }
         };
         let mut io = Io { client: &mut client, cbuf: &mut cbuf, bbuf: &mut bbuf, head: &mut head, reply: &mut reply };
         match exchange(&p, &mut io, &info, ticket).await {
             Next::Keep => {}
-            Next::Close => return,
+            Next::Close => return close(&mut client).await,
             Next::Linger => return linger(&mut client, &mut cbuf).await,
         }
+    }
+}
+
+/// Ends a connection the proxy closes: over TLS with a `close_notify`, so
+/// the client knows its last response was whole (a plain TCP close says
+/// that itself).
+async fn close<C: Client>(client: &mut C) {
+    if C::HTTPS {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
     }
 }
 

@@ -164,6 +164,56 @@ pub struct ProxyProcess {
     /// none for previews, and for proxies of a kiln before handoffs.
     #[serde(default)]
     pub handoff: Option<PathBuf>,
+    /// Its hosts, certificate files and redirect listener, as started.
+    #[serde(default)]
+    pub edge: Edge,
+}
+
+/// The edge settings a proxy process was started with: a change of any
+/// of them starts a successor on the same listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<SocketAddr>,
+}
+
+impl Edge {
+    fn of(service: &ServiceSpec) -> Edge {
+        let e = &service.edge;
+        Edge {
+            hosts: e.hosts.clone(),
+            cert: e.tls.as_ref().map(|t| t.cert.clone()),
+            key: e.tls.as_ref().map(|t| t.key.clone()),
+            redirect_http: e.redirect_http,
+        }
+    }
+}
+
+/// Reads and checks a service's certificate and key (the key matches, the
+/// hosts are covered, the dates are valid at `now`), so that a bad pair is
+/// refused naming its kiln.toml key before any load balancer changes.
+pub fn check_certificate(service: &ServiceSpec, now: i64) -> Result<(), ServeError> {
+    let Some(t) = &service.edge.tls else { return Ok(()) };
+    let files = crate::proxy::tls::TlsFiles { cert: t.cert.clone(), key: t.key.clone() };
+    crate::proxy::tls::load(&files, &service.edge.hosts, now).map(drop).map_err(|e| {
+        let key = match &e {
+            crate::proxy::tls::TlsError::NotCovering { .. } => "tls.cert (see hosts)",
+            _ if e.is_key() => "tls.key",
+            _ => "tls.cert",
+        };
+        ServeError::Spec(crate::spec::SpecError {
+            file: service.file.clone(),
+            line: Some(service.edge.tls_line).filter(|l| *l > 0),
+            key: format!("service.{}.{key}", service.name),
+            message: e.to_string(),
+        })
+    })
 }
 
 fn dir(home: &Path, service: &str) -> PathBuf {
@@ -210,9 +260,19 @@ impl ProxyProcess {
         let old = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<ProxyProcess>(&b).ok());
         if let Some(dp) = &old {
             if alive(dp.pid) && dp.listen == listen && dp.call("GET", "/releases", b"").is_ok() {
-                return Ok(dp.clone());
+                if dp.edge == Edge::of(service) {
+                    // Adopted as it runs: it checks its own certificate
+                    // files when they change.
+                    return Ok(dp.clone());
+                }
+                // New hosts, certificate files or redirect: a successor
+                // takes the same listeners over, so no connection is refused.
+                if dp.handoff.is_some() {
+                    return dp.hand_over(home, service);
+                }
             }
         }
+        check_certificate(service, crate::time::now_secs())?;
         let table = d.join("releases.json");
         if !table.exists() {
             write_atomic(&table, b"[]")?;
@@ -245,6 +305,7 @@ impl ProxyProcess {
             });
         };
         let d = dir(home, &service.name);
+        check_certificate(service, crate::time::now_secs())?;
         let table = d.join("releases.json");
         let dp = Self::spawn(home, service, &service.name, self.listen, &table, "proxy.log", Handoff::From(&from))?;
         write_atomic(&d.join("proxy.json"), &serde_json::to_vec(&dp).expect("serializes"))?;
@@ -298,6 +359,18 @@ impl ProxyProcess {
         if !matches!(handoff, Handoff::From(_)) {
             // A taken address is refused at once, naming the key, rather
             // than after the proxy's start deadline.
+            if let Some(r) = service.edge.redirect_http.filter(|_| label == service.name) {
+                if let Err(e) = TcpListener::bind(r) {
+                    return Err(ServeError::ListenTaken {
+                        at: Box::new(crate::spec::SpecError {
+                            file: service.file.clone(),
+                            line: None,
+                            key: format!("service.{}.redirect_http", service.name),
+                            message: format!("cannot bind {r}: {e}"),
+                        }),
+                    });
+                }
+            }
             if let Err(e) = TcpListener::bind(listen) {
                 let why = match e.kind() {
                     io::ErrorKind::AddrInUse => "another process listens there".to_owned(),
@@ -337,6 +410,17 @@ impl ProxyProcess {
             cmd.args(["--health-path", p]);
         }
         cmd.arg("--release-header");
+        // A preview is for smoke checks on loopback: plain HTTP.
+        let edge = if label == service.name { Edge::of(service) } else { Edge::default() };
+        if let (Some(cert), Some(key)) = (&edge.cert, &edge.key) {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            for h in &edge.hosts {
+                cmd.args(["--host", h]);
+            }
+            if let Some(r) = edge.redirect_http {
+                cmd.args(["--redirect-http", &r.to_string()]);
+            }
+        }
         let offer = match handoff {
             Handoff::None => None,
             Handoff::Offer => Some(handoff_path(&d)),
@@ -362,7 +446,8 @@ impl ProxyProcess {
             });
         }
         let mut child = cmd.spawn().map_err(io_err(&d))?;
-        let dp = ProxyProcess { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer };
+        let dp =
+            ProxyProcess { service: label.to_owned(), pid: child.id() as i32, listen, admin, handoff: offer, edge };
         let deadline = Instant::now() + Duration::from_secs(10);
         while dp.call("GET", "/releases", b"").is_err() {
             // An exited proxy is found by waiting on it: as a zombie it

@@ -340,7 +340,7 @@ fn count(v: &Option<Spanned<i64>>, key: &str, default: u32, min: i64) -> Result<
     }
 }
 
-fn address(v: &Spanned<String>, key: &str, port_zero: bool) -> Result<SocketAddr, FieldError> {
+pub(super) fn address(v: &Spanned<String>, key: &str, port_zero: bool) -> Result<SocketAddr, FieldError> {
     let a: SocketAddr = v
         .get_ref()
         .parse()

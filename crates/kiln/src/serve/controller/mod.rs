@@ -301,7 +301,7 @@ impl<'a> Controller<'a> {
                 continue;
             }
             if let Some(svc) = self.services.get_mut(&name) {
-                if svc.dp.is_some() && svc.spec.release.listen != s.release.listen {
+                if svc.dp.is_some() && (svc.spec.release.listen != s.release.listen || svc.spec.edge != s.edge) {
                     match self.planes.ensure(&s) {
                         Ok(dp) => {
                             svc.dp = Some(dp);

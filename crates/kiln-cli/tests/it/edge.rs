@@ -1,0 +1,376 @@
+//! HTTPS at kiln's load balancer, end to end: certificates made by
+//! openssl, a busybox httpd service, `curl --resolve` with the test CA, a
+//! rustls client for handshakes under load, certificate rotation, the
+//! plain-HTTP redirect, refused pairs and `kiln serve --upgrade`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::serve_env::{serial, Env};
+use crate::common::{self, free_port};
+
+/// A test CA and the certificates the tests serve, all ECDSA P-256.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let dir = dir.join("certs");
+        fs::create_dir_all(dir.join("db")).unwrap();
+        let ossl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(&dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ossl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
+        ossl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=kiln edge test CA",
+            "-days",
+            "3650",
+            "-out",
+            "ca.pem",
+        ]);
+        fs::write(dir.join("db/index"), "").unwrap();
+        fs::write(dir.join("db/serial"), "1000\n").unwrap();
+        fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = db/index\nserial = db/serial\nnew_certs_dir = db\n\
+             default_md = sha256\npolicy = p\ncopy_extensions = copy\nunique_subject = no\n[p]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        Pki { dir }
+    }
+
+    /// A key `name.key` and its certificate `name.pem` for `names`, valid
+    /// from `start` to `end` (`YYYYMMDDHHMMSSZ`).
+    fn issue(&self, name: &str, names: &[&str], start: &str, end: &str) {
+        let ossl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(&self.dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let key = format!("{name}.key");
+        ossl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key]);
+        let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={}", names[0]);
+        ossl(&["req", "-new", "-key", &key, "-subj", &subj, "-addext", &format!("subjectAltName={san}"), "-out", &csr]);
+        let pem = format!("{name}.pem");
+        ossl(&[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-in",
+            &csr,
+            "-out",
+            &pem,
+        ]);
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+}
+
+const VALID_FROM: &str = "20200101000000Z";
+const VALID_TO: &str = "20491231000000Z";
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every connection a full handshake: a resumed session would present
+    // the certificate of the session it resumes.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One GET over a new TLS connection (a full handshake): the status, the
+/// body and the certificate the server presented.
+fn tls_get(config: &Arc<rustls::ClientConfig>, port: u16, host: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let cert = s.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_owned()).unwrap_or_default();
+    Ok((status, body, cert))
+}
+
+/// Runs `f` while `threads` clients make new TLS connections to `host`
+/// (one request each); returns (ok, failed, the first failure).
+fn under_tls_load(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    host: &'static str,
+    f: impl FnOnce(),
+) -> (u64, u64, String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first = Arc::new(std::sync::Mutex::new(String::new()));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, bad, first, config) = (stop.clone(), ok.clone(), bad.clone(), first.clone(), config.clone());
+            std::thread::spawn(move || {
+                // Bounded: a few thousand requests at most.
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match tls_get(&config, port, host) {
+                        Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            first.lock().unwrap().get_or_insert_with_str(format!("{other:?}"));
+                            bad.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let first = first.lock().unwrap().clone();
+    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), first)
+}
+
+trait FirstOnly {
+    fn get_or_insert_with_str(&mut self, s: String);
+}
+
+impl FirstOnly for String {
+    fn get_or_insert_with_str(&mut self, s: String) {
+        if self.is_empty() {
+            *self = s;
+        }
+    }
+}
+
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("curl").args(["-sS", "--max-time", "5"]).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(path).unwrap().to_vec()
+}
+
+/// Replaces `to` with `from` in one rename.
+fn swap_in(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    fs::copy(from, &tmp).unwrap();
+    fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade() {
+    let _room = common::room("edge");
+    let _g = serial();
+    let redirect = free_port();
+    let edge = format!(
+        "hosts = [\"shop.test\", \"www.shop.test\"]\ntls = {{ cert = \"certs/live.pem\", key = \"certs/live.key\" }}\n\
+         redirect_http = \"127.0.0.1:{redirect}\"\n[service.web.health]\npath = \"/\"\n"
+    );
+    let mut env = Env::bare_busybox("edge-tls", &edge);
+    let pki = Pki::new(&env.dir);
+    pki.issue("a", &["shop.test", "www.shop.test"], VALID_FROM, VALID_TO);
+    pki.issue("b", &["shop.test", "www.shop.test"], VALID_FROM, VALID_TO);
+    pki.issue("old", &["shop.test", "www.shop.test"], "20200101000000Z", "20200201000000Z");
+    pki.issue("narrow", &["shop.test"], VALID_FROM, VALID_TO);
+    fs::copy(pki.path("a.pem"), pki.path("live.pem")).unwrap();
+    fs::copy(pki.path("a.key"), pki.path("live.key")).unwrap();
+    env.start_serve(None);
+    let (code, out) = env.deploy();
+    assert_eq!(code, 0, "{out}");
+    let port = env.port;
+    let ca = pki.path("ca.pem");
+    let ca_arg = ca.to_str().unwrap();
+
+    // curl with the test CA: each host name of the service, TLS 1.3 and 1.2.
+    for host in ["shop.test", "www.shop.test"] {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let url = format!("https://{host}:{port}/");
+        let (ok, body, err) = curl(&["--resolve", &resolve, "--cacert", ca_arg, &url]);
+        assert!(ok && body.trim() == "1.0.0", "{host}: {body} {err}");
+        let (ok, body, err) = curl(&["--tls-max", "1.2", "--resolve", &resolve, "--cacert", ca_arg, &url]);
+        assert!(ok && body.trim() == "1.0.0", "{host} over TLS 1.2: {body} {err}");
+    }
+    let (ok, _, err) = curl(&[
+        "-w",
+        "%{http_version}",
+        "--tlsv1.3",
+        "--resolve",
+        &format!("shop.test:{port}:127.0.0.1"),
+        "--cacert",
+        ca_arg,
+        &format!("https://shop.test:{port}/"),
+    ]);
+    assert!(ok, "{err}");
+    // A name the service does not serve is refused in the handshake.
+    let (ok, _, err) =
+        curl(&["-k", "--resolve", &format!("evil.test:{port}:127.0.0.1"), &format!("https://evil.test:{port}/")]);
+    assert!(!ok && err.contains("alert"), "an unknown name gets a handshake alert: {err}");
+    // Plain HTTP on the HTTPS port is not answered as HTTP.
+    let (ok, _, _) = curl(&[&format!("http://127.0.0.1:{port}/")]);
+    assert!(!ok);
+
+    // The redirect listener: 308 to the same host, path and query on https.
+    let (ok, out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: shop.test",
+        &format!("http://127.0.0.1:{redirect}/a/b?c=1"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("308 https://shop.test:{port}/a/b?c=1"));
+    let (ok, body, err) = curl(&[
+        "-L",
+        "--resolve",
+        &format!("shop.test:{redirect}:127.0.0.1"),
+        "--resolve",
+        &format!("shop.test:{port}:127.0.0.1"),
+        "--cacert",
+        ca_arg,
+        &format!("http://shop.test:{redirect}/"),
+    ]);
+    assert!(ok && body.trim() == "1.0.0", "followed: {body} {err}");
+
+    // Rotation under load: every request a new handshake; the cert is
+    // written first, then its key (a moment where they do not match, in
+    // which the old pair must go on being served). Nothing fails, and
+    // new handshakes get the new certificate.
+    let config = client_config(&ca);
+    assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("a.pem")));
+    let (ok, bad, first) = under_tls_load(&config, port, "shop.test", || {
+        swap_in(&pki.path("b.pem"), &pki.path("live.pem"));
+        std::thread::sleep(Duration::from_millis(1500));
+        swap_in(&pki.path("b.key"), &pki.path("live.key"));
+        let want = pem_der(&pki.path("b.pem"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tls_get(&config, port, "shop.test").map(|r| r.2 != want).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "the rotated certificate was not served");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(ok > 50 && bad == 0, "rotation: ok {ok}, failed {bad}: {first}");
+    let log = fs::read_to_string(env.home.join("proxies/web/proxy.log")).unwrap();
+    assert!(log.contains("does not match") && log.contains("reloaded"), "{log}");
+
+    // Refused pairs: each names kiln.toml's line and key, and the running
+    // listener keeps serving the pair it had.
+    let toml = fs::read_to_string(env.dir.join("kiln.toml")).unwrap();
+    let line = toml.lines().position(|l| l.starts_with("tls = ")).unwrap() + 1;
+    let cases = [
+        (toml.replace("certs/live.key", "certs/a.key"), "tls.key", "does not match the certificate"),
+        (
+            toml.replace("certs/live.pem", "certs/old.pem").replace("certs/live.key", "certs/old.key"),
+            "tls.cert",
+            "expired at 2020-02-01T00:00:00Z",
+        ),
+        (
+            toml.replace("certs/live.pem", "certs/narrow.pem").replace("certs/live.key", "certs/narrow.key"),
+            "tls.cert (see hosts)",
+            "does not cover \"www.shop.test\"",
+        ),
+    ];
+    for (bad_toml, key, why) in cases {
+        fs::write(env.dir.join("kiln.toml"), &bad_toml).unwrap();
+        let (ok, bad, first) = under_tls_load(&config, port, "shop.test", || {
+            let out = env.kiln(&["deploy", "web"]);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_ne!(out.status.code(), Some(0), "{err}");
+            assert!(err.contains(&format!("kiln.toml:{line}: service.web.{key}: ")) && err.contains(why), "{err}");
+        });
+        assert!(ok > 10 && bad == 0, "{key}: ok {ok} failed {bad}: {first}");
+    }
+    fs::write(env.dir.join("kiln.toml"), &toml).unwrap();
+    assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("b.pem")));
+
+    // kiln serve --upgrade hands the TLS listener and the redirect over.
+    let before = env.proxy_pid();
+    let (ok, bad, first) = under_tls_load(&config, port, "www.shop.test", || env.upgrade_serve());
+    assert!(ok > 10 && bad == 0, "upgrade: ok {ok} failed {bad}: {first}");
+    assert_ne!(env.proxy_pid(), before, "a new load balancer serves");
+    let (ok, out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: shop.test",
+        &format!("http://127.0.0.1:{redirect}/"),
+    ]);
+    assert!(ok && out == "308", "{out} {err}");
+
+    // A changed edge setting (a new redirect port) starts a successor on
+    // the same TLS listener: no request fails, and the new port redirects.
+    let moved = free_port();
+    fs::write(env.dir.join("kiln.toml"), toml.replace(&format!("127.0.0.1:{redirect}"), &format!("127.0.0.1:{moved}")))
+        .unwrap();
+    let (ok, bad, first) = under_tls_load(&config, port, "shop.test", || {
+        let out = env.kiln(&["deploy", "web"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert!(ok > 10 && bad == 0, "edge change: ok {ok} failed {bad}: {first}");
+    let (ok, out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: shop.test",
+        &format!("http://127.0.0.1:{moved}/"),
+    ]);
+    assert!(ok && out == "308", "{out} {err}");
+
+    // The certificate's expiry is a metric of the load balancer.
+    let rec = common::json(&fs::read_to_string(env.home.join("proxies/web/proxy.json")).unwrap());
+    let (ok, metrics, err) = curl(&[&format!("http://{}/metrics", rec["admin"].as_str().unwrap())]);
+    assert!(ok, "{err}");
+    assert!(metrics.contains("kiln_proxy_tls_certificate_expiry_timestamp_seconds{service=\"web\""), "{metrics}");
+}

@@ -1,0 +1,144 @@
+//! A service's edge keys: `hosts` (the names it answers for), `tls` (its
+//! certificate and key files) and `redirect_http` (a plain-HTTP listener
+//! that sends clients to HTTPS).
+//!
+//! For: checking those keys once, each error naming its key. Must never:
+//! read a certificate (the engine checks the files, with the crypto this
+//! crate does not have) or look at other services.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::release::{address, Claim};
+use super::{field_err, FieldError};
+
+/// Where and how a service meets its clients, beyond its `listen` address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EdgeSpec {
+    /// Lower-case host names (`*.example.com` stands for one label); none:
+    /// every name.
+    pub hosts: Vec<String>,
+    pub tls: Option<TlsSpec>,
+    pub redirect_http: Option<SocketAddr>,
+    /// Line of the `tls` key (0 when absent), for a certificate found bad
+    /// when its files are read.
+    #[serde(skip)]
+    pub tls_line: usize,
+}
+
+/// A certificate chain and its key, as PEM files (beside kiln.toml when
+/// relative; [`super::load`] makes them absolute).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    acme: Option<String>,
+    email: Option<String>,
+}
+
+pub(super) struct RawEdge {
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub redirect_http: Option<Spanned<String>>,
+    pub has_listen: bool,
+}
+
+/// A host name as `hosts` takes it: DNS labels of letters, digits and
+/// '-', optionally under a leading `*.`; lower-cased. Pure.
+pub fn host_name(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{s:?} is not a host name (DNS labels, optionally under a leading \"*.\")"));
+    }
+    if name.split('.').next_back().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!("{s:?} is an address, not a host name"));
+    }
+    Ok(lower)
+}
+
+pub(super) fn validate(raw: RawEdge) -> Result<(EdgeSpec, Vec<Claim>), FieldError> {
+    let mut edge = EdgeSpec::default();
+    let mut claims = Vec::new();
+    if let Some(h) = &raw.hosts {
+        if !raw.has_listen {
+            return Err(field_err(h.span(), "hosts", "needs a listen address to serve the hosts on"));
+        }
+        for (i, name) in h.get_ref().iter().enumerate() {
+            let n = host_name(name.get_ref()).map_err(|m| field_err(name.span(), &format!("hosts[{i}]"), m))?;
+            if edge.hosts.contains(&n) {
+                return Err(field_err(name.span(), &format!("hosts[{i}]"), format!("{n:?} is listed twice")));
+            }
+            edge.hosts.push(n);
+        }
+    }
+    if let Some(t) = &raw.tls {
+        let span = t.span();
+        edge.tls_line = span.start;
+        if !raw.has_listen {
+            return Err(field_err(span, "tls", "needs a listen address to serve HTTPS on"));
+        }
+        let tls = t.get_ref();
+        if tls.acme.is_some() || tls.email.is_some() {
+            let key = if tls.acme.is_some() { "tls.acme" } else { "tls.email" };
+            return Err(field_err(
+                span,
+                key,
+                "ACME is not supported yet: give `cert` and `key` files (renewed by your ACME client; kiln re-reads them when they change)",
+            ));
+        }
+        let file = |v: &Option<String>, key: &str| match v.as_deref() {
+            Some(p) if !p.trim().is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(field_err(span.clone(), key, "names the PEM file (`tls = { cert = \"...\", key = \"...\" }`)")),
+        };
+        edge.tls = Some(TlsSpec { cert: file(&tls.cert, "tls.cert")?, key: file(&tls.key, "tls.key")? });
+    }
+    if let Some(r) = &raw.redirect_http {
+        if edge.tls.is_none() {
+            return Err(field_err(r.span(), "redirect_http", "redirects to HTTPS: it needs `tls`"));
+        }
+        let a = address(r, "redirect_http", false)?;
+        claims.push((a, "redirect_http".to_owned(), r.span()));
+        edge.redirect_http = Some(a);
+    }
+    Ok((edge, claims))
+}
+
+/// Makes the certificate paths absolute, from the directory of kiln.toml.
+pub(super) fn resolve(edge: &mut EdgeSpec, dir: &Path) {
+    if let Some(t) = &mut edge.tls {
+        t.cert = dir.join(&t.cert);
+        t.key = dir.join(&t.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_dns_names_lower_cased() {
+        assert_eq!(host_name("Shop.Example.com").unwrap(), "shop.example.com");
+        assert_eq!(host_name("*.apps.test").unwrap(), "*.apps.test");
+        for bad in ["", "a..b", "-a.test", "a-.test", "a_b.test", "*.*.test", "a*.test", "10.0.0.1", "x.test:443"] {
+            assert!(host_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
