@@ -538,17 +538,18 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<Arc<rus
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let open = forward::Open::new(&proxy);
         match &acceptor {
             None => {
-                tokio::spawn(forward::connection(proxy.clone(), stream, peer));
+                tokio::spawn(forward::connection(open, stream, peer));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task, under the
                 // header timeout: a client that stalls it holds nothing else.
-                let (p, accept) = (proxy.clone(), acceptor.accept(stream));
+                let (limit, accept) = (proxy.config.header_timeout, acceptor.accept(stream));
                 tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(p.config.header_timeout, accept).await {
-                        forward::connection(p, tls, peer).await;
+                    if let Ok(Ok(tls)) = tokio::time::timeout(limit, accept).await {
+                        forward::connection(open, tls, peer).await;
                     }
                 });
             }

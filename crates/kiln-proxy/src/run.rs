@@ -127,6 +127,13 @@ fn offer_listeners(
 /// `kiln proxy`'s main: serves until SIGTERM, Ctrl-C or a successor
 /// takes the listeners over, then drains for the grace period.
 pub fn run(run: ProxyRun) -> std::io::Result<()> {
+    // SAFETY: sets a signal disposition before any thread of this process
+    // starts. rustls writes records with writev, which (unlike send with
+    // MSG_NOSIGNAL) raises SIGPIPE on a connection the client has closed;
+    // the CLI's default action for it would end the whole load balancer.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let proxy = crate::Proxy::new(run.config.clone());
     let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
     proxy.set_releases(initial).map_err(std::io::Error::other)?;

@@ -256,6 +256,28 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
     let (ok, _, _) = curl(&[&format!("http://127.0.0.1:{port}/")]);
     assert!(!ok);
 
+    // Clients that leave before their answer (the load balancer then
+    // writes to closed connections, EPIPE) do not end it: repeated until
+    // a write would surely land on a closed socket.
+    let config = client_config(&ca);
+    let pid = env.proxy_pid();
+    for _ in 0..300 {
+        let name = rustls_pki_types::ServerName::try_from("shop.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("a handshake (is the load balancer still there?)");
+        }
+        conn.writer().write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n").unwrap();
+        conn.complete_io(&mut tcp).unwrap();
+        // Gone with the answer unread: the close resets the connection.
+        drop(tcp);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the load balancer died");
+    assert_eq!(tls_get(&config, port, "shop.test").unwrap().1, "1.0.0");
+
     // The redirect listener: 308 to the same host, path and query on https.
     let (ok, out, err) = curl(&[
         "-o",
@@ -284,7 +306,6 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
     // written first, then its key (a moment where they do not match, in
     // which the old pair must go on being served). Nothing fails, and
     // new handshakes get the new certificate.
-    let config = client_config(&ca);
     assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("a.pem")));
     let (ok, bad, first) = under_tls_load(&config, port, "shop.test", || {
         swap_in(&pki.path("b.pem"), &pki.path("live.pem"));
@@ -331,9 +352,14 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
     fs::write(env.dir.join("kiln.toml"), &toml).unwrap();
     assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("b.pem")));
 
-    // kiln serve --upgrade hands the TLS listener and the redirect over.
+    // kiln serve --upgrade hands the TLS listener and the redirect over;
+    // three times, each a new race between handshakes and the handoff.
     let before = env.proxy_pid();
-    let (ok, bad, first) = under_tls_load(&config, port, "www.shop.test", || env.upgrade_serve());
+    let (ok, bad, first) = under_tls_load(&config, port, "www.shop.test", || {
+        for _ in 0..3 {
+            env.upgrade_serve();
+        }
+    });
     assert!(ok > 10 && bad == 0, "upgrade: ok {ok} failed {bad}: {first}");
     assert_ne!(env.proxy_pid(), before, "a new load balancer serves");
     let (ok, out, err) = curl(&[

@@ -16,7 +16,7 @@ mod pool;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,19 +77,26 @@ impl Client for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Counts a client connection as open while it lives.
-struct Open<'a>(&'a AtomicU64);
+/// Counts a client connection as open from its accept (before a TLS
+/// handshake) until it ends, so a stopping proxy waits for it.
+pub(super) struct Open(Arc<Proxy>);
 
-impl Drop for Open<'_> {
+impl Open {
+    pub(super) fn new(p: &Arc<Proxy>) -> Open {
+        p.connections.fetch_add(1, Ordering::Relaxed);
+        Open(p.clone())
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Serves one client connection until it closes, errs or idles out.
-pub(super) async fn connection<C: Client>(p: Arc<Proxy>, mut client: C, peer: SocketAddr) {
-    p.connections.fetch_add(1, Ordering::Relaxed);
-    let _open = Open(&p.connections);
+pub(super) async fn connection<C: Client>(open: Open, mut client: C, peer: SocketAddr) {
+    let p = open.0.clone();
     let mut cbuf = Buf::new();
     let mut bbuf = Buf::new();
     let mut head = Vec::with_capacity(1024);
