@@ -18,17 +18,23 @@ use tokio::net::TcpListener;
 
 use crate::*;
 
-/// The admin API: `GET /metrics` (Prometheus), `GET /releases`,
-/// `PUT /releases` (JSON list), `PUT /weights` (JSON map),
-/// `POST /drain?backend=ADDR&deadline_ms=N`, `GET /stats?release=R&window=S`.
-pub async fn serve_admin(proxy: Arc<Proxy>, listener: TcpListener) {
+/// Re-reads the process's releases or site file: what changed, or why
+/// nothing did.
+pub type Reload = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// The admin API: `GET /metrics` (Prometheus, every service),
+/// `GET /releases`, `PUT /releases` (JSON list), `PUT /weights` (JSON map),
+/// `POST /drain?backend=ADDR&deadline_ms=N`, `GET /stats?release=R&window=S`,
+/// `GET /totals`, each with `?service=NAME` when the site has several; and
+/// `POST /reload` (the site file, as SIGHUP).
+pub async fn serve_admin(site: Arc<Site>, listener: TcpListener, reload: Reload) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let p = proxy.clone();
+        let (s, reload) = (site.clone(), reload.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let p = p.clone();
-                async move { Ok::<_, Infallible>(admin(&p, req).await) }
+                let (s, reload) = (s.clone(), reload.clone());
+                async move { Ok::<_, Infallible>(admin(&s, &reload, req).await) }
             });
             let mut server = hyper::server::conn::http1::Builder::new();
             server.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -92,7 +98,22 @@ async fn parse_admin(req: Request<Incoming>) -> Result<Control, (StatusCode, Str
     })
 }
 
-async fn admin(p: &Arc<Proxy>, req: Request<Incoming>) -> Response<Body> {
+async fn admin(site: &Site, reload: &Reload, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/reload") => {
+            return match reload() {
+                Ok(what) => text(StatusCode::OK, &what),
+                Err(e) => text(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        (&Method::GET, "/metrics") => return text(StatusCode::OK, &site.metrics_text()),
+        _ => {}
+    }
+    let service = query(&req, "service");
+    let p = match site.proxy(service.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
+    };
     let c = match parse_admin(req).await {
         Ok(c) => c,
         Err((status, msg)) => return text(status, &msg),

@@ -127,3 +127,84 @@ pub fn parse_release_flag(s: &str) -> Result<TableEntry, String> {
     }
     Ok(TableEntry { release: name.to_owned(), weight, backends, fault: None })
 }
+
+/// A site file (`kiln proxy --site FILE`): every service on one listening
+/// address, as `kiln serve` writes it. SIGHUP or `POST /reload` re-reads
+/// it: services are added, removed and re-routed without a dropped
+/// connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    pub services: Vec<SiteService>,
+}
+
+/// One service of a site file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteService {
+    pub service: String,
+    /// Host names it answers (`*.example.com` for one label); none: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefixes it answers; none: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Its routing table (the list `PUT /releases` takes).
+    pub releases_file: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SiteHealth>,
+    #[serde(default)]
+    pub release_header: bool,
+}
+
+/// A site service's active health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteHealth {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl SiteService {
+    /// The load balancer settings of this service; the rest are `base`'s.
+    pub fn config(&self, base: &ProxyConfig) -> ProxyConfig {
+        ProxyConfig {
+            service: self.service.clone(),
+            release_header: self.release_header,
+            health: self.health.as_ref().map(|h| HealthCheck {
+                path: h.path.clone(),
+                interval: Duration::from_millis(h.interval_ms.max(1)),
+                timeout: Duration::from_millis(h.timeout_ms.max(1)),
+                healthy_threshold: h.healthy_threshold.max(1),
+                unhealthy_threshold: h.unhealthy_threshold.max(1),
+            }),
+            ..base.clone()
+        }
+    }
+}
+
+/// Reads a site file. Errors name the file, and the line, column or
+/// service of what is wrong.
+pub fn read_site_file(path: &std::path::Path) -> Result<SiteFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let site: SiteFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: line {}, column {}: {e}", path.display(), e.line(), e.column()))?;
+    let mut seen = std::collections::HashSet::new();
+    for s in &site.services {
+        if s.service.is_empty() || !seen.insert(&s.service) {
+            return Err(format!("{}: service {:?} is empty or given twice", path.display(), s.service));
+        }
+        if let Some(p) = s.paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!("{}: service {}: path {p:?} must start with '/'", path.display(), s.service));
+        }
+    }
+    if site.services.iter().any(|s| s.tls.is_some()) && site.services.iter().any(|s| s.tls.is_none()) {
+        return Err(format!("{}: some services have tls and some not: one listener is HTTPS or not", path.display()));
+    }
+    Ok(site)
+}

@@ -61,6 +61,9 @@ pub enum ControlError {
     NoRelease(String),
     #[error("no backend {0}")]
     NoBackend(SocketAddr),
+    /// The site serves no such service (or, with no name, more than one).
+    #[error("no service {0:?} on this load balancer (with several, name one: ?service=NAME)")]
+    NoService(String),
 }
 
 /// The state a proxy hands to its successor (see [`crate::handoff`]).

@@ -35,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod redirect;
 pub mod run;
+pub mod site;
 pub mod table;
 
 pub use admin::serve_admin;
@@ -80,13 +81,8 @@ pub struct Proxy {
     retry_budget: RetryBudget,
     epoch: Instant,
     registry: Mutex<Registry>,
-    /// Set by [`Proxy::stop`]: listeners close, answers say `Connection: close`.
-    stopping: AtomicBool,
-    /// Client connections open (idle ones included).
-    connections: AtomicU64,
-    stop: tokio::sync::Notify,
-    /// The listener's certificates, when it serves HTTPS (for metrics).
-    certs: std::sync::OnceLock<Arc<tls::Certs>>,
+    /// Set when its service leaves the site: its health checks end.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -172,17 +168,8 @@ impl Proxy {
             retry_budget: RetryBudget::new(),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
-            stopping: AtomicBool::new(false),
-            connections: AtomicU64::new(0),
-            stop: tokio::sync::Notify::new(),
-            certs: std::sync::OnceLock::new(),
+            retired: AtomicBool::new(false),
         })
-    }
-
-    /// Makes `certs` part of the metrics (their expiry, reloads and
-    /// refused names); the first call wins.
-    pub fn set_certs(&self, certs: Arc<tls::Certs>) {
-        let _ = self.certs.set(certs);
     }
 
     fn now_ms(&self) -> u64 {
@@ -282,19 +269,9 @@ impl Proxy {
         })
     }
 
-    /// Starts a shutdown: every worker closes its listener (new connections
-    /// are refused) and answers the rest with `Connection: close`; what is
-    /// in flight goes on (see [`Proxy::in_flight`]).
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.stop.notify_waiters();
-    }
-
-    /// Client connections open, idle keep-alive ones included: a stopping
-    /// proxy exits once this is 0 (each one closes after its next answer,
-    /// or after [`forward::STOP_IDLE`] without a request).
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
+    /// Its service left the site: health checks end.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// What a successor needs besides the listeners: each backend's health
@@ -375,10 +352,17 @@ impl Proxy {
     }
 
     pub fn metrics_text(&self) -> String {
-        let reg = self.registry();
         let mut out = metrics::Exposition::default();
+        self.metrics_into(&mut out);
+        out.render()
+    }
+
+    /// Adds this service's families to `out` (a site renders its services
+    /// into one exposition).
+    pub fn metrics_into(&self, out: &mut metrics::Exposition) {
+        let reg = self.registry();
         for (id, m) in &reg.releases {
-            m.prometheus(&mut out, &self.config.service, &id.0);
+            m.prometheus(out, &self.config.service, &id.0);
         }
         let mut backends: Vec<_> = reg.backends.values().collect();
         backends.sort_by_key(|b| b.addr);
@@ -415,35 +399,8 @@ impl Proxy {
             let help = "Drains of the backend, by outcome (finished in time, or cut at the deadline).";
             out.sample(f, "counter", help, format_args!("{f}{{{l},outcome=\"finished\"}} {}", n(&b.drain_finished)));
             out.sample(f, "counter", help, format_args!("{f}{{{l},outcome=\"cut\"}} {}", n(&b.drain_cut)));
-            b.traffic.prometheus(&mut out, "kiln_proxy_backend_", &l);
+            b.traffic.prometheus(out, "kiln_proxy_backend_", &l);
         }
-        if let Some(certs) = self.certs.get() {
-            self.tls_metrics(&mut out, certs);
-        }
-        out.render()
-    }
-
-    fn tls_metrics(&self, out: &mut metrics::Exposition, certs: &tls::Certs) {
-        let s = &self.config.service;
-        let f = "kiln_proxy_tls_certificate_expiry_timestamp_seconds";
-        let help = "When the served certificate stops being valid (Unix seconds).";
-        for (cert, not_after) in certs.expiries() {
-            let cert = cert.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
-            out.sample(f, "gauge", help, format_args!("{f}{{service=\"{s}\",cert=\"{cert}\"}} {not_after}"));
-        }
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let f = "kiln_proxy_tls_reloads_total";
-        let help = "Certificate files re-read after a change, by outcome (a failed one keeps the old pair).";
-        out.sample(f, "counter", help, format_args!("{f}{{service=\"{s}\",outcome=\"loaded\"}} {}", n(&certs.reloads)));
-        out.sample(
-            f,
-            "counter",
-            help,
-            format_args!("{f}{{service=\"{s}\",outcome=\"kept\"}} {}", n(&certs.reload_failures)),
-        );
-        let f = "kiln_proxy_tls_unknown_names_total";
-        let help = "Handshakes refused because the client named a host not served here.";
-        out.sample(f, "counter", help, format_args!("{f}{{service=\"{s}\"}} {}", n(&certs.unknown_names)));
     }
 
     /// Passive health: consecutive failures eject a backend for a while,
@@ -470,7 +427,7 @@ impl Proxy {
     pub async fn health_loop(self: Arc<Self>) {
         let Some(h) = self.config.health.clone() else { return };
         let quick = h.interval.min(QUICK_CHECK);
-        loop {
+        while !self.retired.load(Ordering::Relaxed) {
             let table = self.table.load_full();
             let now = self.now_ms();
             for (_, b) in table.backends() {
@@ -507,59 +464,7 @@ const HEALTH_TICK: Duration = Duration::from_millis(25);
 /// The check interval of a backend that is not (or no longer) healthy.
 pub const QUICK_CHECK: Duration = Duration::from_millis(100);
 
-/// How often each worker closes idle connections to draining backends.
-pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
-
-/// Serves the proxy on `listener`, on the current (worker's) runtime;
-/// over TLS with `tls`.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            forward::sweep(Instant::now());
-        }
-    });
-    loop {
-        // Registered before the flag is read, so a stop in between still wakes it.
-        let stop = proxy.stop.notified();
-        tokio::pin!(stop);
-        stop.as_mut().enable();
-        if proxy.stopping.load(Ordering::Relaxed) {
-            break;
-        }
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop => continue,
-        };
-        let Ok((stream, peer)) = accepted else {
-            // Out of descriptors, most likely: let connections finish.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let open = forward::Open::new(&proxy);
-        match &acceptor {
-            None => {
-                tokio::spawn(forward::connection(open, stream, peer));
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's task, under the
-                // header timeout: a client that stalls it holds nothing else.
-                let (limit, accept) = (proxy.config.header_timeout, acceptor.accept(stream));
-                tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(limit, accept).await {
-                        forward::connection(open, tls, peer).await;
-                    }
-                });
-            }
-        }
-    }
-    // Stopping: new connections are refused, while the connections already
-    // accepted (tasks of this runtime) go on until the process exits.
-    drop(listener);
-    std::future::pending::<()>().await;
-}
+pub use site::{serve, start, Site, SWEEP_EVERY};
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -599,30 +504,6 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
         }
         Ok(out)
     })
-}
-
-/// Starts one worker thread per listener serving the proxy (over TLS with
-/// `tls`), each with its own runtime. The threads run until the process
-/// exits.
-pub fn start(
-    proxy: Arc<Proxy>,
-    listeners: Vec<std::net::TcpListener>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) -> std::io::Result<()> {
-    for (worker, l) in listeners.into_iter().enumerate() {
-        l.set_nonblocking(true)?;
-        let (p, tls) = (proxy.clone(), tls.clone());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name(format!("kiln-proxy-{worker}")).spawn(move || {
-            rt.block_on(async move {
-                match TcpListener::from_std(l) {
-                    Ok(listener) => serve(p, listener, tls).await,
-                    Err(e) => eprintln!("kiln proxy: worker {worker}: {e}"),
-                }
-            })
-        })?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -511,8 +511,11 @@ pub(crate) enum Cmd {
         #[arg(long = "host", value_name = "NAME", requires = "tls_cert")]
         hosts: Vec<String>,
         /// Also listen for plain HTTP here and redirect every request to HTTPS (308).
-        #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+        #[arg(long, value_name = "ADDR")]
         redirect_http: Option<std::net::SocketAddr>,
+        /// Serve every service of a site file (JSON, as kiln serve writes it: services with their hosts, paths, certificates and releases files) on --listen, routed by host and path; SIGHUP or POST /reload re-reads it. Replaces --release, --releases-file and --tls-*.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["releases", "releases_file", "tls_cert"])]
+        site: Option<PathBuf>,
     },
     /// Internal: the per-instance shim started by `kiln run`.
     #[command(name = "__shim", hide = true)]

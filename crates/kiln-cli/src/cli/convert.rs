@@ -334,6 +334,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             tls_key,
             hosts,
             redirect_http,
+            site,
         } => {
             let health = health_path.map(|path| kiln::proxy::HealthCheck {
                 path,
@@ -369,6 +370,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                     hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 }),
                 redirect_http,
+                site,
             };
             (Command::Proxy(run), false)
         }

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use super::h1::{self, Framing, HeadError, RequestId};
 use super::metrics::ReleaseMetrics;
+use super::site::{Pick, Site};
 use super::table::Backend;
 use super::{InFlight, Proxy, Sticky, MAX_HEAD_BYTES};
 use body::{relay, Buf, Relay};
@@ -79,12 +80,12 @@ impl Client for tokio_rustls::server::TlsStream<TcpStream> {
 
 /// Counts a client connection as open from its accept (before a TLS
 /// handshake) until it ends, so a stopping proxy waits for it.
-pub(super) struct Open(Arc<Proxy>);
+pub(crate) struct Open(Arc<Site>);
 
 impl Open {
-    pub(super) fn new(p: &Arc<Proxy>) -> Open {
-        p.connections.fetch_add(1, Ordering::Relaxed);
-        Open(p.clone())
+    pub(crate) fn new(site: &Arc<Site>) -> Open {
+        site.connections.fetch_add(1, Ordering::Relaxed);
+        Open(site.clone())
     }
 }
 
@@ -95,21 +96,22 @@ impl Drop for Open {
 }
 
 /// Serves one client connection until it closes, errs or idles out.
-pub(super) async fn connection<C: Client>(open: Open, mut client: C, peer: SocketAddr) {
-    let p = open.0.clone();
+pub(crate) async fn connection<C: Client>(open: Open, mut client: C, peer: SocketAddr) {
+    let site = open.0.clone();
     let mut cbuf = Buf::new();
     let mut bbuf = Buf::new();
     let mut head = Vec::with_capacity(1024);
     let mut reply = Vec::with_capacity(1024);
     loop {
-        let (info, ticket) = match read_request(&p, &mut client, &mut cbuf, &mut head, peer).await {
+        let (p, info, ticket) = match read_request(&site, &mut client, &mut cbuf, &mut head, peer).await {
             Ok(Some(r)) => r,
             Ok(None) => return close(&mut client).await,
             Err(e) => {
                 let (status, msg) = match e {
-                    HeadError::TooLarge => (431, "request header fields too large"),
-                    HeadError::Method => (405, "CONNECT is not supported"),
-                    HeadError::Malformed(what) => (400, what),
+                    Unread::Head(HeadError::TooLarge) => (431, "request header fields too large"),
+                    Unread::Head(HeadError::Method) => (405, "CONNECT is not supported"),
+                    Unread::Head(HeadError::Malformed(what)) => (400, what),
+                    Unread::Misdirected => (421, "no service on this address answers that host and path"),
                 };
                 h1::local(&mut reply, status, msg, None, true);
                 let _ = client.write_all(&reply).await;
@@ -117,7 +119,7 @@ pub(super) async fn connection<C: Client>(open: Open, mut client: C, peer: Socke
             }
         };
         let mut io = Io { client: &mut client, cbuf: &mut cbuf, bbuf: &mut bbuf, head: &mut head, reply: &mut reply };
-        match exchange(&p, &mut io, &info, ticket).await {
+        match exchange(&p, &site, &mut io, &info, ticket).await {
             Next::Keep => {}
             Next::Close => return close(&mut client).await,
             Next::Linger => return linger(&mut client, &mut cbuf).await,
@@ -134,20 +136,42 @@ async fn close<C: Client>(client: &mut C) {
     }
 }
 
-/// Reads and parses the next request head, writing the backend's version
-/// of it into `head`; returns it with the request's ticket. `Ok(None)`:
+/// Why no request could be read.
+enum Unread {
+    Head(HeadError),
+    /// No service of the site answers the request's host and path.
+    Misdirected,
+}
+
+impl From<HeadError> for Unread {
+    fn from(e: HeadError) -> Unread {
+        Unread::Head(e)
+    }
+}
+
+/// Reads and parses the next request head, picks the site's service for
+/// it, and writes the backend's version of the head into `head`; returns
+/// the service's load balancer, the request and its ticket. `Ok(None)`:
 /// the client closed, idled out, or did not finish its head in time
 /// (slowloris).
 async fn read_request<C: Client>(
-    p: &Proxy,
+    site: &Site,
     client: &mut C,
     cbuf: &mut Buf,
     head: &mut Vec<u8>,
     peer: SocketAddr,
-) -> Result<Option<(h1::RequestInfo, u64)>, HeadError> {
+) -> Result<Option<(Arc<Proxy>, h1::RequestInfo, u64)>, Unread> {
     let mut deadline = None;
     loop {
-        if !cbuf.filled().is_empty() {
+        let picked = match cbuf.filled().is_empty() {
+            true => None,
+            false => match site.pick(cbuf.filled())? {
+                Pick::More => None,
+                Pick::To(p) => Some(p),
+                Pick::Nobody => return Err(Unread::Misdirected),
+            },
+        };
+        if let Some(p) = picked {
             // A ticket is taken only for a whole head (a partial one is
             // parsed again), so the weighted schedule advances once a request.
             let ticket = std::cell::Cell::new(None);
@@ -167,14 +191,14 @@ async fn read_request<C: Client>(
             };
             if let Some(info) = h1::request(cbuf.filled(), &fwd, head)? {
                 if info.head_len > MAX_HEAD_BYTES {
-                    return Err(HeadError::TooLarge);
+                    return Err(HeadError::TooLarge.into());
                 }
                 let ticket = ticket.get().unwrap_or_else(next);
-                return Ok(Some((info, ticket)));
+                return Ok(Some((p, info, ticket)));
             }
-            if cbuf.filled().len() > MAX_HEAD_BYTES {
-                return Err(HeadError::TooLarge);
-            }
+        }
+        if cbuf.filled().len() > MAX_HEAD_BYTES {
+            return Err(HeadError::TooLarge.into());
         }
         // Waiting for a new request is the idle timeout; once it has
         // started, the whole head must arrive within the header timeout.
@@ -186,7 +210,7 @@ async fn read_request<C: Client>(
         let idle = cbuf.filled().is_empty() && deadline.is_none();
         let limit = match deadline {
             None if idle => tokio::time::Instant::now() + CLIENT_IDLE,
-            _ => *deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout),
+            _ => *deadline.get_or_insert_with(|| tokio::time::Instant::now() + site.header_timeout),
         };
         let fill = cbuf.fill(client, MAX_HEAD_BYTES + 1);
         tokio::pin!(fill);
@@ -194,17 +218,17 @@ async fn read_request<C: Client>(
             let step = if idle { limit.min(tokio::time::Instant::now() + STOP_IDLE) } else { limit };
             match tokio::time::timeout_at(step, &mut fill).await {
                 Ok(r) => break Some(r),
-                Err(_) if step >= limit || p.stopping.load(Ordering::Relaxed) => break None,
+                Err(_) if step >= limit || site.stopping.load(Ordering::Relaxed) => break None,
                 Err(_) => {}
             }
         };
         let filled = filled.ok_or(());
         match filled {
             Ok(Ok(0)) | Err(_) => return Ok(None),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Other => return Err(HeadError::TooLarge),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Other => return Err(HeadError::TooLarge.into()),
             Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + p.config.header_timeout);
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + site.header_timeout);
             }
         }
     }
@@ -247,7 +271,7 @@ enum Failure {
 /// when nothing can be lost), answer, stream the body back, and return the
 /// backend connection to the pool. Returns what the client connection
 /// does next.
-async fn exchange<C: Client>(p: &Proxy, io: &mut Io<'_, C>, info: &h1::RequestInfo, ticket: u64) -> Next {
+async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &h1::RequestInfo, ticket: u64) -> Next {
     let started = Instant::now();
     let table = p.table.load_full();
     let sticky = info.sticky_cookie.and_then(|(s, e)| table.release_index(&io.cbuf.filled()[s..e]));
@@ -280,14 +304,14 @@ async fn exchange<C: Client>(p: &Proxy, io: &mut Io<'_, C>, info: &h1::RequestIn
             other => other,
         };
         let Some((index, release, backend)) = picked else {
-            return local(p, io, 503, "no healthy backend for this service", None, info).await;
+            return local(p, site, io, 503, "no healthy backend for this service", None, info).await;
         };
         let reply = h1::Reply {
             request_id: info.request_id.as_bytes(),
             release: p.config.release_header.then_some(release.id.0.as_str()),
             set_cookie: (p.config.sticky == Sticky::Cookie && sticky != Some(index)).then_some(release.id.0.as_str()),
             head_method: info.head_method,
-            close: !info.keep_alive || p.stopping.load(Ordering::Relaxed),
+            close: !info.keep_alive || site.stopping.load(Ordering::Relaxed),
             http10_keep_alive: info.http10 && info.keep_alive,
             chunked_ok: !info.http10,
         };
@@ -327,7 +351,7 @@ async fn exchange<C: Client>(p: &Proxy, io: &mut Io<'_, C>, info: &h1::RequestIn
                     _ => (502, "the backend failed"),
                 };
                 let m = Some((&*release.metrics, &**backend, started));
-                return local(p, io, status, msg, m, info).await;
+                return local(p, site, io, status, msg, m, info).await;
             }
         };
         p.passive(backend, resp.status >= 500, false);
@@ -383,6 +407,7 @@ async fn exchange<C: Client>(p: &Proxy, io: &mut Io<'_, C>, info: &h1::RequestIn
 /// body was not read ends its connection (lingering).
 async fn local<C: Client>(
     p: &Proxy,
+    site: &Site,
     io: &mut Io<'_, C>,
     status: u16,
     msg: &str,
@@ -395,7 +420,7 @@ async fn local<C: Client>(
         b.traffic.record(status, latency);
     }
     let unread = info.framing != Framing::None;
-    let close = !info.keep_alive || unread || p.stopping.load(Ordering::Relaxed);
+    let close = !info.keep_alive || unread || site.stopping.load(Ordering::Relaxed);
     h1::local(io.reply, status, msg, Some(info.request_id.as_bytes()), close);
     match (io.client.write_all(io.reply).await.is_ok(), close, unread) {
         (false, _, _) => Next::Close,

@@ -202,6 +202,43 @@ fn head_len(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<
     }
 }
 
+/// A request's host (when it names one) and path, borrowed from its head.
+pub type Target<'a> = (Option<&'a [u8]>, &'a [u8]);
+
+/// Where a request is going, for routing by host and path: its `Host`
+/// (or an absolute-form target's authority) and its path, from a complete
+/// head at the start of `input`. `Ok(None)`: the head is not complete yet.
+/// Two `Host` headers are refused (RFC 9112 §3.2), so the route and the
+/// backend can never see different hosts.
+pub fn target(input: &[u8]) -> Result<Option<Target<'_>>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if head_len(req.parse(input), "not an HTTP/1 request")?.is_none() {
+        return Ok(None);
+    }
+    let mut host = None;
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")) {
+        if host.replace(h.value).is_some() {
+            return Err(HeadError::Malformed("more than one Host header"));
+        }
+    }
+    let path = req.path.unwrap_or("/");
+    // Offsets into `input`, so the answer borrows the input, not the parser.
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - input.as_ptr() as usize;
+        &input[start..start + s.len()]
+    };
+    for scheme in ["http://", "https://"] {
+        if path.len() > scheme.len() && path.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes()) {
+            let rest = &path[scheme.len()..];
+            let (authority, p) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+            let p = if p == "/" && !rest.contains('/') { &b"/"[..] } else { at(p.as_bytes()) };
+            return Ok(Some((Some(at(authority.as_bytes())), p)));
+        }
+    }
+    Ok(Some((host.map(at), at(path.as_bytes()))))
+}
+
 /// Parses a request head at the start of `input` and writes the head for
 /// the backend into `out` (cleared first). `Ok(None)`: the head is not
 /// complete yet.

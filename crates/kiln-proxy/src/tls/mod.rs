@@ -29,7 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// A certificate chain and its key, as files (PEM).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -139,14 +139,29 @@ pub fn host_matches(host: &str, name: &str) -> bool {
     }
 }
 
-/// One served certificate: its files, the hosts it answers for (none:
-/// every name), and what was last loaded from them.
+/// A certificate to serve: whose it is, its files, and the hosts it
+/// answers for (none: every name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub service: String,
+    pub files: TlsFiles,
+    pub hosts: Vec<String>,
+}
+
+/// One served certificate and what was last loaded from its files.
 #[derive(Debug)]
 struct Entry {
-    files: TlsFiles,
-    hosts: Vec<String>,
+    spec: CertSpec,
     loaded: Loaded,
     stamp: Stamp,
+}
+
+impl Entry {
+    fn load(spec: &CertSpec, now: i64) -> Result<Entry, TlsError> {
+        let stamp = stamp_of(&spec.files);
+        let loaded = load(&spec.files, &spec.hosts, now)?;
+        Ok(Entry { spec: spec.clone(), loaded, stamp })
+    }
 }
 
 /// What a file looked like when it was read: a rotation changes one of these.
@@ -185,20 +200,31 @@ pub enum Reload {
 }
 
 impl Certs {
-    /// Loads every `(files, hosts)` pair; the first is the default.
-    pub fn load(pairs: &[(TlsFiles, Vec<String>)], now: i64) -> Result<Certs, TlsError> {
-        let mut entries = Vec::with_capacity(pairs.len());
-        for (files, hosts) in pairs {
-            let stamp = stamp_of(files);
-            let loaded = load(files, hosts, now)?;
-            entries.push(Arc::new(Entry { files: files.clone(), hosts: hosts.clone(), loaded, stamp }));
-        }
+    /// Loads every certificate; the first is the default.
+    pub fn load(specs: &[CertSpec], now: i64) -> Result<Certs, TlsError> {
+        let entries = specs.iter().map(|s| Entry::load(s, now).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(Certs {
             entries: ArcSwap::from_pointee(entries),
             unknown_names: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
         })
+    }
+
+    /// Serves `specs` from now on (services added, removed or re-hosted):
+    /// certificates already loaded from unchanged files are kept; a new
+    /// one that fails its checks changes nothing.
+    pub fn set(&self, specs: &[CertSpec], now: i64) -> Result<(), TlsError> {
+        let current = self.entries.load_full();
+        let mut next = Vec::with_capacity(specs.len());
+        for spec in specs {
+            match current.iter().find(|e| &e.spec == spec && e.stamp == stamp_of(&spec.files)) {
+                Some(e) => next.push(e.clone()),
+                None => next.push(Arc::new(Entry::load(spec, now)?)),
+            }
+        }
+        self.entries.store(Arc::new(next));
+        Ok(())
     }
 
     /// Re-reads the pairs whose files changed since they were read. A pair
@@ -209,16 +235,16 @@ impl Certs {
         let mut next = Vec::with_capacity(current.len());
         let mut out = Vec::new();
         for e in current.iter() {
-            let stamp = stamp_of(&e.files);
+            let stamp = stamp_of(&e.spec.files);
             if stamp == e.stamp {
                 next.push(e.clone());
                 continue;
             }
-            match load(&e.files, &e.hosts, now) {
+            match load(&e.spec.files, &e.spec.hosts, now) {
                 Ok(loaded) => {
                     self.reloads.fetch_add(1, Ordering::Relaxed);
-                    out.push(Reload::Loaded { cert: e.files.cert.clone(), not_after: loaded.not_after });
-                    next.push(Arc::new(Entry { files: e.files.clone(), hosts: e.hosts.clone(), loaded, stamp }));
+                    out.push(Reload::Loaded { cert: e.spec.files.cert.clone(), not_after: loaded.not_after });
+                    next.push(Arc::new(Entry { spec: e.spec.clone(), loaded, stamp }));
                 }
                 Err(err) => {
                     self.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -233,16 +259,22 @@ impl Certs {
         out
     }
 
-    /// Each certificate file with the end of its validity (Unix seconds).
-    pub fn expiries(&self) -> Vec<(PathBuf, i64)> {
-        self.entries.load().iter().map(|e| (e.files.cert.clone(), e.loaded.not_after)).collect()
+    /// Each certificate file, its service and the end of its validity
+    /// (Unix seconds).
+    pub fn expiries(&self) -> Vec<(PathBuf, String, i64)> {
+        self.entries
+            .load()
+            .iter()
+            .map(|e| (e.spec.files.cert.clone(), e.spec.service.clone(), e.loaded.not_after))
+            .collect()
     }
 
     /// The certificate for a client hello's server name (see the module doc).
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let entries = self.entries.load();
         let Some(name) = server_name else { return entries.first().map(|e| e.loaded.key.clone()) };
-        let hit = entries.iter().find(|e| e.hosts.is_empty() || e.hosts.iter().any(|h| host_matches(h, name)));
+        let hit =
+            entries.iter().find(|e| e.spec.hosts.is_empty() || e.spec.hosts.iter().any(|h| host_matches(h, name)));
         if hit.is_none() {
             self.unknown_names.fetch_add(1, Ordering::Relaxed);
         }

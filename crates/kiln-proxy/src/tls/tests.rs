@@ -11,6 +11,10 @@ fn files(cert: &str, key: &str) -> TlsFiles {
 /// 2030-03-17, a day all the fixtures but `expired.pem` are valid.
 const NOW: i64 = 1_900_000_000;
 
+fn spec(files: TlsFiles, h: &[&str]) -> CertSpec {
+    CertSpec { service: "shop".into(), files, hosts: hosts(h) }
+}
+
 fn hosts(h: &[&str]) -> Vec<String> {
     h.iter().map(|s| s.to_string()).collect()
 }
@@ -56,13 +60,13 @@ fn wildcards_match_one_label() {
 
 #[test]
 fn sni_picks_the_certificate_and_an_unknown_name_gets_none() {
-    let certs = Certs::load(&[(files("shop.pem", "shop.key"), hosts(&["shop.test", "*.apps.test"]))], NOW).unwrap();
+    let certs = Certs::load(&[spec(files("shop.pem", "shop.key"), &["shop.test", "*.apps.test"])], NOW).unwrap();
     assert!(certs.pick(Some("shop.test")).is_some());
     assert!(certs.pick(Some("x.apps.test")).is_some());
     assert!(certs.pick(None).is_some(), "no server name: the default");
     assert!(certs.pick(Some("other.test")).is_none());
     assert_eq!(certs.unknown_names.load(Ordering::Relaxed), 1);
-    let any = Certs::load(&[(files("shop.pem", "shop.key"), vec![])], NOW).unwrap();
+    let any = Certs::load(&[spec(files("shop.pem", "shop.key"), &[])], NOW).unwrap();
     assert!(any.pick(Some("other.test")).is_some(), "a certificate with no hosts answers every name");
 }
 
@@ -72,7 +76,7 @@ fn a_rotation_is_picked_up_and_a_bad_one_keeps_the_old_pair() {
     let f = TlsFiles { cert: dir.join("c.pem"), key: dir.join("c.key") };
     std::fs::copy(data("shop.pem"), &f.cert).unwrap();
     std::fs::copy(data("shop.key"), &f.key).unwrap();
-    let certs = Certs::load(&[(f.clone(), hosts(&["shop.test"]))], NOW).unwrap();
+    let certs = Certs::load(&[spec(f.clone(), &["shop.test"])], NOW).unwrap();
     assert!(certs.reload(NOW).is_empty(), "nothing changed");
     let before = certs.pick(Some("shop.test")).unwrap();
     // Half a rotation: a key that does not match. The old pair stays.

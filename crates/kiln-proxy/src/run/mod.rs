@@ -4,7 +4,9 @@
 //!
 //! For: running the data plane as its own process, which outlives the
 //! controller. Must never: read kiln's store or its state; everything it
-//! knows comes from its flags, its releases file and its admin API.
+//! knows comes from its flags, its releases or site file and its admin API.
+
+mod services;
 
 /// `kiln proxy`: where to listen, the initial releases, the behaviour.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +29,10 @@ pub struct ProxyRun {
     /// A plain-HTTP listener answering every request with a redirect to
     /// HTTPS (see [`crate::redirect`]).
     pub redirect_http: Option<std::net::SocketAddr>,
+    /// Every service on `listen`, from a site file (see [`crate::SiteFile`]);
+    /// then `releases`, `releases_file` and `tls` are not used, and
+    /// `config` gives what the file does not say.
+    pub site: Option<std::path::PathBuf>,
 }
 
 /// `kiln proxy --tls-cert F --tls-key K [--host H ...]`.
@@ -40,21 +46,12 @@ pub struct TlsRun {
 /// How often certificate files are looked at for a rotation.
 const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The `--release` flags plus the releases file, if any.
-fn proxy_releases(run: &ProxyRun) -> Result<Vec<crate::TableEntry>, String> {
-    let mut releases = run.releases.clone();
-    if let Some(path) = &run.releases_file {
-        releases.extend(crate::read_releases_file(path)?);
-    }
-    Ok(releases)
-}
-
 /// The proxy's listeners and its redirect listener: a predecessor's (the
 /// very sockets, so its accept queue carries over) with its backends'
 /// health, or fresh ones.
 type Listeners = (Vec<std::net::TcpListener>, Option<std::net::TcpListener>, Option<crate::handoff::Inherited>);
 
-fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<Listeners> {
+fn proxy_listeners(run: &ProxyRun, site: &crate::Site) -> std::io::Result<Listeners> {
     let Some(path) = &run.take_over else {
         let redirect = run.redirect_http.map(|a| crate::bind(a, 1)).transpose()?.and_then(|mut v| v.pop());
         return Ok((crate::bind(run.listen, run.workers)?, redirect, None));
@@ -95,7 +92,7 @@ fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<List
     if redirect.is_none() {
         redirect = run.redirect_http.map(|a| crate::bind(a, 1)).transpose()?.and_then(|mut v| v.pop());
     }
-    proxy.inherit(&state);
+    site.inherit(&state);
     Ok((listeners, redirect, Some(inh)))
 }
 
@@ -103,7 +100,7 @@ fn proxy_listeners(run: &ProxyRun, proxy: &crate::Proxy) -> std::io::Result<List
 /// notified once one serves on them.
 fn offer_listeners(
     path: &std::path::Path,
-    proxy: std::sync::Arc<crate::Proxy>,
+    site: std::sync::Arc<crate::Site>,
     fds: Vec<std::os::fd::OwnedFd>,
     handed: std::sync::Arc<tokio::sync::Notify>,
 ) -> std::io::Result<()> {
@@ -111,7 +108,7 @@ fn offer_listeners(
     let offer = crate::handoff::Offer::bind(path).map_err(std::io::Error::other)?;
     std::thread::spawn(move || loop {
         let result = offer.accept().and_then(|successor| {
-            let state = serde_json::to_vec(&proxy.succession()).expect("serializes");
+            let state = serde_json::to_vec(&site.succession()).expect("serializes");
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             successor.hand_over(&borrowed, &state, std::time::Duration::from_secs(30))
         });
@@ -134,24 +131,15 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let proxy = crate::Proxy::new(run.config.clone());
-    let initial = proxy_releases(&run).map_err(std::io::Error::other)?;
-    proxy.set_releases(initial).map_err(std::io::Error::other)?;
     // Certificates before listeners: a pair that fails its checks leaves a
     // predecessor serving.
-    let tls = match &run.tls {
-        Some(t) => {
-            let now = kiln_core::time::now_secs();
-            let certs = std::sync::Arc::new(
-                crate::tls::Certs::load(&[(t.files.clone(), t.hosts.clone())], now).map_err(std::io::Error::other)?,
-            );
-            proxy.set_certs(certs.clone());
-            let config = crate::tls::server_config(certs.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?;
-            Some((certs, config))
-        }
+    let services = services::Services::load(&run, kiln_core::time::now_secs()).map_err(std::io::Error::other)?;
+    let site = services.site.clone();
+    let tls = match &services.certs {
+        Some(certs) => Some(crate::tls::server_config(certs.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?),
         None => None,
     };
-    let (listeners, redirect, inherited) = proxy_listeners(&run, &proxy)?;
+    let (listeners, redirect, inherited) = proxy_listeners(&run, &site)?;
     // Copies kept for a successor: the same sockets, not new ones.
     let mut keep =
         listeners.iter().map(|l| l.try_clone().map(std::os::fd::OwnedFd::from)).collect::<Result<Vec<_>, _>>()?;
@@ -168,31 +156,39 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
     }
     let bound = workers[0].local_addr()?;
     let n = workers.len();
-    crate::start(proxy.clone(), workers, tls.as_ref().map(|(_, c)| c.clone()))?;
+    crate::start(site.clone(), workers, tls)?;
     if let Some(inh) = inherited {
         inh.ready().map_err(std::io::Error::other)?;
         eprintln!("kiln proxy: took over {bound} from its predecessor");
     }
     let handed = std::sync::Arc::new(tokio::sync::Notify::new());
     if let Some(path) = &run.handoff {
-        offer_listeners(path, proxy.clone(), keep, handed.clone())?;
+        offer_listeners(path, site.clone(), keep, handed.clone())?;
     }
     eprintln!("kiln proxy: listening on {bound} with {n} worker threads");
-    // Admin API, health checks and signals share one more thread.
+    // Admin API, health checks, reloads and signals share one more thread.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let services = std::sync::Arc::new(services);
+    let run = std::sync::Arc::new(run);
+    let reload: crate::admin::Reload = {
+        let (services, run) = (services.clone(), run.clone());
+        std::sync::Arc::new(move || services.reload(&run, kiln_core::time::now_secs()))
+    };
     rt.block_on(async move {
         if let Some(a) = run.admin {
             let admin = tokio::net::TcpListener::bind(a).await?;
             eprintln!("kiln proxy: admin API on {}", admin.local_addr()?);
-            tokio::spawn(crate::serve_admin(proxy.clone(), admin));
+            tokio::spawn(crate::serve_admin(site.clone(), admin, reload.clone()));
         }
-        tokio::spawn(proxy.clone().health_loop());
+        for r in site.routes().iter() {
+            tokio::spawn(r.proxy.clone().health_loop());
+        }
         if let Some(r) = redirect {
             r.set_nonblocking(true)?;
             eprintln!("kiln proxy: redirecting plain HTTP on {} to https", r.local_addr()?);
             tokio::spawn(crate::redirect::serve_redirects(tokio::net::TcpListener::from_std(r)?, bound.port()));
         }
-        if let Some((certs, _)) = tls {
+        if let Some(certs) = services.certs.clone() {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(CERT_POLL).await;
@@ -223,8 +219,8 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
                 }
                 _ = hup.recv() => {
                     // A bad file changes nothing: the current table keeps serving.
-                    match proxy_releases(&run).and_then(|r| proxy.set_releases(r).map_err(|e| e.to_string())) {
-                        Ok(()) => eprintln!("kiln proxy: releases reloaded"),
+                    match reload() {
+                        Ok(what) => eprintln!("kiln proxy: {what}"),
                         Err(e) => eprintln!("kiln proxy: reload refused, nothing changed: {e}"),
                     }
                 }
@@ -233,12 +229,12 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
         // New connections are refused (or, after a handoff, go to the
         // successor); what is in flight finishes, and each open connection
         // closes after its next answer, up to the grace period.
-        proxy.stop();
+        site.stop();
         let deadline = std::time::Instant::now() + run.shutdown_grace;
-        while (proxy.in_flight() > 0 || proxy.connections() > 0) && std::time::Instant::now() < deadline {
+        while (site.in_flight() > 0 || site.connections() > 0) && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        eprintln!("kiln proxy: stopped, {} in flight cut", proxy.in_flight());
+        eprintln!("kiln proxy: stopped, {} in flight cut", site.in_flight());
         Ok(())
     })
 }
