@@ -157,6 +157,10 @@ pub struct SiteService {
     pub health: Option<SiteHealth>,
     #[serde(default)]
     pub release_header: bool,
+    /// The plain-HTTP redirect listener the service asks for; the services
+    /// of a site name one at most, and `kiln proxy --redirect-http` serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<std::net::SocketAddr>,
 }
 
 /// A site service's active health check.
@@ -202,6 +206,12 @@ pub fn read_site_file(path: &std::path::Path) -> Result<SiteFile, String> {
         if let Some(p) = s.paths.iter().find(|p| !p.starts_with('/')) {
             return Err(format!("{}: service {}: path {p:?} must start with '/'", path.display(), s.service));
         }
+    }
+    let mut redirects: Vec<_> = site.services.iter().filter_map(|s| s.redirect_http).collect();
+    redirects.sort();
+    redirects.dedup();
+    if redirects.len() > 1 {
+        return Err(format!("{}: services name different redirect listeners {redirects:?}", path.display()));
     }
     if site.services.iter().any(|s| s.tls.is_some()) && site.services.iter().any(|s| s.tls.is_none()) {
         return Err(format!("{}: some services have tls and some not: one listener is HTTPS or not", path.display()));

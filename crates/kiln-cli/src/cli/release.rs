@@ -508,6 +508,9 @@ pub fn render_history(entries: &[kiln::serve::history::Entry], verified: Option<
             Event::Down { actor, purge } => {
                 format!("taken down by {actor}{}", if *purge { ", volumes purged" } else { "" })
             }
+            Event::CertExpiring { cert, not_after, days_left } => {
+                format!("certificate {cert} expires in {days_left} day(s), at {}", kiln::time::rfc3339(*not_after))
+            }
             Event::Recovered { failed_ms, attempts } => {
                 format!("reconciled again after {failed_ms} ms and {attempts} failed attempt(s)")
             }

@@ -319,7 +319,8 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
         }
     });
     assert!(ok > 50 && bad == 0, "rotation: ok {ok}, failed {bad}: {first}");
-    let log = fs::read_to_string(env.home.join("proxies/web/proxy.log")).unwrap();
+    // The log of the site's process (one per address).
+    let log = fs::read_to_string(env.home.join(format!("proxies/@127.0.0.1_{port}/proxy.log"))).unwrap();
     assert!(log.contains("does not match") && log.contains("reloaded"), "{log}");
 
     // Refused pairs: each names kiln.toml's line and key, and the running
@@ -399,4 +400,131 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
     let (ok, metrics, err) = curl(&[&format!("http://{}/metrics", rec["admin"].as_str().unwrap())]);
     assert!(ok, "{err}");
     assert!(metrics.contains("kiln_proxy_tls_certificate_expiry_timestamp_seconds{service=\"web\""), "{metrics}");
+}
+
+/// Counts answers by (host, body) while `f` runs, with `threads` clients
+/// per host making new TLS connections; returns the counts and failures.
+fn tally_under_load(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    hosts: &[&'static str],
+    f: impl FnOnce(),
+) -> (std::collections::BTreeMap<(String, String), u64>, u64, String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let bad = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::Mutex::new(String::new()));
+    let handles: Vec<_> = hosts
+        .iter()
+        .flat_map(|h| [*h, *h])
+        .map(|host| {
+            let (stop, tally, bad, first, config) =
+                (stop.clone(), tally.clone(), bad.clone(), first.clone(), config.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match tls_get(&config, port, host) {
+                        Ok((200, body, _)) => *tally.lock().unwrap().entry((host.to_owned(), body)).or_insert(0) += 1,
+                        other => {
+                            first.lock().unwrap().get_or_insert_with_str(format!("{host}: {other:?}"));
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let t = tally.lock().unwrap().clone();
+    let first = first.lock().unwrap().clone();
+    (t, bad.load(Ordering::Relaxed), first)
+}
+
+#[test]
+fn two_services_share_one_https_address_by_host_each_with_its_certificate_and_its_own_canary() {
+    let _room = common::room("edge");
+    let _g = serial();
+    let port = free_port();
+    let web = "hosts = [\"shop.test\"]\ntls = { cert = \"certs/shop.pem\", key = \"certs/shop.key\" }\n\
+               strategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"2s\"\n\
+               [service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n\
+               [service.web.canary]\nsteps = [50]\nstep_interval = \"2s\"\nanalysis = { min_requests = 10 }\n";
+    let api = format!(
+        "\n[service.api]\nimage = \"web\"\nlisten = \"127.0.0.1:{port}\"\nhosts = [\"api.test\"]\n\
+         tls = {{ cert = \"certs/api.pem\", key = \"certs/api.key\" }}\n[service.api.health]\npath = \"/\"\ninterval = \"200ms\"\n"
+    );
+    let mut env = Env::bare_busybox("edge-hosts", &format!("{web}{api}"));
+    // Both services on the one address.
+    env.service =
+        env.service.replace(&format!("listen = \"127.0.0.1:{}\"", env.port), &format!("listen = \"127.0.0.1:{port}\""));
+    env.port = port;
+    env.version("1.0.0", "");
+    let pki = Pki::new(&env.dir);
+    pki.issue("shop", &["shop.test"], VALID_FROM, VALID_TO);
+    pki.issue("api", &["api.test"], VALID_FROM, VALID_TO);
+    env.start_serve(None);
+    for s in ["web", "api"] {
+        let out = env.kiln(&["deploy", s]);
+        assert_eq!(out.status.code(), Some(0), "{s}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ca = pki.path("ca.pem");
+    let config = client_config(&ca);
+
+    // curl with the test CA: each host its own certificate and backend.
+    for host in ["shop.test", "api.test"] {
+        let (ok, body, err) = curl(&[
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("https://{host}:{port}/"),
+        ]);
+        assert!(ok && body.trim() == "1.0.0", "{host}: {body} {err}");
+    }
+    assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("shop.pem")));
+    assert_eq!(tls_get(&config, port, "api.test").unwrap().2, pem_der(&pki.path("api.pem")));
+    // One listener: both services' records name the same process.
+    let rec = |s: &str| common::json(&fs::read_to_string(env.home.join(format!("proxies/{s}/proxy.json"))).unwrap());
+    assert_eq!(rec("web")["pid"], rec("api")["pid"]);
+    // A Host no service answers on this address: 421, naming nothing.
+    let (ok, out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &format!("shop.test:{port}:127.0.0.1"),
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        "Host: nobody.test",
+        &format!("https://shop.test:{port}/"),
+    ]);
+    assert!(ok && out == "421", "{out} {err}");
+
+    // A canary of web moves web's traffic only: api answers 1.0.0 throughout.
+    env.version("2.0.0", "");
+    let (tally, bad, first) = tally_under_load(&config, port, &["shop.test", "api.test"], || {
+        let out = env.kiln(&["deploy", "web"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(bad, 0, "failed requests during web's canary: {first}");
+    let n = |h: &str, v: &str| tally.get(&(h.to_owned(), v.to_owned())).copied().unwrap_or(0);
+    assert!(n("shop.test", "2.0.0") > 20 && n("shop.test", "1.0.0") > 20, "web went through its canary: {tally:?}");
+    assert!(n("api.test", "1.0.0") > 50 && n("api.test", "2.0.0") == 0, "api's traffic never moved: {tally:?}");
+    let st = common::json(&env.ok(&["status", "--json"]));
+    let api_status = st["services"].as_array().unwrap().iter().find(|s| s["service"] == "api").cloned().unwrap();
+    assert_eq!(api_status["stable"]["id"], "api-1", "{api_status:#}");
+
+    // Taking api down leaves web serving on the shared listener.
+    let out = env.kiln(&["down", "api"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tls_get(&config, port, "shop.test").unwrap().1, "2.0.0");
+    assert!(tls_get(&config, port, "api.test").is_err(), "api.test is no longer served here");
 }

@@ -21,12 +21,19 @@ pub struct EdgeSpec {
     /// Lower-case host names (`*.example.com` stands for one label); none:
     /// every name.
     pub hosts: Vec<String>,
+    /// Path prefixes it answers on its address (none: every path); the
+    /// longest match wins when services share an address.
+    pub paths: Vec<String>,
     pub tls: Option<TlsSpec>,
     pub redirect_http: Option<SocketAddr>,
     /// Line of the `tls` key (0 when absent), for a certificate found bad
     /// when its files are read.
     #[serde(skip)]
     pub tls_line: usize,
+    /// Line of the `hosts` key (0 when absent), for a host another service
+    /// of the same address claims.
+    #[serde(skip)]
+    pub hosts_line: usize,
 }
 
 /// A certificate chain and its key, as PEM files (beside kiln.toml when
@@ -48,6 +55,7 @@ pub(super) struct RawTls {
 
 pub(super) struct RawEdge {
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<Spanned<RawTls>>,
     pub redirect_http: Option<Spanned<String>>,
     pub has_listen: bool,
@@ -78,6 +86,7 @@ pub(super) fn validate(raw: RawEdge) -> Result<(EdgeSpec, Vec<Claim>), FieldErro
     let mut edge = EdgeSpec::default();
     let mut claims = Vec::new();
     if let Some(h) = &raw.hosts {
+        edge.hosts_line = h.span().start;
         if !raw.has_listen {
             return Err(field_err(h.span(), "hosts", "needs a listen address to serve the hosts on"));
         }
@@ -87,6 +96,26 @@ pub(super) fn validate(raw: RawEdge) -> Result<(EdgeSpec, Vec<Claim>), FieldErro
                 return Err(field_err(name.span(), &format!("hosts[{i}]"), format!("{n:?} is listed twice")));
             }
             edge.hosts.push(n);
+        }
+    }
+    if let Some(ps) = &raw.paths {
+        if !raw.has_listen {
+            return Err(field_err(ps.span(), "paths", "needs a listen address to serve the paths on"));
+        }
+        for (i, p) in ps.get_ref().iter().enumerate() {
+            let v = p.get_ref();
+            let ok = v.starts_with('/') && !v.contains(['?', '#', ' ']) && !v.split('/').any(|s| s == "..");
+            if !ok {
+                return Err(field_err(
+                    p.span(),
+                    &format!("paths[{i}]"),
+                    format!("{v:?} is not a path prefix like \"/api\""),
+                ));
+            }
+            if edge.paths.contains(v) {
+                return Err(field_err(p.span(), &format!("paths[{i}]"), format!("{v:?} is listed twice")));
+            }
+            edge.paths.push(v.clone());
         }
     }
     if let Some(t) = &raw.tls {
@@ -121,6 +150,64 @@ pub(super) fn validate(raw: RawEdge) -> Result<(EdgeSpec, Vec<Claim>), FieldErro
     Ok((edge, claims))
 }
 
+/// Whether `second` may claim `addr` (its `key`) that `first` claimed as
+/// `first_key`: services share a listen address when each names its
+/// hosts, all serve HTTPS or none does, and no host and path prefix is
+/// claimed twice; and they share a redirect listener when they share the
+/// address it redirects to. `Err((at_hosts, message))`: the error is the
+/// second's `hosts` key (a host claimed twice), or the claim's key. Pure.
+pub(super) fn share(
+    first: &super::ServiceSpec,
+    first_key: &str,
+    second: &super::ServiceSpec,
+    key: &str,
+    addr: SocketAddr,
+) -> Result<(), (bool, String)> {
+    let already = format!("{addr} is already service.{}.{first_key}", first.name);
+    match (first_key, key) {
+        ("listen", "listen") => {
+            if first.edge.hosts.is_empty() || second.edge.hosts.is_empty() {
+                return Err((false, format!("{already}: services share an address only when each names its hosts")));
+            }
+            if first.edge.tls.is_some() != second.edge.tls.is_some() {
+                return Err((false, format!("{already}: services sharing an address all have tls, or none has")));
+            }
+            let prefixes = |e: &EdgeSpec| if e.paths.is_empty() { vec!["/".to_owned()] } else { e.paths.clone() };
+            let (p1, p2) = (prefixes(&first.edge), prefixes(&second.edge));
+            for h in second.edge.hosts.iter().filter(|h| first.edge.hosts.contains(h)) {
+                if let Some(p) = p2.iter().find(|p| p1.contains(p)) {
+                    let on = if p == "/" { String::new() } else { format!(" with path {p:?}") };
+                    return Err((true, format!("{h:?}{on} is already service.{}'s on {addr}", first.name)));
+                }
+            }
+            Ok(())
+        }
+        ("redirect_http", "redirect_http") if first.release.listen == second.release.listen => Ok(()),
+        _ => Err((false, already)),
+    }
+}
+
+/// How long before a certificate expires its service's webhooks hear of it.
+pub const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+/// How often the warning is repeated while the certificate is not renewed.
+pub const EXPIRY_REPEAT_SECS: i64 = 86_400;
+
+/// Whether to warn now that a certificate valid until `not_after` expires
+/// (its days left, rounded down), given the last warning for it
+/// (`(not_after, at)`, Unix seconds): within [`EXPIRY_WARNING_SECS`] of the
+/// end, once per certificate and then once a day; a renewed certificate
+/// (another `not_after`) starts afresh. Pure.
+pub fn expiry_warning(not_after: i64, now: i64, last: Option<(i64, i64)>) -> Option<i64> {
+    let left = not_after - now;
+    if left > EXPIRY_WARNING_SECS {
+        return None;
+    }
+    match last {
+        Some((warned_for, at)) if warned_for == not_after && now - at < EXPIRY_REPEAT_SECS => None,
+        _ => Some(left.max(0) / 86_400),
+    }
+}
+
 /// Makes the certificate paths absolute, from the directory of kiln.toml.
 pub(super) fn resolve(edge: &mut EdgeSpec, dir: &Path) {
     if let Some(t) = &mut edge.tls {
@@ -132,6 +219,19 @@ pub(super) fn resolve(edge: &mut EdgeSpec, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_warnings_start_14_days_before_and_repeat_daily_until_renewed() {
+        let day = 86_400;
+        let end = 100 * day;
+        assert_eq!(expiry_warning(end, end - 15 * day, None), None);
+        assert_eq!(expiry_warning(end, end - 14 * day, None), Some(14));
+        assert_eq!(expiry_warning(end, end - 10 * day, Some((end, end - 10 * day - 3600))), None, "warned an hour ago");
+        assert_eq!(expiry_warning(end, end - 9 * day, Some((end, end - 10 * day))), Some(9), "a day later: again");
+        assert_eq!(expiry_warning(end + 90 * day, end - 9 * day, Some((end, end - 9 * day))), None, "renewed");
+        assert_eq!(expiry_warning(end + day, end, Some((end, end))), Some(1), "renewed, but not for long: afresh");
+        assert_eq!(expiry_warning(end, end + day, None), Some(0), "expired: still warned");
+    }
 
     #[test]
     fn host_names_are_dns_names_lower_cased() {

@@ -317,6 +317,7 @@ struct RawService {
     privileged: Option<Spanned<bool>>,
     userns: Option<Spanned<bool>>,
     hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<Spanned<edge::RawTls>>,
     redirect_http: Option<Spanned<String>>,
 }
@@ -417,7 +418,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
     let syslog =
         raw.syslog.map(syslog::validate).transpose().map_err(|(span, key, message)| err(span, &key, message))?;
     let mut services = BTreeMap::new();
-    let mut claimed: BTreeMap<std::net::SocketAddr, String> = BTreeMap::new();
+    let mut claimed: BTreeMap<std::net::SocketAddr, (String, String)> = BTreeMap::new();
     for (name, raw_service) in raw.service {
         let line = lines.line(raw_service.span().start);
         let channel = match &raw_service.get_ref().channel {
@@ -436,18 +437,33 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         if service.edge.tls.is_some() {
             service.edge.tls_line = lines.line(service.edge.tls_line);
         }
+        if !service.edge.hosts.is_empty() {
+            service.edge.hosts_line = lines.line(service.edge.hosts_line);
+        }
         service.channel = channel;
         service.file = path.to_owned();
         // Two listeners on one address: the second would fail to bind in
-        // the middle of a deploy, so it is refused here.
+        // the middle of a deploy, so it is refused here, unless services
+        // share the address by host name (see edge::share).
         for (addr, key, span) in claims {
             if key == "listen" {
                 service.release.listen_line = lines.line(span.start);
             }
-            if let Some(first) = claimed.get(&addr) {
-                return Err(err(Some(span), &key_of(&key), format!("{addr} is already {first}")));
+            if let Some((first, first_key)) = claimed.get(&addr) {
+                let Some(other) = services.get(first) else {
+                    let message = format!("{addr} is already service.{first}.{first_key}");
+                    return Err(err(Some(span), &key_of(&key), message));
+                };
+                edge::share(other, first_key, &service, &key, addr).map_err(|(at_hosts, message)| {
+                    let (line, k) = match at_hosts {
+                        true => (Some(service.edge.hosts_line), key_of("hosts")),
+                        false => (Some(lines.line(span.start)), key_of(&key)),
+                    };
+                    SpecError { file: path.to_owned(), line, key: k, message }
+                })?;
+                continue;
             }
-            claimed.insert(addr, format!("service.{name}.{key}"));
+            claimed.insert(addr, (name.clone(), key));
         }
         services.insert(name, service);
     }

@@ -26,10 +26,12 @@ pub enum Alert {
     Deadline,
     /// A service cannot be reconciled; it is retried with backoff.
     Failing,
+    /// A served certificate expires within 14 days (again each day).
+    CertExpiring,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 8] = [
+    pub const ALL: [Alert; 9] = [
         Alert::ReleaseFailed,
         Alert::RolledBack,
         Alert::Inconclusive,
@@ -38,6 +40,7 @@ impl Alert {
         Alert::Quarantine,
         Alert::Deadline,
         Alert::Failing,
+        Alert::CertExpiring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Alert {
             Alert::Quarantine => "quarantine",
             Alert::Deadline => "deadline",
             Alert::Failing => "failing",
+            Alert::CertExpiring => "cert-expiring",
         }
     }
 }

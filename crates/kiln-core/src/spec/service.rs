@@ -97,6 +97,7 @@ pub(super) fn validate_service(
     })?;
     let (edge, edge_claims) = edge::validate(edge::RawEdge {
         hosts: raw.hosts,
+        paths: raw.paths,
         tls: raw.tls,
         redirect_http: raw.redirect_http,
         has_listen: release.listen.is_some(),

@@ -28,7 +28,7 @@ fn webhooks_are_checked_where_they_are_written() {
     let f = p(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"hook\"\n{svc}")).unwrap();
     assert_eq!(f.notify[0].authority, "127.0.0.1:9000");
     assert_eq!(f.notify[0].path, "/hook");
-    assert_eq!(f.notify[0].events.len(), 8, "all by default");
+    assert_eq!(f.notify[0].events.len(), 9, "all by default");
     let f = p(&format!("[syslog]\nurl = \"relp://127.0.0.1:2514\"\n{svc}")).unwrap();
     let sl = f.syslog.unwrap();
     assert_eq!((sl.transport, sl.authority.as_str(), sl.facility), (syslog::Transport::Relp, "127.0.0.1:2514", 16));
@@ -262,4 +262,40 @@ redirect_http = "0.0.0.0:8080"
     }
     let e = err("[service.shop]\nimage = \"shop\"\ntls = { cert = \"c\", key = \"k\" }\n");
     assert!(e.contains(":3: service.shop.tls: needs a listen address"), "{e}");
+}
+
+#[test]
+fn services_share_an_address_by_host_and_a_host_claimed_twice_is_refused() {
+    let two = |b_extra: &str| {
+        format!(
+            "[service.a]\nimage = \"x:1\"\nlisten = \"127.0.0.1:8443\"\nhosts = [\"a.test\", \"shop.test\"]\n\
+             tls = {{ cert = \"a.pem\", key = \"a.key\" }}\nredirect_http = \"127.0.0.1:8080\"\n\n\
+             [service.b]\nimage = \"x:1\"\nlisten = \"127.0.0.1:8443\"\n{b_extra}"
+        )
+    };
+    let f = p(&two(
+        "hosts = [\"b.test\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\nredirect_http = \"127.0.0.1:8080\"\n",
+    ))
+    .unwrap();
+    assert_eq!(f.services["b"].release.listen, f.services["a"].release.listen);
+    let f =
+        p(&two("hosts = [\"shop.test\"]\npaths = [\"/api\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\n")).unwrap();
+    assert_eq!(f.services["b"].edge.paths, ["/api"]);
+    let cases = [
+        ("hosts = [\"b.test\", \"shop.test\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\n", "dir/kiln.toml:11: service.b.hosts: \"shop.test\" is already service.a's on 127.0.0.1:8443"),
+        ("hosts = [\"shop.test\"]\npaths = [\"/\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\n", "service.b.hosts: \"shop.test\" is already service.a's"),
+        ("tls = { cert = \"b.pem\", key = \"b.key\" }\n", ":10: service.b.listen: 127.0.0.1:8443 is already service.a.listen: services share an address only when each names its hosts"),
+        ("hosts = [\"b.test\"]\n", "services sharing an address all have tls, or none has"),
+        ("hosts = [\"b.test\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\nredirect_http = \"127.0.0.1:8443\"\n", "service.b.redirect_http: 127.0.0.1:8443 is already service.a.listen"),
+        ("hosts = [\"b.test\"]\npaths = [\"api\"]\ntls = { cert = \"b.pem\", key = \"b.key\" }\n", "service.b.paths[0]: \"api\" is not a path prefix"),
+    ];
+    for (b, want) in cases {
+        let e = err(&two(b));
+        assert!(e.contains(want), "{b}: {e}");
+    }
+    let e = err("[service.a]\nimage = \"x:1\"\nlisten = \"127.0.0.1:9000\"\nhosts = [\"a.test\"]\ntls = { cert = \"c\", key = \"k\" }\nredirect_http = \"127.0.0.1:8080\"\n\n[service.b]\nimage = \"x:1\"\nlisten = \"127.0.0.1:9001\"\nhosts = [\"b.test\"]\ntls = { cert = \"c\", key = \"k\" }\nredirect_http = \"127.0.0.1:8080\"\n");
+    assert!(
+        e.contains("service.b.redirect_http: 127.0.0.1:8080 is already service.a.redirect_http"),
+        "a redirect is shared only by the services of one address: {e}"
+    );
 }

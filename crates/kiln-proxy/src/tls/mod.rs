@@ -128,6 +128,16 @@ pub fn load(files: &TlsFiles, hosts: &[String], now: i64) -> Result<Loaded, TlsE
     Ok(Loaded { key: Arc::new(certified), not_before, not_after })
 }
 
+/// The end of validity (Unix seconds) of the first certificate in a PEM
+/// file, without checking anything else.
+pub fn not_after(cert: &Path) -> Result<i64, TlsError> {
+    let pem = read(cert)?;
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|_| TlsError::NoCertificate { path: cert.to_owned() })?;
+    der::validity(&der)
+        .map(|(_, after)| after)
+        .map_err(|e| TlsError::BadCertificate { path: cert.to_owned(), detail: e.to_string() })
+}
+
 /// Whether `name` (a server name, lower case) is `host` or, for a host
 /// `*.example.com`, one label under it.
 pub fn host_matches(host: &str, name: &str) -> bool {

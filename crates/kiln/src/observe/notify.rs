@@ -40,6 +40,7 @@ pub fn alert_of(event: &Event) -> Option<Alert> {
         Event::Replacing { cause: Cause::Drift, .. } => Some(Alert::Drift),
         Event::Quarantined { .. } => Some(Alert::Quarantine),
         Event::Failing { .. } => Some(Alert::Failing),
+        Event::CertExpiring { .. } => Some(Alert::CertExpiring),
         _ => None,
     }
 }

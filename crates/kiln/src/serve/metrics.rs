@@ -75,6 +75,7 @@ impl Counters {
             | Event::Failing { .. }
             | Event::Recovered { .. }
             | Event::Down { .. }
+            | Event::CertExpiring { .. }
             | Event::Scaled { .. } => {}
         }
     }

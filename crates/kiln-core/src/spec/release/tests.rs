@@ -102,5 +102,9 @@ fn two_listeners_on_one_address_are_refused_naming_the_second() {
                 [service.b]\nimage = \"x:1\"\nstrategy = \"blue-green\"\n\
                 listen = \"127.0.0.1:8080\"\n";
     let e = parse(Path::new("kiln.toml"), text).unwrap_err().to_string();
-    assert_eq!(e, "kiln.toml:8: service.b.listen: 127.0.0.1:8080 is already service.a.listen");
+    assert_eq!(
+        e,
+        "kiln.toml:8: service.b.listen: 127.0.0.1:8080 is already service.a.listen: \
+         services share an address only when each names its hosts"
+    );
 }

@@ -362,3 +362,46 @@ fn a_quarantine_and_a_down_recorded_but_not_acted_on_are_finished_by_the_next_co
     assert_eq!((downs, frozen_events), (1, 1), "each act recorded once, not again by the next controller");
     std::fs::remove_dir_all(home).unwrap();
 }
+
+#[test]
+fn a_certificate_near_its_end_is_alerted_then_daily_until_renewed() {
+    // A real certificate (made by openssl) and a clock 10 days before its end.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-proxy/src/tls/testdata");
+    let not_after = crate::proxy::tls::not_after(&data.join("shop.pem")).unwrap();
+    let tls = format!(
+        "hosts = [\"shop.test\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        data.join("shop.pem").display(),
+        data.join("shop.key").display()
+    );
+    let (home, store) = home_with(&web(1, &tls));
+    let driver = RecordingDriver::default();
+    let launcher = FakeLaunch(&driver);
+    let planes = RecordingDataPlanes::default();
+    let prober = FixedProber::default();
+    let mut c = controller(&home, &store, &driver, &launcher, &planes, &prober);
+    let day_ms = 86_400_000;
+    let mut t = (not_after as u64 - 10 * 86_400) * 1000;
+    let warnings = |home: &Path| {
+        events(home, "web").into_iter().filter(|e| matches!(e, Event::CertExpiring { .. })).collect::<Vec<_>>()
+    };
+    c.tick(t).unwrap();
+    let w = warnings(&home);
+    assert!(
+        matches!(w.as_slice(), [Event::CertExpiring { not_after: n, days_left: 10, .. }] if *n == not_after),
+        "{w:?}"
+    );
+    // Every tick of the next day: no second warning.
+    for _ in 0..30 {
+        t += 60_000;
+        c.tick(t).unwrap();
+    }
+    assert_eq!(warnings(&home).len(), 1);
+    t += day_ms;
+    c.tick(t).unwrap();
+    assert_eq!(warnings(&home).len(), 2, "a day later, again");
+    // A certificate 15 days from its end is not alerted.
+    let mut c2 = controller(&home, &store, &driver, &launcher, &planes, &prober);
+    c2.tick((not_after as u64 - 15 * 86_400) * 1000).unwrap();
+    assert_eq!(warnings(&home).len(), 2);
+    std::fs::remove_dir_all(home).unwrap();
+}

@@ -117,6 +117,9 @@ pub enum Event {
     /// The service was taken down (`kiln down`): its instances drain and
     /// go, then its load balancer; with `purge` its volumes too.
     Down { actor: String, purge: bool },
+    /// A certificate the service serves expires soon (`not_after`, Unix
+    /// seconds): renew it before clients refuse it.
+    CertExpiring { cert: String, not_after: i64, days_left: i64 },
 }
 
 impl Event {
@@ -135,6 +138,7 @@ impl Event {
             Event::Recovered { .. } => "recovered",
             Event::Down { .. } => "down",
             Event::Scaled { .. } => "scaled",
+            Event::CertExpiring { .. } => "cert_expiring",
         }
     }
 }
