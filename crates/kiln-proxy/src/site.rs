@@ -284,7 +284,11 @@ pub async fn serve(site: Arc<Site>, listener: TcpListener, tls: Option<Arc<rustl
                 let (limit, accept) = (site.header_timeout, acceptor.accept(stream));
                 tokio::spawn(async move {
                     if let Ok(Ok(tls)) = tokio::time::timeout(limit, accept).await {
-                        forward::connection(open, tls, peer).await;
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            forward::h2::connection(open, tls, peer).await;
+                        } else {
+                            forward::connection(open, tls, peer).await;
+                        }
                     }
                 });
             }

@@ -528,3 +528,161 @@ fn two_services_share_one_https_address_by_host_each_with_its_certificate_and_it
     assert_eq!(tls_get(&config, port, "shop.test").unwrap().1, "2.0.0");
     assert!(tls_get(&config, port, "api.test").is_err(), "api.test is no longer served here");
 }
+
+/// A backend of the test's own: it reads one request per connection turn
+/// (a length or chunked body, whose trailers it skips) and answers chunked
+/// with a trailer, echoing what it got: `proto HOST-HEADER XFP bytes N`.
+fn echo_backend() -> u16 {
+    use std::io::BufRead;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut c = c;
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_owned());
+                    }
+                    let get = |name: &str| {
+                        head.iter()
+                            .find_map(|h| {
+                                h.split_once(':')
+                                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                                    .map(|(_, v)| v.trim().to_owned())
+                            })
+                            .unwrap_or_default()
+                    };
+                    let mut n = 0usize;
+                    if get("transfer-encoding").eq_ignore_ascii_case("chunked") {
+                        loop {
+                            let mut size = String::new();
+                            r.read_line(&mut size).unwrap();
+                            let len = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+                            if len == 0 {
+                                let mut t = String::new();
+                                while r.read_line(&mut t).unwrap() > 0 && t != "\r\n" {
+                                    t.clear();
+                                }
+                                break;
+                            }
+                            let mut buf = vec![0; len + 2];
+                            r.read_exact(&mut buf).unwrap();
+                            n += len;
+                        }
+                    } else if let Ok(len) = get("content-length").parse::<usize>() {
+                        let mut buf = vec![0; len];
+                        r.read_exact(&mut buf).unwrap();
+                        n = len;
+                    }
+                    let body = format!(
+                        "{} {} {} bytes {n}",
+                        head[0].rsplit(' ').next().unwrap(),
+                        get("host"),
+                        get("x-forwarded-proto")
+                    );
+                    let out = format!(
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n{:x}\r\n{body}\r\n0\r\nx-checksum: {n}\r\n\r\n",
+                        body.len()
+                    );
+                    if c.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn http2_clients_reach_http1_backends_with_bodies_and_trailers() {
+    let _room = common::room("no-runc");
+    let dir = common::tempdir("edge-h2");
+    let pki = Pki::new(&dir);
+    pki.issue("site", &["h2.test"], VALID_FROM, VALID_TO);
+    let backend = echo_backend();
+    let (port, admin) = (free_port(), free_port());
+    /// Ends the proxy when the test does, passed or not.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = Kill(
+        std::process::Command::new(common::kiln_bin())
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--release", &format!("r=1@127.0.0.1:{backend}"), "--host", "h2.test"])
+            .arg("--tls-cert")
+            .arg(pki.path("site.pem"))
+            .arg("--tls-key")
+            .arg(pki.path("site.key"))
+            .env("KILN_HOME", &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_port(admin);
+    let ca = pki.path("ca.pem");
+    let resolve = format!("h2.test:{port}:127.0.0.1");
+    let url = format!("https://h2.test:{port}/x");
+    let big = dir.join("big.bin");
+    fs::write(&big, vec![b'k'; 300_000]).unwrap();
+    let body_arg = format!("@{}", big.display());
+    // HTTP/2: the trailer comes back as a trailers frame (curl -v shows it).
+    let args = vec!["-v", "--http2", "--resolve", &resolve, "--cacert", ca.to_str().unwrap()];
+    // A GET, then a 300 kB upload (streamed up, DATA frames to chunks).
+    let (ok, out, err) = curl(&[args.clone(), vec![&url]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("< HTTP/2 200"), "{err}");
+    assert_eq!(
+        out,
+        format!("HTTP/1.1 h2.test:{port} https bytes 0"),
+        "the backend speaks HTTP/1.1 and hears the host and proto"
+    );
+    assert!(err.contains("< x-checksum: 0"), "the response trailer passed through: {err}");
+    let (ok, out, err) = curl(&[args, vec!["--data-binary", &body_arg, &url]].concat());
+    assert!(ok && out == format!("HTTP/1.1 h2.test:{port} https bytes 300000"), "{out} {err}");
+    assert!(err.contains("< x-checksum: 300000"), "{err}");
+    // HTTP/1.1 over TLS: the chunked body, trailer and all, unchanged.
+    let args = vec!["--http1.1", "--raw", "--resolve", &resolve, "--cacert", ca.to_str().unwrap()];
+    let (ok, out, err) = curl(&[args, vec!["--data-binary", &body_arg, &url]].concat());
+    assert!(
+        ok && out.contains("https bytes 300000") && out.ends_with("0\r\nx-checksum: 300000\r\n\r\n"),
+        "{out:?} {err}"
+    );
+    // Many streams on one connection, a host nobody serves, and no SNI.
+    let urls: Vec<String> = (0..50).map(|_| url.clone()).collect();
+    let mut args =
+        vec!["--http2", "--parallel", "--parallel-max", "50", "--resolve", &resolve, "--cacert", ca.to_str().unwrap()];
+    args.extend(urls.iter().map(String::as_str));
+    let (ok, out, err) = curl(&args);
+    assert!(ok && out.matches("bytes 0").count() == 50, "{out} {err}");
+    let (ok, out, _) = curl(&[
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        "Host: other.test",
+        &url,
+    ]);
+    assert!(ok && out == "421", "{out}");
+}

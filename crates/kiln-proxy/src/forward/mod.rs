@@ -12,6 +12,7 @@
 //! Its parts: [`body`] moves bodies, [`pool`] keeps backend connections.
 
 mod body;
+pub(crate) mod h2;
 mod pool;
 
 use std::io;

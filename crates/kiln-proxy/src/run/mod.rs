@@ -136,7 +136,9 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
     let services = services::Services::load(&run, kiln_core::time::now_secs()).map_err(std::io::Error::other)?;
     let site = services.site.clone();
     let tls = match &services.certs {
-        Some(certs) => Some(crate::tls::server_config(certs.clone(), &[b"http/1.1"]).map_err(std::io::Error::other)?),
+        Some(certs) => {
+            Some(crate::tls::server_config(certs.clone(), &[b"h2", b"http/1.1"]).map_err(std::io::Error::other)?)
+        }
         None => None,
     };
     let (listeners, redirect, inherited) = proxy_listeners(&run, &site)?;
