@@ -152,3 +152,87 @@ impl Services {
         Ok(summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn run_with(site: &std::path::Path) -> ProxyRun {
+        ProxyRun {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: None,
+            releases: vec![],
+            releases_file: None,
+            shutdown_grace: std::time::Duration::from_secs(1),
+            config: crate::ProxyConfig::default(),
+            workers: 1,
+            handoff: None,
+            take_over: None,
+            tls: None,
+            redirect_http: None,
+            site: Some(site.to_owned()),
+        }
+    }
+
+    fn service(dir: &std::path::Path, name: &str, hosts: &[&str], backend: &str) -> crate::SiteService {
+        let releases = dir.join(format!("{name}.json"));
+        let table = format!("[{{\"release\":\"r1\",\"weight\":1,\"backends\":[\"{backend}\"]}}]");
+        std::fs::write(&releases, table).unwrap();
+        crate::SiteService {
+            service: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            paths: vec![],
+            tls: None,
+            releases_file: releases,
+            health: None,
+            release_header: false,
+            redirect_http: None,
+        }
+    }
+
+    fn write(path: &std::path::Path, services: Vec<crate::SiteService>) {
+        std::fs::write(path, serde_json::to_vec(&SiteFile { services }).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_a_staying_service_s_state_adds_and_removes_and_a_bad_file_changes_nothing() {
+        let dir = kiln_testutil::tempdir("site-reload");
+        let file = dir.join("site.json");
+        let a = service(&dir, "a", &["a.test"], "127.0.0.1:1");
+        write(&file, vec![a.clone(), service(&dir, "b", &["b.test"], "127.0.0.1:2")]);
+        let run = run_with(&file);
+        let s = Services::load(&run, 0).unwrap();
+        let a_before = s.site.proxy(Some("a")).unwrap();
+        let b_before = s.site.proxy(Some("b")).unwrap();
+        // Some state of a's: a counted failure on its backend.
+        a_before.registry().backends.values().next().unwrap().failures.store(2, Ordering::Relaxed);
+
+        write(&file, vec![a.clone(), service(&dir, "c", &["c.test"], "127.0.0.1:3")]);
+        let what = s.reload(&run, 0).unwrap();
+        assert!(what.contains("added [c], removed [b]"), "{what}");
+        let a_after = s.site.proxy(Some("a")).unwrap();
+        assert!(Arc::ptr_eq(&a_before, &a_after), "a stayed: the same load balancer, its state kept");
+        assert_eq!(a_after.registry().backends.values().next().unwrap().failures.load(Ordering::Relaxed), 2);
+        assert!(
+            s.site.proxy(Some("b")).is_err() && b_before.retired.load(Ordering::Relaxed),
+            "b left and stopped checking"
+        );
+        assert!(s.site.proxy(Some("c")).is_ok());
+
+        // A bad file, a bad table, two services with one name: nothing changes.
+        let routes = s.site.routes();
+        std::fs::write(&file, "{\"services\": [").unwrap();
+        assert!(s.reload(&run, 0).unwrap_err().contains("site.json: line 1"));
+        write(&file, vec![a.clone(), a.clone()]);
+        assert!(s.reload(&run, 0).unwrap_err().contains("given twice"));
+        let mut broken = service(&dir, "d", &["d.test"], "127.0.0.1:4");
+        std::fs::write(&broken.releases_file, "not json").unwrap();
+        broken.hosts = vec!["d.test".into()];
+        write(&file, vec![a, broken]);
+        assert!(s.reload(&run, 0).unwrap_err().contains("d.json"));
+        let now = s.site.routes();
+        assert_eq!(now.len(), routes.len());
+        assert!(now.iter().zip(routes.iter()).all(|(x, y)| Arc::ptr_eq(x, y)), "the routes are the ones before");
+    }
+}
