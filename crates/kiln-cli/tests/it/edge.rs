@@ -490,7 +490,8 @@ fn two_services_share_one_https_address_by_host_each_with_its_certificate_and_it
     assert_eq!(tls_get(&config, port, "shop.test").unwrap().2, pem_der(&pki.path("shop.pem")));
     assert_eq!(tls_get(&config, port, "api.test").unwrap().2, pem_der(&pki.path("api.pem")));
     // One listener: both services' records name the same process.
-    let rec = |s: &str| common::json(&fs::read_to_string(env.home.join(format!("proxies/{s}/proxy.json"))).unwrap());
+    let home = env.home.clone();
+    let rec = |s: &str| common::json(&fs::read_to_string(home.join(format!("proxies/{s}/proxy.json"))).unwrap());
     assert_eq!(rec("web")["pid"], rec("api")["pid"]);
     // A Host no service answers on this address: 421, naming nothing.
     let (ok, out, err) = curl(&[
@@ -521,6 +522,15 @@ fn two_services_share_one_https_address_by_host_each_with_its_certificate_and_it
     let st = common::json(&env.ok(&["status", "--json"]));
     let api_status = st["services"].as_array().unwrap().iter().find(|s| s["service"] == "api").cloned().unwrap();
     assert_eq!(api_status["stable"]["id"], "api-1", "{api_status:#}");
+
+    // kiln serve --upgrade hands the shared process over once: both
+    // services' records name the one successor, and neither host fails.
+    let before = rec("web")["pid"].clone();
+    let (tally, bad, first) = tally_under_load(&config, port, &["shop.test", "api.test"], || env.upgrade_serve());
+    assert_eq!(bad, 0, "failed requests during the upgrade: {first}");
+    assert!(tally.values().sum::<u64>() > 20, "{tally:?}");
+    assert_ne!(rec("web")["pid"], before, "a successor serves");
+    assert_eq!(rec("web")["pid"], rec("api")["pid"], "one process for the address");
 
     // Taking api down leaves web serving on the shared listener.
     let out = env.kiln(&["down", "api"]);
