@@ -281,6 +281,15 @@ pub fn render_status(st: &answer::Status) {
             s.replicas,
             s.stable.as_ref().map_or("none".into(), rel)
         );
+        if !s.hosts.is_empty() {
+            println!("  hosts {}", s.hosts.join(", "));
+        }
+        if let Some(t) = &s.tls {
+            match (&t.not_after, t.days_left) {
+                (Some(at), Some(days)) => println!("  https with {} until {at} ({days} days left)", t.cert),
+                _ => println!("  https with {} (cannot be read now: the load balancer keeps the pair it has)", t.cert),
+            }
+        }
         if let Some(p) = &s.previous {
             println!("  previous {} warm for {} s (instant rollback)", rel(&p.release), p.warm_for_ms / 1000);
         }

@@ -252,6 +252,11 @@ fn https_from_certificate_files_sni_redirect_rotation_refused_pairs_and_upgrade(
     let (ok, _, err) =
         curl(&["-k", "--resolve", &format!("evil.test:{port}:127.0.0.1"), &format!("https://evil.test:{port}/")]);
     assert!(!ok && err.contains("alert"), "an unknown name gets a handshake alert: {err}");
+    // kiln status says what the service answers and until when.
+    let st = env.ok(&["status"]);
+    assert!(st.contains("  hosts shop.test, www.shop.test"), "{st}");
+    assert!(st.contains("live.pem until 2049-12-31T00:00:00Z ("), "{st}");
+
     // Plain HTTP on the HTTPS port is not answered as HTTP.
     let (ok, _, _) = curl(&[&format!("http://127.0.0.1:{port}/")]);
     assert!(!ok);

@@ -130,6 +130,12 @@ pub struct Status {
 pub struct ServiceStatus {
     pub service: String,
     pub listen: Option<String>,
+    /// The host names it answers on its address (none: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Its certificate, when it serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
     pub proxy_pid: Option<i32>,
     pub strategy: String,
     pub replicas: u32,
@@ -147,6 +153,15 @@ pub struct ServiceStatus {
     pub quarantined: BTreeMap<String, Quarantine>,
     /// Set while the service's reconcile fails (the others go on).
     pub reconcile: Option<Failing>,
+}
+
+/// A served certificate: its file and when it stops being valid (read
+/// from the file; absent when the file cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    pub cert: String,
+    pub not_after: Option<String>,
+    pub days_left: Option<i64>,
 }
 
 /// The release replaced last, kept warm for an instant rollback.
