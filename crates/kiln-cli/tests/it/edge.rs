@@ -599,6 +599,18 @@ fn echo_backend() -> u16 {
                         r.read_exact(&mut buf).unwrap();
                         n = len;
                     }
+                    if head[0].starts_with("GET /slow") {
+                        // A long download: a chunk every 100 ms for 10 s.
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        for _ in 0..100 {
+                            if c.write_all(b"5\r\nslow.\r\n").is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        let _ = c.write_all(b"0\r\n\r\n");
+                        continue;
+                    }
                     let body = format!(
                         "{} {} {} bytes {n}",
                         head[0].rsplit(' ').next().unwrap(),
@@ -700,4 +712,25 @@ fn http2_clients_reach_http1_backends_with_bodies_and_trailers() {
         &url,
     ]);
     assert!(ok && out == "421", "{out}");
+
+    // A drain's deadline cuts an HTTP/2 download: its stream is reset (the
+    // client sees an error, never a short body taken for a whole one).
+    let slow = format!("https://h2.test:{port}/slow");
+    let ca_s = ca.to_str().unwrap().to_owned();
+    let (resolve2, slow2) = (resolve.clone(), slow.clone());
+    let download = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let r = curl(&["--http2", "--max-time", "20", "--resolve", &resolve2, "--cacert", &ca_s, &slow2]);
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, report, err) =
+        curl(&["-X", "POST", &format!("http://127.0.0.1:{admin}/drain?backend=127.0.0.1:{backend}&deadline_ms=300")]);
+    assert!(ok, "{err}");
+    let report = common::json(&report);
+    assert_eq!((report["finished"].as_u64(), report["cut"].as_u64()), (Some(0), Some(1)), "{report}");
+    let ((ok, out, err), took) = download.join().unwrap();
+    assert!(!ok, "the cut download must fail: {out:?} {err}");
+    assert!(out.starts_with("slow.") && out.len() < 500, "part of it came: {out:?}");
+    assert!(took < Duration::from_secs(5), "cut at the deadline, not at the end: {took:?}");
 }

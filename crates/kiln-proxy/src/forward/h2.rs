@@ -38,6 +38,9 @@ use crate::site::{host_of, select, Site};
 use crate::table::Backend;
 use crate::{Body, Proxy, Sticky};
 
+/// A response body towards an HTTP/2 client: an error resets its stream.
+type Out = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// Streams one client may have open at once.
 const MAX_STREAMS: u32 = 256;
 /// Idle HTTP/1 senders kept per backend on a worker.
@@ -78,13 +81,25 @@ pub(crate) async fn connection(open: Open, tls: tokio_rustls::server::TlsStream<
     drop(open);
 }
 
-fn reply(status: StatusCode, msg: &str, request_id: Option<&HeaderValue>) -> Response<Body> {
-    let mut r = crate::text(status, msg);
+fn reply(status: StatusCode, msg: &str, request_id: Option<&HeaderValue>) -> Response<Out> {
+    let mut r = crate::text(status, msg).map(|b| b.map_err(Into::into).boxed());
     if let Some(id) = request_id {
         r.headers_mut().insert(HeaderName::from_static("x-request-id"), id.clone());
     }
     r
 }
+
+/// Why a response body was ended before its backend finished it.
+#[derive(Debug)]
+struct Drained;
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend was drained")
+    }
+}
+
+impl std::error::Error for Drained {}
 
 /// Keeps a backend's and a release's in-flight counts up while a stream's
 /// response body is alive; returns the backend connection to the pool
@@ -168,7 +183,7 @@ fn dropped(name: &HeaderName) -> bool {
 }
 
 /// One stream, top to bottom.
-async fn stream(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn stream(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Response<Out> {
     let started = Instant::now();
     let authority = req
         .uri()
@@ -259,13 +274,55 @@ async fn stream(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Respon
             }
         }
         // The backend connection goes back to the pool when the body was
-        // read whole (the guard goes with the body).
+        // read whole (the guard goes with the body); a drain deadline cuts it.
         guard.sender = Some(send);
-        let body = incoming.map_frame(move |f| {
-            let _alive = &guard;
-            f
-        });
-        return Response::from_parts(head, body.boxed());
+        let cut = Box::pin(Cut::wait(backend.clone()));
+        return Response::from_parts(head, Relayed { inner: incoming, guard, cut }.boxed());
+    }
+}
+
+/// Waits for a drain's deadline to cut `backend`'s streams.
+struct Cut;
+
+impl Cut {
+    async fn wait(backend: Arc<Backend>) {
+        backend.cut.notified().await
+    }
+}
+
+/// A response body on its way to the client: its stream ends (reset) when
+/// a drain cuts its backend; its guard keeps the in-flight counts.
+struct Relayed<F> {
+    inner: Incoming,
+    guard: Guard,
+    cut: std::pin::Pin<Box<F>>,
+}
+
+impl<F: std::future::Future<Output = ()>> hyper::body::Body for Relayed<F> {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.cut.as_mut().poll(cx).is_ready() {
+            // An error, not an end: the client's stream is reset, so a cut
+            // body is never taken for a whole one. The backend connection
+            // is not reusable mid-body.
+            this.guard.sender = None;
+            return std::task::Poll::Ready(Some(Err(Box::new(Drained))));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -277,7 +334,7 @@ fn failed(
     started: Instant,
     status: StatusCode,
     request_id: &HeaderValue,
-) -> Response<Body> {
+) -> Response<Out> {
     let latency = started.elapsed().as_micros() as u64;
     release.metrics.record(status.as_u16(), latency, p.now_ms() / 1000);
     backend.traffic.record(status.as_u16(), latency);
