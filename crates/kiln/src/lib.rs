@@ -29,6 +29,7 @@ pub use kiln_core::{digest, heal, oci, release, spec, time};
 pub use kiln_proxy as proxy;
 pub use kiln_proxy::handoff;
 
+pub mod acme;
 pub mod bake;
 pub mod command;
 pub mod image;

@@ -378,7 +378,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                 ),
                 (None, Err(_)) => None,
             };
-            let r = secrets.rotate(old)?;
+            let r = secrets.rotate(old.clone())?;
+            // The keys of certificates kiln obtained go with the secrets.
+            let tls = Secrets::tls_keys(home);
+            if matches!(store, KeyStore::Secrets) && home.join("tls/dek").exists() {
+                tls.rotate(old)?;
+            }
             let migrated = if r.migrated { "; the bare key that sat beside them is removed" } else { "" };
             Ok(Output::Done {
                 message: format!(

@@ -104,6 +104,8 @@ impl Drop for SecretValue {
 pub enum Purpose {
     Secrets,
     SigningKeys,
+    /// ACME account keys, certificate keys and chains (`$KILN_HOME/tls`).
+    TlsKeys,
 }
 
 impl Purpose {
@@ -111,13 +113,14 @@ impl Purpose {
         match self {
             Purpose::Secrets => "secrets",
             Purpose::SigningKeys => "signing-keys",
+            Purpose::TlsKeys => "tls-keys",
         }
     }
 
     /// The command that re-seals this store.
     fn rotate_command(self) -> &'static str {
         match self {
-            Purpose::Secrets => "secret rotate-key",
+            Purpose::Secrets | Purpose::TlsKeys => "secret rotate-key",
             Purpose::SigningKeys => "key rotate",
         }
     }
@@ -293,6 +296,12 @@ impl Secrets {
             purpose: Purpose::SigningKeys,
             kek: KekSource::Process,
         }
+    }
+
+    /// The certificates kiln obtains (ACME) and their keys, apart from
+    /// the secrets services may mount.
+    pub fn tls_keys(home: &Path) -> Self {
+        Secrets { dir: home.join("tls"), home: home.to_owned(), purpose: Purpose::TlsKeys, kek: KekSource::Process }
     }
 
     /// The same store with `kek` instead of the environment's.
