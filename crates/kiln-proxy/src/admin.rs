@@ -107,6 +107,23 @@ async fn admin(site: &Site, reload: &Reload, req: Request<Incoming>) -> Response
             }
         }
         (&Method::GET, "/metrics") => return text(StatusCode::OK, &site.metrics_text()),
+        (m @ (&Method::PUT | &Method::DELETE), p) if p.starts_with("/acme-challenge/") => {
+            let token = p.trim_start_matches("/acme-challenge/").to_owned();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return text(StatusCode::BAD_REQUEST, "a token is base64url");
+            }
+            if m == Method::DELETE {
+                site.set_challenge(&token, None);
+                return text(StatusCode::OK, "ok");
+            }
+            let body = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {e}")),
+            };
+            let Ok(key_auth) = std::str::from_utf8(&body) else { return text(StatusCode::BAD_REQUEST, "not text") };
+            site.set_challenge(&token, Some(key_auth.trim()));
+            return text(StatusCode::OK, "ok");
+        }
         _ => {}
     }
     let service = query(&req, "service");

@@ -161,6 +161,10 @@ pub struct SiteService {
     /// of a site name one at most, and `kiln proxy --redirect-http` serves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_http: Option<std::net::SocketAddr>,
+    /// Its certificate is obtained by kiln (ACME): until `tls`'s files
+    /// exist, its hosts are refused in the handshake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acme: bool,
 }
 
 /// A site service's active health check.

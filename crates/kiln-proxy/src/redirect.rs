@@ -15,6 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use http_body_util::BodyExt;
+
 use crate::{text, Body};
 
 /// Where a request to `host` (its `Host` header, port and all) for
@@ -36,7 +38,22 @@ pub fn location(host: &str, path_and_query: &str, https_port: u16) -> Option<Str
     Some(format!("https://{name}{port}{path}"))
 }
 
-fn answer(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
+/// Where ACME's http-01 checks look (RFC 8555 §8.3).
+const CHALLENGES: &str = "/.well-known/acme-challenge/";
+
+fn answer(req: &Request<Incoming>, https_port: u16, site: &crate::Site) -> Response<Body> {
+    if let Some(token) = req.uri().path().strip_prefix(CHALLENGES) {
+        return match site.challenge(token) {
+            Some(key_auth) => {
+                // Exactly the key authorization (text() would add a newline).
+                let body = http_body_util::Full::new(bytes::Bytes::from(key_auth)).map_err(|never| match never {});
+                let mut r = Response::new(body.boxed());
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "no such challenge"),
+        };
+    }
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri().host());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     match host.and_then(|h| location(h, path, https_port)) {
@@ -52,15 +69,18 @@ fn answer(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
 }
 
 /// Serves redirects on `listener` until the process exits.
-pub async fn serve_redirects(listener: TcpListener, https_port: u16) {
+pub async fn serve_redirects(listener: TcpListener, https_port: u16, site: std::sync::Arc<crate::Site>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
+        let site = site.clone();
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| async move { Ok::<_, Infallible>(answer(&req, https_port)) });
+            let svc = hyper::service::service_fn(move |req| {
+                let site = site.clone();
+                async move { Ok::<_, Infallible>(answer(&req, https_port, &site)) }
+            });
             let mut server = hyper::server::conn::http1::Builder::new();
             server.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
             let _ = server.serve_connection(TokioIo::new(stream), svc).await;

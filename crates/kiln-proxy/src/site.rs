@@ -108,6 +108,10 @@ pub struct Site {
     /// Requests answered 421: no service here for their host and path.
     pub misdirected: AtomicU64,
     certs: OnceLock<Arc<tls::Certs>>,
+    /// ACME http-01 key authorizations by token, answered on the redirect
+    /// listener (set and cleared through the admin API; not on the
+    /// request path).
+    challenges: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Site {
@@ -120,6 +124,7 @@ impl Site {
             header_timeout,
             misdirected: AtomicU64::new(0),
             certs: OnceLock::new(),
+            challenges: std::sync::Mutex::default(),
         })
     }
 
@@ -142,6 +147,20 @@ impl Site {
     /// Makes `certs` part of the metrics; the first call wins.
     pub fn set_certs(&self, certs: Arc<tls::Certs>) {
         let _ = self.certs.set(certs);
+    }
+
+    /// Answers `token`'s http-01 challenge with `key_auth` (`None`: no more).
+    pub fn set_challenge(&self, token: &str, key_auth: Option<&str>) {
+        let mut c = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        match key_auth {
+            Some(k) => c.insert(token.to_owned(), k.to_owned()),
+            None => c.remove(token),
+        };
+    }
+
+    /// The key authorization for `token`, if one is published.
+    pub fn challenge(&self, token: &str) -> Option<String> {
+        self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
     }
 
     /// The service a request at the start of `input` goes to.

@@ -14,12 +14,12 @@ use crate::common::serve_env::{serial, Env};
 use crate::common::{self, free_port};
 
 /// A test CA and the certificates the tests serve, all ECDSA P-256.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         let dir = dir.join("certs");
         fs::create_dir_all(dir.join("db")).unwrap();
         let ossl = |args: &[&str]| {
@@ -53,7 +53,7 @@ impl Pki {
 
     /// A key `name.key` and its certificate `name.pem` for `names`, valid
     /// from `start` to `end` (`YYYYMMDDHHMMSSZ`).
-    fn issue(&self, name: &str, names: &[&str], start: &str, end: &str) {
+    pub(crate) fn issue(&self, name: &str, names: &[&str], start: &str, end: &str) {
         let ossl = |args: &[&str]| {
             let out = std::process::Command::new("openssl").args(args).current_dir(&self.dir).output().unwrap();
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -86,15 +86,15 @@ impl Pki {
         ]);
     }
 
-    fn path(&self, f: &str) -> PathBuf {
+    pub(crate) fn path(&self, f: &str) -> PathBuf {
         self.dir.join(f)
     }
 }
 
-const VALID_FROM: &str = "20200101000000Z";
-const VALID_TO: &str = "20491231000000Z";
+pub(crate) const VALID_FROM: &str = "20200101000000Z";
+pub(crate) const VALID_TO: &str = "20491231000000Z";
 
-fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -115,7 +115,11 @@ fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
 
 /// One GET over a new TLS connection (a full handshake): the status, the
 /// body and the certificate the server presented.
-fn tls_get(config: &Arc<rustls::ClientConfig>, port: u16, host: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+pub(crate) fn tls_get(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    host: &str,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -133,7 +137,7 @@ fn tls_get(config: &Arc<rustls::ClientConfig>, port: u16, host: &str) -> std::io
 
 /// Runs `f` while `threads` clients make new TLS connections to `host`
 /// (one request each); returns (ok, failed, the first failure).
-fn under_tls_load(
+pub(crate) fn under_tls_load(
     config: &Arc<rustls::ClientConfig>,
     port: u16,
     host: &'static str,
@@ -183,7 +187,7 @@ impl FirstOnly for String {
     }
 }
 
-fn curl(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn curl(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new("curl").args(["-sS", "--max-time", "5"]).args(args).output().unwrap();
     (
         out.status.success(),
@@ -192,7 +196,7 @@ fn curl(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn pem_der(path: &Path) -> Vec<u8> {
+pub(crate) fn pem_der(path: &Path) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::from_pem_file(path).unwrap().to_vec()
 }

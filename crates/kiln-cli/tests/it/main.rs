@@ -7,6 +7,7 @@
 
 mod common;
 
+mod acme;
 mod api;
 mod bake;
 mod edge;

@@ -37,12 +37,30 @@ pub struct EdgeSpec {
 }
 
 /// A certificate chain and its key, as PEM files (beside kiln.toml when
-/// relative; [`super::load`] makes them absolute).
+/// relative; [`super::load`] makes them absolute), or obtained from an
+/// ACME CA (then `cert` and `key` are empty: kiln chooses where they go).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsSpec {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub acme: Option<AcmeSpec>,
 }
+
+/// `tls = { acme = URL, email = …, ca = …, renew_before = … }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AcmeSpec {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    pub email: Option<String>,
+    /// An extra CA file that signs the ACME server's own certificate (a
+    /// private CA, Pebble in tests).
+    pub ca: Option<PathBuf>,
+    /// A certificate is renewed this long before it expires.
+    pub renew_before_secs: i64,
+}
+
+/// Let's Encrypt's advice: renew with a third of a 90-day life left.
+pub const RENEW_BEFORE_SECS: i64 = 30 * 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +69,8 @@ pub(super) struct RawTls {
     key: Option<String>,
     acme: Option<String>,
     email: Option<String>,
+    ca: Option<String>,
+    renew_before: Option<String>,
 }
 
 pub(super) struct RawEdge {
@@ -125,19 +145,66 @@ pub(super) fn validate(raw: RawEdge) -> Result<(EdgeSpec, Vec<Claim>), FieldErro
             return Err(field_err(span, "tls", "needs a listen address to serve HTTPS on"));
         }
         let tls = t.get_ref();
-        if tls.acme.is_some() || tls.email.is_some() {
-            let key = if tls.acme.is_some() { "tls.acme" } else { "tls.email" };
-            return Err(field_err(
-                span,
-                key,
-                "ACME is not supported yet: give `cert` and `key` files (renewed by your ACME client; kiln re-reads them when they change)",
-            ));
+        match &tls.acme {
+            Some(url) => {
+                if tls.cert.is_some() || tls.key.is_some() {
+                    let key = if tls.cert.is_some() { "tls.cert" } else { "tls.key" };
+                    return Err(field_err(
+                        span,
+                        key,
+                        "with `acme`, kiln obtains the certificate: give files or acme, not both",
+                    ));
+                }
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    return Err(field_err(span, "tls.acme", format!("{url:?} is not an https:// directory URL")));
+                }
+                if raw.hosts.as_ref().is_none_or(|h| h.get_ref().is_empty()) {
+                    return Err(field_err(span, "tls.acme", "needs `hosts`: the names the certificate is asked for"));
+                }
+                if raw.redirect_http.is_none() {
+                    return Err(field_err(
+                        span,
+                        "tls.acme",
+                        "needs `redirect_http`: the http-01 challenge is answered there (port 80 for a public CA)",
+                    ));
+                }
+                if let Some(e) = tls.email.as_deref().filter(|e| !e.contains('@') || e.contains([' ', ','])) {
+                    return Err(field_err(span, "tls.email", format!("{e:?} is not an email address")));
+                }
+                let renew_before_secs = match &tls.renew_before {
+                    None => RENEW_BEFORE_SECS,
+                    Some(d) => crate::time::parse_duration(d).filter(|s| *s > 0).ok_or_else(|| {
+                        field_err(span.clone(), "tls.renew_before", format!("{d:?}: expected a duration like 30d"))
+                    })?,
+                };
+                let acme = AcmeSpec {
+                    directory: url.clone(),
+                    email: tls.email.clone(),
+                    ca: tls.ca.as_ref().map(PathBuf::from),
+                    renew_before_secs,
+                };
+                edge.tls = Some(TlsSpec { cert: PathBuf::new(), key: PathBuf::new(), acme: Some(acme) });
+            }
+            None => {
+                for (v, key) in
+                    [(&tls.email, "tls.email"), (&tls.ca, "tls.ca"), (&tls.renew_before, "tls.renew_before")]
+                {
+                    if v.is_some() {
+                        return Err(field_err(span, key, "is an ACME setting: it needs `acme`"));
+                    }
+                }
+                let file = |v: &Option<String>, key: &str| match v.as_deref() {
+                    Some(p) if !p.trim().is_empty() => Ok(PathBuf::from(p)),
+                    _ => Err(field_err(
+                        span.clone(),
+                        key,
+                        "names the PEM file (`tls = { cert = \"...\", key = \"...\" }`, or `{ acme = URL }`)",
+                    )),
+                };
+                edge.tls =
+                    Some(TlsSpec { cert: file(&tls.cert, "tls.cert")?, key: file(&tls.key, "tls.key")?, acme: None });
+            }
         }
-        let file = |v: &Option<String>, key: &str| match v.as_deref() {
-            Some(p) if !p.trim().is_empty() => Ok(PathBuf::from(p)),
-            _ => Err(field_err(span.clone(), key, "names the PEM file (`tls = { cert = \"...\", key = \"...\" }`)")),
-        };
-        edge.tls = Some(TlsSpec { cert: file(&tls.cert, "tls.cert")?, key: file(&tls.key, "tls.key")? });
     }
     if let Some(r) = &raw.redirect_http {
         if edge.tls.is_none() {
@@ -208,17 +275,48 @@ pub fn expiry_warning(not_after: i64, now: i64, last: Option<(i64, i64)>) -> Opt
     }
 }
 
+/// Whether a certificate obtained by ACME is due: there is none yet (or
+/// it cannot be read), or it ends within `renew_before` of `now` (Unix
+/// seconds). Pure.
+pub fn acme_due(not_after: Option<i64>, now: i64, renew_before: i64) -> bool {
+    not_after.is_none_or(|end| end - now < renew_before)
+}
+
+/// How long to wait after `failures` failed issuances in a row: 1 minute,
+/// doubling, at most 1 hour (a CA's rate limits count failures). Pure.
+pub fn acme_retry_secs(failures: u32) -> i64 {
+    (60i64 << failures.saturating_sub(1).min(6)).min(3600)
+}
+
 /// Makes the certificate paths absolute, from the directory of kiln.toml.
 pub(super) fn resolve(edge: &mut EdgeSpec, dir: &Path) {
     if let Some(t) = &mut edge.tls {
-        t.cert = dir.join(&t.cert);
-        t.key = dir.join(&t.key);
+        match &mut t.acme {
+            Some(a) => {
+                if let Some(ca) = &mut a.ca {
+                    *ca = dir.join(&*ca);
+                }
+            }
+            None => {
+                t.cert = dir.join(&t.cert);
+                t.key = dir.join(&t.key);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acme_issues_when_there_is_nothing_or_renewal_is_due_and_backs_off() {
+        let day = 86_400;
+        assert!(acme_due(None, 0, 30 * day));
+        assert!(!acme_due(Some(90 * day), 0, 30 * day));
+        assert!(acme_due(Some(90 * day), 61 * day, 30 * day));
+        assert_eq!([1, 2, 3, 7, 8, 40].map(acme_retry_secs), [60, 120, 240, 3600, 3600, 3600]);
+    }
 
     #[test]
     fn expiry_warnings_start_14_days_before_and_repeat_daily_until_renewed() {

@@ -246,9 +246,16 @@ redirect_http = "0.0.0.0:8080"
         ("hosts = [\"a.test\", \"A.test\"]", "service.shop.hosts[1]: \"a.test\" is listed twice"),
         ("tls = { cert = \"c.pem\" }", ":4: service.shop.tls.key: names the PEM file"),
         (
-            "tls = { acme = \"https://acme.test/dir\", email = \"a@b\" }",
-            "service.shop.tls.acme: ACME is not supported yet",
+            "tls = { acme = \"http://acme.test/dir\" }",
+            "service.shop.tls.acme: \"http://acme.test/dir\" is not an https://",
         ),
+        ("tls = { acme = \"https://acme.test/dir\" }", "service.shop.tls.acme: needs `hosts`"),
+        (
+            "hosts = [\"a.test\"]\ntls = { acme = \"https://acme.test/dir\" }",
+            "service.shop.tls.acme: needs `redirect_http`",
+        ),
+        ("tls = { acme = \"https://acme.test/dir\", cert = \"c.pem\" }", "service.shop.tls.cert: with `acme`"),
+        ("tls = { cert = \"c\", key = \"k\", email = \"a@b.test\" }", "service.shop.tls.email: is an ACME setting"),
         ("tls = { cert = \"c\", key = \"k\", crt = \"x\" }", "crt"),
         ("redirect_http = \"0.0.0.0:80\"", "service.shop.redirect_http: redirects to HTTPS: it needs `tls`"),
         (
@@ -298,4 +305,28 @@ fn services_share_an_address_by_host_and_a_host_claimed_twice_is_refused() {
         e.contains("service.b.redirect_http: 127.0.0.1:8080 is already service.a.redirect_http"),
         "a redirect is shared only by the services of one address: {e}"
     );
+}
+
+#[test]
+fn an_acme_certificate_is_asked_for_the_hosts_and_its_ca_is_beside_kiln_toml() {
+    let f = p(r#"
+[service.shop]
+image = "shop"
+listen = "0.0.0.0:8443"
+hosts = ["shop.test"]
+tls = { acme = "https://localhost:14000/dir", email = "ops@shop.test", ca = "certs/ca.pem", renew_before = "60d" }
+redirect_http = "0.0.0.0:8080"
+"#)
+    .unwrap();
+    let t = f.services["shop"].edge.tls.clone().unwrap();
+    let a = t.acme.unwrap();
+    assert_eq!(a.directory, "https://localhost:14000/dir");
+    assert_eq!(a.email.as_deref(), Some("ops@shop.test"));
+    assert_eq!(a.ca.as_deref(), Some(Path::new("certs/ca.pem")));
+    assert_eq!(a.renew_before_secs, 60 * 86_400);
+    let base = "[service.shop]\nimage = \"shop\"\nlisten = \"0.0.0.0:8443\"\nhosts = [\"a.test\"]\nredirect_http = \"0.0.0.0:8080\"\n";
+    let e = err(&format!("{base}tls = {{ acme = \"https://x.test/d\", email = \"nobody\" }}\n"));
+    assert!(e.contains(":6: service.shop.tls.email: \"nobody\" is not an email address"), "{e}");
+    let e = err(&format!("{base}tls = {{ acme = \"https://x.test/d\", renew_before = \"soon\" }}\n"));
+    assert!(e.contains("service.shop.tls.renew_before: \"soon\""), "{e}");
 }

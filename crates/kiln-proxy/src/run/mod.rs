@@ -188,7 +188,8 @@ pub fn run(run: ProxyRun) -> std::io::Result<()> {
         if let Some(r) = redirect {
             r.set_nonblocking(true)?;
             eprintln!("kiln proxy: redirecting plain HTTP on {} to https", r.local_addr()?);
-            tokio::spawn(crate::redirect::serve_redirects(tokio::net::TcpListener::from_std(r)?, bound.port()));
+            let l = tokio::net::TcpListener::from_std(r)?;
+            tokio::spawn(crate::redirect::serve_redirects(l, bound.port(), site.clone()));
         }
         if let Some(certs) = services.certs.clone() {
             tokio::spawn(async move {

@@ -43,7 +43,12 @@ fn cert_specs(site: &SiteFile) -> Vec<CertSpec> {
     site.services
         .iter()
         .filter_map(|s| {
-            s.tls.clone().map(|files| CertSpec { service: s.service.clone(), files, hosts: s.hosts.clone() })
+            s.tls.clone().map(|files| CertSpec {
+                service: s.service.clone(),
+                files,
+                hosts: s.hosts.clone(),
+                pending_ok: s.acme,
+            })
         })
         .collect()
 }
@@ -60,6 +65,7 @@ impl Services {
                     .tls
                     .iter()
                     .map(|t| CertSpec {
+                        pending_ok: false,
                         service: run.config.service.clone(),
                         files: t.files.clone(),
                         hosts: t.hosts.clone(),
@@ -188,6 +194,7 @@ mod tests {
             health: None,
             release_header: false,
             redirect_http: None,
+            acme: false,
         }
     }
 

@@ -156,20 +156,31 @@ pub struct CertSpec {
     pub service: String,
     pub files: TlsFiles,
     pub hosts: Vec<String>,
+    /// Its files come later (a certificate kiln is obtaining by ACME):
+    /// until they exist, its hosts are refused in the handshake and it is
+    /// loaded as soon as they appear.
+    pub pending_ok: bool,
 }
 
-/// One served certificate and what was last loaded from its files.
+/// One served certificate and what was last loaded from its files (none
+/// yet for a pending one).
 #[derive(Debug)]
 struct Entry {
     spec: CertSpec,
-    loaded: Loaded,
+    loaded: Option<Loaded>,
     stamp: Stamp,
 }
 
 impl Entry {
     fn load(spec: &CertSpec, now: i64) -> Result<Entry, TlsError> {
         let stamp = stamp_of(&spec.files);
-        let loaded = load(&spec.files, &spec.hosts, now)?;
+        let loaded = match load(&spec.files, &spec.hosts, now) {
+            Ok(l) => Some(l),
+            Err(TlsError::Read { source, .. }) if spec.pending_ok && source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Entry { spec: spec.clone(), loaded, stamp })
     }
 }
@@ -254,8 +265,10 @@ impl Certs {
                 Ok(loaded) => {
                     self.reloads.fetch_add(1, Ordering::Relaxed);
                     out.push(Reload::Loaded { cert: e.spec.files.cert.clone(), not_after: loaded.not_after });
-                    next.push(Arc::new(Entry { spec: e.spec.clone(), loaded, stamp }));
+                    next.push(Arc::new(Entry { spec: e.spec.clone(), loaded: Some(loaded), stamp }));
                 }
+                // Half of a pending pair written: not yet a change.
+                Err(TlsError::Read { .. }) if e.loaded.is_none() && e.spec.pending_ok => next.push(e.clone()),
                 Err(err) => {
                     self.reload_failures.fetch_add(1, Ordering::Relaxed);
                     out.push(Reload::Kept(err));
@@ -275,20 +288,22 @@ impl Certs {
         self.entries
             .load()
             .iter()
-            .map(|e| (e.spec.files.cert.clone(), e.spec.service.clone(), e.loaded.not_after))
+            .filter_map(|e| Some((e.spec.files.cert.clone(), e.spec.service.clone(), e.loaded.as_ref()?.not_after)))
             .collect()
     }
 
     /// The certificate for a client hello's server name (see the module doc).
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let entries = self.entries.load();
-        let Some(name) = server_name else { return entries.first().map(|e| e.loaded.key.clone()) };
+        let Some(name) = server_name else {
+            return entries.iter().find_map(|e| e.loaded.as_ref()).map(|l| l.key.clone());
+        };
         let hit =
             entries.iter().find(|e| e.spec.hosts.is_empty() || e.spec.hosts.iter().any(|h| host_matches(h, name)));
         if hit.is_none() {
             self.unknown_names.fetch_add(1, Ordering::Relaxed);
         }
-        hit.map(|e| e.loaded.key.clone())
+        hit.and_then(|e| e.loaded.as_ref()).map(|l| l.key.clone())
     }
 }
 

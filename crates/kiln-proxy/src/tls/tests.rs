@@ -12,7 +12,7 @@ fn files(cert: &str, key: &str) -> TlsFiles {
 const NOW: i64 = 1_900_000_000;
 
 fn spec(files: TlsFiles, h: &[&str]) -> CertSpec {
-    CertSpec { service: "shop".into(), files, hosts: hosts(h) }
+    CertSpec { service: "shop".into(), files, hosts: hosts(h), pending_ok: false }
 }
 
 fn hosts(h: &[&str]) -> Vec<String> {
@@ -103,4 +103,25 @@ fn validity_is_read_from_a_real_certificate() {
     let mut cut = der.to_vec();
     cut.truncate(40);
     assert!(der::validity(&cut).is_err());
+}
+
+#[test]
+fn a_pending_certificate_is_refused_until_its_files_appear() {
+    let dir = kiln_testutil::tempdir("tls-pending");
+    let f = TlsFiles { cert: dir.join("live/cert.pem"), key: dir.join("live/key.pem") };
+    assert!(
+        Certs::load(&[spec(f.clone(), &["shop.test"])], NOW).is_err(),
+        "missing files are an error when not pending"
+    );
+    let pending = CertSpec { pending_ok: true, ..spec(f.clone(), &["shop.test"]) };
+    let certs = Certs::load(&[pending], NOW).unwrap();
+    assert!(certs.pick(Some("shop.test")).is_none() && certs.pick(None).is_none());
+    assert!(certs.expiries().is_empty());
+    std::fs::create_dir_all(dir.join("live")).unwrap();
+    std::fs::copy(data("shop.key"), &f.key).unwrap();
+    assert!(certs.reload(NOW).is_empty(), "the key alone: still pending, no failure counted");
+    std::fs::copy(data("shop.pem"), &f.cert).unwrap();
+    assert!(matches!(certs.reload(NOW).as_slice(), [Reload::Loaded { .. }]));
+    assert!(certs.pick(Some("shop.test")).is_some());
+    assert_eq!(certs.expiries().len(), 1);
 }

@@ -18,6 +18,7 @@
 //! clock with the fakes of every seam.
 
 mod answers;
+mod certs;
 mod healing;
 mod operator;
 mod releasing;
@@ -169,6 +170,8 @@ pub struct Controller<'a> {
     /// in Unix seconds; and when the files were last looked at.
     cert_warned: BTreeMap<String, (i64, i64)>,
     certs_checked_ms: Option<u64>,
+    /// Certificates being obtained by ACME, and each service's retries.
+    acme: BTreeMap<String, certs::Acme>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -284,6 +287,7 @@ impl<'a> Controller<'a> {
             failing: BTreeMap::new(),
             cert_warned: BTreeMap::new(),
             certs_checked_ms: None,
+            acme: BTreeMap::new(),
         };
         c.load_services()?;
         Ok(c)
@@ -483,44 +487,10 @@ impl<'a> Controller<'a> {
             }
         }
         self.check_certificates(now_ms);
+        self.tick_acme(now_ms);
         self.counters.reconciled(started.elapsed().as_secs_f64());
         self.publish_health(now_ms)?;
         Ok(())
-    }
-
-    /// Once a minute: each served certificate's end of validity, read from
-    /// its file; one within 14 days is recorded and alerted
-    /// (`cert-expiring`), again each day until it is renewed. A file that
-    /// cannot be read is left to its load balancer, which keeps the pair
-    /// it has and says so.
-    fn check_certificates(&mut self, now_ms: u64) {
-        if self.certs_checked_ms.is_some_and(|t| now_ms < t + 60_000) {
-            return;
-        }
-        self.certs_checked_ms = Some(now_ms);
-        let now = (now_ms / 1000) as i64;
-        let certs: Vec<(String, PathBuf)> = self
-            .services
-            .iter()
-            .filter(|(_, s)| s.state.down.is_none())
-            .filter_map(|(n, s)| s.spec.edge.tls.as_ref().map(|t| (n.clone(), t.cert.clone())))
-            .collect();
-        for (name, cert) in certs {
-            let Ok(not_after) = crate::proxy::tls::not_after(&cert) else { continue };
-            let Some(days_left) =
-                crate::spec::edge::expiry_warning(not_after, now, self.cert_warned.get(&name).copied())
-            else {
-                continue;
-            };
-            let release = self.release_of(&name);
-            let event = Event::CertExpiring { cert: cert.display().to_string(), not_after, days_left };
-            match self.record(&name, &release, now_ms, &event) {
-                Ok(()) => {
-                    self.cert_warned.insert(name, (not_after, now));
-                }
-                Err(e) => eprintln!("kiln serve: service {name}: recording a certificate warning: {e}"),
-            }
-        }
     }
 
     fn tick_service(&mut self, name: &str, now_ms: u64) -> Result<(), ServeError> {

@@ -44,6 +44,9 @@ pub trait DataPlane: std::fmt::Debug + Send + Sync {
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
     /// what it has in flight.
     fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError>;
+    /// Answers (or, with `None`, stops answering) an ACME http-01
+    /// challenge for `token` on the service's redirect listener.
+    fn challenge(&self, token: &str, key_auth: Option<&str>) -> Result<(), ServeError>;
 }
 
 /// Where the controller's load balancers come from.
@@ -144,6 +147,9 @@ impl DataPlane for Proxied {
     fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
         self.rec.drain(backend, deadline_ms)
     }
+    fn challenge(&self, token: &str, key_auth: Option<&str>) -> Result<(), ServeError> {
+        self.rec.challenge(token, key_auth)
+    }
 }
 
 /// One call a [`RecordingDataPlanes`] received, with its typed arguments.
@@ -156,6 +162,7 @@ pub enum DataPlaneCall {
     Stop { service: String },
     SetTable { service: String, table: Vec<TableEntry> },
     Drain { service: String, backend: SocketAddr },
+    Challenge { service: String, token: String, key_auth: Option<String> },
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +266,14 @@ impl DataPlane for FakePlane {
     }
     fn drain(&self, backend: SocketAddr, _deadline_ms: u64) -> Result<(), ServeError> {
         self.owner.call(&self.service, self.listen, DataPlaneCall::Drain { service: self.service.clone(), backend })
+    }
+    fn challenge(&self, token: &str, key_auth: Option<&str>) -> Result<(), ServeError> {
+        let call = DataPlaneCall::Challenge {
+            service: self.service.clone(),
+            token: token.to_owned(),
+            key_auth: key_auth.map(str::to_owned),
+        };
+        self.owner.call(&self.service, self.listen, call)
     }
 }
 

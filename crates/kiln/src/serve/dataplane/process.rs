@@ -87,7 +87,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 /// hosts are covered, the dates are valid at `now`), so that a bad pair is
 /// refused naming its kiln.toml key before any load balancer changes.
 pub fn check_certificate(service: &ServiceSpec, now: i64) -> Result<(), ServeError> {
-    let Some(t) = &service.edge.tls else { return Ok(()) };
+    // A certificate kiln obtains is checked when it arrives (the load
+    // balancer loads it only if it passes).
+    let Some(t) = service.edge.tls.as_ref().filter(|t| t.acme.is_none()) else { return Ok(()) };
     let files = crate::proxy::tls::TlsFiles { cert: t.cert.clone(), key: t.key.clone() };
     crate::proxy::tls::load(&files, &service.edge.hosts, now).map(drop).map_err(|e| {
         let key = match &e {
@@ -111,11 +113,10 @@ fn site_service(home: &Path, service: &ServiceSpec) -> SiteService {
         service: service.name.clone(),
         hosts: service.edge.hosts.clone(),
         paths: service.edge.paths.clone(),
-        tls: service
-            .edge
-            .tls
-            .as_ref()
-            .map(|t| crate::proxy::tls::TlsFiles { cert: t.cert.clone(), key: t.key.clone() }),
+        tls: service.edge.tls.as_ref().map(|t| match t.acme {
+            Some(_) => crate::acme::store::live_files(home, &service.name),
+            None => crate::proxy::tls::TlsFiles { cert: t.cert.clone(), key: t.key.clone() },
+        }),
         releases_file: dir(home, &service.name).join("releases.json"),
         health: h.path.as_ref().map(|path| SiteHealth {
             path: path.clone(),
@@ -126,6 +127,7 @@ fn site_service(home: &Path, service: &ServiceSpec) -> SiteService {
         }),
         release_header: true,
         redirect_http: service.edge.redirect_http,
+        acme: service.edge.tls.as_ref().is_some_and(|t| t.acme.is_some()),
     }
 }
 
@@ -509,6 +511,16 @@ impl ProxyProcess {
             admin: self.admin,
             detail: format!("bad /totals answer: {e}"),
         })
+    }
+
+    /// Publishes (or, with `None`, withdraws) an ACME http-01 answer on the
+    /// site's redirect listener.
+    pub(super) fn challenge(&self, token: &str, key_auth: Option<&str>) -> Result<(), ServeError> {
+        let path = format!("/acme-challenge/{token}");
+        match key_auth {
+            Some(k) => self.call("PUT", &path, k.as_bytes()).map(drop),
+            None => self.call("DELETE", &path, b"").map(drop),
+        }
     }
 
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
