@@ -1,7 +1,9 @@
 //! The plain-HTTP listener of an HTTPS service (`redirect_http`): every
 //! request is answered `308 Permanent Redirect` to the same host, path and
-//! query on `https://`, so a method and body are kept. A hyper server on
-//! the admin thread: redirects are not the hot path.
+//! query on `https://`, so a method and body are kept; except ACME's
+//! http-01 checks (`/.well-known/acme-challenge/TOKEN`), answered with the
+//! key authorization `kiln serve` published for the token. A hyper server
+//! on the admin thread: redirects are not the hot path.
 //!
 //! For: sending plain-HTTP clients to HTTPS. Must never: forward a
 //! request to a backend.

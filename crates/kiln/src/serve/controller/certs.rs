@@ -22,8 +22,9 @@ use crate::acme::store::{live_files, TlsStore};
 #[derive(Debug, Default)]
 pub(super) struct Acme {
     running: Option<mpsc::Receiver<Result<i64, String>>>,
-    failures: u32,
-    next_ms: u64,
+    pub(super) failures: u32,
+    /// No issuance starts before this (a backoff, or the next look).
+    pub(super) next_ms: u64,
 }
 
 /// A service that asks an ACME CA: its name, its settings, its hosts and

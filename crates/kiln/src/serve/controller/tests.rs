@@ -405,3 +405,55 @@ fn a_certificate_near_its_end_is_alerted_then_daily_until_renewed() {
     assert_eq!(warnings(&home).len(), 2);
     std::fs::remove_dir_all(home).unwrap();
 }
+
+#[test]
+fn an_acme_ca_that_cannot_be_reached_backs_off_and_leaves_the_service_serving() {
+    // A CA on a port nothing listens on: every issuance fails at once.
+    let closed = port();
+    let acme = format!(
+        "hosts = [\"shop.test\"]\nredirect_http = \"127.0.0.1:{}\"\n\
+         tls = {{ acme = \"https://127.0.0.1:{closed}/dir\" }}\n",
+        port()
+    );
+    let (home, store) = home_with(&web(1, &acme));
+    let driver = RecordingDriver::default();
+    let launcher = FakeLaunch(&driver);
+    let planes = RecordingDataPlanes::default();
+    let prober = FixedProber::default();
+    let mut c = controller(&home, &store, &driver, &launcher, &planes, &prober);
+    let mut t = 1_000;
+    c.handle(deploy("web", "app:b1"), t).unwrap();
+    tick_until(&mut c, &mut t, 200, "web serves", |c| settled(c, "web", "app:b1"));
+    // The failure comes back from the issuance thread within a few ticks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.acme.get("web").is_none_or(|a| a.failures == 0) {
+        assert!(std::time::Instant::now() < deadline, "no issuance finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        t += 100;
+        c.tick(t).unwrap();
+    }
+    assert_eq!(c.acme["web"].failures, 1);
+    // A minute's backoff from the tick that took the failure in.
+    let failed_at = c.acme["web"].next_ms - 60_000;
+    assert!(failed_at <= t && failed_at > 1_000, "{failed_at} {t}");
+    // Within the backoff nothing starts; after it, the second failure waits twice as long.
+    for _ in 0..50 {
+        t += 1_000;
+        c.tick(t).unwrap();
+    }
+    assert_eq!(c.acme["web"].failures, 1, "nothing was tried within the backoff");
+    t = failed_at + 60_000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.acme["web"].failures < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second attempt");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        t += 100;
+        c.tick(t).unwrap();
+    }
+    let second_at = c.acme["web"].next_ms - 120_000;
+    assert!(second_at >= failed_at + 60_000 && second_at <= t, "two minutes' backoff after the second");
+    // No challenge was published (the CA never answered), and web serves.
+    assert!(!planes.calls().iter().any(|call| matches!(call, DataPlaneCall::Challenge { .. })));
+    assert!(settled(&c, "web", "app:b1"));
+    std::fs::remove_dir_all(home).unwrap();
+}
