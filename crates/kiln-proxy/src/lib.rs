@@ -1,8 +1,10 @@
-//! kiln's HTTP load balancer: one listener per service in front of its
-//! instances, driven by the release controller through one control surface,
-//! the [`Control`] enum and [`Proxy::control`] (replace releases, set
-//! weights, drain a backend, read metrics and windowed stats); the admin
-//! API maps HTTP onto the same enum.
+//! kiln's HTTP load balancer: one listener per address (a [`site`]), in
+//! front of the instances of the services that share it, told apart by
+//! host and path; each service's [`Proxy`] is driven by the release
+//! controller through one control surface, the [`Control`] enum and
+//! [`Proxy::control`] (replace releases, set weights, drain a backend, read
+//! metrics and windowed stats); the admin API maps HTTP onto the same
+//! enum, naming the service (`?service=`).
 //!
 //! Threading is nginx's: [`start`] runs one thread per worker, each with a
 //! single-threaded tokio runtime, its own `SO_REUSEPORT` listener and its
@@ -11,12 +13,16 @@
 //! The request path is [`forward`]: an HTTP/1.1 engine of kiln's own (heads
 //! parsed and rewritten by [`h1`], bodies passed through as bytes), one
 //! task per client connection, with no per-request allocation, task or
-//! channel. The routing table is swapped whole through `ArcSwap`, so a
-//! switch never blocks or fails a request. Nothing on the request path may
-//! block or take a lock. The admin API is a hyper server: it is not hot.
-//! Its parts: [`config`] (what it is told), [`control`] (the typed control
-//! surface), [`admin`] (HTTP onto it), this file (the proxy's state, the
-//! worker threads, health checks, metrics).
+//! channel; over TLS ([`tls`], rustls) the same, and HTTP/2 clients
+//! (ALPN `h2`) through hyper (`forward::h2`). The routing table and the
+//! site's routes are swapped whole through `ArcSwap`, so a switch never
+//! blocks or fails a request. Nothing on the request path may block or
+//! take a lock. The admin API and the [`redirect`] listener are hyper
+//! servers: they are not hot.
+//! Its parts: [`config`] (what it is told, a site file included),
+//! [`control`] (the typed control surface), [`admin`] (HTTP onto it),
+//! [`site`] (an address: routes, accept loop, what they share), this file
+//! (a service's state, health checks, metrics).
 //! [`run`] is `kiln proxy`'s main; [`handoff`] passes listening sockets to
 //! a successor process (the proxy's `--take-over`, and `kiln serve
 //! --upgrade`).
