@@ -5,7 +5,9 @@
 # `userns = false` as well, interleaved in one run:
 #   - start → serving: `kiln run` until the demo app answers HTTP (median);
 #   - requests/s and p99 straight to the instance with wrk (64 keep-alive
-#     connections, 2 threads), median of ROUNDS rounds.
+#     connections, 2 threads), median of ROUNDS rounds;
+#   - the same through a `kiln proxy` in front of the instance (proxied
+#     latency, as a service's clients see it).
 # Prints both and the ratios. Usage: bench/sandbox.sh [RUNS] [ROUNDS] [SECONDS]
 # (defaults 20, 3, 5). Needs root, runc and wrk.
 set -euo pipefail
@@ -82,21 +84,36 @@ for _ in range(runs):
         rm(r)
 rps = {s: [] for s in kinds}
 p99 = {s: [] for s in kinds}
+prps = {s: [] for s in kinds}
+pp99 = {s: [] for s in kinds}
 inst = {s: start(s)[1] for s in kinds}
+proxies = {}
+for s in kinds:
+    port = free_port()
+    proxies[s] = (port, subprocess.Popen([kiln, "proxy", "--listen", f"127.0.0.1:{port}", "--release",
+                                          f"r=1@127.0.0.1:{inst[s]['port']}"], stderr=subprocess.DEVNULL))
+    assert answered(port, time.monotonic() + 10), f"the proxy of {s} did not answer"
 for _ in range(rounds):
     for s in kinds:
         a, b = load(inst[s]["port"])
         rps[s].append(a)
         p99[s].append(b)
+        a, b = load(proxies[s][0])
+        prps[s].append(a)
+        pp99[s].append(b)
+for _, p in proxies.values():
+    p.terminate()
+    p.wait()
 for r in inst.values():
     rm(r)
 med = statistics.median
-print(f"{'sandbox':<40} {'start ms':>9} {'req/s':>9} {'p99 ms':>7}")
+print(f"{'sandbox':<40} {'start ms':>9} {'req/s':>9} {'p99 ms':>7} {'proxied req/s':>13} {'proxied p99':>11}")
 names = {"on": "default (seccomp, no caps, userns)", "nofilter": "seccomp unconfined (userns)",
          "off": "seccomp unconfined, userns = false"}
 for s in kinds:
-    print(f"{names[s]:<40} {med(times[s])*1000:>9.1f} {med(rps[s]):>9.0f} {med(p99[s]):>7.2f}")
+    print(f"{names[s]:<40} {med(times[s])*1000:>9.1f} {med(rps[s]):>9.0f} {med(p99[s]):>7.2f} {med(prps[s]):>13.0f} {med(pp99[s]):>11.2f}")
 for s in ("on", "nofilter"):
     print(f"{names[s]} / no sandbox: start {med(times[s])/med(times['off']):.3f}, "
-          f"req/s {med(rps[s])/med(rps['off']):.3f} (goal: cost under 5 %)")
+          f"req/s {med(rps[s])/med(rps['off']):.3f}, proxied req/s {med(prps[s])/med(prps['off']):.3f}, "
+          f"proxied p99 {med(pp99[s])/med(pp99['off']):.3f} (goal: cost under 5 %)")
 PY
