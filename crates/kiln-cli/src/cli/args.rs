@@ -120,13 +120,30 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Push an image and everything about it (records, SBOMs, signatures) to an OCI registry on loopback: REGISTRY/REPO[:TAG] (TAG default: the reference's).
+    /// Push an image and everything about it (records, SBOMs, signatures) to an OCI registry: REGISTRY/REPO[:TAG] (TAG default: the reference's). TLS unless kiln.toml says `insecure` (or the registry is on loopback with no `ca`); credentials from `kiln login` or docker's config.
     Push {
         reference: String,
         remote: String,
+        /// The kiln.toml whose `[registries."HOST"]` applies (used when it exists).
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
+    /// Check a registry's credentials and keep them, encrypted in KILN_HOME (the password is read from standard input).
+    Login {
+        /// HOST[:PORT]
+        registry: String,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
+    },
+    /// Forget a registry's credentials.
+    Logout { registry: String },
     /// Pull an image and everything about it from an OCI registry; every blob is verified, and tags are set only when all of it is in.
     Pull {
         /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...
@@ -134,6 +151,9 @@ pub(crate) enum Cmd {
         /// The local image name (default: the image's title, else the repository's last part).
         #[arg(long = "as", value_name = "NAME")]
         name: Option<String>,
+        /// The kiln.toml whose `[registries."HOST"]` applies (used when it exists).
+        #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },

@@ -207,8 +207,23 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: super::actor() };
             (Command::Release(run), json)
         }
-        Cmd::Push { reference, remote, json } => (Command::Push { reference, remote }, json),
-        Cmd::Pull { remote, name, json } => (Command::Pull { remote, name }, json),
+        Cmd::Push { reference, remote, file, json } => {
+            let registry = registry_settings(&file, &remote)?;
+            (Command::Push { reference, remote, registry }, json)
+        }
+        Cmd::Pull { remote, name, file, json } => {
+            let registry = registry_settings(&file, &remote)?;
+            (Command::Pull { remote, name, registry }, json)
+        }
+        Cmd::Login { registry, username, password_stdin: _, file } => {
+            let mut password = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+                .context("reading the password from standard input")?;
+            let password = kiln::command::Password(password.trim_end_matches(['\n', '\r']).to_owned());
+            let settings = registry_settings(&file, &format!("{registry}/x"))?;
+            (Command::Login { registry, username, password, settings }, false)
+        }
+        Cmd::Logout { registry } => (Command::Logout { registry }, false),
         Cmd::Sbom { reference, format, output, json } => {
             if let Some(path) = output {
                 then = Then::WriteSbom { path, cyclonedx: format == SbomFormat::Cyclonedx };
@@ -376,4 +391,14 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         }
     };
     Ok(Invocation::Command { command: Box::new(command), json, then })
+}
+
+/// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
+/// when it exists (push and pull also work outside a project).
+fn registry_settings(file: &std::path::Path, remote: &str) -> anyhow::Result<kiln::spec::registries::RegistrySpec> {
+    if !file.is_file() {
+        return Ok(Default::default());
+    }
+    let host = remote.trim_start_matches("http://").split('/').next().unwrap_or_default();
+    Ok(kiln::spec::load(file)?.registries.get(host).cloned().unwrap_or_default())
 }

@@ -18,6 +18,7 @@ mod plan;
 mod promote;
 mod proxy;
 mod registry;
+mod registry_auth;
 mod release;
 mod run;
 mod sandbox;

@@ -18,6 +18,7 @@ use crate::digest::Digest;
 pub mod edge;
 mod image;
 pub mod notify;
+pub mod registries;
 pub mod release;
 pub mod sandbox;
 mod service;
@@ -42,6 +43,8 @@ pub struct SpecFile {
     pub notify: Vec<notify::NotifySpec>,
     /// `[syslog]`: where instance logs are shipped, if anywhere.
     pub syslog: Option<syslog::SyslogSpec>,
+    /// `[registries."HOST"]`: a CA, or plain HTTP, per registry.
+    pub registries: BTreeMap<String, registries::RegistrySpec>,
 }
 
 impl SpecFile {
@@ -260,6 +263,11 @@ pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
     let mut file = parse(path, &text)?;
     // A seccomp profile file is read once, here, beside its kiln.toml.
     let dir = path.parent().unwrap_or(Path::new("."));
+    for r in file.registries.values_mut() {
+        if let Some(ca) = &mut r.ca {
+            *ca = dir.join(&*ca);
+        }
+    }
     for (name, service) in &mut file.services {
         edge::resolve(&mut service.edge, dir);
         sandbox::load_profile(&mut service.sandbox, dir).map_err(|(profile, e)| SpecError {
@@ -283,6 +291,8 @@ struct RawFile {
     #[serde(default)]
     notify: Vec<Spanned<notify::RawNotify>>,
     syslog: Option<Spanned<syslog::RawSyslog>>,
+    #[serde(default)]
+    registries: BTreeMap<String, Spanned<registries::RawRegistry>>,
 }
 
 #[derive(Deserialize)]
@@ -478,7 +488,8 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
             });
         }
     }
-    Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks, syslog })
+    let registries = registries::validate(raw.registries).map_err(|(span, key, message)| err(span, &key, message))?;
+    Ok(SpecFile { path: path.to_owned(), images, services, promotion, notify: hooks, syslog, registries })
 }
 
 /// The full path of the key at `span` (`service.web.replica`): the table

@@ -171,6 +171,9 @@ pub enum Command {
     Push {
         reference: String,
         remote: String,
+        /// The registry's kiln.toml settings (`[registries."HOST"]`).
+        #[serde(default)]
+        registry: crate::spec::registries::RegistrySpec,
     },
     /// Copy an image and everything about it from a registry (tagged
     /// locally as `name`, default its title).
@@ -178,6 +181,21 @@ pub enum Command {
         remote: String,
         #[serde(default)]
         name: Option<String>,
+        #[serde(default)]
+        registry: crate::spec::registries::RegistrySpec,
+    },
+    /// Check credentials against a registry and keep them, encrypted.
+    /// Carried out in the caller's process, never by `kiln serve`.
+    Login {
+        registry: String,
+        username: String,
+        password: Password,
+        #[serde(default)]
+        settings: crate::spec::registries::RegistrySpec,
+    },
+    /// Forget a registry's credentials.
+    Logout {
+        registry: String,
     },
     /// SPDX 2.3 and CycloneDX 1.5 SBOMs of an image, stored as artifacts.
     Sbom {
@@ -246,6 +264,16 @@ impl Command {
 pub enum KeyStore {
     Secrets,
     SigningKeys,
+}
+
+/// A password, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(…)")
+    }
 }
 
 /// Who asked, when an API client does not say.
@@ -380,9 +408,14 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             };
             let r = secrets.rotate(old.clone())?;
             // The keys of certificates kiln obtained go with the secrets.
-            let tls = Secrets::tls_keys(home);
-            if matches!(store, KeyStore::Secrets) && home.join("tls/dek").exists() {
-                tls.rotate(old)?;
+            // The keys of certificates kiln obtained, and registry
+            // credentials, go with the secrets.
+            if matches!(store, KeyStore::Secrets) {
+                for (other, dir) in [(Secrets::tls_keys(home), "tls"), (Secrets::credentials(home), "auth")] {
+                    if home.join(dir).join("dek").exists() {
+                        other.rotate(old.clone())?;
+                    }
+                }
             }
             let migrated = if r.migrated { "; the bare key that sat beside them is removed" } else { "" };
             Ok(Output::Done {
@@ -461,13 +494,30 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Promoted(Box::new(p)))
         }
         Command::Release(run) => Ok(Output::Pipeline(Box::new(pipeline::release(run, ctx)?))),
-        Command::Push { reference, remote } => {
+        Command::Push { reference, remote, registry } => {
             let r = crate::image::registry::Remote::parse(&remote)?;
-            Ok(Output::Transfer(Box::new(crate::image::registry::push(&ctx.store, &reference, &r)?)))
+            Ok(Output::Transfer(Box::new(crate::image::registry::push(&ctx.store, &reference, &r, &registry)?)))
         }
-        Command::Pull { remote, name } => {
+        Command::Pull { remote, name, registry } => {
             let r = crate::image::registry::Remote::parse(&remote)?;
-            Ok(Output::Transfer(Box::new(crate::image::registry::pull(&ctx.store, &r, name.as_deref(), ctx.now)?)))
+            let t = crate::image::registry::pull(&ctx.store, &r, &registry, name.as_deref(), ctx.now)?;
+            Ok(Output::Transfer(Box::new(t)))
+        }
+        Command::Login { registry, username, password, settings } => {
+            let creds = crate::image::registry::Credentials { username, password: password.0 };
+            crate::image::registry::login(ctx.store.home(), &registry, &settings, &creds)?;
+            Ok(Output::Done {
+                message: format!("logged in to {registry} as {}; credentials kept encrypted", creds.username),
+            })
+        }
+        Command::Logout { registry } => {
+            let had = crate::image::registry::forget_credentials(ctx.store.home(), &registry)?;
+            let message = if had {
+                format!("forgot the credentials of {registry}")
+            } else {
+                format!("no credentials kept for {registry}")
+            };
+            Ok(Output::Done { message })
         }
         Command::Sbom { reference } => {
             Ok(Output::Sbom(Box::new(crate::verify::sbom::generate(&ctx.store, &reference, ctx.now)?)))

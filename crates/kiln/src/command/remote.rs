@@ -37,7 +37,14 @@ impl Job {
     /// controller request (it has routes of its own) nor `kiln proxy`
     /// (a load balancer in the caller's foreground).
     pub fn is_remote(&self) -> bool {
-        !matches!(self.command, Command::Controller(_) | Command::Proxy(_) | Command::RotateKey { .. })
+        !matches!(
+            self.command,
+            Command::Controller(_)
+                | Command::Proxy(_)
+                | Command::RotateKey { .. }
+                | Command::Login { .. }
+                | Command::Logout { .. }
+        )
     }
 
     /// Refuses what no server can take: a relative path (relative to what,
@@ -460,7 +467,11 @@ mod tests {
     /// be added without deciding its wire name (and documenting it).
     fn wire_name(c: &Command) -> Option<&'static str> {
         Some(match c {
-            Command::Controller(_) | Command::Proxy(_) | Command::RotateKey { .. } => return None,
+            Command::Controller(_)
+            | Command::Proxy(_)
+            | Command::RotateKey { .. }
+            | Command::Login { .. }
+            | Command::Logout { .. } => return None,
             Command::Bake { .. } => "bake",
             Command::Images {} => "images",
             Command::Inspect { .. } => "inspect",
@@ -578,8 +589,8 @@ mod tests {
                 to: None,
                 actor: "a".into(),
             }),
-            Command::Push { reference: "r".into(), remote: "127.0.0.1:5000/r".into() },
-            Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None },
+            Command::Push { reference: "r".into(), remote: "127.0.0.1:5000/r".into(), registry: Default::default() },
+            Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None, registry: Default::default() },
             Command::Sbom { reference: "r".into() },
             Command::KeyGenerate { name: "k".into() },
             Command::Sign { reference: "r".into(), key: "k".into() },

@@ -106,6 +106,8 @@ pub enum Purpose {
     SigningKeys,
     /// ACME account keys, certificate keys and chains (`$KILN_HOME/tls`).
     TlsKeys,
+    /// Registry credentials from `kiln login` (`$KILN_HOME/auth`).
+    Credentials,
 }
 
 impl Purpose {
@@ -114,13 +116,14 @@ impl Purpose {
             Purpose::Secrets => "secrets",
             Purpose::SigningKeys => "signing-keys",
             Purpose::TlsKeys => "tls-keys",
+            Purpose::Credentials => "registry-credentials",
         }
     }
 
     /// The command that re-seals this store.
     fn rotate_command(self) -> &'static str {
         match self {
-            Purpose::Secrets | Purpose::TlsKeys => "secret rotate-key",
+            Purpose::Secrets | Purpose::TlsKeys | Purpose::Credentials => "secret rotate-key",
             Purpose::SigningKeys => "key rotate",
         }
     }
@@ -302,6 +305,16 @@ impl Secrets {
     /// the secrets services may mount.
     pub fn tls_keys(home: &Path) -> Self {
         Secrets { dir: home.join("tls"), home: home.to_owned(), purpose: Purpose::TlsKeys, kek: KekSource::Process }
+    }
+
+    /// Registry credentials (`kiln login`).
+    pub fn credentials(home: &Path) -> Self {
+        Secrets {
+            dir: home.join("auth"),
+            home: home.to_owned(),
+            purpose: Purpose::Credentials,
+            kek: KekSource::Process,
+        }
     }
 
     /// The same store with `kek` instead of the environment's.

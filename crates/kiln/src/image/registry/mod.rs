@@ -20,8 +20,7 @@
 //! sends the image's manifest only after all its blobs.
 
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -31,7 +30,6 @@ use crate::oci::{self, Descriptor, Manifest};
 
 /// The manifest types kiln sends and accepts.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-const TIMEOUT: Duration = Duration::from_secs(60);
 /// A manifest or a tag list larger than this is refused.
 const MAX_DOCUMENT: u64 = 4 << 20;
 
@@ -50,6 +48,9 @@ pub enum RegistryError {
     Digest { host: String, what: String, expected: Digest, actual: Digest },
     #[error("registry {host}: {what}: {why}")]
     Invalid { host: String, what: String, why: String },
+    /// The registry wants credentials, or refused the ones given.
+    #[error("registry {host}: unauthorized: {why}")]
+    Unauthorized { host: String, why: String },
 }
 
 /// `HOST[:PORT]/REPO[:TAG|@DIGEST]`.
@@ -65,10 +66,8 @@ impl Remote {
         let bad = |why: &str| RegistryError::BadRemote { input: input.to_owned(), why: why.to_owned() };
         let input_s = input.strip_prefix("http://").unwrap_or(input);
         let (host, rest) = input_s.split_once('/').ok_or_else(|| bad("expected HOST:PORT/REPO[:TAG]"))?;
-        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        if !matches!(name, "localhost" | "[::1]") && !name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
-        {
-            return Err(bad("kiln speaks plain HTTP to registries, so only a registry on loopback (127.0.0.1, localhost) is allowed until TLS is built"));
+        if !crate::spec::registries::valid_host(host) {
+            return Err(bad("expected HOST[:PORT]/REPO[:TAG]"));
         }
         let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
             Digest::parse(d).map_err(|_| bad("the part after '@' is not a sha256: digest"))?;
@@ -128,50 +127,15 @@ pub struct Transfer {
     pub duration_ms: u64,
 }
 
-use crate::net::http::{self, Body};
+mod auth;
+mod client;
 
-/// One response, its body not yet read.
-type Resp = http::Streaming<TcpStream>;
-
-/// A registry client: one connection per request.
-struct Client<'a> {
-    host: &'a str,
-}
+use crate::net::http::Body;
+use crate::spec::registries::RegistrySpec;
+pub use auth::{lookup as credentials, remove as forget_credentials, save as save_credentials, Credentials};
+use client::Client;
 
 impl Client<'_> {
-    fn io(&self, source: io::Error) -> RegistryError {
-        RegistryError::Io { host: self.host.to_owned(), source }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Body<'_>,
-    ) -> Result<Resp, RegistryError> {
-        let addr = self
-            .host
-            .to_socket_addrs()
-            .map_err(|e| self.io(e))?
-            .next()
-            .ok_or_else(|| self.io(io::ErrorKind::NotFound.into()))?;
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| self.io(e))?;
-        stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
-        stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.io(e))?;
-        http::send(stream, http::Outgoing { method, target: path, host: self.host, headers, body }).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                RegistryError::Invalid {
-                    host: self.host.to_owned(),
-                    what: format!("{method} {path}"),
-                    why: e.to_string(),
-                }
-            } else {
-                self.io(e)
-            }
-        })
-    }
-
     /// A request that must answer one of `ok`.
     fn expect(
         &self,
@@ -180,7 +144,7 @@ impl Client<'_> {
         headers: &[(&str, &str)],
         body: Body<'_>,
         ok: &[u16],
-    ) -> Result<Resp, RegistryError> {
+    ) -> Result<client::Resp, RegistryError> {
         let r = self.request(method, path, headers, body)?;
         if ok.contains(&r.status) {
             return Ok(r);
@@ -195,6 +159,40 @@ impl Client<'_> {
             body: String::from_utf8_lossy(&text).trim().chars().take(400).collect(),
         })
     }
+}
+
+/// A client for `remote`'s registry with its settings and the credentials
+/// `kiln login` (or docker) has for it.
+fn client<'a>(store: &Store, host: &'a str, access: &RegistrySpec) -> Result<Client<'a>, RegistryError> {
+    let creds = auth::lookup(store.home(), host).map_err(|e| RegistryError::Invalid {
+        host: host.to_owned(),
+        what: "the stored credentials".into(),
+        why: e.to_string(),
+    })?;
+    Client::new(host, access, creds)
+}
+
+/// `kiln login`: checks `creds` against the registry (`GET /v2/`), then
+/// keeps them, encrypted. Wrong ones are refused, naming the registry.
+pub fn login(
+    home: &std::path::Path,
+    host: &str,
+    access: &RegistrySpec,
+    creds: &Credentials,
+) -> Result<(), RegistryError> {
+    if !crate::spec::registries::valid_host(host) {
+        return Err(RegistryError::BadRemote {
+            input: host.to_owned(),
+            why: "name a registry as HOST or HOST:PORT".into(),
+        });
+    }
+    let c = Client::new(host, access, Some(creds.clone()))?;
+    c.expect("GET", "/v2/", &[], Body::None, &[200])?;
+    auth::save(home, host, creds).map_err(|e| RegistryError::Invalid {
+        host: host.to_owned(),
+        what: "keeping the credentials".into(),
+        why: e.to_string(),
+    })
 }
 
 /// The path part of a `Location` header (registries send absolute URLs
@@ -287,7 +285,7 @@ fn related(store: &Store, subject: &Digest) -> Result<Vec<(Digest, Digest, Strin
 }
 
 /// `kiln push REF REGISTRY/REPO[:TAG]`: the image, then everything about it.
-pub fn push(store: &Store, reference: &str, remote: &Remote) -> Result<Transfer, RegistryError> {
+pub fn push(store: &Store, reference: &str, remote: &Remote, access: &RegistrySpec) -> Result<Transfer, RegistryError> {
     let started = Instant::now();
     let (desc, _) = store.resolve(reference)?;
     let tag = match &remote.reference {
@@ -308,7 +306,7 @@ pub fn push(store: &Store, reference: &str, remote: &Remote) -> Result<Transfer,
             }
         },
     };
-    let c = Client { host: &remote.host };
+    let c = client(store, &remote.host, access)?;
     let mut t = Transfer {
         reference: reference.to_owned(),
         remote: format!("{}/{}:{tag}", remote.host, remote.repo),
@@ -395,13 +393,19 @@ fn pull_manifest(
 
 /// `kiln pull REGISTRY/REPO:TAG [--as NAME]`: the image and everything
 /// tagged about it; tags are set only once all of it is in the store.
-pub fn pull(store: &Store, remote: &Remote, local_name: Option<&str>, now: i64) -> Result<Transfer, RegistryError> {
+pub fn pull(
+    store: &Store,
+    remote: &Remote,
+    access: &RegistrySpec,
+    local_name: Option<&str>,
+    now: i64,
+) -> Result<Transfer, RegistryError> {
     let started = Instant::now();
     let reference = remote
         .reference
         .clone()
         .ok_or_else(|| RegistryError::BadRemote { input: remote.to_string(), why: "name a tag or a digest".into() })?;
-    let c = Client { host: &remote.host };
+    let c = client(store, &remote.host, access)?;
     let mut t = Transfer { reference: remote.to_string(), remote: remote.to_string(), ..Transfer::default() };
     let (digest, m) = pull_manifest(&c, store, &remote.repo, &reference, &mut t)?;
     if m.artifact_type.is_some() {
@@ -466,7 +470,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remotes_parse_and_only_loopback_is_allowed() {
+    fn remotes_parse_with_any_registry_host() {
         let r = Remote::parse("127.0.0.1:5000/team/web:1.0").unwrap();
         assert_eq!(
             (r.host.as_str(), r.repo.as_str(), r.reference.as_deref()),
@@ -477,8 +481,9 @@ mod tests {
         let r = Remote::parse(&format!("localhost:5000/web@{d}")).unwrap();
         assert_eq!(r.reference, Some(d.to_string()));
         assert_eq!(Remote::parse("localhost:5000/web").unwrap().reference, None);
-        let e = Remote::parse("registry.example.com/web:1").unwrap_err().to_string();
-        assert!(e.contains("loopback") && e.contains("registry.example.com/web:1"), "{e}");
+        let r = Remote::parse("registry.example.com/team/web:1").unwrap();
+        assert_eq!((r.host.as_str(), r.repo.as_str()), ("registry.example.com", "team/web"));
+        assert!(Remote::parse("https://registry.example.com/web:1").is_err(), "a host, not a URL");
         assert!(Remote::parse("127.0.0.1:5000/Web:1").unwrap_err().to_string().contains("lowercase"));
         assert!(Remote::parse("127.0.0.1:5000").is_err());
         assert!(Remote::parse("127.0.0.1:5000/web@sha256:zz").is_err());
