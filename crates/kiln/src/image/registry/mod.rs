@@ -7,10 +7,9 @@
 //! kiln's own small client over `std::net`, not `oci-client`: the
 //! distribution API needs a handful of requests (`HEAD`/`GET` blob, a
 //! monolithic upload, `PUT`/`GET` manifest, the tag list), kiln already
-//! speaks HTTP/1.1, and `oci-client` would bring an async HTTP and TLS
-//! stack into a lean build. Plain HTTP only: registries on loopback (the
-//! tests' `docker-registry`, or a TLS-terminating proxy on this host);
-//! another host is refused by name until TLS is built.
+//! speaks HTTP/1.1, and `oci-client` would bring an async HTTP stack into
+//! a lean build. [`client`] is the transport (TLS, credentials, retries);
+//! [`auth`] finds credentials (`kiln login`, docker's config).
 //!
 //! Artifacts travel as tags in the cosign scheme (`sha256-<hex>.<kind>`),
 //! which every registry carries, referrers API or not. A pull writes
