@@ -121,6 +121,9 @@ fn a_certificate_from_pebble_is_obtained_served_kept_encrypted_and_renewed_under
     ]);
     assert!(ok && body.trim() == "1.0.0", "curl with Pebble's root: {body} {err}");
     assert!(env.serve_log().contains("certificate for shop.test obtained"), "{}", env.serve_log());
+    // kiln status reads the obtained certificate's end.
+    let st = env.ok(&["status"]);
+    assert!(st.contains("tls/web/cert.pem until ") && st.contains("days left)"), "{st}");
 
     // The keys are encrypted under KILN_HOME: no PEM key in clear there.
     let mut files = vec![env.home.clone()];

@@ -295,10 +295,10 @@ impl<'a> Controller<'a> {
                 service: name.clone(),
                 listen: svc.dp.as_ref().map_or(svc.spec.release.listen, |d| Some(d.listen())).map(|l| l.to_string()),
                 hosts: svc.spec.edge.hosts.clone(),
-                tls: svc.spec.edge.tls.as_ref().map(|t| {
-                    let not_after = crate::proxy::tls::not_after(&t.cert).ok();
+                tls: self.served_cert(name, &svc.spec).map(|cert| {
+                    let not_after = crate::proxy::tls::not_after(&cert).ok();
                     answer::TlsStatus {
-                        cert: t.cert.display().to_string(),
+                        cert: cert.display().to_string(),
                         not_after: not_after.map(crate::time::rfc3339),
                         days_left: not_after.map(|n| (n - (now_ms / 1000) as i64).div_euclid(86_400)),
                     }

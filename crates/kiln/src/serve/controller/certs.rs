@@ -46,7 +46,7 @@ impl crate::acme::Challenges for Publish {
 impl Controller<'_> {
     /// The certificate file a service serves: its own, or the one kiln
     /// obtained for it.
-    fn served_cert(&self, name: &str, spec: &ServiceSpec) -> Option<PathBuf> {
+    pub(super) fn served_cert(&self, name: &str, spec: &ServiceSpec) -> Option<PathBuf> {
         let t = spec.edge.tls.as_ref()?;
         Some(match t.acme {
             Some(_) => live_files(&self.home, name).cert,
