@@ -17,7 +17,6 @@ pub mod jws;
 pub mod store;
 
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,27 +75,7 @@ const MAX_BODY: u64 = 1 << 20;
 
 /// The TLS settings for the ACME server: the system's roots plus `ca`.
 fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, AcmeError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    let files: Vec<&Path> = [Some(system).filter(|p| p.exists()), ca].into_iter().flatten().collect();
-    for f in files {
-        let bad = |detail: String| AcmeError::Ca { path: f.to_owned(), detail };
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))?;
-        for c in certs {
-            // A bundle may hold a certificate rustls cannot use: skipped.
-            let _ = roots.add(c.map_err(|e| bad(e.to_string()))?);
-        }
-    }
-    // ring, as the load balancer uses (see kiln_proxy::tls::server_config).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AcmeError::Protocol { url: String::new(), detail: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::net::tls::client_config(ca).map_err(|e| AcmeError::Ca { path: e.path, detail: e.detail })
 }
 
 /// An answer from the ACME server.
@@ -143,26 +122,9 @@ fn split_url(url: &str) -> Result<(String, String, String), AcmeError> {
 impl Client {
     fn request(&self, method: &str, url: &str, body: Option<&str>) -> Result<Reply, AcmeError> {
         let transport = |source: io::Error| AcmeError::Transport { url: url.to_owned(), source };
-        let (authority, host, path) = split_url(url)?;
-        let addrs: Vec<_> = authority.to_socket_addrs().map_err(transport)?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let tcp = tcp.ok_or(last).map_err(transport)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30))).map_err(transport)?;
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| AcmeError::Protocol { url: url.to_owned(), detail: e.to_string() })?;
-        let conn = rustls::ClientConnection::new(self.tls.clone(), name)
-            .map_err(|e| AcmeError::Protocol { url: url.to_owned(), detail: e.to_string() })?;
-        let stream = rustls::StreamOwned::new(conn, tcp);
+        let (authority, _, path) = split_url(url)?;
+        let stream =
+            crate::net::tls::connect(&authority, Some(&self.tls), Duration::from_secs(30)).map_err(transport)?;
         let headers = [
             ("Content-Type", "application/jose+json"),
             ("Accept", "application/json, application/pem-certificate-chain"),

@@ -5,3 +5,4 @@
 //! `kiln-proxy`). Must never: decide what a request means.
 
 pub mod http;
+pub mod tls;

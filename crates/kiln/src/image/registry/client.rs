@@ -11,8 +11,7 @@
 //! token), or log a credential.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,35 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const ATTEMPTS: u32 = 4;
 
 /// A connection: plain TCP or TLS over it.
-#[derive(Debug)]
-pub(super) enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
+pub(super) type Conn = crate::net::tls::Stream;
 
 /// One response, its body not yet read.
 pub(super) type Resp = http::Streaming<Conn>;
@@ -67,25 +38,11 @@ fn is_loopback(host: &str) -> bool {
 
 /// TLS settings: the system's roots plus `ca`.
 pub(super) fn tls_config(host: &str, ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, RegistryError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-    for f in [Some(system).filter(|p| p.exists()), ca].into_iter().flatten() {
-        let bad = |why: String| RegistryError::Invalid { host: host.to_owned(), what: f.display().to_string(), why };
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(f).map_err(|e| bad(e.to_string()))? {
-            // A bundle may hold a certificate rustls cannot use: skipped.
-            let _ = roots.add(c.map_err(|e| bad(e.to_string()))?);
-        }
-    }
-    // ring, as the load balancer uses (see kiln_proxy::tls::server_config).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RegistryError::Invalid { host: host.to_owned(), what: "TLS".into(), why: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::net::tls::client_config(ca).map_err(|e| RegistryError::Invalid {
+        host: host.to_owned(),
+        what: e.path.display().to_string(),
+        why: e.detail,
+    })
 }
 
 /// A registry client for `host`.
@@ -137,30 +94,8 @@ impl<'a> Client<'a> {
     }
 
     fn connect(&self, host: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Conn, RegistryError> {
-        let io = |e: io::Error| RegistryError::Io { host: host.to_owned(), source: e };
-        let addrs: Vec<_> = host.to_socket_addrs().map_err(io)?.collect();
-        let mut last = io::Error::from(io::ErrorKind::NotFound);
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, TIMEOUT) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-                    s.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-                    let Some(config) = tls else { return Ok(Conn::Plain(s)) };
-                    let name = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']).to_owned();
-                    let name = rustls_pki_types::ServerName::try_from(name).map_err(|e| RegistryError::Invalid {
-                        host: host.to_owned(),
-                        what: "its name".into(),
-                        why: e.to_string(),
-                    })?;
-                    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| {
-                        RegistryError::Invalid { host: host.to_owned(), what: "TLS".into(), why: e.to_string() }
-                    })?;
-                    return Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, s))));
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(io(last))
+        crate::net::tls::connect(host, tls, TIMEOUT)
+            .map_err(|source| RegistryError::Io { host: host.to_owned(), source })
     }
 
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body<'_>) -> Result<Resp, RegistryError> {
