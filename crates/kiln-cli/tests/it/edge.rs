@@ -135,44 +135,16 @@ pub(crate) fn tls_get(
     Ok((status, body, cert))
 }
 
-/// Runs `f` while `threads` clients make new TLS connections to `host`
-/// (one request each); returns (ok, failed, the first failure).
+/// Runs `f` while 4 clients make new TLS connections to `host` (one
+/// request each); returns (ok, failed, the first failure).
 pub(crate) fn under_tls_load(
     config: &Arc<rustls::ClientConfig>,
     port: u16,
     host: &'static str,
     f: impl FnOnce(),
 ) -> (u64, u64, String) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let first = Arc::new(std::sync::Mutex::new(String::new()));
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, bad, first, config) = (stop.clone(), ok.clone(), bad.clone(), first.clone(), config.clone());
-            std::thread::spawn(move || {
-                // Bounded: a few thousand requests at most.
-                for _ in 0..5_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match tls_get(&config, port, host) {
-                        Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            first.lock().unwrap().get_or_insert_with_str(format!("{other:?}"));
-                            bad.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    f();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    handles.into_iter().for_each(|h| h.join().unwrap());
-    let first = first.lock().unwrap().clone();
-    (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed), first)
+    let (tally, bad, first) = tally_under_load(config, port, &[host, host], f);
+    (tally.values().sum(), bad, first)
 }
 
 trait FirstOnly {

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
@@ -22,20 +22,8 @@ impl Registry {
     fn start() -> Registry {
         let port = free_port();
         let dir = tempdir("registry");
-        let data = dir.join("data");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            data.display()
-        );
-        fs::write(dir.join("config.yml"), config).unwrap();
-        let child = Command::new("docker-registry")
-            .args(["serve", dir.join("config.yml").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (apt-get install docker-registry)");
-        wait_port(port);
-        Registry { child, port, data }
+        let child = docker_registry(&dir, port, "");
+        Registry { child, port, data: dir.join("data") }
     }
 
     fn repo(&self, repo: &str) -> String {

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,19 +26,7 @@ impl Drop for Registry {
 
 /// docker-registry on 127.0.0.1:`port`, with `extra` YAML (TLS, auth).
 fn registry(dir: &Path, port: u16, extra: &str) -> Registry {
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
-        dir.join("data").display()
-    );
-    fs::write(dir.join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry")
-        .args(["serve", dir.join("config.yml").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry");
-    wait_port(port);
-    Registry(child)
+    Registry(docker_registry(dir, port, extra))
 }
 
 fn baked() -> (PathBuf, PathBuf, String) {

@@ -346,3 +346,21 @@ pub fn demo_image(version: &str, extra_env: &str) -> String {
          user = \"65534:65534\"\n"
     )
 }
+
+/// Debian's `docker-registry` on 127.0.0.1:`port`, its data under `dir`,
+/// with `extra` YAML appended to its `http:` section and after (TLS, auth).
+pub fn docker_registry(dir: &Path, port: u16, extra: &str) -> std::process::Child {
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+        dir.join("data").display()
+    );
+    fs::write(dir.join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry")
+        .args(["serve", dir.join("config.yml").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry (apt-get install docker-registry)");
+    wait_port(port);
+    child
+}
