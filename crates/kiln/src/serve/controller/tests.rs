@@ -81,6 +81,10 @@ fn tick_until(c: &mut Controller<'_>, t: &mut u64, max: u32, what: &str, done: i
         }
         *t += 100;
         let _ = c.tick(*t);
+        // Retirements (drain, then stop) run on threads of their own: a
+        // real moment between ticks lets them finish on a loaded machine,
+        // where ticks alone could outrun them.
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     panic!("{what}: not after {max} ticks; state {:?}", c.services.values().map(|s| &s.state).collect::<Vec<_>>());
 }
@@ -146,7 +150,7 @@ fn a_rolling_deploy_sets_the_table_a_second_replaces_it_and_a_cold_rollback_is_a
     tick_until(&mut c, &mut t, 400, "b2 serves", |c| settled(c, "web", "app:b2"));
     let second = c.services["web"].state.stable.clone().unwrap();
     assert_ne!(first.id, second.id);
-    tick_until(&mut c, &mut t, 100, "b2 alone, b1 stopped", |_| {
+    tick_until(&mut c, &mut t, 400, "b2 alone, b1 stopped", |_| {
         table(&planes, "web") == [(second.id.clone(), 100, 2)] && running(&driver) == 2
     });
 
