@@ -136,7 +136,11 @@ fn deploy(home: &std::path::Path, d: convert::Deploy) -> anyhow::Result<i32> {
     let host = open(home)?;
     let mut image = d.image;
     if let Some((file, own)) = d.bake {
-        let baked = execute(home, &host, Command::Bake { file, image: Some(own), no_cache: false, force: false })?;
+        let baked = execute(
+            home,
+            &host,
+            Command::Bake { file, image: Some(own), no_cache: false, force: false, update_base: false },
+        )?;
         let Output::Baked(reports) = baked else { bail!("the bake produced no image") };
         image = Some(reports.first().map(|r| r.digest.to_string()).context("the bake produced no image")?);
     }

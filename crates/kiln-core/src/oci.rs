@@ -27,6 +27,9 @@ pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
 pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
 pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+/// The base an image was baked from, as the OCI annotations name it.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 pub const ANNOTATION_SPEC_HASH: &str = "dev.kiln.spec.sha256";
 pub const ANNOTATION_COMPRESSOR: &str = "dev.kiln.layer.compressor";
 
@@ -114,6 +117,40 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<Annotations>,
+}
+
+impl Index {
+    /// The entry for `linux/<arch>` (an arm64 entry may say variant v8 or
+    /// nothing; any other variant is another platform). Pure.
+    pub fn for_platform(&self, arch: &str) -> Option<&Descriptor> {
+        self.manifests.iter().find(|m| {
+            m.platform.as_ref().is_some_and(|p| {
+                p.os == "linux"
+                    && p.architecture == arch
+                    && match p.variant.as_deref() {
+                        None => true,
+                        Some(v) => arch == "arm64" && v == "v8",
+                    }
+            })
+        })
+    }
+
+    /// Whether a registry document is an index (or a Docker manifest
+    /// list) rather than an image manifest: by its media type, else by
+    /// its shape (an index lists `manifests`, an image names a `config`).
+    pub fn is_index(bytes: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Shape {
+            media_type: Option<String>,
+            manifests: Option<serde::de::IgnoredAny>,
+        }
+        match serde_json::from_slice::<Shape>(bytes) {
+            Ok(Shape { media_type: Some(m), .. }) => m == MEDIA_INDEX || m == DOCKER_MANIFEST_LIST,
+            Ok(Shape { media_type: None, manifests }) => manifests.is_some(),
+            Err(_) => false,
+        }
+    }
 }
 
 impl Default for Index {
@@ -209,6 +246,31 @@ mod tests {
         let out = String::from_utf8(to_canonical_json(&c)).unwrap();
         assert!(out.contains(r#""ExposedPorts":{"80/tcp":{}}"#), "{out}");
         assert!(!out.contains("unknown"));
+    }
+
+    #[test]
+    fn an_index_yields_this_platform_s_manifest() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let text = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST_LIST}","manifests":[
+            {{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":1,"platform":{{"architecture":"arm","os":"linux","variant":"v7"}}}},
+            {{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":1,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},
+            {{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":1,"platform":{{"architecture":"amd64","os":"windows"}}}},
+            {{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            d('a'),
+            d('b'),
+            d('c'),
+            d('e')
+        );
+        assert!(Index::is_index(text.as_bytes()));
+        let ix: Index = serde_json::from_str(&text).unwrap();
+        assert_eq!(ix.for_platform("amd64").unwrap().digest.to_string(), d('e'));
+        assert_eq!(ix.for_platform("arm64").unwrap().digest.to_string(), d('b'));
+        assert!(ix.for_platform("arm").is_none(), "v7 is not asked for");
+        assert!(ix.for_platform("s390x").is_none());
+        assert!(!Index::is_index(br#"{"schemaVersion":2,"config":{},"layers":[]}"#));
+        assert!(Index::is_index(br#"{"schemaVersion":2,"manifests":[]}"#), "an OCI index may omit its mediaType");
+        assert!(!Index::is_index(br#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","manifests":[]}"#));
     }
 
     #[test]

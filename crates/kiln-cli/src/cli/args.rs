@@ -42,9 +42,17 @@ pub(crate) enum Cmd {
         /// Allow moving a tag that already points to another digest (the move is recorded).
         #[arg(long)]
         force: bool,
+        /// Resolve registry bases' tags again and move their pins in kiln.lock (prints from which digest to which).
+        #[arg(long)]
+        update_base: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Registry base images (`from = "HOST/REPO:TAG"`), pinned in kiln.lock.
+    Bases {
+        #[command(subcommand)]
+        action: BasesCmd,
     },
     /// List tagged images: tags, digest, size, age, git revision.
     Images {
@@ -544,6 +552,18 @@ pub(crate) enum Cmd {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BasesCmd {
+    /// List the images whose registry base tag now names a newer digest than kiln.lock pins (for nightly rebuilds: `kiln bake --update-base` moves the pins). With --json every registry base is listed with `outdated` true or false.
+    Outdated {
+        /// The spec file.
+        #[arg(short, long, default_value = "kiln.toml", value_name = "PATH")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 

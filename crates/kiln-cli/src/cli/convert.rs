@@ -186,7 +186,10 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let d = Deploy { service, image, bake, file: named, wait: !no_wait, json, up: None };
             return Ok(Invocation::Deploy(d));
         }
-        Cmd::Bake { image, file, no_cache, force, json } => (Command::Bake { file, image, no_cache, force }, json),
+        Cmd::Bake { image, file, no_cache, force, update_base, json } => {
+            (Command::Bake { file, image, no_cache, force, update_base }, json)
+        }
+        Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
         Cmd::Images { json } => (Command::Images {}, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),

@@ -152,9 +152,33 @@ pub(crate) fn render(output: &Output, now: i64) {
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),
+        Output::Bases(rows) => {
+            let outdated: Vec<_> = rows.iter().filter(|r| r.outdated || r.error.is_some()).collect();
+            if outdated.is_empty() {
+                println!("every registry base is as kiln.lock pins it ({} checked)", rows.len());
+            }
+            for r in outdated {
+                let short = |d: &Option<kiln::digest::Digest>| {
+                    d.as_ref().map_or_else(|| "-".to_owned(), |d| format!("sha256:{}", d.short()))
+                };
+                match &r.error {
+                    Some(e) => println!("{}: {}: cannot tell: {e}", r.image, r.from),
+                    None => println!("{}: {} pinned {} now {}", r.image, r.from, short(&r.pinned), short(&r.current)),
+                }
+            }
+        }
         Output::Baked(reports) => {
             for r in reports {
                 println!("{} {}", r.image, r.digest);
+                if let Some(b) = &r.base {
+                    match (&b.previous, b.changed) {
+                        (Some(old), true) => {
+                            println!("  base {} moved from {old} to {} (kiln.lock updated)", b.from, b.digest)
+                        }
+                        (None, true) => println!("  base {} pinned at {} (kiln.lock written)", b.from, b.digest),
+                        _ => println!("  base {}@{}", b.from, b.digest),
+                    }
+                }
                 for t in &r.tags {
                     println!("  tag {t}");
                 }

@@ -10,6 +10,7 @@ mod common;
 mod acme;
 mod api;
 mod bake;
+mod bases;
 mod edge;
 mod heal;
 mod history;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::common::*;
 use crate::edge::{Pki, VALID_FROM, VALID_TO};
 
-struct Registry(Child);
+pub(crate) struct Registry(Child);
 
 impl Drop for Registry {
     fn drop(&mut self) {
@@ -25,7 +25,7 @@ impl Drop for Registry {
 }
 
 /// docker-registry on 127.0.0.1:`port`, with `extra` YAML (TLS, auth).
-fn registry(dir: &Path, port: u16, extra: &str) -> Registry {
+pub(crate) fn registry(dir: &Path, port: u16, extra: &str) -> Registry {
     Registry(docker_registry(dir, port, extra))
 }
 
@@ -38,7 +38,7 @@ fn baked() -> (PathBuf, PathBuf, String) {
     (dir, home, digest)
 }
 
-fn login(home: &Path, dir: &Path, registry: &str, user: &str, password: &str) -> std::process::Output {
+pub(crate) fn login(home: &Path, dir: &Path, registry: &str, user: &str, password: &str) -> std::process::Output {
     let mut c = kiln_cmd()
         .args(["login", registry, "--username", user, "--password-stdin"])
         .current_dir(dir)

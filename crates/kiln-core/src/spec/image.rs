@@ -173,7 +173,25 @@ pub(super) fn parse_base(s: &str) -> Result<BaseRef, String> {
         }
         return Ok(BaseRef::Oci { path: path.to_owned(), reference });
     }
-    Err(format!("{s:?}: expected \"scratch\", \"oci:PATH[:TAG|@DIGEST]\" or \"rootfs:PATH\""))
+    if registries::looks_like_registry(s) {
+        let r = registries::Remote::parse(s).map_err(|e| e.to_string())?;
+        if r.reference.is_none() {
+            return Err(format!("{s:?}: name a tag or a digest (kiln never assumes :latest)"));
+        }
+        return Ok(BaseRef::Registry(r));
+    }
+    // A short name, as docker would take it, named in full: which registry
+    // an image comes from is never guessed.
+    let hint = if s.is_empty() || s.contains(char::is_whitespace) {
+        String::new()
+    } else if s.contains('/') {
+        format!("; for Docker Hub, write \"docker.io/{s}\"")
+    } else {
+        format!("; for Docker Hub, write \"docker.io/library/{s}\"")
+    };
+    Err(format!(
+        "{s:?}: expected \"scratch\", \"oci:PATH[:TAG|@DIGEST]\", \"rootfs:PATH\" or \"HOST[:PORT]/REPO:TAG|@DIGEST\"{hint}"
+    ))
 }
 
 pub(super) fn normalize_dest(d: &str) -> Result<String, String> {

@@ -102,6 +102,9 @@ pub enum BaseRef {
     Rootfs {
         path: String,
     },
+    /// An image in a registry, by tag (pinned in kiln.lock) or by digest.
+    /// Its `reference` is always set.
+    Registry(registries::Remote),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,6 +122,7 @@ impl fmt::Display for BaseRef {
             BaseRef::Oci { path, reference: Some(OciRef::Tag(t)) } => write!(f, "oci:{path}:{t}"),
             BaseRef::Oci { path, reference: Some(OciRef::Digest(d)) } => write!(f, "oci:{path}@{d}"),
             BaseRef::Rootfs { path } => write!(f, "rootfs:{path}"),
+            BaseRef::Registry(r) => write!(f, "{r}"),
         }
     }
 }

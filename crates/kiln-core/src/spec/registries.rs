@@ -46,6 +46,99 @@ pub fn valid_host(host: &str) -> bool {
     port_ok && name_ok
 }
 
+/// An image in a registry: `HOST[:PORT]/REPO[:TAG|@DIGEST]`, as `kiln
+/// push`, `kiln pull` and a registry base (`from`) name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Remote {
+    pub host: String,
+    pub repo: String,
+    /// A tag, or a `sha256:` digest.
+    pub reference: Option<String>,
+}
+
+/// A registry reference that does not parse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?}: {why}")]
+pub struct RemoteError {
+    pub input: String,
+    pub why: String,
+}
+
+impl Remote {
+    /// Parses `HOST[:PORT]/REPO[:TAG|@DIGEST]`. Pure.
+    pub fn parse(input: &str) -> Result<Remote, RemoteError> {
+        let bad = |why: &str| RemoteError { input: input.to_owned(), why: why.to_owned() };
+        let input_s = input.strip_prefix("http://").unwrap_or(input);
+        let (host, rest) = input_s.split_once('/').ok_or_else(|| bad("expected HOST:PORT/REPO[:TAG]"))?;
+        if !valid_host(host) {
+            return Err(bad("expected HOST[:PORT]/REPO[:TAG]"));
+        }
+        let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
+            crate::digest::Digest::parse(d).map_err(|_| bad("the part after '@' is not a sha256: digest"))?;
+            (r, Some(d.to_owned()))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((r, t)) if !t.contains('/') => (r, Some(t.to_owned())),
+                _ => (rest, None),
+            }
+        };
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/');
+        if repo.is_empty()
+            || !repo.chars().all(ok)
+            || repo.starts_with('/')
+            || repo.ends_with('/')
+            || repo.contains("//")
+        {
+            return Err(bad("the repository is lowercase letters, digits, '.', '_', '-' and '/'"));
+        }
+        if let Some(t) = reference.as_deref().filter(|t| !t.starts_with("sha256:")) {
+            if t.is_empty()
+                || t.len() > 128
+                || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(bad("the tag is letters, digits, '.', '_' and '-', at most 128"));
+            }
+        }
+        Ok(Remote { host: host.to_owned(), repo: repo.to_owned(), reference })
+    }
+
+    /// The host the distribution API answers on: Docker Hub's images are
+    /// named `docker.io/…` but served by `registry-1.docker.io`.
+    pub fn api_host(&self) -> &str {
+        api_host(&self.host)
+    }
+
+    /// This image without its tag or digest.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.host, self.repo)
+    }
+}
+
+/// The host the distribution API of registry `host` answers on.
+pub fn api_host(host: &str) -> &str {
+    match host {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        h => h,
+    }
+}
+
+/// Whether a `from` value names a registry image: its first path segment
+/// is a host (it has a '.' or a port, or is `localhost`), as docker reads it.
+pub fn looks_like_registry(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.repo)?;
+        match &self.reference {
+            Some(r) if r.starts_with("sha256:") => write!(f, "@{r}"),
+            Some(r) => write!(f, ":{r}"),
+            None => Ok(()),
+        }
+    }
+}
+
 pub(super) fn validate(
     raw: BTreeMap<String, Spanned<RawRegistry>>,
 ) -> Result<BTreeMap<String, RegistrySpec>, FieldError> {
@@ -69,6 +162,28 @@ pub(super) fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remotes_parse_with_any_registry_host() {
+        let r = Remote::parse("127.0.0.1:5000/team/web:1.0").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.reference.as_deref()),
+            ("127.0.0.1:5000", "team/web", Some("1.0"))
+        );
+        assert_eq!(r.to_string(), "127.0.0.1:5000/team/web:1.0");
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let r = Remote::parse(&format!("localhost:5000/web@{d}")).unwrap();
+        assert_eq!(r.reference.as_deref(), Some(d.as_str()));
+        assert_eq!(Remote::parse("localhost:5000/web").unwrap().reference, None);
+        let r = Remote::parse("docker.io/library/debian:12").unwrap();
+        assert_eq!((r.api_host(), r.repository().as_str()), ("registry-1.docker.io", "docker.io/library/debian"));
+        assert!(Remote::parse("https://registry.example.com/web:1").is_err(), "a host, not a URL");
+        assert!(Remote::parse("127.0.0.1:5000/Web:1").unwrap_err().to_string().contains("lowercase"));
+        assert!(Remote::parse("127.0.0.1:5000").is_err());
+        assert!(Remote::parse("127.0.0.1:5000/web@sha256:zz").is_err());
+        assert!(looks_like_registry("ghcr.io/team/app:1") && looks_like_registry("localhost/app:1"));
+        assert!(!looks_like_registry("debian:12") && !looks_like_registry("team/app:1"));
+    }
 
     #[test]
     fn registry_hosts_are_host_and_port() {

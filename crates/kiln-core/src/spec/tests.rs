@@ -88,6 +88,13 @@ stop_signal = "term"
     .unwrap();
     let i = &f.images["web"];
     assert_eq!(i.from, BaseRef::Oci { path: "../base".into(), reference: Some(OciRef::Tag("1.2".into())) });
+    let f = p("[image.a]\nfrom = \"127.0.0.1:5000/library/debian:12\"\n").unwrap();
+    let BaseRef::Registry(r) = &f.images["a"].from else { panic!("{:?}", f.images["a"].from) };
+    assert_eq!(
+        (r.host.as_str(), r.repo.as_str(), r.reference.as_deref()),
+        ("127.0.0.1:5000", "library/debian", Some("12"))
+    );
+    assert_eq!(f.images["a"].from.to_string(), "127.0.0.1:5000/library/debian:12");
     assert_eq!(i.copy[0].mode, Some(0o750));
     assert_eq!((i.copy[0].uid, i.copy[0].gid), (10, 20));
     assert_eq!(i.copy[0].line, 5);
@@ -116,6 +123,12 @@ fn semantic_errors_name_line_and_key() {
     assert!(e.starts_with("dir/kiln.toml:4: image.a.copy[0].dest:"), "{e}");
     let e = err("[image.a]\nfrom = \"docker:x\"\n");
     assert!(e.starts_with("dir/kiln.toml:2: image.a.from:"), "{e}");
+    let e = err("[image.a]\nfrom = \"debian:12\"\n");
+    assert!(e.contains("image.a.from") && e.contains("docker.io/library/debian:12"), "{e}");
+    let e = err("[image.a]\nfrom = \"ghcr.io/team/base\"\n");
+    assert!(e.contains("image.a.from") && e.contains("name a tag or a digest"), "{e}");
+    let e = err("[image.a]\nfrom = \"ghcr.io/Team/base:1\"\n");
+    assert!(e.contains("image.a.from") && e.contains("lowercase"), "{e}");
     let e = err("[image.a]\nfrom = \"scratch\"\nexpose = [70000]\n");
     assert!(e.contains(":3: image.a.expose[0]: port 70000"), "{e}");
     let e = err("[image.a]\nfrom = \"scratch\"\ncopy = [{ src = \"a\", dest = \"/a/../b\" }]\n");

@@ -1,6 +1,7 @@
-//! Where an image starts: importing an OCI layout's image or a rootfs
-//! tarball into the store. Imported layer blobs are kept byte for byte (an
-//! OCI layout's layers are never recompressed); a rootfs tarball is checked
+//! Where an image starts: importing an OCI layout's image, a registry's
+//! image (pinned in kiln.lock) or a rootfs tarball into the store.
+//! Imported layer blobs are kept byte for byte (an OCI layout's or a
+//! registry's layers are never recompressed); a rootfs tarball is checked
 //! entry by entry with the safe unpacker's rules and compressed once.
 
 use std::fs::{self, File};
@@ -8,11 +9,14 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::lock::{self, Lock};
 use crate::digest::{Digest, HashingReader};
 use crate::image::layer::{self, LayerDigests};
+use crate::image::registry::{self, Remote};
 use crate::image::store::Store;
 use crate::image::unpack;
 use crate::oci::{self, Descriptor, ImageConfig, Index, LayerEncoding, Manifest};
+use crate::spec::registries::RegistrySpec;
 use crate::spec::OciRef;
 
 /// An imported base image.
@@ -91,29 +95,8 @@ pub fn import_oci(store: &Store, layout: &Path, reference: Option<&OciRef>) -> R
     let manifest_bytes = read_layout_blob(layout, &desc.digest)?;
     let manifest: Manifest = parse("manifest", &manifest_bytes)?;
     let config: ImageConfig = parse("image config", &read_layout_blob(layout, &manifest.config.digest)?)?;
-    if config.os != "linux" {
-        return Err(format!("base image is for {:?}, not linux", config.os));
-    }
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(format!(
-            "manifest {} lists {} layers but its config lists {} diff_ids",
-            desc.digest,
-            manifest.layers.len(),
-            config.rootfs.diff_ids.len()
-        ));
-    }
-    let mut layers = Vec::new();
+    let layers = checked_layers(&desc.digest, &manifest, &config)?;
     for l in &manifest.layers {
-        let media_type = match LayerEncoding::of_media_type(&l.media_type) {
-            Some(LayerEncoding::Gzip) => oci::MEDIA_LAYER_GZIP,
-            Some(LayerEncoding::Tar) => oci::MEDIA_LAYER_TAR,
-            None => {
-                return Err(format!(
-                    "layer {} has media type {:?}, which kiln cannot read (only tar and tar+gzip)",
-                    l.digest, l.media_type
-                ))
-            }
-        };
         // Copy the blob unless the store already has it intact.
         if store.verify_blob(&l.digest).is_err() {
             let src = layout.join("blobs/sha256").join(l.digest.hex());
@@ -130,9 +113,159 @@ pub fn import_oci(store: &Store, layout: &Path, reference: Option<&OciRef>) -> R
                 ));
             }
         }
-        layers.push(Descriptor::new(media_type, l.digest.clone(), l.size));
     }
     Ok(Base { manifest_digest: desc.digest, config, layers })
+}
+
+/// A base's layers as kiln's manifests name them (OCI media types, the
+/// same bytes), once its config is checked against its manifest.
+fn checked_layers(digest: &Digest, manifest: &Manifest, config: &ImageConfig) -> Result<Vec<Descriptor>, String> {
+    if config.os != "linux" {
+        return Err(format!("base image is for {:?}, not linux", config.os));
+    }
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(format!(
+            "manifest {digest} lists {} layers but its config lists {} diff_ids",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        ));
+    }
+    manifest
+        .layers
+        .iter()
+        .map(|l| {
+            let media_type = match LayerEncoding::of_media_type(&l.media_type) {
+                Some(LayerEncoding::Gzip) => oci::MEDIA_LAYER_GZIP,
+                Some(LayerEncoding::Tar) => oci::MEDIA_LAYER_TAR,
+                None => {
+                    return Err(format!(
+                        "layer {} has media type {:?}, which kiln cannot read (only tar and tar+gzip)",
+                        l.digest, l.media_type
+                    ))
+                }
+            };
+            Ok(Descriptor::new(media_type, l.digest.clone(), l.size))
+        })
+        .collect()
+}
+
+/// A registry base and how it was pinned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BasePin {
+    /// The `from` value.
+    pub from: String,
+    /// The image manifest baked on.
+    pub digest: Digest,
+    /// The index the tag named, if any.
+    pub index: Option<Digest>,
+    /// The pin kiln.lock held before this bake (None: no pin yet, or a
+    /// base named by digest in kiln.toml).
+    pub previous: Option<Digest>,
+    /// Whether kiln.lock is to be written (a new or moved pin).
+    pub changed: bool,
+    /// What was fetched from the registry (0 when the store had it all).
+    pub pulled_blobs: u64,
+    pub pulled_bytes: u64,
+}
+
+/// A registry base of kiln.toml against its tag today.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BaseStatus {
+    pub image: String,
+    pub from: String,
+    /// kiln.lock's pin (None: never baked, so nothing pinned yet).
+    pub pinned: Option<Digest>,
+    /// What the tag names today; None when the registry could not say.
+    pub current: Option<Digest>,
+    /// The pin differs from the tag (or there is none yet).
+    pub outdated: bool,
+    /// Why `current` is unknown: one unreachable registry does not hide
+    /// the others' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every registry base named by tag in `file`, against kiln.lock: one
+/// manifest request per base, no layer moved. Bases named by digest are
+/// pinned by kiln.toml itself and left out.
+pub fn statuses(store: &Store, file: &crate::spec::SpecFile) -> Result<Vec<BaseStatus>, super::BakeError> {
+    let lock = Lock::load(file.dir())
+        .map_err(|e| super::BakeError::Step { at: file.path.display().to_string(), message: e.to_string() })?;
+    let platform = lock::platform();
+    let mut out = Vec::new();
+    for (name, spec) in &file.images {
+        let crate::spec::BaseRef::Registry(remote) = &spec.from else { continue };
+        if remote.reference.as_deref().is_some_and(|r| r.starts_with("sha256:")) {
+            continue;
+        }
+        let from = remote.to_string();
+        let pinned = lock.get(&from, &platform).map(|p| p.digest.clone());
+        let access = file.registries.get(&remote.host).cloned().unwrap_or_default();
+        let (current, error) = match registry::resolve(store, remote, &access) {
+            Ok(r) => (Some(r.manifest), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let outdated = current.is_some() && current != pinned;
+        out.push(BaseStatus { image: name.clone(), from, pinned, current, outdated, error });
+    }
+    Ok(out)
+}
+
+/// Where a base named by digest leads, from what the store holds: an
+/// index's entry for this platform, or the manifest itself.
+fn resolve_stored(store: &Store, d: &Digest) -> Option<registry::Resolved> {
+    let bytes = store.read_blob(d).ok()?;
+    if !Index::is_index(&bytes) {
+        return Some(registry::Resolved { manifest: d.clone(), index: None });
+    }
+    let ix: Index = serde_json::from_slice(&bytes).ok()?;
+    let m = ix.for_platform(oci::host_architecture())?.digest.clone();
+    store.has_blob(&m).then(|| registry::Resolved { manifest: m, index: Some(d.clone()) })
+}
+
+/// Imports a registry base: by kiln.lock's pin for its tag (no request
+/// when the store has the image), by a fresh resolution when there is no
+/// pin or `update` asks for one, or by the digest kiln.toml names.
+pub fn import_registry(
+    store: &Store,
+    remote: &Remote,
+    access: &RegistrySpec,
+    lock: &Lock,
+    update: bool,
+) -> Result<(Base, BasePin), String> {
+    let from = remote.to_string();
+    let platform = lock::platform();
+    let named_digest = remote.reference.as_deref().and_then(|r| Digest::parse(r).ok());
+    let (resolved, previous) = match (&named_digest, lock.get(&from, &platform)) {
+        (Some(d), _) => {
+            let r = match resolve_stored(store, d) {
+                Some(r) => r,
+                None => registry::resolve(store, remote, access).map_err(|e| e.to_string())?,
+            };
+            (r, None)
+        }
+        (None, Some(p)) if !update => {
+            (registry::Resolved { manifest: p.digest.clone(), index: p.index.clone() }, Some(p.digest.clone()))
+        }
+        (None, pinned) => {
+            (registry::resolve(store, remote, access).map_err(|e| e.to_string())?, pinned.map(|p| p.digest.clone()))
+        }
+    };
+    let (manifest, t) = registry::fetch_image(store, remote, &resolved.manifest, access).map_err(|e| e.to_string())?;
+    let config_bytes = store.read_blob(&manifest.config.digest).map_err(|e| e.to_string())?;
+    let config: ImageConfig = parse("image config", &config_bytes)?;
+    let layers = checked_layers(&resolved.manifest, &manifest, &config)?;
+    let changed = named_digest.is_none() && previous.as_ref() != Some(&resolved.manifest);
+    let pin = BasePin {
+        from,
+        digest: resolved.manifest.clone(),
+        index: resolved.index,
+        previous,
+        changed,
+        pulled_blobs: t.blobs,
+        pulled_bytes: t.bytes,
+    };
+    Ok((Base { manifest_digest: resolved.manifest, config, layers }, pin))
 }
 
 /// The digest of a file's bytes, streaming.

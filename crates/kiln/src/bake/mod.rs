@@ -12,12 +12,13 @@ pub mod base;
 pub mod copy;
 pub mod diff;
 pub mod git;
+pub mod lock;
 pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub struct BakeOptions {
     pub source_date_epoch: Option<i64>,
     /// Wall-clock time, for the tag log only (never enters the image).
     pub now: i64,
+    /// Resolve a registry base's tag again and move its kiln.lock pin.
+    pub update_base: bool,
 }
 
 /// A bake failure, located at the spec step it came from.
@@ -95,6 +98,9 @@ pub struct BakeReport {
     pub tags: Vec<String>,
     pub tag_changes: Vec<TagEvent>,
     pub steps: Vec<StepReport>,
+    /// A registry base: its digest and how kiln.lock pinned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<base::BasePin>,
 }
 
 /// Receives progress while baking.
@@ -202,10 +208,19 @@ pub fn bake(
     let mut reports = Vec::with_capacity(total);
     // Base.
     let mut chain: Option<Chain> = None;
+    let mut lock = match &spec.from {
+        BaseRef::Registry(_) => Some(
+            lock::Lock::load(dir).map_err(|e| BakeError::Step { at: at(spec.line, "from"), message: e.to_string() })?,
+        ),
+        _ => None,
+    };
+    let mut pin: Option<base::BasePin> = None;
     run_step(0, total, format!("from {}", spec.from), progress, &mut reports, &mut |progress| {
-        let (c, outcome) = base_chain(store, dir, spec, opts, &created, progress)
+        let inputs = BaseInputs { store, file, spec, opts, lock: lock.as_ref() };
+        let (c, outcome, p) = base_chain(&inputs, &created, progress)
             .map_err(|message| BakeError::Step { at: at(spec.line, "from"), message })?;
         chain = Some(c);
+        pin = p;
         Ok(outcome)
     })?;
     let mut chain = chain.ok_or_else(|| BakeError::Step { at: at(spec.line, "from"), message: "no base".into() })?;
@@ -312,7 +327,7 @@ pub fn bake(
         config: Descriptor::new(oci::MEDIA_CONFIG, config_digest, config_bytes.len() as u64),
         layers: chain.layers.clone(),
         subject: None,
-        annotations: Some(annotations(spec, git.as_ref(), &created)),
+        annotations: Some(annotations(spec, git.as_ref(), &created, pin.as_ref())),
     };
     let manifest_bytes = oci::to_canonical_json(&manifest);
     let digest = store.put_blob(&manifest_bytes).map_err(store_at)?;
@@ -331,17 +346,36 @@ pub fn bake(
     tags.insert(0, format!("{name}:b{n}"));
     let tag_changes = store.set_tags(&tags, &desc, opts.force, opts.now).map_err(store_at)?;
     let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
-    Ok(BakeReport { image: name.to_owned(), digest, size, tags, tag_changes, steps: reports })
+    // The pin is written once the image it made is in the store: a failed
+    // bake leaves kiln.lock as it was.
+    if let (Some(p), Some(l)) = (pin.as_ref().filter(|p| p.changed), lock.as_mut()) {
+        l.set(lock::Pin {
+            from: p.from.clone(),
+            platform: lock::platform(),
+            digest: p.digest.clone(),
+            index: p.index.clone(),
+        });
+        l.save().map_err(|e| BakeError::Step { at: at(spec.line, "from"), message: e.to_string() })?;
+    }
+    Ok(BakeReport { image: name.to_owned(), digest, size, tags, tag_changes, steps: reports, base: pin })
+}
+
+/// What choosing a base reads.
+struct BaseInputs<'a> {
+    store: &'a Store,
+    file: &'a SpecFile,
+    spec: &'a ImageSpec,
+    opts: &'a BakeOptions,
+    lock: Option<&'a lock::Lock>,
 }
 
 fn base_chain(
-    store: &Store,
-    dir: &Path,
-    spec: &ImageSpec,
-    opts: &BakeOptions,
+    inputs: &BaseInputs<'_>,
     created: &str,
     progress: &mut dyn Progress,
-) -> Result<(Chain, Outcome), String> {
+) -> Result<(Chain, Outcome, Option<base::BasePin>), String> {
+    let BaseInputs { store, file, spec, opts, lock } = *inputs;
+    let dir = file.dir();
     let root = Hasher::new().finish();
     let empty = |key| Chain {
         key,
@@ -353,7 +387,7 @@ fn base_chain(
         base_created: None,
     };
     match &spec.from {
-        BaseRef::Scratch => Ok((empty(key(&root, "scratch", &[])), Outcome::Cached)),
+        BaseRef::Scratch => Ok((empty(key(&root, "scratch", &[])), Outcome::Cached, None)),
         BaseRef::Rootfs { path } => {
             let p = dir.join(path);
             let file_digest = base::file_digest(&p).map_err(|e| format!("rootfs tarball {}: {e}", p.display()))?;
@@ -375,7 +409,7 @@ fn base_chain(
                 }
             };
             chain.push(k, &l, format!("kiln from rootfs:{path}"), created);
-            Ok((chain, outcome))
+            Ok((chain, outcome, None))
         }
         BaseRef::Oci { path, reference } => {
             let b = base::import_oci(store, &dir.join(path), reference.as_ref())?;
@@ -386,7 +420,30 @@ fn base_chain(
             chain.base_config = b.config.config;
             chain.architecture = b.config.architecture;
             chain.base_created = b.config.created;
-            Ok((chain, Outcome::Cached))
+            Ok((chain, Outcome::Cached, None))
+        }
+        BaseRef::Registry(remote) => {
+            let access = file.registries.get(&remote.host).cloned().unwrap_or_default();
+            let lock = lock.ok_or("kiln.lock was not read")?;
+            let (b, pin) = base::import_registry(store, remote, &access, lock, opts.update_base)?;
+            if pin.pulled_blobs > 0 {
+                progress.step_output(&format!(
+                    "pulled {} blob(s), {} bytes, of {}@{}",
+                    pin.pulled_blobs,
+                    pin.pulled_bytes,
+                    remote.repository(),
+                    pin.digest
+                ));
+            }
+            let mut chain = empty(key(&root, "oci", &[b.manifest_digest.as_str().as_bytes()]));
+            chain.layers = b.layers;
+            chain.diff_ids = b.config.rootfs.diff_ids;
+            chain.history = b.config.history;
+            chain.base_config = b.config.config;
+            chain.architecture = b.config.architecture;
+            chain.base_created = b.config.created;
+            let outcome = if pin.pulled_blobs > 0 { Outcome::Built } else { Outcome::Cached };
+            Ok((chain, outcome, Some(pin)))
         }
     }
 }
@@ -538,8 +595,19 @@ fn image_config(chain: &Chain, spec: &ImageSpec, created: &str) -> ImageConfig {
     }
 }
 
-fn annotations(spec: &ImageSpec, git: Option<&GitInfo>, created: &str) -> BTreeMap<String, String> {
+fn annotations(
+    spec: &ImageSpec,
+    git: Option<&GitInfo>,
+    created: &str,
+    base: Option<&base::BasePin>,
+) -> BTreeMap<String, String> {
     let mut a = BTreeMap::new();
+    if let Some(b) = base {
+        // As the OCI annotations say where an image came from: what a
+        // scanner or `kiln bases outdated` follows back to the registry.
+        a.insert(oci::ANNOTATION_BASE_NAME.to_owned(), b.from.clone());
+        a.insert(oci::ANNOTATION_BASE_DIGEST.to_owned(), b.digest.to_string());
+    }
     a.insert(oci::ANNOTATION_CREATED.to_owned(), created.to_owned());
     a.insert(oci::ANNOTATION_TITLE.to_owned(), spec.name.clone());
     a.insert(

@@ -48,6 +48,14 @@ pub enum Command {
         no_cache: bool,
         #[serde(default)]
         force: bool,
+        /// Resolve registry bases' tags again and move their kiln.lock pins.
+        #[serde(default)]
+        update_base: bool,
+    },
+    /// The registry bases of a kiln.toml whose tag now names another
+    /// digest than kiln.lock's pin (`kiln bases outdated`).
+    BasesOutdated {
+        file: PathBuf,
     },
     /// List tagged images.
     Images {},
@@ -236,6 +244,7 @@ impl Command {
     pub fn paths_mut(&mut self) -> Vec<(&'static str, &mut PathBuf, PathNeed)> {
         match self {
             Command::Bake { file, .. } => vec![("bake.file", file, PathNeed::File)],
+            Command::BasesOutdated { file } => vec![("bases_outdated.file", file, PathNeed::File)],
             Command::Run { service_file: Some(f), .. } => vec![("run.service_file", f, PathNeed::File)],
             Command::Plan { file, .. } => vec![("plan.file", file, PathNeed::File)],
             Command::Test { file, .. } => vec![("test.file", file, PathNeed::File)],
@@ -307,18 +316,23 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let answer = crate::serve::call(ctx.store.home(), &request)?;
             Ok(Output::Controller { request, answer: Box::new(answer) })
         }
-        Command::Bake { file, image, no_cache, force } => {
+        Command::Bake { file, image, no_cache, force, update_base } => {
             let f = spec::load(&file)?;
             let names: Vec<String> = match image {
                 Some(n) => vec![n],
                 None => f.images.keys().cloned().collect(),
             };
-            let opts = BakeOptions { no_cache, force, source_date_epoch: ctx.source_date_epoch, now: ctx.now };
+            let opts =
+                BakeOptions { no_cache, force, source_date_epoch: ctx.source_date_epoch, now: ctx.now, update_base };
             let mut out = Vec::new();
             for n in names {
                 out.push(bake::bake(&ctx.store, &f, &n, &opts, &ctx.tools, ctx.progress)?);
             }
             Ok(Output::Baked(out))
+        }
+        Command::BasesOutdated { file } => {
+            let f = spec::load(&file)?;
+            Ok(Output::Bases(bake::base::statuses(&ctx.store, &f)?))
         }
         Command::Images {} => Ok(Output::Images(images(&ctx.store)?)),
         Command::Inspect { reference } => Ok(Output::Inspect(Box::new(inspect(&ctx.store, &reference)?))),
@@ -495,11 +509,13 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::Release(run) => Ok(Output::Pipeline(Box::new(pipeline::release(run, ctx)?))),
         Command::Push { reference, remote, registry } => {
-            let r = crate::image::registry::Remote::parse(&remote)?;
+            let r =
+                crate::image::registry::Remote::parse(&remote).map_err(crate::image::registry::RegistryError::from)?;
             Ok(Output::Transfer(Box::new(crate::image::registry::push(&ctx.store, &reference, &r, &registry)?)))
         }
         Command::Pull { remote, name, registry } => {
-            let r = crate::image::registry::Remote::parse(&remote)?;
+            let r =
+                crate::image::registry::Remote::parse(&remote).map_err(crate::image::registry::RegistryError::from)?;
             let t = crate::image::registry::pull(&ctx.store, &r, &registry, name.as_deref(), ctx.now)?;
             Ok(Output::Transfer(Box::new(t)))
         }

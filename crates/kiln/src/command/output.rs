@@ -32,6 +32,7 @@ pub enum Output {
         answer: Box<crate::serve::answer::Answer>,
     },
     Baked(Vec<BakeReport>),
+    Bases(Vec<crate::bake::base::BaseStatus>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
     Gc(GcReport),
@@ -101,6 +102,7 @@ impl Output {
         match self {
             Output::Controller { answer, .. } => pretty(answer),
             Output::Baked(x) => pretty(x),
+            Output::Bases(x) => pretty(x),
             Output::Images(x) => pretty(x),
             Output::Inspect(x) => pretty(x),
             Output::Gc(x) => pretty(x),

@@ -117,8 +117,13 @@ pub fn release(run: ReleaseRun, ctx: &mut Context<'_>) -> Result<PipelineReport,
     // image from elsewhere.
     let t = Instant::now();
     let reference = if f.images.contains_key(&image) {
-        let opts =
-            BakeOptions { no_cache: false, force: false, source_date_epoch: ctx.source_date_epoch, now: ctx.now };
+        let opts = BakeOptions {
+            no_cache: false,
+            force: false,
+            source_date_epoch: ctx.source_date_epoch,
+            now: ctx.now,
+            update_base: false,
+        };
         let b = bake::bake(&ctx.store, &f, &image, &opts, &ctx.tools, ctx.progress)?;
         report.steps.push(step("bake", t, true, format!("{} tagged {}", b.digest, b.tags.join(", ")), &b));
         b.digest.to_string()

@@ -434,7 +434,13 @@ mod tests {
     #[test]
     fn a_job_round_trips_and_names_what_is_wrong() {
         let job = Job {
-            command: Command::Bake { file: "/src/kiln.toml".into(), image: None, no_cache: false, force: true },
+            command: Command::Bake {
+                file: "/src/kiln.toml".into(),
+                image: None,
+                no_cache: false,
+                force: true,
+                update_base: false,
+            },
             source_date_epoch: Some(1),
         };
         let text = serde_json::to_string(&job).unwrap();
@@ -473,6 +479,7 @@ mod tests {
             | Command::Login { .. }
             | Command::Logout { .. } => return None,
             Command::Bake { .. } => "bake",
+            Command::BasesOutdated { .. } => "bases_outdated",
             Command::Images {} => "images",
             Command::Inspect { .. } => "inspect",
             Command::Gc { .. } => "gc",
@@ -560,7 +567,8 @@ mod tests {
         }
         // Every command a front end can build is documented, once.
         let all = [
-            Command::Bake { file: "/k".into(), image: None, no_cache: false, force: false },
+            Command::Bake { file: "/k".into(), image: None, no_cache: false, force: false, update_base: false },
+            Command::BasesOutdated { file: "/k".into() },
             Command::Images {},
             Command::Inspect { reference: "r".into() },
             Command::Gc { dry_run: true },

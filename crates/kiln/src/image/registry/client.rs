@@ -1,4 +1,5 @@
-//! The registry client's transport: one connection per request, TLS
+//! The registry client's transport: one connection per request (so
+//! threads can share a client, each blob on its own connection), TLS
 //! (rustls, the system's roots plus the registry's `ca`) or, where kiln.toml
 //! says `insecure = true` or the registry is on loopback with no `ca`, plain
 //! HTTP; credentials answered to a 401 (Basic, or the bearer-token flow of
@@ -10,9 +11,8 @@
 //! replay (a streamed blob is sent once; the request before it obtains the
 //! token), or log a credential.
 
-use std::cell::RefCell;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::auth::Credentials;
@@ -52,7 +52,7 @@ pub(super) struct Client<'a> {
     tls: Option<Arc<rustls::ClientConfig>>,
     creds: Option<Credentials>,
     /// The `Authorization` value that worked last (Basic, or a token).
-    auth: RefCell<Option<String>>,
+    auth: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Client<'_> {
@@ -86,7 +86,7 @@ impl<'a> Client<'a> {
             eprintln!("kiln: WARNING: registry {host}: plain HTTP (insecure = true): anyone on the path can read and change what is sent");
         }
         let tls = if plain { None } else { Some(tls_config(host, access.ca.as_deref())?) };
-        Ok(Client { host, tls, creds, auth: RefCell::new(None) })
+        Ok(Client { host, tls, creds, auth: Mutex::new(None) })
     }
 
     pub(super) fn io(&self, source: io::Error) -> RegistryError {
@@ -99,13 +99,14 @@ impl<'a> Client<'a> {
     }
 
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body<'_>) -> Result<Resp, RegistryError> {
-        let stream = self.connect(self.host, self.tls.as_ref())?;
-        let auth = self.auth.borrow().clone();
+        let api = crate::spec::registries::api_host(self.host);
+        let stream = self.connect(api, self.tls.as_ref())?;
+        let auth = self.auth.lock().map(|a| a.clone()).unwrap_or_default();
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(a) = auth.as_deref() {
             all.push(("Authorization", a));
         }
-        http::send(stream, http::Outgoing { method, target: path, host: self.host, headers: &all, body }).map_err(|e| {
+        http::send(stream, http::Outgoing { method, target: path, host: api, headers: &all, body }).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidData {
                 RegistryError::Invalid {
                     host: self.host.to_owned(),
@@ -173,6 +174,12 @@ impl<'a> Client<'a> {
         }
     }
 
+    fn set_auth(&self, value: String) {
+        if let Ok(mut a) = self.auth.lock() {
+            *a = Some(value);
+        }
+    }
+
     /// Sets the `Authorization` to use from a 401's challenge.
     fn authorize(&self, www: &str) -> Result<(), RegistryError> {
         let (scheme, params) = challenge(www);
@@ -184,7 +191,7 @@ impl<'a> Client<'a> {
                     .creds
                     .as_ref()
                     .ok_or_else(|| unauthorized(format!("it needs credentials: `kiln login {}`", self.host)))?;
-                *self.auth.borrow_mut() = Some(c.basic());
+                self.set_auth(c.basic());
                 Ok(())
             }
             "bearer" => {
@@ -197,7 +204,7 @@ impl<'a> Client<'a> {
                     query.push(format!("scope={}", encode(&s)));
                 }
                 let token = self.token(&realm, &query.join("&"))?;
-                *self.auth.borrow_mut() = Some(format!("Bearer {token}"));
+                self.set_auth(format!("Bearer {token}"));
                 Ok(())
             }
             _ => Err(unauthorized(format!("an authentication kiln does not speak: {www:?}"))),

@@ -29,6 +29,11 @@ use crate::oci::{self, Descriptor, Manifest};
 
 /// The manifest types kiln sends and accepts.
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// What a base's reference may resolve through: an index or a Docker
+/// manifest list, then one of the image manifests above.
+const ACCEPT_ANY: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// Blobs moved at once: each on its own connection.
+const PARALLEL: usize = 4;
 /// A manifest or a tag list larger than this is refused.
 const MAX_DOCUMENT: u64 = 4 << 20;
 
@@ -52,60 +57,11 @@ pub enum RegistryError {
     Unauthorized { host: String, why: String },
 }
 
-/// `HOST[:PORT]/REPO[:TAG|@DIGEST]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    pub host: String,
-    pub repo: String,
-    pub reference: Option<String>,
-}
+pub use crate::spec::registries::{Remote, RemoteError};
 
-impl Remote {
-    pub fn parse(input: &str) -> Result<Remote, RegistryError> {
-        let bad = |why: &str| RegistryError::BadRemote { input: input.to_owned(), why: why.to_owned() };
-        let input_s = input.strip_prefix("http://").unwrap_or(input);
-        let (host, rest) = input_s.split_once('/').ok_or_else(|| bad("expected HOST:PORT/REPO[:TAG]"))?;
-        if !crate::spec::registries::valid_host(host) {
-            return Err(bad("expected HOST[:PORT]/REPO[:TAG]"));
-        }
-        let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
-            Digest::parse(d).map_err(|_| bad("the part after '@' is not a sha256: digest"))?;
-            (r, Some(d.to_owned()))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r, Some(t.to_owned())),
-                _ => (rest, None),
-            }
-        };
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/');
-        if repo.is_empty()
-            || !repo.chars().all(ok)
-            || repo.starts_with('/')
-            || repo.ends_with('/')
-            || repo.contains("//")
-        {
-            return Err(bad("the repository is lowercase letters, digits, '.', '_', '-' and '/'"));
-        }
-        if let Some(t) = reference.as_deref().filter(|t| !t.starts_with("sha256:")) {
-            if t.is_empty()
-                || t.len() > 128
-                || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            {
-                return Err(bad("the tag is letters, digits, '.', '_' and '-', at most 128"));
-            }
-        }
-        Ok(Remote { host: host.to_owned(), repo: repo.to_owned(), reference })
-    }
-}
-
-impl std::fmt::Display for Remote {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.host, self.repo)?;
-        match &self.reference {
-            Some(r) if r.starts_with("sha256:") => write!(f, "@{r}"),
-            Some(r) => write!(f, ":{r}"),
-            None => Ok(()),
-        }
+impl From<RemoteError> for RegistryError {
+    fn from(e: RemoteError) -> Self {
+        RegistryError::BadRemote { input: e.input, why: e.why }
     }
 }
 
@@ -244,9 +200,8 @@ fn push_manifest(
         what: format!("local manifest {digest}"),
         why: e.to_string(),
     })?;
-    for d in std::iter::once(&m.config).chain(&m.layers) {
-        push_blob(c, store, repo, d, t)?;
-    }
+    let blobs: Vec<&Descriptor> = std::iter::once(&m.config).chain(&m.layers).collect();
+    in_parallel(&blobs, t, |d, t| push_blob(c, store, repo, d, t))?;
     let media = m.media_type.clone().unwrap_or_else(|| oci::MEDIA_MANIFEST.to_owned());
     let r = c.expect(
         "PUT",
@@ -383,11 +338,140 @@ fn pull_manifest(
         what: format!("manifest {reference}"),
         why: format!("not an OCI image manifest: {e}"),
     })?;
-    for d in std::iter::once(&m.config).chain(&m.layers) {
-        pull_blob(c, store, repo, d, t)?;
-    }
+    let blobs: Vec<&Descriptor> = std::iter::once(&m.config).chain(&m.layers).collect();
+    in_parallel(&blobs, t, |d, t| pull_blob(c, store, repo, d, t))?;
     store.put_blob(&bytes)?;
     Ok((digest, m))
+}
+
+/// Runs `f` over `items` on up to [`PARALLEL`] threads, each request on a
+/// connection of its own, adding what each moved to `t`. The first error
+/// stops the others from taking more items, and is returned.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    t: &mut Transfer,
+    f: impl Fn(&T, &mut Transfer) -> Result<(), RegistryError> + Sync,
+) -> Result<(), RegistryError> {
+    if items.len() < 2 {
+        return items.iter().try_for_each(|i| f(i, t));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Result<Transfer, RegistryError>>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(items.len()) {
+            s.spawn(|| {
+                let mut mine = Transfer::default();
+                let r = loop {
+                    let Some(item) = items.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) else {
+                        break Ok(mine);
+                    };
+                    if let Err(e) = f(item, &mut mine) {
+                        next.store(items.len(), std::sync::atomic::Ordering::Relaxed);
+                        break Err(e);
+                    }
+                };
+                if let Ok(mut d) = done.lock() {
+                    d.push(r);
+                }
+            });
+        }
+    });
+    for r in done.into_inner().unwrap_or_default() {
+        let mine = r?;
+        t.blobs += mine.blobs;
+        t.blobs_present += mine.blobs_present;
+        t.bytes += mine.bytes;
+    }
+    Ok(())
+}
+
+/// Where a registry reference leads on this host's platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Resolved {
+    /// The image manifest for `linux/<this host's architecture>`.
+    pub manifest: Digest,
+    /// The index (or Docker manifest list) the reference named, if any.
+    pub index: Option<Digest>,
+}
+
+/// Resolves `remote`'s tag or digest to this platform's image manifest,
+/// through an image index or a manifest list; each document verified and
+/// kept in the store. Moves no layer.
+pub fn resolve(store: &Store, remote: &Remote, access: &RegistrySpec) -> Result<Resolved, RegistryError> {
+    let reference = remote
+        .reference
+        .clone()
+        .ok_or_else(|| RegistryError::BadRemote { input: remote.to_string(), why: "name a tag or a digest".into() })?;
+    let c = client(store, &remote.host, access)?;
+    let mut index = None;
+    let mut at = reference;
+    // An index may name an index; four levels is more than any registry uses.
+    for _ in 0..4 {
+        let path = format!("/v2/{}/manifests/{at}", remote.repo);
+        let r = c.expect("GET", &path, &[("Accept", ACCEPT_ANY)], Body::None, &[200])?;
+        let claimed = r.header("docker-content-digest").and_then(|d| Digest::parse(d).ok());
+        let bytes = r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?;
+        let digest = Digest::of(&bytes);
+        if let Some(e) = Digest::parse(&at).ok().or(claimed).filter(|e| *e != digest) {
+            return Err(RegistryError::Digest {
+                host: c.host.to_owned(),
+                what: format!("manifest {}:{at}", remote.repo),
+                expected: e,
+                actual: digest,
+            });
+        }
+        store.put_blob(&bytes)?;
+        if !oci::Index::is_index(&bytes) {
+            return Ok(Resolved { manifest: digest, index });
+        }
+        let ix: oci::Index = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: format!("image index {digest}"),
+            why: e.to_string(),
+        })?;
+        let arch = oci::host_architecture();
+        let entry = ix.for_platform(arch).ok_or_else(|| RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: format!("image index {}@{digest}", remote.repository()),
+            why: format!("no linux/{arch} image in it"),
+        })?;
+        at = entry.digest.to_string();
+        index.get_or_insert(digest);
+    }
+    Err(RegistryError::Invalid {
+        host: c.host.to_owned(),
+        what: remote.to_string(),
+        why: "indexes nested more than four deep".into(),
+    })
+}
+
+/// Fetches image manifest `digest` of `remote`'s repository and every blob
+/// it names (in parallel, each verified against its digest) into the
+/// store, unless the store holds them all already.
+pub fn fetch_image(
+    store: &Store,
+    remote: &Remote,
+    digest: &Digest,
+    access: &RegistrySpec,
+) -> Result<(Manifest, Transfer), RegistryError> {
+    let started = Instant::now();
+    let mut t = Transfer { reference: remote.to_string(), remote: remote.repository(), ..Transfer::default() };
+    if let Some(m) = local_image(store, digest) {
+        t.digest = Some(digest.clone());
+        t.blobs_present = 1 + m.layers.len() as u64;
+        return Ok((m, t));
+    }
+    let c = client(store, &remote.host, access)?;
+    let (d, m) = pull_manifest(&c, store, &remote.repo, digest.as_str(), &mut t)?;
+    t.digest = Some(d);
+    t.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((m, t))
+}
+
+/// The manifest `digest` when the store holds it and every blob it names.
+fn local_image(store: &Store, digest: &Digest) -> Option<Manifest> {
+    let m: Manifest = serde_json::from_slice(&store.read_blob(digest).ok()?).ok()?;
+    std::iter::once(&m.config).chain(&m.layers).all(|d| store.has_blob(&d.digest)).then_some(m)
 }
 
 /// `kiln pull REGISTRY/REPO:TAG [--as NAME]`: the image and everything
@@ -467,26 +551,6 @@ pub fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remotes_parse_with_any_registry_host() {
-        let r = Remote::parse("127.0.0.1:5000/team/web:1.0").unwrap();
-        assert_eq!(
-            (r.host.as_str(), r.repo.as_str(), r.reference.as_deref()),
-            ("127.0.0.1:5000", "team/web", Some("1.0"))
-        );
-        assert_eq!(r.to_string(), "127.0.0.1:5000/team/web:1.0");
-        let d = Digest::of(b"x");
-        let r = Remote::parse(&format!("localhost:5000/web@{d}")).unwrap();
-        assert_eq!(r.reference, Some(d.to_string()));
-        assert_eq!(Remote::parse("localhost:5000/web").unwrap().reference, None);
-        let r = Remote::parse("registry.example.com/team/web:1").unwrap();
-        assert_eq!((r.host.as_str(), r.repo.as_str()), ("registry.example.com", "team/web"));
-        assert!(Remote::parse("https://registry.example.com/web:1").is_err(), "a host, not a URL");
-        assert!(Remote::parse("127.0.0.1:5000/Web:1").unwrap_err().to_string().contains("lowercase"));
-        assert!(Remote::parse("127.0.0.1:5000").is_err());
-        assert!(Remote::parse("127.0.0.1:5000/web@sha256:zz").is_err());
-    }
 
     #[test]
     fn locations_become_paths() {
