@@ -135,6 +135,9 @@ pub(crate) enum Cmd {
         /// The kiln.toml whose `[registries."HOST"]` applies (used when it exists).
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
+        /// Sign with this key first, the signature naming the registry repository (what `cosign verify --key` checks).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -210,9 +210,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let run = command::pipeline::ReleaseRun { file, service, db, force_db, to, actor: super::actor() };
             (Command::Release(run), json)
         }
-        Cmd::Push { reference, remote, file, json } => {
+        Cmd::Push { reference, remote, file, sign, json } => {
             let registry = registry_settings(&file, &remote)?;
-            (Command::Push { reference, remote, registry }, json)
+            (Command::Push { reference, remote, registry, sign }, json)
         }
         Cmd::Pull { remote, name, file, json } => {
             let registry = registry_settings(&file, &remote)?;

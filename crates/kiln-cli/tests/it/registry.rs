@@ -181,3 +181,91 @@ fn a_transfer_killed_half_way_changes_nothing_and_the_retry_completes() {
     let id = r["id"].as_str().unwrap().to_owned();
     kiln_ok(&other, &dir, &["rm", "--force", &id]);
 }
+
+/// `kiln push --sign` signs for the registry repository as cosign does;
+/// a registry with `signed_by` lets only images carrying a valid signature
+/// by that key in: an unsigned image, and one whose `.sig` another key
+/// wrote over, are refused, and nothing is tagged.
+#[test]
+fn signed_by_refuses_unsigned_and_forged_signatures_on_pull() {
+    let _room = common::room("registry");
+    let reg = Registry::start();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+    let (dir, home) = (tempdir("reg-sig-src"), tempdir("reg-sig-home"));
+    fs::copy(&demo, dir.join("demo-app")).unwrap();
+    fs::write(dir.join("kiln.toml"), demo_image("1.0.0", "")).unwrap();
+    let digest = bake_digests(&home, &dir, &[])[0].clone();
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    kiln_ok(&home, &dir, &["key", "generate", "release"]);
+    let remote = reg.repo("team/web:1.0.0");
+    let t = json(&kiln_ok(&home, &dir, &["push", "web:1.0.0", &remote, "--sign", "release", "--json"]));
+    assert_eq!((t["digest"].as_str(), t["signed_by"].as_str()), (Some(digest.as_str()), Some("release")));
+
+    // What the registry holds is cosign's shape: an image config of zero
+    // times and one diff_id per payload, and a payload naming the
+    // registry repository and this digest.
+    let raw = |r: &str| {
+        let out = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}", reg.repo(r))]);
+        assert!(out.status.success(), "{r}: {}", String::from_utf8_lossy(&out.stderr));
+        json(&String::from_utf8_lossy(&out.stdout))
+    };
+    let sig = raw(&format!("team/web:sha256-{hex}.sig"));
+    assert_eq!(sig["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+    let layer = &sig["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dev.cosign.simplesigning.v1+json");
+    assert!(layer["annotations"]["dev.cosignproject.cosign/signature"].as_str().is_some_and(|s| s.len() > 80));
+    let blob = |d: &str| {
+        let (status, _, body) = Conn::new(reg.port).get(&format!("/v2/team/web/blobs/{d}")).unwrap();
+        assert_eq!(status, 200, "{d}");
+        body
+    };
+    let config = String::from_utf8(blob(sig["config"]["digest"].as_str().unwrap())).unwrap();
+    let layer_digest = layer["digest"].as_str().unwrap();
+    assert_eq!(
+        config,
+        format!(
+            r#"{{"architecture":"","created":"0001-01-01T00:00:00Z","history":[{{"created":"0001-01-01T00:00:00Z"}}],"os":"","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}},"config":{{}}}}"#
+        )
+    );
+    let payload = json(&String::from_utf8(blob(layer_digest)).unwrap());
+    assert_eq!(payload["critical"]["identity"]["docker-reference"], reg.repo("team/web"));
+    assert_eq!(payload["critical"]["image"]["docker-manifest-digest"], digest.as_str());
+    assert_eq!(payload["critical"]["type"], "cosign container image signature");
+
+    // A host that requires the key: the signed image comes in.
+    let strict = tempdir("reg-sig-strict");
+    fs::copy(home.join("keys/release.pub"), strict.join("release.pub")).unwrap();
+    fs::write(
+        strict.join("kiln.toml"),
+        format!("[registries.\"127.0.0.1:{}\"]\nsigned_by = \"release.pub\"\n", reg.port),
+    )
+    .unwrap();
+    let ok_home = tempdir("reg-sig-ok");
+    let p = json(&kiln_ok(&ok_home, &strict, &["pull", &remote, "--json"]));
+    assert_eq!(p["digest"], digest.as_str());
+    assert!(p["signed_by"].as_str().unwrap().ends_with("release.pub"), "{p}");
+
+    // Someone with another key re-signs the image and pushes: the .sig
+    // tag in the registry now holds only their signature.
+    let (mallory, elsewhere) = (tempdir("reg-sig-mallory"), tempdir("reg-sig-elsewhere"));
+    kiln_ok(&mallory, &elsewhere, &["pull", &remote]);
+    kiln_ok(&mallory, &elsewhere, &["key", "generate", "release"]);
+    kiln_ok(&mallory, &elsewhere, &["push", "web:1.0.0", &remote, "--sign", "release"]);
+    let forged = tempdir("reg-sig-forged");
+    let out = kiln(&forged, &strict, &["pull", &remote]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{e}");
+    assert!(e.contains("does not verify") && e.contains("release.pub"), "{e}");
+    assert_eq!(kiln_ok(&forged, &strict, &["images"]).lines().count(), 1, "nothing tagged");
+
+    // An image with no signature at all.
+    fs::write(dir.join("kiln.toml"), demo_image("2.0.0", "")).unwrap();
+    bake_digests(&home, &dir, &[]);
+    let unsigned = reg.repo("team/other:2");
+    kiln_ok(&home, &dir, &["push", "web:2.0.0", &unsigned]);
+    let out = kiln(&forged, &strict, &["pull", &unsigned]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{e}");
+    assert!(e.contains("not signed"), "{e}");
+    assert_eq!(kiln_ok(&forged, &strict, &["images"]).lines().count(), 1, "nothing tagged");
+}

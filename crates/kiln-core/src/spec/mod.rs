@@ -271,6 +271,9 @@ pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
         if let Some(ca) = &mut r.ca {
             *ca = dir.join(&*ca);
         }
+        if let Some(k) = &mut r.signed_by {
+            *k = dir.join(&*k);
+        }
     }
     for (name, service) in &mut file.services {
         edge::resolve(&mut service.edge, dir);
@@ -410,8 +413,10 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         let key = e.span().map(|s| key_at(text, s)).unwrap_or_default();
         err(e.span(), &key, e.message().trim().to_owned())
     })?;
-    if raw.image.is_empty() && raw.service.is_empty() {
-        return Err(err(None, "image", "no [image.NAME] or [service.NAME] table".into()));
+    // A file of registry settings alone is a kiln.toml for push and pull
+    // on a host that bakes nothing.
+    if raw.image.is_empty() && raw.service.is_empty() && raw.registries.is_empty() {
+        return Err(err(None, "image", "no [image.NAME], [service.NAME] or [registries.\"HOST\"] table".into()));
     }
     let mut images = BTreeMap::new();
     for (name, raw_image) in raw.image {

@@ -1,6 +1,8 @@
 //! `[registries."HOST[:PORT]"]`: how kiln reaches a registry: an extra CA
 //! for its TLS certificate, or plain HTTP (`insecure = true`).
 //!
+//! `signed_by` makes every pull from it require a signature by a key.
+//!
 //! For: checking those tables once, naming the key. Must never: read the
 //! CA file (the registry client does) or hold a credential (those come
 //! from `kiln login` or docker's config, never from kiln.toml).
@@ -23,6 +25,11 @@ pub struct RegistrySpec {
     /// Plain HTTP, not TLS (loudly logged).
     #[serde(default)]
     pub insecure: bool,
+    /// A PEM public key: an image pulled from this registry must carry a
+    /// valid signature by it, else the pull is refused (beside kiln.toml
+    /// when relative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +37,7 @@ pub struct RegistrySpec {
 pub(super) struct RawRegistry {
     ca: Option<String>,
     insecure: Option<bool>,
+    signed_by: Option<String>,
 }
 
 /// Whether `host` is `HOST[:PORT]` as registries are named. Pure.
@@ -154,7 +162,13 @@ pub(super) fn validate(
         if insecure && r.ca.is_some() {
             return Err(field_err(span, &format!("{key}.ca"), "insecure is plain HTTP: a CA has nothing to check"));
         }
-        out.insert(host, RegistrySpec { ca: r.ca.map(PathBuf::from), insecure });
+        if r.signed_by.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err(field_err(span, &format!("{key}.signed_by"), "name a PEM public key file"));
+        }
+        out.insert(
+            host,
+            RegistrySpec { ca: r.ca.map(PathBuf::from), insecure, signed_by: r.signed_by.map(PathBuf::from) },
+        );
     }
     Ok(out)
 }

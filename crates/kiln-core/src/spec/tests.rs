@@ -140,6 +140,10 @@ fn semantic_errors_name_line_and_key() {
     let e = err("[image.Bad]\nfrom = \"scratch\"\n");
     assert!(e.contains("image.Bad"), "{e}");
     assert!(err("").contains("no [image.NAME]"));
+    let f = p("[registries.\"r.example:5000\"]\nsigned_by = \"keys/release.pub\"\n").unwrap();
+    assert_eq!(f.registries["r.example:5000"].signed_by.as_deref(), Some(Path::new("keys/release.pub")));
+    let e = err("[registries.\"r.example:5000\"]\nsigned_by = \" \"\n");
+    assert!(e.contains("registries.\"r.example:5000\".signed_by"), "{e}");
     let e = err("[service.web]\nimage = \"hello\"\nvolumes = { data = \"rel\" }\n");
     assert!(e.starts_with("dir/kiln.toml:3: service.web.volumes.data:"), "{e}");
     let e = err("[service.web]\nimage = \"hello\"\nmemory = \"lots\"\n");

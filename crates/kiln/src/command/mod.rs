@@ -182,6 +182,10 @@ pub enum Command {
         /// The registry's kiln.toml settings (`[registries."HOST"]`).
         #[serde(default)]
         registry: crate::spec::registries::RegistrySpec,
+        /// Sign with this key first, the payload naming the registry
+        /// repository (`cosign verify --key` of `HOST/REPO`).
+        #[serde(default)]
+        sign: Option<String>,
     },
     /// Copy an image and everything about it from a registry (tagged
     /// locally as `name`, default its title).
@@ -508,15 +512,50 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Promoted(Box::new(p)))
         }
         Command::Release(run) => Ok(Output::Pipeline(Box::new(pipeline::release(run, ctx)?))),
-        Command::Push { reference, remote, registry } => {
-            let r =
-                crate::image::registry::Remote::parse(&remote).map_err(crate::image::registry::RegistryError::from)?;
-            Ok(Output::Transfer(Box::new(crate::image::registry::push(&ctx.store, &reference, &r, &registry)?)))
+        Command::Push { reference, remote, registry, sign } => {
+            use crate::image::registry;
+            let r = registry::Remote::parse(&remote).map_err(registry::RegistryError::from)?;
+            if let Some(key) = &sign {
+                let image = crate::verify::sign::sign_as(
+                    &ctx.store,
+                    key,
+                    &reference,
+                    Some(&r.repository()),
+                    Default::default(),
+                    ctx.now,
+                )?;
+                for record in crate::verify::record_artifacts(&ctx.store, &image.digest)? {
+                    crate::verify::sign::sign(&ctx.store, key, record.as_str(), Default::default(), ctx.now)?;
+                }
+            }
+            let mut t = registry::push(&ctx.store, &reference, &r, &registry)?;
+            t.signed_by = sign;
+            Ok(Output::Transfer(Box::new(t)))
         }
         Command::Pull { remote, name, registry } => {
-            let r =
-                crate::image::registry::Remote::parse(&remote).map_err(crate::image::registry::RegistryError::from)?;
-            let t = crate::image::registry::pull(&ctx.store, &r, &registry, name.as_deref(), ctx.now)?;
+            use crate::image::registry;
+            let r = registry::Remote::parse(&remote).map_err(registry::RegistryError::from)?;
+            let fetched = registry::fetch(&ctx.store, &r, &registry, name.as_deref())?;
+            // A registry with `signed_by`: no tag is set for an image
+            // without a valid signature by that key.
+            if let Some(path) = &registry.signed_by {
+                use crate::verify::sign;
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|source| sign::SignError::Io { path: path.clone(), source })?;
+                let what = path.display().to_string();
+                let key = sign::read_public_key(&pem, &what)?;
+                let Some(sig) = fetched.signature() else {
+                    return Err(sign::SignError::Unsigned {
+                        reference: remote,
+                        tag: format!("sha256-{}.sig", fetched.digest.hex()),
+                    }
+                    .into());
+                };
+                let m: Manifest = ctx.store.read_json(sig)?;
+                sign::verify_manifest(&ctx.store, &remote, &fetched.digest, &m, &key, &what)?;
+            }
+            let mut t = registry::tag_fetched(&ctx.store, fetched, ctx.now)?;
+            t.signed_by = registry.signed_by.map(|p| p.display().to_string());
             Ok(Output::Transfer(Box::new(t)))
         }
         Command::Login { registry, username, password, settings } => {

@@ -597,7 +597,12 @@ mod tests {
                 to: None,
                 actor: "a".into(),
             }),
-            Command::Push { reference: "r".into(), remote: "127.0.0.1:5000/r".into(), registry: Default::default() },
+            Command::Push {
+                reference: "r".into(),
+                remote: "127.0.0.1:5000/r".into(),
+                registry: Default::default(),
+                sign: None,
+            },
             Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None, registry: Default::default() },
             Command::Sbom { reference: "r".into() },
             Command::KeyGenerate { name: "k".into() },

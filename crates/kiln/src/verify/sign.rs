@@ -208,11 +208,26 @@ pub fn sign(
     optional: BTreeMap<String, serde_json::Value>,
     now: i64,
 ) -> Result<Signed, SignError> {
+    sign_as(store, key, reference, None, optional, now)
+}
+
+/// [`sign`], the payload's `docker-reference` naming `docker_reference`
+/// (the registry repository an image is pushed to, as cosign names it)
+/// rather than the local name.
+pub fn sign_as(
+    store: &Store,
+    key: &str,
+    reference: &str,
+    docker_reference: Option<&str>,
+    optional: BTreeMap<String, serde_json::Value>,
+    now: i64,
+) -> Result<Signed, SignError> {
     let (desc, tags) = store.resolve(reference)?;
     let name = repository(store, &desc, &tags)?;
     let sk = signing_key(store.home(), key)?;
     let channel = optional.get(CHANNEL).cloned();
-    let body = serde_json::to_vec(&payload(&name, &desc.digest, optional)).expect("serializes");
+    let body =
+        serde_json::to_vec(&payload(docker_reference.unwrap_or(&name), &desc.digest, optional)).expect("serializes");
     let sig: Signature = sk.sign(&body);
     let layer = store.put_blob(&body)?;
     let mut layer_desc = Descriptor::new(MEDIA_SIMPLE_SIGNING, layer, body.len() as u64);
@@ -228,12 +243,13 @@ pub fn sign(
         }
     }
     layers.push(layer_desc);
-    let empty = store.put_blob(b"{}")?;
+    let config = cosign_config(&layers);
+    let config_digest = store.put_blob(&config)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_MANIFEST.to_owned()),
         artifact_type: None,
-        config: Descriptor::new(oci::MEDIA_EMPTY, empty, 2),
+        config: Descriptor::new(oci::MEDIA_CONFIG, config_digest, config.len() as u64),
         layers,
         subject: Some(Descriptor::new(oci::MEDIA_MANIFEST, desc.digest.clone(), desc.size)),
         annotations: Some(BTreeMap::from([(oci::ANNOTATION_CREATED.to_owned(), crate::time::rfc3339(now))])),
@@ -243,6 +259,22 @@ pub fn sign(
     let sig_desc = Descriptor::new(oci::MEDIA_MANIFEST, signature.clone(), bytes.len() as u64);
     store.set_tags(std::slice::from_ref(&tag), &sig_desc, true, now)?;
     Ok(Signed { reference: reference.to_owned(), digest: desc.digest, tag, signature, key: key.to_owned() })
+}
+
+/// The config of a signature image as cosign writes it (go-containerregistry's
+/// empty image with the payloads appended): zero times, no platform, one
+/// history entry and one diff_id per payload layer (payloads are not
+/// compressed, so a diff_id is the layer's digest).
+fn cosign_config(layers: &[Descriptor]) -> Vec<u8> {
+    const ZERO: &str = "0001-01-01T00:00:00Z";
+    let history: Vec<String> = layers.iter().map(|_| format!(r#"{{"created":"{ZERO}"}}"#)).collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("\"{}\"", l.digest)).collect();
+    format!(
+        r#"{{"architecture":"","created":"{ZERO}","history":[{}],"os":"","rootfs":{{"type":"layers","diff_ids":[{}]}},"config":{{}}}}"#,
+        history.join(","),
+        diff_ids.join(",")
+    )
+    .into_bytes()
 }
 
 /// The `optional` key a promotion's signature names its channel with.
@@ -277,13 +309,26 @@ pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str
     let (desc, tags) = store.resolve(reference)?;
     let name = repository(store, &desc, &tags)?;
     let tag = super::record_tag(&name, &desc.digest, SIG);
+    let Some(m) = signature_manifest(store, &tag)? else {
+        return Err(SignError::Unsigned { reference: reference.to_owned(), tag });
+    };
+    verify_manifest(store, reference, &desc.digest, &m, key, key_name)
+}
+
+/// Checks image `digest`'s signature artifact `m` (found by the caller:
+/// a tag in the store, or what a pull fetched before tagging it).
+pub fn verify_manifest(
+    store: &Store,
+    reference: &str,
+    digest: &Digest,
+    m: &Manifest,
+    key: &VerifyingKey,
+    key_name: &str,
+) -> Result<Verified, SignError> {
     let invalid = |detail: &str| SignError::Invalid {
         reference: reference.to_owned(),
         key: key_name.to_owned(),
         detail: detail.to_owned(),
-    };
-    let Some(m) = signature_manifest(store, &tag)? else {
-        return Err(SignError::Unsigned { reference: reference.to_owned(), tag });
     };
     let mut first_failure = None;
     let mut valid: Vec<Payload> = Vec::new();
@@ -295,7 +340,7 @@ pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str
             let sig = Signature::from_der(&der).map_err(|_| "the signature is not DER ECDSA")?;
             key.verify(&body, &sig).map_err(|_| "wrong key, or the payload was changed")?;
             let p: Payload = serde_json::from_slice(&body).map_err(|e| format!("the payload: {e}"))?;
-            if p.critical.image.docker_manifest_digest != desc.digest.to_string() {
+            if p.critical.image.docker_manifest_digest != digest.to_string() {
                 return Err(format!("it signs {}, not this digest", p.critical.image.docker_manifest_digest));
             }
             Ok(p)
@@ -319,7 +364,7 @@ pub fn verify(store: &Store, reference: &str, key: &VerifyingKey, key_name: &str
     let plain = valid.iter().find(|p| !p.optional.contains_key(CHANNEL)).unwrap_or(&valid[0]);
     Ok(Verified {
         reference: reference.to_owned(),
-        digest: desc.digest,
+        digest: digest.clone(),
         docker_reference: plain.critical.identity.docker_reference.clone(),
         optional: plain.optional.clone(),
         channels,

@@ -79,6 +79,10 @@ pub struct Transfer {
     pub artifacts: Vec<String>,
     /// The local tags set (pull).
     pub tags: Vec<String>,
+    /// The public key the image's signature was checked with (a pull from
+    /// a registry with `signed_by`), or the key a push signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -474,6 +478,28 @@ fn local_image(store: &Store, digest: &Digest) -> Option<Manifest> {
     std::iter::once(&m.config).chain(&m.layers).all(|d| store.has_blob(&d.digest)).then_some(m)
 }
 
+/// What a pull fetched into the store, before any tag is set: checks
+/// (a signature) come between [`fetch`] and [`tag_fetched`].
+#[derive(Debug)]
+pub struct Fetched {
+    transfer: Transfer,
+    started: Instant,
+    reference: String,
+    name: String,
+    /// The image's manifest digest.
+    pub digest: Digest,
+    /// Artifacts about it (and about those), with their registry tags.
+    pub artifacts: Vec<(Digest, String)>,
+}
+
+impl Fetched {
+    /// The image's signature artifact (`sha256-<hex>.sig`), if it came.
+    pub fn signature(&self) -> Option<&Digest> {
+        let tag = format!("sha256-{}.sig", self.digest.hex());
+        self.artifacts.iter().find(|(_, t)| *t == tag).map(|(d, _)| d)
+    }
+}
+
 /// `kiln pull REGISTRY/REPO:TAG [--as NAME]`: the image and everything
 /// tagged about it; tags are set only once all of it is in the store.
 pub fn pull(
@@ -483,6 +509,18 @@ pub fn pull(
     local_name: Option<&str>,
     now: i64,
 ) -> Result<Transfer, RegistryError> {
+    let f = fetch(store, remote, access, local_name)?;
+    tag_fetched(store, f, now)
+}
+
+/// The first half of a pull: every blob and manifest, verified, into the
+/// store; no tag set.
+pub fn fetch(
+    store: &Store,
+    remote: &Remote,
+    access: &RegistrySpec,
+    local_name: Option<&str>,
+) -> Result<Fetched, RegistryError> {
     let started = Instant::now();
     let reference = remote
         .reference
@@ -530,6 +568,12 @@ pub fn pull(
             why: "not a valid local image name (use --as NAME)".into(),
         });
     }
+    Ok(Fetched { transfer: t, started, reference, name, digest, artifacts })
+}
+
+/// The second half of a pull: the local tags, the image's first.
+pub fn tag_fetched(store: &Store, f: Fetched, now: i64) -> Result<Transfer, RegistryError> {
+    let Fetched { transfer: mut t, started, reference, name, digest, artifacts } = f;
     let size = store.read_blob(&digest)?.len() as u64;
     let desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size);
     if !reference.starts_with("sha256:") {
