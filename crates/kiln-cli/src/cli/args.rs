@@ -49,6 +49,11 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// kiln's own vulnerability database (osv.dev's exports), which `kiln scan` uses when no --db is given.
+    Db {
+        #[command(subcommand)]
+        action: DbCmd,
+    },
     /// Registry base images (`from = "HOST/REPO:TAG"`), pinned in kiln.lock.
     Bases {
         #[command(subcommand)]
@@ -88,7 +93,7 @@ pub(crate) enum Cmd {
         reference: String,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
-        /// A directory or zip of OSV JSON (osv.dev's per-ecosystem exports). Default: $KILN_OSV_DB.
+        /// A directory or zip of OSV JSON (osv.dev's per-ecosystem exports). Default: $KILN_OSV_DB, else the database `kiln db update` keeps.
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
         /// Scan even with a database older than max_db_age (the report says so).
@@ -113,7 +118,7 @@ pub(crate) enum Cmd {
         service: Option<String>,
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
-        /// The OSV database (directory or zip). Default: $KILN_OSV_DB.
+        /// The OSV database (directory or zip). Default: $KILN_OSV_DB, else the database `kiln db update` keeps.
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
         /// Scan with a database older than max_db_age.
@@ -555,6 +560,24 @@ pub(crate) enum Cmd {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCmd {
+    /// Fetch osv.dev's exports for Debian, Alpine, crates.io and Go over HTTPS, check every record, and switch to them at once (a failed update keeps the current database).
+    Update {
+        /// A mirror laid out as osv.dev's bucket: URL/<Ecosystem>/all.zip (https only).
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// An extra CA (PEM) for the mirror's certificate.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
+        /// Only this ecosystem (repeatable): Debian, Alpine, crates.io, Go.
+        #[arg(long = "ecosystem", value_name = "NAME")]
+        ecosystems: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -190,6 +190,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
+        Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
+            (Command::DbUpdate { mirror, ca, ecosystems }, json)
+        }
         Cmd::Images { json } => (Command::Images {}, json),
         Cmd::Inspect { reference, json } => (Command::Inspect { reference }, json),
         Cmd::Gc { dry_run, json } => (Command::Gc { dry_run }, json),

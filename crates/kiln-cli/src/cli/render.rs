@@ -152,6 +152,18 @@ pub(crate) fn render(output: &Output, now: i64) {
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),
+        Output::DbUpdated(u) => {
+            for e in &u.exports {
+                println!("{:<10} {:>7} records  {:>12} bytes  {}", e.ecosystem, e.records, e.bytes, e.url);
+            }
+            let age = u.age_days.map_or_else(|| "-".to_owned(), |d| format!("{d} days"));
+            println!(
+                "{} records, newest {} ({age} old), in {} ms; kiln scan uses it when no --db is given",
+                u.records,
+                u.newest_record.as_deref().unwrap_or("-"),
+                u.duration_ms
+            );
+        }
         Output::Bases(rows) => {
             let outdated: Vec<_> = rows.iter().filter(|r| r.outdated || r.error.is_some()).collect();
             if outdated.is_empty() {

@@ -105,18 +105,8 @@ struct Client {
 
 /// `https://host[:port]/path` → (`host:port`, `host`, `/path`).
 fn split_url(url: &str) -> Result<(String, String, String), AcmeError> {
-    let bad = || AcmeError::Protocol { url: url.to_owned(), detail: "not an https:// URL".into() };
-    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    if host.is_empty() {
-        return Err(bad());
-    }
-    let with_port = if host.len() == authority.len() { format!("{authority}:443") } else { authority.to_owned() };
-    Ok((with_port, host.trim_matches(['[', ']']).to_owned(), path.to_owned()))
+    crate::net::tls::split_https_url(url)
+        .ok_or_else(|| AcmeError::Protocol { url: url.to_owned(), detail: "not an https:// URL".into() })
 }
 
 impl Client {

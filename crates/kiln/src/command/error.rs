@@ -34,6 +34,8 @@ pub enum CommandError {
     #[error(transparent)]
     Vuln(#[from] crate::verify::vulns::VulnError),
     #[error(transparent)]
+    Db(#[from] crate::verify::osvdb::DbError),
+    #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),

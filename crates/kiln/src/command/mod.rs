@@ -187,6 +187,19 @@ pub enum Command {
         #[serde(default)]
         sign: Option<String>,
     },
+    /// Fetch osv.dev's exports (or a mirror's) into kiln's own database,
+    /// which `kiln scan` uses when no `db` is given.
+    DbUpdate {
+        /// A mirror laid out as osv.dev's bucket (`URL/<Ecosystem>/all.zip`).
+        #[serde(default)]
+        mirror: Option<String>,
+        /// An extra CA for the mirror's certificate.
+        #[serde(default)]
+        ca: Option<PathBuf>,
+        /// Only these ecosystems (default: all kiln matches).
+        #[serde(default)]
+        ecosystems: Vec<String>,
+    },
     /// Copy an image and everything about it from a registry (tagged
     /// locally as `name`, default its title).
     Pull {
@@ -265,6 +278,7 @@ impl Command {
                 v
             }
             Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k, PathNeed::File)],
+            Command::DbUpdate { ca: Some(c), .. } => vec![("db_update.ca", c, PathNeed::File)],
             Command::RotateKey { old_key_file: Some(k), .. } => vec![("rotate_key.old_key_file", k, PathNeed::File)],
             _ => Vec::new(),
         }
@@ -502,7 +516,9 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         }
         Command::Scan { file, reference, db, force } => {
             let f = if file.is_file() { Some(spec::load(&file)?) } else { None };
-            let db = db.ok_or(crate::verify::vulns::VulnError::NoDatabase)?;
+            let db = db
+                .or_else(|| crate::verify::osvdb::current(ctx.store.home()))
+                .ok_or(crate::verify::vulns::VulnError::NoDatabase)?;
             let r = crate::verify::vulns::gate(&ctx.store, f.as_ref(), &reference, &db, force, ctx.now)?;
             Ok(Output::Vulns(Box::new(r)))
         }
@@ -557,6 +573,11 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let mut t = registry::tag_fetched(&ctx.store, fetched, ctx.now)?;
             t.signed_by = registry.signed_by.map(|p| p.display().to_string());
             Ok(Output::Transfer(Box::new(t)))
+        }
+        Command::DbUpdate { mirror, ca, ecosystems } => {
+            let source = mirror.as_deref().unwrap_or(crate::verify::osvdb::DEFAULT_SOURCE);
+            let u = crate::verify::osvdb::update(ctx.store.home(), source, ca.as_deref(), &ecosystems, ctx.now)?;
+            Ok(Output::DbUpdated(Box::new(u)))
         }
         Command::Login { registry, username, password, settings } => {
             let creds = crate::image::registry::Credentials { username, password: password.0 };

@@ -143,7 +143,7 @@ pub fn release(run: ReleaseRun, ctx: &mut Context<'_>) -> Result<PipelineReport,
     }
 
     let t = Instant::now();
-    let db = run.db.ok_or(verify::vulns::VulnError::NoDatabase)?;
+    let db = run.db.or_else(|| verify::osvdb::current(ctx.store.home())).ok_or(verify::vulns::VulnError::NoDatabase)?;
     let v = verify::vulns::gate(&ctx.store, Some(&f), &digest, &db, run.force_db, ctx.now)?;
     let summary = format!("{} packages, {} findings, {} failing", v.packages, v.findings.len(), v.failing);
     report.steps.push(step("scan", t, v.passed, summary, &v));

@@ -212,6 +212,15 @@ pub fn status(e: &CommandError) -> u16 {
             VulnError::Stale { .. } => 409,
         },
         CommandError::Inventory(i) => inventory(i),
+        CommandError::Db(d) => {
+            use crate::verify::osvdb::DbError;
+            match d {
+                DbError::NotHttps { .. } | DbError::Ecosystem { .. } | DbError::Ca { .. } => 400,
+                DbError::Io { .. } => 500,
+                // The source failed, or sent what is not an export.
+                DbError::Fetch { .. } | DbError::Status { .. } | DbError::Invalid { .. } => 502,
+            }
+        }
         CommandError::Promote(p) if p.is_refusal() => 403,
         CommandError::Promote(p) => match p {
             PromoteError::Store(s) => store(s),
@@ -503,6 +512,7 @@ mod tests {
             Command::Release(_) => "release",
             Command::Push { .. } => "push",
             Command::Pull { .. } => "pull",
+            Command::DbUpdate { .. } => "db_update",
             Command::Sbom { .. } => "sbom",
             Command::KeyGenerate { .. } => "key_generate",
             Command::Sign { .. } => "sign",
@@ -604,6 +614,7 @@ mod tests {
                 sign: None,
             },
             Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None, registry: Default::default() },
+            Command::DbUpdate { mirror: None, ca: None, ecosystems: Vec::new() },
             Command::Sbom { reference: "r".into() },
             Command::KeyGenerate { name: "k".into() },
             Command::Sign { reference: "r".into(), key: "k".into() },

@@ -77,6 +77,22 @@ impl Write for Stream {
     }
 }
 
+/// `https://host[:port]/path` → (`host:port`, `host`, `/path`); None for
+/// anything else.
+pub fn split_https_url(url: &str) -> Option<(String, String, String)> {
+    let rest = url.strip_prefix("https://")?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let with_port = if host.len() == authority.len() { format!("{authority}:443") } else { authority.to_owned() };
+    Some((with_port, host.trim_matches(['[', ']']).to_owned(), path.to_owned()))
+}
+
 /// Connects to `authority` (`HOST:PORT`, every address it resolves to in
 /// turn), over TLS with `tls` (the server name is its host).
 pub fn connect(authority: &str, tls: Option<&Arc<rustls::ClientConfig>>, timeout: Duration) -> io::Result<Stream> {

@@ -17,6 +17,7 @@ pub mod gobin;
 pub mod inventory;
 pub mod leaks;
 pub mod osv;
+pub mod osvdb;
 pub mod promote;
 pub mod sbom;
 pub mod sign;

@@ -190,6 +190,10 @@ pub struct Finding {
     pub summary: Option<String>,
     pub severity: Level,
     pub score: Option<f64>,
+    /// Where the severity came from: `cvss`, `debian urgency`, the alias
+    /// whose score it took, or the database's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity_from: Option<String>,
     pub kind: Kind,
     pub package: String,
     pub version: String,
@@ -214,19 +218,75 @@ pub enum OsvError {
 #[derive(Debug, Default)]
 pub struct Database {
     pub source: PathBuf,
+    /// The records loaded: all of them, or those about the packages asked
+    /// for ([`Database::load_for`]).
     pub advisories: Vec<Advisory>,
+    /// How many records the database holds, loaded or not.
+    pub total: usize,
     /// The newest `modified` of any record (Unix seconds): the data's age.
     pub newest_modified: Option<i64>,
+    /// The CVSS v3 score of every record that has one, by id: a record
+    /// without one (Debian's) takes its CVE alias's.
+    pub scores: HashMap<String, f64>,
     index: HashMap<(String, String), Vec<(usize, usize)>>,
 }
 
+/// (ecosystem, package) pairs, as records name them.
+pub type Keys = std::collections::HashSet<(String, String)>;
+
+/// The name of the index file of a database kiln wrote (`kiln db update`).
+pub const INDEX: &str = "index.json";
+
+/// Where a stored record is: (file number, offset, length).
+pub type Spot = (usize, u64, u64);
+
+/// What [`unzip_each`] calls with each entry: its name and bytes.
+pub type EntryFn<'a> = dyn FnMut(&str, Vec<u8>) -> Result<(), String> + 'a;
+
+/// The index of a database `kiln db update` wrote: each record once, as a
+/// line of `files[i]`, found by (ecosystem, package) without reading the
+/// others.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredIndex {
+    pub format: u32,
+    pub records: usize,
+    pub newest_modified: Option<i64>,
+    pub files: Vec<String>,
+    /// Ecosystem → package → (file, offset, length) of each record naming it.
+    pub packages: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<Spot>>>,
+    pub scores: std::collections::BTreeMap<String, f64>,
+}
+
 impl Database {
-    /// Reads a directory (recursively) of `*.json`, or a `.zip` of them.
+    /// Reads a directory (recursively) of `*.json`, a `.zip` of them, or a
+    /// database `kiln db update` wrote.
     pub fn load(path: &Path) -> Result<Database, OsvError> {
+        Self::load_for(path, None)
+    }
+
+    /// [`Database::load`], keeping only the records about `keys` (every
+    /// record is still read and checked, except from kiln's own store,
+    /// where the index finds them).
+    pub fn load_for(path: &Path, keys: Option<&Keys>) -> Result<Database, OsvError> {
         let io = |source| OsvError::Io { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(io)?;
-        let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut db = Database { source: path.to_owned(), ..Database::default() };
+        if meta.is_dir() && path.join(INDEX).is_file() {
+            db.load_stored(path, keys)?;
+            return Ok(db);
+        }
+        let mut take = |name: &str, bytes: &[u8]| -> Result<(), OsvError> {
+            let a = parse_record(name, bytes)?;
+            db.note(&a);
+            if keys.is_none_or(|k| {
+                a.affected.iter().flat_map(|x| &x.package).any(|p| k.contains(&(p.ecosystem.clone(), p.name.clone())))
+            }) {
+                db.add(a);
+            }
+            Ok(())
+        };
         if meta.is_dir() {
+            let mut files = Vec::new();
             let mut dirs = vec![path.to_owned()];
             while let Some(d) = dirs.pop() {
                 let rd = std::fs::read_dir(&d).map_err(|source| OsvError::Io { path: d.clone(), source })?;
@@ -236,35 +296,93 @@ impl Database {
                     if p.is_dir() {
                         dirs.push(p);
                     } else if p.extension().is_some_and(|x| x == "json") {
-                        let bytes = std::fs::read(&p).map_err(|source| OsvError::Io { path: p.clone(), source })?;
-                        docs.push((p.display().to_string(), bytes));
+                        files.push(p);
                     }
                 }
             }
+            files.sort();
+            for p in files {
+                let bytes = std::fs::read(&p).map_err(|source| OsvError::Io { path: p.clone(), source })?;
+                take(&p.display().to_string(), &bytes)?;
+            }
         } else {
             let bytes = std::fs::read(path).map_err(io)?;
-            let invalid = |message| OsvError::Invalid { path: path.to_owned(), message };
-            for (name, data) in unzip(&bytes).map_err(invalid)? {
+            let mut failed = None;
+            unzip_each(&bytes, &mut |name, data| {
                 if name.ends_with(".json") {
-                    docs.push((format!("{}!{name}", path.display()), data));
+                    if let Err(e) = take(&format!("{}!{name}", path.display()), &data) {
+                        failed = Some(e);
+                        return Err(String::new());
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|message| failed.take().unwrap_or(OsvError::Invalid { path: path.to_owned(), message }))?;
+        }
+        Ok(db)
+    }
+
+    /// Counts a record read, its time and its score.
+    fn note(&mut self, a: &Advisory) {
+        self.total += 1;
+        if let Some(m) = crate::time::parse_rfc3339(&a.modified) {
+            self.newest_modified = Some(self.newest_modified.map_or(m, |n| n.max(m)));
+        }
+        if let Some(s) = cvss_of(&a.severity) {
+            self.scores.insert(a.id.clone(), s);
+        }
+    }
+
+    /// The records of a stored database about `keys` (all, without keys).
+    fn load_stored(&mut self, dir: &Path, keys: Option<&Keys>) -> Result<(), OsvError> {
+        use std::io::{Seek, SeekFrom};
+        let ipath = dir.join(INDEX);
+        let text = std::fs::read(&ipath).map_err(|source| OsvError::Io { path: ipath.clone(), source })?;
+        let index: StoredIndex = serde_json::from_slice(&text)
+            .map_err(|e| OsvError::Invalid { path: ipath.clone(), message: format!("not kiln's index: {e}") })?;
+        self.total = index.records;
+        self.newest_modified = index.newest_modified;
+        self.scores = index.scores.into_iter().collect();
+        let mut wanted: Vec<Spot> = Vec::new();
+        for (eco, packages) in &index.packages {
+            for (name, spots) in packages {
+                if keys.is_none_or(|k| k.contains(&(eco.clone(), name.clone()))) {
+                    wanted.extend(spots);
                 }
             }
         }
-        docs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut db = Database { source: path.to_owned(), ..Database::default() };
-        for (name, bytes) in docs {
-            let a: Advisory = serde_json::from_slice(&bytes).map_err(|e| OsvError::Invalid {
-                path: PathBuf::from(&name),
-                message: format!("not an OSV record: {e}"),
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut files: HashMap<usize, std::fs::File> = HashMap::new();
+        for (f, offset, len) in wanted {
+            let name = index.files.get(f).ok_or_else(|| OsvError::Invalid {
+                path: ipath.clone(),
+                message: format!("file {f} is not in the index's list"),
             })?;
-            let modified = crate::time::parse_rfc3339(&a.modified).ok_or_else(|| OsvError::Invalid {
-                path: PathBuf::from(&name),
-                message: format!("modified: {:?} is not an RFC 3339 time", a.modified),
-            })?;
-            db.newest_modified = Some(db.newest_modified.map_or(modified, |m| m.max(modified)));
-            db.add(a);
+            let path = dir.join(name);
+            let io = |source| OsvError::Io { path: path.clone(), source };
+            let file = match files.entry(f) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(std::fs::File::open(&path).map_err(io)?),
+            };
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let mut bytes = vec![0; len as usize];
+            file.read_exact(&mut bytes).map_err(io)?;
+            let a = parse_record(&format!("{}@{offset}", path.display()), &bytes)?;
+            self.add(a);
         }
-        Ok(db)
+        Ok(())
+    }
+
+    /// The (ecosystem, package) pairs [`Database::matches`] looks up for
+    /// `inv`: what to load.
+    pub fn keys(inv: &Inventory) -> Keys {
+        let os = inv.os.as_ref().and_then(|o| o.ecosystem());
+        inv.packages
+            .iter()
+            .filter(|p| p.installed)
+            .filter_map(|p| Some((ecosystem_of(p, os.as_deref())?, p.source.clone())))
+            .collect()
     }
 
     /// Adds one record (withdrawn ones are kept out of the index).
@@ -277,6 +395,9 @@ impl Database {
                 }
             }
         }
+        if let Some(s) = cvss_of(&a.severity) {
+            self.scores.entry(a.id.clone()).or_insert(s);
+        }
         self.advisories.push(a);
     }
 
@@ -287,17 +408,11 @@ impl Database {
         let mut findings = Vec::new();
         let mut notes = Vec::new();
         for p in inv.packages.iter().filter(|p| p.installed) {
-            let eco = match p.kind {
-                Kind::Cargo => "crates.io".to_owned(),
-                Kind::Golang => "Go".to_owned(),
-                Kind::Binary => continue,
-                Kind::Deb | Kind::Apk => match &os_ecosystem {
-                    Some(e) => e.clone(),
-                    None => {
-                        notes.push(format!("{} {}: no os-release names its distribution", p.name, p.version));
-                        continue;
-                    }
-                },
+            let Some(eco) = ecosystem_of(p, os_ecosystem.as_deref()) else {
+                if matches!(p.kind, Kind::Deb | Kind::Apk) {
+                    notes.push(format!("{} {}: no os-release names its distribution", p.name, p.version));
+                }
+                continue;
             };
             let Some(hits) = self.index.get(&(eco, p.source.clone())) else { continue };
             let mut seen: Vec<usize> = Vec::new();
@@ -309,13 +424,14 @@ impl Database {
                 }
                 if let Some(fixed) = affects(aff, p) {
                     seen.push(i);
-                    let (severity, score) = severity_of(a, aff);
+                    let (severity, score, severity_from) = severity_of(a, aff, &self.scores);
                     findings.push(Finding {
                         id: a.id.clone(),
                         aliases: a.aliases.clone(),
                         summary: a.summary.clone(),
                         severity,
                         score,
+                        severity_from,
                         kind: p.kind,
                         package: p.name.clone(),
                         version: p.version.clone(),
@@ -391,30 +507,102 @@ fn first_fix(aff: &Affected, p: &Package) -> Option<String> {
         .min_by(|a, b| compare(p.kind, a, b).unwrap_or(Ordering::Equal))
 }
 
-/// The highest CVSS v3 score given (record or entry), else a severity word.
-fn severity_of(a: &Advisory, aff: &Affected) -> (Level, Option<f64>) {
-    let score = a
-        .severity
-        .iter()
-        .chain(&aff.severity)
-        .filter(|s| s.kind == "CVSS_V3")
-        .filter_map(|s| cvss3_score(&s.score))
-        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))));
-    if let Some(s) = score {
-        return (Level::of_score(s), Some(s));
+/// Parses one record, checking its `modified` time.
+pub(crate) fn parse_record(name: &str, bytes: &[u8]) -> Result<Advisory, OsvError> {
+    let a: Advisory = serde_json::from_slice(bytes)
+        .map_err(|e| OsvError::Invalid { path: PathBuf::from(name), message: format!("not an OSV record: {e}") })?;
+    if crate::time::parse_rfc3339(&a.modified).is_none() {
+        return Err(OsvError::Invalid {
+            path: PathBuf::from(name),
+            message: format!("modified: {:?} is not an RFC 3339 time", a.modified),
+        });
     }
-    let word = [&aff.ecosystem_specific, &aff.database_specific, &a.database_specific]
-        .into_iter()
-        .flatten()
-        .find_map(|v| v.get("severity").and_then(|s| s.as_str()).and_then(Level::parse));
-    (word.unwrap_or(Level::Unknown), None)
+    Ok(a)
 }
 
-/// The entries of a zip archive: (name, contents). Stored and deflated
-/// entries only; zip64 and encryption are refused by name.
+/// The ecosystem a package's advisories are filed under.
+fn ecosystem_of(p: &Package, os: Option<&str>) -> Option<String> {
+    match p.kind {
+        Kind::Cargo => Some("crates.io".to_owned()),
+        Kind::Golang => Some("Go".to_owned()),
+        Kind::Binary => None,
+        Kind::Deb | Kind::Apk => os.map(str::to_owned),
+    }
+}
+
+/// The highest CVSS v3 base score among `severity`.
+pub fn cvss_of(severity: &[Severity]) -> Option<f64> {
+    severity
+        .iter()
+        .filter(|s| s.kind == "CVSS_V3")
+        .filter_map(|s| cvss3_score(&s.score))
+        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))))
+}
+
+/// Debian's urgency word (the security tracker's, carried in the Debian
+/// export's `ecosystem_specific` or `database_specific`), when assigned:
+/// `unimportant` is Debian saying its build is not affected in practice.
+fn debian_urgency(v: &serde_json::Value) -> Option<Level> {
+    let u = v.get("urgency")?.as_str()?.trim_end_matches('*').to_ascii_lowercase();
+    Some(match u.as_str() {
+        "unimportant" | "low" => Level::Low,
+        "medium" => Level::Medium,
+        "high" => Level::High,
+        // "not yet assigned", "end-of-life": no word from Debian.
+        _ => return None,
+    })
+}
+
+/// A record's severity and where it came from, in this order: its own
+/// CVSS v3 score (record or entry); Debian's urgency, when assigned;
+/// the CVSS score of an alias (a Debian record names its CVE) that the
+/// database holds; the database's severity word; else unknown.
+fn severity_of(a: &Advisory, aff: &Affected, scores: &HashMap<String, f64>) -> (Level, Option<f64>, Option<String>) {
+    let score = cvss_of(&a.severity)
+        .into_iter()
+        .chain(cvss_of(&aff.severity))
+        .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))));
+    if let Some(s) = score {
+        return (Level::of_score(s), Some(s), Some("cvss".into()));
+    }
+    let specific = [&aff.ecosystem_specific, &aff.database_specific, &a.database_specific];
+    if let Some(l) = specific.iter().copied().flatten().find_map(debian_urgency) {
+        return (l, None, Some("debian urgency".into()));
+    }
+    if let Some((alias, s)) =
+        a.aliases.iter().filter_map(|x| scores.get(x).map(|s| (x, *s))).max_by(|x, y| x.1.total_cmp(&y.1))
+    {
+        return (Level::of_score(s), Some(s), Some(alias.clone()));
+    }
+    let word =
+        specific.into_iter().flatten().find_map(|v| v.get("severity").and_then(|s| s.as_str()).and_then(Level::parse));
+    match word {
+        Some(l) => (l, None, Some("severity".into())),
+        None => (Level::Unknown, None, None),
+    }
+}
+
+/// The entries of a zip archive: (name, contents). See [`unzip_each`].
 pub fn unzip(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    unzip_each(zip, &mut |name, bytes| {
+        out.push((name.to_owned(), bytes));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each entry of a zip archive in turn, inflated (one entry
+/// in memory at a time: osv.dev's Debian export inflates to gigabytes).
+/// Stored and deflated entries only; zip64 archives (over 65,535 entries,
+/// which a full export has) are read; encryption is refused by name.
+/// Returns the number of entries.
+pub fn unzip_each(zip: &[u8], f: &mut EntryFn<'_>) -> Result<usize, String> {
     let u16_at = |i: usize| zip.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let u32_at = |i: usize| zip.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u64_at = |i: usize| {
+        zip.get(i..i + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+    };
     let short = || "truncated: a header runs past the end".to_owned();
     // The end-of-central-directory record, searched from the end (it may
     // be followed by a comment of up to 64 KiB).
@@ -423,27 +611,59 @@ pub fn unzip(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         .rev()
         .find(|&i| zip[i..].starts_with(b"PK\x05\x06"))
         .ok_or("not a zip file (no end-of-central-directory record)")?;
-    let count = u16_at(eocd + 10).ok_or_else(short)?;
+    let mut count = u16_at(eocd + 10).ok_or_else(short)?;
     let mut at = u32_at(eocd + 16).ok_or_else(short)?;
     if count == 0xFFFF || at == 0xFFFF_FFFF {
-        return Err("a zip64 archive (over 65,535 entries or 4 GiB), which kiln does not read".into());
+        // zip64: the locator just before the record names the zip64 end
+        // record, which holds the 8-byte count and offset.
+        let loc =
+            eocd.checked_sub(20).filter(|&l| zip[l..].starts_with(b"PK\x06\x07")).ok_or("zip64 without its locator")?;
+        let end64 = u64_at(loc + 8).ok_or_else(short)?;
+        if !zip.get(end64..).is_some_and(|z| z.starts_with(b"PK\x06\x06")) {
+            return Err(format!("bad zip64 end record at byte {end64}"));
+        }
+        count = u64_at(end64 + 32).ok_or_else(short)?;
+        at = u64_at(end64 + 48).ok_or_else(short)?;
     }
-    let mut out = Vec::with_capacity(count);
+    let mut entries = 0;
     for _ in 0..count {
         if !zip.get(at..).is_some_and(|z| z.starts_with(b"PK\x01\x02")) {
             return Err(format!("bad central directory entry at byte {at}"));
         }
         let flags = u16_at(at + 8).ok_or_else(short)?;
         let method = u16_at(at + 10).ok_or_else(short)?;
-        let csize = u32_at(at + 20).ok_or_else(short)?;
-        let usize_ = u32_at(at + 24).ok_or_else(short)?;
+        let mut csize = u32_at(at + 20).ok_or_else(short)?;
+        let mut usize_ = u32_at(at + 24).ok_or_else(short)?;
         let (n, x, c) = (
             u16_at(at + 28).ok_or_else(short)?,
             u16_at(at + 30).ok_or_else(short)?,
             u16_at(at + 32).ok_or_else(short)?,
         );
-        let local = u32_at(at + 42).ok_or_else(short)?;
+        let mut local = u32_at(at + 42).ok_or_else(short)?;
         let name = String::from_utf8_lossy(zip.get(at + 46..at + 46 + n).ok_or_else(short)?).into_owned();
+        // A zip64 extra field holds, in order, the fields set to all ones.
+        if usize_ == 0xFFFF_FFFF || csize == 0xFFFF_FFFF || local == 0xFFFF_FFFF {
+            let extra = zip.get(at + 46 + n..at + 46 + n + x).ok_or_else(short)?;
+            let mut i = 0;
+            while i + 4 <= extra.len() {
+                let (id, len) = (
+                    u16::from_le_bytes([extra[i], extra[i + 1]]),
+                    u16::from_le_bytes([extra[i + 2], extra[i + 3]]) as usize,
+                );
+                if id == 1 {
+                    let base = at + 46 + n + i + 4;
+                    let mut k = 0;
+                    for field in [&mut usize_, &mut csize, &mut local] {
+                        if *field == 0xFFFF_FFFF {
+                            *field = u64_at(base + k).ok_or_else(short)?;
+                            k += 8;
+                        }
+                    }
+                    break;
+                }
+                i += 4 + len;
+            }
+        }
         at += 46 + n + x + c;
         if flags & 1 != 0 {
             return Err(format!("{name}: encrypted entries are not read"));
@@ -459,7 +679,7 @@ pub fn unzip(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         let bytes = match method {
             0 => data.to_vec(),
             8 => {
-                let mut v = Vec::with_capacity(usize_);
+                let mut v = Vec::with_capacity(usize_.min(64 << 20));
                 flate2::read::DeflateDecoder::new(data)
                     .take(usize_ as u64 + 1)
                     .read_to_end(&mut v)
@@ -471,9 +691,10 @@ pub fn unzip(zip: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         if bytes.len() != usize_ {
             return Err(format!("{name}: inflates to {} bytes, the directory says {usize_}", bytes.len()));
         }
-        out.push((name, bytes));
+        f(&name, bytes)?;
+        entries += 1;
     }
-    Ok(out)
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -567,13 +788,32 @@ mod tests {
             r#"{"id":"A","modified":"2024-01-01T00:00:00Z","severity":[{"type":"CVSS_V3","score":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
                 "affected":[{"package":{"ecosystem":"crates.io","name":"x"}}]}"#,
         );
-        assert_eq!(severity_of(&a, &a.affected[0]), (Level::Critical, Some(9.8)));
+        let none = HashMap::new();
+        assert_eq!(severity_of(&a, &a.affected[0], &none), (Level::Critical, Some(9.8), Some("cvss".into())));
         let b = advisory(
             r#"{"id":"B","modified":"2024-01-01T00:00:00Z","database_specific":{"severity":"MODERATE"},"affected":[{"package":{"ecosystem":"crates.io","name":"x"}}]}"#,
         );
-        assert_eq!(severity_of(&b, &b.affected[0]), (Level::Medium, None));
+        assert_eq!(severity_of(&b, &b.affected[0], &none), (Level::Medium, None, Some("severity".into())));
         let c = advisory(r#"{"id":"C","modified":"2024-01-01T00:00:00Z","affected":[{}]}"#);
-        assert_eq!(severity_of(&c, &c.affected[0]), (Level::Unknown, None));
+        assert_eq!(severity_of(&c, &c.affected[0], &none), (Level::Unknown, None, None));
+        // Debian's records: the tracker's urgency when assigned, else the
+        // CVE alias's score where the database carries that record.
+        let d = advisory(
+            r#"{"id":"DEBIAN-CVE-1","aliases":["CVE-1"],"modified":"2024-01-01T00:00:00Z",
+                "affected":[{"package":{"ecosystem":"Debian:12","name":"zlib"},"ecosystem_specific":{"urgency":"unimportant"}}]}"#,
+        );
+        let scores = HashMap::from([("CVE-1".to_owned(), 9.8)]);
+        assert_eq!(severity_of(&d, &d.affected[0], &scores), (Level::Low, None, Some("debian urgency".into())));
+        let e = advisory(
+            r#"{"id":"DEBIAN-CVE-1","aliases":["CVE-1"],"modified":"2024-01-01T00:00:00Z",
+                "affected":[{"package":{"ecosystem":"Debian:12","name":"zlib"},"ecosystem_specific":{"urgency":"not yet assigned"}}]}"#,
+        );
+        assert_eq!(severity_of(&e, &e.affected[0], &scores), (Level::Critical, Some(9.8), Some("CVE-1".into())));
+        assert_eq!(severity_of(&e, &e.affected[0], &none), (Level::Unknown, None, None));
+        let f = advisory(
+            r#"{"id":"DSA-1","modified":"2024-01-01T00:00:00Z","database_specific":{"urgency":"medium**"},"affected":[{}]}"#,
+        );
+        assert_eq!(severity_of(&f, &f.affected[0], &none).0, Level::Medium);
     }
 
     #[test]

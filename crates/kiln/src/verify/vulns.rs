@@ -21,7 +21,10 @@ pub enum VulnError {
     Inventory(#[from] InventoryError),
     #[error("vulnerability database {}: {source}", path.display())]
     Database { path: std::path::PathBuf, source: OsvError },
-    #[error("no vulnerability database: give --db PATH (a directory or zip of OSV JSON) or set KILN_OSV_DB")]
+    #[error(
+        "no vulnerability database: run `kiln db update` (osv.dev's exports), or give --db PATH (a directory or zip \
+         of OSV JSON) or set KILN_OSV_DB"
+    )]
     NoDatabase,
     #[error(
         "vulnerability database {}: its newest record is {age_days} days old, over the limit of {limit_days} days \
@@ -142,7 +145,12 @@ pub fn gate(
         .and_then(|t| file.and_then(|f| f.images.get(t)))
         .map(|i| i.scan.clone())
         .unwrap_or_default();
-    let database = Database::load(db).map_err(|source| VulnError::Database { path: db.to_owned(), source })?;
+    // The inventory first: only the records about its packages are kept
+    // (from kiln's own store, only those are read).
+    let inv = inventory::collect(store, &desc.digest)?;
+    let keys = Database::keys(&inv);
+    let database =
+        Database::load_for(db, Some(&keys)).map_err(|source| VulnError::Database { path: db.to_owned(), source })?;
     let age_days = database.newest_modified.map(|t| (now - t).max(0) / 86_400);
     let too_old = database.newest_modified.is_none_or(|t| now - t > policy.max_db_age_secs);
     if too_old && !force {
@@ -152,7 +160,6 @@ pub fn gate(
             limit_days: policy.max_db_age_secs / 86_400,
         });
     }
-    let inv = inventory::collect(store, &desc.digest)?;
     let (found, mut notes) = database.matches(&inv);
     notes.extend(inv.notes.iter().cloned());
     let (findings, expired_allows) = judge(found, &policy, now);
@@ -165,7 +172,7 @@ pub fn gate(
         packages: inv.packages.len(),
         db: DbInfo {
             path: db.to_owned(),
-            advisories: database.advisories.len(),
+            advisories: database.total,
             newest_record: database.newest_modified.map(crate::time::rfc3339),
             age_days,
             forced: too_old && force,
@@ -206,6 +213,7 @@ mod tests {
             summary: None,
             severity,
             score: None,
+            severity_from: None,
             kind: Kind::Deb,
             package: "libc6".into(),
             version: "2.36-9".into(),
@@ -229,6 +237,7 @@ mod tests {
                 },
                 AllowVuln { id: "X-2".into(), reason: "old".into(), expires: "d".into(), expires_at: 5 * day },
             ],
+            fail_unknown: true,
             ..ScanSpec::default()
         };
         let list = || {
@@ -251,7 +260,10 @@ mod tests {
         assert_eq!((expired[0].index, expired[0].id.as_str()), (1, "X-2"));
         let lenient = ScanSpec { fail_on: Severity::Never, fail_unknown: false, ..ScanSpec::default() };
         assert!(judge(list(), &lenient, 0).0.iter().all(|j| !j.failing));
-        let strict = ScanSpec { fail_on: Severity::Medium, ..ScanSpec::default() };
+        let strict = ScanSpec { fail_on: Severity::Medium, fail_unknown: true, ..ScanSpec::default() };
         assert_eq!(judge(list(), &strict, 0).0.iter().filter(|j| j.failing).count(), 4);
+        let default: Vec<String> =
+            judge(list(), &ScanSpec::default(), 0).0.into_iter().filter(|j| j.failing).map(|j| j.finding.id).collect();
+        assert_eq!(default, ["X-1", "X-2"], "by default: high and above; unknown is reported, not failing");
     }
 }
