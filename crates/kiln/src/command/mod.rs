@@ -188,7 +188,8 @@ pub enum Command {
         sign: Option<String>,
     },
     /// Fetch osv.dev's exports (or a mirror's) into kiln's own database,
-    /// which `kiln scan` uses when no `db` is given.
+    /// which `kiln scan` uses when no `db` is given. Carried out in the
+    /// caller's process (it goes online), never as an API body.
     DbUpdate {
         /// A mirror laid out as osv.dev's bucket (`URL/<Ecosystem>/all.zip`).
         #[serde(default)]
@@ -279,6 +280,16 @@ impl Command {
             }
             Command::VerifySignature { key: Some(k), .. } => vec![("verify_signature.key", k, PathNeed::File)],
             Command::DbUpdate { ca: Some(c), .. } => vec![("db_update.ca", c, PathNeed::File)],
+            Command::Push { registry, .. } => {
+                registry.ca.as_mut().map(|c| ("push.registry.ca", c, PathNeed::File)).into_iter().collect()
+            }
+            Command::Pull { registry, .. } => {
+                let crate::spec::registries::RegistrySpec { ca, signed_by, .. } = registry;
+                let mut v: Vec<(&'static str, &mut PathBuf, PathNeed)> = Vec::new();
+                v.extend(ca.as_mut().map(|c| ("pull.registry.ca", c, PathNeed::File)));
+                v.extend(signed_by.as_mut().map(|k| ("pull.registry.signed_by", k, PathNeed::File)));
+                v
+            }
             Command::RotateKey { old_key_file: Some(k), .. } => vec![("rotate_key.old_key_file", k, PathNeed::File)],
             _ => Vec::new(),
         }

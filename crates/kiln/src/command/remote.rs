@@ -44,6 +44,7 @@ impl Job {
                 | Command::RotateKey { .. }
                 | Command::Login { .. }
                 | Command::Logout { .. }
+                | Command::DbUpdate { .. }
         )
     }
 
@@ -485,6 +486,7 @@ mod tests {
             Command::Controller(_)
             | Command::Proxy(_)
             | Command::RotateKey { .. }
+            | Command::DbUpdate { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,
             Command::Bake { .. } => "bake",
@@ -512,7 +514,6 @@ mod tests {
             Command::Release(_) => "release",
             Command::Push { .. } => "push",
             Command::Pull { .. } => "pull",
-            Command::DbUpdate { .. } => "db_update",
             Command::Sbom { .. } => "sbom",
             Command::KeyGenerate { .. } => "key_generate",
             Command::Sign { .. } => "sign",
@@ -614,7 +615,6 @@ mod tests {
                 sign: None,
             },
             Command::Pull { remote: "127.0.0.1:5000/r:1".into(), name: None, registry: Default::default() },
-            Command::DbUpdate { mirror: None, ca: None, ecosystems: Vec::new() },
             Command::Sbom { reference: "r".into() },
             Command::KeyGenerate { name: "k".into() },
             Command::Sign { reference: "r".into(), key: "k".into() },
