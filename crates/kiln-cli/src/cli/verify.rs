@@ -100,6 +100,9 @@ pub fn render(output: &Output) {
             let d = t.digest.as_ref().map_or(String::new(), |d| d.to_string());
             println!("{} -> {} ({d}) in {} ms", t.reference, t.remote, t.duration_ms);
             println!("  {} blobs moved ({} bytes), {} already there", t.blobs, t.bytes, t.blobs_present);
+            if t.blobs_mounted > 0 || t.blobs_chunked > 0 {
+                println!("  {} mounted from another repository, {} sent in chunks", t.blobs_mounted, t.blobs_chunked);
+            }
             if let Some(k) = &t.signed_by {
                 println!("  signature: {k}");
             }

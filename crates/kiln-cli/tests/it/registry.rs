@@ -269,3 +269,40 @@ fn signed_by_refuses_unsigned_and_forged_signatures_on_pull() {
     assert!(e.contains("not signed"), "{e}");
     assert_eq!(kiln_ok(&forged, &strict, &["images"]).lines().count(), 1, "nothing tagged");
 }
+
+/// A layer over 16 MiB goes up in chunks (PATCH with Content-Range), and
+/// arrives whole; pushed to another repository of the same registry, every
+/// blob is mounted from the first instead of sent again.
+#[test]
+fn a_large_layer_goes_up_in_chunks_and_another_repository_mounts_it() {
+    let _room = common::room("registry");
+    let reg = Registry::start();
+    let (dir, home) = (tempdir("reg-chunk-src"), tempdir("reg-chunk-home"));
+    // 40 MB that gzip cannot shrink: three chunks.
+    let mut noise = vec![0u8; 40 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(dir.join("noise.bin"), &noise).unwrap();
+    fs::write(
+        dir.join("kiln.toml"),
+        "[image.big]\nfrom = \"scratch\"\nversion = \"1\"\ncopy = [{ src = \"noise.bin\", dest = \"/noise.bin\" }]\n",
+    )
+    .unwrap();
+    let digest = bake_digests(&home, &dir, &[])[0].clone();
+    let t = json(&kiln_ok(&home, &dir, &["push", "big:1", &reg.repo("team/big:1"), "--json"]));
+    assert_eq!((t["blobs_chunked"].as_u64(), t["blobs_mounted"].as_u64()), (Some(1), Some(0)), "{t}");
+    assert!(t["bytes"].as_u64().unwrap() > 40 << 20, "{t}");
+    // What arrived is whole: another home pulls it, every blob verified.
+    let other = tempdir("reg-chunk-other");
+    assert_eq!(json(&kiln_ok(&other, &dir, &["pull", &reg.repo("team/big:1"), "--json"]))["digest"], digest.as_str());
+    // Another repository: mounted, nothing sent.
+    let t = json(&kiln_ok(&home, &dir, &["push", "big:1", &reg.repo("team/copy:1"), "--json"]));
+    assert_eq!((t["blobs_mounted"].as_u64(), t["bytes"].as_u64()), (Some(2), Some(0)), "config and layer: {t}");
+    let out = run("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", reg.repo("team/copy:1"))]);
+    assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["Digest"], digest.as_str());
+}

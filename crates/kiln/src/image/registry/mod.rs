@@ -34,6 +34,10 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vn
 const ACCEPT_ANY: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 /// Blobs moved at once: each on its own connection.
 const PARALLEL: usize = 4;
+/// A blob larger than this goes up in chunks of this size (`PATCH` with
+/// `Content-Range`), as registries behind a proxy with a body limit need;
+/// a smaller one in a single `PUT`.
+const CHUNK: u64 = 16 << 20;
 /// A manifest or a tag list larger than this is refused.
 const MAX_DOCUMENT: u64 = 4 << 20;
 
@@ -74,6 +78,13 @@ pub struct Transfer {
     /// Blobs sent or fetched, and those the other side had already.
     pub blobs: u64,
     pub blobs_present: u64,
+    /// Blobs the registry linked from another of its repositories
+    /// (cross-repository mount) instead of receiving them.
+    #[serde(default)]
+    pub blobs_mounted: u64,
+    /// Blobs sent in chunks (larger than 16 MiB).
+    #[serde(default)]
+    pub blobs_chunked: u64,
     pub bytes: u64,
     /// The artifacts' tags (records, SBOMs, signatures) carried along.
     pub artifacts: Vec<String>,
@@ -163,30 +174,100 @@ fn location_path(loc: &str) -> String {
     }
 }
 
-fn push_blob(c: &Client<'_>, store: &Store, repo: &str, d: &Descriptor, t: &mut Transfer) -> Result<(), RegistryError> {
+/// Sends one blob unless the repository has it: linked from `mount_from`
+/// (another repository of the same registry kiln moved images through)
+/// when the registry can, else uploaded, in one `PUT` or in chunks.
+fn push_blob(
+    c: &Client<'_>,
+    store: &Store,
+    repo: &str,
+    mount_from: Option<&str>,
+    d: &Descriptor,
+    t: &mut Transfer,
+) -> Result<(), RegistryError> {
     let path = format!("/v2/{repo}/blobs/{}", d.digest);
     if c.request("HEAD", &path, &[], Body::None)?.status == 200 {
         t.blobs_present += 1;
         return Ok(());
     }
-    let r = c.expect("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Body::None, &[202])?;
-    let loc = r.header("location").map(location_path).ok_or_else(|| RegistryError::Invalid {
-        host: c.host.to_owned(),
-        what: format!("POST /v2/{repo}/blobs/uploads/"),
-        why: "no Location for the upload".into(),
-    })?;
-    let sep = if loc.contains('?') { '&' } else { '?' };
+    // A registry that cannot mount (or lacks the blob there) answers 202
+    // and the same request has opened an ordinary upload.
+    let post = match mount_from.filter(|f| *f != repo) {
+        Some(from) => format!("/v2/{repo}/blobs/uploads/?mount={}&from={from}", d.digest),
+        None => format!("/v2/{repo}/blobs/uploads/"),
+    };
+    let r = c.expect("POST", &post, &[], Body::None, &[201, 202])?;
+    if r.status == 201 {
+        t.blobs_mounted += 1;
+        return Ok(());
+    }
+    let location = |r: &client::Resp, what: &str| {
+        r.header("location").map(location_path).ok_or_else(|| RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: what.to_owned(),
+            why: "no Location for the upload".into(),
+        })
+    };
+    let mut loc = location(&r, &post)?;
     let file_path = store.blob_path(&d.digest);
     // Verified before it leaves: a swapped blob is never sent.
     store.verify_blob(&d.digest)?;
     let mut f = std::fs::File::open(&file_path).map_err(|e| StoreError::Io { path: file_path.clone(), source: e })?;
     let size = f.metadata().map_err(|e| StoreError::Io { path: file_path, source: e })?.len();
     let headers = [("Content-Type", "application/octet-stream")];
-    c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::Reader(&mut f, size), &[201])?;
+    if size <= CHUNK {
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &headers, Body::Reader(&mut f, size), &[201])?;
+    } else {
+        let mut sent = 0u64;
+        while sent < size {
+            let n = CHUNK.min(size - sent);
+            let range = format!("{sent}-{}", sent + n - 1);
+            let mut part = std::io::Read::take(&mut f, n);
+            let h = [headers[0], ("Content-Range", range.as_str())];
+            let r = c.expect("PATCH", &loc, &h, Body::Reader(&mut part, n), &[202])?;
+            loc = location(&r, &format!("PATCH {loc}"))?;
+            sent += n;
+        }
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        c.expect("PUT", &format!("{loc}{sep}digest={}", d.digest), &[], Body::None, &[201])?;
+        t.blobs_chunked += 1;
+    }
     t.blobs += 1;
     t.bytes += size;
     crate::sys::faults::crash_point("push-blob");
     Ok(())
+}
+
+/// The file listing, per registry, the repositories this home moved
+/// images through (newest first): where a cross-repository mount may find
+/// a blob. A hint only: a wrong one costs a 202.
+fn repos_file(store: &Store) -> std::path::PathBuf {
+    store.home().join("meta/registry-repos.json")
+}
+
+fn known_repos(store: &Store, host: &str) -> Vec<String> {
+    std::fs::read(repos_file(store))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<std::collections::BTreeMap<String, Vec<String>>>(&b).ok())
+        .and_then(|mut m| m.remove(host))
+        .unwrap_or_default()
+}
+
+fn remember_repo(store: &Store, host: &str, repo: &str) {
+    let path = repos_file(store);
+    let mut all: std::collections::BTreeMap<String, Vec<String>> =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let list = all.entry(host.to_owned()).or_default();
+    list.retain(|r| r != repo);
+    list.insert(0, repo.to_owned());
+    list.truncate(16);
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    if let Ok(bytes) = serde_json::to_vec(&all) {
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
 }
 
 /// Pushes one manifest's blobs, then the manifest under `tag`.
@@ -205,7 +286,9 @@ fn push_manifest(
         why: e.to_string(),
     })?;
     let blobs: Vec<&Descriptor> = std::iter::once(&m.config).chain(&m.layers).collect();
-    in_parallel(&blobs, t, |d, t| push_blob(c, store, repo, d, t))?;
+    let known = known_repos(store, c.host);
+    let mount_from = known.iter().find(|r| *r != repo).map(String::as_str);
+    in_parallel(&blobs, t, |d, t| push_blob(c, store, repo, mount_from, d, t))?;
     let media = m.media_type.clone().unwrap_or_else(|| oci::MEDIA_MANIFEST.to_owned());
     let r = c.expect(
         "PUT",
@@ -277,6 +360,7 @@ pub fn push(store: &Store, reference: &str, remote: &Remote, access: &RegistrySp
         push_manifest(&c, store, &remote.repo, &artifact, &atag, &mut t)?;
         t.artifacts.push(atag);
     }
+    remember_repo(store, &remote.host, &remote.repo);
     t.duration_ms = started.elapsed().as_millis() as u64;
     Ok(t)
 }
@@ -384,6 +468,8 @@ fn in_parallel<T: Sync>(
         let mine = r?;
         t.blobs += mine.blobs;
         t.blobs_present += mine.blobs_present;
+        t.blobs_mounted += mine.blobs_mounted;
+        t.blobs_chunked += mine.blobs_chunked;
         t.bytes += mine.bytes;
     }
     Ok(())
@@ -467,6 +553,7 @@ pub fn fetch_image(
     }
     let c = client(store, &remote.host, access)?;
     let (d, m) = pull_manifest(&c, store, &remote.repo, digest.as_str(), &mut t)?;
+    remember_repo(store, &remote.host, &remote.repo);
     t.digest = Some(d);
     t.duration_ms = started.elapsed().as_millis() as u64;
     Ok((m, t))
@@ -568,6 +655,7 @@ pub fn fetch(
             why: "not a valid local image name (use --as NAME)".into(),
         });
     }
+    remember_repo(store, &remote.host, &remote.repo);
     Ok(Fetched { transfer: t, started, reference, name, digest, artifacts })
 }
 
