@@ -27,6 +27,10 @@ pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
 pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
 pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+/// The kind (tag suffix) of one of kiln's artifacts: `test`, `spdx`, ...
+pub const ANNOTATION_ARTIFACT_KIND: &str = "dev.kiln.verification.kind";
+/// The payload layer of a cosign signature.
+pub const MEDIA_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The base an image was baked from, as the OCI annotations name it.
 pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";

@@ -9,6 +9,8 @@ use crate::common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use common::*;
 
@@ -305,4 +307,128 @@ fn a_large_layer_goes_up_in_chunks_and_another_repository_mounts_it() {
     assert_eq!((t["blobs_mounted"].as_u64(), t["bytes"].as_u64()), (Some(2), Some(0)), "config and layer: {t}");
     let out = run("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{}", reg.repo("team/copy:1"))]);
     assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["Digest"], digest.as_str());
+}
+
+/// A plain HTTP GET to the registry; (status, body).
+fn backend_get(port: u16, path: &str, accept: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: r\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&out[9..12]).parse().unwrap();
+    (status, out[split + 4..].to_vec())
+}
+
+/// A front that gives docker-registry (2.8, which has none) the OCI 1.1
+/// referrers API, answered from the backend's cosign-scheme tags as a
+/// registry indexing `subject` would, and that refuses the tag list: a
+/// pull through it that brings every artifact used the referrers API.
+/// Counts referrers requests and refused tag lists.
+fn referrers_front(backend: u16) -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (asked, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, rf) = (asked.clone(), refused.clone());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let (a, rf) = (a.clone(), rf.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line);
+                }
+                let len = head
+                    .iter()
+                    .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let target = head[0].split(' ').nth(1).unwrap_or("/").to_owned();
+                let answer = |c: &mut std::net::TcpStream, status: &str, ctype: &str, body: &[u8]| {
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = c.write_all(body);
+                };
+                if target.ends_with("/tags/list") {
+                    rf.fetch_add(1, Ordering::Relaxed);
+                    return answer(&mut c, "404 Not Found", "text/plain", b"no tag list here");
+                }
+                if let Some((repo, subject)) = target.strip_prefix("/v2/").and_then(|t| t.split_once("/referrers/")) {
+                    a.fetch_add(1, Ordering::Relaxed);
+                    let (_, list) = backend_get(backend, &format!("/v2/{repo}/tags/list"), "*/*");
+                    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+                    let prefix = format!("sha256-{}.", subject.trim_start_matches("sha256:"));
+                    let mut entries = Vec::new();
+                    for tag in list["tags"].as_array().unwrap().iter().filter_map(|t| t.as_str()) {
+                        if !tag.starts_with(&prefix) {
+                            continue;
+                        }
+                        let accept = "application/vnd.oci.image.manifest.v1+json";
+                        let (_, m) = backend_get(backend, &format!("/v2/{repo}/manifests/{tag}"), accept);
+                        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+                        entries.push(serde_json::json!({
+                            "mediaType": accept,
+                            "digest": kiln::digest::Digest::of(&m).to_string(),
+                            "size": m.len(),
+                            "artifactType": v.get("artifactType").cloned().unwrap_or(v["config"]["mediaType"].clone()),
+                            "annotations": v.get("annotations").cloned().unwrap_or_default(),
+                        }));
+                    }
+                    let ix = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+                    return answer(
+                        &mut c,
+                        "200 OK",
+                        "application/vnd.oci.image.index.v1+json",
+                        ix.to_string().as_bytes(),
+                    );
+                }
+                let mut b = std::net::TcpStream::connect(("127.0.0.1", backend)).unwrap();
+                for h in &head {
+                    b.write_all(h.as_bytes()).unwrap();
+                }
+                b.write_all(b"\r\n").unwrap();
+                b.write_all(&body).unwrap();
+                let mut out = Vec::new();
+                let _ = b.read_to_end(&mut out);
+                let _ = c.write_all(&out);
+            });
+        }
+    });
+    (port, asked, refused)
+}
+
+/// Through a registry with the referrers API, a pull finds the image's
+/// records, SBOMs and signatures (and the signatures of those) there,
+/// without the tag list; the signature still verifies.
+#[test]
+fn a_registry_with_the_referrers_api_is_asked_through_it() {
+    let _room = common::room("registry");
+    let reg = Registry::start();
+    let (dir, home, digest) = baked();
+    kiln_ok(&home, &dir, &["push", "web:1.0.0", &reg.repo("team/web:1.0.0")]);
+    let (front, asked, refused) = referrers_front(reg.port);
+    let other = tempdir("reg-referrers-home");
+    let remote = format!("127.0.0.1:{front}/team/web:1.0.0");
+    let p = json(&kiln_ok(&other, &dir, &["pull", &remote, "--json"]));
+    assert_eq!((p["digest"].as_str(), p["referrers_api"].as_bool()), (Some(digest.as_str()), Some(true)), "{p}");
+    let artifacts: Vec<&str> = p["artifacts"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for kind in ["secrets", "spdx", "cdx", "sig"] {
+        assert!(artifacts.iter().any(|a| a.ends_with(&format!(".{kind}"))), "{kind} in {artifacts:?}");
+    }
+    assert!(asked.load(Ordering::Relaxed) >= 2, "the image and its artifacts were asked about");
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "the tag list was never needed");
+    let key = home.join("keys/default.pub");
+    kiln_ok(&other, &dir, &["verify", "web:1.0.0", "--key", key.to_str().unwrap()]);
 }

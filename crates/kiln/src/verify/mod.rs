@@ -34,7 +34,7 @@ use crate::oci::{self, Descriptor, Manifest};
 /// The artifact type of a verification record.
 pub const ARTIFACT_RECORD: &str = "application/vnd.kiln.verification.v1+json";
 /// The annotation naming a record's kind (`test`, later `scan`, ...).
-pub const ANNOTATION_KIND: &str = "dev.kiln.verification.kind";
+pub const ANNOTATION_KIND: &str = oci::ANNOTATION_ARTIFACT_KIND;
 
 /// One gate's result about one digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

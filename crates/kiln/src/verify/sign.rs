@@ -23,7 +23,7 @@ use crate::image::store::{Store, StoreError};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::secrets::{SecretError, Secrets};
 
-pub const MEDIA_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const MEDIA_SIMPLE_SIGNING: &str = oci::MEDIA_SIMPLE_SIGNING;
 pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 /// The kind (tag suffix) of a signature.
 pub const SIG: &str = "sig";

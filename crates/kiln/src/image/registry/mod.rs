@@ -85,6 +85,10 @@ pub struct Transfer {
     /// Blobs sent in chunks (larger than 16 MiB).
     #[serde(default)]
     pub blobs_chunked: u64,
+    /// The artifacts were found through the registry's referrers API
+    /// (else through their tags).
+    #[serde(default)]
+    pub referrers_api: bool,
     pub bytes: u64,
     /// The artifacts' tags (records, SBOMs, signatures) carried along.
     pub artifacts: Vec<String>,
@@ -475,6 +479,45 @@ fn in_parallel<T: Sync>(
     Ok(())
 }
 
+/// The manifests whose `subject` is `subject`, from the OCI 1.1 referrers
+/// API; None when the registry does not offer it (404).
+fn referrers(c: &Client<'_>, repo: &str, subject: &Digest) -> Result<Option<Vec<Digest>>, RegistryError> {
+    let path = format!("/v2/{repo}/referrers/{subject}");
+    let r = c.expect("GET", &path, &[("Accept", oci::MEDIA_INDEX)], Body::None, &[200, 404])?;
+    if r.status == 404 {
+        return Ok(None);
+    }
+    let bytes = r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?;
+    let ix: oci::Index = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+        host: c.host.to_owned(),
+        what: format!("GET {path}"),
+        why: format!("not an image index: {e}"),
+    })?;
+    Ok(Some(ix.manifests.into_iter().map(|d| d.digest).collect()))
+}
+
+/// The repository's tags.
+fn tag_list(c: &Client<'_>, repo: &str) -> Result<Vec<String>, RegistryError> {
+    let r = c.expect("GET", &format!("/v2/{repo}/tags/list"), &[], Body::None, &[200])?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?).map_err(|e| RegistryError::Invalid {
+            host: c.host.to_owned(),
+            what: "the tag list".into(),
+            why: e.to_string(),
+        })?;
+    Ok(list["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+}
+
+/// The kind (tag suffix) of an artifact found through the referrers API:
+/// kiln's records and SBOMs name it in an annotation; a cosign signature
+/// is known by its payload's media type.
+fn kind_of(m: &Manifest) -> Option<String> {
+    if let Some(k) = m.annotation(oci::ANNOTATION_ARTIFACT_KIND) {
+        return Some(k.to_owned());
+    }
+    m.layers.iter().any(|l| l.media_type == oci::MEDIA_SIMPLE_SIGNING).then(|| "sig".to_owned())
+}
+
 /// Where a registry reference leads on this host's platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Resolved {
@@ -623,25 +666,38 @@ pub fn fetch(
             why: "an artifact, not an image".into(),
         });
     }
-    let r = c.expect("GET", &format!("/v2/{}/tags/list", remote.repo), &[], Body::None, &[200])?;
-    let list: serde_json::Value =
-        serde_json::from_slice(&r.bytes(MAX_DOCUMENT).map_err(|e| c.io(e))?).map_err(|e| RegistryError::Invalid {
-            host: c.host.to_owned(),
-            what: "the tag list".into(),
-            why: e.to_string(),
-        })?;
-    let remote_tags: Vec<String> =
-        list["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
-    // Artifacts about the image, then about those (signatures of records).
+    // Artifacts about the image, then about those (signatures of records):
+    // through the referrers API where the registry offers it, else
+    // through the cosign-scheme tags.
+    let mut tags: Option<Vec<String>> = None;
     let mut subjects = vec![digest.clone()];
     let mut artifacts: Vec<(Digest, String)> = Vec::new();
     while let Some(s) = subjects.pop() {
-        let prefix = format!("sha256-{}.", s.hex());
-        for tag in remote_tags.iter().filter(|t| t.starts_with(&prefix)) {
-            let (a, am) = pull_manifest(&c, store, &remote.repo, tag, &mut t)?;
+        let found: Vec<(String, Option<String>)> = match referrers(&c, &remote.repo, &s)? {
+            Some(list) => {
+                t.referrers_api = true;
+                list.into_iter().map(|d| (d.to_string(), None)).collect()
+            }
+            None => {
+                if tags.is_none() {
+                    tags = Some(tag_list(&c, &remote.repo)?);
+                }
+                let prefix = format!("sha256-{}.", s.hex());
+                let all = tags.as_deref().unwrap_or_default();
+                all.iter().filter(|t| t.starts_with(&prefix)).map(|t| (t.clone(), Some(t.clone()))).collect()
+            }
+        };
+        for (at, tag) in found {
+            let (a, am) = pull_manifest(&c, store, &remote.repo, &at, &mut t)?;
+            let tag = match tag.or_else(|| kind_of(&am).map(|k| format!("sha256-{}.{k}", s.hex()))) {
+                Some(tag) => tag,
+                // A referrer kiln does not know (another tool's
+                // attestation): its blobs are in, it is not tagged.
+                None => continue,
+            };
             if am.subject.as_ref().is_some_and(|d| d.digest == s) && !artifacts.iter().any(|(d, _)| *d == a) {
                 subjects.push(a.clone());
-                artifacts.push((a, tag.clone()));
+                artifacts.push((a, tag));
             }
         }
     }
