@@ -432,3 +432,61 @@ fn a_registry_with_the_referrers_api_is_asked_through_it() {
     let key = home.join("keys/default.pub");
     kiln_ok(&other, &dir, &["verify", "web:1.0.0", "--key", key.to_str().unwrap()]);
 }
+
+/// The sigstore project's own verifier (`sigstore` on crates.io, what
+/// `cosign verify --key` does) over what a registry holds: the image's
+/// `.sig` found by triangulation, every layer checked against the key.
+/// Ok(number of layers) when a signature verifies with `pem`.
+fn sigstore_verify(image: &str, pem: &[u8]) -> Result<usize, String> {
+    use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
+    use sigstore::cosign::{verify_constraints, ClientBuilder, CosignCapabilities};
+    use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let image: OciReference = image.parse().map_err(|e| format!("{e:?}"))?;
+        let config = ClientConfig { protocol: ClientProtocol::Http, ..Default::default() };
+        let mut client = ClientBuilder::default().with_oci_client_config(config).build().map_err(|e| e.to_string())?;
+        let layers = client.trusted_signature_layers(&Auth::Anonymous, &image).await.map_err(|e| e.to_string())?;
+        let key: VerificationConstraintVec =
+            vec![Box::new(PublicKeyVerifier::try_from(pem).map_err(|e| e.to_string())?)];
+        verify_constraints(&layers, key.iter()).map_err(|e| format!("{e:?}"))?;
+        Ok(layers.len())
+    })
+}
+
+/// cosign's verification, by the sigstore project's crate, accepts what
+/// `kiln push --sign` wrote, with kiln's public key; refuses it with a key
+/// made by openssl; and refuses an image whose `.sig` another key wrote.
+#[test]
+fn sigstore_s_cosign_verifier_accepts_kiln_s_signatures_and_refuses_other_keys() {
+    let _room = common::room("registry");
+    let reg = Registry::start();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/bin/demo-app");
+    let (dir, home) = (tempdir("reg-cosign-src"), tempdir("reg-cosign-home"));
+    fs::copy(&demo, dir.join("demo-app")).unwrap();
+    fs::write(dir.join("kiln.toml"), demo_image("1.0.0", "")).unwrap();
+    bake_digests(&home, &dir, &[]);
+    kiln_ok(&home, &dir, &["key", "generate", "release"]);
+    let image = reg.repo("team/web:1.0.0");
+    kiln_ok(&home, &dir, &["push", "web:1.0.0", &image, "--sign", "release"]);
+    let kiln_key = fs::read(home.join("keys/release.pub")).unwrap();
+    assert_eq!(sigstore_verify(&image, &kiln_key), Ok(1));
+
+    let other = dir.join("other.pem");
+    run(
+        "openssl",
+        &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", dir.join("other.key").to_str().unwrap()],
+    );
+    run("openssl", &["ec", "-in", dir.join("other.key").to_str().unwrap(), "-pubout", "-out", other.to_str().unwrap()]);
+    let e = sigstore_verify(&image, &fs::read(&other).unwrap()).unwrap_err();
+    assert!(e.contains("unsatisfied"), "{e}");
+
+    // Another key's signature written over the `.sig`: kiln's key no
+    // longer verifies it, by cosign's rules either.
+    let (mallory, elsewhere) = (tempdir("reg-cosign-mallory"), tempdir("reg-cosign-elsewhere"));
+    kiln_ok(&mallory, &elsewhere, &["pull", &image]);
+    kiln_ok(&mallory, &elsewhere, &["key", "generate", "release"]);
+    kiln_ok(&mallory, &elsewhere, &["push", "web:1.0.0", &image, "--sign", "release"]);
+    assert!(sigstore_verify(&image, &kiln_key).is_err());
+    assert_eq!(sigstore_verify(&image, &fs::read(mallory.join("keys/release.pub")).unwrap()), Ok(1));
+}
