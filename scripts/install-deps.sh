@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln and its tests use, if any is missing.
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static git ca-certificates curl sqlite3 openssl binutils docker-registry prometheus chromium chromium-driver rsyslog rsyslog-relp debootstrap docker.io gcc libc6-dev pebble apache2-utils)
+pkgs=(runc skopeo umoci busybox-static git ca-certificates curl sqlite3 openssl binutils docker-registry prometheus chromium chromium-driver rsyslog rsyslog-relp debootstrap docker.io gcc libc6-dev pebble apache2-utils etcd-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@
 //! holds it to that); decide anything from a clock it reads itself where a
 //! caller can pass `now`.
 
+pub mod base64;
 pub mod digest;
 pub mod heal;
 pub mod metrics;

@@ -24,7 +24,7 @@
 //!   abandoned children, crash points).
 
 // The pure core, re-exported under the names the engine has always used.
-pub use kiln_core::{digest, heal, oci, release, spec, time};
+pub use kiln_core::{base64, digest, heal, oci, release, spec, time};
 // The data plane, and the socket handoff it shares with `kiln serve`.
 pub use kiln_proxy as proxy;
 pub use kiln_proxy::handoff;
@@ -32,6 +32,7 @@ pub use kiln_proxy::handoff;
 pub mod acme;
 pub mod bake;
 pub mod command;
+pub mod fleet;
 pub mod image;
 pub mod net;
 pub mod observe;

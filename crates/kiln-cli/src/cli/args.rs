@@ -49,6 +49,26 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Register this host in a fleet: a lease in etcd (`/kiln/hosts/NAME`) kept alive with the host's capacity and instance count, until SIGTERM or SIGINT (then the lease is revoked). A host whose agent dies leaves the fleet when its lease expires.
+    Agent {
+        /// etcd client URLs (http://HOST:PORT), comma-separated or repeated.
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        /// The host's name in the fleet (default: the machine's hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// The lease's TTL in seconds: how soon a lost host is noticed.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
+        ttl: i64,
+    },
+    /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
+    Hosts {
+        /// etcd client URLs (http://HOST:PORT), comma-separated or repeated.
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// kiln's own vulnerability database (osv.dev's exports), which `kiln scan` uses when no --db is given.
     Db {
         #[command(subcommand)]

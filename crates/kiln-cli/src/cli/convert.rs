@@ -190,6 +190,16 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
+        Cmd::Agent { cluster, name, ttl } => {
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .context("reading /etc/hostname (or give --name)")?,
+            };
+            (Command::Agent { cluster, name, ttl_secs: ttl }, false)
+        }
+        Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)
         }

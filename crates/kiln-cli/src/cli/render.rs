@@ -152,6 +152,21 @@ pub(crate) fn render(output: &Output, now: i64) {
         | Output::Key { .. }
         | Output::Signed(_)
         | Output::Verified(_) => cli_verify::render(output),
+        Output::Hosts(rows) => {
+            println!("{:<20} {:>12} {:>5} {:>10} {:>12}", "HOST", "MEMORY", "CPUS", "INSTANCES", "LEASE");
+            for r in rows {
+                let lease =
+                    r.lease_left_secs.map_or_else(|| "expired".to_owned(), |l| format!("{l}s/{}s", r.lease_ttl_secs));
+                println!(
+                    "{:<20} {:>10}Mi {:>5} {:>10} {:>12}",
+                    r.host.name,
+                    r.host.memory_bytes >> 20,
+                    r.host.cpus,
+                    r.host.instances,
+                    lease
+                );
+            }
+        }
         Output::DbUpdated(u) => {
             for e in &u.exports {
                 println!("{:<10} {:>7} records  {:>12} bytes  {}", e.ecosystem, e.records, e.bytes, e.url);

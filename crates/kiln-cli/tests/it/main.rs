@@ -12,6 +12,7 @@ mod api;
 mod bake;
 mod bases;
 mod edge;
+mod fleet;
 mod heal;
 mod history;
 mod observe;

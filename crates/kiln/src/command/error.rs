@@ -36,6 +36,8 @@ pub enum CommandError {
     #[error(transparent)]
     Db(#[from] crate::verify::osvdb::DbError),
     #[error(transparent)]
+    Etcd(#[from] crate::fleet::etcd::EtcdError),
+    #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),

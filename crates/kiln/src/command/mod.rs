@@ -136,6 +136,19 @@ pub enum Command {
         #[serde(default)]
         verify: bool,
     },
+    /// Register this host in a fleet (etcd) and keep it registered until
+    /// SIGINT or SIGTERM. Not a command body: it is the caller's foreground.
+    #[serde(skip)]
+    Agent {
+        cluster: Vec<String>,
+        name: String,
+        ttl_secs: i64,
+    },
+    /// The hosts of a fleet whose lease is alive. Carried out in the
+    /// caller's process (it talks to etcd), never as an API body.
+    Hosts {
+        cluster: Vec<String>,
+    },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
     /// Not a command body: `kiln serve` runs load balancers of its own.
     #[serde(skip)]
@@ -426,6 +439,29 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
         Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
+        Command::Agent { cluster, name, ttl_secs } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let (memory_bytes, cpus) = crate::fleet::capacity();
+            let started_at = ctx.now;
+            let rt = Runtime::new(&ctx.store, ctx.driver);
+            let mut record = || crate::fleet::HostRecord {
+                name: name.clone(),
+                memory_bytes,
+                cpus,
+                instances: rt.live_ids().map_or(0, |ids| ids.len() as u32),
+                started_at,
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let stop = crate::sys::stop_on_signal();
+            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, &mut record, &mut |m| {
+                eprintln!("kiln agent {name}: {m}")
+            })?;
+            Ok(Output::Done { message: format!("kiln agent {name} left the fleet") })
+        }
+        Command::Hosts { cluster } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            Ok(Output::Hosts(crate::fleet::hosts(&etcd)?))
+        }
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
             Ok(Output::Done { message: "kiln proxy stopped".into() })

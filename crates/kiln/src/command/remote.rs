@@ -45,6 +45,8 @@ impl Job {
                 | Command::Login { .. }
                 | Command::Logout { .. }
                 | Command::DbUpdate { .. }
+                | Command::Agent { .. }
+                | Command::Hosts { .. }
         )
     }
 
@@ -213,6 +215,10 @@ pub fn status(e: &CommandError) -> u16 {
             VulnError::Stale { .. } => 409,
         },
         CommandError::Inventory(i) => inventory(i),
+        CommandError::Etcd(e) => match e {
+            crate::fleet::etcd::EtcdError::Invalid { path, .. } if path == "--cluster" => 400,
+            _ => 502,
+        },
         CommandError::Db(d) => {
             use crate::verify::osvdb::DbError;
             match d {
@@ -487,6 +493,8 @@ mod tests {
             | Command::Proxy(_)
             | Command::RotateKey { .. }
             | Command::DbUpdate { .. }
+            | Command::Agent { .. }
+            | Command::Hosts { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,
             Command::Bake { .. } => "bake",

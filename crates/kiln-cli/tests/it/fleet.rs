@@ -1,0 +1,147 @@
+//! The first slice of the fleet: `kiln agent` registers a host in a real
+//! etcd cluster (three members of Debian's etcd-server on loopback) under a
+//! lease it keeps alive; `kiln hosts` lists it with its capacity; losing an
+//! etcd member costs the host nothing; a SIGKILLed agent's host leaves the
+//! list when its lease expires, within the 5 s the issue asks.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// Processes the test started, killed by PID when it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three etcd members on loopback; their client URLs.
+fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let c = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new", "--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (apt-get install etcd-server)");
+        procs.0.push(c);
+    }
+    for (client, _) in &ports {
+        wait_port(*client);
+    }
+    ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect()
+}
+
+fn hosts(home: &Path, urls: &[String]) -> Option<serde_json::Value> {
+    let out = kiln(home, home, &["hosts", "--cluster", &urls.join(","), "--json"]);
+    out.status.success().then(|| json(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn an_agent_registers_under_a_lease_survives_an_etcd_member_and_its_loss_is_seen_within_the_lease() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet");
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let home = tempdir("fleet-h1");
+    // Until the cluster has a leader, the agent keeps trying.
+    let agent = kiln_cmd()
+        .args(["agent", "--cluster", &urls.join(","), "--name", "h1", "--ttl", "2"])
+        .env("KILN_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Procs(vec![agent]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        if let Some(v) = hosts(&home, &urls).filter(|v| names(v) == ["h1"]) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "h1 never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let h = &listed[0];
+    assert!(h["memory_bytes"].as_u64().unwrap() > 1 << 30 && h["cpus"].as_u64().unwrap() >= 1, "{h}");
+    assert_eq!((h["instances"].as_u64(), h["lease_ttl_secs"].as_i64()), (Some(0), Some(2)), "{h}");
+    let text = kiln_ok(&home, &home, &["hosts", "--cluster", &urls.join(",")]);
+    assert!(text.contains("h1") && text.contains("/2s"), "{text}");
+
+    // One etcd member SIGKILLed (the first the agent tries): the agent
+    // renews through the others, for longer than its lease.
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    let alive: Vec<String> = urls[1..].to_vec();
+    std::thread::sleep(Duration::from_secs(5));
+    let v = hosts(&home, &alive).expect("the cluster answers without a member");
+    assert_eq!(names(&v), ["h1"], "the host kept its lease");
+
+    // The agent SIGKILLed: its host leaves when the lease ends.
+    let killed = Instant::now();
+    agent.0[0].kill().unwrap();
+    agent.0[0].wait().unwrap();
+    loop {
+        if hosts(&home, &alive).is_some_and(|v| names(&v).is_empty()) {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "the lost host was still listed after 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("host loss seen after {} ms (lease 2 s)", killed.elapsed().as_millis());
+
+    // A bad --cluster is refused by name.
+    let e = kiln_err(&home, &home, &["hosts", "--cluster", "127.0.0.1:2379"]);
+    assert!(e.contains("http://HOST:PORT"), "{e}");
+}
+
+#[test]
+fn a_stopped_agent_leaves_at_once() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-stop");
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let home = tempdir("fleet-h2");
+    let agent = kiln_cmd()
+        .args(["agent", "--cluster", &urls.join(","), "--name", "h2", "--ttl", "30"])
+        .env("KILN_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Procs(vec![agent]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosts(&home, &urls).is_none_or(|v| names(&v) != ["h2"]) {
+        assert!(Instant::now() < deadline, "h2 never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: the lease is revoked, not left to run out its 30 s.
+    let pid = agent.0[0].id() as i32;
+    // SAFETY: signalling a child this test spawned and still holds.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = agent.0[0].wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let v = hosts(&home, &urls).unwrap();
+    assert!(names(&v).is_empty(), "{v}");
+}

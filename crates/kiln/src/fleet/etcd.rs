@@ -1,0 +1,221 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/...`), through
+//! kiln's own HTTP client: one request per connection, each endpoint of
+//! the cluster tried in turn, the last one that answered first. Chosen over
+//! the `etcd-client` crate because kiln already speaks HTTP/1.1 and JSON:
+//! no gRPC stack, no protobuf compiler at build time, and nothing to
+//! reconnect after an etcd member restarts (every call connects anew).
+//! The lease keepalive loop is the caller's (the agent's).
+//!
+//! For: the handful of etcd calls a fleet needs (lease grant, keepalive,
+//! time to live, put, range by prefix, delete). Must never: cache what etcd
+//! says (the lease is the truth), or retry a write on another member after
+//! it may have been applied (only a connection that never reached a
+//! member moves on to the next).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::net::http;
+
+/// Why an etcd call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint could be reached.
+    #[error("etcd: no endpoint answered ({endpoints}): {last}")]
+    Unreachable { endpoints: String, last: std::io::Error },
+    /// An endpoint answered with an error status.
+    #[error("etcd {endpoint}: {path} answered {status}: {body}")]
+    Status { endpoint: String, path: String, status: u16, body: String },
+    /// An answer kiln cannot read.
+    #[error("etcd {endpoint}: {path}: {why}")]
+    Invalid { endpoint: String, path: String, why: String },
+}
+
+/// A cluster's client endpoints (`http://HOST:PORT`).
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    /// The endpoint that answered last: tried first.
+    preferred: AtomicUsize,
+}
+
+/// One key and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// etcd's JSON encodes 64-bit integers as strings.
+fn int(v: &serde_json::Value) -> i64 {
+    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
+}
+
+impl Etcd {
+    /// `urls`: `http://HOST:PORT` of each member, comma-separated or not.
+    pub fn new(urls: &[String]) -> Result<Etcd, EtcdError> {
+        let endpoints: Vec<String> = urls
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let bad = endpoints.iter().find(|u| u.strip_prefix("http://").is_none_or(|a| !a.contains(':')));
+        if endpoints.is_empty() || bad.is_some() {
+            return Err(EtcdError::Invalid {
+                endpoint: bad.cloned().unwrap_or_default(),
+                path: "--cluster".into(),
+                why: "name each member as http://HOST:PORT".into(),
+            });
+        }
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0) })
+    }
+
+    /// POSTs `body` to `path` on the first member that can be reached.
+    fn call(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, EtcdError> {
+        let bytes = body.to_string();
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut last = std::io::Error::other("no endpoint");
+        for k in 0..n {
+            let i = (first + k) % n;
+            let endpoint = &self.endpoints[i];
+            let authority = endpoint.trim_start_matches("http://");
+            let stream = match crate::net::tls::connect(authority, None, Duration::from_secs(2)) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let req = http::Outgoing {
+                method: "POST",
+                target: path,
+                host: authority,
+                headers: &[("Content-Type", "application/json")],
+                body: http::Body::Bytes(bytes.as_bytes()),
+            };
+            // Once a request is sent it may have been applied: no retry
+            // elsewhere from here.
+            let invalid = |why: String| EtcdError::Invalid { endpoint: endpoint.clone(), path: path.into(), why };
+            let r = http::send(stream, req).map_err(|e| invalid(e.to_string()))?;
+            let status = r.status;
+            let text = r.bytes(16 << 20).map_err(|e| invalid(e.to_string()))?;
+            if status != 200 {
+                return Err(EtcdError::Status {
+                    endpoint: endpoint.clone(),
+                    path: path.into(),
+                    status,
+                    body: String::from_utf8_lossy(&text).chars().take(300).collect(),
+                });
+            }
+            self.preferred.store(i, Ordering::Relaxed);
+            return serde_json::from_slice(&text).map_err(|e| invalid(format!("not JSON: {e}")));
+        }
+        Err(EtcdError::Unreachable { endpoints: self.endpoints.join(","), last })
+    }
+
+    /// A new lease of `ttl` seconds: its id.
+    pub fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/grant", json!({ "TTL": ttl }))?;
+        Ok(int(&v["ID"]))
+    }
+
+    /// Renews lease `id`: its TTL, or None when it has expired.
+    pub fn keepalive(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        let v = self.call("/v3/lease/keepalive", json!({ "ID": id.to_string() }))?;
+        let ttl = int(&v["result"]["TTL"]);
+        Ok((ttl > 0).then_some(ttl))
+    }
+
+    /// Seconds left on lease `id` (None: expired or unknown) and the TTL it
+    /// was granted.
+    pub fn time_to_live(&self, id: i64) -> Result<(Option<i64>, i64), EtcdError> {
+        let v = self.call("/v3/lease/timetolive", json!({ "ID": id.to_string() }))?;
+        let ttl = int(&v["TTL"]);
+        Ok(((ttl >= 0).then_some(ttl), int(&v["grantedTTL"])))
+    }
+
+    /// Sets `key` to `value`, bound to `lease` (0: none).
+    pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let mut body = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
+        if lease != 0 {
+            body["lease"] = json!(lease.to_string());
+        }
+        let v = self.call("/v3/kv/put", body)?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Every key under `prefix`.
+    pub fn range_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let v = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) }))?;
+        #[derive(Deserialize)]
+        struct RawKv {
+            key: String,
+            #[serde(default)]
+            value: String,
+            #[serde(default)]
+            mod_revision: serde_json::Value,
+            #[serde(default)]
+            lease: serde_json::Value,
+        }
+        let raw: Vec<RawKv> = serde_json::from_value(v["kvs"].clone()).unwrap_or_default();
+        let bad =
+            |why: &str| EtcdError::Invalid { endpoint: String::new(), path: "/v3/kv/range".into(), why: why.into() };
+        raw.into_iter()
+            .map(|k| {
+                Ok(Kv {
+                    key: String::from_utf8(unb64(&k.key).ok_or_else(|| bad("a key is not base64"))?)
+                        .map_err(|_| bad("a key is not UTF-8"))?,
+                    value: unb64(&k.value).ok_or_else(|| bad("a value is not base64"))?,
+                    mod_revision: int(&k.mod_revision),
+                    lease: int(&k.lease),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) }))?;
+        Ok(())
+    }
+
+    /// Revokes lease `id` (its keys go with it).
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", json!({ "ID": id.to_string() }))?;
+        Ok(())
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    crate::base64::encode(bytes)
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    crate::base64::decode(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_http_host_and_port() {
+        let e = Etcd::new(&["http://127.0.0.1:2379,http://127.0.0.1:2381/".into()]).unwrap();
+        assert_eq!(e.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.1:2381"]);
+        assert!(Etcd::new(&["127.0.0.1:2379".into()]).unwrap_err().to_string().contains("http://HOST:PORT"));
+        assert!(Etcd::new(&[]).is_err());
+        assert_eq!(int(&json!("7587889733483373828")), 7_587_889_733_483_373_828);
+        assert_eq!(int(&json!(3)), 3);
+    }
+}
