@@ -61,6 +61,31 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
         ttl: i64,
     },
+    /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
+    Assign {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        slot: String,
+        #[arg(long)]
+        service: String,
+        /// REGISTRY/REPO@sha256:… (a digest: every host runs the same bytes).
+        image: String,
+        /// Environment variable K=V (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+    },
+    /// Remove a slot's assignment: the host's agent removes its instance.
+    Unassign {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        slot: String,
+    },
     /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
     Hosts {
         /// etcd client URLs (http://HOST:PORT), comma-separated or repeated.

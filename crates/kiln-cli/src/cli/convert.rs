@@ -200,6 +200,16 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Agent { cluster, name, ttl_secs: ttl }, false)
         }
         Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
+        Cmd::Assign { cluster, host, slot, service, image, env } => {
+            let env = env
+                .into_iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect::<Option<Vec<_>>>()
+                .context("--env takes K=V")?;
+            let assignment = kiln::fleet::reconcile::Assignment { image, service, env };
+            (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
+        }
+        Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)
         }

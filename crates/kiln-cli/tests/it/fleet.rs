@@ -4,6 +4,8 @@
 //! etcd member costs the host nothing; a SIGKILLed agent's host leaves the
 //! list when its lease expires, within the 5 s the issue asks.
 
+use std::fs;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +49,15 @@ fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
     for (client, _) in &ports {
         wait_port(*client);
     }
-    ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect()
+    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
+    // Serving once it has a leader: a read answers.
+    let probe = tempdir("fleet-probe");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosts(&probe, &urls).is_none() {
+        assert!(Instant::now() < deadline, "the etcd cluster never elected a leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    urls
 }
 
 fn hosts(home: &Path, urls: &[String]) -> Option<serde_json::Value> {
@@ -144,4 +154,115 @@ fn a_stopped_agent_leaves_at_once() {
     assert!(status.success(), "{status:?}");
     let v = hosts(&home, &urls).unwrap();
     assert!(names(&v).is_empty(), "{v}");
+}
+
+/// busybox httpd (not written by us) baked in versions 1 and 2, pushed to
+/// docker-registry; the digests by version.
+fn pushed_busybox(registry_port: u16) -> Vec<(String, String)> {
+    let (dir, home) = (tempdir("fleet-src"), tempdir("fleet-src-home"));
+    busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
+    let mut out = Vec::new();
+    for v in ["1.0.0", "2.0.0"] {
+        fs::create_dir_all(dir.join(format!("www-{v}"))).unwrap();
+        fs::write(dir.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
+        fs::write(dir.join("kiln.toml"), busybox_image(v)).unwrap();
+        let digest = bake_digests(&home, &dir, &[])[0].clone();
+        kiln_ok(&home, &dir, &["push", &format!("web:{v}"), &format!("127.0.0.1:{registry_port}/team/web:{v}")]);
+        out.push((v.to_owned(), format!("127.0.0.1:{registry_port}/team/web@{digest}")));
+    }
+    out
+}
+
+fn get(port: u16) -> Option<String> {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(c, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    s.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+/// Waits until host `h`'s record shows slot `slot` serving `body`.
+fn wait_serving(home: &Path, urls: &[String], slot: &str, body: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let port = hosts(home, urls).and_then(|v| {
+            v[0]["placed"].as_array()?.iter().find(|p| p["slot"] == slot).and_then(|p| p["port"].as_u64())
+        });
+        if let Some(p) = port {
+            if get(p as u16).as_deref() == Some(body) {
+                return p as u16;
+            }
+        }
+        assert!(Instant::now() < deadline, "{slot} never served {body:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes_it() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-run");
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-registry"), reg_port, ""));
+    let images = pushed_busybox(reg_port);
+    let home = tempdir("fleet-agent-home");
+    let agent = kiln_cmd()
+        .args(["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])
+        .env("KILN_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Procs(vec![agent]);
+    let ctl = tempdir("fleet-ctl");
+    // A tag is refused: every host must run the same bytes.
+    let e = kiln_err(
+        &ctl,
+        &ctl,
+        &[
+            "assign",
+            "--cluster",
+            &cluster,
+            "--host",
+            "h1",
+            "--slot",
+            "web-1",
+            "--service",
+            "web",
+            &format!("127.0.0.1:{reg_port}/team/web:1.0.0"),
+        ],
+    );
+    assert!(e.contains("by digest"), "{e}");
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["assign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1", "--service", "web", &images[0].1],
+    );
+    let p1 = wait_serving(&ctl, &urls, "web-1", "busybox 1.0.0\n");
+    // A new digest for the slot: replaced, the new one started first.
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["assign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1", "--service", "web", &images[1].1],
+    );
+    let p2 = wait_serving(&ctl, &urls, "web-1", "busybox 2.0.0\n");
+    assert_ne!(p1, p2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(p1).is_some() {
+        assert!(Instant::now() < deadline, "the old instance was never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Unassigned: removed, and the host reports nothing placed.
+    kiln_ok(&ctl, &ctl, &["unassign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(p2).is_some() || hosts(&ctl, &urls).is_none_or(|v| !v[0]["placed"].as_array().unwrap().is_empty()) {
+        assert!(Instant::now() < deadline, "the unassigned instance was never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ps = json(&kiln_ok(&home, &home, &["ps", "--all", "--json"]));
+    assert!(ps["instances"].as_array().unwrap().is_empty(), "no orphan left: {ps}");
 }

@@ -144,6 +144,15 @@ pub enum Command {
         name: String,
         ttl_secs: i64,
     },
+    /// Assigns slot `slot` of host `host` (None: removes it), in etcd; the
+    /// host's agent starts or removes the instance. Caller's process only.
+    #[serde(skip)]
+    Assign {
+        cluster: Vec<String>,
+        host: String,
+        slot: String,
+        assignment: Option<crate::fleet::reconcile::Assignment>,
+    },
     /// The hosts of a fleet whose lease is alive. Carried out in the
     /// caller's process (it talks to etcd), never as an API body.
     Hosts {
@@ -352,6 +361,37 @@ impl std::fmt::Debug for Context<'_> {
     }
 }
 
+/// Starts slot `slot`'s instance: its image fetched by digest into the
+/// store (every blob verified) and tagged `SERVICE:fleet-<hex>`, then run.
+fn start_slot(
+    store: &Store,
+    rt: &Runtime<'_>,
+    launcher: &dyn Launcher,
+    slot: &str,
+    a: &crate::fleet::reconcile::Assignment,
+    now: i64,
+) -> Result<(), CommandError> {
+    use crate::image::registry;
+    let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
+    let digest = a.digest().ok_or_else(|| CommandError::BadRequest {
+        field: format!("assign.{slot}.image"),
+        message: "name the image by digest".into(),
+    })?;
+    registry::fetch_image(store, &remote, &digest, &Default::default())?;
+    let size = store.read_blob(&digest)?.len() as u64;
+    let tag = format!("{}:fleet-{}", a.service, &digest.hex()[..12]);
+    store.set_tags(&[tag], &Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size), true, now)?;
+    let req = RunRequest {
+        reference: digest.to_string(),
+        service: Some(a.service.clone()),
+        env: a.env.clone(),
+        release: Some(format!("fleet:{slot}")),
+        ..RunRequest::default()
+    };
+    rt.run(&req, launcher, now)?;
+    Ok(())
+}
+
 pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
         Command::Controller(request) => {
@@ -444,19 +484,96 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let (memory_bytes, cpus) = crate::fleet::capacity();
             let started_at = ctx.now;
             let rt = Runtime::new(&ctx.store, ctx.driver);
-            let mut record = || crate::fleet::HostRecord {
-                name: name.clone(),
-                memory_bytes,
-                cpus,
-                instances: rt.live_ids().map_or(0, |ids| ids.len() as u32),
-                started_at,
-                version: env!("CARGO_PKG_VERSION").into(),
+            let slot_of =
+                |r: &InstanceRecord| r.release.as_deref().and_then(|x| x.strip_prefix("fleet:")).map(str::to_owned);
+            let mut record = || {
+                let records = rt.records().unwrap_or_default();
+                let placed = records
+                    .iter()
+                    .filter(|r| !r.state.is_exited())
+                    .filter_map(|r| {
+                        Some(crate::fleet::Placed {
+                            slot: slot_of(r)?,
+                            instance: r.id.to_string(),
+                            port: r.port,
+                            image: r.image.clone(),
+                        })
+                    })
+                    .collect();
+                crate::fleet::HostRecord {
+                    name: name.clone(),
+                    memory_bytes,
+                    cpus,
+                    instances: records.iter().filter(|r| !r.state.is_exited()).count() as u32,
+                    started_at,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    placed,
+                }
+            };
+            let (store, launcher, now) = (&ctx.store, ctx.launcher, ctx.now);
+            let mut reconcile = |assigned: std::collections::BTreeMap<String, crate::fleet::reconcile::Assignment>| {
+                use crate::fleet::reconcile::{decide, Act, Running};
+                let records = match rt.observe_all() {
+                    Ok((r, _)) => r,
+                    Err(e) => return eprintln!("kiln agent {name}: observing instances: {e}"),
+                };
+                let running: Vec<Running> = records
+                    .iter()
+                    .filter_map(|r| {
+                        Some(Running {
+                            slot: slot_of(r)?,
+                            instance: r.id.to_string(),
+                            image: r.image.clone(),
+                            alive: !r.state.is_exited(),
+                        })
+                    })
+                    .collect();
+                // One failing slot never stops the others.
+                for act in decide(&assigned, &running) {
+                    let result = match &act {
+                        Act::Start { slot, assignment } => start_slot(store, &rt, launcher, slot, assignment, now),
+                        Act::Remove { instance, .. } => rt
+                            .stop(instance, Some(std::time::Duration::from_secs(5)))
+                            .and_then(|_| rt.remove(instance, true))
+                            .map(|_| ())
+                            .map_err(CommandError::from),
+                    };
+                    if let Err(e) = result {
+                        eprintln!("kiln agent {name}: {act:?}: {e}");
+                    }
+                }
             };
             let stop = crate::sys::stop_on_signal();
-            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, &mut record, &mut |m| {
+            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, &mut record, &mut reconcile, &|m| {
                 eprintln!("kiln agent {name}: {m}")
             })?;
             Ok(Output::Done { message: format!("kiln agent {name} left the fleet") })
+        }
+        Command::Assign { cluster, host, slot, assignment } => {
+            let bad =
+                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
+            if host.is_empty() || host.contains('/') || slot.is_empty() || slot.contains('/') {
+                return Err(bad("host/slot", "a host and a slot are names without '/'"));
+            }
+            if let Some(a) = &assignment {
+                crate::image::registry::Remote::parse(&a.image).map_err(crate::image::registry::RegistryError::from)?;
+                if a.digest().is_none() {
+                    return Err(bad(
+                        "image",
+                        "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
+                    ));
+                }
+                if !crate::spec::valid_image_name(&a.service) {
+                    return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
+                }
+            }
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            crate::fleet::assign(&etcd, &host, &slot, assignment.as_ref())?;
+            let message = match assignment {
+                Some(a) => format!("{host}/{slot}: {} assigned", a.image),
+                None => format!("{host}/{slot}: unassigned"),
+            };
+            Ok(Output::Done { message })
         }
         Command::Hosts { cluster } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;

@@ -46,6 +46,7 @@ impl Job {
                 | Command::Logout { .. }
                 | Command::DbUpdate { .. }
                 | Command::Agent { .. }
+                | Command::Assign { .. }
                 | Command::Hosts { .. }
         )
     }
@@ -494,6 +495,7 @@ mod tests {
             | Command::RotateKey { .. }
             | Command::DbUpdate { .. }
             | Command::Agent { .. }
+            | Command::Assign { .. }
             | Command::Hosts { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -86,7 +86,8 @@ impl Etcd {
             let i = (first + k) % n;
             let endpoint = &self.endpoints[i];
             let authority = endpoint.trim_start_matches("http://");
-            let stream = match crate::net::tls::connect(authority, None, Duration::from_secs(2)) {
+            // etcd holds a request up to about 5 s while it elects a leader.
+            let stream = match crate::net::tls::connect(authority, None, Duration::from_secs(6)) {
                 Ok(s) => s,
                 Err(e) => {
                     last = e;

@@ -11,6 +11,7 @@
 //! anywhere but in its etcd lease.
 
 pub mod etcd;
+pub mod reconcile;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +22,17 @@ use etcd::{Etcd, EtcdError};
 
 /// Where hosts register.
 pub const HOSTS: &str = "/kiln/hosts/";
+/// Where slots are assigned to hosts: `/kiln/assign/HOST/SLOT`.
+pub const ASSIGN: &str = "/kiln/assign/";
+
+/// An instance the agent runs for a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub slot: String,
+    pub instance: String,
+    pub port: u16,
+    pub image: crate::digest::Digest,
+}
 
 /// What an agent says of its host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +44,9 @@ pub struct HostRecord {
     /// Unix seconds the agent started.
     pub started_at: i64,
     pub version: String,
+    /// The slots it runs, with their instances.
+    #[serde(default)]
+    pub placed: Vec<Placed>,
 }
 
 /// One row of `kiln hosts`.
@@ -70,49 +85,115 @@ pub fn capacity() -> (u64, u32) {
     (mem, cpus)
 }
 
-/// `kiln agent`: registers `record()` under a lease of `ttl` seconds and
-/// keeps it alive (every third of the TTL, the record refreshed) until
-/// `stop`; a lease that expired (etcd unreachable for longer than the TTL)
-/// is replaced by a new one. Returns when `stop` is set, revoking the
-/// lease so the host leaves at once.
+/// Sets (or, with None, removes) slot `slot` of host `host`.
+pub fn assign(cluster: &Etcd, host: &str, slot: &str, a: Option<&reconcile::Assignment>) -> Result<(), EtcdError> {
+    let key = format!("{ASSIGN}{host}/{slot}");
+    match a {
+        Some(a) => cluster.put(&key, &serde_json::to_vec(a).unwrap_or_default(), 0).map(|_| ()),
+        None => cluster.delete(&key),
+    }
+}
+
+/// Host `host`'s assignments, by slot; ones that do not parse are named
+/// in the second list and left out.
+pub fn assignments(
+    cluster: &Etcd,
+    host: &str,
+) -> Result<(std::collections::BTreeMap<String, reconcile::Assignment>, Vec<String>), EtcdError> {
+    let prefix = format!("{ASSIGN}{host}/");
+    let mut out = std::collections::BTreeMap::new();
+    let mut bad = Vec::new();
+    for kv in cluster.range_prefix(&prefix)? {
+        let slot = kv.key.trim_start_matches(&prefix).to_owned();
+        match serde_json::from_slice::<reconcile::Assignment>(&kv.value) {
+            Ok(a) if a.digest().is_some() => {
+                out.insert(slot, a);
+            }
+            Ok(_) => bad.push(format!("{}: the image is not named by digest", kv.key)),
+            Err(e) => bad.push(format!("{}: {e}", kv.key)),
+        }
+    }
+    Ok((out, bad))
+}
+
+/// `kiln agent`: registers `record()` under a lease of `ttl` seconds until
+/// `stop`. A thread of its own renews the lease every third of the TTL,
+/// so a slow act (an image pull, a stop's grace) never lets it lapse; a
+/// lease that expired (etcd unreachable for longer than the TTL) is
+/// replaced by a new one, with the last record written under it at once.
+/// Each round of the main loop, while the lease is alive, reads the host's
+/// assignments, hands them to `reconcile` and writes `record()`: an agent
+/// that cannot renew its lease takes no new desired state. Returns when
+/// `stop` is set, revoking the lease so the host leaves at once.
 pub fn run_agent(
     cluster: &Etcd,
     name: &str,
     ttl: i64,
     stop: &AtomicBool,
     record: &mut dyn FnMut() -> HostRecord,
-    log: &mut dyn FnMut(&str),
+    reconcile: &mut dyn FnMut(std::collections::BTreeMap<String, reconcile::Assignment>),
+    log: &(dyn Fn(&str) + Sync),
 ) -> Result<(), EtcdError> {
     let key = format!("{HOSTS}{name}");
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
-    let mut lease: Option<i64> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        let step = (|| -> Result<(), EtcdError> {
-            let id = match lease {
-                Some(id) if cluster.keepalive(id)?.is_some() => id,
-                old => {
-                    if old.is_some() {
-                        log("the lease expired: registering again");
-                    }
-                    let id = cluster.grant(ttl)?;
-                    lease = Some(id);
-                    id
-                }
-            };
-            let value = serde_json::to_vec(&record()).unwrap_or_default();
-            cluster.put(&key, &value, id)?;
-            Ok(())
-        })();
-        if let Err(e) = step {
-            // Kept trying: the lease outlives a short outage.
-            log(&format!("{e}"));
-        }
+    let lease: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
+    let last: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(serde_json::to_vec(&record()).unwrap_or_default());
+    let current = || lease.lock().map(|l| *l).unwrap_or(None);
+    let pause = |started: Instant| {
         while started.elapsed() < period && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-    if let Some(id) = lease {
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let step = || -> Result<(), EtcdError> {
+                    if let Some(id) = current() {
+                        if cluster.keepalive(id)?.is_some() {
+                            return Ok(());
+                        }
+                        log("the lease expired: registering again");
+                    }
+                    let id = cluster.grant(ttl)?;
+                    let value = last.lock().map(|v| v.clone()).unwrap_or_default();
+                    cluster.put(&key, &value, id)?;
+                    if let Ok(mut l) = lease.lock() {
+                        *l = Some(id);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = step() {
+                    // Kept trying: the lease outlives a short outage.
+                    log(&e.to_string());
+                }
+                pause(started);
+            }
+        });
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            if let Some(id) = current() {
+                let mut step = || -> Result<(), EtcdError> {
+                    let (assigned, bad) = assignments(cluster, name)?;
+                    for b in bad {
+                        log(&b);
+                    }
+                    reconcile(assigned);
+                    let value = serde_json::to_vec(&record()).unwrap_or_default();
+                    if let Ok(mut l) = last.lock() {
+                        l.clone_from(&value);
+                    }
+                    cluster.put(&key, &value, id)?;
+                    Ok(())
+                };
+                if let Err(e) = step() {
+                    log(&e.to_string());
+                }
+            }
+            pause(started);
+        }
+    });
+    if let Some(id) = current() {
         let _ = cluster.revoke(id);
     }
     Ok(())

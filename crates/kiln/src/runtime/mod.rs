@@ -218,7 +218,7 @@ impl<'a> Runtime<'a> {
     }
 
     /// Every instance record, oldest first.
-    fn records(&self) -> Result<Vec<InstanceRecord>, RunError> {
+    pub fn records(&self) -> Result<Vec<InstanceRecord>, RunError> {
         let dir = self.instances_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,

@@ -1,0 +1,119 @@
+//! What an agent does about its host's assignments: the pure decision
+//! ([`decide`]) from what etcd assigns to this host and what runs here.
+//! Start before stop, so a replaced instance's slot is never empty longer
+//! than it must be.
+//!
+//! For: deciding. Must never: do I/O (the agent acts on the decision).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// One slot assigned to a host (`/kiln/assign/HOST/SLOT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// `REGISTRY/REPO@sha256:…`: a digest, never a tag, so every host runs
+    /// the same bytes.
+    pub image: String,
+    pub service: String,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+}
+
+impl Assignment {
+    /// The digest the image names.
+    pub fn digest(&self) -> Option<Digest> {
+        self.image.rsplit_once('@').and_then(|(_, d)| Digest::parse(d).ok())
+    }
+}
+
+/// An instance of a slot on this host, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub slot: String,
+    pub instance: String,
+    pub image: Digest,
+    /// Still running (an exited one is replaced, then removed).
+    pub alive: bool,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    Start { slot: String, assignment: Assignment },
+    Remove { slot: String, instance: String },
+}
+
+/// The acts that bring this host to its assignments: a slot with no
+/// live instance of its digest gets one; an instance of a slot no longer
+/// assigned, of another digest, or exited, is removed (after the start
+/// that replaces it).
+pub fn decide(assigned: &BTreeMap<String, Assignment>, running: &[Running]) -> Vec<Act> {
+    let mut starts = Vec::new();
+    let mut removes = Vec::new();
+    for (slot, a) in assigned {
+        let want = a.digest();
+        let ok = running.iter().any(|r| r.slot == *slot && r.alive && Some(&r.image) == want.as_ref());
+        if !ok {
+            starts.push(Act::Start { slot: slot.clone(), assignment: a.clone() });
+        }
+    }
+    for r in running {
+        let current = assigned.get(&r.slot).and_then(Assignment::digest).is_some_and(|d| d == r.image);
+        if !current || !r.alive {
+            removes.push(Act::Remove { slot: r.slot.clone(), instance: r.instance.clone() });
+        }
+    }
+    starts.extend(removes);
+    starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn a(c: char) -> Assignment {
+        Assignment { image: format!("127.0.0.1:5000/web@{}", d(c)), service: "web".into(), env: Vec::new() }
+    }
+
+    fn r(slot: &str, id: &str, c: char, alive: bool) -> Running {
+        Running { slot: slot.into(), instance: id.into(), image: d(c), alive }
+    }
+
+    #[test]
+    fn starts_what_is_missing_replaces_what_differs_and_removes_the_rest() {
+        let assigned = BTreeMap::from([("web-1".to_owned(), a('a')), ("web-2".to_owned(), a('b'))]);
+        // Nothing runs: both start.
+        let acts = decide(&assigned, &[]);
+        assert_eq!(acts.len(), 2);
+        assert!(acts.iter().all(|x| matches!(x, Act::Start { .. })));
+        // All as assigned: nothing to do (idempotent).
+        assert!(decide(&assigned, &[r("web-1", "i1", 'a', true), r("web-2", "i2", 'b', true)]).is_empty());
+        // web-2 on an old digest, web-1 exited, web-9 no longer assigned.
+        let acts = decide(
+            &assigned,
+            &[r("web-1", "i1", 'a', false), r("web-2", "i2", 'c', true), r("web-9", "i9", 'a', true)],
+        );
+        let starts: Vec<&str> = acts
+            .iter()
+            .filter_map(|x| if let Act::Start { slot, .. } = x { Some(slot.as_str()) } else { None })
+            .collect();
+        let removes: Vec<&str> = acts
+            .iter()
+            .filter_map(|x| if let Act::Remove { instance, .. } = x { Some(instance.as_str()) } else { None })
+            .collect();
+        assert_eq!(starts, ["web-1", "web-2"]);
+        assert_eq!(removes, ["i1", "i2", "i9"]);
+        let first_remove = acts.iter().position(|x| matches!(x, Act::Remove { .. })).unwrap();
+        assert!(acts[..first_remove].iter().all(|x| matches!(x, Act::Start { .. })), "start before stop");
+        // Nothing assigned: everything goes.
+        assert_eq!(decide(&BTreeMap::new(), &[r("web-1", "i1", 'a', true)]).len(), 1);
+    }
+}
