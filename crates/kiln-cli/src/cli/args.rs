@@ -77,6 +77,29 @@ pub(crate) enum Cmd {
         #[arg(short = 'e', long = "env", value_name = "K=V")]
         env: Vec<String>,
     },
+    /// A fleet controller: campaigns for leadership through an etcd lease; the leader places every service's replicas on live hosts (spread, moved off a lost host), each write conditioned on its epoch. Run several; until SIGTERM or SIGINT.
+    Controller {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        /// Default: the machine's hostname.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
+        ttl: i64,
+    },
+    /// Set a service's desired replicas and image in the fleet (--replicas 0 removes it); the leading controller places them.
+    Place {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        replicas: u32,
+        /// REGISTRY/REPO@sha256:…
+        image: String,
+        #[arg(short = 'e', long = "env", value_name = "K=V")]
+        env: Vec<String>,
+    },
     /// Remove a slot's assignment: the host's agent removes its instance.
     Unassign {
         #[arg(long, required = true, value_name = "URLS")]

@@ -210,6 +210,24 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
         }
         Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
+        Cmd::Controller { cluster, name, ttl } => {
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .context("reading /etc/hostname (or give --name)")?,
+            };
+            (Command::FleetController { cluster, name, ttl_secs: ttl }, false)
+        }
+        Cmd::Place { cluster, service, replicas, image, env } => {
+            let env = env
+                .into_iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect::<Option<Vec<_>>>()
+                .context("--env takes K=V")?;
+            let desired = kiln::fleet::place::Desired { image, replicas, env };
+            (Command::Place { cluster, service, desired }, false)
+        }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)
         }

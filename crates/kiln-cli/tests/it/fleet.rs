@@ -266,3 +266,104 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
     let ps = json(&kiln_ok(&home, &home, &["ps", "--all", "--json"]));
     assert!(ps["instances"].as_array().unwrap().is_empty(), "no orphan left: {ps}");
 }
+
+fn spawn_kiln(home: &Path, args: &[&str]) -> Child {
+    kiln_cmd().args(args).env("KILN_HOME", home).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// host → [(slot, port)] from `kiln hosts --json`.
+fn placed(home: &Path, urls: &[String]) -> std::collections::BTreeMap<String, Vec<(String, u16)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for h in hosts(home, urls).unwrap_or_default().as_array().cloned().unwrap_or_default() {
+        let slots = h["placed"]
+            .as_array()
+            .map(|a| {
+                a.iter().map(|p| (p["slot"].as_str().unwrap().to_owned(), p["port"].as_u64().unwrap() as u16)).collect()
+            })
+            .unwrap_or_default();
+        out.insert(h["name"].as_str().unwrap().to_owned(), slots);
+    }
+    out
+}
+
+#[test]
+fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_host_s_slot_moves() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-ctl-run");
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-ctl-registry"), reg_port, ""));
+    let images = pushed_busybox(reg_port);
+    let (h1, h2) = (tempdir("fleet-ctl-h1"), tempdir("fleet-ctl-h2"));
+    let mut agents = Procs(vec![
+        spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
+        spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
+    ]);
+    let ctl = tempdir("fleet-ctl-home");
+    let mut controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "2", &images[0].1]);
+    // Spread: one replica on each host, each serving.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spread = loop {
+        let p = placed(&ctl, &urls);
+        let serving = p.values().flatten().filter(|(_, port)| get(*port).as_deref() == Some("busybox 1.0.0\n")).count();
+        if p.len() == 2 && p.values().all(|s| s.len() == 1) && serving == 2 {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "never spread: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let h1_slot = spread["h1"][0].0.clone();
+    // A second controller stands by; the leader (c1, the only one when
+    // the service was placed) is SIGKILLed.
+    controllers.0.push(spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c2", "--ttl", "2"]));
+    std::thread::sleep(Duration::from_millis(500));
+    controllers.0[0].kill().unwrap();
+    controllers.0[0].wait().unwrap();
+    // Host h1 is lost: its agent and its instances killed.
+    let lost = Instant::now();
+    agents.0[0].kill().unwrap();
+    agents.0[0].wait().unwrap();
+    let ps = json(&kiln_ok(&h1, &h1, &["ps", "--json"]));
+    for i in ps["instances"].as_array().unwrap() {
+        kiln_ok(&h1, &h1, &["rm", "--force", i["id"].as_str().unwrap()]);
+    }
+    // c2 leads, sees h1's lease gone, and h1's slot serves on h2.
+    loop {
+        let p = placed(&ctl, &urls);
+        let moved = p.get("h2").and_then(|s| s.iter().find(|(slot, _)| *slot == h1_slot).map(|(_, port)| *port));
+        if !p.contains_key("h1") && moved.is_some_and(|port| get(port).as_deref() == Some("busybox 1.0.0\n")) {
+            break;
+        }
+        assert!(lost.elapsed() < Duration::from_secs(15), "h1's slot not serving on h2 15 s after the loss: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "host loss to serving elsewhere: {} ms (lease 2 s, the leader killed just before)",
+        lost.elapsed().as_millis()
+    );
+    // A new image rolls through the leader to every replica.
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "2", &images[1].1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = placed(&ctl, &urls);
+        let v2 = p.values().flatten().filter(|(_, port)| get(*port).as_deref() == Some("busybox 2.0.0\n")).count();
+        if v2 == 2 && p.values().flatten().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "version 2 never served by both replicas: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Removed from the fleet: nothing left running.
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[1].1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0 {
+        assert!(Instant::now() < deadline, "replicas left after removal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agents);
+    drop(controllers);
+}

@@ -153,6 +153,22 @@ pub enum Command {
         slot: String,
         assignment: Option<crate::fleet::reconcile::Assignment>,
     },
+    /// Campaign to lead the fleet's placement, and place while leading,
+    /// until SIGINT or SIGTERM. The caller's foreground.
+    #[serde(skip)]
+    FleetController {
+        cluster: Vec<String>,
+        name: String,
+        ttl_secs: i64,
+    },
+    /// Sets a service's desired replicas and image in the fleet (replicas
+    /// 0 removes it). Caller's process only.
+    #[serde(skip)]
+    Place {
+        cluster: Vec<String>,
+        service: String,
+        desired: crate::fleet::place::Desired,
+    },
     /// The hosts of a fleet whose lease is alive. Carried out in the
     /// caller's process (it talks to etcd), never as an API body.
     Hosts {
@@ -572,6 +588,41 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             let message = match assignment {
                 Some(a) => format!("{host}/{slot}: {} assigned", a.image),
                 None => format!("{host}/{slot}: unassigned"),
+            };
+            Ok(Output::Done { message })
+        }
+        Command::FleetController { cluster, name, ttl_secs } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let stop = crate::sys::stop_on_signal();
+            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &|m| eprintln!("kiln controller {name}: {m}"))?;
+            Ok(Output::Done { message: format!("kiln controller {name} stopped") })
+        }
+        Command::Place { cluster, service, desired } => {
+            let bad =
+                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
+            if !crate::spec::valid_image_name(&service) {
+                return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
+            }
+            let probe = crate::fleet::reconcile::Assignment {
+                image: desired.image.clone(),
+                service: service.clone(),
+                env: vec![],
+            };
+            crate::image::registry::Remote::parse(&desired.image)
+                .map_err(crate::image::registry::RegistryError::from)?;
+            if probe.digest().is_none() {
+                return Err(bad(
+                    "image",
+                    "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
+                ));
+            }
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let message = if desired.replicas == 0 {
+                crate::fleet::set_service(&etcd, &service, None)?;
+                format!("{service}: removed from the fleet")
+            } else {
+                crate::fleet::set_service(&etcd, &service, Some(&desired))?;
+                format!("{service}: {} replicas of {}", desired.replicas, desired.image)
             };
             Ok(Output::Done { message })
         }

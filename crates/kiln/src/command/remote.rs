@@ -47,6 +47,8 @@ impl Job {
                 | Command::DbUpdate { .. }
                 | Command::Agent { .. }
                 | Command::Assign { .. }
+                | Command::FleetController { .. }
+                | Command::Place { .. }
                 | Command::Hosts { .. }
         )
     }
@@ -496,6 +498,8 @@ mod tests {
             | Command::DbUpdate { .. }
             | Command::Agent { .. }
             | Command::Assign { .. }
+            | Command::FleetController { .. }
+            | Command::Place { .. }
             | Command::Hosts { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -185,6 +185,48 @@ impl Etcd {
             .collect()
     }
 
+    /// A transaction: when `key`'s create revision is `create_revision` (0:
+    /// the key does not exist), apply `puts` (key, value, lease) and
+    /// `deletes`; returns whether it did, and the response's revision.
+    pub fn txn_if_created_at(
+        &self,
+        key: &str,
+        create_revision: i64,
+        puts: &[(String, Vec<u8>, i64)],
+        deletes: &[String],
+    ) -> Result<bool, EtcdError> {
+        let mut ops: Vec<serde_json::Value> = puts
+            .iter()
+            .map(|(k, v, lease)| {
+                let mut put = json!({ "key": b64(k.as_bytes()), "value": b64(v) });
+                if *lease != 0 {
+                    put["lease"] = json!(lease.to_string());
+                }
+                json!({ "requestPut": put })
+            })
+            .collect();
+        ops.extend(deletes.iter().map(|k| json!({ "requestDeleteRange": { "key": b64(k.as_bytes()) } })));
+        let body = json!({
+            "compare": [{
+                "key": b64(key.as_bytes()),
+                "result": "EQUAL",
+                "target": "CREATE",
+                "create_revision": create_revision.to_string(),
+            }],
+            "success": ops,
+        });
+        let v = self.call("/v3/kv/txn", body)?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// The create revision of `key` (0: absent) and its value.
+    pub fn get(&self, key: &str) -> Result<Option<(i64, Vec<u8>)>, EtcdError> {
+        let v = self.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) }))?;
+        let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
+        let value = kv["value"].as_str().and_then(unb64).unwrap_or_default();
+        Ok(Some((int(&kv["create_revision"]), value)))
+    }
+
     /// Removes `key`.
     pub fn delete(&self, key: &str) -> Result<(), EtcdError> {
         self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) }))?;

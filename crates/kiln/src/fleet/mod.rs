@@ -11,6 +11,7 @@
 //! anywhere but in its etcd lease.
 
 pub mod etcd;
+pub mod place;
 pub mod reconcile;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,12 @@ use etcd::{Etcd, EtcdError};
 pub const HOSTS: &str = "/kiln/hosts/";
 /// Where slots are assigned to hosts: `/kiln/assign/HOST/SLOT`.
 pub const ASSIGN: &str = "/kiln/assign/";
+/// Services' desired state: `/kiln/services/NAME`.
+pub const SERVICES: &str = "/kiln/services/";
+/// The leading controller's key, bound to its lease: its create revision
+/// is the leader's epoch, and every write of the leader is conditioned on
+/// it.
+pub const LEADER: &str = "/kiln/leader";
 
 /// An instance the agent runs for a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +196,141 @@ pub fn run_agent(
                 if let Err(e) = step() {
                     log(&e.to_string());
                 }
+            }
+            pause(started);
+        }
+    });
+    if let Some(id) = current() {
+        let _ = cluster.revoke(id);
+    }
+    Ok(())
+}
+
+/// Sets (or, with None, removes) service `name`'s desired state.
+pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Result<(), EtcdError> {
+    let key = format!("{SERVICES}{name}");
+    match d {
+        Some(d) => cluster.put(&key, &serde_json::to_vec(d).unwrap_or_default(), 0).map(|_| ()),
+        None => cluster.delete(&key),
+    }
+}
+
+/// One leading round: reads services, live hosts and assignments, and
+/// applies [`place::decide`]'s changes, each a transaction conditioned on
+/// `epoch` (the leader key's create revision). Returns false when a write
+/// was refused: leadership is lost, and nothing more is written.
+pub fn lead_round(cluster: &Etcd, epoch: i64, log: &(dyn Fn(&str) + Sync)) -> Result<bool, EtcdError> {
+    let mut services = std::collections::BTreeMap::new();
+    for kv in cluster.range_prefix(SERVICES)? {
+        let name = kv.key.trim_start_matches(SERVICES).to_owned();
+        match serde_json::from_slice::<place::Desired>(&kv.value) {
+            Ok(d) => {
+                services.insert(name, d);
+            }
+            Err(e) => log(&format!("{}: {e}", kv.key)),
+        }
+    }
+    let hosts: std::collections::BTreeSet<String> =
+        cluster.range_prefix(HOSTS)?.into_iter().map(|kv| kv.key.trim_start_matches(HOSTS).to_owned()).collect();
+    let mut current = std::collections::BTreeMap::new();
+    for kv in cluster.range_prefix(ASSIGN)? {
+        let Some((host, slot)) = kv.key.trim_start_matches(ASSIGN).split_once('/') else { continue };
+        if let Ok(a) = serde_json::from_slice::<reconcile::Assignment>(&kv.value) {
+            current.insert((host.to_owned(), slot.to_owned()), a);
+        }
+    }
+    for change in place::decide(&services, &hosts, &current) {
+        let (puts, deletes) = match &change {
+            place::Change::Assign { host, slot, assignment } => {
+                let value = serde_json::to_vec(assignment).unwrap_or_default();
+                (vec![(format!("{ASSIGN}{host}/{slot}"), value, 0)], vec![])
+            }
+            place::Change::Unassign { host, slot } => (vec![], vec![format!("{ASSIGN}{host}/{slot}")]),
+        };
+        if !cluster.txn_if_created_at(LEADER, epoch, &puts, &deletes)? {
+            log("a write was refused: no longer the leader");
+            return Ok(false);
+        }
+        log(&format!("{change:?}"));
+    }
+    Ok(true)
+}
+
+/// `kiln controller`: campaigns for leadership with a lease of `ttl`
+/// seconds (renewed on a thread of its own); while leading, places every
+/// third of the TTL ([`lead_round`]). A controller whose lease lapsed, or
+/// whose conditioned write was refused, stops leading at once and
+/// campaigns again. On `stop`, the lease is revoked: another controller
+/// leads within a round.
+pub fn run_controller(
+    cluster: &Etcd,
+    name: &str,
+    ttl: i64,
+    stop: &AtomicBool,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), EtcdError> {
+    let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+    let lease: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
+    let current = || lease.lock().map(|l| *l).unwrap_or(None);
+    let set = |v: Option<i64>| {
+        if let Ok(mut l) = lease.lock() {
+            *l = v;
+        }
+    };
+    let pause = |started: Instant| {
+        while started.elapsed() < period && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                if let Some(id) = current() {
+                    match cluster.keepalive(id) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => set(None),
+                        Err(e) => log(&e.to_string()),
+                    }
+                }
+                pause(started);
+            }
+        });
+        let mut epoch: Option<i64> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let mut step = || -> Result<(), EtcdError> {
+                let id = match current() {
+                    Some(id) => id,
+                    None => {
+                        epoch = None;
+                        let id = cluster.grant(ttl)?;
+                        set(Some(id));
+                        id
+                    }
+                };
+                if epoch.is_none() {
+                    if cluster.txn_if_created_at(
+                        LEADER,
+                        0,
+                        &[(LEADER.to_owned(), name.as_bytes().to_vec(), id)],
+                        &[],
+                    )? {
+                        epoch = cluster.get(LEADER)?.map(|(rev, _)| rev);
+                        log(&format!("leading, epoch {}", epoch.unwrap_or(0)));
+                    } else {
+                        return Ok(());
+                    }
+                }
+                if let Some(e) = epoch {
+                    if !lead_round(cluster, e, log)? {
+                        epoch = None;
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = step() {
+                log(&e.to_string());
             }
             pause(started);
         }
