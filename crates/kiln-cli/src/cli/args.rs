@@ -99,6 +99,17 @@ pub(crate) enum Cmd {
         image: String,
         #[arg(short = 'e', long = "env", value_name = "K=V")]
         env: Vec<String>,
+        /// Each replica's memory limit, which its host must have free (256M, 1G).
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+    },
+    /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
+    DrainHost {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        host: String,
+        #[arg(long)]
+        undo: bool,
     },
     /// Remove a slot's assignment: the host's agent removes its instance.
     Unassign {

@@ -206,7 +206,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let assignment = kiln::fleet::reconcile::Assignment { image, service, env };
+            let assignment = kiln::fleet::reconcile::Assignment { image, service, env, memory_bytes: None };
             (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
         }
         Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
@@ -219,13 +219,21 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             };
             (Command::FleetController { cluster, name, ttl_secs: ttl }, false)
         }
-        Cmd::Place { cluster, service, replicas, image, env } => {
+        Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster, host, undo }, false),
+        Cmd::Place { cluster, service, replicas, image, env, memory } => {
+            let memory_bytes = match memory {
+                Some(m) => Some(
+                    kiln::spec::parse_size(&m)
+                        .with_context(|| format!("--memory {m:?}: expected a size like 256M or 1G"))?,
+                ),
+                None => None,
+            };
             let env = env
                 .into_iter()
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let desired = kiln::fleet::place::Desired { image, replicas, env };
+            let desired = kiln::fleet::place::Desired { image, replicas, env, memory_bytes };
             (Command::Place { cluster, service, desired }, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {

@@ -367,3 +367,81 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     drop(agents);
     drop(controllers);
 }
+
+#[test]
+fn drain_host_moves_a_slot_surge_first() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-drain");
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-drain-registry"), reg_port, ""));
+    let images = pushed_busybox(reg_port);
+    let (h1, h2) = (tempdir("fleet-drain-h1"), tempdir("fleet-drain-h2"));
+    let _agents = Procs(vec![
+        spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
+        spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
+    ]);
+    let ctl = tempdir("fleet-drain-ctl");
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    // More memory than any host has: refused by placement, nothing runs.
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["place", "--cluster", &cluster, "--service", "huge", "--replicas", "1", "--memory", "100000G", &images[0].1],
+    );
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "1", &images[0].1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (from, port) = loop {
+        let p = placed(&ctl, &urls);
+        if let Some((h, port)) =
+            p.iter().find_map(|(h, s)| s.iter().find(|(slot, _)| slot == "web-0").map(|(_, port)| (h.clone(), *port)))
+        {
+            if get(port).is_some() {
+                break (h, port);
+            }
+        }
+        assert!(Instant::now() < deadline, "web-0 never served: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let to = if from == "h1" { "h2" } else { "h1" };
+    kiln_ok(&ctl, &ctl, &["drain-host", "--cluster", &cluster, &from]);
+    // Until the old copy is gone, something always serves web-0, and the
+    // new copy serves before the old one stops.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut new_serving_at = None;
+    loop {
+        let p = placed(&ctl, &urls);
+        let new_port = p.get(to).and_then(|s| s.iter().find(|(slot, _)| slot == "web-0").map(|(_, port)| *port));
+        if new_serving_at.is_none() && new_port.is_some_and(|np| get(np).is_some()) {
+            new_serving_at = Some(Instant::now());
+        }
+        let old_up = get(port).is_some();
+        assert!(old_up || new_serving_at.is_some(), "web-0 served nowhere during the drain: {p:?}");
+        if !old_up && new_serving_at.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drain never completed: {p:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The drained host's report catches up within a round.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let p = loop {
+        let p = placed(&ctl, &urls);
+        if p[&from].is_empty() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "{p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(p[to].iter().any(|(s, _)| s == "web-0"), "{p:?}");
+    assert!(p.values().flatten().all(|(s, _)| !s.starts_with("huge")), "huge placed nowhere: {p:?}");
+    // Cleaned up: nothing left running on either host.
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[0].1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0 {
+        assert!(Instant::now() < deadline, "replicas left after removal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -169,6 +169,14 @@ pub enum Command {
         service: String,
         desired: crate::fleet::place::Desired,
     },
+    /// Marks a host as draining (`undo`: no longer): the leading
+    /// controller moves its slots away, surge-first. Caller's process only.
+    #[serde(skip)]
+    DrainHost {
+        cluster: Vec<String>,
+        host: String,
+        undo: bool,
+    },
     /// The hosts of a fleet whose lease is alive. Carried out in the
     /// caller's process (it talks to etcd), never as an API body.
     Hosts {
@@ -402,6 +410,7 @@ fn start_slot(
         service: Some(a.service.clone()),
         env: a.env.clone(),
         release: Some(format!("fleet:{slot}")),
+        limits: crate::runtime::bundle::Limits { memory_bytes: a.memory_bytes, ..Default::default() },
         ..RunRequest::default()
     };
     rt.run(&req, launcher, now)?;
@@ -604,6 +613,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                 return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
             }
             let probe = crate::fleet::reconcile::Assignment {
+                memory_bytes: None,
                 image: desired.image.clone(),
                 service: service.clone(),
                 env: vec![],
@@ -623,6 +633,16 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             } else {
                 crate::fleet::set_service(&etcd, &service, Some(&desired))?;
                 format!("{service}: {} replicas of {}", desired.replicas, desired.image)
+            };
+            Ok(Output::Done { message })
+        }
+        Command::DrainHost { cluster, host, undo } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            crate::fleet::drain(&etcd, &host, !undo)?;
+            let message = if undo {
+                format!("{host}: no longer draining")
+            } else {
+                format!("{host}: draining, its slots move away surge-first")
             };
             Ok(Output::Done { message })
         }

@@ -49,6 +49,7 @@ impl Job {
                 | Command::Assign { .. }
                 | Command::FleetController { .. }
                 | Command::Place { .. }
+                | Command::DrainHost { .. }
                 | Command::Hosts { .. }
         )
     }
@@ -500,6 +501,7 @@ mod tests {
             | Command::Assign { .. }
             | Command::FleetController { .. }
             | Command::Place { .. }
+            | Command::DrainHost { .. }
             | Command::Hosts { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -25,6 +25,8 @@ use etcd::{Etcd, EtcdError};
 pub const HOSTS: &str = "/kiln/hosts/";
 /// Where slots are assigned to hosts: `/kiln/assign/HOST/SLOT`.
 pub const ASSIGN: &str = "/kiln/assign/";
+/// Hosts being drained: `/kiln/drain/HOST`.
+pub const DRAIN: &str = "/kiln/drain/";
 /// Services' desired state: `/kiln/services/NAME`.
 pub const SERVICES: &str = "/kiln/services/";
 /// The leading controller's key, bound to its lease: its create revision
@@ -206,6 +208,16 @@ pub fn run_agent(
     Ok(())
 }
 
+/// Marks host `host` as draining (or, with false, no longer).
+pub fn drain(cluster: &Etcd, host: &str, on: bool) -> Result<(), EtcdError> {
+    let key = format!("{DRAIN}{host}");
+    if on {
+        cluster.put(&key, b"{}", 0).map(|_| ())
+    } else {
+        cluster.delete(&key)
+    }
+}
+
 /// Sets (or, with None, removes) service `name`'s desired state.
 pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Result<(), EtcdError> {
     let key = format!("{SERVICES}{name}");
@@ -230,8 +242,19 @@ pub fn lead_round(cluster: &Etcd, epoch: i64, log: &(dyn Fn(&str) + Sync)) -> Re
             Err(e) => log(&format!("{}: {e}", kv.key)),
         }
     }
-    let hosts: std::collections::BTreeSet<String> =
-        cluster.range_prefix(HOSTS)?.into_iter().map(|kv| kv.key.trim_start_matches(HOSTS).to_owned()).collect();
+    let draining: std::collections::BTreeSet<String> =
+        cluster.range_prefix(DRAIN)?.into_iter().map(|kv| kv.key.trim_start_matches(DRAIN).to_owned()).collect();
+    let mut hosts = std::collections::BTreeMap::new();
+    for kv in cluster.range_prefix(HOSTS)? {
+        let name = kv.key.trim_start_matches(HOSTS).to_owned();
+        let Ok(r) = serde_json::from_slice::<HostRecord>(&kv.value) else { continue };
+        let info = place::HostInfo {
+            memory_bytes: r.memory_bytes,
+            draining: draining.contains(&name),
+            running: r.placed.into_iter().map(|p| p.slot).collect(),
+        };
+        hosts.insert(name, info);
+    }
     let mut current = std::collections::BTreeMap::new();
     for kv in cluster.range_prefix(ASSIGN)? {
         let Some((host, slot)) = kv.key.trim_start_matches(ASSIGN).split_once('/') else { continue };
@@ -239,7 +262,11 @@ pub fn lead_round(cluster: &Etcd, epoch: i64, log: &(dyn Fn(&str) + Sync)) -> Re
             current.insert((host.to_owned(), slot.to_owned()), a);
         }
     }
-    for change in place::decide(&services, &hosts, &current) {
+    let (changes, notes) = place::decide(&services, &hosts, &current);
+    for n in notes {
+        log(&n);
+    }
+    for change in changes {
         let (puts, deletes) = match &change {
             place::Change::Assign { host, slot, assignment } => {
                 let value = serde_json::to_vec(assignment).unwrap_or_default();

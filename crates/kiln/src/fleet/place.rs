@@ -23,6 +23,19 @@ pub struct Desired {
     pub replicas: u32,
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Memory each replica is limited to, and needs free on its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// A live host as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostInfo {
+    pub memory_bytes: u64,
+    /// `kiln drain-host`: its slots move away, surge-first.
+    pub draining: bool,
+    /// The slots its agent reports running.
+    pub running: BTreeSet<String>,
 }
 
 /// A change to the assignments.
@@ -33,37 +46,75 @@ pub enum Change {
 }
 
 /// The changes that bring `current` ((host, slot) → assignment) to
-/// `services` on `hosts` (alive). With no live host, nothing is placed.
+/// `services` on the live `hosts`, and notes on what could not be placed.
+/// A new slot goes to the host, not draining, with room for its memory,
+/// that has the fewest slots (then by name). A slot on a draining host is
+/// first assigned to another host as well, and leaves the draining one only
+/// once that host reports it running (surge-first). With no eligible
+/// host, a slot waits (and is named in the notes).
 pub fn decide(
     services: &BTreeMap<String, Desired>,
-    hosts: &BTreeSet<String>,
+    hosts: &BTreeMap<String, HostInfo>,
     current: &BTreeMap<(String, String), Assignment>,
-) -> Vec<Change> {
+) -> (Vec<Change>, Vec<String>) {
     let mut changes = Vec::new();
-    // Slots per live host, as they will be: for spreading.
-    let mut load: BTreeMap<&str, usize> = hosts.iter().map(|h| (h.as_str(), 0)).collect();
-    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
-    for ((host, _), _) in current.iter().filter(|((h, _), _)| hosts.contains(h)) {
-        *load.entry(host.as_str()).or_default() += 1;
+    let mut notes = Vec::new();
+    let live = |h: &String| hosts.contains_key(h);
+    // Slots and memory per live host, as they will be.
+    let mut load: BTreeMap<&str, (usize, u64)> = hosts.keys().map(|h| (h.as_str(), (0, 0))).collect();
+    for ((host, _), a) in current.iter().filter(|((h, _), _)| live(h)) {
+        let e = load.entry(host.as_str()).or_default();
+        e.0 += 1;
+        e.1 += a.memory_bytes.unwrap_or(0);
     }
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for (name, d) in services {
         for i in 0..d.replicas {
             let slot = format!("{name}-{i}");
-            let assignment = Assignment { image: d.image.clone(), service: name.clone(), env: d.env.clone() };
-            let placed: Vec<&String> =
-                current.keys().filter(|(h, s)| *s == slot && hosts.contains(h)).map(|(h, _)| h).collect();
-            match placed.first() {
-                Some(host) => {
-                    wanted.insert(((*host).clone(), slot.clone()));
-                    if current.get(&((*host).clone(), slot.clone())) != Some(&assignment) {
-                        changes.push(Change::Assign { host: (*host).clone(), slot, assignment });
-                    }
+            let assignment = Assignment {
+                image: d.image.clone(),
+                service: name.clone(),
+                env: d.env.clone(),
+                memory_bytes: d.memory_bytes,
+            };
+            let on: Vec<&String> = current.keys().filter(|(h, s)| *s == slot && live(h)).map(|(h, _)| h).collect();
+            let settled: Vec<&String> = on.iter().copied().filter(|h| !hosts[*h].draining).collect();
+            for host in &settled {
+                wanted.insert(((*host).clone(), slot.clone()));
+                if current.get(&((*host).clone(), slot.clone())) != Some(&assignment) {
+                    changes.push(Change::Assign {
+                        host: (*host).clone(),
+                        slot: slot.clone(),
+                        assignment: assignment.clone(),
+                    });
                 }
-                None => {
-                    let Some((&host, _)) = load.iter().min_by_key(|(h, n)| (**n, **h)) else { continue };
-                    *load.entry(host).or_default() += 1;
-                    wanted.insert((host.to_owned(), slot.clone()));
-                    changes.push(Change::Assign { host: host.to_owned(), slot, assignment });
+            }
+            // Draining copies stay until a settled copy runs.
+            let ready = settled.iter().any(|h| hosts[*h].running.contains(&slot));
+            for host in on.iter().filter(|h| hosts[**h].draining) {
+                if !ready {
+                    wanted.insert(((*host).clone(), slot.clone()));
+                }
+            }
+            if settled.is_empty() {
+                let need = d.memory_bytes.unwrap_or(0);
+                let pick = load
+                    .iter()
+                    .filter(|(h, (_, used))| {
+                        let info = &hosts[**h];
+                        !info.draining && info.memory_bytes.saturating_sub(*used) >= need
+                    })
+                    .min_by_key(|(h, (n, _))| (*n, **h))
+                    .map(|(h, _)| h.to_string());
+                match pick {
+                    Some(host) => {
+                        let e = load.entry(hosts.get_key_value(&host).map_or("", |(k, _)| k.as_str())).or_default();
+                        e.0 += 1;
+                        e.1 += need;
+                        wanted.insert((host.clone(), slot.clone()));
+                        changes.push(Change::Assign { host, slot, assignment });
+                    }
+                    None => notes.push(format!("{slot}: no live host, not draining, has {need} bytes free")),
                 }
             }
         }
@@ -73,7 +124,7 @@ pub fn decide(
             changes.push(Change::Unassign { host: host.clone(), slot: slot.clone() });
         }
     }
-    changes
+    (changes, notes)
 }
 
 #[cfg(test)]
@@ -82,6 +133,10 @@ mod tests {
 
     fn img(c: char) -> String {
         format!("r:5000/web@sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn hosts(names: &[&str]) -> BTreeMap<String, HostInfo> {
+        names.iter().map(|n| (n.to_string(), HostInfo { memory_bytes: 8 << 30, ..HostInfo::default() })).collect()
     }
 
     fn apply(current: &mut BTreeMap<(String, String), Assignment>, changes: &[Change]) {
@@ -99,33 +154,80 @@ mod tests {
 
     #[test]
     fn replicas_spread_move_off_a_lost_host_and_follow_the_image() {
-        let services = BTreeMap::from([("web".to_owned(), Desired { image: img('a'), replicas: 3, env: vec![] })]);
-        let mut hosts: BTreeSet<String> = ["h1", "h2", "h3"].iter().map(|s| s.to_string()).collect();
+        let d = |c: char, replicas: u32| Desired { image: img(c), replicas, env: vec![], memory_bytes: None };
+        let services = BTreeMap::from([("web".to_owned(), d('a', 3))]);
+        let mut hosts = hosts(&["h1", "h2", "h3"]);
         let mut current = BTreeMap::new();
-        let c = decide(&services, &hosts, &current);
+        let (c, _) = decide(&services, &hosts, &current);
         apply(&mut current, &c);
         let used: BTreeSet<&String> = current.keys().map(|(h, _)| h).collect();
         assert_eq!(used.len(), 3, "one replica per host: {current:?}");
-        assert!(decide(&services, &hosts, &current).is_empty(), "stable once placed");
+        assert!(decide(&services, &hosts, &current).0.is_empty(), "stable once placed");
         // h2 is lost: its slot moves to a live host, and leaves h2.
         hosts.remove("h2");
-        let c = decide(&services, &hosts, &current);
+        let (c, _) = decide(&services, &hosts, &current);
         assert!(c.iter().any(|x| matches!(x, Change::Unassign { host, .. } if host == "h2")), "{c:?}");
         apply(&mut current, &c);
         assert_eq!(current.len(), 3);
         assert!(current.keys().all(|(h, _)| h != "h2"));
         // A new image: assigned in place, no slot moves.
         let before: BTreeSet<(String, String)> = current.keys().cloned().collect();
-        let services = BTreeMap::from([("web".to_owned(), Desired { image: img('b'), replicas: 3, env: vec![] })]);
-        let c = decide(&services, &hosts, &current);
+        let services = BTreeMap::from([("web".to_owned(), d('b', 3))]);
+        let (c, _) = decide(&services, &hosts, &current);
         assert_eq!(c.len(), 3);
         apply(&mut current, &c);
         assert_eq!(current.keys().cloned().collect::<BTreeSet<_>>(), before);
         // Scaled to one: two slots go.
-        let one = BTreeMap::from([("web".to_owned(), Desired { image: img('b'), replicas: 1, env: vec![] })]);
-        let c = decide(&one, &hosts, &current);
+        let one = BTreeMap::from([("web".to_owned(), d('b', 1))]);
+        let (c, _) = decide(&one, &hosts, &current);
         assert_eq!(c.iter().filter(|x| matches!(x, Change::Unassign { .. })).count(), 2);
-        // No live host: nothing placed.
-        assert!(decide(&one, &BTreeSet::new(), &BTreeMap::new()).is_empty());
+        // No live host: nothing placed, and said so.
+        let (c, notes) = decide(&one, &BTreeMap::new(), &BTreeMap::new());
+        assert!(c.is_empty() && notes[0].contains("web-0"), "{notes:?}");
+    }
+
+    #[test]
+    fn memory_is_respected_and_a_drained_host_is_left_surge_first() {
+        let mut hosts = hosts(&["h1", "h2"]);
+        hosts.get_mut("h1").unwrap().memory_bytes = 1 << 30;
+        let big = Desired { image: img('a'), replicas: 2, env: vec![], memory_bytes: Some(3 << 30) };
+        let services = BTreeMap::from([("db".to_owned(), big)]);
+        let mut current = BTreeMap::new();
+        let (c, notes) = decide(&services, &hosts, &current);
+        apply(&mut current, &c);
+        // Only h2 has room, for two replicas of 3 GiB in 8 GiB.
+        assert!(current.keys().all(|(h, _)| h == "h2"), "{current:?}");
+        assert_eq!(current.len(), 2);
+        assert!(notes.is_empty());
+        // Three replicas: the third fits nowhere, and waits.
+        let three = BTreeMap::from([(
+            "db".to_owned(),
+            Desired { image: img('a'), replicas: 3, env: vec![], memory_bytes: Some(3 << 30) },
+        )]);
+        let (c, notes) = decide(&three, &hosts, &current);
+        assert!(c.is_empty() && notes[0].starts_with("db-2"), "{c:?} {notes:?}");
+
+        // Draining h1 with one small slot: first a copy on h2; h1 keeps its
+        // slot until h2 reports it running; then h1's goes.
+        let mut hosts = self::hosts(&["h1", "h2"]);
+        let web = BTreeMap::from([(
+            "web".to_owned(),
+            Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None },
+        )]);
+        let mut current = BTreeMap::new();
+        let (c, _) = decide(&web, &hosts, &current);
+        apply(&mut current, &c);
+        let first = current.keys().next().unwrap().0.clone();
+        let other = if first == "h1" { "h2" } else { "h1" };
+        hosts.get_mut(&first).unwrap().draining = true;
+        let (c, _) = decide(&web, &hosts, &current);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(matches!(&c[0], Change::Assign { host, .. } if host == other));
+        apply(&mut current, &c);
+        assert_eq!(current.len(), 2, "surge: both hold the slot");
+        assert!(decide(&web, &hosts, &current).0.is_empty(), "waits for the new copy to run");
+        hosts.get_mut(other).unwrap().running.insert("web-0".into());
+        let (c, _) = decide(&web, &hosts, &current);
+        assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
     }
 }

@@ -21,6 +21,9 @@ pub struct Assignment {
     pub service: String,
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The instance's memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl Assignment {
@@ -80,7 +83,12 @@ mod tests {
     }
 
     fn a(c: char) -> Assignment {
-        Assignment { image: format!("127.0.0.1:5000/web@{}", d(c)), service: "web".into(), env: Vec::new() }
+        Assignment {
+            image: format!("127.0.0.1:5000/web@{}", d(c)),
+            service: "web".into(),
+            env: Vec::new(),
+            memory_bytes: None,
+        }
     }
 
     fn r(slot: &str, id: &str, c: char, alive: bool) -> Running {
