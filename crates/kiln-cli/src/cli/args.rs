@@ -102,6 +102,9 @@ pub(crate) enum Cmd {
         /// Each replica's memory limit, which its host must have free (256M, 1G).
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Never two instances of a slot at once: a host cut off from etcd stops it after two lease TTLs, and the controller moves it only after that.
+        #[arg(long)]
+        singleton: bool,
     },
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {

@@ -206,7 +206,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let assignment = kiln::fleet::reconcile::Assignment { image, service, env, memory_bytes: None };
+            let assignment =
+                kiln::fleet::reconcile::Assignment { image, service, env, memory_bytes: None, singleton: false };
             (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
         }
         Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
@@ -220,7 +221,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::FleetController { cluster, name, ttl_secs: ttl }, false)
         }
         Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster, host, undo }, false),
-        Cmd::Place { cluster, service, replicas, image, env, memory } => {
+        Cmd::Place { cluster, service, replicas, image, env, memory, singleton } => {
             let memory_bytes = match memory {
                 Some(m) => Some(
                     kiln::spec::parse_size(&m)
@@ -233,7 +234,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let desired = kiln::fleet::place::Desired { image, replicas, env, memory_bytes };
+            let desired = kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton };
             (Command::Place { cluster, service, desired }, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {

@@ -24,6 +24,17 @@ impl Drop for Procs {
     }
 }
 
+/// Removes a directory when dropped: etcd preallocates 64 MB of WAL per
+/// member, too much to leave behind in every run. Declared before the
+/// processes, so it is dropped after they are killed.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Three etcd members on loopback; their client URLs.
 fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -73,6 +84,7 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 fn an_agent_registers_under_a_lease_survives_an_etcd_member_and_its_loss_is_seen_within_the_lease() {
     let _room = room("fleet");
     let dir = tempdir("fleet");
+    let _clean = Cleanup(dir.clone());
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let home = tempdir("fleet-h1");
@@ -130,6 +142,7 @@ fn an_agent_registers_under_a_lease_survives_an_etcd_member_and_its_loss_is_seen
 fn a_stopped_agent_leaves_at_once() {
     let _room = room("fleet");
     let dir = tempdir("fleet-stop");
+    let _clean = Cleanup(dir.clone());
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let home = tempdir("fleet-h2");
@@ -203,6 +216,7 @@ fn wait_serving(home: &Path, urls: &[String], slot: &str, body: &str) -> u16 {
 fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes_it() {
     let _room = room("fleet");
     let dir = tempdir("fleet-run");
+    let _clean = Cleanup(dir.clone());
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let cluster = urls.join(",");
@@ -290,6 +304,7 @@ fn placed(home: &Path, urls: &[String]) -> std::collections::BTreeMap<String, Ve
 fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_host_s_slot_moves() {
     let _room = room("fleet");
     let dir = tempdir("fleet-ctl-run");
+    let _clean = Cleanup(dir.clone());
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let cluster = urls.join(",");
@@ -372,6 +387,7 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
 fn drain_host_moves_a_slot_surge_first() {
     let _room = room("fleet");
     let dir = tempdir("fleet-drain");
+    let _clean = Cleanup(dir.clone());
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let cluster = urls.join(",");
@@ -439,6 +455,146 @@ fn drain_host_moves_a_slot_surge_first() {
     assert!(p.values().flatten().all(|(s, _)| !s.starts_with("huge")), "huge placed nowhere: {p:?}");
     // Cleaned up: nothing left running on either host.
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[0].1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0 {
+        assert!(Instant::now() < deadline, "replicas left after removal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP forwarder to `backend` that the test can cut: while cut, every
+/// connection is refused (closed at once), as a partition would.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cuttable {
+    fn new(backend: &str) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, backend) = (cut.clone(), backend.trim_start_matches("http://").to_owned());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                if c.load(Ordering::Relaxed) {
+                    drop(conn);
+                    continue;
+                }
+                let Ok(b) = std::net::TcpStream::connect(&backend) else { continue };
+                let (mut c1, mut b1) = (conn.try_clone().unwrap(), b.try_clone().unwrap());
+                let (mut c2, mut b2) = (conn, b);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut b1);
+                    let _ = b1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut b2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Cuttable { port, cut }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_partitioned_host_stops_its_singleton_before_it_runs_elsewhere_and_rejoins_without_duplicates() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-part");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-part-registry"), reg_port, ""));
+    let images = pushed_busybox(reg_port);
+    // h1 reaches etcd only through forwarders the test can cut.
+    let links: Vec<Cuttable> = urls.iter().map(|u| Cuttable::new(u)).collect();
+    let h1_cluster = links.iter().map(|l| format!("http://127.0.0.1:{}", l.port)).collect::<Vec<_>>().join(",");
+    let (h1, h2) = (tempdir("fleet-part-h1"), tempdir("fleet-part-h2"));
+    let _agents = Procs(vec![
+        spawn_kiln(&h1, &["agent", "--cluster", &h1_cluster, "--name", "h1", "--ttl", "2"]),
+        spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
+    ]);
+    let ctl = tempdir("fleet-part-ctl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).len() < 2 {
+        assert!(Instant::now() < deadline, "the agents never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    // Both hosts empty: the singleton goes to h1 (fewest slots, then name).
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["place", "--cluster", &cluster, "--service", "db", "--replicas", "1", "--singleton", &images[0].1],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let old = loop {
+        let p = placed(&ctl, &urls);
+        if let Some(port) = p.get("h1").and_then(|s| s.first()).map(|(_, port)| *port) {
+            if get(port).is_some() {
+                break port;
+            }
+        }
+        assert!(Instant::now() < deadline, "db-0 never served on h1: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The partition: h1 loses etcd; its instance stays reachable here.
+    for l in &links {
+        l.set(true);
+    }
+    let cut = Instant::now();
+    let (mut stopped, mut moved) = (None, None);
+    let new = loop {
+        let old_up = get(old).is_some();
+        if !old_up && stopped.is_none() {
+            stopped = Some(cut.elapsed());
+        }
+        let p = placed(&ctl, &urls);
+        let new_port = p.get("h2").and_then(|s| s.first()).map(|(_, port)| *port);
+        let new_up = new_port.is_some_and(|np| get(np).is_some());
+        assert!(!(old_up && new_up), "the singleton ran on both hosts at once");
+        if new_up {
+            moved.get_or_insert(cut.elapsed());
+            break new_port.unwrap();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(20), "never moved: {p:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stopped, moved) = (stopped.unwrap(), moved.unwrap());
+    eprintln!(
+        "partition: h1 stopped its singleton after {} ms, h2 served it after {} ms",
+        stopped.as_millis(),
+        moved.as_millis()
+    );
+    assert!(stopped <= Duration::from_secs(10), "lease plus grace is at most 10 s");
+    // The partition heals: h1 rejoins and runs nothing; h2's instance is
+    // not restarted.
+    for l in &links {
+        l.set(false);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = placed(&ctl, &urls);
+        if p.get("h1").is_some_and(|s| s.is_empty()) && p.get("h2").is_some_and(|s| s.len() == 1) {
+            assert_eq!(p["h2"][0].1, new, "h2's instance kept, not restarted");
+            break;
+        }
+        assert!(Instant::now() < deadline, "h1 never rejoined cleanly: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let ps = json(&kiln_ok(&h1, &h1, &["ps", "--json"]));
+    assert!(ps["instances"].as_array().unwrap().is_empty(), "no duplicate on h1 after the heal: {ps}");
+    assert!(get(new).is_some(), "still served on h2");
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "db", "--replicas", "0", &images[0].1]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while placed(&ctl, &urls).values().flatten().count() > 0 {
         assert!(Instant::now() < deadline, "replicas left after removal");

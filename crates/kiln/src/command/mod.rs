@@ -411,6 +411,7 @@ fn start_slot(
         env: a.env.clone(),
         release: Some(format!("fleet:{slot}")),
         limits: crate::runtime::bundle::Limits { memory_bytes: a.memory_bytes, ..Default::default() },
+        release_fields: std::collections::BTreeMap::from([("fleet.singleton".to_owned(), a.singleton.to_string())]),
         ..RunRequest::default()
     };
     rt.run(&req, launcher, now)?;
@@ -568,10 +569,27 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                     }
                 }
             };
+            let mut fence = || {
+                // The instances of singleton slots, stopped and removed.
+                let Ok(records) = rt.records() else { return };
+                for r in records.iter().filter(|r| !r.state.is_exited()) {
+                    let singleton = r.release_fields.get("fleet.singleton").is_some_and(|v| v == "true");
+                    if singleton && slot_of(r).is_some() {
+                        let id = r.id.to_string();
+                        let _ =
+                            rt.stop(&id, Some(std::time::Duration::from_secs(2))).and_then(|_| rt.remove(&id, true));
+                    }
+                }
+            };
             let stop = crate::sys::stop_on_signal();
-            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, &mut record, &mut reconcile, &|m| {
-                eprintln!("kiln agent {name}: {m}")
-            })?;
+            let log = |m: &str| eprintln!("kiln agent {name}: {m}");
+            let hooks = crate::fleet::AgentHooks {
+                record: &mut record,
+                reconcile: &mut reconcile,
+                fence: &mut fence,
+                log: &log,
+            };
+            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, hooks)?;
             Ok(Output::Done { message: format!("kiln agent {name} left the fleet") })
         }
         Command::Assign { cluster, host, slot, assignment } => {
@@ -614,6 +632,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             }
             let probe = crate::fleet::reconcile::Assignment {
                 memory_bytes: None,
+                singleton: false,
                 image: desired.image.clone(),
                 service: service.clone(),
                 env: vec![],

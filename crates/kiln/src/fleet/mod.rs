@@ -125,6 +125,22 @@ pub fn assignments(
     Ok((out, bad))
 }
 
+/// What the agent loop calls on its host (the act side, kept out of
+/// this module): the host's record, the reconciliation of its
+/// assignments, the fence (stop singletons when cut off), and its log.
+pub struct AgentHooks<'a> {
+    pub record: &'a mut dyn FnMut() -> HostRecord,
+    pub reconcile: &'a mut dyn FnMut(std::collections::BTreeMap<String, reconcile::Assignment>),
+    pub fence: &'a mut dyn FnMut(),
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl std::fmt::Debug for AgentHooks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentHooks")
+    }
+}
+
 /// `kiln agent`: registers `record()` under a lease of `ttl` seconds until
 /// `stop`. A thread of its own renews the lease every third of the TTL,
 /// so a slow act (an image pull, a stop's grace) never lets it lapse; a
@@ -139,13 +155,21 @@ pub fn run_agent(
     name: &str,
     ttl: i64,
     stop: &AtomicBool,
-    record: &mut dyn FnMut() -> HostRecord,
-    reconcile: &mut dyn FnMut(std::collections::BTreeMap<String, reconcile::Assignment>),
-    log: &(dyn Fn(&str) + Sync),
+    hooks: AgentHooks<'_>,
 ) -> Result<(), EtcdError> {
+    let AgentHooks { record, reconcile, fence, log } = hooks;
     let key = format!("{HOSTS}{name}");
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+    let ttl_d = Duration::from_secs(ttl.max(1) as u64);
     let lease: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
+    // When the lease was last renewed (or granted): None before the first.
+    let renewed: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mark = || {
+        if let Ok(mut r) = renewed.lock() {
+            *r = Some(Instant::now());
+        }
+    };
+    let stale = || renewed.lock().ok().and_then(|r| *r).map(|t| t.elapsed());
     let last: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(serde_json::to_vec(&record()).unwrap_or_default());
     let current = || lease.lock().map(|l| *l).unwrap_or(None);
     let pause = |started: Instant| {
@@ -160,11 +184,13 @@ pub fn run_agent(
                 let step = || -> Result<(), EtcdError> {
                     if let Some(id) = current() {
                         if cluster.keepalive(id)?.is_some() {
+                            mark();
                             return Ok(());
                         }
                         log("the lease expired: registering again");
                     }
                     let id = cluster.grant(ttl)?;
+                    mark();
                     let value = last.lock().map(|v| v.clone()).unwrap_or_default();
                     cluster.put(&key, &value, id)?;
                     if let Ok(mut l) = lease.lock() {
@@ -179,9 +205,24 @@ pub fn run_agent(
                 pause(started);
             }
         });
+        let mut fenced = false;
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
-            if let Some(id) = current() {
+            // Cut off for two TTLs: its lease is gone and the controller
+            // may move its singletons; they stop here first.
+            match stale() {
+                Some(age) if age > 2 * ttl_d => {
+                    if !fenced {
+                        log("no lease renewed for two TTLs: stopping singletons");
+                    }
+                    fenced = true;
+                    fence();
+                }
+                _ => fenced = false,
+            }
+            // No new desired state without a live lease.
+            let fresh = stale().is_some_and(|age| age < ttl_d);
+            if let (Some(id), true) = (current(), fresh) {
                 let mut step = || -> Result<(), EtcdError> {
                     let (assigned, bad) = assignments(cluster, name)?;
                     for b in bad {
@@ -231,7 +272,13 @@ pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Re
 /// applies [`place::decide`]'s changes, each a transaction conditioned on
 /// `epoch` (the leader key's create revision). Returns false when a write
 /// was refused: leadership is lost, and nothing more is written.
-pub fn lead_round(cluster: &Etcd, epoch: i64, log: &(dyn Fn(&str) + Sync)) -> Result<bool, EtcdError> {
+pub fn lead_round(
+    cluster: &Etcd,
+    epoch: i64,
+    seen: &mut std::collections::BTreeMap<String, Instant>,
+    fence: Duration,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<bool, EtcdError> {
     let mut services = std::collections::BTreeMap::new();
     for kv in cluster.range_prefix(SERVICES)? {
         let name = kv.key.trim_start_matches(SERVICES).to_owned();
@@ -262,7 +309,21 @@ pub fn lead_round(cluster: &Etcd, epoch: i64, log: &(dyn Fn(&str) + Sync)) -> Re
             current.insert((host.to_owned(), slot.to_owned()), a);
         }
     }
-    let (changes, notes) = place::decide(&services, &hosts, &current);
+    // A host whose lease is gone may still run a singleton until its agent
+    // must have stopped it: `fence` after this controller last saw it
+    // (after it started leading, for a host it never saw).
+    let now = Instant::now();
+    for h in hosts.keys() {
+        seen.insert(h.clone(), now);
+    }
+    let fencing: std::collections::BTreeSet<String> = current
+        .keys()
+        .map(|(h, _)| h)
+        .filter(|h| !hosts.contains_key(*h))
+        .filter(|h| seen.entry((*h).clone()).or_insert(now).elapsed() < fence)
+        .cloned()
+        .collect();
+    let (changes, notes) = place::decide(&services, &hosts, &current, &fencing);
     for n in notes {
         log(&n);
     }
@@ -324,6 +385,11 @@ pub fn run_controller(
             }
         });
         let mut epoch: Option<i64> = None;
+        let mut seen = std::collections::BTreeMap::new();
+        // An agent stops a singleton 2 × TTL after its last renewal, and
+        // its key lasted one TTL past that: the fence is a TTL from when
+        // the host was last seen, plus a margin for the stop itself.
+        let fence = Duration::from_secs(ttl.max(1) as u64) + Duration::from_secs(3);
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let mut step = || -> Result<(), EtcdError> {
@@ -344,13 +410,14 @@ pub fn run_controller(
                         &[],
                     )? {
                         epoch = cluster.get(LEADER)?.map(|(rev, _)| rev);
+                        seen.clear();
                         log(&format!("leading, epoch {}", epoch.unwrap_or(0)));
                     } else {
                         return Ok(());
                     }
                 }
                 if let Some(e) = epoch {
-                    if !lead_round(cluster, e, log)? {
+                    if !lead_round(cluster, e, &mut seen, fence, log)? {
                         epoch = None;
                     }
                 }

@@ -26,6 +26,9 @@ pub struct Desired {
     /// Memory each replica is limited to, and needs free on its host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// At most one instance of each slot at any time (see [`decide`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub singleton: bool,
 }
 
 /// A live host as placement sees it.
@@ -51,11 +54,15 @@ pub enum Change {
 /// that has the fewest slots (then by name). A slot on a draining host is
 /// first assigned to another host as well, and leaves the draining one only
 /// once that host reports it running (surge-first). With no eligible
-/// host, a slot waits (and is named in the notes).
+/// host, a slot waits (and is named in the notes). A singleton's slot on
+/// a host in `fencing` (its lease gone, but not for long enough that its
+/// agent must have stopped it) stays assigned there and is not placed
+/// elsewhere until the fence has passed: never two at once.
 pub fn decide(
     services: &BTreeMap<String, Desired>,
     hosts: &BTreeMap<String, HostInfo>,
     current: &BTreeMap<(String, String), Assignment>,
+    fencing: &BTreeSet<String>,
 ) -> (Vec<Change>, Vec<String>) {
     let mut changes = Vec::new();
     let mut notes = Vec::new();
@@ -76,7 +83,15 @@ pub fn decide(
                 service: name.clone(),
                 env: d.env.clone(),
                 memory_bytes: d.memory_bytes,
+                singleton: d.singleton,
             };
+            if d.singleton {
+                if let Some((host, _)) = current.keys().find(|(h, s)| *s == slot && fencing.contains(h)) {
+                    notes.push(format!("{slot}: singleton on {host}, lost; moved once its agent must have stopped it"));
+                    wanted.insert((host.clone(), slot.clone()));
+                    continue;
+                }
+            }
             let on: Vec<&String> = current.keys().filter(|(h, s)| *s == slot && live(h)).map(|(h, _)| h).collect();
             let settled: Vec<&String> = on.iter().copied().filter(|h| !hosts[*h].draining).collect();
             for host in &settled {
@@ -154,18 +169,24 @@ mod tests {
 
     #[test]
     fn replicas_spread_move_off_a_lost_host_and_follow_the_image() {
-        let d = |c: char, replicas: u32| Desired { image: img(c), replicas, env: vec![], memory_bytes: None };
+        let d = |c: char, replicas: u32| Desired {
+            image: img(c),
+            replicas,
+            env: vec![],
+            memory_bytes: None,
+            singleton: false,
+        };
         let services = BTreeMap::from([("web".to_owned(), d('a', 3))]);
         let mut hosts = hosts(&["h1", "h2", "h3"]);
         let mut current = BTreeMap::new();
-        let (c, _) = decide(&services, &hosts, &current);
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
         apply(&mut current, &c);
         let used: BTreeSet<&String> = current.keys().map(|(h, _)| h).collect();
         assert_eq!(used.len(), 3, "one replica per host: {current:?}");
-        assert!(decide(&services, &hosts, &current).0.is_empty(), "stable once placed");
+        assert!(decide(&services, &hosts, &current, &BTreeSet::new()).0.is_empty(), "stable once placed");
         // h2 is lost: its slot moves to a live host, and leaves h2.
         hosts.remove("h2");
-        let (c, _) = decide(&services, &hosts, &current);
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
         assert!(c.iter().any(|x| matches!(x, Change::Unassign { host, .. } if host == "h2")), "{c:?}");
         apply(&mut current, &c);
         assert_eq!(current.len(), 3);
@@ -173,16 +194,16 @@ mod tests {
         // A new image: assigned in place, no slot moves.
         let before: BTreeSet<(String, String)> = current.keys().cloned().collect();
         let services = BTreeMap::from([("web".to_owned(), d('b', 3))]);
-        let (c, _) = decide(&services, &hosts, &current);
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
         assert_eq!(c.len(), 3);
         apply(&mut current, &c);
         assert_eq!(current.keys().cloned().collect::<BTreeSet<_>>(), before);
         // Scaled to one: two slots go.
         let one = BTreeMap::from([("web".to_owned(), d('b', 1))]);
-        let (c, _) = decide(&one, &hosts, &current);
+        let (c, _) = decide(&one, &hosts, &current, &BTreeSet::new());
         assert_eq!(c.iter().filter(|x| matches!(x, Change::Unassign { .. })).count(), 2);
         // No live host: nothing placed, and said so.
-        let (c, notes) = decide(&one, &BTreeMap::new(), &BTreeMap::new());
+        let (c, notes) = decide(&one, &BTreeMap::new(), &BTreeMap::new(), &BTreeSet::new());
         assert!(c.is_empty() && notes[0].contains("web-0"), "{notes:?}");
     }
 
@@ -190,10 +211,10 @@ mod tests {
     fn memory_is_respected_and_a_drained_host_is_left_surge_first() {
         let mut hosts = hosts(&["h1", "h2"]);
         hosts.get_mut("h1").unwrap().memory_bytes = 1 << 30;
-        let big = Desired { image: img('a'), replicas: 2, env: vec![], memory_bytes: Some(3 << 30) };
+        let big = Desired { image: img('a'), replicas: 2, env: vec![], memory_bytes: Some(3 << 30), singleton: false };
         let services = BTreeMap::from([("db".to_owned(), big)]);
         let mut current = BTreeMap::new();
-        let (c, notes) = decide(&services, &hosts, &current);
+        let (c, notes) = decide(&services, &hosts, &current, &BTreeSet::new());
         apply(&mut current, &c);
         // Only h2 has room, for two replicas of 3 GiB in 8 GiB.
         assert!(current.keys().all(|(h, _)| h == "h2"), "{current:?}");
@@ -202,9 +223,9 @@ mod tests {
         // Three replicas: the third fits nowhere, and waits.
         let three = BTreeMap::from([(
             "db".to_owned(),
-            Desired { image: img('a'), replicas: 3, env: vec![], memory_bytes: Some(3 << 30) },
+            Desired { image: img('a'), replicas: 3, env: vec![], memory_bytes: Some(3 << 30), singleton: false },
         )]);
-        let (c, notes) = decide(&three, &hosts, &current);
+        let (c, notes) = decide(&three, &hosts, &current, &BTreeSet::new());
         assert!(c.is_empty() && notes[0].starts_with("db-2"), "{c:?} {notes:?}");
 
         // Draining h1 with one small slot: first a copy on h2; h1 keeps its
@@ -212,22 +233,42 @@ mod tests {
         let mut hosts = self::hosts(&["h1", "h2"]);
         let web = BTreeMap::from([(
             "web".to_owned(),
-            Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None },
+            Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: false },
         )]);
         let mut current = BTreeMap::new();
-        let (c, _) = decide(&web, &hosts, &current);
+        let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         apply(&mut current, &c);
         let first = current.keys().next().unwrap().0.clone();
         let other = if first == "h1" { "h2" } else { "h1" };
         hosts.get_mut(&first).unwrap().draining = true;
-        let (c, _) = decide(&web, &hosts, &current);
+        let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c.len(), 1, "{c:?}");
         assert!(matches!(&c[0], Change::Assign { host, .. } if host == other));
         apply(&mut current, &c);
         assert_eq!(current.len(), 2, "surge: both hold the slot");
-        assert!(decide(&web, &hosts, &current).0.is_empty(), "waits for the new copy to run");
+        assert!(decide(&web, &hosts, &current, &BTreeSet::new()).0.is_empty(), "waits for the new copy to run");
         hosts.get_mut(other).unwrap().running.insert("web-0".into());
-        let (c, _) = decide(&web, &hosts, &current);
+        let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
+    }
+
+    #[test]
+    fn a_lost_singleton_moves_only_after_the_fence() {
+        let mut hosts = hosts(&["h1", "h2"]);
+        let one = Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: true };
+        let services = BTreeMap::from([("db".to_owned(), one)]);
+        let mut current = BTreeMap::new();
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+        apply(&mut current, &c);
+        let (host, _) = current.keys().next().unwrap().clone();
+        hosts.remove(&host);
+        // Lost, but maybe still running there: kept, placed nowhere else.
+        let fencing = BTreeSet::from([host.clone()]);
+        let (c, notes) = decide(&services, &hosts, &current, &fencing);
+        assert!(c.is_empty(), "{c:?}");
+        assert!(notes[0].contains("singleton"), "{notes:?}");
+        // The fence passed: moved.
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+        assert_eq!(c.len(), 2, "assigned elsewhere and removed from the lost host: {c:?}");
     }
 }

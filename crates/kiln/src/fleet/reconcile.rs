@@ -24,6 +24,10 @@ pub struct Assignment {
     /// The instance's memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Never two at once: a host cut off from etcd stops it, and the
+    /// controller moves it only after that host must have.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub singleton: bool,
 }
 
 impl Assignment {
@@ -88,6 +92,7 @@ mod tests {
             service: "web".into(),
             env: Vec::new(),
             memory_bytes: None,
+            singleton: false,
         }
     }
 
