@@ -147,8 +147,9 @@ impl std::fmt::Debug for AgentHooks<'_> {
 /// lease that expired (etcd unreachable for longer than the TTL) is
 /// replaced by a new one, with the last record written under it at once.
 /// Each round of the main loop, while the lease is alive, reads the host's
-/// assignments, hands them to `reconcile` and writes `record()`: an agent
-/// that cannot renew its lease takes no new desired state. Returns when
+/// assignments, hands them to `reconcile` and writes `record()` when it
+/// changed: an agent that cannot renew its lease takes no new desired
+/// state. Returns when
 /// `stop` is set, revoking the lease so the host leaves at once.
 pub fn run_agent(
     cluster: &Etcd,
@@ -206,6 +207,7 @@ pub fn run_agent(
             }
         });
         let mut fenced = false;
+        let mut written: Option<(i64, Vec<u8>)> = None;
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             // Cut off for two TTLs: its lease is gone and the controller
@@ -233,7 +235,13 @@ pub fn run_agent(
                     if let Ok(mut l) = last.lock() {
                         l.clone_from(&value);
                     }
-                    cluster.put(&key, &value, id)?;
+                    // Written only when it changed: the lease, not the
+                    // record, says the host is alive (a write per round
+                    // per host would load etcd for nothing).
+                    if written.as_ref() != Some(&(id, value.clone())) {
+                        cluster.put(&key, &value, id)?;
+                        written = Some((id, value));
+                    }
                     Ok(())
                 };
                 if let Err(e) = step() {
