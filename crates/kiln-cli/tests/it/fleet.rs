@@ -89,14 +89,8 @@ fn an_agent_registers_under_a_lease_survives_an_etcd_member_and_its_loss_is_seen
     let urls = etcd_cluster(&dir, &mut procs);
     let home = tempdir("fleet-h1");
     // Until the cluster has a leader, the agent keeps trying.
-    let agent = kiln_cmd()
-        .args(["agent", "--cluster", &urls.join(","), "--name", "h1", "--ttl", "2"])
-        .env("KILN_HOME", &home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut agent = Procs(vec![agent]);
+    let mut agent =
+        Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &urls.join(","), "--name", "h1", "--ttl", "2"])]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let listed = loop {
         if let Some(v) = hosts(&home, &urls).filter(|v| names(v) == ["h1"]) {
@@ -146,14 +140,8 @@ fn a_stopped_agent_leaves_at_once() {
     let mut procs = Procs(Vec::new());
     let urls = etcd_cluster(&dir, &mut procs);
     let home = tempdir("fleet-h2");
-    let agent = kiln_cmd()
-        .args(["agent", "--cluster", &urls.join(","), "--name", "h2", "--ttl", "30"])
-        .env("KILN_HOME", &home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut agent = Procs(vec![agent]);
+    let mut agent =
+        Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &urls.join(","), "--name", "h2", "--ttl", "30"])]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while hosts(&home, &urls).is_none_or(|v| names(&v) != ["h2"]) {
         assert!(Instant::now() < deadline, "h2 never registered");
@@ -224,14 +212,7 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
     procs.0.push(docker_registry(&tempdir("fleet-registry"), reg_port, ""));
     let images = pushed_busybox(reg_port);
     let home = tempdir("fleet-agent-home");
-    let agent = kiln_cmd()
-        .args(["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])
-        .env("KILN_HOME", &home)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _agent = Procs(vec![agent]);
+    let _agent = Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])]);
     let ctl = tempdir("fleet-ctl");
     // A tag is refused: every host must run the same bytes.
     let e = kiln_err(
