@@ -60,6 +60,9 @@ pub(crate) enum Cmd {
         /// The lease's TTL in seconds: how soon a lost host is noticed.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
         ttl: i64,
+        /// A PEM public key: an image is run only with a valid signature by it (checked before any tag is set).
+        #[arg(long, value_name = "PEM")]
+        signed_by: Option<PathBuf>,
     },
     /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
     Assign {

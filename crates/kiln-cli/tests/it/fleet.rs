@@ -158,20 +158,26 @@ fn a_stopped_agent_leaves_at_once() {
 }
 
 /// busybox httpd (not written by us) baked in versions 1 and 2, pushed to
-/// docker-registry; the digests by version.
-fn pushed_busybox(registry_port: u16) -> Vec<(String, String)> {
+/// docker-registry, version 2 signed; the digests by version, and the
+/// signing key's public half.
+fn pushed_busybox(registry_port: u16) -> (Vec<(String, String)>, std::path::PathBuf) {
     let (dir, home) = (tempdir("fleet-src"), tempdir("fleet-src-home"));
     busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
+    kiln_ok(&home, &dir, &["key", "generate", "release"]);
     let mut out = Vec::new();
     for v in ["1.0.0", "2.0.0"] {
         fs::create_dir_all(dir.join(format!("www-{v}"))).unwrap();
         fs::write(dir.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
         fs::write(dir.join("kiln.toml"), busybox_image(v)).unwrap();
         let digest = bake_digests(&home, &dir, &[])[0].clone();
-        kiln_ok(&home, &dir, &["push", &format!("web:{v}"), &format!("127.0.0.1:{registry_port}/team/web:{v}")]);
+        let mut push = vec!["push".to_owned(), format!("web:{v}"), format!("127.0.0.1:{registry_port}/team/web:{v}")];
+        if v == "2.0.0" {
+            push.extend(["--sign".to_owned(), "release".to_owned()]);
+        }
+        kiln_ok(&home, &dir, &push.iter().map(String::as_str).collect::<Vec<_>>());
         out.push((v.to_owned(), format!("127.0.0.1:{registry_port}/team/web@{digest}")));
     }
-    out
+    (out, home.join("keys/release.pub"))
 }
 
 fn get(port: u16) -> Option<String> {
@@ -210,7 +216,7 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
     let cluster = urls.join(",");
     let reg_port = free_port();
     procs.0.push(docker_registry(&tempdir("fleet-registry"), reg_port, ""));
-    let images = pushed_busybox(reg_port);
+    let (images, _) = pushed_busybox(reg_port);
     let home = tempdir("fleet-agent-home");
     let _agent = Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])]);
     let ctl = tempdir("fleet-ctl");
@@ -291,7 +297,7 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     let cluster = urls.join(",");
     let reg_port = free_port();
     procs.0.push(docker_registry(&tempdir("fleet-ctl-registry"), reg_port, ""));
-    let images = pushed_busybox(reg_port);
+    let (images, _) = pushed_busybox(reg_port);
     let (h1, h2) = (tempdir("fleet-ctl-h1"), tempdir("fleet-ctl-h2"));
     let mut agents = Procs(vec![
         spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
@@ -374,7 +380,7 @@ fn drain_host_moves_a_slot_surge_first() {
     let cluster = urls.join(",");
     let reg_port = free_port();
     procs.0.push(docker_registry(&tempdir("fleet-drain-registry"), reg_port, ""));
-    let images = pushed_busybox(reg_port);
+    let (images, _) = pushed_busybox(reg_port);
     let (h1, h2) = (tempdir("fleet-drain-h1"), tempdir("fleet-drain-h2"));
     let _agents = Procs(vec![
         spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
@@ -494,7 +500,7 @@ fn a_partitioned_host_stops_its_singleton_before_it_runs_elsewhere_and_rejoins_w
     let cluster = urls.join(",");
     let reg_port = free_port();
     procs.0.push(docker_registry(&tempdir("fleet-part-registry"), reg_port, ""));
-    let images = pushed_busybox(reg_port);
+    let (images, _) = pushed_busybox(reg_port);
     // h1 reaches etcd only through forwarders the test can cut.
     let links: Vec<Cuttable> = urls.iter().map(|u| Cuttable::new(u)).collect();
     let h1_cluster = links.iter().map(|l| format!("http://127.0.0.1:{}", l.port)).collect::<Vec<_>>().join(",");
@@ -579,6 +585,49 @@ fn a_partitioned_host_stops_its_singleton_before_it_runs_elsewhere_and_rejoins_w
     let deadline = Instant::now() + Duration::from_secs(20);
     while placed(&ctl, &urls).values().flatten().count() > 0 {
         assert!(Instant::now() < deadline, "replicas left after removal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_agent_with_signed_by_runs_only_signed_images() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-signed");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-signed-registry"), reg_port, ""));
+    let (images, key) = pushed_busybox(reg_port);
+    let home = tempdir("fleet-signed-h1");
+    let _agent = Procs(vec![spawn_kiln(
+        &home,
+        &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2", "--signed-by", key.to_str().unwrap()],
+    )]);
+    let ctl = tempdir("fleet-signed-ctl");
+    // Version 1 carries no signature: never run, nothing tagged.
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["assign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1", "--service", "web", &images[0].1],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let p = placed(&ctl, &urls);
+    assert!(p.get("h1").is_some_and(|s| s.is_empty()), "an unsigned image ran: {p:?}");
+    let imgs = kiln_ok(&home, &home, &["images"]);
+    assert_eq!(imgs.lines().count(), 1, "nothing tagged: {imgs}");
+    // Version 2 is signed by the key: it runs.
+    kiln_ok(
+        &ctl,
+        &ctl,
+        &["assign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1", "--service", "web", &images[1].1],
+    );
+    wait_serving(&ctl, &urls, "web-1", "busybox 2.0.0\n");
+    kiln_ok(&ctl, &ctl, &["unassign", "--cluster", &cluster, "--host", "h1", "--slot", "web-1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while placed(&ctl, &urls).values().flatten().count() > 0 {
+        assert!(Instant::now() < deadline, "never removed");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -143,6 +143,9 @@ pub enum Command {
         cluster: Vec<String>,
         name: String,
         ttl_secs: i64,
+        /// A PEM public key: every image the agent runs must carry a valid
+        /// signature by it.
+        signed_by: Option<PathBuf>,
     },
     /// Assigns slot `slot` of host `host` (None: removes it), in etcd; the
     /// host's agent starts or removes the instance. Caller's process only.
@@ -393,6 +396,7 @@ fn start_slot(
     launcher: &dyn Launcher,
     slot: &str,
     a: &crate::fleet::reconcile::Assignment,
+    signed_by: Option<&std::path::Path>,
     now: i64,
 ) -> Result<(), CommandError> {
     use crate::image::registry;
@@ -401,7 +405,18 @@ fn start_slot(
         field: format!("assign.{slot}.image"),
         message: "name the image by digest".into(),
     })?;
-    registry::fetch_image(store, &remote, &digest, &Default::default())?;
+    match signed_by {
+        // The image with its artifacts, its signature checked before any
+        // tag is set, as `kiln pull` from a `signed_by` registry.
+        Some(key) => {
+            let fetched = registry::fetch(store, &remote, &Default::default(), Some(&a.service))?;
+            verify_fetched(store, &fetched, key, &a.image)?;
+            registry::tag_fetched(store, fetched, now)?;
+        }
+        None => {
+            registry::fetch_image(store, &remote, &digest, &Default::default())?;
+        }
+    }
     let size = store.read_blob(&digest)?.len() as u64;
     let tag = format!("{}:fleet-{}", a.service, &digest.hex()[..12]);
     store.set_tags(&[tag], &Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size), true, now)?;
@@ -415,6 +430,30 @@ fn start_slot(
         ..RunRequest::default()
     };
     rt.run(&req, launcher, now)?;
+    Ok(())
+}
+
+/// Checks a fetched image's signature with the PEM public key at `path`:
+/// a valid signature over a payload naming this digest, else refused.
+fn verify_fetched(
+    store: &Store,
+    fetched: &crate::image::registry::Fetched,
+    path: &std::path::Path,
+    reference: &str,
+) -> Result<(), CommandError> {
+    use crate::verify::sign;
+    let pem = std::fs::read_to_string(path).map_err(|source| sign::SignError::Io { path: path.to_owned(), source })?;
+    let what = path.display().to_string();
+    let key = sign::read_public_key(&pem, &what)?;
+    let Some(sig) = fetched.signature() else {
+        return Err(sign::SignError::Unsigned {
+            reference: reference.to_owned(),
+            tag: format!("sha256-{}.sig", fetched.digest.hex()),
+        }
+        .into());
+    };
+    let m: Manifest = store.read_json(sig)?;
+    sign::verify_manifest(store, reference, &fetched.digest, &m, &key, &what)?;
     Ok(())
 }
 
@@ -505,7 +544,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
         Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
-        Command::Agent { cluster, name, ttl_secs } => {
+        Command::Agent { cluster, name, ttl_secs, signed_by } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let (memory_bytes, cpus) = crate::fleet::capacity();
             let started_at = ctx.now;
@@ -557,7 +596,9 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
                 // One failing slot never stops the others.
                 for act in decide(&assigned, &running) {
                     let result = match &act {
-                        Act::Start { slot, assignment } => start_slot(store, &rt, launcher, slot, assignment, now),
+                        Act::Start { slot, assignment } => {
+                            start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), now)
+                        }
                         Act::Remove { instance, .. } => rt
                             .stop(instance, Some(std::time::Duration::from_secs(5)))
                             .and_then(|_| rt.remove(instance, true))
@@ -809,20 +850,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             // A registry with `signed_by`: no tag is set for an image
             // without a valid signature by that key.
             if let Some(path) = &registry.signed_by {
-                use crate::verify::sign;
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|source| sign::SignError::Io { path: path.clone(), source })?;
-                let what = path.display().to_string();
-                let key = sign::read_public_key(&pem, &what)?;
-                let Some(sig) = fetched.signature() else {
-                    return Err(sign::SignError::Unsigned {
-                        reference: remote,
-                        tag: format!("sha256-{}.sig", fetched.digest.hex()),
-                    }
-                    .into());
-                };
-                let m: Manifest = ctx.store.read_json(sig)?;
-                sign::verify_manifest(&ctx.store, &remote, &fetched.digest, &m, &key, &what)?;
+                verify_fetched(&ctx.store, &fetched, path, &remote)?;
             }
             let mut t = registry::tag_fetched(&ctx.store, fetched, ctx.now)?;
             t.signed_by = registry.signed_by.map(|p| p.display().to_string());
