@@ -3,6 +3,7 @@
 //! contains logic of its own.
 
 mod error;
+mod fleet;
 pub mod host;
 mod output;
 pub mod pipeline;
@@ -388,51 +389,6 @@ impl std::fmt::Debug for Context<'_> {
     }
 }
 
-/// Starts slot `slot`'s instance: its image fetched by digest into the
-/// store (every blob verified) and tagged `SERVICE:fleet-<hex>`, then run.
-fn start_slot(
-    store: &Store,
-    rt: &Runtime<'_>,
-    launcher: &dyn Launcher,
-    slot: &str,
-    a: &crate::fleet::reconcile::Assignment,
-    signed_by: Option<&std::path::Path>,
-    now: i64,
-) -> Result<(), CommandError> {
-    use crate::image::registry;
-    let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
-    let digest = a.digest().ok_or_else(|| CommandError::BadRequest {
-        field: format!("assign.{slot}.image"),
-        message: "name the image by digest".into(),
-    })?;
-    match signed_by {
-        // The image with its artifacts, its signature checked before any
-        // tag is set, as `kiln pull` from a `signed_by` registry.
-        Some(key) => {
-            let fetched = registry::fetch(store, &remote, &Default::default(), Some(&a.service))?;
-            verify_fetched(store, &fetched, key, &a.image)?;
-            registry::tag_fetched(store, fetched, now)?;
-        }
-        None => {
-            registry::fetch_image(store, &remote, &digest, &Default::default())?;
-        }
-    }
-    let size = store.read_blob(&digest)?.len() as u64;
-    let tag = format!("{}:fleet-{}", a.service, &digest.hex()[..12]);
-    store.set_tags(&[tag], &Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size), true, now)?;
-    let req = RunRequest {
-        reference: digest.to_string(),
-        service: Some(a.service.clone()),
-        env: a.env.clone(),
-        release: Some(format!("fleet:{slot}")),
-        limits: crate::runtime::bundle::Limits { memory_bytes: a.memory_bytes, ..Default::default() },
-        release_fields: std::collections::BTreeMap::from([("fleet.singleton".to_owned(), a.singleton.to_string())]),
-        ..RunRequest::default()
-    };
-    rt.run(&req, launcher, now)?;
-    Ok(())
-}
-
 /// Checks a fetched image's signature with the PEM public key at `path`:
 /// a valid signature over a payload naming this digest, else refused.
 fn verify_fetched(
@@ -544,172 +500,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
         Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
-        Command::Agent { cluster, name, ttl_secs, signed_by } => {
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            let (memory_bytes, cpus) = crate::fleet::capacity();
-            let started_at = ctx.now;
-            let rt = Runtime::new(&ctx.store, ctx.driver);
-            let slot_of =
-                |r: &InstanceRecord| r.release.as_deref().and_then(|x| x.strip_prefix("fleet:")).map(str::to_owned);
-            let mut record = || {
-                let records = rt.records().unwrap_or_default();
-                let placed = records
-                    .iter()
-                    .filter(|r| !r.state.is_exited())
-                    .filter_map(|r| {
-                        Some(crate::fleet::Placed {
-                            slot: slot_of(r)?,
-                            instance: r.id.to_string(),
-                            port: r.port,
-                            image: r.image.clone(),
-                        })
-                    })
-                    .collect();
-                crate::fleet::HostRecord {
-                    name: name.clone(),
-                    memory_bytes,
-                    cpus,
-                    instances: records.iter().filter(|r| !r.state.is_exited()).count() as u32,
-                    started_at,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    placed,
-                }
-            };
-            let (store, launcher, now) = (&ctx.store, ctx.launcher, ctx.now);
-            let mut reconcile = |assigned: std::collections::BTreeMap<String, crate::fleet::reconcile::Assignment>| {
-                use crate::fleet::reconcile::{decide, Act, Running};
-                let records = match rt.observe_all() {
-                    Ok((r, _)) => r,
-                    Err(e) => return eprintln!("kiln agent {name}: observing instances: {e}"),
-                };
-                let running: Vec<Running> = records
-                    .iter()
-                    .filter_map(|r| {
-                        Some(Running {
-                            slot: slot_of(r)?,
-                            instance: r.id.to_string(),
-                            image: r.image.clone(),
-                            alive: !r.state.is_exited(),
-                        })
-                    })
-                    .collect();
-                // One failing slot never stops the others.
-                for act in decide(&assigned, &running) {
-                    let result = match &act {
-                        Act::Start { slot, assignment } => {
-                            start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), now)
-                        }
-                        Act::Remove { instance, .. } => rt
-                            .stop(instance, Some(std::time::Duration::from_secs(5)))
-                            .and_then(|_| rt.remove(instance, true))
-                            .map(|_| ())
-                            .map_err(CommandError::from),
-                    };
-                    if let Err(e) = result {
-                        eprintln!("kiln agent {name}: {act:?}: {e}");
-                    }
-                }
-            };
-            let mut fence = || {
-                // The instances of singleton slots, stopped and removed.
-                let Ok(records) = rt.records() else { return };
-                for r in records.iter().filter(|r| !r.state.is_exited()) {
-                    let singleton = r.release_fields.get("fleet.singleton").is_some_and(|v| v == "true");
-                    if singleton && slot_of(r).is_some() {
-                        let id = r.id.to_string();
-                        let _ =
-                            rt.stop(&id, Some(std::time::Duration::from_secs(2))).and_then(|_| rt.remove(&id, true));
-                    }
-                }
-            };
-            let stop = crate::sys::stop_on_signal();
-            let log = |m: &str| eprintln!("kiln agent {name}: {m}");
-            let hooks = crate::fleet::AgentHooks {
-                record: &mut record,
-                reconcile: &mut reconcile,
-                fence: &mut fence,
-                log: &log,
-            };
-            crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, hooks)?;
-            Ok(Output::Done { message: format!("kiln agent {name} left the fleet") })
-        }
-        Command::Assign { cluster, host, slot, assignment } => {
-            let bad =
-                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
-            if host.is_empty() || host.contains('/') || slot.is_empty() || slot.contains('/') {
-                return Err(bad("host/slot", "a host and a slot are names without '/'"));
-            }
-            if let Some(a) = &assignment {
-                crate::image::registry::Remote::parse(&a.image).map_err(crate::image::registry::RegistryError::from)?;
-                if a.digest().is_none() {
-                    return Err(bad(
-                        "image",
-                        "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
-                    ));
-                }
-                if !crate::spec::valid_image_name(&a.service) {
-                    return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
-                }
-            }
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            crate::fleet::assign(&etcd, &host, &slot, assignment.as_ref())?;
-            let message = match assignment {
-                Some(a) => format!("{host}/{slot}: {} assigned", a.image),
-                None => format!("{host}/{slot}: unassigned"),
-            };
-            Ok(Output::Done { message })
-        }
-        Command::FleetController { cluster, name, ttl_secs } => {
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            let stop = crate::sys::stop_on_signal();
-            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &|m| eprintln!("kiln controller {name}: {m}"))?;
-            Ok(Output::Done { message: format!("kiln controller {name} stopped") })
-        }
-        Command::Place { cluster, service, desired } => {
-            let bad =
-                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
-            if !crate::spec::valid_image_name(&service) {
-                return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
-            }
-            let probe = crate::fleet::reconcile::Assignment {
-                memory_bytes: None,
-                singleton: false,
-                image: desired.image.clone(),
-                service: service.clone(),
-                env: vec![],
-            };
-            crate::image::registry::Remote::parse(&desired.image)
-                .map_err(crate::image::registry::RegistryError::from)?;
-            if probe.digest().is_none() {
-                return Err(bad(
-                    "image",
-                    "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
-                ));
-            }
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            let message = if desired.replicas == 0 {
-                crate::fleet::set_service(&etcd, &service, None)?;
-                format!("{service}: removed from the fleet")
-            } else {
-                crate::fleet::set_service(&etcd, &service, Some(&desired))?;
-                format!("{service}: {} replicas of {}", desired.replicas, desired.image)
-            };
-            Ok(Output::Done { message })
-        }
-        Command::DrainHost { cluster, host, undo } => {
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            crate::fleet::drain(&etcd, &host, !undo)?;
-            let message = if undo {
-                format!("{host}: no longer draining")
-            } else {
-                format!("{host}: draining, its slots move away surge-first")
-            };
-            Ok(Output::Done { message })
-        }
-        Command::Hosts { cluster } => {
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            Ok(Output::Hosts(crate::fleet::hosts(&etcd)?))
-        }
+        cmd @ (Command::Agent { .. }
+        | Command::Assign { .. }
+        | Command::FleetController { .. }
+        | Command::Place { .. }
+        | Command::DrainHost { .. }
+        | Command::Hosts { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
             Ok(Output::Done { message: "kiln proxy stopped".into() })

@@ -22,6 +22,7 @@ pub mod promote;
 pub mod sbom;
 pub mod sign;
 pub mod vulns;
+pub mod zip;
 
 use std::collections::BTreeMap;
 
