@@ -63,6 +63,9 @@ pub(crate) enum Cmd {
         /// A PEM public key: an image is run only with a valid signature by it (checked before any tag is set).
         #[arg(long, value_name = "PEM")]
         signed_by: Option<PathBuf>,
+        /// The address other hosts reach this host's instances at; its load balancers listen on it.
+        #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+        advertise: std::net::IpAddr,
     },
     /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
     Assign {
@@ -108,6 +111,20 @@ pub(crate) enum Cmd {
         /// Never two instances of a slot at once: a host cut off from etcd stops it after two lease TTLs, and the controller moves it only after that.
         #[arg(long)]
         singleton: bool,
+        /// A load balancer on every live host, on this port of its --advertise address, routing to every host's instances.
+        #[arg(long, value_name = "PORT")]
+        listen: Option<u16>,
+        /// The load balancers' health check: GET PATH must answer 2xx or 3xx (default: the port accepts a connection).
+        #[arg(long, value_name = "PATH", requires = "listen")]
+        health: Option<String>,
+        /// A canary image (REGISTRY/REPO@sha256:…) with its own slots, given --canary-weight percent of every load balancer's requests.
+        #[arg(long, value_name = "IMAGE", requires = "listen")]
+        canary: Option<String>,
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "canary")]
+        canary_replicas: u32,
+        /// Percent of requests, 0 to 100.
+        #[arg(long, value_name = "PERCENT", default_value_t = 10, requires = "canary", value_parser = clap::value_parser!(u32).range(0..=100))]
+        canary_weight: u32,
     },
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {

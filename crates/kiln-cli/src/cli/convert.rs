@@ -190,14 +190,14 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
-        Cmd::Agent { cluster, name, ttl, signed_by } => {
+        Cmd::Agent { cluster, name, ttl, signed_by, advertise } => {
             let name = match name {
                 Some(n) => n,
                 None => std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_owned())
                     .context("reading /etc/hostname (or give --name)")?,
             };
-            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by }, false)
+            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise }, false)
         }
         Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
         Cmd::Assign { cluster, host, slot, service, image, env } => {
@@ -221,7 +221,20 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::FleetController { cluster, name, ttl_secs: ttl }, false)
         }
         Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster, host, undo }, false),
-        Cmd::Place { cluster, service, replicas, image, env, memory, singleton } => {
+        Cmd::Place {
+            cluster,
+            service,
+            replicas,
+            image,
+            env,
+            memory,
+            singleton,
+            listen,
+            health,
+            canary,
+            canary_replicas,
+            canary_weight,
+        } => {
             let memory_bytes = match memory {
                 Some(m) => Some(
                     kiln::spec::parse_size(&m)
@@ -234,7 +247,13 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let desired = kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton };
+            let canary = canary.map(|image| kiln::fleet::place::Canary {
+                image,
+                replicas: canary_replicas,
+                weight: canary_weight,
+            });
+            let desired =
+                kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton, listen, health, canary };
             (Command::Place { cluster, service, desired }, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {

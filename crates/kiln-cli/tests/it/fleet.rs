@@ -168,7 +168,9 @@ fn pushed_busybox(registry_port: u16) -> (Vec<(String, String)>, std::path::Path
     for v in ["1.0.0", "2.0.0"] {
         fs::create_dir_all(dir.join(format!("www-{v}"))).unwrap();
         fs::write(dir.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
-        fs::write(dir.join("kiln.toml"), busybox_image(v)).unwrap();
+        // In a fleet an instance is reached at its host's address, not
+        // loopback: it listens on every address.
+        fs::write(dir.join("kiln.toml"), busybox_image(v).replace("127.0.0.1:$PORT", "$PORT")).unwrap();
         let digest = bake_digests(&home, &dir, &[])[0].clone();
         let mut push = vec!["push".to_owned(), format!("web:{v}"), format!("127.0.0.1:{registry_port}/team/web:{v}")];
         if v == "2.0.0" {
@@ -269,7 +271,9 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
 }
 
 fn spawn_kiln(home: &Path, args: &[&str]) -> Child {
-    kiln_cmd().args(args).env("KILN_HOME", home).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    // Its log stays in its home, for a failure's post-mortem.
+    let log = fs::File::options().create(true).append(true).open(home.join("kiln.log")).unwrap();
+    kiln_cmd().args(args).env("KILN_HOME", home).stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
 /// host → [(slot, port)] from `kiln hosts --json`.
@@ -628,6 +632,247 @@ fn an_agent_with_signed_by_runs_only_signed_images() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while placed(&ctl, &urls).values().flatten().count() > 0 {
         assert!(Instant::now() < deadline, "never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pid of the load balancer of `service` an agent with home `home`
+/// started, if any.
+fn lb_pid(home: &Path, service: &str) -> Option<i32> {
+    let v = fs::read_to_string(home.join(format!("proxies/{service}/proxy.json"))).ok()?;
+    json(&v)["pid"].as_i64().map(|p| p as i32)
+}
+
+/// Kills what a test's agents started besides themselves: their load
+/// balancers (by the pid each recorded) and their instances.
+struct HostsCleanup(Vec<std::path::PathBuf>);
+
+impl Drop for HostsCleanup {
+    fn drop(&mut self) {
+        for home in &self.0 {
+            if let Some(pid) = lb_pid(home, "web") {
+                // SAFETY: a signal to a load balancer this test's agent started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kiln(home, home, &["ps", "--json"]).stdout) {
+                for r in v["instances"].as_array().into_iter().flatten() {
+                    kiln(home, home, &["rm", "--force", r["id"].as_str().unwrap_or_default()]);
+                }
+            }
+        }
+    }
+}
+
+/// `n` keep-alive GETs to `addr`; the bodies by how often each came, or
+/// what went wrong first.
+fn try_bodies(addr: std::net::SocketAddr, n: usize) -> Result<std::collections::BTreeMap<String, usize>, String> {
+    let mut c = Conn::at(addr);
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let (code, _, body) = c.get("/").map_err(|e| format!("{addr}: {e}"))?;
+        if code != 200 {
+            return Err(format!("{addr}: {code} {}", String::from_utf8_lossy(&body)));
+        }
+        *out.entry(String::from_utf8_lossy(&body).into_owned()).or_default() += 1;
+    }
+    Ok(out)
+}
+
+fn bodies(addr: std::net::SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    try_bodies(addr, n).unwrap()
+}
+
+#[test]
+fn a_fleet_canary_s_share_is_exact_across_three_load_balancers_and_a_lost_host_costs_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _room = room("fleet");
+    let dir = tempdir("fleet-canary");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-canary-registry"), reg_port, ""));
+    let (images, _) = pushed_busybox(reg_port);
+    // Three hosts, each advertising its own loopback address: a load
+    // balancer on each, on the same port.
+    let homes: Vec<std::path::PathBuf> = (1..=3).map(|i| tempdir(&format!("fleet-canary-h{i}"))).collect();
+    let _hosts_clean = HostsCleanup(homes.clone());
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let mut agents = Procs(
+        homes
+            .iter()
+            .zip(ips)
+            .enumerate()
+            .map(|(i, (home, ip))| {
+                let name = format!("h{}", i + 1);
+                spawn_kiln(home, &["agent", "--cluster", &cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
+            })
+            .collect(),
+    );
+    let ctl = tempdir("fleet-canary-ctl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).len() < 3 {
+        assert!(Instant::now() < deadline, "the agents never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    // Bad input is refused naming the field, and nothing is written.
+    let e = kiln_err(
+        &ctl,
+        &ctl,
+        &["place", "--cluster", &cluster, "--service", "web", "--replicas", "3", "--listen", "9", "--health", "x"]
+            .into_iter()
+            .chain([images[0].1.as_str()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(e.contains("health.path") && e.contains("kiln place"), "{e}");
+    let tag = format!("127.0.0.1:{reg_port}/team/web:2.0.0");
+    let e = kiln_err(
+        &ctl,
+        &ctl,
+        &["place", "--cluster", &cluster, "--service", "web", "--replicas", "3", "--listen", "9", "--canary", &tag]
+            .into_iter()
+            .chain([images[0].1.as_str()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(e.contains("canary") && e.contains("by digest"), "{e}");
+    let lb_port = free_port();
+    let lbs: Vec<std::net::SocketAddr> = ips.iter().map(|ip| format!("{ip}:{lb_port}").parse().unwrap()).collect();
+    let place = |weight: &str| {
+        kiln_ok(
+            &ctl,
+            &ctl,
+            &[
+                "place",
+                "--cluster",
+                &cluster,
+                "--service",
+                "web",
+                "--replicas",
+                "3",
+                "--listen",
+                &lb_port.to_string(),
+                "--health",
+                "/",
+                "--canary",
+                &images[1].1,
+                "--canary-weight",
+                weight,
+                &images[0].1,
+            ],
+        )
+    };
+    place("10");
+    // Three stable replicas and the canary, spread; every load balancer
+    // routes to both versions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = placed(&ctl, &urls);
+        let ready = p.values().flatten().count() == 4
+            && lbs
+                .iter()
+                .all(|lb| std::net::TcpStream::connect(lb).is_ok() && try_bodies(*lb, 40).is_ok_and(|b| b.len() == 2));
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served by both releases on every load balancer: {p:?} {:?}",
+            lbs.iter().map(|lb| try_bodies(*lb, 40)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every backend healthy on every load balancer before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    // 10,002 requests spread over the three load balancers at once.
+    let counts: Vec<std::collections::BTreeMap<String, usize>> = std::thread::scope(|s| {
+        let hs: Vec<_> = lbs.iter().map(|lb| s.spawn(move || bodies(*lb, 3334))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let canary: usize = counts.iter().map(|c| c.get("busybox 2.0.0\n").copied().unwrap_or(0)).sum();
+    let total: usize = counts.iter().map(|c| c.values().sum::<usize>()).sum();
+    let share = canary as f64 * 100.0 / total as f64;
+    eprintln!(
+        "fleet canary at 10 %: {canary} of {total} requests over three load balancers = {share:.2} % ({counts:?})"
+    );
+    assert_eq!(total, 10_002);
+    assert!((share - 10.0).abs() <= 0.5, "observed {share:.2} %, target 10 %");
+    // A new weight reaches every load balancer.
+    place("50");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shares: Vec<usize> =
+            lbs.iter().map(|lb| bodies(*lb, 100).get("busybox 2.0.0\n").copied().unwrap_or(0)).collect();
+        if shares.iter().all(|n| (45..=55).contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "50 % never reached every load balancer: {shares:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Host h1 is lost under load on the other two load balancers: its
+    // agent, its load balancer and its instances SIGKILLed.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = lbs[1..]
+        .iter()
+        .flat_map(|lb| [*lb, *lb])
+        .map(|lb| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::at(lb);
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get("/") {
+                        Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("{lb}: {:?}", other.map(|r| r.0));
+                            c = Conn::at(lb);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let h1_lb = lb_pid(&homes[0], "web").expect("h1 runs a load balancer");
+    agents.0[0].kill().unwrap();
+    agents.0[0].wait().unwrap();
+    // SAFETY: a signal to the load balancer this test's agent h1 started.
+    unsafe { libc::kill(h1_lb, libc::SIGKILL) };
+    let ps = json(&kiln_ok(&homes[0], &homes[0], &["ps", "--json"]));
+    for i in ps["instances"].as_array().unwrap() {
+        kiln(&homes[0], &homes[0], &["rm", "--force", i["id"].as_str().unwrap()]);
+    }
+    let lost = Instant::now();
+    // Its slots come back on h2 and h3, every one reported running.
+    loop {
+        let p = placed(&ctl, &urls);
+        if !p.contains_key("h1") && p.values().flatten().count() == 4 {
+            break;
+        }
+        assert!(lost.elapsed() < Duration::from_secs(15), "h1's slots not back within 15 s: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = lost.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    load.into_iter().for_each(|h| h.join().unwrap());
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("host loss under load: {ok} requests answered, {failed} failed; slots back in {} ms", back.as_millis());
+    assert!(ok > 1000, "the load ran: {ok}");
+    assert_eq!(failed, 0, "no idempotent request failed while h1 was lost");
+    // The canary's share is still set on the two live load balancers.
+    let shares: Vec<usize> =
+        lbs[1..].iter().map(|lb| bodies(*lb, 100).get("busybox 2.0.0\n").copied().unwrap_or(0)).collect();
+    assert!(shares.iter().all(|n| (45..=55).contains(n)), "{shares:?}");
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[0].1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0
+        || lbs[1..].iter().any(|lb| std::net::TcpStream::connect(lb).is_ok())
+    {
+        assert!(Instant::now() < deadline, "instances or load balancers left after removal");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -400,6 +400,34 @@ enum RawMode {
     Text(String),
 }
 
+/// A fleet service's load balancer settings (`kiln place --listen
+/// --health`) as a [`ServiceSpec`], read by the one parser so their
+/// checks and defaults are kiln.toml's; an error names `source` (what the
+/// settings came from) and the key.
+pub fn fleet_service(
+    source: &str,
+    name: &str,
+    listen: std::net::SocketAddr,
+    health: Option<&str>,
+) -> Result<ServiceSpec, SpecError> {
+    let bad = |key: &str, message: &str| SpecError {
+        file: PathBuf::from(source),
+        line: None,
+        key: key.to_owned(),
+        message: message.to_owned(),
+    };
+    if !valid_image_name(name) {
+        return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
+    }
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut text = format!("[service.{}]\nimage = \"fleet\"\nlisten = \"{listen}\"\n", quote(name));
+    if let Some(p) = health {
+        text.push_str(&format!("health = {{ path = {} }}\n", quote(p)));
+    }
+    let mut file = parse(Path::new(source), &text).map_err(|e| SpecError { line: None, ..e })?;
+    file.services.remove(name).ok_or_else(|| bad("service", "not read back"))
+}
+
 /// Parses `text` as the kiln.toml at `path`.
 pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
     let lines = LineIndex::new(text);

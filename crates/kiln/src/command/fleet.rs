@@ -7,6 +7,7 @@
 //! reconciliation (the pure `fleet::place` and `fleet::reconcile` do).
 
 use super::*;
+use crate::serve::dataplane::{DataPlane, DataPlanes};
 
 /// Starts slot `slot`'s instance: its image fetched by digest into the
 /// store (every blob verified) and tagged `SERVICE:fleet-<hex>`, then run.
@@ -53,10 +54,65 @@ fn start_slot(
     Ok(())
 }
 
+/// The load balancers this host runs for the fleet's services, each with
+/// what it was started for and the table it was last given.
+#[derive(Debug, Default)]
+struct LoadBalancers {
+    running: std::collections::BTreeMap<String, (std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)>,
+}
+
+impl LoadBalancers {
+    /// Brings this host's load balancers to `routed`: one per service, on
+    /// `advertise:listen`, started (or adopted from a previous agent) when
+    /// missing, dead or moved; its table set when it changed; stopped when
+    /// the service no longer has one. One failing service never stops the
+    /// others'.
+    fn apply(
+        &mut self,
+        planes: &dyn DataPlanes,
+        advertise: std::net::IpAddr,
+        routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>,
+        log: &dyn Fn(&str),
+    ) {
+        let gone: Vec<String> = self.running.keys().filter(|s| !routed.contains_key(*s)).cloned().collect();
+        for service in gone {
+            planes.stop(&service);
+            self.running.remove(&service);
+            log(&format!("{service}: load balancer stopped"));
+        }
+        for (service, want) in routed {
+            let same_site = |(p, had): &(std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)| {
+                p.is_alive() && had.listen == want.listen && had.health == want.health
+            };
+            let result = match self.running.get(&service) {
+                Some(cur) if same_site(cur) => {
+                    if cur.1.table == want.table {
+                        continue;
+                    }
+                    cur.0.set_table(&want.table).map(|()| cur.0.clone())
+                }
+                _ => {
+                    let listen = std::net::SocketAddr::new(advertise, want.listen);
+                    crate::spec::fleet_service("kiln place", &service, listen, want.health.as_deref())
+                        .map_err(crate::serve::ServeError::Spec)
+                        .and_then(|spec| planes.ensure(&spec))
+                        .and_then(|p| p.set_table(&want.table).map(|()| p))
+                }
+            };
+            match result {
+                Ok(p) => {
+                    self.running.insert(service, (p, want));
+                }
+                Err(e) => log(&format!("{service}: load balancer: {e}")),
+            }
+        }
+    }
+}
+
 /// Carries out a fleet command; any other is refused by name.
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
-        Command::Agent { cluster, name, ttl_secs, signed_by } => {
+        Command::Agent { cluster, name, ttl_secs, signed_by, advertise } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let (memory_bytes, cpus) = crate::fleet::capacity();
             let started_at = ctx.now;
@@ -71,6 +127,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     .filter_map(|r| {
                         Some(crate::fleet::Placed {
                             slot: slot_of(r)?,
+                            service: r.service.clone(),
                             instance: r.id.to_string(),
                             port: r.port,
                             image: r.image.clone(),
@@ -79,6 +136,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     .collect();
                 crate::fleet::HostRecord {
                     name: name.clone(),
+                    address: Some(advertise),
                     memory_bytes,
                     cpus,
                     instances: records.iter().filter(|r| !r.state.is_exited()).count() as u32,
@@ -134,11 +192,17 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     }
                 }
             };
+            let planes = crate::serve::dataplane::ProxyProcesses::new(ctx.store.home());
+            let mut lbs = LoadBalancers::default();
+            let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
+                lbs.apply(&planes, advertise, routed, &|m| eprintln!("kiln agent {name}: {m}"));
+            };
             let stop = crate::sys::stop_on_signal();
             let log = |m: &str| eprintln!("kiln agent {name}: {m}");
             let hooks = crate::fleet::AgentHooks {
                 record: &mut record,
                 reconcile: &mut reconcile,
+                route: &mut route,
                 fence: &mut fence,
                 log: &log,
             };
@@ -183,20 +247,39 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             if !crate::spec::valid_image_name(&service) {
                 return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
             }
-            let probe = crate::fleet::reconcile::Assignment {
-                memory_bytes: None,
-                singleton: false,
-                image: desired.image.clone(),
-                service: service.clone(),
-                env: vec![],
+            let by_digest = |field: &str, image: &str| -> Result<(), CommandError> {
+                let probe = crate::fleet::reconcile::Assignment {
+                    memory_bytes: None,
+                    singleton: false,
+                    image: image.to_owned(),
+                    service: service.clone(),
+                    env: vec![],
+                };
+                crate::image::registry::Remote::parse(image).map_err(crate::image::registry::RegistryError::from)?;
+                match probe.digest() {
+                    Some(_) => Ok(()),
+                    None => Err(bad(
+                        field,
+                        "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
+                    )),
+                }
             };
-            crate::image::registry::Remote::parse(&desired.image)
-                .map_err(crate::image::registry::RegistryError::from)?;
-            if probe.digest().is_none() {
-                return Err(bad(
-                    "image",
-                    "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
-                ));
+            by_digest("image", &desired.image)?;
+            if let Some(c) = &desired.canary {
+                by_digest("canary", &c.image)?;
+                if c.weight > 100 {
+                    return Err(bad("canary_weight", "a percent, 0 to 100"));
+                }
+                if desired.listen.is_none() {
+                    return Err(bad("canary", "a canary's share is set on the load balancers: give listen"));
+                }
+            }
+            if let Some(port) = desired.listen {
+                // Checked as kiln.toml's would be, before anything is written.
+                let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+                crate::spec::fleet_service("kiln place", &service, addr, desired.health.as_deref())?;
+            } else if desired.health.is_some() {
+                return Err(bad("health", "a health check is the load balancers': give listen"));
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let message = if desired.replicas == 0 {

@@ -147,6 +147,9 @@ pub enum Command {
         /// A PEM public key: every image the agent runs must carry a valid
         /// signature by it.
         signed_by: Option<PathBuf>,
+        /// The address other hosts reach this one's instances at, and its
+        /// load balancers listen on.
+        advertise: std::net::IpAddr,
     },
     /// Assigns slot `slot` of host `host` (None: removes it), in etcd; the
     /// host's agent starts or removes the instance. Caller's process only.

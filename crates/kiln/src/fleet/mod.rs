@@ -4,8 +4,9 @@
 //! whose lease is alive. A host whose agent dies (or is cut off) vanishes
 //! when its lease expires: that is how its loss is detected.
 //!
-//! This is the first slice of issue #24: placement, the fleet-wide
-//! canary, leader election and fencing are not built yet.
+//! Around it: the leading controller's placement ([`place`], [`lead_round`],
+//! [`run_controller`]), the agent's reconciliation ([`reconcile`]) and the
+//! tables of every host's load balancers ([`route`]).
 //!
 //! For: registration and the host list. Must never: keep a host's liveness
 //! anywhere but in its etcd lease.
@@ -13,6 +14,7 @@
 pub mod etcd;
 pub mod place;
 pub mod reconcile;
+pub mod route;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +40,9 @@ pub const LEADER: &str = "/kiln/leader";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placed {
     pub slot: String,
+    /// The service the slot is of.
+    #[serde(default)]
+    pub service: String,
     pub instance: String,
     pub port: u16,
     pub image: crate::digest::Digest,
@@ -47,6 +52,10 @@ pub struct Placed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
     pub name: String,
+    /// Where other hosts reach its instances and load balancers
+    /// (`kiln agent --advertise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
     pub memory_bytes: u64,
     pub cpus: u32,
     pub instances: u32,
@@ -131,6 +140,8 @@ pub fn assignments(
 pub struct AgentHooks<'a> {
     pub record: &'a mut dyn FnMut() -> HostRecord,
     pub reconcile: &'a mut dyn FnMut(std::collections::BTreeMap<String, reconcile::Assignment>),
+    /// The host's load balancers brought to the fleet's tables ([`route::tables`]).
+    pub route: &'a mut dyn FnMut(std::collections::BTreeMap<String, route::Routed>),
     pub fence: &'a mut dyn FnMut(),
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -158,7 +169,7 @@ pub fn run_agent(
     stop: &AtomicBool,
     hooks: AgentHooks<'_>,
 ) -> Result<(), EtcdError> {
-    let AgentHooks { record, reconcile, fence, log } = hooks;
+    let AgentHooks { record, reconcile, route, fence, log } = hooks;
     let key = format!("{HOSTS}{name}");
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
     let ttl_d = Duration::from_secs(ttl.max(1) as u64);
@@ -242,6 +253,15 @@ pub fn run_agent(
                         cluster.put(&key, &value, id)?;
                         written = Some((id, value));
                     }
+                    // Every service's table from every live host's record:
+                    // reads only, and only while the lease is fresh (cut
+                    // off, the load balancers keep their last tables).
+                    let services = services(cluster, log)?;
+                    if services.values().any(|d| d.listen.is_some()) {
+                        route(route::tables(&services, &host_records(cluster)?));
+                    } else {
+                        route(Default::default());
+                    }
                     Ok(())
                 };
                 if let Err(e) = step() {
@@ -276,6 +296,30 @@ pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Re
     }
 }
 
+/// Every service's desired state; one that does not parse is logged,
+/// naming its key, and left out.
+pub fn services(
+    cluster: &Etcd,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<std::collections::BTreeMap<String, place::Desired>, EtcdError> {
+    let mut services = std::collections::BTreeMap::new();
+    for kv in cluster.range_prefix(SERVICES)? {
+        let name = kv.key.trim_start_matches(SERVICES).to_owned();
+        match serde_json::from_slice::<place::Desired>(&kv.value) {
+            Ok(d) => {
+                services.insert(name, d);
+            }
+            Err(e) => log(&format!("{}: {e}", kv.key)),
+        }
+    }
+    Ok(services)
+}
+
+/// The records of the hosts whose lease is alive.
+pub fn host_records(cluster: &Etcd) -> Result<Vec<HostRecord>, EtcdError> {
+    Ok(cluster.range_prefix(HOSTS)?.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+}
+
 /// One leading round: reads services, live hosts and assignments, and
 /// applies [`place::decide`]'s changes, each a transaction conditioned on
 /// `epoch` (the leader key's create revision). Returns false when a write
@@ -287,16 +331,7 @@ pub fn lead_round(
     fence: Duration,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<bool, EtcdError> {
-    let mut services = std::collections::BTreeMap::new();
-    for kv in cluster.range_prefix(SERVICES)? {
-        let name = kv.key.trim_start_matches(SERVICES).to_owned();
-        match serde_json::from_slice::<place::Desired>(&kv.value) {
-            Ok(d) => {
-                services.insert(name, d);
-            }
-            Err(e) => log(&format!("{}: {e}", kv.key)),
-        }
-    }
+    let services = services(cluster, log)?;
     let draining: std::collections::BTreeSet<String> =
         cluster.range_prefix(DRAIN)?.into_iter().map(|kv| kv.key.trim_start_matches(DRAIN).to_owned()).collect();
     let mut hosts = std::collections::BTreeMap::new();

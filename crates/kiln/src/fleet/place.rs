@@ -29,6 +29,45 @@ pub struct Desired {
     /// At most one instance of each slot at any time (see [`decide`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub singleton: bool,
+    /// The port every live host's load balancer for this service listens
+    /// on (at the host's advertised address), each knowing every host's
+    /// instances. None: no load balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<u16>,
+    /// The load balancers' health check: `GET path` must answer 2xx/3xx
+    /// (None: the port must accept a connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// A canary: its own slots (`NAME-canary-I`) of another image, given
+    /// `weight` percent of every load balancer's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A fleet canary: `replicas` instances of `image` given `weight` percent
+/// of the service's requests, on every host's load balancer alike, so the
+/// fleet-wide share is exact (each load balancer's schedule is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// `REGISTRY/REPO@sha256:…`.
+    pub image: String,
+    pub replicas: u32,
+    /// Percent of requests, 0 to 100.
+    pub weight: u32,
+}
+
+impl Desired {
+    /// The slots this service wants, with their image: `NAME-I` for its
+    /// replicas, then `NAME-canary-I` for a canary's.
+    pub fn slots(&self, name: &str) -> Vec<(String, &str)> {
+        let mut out: Vec<(String, &str)> =
+            (0..self.replicas).map(|i| (format!("{name}-{i}"), self.image.as_str())).collect();
+        if let Some(c) = &self.canary {
+            out.extend((0..c.replicas).map(|i| (format!("{name}-canary-{i}"), c.image.as_str())));
+        }
+        out
+    }
 }
 
 /// A live host as placement sees it.
@@ -76,10 +115,9 @@ pub fn decide(
     }
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for (name, d) in services {
-        for i in 0..d.replicas {
-            let slot = format!("{name}-{i}");
+        for (slot, image) in d.slots(name) {
             let assignment = Assignment {
-                image: d.image.clone(),
+                image: image.to_owned(),
                 service: name.clone(),
                 env: d.env.clone(),
                 memory_bytes: d.memory_bytes,
@@ -154,6 +192,19 @@ mod tests {
         names.iter().map(|n| (n.to_string(), HostInfo { memory_bytes: 8 << 30, ..HostInfo::default() })).collect()
     }
 
+    fn plain() -> Desired {
+        Desired {
+            image: img('a'),
+            replicas: 1,
+            env: vec![],
+            memory_bytes: None,
+            singleton: false,
+            listen: None,
+            health: None,
+            canary: None,
+        }
+    }
+
     fn apply(current: &mut BTreeMap<(String, String), Assignment>, changes: &[Change]) {
         for c in changes {
             match c {
@@ -175,6 +226,7 @@ mod tests {
             env: vec![],
             memory_bytes: None,
             singleton: false,
+            ..plain()
         };
         let services = BTreeMap::from([("web".to_owned(), d('a', 3))]);
         let mut hosts = hosts(&["h1", "h2", "h3"]);
@@ -211,7 +263,14 @@ mod tests {
     fn memory_is_respected_and_a_drained_host_is_left_surge_first() {
         let mut hosts = hosts(&["h1", "h2"]);
         hosts.get_mut("h1").unwrap().memory_bytes = 1 << 30;
-        let big = Desired { image: img('a'), replicas: 2, env: vec![], memory_bytes: Some(3 << 30), singleton: false };
+        let big = Desired {
+            image: img('a'),
+            replicas: 2,
+            env: vec![],
+            memory_bytes: Some(3 << 30),
+            singleton: false,
+            ..plain()
+        };
         let services = BTreeMap::from([("db".to_owned(), big)]);
         let mut current = BTreeMap::new();
         let (c, notes) = decide(&services, &hosts, &current, &BTreeSet::new());
@@ -223,7 +282,14 @@ mod tests {
         // Three replicas: the third fits nowhere, and waits.
         let three = BTreeMap::from([(
             "db".to_owned(),
-            Desired { image: img('a'), replicas: 3, env: vec![], memory_bytes: Some(3 << 30), singleton: false },
+            Desired {
+                image: img('a'),
+                replicas: 3,
+                env: vec![],
+                memory_bytes: Some(3 << 30),
+                singleton: false,
+                ..plain()
+            },
         )]);
         let (c, notes) = decide(&three, &hosts, &current, &BTreeSet::new());
         assert!(c.is_empty() && notes[0].starts_with("db-2"), "{c:?} {notes:?}");
@@ -233,7 +299,7 @@ mod tests {
         let mut hosts = self::hosts(&["h1", "h2"]);
         let web = BTreeMap::from([(
             "web".to_owned(),
-            Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: false },
+            Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: false, ..plain() },
         )]);
         let mut current = BTreeMap::new();
         let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
@@ -255,7 +321,7 @@ mod tests {
     #[test]
     fn a_lost_singleton_moves_only_after_the_fence() {
         let mut hosts = hosts(&["h1", "h2"]);
-        let one = Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: true };
+        let one = Desired { image: img('a'), replicas: 1, env: vec![], memory_bytes: None, singleton: true, ..plain() };
         let services = BTreeMap::from([("db".to_owned(), one)]);
         let mut current = BTreeMap::new();
         let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());

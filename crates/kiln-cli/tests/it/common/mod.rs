@@ -234,20 +234,24 @@ pub type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 /// (a stopping load balancer says so) instead of sending on the old one.
 pub struct Conn {
     r: BufReader<TcpStream>,
-    port: u16,
+    addr: std::net::SocketAddr,
     closed: bool,
 }
 
 impl Conn {
     pub fn new(port: u16) -> Self {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Conn::at(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+    /// A connection to `addr` (another loopback address than 127.0.0.1).
+    pub fn at(addr: std::net::SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Conn { r: BufReader::new(s), port, closed: false }
+        Conn { r: BufReader::new(s), addr, closed: false }
     }
     /// Sends a request; returns status, headers (lowercased names) and body.
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
         if self.closed {
-            *self = Conn::new(self.port);
+            *self = Conn::at(self.addr);
         }
         let reply = self.exchange(method, path, headers, body)?;
         self.closed = reply.1.iter().any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));

@@ -1,0 +1,159 @@
+//! What every host's load balancer for a fleet service routes to: the
+//! pure table from the service's desired state and the live hosts'
+//! records. Every host's load balancer gets the same table, listing every
+//! host's instances of the service, so a canary's share is exact across
+//! the fleet: each load balancer's weighted schedule is exact, and the
+//! fleet's share is the sum of theirs.
+//!
+//! For: deciding a table. Must never: do I/O, or list an instance its
+//! host does not report running (no traffic goes to a host before it
+//! holds the digest and runs it).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::place::Desired;
+use super::HostRecord;
+use crate::proxy::TableEntry;
+
+/// The release of a canary's instances, in every fleet table.
+pub const CANARY: &str = "canary";
+/// The release of every other instance of the service.
+pub const STABLE: &str = "stable";
+
+/// The table of service `name`: instances whose image is the canary's go
+/// to the `canary` release with the canary's weight, every other one (the
+/// stable image, and an instance being replaced in place) to `stable`.
+/// A release with no instance is left out and its share goes to the other;
+/// backends are sorted, so every host computes the same table.
+pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEntry> {
+    let canary = desired.canary.as_ref().and_then(|c| c.image.rsplit_once('@')).map(|(_, d)| d.to_owned());
+    let mut by: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
+    for h in hosts {
+        let Some(ip) = h.address else { continue };
+        for p in h.placed.iter().filter(|p| p.service == name) {
+            let release = if canary.as_deref() == Some(p.image.to_string().as_str()) { CANARY } else { STABLE };
+            by.entry(release).or_default().push(SocketAddr::new(ip, p.port));
+        }
+    }
+    let weight = desired.canary.as_ref().map_or(0, |c| c.weight.min(100));
+    let mut out: Vec<TableEntry> = [(STABLE, 100 - weight), (CANARY, weight)]
+        .into_iter()
+        .filter_map(|(release, w)| {
+            let mut backends = by.remove(release)?;
+            backends.sort();
+            backends.dedup();
+            Some(TableEntry { release: release.to_owned(), weight: w, backends, fault: None })
+        })
+        .collect();
+    // A release that would get no share while the other has no instance
+    // (weight 0 or 100 with one side still starting) takes it all.
+    if out.iter().all(|e| e.weight == 0) {
+        out.iter_mut().for_each(|e| e.weight = 1);
+    }
+    out.retain(|e| e.weight > 0);
+    out
+}
+
+/// A service's load balancer on every host: its port, health check and
+/// table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub listen: u16,
+    pub health: Option<String>,
+    pub table: Vec<TableEntry>,
+}
+
+/// Every service with a load balancer (`listen`), with its table.
+pub fn tables(services: &BTreeMap<String, Desired>, hosts: &[HostRecord]) -> BTreeMap<String, Routed> {
+    services
+        .iter()
+        .filter_map(|(n, d)| {
+            let listen = d.listen?;
+            Some((n.clone(), Routed { listen, health: d.health.clone(), table: table(n, d, hosts) }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::place::Canary;
+    use crate::fleet::Placed;
+
+    fn d(c: char) -> crate::digest::Digest {
+        crate::digest::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+    }
+
+    fn host(name: &str, ip: &str, placed: &[(&str, &str, u16, char)]) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            address: Some(ip.parse().unwrap()),
+            memory_bytes: 1 << 30,
+            cpus: 2,
+            instances: placed.len() as u32,
+            started_at: 0,
+            version: "0".into(),
+            placed: placed
+                .iter()
+                .map(|(slot, service, port, c)| Placed {
+                    slot: (*slot).into(),
+                    service: (*service).into(),
+                    instance: format!("i-{slot}"),
+                    port: *port,
+                    image: d(*c),
+                })
+                .collect(),
+        }
+    }
+
+    fn desired(canary: Option<(char, u32)>) -> Desired {
+        Desired {
+            image: format!("r/web@{}", d('a')),
+            replicas: 2,
+            env: vec![],
+            memory_bytes: None,
+            singleton: false,
+            listen: Some(8080),
+            health: None,
+            canary: canary.map(|(c, weight)| Canary { image: format!("r/web@{}", d(c)), replicas: 1, weight }),
+        }
+    }
+
+    #[test]
+    fn every_host_s_instances_by_release_with_the_canary_s_weight() {
+        let hosts = [
+            host("h2", "10.0.0.2", &[("web-1", "web", 4002, 'a'), ("web-canary-0", "web", 4003, 'b')]),
+            host("h1", "10.0.0.1", &[("web-0", "web", 4001, 'a'), ("db-0", "db", 5000, 'a')]),
+        ];
+        let t = table("web", &desired(Some(('b', 10))), &hosts);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].release.as_str(), t[0].weight), (STABLE, 90));
+        let addrs: Vec<String> = t[0].backends.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:4001", "10.0.0.2:4002"], "sorted, other services left out");
+        assert_eq!((t[1].release.as_str(), t[1].weight), (CANARY, 10));
+        assert_eq!(t[1].backends, ["10.0.0.2:4003".parse().unwrap()]);
+        // The same on every host, whatever order the records came in.
+        let mut rev = hosts.clone();
+        rev.reverse();
+        assert_eq!(table("web", &desired(Some(('b', 10))), &rev), t);
+        // No canary: one release.
+        let t = table("web", &desired(None), &hosts[1..]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].weight, 100);
+    }
+
+    #[test]
+    fn a_release_without_instances_leaves_its_share_to_the_other() {
+        // The canary's instance is not running yet: stable takes it all.
+        let hosts = [host("h1", "10.0.0.1", &[("web-0", "web", 4001, 'a')])];
+        let t = table("web", &desired(Some(('b', 100))), &hosts);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].release, STABLE);
+        assert!(t[0].weight > 0);
+        // A host without an address is never routed to.
+        let mut h = host("h3", "10.0.0.3", &[("web-0", "web", 4001, 'a')]);
+        h.address = None;
+        assert!(table("web", &desired(None), &[h]).is_empty());
+    }
+}
