@@ -170,6 +170,47 @@ pub struct WindowStats {
     pub histogram: [u64; NB],
 }
 
+impl WindowStats {
+    /// The statistics of `requests` with `errors` and latency histogram
+    /// `hist`: the rate and percentiles derived from them.
+    pub fn of(requests: u64, errors: u64, hist: [u64; NB]) -> WindowStats {
+        let pct = |p: f64| {
+            let target = (requests as f64 * p).ceil() as u64;
+            let mut acc = 0;
+            for (i, h) in hist.iter().enumerate() {
+                acc += h;
+                if acc >= target.max(1) {
+                    return BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+                }
+            }
+            0
+        };
+        WindowStats {
+            requests,
+            errors,
+            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+            p50_us: if requests == 0 { 0 } else { pct(0.5) },
+            p99_us: if requests == 0 { 0 } else { pct(0.99) },
+            histogram: hist,
+        }
+    }
+
+    /// Several load balancers' windows as one: counts and histograms
+    /// added, the rate and percentiles of the whole (never an average of
+    /// rates or of percentiles).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a WindowStats>) -> WindowStats {
+        let (mut requests, mut errors, mut hist) = (0, 0, [0u64; NB]);
+        for p in parts {
+            requests += p.requests;
+            errors += p.errors;
+            for (h, x) in hist.iter_mut().zip(&p.histogram) {
+                *h += x;
+            }
+        }
+        WindowStats::of(requests, errors, hist)
+    }
+}
+
 impl ReleaseMetrics {
     /// Records one response. `now_s` is the proxy clock in seconds; 5xx
     /// (including the proxy's own 502/503/504) count as errors.
@@ -207,25 +248,7 @@ impl ReleaseMetrics {
                 }
             }
         }
-        let pct = |p: f64| {
-            let target = (requests as f64 * p).ceil() as u64;
-            let mut acc = 0;
-            for (i, h) in hist.iter().enumerate() {
-                acc += h;
-                if acc >= target.max(1) {
-                    return BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
-                }
-            }
-            0
-        };
-        WindowStats {
-            requests,
-            errors,
-            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
-            p50_us: if requests == 0 { 0 } else { pct(0.5) },
-            p99_us: if requests == 0 { 0 } else { pct(0.99) },
-            histogram: hist,
-        }
+        WindowStats::of(requests, errors, hist)
     }
 
     /// Adds this release's series.
@@ -244,6 +267,31 @@ impl ReleaseMetrics {
         let f = "kiln_proxy_injected_faults_total";
         let help = "Faults a rollback drill injected (counted in requests too; no client got them).";
         out.sample(f, "counter", help, format_args!("{f}{{{l}}} {injected}"));
+    }
+}
+
+#[cfg(test)]
+mod sum_tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_is_the_whole_s_rate_and_percentiles_not_an_average() {
+        let m1 = ReleaseMetrics::default();
+        let m2 = ReleaseMetrics::default();
+        // 100 fast requests with no error on one; 10 slow ones, 5 failed, on the other.
+        for _ in 0..100 {
+            m1.record(200, 300, 5);
+        }
+        for i in 0..10 {
+            m2.record(if i < 5 { 500 } else { 200 }, 400_000, 5);
+        }
+        let (a, b) = (m1.window(10, 5), m2.window(10, 5));
+        let s = WindowStats::sum([&a, &b]);
+        assert_eq!((s.requests, s.errors), (110, 5));
+        assert!((s.error_rate - 5.0 / 110.0).abs() < 1e-12, "not (0 + 0.5) / 2");
+        assert_eq!(s.p50_us, a.p50_us, "the median is a fast request's");
+        assert_eq!(s.p99_us, b.p99_us, "the 99th percentile is a slow one's");
+        assert_eq!(WindowStats::sum([]), WindowStats::default());
     }
 }
 

@@ -125,6 +125,12 @@ pub(crate) enum Cmd {
         /// Percent of requests, 0 to 100.
         #[arg(long, value_name = "PERCENT", default_value_t = 10, requires = "canary", value_parser = clap::value_parser!(u32).range(0..=100))]
         canary_weight: u32,
+        /// Analysed steps, percent (10,50): the leading controller judges the whole fleet's counts at the end of each step, moves to the next weight on a pass, promotes after the last and removes the canary on a failure. Replaces --canary-weight.
+        #[arg(long, value_name = "PERCENTS", requires = "canary", value_delimiter = ',', conflicts_with = "canary_weight")]
+        canary_steps: Vec<u32>,
+        /// How long each analysed step lasts, and the window it is judged on (at most 60 s).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "canary_steps")]
+        step_interval: std::time::Duration,
     },
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {
@@ -142,6 +148,13 @@ pub(crate) enum Cmd {
         host: String,
         #[arg(long)]
         slot: String,
+    },
+    /// The fleet's services: image, replicas, load balancer port, canary and its progress, and the last judged canary step.
+    Services {
+        #[arg(long, required = true, value_name = "URLS")]
+        cluster: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
     Hosts {

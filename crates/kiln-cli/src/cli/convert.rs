@@ -200,6 +200,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise }, false)
         }
         Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
+        Cmd::Services { cluster, json } => (Command::FleetServices { cluster }, json),
         Cmd::Assign { cluster, host, slot, service, image, env } => {
             let env = env
                 .into_iter()
@@ -234,6 +235,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             canary,
             canary_replicas,
             canary_weight,
+            canary_steps,
+            step_interval,
         } => {
             let memory_bytes = match memory {
                 Some(m) => Some(
@@ -250,7 +253,10 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let canary = canary.map(|image| kiln::fleet::place::Canary {
                 image,
                 replicas: canary_replicas,
-                weight: canary_weight,
+                weight: canary_steps.first().copied().unwrap_or(canary_weight),
+                step_secs: if canary_steps.is_empty() { 0 } else { step_interval.as_secs() },
+                steps: canary_steps,
+                progress: None,
             });
             let desired =
                 kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton, listen, health, canary };

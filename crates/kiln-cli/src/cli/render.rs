@@ -167,6 +167,36 @@ pub(crate) fn render(output: &Output, now: i64) {
                 );
             }
         }
+        Output::FleetServices(rows) => {
+            for r in rows {
+                let d = &r.desired;
+                let lb = d.listen.map_or_else(|| "no load balancer".to_owned(), |p| format!("port {p}"));
+                println!("{}: {} replicas of {} ({lb})", r.name, d.replicas, d.image);
+                if let Some(c) = &d.canary {
+                    let state = match &c.progress {
+                        _ if c.steps.is_empty() => "fixed weight".to_owned(),
+                        None => "waiting for its instances".to_owned(),
+                        Some(p) => match &p.paused {
+                            Some(why) => format!("paused: {why}"),
+                            None => format!("step {} of {}", p.step + 1, c.steps.len()),
+                        },
+                    };
+                    println!("  canary {} x{} at {} %, {state}", c.image, c.replicas, c.weight);
+                }
+                if let Some(v) = &r.verdict {
+                    println!(
+                        "  last verdict: {} ({}) at {} % for {}: {} canary / {} stable requests over {} hosts",
+                        v.action,
+                        v.verdict.outcome.name(),
+                        v.weight,
+                        v.image,
+                        v.verdict.canary_requests,
+                        v.verdict.stable_requests,
+                        v.hosts.len()
+                    );
+                }
+            }
+        }
         Output::DbUpdated(u) => {
             for e in &u.exports {
                 println!("{:<10} {:>7} records  {:>12} bytes  {}", e.ecosystem, e.records, e.bytes, e.url);

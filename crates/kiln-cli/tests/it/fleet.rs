@@ -161,16 +161,37 @@ fn a_stopped_agent_leaves_at_once() {
 /// docker-registry, version 2 signed; the digests by version, and the
 /// signing key's public half.
 fn pushed_busybox(registry_port: u16) -> (Vec<(String, String)>, std::path::PathBuf) {
+    pushed_versions(registry_port, &["1.0.0", "2.0.0"])
+}
+
+/// busybox httpd images of `versions` pushed to the registry, as
+/// [`pushed_busybox`]; each also answers `/cgi-bin/status` through a CGI
+/// script, with 200 `ok VERSION`, except version 3.0.0, whose script
+/// answers 500 (a bad release).
+fn pushed_versions(registry_port: u16, versions: &[&str]) -> (Vec<(String, String)>, std::path::PathBuf) {
     let (dir, home) = (tempdir("fleet-src"), tempdir("fleet-src-home"));
     busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
     kiln_ok(&home, &dir, &["key", "generate", "release"]);
     let mut out = Vec::new();
-    for v in ["1.0.0", "2.0.0"] {
+    for v in versions.iter().copied() {
         fs::create_dir_all(dir.join(format!("www-{v}"))).unwrap();
         fs::write(dir.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
+        let status = if v == "3.0.0" { "500 Broken" } else { "200 OK" };
+        fs::write(
+            dir.join(format!("www-{v}/status")),
+            format!("#!/bin/sh\necho 'Status: {status}'\necho 'Content-Type: text/plain'\necho\necho 'ok {v}'\n"),
+        )
+        .unwrap();
         // In a fleet an instance is reached at its host's address, not
         // loopback: it listens on every address.
-        fs::write(dir.join("kiln.toml"), busybox_image(v).replace("127.0.0.1:$PORT", "$PORT")).unwrap();
+        let toml = busybox_image(v).replace("127.0.0.1:$PORT", "$PORT").replace(
+            "dest = \"/www/index.html\" }",
+            &format!(
+                "dest = \"/www/index.html\" }}, {{ src = \"www-{v}/status\", dest = \"/www/cgi-bin/status\", mode = \"0755\" }}"
+            ),
+        );
+        assert!(toml.contains("cgi-bin/status"), "{toml}");
+        fs::write(dir.join("kiln.toml"), toml).unwrap();
         let digest = bake_digests(&home, &dir, &[])[0].clone();
         let mut push = vec!["push".to_owned(), format!("web:{v}"), format!("127.0.0.1:{registry_port}/team/web:{v}")];
         if v == "2.0.0" {
@@ -666,7 +687,7 @@ impl Drop for HostsCleanup {
 /// `n` keep-alive GETs to `addr`; the bodies by how often each came, or
 /// what went wrong first.
 fn try_bodies(addr: std::net::SocketAddr, n: usize) -> Result<std::collections::BTreeMap<String, usize>, String> {
-    let mut c = Conn::at(addr);
+    let mut c = Conn::try_at(addr).map_err(|e| format!("{addr}: {e}"))?;
     let mut out = std::collections::BTreeMap::new();
     for _ in 0..n {
         let (code, _, body) = c.get("/").map_err(|e| format!("{addr}: {e}"))?;
@@ -873,6 +894,205 @@ fn a_fleet_canary_s_share_is_exact_across_three_load_balancers_and_a_lost_host_c
         || lbs[1..].iter().any(|lb| std::net::TcpStream::connect(lb).is_ok())
     {
         assert!(Instant::now() < deadline, "instances or load balancers left after removal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn services(home: &Path, urls: &[String]) -> serde_json::Value {
+    json(&kiln_ok(home, home, &["services", "--cluster", &urls.join(","), "--json"]))
+}
+
+/// Keep-alive GETs of `path` on every load balancer, two clients each,
+/// until stopped: answers by body, and failures (an I/O error, or any
+/// status but the app's own: 200, or the bad release's 500).
+struct FleetLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(std::collections::BTreeMap<String, u64>, u64)>>,
+}
+
+impl FleetLoad {
+    fn start(lbs: &[std::net::SocketAddr], path: &'static str) -> FleetLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = lbs
+            .iter()
+            .flat_map(|lb| [*lb, *lb])
+            .map(|lb| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut bodies, mut failed) = (std::collections::BTreeMap::new(), 0u64);
+                    let mut c = Conn::at(lb);
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                        match c.get(path) {
+                            Ok((code, _, body)) if code == 200 || (code == 500 && body == b"ok 3.0.0\n") => {
+                                *bodies.entry(format!("{code} {}", String::from_utf8_lossy(&body).trim())).or_default() +=
+                                    1;
+                            }
+                            other => {
+                                eprintln!("{lb}: {:?}", other.map(|r| (r.0, String::from_utf8_lossy(&r.2).into_owned())));
+                                failed += 1;
+                                c = Conn::at(lb);
+                            }
+                        }
+                    }
+                    (bodies, failed)
+                })
+            })
+            .collect();
+        FleetLoad { stop, threads }
+    }
+
+    fn stop(self) -> (std::collections::BTreeMap<String, u64>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = std::collections::BTreeMap::new();
+        let mut failed = 0;
+        for t in self.threads {
+            let (b, f) = t.join().unwrap();
+            for (k, v) in b {
+                *all.entry(k).or_default() += v;
+            }
+            failed += f;
+        }
+        (all, failed)
+    }
+}
+
+#[test]
+fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_death_and_a_bad_one_aborted() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-analysis");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-analysis-registry"), reg_port, ""));
+    let (images, _) = pushed_versions(reg_port, &["1.0.0", "2.0.0", "3.0.0"]);
+    let homes: Vec<std::path::PathBuf> = (1..=3).map(|i| tempdir(&format!("fleet-analysis-h{i}"))).collect();
+    let _hosts_clean = HostsCleanup(homes.clone());
+    let ips = ["127.0.0.5", "127.0.0.6", "127.0.0.7"];
+    let _agents = Procs(
+        homes
+            .iter()
+            .zip(ips)
+            .enumerate()
+            .map(|(i, (home, ip))| {
+                let name = format!("h{}", i + 1);
+                spawn_kiln(home, &["agent", "--cluster", &cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
+            })
+            .collect(),
+    );
+    let ctl = tempdir("fleet-analysis-ctl");
+    let mut controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let lb_port = free_port();
+    let port = lb_port.to_string();
+    let lbs: Vec<std::net::SocketAddr> = ips.iter().map(|ip| format!("{ip}:{lb_port}").parse().unwrap()).collect();
+    let base = ["place", "--cluster", &cluster, "--service", "web", "--replicas", "3", "--listen", &port, "--health", "/"];
+    let place = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        kiln_ok(&ctl, &ctl, &args)
+    };
+    // Steps must be percents, and need an interval a load balancer's
+    // window holds.
+    let bad: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--canary", &images[1].1, "--canary-steps", "20,150", &images[0].1])
+        .collect();
+    assert!(kiln_err(&ctl, &ctl, &bad).contains("canary_steps"));
+    let bad: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--canary", &images[1].1, "--canary-steps", "20", "--step-interval", "5m", &images[0].1])
+        .collect();
+    assert!(kiln_err(&ctl, &ctl, &bad).contains("step_interval"));
+    place(&[&images[0].1]);
+    let only = |version: &str| {
+        let want = format!("busybox {version}\n");
+        lbs.iter().all(|lb| try_bodies(*lb, 30).is_ok_and(|b| b.len() == 1 && b.contains_key(&want)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !only("1.0.0") || placed(&ctl, &urls).values().flatten().count() != 3 {
+        assert!(Instant::now() < deadline, "1.0.0 never served on every load balancer");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A second controller stands by.
+    controllers.0.push(spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c2", "--ttl", "2"]));
+
+    // A good canary in two analysed steps of 3 s, under load on all three
+    // load balancers; the leader is SIGKILLed once the first step began.
+    let load = FleetLoad::start(&lbs, "/cgi-bin/status");
+    place(&["--canary", &images[1].1, "--canary-steps", "20,50", "--step-interval", "3s", &images[0].1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while services(&ctl, &urls)[0]["desired"]["canary"]["progress"].is_null() {
+        assert!(Instant::now() < deadline, "the canary never started: {}", services(&ctl, &urls));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    controllers.0[0].kill().unwrap();
+    controllers.0[0].wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let promoted = loop {
+        let s = services(&ctl, &urls);
+        if s[0]["desired"]["image"] == images[1].1.as_str() && s[0]["desired"]["canary"].is_null() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never promoted: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v = &promoted[0]["verdict"];
+    assert_eq!(v["action"], "promote", "{promoted}");
+    assert_eq!(v["weight"], 50);
+    // One verdict over every host's counts.
+    let hosts = v["hosts"].as_object().unwrap();
+    assert_eq!(hosts.len(), 3, "{v}");
+    let summed: u64 = hosts.values().map(|h| h[0].as_u64().unwrap()).sum();
+    assert_eq!(v["verdict"]["canary_requests"].as_u64().unwrap(), summed);
+    assert!(hosts.values().all(|h| h[0].as_u64().unwrap() > 0), "every host's load balancer sent to the canary: {v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !only("2.0.0") {
+        assert!(Instant::now() < deadline, "2.0.0 never served alone after the promotion");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (answers, failed) = load.stop();
+    eprintln!("good canary through a leader's death: {answers:?}, {failed} failed; verdict {v}");
+    assert_eq!(failed, 0, "no request failed through the canary, the promotion and the leader's death");
+    assert!(answers.get("200 ok 2.0.0").is_some_and(|n| *n > 100), "{answers:?}");
+
+    // A bad canary (its status page answers 500): aborted on the fleet's
+    // counts; the stable release keeps serving.
+    let load = FleetLoad::start(&lbs, "/cgi-bin/status");
+    place(&["--canary", &images[2].1, "--canary-steps", "20,50", "--step-interval", "3s", &images[1].1]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let aborted = loop {
+        let s = services(&ctl, &urls);
+        if s[0]["verdict"]["action"] == "abort" && s[0]["desired"]["canary"].is_null() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never aborted: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(aborted[0]["desired"]["image"], images[1].1.as_str());
+    assert_eq!(aborted[0]["verdict"]["weight"], 20, "failed at its first step: {aborted}");
+    assert_eq!(aborted[0]["verdict"]["verdict"]["outcome"], "fail");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().any(|(slot, _)| slot.contains("canary")) {
+        assert!(Instant::now() < deadline, "the bad canary's instance was never removed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (answers, failed) = load.stop();
+    eprintln!("bad canary: {answers:?}, {failed} failed; verdict {}", aborted[0]["verdict"]);
+    assert_eq!(failed, 0);
+    assert!(answers.get("500 ok 3.0.0").is_some_and(|n| *n > 0), "the bad canary got its share: {answers:?}");
+    assert!(only("2.0.0"), "only the stable release serves after the abort");
+    let text = kiln_ok(&ctl, &ctl, &["services", "--cluster", &cluster]);
+    assert!(text.contains("last verdict: abort (fail) at 20 %"), "{text}");
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[1].1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0 {
+        assert!(Instant::now() < deadline, "instances left after removal");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

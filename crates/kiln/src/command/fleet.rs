@@ -66,14 +66,17 @@ impl LoadBalancers {
     /// `advertise:listen`, started (or adopted from a previous agent) when
     /// missing, dead or moved; its table set when it changed; stopped when
     /// the service no longer has one. One failing service never stops the
-    /// others'.
+    /// others'. Returns what each load balancer counted over the window
+    /// its service's analysed canary asks for.
     fn apply(
         &mut self,
         planes: &dyn DataPlanes,
         advertise: std::net::IpAddr,
         routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>,
         log: &dyn Fn(&str),
-    ) {
+    ) -> std::collections::BTreeMap<String, crate::fleet::canary::HostStats> {
+        use crate::fleet::route::{CANARY, STABLE};
+        let mut counted = std::collections::BTreeMap::new();
         let gone: Vec<String> = self.running.keys().filter(|s| !routed.contains_key(*s)).cloned().collect();
         for service in gone {
             planes.stop(&service);
@@ -85,12 +88,8 @@ impl LoadBalancers {
                 p.is_alive() && had.listen == want.listen && had.health == want.health
             };
             let result = match self.running.get(&service) {
-                Some(cur) if same_site(cur) => {
-                    if cur.1.table == want.table {
-                        continue;
-                    }
-                    cur.0.set_table(&want.table).map(|()| cur.0.clone())
-                }
+                Some(cur) if same_site(cur) && cur.1.table == want.table => Ok(cur.0.clone()),
+                Some(cur) if same_site(cur) => cur.0.set_table(&want.table).map(|()| cur.0.clone()),
                 _ => {
                     let listen = std::net::SocketAddr::new(advertise, want.listen);
                     crate::spec::fleet_service("kiln place", &service, listen, want.health.as_deref())
@@ -101,11 +100,19 @@ impl LoadBalancers {
             };
             match result {
                 Ok(p) => {
+                    if let Some(w) = want.window_secs {
+                        // A release this load balancer does not route to
+                        // (yet) counted nothing.
+                        let stats = |release: &str| p.stats(release, w).unwrap_or_default();
+                        let host = crate::fleet::canary::HostStats { canary: stats(CANARY), stable: stats(STABLE) };
+                        counted.insert(service.clone(), host);
+                    }
                     self.running.insert(service, (p, want));
                 }
                 Err(e) => log(&format!("{service}: load balancer: {e}")),
             }
         }
+        counted
     }
 }
 
@@ -119,11 +126,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let rt = Runtime::new(&ctx.store, ctx.driver);
             let slot_of =
                 |r: &InstanceRecord| r.release.as_deref().and_then(|x| x.strip_prefix("fleet:")).map(str::to_owned);
+            // Instances on their way out, since when: no longer in the
+            // host's record, so every host's load balancer drops them in
+            // its next round; stopped once that must have happened.
+            let draining: std::sync::Mutex<std::collections::BTreeMap<String, std::time::Instant>> =
+                std::sync::Mutex::default();
+            let drain_for = std::time::Duration::from_secs(ttl_secs.max(2) as u64);
+            let is_draining = |id: &str| draining.lock().is_ok_and(|d| d.contains_key(id));
             let mut record = || {
                 let records = rt.records().unwrap_or_default();
                 let placed = records
                     .iter()
-                    .filter(|r| !r.state.is_exited())
+                    .filter(|r| !r.state.is_exited() && !is_draining(&r.id.to_string()))
                     .filter_map(|r| {
                         Some(crate::fleet::Placed {
                             slot: slot_of(r)?,
@@ -169,11 +183,29 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         Act::Start { slot, assignment } => {
                             start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), now)
                         }
-                        Act::Remove { instance, .. } => rt
-                            .stop(instance, Some(std::time::Duration::from_secs(5)))
-                            .and_then(|_| rt.remove(instance, true))
-                            .map(|_| ())
-                            .map_err(CommandError::from),
+                        Act::Remove { instance, .. } => {
+                            let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());
+                            let since = draining
+                                .lock()
+                                .map(|mut d| *d.entry(instance.clone()).or_insert_with(std::time::Instant::now))
+                                .unwrap_or_else(|_| std::time::Instant::now());
+                            // Drained across hosts first: an exited one
+                            // serves no one and goes at once.
+                            if alive && since.elapsed() < drain_for {
+                                continue;
+                            }
+                            let done = rt
+                                .stop(instance, Some(std::time::Duration::from_secs(5)))
+                                .and_then(|_| rt.remove(instance, true))
+                                .map(|_| ())
+                                .map_err(CommandError::from);
+                            if done.is_ok() {
+                                if let Ok(mut d) = draining.lock() {
+                                    d.remove(instance);
+                                }
+                            }
+                            done
+                        }
                     };
                     if let Err(e) = result {
                         eprintln!("kiln agent {name}: {act:?}: {e}");
@@ -195,7 +227,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let planes = crate::serve::dataplane::ProxyProcesses::new(ctx.store.home());
             let mut lbs = LoadBalancers::default();
             let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
-                lbs.apply(&planes, advertise, routed, &|m| eprintln!("kiln agent {name}: {m}"));
+                lbs.apply(&planes, advertise, routed, &|m| eprintln!("kiln agent {name}: {m}"))
             };
             let stop = crate::sys::stop_on_signal();
             let log = |m: &str| eprintln!("kiln agent {name}: {m}");
@@ -270,6 +302,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 if c.weight > 100 {
                     return Err(bad("canary_weight", "a percent, 0 to 100"));
                 }
+                if c.steps.iter().any(|w| *w == 0 || *w > 100) {
+                    return Err(bad("canary_steps", "percents, each 1 to 100"));
+                }
+                if !c.steps.is_empty() && !(1..=60).contains(&c.step_secs) {
+                    return Err(bad(
+                        "step_interval",
+                        "1 s to 60 s: each step is judged on the load balancers' last minute at most",
+                    ));
+                }
+                if c.progress.is_some() {
+                    return Err(bad("canary", "a new canary starts from its first step"));
+                }
                 if desired.listen.is_none() {
                     return Err(bad("canary", "a canary's share is set on the load balancers: give listen"));
                 }
@@ -304,6 +348,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         Command::Hosts { cluster } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             Ok(Output::Hosts(crate::fleet::hosts(&etcd)?))
+        }
+        Command::FleetServices { cluster } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            Ok(Output::FleetServices(crate::fleet::service_rows(&etcd)?))
         }
         _ => Err(CommandError::BadRequest { field: "command".into(), message: "not a fleet command".into() }),
     }

@@ -189,6 +189,11 @@ pub enum Command {
     Hosts {
         cluster: Vec<String>,
     },
+    /// The fleet's services: desired state, canary progress and the last
+    /// judged step. In the caller's process, never as an API body.
+    FleetServices {
+        cluster: Vec<String>,
+    },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
     /// Not a command body: `kiln serve` runs load balancers of its own.
     #[serde(skip)]
@@ -508,7 +513,8 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetController { .. }
         | Command::Place { .. }
         | Command::DrainHost { .. }
-        | Command::Hosts { .. }) => fleet::execute(cmd, ctx),
+        | Command::Hosts { .. }
+        | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;
             Ok(Output::Done { message: "kiln proxy stopped".into() })

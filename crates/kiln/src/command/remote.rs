@@ -51,6 +51,7 @@ impl Job {
                 | Command::Place { .. }
                 | Command::DrainHost { .. }
                 | Command::Hosts { .. }
+                | Command::FleetServices { .. }
         )
     }
 
@@ -503,6 +504,7 @@ mod tests {
             | Command::Place { .. }
             | Command::DrainHost { .. }
             | Command::Hosts { .. }
+            | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,
             Command::Bake { .. } => "bake",

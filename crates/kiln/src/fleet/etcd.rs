@@ -42,6 +42,15 @@ pub struct Etcd {
     preferred: AtomicUsize,
 }
 
+/// What a transaction requires of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// Its create revision is `revision` (0: the key does not exist).
+    Created { key: String, revision: i64 },
+    /// It was last modified at `revision`.
+    Modified { key: String, revision: i64 },
+}
+
 /// One key and value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {
@@ -187,11 +196,22 @@ impl Etcd {
 
     /// A transaction: when `key`'s create revision is `create_revision` (0:
     /// the key does not exist), apply `puts` (key, value, lease) and
-    /// `deletes`; returns whether it did, and the response's revision.
+    /// `deletes`; returns whether it did.
     pub fn txn_if_created_at(
         &self,
         key: &str,
         create_revision: i64,
+        puts: &[(String, Vec<u8>, i64)],
+        deletes: &[String],
+    ) -> Result<bool, EtcdError> {
+        self.txn(&[Compare::Created { key: key.to_owned(), revision: create_revision }], puts, deletes)
+    }
+
+    /// A transaction: when every compare holds, apply `puts` (key, value,
+    /// lease) and `deletes`; returns whether it did.
+    pub fn txn(
+        &self,
+        compares: &[Compare],
         puts: &[(String, Vec<u8>, i64)],
         deletes: &[String],
     ) -> Result<bool, EtcdError> {
@@ -206,16 +226,24 @@ impl Etcd {
             })
             .collect();
         ops.extend(deletes.iter().map(|k| json!({ "requestDeleteRange": { "key": b64(k.as_bytes()) } })));
-        let body = json!({
-            "compare": [{
-                "key": b64(key.as_bytes()),
-                "result": "EQUAL",
-                "target": "CREATE",
-                "create_revision": create_revision.to_string(),
-            }],
-            "success": ops,
-        });
-        let v = self.call("/v3/kv/txn", body)?;
+        let compare: Vec<serde_json::Value> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Created { key, revision } => json!({
+                    "key": b64(key.as_bytes()),
+                    "result": "EQUAL",
+                    "target": "CREATE",
+                    "create_revision": revision.to_string(),
+                }),
+                Compare::Modified { key, revision } => json!({
+                    "key": b64(key.as_bytes()),
+                    "result": "EQUAL",
+                    "target": "MOD",
+                    "mod_revision": revision.to_string(),
+                }),
+            })
+            .collect();
+        let v = self.call("/v3/kv/txn", json!({ "compare": compare, "success": ops }))?;
         Ok(v["succeeded"].as_bool().unwrap_or(false))
     }
 

@@ -11,6 +11,7 @@
 //! For: registration and the host list. Must never: keep a host's liveness
 //! anywhere but in its etcd lease.
 
+pub mod canary;
 pub mod etcd;
 pub mod place;
 pub mod reconcile;
@@ -31,6 +32,11 @@ pub const ASSIGN: &str = "/kiln/assign/";
 pub const DRAIN: &str = "/kiln/drain/";
 /// Services' desired state: `/kiln/services/NAME`.
 pub const SERVICES: &str = "/kiln/services/";
+/// Each host's load balancer counts of an analysed canary:
+/// `/kiln/stats/SERVICE/HOST`.
+pub const STATS: &str = "/kiln/stats/";
+/// The last judged step of each service's canary: `/kiln/verdicts/SERVICE`.
+pub const VERDICTS: &str = "/kiln/verdicts/";
 /// The leading controller's key, bound to its lease: its create revision
 /// is the leader's epoch, and every write of the leader is conditioned on
 /// it.
@@ -89,6 +95,28 @@ pub fn hosts(cluster: &Etcd) -> Result<Vec<HostRow>, EtcdError> {
     Ok(rows)
 }
 
+/// One row of `kiln services`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub name: String,
+    pub desired: place::Desired,
+    /// The last judged step of its canary (this one's or a previous one's).
+    pub verdict: Option<canary::FleetVerdict>,
+}
+
+/// The fleet's services with their last verdicts.
+pub fn service_rows(cluster: &Etcd) -> Result<Vec<ServiceRow>, EtcdError> {
+    let mut verdicts: std::collections::BTreeMap<String, canary::FleetVerdict> = cluster
+        .range_prefix(VERDICTS)?
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.trim_start_matches(VERDICTS).to_owned(), serde_json::from_slice(&kv.value).ok()?)))
+        .collect();
+    Ok(services(cluster, &|_| {})?
+        .into_iter()
+        .map(|(name, (desired, _))| ServiceRow { verdict: verdicts.remove(&name), name, desired })
+        .collect())
+}
+
 /// This machine's memory (from /proc/meminfo) and CPUs.
 pub fn capacity() -> (u64, u32) {
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -141,7 +169,11 @@ pub struct AgentHooks<'a> {
     pub record: &'a mut dyn FnMut() -> HostRecord,
     pub reconcile: &'a mut dyn FnMut(std::collections::BTreeMap<String, reconcile::Assignment>),
     /// The host's load balancers brought to the fleet's tables ([`route::tables`]).
-    pub route: &'a mut dyn FnMut(std::collections::BTreeMap<String, route::Routed>),
+    /// Returns, for each service with an analysed canary, what the host's
+    /// load balancer counted over the window asked for.
+    pub route: &'a mut dyn FnMut(
+        std::collections::BTreeMap<String, route::Routed>,
+    ) -> std::collections::BTreeMap<String, canary::HostStats>,
     pub fence: &'a mut dyn FnMut(),
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -219,6 +251,7 @@ pub fn run_agent(
         });
         let mut fenced = false;
         let mut written: Option<(i64, Vec<u8>)> = None;
+        let mut published: std::collections::BTreeMap<String, Instant> = std::collections::BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             // Cut off for two TTLs: its lease is gone and the controller
@@ -256,11 +289,36 @@ pub fn run_agent(
                     // Every service's table from every live host's record:
                     // reads only, and only while the lease is fresh (cut
                     // off, the load balancers keep their last tables).
-                    let services = services(cluster, log)?;
-                    if services.values().any(|d| d.listen.is_some()) {
-                        route(route::tables(&services, &host_records(cluster)?));
+                    let services: std::collections::BTreeMap<String, place::Desired> =
+                        services(cluster, log)?.into_iter().map(|(n, (d, _))| (n, d)).collect();
+                    let routed = if services.values().any(|d| d.listen.is_some()) {
+                        route::tables(&services, &host_records(cluster)?)
                     } else {
-                        route(Default::default());
+                        Default::default()
+                    };
+                    let counted = route(routed);
+                    // An analysed canary's counts, for the leader to judge
+                    // with every other host's: at most once a second, under
+                    // the host's lease (they leave with it).
+                    for (service, stats) in counted {
+                        let key = format!("{STATS}{service}/{name}");
+                        if published.get(&key).is_some_and(|t: &Instant| t.elapsed() < Duration::from_secs(1)) {
+                            continue;
+                        }
+                        cluster.put(&key, &serde_json::to_vec(&stats).unwrap_or_default(), id)?;
+                        published.insert(key, Instant::now());
+                    }
+                    let done: Vec<String> = published
+                        .keys()
+                        .filter(|k| {
+                            let service = k.trim_start_matches(STATS).split('/').next().unwrap_or_default();
+                            services.get(service).and_then(|d| d.canary.as_ref()).is_none_or(|c| c.progress.is_none())
+                        })
+                        .cloned()
+                        .collect();
+                    for key in done {
+                        cluster.delete(&key)?;
+                        published.remove(&key);
                     }
                     Ok(())
                 };
@@ -296,18 +354,18 @@ pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Re
     }
 }
 
-/// Every service's desired state; one that does not parse is logged,
-/// naming its key, and left out.
+/// Every service's desired state, with the revision it was last written
+/// at; one that does not parse is logged, naming its key, and left out.
 pub fn services(
     cluster: &Etcd,
     log: &(dyn Fn(&str) + Sync),
-) -> Result<std::collections::BTreeMap<String, place::Desired>, EtcdError> {
+) -> Result<std::collections::BTreeMap<String, (place::Desired, i64)>, EtcdError> {
     let mut services = std::collections::BTreeMap::new();
     for kv in cluster.range_prefix(SERVICES)? {
         let name = kv.key.trim_start_matches(SERVICES).to_owned();
         match serde_json::from_slice::<place::Desired>(&kv.value) {
             Ok(d) => {
-                services.insert(name, d);
+                services.insert(name, (d, kv.mod_revision));
             }
             Err(e) => log(&format!("{}: {e}", kv.key)),
         }
@@ -331,19 +389,20 @@ pub fn lead_round(
     fence: Duration,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<bool, EtcdError> {
-    let services = services(cluster, log)?;
+    let versioned = services(cluster, log)?;
+    let services: std::collections::BTreeMap<String, place::Desired> =
+        versioned.iter().map(|(n, (d, _))| (n.clone(), d.clone())).collect();
     let draining: std::collections::BTreeSet<String> =
         cluster.range_prefix(DRAIN)?.into_iter().map(|kv| kv.key.trim_start_matches(DRAIN).to_owned()).collect();
+    let records = host_records(cluster)?;
     let mut hosts = std::collections::BTreeMap::new();
-    for kv in cluster.range_prefix(HOSTS)? {
-        let name = kv.key.trim_start_matches(HOSTS).to_owned();
-        let Ok(r) = serde_json::from_slice::<HostRecord>(&kv.value) else { continue };
+    for r in &records {
         let info = place::HostInfo {
             memory_bytes: r.memory_bytes,
-            draining: draining.contains(&name),
-            running: r.placed.into_iter().map(|p| p.slot).collect(),
+            draining: draining.contains(&r.name),
+            running: r.placed.iter().map(|p| p.slot.clone()).collect(),
         };
-        hosts.insert(name, info);
+        hosts.insert(r.name.clone(), info);
     }
     let mut current = std::collections::BTreeMap::new();
     for kv in cluster.range_prefix(ASSIGN)? {
@@ -384,7 +443,80 @@ pub fn lead_round(
         }
         log(&format!("{change:?}"));
     }
+    for (name, (d, revision)) in &versioned {
+        step_canary(cluster, epoch, name, d, *revision, &records, log)?;
+    }
     Ok(true)
+}
+
+/// Moves service `name`'s analysed canary on ([`canary::decide`]): its
+/// new state and the verdict that decided it are written in one
+/// transaction, conditioned on the leader's epoch and on the service not
+/// having changed since it was read (a person's `kiln place` wins).
+fn step_canary(
+    cluster: &Etcd,
+    epoch: i64,
+    name: &str,
+    d: &place::Desired,
+    revision: i64,
+    records: &[HostRecord],
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), EtcdError> {
+    let Some(c) = d.canary.as_ref().filter(|c| !c.steps.is_empty()) else { return Ok(()) };
+    let digest = c.image.rsplit_once('@').map(|(_, d)| d);
+    let prefix = format!("{name}-canary-");
+    let running = records
+        .iter()
+        .flat_map(|r| &r.placed)
+        .filter(|p| p.service == name && p.slot.starts_with(&prefix) && Some(p.image.to_string().as_str()) == digest)
+        .count() as u32;
+    let stats_prefix = format!("{STATS}{name}/");
+    let hosts: std::collections::BTreeMap<String, canary::HostStats> = cluster
+        .range_prefix(&stats_prefix)?
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.trim_start_matches(&stats_prefix).to_owned(), serde_json::from_slice(&kv.value).ok()?)))
+        .collect();
+    let obs = canary::Observed { running, hosts };
+    let now = crate::time::now_secs();
+    let (next, verdict, action) = match canary::decide(c, &crate::spec::AnalysisSpec::default(), &obs, now) {
+        canary::Decision::Wait => return Ok(()),
+        canary::Decision::Set { canary: next, verdict } => {
+            let action = match (&c.progress, &next.progress) {
+                (None, _) => "start",
+                (_, Some(p)) if p.paused.is_some() => "pause",
+                (Some(a), Some(b)) if b.step > a.step => "advance",
+                _ => "extend",
+            };
+            (place::Desired { canary: Some(next), ..d.clone() }, verdict, action)
+        }
+        canary::Decision::Promote { verdict } => {
+            (place::Desired { image: c.image.clone(), canary: None, ..d.clone() }, Some(verdict), "promote")
+        }
+        canary::Decision::Abort { verdict } => (place::Desired { canary: None, ..d.clone() }, Some(verdict), "abort"),
+    };
+    let key = format!("{SERVICES}{name}");
+    let mut puts = vec![(key.clone(), serde_json::to_vec(&next).unwrap_or_default(), 0)];
+    if let Some(verdict) = verdict {
+        let record = canary::FleetVerdict {
+            at: now,
+            action: action.to_owned(),
+            image: c.image.clone(),
+            weight: c.weight,
+            verdict,
+            hosts: obs.hosts.iter().map(|(h, s)| (h.clone(), (s.canary.requests, s.stable.requests))).collect(),
+        };
+        puts.push((format!("{VERDICTS}{name}"), serde_json::to_vec(&record).unwrap_or_default(), 0));
+    }
+    let compares = [
+        etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch },
+        etcd::Compare::Modified { key, revision },
+    ];
+    if cluster.txn(&compares, &puts, &[])? {
+        log(&format!("{name}: canary {action} (at {} %)", c.weight));
+    } else {
+        log(&format!("{name}: canary {action} not written: the service changed, or another controller leads"));
+    }
+    Ok(())
 }
 
 /// `kiln controller`: campaigns for leadership with a lease of `ttl`

@@ -53,8 +53,24 @@ pub struct Canary {
     /// `REGISTRY/REPO@sha256:…`.
     pub image: String,
     pub replicas: u32,
-    /// Percent of requests, 0 to 100.
+    /// Percent of requests, 0 to 100: the current step's when analysed.
     pub weight: u32,
+    /// Analysed steps (weights, percent): the leading controller moves
+    /// through them, judging the whole fleet's counts at the end of each
+    /// (see [`super::canary`]), and promotes after the last. Empty: the
+    /// weight stays until the next `kiln place`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<u32>,
+    /// How long each step lasts (and the window it is judged on).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_secs: u64,
+    /// Where the leader is in the steps (None: not started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<super::canary::Progress>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Desired {

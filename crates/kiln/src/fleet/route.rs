@@ -62,6 +62,9 @@ pub struct Routed {
     pub listen: u16,
     pub health: Option<String>,
     pub table: Vec<TableEntry>,
+    /// While an analysed canary runs: the window (seconds, at most 60) its
+    /// counts are judged on, which every host publishes.
+    pub window_secs: Option<u64>,
 }
 
 /// Every service with a load balancer (`listen`), with its table.
@@ -70,7 +73,12 @@ pub fn tables(services: &BTreeMap<String, Desired>, hosts: &[HostRecord]) -> BTr
         .iter()
         .filter_map(|(n, d)| {
             let listen = d.listen?;
-            Some((n.clone(), Routed { listen, health: d.health.clone(), table: table(n, d, hosts) }))
+            let window_secs = d
+                .canary
+                .as_ref()
+                .filter(|c| !c.steps.is_empty() && c.progress.as_ref().is_some_and(|p| p.paused.is_none()))
+                .map(|c| c.step_secs.clamp(1, 60));
+            Some((n.clone(), Routed { listen, health: d.health.clone(), table: table(n, d, hosts), window_secs }))
         })
         .collect()
 }
@@ -116,7 +124,14 @@ mod tests {
             singleton: false,
             listen: Some(8080),
             health: None,
-            canary: canary.map(|(c, weight)| Canary { image: format!("r/web@{}", d(c)), replicas: 1, weight }),
+            canary: canary.map(|(c, weight)| Canary {
+                image: format!("r/web@{}", d(c)),
+                replicas: 1,
+                weight,
+                steps: vec![],
+                step_secs: 0,
+                progress: None,
+            }),
         }
     }
 

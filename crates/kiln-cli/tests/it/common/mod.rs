@@ -244,9 +244,12 @@ impl Conn {
     }
     /// A connection to `addr` (another loopback address than 127.0.0.1).
     pub fn at(addr: std::net::SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Conn { r: BufReader::new(s), addr, closed: false }
+        Conn::try_at(addr).unwrap()
+    }
+    pub fn try_at(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn { r: BufReader::new(s), addr, closed: false })
     }
     /// Sends a request; returns status, headers (lowercased names) and body.
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
@@ -294,9 +297,37 @@ impl Conn {
                 hs.push((k, v.trim().to_owned()));
             }
         }
-        let mut body = vec![0; len];
-        self.r.read_exact(&mut body)?;
-        Ok((code, hs, body))
+        let chunked = hs.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        if !chunked {
+            let mut body = vec![0; len];
+            self.r.read_exact(&mut body)?;
+            return Ok((code, hs, body));
+        }
+        // A close-delimited answer of a backend, re-framed in chunks by
+        // the load balancer.
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            self.r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+            if n == 0 {
+                // Trailers, then the blank line.
+                loop {
+                    let mut t = String::new();
+                    self.r.read_line(&mut t)?;
+                    if t.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                return Ok((code, hs, body));
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            self.r.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            self.r.read_exact(&mut crlf)?;
+        }
     }
     pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {
         self.send("GET", path, &[], b"")
