@@ -126,11 +126,23 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "PERCENT", default_value_t = 10, requires = "canary", value_parser = clap::value_parser!(u32).range(0..=100))]
         canary_weight: u32,
         /// Analysed steps, percent (10,50): the leading controller judges the whole fleet's counts at the end of each step, moves to the next weight on a pass, promotes after the last and removes the canary on a failure. Replaces --canary-weight.
-        #[arg(long, value_name = "PERCENTS", requires = "canary", value_delimiter = ',', conflicts_with = "canary_weight")]
+        #[arg(
+            long,
+            value_name = "PERCENTS",
+            requires = "canary",
+            value_delimiter = ',',
+            conflicts_with = "canary_weight"
+        )]
         canary_steps: Vec<u32>,
         /// How long each analysed step lasts, and the window it is judged on (at most 60 s).
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "canary_steps")]
         step_interval: std::time::Duration,
+        /// How far the canary's error rate may exceed stable's before a step fails (0.01: one point; default kiln.toml's).
+        #[arg(long, value_name = "RATE", requires = "canary_steps")]
+        max_error_rate: Option<f64>,
+        /// How far the canary's p99 latency may exceed stable's, as a ratio (default kiln.toml's, 1.5).
+        #[arg(long, value_name = "RATIO", requires = "canary_steps")]
+        max_p99_ratio: Option<f64>,
     },
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {

@@ -207,8 +207,14 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                 .collect::<Option<Vec<_>>>()
                 .context("--env takes K=V")?;
-            let assignment =
-                kiln::fleet::reconcile::Assignment { image, service, env, memory_bytes: None, singleton: false };
+            let assignment = kiln::fleet::reconcile::Assignment {
+                image,
+                service,
+                env,
+                memory_bytes: None,
+                singleton: false,
+                health: None,
+            };
             (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
         }
         Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
@@ -237,6 +243,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             canary_weight,
             canary_steps,
             step_interval,
+            max_error_rate,
+            max_p99_ratio,
         } => {
             let memory_bytes = match memory {
                 Some(m) => Some(
@@ -257,6 +265,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 step_secs: if canary_steps.is_empty() { 0 } else { step_interval.as_secs() },
                 steps: canary_steps,
                 progress: None,
+                max_error_rate,
+                max_p99_ratio,
             });
             let desired =
                 kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton, listen, health, canary };

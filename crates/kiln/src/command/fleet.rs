@@ -133,11 +133,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 std::sync::Mutex::default();
             let drain_for = std::time::Duration::from_secs(ttl_secs.max(2) as u64);
             let is_draining = |id: &str| draining.lock().is_ok_and(|d| d.contains_key(id));
+            // Instances that passed their service's health check here once:
+            // only they are listed for the load balancers.
+            let ready: std::sync::Mutex<std::collections::BTreeSet<String>> = std::sync::Mutex::default();
+            let is_ready = |id: &str| ready.lock().is_ok_and(|r| r.contains(id));
             let mut record = || {
                 let records = rt.records().unwrap_or_default();
                 let placed = records
                     .iter()
-                    .filter(|r| !r.state.is_exited() && !is_draining(&r.id.to_string()))
+                    .filter(|r| {
+                        let id = r.id.to_string();
+                        !r.state.is_exited() && is_ready(&id) && !is_draining(&id)
+                    })
                     .filter_map(|r| {
                         Some(crate::fleet::Placed {
                             slot: slot_of(r)?,
@@ -177,14 +184,38 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         })
                     })
                     .collect();
+                // Readiness: each live instance not yet ready is checked
+                // once a round, as the load balancers will check it.
+                for r in running.iter().filter(|r| r.alive && !is_ready(&r.instance)) {
+                    let Some(port) = records.iter().find(|x| x.id.to_string() == r.instance).map(|x| x.port) else {
+                        continue;
+                    };
+                    let health = assigned.get(&r.slot).and_then(|a| a.health.as_deref());
+                    let addr = std::net::SocketAddr::new(advertise, port);
+                    if crate::serve::prober::check(addr, health, std::time::Duration::from_millis(300)).is_ok() {
+                        if let Ok(mut set) = ready.lock() {
+                            set.insert(r.instance.clone());
+                        }
+                    }
+                }
                 // One failing slot never stops the others.
                 for act in decide(&assigned, &running) {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
                             start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), now)
                         }
-                        Act::Remove { instance, .. } => {
+                        Act::Remove { instance, slot } => {
                             let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());
+                            // An instance being replaced serves until its
+                            // replacement is ready (a replacement that
+                            // never is leaves it serving).
+                            let replaced = assigned.contains_key(slot);
+                            let successor_ready = running.iter().any(|r| {
+                                r.slot == *slot && r.instance != *instance && r.alive && is_ready(&r.instance)
+                            });
+                            if alive && replaced && !successor_ready && !is_draining(instance) {
+                                continue;
+                            }
                             let since = draining
                                 .lock()
                                 .map(|mut d| *d.entry(instance.clone()).or_insert_with(std::time::Instant::now))
@@ -202,6 +233,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             if done.is_ok() {
                                 if let Ok(mut d) = draining.lock() {
                                     d.remove(instance);
+                                }
+                                if let Ok(mut r) = ready.lock() {
+                                    r.remove(instance);
                                 }
                             }
                             done
@@ -283,6 +317,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 let probe = crate::fleet::reconcile::Assignment {
                     memory_bytes: None,
                     singleton: false,
+                    health: None,
                     image: image.to_owned(),
                     service: service.clone(),
                     env: vec![],
@@ -310,6 +345,12 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         "step_interval",
                         "1 s to 60 s: each step is judged on the load balancers' last minute at most",
                     ));
+                }
+                if c.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                    return Err(bad("max_error_rate", "a rate between 0 and 1 (0.01 is one point)"));
+                }
+                if c.max_p99_ratio.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
+                    return Err(bad("max_p99_ratio", "a ratio of at least 1"));
                 }
                 if c.progress.is_some() {
                     return Err(bad("canary", "a new canary starts from its first step"));

@@ -55,18 +55,48 @@ pub struct Observed {
 pub enum Decision {
     Wait,
     /// The canary's new state: started, advanced, extended or paused.
-    Set { canary: Canary, verdict: Option<Verdict> },
+    Set {
+        canary: Canary,
+        verdict: Option<Verdict>,
+    },
     /// Every step passed: the canary's image becomes the service's.
-    Promote { verdict: Verdict },
+    Promote {
+        verdict: Verdict,
+    },
     /// A step failed: the canary is removed.
-    Abort { verdict: Verdict },
+    Abort {
+        verdict: Verdict,
+    },
 }
+
+/// Errors that fail a canary on their own, at a rate over stable's plus
+/// the margin, when its sample is under `min_requests`: load balancers
+/// eject a backend that fails request after request, so a canary broken
+/// through and through never reaches the sample the tests need.
+pub const ERRORS_ALONE: u64 = 3;
 
 /// The fleet's counts of a canary, judged as one sample.
 pub fn judge(analysis: &AnalysisSpec, obs: &Observed) -> Verdict {
     let canary = WindowStats::sum(obs.hosts.values().map(|h| &h.canary));
     let stable = WindowStats::sum(obs.hosts.values().map(|h| &h.stable));
-    analysis::judge(analysis, &canary, Some(&stable))
+    let mut v = analysis::judge(analysis, &canary, Some(&stable));
+    let limit = stable.error_rate + analysis.max_error_rate;
+    if v.outcome == Outcome::Inconclusive && canary.errors >= ERRORS_ALONE && canary.error_rate > limit {
+        v.outcome = Outcome::Fail;
+        v.metrics.push(analysis::Metric {
+            name: "errors".into(),
+            canary: canary.errors as f64,
+            stable: Some(stable.errors as f64),
+            limit: (ERRORS_ALONE - 1) as f64,
+            test: format!(
+                "{ERRORS_ALONE} or more errors at a rate over {limit:.4} in a sample the load balancers' ejections kept under min_requests"
+            ),
+            p_value: None,
+            passed: false,
+            inconclusive: false,
+        });
+    }
+    v
 }
 
 /// The next move of an analysed canary (one with steps) at `now` (unix
@@ -153,6 +183,8 @@ mod tests {
             steps: vec![20, 50],
             step_secs: 10,
             progress,
+            max_error_rate: None,
+            max_p99_ratio: None,
         }
     }
 
@@ -216,6 +248,19 @@ mod tests {
         assert_eq!(verdict.canary_requests, 900);
         // Three errors in 900 (0.33 %) are within the margin: a pass.
         let obs = fleet(&[(300, 3, 1200), (300, 0, 1200), (300, 0, 1200)]);
+        assert!(matches!(decide(&canary(at(0, 0)), &a, &obs, 10), Decision::Set { .. }));
+    }
+
+    #[test]
+    fn a_canary_ejected_for_its_errors_fails_on_them_alone() {
+        let a = AnalysisSpec::default();
+        // Ejected by every load balancer after a few failures: 4 requests,
+        // all failed, far under min_requests.
+        let obs = fleet(&[(2, 2, 900), (1, 1, 900), (1, 1, 900)]);
+        let Decision::Abort { verdict } = decide(&canary(at(0, 0)), &a, &obs, 10) else { panic!("aborted") };
+        assert!(verdict.failed().contains("errors"), "{verdict:?}");
+        // Two errors are not enough to say.
+        let obs = fleet(&[(2, 2, 900)]);
         assert!(matches!(decide(&canary(at(0, 0)), &a, &obs, 10), Decision::Set { .. }));
     }
 

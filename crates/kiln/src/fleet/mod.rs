@@ -109,7 +109,9 @@ pub fn service_rows(cluster: &Etcd) -> Result<Vec<ServiceRow>, EtcdError> {
     let mut verdicts: std::collections::BTreeMap<String, canary::FleetVerdict> = cluster
         .range_prefix(VERDICTS)?
         .into_iter()
-        .filter_map(|kv| Some((kv.key.trim_start_matches(VERDICTS).to_owned(), serde_json::from_slice(&kv.value).ok()?)))
+        .filter_map(|kv| {
+            Some((kv.key.trim_start_matches(VERDICTS).to_owned(), serde_json::from_slice(&kv.value).ok()?))
+        })
         .collect();
     Ok(services(cluster, &|_| {})?
         .into_iter()
@@ -400,7 +402,7 @@ pub fn lead_round(
         let info = place::HostInfo {
             memory_bytes: r.memory_bytes,
             draining: draining.contains(&r.name),
-            running: r.placed.iter().map(|p| p.slot.clone()).collect(),
+            running: r.placed.iter().map(|p| (p.slot.clone(), p.image.to_string())).collect(),
         };
         hosts.insert(r.name.clone(), info);
     }
@@ -474,11 +476,13 @@ fn step_canary(
     let hosts: std::collections::BTreeMap<String, canary::HostStats> = cluster
         .range_prefix(&stats_prefix)?
         .into_iter()
-        .filter_map(|kv| Some((kv.key.trim_start_matches(&stats_prefix).to_owned(), serde_json::from_slice(&kv.value).ok()?)))
+        .filter_map(|kv| {
+            Some((kv.key.trim_start_matches(&stats_prefix).to_owned(), serde_json::from_slice(&kv.value).ok()?))
+        })
         .collect();
     let obs = canary::Observed { running, hosts };
     let now = crate::time::now_secs();
-    let (next, verdict, action) = match canary::decide(c, &crate::spec::AnalysisSpec::default(), &obs, now) {
+    let (next, verdict, action) = match canary::decide(c, &c.analysis(), &obs, now) {
         canary::Decision::Wait => return Ok(()),
         canary::Decision::Set { canary: next, verdict } => {
             let action = match (&c.progress, &next.progress) {
@@ -507,10 +511,8 @@ fn step_canary(
         };
         puts.push((format!("{VERDICTS}{name}"), serde_json::to_vec(&record).unwrap_or_default(), 0));
     }
-    let compares = [
-        etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch },
-        etcd::Compare::Modified { key, revision },
-    ];
+    let compares =
+        [etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch }, etcd::Compare::Modified { key, revision }];
     if cluster.txn(&compares, &puts, &[])? {
         log(&format!("{name}: canary {action} (at {} %)", c.weight));
     } else {

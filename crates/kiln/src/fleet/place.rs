@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::reconcile::Assignment;
 
 /// A service's desired state (`/kiln/services/NAME`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Desired {
     /// `REGISTRY/REPO@sha256:…`.
@@ -47,7 +47,7 @@ pub struct Desired {
 /// A fleet canary: `replicas` instances of `image` given `weight` percent
 /// of the service's requests, on every host's load balancer alike, so the
 /// fleet-wide share is exact (each load balancer's schedule is).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
     /// `REGISTRY/REPO@sha256:…`.
@@ -67,6 +67,25 @@ pub struct Canary {
     /// Where the leader is in the steps (None: not started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<super::canary::Progress>,
+    /// The analysis's limits, where not kiln.toml's defaults: how far the
+    /// canary's error rate may exceed stable's (0.01: one point), and its
+    /// p99 latency (a ratio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+}
+
+impl Canary {
+    /// The analysis its steps are judged with.
+    pub fn analysis(&self) -> crate::spec::AnalysisSpec {
+        let d = crate::spec::AnalysisSpec::default();
+        crate::spec::AnalysisSpec {
+            max_error_rate: self.max_error_rate.unwrap_or(d.max_error_rate),
+            max_p99_ratio: self.max_p99_ratio.unwrap_or(d.max_p99_ratio),
+            ..d
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -86,14 +105,22 @@ impl Desired {
     }
 }
 
+/// How many slots of a service may be changing image at once.
+const MAX_IN_FLUX: usize = 1;
+
+fn digest_of(image: &str) -> Option<&str> {
+    image.rsplit_once('@').map(|(_, d)| d)
+}
+
 /// A live host as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostInfo {
     pub memory_bytes: u64,
     /// `kiln drain-host`: its slots move away, surge-first.
     pub draining: bool,
-    /// The slots its agent reports running.
-    pub running: BTreeSet<String>,
+    /// The slots its agent reports running (and ready), with the digest
+    /// each runs.
+    pub running: BTreeMap<String, String>,
 }
 
 /// A change to the assignments.
@@ -131,6 +158,16 @@ pub fn decide(
     }
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for (name, d) in services {
+        // Slots assigned but not yet running what they are assigned.
+        let mut in_flux = current
+            .iter()
+            .filter(|((h, s), a)| {
+                hosts.get(h).is_some_and(|info| {
+                    d.slots(name).iter().any(|(slot, _)| slot == s)
+                        && info.running.get(s).map(String::as_str) != digest_of(&a.image)
+                })
+            })
+            .count();
         for (slot, image) in d.slots(name) {
             let assignment = Assignment {
                 image: image.to_owned(),
@@ -138,6 +175,7 @@ pub fn decide(
                 env: d.env.clone(),
                 memory_bytes: d.memory_bytes,
                 singleton: d.singleton,
+                health: d.health.clone(),
             };
             if d.singleton {
                 if let Some((host, _)) = current.keys().find(|(h, s)| *s == slot && fencing.contains(h)) {
@@ -150,7 +188,16 @@ pub fn decide(
             let settled: Vec<&String> = on.iter().copied().filter(|h| !hosts[*h].draining).collect();
             for host in &settled {
                 wanted.insert(((*host).clone(), slot.clone()));
-                if current.get(&((*host).clone(), slot.clone())) != Some(&assignment) {
+                let had = current.get(&((*host).clone(), slot.clone()));
+                // Rolling: one slot of a service is replaced at a time; the
+                // next once its host runs the new one.
+                if had.is_some_and(|a| *a != assignment) {
+                    if in_flux >= MAX_IN_FLUX {
+                        continue;
+                    }
+                    in_flux += 1;
+                }
+                if had != Some(&assignment) {
                     changes.push(Change::Assign {
                         host: (*host).clone(),
                         slot: slot.clone(),
@@ -159,7 +206,7 @@ pub fn decide(
                 }
             }
             // Draining copies stay until a settled copy runs.
-            let ready = settled.iter().any(|h| hosts[*h].running.contains(&slot));
+            let ready = settled.iter().any(|h| hosts[*h].running.contains_key(&slot));
             for host in on.iter().filter(|h| hosts[**h].draining) {
                 if !ready {
                     wanted.insert(((*host).clone(), slot.clone()));
@@ -259,12 +306,24 @@ mod tests {
         apply(&mut current, &c);
         assert_eq!(current.len(), 3);
         assert!(current.keys().all(|(h, _)| h != "h2"));
-        // A new image: assigned in place, no slot moves.
+        // A new image: assigned in place, no slot moves, one slot at a
+        // time: the next once its host runs the new one.
         let before: BTreeSet<(String, String)> = current.keys().cloned().collect();
         let services = BTreeMap::from([("web".to_owned(), d('b', 3))]);
-        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
-        assert_eq!(c.len(), 3);
-        apply(&mut current, &c);
+        let run_all = |hosts: &mut BTreeMap<String, HostInfo>, current: &BTreeMap<(String, String), Assignment>| {
+            for ((h, s), a) in current {
+                hosts.get_mut(h).unwrap().running.insert(s.clone(), digest_of(&a.image).unwrap().to_owned());
+            }
+        };
+        run_all(&mut hosts, &current);
+        for round in 0..3 {
+            let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+            assert_eq!(c.len(), 1, "round {round}: one slot at a time: {c:?}");
+            apply(&mut current, &c);
+            assert!(decide(&services, &hosts, &current, &BTreeSet::new()).0.is_empty(), "waits for it to run");
+            run_all(&mut hosts, &current);
+        }
+        assert!(current.values().all(|a| a.image == img('b')));
         assert_eq!(current.keys().cloned().collect::<BTreeSet<_>>(), before);
         // Scaled to one: two slots go.
         let one = BTreeMap::from([("web".to_owned(), d('b', 1))]);
@@ -329,7 +388,7 @@ mod tests {
         apply(&mut current, &c);
         assert_eq!(current.len(), 2, "surge: both hold the slot");
         assert!(decide(&web, &hosts, &current, &BTreeSet::new()).0.is_empty(), "waits for the new copy to run");
-        hosts.get_mut(other).unwrap().running.insert("web-0".into());
+        hosts.get_mut(other).unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
         let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
     }

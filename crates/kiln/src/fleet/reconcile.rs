@@ -28,6 +28,11 @@ pub struct Assignment {
     /// controller moves it only after that host must have.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub singleton: bool,
+    /// The service's health check (`GET path`; None: a connect): the
+    /// agent lists an instance for the load balancers only once it passes,
+    /// and drains the instance it replaces only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 impl Assignment {
@@ -93,6 +98,7 @@ mod tests {
             env: Vec::new(),
             memory_bytes: None,
             singleton: false,
+            health: None,
         }
     }
 

@@ -131,6 +131,8 @@ mod tests {
                 steps: vec![],
                 step_secs: 0,
                 progress: None,
+                max_error_rate: None,
+                max_p99_ratio: None,
             }),
         }
     }
