@@ -108,6 +108,9 @@ pub(crate) enum Cmd {
         /// Each replica's memory limit, which its host must have free (256M, 1G).
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Each replica's CPU limit in cores (0.5), which its host must have unclaimed.
+        #[arg(long, value_name = "CORES")]
+        cpus: Option<f64>,
         /// Never two instances of a slot at once: a host cut off from etcd stops it after two lease TTLs, and the controller moves it only after that.
         #[arg(long)]
         singleton: bool,

@@ -212,6 +212,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 service,
                 env,
                 memory_bytes: None,
+                millicpus: None,
                 singleton: false,
                 health: None,
             };
@@ -235,6 +236,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             image,
             env,
             memory,
+            cpus,
             singleton,
             listen,
             health,
@@ -268,8 +270,22 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 max_error_rate,
                 max_p99_ratio,
             });
-            let desired =
-                kiln::fleet::place::Desired { image, replicas, env, memory_bytes, singleton, listen, health, canary };
+            let millicpus = match cpus {
+                Some(c) if c > 0.0 && c <= 1024.0 => Some((c * 1000.0).round() as u64),
+                Some(c) => anyhow::bail!("--cpus {c}: a positive number of cores, at most 1024"),
+                None => None,
+            };
+            let desired = kiln::fleet::place::Desired {
+                image,
+                replicas,
+                env,
+                memory_bytes,
+                millicpus,
+                singleton,
+                listen,
+                health,
+                canary,
+            };
             (Command::Place { cluster, service, desired }, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {

@@ -46,7 +46,11 @@ fn start_slot(
         service: Some(a.service.clone()),
         env: a.env.clone(),
         release: Some(format!("fleet:{slot}")),
-        limits: crate::runtime::bundle::Limits { memory_bytes: a.memory_bytes, ..Default::default() },
+        limits: crate::runtime::bundle::Limits {
+            memory_bytes: a.memory_bytes,
+            cpus: a.millicpus.map(|m| m as f64 / 1000.0),
+            ..Default::default()
+        },
         release_fields: std::collections::BTreeMap::from([("fleet.singleton".to_owned(), a.singleton.to_string())]),
         ..RunRequest::default()
     };
@@ -316,6 +320,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let by_digest = |field: &str, image: &str| -> Result<(), CommandError> {
                 let probe = crate::fleet::reconcile::Assignment {
                     memory_bytes: None,
+                    millicpus: None,
                     singleton: false,
                     health: None,
                     image: image.to_owned(),

@@ -401,6 +401,7 @@ pub fn lead_round(
     for r in &records {
         let info = place::HostInfo {
             memory_bytes: r.memory_bytes,
+            millicpus: u64::from(r.cpus) * 1000,
             draining: draining.contains(&r.name),
             running: r.placed.iter().map(|p| (p.slot.clone(), p.image.to_string())).collect(),
         };

@@ -26,6 +26,10 @@ pub struct Desired {
     /// Memory each replica is limited to, and needs free on its host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// CPU each replica is limited to, in thousandths of a core, and
+    /// needs unclaimed on its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u64>,
     /// At most one instance of each slot at any time (see [`decide`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub singleton: bool,
@@ -116,6 +120,8 @@ fn digest_of(image: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostInfo {
     pub memory_bytes: u64,
+    /// Its CPUs, in thousandths of a core.
+    pub millicpus: u64,
     /// `kiln drain-host`: its slots move away, surge-first.
     pub draining: bool,
     /// The slots its agent reports running (and ready), with the digest
@@ -149,12 +155,13 @@ pub fn decide(
     let mut changes = Vec::new();
     let mut notes = Vec::new();
     let live = |h: &String| hosts.contains_key(h);
-    // Slots and memory per live host, as they will be.
-    let mut load: BTreeMap<&str, (usize, u64)> = hosts.keys().map(|h| (h.as_str(), (0, 0))).collect();
+    // Slots, memory and CPU claimed per live host, as they will be.
+    let mut load: BTreeMap<&str, (usize, u64, u64)> = hosts.keys().map(|h| (h.as_str(), (0, 0, 0))).collect();
     for ((host, _), a) in current.iter().filter(|((h, _), _)| live(h)) {
         let e = load.entry(host.as_str()).or_default();
         e.0 += 1;
         e.1 += a.memory_bytes.unwrap_or(0);
+        e.2 += a.millicpus.unwrap_or(0);
     }
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for (name, d) in services {
@@ -174,6 +181,7 @@ pub fn decide(
                 service: name.clone(),
                 env: d.env.clone(),
                 memory_bytes: d.memory_bytes,
+                millicpus: d.millicpus,
                 singleton: d.singleton,
                 health: d.health.clone(),
             };
@@ -214,23 +222,29 @@ pub fn decide(
             }
             if settled.is_empty() {
                 let need = d.memory_bytes.unwrap_or(0);
+                let cpu = d.millicpus.unwrap_or(0);
                 let pick = load
                     .iter()
-                    .filter(|(h, (_, used))| {
+                    .filter(|(h, (_, used, cpu_used))| {
                         let info = &hosts[**h];
-                        !info.draining && info.memory_bytes.saturating_sub(*used) >= need
+                        !info.draining
+                            && info.memory_bytes.saturating_sub(*used) >= need
+                            && info.millicpus.saturating_sub(*cpu_used) >= cpu
                     })
-                    .min_by_key(|(h, (n, _))| (*n, **h))
+                    .min_by_key(|(h, (n, _, _))| (*n, **h))
                     .map(|(h, _)| h.to_string());
                 match pick {
                     Some(host) => {
                         let e = load.entry(hosts.get_key_value(&host).map_or("", |(k, _)| k.as_str())).or_default();
                         e.0 += 1;
                         e.1 += need;
+                        e.2 += cpu;
                         wanted.insert((host.clone(), slot.clone()));
                         changes.push(Change::Assign { host, slot, assignment });
                     }
-                    None => notes.push(format!("{slot}: no live host, not draining, has {need} bytes free")),
+                    None => notes.push(format!(
+                        "{slot}: no live host, not draining, has {need} bytes and {cpu} millicpus unclaimed"
+                    )),
                 }
             }
         }
@@ -252,7 +266,10 @@ mod tests {
     }
 
     fn hosts(names: &[&str]) -> BTreeMap<String, HostInfo> {
-        names.iter().map(|n| (n.to_string(), HostInfo { memory_bytes: 8 << 30, ..HostInfo::default() })).collect()
+        names
+            .iter()
+            .map(|n| (n.to_string(), HostInfo { memory_bytes: 8 << 30, millicpus: 2000, ..HostInfo::default() }))
+            .collect()
     }
 
     fn plain() -> Desired {
@@ -261,6 +278,7 @@ mod tests {
             replicas: 1,
             env: vec![],
             memory_bytes: None,
+            millicpus: None,
             singleton: false,
             listen: None,
             health: None,
@@ -391,6 +409,22 @@ mod tests {
         hosts.get_mut(other).unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
         let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
+    }
+
+    #[test]
+    fn cpus_are_claimed_like_memory() {
+        // Two hosts of 2 cores; replicas of 1.5 cores: one per host, the
+        // third waits.
+        let hosts = hosts(&["h1", "h2"]);
+        let d = Desired { replicas: 3, millicpus: Some(1500), ..plain() };
+        let (c, notes) = decide(&BTreeMap::from([("cpu".to_owned(), d)]), &hosts, &BTreeMap::new(), &BTreeSet::new());
+        let on: BTreeSet<String> = c
+            .iter()
+            .filter_map(|x| if let Change::Assign { host, .. } = x { Some(host.clone()) } else { None })
+            .collect();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(on.len(), 2, "one per host");
+        assert!(notes[0].contains("1500 millicpus"), "{notes:?}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Assignment {
     /// The instance's memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Its CPU limit, in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u64>,
     /// Never two at once: a host cut off from etcd stops it, and the
     /// controller moves it only after that host must have.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -97,6 +100,7 @@ mod tests {
             service: "web".into(),
             env: Vec::new(),
             memory_bytes: None,
+            millicpus: None,
             singleton: false,
             health: None,
         }

@@ -121,6 +121,7 @@ mod tests {
             replicas: 2,
             env: vec![],
             memory_bytes: None,
+            millicpus: None,
             singleton: false,
             listen: Some(8080),
             health: None,
