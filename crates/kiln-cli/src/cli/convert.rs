@@ -215,6 +215,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 millicpus: None,
                 singleton: false,
                 health: None,
+                epoch: 0,
             };
             (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
         }

@@ -1130,3 +1130,70 @@ fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_d
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Writes `value` at `key` through etcd's JSON gateway, as any client
+/// with access to etcd (an old leader, a script) could.
+fn etcd_put(url: &str, key: &str, value: &serde_json::Value) {
+    let body = serde_json::json!({
+        "key": kiln::base64::encode(key.as_bytes()),
+        "value": kiln::base64::encode(value.to_string().as_bytes()),
+    });
+    let out = run("curl", &["-sf", &format!("{url}/v3/kv/put"), "-d", &body.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_agent_refuses_a_change_from_an_older_leader_epoch_even_after_a_restart() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-epoch");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-epoch-registry"), reg_port, ""));
+    let (images, _) = pushed_busybox(reg_port);
+    let home = tempdir("fleet-epoch-h1");
+    let _hosts_clean = HostsCleanup(vec![home.clone()]);
+    let spawn = || spawn_kiln(&home, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]);
+    let mut agent = Procs(vec![spawn()]);
+    let assign = |image: &str, epoch: i64| {
+        let a = serde_json::json!({ "image": image, "service": "web", "epoch": epoch });
+        etcd_put(&urls[0], "/kiln/assign/h1/web-0", &a);
+    };
+    let ctl = tempdir("fleet-epoch-ctl");
+    // A leader of epoch 7 assigns 1.0.0.
+    assign(&images[0].1, 7);
+    let port = wait_serving(&ctl, &urls, "web-0", "busybox 1.0.0\n");
+    // A change stamped by epoch 5: refused; 1.0.0 keeps serving, same instance.
+    assign(&images[1].1, 5);
+    let log = || fs::read_to_string(home.join("kiln.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("refused web-0: a change from epoch 5 (epoch 7 seen)") {
+        assert!(Instant::now() < deadline, "never refused: {}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(get(port).as_deref(), Some("busybox 1.0.0\n"), "the accepted instance kept serving");
+    assert_eq!(placed(&ctl, &urls)["h1"], vec![("web-0".to_owned(), port)]);
+    // The agent restarts: the epoch it acted on is kept, and the stale
+    // change is refused again.
+    agent.0[0].kill().unwrap();
+    agent.0[0].wait().unwrap();
+    fs::write(home.join("kiln.log"), "").unwrap();
+    agent.0[0] = spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log().contains("refused web-0") {
+        assert!(Instant::now() < deadline, "never refused after the restart: {}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Kept, not removed: longer than a drain would take.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(get(port).as_deref(), Some("busybox 1.0.0\n"), "the accepted instance outlived the restart");
+    // Epoch 9's change is taken.
+    assign(&images[1].1, 9);
+    wait_serving(&ctl, &urls, "web-0", "busybox 2.0.0\n");
+    let kept = json(&fs::read_to_string(home.join("fleet-admitted.json")).unwrap());
+    assert_eq!(kept["seen"], 9);
+    assert_eq!(kept["accepted"]["web-0"]["image"], images[1].1.as_str());
+}

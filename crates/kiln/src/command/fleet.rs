@@ -267,6 +267,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
                 lbs.apply(&planes, advertise, routed, &|m| eprintln!("kiln agent {name}: {m}"))
             };
+            // The newest leader epoch and the assignments acted on, kept
+            // across restarts: an old leader's change is refused after one
+            // too, and the slot keeps what it was accepted with.
+            let admitted_file = ctx.store.home().join("fleet-admitted.json");
+            let admitted =
+                std::fs::read(&admitted_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            let mut keep = |a: &crate::fleet::reconcile::Admitted| {
+                let bytes = serde_json::to_vec_pretty(a).unwrap_or_default();
+                if let Err(e) = crate::sys::atomic::write(&admitted_file, &bytes) {
+                    eprintln!("kiln agent {name}: keeping {}: {e}", admitted_file.display());
+                }
+            };
             let stop = crate::sys::stop_on_signal();
             let log = |m: &str| eprintln!("kiln agent {name}: {m}");
             let hooks = crate::fleet::AgentHooks {
@@ -274,6 +286,8 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 reconcile: &mut reconcile,
                 route: &mut route,
                 fence: &mut fence,
+                admitted,
+                keep: &mut keep,
                 log: &log,
             };
             crate::fleet::run_agent(&etcd, &name, ttl_secs, stop, hooks)?;
@@ -298,6 +312,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 }
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            // Stamped with the current leader's epoch, as its own writes are.
+            let epoch = etcd.get(crate::fleet::LEADER)?.map_or(0, |(rev, _)| rev);
+            let assignment = assignment.map(|a| crate::fleet::reconcile::Assignment { epoch, ..a });
             crate::fleet::assign(&etcd, &host, &slot, assignment.as_ref())?;
             let message = match assignment {
                 Some(a) => format!("{host}/{slot}: {} assigned", a.image),
@@ -319,6 +336,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             }
             let by_digest = |field: &str, image: &str| -> Result<(), CommandError> {
                 let probe = crate::fleet::reconcile::Assignment {
+                    epoch: 0,
                     memory_bytes: None,
                     millicpus: None,
                     singleton: false,

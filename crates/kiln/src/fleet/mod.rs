@@ -177,6 +177,10 @@ pub struct AgentHooks<'a> {
         std::collections::BTreeMap<String, route::Routed>,
     ) -> std::collections::BTreeMap<String, canary::HostStats>,
     pub fence: &'a mut dyn FnMut(),
+    /// What this host acted on when the agent started (kept across
+    /// restarts), and where it is kept when it changes.
+    pub admitted: reconcile::Admitted,
+    pub keep: &'a mut dyn FnMut(&reconcile::Admitted),
     pub log: &'a (dyn Fn(&str) + Sync),
 }
 
@@ -203,7 +207,7 @@ pub fn run_agent(
     stop: &AtomicBool,
     hooks: AgentHooks<'_>,
 ) -> Result<(), EtcdError> {
-    let AgentHooks { record, reconcile, route, fence, log } = hooks;
+    let AgentHooks { record, reconcile, route, fence, mut admitted, keep, log } = hooks;
     let key = format!("{HOSTS}{name}");
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
     let ttl_d = Duration::from_secs(ttl.max(1) as u64);
@@ -275,6 +279,14 @@ pub fn run_agent(
                     let (assigned, bad) = assignments(cluster, name)?;
                     for b in bad {
                         log(&b);
+                    }
+                    let before = admitted.clone();
+                    let (assigned, refused) = reconcile::admit(assigned, &mut admitted);
+                    for r in refused {
+                        log(&format!("refused {r}"));
+                    }
+                    if admitted != before {
+                        keep(&admitted);
                     }
                     reconcile(assigned);
                     let value = serde_json::to_vec(&record()).unwrap_or_default();
@@ -435,7 +447,8 @@ pub fn lead_round(
     for change in changes {
         let (puts, deletes) = match &change {
             place::Change::Assign { host, slot, assignment } => {
-                let value = serde_json::to_vec(assignment).unwrap_or_default();
+                let stamped = reconcile::Assignment { epoch, ..assignment.clone() };
+                let value = serde_json::to_vec(&stamped).unwrap_or_default();
                 (vec![(format!("{ASSIGN}{host}/{slot}"), value, 0)], vec![])
             }
             place::Change::Unassign { host, slot } => (vec![], vec![format!("{ASSIGN}{host}/{slot}")]),

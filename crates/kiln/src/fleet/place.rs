@@ -184,6 +184,7 @@ pub fn decide(
                 millicpus: d.millicpus,
                 singleton: d.singleton,
                 health: d.health.clone(),
+                epoch: 0,
             };
             if d.singleton {
                 if let Some((host, _)) = current.keys().find(|(h, s)| *s == slot && fencing.contains(h)) {
@@ -196,7 +197,8 @@ pub fn decide(
             let settled: Vec<&String> = on.iter().copied().filter(|h| !hosts[*h].draining).collect();
             for host in &settled {
                 wanted.insert(((*host).clone(), slot.clone()));
-                let had = current.get(&((*host).clone(), slot.clone()));
+                let had = current.get(&((*host).clone(), slot.clone())).map(Assignment::unstamped);
+                let had = had.as_ref();
                 // Rolling: one slot of a service is replaced at a time; the
                 // next once its host runs the new one.
                 if had.is_some_and(|a| *a != assignment) {

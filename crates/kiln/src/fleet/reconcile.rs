@@ -36,9 +36,23 @@ pub struct Assignment {
     /// and drains the instance it replaces only then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The epoch of the leader that wrote it (its election revision; 0:
+    /// written by hand with no leader). An agent refuses a change from an
+    /// epoch older than one it has acted on ([`admit`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Assignment {
+    /// The same assignment, whoever wrote it.
+    pub fn unstamped(&self) -> Assignment {
+        Assignment { epoch: 0, ..self.clone() }
+    }
+
     /// The digest the image names.
     pub fn digest(&self) -> Option<Digest> {
         self.image.rsplit_once('@').and_then(|(_, d)| Digest::parse(d).ok())
@@ -60,6 +74,47 @@ pub struct Running {
 pub enum Act {
     Start { slot: String, assignment: Assignment },
     Remove { slot: String, instance: String },
+}
+
+/// What an agent has acted on: the newest leader epoch, and each slot's
+/// assignment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    pub seen: i64,
+    pub accepted: BTreeMap<String, Assignment>,
+}
+
+/// The assignments this agent acts on: a slot's assignment that differs
+/// from the one it accepted is refused (its accepted one kept, if any)
+/// when it comes from an epoch older than `seen`, the newest it has acted
+/// on. etcd's fencing stops an old leader's writes at etcd; this stops
+/// them at the host too, whatever path they came by. Returns the admitted
+/// assignments and the refused slots; `state` moves on (the agent keeps
+/// it across restarts).
+pub fn admit(
+    assigned: BTreeMap<String, Assignment>,
+    state: &mut Admitted,
+) -> (BTreeMap<String, Assignment>, Vec<String>) {
+    let Admitted { seen, accepted } = state;
+    let mut out = BTreeMap::new();
+    let mut refused = Vec::new();
+    let before = *seen;
+    for (slot, a) in assigned {
+        let same = accepted.get(&slot).is_some_and(|old| old.unstamped() == a.unstamped());
+        if !same && a.epoch < before {
+            refused.push(format!("{slot}: a change from epoch {} (epoch {before} seen)", a.epoch));
+            if let Some(old) = accepted.get(&slot) {
+                out.insert(slot, old.clone());
+            }
+            continue;
+        }
+        if !same {
+            *seen = (*seen).max(a.epoch);
+        }
+        out.insert(slot, a);
+    }
+    accepted.clone_from(&out);
+    (out, refused)
 }
 
 /// The acts that bring this host to its assignments: a slot with no
@@ -103,7 +158,33 @@ mod tests {
             millicpus: None,
             singleton: false,
             health: None,
+            epoch: 0,
         }
+    }
+
+    #[test]
+    fn a_change_from_an_older_epoch_is_refused_and_the_accepted_one_kept() {
+        let mut state = Admitted::default();
+        let at = |c: char, epoch: i64| Assignment { epoch, ..a(c) };
+        // Leader of epoch 7 assigns web-1.
+        let (ok, refused) = admit(BTreeMap::from([("web-1".to_owned(), at('a', 7))]), &mut state);
+        assert!(refused.is_empty());
+        assert_eq!((ok["web-1"].image.clone(), state.seen), (a('a').image, 7));
+        // A change stamped by epoch 5 (an old leader): refused, 'a' kept.
+        let (ok, refused) = admit(BTreeMap::from([("web-1".to_owned(), at('b', 5))]), &mut state);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(ok["web-1"].image, a('a').image);
+        // A new slot from epoch 5: refused, nothing to keep.
+        let (ok, _) =
+            admit(BTreeMap::from([("web-1".to_owned(), at('a', 7)), ("web-2".to_owned(), at('a', 5))]), &mut state);
+        assert!(!ok.contains_key("web-2"));
+        // The same assignment restamped by a later leader, or left as the
+        // old leader wrote it: unchanged, admitted.
+        let (ok, refused) = admit(BTreeMap::from([("web-1".to_owned(), at('a', 3))]), &mut state);
+        assert!(refused.is_empty() && ok.contains_key("web-1"));
+        // Epoch 9 changes it: admitted, and 9 is now the newest seen.
+        let (ok, _) = admit(BTreeMap::from([("web-1".to_owned(), at('b', 9))]), &mut state);
+        assert_eq!((ok["web-1"].image.clone(), state.seen), (a('b').image, 9));
     }
 
     fn r(slot: &str, id: &str, c: char, alive: bool) -> Running {
