@@ -66,6 +66,9 @@ pub(crate) enum Cmd {
         /// The address other hosts reach this host's instances at; its load balancers listen on it.
         #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
         advertise: std::net::IpAddr,
+        /// A kiln.toml whose [registries."HOST"] tables apply to the images pulled (a CA, plain HTTP, signed_by); read when it exists.
+        #[arg(long, default_value = "kiln.toml")]
+        file: PathBuf,
     },
     /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
     Assign {

@@ -190,14 +190,15 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
-        Cmd::Agent { cluster, name, ttl, signed_by, advertise } => {
+        Cmd::Agent { cluster, name, ttl, signed_by, advertise, file } => {
+            let registries = if file.is_file() { kiln::spec::load(&file)?.registries } else { Default::default() };
             let name = match name {
                 Some(n) => n,
                 None => std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_owned())
                     .context("reading /etc/hostname (or give --name)")?,
             };
-            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise }, false)
+            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise, registries }, false)
         }
         Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
         Cmd::Services { cluster, json } => (Command::FleetServices { cluster }, json),

@@ -18,10 +18,14 @@ fn start_slot(
     slot: &str,
     a: &crate::fleet::reconcile::Assignment,
     signed_by: Option<&std::path::Path>,
+    registries: &std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
     now: i64,
 ) -> Result<(), CommandError> {
     use crate::image::registry;
     let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
+    let settings = registries.get(&remote.host).cloned().unwrap_or_default();
+    // The agent's own key, or the registry's (kiln.toml's `signed_by`).
+    let signed_by = signed_by.or(settings.signed_by.as_deref());
     let digest = a.digest().ok_or_else(|| CommandError::BadRequest {
         field: format!("assign.{slot}.image"),
         message: "name the image by digest".into(),
@@ -30,12 +34,12 @@ fn start_slot(
         // The image with its artifacts, its signature checked before any
         // tag is set, as `kiln pull` from a `signed_by` registry.
         Some(key) => {
-            let fetched = registry::fetch(store, &remote, &Default::default(), Some(&a.service))?;
+            let fetched = registry::fetch(store, &remote, &settings, Some(&a.service))?;
             verify_fetched(store, &fetched, key, &a.image)?;
             registry::tag_fetched(store, fetched, now)?;
         }
         None => {
-            registry::fetch_image(store, &remote, &digest, &Default::default())?;
+            registry::fetch_image(store, &remote, &digest, &settings)?;
         }
     }
     let size = store.read_blob(&digest)?.len() as u64;
@@ -123,7 +127,7 @@ impl LoadBalancers {
 /// Carries out a fleet command; any other is refused by name.
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
-        Command::Agent { cluster, name, ttl_secs, signed_by, advertise } => {
+        Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let (memory_bytes, cpus) = crate::fleet::capacity();
             let started_at = ctx.now;
@@ -206,7 +210,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 for act in decide(&assigned, &running) {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
-                            start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), now)
+                            start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), &registries, now)
                         }
                         Act::Remove { instance, slot } => {
                             let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());

@@ -150,6 +150,10 @@ pub enum Command {
         /// The address other hosts reach this one's instances at, and its
         /// load balancers listen on.
         advertise: std::net::IpAddr,
+        /// kiln.toml's `[registries."HOST"]`: a CA, plain HTTP, or a key
+        /// every image from that registry must be signed by.
+        #[serde(default)]
+        registries: std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
     },
     /// Assigns slot `slot` of host `host` (None: removes it), in etcd; the
     /// host's agent starts or removes the instance. Caller's process only.
