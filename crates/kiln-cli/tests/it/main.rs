@@ -13,6 +13,7 @@ mod bake;
 mod bases;
 mod edge;
 mod fleet;
+mod fleet_lab;
 mod heal;
 mod history;
 mod observe;
