@@ -160,6 +160,14 @@ down() {
       done
     done
     while read -r pid _; do kill "$pid" 2>/dev/null || true; done <"$dir/pids"
+    # Given five seconds to stop, then killed.
+    for _ in $(seq 50); do
+      alive=0
+      while read -r pid _; do kill -0 "$pid" 2>/dev/null && alive=1; done <"$dir/pids"
+      [ $alive = 0 ] && break
+      sleep 0.1
+    done
+    while read -r pid _; do kill -9 "$pid" 2>/dev/null || true; done <"$dir/pids"
     rm -f "$dir/pids"
   fi
   for n in "$lan" "$LAB-h1" "$LAB-h2" "$LAB-h3"; do ip netns del "$n" 2>/dev/null || true; done

@@ -9,6 +9,14 @@
 use super::*;
 use crate::serve::dataplane::{DataPlane, DataPlanes};
 
+/// Where an agent's images come from, and what they must be signed by.
+struct Sources<'a> {
+    /// The agent's own key (`--signed-by`), for every registry.
+    signed_by: Option<&'a std::path::Path>,
+    /// kiln.toml's `[registries."HOST"]`.
+    registries: &'a std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
+}
+
 /// Starts slot `slot`'s instance: its image fetched by digest into the
 /// store (every blob verified) and tagged `SERVICE:fleet-<hex>`, then run.
 fn start_slot(
@@ -17,11 +25,11 @@ fn start_slot(
     launcher: &dyn Launcher,
     slot: &str,
     a: &crate::fleet::reconcile::Assignment,
-    signed_by: Option<&std::path::Path>,
-    registries: &std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
+    sources: &Sources<'_>,
     now: i64,
 ) -> Result<(), CommandError> {
     use crate::image::registry;
+    let Sources { signed_by, registries } = *sources;
     let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
     let settings = registries.get(&remote.host).cloned().unwrap_or_default();
     // The agent's own key, or the registry's (kiln.toml's `signed_by`).
@@ -210,7 +218,8 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 for act in decide(&assigned, &running) {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
-                            start_slot(store, &rt, launcher, slot, assignment, signed_by.as_deref(), &registries, now)
+                            let sources = Sources { signed_by: signed_by.as_deref(), registries: &registries };
+                            start_slot(store, &rt, launcher, slot, assignment, &sources, now)
                         }
                         Act::Remove { instance, slot } => {
                             let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());
