@@ -1197,3 +1197,53 @@ fn an_agent_refuses_a_change_from_an_older_leader_epoch_even_after_a_restart() {
     assert_eq!(kept["seen"], 9);
     assert_eq!(kept["accepted"]["web-0"]["image"], images[1].1.as_str());
 }
+
+#[test]
+fn a_slot_a_host_cannot_start_is_placed_on_another_host() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-failing");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-failing-registry"), reg_port, ""));
+    // 1.0.0 is unsigned: h1, which runs only signed images, cannot start it.
+    let (images, key) = pushed_busybox(reg_port);
+    let (h1, h2) = (tempdir("fleet-failing-h1"), tempdir("fleet-failing-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
+    let key = key.to_str().unwrap().to_owned();
+    let _agents = Procs(vec![
+        spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2", "--signed-by", &key]),
+        spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
+    ]);
+    let ctl = tempdir("fleet-failing-ctl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).len() < 2 {
+        assert!(Instant::now() < deadline, "the agents never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let started = Instant::now();
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "1", &images[0].1]);
+    let mut seen_failing = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = hosts(&ctl, &urls).unwrap_or_default();
+        let h1_rec = v.as_array().into_iter().flatten().find(|h| h["name"] == "h1").cloned().unwrap_or_default();
+        seen_failing |= h1_rec["failing"].as_array().is_some_and(|f| f.iter().any(|s| s == "web-0"));
+        let p = placed(&ctl, &urls);
+        let on_h2 = p.get("h2").and_then(|s| s.first()).map(|(_, port)| *port);
+        if on_h2.is_some_and(|port| get(port).as_deref() == Some("busybox 1.0.0\n")) && p["h1"].is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-0 never moved to h2: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("a slot h1 could not start served on h2 after {} ms", started.elapsed().as_millis());
+    assert!(seen_failing, "h1 reported web-0 failing");
+    let log = fs::read_to_string(h1.join("kiln.log")).unwrap();
+    assert!(log.contains("not signed"), "h1 refused it for want of a signature: {log}");
+    let ps = json(&kiln_ok(&h1, &h1, &["ps", "--all", "--json"]));
+    assert!(ps["instances"].as_array().unwrap().is_empty(), "nothing ran on h1: {ps}");
+}

@@ -153,6 +153,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             // only they are listed for the load balancers.
             let ready: std::sync::Mutex<std::collections::BTreeSet<String>> = std::sync::Mutex::default();
             let is_ready = |id: &str| ready.lock().is_ok_and(|r| r.contains(id));
+            // Failed starts in a row, by slot: two, and the host reports
+            // the slot failing, for the leader to place it elsewhere.
+            let failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>> = std::sync::Mutex::default();
             let mut record = || {
                 let records = rt.records().unwrap_or_default();
                 let placed = records
@@ -180,6 +183,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     started_at,
                     version: env!("CARGO_PKG_VERSION").into(),
                     placed,
+                    failing: failures
+                        .lock()
+                        .map(|f| f.iter().filter(|(_, n)| **n >= 2).map(|(s, _)| s.clone()).collect())
+                        .unwrap_or_default(),
                 }
             };
             let (store, launcher, now) = (&ctx.store, ctx.launcher, ctx.now);
@@ -214,12 +221,22 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         }
                     }
                 }
+                if let Ok(mut f) = failures.lock() {
+                    f.retain(|slot, _| assigned.contains_key(slot));
+                }
                 // One failing slot never stops the others.
                 for act in decide(&assigned, &running) {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
                             let sources = Sources { signed_by: signed_by.as_deref(), registries: &registries };
-                            start_slot(store, &rt, launcher, slot, assignment, &sources, now)
+                            let started = start_slot(store, &rt, launcher, slot, assignment, &sources, now);
+                            if let Ok(mut f) = failures.lock() {
+                                match started {
+                                    Ok(()) => f.remove(slot),
+                                    Err(_) => Some(*f.entry(slot.clone()).and_modify(|n| *n += 1).or_insert(1)),
+                                };
+                            }
+                            started
                         }
                         Act::Remove { instance, slot } => {
                             let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());

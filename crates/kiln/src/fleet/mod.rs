@@ -71,6 +71,10 @@ pub struct HostRecord {
     /// The slots it runs, with their instances.
     #[serde(default)]
     pub placed: Vec<Placed>,
+    /// Slots it was assigned and could not start twice running (a failed
+    /// pull, a refused signature): the leader places them elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<String>,
 }
 
 /// One row of `kiln hosts`.
@@ -415,6 +419,7 @@ pub fn lead_round(
             memory_bytes: r.memory_bytes,
             millicpus: u64::from(r.cpus) * 1000,
             draining: draining.contains(&r.name),
+            failing: r.failing.iter().cloned().collect(),
             running: r.placed.iter().map(|p| (p.slot.clone(), p.image.to_string())).collect(),
         };
         hosts.insert(r.name.clone(), info);

@@ -124,6 +124,10 @@ pub struct HostInfo {
     pub millicpus: u64,
     /// `kiln drain-host`: its slots move away, surge-first.
     pub draining: bool,
+    /// Slots its agent reports it cannot start (a pull or a start that
+    /// failed twice running): they are placed elsewhere, as a draining
+    /// host's are.
+    pub failing: BTreeSet<String>,
     /// The slots its agent reports running (and ready), with the digest
     /// each runs.
     pub running: BTreeMap<String, String>,
@@ -194,7 +198,10 @@ pub fn decide(
                 }
             }
             let on: Vec<&String> = current.keys().filter(|(h, s)| *s == slot && live(h)).map(|(h, _)| h).collect();
-            let settled: Vec<&String> = on.iter().copied().filter(|h| !hosts[*h].draining).collect();
+            // A host leaving (drained) or failing this slot keeps its copy
+            // until a settled one runs elsewhere.
+            let leaving = |h: &String| hosts[h].draining || hosts[h].failing.contains(&slot);
+            let settled: Vec<&String> = on.iter().copied().filter(|h| !leaving(h)).collect();
             for host in &settled {
                 wanted.insert(((*host).clone(), slot.clone()));
                 let had = current.get(&((*host).clone(), slot.clone())).map(Assignment::unstamped);
@@ -217,7 +224,7 @@ pub fn decide(
             }
             // Draining copies stay until a settled copy runs.
             let ready = settled.iter().any(|h| hosts[*h].running.contains_key(&slot));
-            for host in on.iter().filter(|h| hosts[**h].draining) {
+            for host in on.iter().filter(|h| leaving(h)) {
                 if !ready {
                     wanted.insert(((*host).clone(), slot.clone()));
                 }
@@ -230,6 +237,7 @@ pub fn decide(
                     .filter(|(h, (_, used, cpu_used))| {
                         let info = &hosts[**h];
                         !info.draining
+                            && !info.failing.contains(&slot)
                             && info.memory_bytes.saturating_sub(*used) >= need
                             && info.millicpus.saturating_sub(*cpu_used) >= cpu
                     })
@@ -411,6 +419,35 @@ mod tests {
         hosts.get_mut(other).unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
         let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
+    }
+
+    #[test]
+    fn a_slot_its_host_cannot_start_goes_elsewhere() {
+        let mut hosts = hosts(&["h1", "h2"]);
+        let services = BTreeMap::from([("web".to_owned(), Desired { replicas: 1, ..plain() })]);
+        let mut current = BTreeMap::new();
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+        apply(&mut current, &c);
+        assert!(current.contains_key(&("h1".to_owned(), "web-0".to_owned())));
+        // h1 cannot pull it: a copy goes to h2, and h1's leaves once h2 runs it.
+        hosts.get_mut("h1").unwrap().failing.insert("web-0".into());
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+        assert_eq!(c.len(), 1);
+        assert!(matches!(&c[0], Change::Assign { host, .. } if host == "h2"), "{c:?}");
+        apply(&mut current, &c);
+        hosts.get_mut("h2").unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
+        let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
+        assert_eq!(c, vec![Change::Unassign { host: "h1".into(), slot: "web-0".into() }]);
+        // Both fail it: it stays where it is, and the note says so.
+        let mut hosts = self::hosts(&["h1", "h2"]);
+        for h in ["h1", "h2"] {
+            hosts.get_mut(h).unwrap().failing.insert("web-0".into());
+        }
+        let current =
+            BTreeMap::from([(("h1".to_owned(), "web-0".to_owned()), current.values().next().unwrap().clone())]);
+        let (c, notes) = decide(&services, &hosts, &current, &BTreeSet::new());
+        assert!(c.is_empty(), "{c:?}");
+        assert!(notes[0].starts_with("web-0"), "{notes:?}");
     }
 
     #[test]

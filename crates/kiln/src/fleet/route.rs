@@ -112,6 +112,7 @@ mod tests {
                     image: d(*c),
                 })
                 .collect(),
+            failing: vec![],
         }
     }
 
