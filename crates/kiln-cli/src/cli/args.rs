@@ -69,6 +69,9 @@ pub(crate) enum Cmd {
         /// A kiln.toml whose [registries."HOST"] tables apply to the images pulled (a CA, plain HTTP, signed_by); read when it exists.
         #[arg(long, default_value = "kiln.toml")]
         file: PathBuf,
+        /// Serve this host's store (manifests and blobs by digest, read-only) to the other agents on this port of --advertise (0: any free port), and pull from theirs when the registry fails.
+        #[arg(long, value_name = "PORT")]
+        peer_port: Option<u16>,
     },
     /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
     Assign {

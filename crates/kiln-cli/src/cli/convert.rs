@@ -190,7 +190,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
-        Cmd::Agent { cluster, name, ttl, signed_by, advertise, file } => {
+        Cmd::Agent { cluster, name, ttl, signed_by, advertise, file, peer_port } => {
             let registries = if file.is_file() { kiln::spec::load(&file)?.registries } else { Default::default() };
             let name = match name {
                 Some(n) => n,
@@ -198,7 +198,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                     .map(|h| h.trim().to_owned())
                     .context("reading /etc/hostname (or give --name)")?,
             };
-            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise, registries }, false)
+            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise, registries, peer_port }, false)
         }
         Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
         Cmd::Services { cluster, json } => (Command::FleetServices { cluster }, json),

@@ -1247,3 +1247,61 @@ fn a_slot_a_host_cannot_start_is_placed_on_another_host() {
     let ps = json(&kiln_ok(&h1, &h1, &["ps", "--all", "--json"]));
     assert!(ps["instances"].as_array().unwrap().is_empty(), "nothing ran on h1: {ps}");
 }
+
+#[test]
+fn with_the_registry_down_a_host_pulls_from_a_peer_s_store_by_digest() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-peer");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    let mut registry = Procs(vec![docker_registry(&tempdir("fleet-peer-registry"), reg_port, "")]);
+    let (images, _) = pushed_busybox(reg_port);
+    let (h1, h2) = (tempdir("fleet-peer-h1"), tempdir("fleet-peer-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
+    let agent = |home: &Path, name: &str| {
+        spawn_kiln(home, &["agent", "--cluster", &cluster, "--name", name, "--ttl", "2", "--peer-port", "0"])
+    };
+    let _agents = Procs(vec![agent(&h1, "h1")]);
+    let ctl = tempdir("fleet-peer-ctl");
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "1", &images[0].1]);
+    wait_serving(&ctl, &urls, "web-0", "busybox 1.0.0\n");
+    // A peer's store answers by digest only, and refuses writes.
+    let peer_port = hosts(&ctl, &urls).unwrap()[0]["peer_port"].as_u64().unwrap();
+    let digest = images[0].1.rsplit_once('@').unwrap().1;
+    let base = format!("http://127.0.0.1:{peer_port}/v2/team/web");
+    let code = |args: &[&str]| {
+        let out = run("curl", &[&["-s", "-o", "/dev/null", "-w", "%{http_code}"], args].concat());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code(&[&format!("{base}/manifests/{digest}")]), "200");
+    assert_eq!(code(&[&format!("{base}/manifests/1.0.0")]), "404", "no tags");
+    assert_eq!(code(&["-X", "PUT", &format!("{base}/blobs/{digest}")]), "405");
+    // The registry goes down; h2 joins with an empty store, and h1 drains.
+    registry.0[0].kill().unwrap();
+    registry.0[0].wait().unwrap();
+    let _h2 = Procs(vec![agent(&h2, "h2")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).len() < 2 {
+        assert!(Instant::now() < deadline, "h2 never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kiln_ok(&ctl, &ctl, &["drain-host", "--cluster", &cluster, "h1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = placed(&ctl, &urls);
+        let on_h2 = p.get("h2").and_then(|s| s.first()).map(|(_, port)| *port);
+        if on_h2.is_some_and(|port| get(port).as_deref() == Some("busybox 1.0.0\n")) && p["h1"].is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-0 never moved to h2 with the registry down: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = fs::read_to_string(h2.join("kiln.log")).unwrap();
+    assert!(log.contains("pulled from peer h1"), "{log}");
+    // Verified as from a registry: h2's store holds the same digest.
+    kiln_ok(&h2, &h2, &["inspect", digest]);
+}

@@ -15,6 +15,9 @@ struct Sources<'a> {
     signed_by: Option<&'a std::path::Path>,
     /// kiln.toml's `[registries."HOST"]`.
     registries: &'a std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
+    /// The other agents serving their stores, asked when the registry
+    /// fails.
+    peers: &'a dyn Fn() -> Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Starts slot `slot`'s instance: its image fetched by digest into the
@@ -29,7 +32,7 @@ fn start_slot(
     now: i64,
 ) -> Result<(), CommandError> {
     use crate::image::registry;
-    let Sources { signed_by, registries } = *sources;
+    let Sources { signed_by, registries, peers } = *sources;
     let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
     let settings = registries.get(&remote.host).cloned().unwrap_or_default();
     // The agent's own key, or the registry's (kiln.toml's `signed_by`).
@@ -47,7 +50,19 @@ fn start_slot(
             registry::tag_fetched(store, fetched, now)?;
         }
         None => {
-            registry::fetch_image(store, &remote, &digest, &settings)?;
+            if let Err(e) = registry::fetch_image(store, &remote, &digest, &settings) {
+                // The registry failed: a peer's store, by the same digest,
+                // every blob verified against it as from the registry.
+                let from_peer = peers().into_iter().find_map(|(peer, addr)| {
+                    let at = registry::Remote { host: addr.to_string(), repo: remote.repo.clone(), reference: None };
+                    let plain = crate::spec::registries::RegistrySpec { insecure: true, ..Default::default() };
+                    registry::fetch_image(store, &at, &digest, &plain).ok().map(|_| peer)
+                });
+                match from_peer {
+                    Some(peer) => eprintln!("{}: the registry failed ({e}); pulled from peer {peer}", a.image),
+                    None => return Err(e.into()),
+                }
+            }
         }
     }
     let size = store.read_blob(&digest)?.len() as u64;
@@ -135,8 +150,25 @@ impl LoadBalancers {
 /// Carries out a fleet command; any other is refused by name.
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
-        Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries } => {
+        Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries, peer_port } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let stop = crate::sys::stop_on_signal();
+            // The store, by digest, to the other agents: bound before the
+            // host registers, so the port it reports answers.
+            let peer_port = match peer_port {
+                Some(port) => {
+                    let addr = std::net::SocketAddr::new(advertise, port);
+                    let l = std::net::TcpListener::bind(addr).map_err(|e| CommandError::BadRequest {
+                        field: "peer_port".into(),
+                        message: format!("cannot bind {addr}: {e}"),
+                    })?;
+                    let bound = l.local_addr().map(|a| a.port()).unwrap_or(port);
+                    let store = ctx.store.clone();
+                    std::thread::spawn(move || crate::fleet::peer::serve(store, l, stop));
+                    Some(bound)
+                }
+                None => None,
+            };
             let (memory_bytes, cpus) = crate::fleet::capacity();
             let started_at = ctx.now;
             let rt = Runtime::new(&ctx.store, ctx.driver);
@@ -177,6 +209,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 crate::fleet::HostRecord {
                     name: name.clone(),
                     address: Some(advertise),
+                    peer_port,
                     memory_bytes,
                     cpus,
                     instances: records.iter().filter(|r| !r.state.is_exited()).count() as u32,
@@ -228,7 +261,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 for act in decide(&assigned, &running) {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
-                            let sources = Sources { signed_by: signed_by.as_deref(), registries: &registries };
+                            let sources = Sources {
+                                signed_by: signed_by.as_deref(),
+                                registries: &registries,
+                                peers: &|| {
+                                    let records = crate::fleet::host_records(&etcd).unwrap_or_default();
+                                    records
+                                        .iter()
+                                        .filter(|r| r.name != name)
+                                        .filter_map(|r| Some((r.name.clone(), crate::fleet::peer::address(r)?)))
+                                        .collect()
+                                },
+                            };
                             let started = start_slot(store, &rt, launcher, slot, assignment, &sources, now);
                             if let Ok(mut f) = failures.lock() {
                                 match started {
@@ -309,7 +353,6 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     eprintln!("kiln agent {name}: keeping {}: {e}", admitted_file.display());
                 }
             };
-            let stop = crate::sys::stop_on_signal();
             let log = |m: &str| eprintln!("kiln agent {name}: {m}");
             let hooks = crate::fleet::AgentHooks {
                 record: &mut record,

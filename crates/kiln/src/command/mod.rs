@@ -154,6 +154,10 @@ pub enum Command {
         /// every image from that registry must be signed by.
         #[serde(default)]
         registries: std::collections::BTreeMap<String, crate::spec::registries::RegistrySpec>,
+        /// Serve this host's store to the other agents on this port (0: any
+        /// free one), and pull from theirs when the registry fails.
+        #[serde(default)]
+        peer_port: Option<u16>,
     },
     /// Assigns slot `slot` of host `host` (None: removes it), in etcd; the
     /// host's agent starts or removes the instance. Caller's process only.

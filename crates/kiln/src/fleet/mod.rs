@@ -13,6 +13,7 @@
 
 pub mod canary;
 pub mod etcd;
+pub mod peer;
 pub mod place;
 pub mod reconcile;
 pub mod route;
@@ -62,6 +63,9 @@ pub struct HostRecord {
     /// (`kiln agent --advertise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::IpAddr>,
+    /// The port its store is served on to other agents ([`peer`]), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
     pub memory_bytes: u64,
     pub cpus: u32,
     pub instances: u32,

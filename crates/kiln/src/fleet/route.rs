@@ -97,6 +97,7 @@ mod tests {
         HostRecord {
             name: name.into(),
             address: Some(ip.parse().unwrap()),
+            peer_port: None,
             memory_bytes: 1 << 30,
             cpus: 2,
             instances: placed.len() as u32,

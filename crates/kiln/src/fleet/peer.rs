@@ -1,0 +1,213 @@
+//! An agent's store, read-only, to the other agents of its fleet
+//! (`kiln agent --peer-port`): the pull side of the OCI distribution API
+//! for manifests and blobs named by digest, so that a host can start an
+//! instance while the registry is down. The puller verifies every byte
+//! against the digest etcd gave it, as from a registry; this end streams
+//! each blob through the store's verified reader, so a blob corrupted on
+//! this disk is cut short rather than served whole.
+//!
+//! For: serving what the store holds, by digest. Must never: serve a tag,
+//! write to the store, or keep a connection past its one answer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::image::store::Store;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// `GET /v2/`: the API version check.
+    Base,
+    Manifest(Digest),
+    Blob(Digest),
+}
+
+/// Why a request is refused, with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Method,
+    NotFound(String),
+}
+
+/// Parses a request line's method and path (pure).
+pub fn parse(method: &str, path: &str) -> Result<(Asked, bool), Refused> {
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(Refused::Method),
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    if path == "/v2/" || path == "/v2" {
+        return Ok((Asked::Base, head));
+    }
+    let rest = path.strip_prefix("/v2/").ok_or_else(|| Refused::NotFound(path.to_owned()))?;
+    let (name, kind, reference) = match rest.rsplitn(3, '/').collect::<Vec<_>>()[..] {
+        [reference, kind, name] => (name, kind, reference),
+        _ => return Err(Refused::NotFound(path.to_owned())),
+    };
+    if name.is_empty() {
+        return Err(Refused::NotFound(path.to_owned()));
+    }
+    // By digest only: a tag means nothing here.
+    let digest = Digest::parse(reference).map_err(|_| Refused::NotFound(path.to_owned()))?;
+    match kind {
+        "manifests" => Ok((Asked::Manifest(digest), head)),
+        "blobs" => Ok((Asked::Blob(digest), head)),
+        _ => Err(Refused::NotFound(path.to_owned())),
+    }
+}
+
+/// Serves `store` on `listener` until `stop`, one thread per connection
+/// (at most [`MAX_CONNECTIONS`]).
+pub fn serve(store: Store, listener: TcpListener, stop: &'static AtomicBool) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let _ = listener.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            let _ = answer(conn, 503, "text/plain", b"busy", false);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (store, active) = (store.clone(), active.clone());
+        std::thread::spawn(move || {
+            let _ = one(&store, conn);
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Answers one request on `conn`, then closes it.
+fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
+    let _ = conn.set_nonblocking(false);
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut r = BufReader::new(conn.try_clone()?).take(MAX_HEAD as u64);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (asked, head) = match parse(method, path) {
+        Ok(x) => x,
+        Err(Refused::Method) => return answer(conn, 405, "text/plain", b"read-only: GET or HEAD", false),
+        Err(Refused::NotFound(p)) => return answer(conn, 404, "text/plain", format!("no {p}").as_bytes(), false),
+    };
+    let (digest, manifest) = match asked {
+        Asked::Base => return answer(conn, 200, "application/json", b"{}", head),
+        Asked::Manifest(d) => (d, true),
+        Asked::Blob(d) => (d, false),
+    };
+    if !store.has_blob(&digest) {
+        return answer(conn, 404, "text/plain", format!("no {digest} here").as_bytes(), false);
+    }
+    if manifest {
+        let Ok(bytes) = store.read_blob(&digest) else {
+            return answer(conn, 404, "text/plain", b"unreadable", false);
+        };
+        let media = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_owned());
+        return answer_with(conn, 200, &media, &bytes, head, &digest);
+    }
+    let len = std::fs::metadata(store.blob_path(&digest))?.len();
+    let mut w = conn;
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nDocker-Content-Digest: {digest}\r\nConnection: close\r\n\r\n"
+    )?;
+    if !head {
+        let mut blob = store.open_blob(&digest).map_err(std::io::Error::other)?;
+        std::io::copy(&mut blob, &mut w)?;
+    }
+    w.flush()
+}
+
+fn answer(conn: TcpStream, status: u16, media: &str, body: &[u8], head: bool) -> std::io::Result<()> {
+    write_answer(conn, status, media, body, head, None)
+}
+
+fn answer_with(
+    conn: TcpStream,
+    status: u16,
+    media: &str,
+    body: &[u8],
+    head: bool,
+    digest: &Digest,
+) -> std::io::Result<()> {
+    write_answer(conn, status, media, body, head, Some(digest))
+}
+
+fn write_answer(
+    mut conn: TcpStream,
+    status: u16,
+    media: &str,
+    body: &[u8],
+    head: bool,
+    digest: Option<&Digest>,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let digest = digest.map(|d| format!("Docker-Content-Digest: {d}\r\n")).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {media}\r\nContent-Length: {}\r\n{digest}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        out.extend_from_slice(body);
+    }
+    conn.write_all(&out)
+}
+
+/// Where a peer's store is: its advertised address and peer port.
+pub fn address(record: &super::HostRecord) -> Option<SocketAddr> {
+    Some(SocketAddr::new(record.address?, record.peer_port?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_manifests_and_blobs_by_digest_are_asked_for() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let digest = Digest::parse(&d).unwrap();
+        assert_eq!(parse("GET", "/v2/"), Ok((Asked::Base, false)));
+        assert_eq!(parse("GET", &format!("/v2/team/web/manifests/{d}")), Ok((Asked::Manifest(digest.clone()), false)));
+        assert_eq!(parse("HEAD", &format!("/v2/team/web/blobs/{d}")), Ok((Asked::Blob(digest), true)));
+        // A tag, a write, a path outside the API, a traversal: refused.
+        assert!(matches!(parse("GET", "/v2/team/web/manifests/latest"), Err(Refused::NotFound(_))));
+        assert_eq!(parse("PUT", &format!("/v2/team/web/blobs/{d}")), Err(Refused::Method));
+        assert!(matches!(parse("GET", "/etc/passwd"), Err(Refused::NotFound(_))));
+        assert!(matches!(parse("GET", "/v2/../../blobs/sha256:00"), Err(Refused::NotFound(_))));
+        assert!(matches!(parse("GET", &format!("/v2//blobs/{d}")), Err(Refused::NotFound(_))));
+    }
+}
