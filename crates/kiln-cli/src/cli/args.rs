@@ -51,9 +51,8 @@ pub(crate) enum Cmd {
     },
     /// Register this host in a fleet: a lease in etcd (`/kiln/hosts/NAME`) kept alive with the host's capacity and instance count, until SIGTERM or SIGINT (then the lease is revoked). A host whose agent dies leaves the fleet when its lease expires.
     Agent {
-        /// etcd client URLs (http://HOST:PORT), comma-separated or repeated.
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         /// The host's name in the fleet (default: the machine's hostname).
         #[arg(long)]
         name: Option<String>,
@@ -75,8 +74,8 @@ pub(crate) enum Cmd {
     },
     /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
     Assign {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         #[arg(long)]
         host: String,
         #[arg(long)]
@@ -91,8 +90,8 @@ pub(crate) enum Cmd {
     },
     /// A fleet controller: campaigns for leadership through an etcd lease; the leader places every service's replicas on live hosts (spread, moved off a lost host), each write conditioned on its epoch. Run several; until SIGTERM or SIGINT.
     Controller {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         /// Default: the machine's hostname.
         #[arg(long)]
         name: Option<String>,
@@ -101,8 +100,8 @@ pub(crate) enum Cmd {
     },
     /// Set a service's desired replicas and image in the fleet (--replicas 0 removes it); the leading controller places them.
     Place {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         #[arg(long)]
         service: String,
         #[arg(long)]
@@ -155,16 +154,16 @@ pub(crate) enum Cmd {
     },
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         host: String,
         #[arg(long)]
         undo: bool,
     },
     /// Remove a slot's assignment: the host's agent removes its instance.
     Unassign {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         #[arg(long)]
         host: String,
         #[arg(long)]
@@ -172,16 +171,15 @@ pub(crate) enum Cmd {
     },
     /// The fleet's services: image, replicas, load balancer port, canary and its progress, and the last judged canary step.
     Services {
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         #[arg(long)]
         json: bool,
     },
     /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
     Hosts {
-        /// etcd client URLs (http://HOST:PORT), comma-separated or repeated.
-        #[arg(long, required = true, value_name = "URLS")]
-        cluster: Vec<String>,
+        #[command(flatten)]
+        cluster: EtcdArgs,
         #[arg(long)]
         json: bool,
     },
@@ -816,6 +814,28 @@ pub(crate) fn parse_secret(s: &str) -> Result<kiln::runtime::SecretUse, String> 
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     kiln::spec::parse_size(s).ok_or_else(|| format!("{s:?}: expected a size like 256M"))
+}
+
+/// Where a fleet's etcd is, and how to reach it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd client URLs (http://HOST:PORT or https://HOST:PORT), comma-separated or repeated.
+    #[arg(long, required = true, value_name = "URLS")]
+    pub cluster: Vec<String>,
+    /// A CA (PEM) for the members' certificates, besides the system's.
+    #[arg(long, value_name = "PEM")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's --client-cert-auth, with --etcd-key.
+    #[arg(long, value_name = "PEM", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl From<EtcdArgs> for kiln::fleet::etcd::Cluster {
+    fn from(a: EtcdArgs) -> Self {
+        kiln::fleet::etcd::Cluster { urls: a.cluster, ca: a.etcd_ca, cert: a.etcd_cert, key: a.etcd_key }
+    }
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

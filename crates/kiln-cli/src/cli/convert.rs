@@ -198,10 +198,21 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                     .map(|h| h.trim().to_owned())
                     .context("reading /etc/hostname (or give --name)")?,
             };
-            (Command::Agent { cluster, name, ttl_secs: ttl, signed_by, advertise, registries, peer_port }, false)
+            (
+                Command::Agent {
+                    cluster: cluster.into(),
+                    name,
+                    ttl_secs: ttl,
+                    signed_by,
+                    advertise,
+                    registries,
+                    peer_port,
+                },
+                false,
+            )
         }
-        Cmd::Hosts { cluster, json } => (Command::Hosts { cluster }, json),
-        Cmd::Services { cluster, json } => (Command::FleetServices { cluster }, json),
+        Cmd::Hosts { cluster, json } => (Command::Hosts { cluster: cluster.into() }, json),
+        Cmd::Services { cluster, json } => (Command::FleetServices { cluster: cluster.into() }, json),
         Cmd::Assign { cluster, host, slot, service, image, env } => {
             let env = env
                 .into_iter()
@@ -218,9 +229,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 health: None,
                 epoch: 0,
             };
-            (Command::Assign { cluster, host, slot, assignment: Some(assignment) }, false)
+            (Command::Assign { cluster: cluster.into(), host, slot, assignment: Some(assignment) }, false)
         }
-        Cmd::Unassign { cluster, host, slot } => (Command::Assign { cluster, host, slot, assignment: None }, false),
+        Cmd::Unassign { cluster, host, slot } => {
+            (Command::Assign { cluster: cluster.into(), host, slot, assignment: None }, false)
+        }
         Cmd::Controller { cluster, name, ttl } => {
             let name = match name {
                 Some(n) => n,
@@ -228,9 +241,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                     .map(|h| h.trim().to_owned())
                     .context("reading /etc/hostname (or give --name)")?,
             };
-            (Command::FleetController { cluster, name, ttl_secs: ttl }, false)
+            (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl }, false)
         }
-        Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster, host, undo }, false),
+        Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster: cluster.into(), host, undo }, false),
         Cmd::Place {
             cluster,
             service,
@@ -288,7 +301,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 health,
                 canary,
             };
-            (Command::Place { cluster, service, desired }, false)
+            (Command::Place { cluster: cluster.into(), service, desired }, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)

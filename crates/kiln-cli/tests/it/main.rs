@@ -14,6 +14,7 @@ mod bases;
 mod edge;
 mod fleet;
 mod fleet_lab;
+mod fleet_tls;
 mod heal;
 mod history;
 mod observe;

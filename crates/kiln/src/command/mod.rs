@@ -141,7 +141,7 @@ pub enum Command {
     /// SIGINT or SIGTERM. Not a command body: it is the caller's foreground.
     #[serde(skip)]
     Agent {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
         name: String,
         ttl_secs: i64,
         /// A PEM public key: every image the agent runs must carry a valid
@@ -163,7 +163,7 @@ pub enum Command {
     /// host's agent starts or removes the instance. Caller's process only.
     #[serde(skip)]
     Assign {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
         host: String,
         slot: String,
         assignment: Option<crate::fleet::reconcile::Assignment>,
@@ -172,7 +172,7 @@ pub enum Command {
     /// until SIGINT or SIGTERM. The caller's foreground.
     #[serde(skip)]
     FleetController {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
         name: String,
         ttl_secs: i64,
     },
@@ -180,7 +180,7 @@ pub enum Command {
     /// 0 removes it). Caller's process only.
     #[serde(skip)]
     Place {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
         service: String,
         desired: crate::fleet::place::Desired,
     },
@@ -188,19 +188,19 @@ pub enum Command {
     /// controller moves its slots away, surge-first. Caller's process only.
     #[serde(skip)]
     DrainHost {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
         host: String,
         undo: bool,
     },
     /// The hosts of a fleet whose lease is alive. Carried out in the
     /// caller's process (it talks to etcd), never as an API body.
     Hosts {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
     },
     /// The fleet's services: desired state, canary progress and the last
     /// judged step. In the caller's process, never as an API body.
     FleetServices {
-        cluster: Vec<String>,
+        cluster: crate::fleet::etcd::Cluster,
     },
     /// Run the load balancer in the foreground until SIGINT or SIGTERM.
     /// Not a command body: `kiln serve` runs load balancers of its own.

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::net::http;
@@ -40,6 +40,8 @@ pub struct Etcd {
     endpoints: Vec<String>,
     /// The endpoint that answered last: tried first.
     preferred: AtomicUsize,
+    /// For the `https://` members.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What a transaction requires of a key.
@@ -65,24 +67,63 @@ fn int(v: &serde_json::Value) -> i64 {
     v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
 }
 
+/// Where a fleet's etcd is, and how to reach it: what `--cluster`,
+/// `--etcd-ca`, `--etcd-cert` and `--etcd-key` say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// `http://HOST:PORT` or `https://HOST:PORT` of each member.
+    pub urls: Vec<String>,
+    /// A CA for the members' certificates, besides the system's.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+}
+
 impl Etcd {
-    /// `urls`: `http://HOST:PORT` of each member, comma-separated or not.
-    pub fn new(urls: &[String]) -> Result<Etcd, EtcdError> {
-        let endpoints: Vec<String> = urls
+    /// The members of `cluster`, comma-separated or not; TLS to the
+    /// `https://` ones, with its CA and client certificate.
+    pub fn new(cluster: &Cluster) -> Result<Etcd, EtcdError> {
+        let endpoints: Vec<String> = cluster
+            .urls
             .iter()
             .flat_map(|u| u.split(','))
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty())
             .collect();
-        let bad = endpoints.iter().find(|u| u.strip_prefix("http://").is_none_or(|a| !a.contains(':')));
+        let authority =
+            |u: &String| u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")).map(str::to_owned);
+        let bad = endpoints.iter().find(|u| authority(u).is_none_or(|a| !a.contains(':') || a.contains('/')));
         if endpoints.is_empty() || bad.is_some() {
             return Err(EtcdError::Invalid {
                 endpoint: bad.cloned().unwrap_or_default(),
                 path: "--cluster".into(),
-                why: "name each member as http://HOST:PORT".into(),
+                why: "name each member as http://HOST:PORT or https://HOST:PORT".into(),
             });
         }
-        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0) })
+        let tls = if endpoints.iter().any(|u| u.starts_with("https://")) {
+            let identity = cluster.cert.as_deref().zip(cluster.key.as_deref());
+            let config = crate::net::tls::client_config_with(cluster.ca.as_deref(), identity).map_err(|e| {
+                EtcdError::Invalid {
+                    endpoint: e.path.display().to_string(),
+                    path: "--etcd-ca/--etcd-cert/--etcd-key".into(),
+                    why: e.detail,
+                }
+            })?;
+            Some(config)
+        } else if cluster.ca.is_some() || cluster.cert.is_some() {
+            return Err(EtcdError::Invalid {
+                endpoint: endpoints.join(","),
+                path: "--cluster".into(),
+                why: "--etcd-ca and --etcd-cert need https:// members".into(),
+            });
+        } else {
+            None
+        };
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), tls })
     }
 
     /// POSTs `body` to `path` on the first member that can be reached.
@@ -94,9 +135,12 @@ impl Etcd {
         for k in 0..n {
             let i = (first + k) % n;
             let endpoint = &self.endpoints[i];
-            let authority = endpoint.trim_start_matches("http://");
+            let (authority, tls) = match endpoint.strip_prefix("https://") {
+                Some(a) => (a, self.tls.as_ref()),
+                None => (endpoint.trim_start_matches("http://"), None),
+            };
             // etcd holds a request up to about 5 s while it elects a leader.
-            let stream = match crate::net::tls::connect(authority, None, Duration::from_secs(6)) {
+            let stream = match crate::net::tls::connect(authority, tls, Duration::from_secs(6)) {
                 Ok(s) => s,
                 Err(e) => {
                     last = e;
@@ -282,10 +326,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_http_host_and_port() {
-        let e = Etcd::new(&["http://127.0.0.1:2379,http://127.0.0.1:2381/".into()]).unwrap();
+        let c = |urls: &[&str]| Cluster { urls: urls.iter().map(|u| u.to_string()).collect(), ..Cluster::default() };
+        let e = Etcd::new(&c(&["http://127.0.0.1:2379,http://127.0.0.1:2381/"])).unwrap();
         assert_eq!(e.endpoints, ["http://127.0.0.1:2379", "http://127.0.0.1:2381"]);
-        assert!(Etcd::new(&["127.0.0.1:2379".into()]).unwrap_err().to_string().contains("http://HOST:PORT"));
-        assert!(Etcd::new(&[]).is_err());
+        assert!(Etcd::new(&c(&["127.0.0.1:2379"])).unwrap_err().to_string().contains("http://HOST:PORT"));
+        assert!(Etcd::new(&c(&[])).is_err());
+        // A CA for plain HTTP members is a mistake, said so.
+        let ca = Cluster { ca: Some("ca.pem".into()), ..c(&["http://127.0.0.1:2379"]) };
+        assert!(Etcd::new(&ca).unwrap_err().to_string().contains("https://"));
         assert_eq!(int(&json!("7587889733483373828")), 7_587_889_733_483_373_828);
         assert_eq!(int(&json!(3)), 3);
     }

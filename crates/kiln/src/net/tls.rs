@@ -25,6 +25,15 @@ pub struct CaError {
 
 /// Client settings trusting the system's roots and `extra_ca`.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    client_config_with(extra_ca, None)
+}
+
+/// Client settings trusting the system's roots and `extra_ca`, presenting
+/// `identity` (a certificate chain and its private key, PEM) when given.
+pub fn client_config_with(
+    extra_ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, CaError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let system = Path::new(SYSTEM_ROOTS);
@@ -41,8 +50,20 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| CaError { path: system.to_owned(), detail: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| CaError { path: cert.to_owned(), detail: e.to_string() })?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| CaError { path: key.to_owned(), detail: e.to_string() })?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| CaError { path: cert.to_owned(), detail: e.to_string() })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
