@@ -9,7 +9,11 @@
 #      instances killed, the slot polled over HTTP;
 #   3. etcd writes per release: the cluster revision before and after a
 #      new image for 2 replicas, until both serve it (agents write their
-#      record only when it changes; lease keepalives are not writes).
+#      record only when it changes; lease keepalives are not writes);
+# then once, with a third agent: 4. the fleet canary's weight accuracy:
+# 3 replicas and a canary at 10 % behind a load balancer on every host
+# (each agent advertises its own loopback address), 10,002 requests spread
+# over the three load balancers, the share that reached the canary.
 # Prints medians next to the anchors of issue #24 (Swarm ~15 s after a
 # node loss, Nomad 20–30 s, Kubernetes 50 s + a 300 s eviction; their
 # controllers 10–15 s). Docker Swarm itself is not run: a multi-node swarm
@@ -55,7 +59,7 @@ tar -C "$work/src/rootfs" -cf "$work/src/busybox.tar" .
 declare -A img
 for v in 1 2; do
   echo "v$v" > "$work/src/index-$v.html"
-  printf '[image.web]\nfrom = "rootfs:busybox.tar"\nversion = "%s"\ncopy = [{ src = "index-%s.html", dest = "/www/index.html" }]\nentrypoint = ["/bin/sh", "-c", "exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]\n' "$v" "$v" > "$work/src/kiln.toml"
+  printf '[image.web]\nfrom = "rootfs:busybox.tar"\nversion = "%s"\ncopy = [{ src = "index-%s.html", dest = "/www/index.html" }]\nentrypoint = ["/bin/sh", "-c", "exec /bin/busybox httpd -f -p $PORT -h /www"]\n' "$v" "$v" > "$work/src/kiln.toml"
   d=$(cd "$work/src" && KILN_HOME=$work/src-home "$kiln" bake --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["digest"])')
   (cd "$work/src" && KILN_HOME=$work/src-home "$kiln" push "web:$v" "127.0.0.1:$rp/web:$v" >/dev/null)
   img[$v]="127.0.0.1:$rp/web@$d"
@@ -65,7 +69,8 @@ placed_json() { KILN_HOME=$work/ctl "$kiln" hosts --cluster "$cluster" --json; }
 # The port of SLOT on HOST, or nothing.
 port_of() { placed_json | python3 -c "import json,sys; print(next((p['port'] for h in json.load(sys.stdin) if h['name']=='$1' for p in h['placed'] if p['slot']=='$2'), ''))"; }
 serves() { [ -n "$1" ] && curl -fsS --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null | grep -q "$2"; }
-start_agent() { KILN_HOME=$work/$1 "$kiln" agent --cluster "$cluster" --name "$1" --ttl 2 >"$work/$1.log" 2>&1 & agent_pid[$1]=$!; pids+=($!); }
+# hN advertises 127.0.0.1N: its load balancers listen there.
+start_agent() { KILN_HOME=$work/$1 "$kiln" agent --cluster "$cluster" --name "$1" --ttl 2 --advertise "127.0.0.1${1#h}" >"$work/$1.log" 2>&1 & agent_pid[$1]=$!; pids+=($!); }
 start_ctl() { KILN_HOME=$work/ctl "$kiln" controller --cluster "$cluster" --name "$1" --ttl 2 >"$work/$1.log" 2>&1 & ctl_pid[$1]=$!; pids+=($!); }
 declare -A agent_pid ctl_pid
 start_agent h1; start_agent h2; start_ctl c1; start_ctl c2
@@ -100,9 +105,39 @@ for r in $(seq "$ROUNDS"); do
   KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 0 "${img[2]}" >/dev/null
   until [ "$(placed_json | python3 -c 'import json,sys; print(sum(len(h["placed"]) for h in json.load(sys.stdin)))')" = 0 ]; do sleep 0.1; done
 done
-python3 - "${fo[*]}" "${loss[*]}" "${writes[*]}" <<'PY'
+# 4. the fleet canary's weight accuracy, on three hosts' load balancers
+start_agent h3
+lb=$(port)
+KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 3 --listen "$lb" --health / \
+  --canary "${img[2]}" --canary-weight 10 "${img[1]}" >/dev/null
+both() { for _ in $(seq 40); do curl -fsS --max-time 1 "http://$1:$lb/" 2>/dev/null; done | sort -u | wc -l; }
+until [ "$(both 127.0.0.11)" = 2 ] && [ "$(both 127.0.0.12)" = 2 ] && [ "$(both 127.0.0.13)" = 2 ]; do sleep 0.3; done
+sleep 2
+share=$(python3 - "$lb" <<'PY'
+import http.client, sys, threading
+port, counts = int(sys.argv[1]), {}
+def run(host):
+    c, n = http.client.HTTPConnection(host, port), {}
+    for _ in range(3334):
+        c.request("GET", "/"); body = c.getresponse().read().decode().strip(); n[body] = n.get(body, 0) + 1
+    counts[host] = n
+ts = [threading.Thread(target=run, args=(h,)) for h in ("127.0.0.11", "127.0.0.12", "127.0.0.13")]
+[t.start() for t in ts]; [t.join() for t in ts]
+total = sum(sum(n.values()) for n in counts.values()); canary = sum(n.get("v2", 0) for n in counts.values())
+print("%d %d %s" % (canary, total, " ".join("%s:%d/%d" % (h, n.get("v2", 0), sum(n.values())) for h, n in sorted(counts.items()))))
+PY
+)
+KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 0 "${img[1]}" >/dev/null
+for h in h1 h2 h3; do
+  for rec in "$work/$h"/proxies/*/proxy.json; do
+    [ -f "$rec" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$rec")" 2>/dev/null || true
+  done
+done
+python3 - "${fo[*]}" "${loss[*]}" "${writes[*]}" "$share" <<'PY'
 import statistics, sys
 fo, loss, writes = ([int(x) for x in a.split()] for a in sys.argv[1:4])
+canary, total, per = sys.argv[4].split(" ", 2)
+print("fleet canary at 10 %%, three load balancers:          %d of %d = %.2f %% (%s)  (goal ±0.5 points; Argo Rollouts without a router and Nomad count instances: 1 of 4 = 25 %%)" % (int(canary), int(total), int(canary) * 100.0 / int(total), per))
 print("controller failover (leader SIGKILLed → other leads): median %d ms, runs %s  (Kubernetes ~15 s, Swarm ~10 s)" % (statistics.median(fo), fo))
 print("host loss → its slot serving elsewhere:             median %d ms, runs %s  (Swarm ~15 s, Nomad 20-30 s, Kubernetes 50 s + 300 s)" % (statistics.median(loss), loss))
 print("etcd writes per release (2 replicas, new image):     median %d, runs %s" % (statistics.median(writes), writes))

@@ -177,8 +177,14 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             // Instances on their way out, since when: no longer in the
             // host's record, so every host's load balancer drops them in
             // its next round; stopped once that must have happened.
-            let draining: std::sync::Mutex<std::collections::BTreeMap<String, std::time::Instant>> =
-                std::sync::Mutex::default();
+            // With when it was asked to stop, once it was: stops never block
+            // the loop (a process that ignores SIGTERM, as busybox httpd
+            // does as PID 1, holds nothing up for its grace).
+            #[allow(clippy::type_complexity)]
+            let draining: std::sync::Mutex<
+                std::collections::BTreeMap<String, (std::time::Instant, Option<std::time::Instant>)>,
+            > = std::sync::Mutex::default();
+            const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
             let drain_for = std::time::Duration::from_secs(ttl_secs.max(2) as u64);
             let is_draining = |id: &str| draining.lock().is_ok_and(|d| d.contains_key(id));
             // Instances that passed their service's health check here once:
@@ -294,20 +300,34 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             if alive && replaced && !successor_ready && !is_draining(instance) {
                                 continue;
                             }
-                            let since = draining
+                            let now_i = std::time::Instant::now();
+                            let (since, asked) = draining
                                 .lock()
-                                .map(|mut d| *d.entry(instance.clone()).or_insert_with(std::time::Instant::now))
-                                .unwrap_or_else(|_| std::time::Instant::now());
+                                .map(|mut d| *d.entry(instance.clone()).or_insert((now_i, None)))
+                                .unwrap_or((now_i, None));
                             // Drained across hosts first: an exited one
                             // serves no one and goes at once.
                             if alive && since.elapsed() < drain_for {
                                 continue;
                             }
-                            let done = rt
-                                .stop(instance, Some(std::time::Duration::from_secs(5)))
-                                .and_then(|_| rt.remove(instance, true))
-                                .map(|_| ())
-                                .map_err(CommandError::from);
+                            if alive {
+                                // SIGTERM once, SIGKILL after the grace; removed
+                                // in a later round, once it exited.
+                                let result = match asked {
+                                    None => rt.request_stop(instance, false).map(|_| {
+                                        if let Ok(mut d) = draining.lock() {
+                                            d.insert(instance.clone(), (since, Some(now_i)));
+                                        }
+                                    }),
+                                    Some(t) if t.elapsed() >= STOP_GRACE => rt.request_stop(instance, true).map(drop),
+                                    Some(_) => Ok(()),
+                                };
+                                if let Err(e) = result {
+                                    eprintln!("kiln agent {name}: stopping {instance}: {e}");
+                                }
+                                continue;
+                            }
+                            let done = rt.remove(instance, true).map(|_| ()).map_err(CommandError::from);
                             if done.is_ok() {
                                 if let Ok(mut d) = draining.lock() {
                                     d.remove(instance);
