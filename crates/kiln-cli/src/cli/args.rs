@@ -122,8 +122,8 @@ pub(crate) enum Cmd {
         /// A load balancer on every live host, on this port of its --advertise address, routing to every host's instances.
         #[arg(long, value_name = "PORT")]
         listen: Option<u16>,
-        /// The load balancers' health check: GET PATH must answer 2xx or 3xx (default: the port accepts a connection).
-        #[arg(long, value_name = "PATH", requires = "listen")]
+        /// The instances' health check: GET PATH must answer 2xx or 3xx (default: the port accepts a connection). An agent lists an instance for the load balancers once it passes, and the load balancers keep checking it.
+        #[arg(long, value_name = "PATH")]
         health: Option<String>,
         /// A canary image (REGISTRY/REPO@sha256:…) with its own slots, given --canary-weight percent of every load balancer's requests.
         #[arg(long, value_name = "IMAGE", requires = "listen")]

@@ -1305,3 +1305,47 @@ fn with_the_registry_down_a_host_pulls_from_a_peer_s_store_by_digest() {
     // Verified as from a registry: h2's store holds the same digest.
     kiln_ok(&h2, &h2, &["inspect", digest]);
 }
+
+#[test]
+fn a_slot_assigned_back_while_its_instance_drains_keeps_it_listed_and_serving() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-undrain");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-undrain-registry"), reg_port, ""));
+    let (images, _) = pushed_busybox(reg_port);
+    let home = tempdir("fleet-undrain-h1");
+    let _hosts_clean = HostsCleanup(vec![home.clone()]);
+    let _agent = Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])]);
+    let ctl = tempdir("fleet-undrain-ctl");
+    let assign = || {
+        kiln_ok(
+            &ctl,
+            &ctl,
+            &["assign", "--cluster", &cluster, "--host", "h1", "--slot", "web-0", "--service", "web", &images[0].1],
+        )
+    };
+    assign();
+    let port = wait_serving(&ctl, &urls, "web-0", "busybox 1.0.0\n");
+    // Unassigned: it drains (left out of the host's record) ...
+    kiln_ok(&ctl, &ctl, &["unassign", "--cluster", &cluster, "--host", "h1", "--slot", "web-0"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !placed(&ctl, &urls)["h1"].is_empty() {
+        assert!(Instant::now() < deadline, "never drained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... and is assigned back before its drain ends: listed again, the
+    // same instance, never stopped.
+    assign();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while placed(&ctl, &urls)["h1"] != vec![("web-0".to_owned(), port)] {
+        assert!(Instant::now() < deadline, "the instance assigned back was never listed: {:?}", placed(&ctl, &urls));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(placed(&ctl, &urls)["h1"], vec![("web-0".to_owned(), port)], "still listed after a drain's time");
+    assert_eq!(get(port).as_deref(), Some("busybox 1.0.0\n"));
+}

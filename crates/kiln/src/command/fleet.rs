@@ -263,8 +263,18 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 if let Ok(mut f) = failures.lock() {
                     f.retain(|slot, _| assigned.contains_key(slot));
                 }
+                let acts = decide(&assigned, &running);
+                // A drain is called off when its instance is wanted again
+                // (its slot assigned back with its digest) before it was
+                // asked to stop: it is listed again.
+                if let Ok(mut d) = draining.lock() {
+                    d.retain(|id, (_, asked)| {
+                        asked.is_some()
+                            || acts.iter().any(|a| matches!(a, Act::Remove { instance, .. } if instance == id))
+                    });
+                }
                 // One failing slot never stops the others.
-                for act in decide(&assigned, &running) {
+                for act in acts {
                     let result = match &act {
                         Act::Start { slot, assignment } => {
                             let sources = Sources {
@@ -475,13 +485,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     return Err(bad("canary", "a canary's share is set on the load balancers: give listen"));
                 }
             }
-            if let Some(port) = desired.listen {
-                // Checked as kiln.toml's would be, before anything is written.
-                let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-                crate::spec::fleet_service("kiln place", &service, addr, desired.health.as_deref())?;
-            } else if desired.health.is_some() {
-                return Err(bad("health", "a health check is the load balancers': give listen"));
-            }
+            // Checked as kiln.toml's would be, before anything is written.
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], desired.listen.unwrap_or(1)));
+            crate::spec::fleet_service("kiln place", &service, addr, desired.health.as_deref())?;
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let message = if desired.replicas == 0 {
                 crate::fleet::set_service(&etcd, &service, None)?;

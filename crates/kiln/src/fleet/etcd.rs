@@ -160,6 +160,13 @@ impl Etcd {
             let r = http::send(stream, req).map_err(|e| invalid(e.to_string()))?;
             let status = r.status;
             let text = r.bytes(16 << 20).map_err(|e| invalid(e.to_string()))?;
+            // A read changes nothing: one a member could not answer (503
+            // "leader changed" during an election) is asked of the next.
+            let read = matches!(path, "/v3/kv/range" | "/v3/lease/timetolive");
+            if status == 503 && read && k + 1 < n {
+                last = std::io::Error::other(String::from_utf8_lossy(&text).chars().take(200).collect::<String>());
+                continue;
+            }
             if status != 200 {
                 return Err(EtcdError::Status {
                     endpoint: endpoint.clone(),
