@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+/// The canary test's lab: its namespaces' prefix and /24.
 const LAB: &str = "kt";
 const NET: &str = "10.89.0";
 
@@ -23,12 +24,16 @@ const NET: &str = "10.89.0";
 /// namespaces) when dropped.
 struct Lab {
     dir: PathBuf,
+    /// The namespaces' prefix and the /24 they share: each test its own,
+    /// as tests of one room may run at once.
+    name: &'static str,
+    net: &'static str,
 }
 
 impl Lab {
-    fn up() -> Lab {
+    fn up(name: &'static str, net: &'static str) -> Lab {
         let dir = tempdir("fleet-lab");
-        let lab = Lab { dir };
+        let lab = Lab { dir, name, net };
         let out = lab.script("up");
         assert!(out.status.success(), "fleet-lab.sh up: {}", String::from_utf8_lossy(&out.stderr));
         lab
@@ -40,8 +45,8 @@ impl Lab {
             .arg(script)
             .arg(what)
             .arg(&self.dir)
-            .env("LAB", LAB)
-            .env("NET", NET)
+            .env("LAB", self.name)
+            .env("NET", self.net)
             .env("KILN", kiln_bin())
             .env("KILN_KEY_FILE", test_kek())
             .output()
@@ -49,13 +54,13 @@ impl Lab {
     }
 
     fn cluster(&self) -> String {
-        (1..=3).map(|i| format!("http://{NET}.1{i}:2379")).collect::<Vec<_>>().join(",")
+        (1..=3).map(|i| format!("http://{}.1{i}:2379", self.net)).collect::<Vec<_>>().join(",")
     }
 
     /// kiln in the bridge's namespace, with `home`.
     fn kiln(&self, home: &Path, args: &[&str]) -> std::process::Output {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{LAB}-lan")).arg(kiln_bin()).args(args);
+        c.arg(format!("--net=/var/run/netns/{}-lan", self.name)).arg(kiln_bin()).args(args);
         c.env("KILN_HOME", home).env("KILN_KEY_FILE", test_kek()).current_dir(home);
         c.output().unwrap()
     }
@@ -131,26 +136,34 @@ fn placed(lab: &Lab, home: &Path) -> std::collections::BTreeMap<String, Vec<Stri
         .collect()
 }
 
-#[test]
-fn three_hosts_in_network_namespaces_an_exact_canary_share_and_failures_that_cost_no_request() {
-    let _room = room("fleet");
-    let lab = Lab::up();
-    // busybox httpd 1 and 2, baked here and pushed to the lab's registry.
-    let (src, home) = (tempdir("fleet-lab-src"), tempdir("fleet-lab-home"));
+/// busybox httpd 1.0.0 and 2.0.0, baked in `home` and pushed to the lab's
+/// registry; their references by digest.
+fn lab_images(lab: &Lab, home: &Path) -> Vec<String> {
+    let src = tempdir("fleet-lab-src");
     busybox_httpd_rootfs(&src.join("busybox-httpd.tar"));
-    let registries = format!("[registries.\"{NET}.1:5000\"]\ninsecure = true\n");
+    let net = lab.net;
+    let registries = format!("[registries.\"{net}.1:5000\"]\ninsecure = true\n");
     let mut images = Vec::new();
     for v in ["1.0.0", "2.0.0"] {
         fs::create_dir_all(src.join(format!("www-{v}"))).unwrap();
         fs::write(src.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
         let toml = format!("{registries}{}", busybox_image(v).replace("127.0.0.1:$PORT", "$PORT"));
         fs::write(src.join("kiln.toml"), toml).unwrap();
-        let digest = bake_digests(&home, &src, &[])[0].clone();
-        let remote = format!("{NET}.1:5000/team/web:{v}");
+        let digest = bake_digests(home, &src, &[])[0].clone();
+        let remote = format!("{net}.1:5000/team/web:{v}");
         let file = src.join("kiln.toml");
-        lab.kiln_ok(&home, &["push", &format!("web:{v}"), &remote, "-f", file.to_str().unwrap()]);
-        images.push(format!("{NET}.1:5000/team/web@{digest}"));
+        lab.kiln_ok(home, &["push", &format!("web:{v}"), &remote, "-f", file.to_str().unwrap()]);
+        images.push(format!("{net}.1:5000/team/web@{digest}"));
     }
+    images
+}
+
+#[test]
+fn three_hosts_in_network_namespaces_an_exact_canary_share_and_failures_that_cost_no_request() {
+    let _room = room("fleet");
+    let lab = Lab::up(LAB, NET);
+    let home = tempdir("fleet-lab-home");
+    let images = lab_images(&lab, &home);
     let cluster = lab.cluster();
     lab.kiln_ok(
         &home,
@@ -270,4 +283,134 @@ fn three_hosts_in_network_namespaces_an_exact_canary_share_and_failures_that_cos
     let mut slots: Vec<&String> = p.values().flatten().collect();
     slots.sort();
     assert_eq!(slots, ["web-0", "web-1", "web-2", "web-canary-0"], "{p:?}");
+}
+
+/// host → [(slot, port)], asked of the members on hosts other than
+/// `avoid` (a partitioned member drops packets: each call would first
+/// wait out its connect timeout).
+fn ports(lab: &Lab, home: &Path, avoid: &str) -> std::collections::BTreeMap<String, Vec<(String, u16)>> {
+    let members: Vec<String> =
+        lab.cluster().split(',').filter(|u| !u.contains(&format!(".1{}:", &avoid[1..]))).map(str::to_owned).collect();
+    let out = lab.kiln(home, &["hosts", "--cluster", &members.join(","), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let slots = h["placed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| (p["slot"].as_str().unwrap().to_owned(), p["port"].as_u64().unwrap() as u16));
+            (h["name"].as_str().unwrap().to_owned(), slots.collect())
+        })
+        .collect()
+}
+
+/// Whether `addr` answers a GET from inside namespace `ns`.
+fn answers_in(ns: &str, addr: SocketAddr) -> bool {
+    in_ns(ns, move || bodies(addr, 1).is_ok()).join().unwrap()
+}
+
+/// iptables in host `host`'s namespace: its link to the bridge dropped
+/// both ways (`cut`), or restored.
+fn partition(lab: &Lab, host: &str, cut: bool) {
+    let ns = format!("/var/run/netns/{}-{host}", lab.name);
+    for chain in ["INPUT -i eth0", "OUTPUT -o eth0"] {
+        let mut args = vec![format!("--net={ns}"), "iptables".to_owned(), if cut { "-A" } else { "-D" }.to_owned()];
+        args.extend(chain.split(' ').map(str::to_owned));
+        args.extend(["-j".to_owned(), "DROP".to_owned()]);
+        let out = Command::new("nsenter").args(&args).output().unwrap();
+        assert!(out.status.success(), "iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_host_partitioned_by_iptables_stops_its_singleton_before_it_runs_elsewhere_and_rejoins_without_a_duplicate() {
+    let _room = room("fleet");
+    let lab = Lab::up("kp", "10.90.0");
+    let (name, net) = (lab.name, lab.net);
+    let home = tempdir("fleet-lab-part-home");
+    let images = lab_images(&lab, &home);
+    let cluster = lab.cluster();
+    lab.kiln_ok(
+        &home,
+        &[
+            "place",
+            "--cluster",
+            &cluster,
+            "--service",
+            "db",
+            "--replicas",
+            "1",
+            "--singleton",
+            "--health",
+            "/",
+            &images[0],
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (host, port) = loop {
+        let p = ports(&lab, &home, "h0");
+        if let Some((h, slots)) = p.iter().find(|(_, s)| !s.is_empty()) {
+            break (h.clone(), slots[0].1);
+        }
+        assert!(Instant::now() < deadline, "the singleton never ran: {p:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let i: usize = host.trim_start_matches('h').parse().unwrap();
+    let old: SocketAddr = format!("{net}.1{i}:{port}").parse().unwrap();
+    let own = format!("{name}-{host}");
+    assert!(answers_in(&own, old));
+    // The partition: every packet on the host's link dropped, both ways,
+    // by iptables in its own namespace. Its instance is watched from inside.
+    partition(&lab, &host, true);
+    let cut = Instant::now();
+    let (mut stopped, mut moved) = (None, None);
+    let (new_host, new_port) = loop {
+        let old_up = answers_in(&own, old);
+        if !old_up && stopped.is_none() {
+            stopped = Some(cut.elapsed());
+        }
+        let p = ports(&lab, &home, &host);
+        let elsewhere = p.iter().find(|(h, s)| **h != host && !s.is_empty()).map(|(h, s)| (h.clone(), s[0].1));
+        let new_up = elsewhere.as_ref().is_some_and(|(h, np)| {
+            let j: usize = h.trim_start_matches('h').parse().unwrap();
+            answers_in(&format!("{name}-lan"), format!("{net}.1{j}:{np}").parse().unwrap())
+        });
+        assert!(!(old_up && new_up), "the singleton ran on two hosts at once");
+        if new_up {
+            moved.get_or_insert(cut.elapsed());
+            break elsewhere.unwrap();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "never moved: {p:?} {}",
+            String::from_utf8_lossy(&lab.kiln(&home, &["hosts", "--cluster", &lab.cluster()]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (stopped, moved) = (stopped.unwrap(), moved.unwrap());
+    eprintln!(
+        "netns partition by iptables: {host} stopped its singleton after {} ms, {new_host} served it after {} ms",
+        stopped.as_millis(),
+        moved.as_millis()
+    );
+    assert!(stopped <= Duration::from_secs(10), "lease plus grace is at most 10 s");
+    // Healed: the host rejoins and runs nothing; the moved instance is kept.
+    partition(&lab, &host, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = ports(&lab, &home, "h0");
+        if p.get(&host).is_some_and(|s| s.is_empty()) && p.len() == 3 {
+            assert_eq!(p[&new_host], vec![("db-0".to_owned(), new_port)], "not restarted");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{host} never rejoined: {p:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let h = lab.dir.join(&host);
+    let ps = json(&kiln_ok(&h, &h, &["ps", "--json"]));
+    assert!(ps["instances"].as_array().unwrap().is_empty(), "no duplicate on {host} after the heal: {ps}");
 }

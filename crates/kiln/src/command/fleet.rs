@@ -151,7 +151,10 @@ impl LoadBalancers {
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
         Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries, peer_port } => {
-            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            // Every call within a TTL: a round stuck on a member that drops
+            // packets must not hold up the fence of singletons.
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?
+                .with_timeout(std::time::Duration::from_secs(ttl_secs.max(1) as u64));
             let stop = crate::sys::stop_on_signal();
             // The store, by digest, to the other agents: bound before the
             // host registers, so the port it reports answers.

@@ -42,6 +42,10 @@ pub struct Etcd {
     preferred: AtomicUsize,
     /// For the `https://` members.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The longest a call may take over every member tried (each member
+    /// its share); None: each member up to 6 s, as etcd holds a request up
+    /// to about 5 s while it elects a leader.
+    timeout: Option<Duration>,
 }
 
 /// What a transaction requires of a key.
@@ -123,7 +127,14 @@ impl Etcd {
         } else {
             None
         };
-        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), tls })
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), tls, timeout: None })
+    }
+
+    /// The same members, each call bounded by `timeout` over every member
+    /// tried: an agent's calls must end well within its lease, so that a
+    /// host cut off (packets dropped, not refused) still fences in time.
+    pub fn with_timeout(self, timeout: Duration) -> Etcd {
+        Etcd { timeout: Some(timeout), ..self }
     }
 
     /// POSTs `body` to `path` on the first member that can be reached.
@@ -132,15 +143,16 @@ impl Etcd {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut last = std::io::Error::other("no endpoint");
+        let share = self.timeout.map(|t| t / n as u32);
         for k in 0..n {
+            let left = share.unwrap_or(Duration::from_secs(6));
             let i = (first + k) % n;
             let endpoint = &self.endpoints[i];
             let (authority, tls) = match endpoint.strip_prefix("https://") {
                 Some(a) => (a, self.tls.as_ref()),
                 None => (endpoint.trim_start_matches("http://"), None),
             };
-            // etcd holds a request up to about 5 s while it elects a leader.
-            let stream = match crate::net::tls::connect(authority, tls, Duration::from_secs(6)) {
+            let stream = match crate::net::tls::connect(authority, tls, left) {
                 Ok(s) => s,
                 Err(e) => {
                     last = e;
