@@ -27,6 +27,23 @@ root=$PWD
 bench_setup etcd-server etcd-client docker-registry busybox-static
 bench_workdir fleet
 kiln=$root/target/release/kiln
+# The agents first, then what they started (load balancers, instances
+# outlive an agent by design), then the work directory.
+fleet_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for h in h1 h2 h3; do
+    [ -d "$work/$h" ] || continue
+    for rec in "$work/$h"/proxies/*/proxy.json; do
+      [ -f "$rec" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$rec")" 2>/dev/null || true
+    done
+    for id in $(KILN_HOME=$work/$h "$kiln" ps --all --json 2>/dev/null | python3 -c 'import json,sys; [print(r["id"]) for r in json.load(sys.stdin)["instances"]]' 2>/dev/null); do
+      KILN_HOME=$work/$h "$kiln" rm --force "$id" >/dev/null 2>&1 || true
+    done
+  done
+  bench_cleanup
+}
+trap fleet_cleanup EXIT
 ETCDCTL_API=3; export ETCDCTL_API
 
 # ---- etcd ----

@@ -246,6 +246,7 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
     procs.0.push(docker_registry(&tempdir("fleet-registry"), reg_port, ""));
     let (images, _) = pushed_busybox(reg_port);
     let home = tempdir("fleet-agent-home");
+    let _hosts_clean = HostsCleanup(vec![home.clone()]);
     let _agent = Procs(vec![spawn_kiln(&home, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"])]);
     let ctl = tempdir("fleet-ctl");
     // A tag is refused: every host must run the same bytes.
@@ -337,6 +338,7 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     procs.0.push(docker_registry(&tempdir("fleet-ctl-registry"), reg_port, ""));
     let (images, _) = pushed_busybox(reg_port);
     let (h1, h2) = (tempdir("fleet-ctl-h1"), tempdir("fleet-ctl-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
     let mut agents = Procs(vec![
         spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
         spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
@@ -420,6 +422,7 @@ fn drain_host_moves_a_slot_surge_first() {
     procs.0.push(docker_registry(&tempdir("fleet-drain-registry"), reg_port, ""));
     let (images, _) = pushed_busybox(reg_port);
     let (h1, h2) = (tempdir("fleet-drain-h1"), tempdir("fleet-drain-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
     let _agents = Procs(vec![
         spawn_kiln(&h1, &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2"]),
         spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
@@ -543,6 +546,7 @@ fn a_partitioned_host_stops_its_singleton_before_it_runs_elsewhere_and_rejoins_w
     let links: Vec<Cuttable> = urls.iter().map(|u| Cuttable::new(u)).collect();
     let h1_cluster = links.iter().map(|l| format!("http://127.0.0.1:{}", l.port)).collect::<Vec<_>>().join(",");
     let (h1, h2) = (tempdir("fleet-part-h1"), tempdir("fleet-part-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
     let _agents = Procs(vec![
         spawn_kiln(&h1, &["agent", "--cluster", &h1_cluster, "--name", "h1", "--ttl", "2"]),
         spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
@@ -639,6 +643,7 @@ fn an_agent_with_signed_by_runs_only_signed_images() {
     procs.0.push(docker_registry(&tempdir("fleet-signed-registry"), reg_port, ""));
     let (images, key) = pushed_busybox(reg_port);
     let home = tempdir("fleet-signed-h1");
+    let _hosts_clean = HostsCleanup(vec![home.clone()]);
     let _agent = Procs(vec![spawn_kiln(
         &home,
         &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2", "--signed-by", key.to_str().unwrap()],
