@@ -702,6 +702,22 @@ impl Drop for HostsCleanup {
     }
 }
 
+/// An agent `hN` per home, advertising the matching address (its load
+/// balancers listen there), with 2 s leases.
+fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs {
+    Procs(
+        homes
+            .iter()
+            .zip(ips)
+            .enumerate()
+            .map(|(i, (home, ip))| {
+                let name = format!("h{}", i + 1);
+                spawn_kiln(home, &["agent", "--cluster", cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
+            })
+            .collect(),
+    )
+}
+
 /// `n` keep-alive GETs to `addr`; the bodies by how often each came, or
 /// what went wrong first.
 fn try_bodies(addr: std::net::SocketAddr, n: usize) -> Result<std::collections::BTreeMap<String, usize>, String> {
@@ -738,17 +754,7 @@ fn a_fleet_canary_s_share_is_exact_across_three_load_balancers_and_a_lost_host_c
     let homes: Vec<std::path::PathBuf> = (1..=3).map(|i| tempdir(&format!("fleet-canary-h{i}"))).collect();
     let _hosts_clean = HostsCleanup(homes.clone());
     let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
-    let mut agents = Procs(
-        homes
-            .iter()
-            .zip(ips)
-            .enumerate()
-            .map(|(i, (home, ip))| {
-                let name = format!("h{}", i + 1);
-                spawn_kiln(home, &["agent", "--cluster", &cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
-            })
-            .collect(),
-    );
+    let mut agents = agents_at(&homes, &ips, &cluster);
     let ctl = tempdir("fleet-canary-ctl");
     let deadline = Instant::now() + Duration::from_secs(20);
     while placed(&ctl, &urls).len() < 3 {
@@ -993,17 +999,7 @@ fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_d
     let homes: Vec<std::path::PathBuf> = (1..=3).map(|i| tempdir(&format!("fleet-analysis-h{i}"))).collect();
     let _hosts_clean = HostsCleanup(homes.clone());
     let ips = ["127.0.0.5", "127.0.0.6", "127.0.0.7"];
-    let _agents = Procs(
-        homes
-            .iter()
-            .zip(ips)
-            .enumerate()
-            .map(|(i, (home, ip))| {
-                let name = format!("h{}", i + 1);
-                spawn_kiln(home, &["agent", "--cluster", &cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
-            })
-            .collect(),
-    );
+    let _agents = agents_at(&homes, &ips, &cluster);
     let ctl = tempdir("fleet-analysis-ctl");
     let mut controllers =
         Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
