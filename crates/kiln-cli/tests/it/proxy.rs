@@ -658,6 +658,43 @@ fn sigterm_lets_requests_in_flight_finish_before_the_proxy_exits() {
     assert!(t.elapsed() >= Duration::from_millis(400), "the proxy waited for it");
 }
 
+/// A backend that dies between its head and the end of its body (a host
+/// lost in the middle of an answer): its small answers are held until
+/// whole, so every GET is retried on the other backend and none is cut.
+#[test]
+fn a_backend_lost_between_its_head_and_its_body_costs_a_get_a_retry_not_a_failure() {
+    let _room = common::room("no-runc");
+    let (_g, good) = backend("good", &[]);
+    let half = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let half_addr = half.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in half.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            seen2.fetch_add(1, Ordering::Relaxed);
+            // The head and half the body, then gone.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhalf a");
+        }
+    });
+    let (_p, port, admin_port) = proxy(&[format!("half=50@{half_addr}"), format!("good=50@{good}")], &[]);
+    let mut c = Conn::new(port);
+    for i in 0..200 {
+        let (code, _, body) = c.get("/").unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(code, 200, "request {i}");
+        assert!(String::from_utf8_lossy(&body).contains("good"), "request {i}: {}", String::from_utf8_lossy(&body));
+    }
+    assert!(seen.load(Ordering::Relaxed) >= 1, "the half backend was tried");
+    let m = admin(admin_port, "GET", "/metrics", "").1;
+    let retries = metric(&m, "kiln_proxy_retries_total{service=\"default\",release=\"half\"}").unwrap();
+    assert!(retries >= 1, "retried away from the half answer: {m}");
+}
+
 #[test]
 fn a_backend_that_answers_before_reading_the_body_is_heard() {
     let _room = common::room("no-runc");

@@ -48,6 +48,11 @@ pub(super) const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long a closing connection keeps reading a request body nobody wants.
 const LINGER: Duration = Duration::from_secs(2);
 pub(super) const BUF: usize = 8 * 1024;
+
+/// Bodies of at most this many bytes (by their Content-Length) are read
+/// whole before the answer is sent, so that a backend lost after its head
+/// costs an idempotent request a retry, not a failure. Larger ones stream.
+const HOLD_BODY: usize = 16 * 1024;
 async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -520,6 +525,28 @@ async fn attempt_on<C: Client>(
             resp.close = true;
         }
         resp.reusable = false;
+    }
+    // A small body is read whole before anything reaches the client: a
+    // backend that dies between its head and its body (its host lost in
+    // the middle of an answer) then leaves an idempotent request free to
+    // go to another backend, rather than cut before the client.
+    if let Framing::Length(n) = resp.framing {
+        if n <= HOLD_BODY as u64 && info.idempotent && !*body_sent {
+            let whole = async {
+                while (bbuf.filled().len() as u64) < n {
+                    match bbuf.fill(&mut conn, MAX_HEAD_BYTES + HOLD_BODY).await {
+                        Ok(0) | Err(_) => return Err(Failure::BeforeResponse),
+                        Ok(_) => {}
+                    }
+                }
+                Ok(())
+            };
+            tokio::select! {
+                biased;
+                r = tokio::time::timeout(limit, whole) => r.map_err(|_| Failure::Timeout)??,
+                _ = backend.cut.notified() => return Err(Failure::Cut),
+            }
+        }
     }
     Ok((conn, resp, unread))
 }
