@@ -481,6 +481,8 @@ pub(crate) enum Cmd {
         no_wait: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Take a service down: drain and destroy its instances, stop its load balancer, record it in history. History, the archive and volumes stay (volumes go with --purge); `kiln deploy` brings it back.
     Down {
@@ -496,6 +498,8 @@ pub(crate) enum Cmd {
         no_wait: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// The quick start: bake DIR/kiln.toml, serve it (in this process, unless a kiln serve already runs), deploy its service, print its URL, and stay in the foreground.
     Up {
@@ -507,6 +511,8 @@ pub(crate) enum Cmd {
         service: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Back to the previous release: a traffic switch when it is still warm, else a fast release of its image.
     Rollback {
@@ -518,6 +524,8 @@ pub(crate) enum Cmd {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Let a paused release go on.
     Promote {
@@ -526,6 +534,8 @@ pub(crate) enum Cmd {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Stop the release in progress: its instances removed, traffic on stable.
     Abort {
@@ -534,6 +544,8 @@ pub(crate) enum Cmd {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Take an instance out of traffic at once, freeze it (runc pause) and keep its logs, tmpfs and volume contents for a post-mortem; a replacement starts.
     Quarantine {
@@ -834,6 +846,35 @@ pub struct EtcdArgs {
 
 impl From<EtcdArgs> for kiln::fleet::etcd::Cluster {
     fn from(a: EtcdArgs) -> Self {
+        kiln::fleet::etcd::Cluster { urls: a.cluster, ca: a.etcd_ca, cert: a.etcd_cert, key: a.etcd_key }
+    }
+}
+
+/// `--cluster` on a command that also works on this host alone.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Against a fleet instead of this host's kiln serve: etcd client URLs (http:// or https://), comma-separated or repeated.
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Vec<String>,
+    /// A CA (PEM) for etcd's certificates, besides the system's.
+    #[arg(long, value_name = "PEM", requires = "cluster")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's --client-cert-auth, with --etcd-key.
+    #[arg(long, value_name = "PEM", requires_all = ["etcd_key", "cluster"])]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires_all = ["etcd_cert", "cluster"])]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    /// Whether the command is against a fleet.
+    pub fn on(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+}
+
+impl From<FleetArgs> for kiln::fleet::etcd::Cluster {
+    fn from(a: FleetArgs) -> Self {
         kiln::fleet::etcd::Cluster { urls: a.cluster, ca: a.etcd_ca, cert: a.etcd_cert, key: a.etcd_key }
     }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use kiln::command::{self, Command};
+use kiln::fleet::change::Change;
 use kiln::runtime::logs::LogFilter;
 use kiln::runtime::RunRequest;
 use kiln::serve::api::Request;
@@ -115,16 +116,58 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Dashboard => return Ok(Invocation::Dashboard),
         Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
         Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
-        Cmd::Status { service, json } => return Ok(controller(Request::Status { service }, json, then)),
-        Cmd::Rollback { service, to, file, json } => {
+        Cmd::Status { json, fleet, .. } if fleet.on() => (Command::FleetServices { cluster: fleet.into() }, json),
+        Cmd::Rollback { to: Some(_), fleet, .. } if fleet.on() => {
+            bail!("--to: a fleet rolls back to the image the current one replaced (kiln services shows it)")
+        }
+        Cmd::Rollback { service, file, json, fleet, .. } if fleet.on() => {
+            (fleet_change(fleet, &file, service, Change::Rollback, true)?, json)
+        }
+        Cmd::Promote { service, file, json, fleet } if fleet.on() => {
+            (fleet_change(fleet, &file, service, Change::Promote, false)?, json)
+        }
+        Cmd::Abort { service, file, json, fleet } if fleet.on() => {
+            (fleet_change(fleet, &file, service, Change::Abort, false)?, json)
+        }
+        Cmd::Down { purge: true, fleet, .. } if fleet.on() => {
+            bail!("--purge: a fleet's instances have no volumes to purge (volumes are not carried across hosts yet)")
+        }
+        Cmd::Down { service, file, json, fleet, .. } if fleet.on() => {
+            (fleet_change(fleet, &file, service, Change::Down, false)?, json)
+        }
+        Cmd::Deploy { service, image, file, no_wait, json, fleet } if fleet.on() => {
+            let service = pick_service(&file, service)?;
+            let spec = kiln::spec::load(&file)?;
+            let Some(s) = spec.services.get(&service) else {
+                bail!("{}: no [service.{service}]", file.display());
+            };
+            let image = image.unwrap_or_else(|| s.image.clone());
+            if spec.images.contains_key(&image) {
+                bail!(
+                    "{}: service.{service}.image is [image.{image}] of this file: a fleet's hosts pull from a \
+                     registry, so push it (kiln push) and give --image REGISTRY/REPO:TAG or @sha256:…",
+                    file.display()
+                );
+            }
+            let registry = registry_settings(&file, &image)?;
+            let (settings, canary) = kiln::fleet::change::from_service(s, image)?;
+            // Followed for the progress deadline, plus each canary step
+            // with its three extensions.
+            let steps_ms = canary.as_ref().map_or(0, |c| c.steps.len() as u64 * c.step_secs * 4 * 1000);
+            let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
+            let change = Change::Deploy { settings: Box::new(settings), canary };
+            (Command::FleetChange { cluster: fleet.into(), service, change, registry, wait }, json)
+        }
+        Cmd::Status { service, json, fleet: _ } => return Ok(controller(Request::Status { service }, json, then)),
+        Cmd::Rollback { service, to, file, json, fleet: _ } => {
             let service = pick_service(&file, service)?;
             return Ok(controller(Request::Rollback { service, to, actor: actor() }, json, Then::FollowRollback));
         }
-        Cmd::Promote { service, file, json } => {
+        Cmd::Promote { service, file, json, fleet: _ } => {
             let service = pick_service(&file, service)?;
             return Ok(controller(Request::Promote { service, actor: actor() }, json, then));
         }
-        Cmd::Abort { service, file, json } => {
+        Cmd::Abort { service, file, json, fleet: _ } => {
             let service = pick_service(&file, service)?;
             return Ok(controller(Request::Abort { service, actor: actor() }, json, then));
         }
@@ -138,7 +181,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::VerifyInstances { service, json } => {
             return Ok(controller(Request::VerifyInstances { service }, json, Then::ExitIfDrifted))
         }
-        Cmd::Down { service, file, purge, no_wait, json } => {
+        Cmd::Down { service, file, purge, no_wait, json, fleet: _ } => {
             let service = pick_service(&file, service)?;
             let then = Then::WaitDown { wait: !no_wait, purge };
             return Ok(controller(Request::Down { service, purge, actor: actor() }, json, then));
@@ -174,7 +217,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 up,
             }));
         }
-        Cmd::Deploy { service, image, file, no_wait, json } => {
+        Cmd::Deploy { service, image, file, no_wait, json, fleet: _ } => {
             let service = pick_service(&file, service)?;
             // kiln serve releases the service as its own kiln.toml says; it
             // refuses a deploy that names another file (see README).
@@ -300,6 +343,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 listen,
                 health,
                 canary,
+                previous: None,
             };
             (Command::Place { cluster: cluster.into(), service, desired }, false)
         }
@@ -514,6 +558,25 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
 
 /// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
 /// when it exists (push and pull also work outside a project).
+/// A change to fleet service `service` (default: kiln.toml's only
+/// service with a listen address); with `follow`, followed for the
+/// service's progress deadline (kiln.toml's, else 10 minutes).
+fn fleet_change(
+    fleet: FleetArgs,
+    file: &std::path::Path,
+    service: Option<String>,
+    change: Change,
+    follow: bool,
+) -> anyhow::Result<Command> {
+    let service = pick_service(file, service)?;
+    let deadline_ms = match file.is_file() {
+        true => kiln::spec::load(file)?.services.get(&service).map(|s| s.release.progress_deadline_ms),
+        false => None,
+    };
+    let wait = follow.then(|| std::time::Duration::from_millis(deadline_ms.unwrap_or(600_000)));
+    Ok(Command::FleetChange { cluster: fleet.into(), service, change, registry: Default::default(), wait })
+}
+
 fn registry_settings(file: &std::path::Path, remote: &str) -> anyhow::Result<kiln::spec::registries::RegistrySpec> {
     if !file.is_file() {
         return Ok(Default::default());

@@ -1350,3 +1350,165 @@ fn a_slot_assigned_back_while_its_instance_drains_keeps_it_listed_and_serving() 
     assert_eq!(placed(&ctl, &urls)["h1"], vec![("web-0".to_owned(), port)], "still listed after a drain's time");
     assert_eq!(get(port).as_deref(), Some("busybox 1.0.0\n"));
 }
+
+/// The single-host commands against a cluster, from a kiln.toml the fleet
+/// never saw: `kiln deploy --cluster` (a tag resolved to its digest, a
+/// rolling release under load on every host's load balancer), `status`,
+/// `rollback`, an analysed canary from `strategy = "canary"` moved on by
+/// `promote`, `abort` with nothing to abort, `down`; and what a fleet
+/// cannot carry refused naming the key, with nothing written.
+#[test]
+fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_toml() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-deploy");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-deploy-registry"), reg_port, ""));
+    let (images, _) = pushed_busybox(reg_port);
+    let homes: Vec<std::path::PathBuf> = (1..=2).map(|i| tempdir(&format!("fleet-deploy-h{i}"))).collect();
+    let _hosts_clean = HostsCleanup(homes.clone());
+    let ips = ["127.0.0.2", "127.0.0.3"];
+    let _agents = agents_at(&homes, &ips, &cluster);
+    let ctl = tempdir("fleet-deploy-ctl");
+    let _controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let lb_port = free_port();
+    let lbs: Vec<std::net::SocketAddr> = ips.iter().map(|ip| format!("{ip}:{lb_port}").parse().unwrap()).collect();
+    let app = tempdir("fleet-deploy-app");
+    let file = app.join("kiln.toml");
+    let write = |extra_keys: &str, tables: &str| {
+        let text = format!(
+            "[service.web]\nimage = \"127.0.0.1:{reg_port}/team/web:1.0.0\"\nlisten = \"0.0.0.0:{lb_port}\"\n\
+             replicas = 2\nprogress_deadline = \"40s\"\n{extra_keys}\n[service.web.health]\npath = \"/\"\n{tables}"
+        );
+        fs::write(&file, text).unwrap();
+    };
+    let kiln_in = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--cluster", cluster.as_str(), "-f", "kiln.toml"]);
+        kiln_ok(&ctl, &app, &all)
+    };
+    let err_in = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--cluster", cluster.as_str(), "-f", "kiln.toml"]);
+        kiln_err(&ctl, &app, &all)
+    };
+    let status = || json(&kiln_ok(&ctl, &app, &["status", "--json", "--cluster", &cluster]));
+    let serving_only = |version: &str| {
+        let want = format!("busybox {version}\n");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<_> = lbs.iter().map(|lb| try_bodies(*lb, 20)).collect();
+            if got.iter().all(|b| b.as_ref().is_ok_and(|b| b.len() == 1 && b.contains_key(&want))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {version} alone on every load balancer: {got:?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    // The first deploy: the service's tag, resolved to its digest.
+    write("", "");
+    let out = kiln_in(&["deploy"]);
+    assert!(out.contains(&images[0].1) && out.contains("serves on every replica"), "{out}");
+    serving_only("1.0.0");
+    // A new image rolls, under load on both load balancers.
+    let load = FleetLoad::start(&lbs, "/");
+    let out = kiln_in(&["deploy", "--image", &format!("127.0.0.1:{reg_port}/team/web:2.0.0")]);
+    assert!(out.contains(&images[1].1) && out.contains("serves on every replica"), "{out}");
+    serving_only("2.0.0");
+    let s = status();
+    assert_eq!(s[0]["desired"]["image"], images[1].1.as_str(), "{s}");
+    assert_eq!(s[0]["desired"]["previous"], images[0].1.as_str(), "{s}");
+    // Back to what it replaced.
+    let out = kiln_in(&["rollback"]);
+    assert!(out.contains(&images[0].1) && out.contains("serves on every replica"), "{out}");
+    serving_only("1.0.0");
+    let (bodies, failed) = load.stop();
+    eprintln!("deploy and rollback under load: {bodies:?}, {failed} failed");
+    assert_eq!(failed, 0, "no request failed while the fleet rolled forward and back: {bodies:?}");
+    assert!(bodies.contains_key("200 busybox 2.0.0") && bodies.contains_key("200 busybox 1.0.0"), "{bodies:?}");
+
+    // kiln.toml's canary strategy: the new image is a canary at the first
+    // step, judged by the leader; the deploy follows it. Promote moves it
+    // on by hand, and the deploy ends with 0 once every replica runs it.
+    write("strategy = \"canary\"", "[service.web.canary]\nsteps = [50]\nstep_interval = \"60s\"\n");
+    let following = |image: &str| {
+        kiln_cmd()
+            .args(["deploy", "--image", image, "--cluster", cluster.as_str(), "-f", "kiln.toml"])
+            .env("KILN_HOME", &ctl)
+            .current_dir(&app)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let canary_serving = |image: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<_> = lbs.iter().map(|lb| try_bodies(*lb, 40)).collect();
+            let s = status();
+            let started =
+                s[0]["desired"]["canary"]["image"] == image && !s[0]["desired"]["canary"]["progress"].is_null();
+            if started && got.iter().all(|b| b.as_ref().is_ok_and(|b| b.len() == 2)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the canary never served beside stable: {got:?} {s}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let deploy = following(&images[1].1);
+    canary_serving(&images[1].1);
+    let s = status();
+    assert_eq!(s[0]["desired"]["image"], images[0].1.as_str(), "stable stays: {s}");
+    let out = kiln_in(&["promote"]);
+    assert!(out.contains("promoted"), "{out}");
+    let done = deploy.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    assert_eq!(done.status.code(), Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("serves on every replica") && stderr.contains("canary at 50 %"), "{stdout} {stderr}");
+    serving_only("2.0.0");
+    assert_eq!(status()[0]["desired"]["previous"], images[0].1.as_str());
+    // A followed canary someone aborts: the deploy exits 2, stable serves.
+    let deploy = following(&images[0].1);
+    canary_serving(&images[0].1);
+    let out = kiln_in(&["abort"]);
+    assert!(out.contains("aborted"), "{out}");
+    let done = deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the release failed") && stderr.contains("replaced by another change"), "{stderr}");
+    serving_only("2.0.0");
+
+    // Mistakes, refused naming what is wrong; nothing is written.
+    let e = err_in(&["abort"]);
+    assert!(e.contains("no canary in progress"), "{e}");
+    let e = err_in(&["rollback", "nosuch"]);
+    assert!(e.contains("nosuch") && e.contains("not in the fleet"), "{e}");
+    write("volumes = { data = \"/data\" }", "");
+    let e = err_in(&["deploy", "--image", &images[0].1]);
+    assert!(e.contains("kiln.toml") && e.contains("service.web.volumes"), "{e}");
+    write("", "");
+    let e = err_in(&["deploy", "--image", &format!("127.0.0.1:{reg_port}/team/web:9.9.9")]);
+    assert!(e.contains("9.9.9"), "an unknown tag is refused, naming it: {e}");
+    let s = status();
+    assert_eq!(
+        (s[0]["desired"]["image"].as_str(), s[0]["desired"]["canary"].is_null()),
+        (Some(images[1].1.as_str()), true)
+    );
+
+    // Down: every instance and load balancer gone.
+    let out = kiln_in(&["down"]);
+    assert!(out.contains("removed"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).values().flatten().count() > 0
+        || lbs.iter().any(|lb| std::net::TcpStream::connect(lb).is_ok())
+    {
+        assert!(Instant::now() < deadline, "instances or load balancers left after down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status().as_array().unwrap().is_empty());
+}

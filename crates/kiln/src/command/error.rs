@@ -38,6 +38,8 @@ pub enum CommandError {
     #[error(transparent)]
     Etcd(#[from] crate::fleet::etcd::EtcdError),
     #[error(transparent)]
+    FleetChange(#[from] crate::fleet::change::ChangeError),
+    #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),
@@ -59,7 +61,9 @@ pub enum CommandError {
 
 impl CommandError {
     /// The process exit status a CLI gives this error: 3 when a check
-    /// found tampering (a broken history chain), 1 otherwise.
+    /// found tampering (a broken history chain), 7 a refused signature or
+    /// promotion, 2 and 4 a fleet release that failed or paused, 1
+    /// otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::History(HistoryError::Broken { .. } | HistoryError::Anchor { .. }) => 3,
@@ -70,6 +74,9 @@ impl CommandError {
             // The controller refused by the same rule (its 403 comes from
             // ServeError::Refused, by variant).
             CommandError::Serve(crate::serve::ServeError::Remote { status: 403, .. }) => 7,
+            // As a single-host deploy: 2 failed or rolled back, 4 paused.
+            CommandError::FleetChange(crate::fleet::change::ChangeError::Failed { .. }) => 2,
+            CommandError::FleetChange(crate::fleet::change::ChangeError::Paused { .. }) => 4,
             CommandError::Remote { exit, .. } => *exit,
             _ => 1,
         }

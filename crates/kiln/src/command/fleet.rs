@@ -190,10 +190,23 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
             let drain_for = std::time::Duration::from_secs(ttl_secs.max(2) as u64);
             let is_draining = |id: &str| draining.lock().is_ok_and(|d| d.contains_key(id));
-            // Instances that passed their service's health check here once:
-            // only they are listed for the load balancers.
-            let ready: std::sync::Mutex<std::collections::BTreeSet<String>> = std::sync::Mutex::default();
-            let is_ready = |id: &str| ready.lock().is_ok_and(|r| r.contains(id));
+            // Instances that passed their service's health check here once,
+            // since when they are listed: only they are listed for the load
+            // balancers.
+            let ready: std::sync::Mutex<std::collections::BTreeMap<String, std::time::Instant>> =
+                std::sync::Mutex::default();
+            let is_ready = |id: &str| ready.lock().is_ok_and(|r| r.contains_key(id));
+            // A listed instance reaches every host's load balancer within a
+            // round of theirs, which then checks it (new backends start
+            // unhealthy): the instance it replaces drains only after that,
+            // so a slot is never without a healthy backend anywhere.
+            let settle = std::time::Duration::from_millis((ttl_secs.max(1) as u64 * 1000) * 2 / 3 + 300);
+            let settled = |id: &str| ready.lock().is_ok_and(|r| r.get(id).is_some_and(|t| t.elapsed() >= settle));
+            // An instance asked to stop is on its way out, even if its slot
+            // is assigned its image again: its stop goes on (an app that
+            // ignores SIGTERM would linger unlisted), and another starts.
+            let stopping =
+                |id: &str| draining.lock().is_ok_and(|d| d.get(id).is_some_and(|(_, asked)| asked.is_some()));
             // Failed starts in a row, by slot: two, and the host reports
             // the slot failing, for the leader to place it elsewhere.
             let failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>> = std::sync::Mutex::default();
@@ -241,11 +254,12 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 let running: Vec<Running> = records
                     .iter()
                     .filter_map(|r| {
+                        let instance = r.id.to_string();
                         Some(Running {
                             slot: slot_of(r)?,
-                            instance: r.id.to_string(),
+                            alive: !r.state.is_exited() && !stopping(&instance),
+                            instance,
                             image: r.image.clone(),
-                            alive: !r.state.is_exited(),
                         })
                     })
                     .collect();
@@ -259,7 +273,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     let addr = std::net::SocketAddr::new(advertise, port);
                     if crate::serve::prober::check(addr, health, std::time::Duration::from_millis(300)).is_ok() {
                         if let Ok(mut set) = ready.lock() {
-                            set.insert(r.instance.clone());
+                            set.insert(r.instance.clone(), std::time::Instant::now());
                         }
                     }
                 }
@@ -271,10 +285,21 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 // (its slot assigned back with its digest) before it was
                 // asked to stop: it is listed again.
                 if let Ok(mut d) = draining.lock() {
+                    let mut relisted = Vec::new();
                     d.retain(|id, (_, asked)| {
-                        asked.is_some()
-                            || acts.iter().any(|a| matches!(a, Act::Remove { instance, .. } if instance == id))
+                        let keep = asked.is_some()
+                            || acts.iter().any(|a| matches!(a, Act::Remove { instance, .. } if instance == id));
+                        if !keep {
+                            relisted.push(id.clone());
+                        }
+                        keep
                     });
+                    // Listed again, it is new to the load balancers again.
+                    if let Ok(mut r) = ready.lock() {
+                        for id in relisted {
+                            r.entry(id).and_modify(|t| *t = std::time::Instant::now());
+                        }
+                    }
                 }
                 // One failing slot never stops the others.
                 for act in acts {
@@ -307,9 +332,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             // replacement is ready (a replacement that
                             // never is leaves it serving).
                             let replaced = assigned.contains_key(slot);
-                            let successor_ready = running.iter().any(|r| {
-                                r.slot == *slot && r.instance != *instance && r.alive && is_ready(&r.instance)
-                            });
+                            let successor_ready = running
+                                .iter()
+                                .any(|r| r.slot == *slot && r.instance != *instance && r.alive && settled(&r.instance));
                             if alive && replaced && !successor_ready && !is_draining(instance) {
                                 continue;
                             }
@@ -435,62 +460,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             Ok(Output::Done { message: format!("kiln controller {name} stopped") })
         }
         Command::Place { cluster, service, desired } => {
-            let bad =
-                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
-            if !crate::spec::valid_image_name(&service) {
-                return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
-            }
-            let by_digest = |field: &str, image: &str| -> Result<(), CommandError> {
-                let probe = crate::fleet::reconcile::Assignment {
-                    epoch: 0,
-                    memory_bytes: None,
-                    millicpus: None,
-                    singleton: false,
-                    health: None,
-                    image: image.to_owned(),
-                    service: service.clone(),
-                    env: vec![],
-                };
-                crate::image::registry::Remote::parse(image).map_err(crate::image::registry::RegistryError::from)?;
-                match probe.digest() {
-                    Some(_) => Ok(()),
-                    None => Err(bad(
-                        field,
-                        "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes",
-                    )),
-                }
-            };
-            by_digest("image", &desired.image)?;
-            if let Some(c) = &desired.canary {
-                by_digest("canary", &c.image)?;
-                if c.weight > 100 {
-                    return Err(bad("canary_weight", "a percent, 0 to 100"));
-                }
-                if c.steps.iter().any(|w| *w == 0 || *w > 100) {
-                    return Err(bad("canary_steps", "percents, each 1 to 100"));
-                }
-                if !c.steps.is_empty() && !(1..=60).contains(&c.step_secs) {
-                    return Err(bad(
-                        "step_interval",
-                        "1 s to 60 s: each step is judged on the load balancers' last minute at most",
-                    ));
-                }
-                if c.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-                    return Err(bad("max_error_rate", "a rate between 0 and 1 (0.01 is one point)"));
-                }
-                if c.max_p99_ratio.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
-                    return Err(bad("max_p99_ratio", "a ratio of at least 1"));
-                }
-                if c.progress.is_some() {
-                    return Err(bad("canary", "a new canary starts from its first step"));
-                }
-                if desired.listen.is_none() {
-                    return Err(bad("canary", "a canary's share is set on the load balancers: give listen"));
-                }
-            }
-            // Checked as kiln.toml's would be, before anything is written.
-            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], desired.listen.unwrap_or(1)));
-            crate::spec::fleet_service("kiln place", &service, addr, desired.health.as_deref())?;
+            check_desired("kiln place", &service, &desired)?;
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let message = if desired.replicas == 0 {
                 crate::fleet::set_service(&etcd, &service, None)?;
@@ -500,6 +470,60 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 format!("{service}: {} replicas of {}", desired.replicas, desired.image)
             };
             Ok(Output::Done { message })
+        }
+        Command::FleetChange { cluster, service, mut change, registry, wait } => {
+            if !crate::spec::valid_image_name(&service) {
+                return Err(CommandError::BadRequest {
+                    field: "service".into(),
+                    message: "lowercase letters, digits and single . _ - between them".into(),
+                });
+            }
+            if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
+                // A tag is resolved once, here, to this platform's image
+                // manifest: every host then runs the same bytes.
+                let remote = crate::image::registry::Remote::parse(&settings.image)
+                    .map_err(crate::image::registry::RegistryError::from)?;
+                if remote.reference.as_deref().is_some_and(|r| !r.starts_with("sha256:")) {
+                    let resolved = crate::image::registry::resolve(&ctx.store, &remote, &registry)?;
+                    settings.image = format!("{}@{}", remote.repository(), resolved.manifest);
+                }
+                check_desired("kiln deploy --cluster", &service, settings)?;
+            }
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            // Read, decide, write if nothing changed since the read: the
+            // leader may step a canary in between, and then the change is
+            // decided again on what it wrote.
+            const TRIES: u32 = 5;
+            for _ in 0..TRIES {
+                let (current, revision) = match crate::fleet::service(&etcd, &service)? {
+                    Some((d, rev)) => (Some(d), rev),
+                    None => (None, 0),
+                };
+                let (next, applied) =
+                    crate::fleet::change::apply(&service, current.as_ref(), change.clone(), crate::time::now_secs())?;
+                if !crate::fleet::set_service_if(&etcd, &service, next.as_ref(), revision)? {
+                    continue;
+                }
+                let message = format!("{service}: {applied}");
+                use crate::fleet::change::Applied;
+                let target = match (&applied, &next) {
+                    (Applied::CanaryStarted { image, .. }, _) => image.clone(),
+                    (
+                        Applied::Created { .. }
+                        | Applied::Rolling { .. }
+                        | Applied::RolledBack { .. }
+                        | Applied::CanaryAborted { .. }
+                        | Applied::Updated { changed: true },
+                        Some(d),
+                    ) => d.image.clone(),
+                    _ => return Ok(Output::Done { message }),
+                };
+                let Some(wait) = wait else { return Ok(Output::Done { message }) };
+                ctx.progress.step_output(&message);
+                follow(&etcd, &service, &target, wait, ctx.progress)?;
+                return Ok(Output::Done { message: format!("{service}: {target} serves on every replica") });
+            }
+            Err(crate::fleet::change::ChangeError::Contended { service, tries: TRIES }.into())
         }
         Command::DrainHost { cluster, host, undo } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
@@ -521,4 +545,110 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         }
         _ => Err(CommandError::BadRequest { field: "command".into(), message: "not a fleet command".into() }),
     }
+}
+
+/// Follows the release of `target` until every replica runs it (Ok), its
+/// canary fails or another change replaces it (Failed), it pauses, or
+/// `wait` passes (Failed), reporting each new state.
+fn follow(
+    etcd: &crate::fleet::etcd::Etcd,
+    service: &str,
+    target: &str,
+    wait: std::time::Duration,
+    progress: &mut dyn Progress,
+) -> Result<(), CommandError> {
+    use crate::fleet::change::{rollout, ChangeError, Rollout};
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = None;
+    loop {
+        let desired = crate::fleet::service(etcd, service)?.map(|(d, _)| d);
+        let verdict = crate::fleet::service_rows(etcd)?.into_iter().find(|r| r.name == service).and_then(|r| r.verdict);
+        let records = crate::fleet::host_records(etcd)?;
+        let now = rollout(service, desired.as_ref(), verdict.as_ref(), &records, target);
+        if last.as_ref() != Some(&now) {
+            match &now {
+                Rollout::Rolling { ready, want } => progress.step_output(&format!("{ready}/{want} replicas run it")),
+                Rollout::Canary { weight } => progress.step_output(&format!("canary at {weight} %")),
+                _ => {}
+            }
+        }
+        match now {
+            Rollout::Done => return Ok(()),
+            Rollout::Failed { why } => return Err(ChangeError::Failed { service: service.to_owned(), why }.into()),
+            Rollout::Paused { why } => return Err(ChangeError::Paused { service: service.to_owned(), why }.into()),
+            Rollout::Rolling { ready, want } if std::time::Instant::now() >= deadline => {
+                let why = format!("{ready} of {want} replicas ran it after {} s", wait.as_secs());
+                return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
+            }
+            Rollout::Canary { .. } if std::time::Instant::now() >= deadline => {
+                let why = format!("its canary was still in progress after {} s", wait.as_secs());
+                return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
+            }
+            _ => {}
+        }
+        last = Some(now);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Refuses, naming the field, a desired state no host could run: a bad
+/// service name, an image not named by digest, canary settings out of
+/// range, a health path kiln.toml would refuse (`source` names who
+/// asked). Nothing is written first.
+fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Desired) -> Result<(), CommandError> {
+    let bad = |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
+    if !crate::spec::valid_image_name(service) {
+        return Err(bad("service", "lowercase letters, digits and single . _ - between them"));
+    }
+    let by_digest = |field: &str, image: &str| -> Result<(), CommandError> {
+        let probe = crate::fleet::reconcile::Assignment {
+            epoch: 0,
+            memory_bytes: None,
+            millicpus: None,
+            singleton: false,
+            health: None,
+            image: image.to_owned(),
+            service: service.to_owned(),
+            env: vec![],
+        };
+        crate::image::registry::Remote::parse(image).map_err(crate::image::registry::RegistryError::from)?;
+        match probe.digest() {
+            Some(_) => Ok(()),
+            None => {
+                Err(bad(field, "name the image by digest (REGISTRY/REPO@sha256:…): every host runs the same bytes"))
+            }
+        }
+    };
+    by_digest("image", &desired.image)?;
+    if let Some(c) = &desired.canary {
+        by_digest("canary", &c.image)?;
+        if c.weight > 100 {
+            return Err(bad("canary_weight", "a percent, 0 to 100"));
+        }
+        if c.steps.iter().any(|w| *w == 0 || *w > 100) {
+            return Err(bad("canary_steps", "percents, each 1 to 100"));
+        }
+        if !c.steps.is_empty() && !(1..=60).contains(&c.step_secs) {
+            return Err(bad(
+                "step_interval",
+                "1 s to 60 s: each step is judged on the load balancers' last minute at most",
+            ));
+        }
+        if c.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(bad("max_error_rate", "a rate between 0 and 1 (0.01 is one point)"));
+        }
+        if c.max_p99_ratio.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
+            return Err(bad("max_p99_ratio", "a ratio of at least 1"));
+        }
+        if c.progress.is_some() {
+            return Err(bad("canary", "a new canary starts from its first step"));
+        }
+        if desired.listen.is_none() {
+            return Err(bad("canary", "a canary's share is set on the load balancers: give listen"));
+        }
+    }
+    // Checked as kiln.toml's would be, before anything is written.
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], desired.listen.unwrap_or(1)));
+    crate::spec::fleet_service(source, service, addr, desired.health.as_deref())?;
+    Ok(())
 }

@@ -184,6 +184,22 @@ pub enum Command {
         service: String,
         desired: crate::fleet::place::Desired,
     },
+    /// A person's change to one fleet service (`deploy`, `rollback`,
+    /// `promote`, `abort`, `down` with `--cluster`): decided by the pure
+    /// [`crate::fleet::change::apply`] on what etcd holds, and written
+    /// conditioned on the revision read. Caller's process only.
+    #[serde(skip)]
+    FleetChange {
+        cluster: crate::fleet::etcd::Cluster,
+        service: String,
+        change: crate::fleet::change::Change,
+        /// The registry's kiln.toml settings, to resolve a deploy's tag to
+        /// its digest (every host runs the same bytes).
+        registry: crate::spec::registries::RegistrySpec,
+        /// Follow a deploy or rollback until it is done, failed or paused,
+        /// for at most this long (None: return once written).
+        wait: Option<std::time::Duration>,
+    },
     /// Marks a host as draining (`undo`: no longer): the leading
     /// controller moves its slots away, surge-first. Caller's process only.
     #[serde(skip)]
@@ -520,6 +536,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::Assign { .. }
         | Command::FleetController { .. }
         | Command::Place { .. }
+        | Command::FleetChange { .. }
         | Command::DrainHost { .. }
         | Command::Hosts { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),

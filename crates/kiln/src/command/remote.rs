@@ -49,6 +49,7 @@ impl Job {
                 | Command::Assign { .. }
                 | Command::FleetController { .. }
                 | Command::Place { .. }
+                | Command::FleetChange { .. }
                 | Command::DrainHost { .. }
                 | Command::Hosts { .. }
                 | Command::FleetServices { .. }
@@ -224,6 +225,14 @@ pub fn status(e: &CommandError) -> u16 {
             crate::fleet::etcd::EtcdError::Invalid { path, .. } if path == "--cluster" => 400,
             _ => 502,
         },
+        CommandError::FleetChange(c) => {
+            use crate::fleet::change::ChangeError;
+            match c {
+                ChangeError::NoService { .. } => 404,
+                ChangeError::NoPrevious { .. } | ChangeError::NoCanary { .. } | ChangeError::Contended { .. } => 409,
+                ChangeError::Failed { .. } | ChangeError::Paused { .. } => 409,
+            }
+        }
         CommandError::Db(d) => {
             use crate::verify::osvdb::DbError;
             match d {
@@ -502,6 +511,7 @@ mod tests {
             | Command::Assign { .. }
             | Command::FleetController { .. }
             | Command::Place { .. }
+            | Command::FleetChange { .. }
             | Command::DrainHost { .. }
             | Command::Hosts { .. }
             | Command::FleetServices { .. }

@@ -32,6 +32,9 @@ pub enum EtcdError {
     /// An answer kiln cannot read.
     #[error("etcd {endpoint}: {path}: {why}")]
     Invalid { endpoint: String, path: String, why: String },
+    /// A value kiln wrote that no longer reads as what it was.
+    #[error("etcd key {key}: {message}")]
+    Malformed { key: String, message: String },
 }
 
 /// A cluster's client endpoints (`http://HOST:PORT`).

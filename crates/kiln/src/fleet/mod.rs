@@ -12,6 +12,7 @@
 //! anywhere but in its etcd lease.
 
 pub mod canary;
+pub mod change;
 pub mod etcd;
 pub mod peer;
 pub mod place;
@@ -376,6 +377,32 @@ pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Re
     }
 }
 
+/// Service `name`'s desired state with the revision it was last written
+/// at (None: not in the fleet).
+pub fn service(cluster: &Etcd, name: &str) -> Result<Option<(place::Desired, i64)>, EtcdError> {
+    let key = format!("{SERVICES}{name}");
+    let Some(kv) = cluster.range_prefix(&key)?.into_iter().find(|kv| kv.key == key) else { return Ok(None) };
+    let d = serde_json::from_slice(&kv.value)
+        .map_err(|e| EtcdError::Malformed { key: key.clone(), message: e.to_string() })?;
+    Ok(Some((d, kv.mod_revision)))
+}
+
+/// Sets (or, with None, removes) service `name`'s desired state if it was
+/// last written at `revision` (0: if it is absent); returns whether it did.
+pub fn set_service_if(
+    cluster: &Etcd,
+    name: &str,
+    d: Option<&place::Desired>,
+    revision: i64,
+) -> Result<bool, EtcdError> {
+    let key = format!("{SERVICES}{name}");
+    let compare = [etcd::Compare::Modified { key: key.clone(), revision }];
+    match d {
+        Some(d) => cluster.txn(&compare, &[(key, serde_json::to_vec(d).unwrap_or_default(), 0)], &[]),
+        None => cluster.txn(&compare, &[], &[key]),
+    }
+}
+
 /// Every service's desired state, with the revision it was last written
 /// at; one that does not parse is logged, naming its key, and left out.
 pub fn services(
@@ -517,7 +544,9 @@ fn step_canary(
             (place::Desired { canary: Some(next), ..d.clone() }, verdict, action)
         }
         canary::Decision::Promote { verdict } => {
-            (place::Desired { image: c.image.clone(), canary: None, ..d.clone() }, Some(verdict), "promote")
+            let promoted =
+                place::Desired { image: c.image.clone(), previous: Some(d.image.clone()), canary: None, ..d.clone() };
+            (promoted, Some(verdict), "promote")
         }
         canary::Decision::Abort { verdict } => (place::Desired { canary: None, ..d.clone() }, Some(verdict), "abort"),
     };

@@ -46,6 +46,10 @@ pub struct Desired {
     /// `weight` percent of every load balancer's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// The image this one replaced (a deploy's or a promotion's): where
+    /// `kiln rollback --cluster` goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// A fleet canary: `replicas` instances of `image` given `weight` percent
@@ -293,6 +297,7 @@ mod tests {
             listen: None,
             health: None,
             canary: None,
+            previous: None,
         }
     }
 
