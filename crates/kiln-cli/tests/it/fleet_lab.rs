@@ -397,6 +397,18 @@ fn a_host_partitioned_by_iptables_stops_its_singleton_before_it_runs_elsewhere_a
         moved.as_millis()
     );
     assert!(stopped <= Duration::from_secs(10), "lease plus grace is at most 10 s");
+    // A command that names the cut-off host's etcd member first asks the
+    // next one after a 2 s handshake, not after etcd's 6 s.
+    let first_cut = std::iter::once(i)
+        .chain((1..=3).filter(|j| *j != i))
+        .map(|j| format!("http://{net}.1{j}:2379"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let asked = Instant::now();
+    lab.kiln_ok(&home, &["hosts", "--cluster", &first_cut]);
+    let asked = asked.elapsed();
+    eprintln!("a command naming the cut-off member first answered in {} ms", asked.as_millis());
+    assert!(asked < Duration::from_millis(4500), "the cut-off member was waited on for {asked:?}");
     // Healed: the host rejoins and runs nothing; the moved instance is kept.
     partition(&lab, &host, false);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -90,6 +90,9 @@ pub struct Cluster {
     pub key: Option<std::path::PathBuf>,
 }
 
+/// The longest a TCP handshake with a member may take.
+const HANDSHAKE: Duration = Duration::from_secs(2);
+
 impl Etcd {
     /// The members of `cluster`, comma-separated or not; TLS to the
     /// `https://` ones, with its CA and client certificate.
@@ -155,7 +158,10 @@ impl Etcd {
                 Some(a) => (a, self.tls.as_ref()),
                 None => (endpoint.trim_start_matches("http://"), None),
             };
-            let stream = match crate::net::tls::connect(authority, tls, left) {
+            // A member that does not complete a TCP handshake in 2 s (one
+            // SYN retransmission) drops packets: the next is asked, rather
+            // than waiting out the 6 s an election may hold a request.
+            let stream = match crate::net::tls::connect_within(authority, tls, HANDSHAKE, left) {
                 Ok(s) => s,
                 Err(e) => {
                     last = e;

@@ -117,9 +117,21 @@ pub fn split_https_url(url: &str) -> Option<(String, String, String)> {
 /// Connects to `authority` (`HOST:PORT`, every address it resolves to in
 /// turn), over TLS with `tls` (the server name is its host).
 pub fn connect(authority: &str, tls: Option<&Arc<rustls::ClientConfig>>, timeout: Duration) -> io::Result<Stream> {
+    connect_within(authority, tls, timeout, timeout)
+}
+
+/// As [`connect`], with its own bound on the TCP handshake: a peer that
+/// drops packets is given up on after `handshake`, while one that answers
+/// slowly still gets `timeout` for each read and write.
+pub fn connect_within(
+    authority: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    handshake: Duration,
+    timeout: Duration,
+) -> io::Result<Stream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{authority}: no address"));
     for a in authority.to_socket_addrs()? {
-        let s = match TcpStream::connect_timeout(&a, timeout) {
+        let s = match TcpStream::connect_timeout(&a, handshake.min(timeout)) {
             Ok(s) => s,
             Err(e) => {
                 last = e;
