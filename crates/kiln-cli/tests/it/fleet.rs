@@ -1307,6 +1307,102 @@ fn with_the_registry_down_a_host_pulls_from_a_peer_s_store_by_digest() {
     kiln_ok(&h2, &h2, &["inspect", digest]);
 }
 
+/// With the registry down, a host that requires signatures pulls a signed
+/// image from a peer with its signature (the peer's referrers) and checks
+/// it against its own key: refused under another key (made by openssl),
+/// run under the right one; meanwhile the old host keeps serving.
+#[test]
+fn with_the_registry_down_a_signed_image_comes_from_a_peer_with_its_signature_checked() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-peersig");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    let mut registry = Procs(vec![docker_registry(&tempdir("fleet-peersig-registry"), reg_port, "")]);
+    let (images, key) = pushed_busybox(reg_port);
+    let other = dir.join("other.pub");
+    let other_key = dir.join("other.key");
+    run("openssl", &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", other_key.to_str().unwrap()]);
+    run("openssl", &["ec", "-in", other_key.to_str().unwrap(), "-pubout", "-out", other.to_str().unwrap()]);
+    let (h1, h2) = (tempdir("fleet-peersig-h1"), tempdir("fleet-peersig-h2"));
+    let _hosts_clean = HostsCleanup(vec![h1.clone(), h2.clone()]);
+    let agent = |home: &Path, name: &str, key: &Path| {
+        spawn_kiln(
+            home,
+            &[
+                "agent",
+                "--cluster",
+                &cluster,
+                "--name",
+                name,
+                "--ttl",
+                "2",
+                "--peer-port",
+                "0",
+                "--signed-by",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    let _a1 = Procs(vec![agent(&h1, "h1", &key)]);
+    let ctl = tempdir("fleet-peersig-ctl");
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "1", &images[1].1]);
+    wait_serving(&ctl, &urls, "web-0", "busybox 2.0.0\n");
+    // h1's store answers for what it holds about the digest: its signature.
+    let peer_port = hosts(&ctl, &urls).unwrap()[0]["peer_port"].as_u64().unwrap();
+    let digest = images[1].1.rsplit_once('@').unwrap().1;
+    let out = run("curl", &["-sf", &format!("http://127.0.0.1:{peer_port}/v2/team/web/referrers/{digest}")]);
+    let referrers = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(!referrers["manifests"].as_array().unwrap().is_empty(), "{referrers}");
+    registry.0[0].kill().unwrap();
+    registry.0[0].wait().unwrap();
+    // h2 trusts another key: it gets the image and its signature from h1,
+    // refuses them, and reports the slot failing; h1 keeps serving it.
+    let mut a2 = Procs(vec![agent(&h2, "h2", &other)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while placed(&ctl, &urls).len() < 2 {
+        assert!(Instant::now() < deadline, "h2 never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kiln_ok(&ctl, &ctl, &["drain-host", "--cluster", &cluster, "h1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hs = hosts(&ctl, &urls).unwrap();
+        let h2_row = hs.as_array().unwrap().iter().find(|h| h["name"] == "h2").cloned().unwrap_or_default();
+        if h2_row["failing"].as_array().is_some_and(|f| f.iter().any(|s| s == "web-0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "h2 never refused the peer's image: {hs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = fs::read_to_string(h2.join("kiln.log")).unwrap();
+    assert!(log.contains("pulled from peer h1"), "{log}");
+    let p = placed(&ctl, &urls);
+    assert!(p["h2"].is_empty() && !p["h1"].is_empty(), "refused on h2, still served by h1: {p:?}");
+    assert!(!kiln_ok(&h2, &h2, &["images"]).contains("web:"), "nothing tagged on h2");
+    // Under the right key, h2 runs it, pulled and checked the same way.
+    a2.0[0].kill().unwrap();
+    a2.0[0].wait().unwrap();
+    let _a2 = Procs(vec![agent(&h2, "h2", &key)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = placed(&ctl, &urls);
+        let on_h2 = p.get("h2").and_then(|s| s.first()).map(|(_, port)| *port);
+        if on_h2.is_some_and(|port| get(port).as_deref() == Some("busybox 2.0.0\n")) && p["h1"].is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-0 never moved to h2: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The signature came with the image, and is kept beside it.
+    let index = fs::read_to_string(h2.join("store/index.json")).unwrap();
+    let sig = format!("web:sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    assert!(index.contains(&sig), "{sig} in {index}");
+}
+
 #[test]
 fn a_slot_assigned_back_while_its_instance_drains_keeps_it_listed_and_serving() {
     let _room = room("fleet");

@@ -41,28 +41,32 @@ fn start_slot(
         field: format!("assign.{slot}.image"),
         message: "name the image by digest".into(),
     })?;
+    let plain = crate::spec::registries::RegistrySpec { insecure: true, ..Default::default() };
+    let peer_at = |addr: std::net::SocketAddr| registry::Remote {
+        host: addr.to_string(),
+        repo: remote.repo.clone(),
+        reference: Some(digest.to_string()),
+    };
     match signed_by {
-        // The image with its artifacts, its signature checked before any
-        // tag is set, as `kiln pull` from a `signed_by` registry.
+        // The image with its artifacts (a peer's too: its referrers), its
+        // signature checked before any tag is set, as `kiln pull` from a
+        // `signed_by` registry; the signature names the registry's image,
+        // wherever the bytes came from.
         Some(key) => {
-            let fetched = registry::fetch(store, &remote, &settings, Some(&a.service))?;
+            let fetched = registry::fetch(store, &remote, &settings, Some(&a.service)).or_else(|e| {
+                from_peers(peers(), &a.image, e, |addr| {
+                    registry::fetch(store, &peer_at(addr), &plain, Some(&a.service))
+                })
+            })?;
             verify_fetched(store, &fetched, key, &a.image)?;
             registry::tag_fetched(store, fetched, now)?;
         }
         None => {
-            if let Err(e) = registry::fetch_image(store, &remote, &digest, &settings) {
-                // The registry failed: a peer's store, by the same digest,
-                // every blob verified against it as from the registry.
-                let from_peer = peers().into_iter().find_map(|(peer, addr)| {
-                    let at = registry::Remote { host: addr.to_string(), repo: remote.repo.clone(), reference: None };
-                    let plain = crate::spec::registries::RegistrySpec { insecure: true, ..Default::default() };
-                    registry::fetch_image(store, &at, &digest, &plain).ok().map(|_| peer)
-                });
-                match from_peer {
-                    Some(peer) => eprintln!("{}: the registry failed ({e}); pulled from peer {peer}", a.image),
-                    None => return Err(e.into()),
-                }
-            }
+            registry::fetch_image(store, &remote, &digest, &settings).map(drop).or_else(|e| {
+                from_peers(peers(), &a.image, e, |addr| {
+                    registry::fetch_image(store, &peer_at(addr), &digest, &plain).map(drop)
+                })
+            })?;
         }
     }
     let size = store.read_blob(&digest)?.len() as u64;
@@ -83,6 +87,25 @@ fn start_slot(
     };
     rt.run(&req, launcher, now)?;
     Ok(())
+}
+
+/// What `pull` gets from the first of `peers` that has it, after the
+/// registry failed with `failed` (returned if no peer has it): a peer's
+/// store, by the same digest, every blob verified against it as from the
+/// registry.
+fn from_peers<T>(
+    peers: Vec<(String, std::net::SocketAddr)>,
+    image: &str,
+    failed: crate::image::registry::RegistryError,
+    pull: impl Fn(std::net::SocketAddr) -> Result<T, crate::image::registry::RegistryError>,
+) -> Result<T, crate::image::registry::RegistryError> {
+    for (peer, addr) in peers {
+        if let Ok(got) = pull(addr) {
+            eprintln!("{image}: the registry failed ({failed}); pulled from peer {peer}");
+            return Ok(got);
+        }
+    }
+    Err(failed)
 }
 
 /// The load balancers this host runs for the fleet's services, each with

@@ -6,6 +6,11 @@
 //! each blob through the store's verified reader, so a blob corrupted on
 //! this disk is cut short rather than served whole.
 //!
+//! The referrers API (`/v2/NAME/referrers/DIGEST`) lists what the store
+//! holds about a digest (its signatures, records and SBOMs), so that an
+//! agent that requires signatures can pull a signed image from a peer and
+//! check its signature as it would from the registry.
+//!
 //! For: serving what the store holds, by digest. Must never: serve a tag,
 //! write to the store, or keep a connection past its one answer.
 
@@ -30,6 +35,8 @@ pub enum Asked {
     Base,
     Manifest(Digest),
     Blob(Digest),
+    /// The manifests whose subject is this digest.
+    Referrers(Digest),
 }
 
 /// Why a request is refused, with its status.
@@ -63,6 +70,7 @@ pub fn parse(method: &str, path: &str) -> Result<(Asked, bool), Refused> {
     match kind {
         "manifests" => Ok((Asked::Manifest(digest), head)),
         "blobs" => Ok((Asked::Blob(digest), head)),
+        "referrers" => Ok((Asked::Referrers(digest), head)),
         _ => Err(Refused::NotFound(path.to_owned())),
     }
 }
@@ -119,6 +127,10 @@ fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
         Asked::Base => return answer(conn, 200, "application/json", b"{}", head),
         Asked::Manifest(d) => (d, true),
         Asked::Blob(d) => (d, false),
+        Asked::Referrers(d) => {
+            let body = serde_json::to_vec(&referrers(store, &d)).unwrap_or_default();
+            return answer(conn, 200, crate::oci::MEDIA_INDEX, &body, head);
+        }
     };
     if !store.has_blob(&digest) {
         return answer(conn, 404, "text/plain", format!("no {digest} here").as_bytes(), false);
@@ -187,6 +199,28 @@ fn write_answer(
     conn.write_all(&out)
 }
 
+/// The manifests in `store`'s index whose subject is `subject`, as an
+/// image index (the referrers API's answer); one that does not read is
+/// left out.
+fn referrers(store: &Store, subject: &Digest) -> crate::oci::Index {
+    let entries = store.index().map(|ix| ix.manifests).unwrap_or_default();
+    let mut manifests: Vec<crate::oci::Descriptor> = Vec::new();
+    for e in entries {
+        let about = store
+            .read_json::<crate::oci::Manifest>(&e.digest)
+            .is_ok_and(|m| m.subject.is_some_and(|s| s.digest == *subject));
+        if about && !manifests.iter().any(|m| m.digest == e.digest) {
+            manifests.push(crate::oci::Descriptor::new(&e.media_type, e.digest, e.size));
+        }
+    }
+    crate::oci::Index {
+        schema_version: 2,
+        media_type: Some(crate::oci::MEDIA_INDEX.to_owned()),
+        manifests,
+        annotations: None,
+    }
+}
+
 /// Where a peer's store is: its advertised address and peer port.
 pub fn address(record: &super::HostRecord) -> Option<SocketAddr> {
     Some(SocketAddr::new(record.address?, record.peer_port?))
@@ -202,7 +236,8 @@ mod tests {
         let digest = Digest::parse(&d).unwrap();
         assert_eq!(parse("GET", "/v2/"), Ok((Asked::Base, false)));
         assert_eq!(parse("GET", &format!("/v2/team/web/manifests/{d}")), Ok((Asked::Manifest(digest.clone()), false)));
-        assert_eq!(parse("HEAD", &format!("/v2/team/web/blobs/{d}")), Ok((Asked::Blob(digest), true)));
+        assert_eq!(parse("HEAD", &format!("/v2/team/web/blobs/{d}")), Ok((Asked::Blob(digest.clone()), true)));
+        assert_eq!(parse("GET", &format!("/v2/team/web/referrers/{d}")), Ok((Asked::Referrers(digest), false)));
         // A tag, a write, a path outside the API, a traversal: refused.
         assert!(matches!(parse("GET", "/v2/team/web/manifests/latest"), Err(Refused::NotFound(_))));
         assert_eq!(parse("PUT", &format!("/v2/team/web/blobs/{d}")), Err(Refused::Method));
