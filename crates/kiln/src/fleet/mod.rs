@@ -14,6 +14,7 @@
 pub mod canary;
 pub mod change;
 pub mod etcd;
+pub mod lease;
 pub mod peer;
 pub mod place;
 pub mod reconcile;
@@ -218,52 +219,25 @@ pub fn run_agent(
 ) -> Result<(), EtcdError> {
     let AgentHooks { record, reconcile, route, fence, mut admitted, keep, log } = hooks;
     let key = format!("{HOSTS}{name}");
-    let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
     let ttl_d = Duration::from_secs(ttl.max(1) as u64);
-    let lease: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
-    // When the lease was last renewed (or granted): None before the first.
-    let renewed: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let mark = || {
-        if let Ok(mut r) = renewed.lock() {
-            *r = Some(Instant::now());
-        }
-    };
-    let stale = || renewed.lock().ok().and_then(|r| *r).map(|t| t.elapsed());
+    let lease = lease::Lease::new(ttl);
+    let stale = || lease.age();
+    let current = || lease.current();
     let last: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(serde_json::to_vec(&record()).unwrap_or_default());
-    let current = || lease.lock().map(|l| *l).unwrap_or(None);
-    let pause = |started: Instant| {
-        while started.elapsed() < period && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
+    // No lease, or one that expired: the host registers again at once,
+    // with the last record written.
+    let register = |expired: Option<i64>| -> Result<(), EtcdError> {
+        if expired.is_some() {
+            log("the lease expired: registering again");
         }
+        let id = cluster.grant(ttl)?;
+        let value = last.lock().map(|v| v.clone()).unwrap_or_default();
+        cluster.put(&key, &value, id)?;
+        lease.set(Some(id));
+        Ok(())
     };
     std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let step = || -> Result<(), EtcdError> {
-                    if let Some(id) = current() {
-                        if cluster.keepalive(id)?.is_some() {
-                            mark();
-                            return Ok(());
-                        }
-                        log("the lease expired: registering again");
-                    }
-                    let id = cluster.grant(ttl)?;
-                    mark();
-                    let value = last.lock().map(|v| v.clone()).unwrap_or_default();
-                    cluster.put(&key, &value, id)?;
-                    if let Ok(mut l) = lease.lock() {
-                        *l = Some(id);
-                    }
-                    Ok(())
-                };
-                if let Err(e) = step() {
-                    // Kept trying: the lease outlives a short outage.
-                    log(&e.to_string());
-                }
-                pause(started);
-            }
-        });
+        s.spawn(|| lease.keep_alive(cluster, stop, log, &register));
         let mut fenced = false;
         let mut written: Option<(i64, Vec<u8>)> = None;
         let mut published: std::collections::BTreeMap<String, Instant> = std::collections::BTreeMap::new();
@@ -349,12 +323,10 @@ pub fn run_agent(
                     log(&e.to_string());
                 }
             }
-            pause(started);
+            lease.pause(started, stop);
         }
     });
-    if let Some(id) = current() {
-        let _ = cluster.revoke(id);
-    }
+    lease.revoke(cluster);
     Ok(())
 }
 
@@ -586,33 +558,19 @@ pub fn run_controller(
     stop: &AtomicBool,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<(), EtcdError> {
-    let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
-    let lease: std::sync::Mutex<Option<i64>> = std::sync::Mutex::new(None);
-    let current = || lease.lock().map(|l| *l).unwrap_or(None);
-    let set = |v: Option<i64>| {
-        if let Ok(mut l) = lease.lock() {
-            *l = v;
+    let lease = lease::Lease::new(ttl);
+    let current = || lease.current();
+    let set = |v: Option<i64>| lease.set(v);
+    // An expired lease ends leadership: the main loop campaigns again
+    // under a new one.
+    let lapsed = |expired: Option<i64>| -> Result<(), EtcdError> {
+        if expired.is_some() {
+            set(None);
         }
-    };
-    let pause = |started: Instant| {
-        while started.elapsed() < period && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(())
     };
     std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                if let Some(id) = current() {
-                    match cluster.keepalive(id) {
-                        Ok(Some(_)) => {}
-                        Ok(None) => set(None),
-                        Err(e) => log(&e.to_string()),
-                    }
-                }
-                pause(started);
-            }
-        });
+        s.spawn(|| lease.keep_alive(cluster, stop, log, &lapsed));
         let mut epoch: Option<i64> = None;
         let mut seen = std::collections::BTreeMap::new();
         // An agent stops a singleton 2 × TTL after its last renewal, and
@@ -655,11 +613,9 @@ pub fn run_controller(
             if let Err(e) = step() {
                 log(&e.to_string());
             }
-            pause(started);
+            lease.pause(started, stop);
         }
     });
-    if let Some(id) = current() {
-        let _ = cluster.revoke(id);
-    }
+    lease.revoke(cluster);
     Ok(())
 }
