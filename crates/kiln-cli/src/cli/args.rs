@@ -97,6 +97,9 @@ pub(crate) enum Cmd {
         name: Option<String>,
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
         ttl: i64,
+        /// Also serve the fleet API on this address (GET /v1/fleet/services, /v1/fleet/hosts, POST /v1/fleet); requests need `Authorization: Bearer` with the token in $KILN_HOME/serve.token.
+        #[arg(long, value_name = "ADDR")]
+        api: Option<std::net::SocketAddr>,
     },
     /// Set a service's desired replicas and image in the fleet (--replicas 0 removes it); the leading controller places them.
     Place {
@@ -454,7 +457,7 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run the release controller in the foreground: its API on $KILN_HOME/serve.sock (0600), a load balancer process per service of kiln.toml with a listen address.
+    /// Run the release controller in the foreground: its API on $KILN_HOME/serve.sock (0600), a load balancer process per service of kiln.toml with a listen address. With --cluster: a fleet controller instead (as kiln controller), its fleet API on --tcp.
     Serve {
         #[arg(short = 'f', long = "file", default_value = "kiln.toml")]
         file: PathBuf,
@@ -462,8 +465,16 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "ADDR")]
         tcp: Option<std::net::SocketAddr>,
         /// Take over from the running kiln serve (after upgrading kiln): its API sockets, instances and load balancers, which are replaced by this binary's without a refused connection; it then exits.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         upgrade: bool,
+        /// With --cluster: this controller's name in the election (default: the machine's hostname).
+        #[arg(long, requires = "cluster")]
+        name: Option<String>,
+        /// With --cluster: the controller's lease, in seconds.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=60))]
+        ttl: i64,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Print the link that opens kiln serve's web dashboard in a browser (signing it in once; kiln serve needs --tcp).
     Dashboard,

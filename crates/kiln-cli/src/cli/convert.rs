@@ -112,7 +112,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
     let actor = super::actor;
     let mut then = Then::Nothing;
     let (command, json) = match cmd {
-        Cmd::Serve { file, tcp, upgrade } => return Ok(Invocation::Serve { file, tcp, upgrade }),
+        Cmd::Serve { tcp, name, ttl, fleet, .. } if fleet.on() => {
+            let name = host_name(name)?;
+            (Command::FleetController { cluster: fleet.into(), name, ttl_secs: ttl, api: tcp }, false)
+        }
+        Cmd::Serve { file, tcp, upgrade, .. } => return Ok(Invocation::Serve { file, tcp, upgrade }),
         Cmd::Dashboard => return Ok(Invocation::Dashboard),
         Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
         Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
@@ -235,12 +239,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
         Cmd::Agent { cluster, name, ttl, signed_by, advertise, file, peer_port } => {
             let registries = if file.is_file() { kiln::spec::load(&file)?.registries } else { Default::default() };
-            let name = match name {
-                Some(n) => n,
-                None => std::fs::read_to_string("/etc/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .context("reading /etc/hostname (or give --name)")?,
-            };
+            let name = host_name(name)?;
             (
                 Command::Agent {
                     cluster: cluster.into(),
@@ -277,14 +276,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Unassign { cluster, host, slot } => {
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: None }, false)
         }
-        Cmd::Controller { cluster, name, ttl } => {
-            let name = match name {
-                Some(n) => n,
-                None => std::fs::read_to_string("/etc/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .context("reading /etc/hostname (or give --name)")?,
-            };
-            (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl }, false)
+        Cmd::Controller { cluster, name, ttl, api } => {
+            let name = host_name(name)?;
+            (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api }, false)
         }
         Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster: cluster.into(), host, undo }, false),
         Cmd::Place {
@@ -558,6 +552,16 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
 
 /// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
 /// when it exists (push and pull also work outside a project).
+/// `name`, else the machine's hostname.
+fn host_name(name: Option<String>) -> anyhow::Result<String> {
+    match name {
+        Some(n) => Ok(n),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .context("reading /etc/hostname (or give --name)"),
+    }
+}
+
 /// A change to fleet service `service` (default: kiln.toml's only
 /// service with a listen address); with `follow`, followed for the
 /// service's progress deadline (kiln.toml's, else 10 minutes).

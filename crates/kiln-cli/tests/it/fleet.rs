@@ -1596,6 +1596,39 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         (Some(images[1].1.as_str()), true)
     );
 
+    // Through a controller that does not lead (`kiln serve --cluster …
+    // --tcp`): its fleet API takes the same commands, answers the same
+    // typed output, and names what is wrong.
+    let c2 = tempdir("fleet-deploy-c2");
+    let api_port = free_port();
+    let listen = format!("127.0.0.1:{api_port}");
+    let _c2 =
+        Procs(vec![spawn_kiln(&c2, &["serve", "--cluster", &cluster, "--name", "c2", "--ttl", "2", "--tcp", &listen])]);
+    wait_port(api_port);
+    let token = fs::read_to_string(c2.join("serve.token")).unwrap().trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let api = |method: &str, path: &str, body: &str, auth: &str| {
+        let (code, _, b) = Conn::new(api_port).send(method, path, &[("Authorization", auth)], body.as_bytes()).unwrap();
+        (code, serde_json::from_slice::<serde_json::Value>(&b).unwrap_or_default())
+    };
+    assert_eq!(api("GET", "/v1/fleet/services", "", "Bearer nope").0, 401);
+    let (code, v) = api("GET", "/v1/fleet/services", "", &bearer);
+    assert_eq!((code, v["kind"].as_str()), (200, Some("fleet_services")), "{v}");
+    assert_eq!(v["output"][0]["desired"]["image"], images[1].1.as_str(), "{v}");
+    let (code, v) = api("POST", "/v1/fleet", r#"{"rollback": {"service": "web"}}"#, &bearer);
+    assert_eq!(code, 200, "{v}");
+    assert!(v["output"]["message"].as_str().is_some_and(|m| m.contains("rolled back")), "{v}");
+    serving_only("1.0.0");
+    let (code, v) = api("POST", "/v1/fleet", r#"{"abort": {"service": "web"}}"#, &bearer);
+    assert_eq!(code, 409, "nothing to abort: {v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("no canary in progress")), "{v}");
+    let (code, v) = api("POST", "/v1/fleet", r#"{"rollback": {"service": "web", "to": "x"}}"#, &bearer);
+    assert_eq!((code, v["field"].as_str()), (400, Some("to")), "{v}");
+    let (code, v) = api("POST", "/v1/fleet", r#"{"rollback": {"service": "nosuch"}}"#, &bearer);
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = api("GET", "/v1/fleet/hosts", "", &bearer);
+    assert_eq!((code, v["output"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
+
     // Down: every instance and load balancer gone.
     let out = kiln_in(&["down"]);
     assert!(out.contains("removed"), "{out}");

@@ -476,9 +476,22 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::Done { message })
         }
-        Command::FleetController { cluster, name, ttl_secs } => {
+        Command::FleetController { cluster, name, ttl_secs, api } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let stop = crate::sys::stop_on_signal();
+            if let Some(addr) = api {
+                let l = std::net::TcpListener::bind(addr).map_err(|e| CommandError::BadRequest {
+                    field: "tcp".into(),
+                    message: format!("cannot bind {addr}: {e}"),
+                })?;
+                let (home, retention) = (ctx.store.home().to_owned(), ctx.retention);
+                std::thread::spawn(move || {
+                    if let Err(e) = super::fleet_api::serve(home, cluster, l, retention, stop) {
+                        eprintln!("kiln controller: the fleet API stopped: {e}");
+                    }
+                });
+                eprintln!("kiln controller {name}: fleet API on http://{addr}");
+            }
             crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &|m| eprintln!("kiln controller {name}: {m}"))?;
             Ok(Output::Done { message: format!("kiln controller {name} stopped") })
         }

@@ -4,6 +4,7 @@
 
 mod error;
 mod fleet;
+pub mod fleet_api;
 pub mod host;
 mod output;
 pub mod pipeline;
@@ -175,6 +176,8 @@ pub enum Command {
         cluster: crate::fleet::etcd::Cluster,
         name: String,
         ttl_secs: i64,
+        /// Also serve the fleet API ([`fleet_api`]) on this address.
+        api: Option<std::net::SocketAddr>,
     },
     /// Sets a service's desired replicas and image in the fleet (replicas
     /// 0 removes it). Caller's process only.

@@ -279,7 +279,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// The answer to a command that failed: the message, the field when the
 /// request was bad, and the exit status a CLI gives it.
-fn failure(e: &CommandError) -> (u16, Value) {
+pub(crate) fn failure(e: &CommandError) -> (u16, Value) {
     let mut body = json!({ "error": chain(e), "exit": e.exit_code() });
     if let CommandError::BadRequest { field, .. } = e {
         body["field"] = json!(field);

@@ -29,7 +29,8 @@ pub enum Change {
 }
 
 /// kiln.toml's canary strategy, as the fleet runs it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CanaryPlan {
     /// Weights, percent; the last is below 100 (promotion follows it).
     pub steps: Vec<u32>,

@@ -1,0 +1,249 @@
+//! The API of a fleet controller (`kiln serve --cluster … --tcp ADDR`, or
+//! `kiln controller --api ADDR`): every controller, leading or not, takes
+//! the fleet's commands over HTTP, as the same [`Command`]s the CLI makes
+//! (with this controller's cluster), and answers with the same typed
+//! [`Output`]. A change is written to etcd conditioned on what it read,
+//! so it does not matter which controller takes it.
+//!
+//! - `GET /v1/fleet/services`, `GET /v1/fleet/hosts`;
+//! - `POST /v1/fleet` with a [`FleetRequest`], externally tagged:
+//!   `{"rollback": {"service": "web"}}`.
+//!
+//! Callers send `Authorization: Bearer TOKEN` (`$KILN_HOME/serve.token`).
+//!
+//! For: the routes, bodies and connections of the fleet API. Must never:
+//! decide or act on the fleet itself (`command::fleet` and `fleet` do).
+
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Command, CommandError, Output};
+use crate::fleet::change::{CanaryPlan, Change};
+use crate::fleet::etcd::Cluster;
+use crate::fleet::place::Desired;
+use crate::net::http;
+use crate::serve::auth;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+
+/// A fleet command as an API body. Each becomes the [`Command`] the CLI
+/// would make, with the controller's cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FleetRequest {
+    Services {},
+    Hosts {},
+    /// `kiln place`: the desired state as it is.
+    Place {
+        service: String,
+        desired: Desired,
+    },
+    /// `kiln deploy --cluster`: `settings` (as kiln.toml's service makes
+    /// them) with a new image, a canary when `canary` is given. A tag is
+    /// resolved to its digest through the registry, with `registry`'s
+    /// settings. Not followed: `GET /v1/fleet/services` shows progress.
+    Deploy {
+        service: String,
+        settings: Desired,
+        #[serde(default)]
+        canary: Option<CanaryPlan>,
+        #[serde(default)]
+        registry: crate::spec::registries::RegistrySpec,
+    },
+    Rollback {
+        service: String,
+    },
+    Promote {
+        service: String,
+    },
+    Abort {
+        service: String,
+    },
+    Down {
+        service: String,
+    },
+    DrainHost {
+        host: String,
+        #[serde(default)]
+        undo: bool,
+    },
+}
+
+impl FleetRequest {
+    /// The command it stands for, against `cluster`.
+    pub fn into_command(self, cluster: Cluster) -> Command {
+        let change = |service: String, change: Change| Command::FleetChange {
+            cluster: cluster.clone(),
+            service,
+            change,
+            registry: Default::default(),
+            wait: None,
+        };
+        match self {
+            FleetRequest::Services {} => Command::FleetServices { cluster },
+            FleetRequest::Hosts {} => Command::Hosts { cluster },
+            FleetRequest::Place { service, desired } => Command::Place { cluster, service, desired },
+            FleetRequest::Deploy { service, settings, canary, registry } => Command::FleetChange {
+                cluster: cluster.clone(),
+                service,
+                change: Change::Deploy { settings: Box::new(settings), canary },
+                registry,
+                wait: None,
+            },
+            FleetRequest::Rollback { service } => change(service, Change::Rollback),
+            FleetRequest::Promote { service } => change(service, Change::Promote),
+            FleetRequest::Abort { service } => change(service, Change::Abort),
+            FleetRequest::Down { service } => change(service, Change::Down),
+            FleetRequest::DrainHost { host, undo } => Command::DrainHost { cluster, host, undo },
+        }
+    }
+}
+
+/// The request a route and body stand for, or why none does (status and
+/// a message naming the field). Pure.
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<FleetRequest, (u16, CommandError)> {
+    let bad = |field: &str, message: String| (400, CommandError::BadRequest { field: field.into(), message });
+    match (method, path) {
+        ("GET", "/v1/fleet/services") => Ok(FleetRequest::Services {}),
+        ("GET", "/v1/fleet/hosts") => Ok(FleetRequest::Hosts {}),
+        ("POST", "/v1/fleet") => serde_json::from_slice(body).map_err(|e| {
+            let m = e.to_string();
+            // serde names the field between backticks; a wrong request
+            // name is the `request` field's fault.
+            let field = match m.split('`').nth(1) {
+                Some(f) if !m.starts_with("unknown variant") => f.to_owned(),
+                _ => "request".to_owned(),
+            };
+            bad(&field, m)
+        }),
+        (_, "/v1/fleet" | "/v1/fleet/services" | "/v1/fleet/hosts") => {
+            Err((405, CommandError::BadRequest { field: "method".into(), message: format!("{method} {path}") }))
+        }
+        _ => Err((404, CommandError::BadRequest { field: "path".into(), message: format!("no route {path}") })),
+    }
+}
+
+/// Serves the fleet API on `listener` until `stop`, carrying requests out
+/// with the store of `home` against `cluster`; callers must send the
+/// token in `home`.
+pub fn serve(
+    home: std::path::PathBuf,
+    cluster: Cluster,
+    listener: TcpListener,
+    retention: crate::runtime::logs::Retention,
+    stop: &'static AtomicBool,
+) -> Result<(), CommandError> {
+    let keys = Arc::new(auth::Keys::new(&crate::serve::token(&home)?));
+    let active = Arc::new(AtomicUsize::new(0));
+    let _ = listener.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            let mut conn = conn;
+            let _ = http::write_response(&mut conn, 503, br#"{"error":"busy"}"#);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (home, cluster, keys, active) = (home.clone(), cluster.clone(), keys.clone(), active.clone());
+        std::thread::spawn(move || {
+            // A bug in one request must not take the controller down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = one(&home, &cluster, &keys, retention, conn);
+            }));
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    Ok(())
+}
+
+/// Answers one request on `conn`, then closes it.
+fn one(
+    home: &std::path::Path,
+    cluster: &Cluster,
+    keys: &auth::Keys,
+    retention: crate::runtime::logs::Retention,
+    mut conn: TcpStream,
+) -> std::io::Result<()> {
+    let _ = conn.set_nonblocking(false);
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = http::read_request(&mut BufReader::new(conn.try_clone()?))?;
+    let (status, body) = match auth::check(&req, Some(keys)) {
+        Err(auth::Denied::Unauthenticated) => {
+            (401, serde_json::json!({ "error": "send Authorization: Bearer TOKEN ($KILN_HOME/serve.token)" }))
+        }
+        Err(auth::Denied::Csrf(why)) => (403, serde_json::json!({ "error": why })),
+        Ok(_) => match route(&req.method, &req.path, &req.body) {
+            Err((status, e)) => (status, super::remote::failure(&e).1),
+            Ok(request) => {
+                let outcome = carry_out(home, request.into_command(cluster.clone()), retention);
+                match outcome {
+                    Ok(output) => (200, serde_json::to_value(&output).unwrap_or_default()),
+                    Err(e) => super::remote::failure(&e),
+                }
+            }
+        },
+    };
+    http::write_response(&mut conn, status, body.to_string().as_bytes())
+}
+
+/// Carries out `cmd` with the store of `home`, as the CLI would.
+fn carry_out(
+    home: &std::path::Path,
+    cmd: Command,
+    retention: crate::runtime::logs::Retention,
+) -> Result<Output, CommandError> {
+    struct Quiet;
+    impl crate::bake::Progress for Quiet {
+        fn step_started(&mut self, _: usize, _: usize, _: &str) {}
+        fn step_output(&mut self, _: &str) {}
+        fn step_finished(&mut self, _: &crate::bake::StepReport) {}
+    }
+    let host = super::host::Host::open(home)?;
+    let mut quiet = Quiet;
+    let ctx_now = crate::time::now_secs();
+    let mut ctx = host.context(&mut quiet, ctx_now, None, retention);
+    super::execute(cmd, &mut ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_bodies_become_the_cli_s_commands_and_bad_ones_name_the_field() {
+        let ok = |m: &str, p: &str, b: &[u8]| route(m, p, b).map_err(|(s, e)| format!("{s} {e}"));
+        assert_eq!(ok("GET", "/v1/fleet/services", b""), Ok(FleetRequest::Services {}));
+        assert_eq!(ok("GET", "/v1/fleet/hosts", b""), Ok(FleetRequest::Hosts {}));
+        assert_eq!(
+            ok("POST", "/v1/fleet", br#"{"rollback": {"service": "web"}}"#),
+            Ok(FleetRequest::Rollback { service: "web".into() })
+        );
+        let cluster = Cluster { urls: vec!["http://127.0.0.1:2379".into()], ca: None, cert: None, key: None };
+        let cmd = FleetRequest::Promote { service: "web".into() }.into_command(cluster.clone());
+        assert!(
+            matches!(cmd, Command::FleetChange { ref service, change: Change::Promote, wait: None, .. } if service == "web")
+        );
+        let field = |body: &[u8]| match route("POST", "/v1/fleet", body) {
+            Err((400, CommandError::BadRequest { field, .. })) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(br#"{"rollback": {}}"#), "service");
+        assert_eq!(field(br#"{"rollback": {"service": "web", "to": "x"}}"#), "to");
+        assert_eq!(field(br#"{"reboot": {}}"#), "request");
+        assert!(matches!(route("DELETE", "/v1/fleet", b""), Err((405, _))));
+        assert!(matches!(route("GET", "/v1/commands", b""), Err((404, _))));
+    }
+}
