@@ -269,6 +269,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 millicpus: None,
                 singleton: false,
                 health: None,
+                channel: None,
                 epoch: 0,
             };
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: Some(assignment) }, false)
@@ -337,6 +338,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 listen,
                 health,
                 canary,
+                channel: None,
                 previous: None,
             };
             (Command::Place { cluster: cluster.into(), service, desired }, false)

@@ -1403,6 +1403,103 @@ fn with_the_registry_down_a_signed_image_comes_from_a_peer_with_its_signature_ch
     assert!(index.contains(&sig), "{sig} in {index}");
 }
 
+/// busybox httpd images 1.0.0 and 2.0.0 pushed to the registry, both
+/// through the gate (test, scan, secret scan) and signed by the
+/// `[promotion]` key; only 1.0.0 promoted to dev, staging and prod. The
+/// channel signatures travel with the image. Returns them and the key.
+fn pushed_promoted(registry_port: u16) -> (Vec<String>, std::path::PathBuf) {
+    let (dir, home) = (tempdir("fleet-promoted-src"), tempdir("fleet-promoted-home"));
+    busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
+    kiln_ok(&home, &dir, &["key", "generate"]);
+    let osv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv");
+    let mut out = Vec::new();
+    for v in ["1.0.0", "2.0.0"] {
+        fs::create_dir_all(dir.join(format!("www-{v}"))).unwrap();
+        fs::write(dir.join(format!("www-{v}/index.html")), format!("busybox {v}\n")).unwrap();
+        let toml = busybox_image(v).replace("127.0.0.1:$PORT", "$PORT")
+            + "[image.web.test]\nchecks = [\"/\"]\ntimeout = \"30s\"\n[image.web.scan]\nmax_db_age = \"36500d\"\n";
+        fs::write(dir.join("kiln.toml"), toml).unwrap();
+        let digest = bake_digests(&home, &dir, &[])[0].clone();
+        kiln_ok(&home, &dir, &["test", "web"]);
+        kiln_ok(&home, &dir, &["scan", "web", "--db", osv.to_str().unwrap()]);
+        kiln_ok(&home, &dir, &["scan-secrets", "web"]);
+        kiln_ok(&home, &dir, &["sign", "web"]);
+        if v == "1.0.0" {
+            for channel in ["dev", "staging", "prod"] {
+                kiln_ok(&home, &dir, &["promote-image", "web", "--to", channel]);
+            }
+        }
+        kiln_ok(&home, &dir, &["push", &format!("web:{v}"), &format!("127.0.0.1:{registry_port}/team/web:{v}")]);
+        out.push(format!("127.0.0.1:{registry_port}/team/web@{digest}"));
+    }
+    (out, home.join("keys/default.pub"))
+}
+
+/// A service with `channel = "prod"` in kiln.toml, deployed to a fleet:
+/// every host runs only digests promoted to prod, checked against the
+/// `[promotion]` key with the signatures that came with the image. A
+/// signed but unpromoted release is refused on the host, and the promoted
+/// one keeps serving.
+#[test]
+fn a_service_with_a_channel_runs_only_digests_promoted_to_it_on_every_host() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-channel");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-channel-registry"), reg_port, ""));
+    let (images, key) = pushed_promoted(reg_port);
+    let h1 = tempdir("fleet-channel-h1");
+    let _hosts_clean = HostsCleanup(vec![h1.clone()]);
+    let _agent = Procs(vec![spawn_kiln(
+        &h1,
+        &["agent", "--cluster", &cluster, "--name", "h1", "--ttl", "2", "--signed-by", key.to_str().unwrap()],
+    )]);
+    let ctl = tempdir("fleet-channel-ctl");
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let app = tempdir("fleet-channel-app");
+    fs::write(
+        app.join("kiln.toml"),
+        format!(
+            "[service.web]\nimage = \"{}\"\nchannel = \"prod\"\nlisten = \"0.0.0.0:{}\"\nreplicas = 1\n",
+            images[0],
+            free_port()
+        ),
+    )
+    .unwrap();
+    let deploy = |image: &str, wait: bool| {
+        let mut args = vec!["deploy", "--cluster", cluster.as_str(), "--image", image];
+        if !wait {
+            args.push("--no-wait");
+        }
+        kiln(&ctl, &app, &args)
+    };
+    // Promoted to prod: it runs, and the channel is in the desired state.
+    let out = deploy(&images[0], true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = wait_serving(&ctl, &urls, "web-0", "busybox 1.0.0\n");
+    let s = services(&ctl, &urls);
+    assert_eq!(s[0]["desired"]["channel"], "prod", "{s}");
+    // Signed, not promoted: the host refuses it, names why, and reports
+    // the slot failing; 1.0.0 keeps serving.
+    let out = deploy(&images[1], false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hs = hosts(&ctl, &urls).unwrap();
+        if hs[0]["failing"].as_array().is_some_and(|f| f.iter().any(|s| s == "web-0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "h1 never refused the unpromoted digest: {hs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = fs::read_to_string(h1.join("kiln.log")).unwrap();
+    assert!(log.contains("is not promoted to channel \"prod\""), "{log}");
+    assert_eq!(get(port).as_deref(), Some("busybox 1.0.0\n"), "the promoted release keeps serving");
+}
+
 #[test]
 fn a_slot_assigned_back_while_its_instance_drains_keeps_it_listed_and_serving() {
     let _room = room("fleet");

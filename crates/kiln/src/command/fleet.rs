@@ -37,6 +37,15 @@ fn start_slot(
     let settings = registries.get(&remote.host).cloned().unwrap_or_default();
     // The agent's own key, or the registry's (kiln.toml's `signed_by`).
     let signed_by = signed_by.or(settings.signed_by.as_deref());
+    if let (Some(channel), None) = (&a.channel, signed_by) {
+        return Err(CommandError::BadRequest {
+            field: format!("assign.{slot}.channel"),
+            message: format!(
+                "channel {channel:?}: the agent needs the [promotion] public key (--signed-by, or the registry's \
+                 signed_by) to check that a digest is promoted to it"
+            ),
+        });
+    }
     let digest = a.digest().ok_or_else(|| CommandError::BadRequest {
         field: format!("assign.{slot}.image"),
         message: "name the image by digest".into(),
@@ -58,7 +67,17 @@ fn start_slot(
                     registry::fetch(store, &peer_at(addr), &plain, Some(&a.service))
                 })
             })?;
-            verify_fetched(store, &fetched, key, &a.image)?;
+            let verified = verify_fetched(store, &fetched, key, &a.image)?;
+            // A service with a channel runs only digests promoted to it,
+            // as on one host.
+            if let Some(channel) = a.channel.as_ref().filter(|c| !verified.channels.contains_key(*c)) {
+                return Err(crate::verify::promote::PromoteError::NotPromoted {
+                    digest: digest.clone(),
+                    channel: channel.clone(),
+                    promoted: verified.channels.into_keys().collect(),
+                }
+                .into());
+            }
             registry::tag_fetched(store, fetched, now)?;
         }
         None => {
@@ -643,6 +662,7 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
             millicpus: None,
             singleton: false,
             health: None,
+            channel: None,
             image: image.to_owned(),
             service: service.to_owned(),
             env: vec![],

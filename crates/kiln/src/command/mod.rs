@@ -431,7 +431,7 @@ fn verify_fetched(
     fetched: &crate::image::registry::Fetched,
     path: &std::path::Path,
     reference: &str,
-) -> Result<(), CommandError> {
+) -> Result<crate::verify::sign::Verified, CommandError> {
     use crate::verify::sign;
     let pem = std::fs::read_to_string(path).map_err(|source| sign::SignError::Io { path: path.to_owned(), source })?;
     let what = path.display().to_string();
@@ -444,8 +444,7 @@ fn verify_fetched(
         .into());
     };
     let m: Manifest = store.read_json(sig)?;
-    sign::verify_manifest(store, reference, &fetched.digest, &m, &key, &what)?;
-    Ok(())
+    Ok(sign::verify_manifest(store, reference, &fetched.digest, &m, &key, &what)?)
 }
 
 pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {

@@ -342,6 +342,7 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         listen: spec.release.listen.map(|a| a.port()),
         health: spec.release.health.path.clone(),
         canary: None,
+        channel: spec.channel.as_ref().map(|r| r.channel.clone()),
         previous: None,
     };
     Ok((desired, canary))
@@ -366,6 +367,7 @@ mod tests {
             listen: Some(8080),
             health: Some("/".into()),
             canary: None,
+            channel: None,
             previous: None,
         }
     }

@@ -46,6 +46,9 @@ pub struct Desired {
     /// `weight` percent of every load balancer's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// kiln.toml's `channel`: every host runs only digests promoted to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// The image this one replaced (a deploy's or a promotion's): where
     /// `kiln rollback --cluster` goes back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +195,7 @@ pub fn decide(
                 millicpus: d.millicpus,
                 singleton: d.singleton,
                 health: d.health.clone(),
+                channel: d.channel.clone(),
                 epoch: 0,
             };
             if d.singleton {
@@ -297,6 +301,7 @@ mod tests {
             listen: None,
             health: None,
             canary: None,
+            channel: None,
             previous: None,
         }
     }

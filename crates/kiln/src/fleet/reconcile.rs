@@ -36,6 +36,10 @@ pub struct Assignment {
     /// and drains the instance it replaces only then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Only a digest promoted to this channel runs: a signature for it by
+    /// the agent's key (the `[promotion]` key) must verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// The epoch of the leader that wrote it (its election revision; 0:
     /// written by hand with no leader). An agent refuses a change from an
     /// epoch older than one it has acted on ([`admit`]).
@@ -158,6 +162,7 @@ mod tests {
             millicpus: None,
             singleton: false,
             health: None,
+            channel: None,
             epoch: 0,
         }
     }

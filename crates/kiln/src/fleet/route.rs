@@ -137,6 +137,7 @@ mod tests {
                 max_error_rate: None,
                 max_p99_ratio: None,
             }),
+            channel: None,
             previous: None,
         }
     }
