@@ -492,6 +492,12 @@ pub(crate) enum Cmd {
         no_wait: bool,
         #[arg(long)]
         json: bool,
+        /// With --cluster, for a service whose image is an [image.X] of kiln.toml: bake it, push it to this REGISTRY/REPO under its first tag, and deploy that digest.
+        #[arg(long, value_name = "REGISTRY/REPO", requires = "cluster")]
+        push: Option<String>,
+        /// With --push: sign it with this key first, the signature naming the registry's repository.
+        #[arg(long, value_name = "KEY", requires = "push")]
+        sign: Option<String>,
         #[command(flatten)]
         fleet: FleetArgs,
     },

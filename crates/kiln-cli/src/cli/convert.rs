@@ -139,28 +139,39 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Down { service, file, json, fleet, .. } if fleet.on() => {
             (fleet_change(fleet, &file, service, Change::Down, false)?, json)
         }
-        Cmd::Deploy { service, image, file, no_wait, json, fleet } if fleet.on() => {
+        Cmd::Deploy { service, image, file, no_wait, json, fleet, push, sign } if fleet.on() => {
             let service = pick_service(&file, service)?;
             let spec = kiln::spec::load(&file)?;
             let Some(s) = spec.services.get(&service) else {
                 bail!("{}: no [service.{service}]", file.display());
             };
             let image = image.unwrap_or_else(|| s.image.clone());
-            if spec.images.contains_key(&image) {
-                bail!(
+            // An [image.X] of the file is baked and pushed first, with --push.
+            let bake = match (spec.images.contains_key(&image), push) {
+                (true, Some(push_to)) => {
+                    Some(command::FleetBake { file: file.clone(), image: image.clone(), push_to, sign })
+                }
+                (true, None) => bail!(
                     "{}: service.{service}.image is [image.{image}] of this file: a fleet's hosts pull from a \
-                     registry, so push it (kiln push) and give --image REGISTRY/REPO:TAG or @sha256:…",
+                     registry; give --push REGISTRY/REPO to bake and push it, or --image REGISTRY/REPO:TAG",
                     file.display()
-                );
-            }
-            let registry = registry_settings(&file, &image)?;
+                ),
+                (false, Some(_)) => {
+                    bail!("--push: service.{service}.image ({image}) is not an [image.X] of {}", file.display())
+                }
+                (false, None) => None,
+            };
+            let registry = match &bake {
+                Some(b) => registry_settings(&file, &b.push_to)?,
+                None => registry_settings(&file, &image)?,
+            };
             let (settings, canary) = kiln::fleet::change::from_service(s, image)?;
             // Followed for the progress deadline, plus each canary step
             // with its three extensions.
             let steps_ms = canary.as_ref().map_or(0, |c| c.steps.len() as u64 * c.step_secs * 4 * 1000);
             let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
             let change = Change::Deploy { settings: Box::new(settings), canary };
-            (Command::FleetChange { cluster: fleet.into(), service, change, registry, wait }, json)
+            (Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake }, json)
         }
         Cmd::Status { service, json, fleet: _ } => return Ok(controller(Request::Status { service }, json, then)),
         Cmd::Rollback { service, to, file, json, fleet: _ } => {
@@ -221,7 +232,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 up,
             }));
         }
-        Cmd::Deploy { service, image, file, no_wait, json, fleet: _ } => {
+        Cmd::Deploy { service, image, file, no_wait, json, .. } => {
             let service = pick_service(&file, service)?;
             // kiln serve releases the service as its own kiln.toml says; it
             // refuses a deploy that names another file (see README).
@@ -580,7 +591,7 @@ fn fleet_change(
         false => None,
     };
     let wait = follow.then(|| std::time::Duration::from_millis(deadline_ms.unwrap_or(600_000)));
-    Ok(Command::FleetChange { cluster: fleet.into(), service, change, registry: Default::default(), wait })
+    Ok(Command::FleetChange { cluster: fleet.into(), service, change, registry: Default::default(), wait, bake: None })
 }
 
 fn registry_settings(file: &std::path::Path, remote: &str) -> anyhow::Result<kiln::spec::registries::RegistrySpec> {

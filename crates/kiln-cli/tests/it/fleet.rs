@@ -1726,6 +1726,25 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let (code, v) = api("GET", "/v1/fleet/hosts", "", &bearer);
     assert_eq!((code, v["output"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
 
+    // An [image.X] of the file: baked, pushed and deployed in one command.
+    busybox_httpd_rootfs(&app.join("busybox-httpd.tar"));
+    fs::create_dir_all(app.join("www-3.0.0")).unwrap();
+    fs::write(app.join("www-3.0.0/index.html"), "busybox 3.0.0\n").unwrap();
+    let image = busybox_image("3.0.0").replace("127.0.0.1:$PORT", "$PORT");
+    fs::write(
+        &file,
+        format!(
+            "[service.web]\nimage = \"web\"\nlisten = \"0.0.0.0:{lb_port}\"\nreplicas = 2\n\
+             [service.web.health]\npath = \"/\"\n{image}"
+        ),
+    )
+    .unwrap();
+    let e = err_in(&["deploy"]);
+    assert!(e.contains("--push REGISTRY/REPO"), "{e}");
+    let out = kiln_in(&["deploy", "--push", &format!("127.0.0.1:{reg_port}/team/web")]);
+    assert!(out.contains(&format!("127.0.0.1:{reg_port}/team/web@sha256:")), "{out}");
+    serving_only("3.0.0");
+
     // Down: every instance and load balancer gone.
     let out = kiln_in(&["down"]);
     assert!(out.contains("removed"), "{out}");

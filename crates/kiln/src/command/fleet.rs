@@ -526,7 +526,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::Done { message })
         }
-        Command::FleetChange { cluster, service, mut change, registry, wait } => {
+        Command::FleetChange { cluster, service, mut change, registry, wait, bake } => {
             if !crate::spec::valid_image_name(&service) {
                 return Err(CommandError::BadRequest {
                     field: "service".into(),
@@ -534,6 +534,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 });
             }
             if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
+                if let Some(b) = bake {
+                    settings.image = bake_and_push(b, &registry, ctx)?;
+                }
                 // A tag is resolved once, here, to this platform's image
                 // manifest: every host then runs the same bytes.
                 let remote = crate::image::registry::Remote::parse(&settings.image)
@@ -600,6 +603,36 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         }
         _ => Err(CommandError::BadRequest { field: "command".into(), message: "not a fleet command".into() }),
     }
+}
+
+/// Bakes `b.image` from `b.file` and pushes it (signed, with `b.sign`) to
+/// `b.push_to` under the bake's first tag; returns `REGISTRY/REPO@digest`.
+fn bake_and_push(
+    b: super::FleetBake,
+    registry: &crate::spec::registries::RegistrySpec,
+    ctx: &mut Context<'_>,
+) -> Result<String, CommandError> {
+    let super::FleetBake { file, image, push_to, sign } = b;
+    let baked = super::execute(
+        Command::Bake { file, image: Some(image.clone()), no_cache: false, force: false, update_base: false },
+        ctx,
+    )?;
+    let report = match baked {
+        Output::Baked(reports) => reports.into_iter().find(|r| r.image == image),
+        _ => None,
+    };
+    let Some(report) = report else {
+        return Err(CommandError::BadRequest { field: "image".into(), message: format!("{image} was not baked") });
+    };
+    let local = report.tags.first().cloned().unwrap_or_else(|| report.digest.to_string());
+    let tag = match local.rsplit_once(':') {
+        Some((_, t)) => t.to_owned(),
+        None => format!("d-{}", &report.digest.hex()[..12]),
+    };
+    let remote = format!("{push_to}:{tag}");
+    ctx.progress.step_output(&format!("{image}: baked {}, pushing to {remote}", report.digest));
+    super::execute(Command::Push { reference: local, remote, registry: registry.clone(), sign }, ctx)?;
+    Ok(format!("{push_to}@{}", report.digest))
 }
 
 /// Follows the release of `target` until every replica runs it (Ok), its

@@ -84,6 +84,7 @@ impl FleetRequest {
             change,
             registry: Default::default(),
             wait: None,
+            bake: None,
         };
         match self {
             FleetRequest::Services {} => Command::FleetServices { cluster },
@@ -95,6 +96,7 @@ impl FleetRequest {
                 change: Change::Deploy { settings: Box::new(settings), canary },
                 registry,
                 wait: None,
+                bake: None,
             },
             FleetRequest::Rollback { service } => change(service, Change::Rollback),
             FleetRequest::Promote { service } => change(service, Change::Promote),

@@ -202,6 +202,9 @@ pub enum Command {
         /// Follow a deploy or rollback until it is done, failed or paused,
         /// for at most this long (None: return once written).
         wait: Option<std::time::Duration>,
+        /// Bake the deploy's image from kiln.toml and push it first; the
+        /// deploy then names the pushed digest.
+        bake: Option<FleetBake>,
     },
     /// Marks a host as draining (`undo`: no longer): the leading
     /// controller moves its slots away, surge-first. Caller's process only.
@@ -379,6 +382,18 @@ impl Command {
             _ => Vec::new(),
         }
     }
+}
+
+/// An `[image.X]` of a kiln.toml baked and pushed for a fleet deploy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetBake {
+    pub file: PathBuf,
+    /// The `[image.X]` name.
+    pub image: String,
+    /// `REGISTRY/REPO`: pushed there with the bake's first tag.
+    pub push_to: String,
+    /// Sign it with this key first (`kiln push --sign`).
+    pub sign: Option<String>,
 }
 
 /// Which encrypted store a rotation re-seals.
