@@ -168,7 +168,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let (settings, canary) = kiln::fleet::change::from_service(s, image)?;
             // Followed for the progress deadline, plus each canary step
             // with its three extensions.
-            let steps_ms = canary.as_ref().map_or(0, |c| c.steps.len() as u64 * c.step_secs * 4 * 1000);
+            let steps_ms = canary
+                .as_ref()
+                .map_or(0, |c| (c.steps.len() as u64 * c.step_secs * 4 + c.pauses.values().sum::<u64>()) * 1000);
             let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
             let change = Change::Deploy { settings: Box::new(settings), canary };
             (Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake }, json)
@@ -330,6 +332,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 weight: canary_steps.first().copied().unwrap_or(canary_weight),
                 step_secs: if canary_steps.is_empty() { 0 } else { step_interval.as_secs() },
                 steps: canary_steps,
+                pauses: Default::default(),
                 progress: None,
                 max_error_rate,
                 max_p99_ratio,

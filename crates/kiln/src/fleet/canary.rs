@@ -18,7 +18,7 @@ use crate::release::analysis::{self, Outcome, Verdict};
 use crate::spec::AnalysisSpec;
 
 /// The leader's place in an analysed canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
     /// Index into the canary's steps.
@@ -28,9 +28,14 @@ pub struct Progress {
     /// Inconclusive verdicts in a row at this step.
     #[serde(default)]
     pub inconclusive: u32,
-    /// Why it waits for a person (the next `kiln place` decides).
+    /// Why it waits for a person (`kiln promote --cluster` moves it on,
+    /// `abort` or the next deploy or `kiln place` decides otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// In the timed pause after this step (kiln.toml's `{ pause = "1m" }`):
+    /// judged again at its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// What one host's load balancer counted for a service over the step's
@@ -104,7 +109,9 @@ pub fn judge(analysis: &AnalysisSpec, obs: &Observed) -> Verdict {
 /// `step_secs`, then the fleet's counts are judged: a pass moves to the
 /// next weight (or, after the last, promotes), a failure aborts, an
 /// inconclusive verdict extends the step up to the analysis's limit and
-/// then pauses for a person.
+/// then pauses for a person. A step followed by a pause (`pauses`), once
+/// passed, pauses for a person (0 s), or holds its weight that long and is
+/// judged again.
 pub fn decide(c: &Canary, analysis: &AnalysisSpec, obs: &Observed, now: i64) -> Decision {
     if c.steps.is_empty() {
         return Decision::Wait;
@@ -115,23 +122,37 @@ pub fn decide(c: &Canary, analysis: &AnalysisSpec, obs: &Observed, now: i64) -> 
         }
         let canary = Canary {
             weight: c.steps[0],
-            progress: Some(Progress { step: 0, since: now, inconclusive: 0, paused: None }),
+            progress: Some(Progress { step: 0, since: now, ..Progress::default() }),
             ..c.clone()
         };
         return Decision::Set { canary, verdict: None };
     };
-    if p.paused.is_some() || now - p.since < c.step_secs as i64 {
+    let lasts = match p.held {
+        true => c.pauses.get(&p.step).copied().unwrap_or(0),
+        false => c.step_secs,
+    };
+    if p.paused.is_some() || now - p.since < lasts as i64 {
         return Decision::Wait;
     }
     let verdict = judge(analysis, obs);
+    let pause = if p.held { None } else { c.pauses.get(&p.step).copied() };
     match verdict.outcome {
         Outcome::Fail => Decision::Abort { verdict },
+        Outcome::Pass if pause == Some(0) => {
+            let why = format!("a pause step after {} %: kiln promote --cluster moves it on", c.weight);
+            let progress = Progress { paused: Some(why), inconclusive: 0, ..p.clone() };
+            Decision::Set { canary: Canary { progress: Some(progress), ..c.clone() }, verdict: Some(verdict) }
+        }
+        Outcome::Pass if pause.is_some() => {
+            let progress = Progress { since: now, inconclusive: 0, held: true, ..p.clone() };
+            Decision::Set { canary: Canary { progress: Some(progress), ..c.clone() }, verdict: Some(verdict) }
+        }
         Outcome::Pass if p.step + 1 >= c.steps.len() => Decision::Promote { verdict },
         Outcome::Pass => {
             let step = p.step + 1;
             let canary = Canary {
                 weight: c.steps[step],
-                progress: Some(Progress { step, since: now, inconclusive: 0, paused: None }),
+                progress: Some(Progress { step, since: now, ..Progress::default() }),
                 ..c.clone()
             };
             Decision::Set { canary, verdict: Some(verdict) }
@@ -182,6 +203,7 @@ mod tests {
             weight: 0,
             steps: vec![20, 50],
             step_secs: 10,
+            pauses: Default::default(),
             progress,
             max_error_rate: None,
             max_p99_ratio: None,
@@ -208,7 +230,7 @@ mod tests {
     }
 
     fn at(step: usize, since: i64) -> Option<Progress> {
-        Some(Progress { step, since, inconclusive: 0, paused: None })
+        Some(Progress { step, since, ..Progress::default() })
     }
 
     #[test]
@@ -276,5 +298,34 @@ mod tests {
         assert!(c.progress.as_ref().unwrap().paused.as_deref().unwrap().contains("inconclusive"));
         // Paused: nothing more until a person decides.
         assert_eq!(decide(&c, &a, &thin, 1000), Decision::Wait);
+    }
+
+    #[test]
+    fn a_pause_step_waits_for_a_person_and_a_timed_one_holds_the_weight_then_judges_again() {
+        let a = AnalysisSpec::default();
+        let healthy = fleet(&[(300, 0, 1200), (300, 0, 1200), (300, 0, 1200)]);
+        // kiln.toml's [20, "pause", 50]: step 0 passes, then waits.
+        let manual = Canary { pauses: BTreeMap::from([(0, 0)]), weight: 20, ..canary(at(0, 100)) };
+        let Decision::Set { canary: c, verdict: Some(_) } = decide(&manual, &a, &healthy, 110) else {
+            panic!("paused")
+        };
+        let p = c.progress.clone().unwrap();
+        assert_eq!((p.step, c.weight), (0, 20), "the weight stays");
+        assert!(p.paused.as_deref().is_some_and(|w| w.contains("kiln promote --cluster")), "{p:?}");
+        assert_eq!(decide(&c, &a, &healthy, 10_000), Decision::Wait, "until a person decides");
+        // [20, { pause = "30s" }, 50]: step 0 passes and holds 30 s more.
+        let timed = Canary { pauses: BTreeMap::from([(0, 30)]), weight: 20, ..canary(at(0, 100)) };
+        let Decision::Set { canary: c, .. } = decide(&timed, &a, &healthy, 110) else { panic!("held") };
+        let p = c.progress.clone().unwrap();
+        assert_eq!((p.step, p.since, p.held, c.weight), (0, 110, true, 20));
+        assert_eq!(decide(&c, &a, &healthy, 139), Decision::Wait, "held 30 s, not the step's 10");
+        // Judged again at its end: a pass moves on to 50 %.
+        let Decision::Set { canary: c, .. } = decide(&c, &a, &healthy, 140) else { panic!("advanced") };
+        let p = c.progress.clone().unwrap();
+        assert_eq!((p.step, p.held, c.weight), (1, false, 50));
+        // A failure during the hold still aborts.
+        let held = Canary { progress: Some(Progress { held: true, ..at(0, 100).unwrap() }), ..timed };
+        let bad = fleet(&[(300, 60, 1200)]);
+        assert!(matches!(decide(&held, &a, &bad, 130), Decision::Abort { .. }));
     }
 }

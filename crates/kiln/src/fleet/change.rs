@@ -35,6 +35,9 @@ pub struct CanaryPlan {
     /// Weights, percent; the last is below 100 (promotion follows it).
     pub steps: Vec<u32>,
     pub step_secs: u64,
+    /// Pauses after steps, by index, in seconds (0: until promoted).
+    #[serde(default)]
+    pub pauses: std::collections::BTreeMap<usize, u64>,
     pub max_error_rate: f64,
     pub max_p99_ratio: f64,
 }
@@ -160,6 +163,7 @@ pub fn apply(
                         weight,
                         steps: plan.steps,
                         step_secs: plan.step_secs,
+                        pauses: plan.pauses,
                         progress: None,
                         max_error_rate: Some(plan.max_error_rate),
                         max_p99_ratio: Some(plan.max_p99_ratio),
@@ -198,7 +202,7 @@ pub fn apply(
             let next_step = if c.steps.is_empty() { None } else { c.steps.get(at).copied() };
             match next_step {
                 Some(weight) => {
-                    let progress = Progress { step: at, since: now, inconclusive: 0, paused: None };
+                    let progress = Progress { step: at, since: now, ..Progress::default() };
                     let canary = Canary { weight, progress: Some(progress), ..c.clone() };
                     Ok((Some(Desired { canary: Some(canary), ..cur.clone() }), Applied::Advanced { weight }))
                 }
@@ -301,17 +305,19 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
     let canary = match &spec.release.strategy {
         Strategy::Canary(c) => {
             let mut steps = Vec::new();
+            let mut pauses = std::collections::BTreeMap::new();
             for s in &c.steps {
                 match s {
                     CanaryStep::Weight(100) => {}
                     CanaryStep::Weight(w) => steps.push(*w),
-                    CanaryStep::Pause(_) => {
-                        return Err(refuse(
-                            "canary.steps",
-                            "a fleet canary's steps are weights (a pause step is not supported yet; \
-                             an inconclusive one pauses, and kiln promote --cluster moves it on)",
-                        ))
-                    }
+                    // After the step before it; a pause before any weight
+                    // would hold nothing.
+                    CanaryStep::Pause(ms) => match steps.len().checked_sub(1) {
+                        Some(at) => {
+                            pauses.insert(at, ms.map_or(0, |ms| ms.div_ceil(1000).max(1)));
+                        }
+                        None => return Err(refuse("canary.steps", "a fleet canary's first step is a weight")),
+                    },
                 }
             }
             let step_secs = c.step_interval_ms.div_ceil(1000);
@@ -324,6 +330,7 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
             (!steps.is_empty()).then_some(CanaryPlan {
                 steps,
                 step_secs,
+                pauses,
                 max_error_rate: c.analysis.max_error_rate,
                 max_p99_ratio: c.analysis.max_p99_ratio,
             })
@@ -373,7 +380,13 @@ mod tests {
     }
 
     fn plan() -> CanaryPlan {
-        CanaryPlan { steps: vec![10, 50], step_secs: 30, max_error_rate: 0.01, max_p99_ratio: 1.5 }
+        CanaryPlan {
+            steps: vec![10, 50],
+            step_secs: 30,
+            pauses: Default::default(),
+            max_error_rate: 0.01,
+            max_p99_ratio: 1.5,
+        }
     }
 
     fn deploy(image: String, canary: Option<CanaryPlan>) -> Change {
@@ -430,7 +443,7 @@ mod tests {
         );
         // The leader started it at step 0; promote moves it to 50 %.
         let started = Desired {
-            canary: Some(Canary { progress: Some(Progress { step: 0, since: 5, inconclusive: 0, paused: None }), ..c }),
+            canary: Some(Canary { progress: Some(Progress { step: 0, since: 5, ..Progress::default() }), ..c }),
             ..d.clone()
         };
         let (d, what) = apply("web", Some(&started), Change::Promote, 100).unwrap();
@@ -542,7 +555,7 @@ mod tests {
         assert_eq!(rollout("web", Some(&d), None, &[], &img('b')), Rollout::Canary { weight: 10 });
         let mut paused = d.clone();
         paused.canary.as_mut().unwrap().progress =
-            Some(Progress { step: 0, since: 0, inconclusive: 3, paused: Some("inconclusive 3 times".into()) });
+            Some(Progress { inconclusive: 3, paused: Some("inconclusive 3 times".into()), ..Progress::default() });
         assert_eq!(
             rollout("web", Some(&paused), None, &[], &img('b')),
             Rollout::Paused { why: "inconclusive 3 times".into() }
@@ -598,8 +611,18 @@ mod tests {
         assert_eq!((plan.steps, plan.step_secs), (vec![10, 40], 20));
         let e = from_service(&spec("volumes = { data = \"/data\" }\n"), img('a')).unwrap_err();
         assert_eq!((e.key.as_str(), e.file.as_path()), ("service.web.volumes", std::path::Path::new("/x/kiln.toml")));
+        // Pauses: after the weight before them, in seconds (0: a person's).
+        let (_, plan) = from_service(
+            &spec(
+                "strategy = \"canary\"\n[service.web.canary]\nsteps = [10, \"pause\", 40, { pause = \"90s\" }, 70]\nstep_interval = \"20s\"\n",
+            ),
+            img('a'),
+        )
+        .unwrap();
+        let plan = plan.unwrap();
+        assert_eq!((plan.steps, plan.pauses), (vec![10, 40, 70], std::collections::BTreeMap::from([(0, 0), (1, 90)])));
         let e = from_service(
-            &spec("strategy = \"canary\"\n[service.web.canary]\nsteps = [10, \"pause\"]\nstep_interval = \"20s\"\n"),
+            &spec("strategy = \"canary\"\n[service.web.canary]\nsteps = [\"pause\", 10]\nstep_interval = \"20s\"\n"),
             img('a'),
         )
         .unwrap_err();

@@ -75,6 +75,11 @@ pub struct Canary {
     /// How long each step lasts (and the window it is judged on).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub step_secs: u64,
+    /// Pauses after steps, by the step's index, in seconds (0: until
+    /// `kiln promote --cluster`): kiln.toml's `"pause"` and
+    /// `{ pause = "1m" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pauses: BTreeMap<usize, u64>,
     /// Where the leader is in the steps (None: not started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<super::canary::Progress>,

@@ -133,6 +133,7 @@ mod tests {
                 weight,
                 steps: vec![],
                 step_secs: 0,
+                pauses: Default::default(),
                 progress: None,
                 max_error_rate: None,
                 max_p99_ratio: None,
