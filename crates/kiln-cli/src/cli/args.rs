@@ -493,7 +493,7 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
         /// With --cluster, for a service whose image is an [image.X] of kiln.toml: bake it, push it to this REGISTRY/REPO under its first tag, and deploy that digest.
-        #[arg(long, value_name = "REGISTRY/REPO", requires = "cluster")]
+        #[arg(long, value_name = "REGISTRY/REPO")]
         push: Option<String>,
         /// With --push: sign it with this key first, the signature naming the registry's repository.
         #[arg(long, value_name = "KEY", requires = "push")]
@@ -873,6 +873,12 @@ pub struct FleetArgs {
     /// Against a fleet instead of this host's kiln serve: etcd client URLs (http:// or https://), comma-separated or repeated.
     #[arg(long, value_name = "URLS")]
     pub cluster: Vec<String>,
+    /// Against a fleet through a controller's API instead of etcd (kiln serve --cluster … --tcp): http://HOST:PORT or https://.
+    #[arg(long, value_name = "URL", conflicts_with = "cluster")]
+    pub controller: Option<String>,
+    /// The controller's API token, from its $KILN_HOME/serve.token (default: $KILN_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    pub token_file: Option<PathBuf>,
     /// A CA (PEM) for etcd's certificates, besides the system's.
     #[arg(long, value_name = "PEM", requires = "cluster")]
     pub etcd_ca: Option<PathBuf>,
@@ -886,7 +892,7 @@ pub struct FleetArgs {
 impl FleetArgs {
     /// Whether the command is against a fleet.
     pub fn on(&self) -> bool {
-        !self.cluster.is_empty()
+        !self.cluster.is_empty() || self.controller.is_some()
     }
 }
 

@@ -112,6 +112,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
     let actor = super::actor;
     let mut then = Then::Nothing;
     let (command, json) = match cmd {
+        Cmd::Serve { fleet, .. } if fleet.controller.is_some() => {
+            bail!("--controller: kiln serve --cluster URLS is a controller itself; it talks to etcd")
+        }
         Cmd::Serve { tcp, name, ttl, fleet, .. } if fleet.on() => {
             let name = host_name(name)?;
             (Command::FleetController { cluster: fleet.into(), name, ttl_secs: ttl, api: tcp }, false)
@@ -120,7 +123,14 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Dashboard => return Ok(Invocation::Dashboard),
         Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
         Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
-        Cmd::Status { json, fleet, .. } if fleet.on() => (Command::FleetServices { cluster: fleet.into() }, json),
+        Cmd::Status { json, fleet, .. } if fleet.on() => match fleet.controller.clone() {
+            Some(url) => {
+                let controller = kiln::command::fleet_api::Controller { url, token: controller_token(&fleet)? };
+                let request = kiln::command::fleet_api::FleetRequest::Services {};
+                (Command::FleetRemote { controller, request, wait: None, bake: None }, json)
+            }
+            None => (Command::FleetServices { cluster: fleet.into() }, json),
+        },
         Cmd::Rollback { to: Some(_), fleet, .. } if fleet.on() => {
             bail!("--to: a fleet rolls back to the image the current one replaced (kiln services shows it)")
         }
@@ -173,7 +183,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 .map_or(0, |c| (c.steps.len() as u64 * c.step_secs * 4 + c.pauses.values().sum::<u64>()) * 1000);
             let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
             let change = Change::Deploy { settings: Box::new(settings), canary };
-            (Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake }, json)
+            (fleet_command(fleet, service, change, registry, wait, bake)?, json)
         }
         Cmd::Status { service, json, fleet: _ } => return Ok(controller(Request::Status { service }, json, then)),
         Cmd::Rollback { service, to, file, json, fleet: _ } => {
@@ -233,6 +243,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 json: false,
                 up,
             }));
+        }
+        Cmd::Deploy { push: Some(_), .. } => {
+            bail!("--push: with --cluster or --controller (a fleet's hosts pull from it)")
         }
         Cmd::Deploy { service, image, file, no_wait, json, .. } => {
             let service = pick_service(&file, service)?;
@@ -568,6 +581,40 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
 
 /// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
 /// when it exists (push and pull also work outside a project).
+/// A change through etcd (`--cluster`) or a controller's API
+/// (`--controller`).
+fn fleet_command(
+    fleet: FleetArgs,
+    service: String,
+    change: Change,
+    registry: kiln::spec::registries::RegistrySpec,
+    wait: Option<std::time::Duration>,
+    bake: Option<command::FleetBake>,
+) -> anyhow::Result<Command> {
+    use kiln::command::fleet_api::{Controller, FleetRequest};
+    Ok(match fleet.controller.clone() {
+        Some(url) => Command::FleetRemote {
+            controller: Controller { url, token: controller_token(&fleet)? },
+            request: FleetRequest::of_change(service, change, registry),
+            wait,
+            bake,
+        },
+        None => Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake },
+    })
+}
+
+/// The controller's API token: `--token-file`, else `$KILN_TOKEN`.
+fn controller_token(fleet: &FleetArgs) -> anyhow::Result<String> {
+    match &fleet.token_file {
+        Some(f) => {
+            Ok(std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_owned())
+        }
+        None => std::env::var("KILN_TOKEN").map(|t| t.trim().to_owned()).context(
+            "--controller needs the controller's token: --token-file (its $KILN_HOME/serve.token) or $KILN_TOKEN",
+        ),
+    }
+}
+
 /// `name`, else the machine's hostname.
 fn host_name(name: Option<String>) -> anyhow::Result<String> {
     match name {
@@ -594,7 +641,7 @@ fn fleet_change(
         false => None,
     };
     let wait = follow.then(|| std::time::Duration::from_millis(deadline_ms.unwrap_or(600_000)));
-    Ok(Command::FleetChange { cluster: fleet.into(), service, change, registry: Default::default(), wait, bake: None })
+    fleet_command(fleet, service, change, Default::default(), wait, None)
 }
 
 fn registry_settings(file: &std::path::Path, remote: &str) -> anyhow::Result<kiln::spec::registries::RegistrySpec> {

@@ -1741,9 +1741,24 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     .unwrap();
     let e = err_in(&["deploy"]);
     assert!(e.contains("--push REGISTRY/REPO"), "{e}");
-    let out = kiln_in(&["deploy", "--push", &format!("127.0.0.1:{reg_port}/team/web")]);
-    assert!(out.contains(&format!("127.0.0.1:{reg_port}/team/web@sha256:")), "{out}");
+    // ... through the controller's API this time, as from a machine with
+    // no etcd credentials: baked and pushed here, deployed and followed
+    // there.
+    let through = |args: &[&str]| {
+        let token = c2.join("serve.token");
+        let mut all = args.to_vec();
+        let url = format!("http://{listen}");
+        all.extend(["--controller", url.as_str(), "--token-file", token.to_str().unwrap(), "-f", "kiln.toml"]);
+        kiln(&ctl, &app, &all)
+    };
+    let out = through(&["deploy", "--push", &format!("127.0.0.1:{reg_port}/team/web")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("127.0.0.1:{reg_port}/team/web@sha256:")), "{stdout}");
     serving_only("3.0.0");
+    let out = through(&["abort"]);
+    assert_eq!(out.status.code(), Some(1), "the controller's refusal, its exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no canary in progress"));
 
     // Down: every instance and load balancer gone.
     let out = kiln_in(&["down"]);

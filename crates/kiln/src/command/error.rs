@@ -53,6 +53,10 @@ pub enum CommandError {
     /// A command body that cannot be carried out, naming the field.
     #[error("bad request: {field}: {message}")]
     BadRequest { field: String, message: String },
+    /// A fleet controller's API could not be reached, or answered what is
+    /// not an answer.
+    #[error("the controller at {url}: {source}")]
+    Controller { url: String, source: std::io::Error },
     /// `kiln serve` carried the command out and it failed: its message, and
     /// the exit status it computed from the error's variant.
     #[error("{message}")]

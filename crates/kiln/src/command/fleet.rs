@@ -578,10 +578,54 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 };
                 let Some(wait) = wait else { return Ok(Output::Done { message }) };
                 ctx.progress.step_output(&message);
-                follow(&etcd, &service, &target, wait, ctx.progress)?;
+                let mut observe = || -> Result<Observed, CommandError> {
+                    let desired = crate::fleet::service(&etcd, &service)?.map(|(d, _)| d);
+                    let verdict = crate::fleet::service_rows(&etcd)?
+                        .into_iter()
+                        .find(|r| r.name == service)
+                        .and_then(|r| r.verdict);
+                    Ok((desired, verdict, crate::fleet::host_records(&etcd)?))
+                };
+                follow(&mut observe, &service, &target, wait, ctx.progress)?;
                 return Ok(Output::Done { message: format!("{service}: {target} serves on every replica") });
             }
             Err(crate::fleet::change::ChangeError::Contended { service, tries: TRIES }.into())
+        }
+        Command::FleetRemote { controller, mut request, wait, bake } => {
+            use super::fleet_api::FleetRequest;
+            if let (Some(b), FleetRequest::Deploy { settings, registry, .. }) = (bake, &mut request) {
+                settings.image = bake_and_push(b, registry, ctx)?;
+            }
+            let followed = match &request {
+                FleetRequest::Deploy { service, .. } | FleetRequest::Rollback { service } => Some(service.clone()),
+                _ => None,
+            };
+            let output = controller.ask(&request)?;
+            let (Some(service), Some(wait)) = (followed, wait) else { return Ok(output) };
+            if let Output::Done { message } = &output {
+                ctx.progress.step_output(message);
+            }
+            // Followed through the API: the image the change now wants.
+            let mut observe = || -> Result<Observed, CommandError> {
+                let row = match controller.ask(&FleetRequest::Services {})? {
+                    Output::FleetServices(rows) => rows.into_iter().find(|r| r.name == service),
+                    _ => None,
+                };
+                let hosts = match controller.ask(&FleetRequest::Hosts {})? {
+                    Output::Hosts(rows) => rows.into_iter().map(|r| r.host).collect(),
+                    _ => Vec::new(),
+                };
+                Ok(match row {
+                    Some(r) => (Some(r.desired), r.verdict, hosts),
+                    None => (None, None, hosts),
+                })
+            };
+            let target = match observe()?.0 {
+                Some(d) => d.canary.map_or(d.image, |c| c.image),
+                None => return Ok(output),
+            };
+            follow(&mut observe, &service, &target, wait, ctx.progress)?;
+            Ok(Output::Done { message: format!("{service}: {target} serves on every replica") })
         }
         Command::DrainHost { cluster, host, undo } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
@@ -607,7 +651,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
 
 /// Bakes `b.image` from `b.file` and pushes it (signed, with `b.sign`) to
 /// `b.push_to` under the bake's first tag; returns `REGISTRY/REPO@digest`.
-fn bake_and_push(
+pub(super) fn bake_and_push(
     b: super::FleetBake,
     registry: &crate::spec::registries::RegistrySpec,
     ctx: &mut Context<'_>,
@@ -635,11 +679,16 @@ fn bake_and_push(
     Ok(format!("{push_to}@{}", report.digest))
 }
 
+/// What a release is followed on: the service's desired state, its last
+/// verdict, and the live hosts' records.
+pub(super) type Observed =
+    (Option<crate::fleet::place::Desired>, Option<crate::fleet::canary::FleetVerdict>, Vec<crate::fleet::HostRecord>);
+
 /// Follows the release of `target` until every replica runs it (Ok), its
 /// canary fails or another change replaces it (Failed), it pauses, or
 /// `wait` passes (Failed), reporting each new state.
-fn follow(
-    etcd: &crate::fleet::etcd::Etcd,
+pub(super) fn follow(
+    observe: &mut dyn FnMut() -> Result<Observed, CommandError>,
     service: &str,
     target: &str,
     wait: std::time::Duration,
@@ -649,9 +698,7 @@ fn follow(
     let deadline = std::time::Instant::now() + wait;
     let mut last = None;
     loop {
-        let desired = crate::fleet::service(etcd, service)?.map(|(d, _)| d);
-        let verdict = crate::fleet::service_rows(etcd)?.into_iter().find(|r| r.name == service).and_then(|r| r.verdict);
-        let records = crate::fleet::host_records(etcd)?;
+        let (desired, verdict, records) = observe()?;
         let now = rollout(service, desired.as_ref(), verdict.as_ref(), &records, target);
         if last.as_ref() != Some(&now) {
             match &now {

@@ -10,6 +10,8 @@
 //!   `{"rollback": {"service": "web"}}`.
 //!
 //! Callers send `Authorization: Bearer TOKEN` (`$KILN_HOME/serve.token`).
+//! [`Controller`] is the client side, for `kiln … --controller URL`: a
+//! person's machine then needs no etcd credentials.
 //!
 //! For: the routes, bodies and connections of the fleet API. Must never:
 //! decide or act on the fleet itself (`command::fleet` and `fleet` do).
@@ -28,6 +30,65 @@ use crate::fleet::etcd::Cluster;
 use crate::fleet::place::Desired;
 use crate::net::http;
 use crate::serve::auth;
+
+/// A controller's fleet API, as a client reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub url: String,
+    pub token: String,
+}
+
+impl Controller {
+    /// Asks the controller for `request` (a GET for the two reads, else
+    /// `POST /v1/fleet`); its typed answer, or its refusal as
+    /// [`CommandError::Remote`] with the status and exit code it chose.
+    pub fn ask(&self, request: &FleetRequest) -> Result<Output, CommandError> {
+        let (method, path, body) = match request {
+            FleetRequest::Services {} => ("GET", "/v1/fleet/services", Vec::new()),
+            FleetRequest::Hosts {} => ("GET", "/v1/fleet/hosts", Vec::new()),
+            other => ("POST", "/v1/fleet", serde_json::to_vec(other).unwrap_or_default()),
+        };
+        let unreachable = |e: std::io::Error| CommandError::Controller { url: self.url.clone(), source: e };
+        let (authority, tls) = match (self.url.strip_prefix("https://"), self.url.strip_prefix("http://")) {
+            (Some(a), _) => {
+                let config =
+                    crate::net::tls::client_config(None).map_err(|e| unreachable(std::io::Error::other(e.detail)))?;
+                (a.trim_end_matches('/'), Some(config))
+            }
+            (None, Some(a)) => (a.trim_end_matches('/'), None),
+            _ => {
+                return Err(CommandError::BadRequest {
+                    field: "controller".into(),
+                    message: format!("{}: give http://HOST:PORT or https://HOST:PORT", self.url),
+                })
+            }
+        };
+        let stream = crate::net::tls::connect(authority, tls.as_ref(), Duration::from_secs(30)).map_err(unreachable)?;
+        let auth = format!("Bearer {}", self.token);
+        let req = http::Outgoing {
+            method,
+            target: path,
+            host: authority,
+            headers: &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body: http::Body::Bytes(&body),
+        };
+        let r = http::send(stream, req).map_err(unreachable)?;
+        let status = r.status;
+        let bytes = r.bytes(16 << 20).map_err(unreachable)?;
+        if status != 200 {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(CommandError::Remote {
+                status,
+                exit: v["exit"].as_i64().map_or(1, |e| e as i32),
+                message: v["error"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| unreachable(std::io::Error::other(format!("not an answer: {e}"))))
+    }
+}
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -76,6 +137,20 @@ pub enum FleetRequest {
 }
 
 impl FleetRequest {
+    /// A person's change to `service` as a request (`registry`: a
+    /// deploy's settings for resolving a tag).
+    pub fn of_change(service: String, change: Change, registry: crate::spec::registries::RegistrySpec) -> Self {
+        match change {
+            Change::Deploy { settings, canary } => {
+                FleetRequest::Deploy { service, settings: *settings, canary, registry }
+            }
+            Change::Rollback => FleetRequest::Rollback { service },
+            Change::Promote => FleetRequest::Promote { service },
+            Change::Abort => FleetRequest::Abort { service },
+            Change::Down => FleetRequest::Down { service },
+        }
+    }
+
     /// The command it stands for, against `cluster`.
     pub fn into_command(self, cluster: Cluster) -> Command {
         let change = |service: String, change: Change| Command::FleetChange {

@@ -206,6 +206,17 @@ pub enum Command {
         /// deploy then names the pushed digest.
         bake: Option<FleetBake>,
     },
+    /// A fleet command sent to a controller's API (`--controller URL`)
+    /// rather than to etcd; a deploy's [`FleetBake`] is done here first,
+    /// and a deploy or rollback is followed through the API as through
+    /// etcd. Caller's process only.
+    #[serde(skip)]
+    FleetRemote {
+        controller: fleet_api::Controller,
+        request: fleet_api::FleetRequest,
+        wait: Option<std::time::Duration>,
+        bake: Option<FleetBake>,
+    },
     /// Marks a host as draining (`undo`: no longer): the leading
     /// controller moves its slots away, surge-first. Caller's process only.
     #[serde(skip)]
@@ -554,6 +565,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetController { .. }
         | Command::Place { .. }
         | Command::FleetChange { .. }
+        | Command::FleetRemote { .. }
         | Command::DrainHost { .. }
         | Command::Hosts { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),

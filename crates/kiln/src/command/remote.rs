@@ -50,6 +50,7 @@ impl Job {
                 | Command::FleetController { .. }
                 | Command::Place { .. }
                 | Command::FleetChange { .. }
+                | Command::FleetRemote { .. }
                 | Command::DrainHost { .. }
                 | Command::Hosts { .. }
                 | Command::FleetServices { .. }
@@ -259,6 +260,7 @@ pub fn status(e: &CommandError) -> u16 {
         },
         CommandError::Serve(s) => crate::serve::api::status_of(s),
         CommandError::Remote { status, .. } => *status,
+        CommandError::Controller { .. } => 502,
     }
 }
 
@@ -512,6 +514,7 @@ mod tests {
             | Command::FleetController { .. }
             | Command::Place { .. }
             | Command::FleetChange { .. }
+            | Command::FleetRemote { .. }
             | Command::DrainHost { .. }
             | Command::Hosts { .. }
             | Command::FleetServices { .. }
