@@ -104,7 +104,7 @@ pub(crate) enum Cmd {
     /// Set a service's desired replicas and image in the fleet (--replicas 0 removes it); the leading controller places them.
     Place {
         #[command(flatten)]
-        cluster: EtcdArgs,
+        fleet: FleetArgs,
         #[arg(long)]
         service: String,
         #[arg(long)]
@@ -158,7 +158,7 @@ pub(crate) enum Cmd {
     /// Drain a host: the leading controller moves its slots to other hosts, each new copy running before the old one is removed (--undo to stop draining).
     DrainHost {
         #[command(flatten)]
-        cluster: EtcdArgs,
+        fleet: FleetArgs,
         host: String,
         #[arg(long)]
         undo: bool,
@@ -175,14 +175,14 @@ pub(crate) enum Cmd {
     /// The fleet's services: image, replicas, load balancer port, canary and its progress, and the last judged canary step.
     Services {
         #[command(flatten)]
-        cluster: EtcdArgs,
+        fleet: FleetArgs,
         #[arg(long)]
         json: bool,
     },
     /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
     Hosts {
         #[command(flatten)]
-        cluster: EtcdArgs,
+        fleet: FleetArgs,
         #[arg(long)]
         json: bool,
     },

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+use kiln::command::fleet_api::FleetRequest;
 use kiln::command::{self, Command};
 use kiln::fleet::change::Change;
 use kiln::runtime::logs::LogFilter;
@@ -123,14 +124,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Dashboard => return Ok(Invocation::Dashboard),
         Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
         Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
-        Cmd::Status { json, fleet, .. } if fleet.on() => match fleet.controller.clone() {
-            Some(url) => {
-                let controller = kiln::command::fleet_api::Controller { url, token: controller_token(&fleet)? };
-                let request = kiln::command::fleet_api::FleetRequest::Services {};
-                (Command::FleetRemote { controller, request, wait: None, bake: None }, json)
-            }
-            None => (Command::FleetServices { cluster: fleet.into() }, json),
-        },
+        Cmd::Status { json, fleet, .. } if fleet.on() => (fleet_via(fleet, FleetRequest::Services {})?, json),
         Cmd::Rollback { to: Some(_), fleet, .. } if fleet.on() => {
             bail!("--to: a fleet rolls back to the image the current one replaced (kiln services shows it)")
         }
@@ -279,8 +273,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 false,
             )
         }
-        Cmd::Hosts { cluster, json } => (Command::Hosts { cluster: cluster.into() }, json),
-        Cmd::Services { cluster, json } => (Command::FleetServices { cluster: cluster.into() }, json),
+        Cmd::Hosts { fleet, json } => (fleet_via(fleet, FleetRequest::Hosts {})?, json),
+        Cmd::Services { fleet, json } => (fleet_via(fleet, FleetRequest::Services {})?, json),
         Cmd::Assign { cluster, host, slot, service, image, env } => {
             let env = env
                 .into_iter()
@@ -307,9 +301,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let name = host_name(name)?;
             (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api }, false)
         }
-        Cmd::DrainHost { cluster, host, undo } => (Command::DrainHost { cluster: cluster.into(), host, undo }, false),
+        Cmd::DrainHost { fleet, host, undo } => (fleet_via(fleet, FleetRequest::DrainHost { host, undo })?, false),
         Cmd::Place {
-            cluster,
+            fleet,
             service,
             replicas,
             image,
@@ -368,7 +362,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 channel: None,
                 previous: None,
             };
-            (Command::Place { cluster: cluster.into(), service, desired }, false)
+            (fleet_via(fleet, FleetRequest::Place { service, desired })?, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)
@@ -591,7 +585,7 @@ fn fleet_command(
     wait: Option<std::time::Duration>,
     bake: Option<command::FleetBake>,
 ) -> anyhow::Result<Command> {
-    use kiln::command::fleet_api::{Controller, FleetRequest};
+    use kiln::command::fleet_api::Controller;
     Ok(match fleet.controller.clone() {
         Some(url) => Command::FleetRemote {
             controller: Controller { url, token: controller_token(&fleet)? },
@@ -600,6 +594,23 @@ fn fleet_command(
             bake,
         },
         None => Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake },
+    })
+}
+
+/// A fleet command through etcd (`--cluster`) or a controller's API
+/// (`--controller`).
+fn fleet_via(fleet: FleetArgs, request: FleetRequest) -> anyhow::Result<Command> {
+    if !fleet.on() {
+        bail!("give --cluster URLS (etcd's members) or --controller URL (a fleet controller's API)");
+    }
+    Ok(match fleet.controller.clone() {
+        Some(url) => Command::FleetRemote {
+            controller: kiln::command::fleet_api::Controller { url, token: controller_token(&fleet)? },
+            request,
+            wait: None,
+            bake: None,
+        },
+        None => request.into_command(fleet.into()),
     })
 }
 

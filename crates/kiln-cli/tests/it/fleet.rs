@@ -1759,6 +1759,16 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let out = through(&["abort"]);
     assert_eq!(out.status.code(), Some(1), "the controller's refusal, its exit code");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no canary in progress"));
+    // The fleet's other commands go the same way; without a token, none.
+    let token = c2.join("serve.token");
+    let url = format!("http://{listen}");
+    let hosts_through =
+        kiln_ok(&ctl, &app, &["hosts", "--controller", &url, "--token-file", token.to_str().unwrap(), "--json"]);
+    assert_eq!(json(&hosts_through).as_array().map(Vec::len), Some(2), "{hosts_through}");
+    let e = kiln_err(&ctl, &app, &["hosts", "--controller", &url]);
+    assert!(e.contains("--token-file"), "{e}");
+    let e = kiln_err(&ctl, &app, &["hosts"]);
+    assert!(e.contains("--cluster") && e.contains("--controller"), "{e}");
 
     // Down: every instance and load balancer gone.
     let out = kiln_in(&["down"]);
