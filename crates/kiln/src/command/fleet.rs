@@ -1,10 +1,13 @@
 //! The fleet's commands (`kiln agent`, `controller`, `assign`, `place`,
-//! `drain-host`, `hosts`) carried out through [`crate::fleet`], with the
-//! agent's acts on this host: starting a slot's instance, removing one,
-//! stopping singletons when cut off.
+//! `drain-host`, `hosts`, `services`, and `deploy`, `rollback`, `promote`,
+//! `abort`, `down` with `--cluster` or `--controller`) carried out through
+//! [`crate::fleet`] or a controller's API, with the agent's acts on this
+//! host: starting a slot's instance, removing one, stopping singletons
+//! when cut off; and a release followed to its end.
 //!
-//! For: acting on the fleet's decisions. Must never: decide placement or
-//! reconciliation (the pure `fleet::place` and `fleet::reconcile` do).
+//! For: acting on the fleet's decisions. Must never: decide placement,
+//! reconciliation, a change or a rollout's state (the pure
+//! `fleet::place`, `fleet::reconcile` and `fleet::change` do).
 
 use super::*;
 use crate::serve::dataplane::{DataPlane, DataPlanes};
