@@ -18,7 +18,7 @@
 
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,33 +216,10 @@ pub fn serve(
     retention: crate::runtime::logs::Retention,
     stop: &'static AtomicBool,
 ) -> Result<(), CommandError> {
-    let keys = Arc::new(auth::Keys::new(&crate::serve::token(&home)?));
-    let active = Arc::new(AtomicUsize::new(0));
-    let _ = listener.set_nonblocking(true);
-    while !stop.load(Ordering::Relaxed) {
-        let conn = match listener.accept() {
-            Ok((c, _)) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            let mut conn = conn;
-            let _ = http::write_response(&mut conn, 503, br#"{"error":"busy"}"#);
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let (home, cluster, keys, active) = (home.clone(), cluster.clone(), keys.clone(), active.clone());
-        std::thread::spawn(move || {
-            // A bug in one request must not take the controller down.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let _ = one(&home, &cluster, &keys, retention, conn);
-            }));
-            active.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
+    let keys = auth::Keys::new(&crate::serve::token(&home)?);
+    let busy = |mut conn: TcpStream| drop(http::write_response(&mut conn, 503, br#"{"error":"busy"}"#));
+    let handle = Arc::new(move |conn| drop(one(&home, &cluster, &keys, retention, conn)));
+    crate::net::accept::serve(listener, stop, MAX_CONNECTIONS, busy, handle);
     Ok(())
 }
 
@@ -254,7 +231,6 @@ fn one(
     retention: crate::runtime::logs::Retention,
     mut conn: TcpStream,
 ) -> std::io::Result<()> {
-    let _ = conn.set_nonblocking(false);
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let req = http::read_request(&mut BufReader::new(conn.try_clone()?))?;
     let (status, body) = match auth::check(&req, Some(keys)) {

@@ -16,7 +16,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,33 +78,13 @@ pub fn parse(method: &str, path: &str) -> Result<(Asked, bool), Refused> {
 /// Serves `store` on `listener` until `stop`, one thread per connection
 /// (at most [`MAX_CONNECTIONS`]).
 pub fn serve(store: Store, listener: TcpListener, stop: &'static AtomicBool) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let _ = listener.set_nonblocking(true);
-    while !stop.load(Ordering::Relaxed) {
-        let conn = match listener.accept() {
-            Ok((c, _)) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            let _ = answer(conn, 503, "text/plain", b"busy", false);
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let (store, active) = (store.clone(), active.clone());
-        std::thread::spawn(move || {
-            let _ = one(&store, conn);
-            active.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
+    let busy = |conn| drop(answer(conn, 503, "text/plain", b"busy", false));
+    let handle = Arc::new(move |conn| drop(one(&store, conn)));
+    crate::net::accept::serve(listener, stop, MAX_CONNECTIONS, busy, handle);
 }
 
 /// Answers one request on `conn`, then closes it.
 fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
-    let _ = conn.set_nonblocking(false);
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut r = BufReader::new(conn.try_clone()?).take(MAX_HEAD as u64);
