@@ -257,7 +257,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Bake { file, image, no_cache, force, update_base }, json)
         }
         Cmd::Bases { action: BasesCmd::Outdated { file, json } } => (Command::BasesOutdated { file }, json),
-        Cmd::Agent { cluster, name, ttl, signed_by, advertise, file, peer_port } => {
+        Cmd::Agent(AgentArgs { cluster, name, ttl, signed_by, advertise, file, peer_port }) => {
             let registries = if file.is_file() { kiln::spec::load(&file)?.registries } else { Default::default() };
             let name = host_name(name)?;
             (
@@ -273,9 +273,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 false,
             )
         }
-        Cmd::Hosts { fleet, json } => (fleet_via(fleet, FleetRequest::Hosts {})?, json),
-        Cmd::Services { fleet, json } => (fleet_via(fleet, FleetRequest::Services {})?, json),
-        Cmd::Assign { cluster, host, slot, service, image, env } => {
+        Cmd::Hosts(HostsArgs { fleet, json }) => (fleet_via(fleet, FleetRequest::Hosts {})?, json),
+        Cmd::Services(ServicesArgs { fleet, json }) => (fleet_via(fleet, FleetRequest::Services {})?, json),
+        Cmd::Assign(AssignArgs { cluster, host, slot, service, image, env }) => {
             let env = env
                 .into_iter()
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -294,15 +294,17 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             };
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: Some(assignment) }, false)
         }
-        Cmd::Unassign { cluster, host, slot } => {
+        Cmd::Unassign(UnassignArgs { cluster, host, slot }) => {
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: None }, false)
         }
-        Cmd::Controller { cluster, name, ttl, api } => {
+        Cmd::Controller(ControllerArgs { cluster, name, ttl, api }) => {
             let name = host_name(name)?;
             (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api }, false)
         }
-        Cmd::DrainHost { fleet, host, undo } => (fleet_via(fleet, FleetRequest::DrainHost { host, undo })?, false),
-        Cmd::Place {
+        Cmd::DrainHost(DrainHostArgs { fleet, host, undo }) => {
+            (fleet_via(fleet, FleetRequest::DrainHost { host, undo })?, false)
+        }
+        Cmd::Place(PlaceArgs {
             fleet,
             service,
             replicas,
@@ -320,7 +322,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             step_interval,
             max_error_rate,
             max_p99_ratio,
-        } => {
+        }) => {
             let memory_bytes = match memory {
                 Some(m) => Some(
                     kiln::spec::parse_size(&m)

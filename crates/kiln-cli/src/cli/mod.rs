@@ -6,6 +6,7 @@
 pub mod args;
 pub mod chaos;
 pub mod convert;
+pub mod fleet_args;
 pub mod heal;
 pub mod release;
 pub mod render;
