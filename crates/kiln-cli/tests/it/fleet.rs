@@ -37,38 +37,44 @@ impl Drop for Cleanup {
 
 /// Three etcd members on loopback; their client URLs.
 fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> =
-        ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let c = Command::new("etcd")
-            .args(["--name", &format!("m{i}")])
-            .arg("--data-dir")
-            .arg(dir.join(format!("m{i}")))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-state", "new", "--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd (apt-get install etcd-server)");
-        procs.0.push(c);
+    // A port picked free can be taken by another test before etcd binds
+    // it: a cluster that elects no leader is started again on other ports.
+    for attempt in 0..3 {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let mut members = Procs(Vec::new());
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let c = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.join(format!("try{attempt}-m{i}")))
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new", "--heartbeat-interval", "100", "--election-timeout", "1000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("etcd (apt-get install etcd-server)");
+            members.0.push(c);
+        }
+        let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
+        // Serving once it has a leader: a read answers.
+        let probe = tempdir("fleet-probe");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while hosts(&probe, &urls).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if hosts(&probe, &urls).is_some() {
+            procs.0.append(&mut members.0);
+            return urls;
+        }
+        eprintln!("etcd cluster on {urls:?} elected no leader (attempt {attempt}); starting another");
     }
-    for (client, _) in &ports {
-        wait_port(*client);
-    }
-    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
-    // Serving once it has a leader: a read answers.
-    let probe = tempdir("fleet-probe");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hosts(&probe, &urls).is_none() {
-        assert!(Instant::now() < deadline, "the etcd cluster never elected a leader");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    urls
+    panic!("the etcd cluster never elected a leader in 3 attempts");
 }
 
 fn hosts(home: &Path, urls: &[String]) -> Option<serde_json::Value> {
