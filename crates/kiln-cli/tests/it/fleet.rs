@@ -1715,6 +1715,12 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         (code, serde_json::from_slice::<serde_json::Value>(&b).unwrap_or_default())
     };
     assert_eq!(api("GET", "/v1/fleet/services", "", "Bearer nope").0, 401);
+    // Not HTTP at all: a 400 that says so, not a closed connection.
+    let mut raw = std::net::TcpStream::connect(&listen).unwrap();
+    raw.write_all(b"hello\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("bad request"), "{answer}");
     let (code, v) = api("GET", "/v1/fleet/services", "", &bearer);
     assert_eq!((code, v["kind"].as_str()), (200, Some("fleet_services")), "{v}");
     assert_eq!(v["output"][0]["desired"]["image"], images[1].1.as_str(), "{v}");

@@ -232,7 +232,16 @@ fn one(
     mut conn: TcpStream,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let req = http::read_request(&mut BufReader::new(conn.try_clone()?))?;
+    let req = match http::read_request(&mut BufReader::new(conn.try_clone()?)) {
+        Ok(r) => r,
+        // Not a request it can read (or a body over 1 MiB): said so, not
+        // just closed on.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            let body = serde_json::json!({ "error": format!("bad request: {e}"), "field": "request" });
+            return http::write_response(&mut conn, 400, body.to_string().as_bytes());
+        }
+        Err(e) => return Err(e),
+    };
     let (status, body) = match auth::check(&req, Some(keys)) {
         Err(auth::Denied::Unauthenticated) => {
             (401, serde_json::json!({ "error": "send Authorization: Bearer TOKEN ($KILN_HOME/serve.token)" }))
