@@ -497,7 +497,7 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show the release history (hash-chained); --verify checks the whole chain (exit 3 if broken).
+    /// Show the release history (hash-chained); --verify checks the whole chain (exit 3 if broken). With --cluster or --controller: the fleet's history, kept in etcd
     History {
         /// Only this service's releases.
         service: Option<String>,
@@ -506,6 +506,8 @@ pub(crate) enum Cmd {
         verify: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// List named volumes with their size and users.
     Volumes {

@@ -302,7 +302,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api }, false)
         }
         Cmd::DrainHost(DrainHostArgs { fleet, host, undo }) => {
-            (fleet_via(fleet, FleetRequest::DrainHost { host, undo })?, false)
+            (fleet_via(fleet, FleetRequest::DrainHost { host, undo, actor: actor() })?, false)
         }
         Cmd::Place(PlaceArgs {
             fleet,
@@ -364,7 +364,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 channel: None,
                 previous: None,
             };
-            (fleet_via(fleet, FleetRequest::Place { service, desired })?, false)
+            (fleet_via(fleet, FleetRequest::Place { service, desired, actor: actor() })?, false)
         }
         Cmd::Db { action: DbCmd::Update { mirror, ca, ecosystems, json } } => {
             (Command::DbUpdate { mirror, ca, ecosystems }, json)
@@ -489,7 +489,10 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         }
         Cmd::Volumes { json } => (Command::Volumes {}, json),
         Cmd::Plan { service, file, json } => (Command::Plan { file, service }, json),
-        Cmd::History { service, verify, json } => (Command::History { service, verify }, json),
+        Cmd::History { service, verify, json, fleet } if fleet.on() => {
+            (fleet_via(fleet, FleetRequest::History { service, verify })?, json)
+        }
+        Cmd::History { service, verify, json, fleet: _ } => (Command::History { service, verify }, json),
         Cmd::Secret { action: SecretCmd::Set { name } } => {
             let mut value = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
@@ -591,11 +594,13 @@ fn fleet_command(
     Ok(match fleet.controller.clone() {
         Some(url) => Command::FleetRemote {
             controller: Controller { url, token: controller_token(&fleet)? },
-            request: FleetRequest::of_change(service, change, registry),
+            request: FleetRequest::of_change(service, change, registry, super::actor()),
             wait,
             bake,
         },
-        None => Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake },
+        None => {
+            Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake, actor: super::actor() }
+        }
     })
 }
 

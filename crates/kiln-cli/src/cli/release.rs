@@ -460,7 +460,12 @@ pub fn render_history(entries: &[kiln::serve::history::Entry], verified: Option<
     let mut last_release = "";
     for e in entries {
         let time = kiln::time::rfc3339_millis(e.at_ms);
-        let who = if e.release == last_release { String::new() } else { format!("{} {}", e.service, e.release) };
+        // A fleet-wide entry (a host's) names no service.
+        let who = match (e.release == last_release, e.service.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => "fleet".to_owned(),
+            (false, false) => format!("{} {}", e.service, e.release),
+        };
         last_release = &e.release;
         let what = match &e.event {
             Event::Started { digest, tags, revision, strategy, actor, previous, changed } => format!(
@@ -522,6 +527,11 @@ pub fn render_history(entries: &[kiln::serve::history::Entry], verified: Option<
             }
             Event::Recovered { failed_ms, attempts } => {
                 format!("reconciled again after {failed_ms} ms and {attempts} failed attempt(s)")
+            }
+            Event::Drain { host, on: true, actor } => format!("host {host} set draining by {actor}"),
+            Event::Drain { host, on: false, actor } => format!("host {host} no longer draining ({actor})"),
+            Event::HostLost { host, slots } => {
+                format!("host {host} lost (its lease expired): {} moved to other hosts", slots.join(", "))
             }
         };
         println!("{:>4}  {time}  {who:<28}  {what}", e.seq);

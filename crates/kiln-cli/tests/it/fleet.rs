@@ -393,6 +393,13 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
         "host loss to serving elsewhere: {} ms (lease 2 s, the leader killed just before)",
         lost.elapsed().as_millis()
     );
+    // The history says so, written by the new leader with the move.
+    let h = json(&kiln_ok(&ctl, &ctl, &["history", "--cluster", &cluster, "--verify", "--json"]));
+    let lost_entry = h["entries"].as_array().unwrap().iter().find(|e| e["event"]["kind"] == "host_lost");
+    let lost_entry = lost_entry.unwrap_or_else(|| panic!("no host_lost entry: {h}"));
+    assert_eq!(lost_entry["event"]["host"], "h1", "{h}");
+    assert_eq!(lost_entry["event"]["slots"], serde_json::json!([h1_slot]), "{h}");
+    assert_eq!(h["entries"][0]["event"]["strategy"], "place", "{h}");
     // A new image rolls through the leader to every replica.
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "2", &images[1].1]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -487,6 +494,8 @@ fn drain_host_moves_a_slot_surge_first() {
     };
     assert!(p[to].iter().any(|(s, _)| s == "web-0"), "{p:?}");
     assert!(p.values().flatten().all(|(s, _)| !s.starts_with("huge")), "huge placed nowhere: {p:?}");
+    let text = kiln_ok(&ctl, &ctl, &["history", "--cluster", &cluster, "--verify"]);
+    assert!(text.contains(&format!("host {from} set draining by")) && text.contains("hash chain verified"), "{text}");
     // Cleaned up: nothing left running on either host.
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[0].1]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1130,6 +1139,19 @@ fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_d
     assert!(only("2.0.0"), "only the stable release serves after the abort");
     let text = kiln_ok(&ctl, &ctl, &["services", "--cluster", &cluster]);
     assert!(text.contains("last verdict: abort (fail) at 20 %"), "{text}");
+    // The history: each step's verdict, the promotion and the abort, the
+    // chain whole through the leader's death (the new leader appended to
+    // what the old one wrote).
+    let h = json(&kiln_ok(&ctl, &ctl, &["history", "web", "--cluster", &cluster, "--verify", "--json"]));
+    let events: Vec<&serde_json::Value> = h["entries"].as_array().unwrap().iter().map(|e| &e["event"]).collect();
+    let outcomes: Vec<&str> =
+        events.iter().filter(|e| e["kind"] == "finished").filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["succeeded", "failed"], "{h}");
+    let failed_verdict = events.iter().rev().find(|e| e["kind"] == "verdict").unwrap();
+    assert_eq!(failed_verdict["verdict"]["outcome"], "fail", "{h}");
+    assert!(events.iter().filter(|e| e["kind"] == "verdict" && e["verdict"]["outcome"] == "pass").count() >= 1, "{h}");
+    let text = kiln_ok(&ctl, &ctl, &["history", "web", "--cluster", &cluster]);
+    assert!(text.contains("the analysis failed at step 1") && text.contains("verdict at step 1: fail"), "{text}");
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[1].1]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while placed(&ctl, &urls).values().flatten().count() > 0 {
@@ -1793,4 +1815,85 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(status().as_array().unwrap().is_empty());
+
+    // The fleet's history: every change above, a person's and the
+    // leader's, chained in etcd, each written with its change.
+    let h = json(&kiln_ok(&ctl, &app, &["history", "--cluster", &cluster, "--verify", "--json"]));
+    let entries = h["entries"].as_array().unwrap();
+    assert_eq!(h["verified"].as_u64(), Some(entries.len() as u64), "{h}");
+    let said: Vec<String> = entries
+        .iter()
+        .filter(|e| e["event"]["kind"] != "step" && e["event"]["kind"] != "verdict")
+        .map(|e| {
+            let ev = &e["event"];
+            let what = ev["strategy"].as_str().or(ev["outcome"].as_str()).unwrap_or_default();
+            format!("{} {what}", ev["kind"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "started rolling",
+            "started rolling",
+            "started rollback",
+            "started canary",
+            "finished succeeded",
+            "started canary",
+            "finished aborted",
+            "started rollback",
+            "started rolling",
+            "down ",
+        ],
+        "{h}"
+    );
+    // The leader's start of each canary, with both releases' weights.
+    let steps: Vec<&serde_json::Value> = entries.iter().filter(|e| e["event"]["kind"] == "step").collect();
+    assert!(steps.len() >= 2, "{h}");
+    let short = |image: &str| image.rsplit_once("sha256:").unwrap().1[..12].to_owned();
+    assert_eq!(steps[0]["release"], short(&images[1].1).as_str(), "{h}");
+    assert_eq!(steps[0]["event"]["weights"][short(&images[0].1)], 50, "{h}");
+    // Who asked: this user, or the API when the body names no one.
+    let by =
+        |i: usize| entries.iter().filter(|e| e["event"]["kind"] == "started").nth(i).unwrap()["event"]["actor"].clone();
+    assert!(by(0).as_str().is_some_and(|a| a.contains('@')), "{h}");
+    assert_eq!(by(5), "api", "the API's rollback: {h}");
+    // The same through the controller's API, and rendered for a person.
+    let history_through = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--controller", url.as_str(), "--token-file", token.to_str().unwrap()]);
+        kiln(&ctl, &app, &all)
+    };
+    let through_api = history_through(&["history", "web"]);
+    let text = String::from_utf8_lossy(&through_api.stdout);
+    assert!(
+        through_api.status.success() && text.contains("started rollback") && text.contains("taken down by"),
+        "{text}"
+    );
+
+    // An entry edited in etcd, as anyone with write access could: named by
+    // its key, exit 3, even when put back byte for byte (etcd counts the
+    // writes; kiln writes an entry once).
+    let key = "/kiln/history/0000000000000002";
+    let original = etcd_value(&urls[0], key);
+    let mut forged = original.clone();
+    forged["body"] = serde_json::Value::String(forged["body"].as_str().unwrap().replace("rolling", "recreate"));
+    etcd_put(&urls[0], key, &forged);
+    let verify = kiln(&ctl, &app, &["history", "--cluster", &cluster, "--verify"]);
+    let e = String::from_utf8_lossy(&verify.stderr);
+    assert_eq!(verify.status.code(), Some(3), "{e}");
+    assert!(e.contains(key) && e.contains("edited"), "{e}");
+    etcd_put(&urls[0], key, &original);
+    let verify = history_through(&["history", "--verify"]);
+    let e = String::from_utf8_lossy(&verify.stderr);
+    assert_eq!(verify.status.code(), Some(3), "through the API too: {e}");
+    assert!(e.contains(key) && e.contains("written 3 times"), "{e}");
+}
+
+/// The JSON kiln stored at `key`, read through etcd's JSON gateway.
+fn etcd_value(url: &str, key: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "key": kiln::base64::encode(key.as_bytes()) });
+    let out = run("curl", &["-sf", &format!("{url}/v3/kv/range"), "-d", &body.to_string()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let value = kiln::base64::decode(v["kvs"][0]["value"].as_str().unwrap()).unwrap();
+    serde_json::from_slice(&value).unwrap()
 }

@@ -40,6 +40,8 @@ pub enum CommandError {
     #[error(transparent)]
     FleetChange(#[from] crate::fleet::change::ChangeError),
     #[error(transparent)]
+    FleetHistory(#[from] crate::fleet::history::FleetHistoryError),
+    #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),
@@ -71,6 +73,10 @@ impl CommandError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::History(HistoryError::Broken { .. } | HistoryError::Anchor { .. }) => 3,
+            CommandError::FleetHistory(
+                crate::fleet::history::FleetHistoryError::Broken { .. }
+                | crate::fleet::history::FleetHistoryError::Head { .. },
+            ) => 3,
             CommandError::Sign(
                 crate::verify::sign::SignError::Invalid { .. } | crate::verify::sign::SignError::Unsigned { .. },
             ) => 7,

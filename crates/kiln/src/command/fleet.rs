@@ -193,6 +193,10 @@ impl LoadBalancers {
 }
 
 /// Carries out a fleet command; any other is refused by name.
+/// How often a person's change is read, decided and written again when
+/// the service or the history moved in between.
+const CHANGE_TRIES: u32 = 5;
+
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     match cmd {
         Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries, peer_port } => {
@@ -517,19 +521,33 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &|m| eprintln!("kiln controller {name}: {m}"))?;
             Ok(Output::Done { message: format!("kiln controller {name} stopped") })
         }
-        Command::Place { cluster, service, desired } => {
+        Command::Place { cluster, service, desired, actor } => {
             check_desired("kiln place", &service, &desired)?;
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            let message = if desired.replicas == 0 {
-                crate::fleet::set_service(&etcd, &service, None)?;
-                format!("{service}: removed from the fleet")
-            } else {
-                crate::fleet::set_service(&etcd, &service, Some(&desired))?;
-                format!("{service}: {} replicas of {}", desired.replicas, desired.image)
+            let next = (desired.replicas > 0).then_some(&desired);
+            // Written with its history entry, conditioned on what was read.
+            let mut written = false;
+            for _ in 0..CHANGE_TRIES {
+                let (current, revision) = match crate::fleet::service(&etcd, &service)? {
+                    Some((d, rev)) => (Some(d), rev),
+                    None => (None, 0),
+                };
+                let entries = crate::fleet::records::of_place(&service, current.as_ref(), next, &actor);
+                if crate::fleet::set_service_if(&etcd, &service, next, revision, &entries)? {
+                    written = true;
+                    break;
+                }
+            }
+            if !written {
+                return Err(crate::fleet::change::ChangeError::Contended { service, tries: CHANGE_TRIES }.into());
+            }
+            let message = match next {
+                None => format!("{service}: removed from the fleet"),
+                Some(d) => format!("{service}: {} replicas of {}", d.replicas, d.image),
             };
             Ok(Output::Done { message })
         }
-        Command::FleetChange { cluster, service, mut change, registry, wait, bake } => {
+        Command::FleetChange { cluster, service, mut change, registry, wait, bake, actor } => {
             if !crate::spec::valid_image_name(&service) {
                 return Err(CommandError::BadRequest {
                     field: "service".into(),
@@ -554,15 +572,22 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             // Read, decide, write if nothing changed since the read: the
             // leader may step a canary in between, and then the change is
             // decided again on what it wrote.
-            const TRIES: u32 = 5;
-            for _ in 0..TRIES {
+            for _ in 0..CHANGE_TRIES {
                 let (current, revision) = match crate::fleet::service(&etcd, &service)? {
                     Some((d, rev)) => (Some(d), rev),
                     None => (None, 0),
                 };
                 let (next, applied) =
                     crate::fleet::change::apply(&service, current.as_ref(), change.clone(), crate::time::now_secs())?;
-                if !crate::fleet::set_service_if(&etcd, &service, next.as_ref(), revision)? {
+                let entries = crate::fleet::records::of_change(
+                    &service,
+                    &change,
+                    current.as_ref(),
+                    next.as_ref(),
+                    &applied,
+                    &actor,
+                );
+                if !crate::fleet::set_service_if(&etcd, &service, next.as_ref(), revision, &entries)? {
                     continue;
                 }
                 let message = format!("{service}: {applied}");
@@ -592,7 +617,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 follow(&mut observe, &service, &target, wait, ctx.progress)?;
                 return Ok(Output::Done { message: format!("{service}: {target} serves on every replica") });
             }
-            Err(crate::fleet::change::ChangeError::Contended { service, tries: TRIES }.into())
+            Err(crate::fleet::change::ChangeError::Contended { service, tries: CHANGE_TRIES }.into())
         }
         Command::FleetRemote { controller, mut request, wait, bake } => {
             use super::fleet_api::FleetRequest;
@@ -600,7 +625,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 settings.image = bake_and_push(b, registry, ctx)?;
             }
             let followed = match &request {
-                FleetRequest::Deploy { service, .. } | FleetRequest::Rollback { service } => Some(service.clone()),
+                FleetRequest::Deploy { service, .. } | FleetRequest::Rollback { service, .. } => Some(service.clone()),
                 _ => None,
             };
             let output = controller.ask(&request)?;
@@ -630,15 +655,32 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             follow(&mut observe, &service, &target, wait, ctx.progress)?;
             Ok(Output::Done { message: format!("{service}: {target} serves on every replica") })
         }
-        Command::DrainHost { cluster, host, undo } => {
+        Command::DrainHost { cluster, host, undo, actor } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            crate::fleet::drain(&etcd, &host, !undo)?;
+            let mut written = false;
+            for _ in 0..CHANGE_TRIES {
+                written = crate::fleet::drain(&etcd, &host, !undo, &actor)?;
+                if written {
+                    break;
+                }
+            }
+            if !written {
+                return Err(CommandError::BadRequest {
+                    field: "host".into(),
+                    message: format!("{host}: the fleet's history kept moving; not written, try again"),
+                });
+            }
             let message = if undo {
                 format!("{host}: no longer draining")
             } else {
                 format!("{host}: draining, its slots move away surge-first")
             };
             Ok(Output::Done { message })
+        }
+        Command::FleetHistory { cluster, service, verify } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let verified = if verify { Some(crate::fleet::history::verify(&etcd)?) } else { None };
+            Ok(Output::History { entries: crate::fleet::history::entries(&etcd, service.as_deref())?, verified })
         }
         Command::Hosts { cluster } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;

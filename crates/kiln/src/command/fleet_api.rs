@@ -5,9 +5,11 @@
 //! [`Output`]. A change is written to etcd conditioned on what it read,
 //! so it does not matter which controller takes it.
 //!
-//! - `GET /v1/fleet/services`, `GET /v1/fleet/hosts`;
+//! - `GET /v1/fleet/services`, `GET /v1/fleet/hosts`,
+//!   `GET /v1/fleet/history`;
 //! - `POST /v1/fleet` with a [`FleetRequest`], externally tagged:
-//!   `{"rollback": {"service": "web"}}`.
+//!   `{"rollback": {"service": "web", "actor": "ops@laptop"}}`,
+//!   `{"history": {"service": "web", "verify": true}}`.
 //!
 //! Callers send `Authorization: Bearer TOKEN` (`$KILN_HOME/serve.token`).
 //! [`Controller`] is the client side, for `kiln … --controller URL`: a
@@ -94,16 +96,27 @@ impl Controller {
 const MAX_CONNECTIONS: usize = 16;
 
 /// A fleet command as an API body. Each becomes the [`Command`] the CLI
-/// would make, with the controller's cluster.
+/// would make, with the controller's cluster. A change names who asks
+/// (`actor`, for the history; `api` when not given).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FleetRequest {
     Services {},
     Hosts {},
+    /// `kiln history --cluster`: the fleet's history (of `service`, if
+    /// given), the chain checked first with `verify`.
+    History {
+        #[serde(default)]
+        service: Option<String>,
+        #[serde(default)]
+        verify: bool,
+    },
     /// `kiln place`: the desired state as it is.
     Place {
         service: String,
         desired: Desired,
+        #[serde(default)]
+        actor: String,
     },
     /// `kiln deploy --cluster`: `settings` (as kiln.toml's service makes
     /// them) with a new image, a canary when `canary` is given. A tag is
@@ -116,68 +129,93 @@ pub enum FleetRequest {
         canary: Option<CanaryPlan>,
         #[serde(default)]
         registry: crate::spec::registries::RegistrySpec,
+        #[serde(default)]
+        actor: String,
     },
     Rollback {
         service: String,
+        #[serde(default)]
+        actor: String,
     },
     Promote {
         service: String,
+        #[serde(default)]
+        actor: String,
     },
     Abort {
         service: String,
+        #[serde(default)]
+        actor: String,
     },
     Down {
         service: String,
+        #[serde(default)]
+        actor: String,
     },
     DrainHost {
         host: String,
         #[serde(default)]
         undo: bool,
+        #[serde(default)]
+        actor: String,
     },
 }
 
 impl FleetRequest {
     /// A person's change to `service` as a request (`registry`: a
     /// deploy's settings for resolving a tag).
-    pub fn of_change(service: String, change: Change, registry: crate::spec::registries::RegistrySpec) -> Self {
+    pub fn of_change(
+        service: String,
+        change: Change,
+        registry: crate::spec::registries::RegistrySpec,
+        actor: String,
+    ) -> Self {
         match change {
             Change::Deploy { settings, canary } => {
-                FleetRequest::Deploy { service, settings: *settings, canary, registry }
+                FleetRequest::Deploy { service, settings: *settings, canary, registry, actor }
             }
-            Change::Rollback => FleetRequest::Rollback { service },
-            Change::Promote => FleetRequest::Promote { service },
-            Change::Abort => FleetRequest::Abort { service },
-            Change::Down => FleetRequest::Down { service },
+            Change::Rollback => FleetRequest::Rollback { service, actor },
+            Change::Promote => FleetRequest::Promote { service, actor },
+            Change::Abort => FleetRequest::Abort { service, actor },
+            Change::Down => FleetRequest::Down { service, actor },
         }
     }
 
     /// The command it stands for, against `cluster`.
     pub fn into_command(self, cluster: Cluster) -> Command {
-        let change = |service: String, change: Change| Command::FleetChange {
+        let who = |actor: String| if actor.trim().is_empty() { "api".to_owned() } else { actor };
+        let change = |service: String, change: Change, actor: String| Command::FleetChange {
             cluster: cluster.clone(),
             service,
             change,
             registry: Default::default(),
             wait: None,
             bake: None,
+            actor: who(actor),
         };
         match self {
             FleetRequest::Services {} => Command::FleetServices { cluster },
             FleetRequest::Hosts {} => Command::Hosts { cluster },
-            FleetRequest::Place { service, desired } => Command::Place { cluster, service, desired },
-            FleetRequest::Deploy { service, settings, canary, registry } => Command::FleetChange {
+            FleetRequest::History { service, verify } => Command::FleetHistory { cluster, service, verify },
+            FleetRequest::Place { service, desired, actor } => {
+                Command::Place { cluster, service, desired, actor: who(actor) }
+            }
+            FleetRequest::Deploy { service, settings, canary, registry, actor } => Command::FleetChange {
                 cluster: cluster.clone(),
                 service,
                 change: Change::Deploy { settings: Box::new(settings), canary },
                 registry,
                 wait: None,
                 bake: None,
+                actor: who(actor),
             },
-            FleetRequest::Rollback { service } => change(service, Change::Rollback),
-            FleetRequest::Promote { service } => change(service, Change::Promote),
-            FleetRequest::Abort { service } => change(service, Change::Abort),
-            FleetRequest::Down { service } => change(service, Change::Down),
-            FleetRequest::DrainHost { host, undo } => Command::DrainHost { cluster, host, undo },
+            FleetRequest::Rollback { service, actor } => change(service, Change::Rollback, actor),
+            FleetRequest::Promote { service, actor } => change(service, Change::Promote, actor),
+            FleetRequest::Abort { service, actor } => change(service, Change::Abort, actor),
+            FleetRequest::Down { service, actor } => change(service, Change::Down, actor),
+            FleetRequest::DrainHost { host, undo, actor } => {
+                Command::DrainHost { cluster, host, undo, actor: who(actor) }
+            }
         }
     }
 }
@@ -189,6 +227,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<FleetRequest, (u16
     match (method, path) {
         ("GET", "/v1/fleet/services") => Ok(FleetRequest::Services {}),
         ("GET", "/v1/fleet/hosts") => Ok(FleetRequest::Hosts {}),
+        ("GET", "/v1/fleet/history") => Ok(FleetRequest::History { service: None, verify: false }),
         ("POST", "/v1/fleet") => serde_json::from_slice(body).map_err(|e| {
             let m = e.to_string();
             // serde names the field between backticks; a wrong request
@@ -291,13 +330,24 @@ mod tests {
         assert_eq!(ok("GET", "/v1/fleet/hosts", b""), Ok(FleetRequest::Hosts {}));
         assert_eq!(
             ok("POST", "/v1/fleet", br#"{"rollback": {"service": "web"}}"#),
-            Ok(FleetRequest::Rollback { service: "web".into() })
+            Ok(FleetRequest::Rollback { service: "web".into(), actor: String::new() })
         );
+        assert_eq!(
+            ok("POST", "/v1/fleet", br#"{"history": {"service": "web", "verify": true}}"#),
+            Ok(FleetRequest::History { service: Some("web".into()), verify: true })
+        );
+        assert_eq!(ok("GET", "/v1/fleet/history", b""), Ok(FleetRequest::History { service: None, verify: false }));
         let cluster = Cluster { urls: vec!["http://127.0.0.1:2379".into()], ca: None, cert: None, key: None };
-        let cmd = FleetRequest::Promote { service: "web".into() }.into_command(cluster.clone());
-        assert!(
-            matches!(cmd, Command::FleetChange { ref service, change: Change::Promote, wait: None, .. } if service == "web")
-        );
+        // Who asked travels to the history; "api" when the body names no one.
+        let cmd = FleetRequest::Promote { service: "web".into(), actor: String::new() }.into_command(cluster.clone());
+        assert!(matches!(
+            cmd,
+            Command::FleetChange { ref service, change: Change::Promote, wait: None, ref actor, .. }
+                if service == "web" && actor == "api"
+        ));
+        let cmd =
+            FleetRequest::Down { service: "web".into(), actor: "ops@laptop".into() }.into_command(cluster.clone());
+        assert!(matches!(cmd, Command::FleetChange { ref actor, .. } if actor == "ops@laptop"));
         let field = |body: &[u8]| match route("POST", "/v1/fleet", body) {
             Err((400, CommandError::BadRequest { field, .. })) => field,
             other => panic!("{other:?}"),

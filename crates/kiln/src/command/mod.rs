@@ -186,6 +186,8 @@ pub enum Command {
         cluster: crate::fleet::etcd::Cluster,
         service: String,
         desired: crate::fleet::place::Desired,
+        /// Who asked, for the history.
+        actor: String,
     },
     /// A person's change to one fleet service (`deploy`, `rollback`,
     /// `promote`, `abort`, `down` with `--cluster`): decided by the pure
@@ -205,6 +207,8 @@ pub enum Command {
         /// Bake the deploy's image from kiln.toml and push it first; the
         /// deploy then names the pushed digest.
         bake: Option<FleetBake>,
+        /// Who asked, for the history.
+        actor: String,
     },
     /// A fleet command sent to a controller's API (`--controller URL`)
     /// rather than to etcd; a deploy's [`FleetBake`] is done here first,
@@ -224,6 +228,17 @@ pub enum Command {
         cluster: crate::fleet::etcd::Cluster,
         host: String,
         undo: bool,
+        /// Who asked, for the history.
+        actor: String,
+    },
+    /// The fleet's release history, from etcd (of one service, if given);
+    /// with `verify`, the whole chain and its etcd revisions are checked
+    /// first. Caller's process only.
+    #[serde(skip)]
+    FleetHistory {
+        cluster: crate::fleet::etcd::Cluster,
+        service: Option<String>,
+        verify: bool,
     },
     /// The hosts of a fleet whose lease is alive. Carried out in the
     /// caller's process (it talks to etcd), never as an API body.
@@ -568,6 +583,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetRemote { .. }
         | Command::DrainHost { .. }
         | Command::Hosts { .. }
+        | Command::FleetHistory { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

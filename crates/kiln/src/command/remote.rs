@@ -53,6 +53,7 @@ impl Job {
                 | Command::FleetRemote { .. }
                 | Command::DrainHost { .. }
                 | Command::Hosts { .. }
+                | Command::FleetHistory { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -225,6 +226,12 @@ pub fn status(e: &CommandError) -> u16 {
         CommandError::Etcd(e) => match e {
             crate::fleet::etcd::EtcdError::Invalid { path, .. } if path == "--cluster" => 400,
             _ => 502,
+        },
+        CommandError::FleetHistory(h) => match h {
+            crate::fleet::history::FleetHistoryError::Etcd(_) => 502,
+            // The check found tampering: the answer stands, as a conflict
+            // with what the history should be.
+            _ => 409,
         },
         CommandError::FleetChange(c) => {
             use crate::fleet::change::ChangeError;
@@ -517,6 +524,7 @@ mod tests {
             | Command::FleetRemote { .. }
             | Command::DrainHost { .. }
             | Command::Hosts { .. }
+            | Command::FleetHistory { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

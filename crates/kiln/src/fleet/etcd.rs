@@ -65,7 +65,11 @@ pub enum Compare {
 pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
+    /// The revision it was created at, and last modified at.
+    pub create_revision: i64,
     pub mod_revision: i64,
+    /// How many times it was written since it was created (1: once).
+    pub version: i64,
     pub lease: i64,
 }
 
@@ -246,7 +250,11 @@ impl Etcd {
             #[serde(default)]
             value: String,
             #[serde(default)]
+            create_revision: serde_json::Value,
+            #[serde(default)]
             mod_revision: serde_json::Value,
+            #[serde(default)]
+            version: serde_json::Value,
             #[serde(default)]
             lease: serde_json::Value,
         }
@@ -259,7 +267,9 @@ impl Etcd {
                     key: String::from_utf8(unb64(&k.key).ok_or_else(|| bad("a key is not base64"))?)
                         .map_err(|_| bad("a key is not UTF-8"))?,
                     value: unb64(&k.value).ok_or_else(|| bad("a value is not base64"))?,
+                    create_revision: int(&k.create_revision),
                     mod_revision: int(&k.mod_revision),
+                    version: int(&k.version),
                     lease: int(&k.lease),
                 })
             })

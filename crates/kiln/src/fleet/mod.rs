@@ -14,10 +14,12 @@
 pub mod canary;
 pub mod change;
 pub mod etcd;
+pub mod history;
 pub mod lease;
 pub mod peer;
 pub mod place;
 pub mod reconcile;
+pub mod records;
 pub mod route;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,23 +332,21 @@ pub fn run_agent(
     Ok(())
 }
 
-/// Marks host `host` as draining (or, with false, no longer).
-pub fn drain(cluster: &Etcd, host: &str, on: bool) -> Result<(), EtcdError> {
+/// Marks host `host` as draining (or, with false, no longer), with its
+/// history entry in the same transaction; false when the history moved
+/// since `tip` was read.
+pub fn drain(cluster: &Etcd, host: &str, on: bool, actor: &str) -> Result<bool, history::FleetHistoryError> {
     let key = format!("{DRAIN}{host}");
+    let tip = history::tip(cluster)?;
+    let (compare, mut puts) =
+        history::append(&tip, &[records::of_drain(host, on, actor)], crate::time::now_ms() as i64);
+    let mut deletes = Vec::new();
     if on {
-        cluster.put(&key, b"{}", 0).map(|_| ())
+        puts.push((key, b"{}".to_vec(), 0));
     } else {
-        cluster.delete(&key)
+        deletes.push(key);
     }
-}
-
-/// Sets (or, with None, removes) service `name`'s desired state.
-pub fn set_service(cluster: &Etcd, name: &str, d: Option<&place::Desired>) -> Result<(), EtcdError> {
-    let key = format!("{SERVICES}{name}");
-    match d {
-        Some(d) => cluster.put(&key, &serde_json::to_vec(d).unwrap_or_default(), 0).map(|_| ()),
-        None => cluster.delete(&key),
-    }
+    Ok(cluster.txn(&[compare], &puts, &deletes)?)
 }
 
 /// Service `name`'s desired state with the revision it was last written
@@ -360,19 +360,27 @@ pub fn service(cluster: &Etcd, name: &str) -> Result<Option<(place::Desired, i64
 }
 
 /// Sets (or, with None, removes) service `name`'s desired state if it was
-/// last written at `revision` (0: if it is absent); returns whether it did.
+/// last written at `revision` (0: if it is absent), with `records`
+/// appended to the history in the same transaction (log and state
+/// together); false when the service or the history moved since they
+/// were read.
 pub fn set_service_if(
     cluster: &Etcd,
     name: &str,
     d: Option<&place::Desired>,
     revision: i64,
-) -> Result<bool, EtcdError> {
+    records: &[history::Record],
+) -> Result<bool, history::FleetHistoryError> {
     let key = format!("{SERVICES}{name}");
-    let compare = [etcd::Compare::Modified { key: key.clone(), revision }];
+    let tip = history::tip(cluster)?;
+    let (logged, mut puts) = history::append(&tip, records, crate::time::now_ms() as i64);
+    let compare = [etcd::Compare::Modified { key: key.clone(), revision }, logged];
+    let mut deletes = Vec::new();
     match d {
-        Some(d) => cluster.txn(&compare, &[(key, serde_json::to_vec(d).unwrap_or_default(), 0)], &[]),
-        None => cluster.txn(&compare, &[], &[key]),
+        Some(d) => puts.push((key, serde_json::to_vec(d).unwrap_or_default(), 0)),
+        None => deletes.push(key),
     }
+    Ok(cluster.txn(&compare, &puts, &deletes)?)
 }
 
 /// Every service's desired state, with the revision it was last written
@@ -452,16 +460,46 @@ pub fn lead_round(
     for n in notes {
         log(&n);
     }
+    // A lost host's slots leave it: recorded in the history with the
+    // first of them this round.
+    let mut lost: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for change in &changes {
+        if let place::Change::Unassign { host, slot } = change {
+            if !hosts.contains_key(host) {
+                lost.entry(host.clone()).or_default().push(slot.clone());
+            }
+        }
+    }
     for change in changes {
-        let (puts, deletes) = match &change {
+        let (mut puts, deletes, mut entries) = match &change {
             place::Change::Assign { host, slot, assignment } => {
                 let stamped = reconcile::Assignment { epoch, ..assignment.clone() };
                 let value = serde_json::to_vec(&stamped).unwrap_or_default();
-                (vec![(format!("{ASSIGN}{host}/{slot}"), value, 0)], vec![])
+                (vec![(format!("{ASSIGN}{host}/{slot}"), value, 0)], vec![], Vec::new())
             }
-            place::Change::Unassign { host, slot } => (vec![], vec![format!("{ASSIGN}{host}/{slot}")]),
+            place::Change::Unassign { host, slot } => {
+                let entries = match lost.remove(host) {
+                    Some(slots) => vec![records::of_lost_host(host, slots)],
+                    None => Vec::new(),
+                };
+                (vec![], vec![format!("{ASSIGN}{host}/{slot}")], entries)
+            }
         };
-        if !cluster.txn_if_created_at(LEADER, epoch, &puts, &deletes)? {
+        let mut compares = vec![etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch }];
+        if !entries.is_empty() {
+            let tip = leader_tip(cluster)?;
+            let (logged, logged_puts) =
+                history::append(&tip, &std::mem::take(&mut entries), crate::time::now_ms() as i64);
+            compares.push(logged);
+            puts.extend(logged_puts);
+        }
+        if !cluster.txn(&compares, &puts, &deletes)? {
+            // Refused: by the epoch (leadership lost) or by the history
+            // (another writer appended; the next round decides again).
+            if cluster.get(LEADER)?.is_some_and(|(rev, _)| rev == epoch) {
+                log("a write was refused: the history moved; decided again next round");
+                return Ok(true);
+            }
             log("a write was refused: no longer the leader");
             return Ok(false);
         }
@@ -471,6 +509,15 @@ pub fn lead_round(
         step_canary(cluster, epoch, name, d, *revision, &records, log)?;
     }
     Ok(true)
+}
+
+/// The history's end, for the leader's writes: an unreadable head is an
+/// etcd value that no longer reads as what kiln wrote.
+fn leader_tip(cluster: &Etcd) -> Result<history::Tip, EtcdError> {
+    history::tip(cluster).map_err(|e| match e {
+        history::FleetHistoryError::Etcd(e) => e,
+        other => EtcdError::Malformed { key: history::HEAD.into(), message: other.to_string() },
+    })
 }
 
 /// Moves service `name`'s analysed canary on ([`canary::decide`]): its
@@ -504,30 +551,38 @@ fn step_canary(
         .collect();
     let obs = canary::Observed { running, hosts };
     let now = crate::time::now_secs();
-    let (next, verdict, action) = match canary::decide(c, &c.analysis(), &obs, now) {
+    use records::CanaryAct;
+    let (next, verdict, act) = match canary::decide(c, &c.analysis(), &obs, now) {
         canary::Decision::Wait => return Ok(()),
         canary::Decision::Set { canary: next, verdict } => {
-            let action = match (&c.progress, &next.progress) {
-                (None, _) => "start",
-                (_, Some(p)) if p.paused.is_some() => "pause",
-                (Some(a), Some(b)) if b.step > a.step => "advance",
-                _ => "extend",
+            let act = match (&c.progress, &next.progress) {
+                (None, _) => CanaryAct::Start,
+                (_, Some(p)) if p.paused.is_some() => CanaryAct::Pause,
+                (Some(a), Some(b)) if b.step > a.step => CanaryAct::Advance,
+                _ => CanaryAct::Extend,
             };
-            (place::Desired { canary: Some(next), ..d.clone() }, verdict, action)
+            (place::Desired { canary: Some(next), ..d.clone() }, verdict, act)
         }
         canary::Decision::Promote { verdict } => {
             let promoted =
                 place::Desired { image: c.image.clone(), previous: Some(d.image.clone()), canary: None, ..d.clone() };
-            (promoted, Some(verdict), "promote")
+            (promoted, Some(verdict), CanaryAct::Promote)
         }
-        canary::Decision::Abort { verdict } => (place::Desired { canary: None, ..d.clone() }, Some(verdict), "abort"),
+        canary::Decision::Abort { verdict } => {
+            (place::Desired { canary: None, ..d.clone() }, Some(verdict), CanaryAct::Abort)
+        }
     };
+    let action = format!("{act:?}").to_lowercase();
+    // Its history entries go in the same transaction as the step.
+    let entries = records::of_canary(name, &d.image, c, next.canary.as_ref(), act, verdict.as_ref());
+    let tip = leader_tip(cluster)?;
+    let (logged, mut puts) = history::append(&tip, &entries, now * 1000);
     let key = format!("{SERVICES}{name}");
-    let mut puts = vec![(key.clone(), serde_json::to_vec(&next).unwrap_or_default(), 0)];
+    puts.push((key.clone(), serde_json::to_vec(&next).unwrap_or_default(), 0));
     if let Some(verdict) = verdict {
         let record = canary::FleetVerdict {
             at: now,
-            action: action.to_owned(),
+            action: action.clone(),
             image: c.image.clone(),
             weight: c.weight,
             verdict,
@@ -535,12 +590,17 @@ fn step_canary(
         };
         puts.push((format!("{VERDICTS}{name}"), serde_json::to_vec(&record).unwrap_or_default(), 0));
     }
-    let compares =
-        [etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch }, etcd::Compare::Modified { key, revision }];
+    let compares = [
+        etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch },
+        etcd::Compare::Modified { key, revision },
+        logged,
+    ];
     if cluster.txn(&compares, &puts, &[])? {
         log(&format!("{name}: canary {action} (at {} %)", c.weight));
     } else {
-        log(&format!("{name}: canary {action} not written: the service changed, or another controller leads"));
+        log(&format!(
+            "{name}: canary {action} not written: the service or the history changed, or another controller leads"
+        ));
     }
     Ok(())
 }

@@ -76,6 +76,8 @@ impl Counters {
             | Event::Recovered { .. }
             | Event::Down { .. }
             | Event::CertExpiring { .. }
+            | Event::Drain { .. }
+            | Event::HostLost { .. }
             | Event::Scaled { .. } => {}
         }
     }

@@ -120,6 +120,11 @@ pub enum Event {
     /// A certificate the service serves expires soon (`not_after`, Unix
     /// seconds): renew it before clients refuse it.
     CertExpiring { cert: String, not_after: i64, days_left: i64 },
+    /// A fleet host was set draining (`on`) or no longer: its slots move
+    /// away surge-first. Fleet-wide: the entry names no service.
+    Drain { host: String, on: bool, actor: String },
+    /// A fleet host's lease expired; the leader moved these slots off it.
+    HostLost { host: String, slots: Vec<String> },
 }
 
 impl Event {
@@ -139,6 +144,8 @@ impl Event {
             Event::Down { .. } => "down",
             Event::Scaled { .. } => "scaled",
             Event::CertExpiring { .. } => "cert_expiring",
+            Event::Drain { .. } => "drain",
+            Event::HostLost { .. } => "host_lost",
         }
     }
 }
@@ -192,6 +199,84 @@ fn entry_hash(prev: &str, seq: i64, service: &str, release: &str, at_ms: i64, ki
     h.field(kind.as_bytes());
     h.field(body.as_bytes());
     h.finish()
+}
+
+/// One entry as it is stored: its event still the exact text that was
+/// hashed, so a check never depends on how this build serializes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub seq: i64,
+    pub service: String,
+    pub release: String,
+    pub at_ms: i64,
+    pub kind: String,
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Stored {
+    /// The entry after `last` (None: the first), chained to it.
+    pub fn next(last: Option<(i64, &str)>, service: &str, release: &str, at_ms: i64, event: &Event) -> Stored {
+        let (seq, prev_hash) = match last {
+            Some((s, h)) => (s + 1, h.to_owned()),
+            None => (1, GENESIS.to_owned()),
+        };
+        let body = serde_json::to_string(event).expect("history events serialize");
+        let hash = entry_hash(&prev_hash, seq, service, release, at_ms, event.kind(), &body).to_string();
+        Stored {
+            seq,
+            service: service.to_owned(),
+            release: release.to_owned(),
+            at_ms,
+            kind: event.kind().to_owned(),
+            body,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// The entry with its event read.
+    pub fn entry(&self) -> Result<Entry, serde_json::Error> {
+        Ok(Entry {
+            seq: self.seq,
+            service: self.service.clone(),
+            release: self.release.clone(),
+            at_ms: self.at_ms,
+            event: serde_json::from_str(&self.body)?,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        })
+    }
+}
+
+/// Where a chain breaks (the index of the entry in the rows checked), and
+/// how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub index: usize,
+    pub problem: String,
+}
+
+/// Checks a whole chain, entry 1 first: numbered without a gap, each
+/// naming the hash of the one before it, each matching its own hash.
+pub fn check_chain(rows: &[Stored]) -> Result<(), ChainBreak> {
+    let mut prev = GENESIS;
+    for (i, r) in rows.iter().enumerate() {
+        let broken = |problem: String| ChainBreak { index: i, problem };
+        let expect_seq = i as i64 + 1;
+        if r.seq != expect_seq {
+            return Err(broken(format!("expected entry {expect_seq} here: an entry was removed")));
+        }
+        if r.prev_hash != prev {
+            return Err(broken("does not follow the entry before it: entries were removed or reordered".into()));
+        }
+        if entry_hash(&r.prev_hash, r.seq, &r.service, &r.release, r.at_ms, &r.kind, &r.body).as_str() != r.hash {
+            return Err(broken("its contents do not match its hash: the entry was edited".into()));
+        }
+        prev = &r.hash;
+    }
+    Ok(())
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`], one step per version, each in
@@ -314,7 +399,6 @@ impl History {
     pub fn append(&mut self, service: &str, release: &str, at_ms: i64, event: &Event) -> Result<Entry, HistoryError> {
         let path = self.path.clone();
         let err = |source| HistoryError::Db { path: path.clone(), source };
-        let body = serde_json::to_string(event).expect("history events serialize");
         // IMMEDIATE: the read of the chain's end and the write are one step,
         // so two writers cannot both chain to the same entry.
         let tx = self.db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
@@ -322,29 +406,25 @@ impl History {
             .query_row("SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(err)?;
-        let (seq, prev_hash) = match last {
-            Some((s, h)) => (s + 1, h),
-            None => (1, GENESIS.to_owned()),
-        };
-        let hash = entry_hash(&prev_hash, seq, service, release, at_ms, event.kind(), &body).to_string();
+        let row = Stored::next(last.as_ref().map(|(s, h)| (*s, h.as_str())), service, release, at_ms, event);
         tx.execute(
             "INSERT INTO history (seq, service, release, at_ms, kind, body, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![seq, service, release, at_ms, event.kind(), body, prev_hash, hash],
+            params![row.seq, service, release, at_ms, row.kind, row.body, row.prev_hash, row.hash],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
         // After the commit: a crash between the two leaves the newest
         // entry unanchored, which verify allows for that one entry only.
-        self.anchor(seq, &hash)?;
+        self.anchor(row.seq, &row.hash)?;
         Ok(Entry {
-            seq,
+            seq: row.seq,
             service: service.to_owned(),
             release: release.to_owned(),
             at_ms,
             event: event.clone(),
-            prev_hash,
-            hash,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
         })
     }
 
@@ -391,43 +471,30 @@ impl History {
             .db
             .prepare("SELECT seq, service, release, at_ms, kind, body, prev_hash, hash FROM history ORDER BY seq")
             .map_err(self.err())?;
-        let mut rows = stmt.query([]).map_err(self.err())?;
-        let (mut prev, mut expect_seq, mut n) = (GENESIS.to_owned(), 1i64, 0u64);
-        let mut hashes = Vec::new();
-        while let Some(r) = rows.next().map_err(self.err())? {
-            let get = |i| r.get::<_, String>(i);
-            let seq: i64 = r.get(0).map_err(self.err())?;
-            let (service, release, kind, body, prev_hash, hash) = (
-                get(1).map_err(self.err())?,
-                get(2).map_err(self.err())?,
-                get(4).map_err(self.err())?,
-                get(5).map_err(self.err())?,
-                get(6).map_err(self.err())?,
-                get(7).map_err(self.err())?,
-            );
-            let at_ms: i64 = r.get(3).map_err(self.err())?;
-            let broken = |problem: String| HistoryError::Broken {
-                path: self.path.clone(),
-                seq,
-                release: release.clone(),
-                problem,
-            };
-            if seq != expect_seq {
-                return Err(broken(format!("expected entry {expect_seq} here: an entry was removed")));
-            }
-            if prev_hash != prev {
-                return Err(broken("does not follow the entry before it: entries were removed or reordered".into()));
-            }
-            if entry_hash(&prev_hash, seq, &service, &release, at_ms, &kind, &body).as_str() != hash {
-                return Err(broken("its contents do not match its hash: the entry was edited".into()));
-            }
-            hashes.push(hash.clone());
-            prev = hash;
-            expect_seq += 1;
-            n += 1;
-        }
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Stored {
+                    seq: r.get(0)?,
+                    service: r.get(1)?,
+                    release: r.get(2)?,
+                    at_ms: r.get(3)?,
+                    kind: r.get(4)?,
+                    body: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            })
+            .map_err(self.err())?;
+        let rows: Vec<Stored> = rows.collect::<Result<_, _>>().map_err(self.err())?;
+        check_chain(&rows).map_err(|b| HistoryError::Broken {
+            path: self.path.clone(),
+            seq: rows[b.index].seq,
+            release: rows[b.index].release.clone(),
+            problem: b.problem,
+        })?;
+        let hashes: Vec<String> = rows.into_iter().map(|r| r.hash).collect();
         self.check_anchor(&hashes)?;
-        Ok(n)
+        Ok(hashes.len() as u64)
     }
 
     /// Checks the chain's hashes (entry 1 first) against the anchor: every

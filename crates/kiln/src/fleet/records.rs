@@ -1,0 +1,364 @@
+//! What the fleet's history says of each change: a person's (deploy,
+//! rollback, promote, abort, down, place, drain) and the leader's (canary
+//! steps and verdicts, a lost host's slots moved). The same [`Event`]s one
+//! host's history holds, so `kiln history` reads both alike; each release
+//! is named by its image's short digest.
+//!
+//! For: turning a decided change into its history entries. Must never: do
+//! I/O, or decide anything ([`super::change`] and [`super::canary`] do).
+
+use std::collections::BTreeMap;
+
+use super::change::{Applied, Change};
+use super::history::{release_of, Record};
+use super::place::{Canary, Desired};
+use crate::release::analysis::Verdict;
+use crate::serve::history::{Event, Outcome};
+
+fn record(service: &str, image: &str, event: Event) -> Record {
+    Record { service: service.to_owned(), release: release_of(image), event }
+}
+
+fn started(image: &str, strategy: &str, actor: &str, previous: Option<&str>, changed: Vec<String>) -> Event {
+    Event::Started {
+        digest: image.rsplit_once('@').map_or(image, |(_, d)| d).to_owned(),
+        tags: Vec::new(),
+        revision: None,
+        strategy: strategy.to_owned(),
+        actor: actor.to_owned(),
+        previous: previous.map(release_of),
+        changed,
+    }
+}
+
+/// The settings `next` changes from `cur`, by name (an env value is never
+/// shown).
+pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
+    let mut out = Vec::new();
+    if cur.replicas != next.replicas {
+        out.push(format!("replicas {} → {}", cur.replicas, next.replicas));
+    }
+    let env = |d: &Desired| d.env.iter().cloned().collect::<BTreeMap<String, String>>();
+    let (a, b) = (env(cur), env(next));
+    for name in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
+        match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("env.{name} changed")),
+            (Some(_), None) => out.push(format!("env.{name} removed")),
+            (None, Some(_)) => out.push(format!("env.{name} added")),
+            _ => {}
+        }
+    }
+    let fields: [(&str, bool); 6] = [
+        ("memory", cur.memory_bytes != next.memory_bytes),
+        ("cpus", cur.millicpus != next.millicpus),
+        ("singleton", cur.singleton != next.singleton),
+        ("listen", cur.listen != next.listen),
+        ("health", cur.health != next.health),
+        ("channel", cur.channel != next.channel),
+    ];
+    out.extend(fields.iter().filter(|(_, c)| *c).map(|(n, _)| format!("{n} changed")));
+    out
+}
+
+/// The entries of a person's `change` to `service`, which `apply` decided
+/// was `applied`, from `current` to `next`.
+pub fn of_change(
+    service: &str,
+    change: &Change,
+    current: Option<&Desired>,
+    next: Option<&Desired>,
+    applied: &Applied,
+    actor: &str,
+) -> Vec<Record> {
+    let r = |image: &str, event| record(service, image, event);
+    let mut out = Vec::new();
+    // A canary in progress that this change replaces or ends.
+    let old_canary = current.and_then(|c| c.canary.as_ref());
+    let new_canary = next.and_then(|n| n.canary.as_ref());
+    if let Some(old) = old_canary.filter(|o| new_canary.is_none_or(|n| n.image != o.image)) {
+        let (outcome, reason) = match (change, applied) {
+            (_, Applied::Promoted { .. }) => (Outcome::Succeeded, format!("promoted by {actor}")),
+            (Change::Rollback, _) => (Outcome::RolledBack, format!("rolled back by {actor}")),
+            (Change::Abort, _) => (Outcome::Aborted, format!("aborted by {actor}")),
+            (Change::Down, _) => (Outcome::Aborted, format!("the service was taken down by {actor}")),
+            _ => (Outcome::Superseded, format!("superseded by a deploy of {actor}")),
+        };
+        out.push(r(&old.image, Event::Finished { outcome, reason, deadline: false }));
+    }
+    match (applied, current, next) {
+        (Applied::Created { image }, _, _) => out.push(r(image, started(image, "rolling", actor, None, Vec::new()))),
+        (Applied::Rolling { from, to }, _, _) => {
+            out.push(r(to, started(to, "rolling", actor, Some(from), Vec::new())));
+        }
+        (Applied::CanaryStarted { image, .. }, Some(cur), _) => {
+            out.push(r(image, started(image, "canary", actor, Some(&cur.image), Vec::new())));
+        }
+        (Applied::RolledBack { to }, Some(cur), _) => {
+            out.push(r(to, started(to, "rollback", actor, Some(&cur.image), Vec::new())));
+        }
+        (Applied::Updated { changed: true }, Some(cur), Some(next)) => {
+            let what = changed(cur, next);
+            let event = match what.as_slice() {
+                [only] if only.starts_with("replicas ") => {
+                    Event::Scaled { from: cur.replicas, to: next.replicas, actor: actor.to_owned() }
+                }
+                _ => started(&next.image, "rolling", actor, Some(&cur.image), what),
+            };
+            out.push(r(&next.image, event));
+        }
+        (Applied::Advanced { weight }, Some(cur), Some(next)) => {
+            if let Some(c) = &next.canary {
+                let index = c.progress.as_ref().map_or(0, |p| p.step) as u32;
+                out.push(r(&c.image, Event::Step { index, weights: weights(&cur.image, c, *weight) }));
+            }
+        }
+        (Applied::Removed, Some(cur), _) => {
+            out.push(r(&cur.image, Event::Down { actor: actor.to_owned(), purge: false }));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The entries of `kiln place` (the desired state set as given).
+pub fn of_place(service: &str, current: Option<&Desired>, next: Option<&Desired>, actor: &str) -> Vec<Record> {
+    let r = |image: &str, event| record(service, image, event);
+    match (current, next) {
+        (None, None) => Vec::new(),
+        (Some(cur), None) => vec![r(&cur.image, Event::Down { actor: actor.to_owned(), purge: false })],
+        (None, Some(n)) => vec![r(&n.image, started(&n.image, "place", actor, None, Vec::new()))],
+        (Some(cur), Some(n)) if cur.image != n.image => {
+            vec![r(&n.image, started(&n.image, "place", actor, Some(&cur.image), changed(cur, n)))]
+        }
+        (Some(cur), Some(n)) => match changed(cur, n).as_slice() {
+            [] => Vec::new(),
+            [only] if only.starts_with("replicas ") => {
+                vec![r(&n.image, Event::Scaled { from: cur.replicas, to: n.replicas, actor: actor.to_owned() })]
+            }
+            what => vec![r(&n.image, started(&n.image, "place", actor, Some(&cur.image), what.to_vec()))],
+        },
+    }
+}
+
+/// The entry of `kiln drain-host` (on) or `--undo` (off): fleet-wide, no
+/// service; the release names the host.
+pub fn of_drain(host: &str, on: bool, actor: &str) -> Record {
+    Record {
+        service: String::new(),
+        release: host.to_owned(),
+        event: Event::Drain { host: host.to_owned(), on, actor: actor.to_owned() },
+    }
+}
+
+/// The entry of a host lost with its lease, when the leader moves `slots`
+/// off it.
+pub fn of_lost_host(host: &str, slots: Vec<String>) -> Record {
+    Record { service: String::new(), release: host.to_owned(), event: Event::HostLost { host: host.to_owned(), slots } }
+}
+
+fn weights(stable: &str, c: &Canary, weight: u32) -> BTreeMap<String, u32> {
+    BTreeMap::from([(release_of(&c.image), weight), (release_of(stable), 100 - weight.min(100))])
+}
+
+/// What the leader did to a canary, for its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryAct {
+    /// Its first step began.
+    Start,
+    /// The next step began.
+    Advance,
+    /// Judged again at the same step.
+    Extend,
+    /// It waits for a person.
+    Pause,
+    /// Every step passed: it is the service now.
+    Promote,
+    /// The analysis failed: removed.
+    Abort,
+}
+
+/// The entries of the leader's step of `service`'s canary `c` (as it was
+/// before the step), to `next` (None: promoted or aborted), with the
+/// verdict that decided it.
+pub fn of_canary(
+    service: &str,
+    stable: &str,
+    c: &Canary,
+    next: Option<&Canary>,
+    act: CanaryAct,
+    verdict: Option<&Verdict>,
+) -> Vec<Record> {
+    let r = |event| record(service, &c.image, event);
+    let step = c.progress.as_ref().map_or(0, |p| p.step) as u32;
+    let mut out = Vec::new();
+    if let Some(v) = verdict {
+        let paused = act == CanaryAct::Pause;
+        out.push(r(Event::Verdict { step, verdict: v.clone(), paused }));
+    }
+    match (act, next) {
+        (CanaryAct::Start | CanaryAct::Advance, Some(n)) => {
+            let index = n.progress.as_ref().map_or(0, |p| p.step) as u32;
+            out.push(r(Event::Step { index, weights: weights(stable, n, n.weight) }));
+        }
+        (CanaryAct::Promote, _) => out.push(r(Event::Finished {
+            outcome: Outcome::Succeeded,
+            reason: "every step's analysis passed: promoted".into(),
+            deadline: false,
+        })),
+        (CanaryAct::Abort, _) => out.push(r(Event::Finished {
+            outcome: Outcome::Failed,
+            reason: format!("the analysis failed at step {}: aborted, traffic on stable", step + 1),
+            deadline: false,
+        })),
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::change::apply;
+
+    fn desired(image: &str) -> Desired {
+        Desired {
+            image: format!("127.0.0.1:5000/web@sha256:{image:0<64}"),
+            replicas: 2,
+            env: vec![("MODE".into(), "a".into())],
+            memory_bytes: None,
+            millicpus: None,
+            singleton: false,
+            listen: Some(8080),
+            health: None,
+            canary: None,
+            channel: None,
+            previous: None,
+        }
+    }
+
+    fn kinds(records: &[Record]) -> Vec<&'static str> {
+        records.iter().map(|r| r.event.kind()).collect()
+    }
+
+    #[test]
+    fn a_deploy_a_rollback_and_a_down_are_started_started_and_down() {
+        let one = desired("1");
+        let deploy = |d: &Desired| Change::Deploy { settings: Box::new(d.clone()), canary: None };
+        let (next, applied) = apply("web", None, deploy(&one), 0).unwrap();
+        let rs = of_change("web", &deploy(&one), None, next.as_ref(), &applied, "ops@a");
+        assert_eq!(kinds(&rs), ["started"]);
+        assert_eq!(rs[0].release, "100000000000");
+        let two = desired("2");
+        let (next2, applied) = apply("web", next.as_ref(), deploy(&two), 0).unwrap();
+        let rs = of_change("web", &deploy(&two), next.as_ref(), next2.as_ref(), &applied, "ops@a");
+        match &rs[0].event {
+            Event::Started { strategy, previous, actor, .. } => {
+                assert_eq!(
+                    (strategy.as_str(), previous.as_deref(), actor.as_str()),
+                    ("rolling", Some("100000000000"), "ops@a")
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        let (back, applied) = apply("web", next2.as_ref(), Change::Rollback, 0).unwrap();
+        let rs = of_change("web", &Change::Rollback, next2.as_ref(), back.as_ref(), &applied, "ops@a");
+        assert!(matches!(&rs[0].event, Event::Started { strategy, .. } if strategy == "rollback"));
+        assert_eq!(rs[0].release, "100000000000");
+        let rs = of_change("web", &Change::Down, back.as_ref(), None, &Applied::Removed, "ops@a");
+        assert_eq!(kinds(&rs), ["down"]);
+    }
+
+    #[test]
+    fn settings_changes_are_named_and_a_replicas_change_alone_is_a_scale() {
+        let cur = desired("1");
+        let scaled = Desired { replicas: 3, ..cur.clone() };
+        assert!(matches!(
+            of_place("web", Some(&cur), Some(&scaled), "a")[0].event,
+            Event::Scaled { from: 2, to: 3, .. }
+        ));
+        let mut env = scaled.clone();
+        env.env = vec![("MODE".into(), "b".into()), ("NEW".into(), "secret-looking".into())];
+        let what = changed(&cur, &env);
+        assert_eq!(what, ["replicas 2 → 3", "env.MODE changed", "env.NEW added"]);
+        assert!(!format!("{what:?}").contains("secret-looking"));
+        assert!(of_place("web", Some(&cur), Some(&cur), "a").is_empty());
+        assert_eq!(kinds(&of_place("web", Some(&cur), None, "a")), ["down"]);
+    }
+
+    #[test]
+    fn a_canary_superseded_rolled_back_or_promoted_by_a_person_is_finished_with_that_outcome() {
+        let stable = desired("1");
+        let plan = crate::fleet::change::CanaryPlan {
+            steps: vec![10, 50],
+            step_secs: 5,
+            pauses: BTreeMap::new(),
+            max_error_rate: 0.01,
+            max_p99_ratio: 2.0,
+        };
+        let canary = Change::Deploy { settings: Box::new(desired("2")), canary: Some(plan) };
+        let (with, applied) = apply("web", Some(&stable), canary.clone(), 0).unwrap();
+        let rs = of_change("web", &canary, Some(&stable), with.as_ref(), &applied, "a");
+        assert!(matches!(&rs[0].event, Event::Started { strategy, .. } if strategy == "canary"));
+        // A person's promote: the next step, with both releases' weights.
+        let (stepped, applied) = apply("web", with.as_ref(), Change::Promote, 0).unwrap();
+        let rs = of_change("web", &Change::Promote, with.as_ref(), stepped.as_ref(), &applied, "a");
+        match &rs[0].event {
+            Event::Step { weights, .. } => {
+                assert_eq!(weights.get("200000000000"), Some(&10));
+                assert_eq!(weights.get("100000000000"), Some(&90));
+            }
+            e => panic!("{e:?}"),
+        }
+        let outcome = |change: Change| {
+            let (next, applied) = apply("web", with.as_ref(), change.clone(), 0).unwrap();
+            match &of_change("web", &change, with.as_ref(), next.as_ref(), &applied, "a")[0].event {
+                Event::Finished { outcome, .. } => *outcome,
+                e => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(outcome(Change::Rollback), Outcome::RolledBack);
+        assert_eq!(outcome(Change::Abort), Outcome::Aborted);
+        let three = Change::Deploy { settings: Box::new(desired("3")), canary: None };
+        assert_eq!(outcome(three), Outcome::Superseded);
+    }
+
+    #[test]
+    fn the_leaders_steps_record_the_verdict_then_the_step_or_the_end() {
+        let stable = desired("1");
+        let c = Canary {
+            image: desired("2").image,
+            replicas: 1,
+            weight: 10,
+            steps: vec![10, 50],
+            step_secs: 5,
+            pauses: BTreeMap::new(),
+            progress: Some(crate::fleet::canary::Progress { step: 0, since: 0, ..Default::default() }),
+            max_error_rate: Some(0.01),
+            max_p99_ratio: Some(2.0),
+        };
+        let mut next = c.clone();
+        next.weight = 50;
+        next.progress = Some(crate::fleet::canary::Progress { step: 1, since: 5, ..Default::default() });
+        let v = Verdict {
+            outcome: crate::release::analysis::Outcome::Pass,
+            canary_requests: 100,
+            stable_requests: 900,
+            min_requests: 50,
+            confidence: 0.95,
+            metrics: Vec::new(),
+        };
+        let rs = of_canary("web", &stable.image, &c, Some(&next), CanaryAct::Advance, Some(&v));
+        assert_eq!(kinds(&rs), ["verdict", "step"]);
+        assert!(matches!(&rs[1].event, Event::Step { index: 1, weights } if weights.get("200000000000") == Some(&50)));
+        assert_eq!(
+            kinds(&of_canary("web", &stable.image, &c, None, CanaryAct::Abort, Some(&v))),
+            ["verdict", "finished"]
+        );
+        assert_eq!(kinds(&of_canary("web", &stable.image, &c, Some(&c), CanaryAct::Pause, Some(&v))), ["verdict"]);
+        assert!(matches!(
+            of_canary("web", &stable.image, &c, Some(&c), CanaryAct::Pause, Some(&v))[0].event,
+            Event::Verdict { paused: true, .. }
+        ));
+        assert_eq!(of_drain("h2", true, "a").release, "h2");
+    }
+}
