@@ -736,10 +736,19 @@ fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs
 /// `n` keep-alive GETs to `addr`; the bodies by how often each came, or
 /// what went wrong first.
 fn try_bodies(addr: std::net::SocketAddr, n: usize) -> Result<std::collections::BTreeMap<String, usize>, String> {
+    try_bodies_of(addr, "/", n)
+}
+
+/// [`try_bodies`] of `path`.
+fn try_bodies_of(
+    addr: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, usize>, String> {
     let mut c = Conn::try_at(addr).map_err(|e| format!("{addr}: {e}"))?;
     let mut out = std::collections::BTreeMap::new();
     for _ in 0..n {
-        let (code, _, body) = c.get("/").map_err(|e| format!("{addr}: {e}"))?;
+        let (code, _, body) = c.get(path).map_err(|e| format!("{addr}: {e}"))?;
         if code != 200 {
             return Err(format!("{addr}: {code} {}", String::from_utf8_lossy(&body)));
         }
@@ -970,7 +979,8 @@ impl FleetLoad {
                             }
                             other => {
                                 eprintln!(
-                                    "{lb}: {:?}",
+                                    "{lb} at {:?}: {:?}",
+                                    std::time::SystemTime::now(),
                                     other.map(|r| (r.0, String::from_utf8_lossy(&r.2).into_owned()))
                                 );
                                 failed += 1;
@@ -1644,6 +1654,23 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let s = status();
     assert_eq!(s[0]["desired"]["image"], images[1].1.as_str(), "{s}");
     assert_eq!(s[0]["desired"]["previous"], images[0].1.as_str(), "{s}");
+    // The same image with another env: a new release of it. Every replica
+    // is replaced, one at a time, under the same load; the deploy is done
+    // only once every one answers with the new env.
+    write("env = { MODE = \"blue\" }", "");
+    let out = kiln_in(&["deploy", "--image", &images[1].1]);
+    assert!(out.contains("serves on every replica"), "{out}");
+    // The instances replaced drain from every host's load balancer within
+    // a round of theirs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<_> = lbs.iter().map(|lb| try_bodies_of(*lb, "/cgi-bin/env", 10)).collect();
+        if got.iter().all(|b| b.as_ref().is_ok_and(|b| b.keys().eq(["mode=blue db= file=\n"].iter()))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every replica has the new env: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Back to what it replaced.
     let out = kiln_in(&["rollback"]);
     assert!(out.contains(&images[0].1) && out.contains("serves on every replica"), "{out}");
@@ -1835,6 +1862,7 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         [
             "started rolling",
             "started rolling",
+            "started rolling",
             "started rollback",
             "started canary",
             "finished succeeded",
@@ -1856,7 +1884,9 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let by =
         |i: usize| entries.iter().filter(|e| e["event"]["kind"] == "started").nth(i).unwrap()["event"]["actor"].clone();
     assert!(by(0).as_str().is_some_and(|a| a.contains('@')), "{h}");
-    assert_eq!(by(5), "api", "the API's rollback: {h}");
+    assert_eq!(by(6), "api", "the API's rollback: {h}");
+    let env_change = entries.iter().filter(|e| e["event"]["kind"] == "started").nth(2).unwrap();
+    assert_eq!(env_change["event"]["changed"], serde_json::json!(["env.MODE added"]), "{h}");
     // The same through the controller's API, and rendered for a person.
     let history_through = |args: &[&str]| {
         let mut all = args.to_vec();

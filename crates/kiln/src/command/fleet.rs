@@ -104,7 +104,10 @@ fn start_slot(
             cpus: a.millicpus.map(|m| m as f64 / 1000.0),
             ..Default::default()
         },
-        release_fields: std::collections::BTreeMap::from([("fleet.singleton".to_owned(), a.singleton.to_string())]),
+        release_fields: std::collections::BTreeMap::from([
+            ("fleet.singleton".to_owned(), a.singleton.to_string()),
+            ("fleet.release".to_owned(), a.release()),
+        ]),
         ..RunRequest::default()
     };
     rt.run(&req, launcher, now)?;
@@ -274,6 +277,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             instance: r.id.to_string(),
                             port: r.port,
                             image: r.image.clone(),
+                            release: r.release_fields.get("fleet.release").cloned(),
                         })
                     })
                     .collect();
@@ -309,6 +313,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             alive: !r.state.is_exited() && !stopping(&instance),
                             instance,
                             image: r.image.clone(),
+                            release: r.release_fields.get("fleet.release").cloned(),
                         })
                     })
                     .collect();
@@ -379,11 +384,21 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                             let alive = records.iter().any(|r| r.id.to_string() == *instance && !r.state.is_exited());
                             // An instance being replaced serves until its
                             // replacement is ready (a replacement that
-                            // never is leaves it serving).
-                            let replaced = assigned.contains_key(slot);
-                            let successor_ready = running
-                                .iter()
-                                .any(|r| r.slot == *slot && r.instance != *instance && r.alive && settled(&r.instance));
+                            // never is leaves it serving). The replacement
+                            // runs what the slot is assigned now and is
+                            // listed: not an older instance of the slot
+                            // still draining from the change before (a
+                            // deploy right after a deploy).
+                            let want = assigned.get(slot).map(|a| a.release());
+                            let replaced = want.is_some();
+                            let successor_ready = running.iter().any(|r| {
+                                r.slot == *slot
+                                    && r.instance != *instance
+                                    && r.alive
+                                    && r.release == want
+                                    && !is_draining(&r.instance)
+                                    && settled(&r.instance)
+                            });
                             if alive && replaced && !successor_ready && !is_draining(instance) {
                                 continue;
                             }

@@ -263,13 +263,14 @@ pub fn rollout(
         };
         return Rollout::Failed { why };
     }
-    let digest = target.rsplit_once('@').map_or(target, |(_, d)| d);
+    // Ready: running this release of the image (its env and limits too).
+    let release = d.assignment(service, target).release();
     let canary_slot = format!("{service}-canary-");
     let replicas =
         records.iter().flat_map(|r| &r.placed).filter(|p| p.service == service && !p.slot.starts_with(&canary_slot));
     let (mut ready, mut other) = (0u32, 0u32);
     for p in replicas {
-        if p.image.to_string() == digest {
+        if p.release.as_ref() == Some(&release) {
             ready += 1;
         } else {
             other += 1;
@@ -528,6 +529,7 @@ mod tests {
                     instance: format!("i-{slot}"),
                     port: 1,
                     image: crate::digest::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap(),
+                    release: Some(desired(img(*c)).assignment("web", &img(*c)).release()),
                 })
                 .collect(),
             failing: vec![],
@@ -546,6 +548,16 @@ mod tests {
         r.placed.push(crate::fleet::Placed { service: "api".into(), ..r.placed[0].clone() });
         assert_eq!(rollout("web", Some(&d), None, &[r], &img('b')), Rollout::Done);
         assert!(matches!(rollout("web", None, None, &[], &img('b')), Rollout::Failed { .. }));
+        // The same image with another env: rolling until every replica
+        // runs the new env, not done at once because the digest matches.
+        let changed = Desired { env: vec![("MODE".into(), "b".into())], ..d.clone() };
+        let at = |placed: &[(&str, char)]| rollout("web", Some(&changed), None, &[record(placed)], &img('b'));
+        assert_eq!(at(&[("web-0", 'b'), ("web-1", 'b')]), Rollout::Rolling { ready: 0, want: 2 });
+        let mut r = record(&[("web-0", 'b'), ("web-1", 'b')]);
+        for p in &mut r.placed {
+            p.release = Some(changed.assignment("web", &img('b')).release());
+        }
+        assert_eq!(rollout("web", Some(&changed), None, &[r], &img('b')), Rollout::Done);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Placed {
     pub instance: String,
     pub port: u16,
     pub image: crate::digest::Digest,
+    /// The [`reconcile::Assignment::release`] it runs (None: from an
+    /// older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 /// What an agent says of its host.
@@ -431,7 +435,7 @@ pub fn lead_round(
             millicpus: u64::from(r.cpus) * 1000,
             draining: draining.contains(&r.name),
             failing: r.failing.iter().cloned().collect(),
-            running: r.placed.iter().map(|p| (p.slot.clone(), p.image.to_string())).collect(),
+            running: r.placed.iter().map(|p| (p.slot.clone(), p.release.clone().unwrap_or_default())).collect(),
         };
         hosts.insert(r.name.clone(), info);
     }

@@ -111,6 +111,21 @@ fn is_zero(n: &u64) -> bool {
 impl Desired {
     /// The slots this service wants, with their image: `NAME-I` for its
     /// replicas, then `NAME-canary-I` for a canary's.
+    /// What each slot of service `name` running `image` is assigned.
+    pub fn assignment(&self, name: &str, image: &str) -> Assignment {
+        Assignment {
+            image: image.to_owned(),
+            service: name.to_owned(),
+            env: self.env.clone(),
+            memory_bytes: self.memory_bytes,
+            millicpus: self.millicpus,
+            singleton: self.singleton,
+            health: self.health.clone(),
+            channel: self.channel.clone(),
+            epoch: 0,
+        }
+    }
+
     pub fn slots(&self, name: &str) -> Vec<(String, &str)> {
         let mut out: Vec<(String, &str)> =
             (0..self.replicas).map(|i| (format!("{name}-{i}"), self.image.as_str())).collect();
@@ -124,10 +139,6 @@ impl Desired {
 /// How many slots of a service may be changing image at once.
 const MAX_IN_FLUX: usize = 1;
 
-fn digest_of(image: &str) -> Option<&str> {
-    image.rsplit_once('@').map(|(_, d)| d)
-}
-
 /// A live host as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostInfo {
@@ -140,8 +151,8 @@ pub struct HostInfo {
     /// failed twice running): they are placed elsewhere, as a draining
     /// host's are.
     pub failing: BTreeSet<String>,
-    /// The slots its agent reports running (and ready), with the digest
-    /// each runs.
+    /// The slots its agent reports running (and ready), with the release
+    /// each runs ([`Assignment::release`]).
     pub running: BTreeMap<String, String>,
 }
 
@@ -186,23 +197,12 @@ pub fn decide(
             .iter()
             .filter(|((h, s), a)| {
                 hosts.get(h).is_some_and(|info| {
-                    d.slots(name).iter().any(|(slot, _)| slot == s)
-                        && info.running.get(s).map(String::as_str) != digest_of(&a.image)
+                    d.slots(name).iter().any(|(slot, _)| slot == s) && info.running.get(s) != Some(&a.release())
                 })
             })
             .count();
         for (slot, image) in d.slots(name) {
-            let assignment = Assignment {
-                image: image.to_owned(),
-                service: name.clone(),
-                env: d.env.clone(),
-                memory_bytes: d.memory_bytes,
-                millicpus: d.millicpus,
-                singleton: d.singleton,
-                health: d.health.clone(),
-                channel: d.channel.clone(),
-                epoch: 0,
-            };
+            let assignment = d.assignment(name, image);
             if d.singleton {
                 if let Some((host, _)) = current.keys().find(|(h, s)| *s == slot && fencing.contains(h)) {
                     notes.push(format!("{slot}: singleton on {host}, lost; moved once its agent must have stopped it"));
@@ -355,7 +355,7 @@ mod tests {
         let services = BTreeMap::from([("web".to_owned(), d('b', 3))]);
         let run_all = |hosts: &mut BTreeMap<String, HostInfo>, current: &BTreeMap<(String, String), Assignment>| {
             for ((h, s), a) in current {
-                hosts.get_mut(h).unwrap().running.insert(s.clone(), digest_of(&a.image).unwrap().to_owned());
+                hosts.get_mut(h).unwrap().running.insert(s.clone(), a.release());
             }
         };
         run_all(&mut hosts, &current);
@@ -431,7 +431,7 @@ mod tests {
         apply(&mut current, &c);
         assert_eq!(current.len(), 2, "surge: both hold the slot");
         assert!(decide(&web, &hosts, &current, &BTreeSet::new()).0.is_empty(), "waits for the new copy to run");
-        hosts.get_mut(other).unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
+        hosts.get_mut(other).unwrap().running.insert("web-0".into(), "whatever it runs".into());
         let (c, _) = decide(&web, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: first.clone(), slot: "web-0".into() }]);
     }
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(matches!(&c[0], Change::Assign { host, .. } if host == "h2"), "{c:?}");
         apply(&mut current, &c);
-        hosts.get_mut("h2").unwrap().running.insert("web-0".into(), digest_of(&img('a')).unwrap().into());
+        hosts.get_mut("h2").unwrap().running.insert("web-0".into(), "whatever it runs".into());
         let (c, _) = decide(&services, &hosts, &current, &BTreeSet::new());
         assert_eq!(c, vec![Change::Unassign { host: "h1".into(), slot: "web-0".into() }]);
         // Both fail it: it stays where it is, and the note says so.

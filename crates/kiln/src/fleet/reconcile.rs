@@ -52,6 +52,15 @@ fn is_zero(n: &i64) -> bool {
 }
 
 impl Assignment {
+    /// What an instance of this assignment is: a hash of everything that
+    /// shapes it (image, env, limits, secrets' versions, ...), whoever
+    /// wrote it. An instance started for another release of its slot (the
+    /// same image with another env, say) is replaced, as a new image's is.
+    pub fn release(&self) -> String {
+        let bytes = serde_json::to_vec(&self.unstamped()).unwrap_or_default();
+        crate::digest::Digest::of(&bytes).hex()[..16].to_owned()
+    }
+
     /// The same assignment, whoever wrote it.
     pub fn unstamped(&self) -> Assignment {
         Assignment { epoch: 0, ..self.clone() }
@@ -69,6 +78,9 @@ pub struct Running {
     pub slot: String,
     pub instance: String,
     pub image: Digest,
+    /// The [`Assignment::release`] it was started for (None: an instance
+    /// started before releases were recorded; replaced once).
+    pub release: Option<String>,
     /// Still running (an exited one is replaced, then removed).
     pub alive: bool,
 }
@@ -130,13 +142,18 @@ pub fn decide(assigned: &BTreeMap<String, Assignment>, running: &[Running]) -> V
     let mut removes = Vec::new();
     for (slot, a) in assigned {
         let want = a.digest();
-        let ok = running.iter().any(|r| r.slot == *slot && r.alive && Some(&r.image) == want.as_ref());
+        let release = a.release();
+        let ok = running.iter().any(|r| {
+            r.slot == *slot && r.alive && Some(&r.image) == want.as_ref() && r.release.as_ref() == Some(&release)
+        });
         if !ok {
             starts.push(Act::Start { slot: slot.clone(), assignment: a.clone() });
         }
     }
     for r in running {
-        let current = assigned.get(&r.slot).and_then(Assignment::digest).is_some_and(|d| d == r.image);
+        let current = assigned
+            .get(&r.slot)
+            .is_some_and(|a| a.digest().is_some_and(|d| d == r.image) && r.release.as_ref() == Some(&a.release()));
         if !current || !r.alive {
             removes.push(Act::Remove { slot: r.slot.clone(), instance: r.instance.clone() });
         }
@@ -193,7 +210,7 @@ mod tests {
     }
 
     fn r(slot: &str, id: &str, c: char, alive: bool) -> Running {
-        Running { slot: slot.into(), instance: id.into(), image: d(c), alive }
+        Running { slot: slot.into(), instance: id.into(), image: d(c), alive, release: Some(a(c).release()) }
     }
 
     #[test]
@@ -224,5 +241,26 @@ mod tests {
         assert!(acts[..first_remove].iter().all(|x| matches!(x, Act::Start { .. })), "start before stop");
         // Nothing assigned: everything goes.
         assert_eq!(decide(&BTreeMap::new(), &[r("web-1", "i1", 'a', true)]).len(), 1);
+    }
+
+    #[test]
+    fn the_same_image_with_another_env_or_limit_is_another_release_and_replaces_the_instance() {
+        let mut changed = a('a');
+        changed.env = vec![("MODE".into(), "b".into())];
+        assert_ne!(changed.release(), a('a').release());
+        // Who wrote it does not change what it is.
+        assert_eq!(Assignment { epoch: 9, ..a('a') }.release(), a('a').release());
+        let assigned = BTreeMap::from([("web-1".to_owned(), changed.clone())]);
+        let acts = decide(&assigned, &[r("web-1", "i1", 'a', true)]);
+        assert_eq!(
+            acts,
+            [
+                Act::Start { slot: "web-1".into(), assignment: changed.clone() },
+                Act::Remove { slot: "web-1".into(), instance: "i1".into() }
+            ]
+        );
+        // An instance from before releases were recorded is replaced once.
+        let old = Running { release: None, ..r("web-1", "i1", 'a', true) };
+        assert_eq!(decide(&BTreeMap::from([("web-1".to_owned(), a('a'))]), &[old]).len(), 2);
     }
 }

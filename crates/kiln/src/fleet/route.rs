@@ -111,6 +111,7 @@ mod tests {
                     instance: format!("i-{slot}"),
                     port: *port,
                     image: d(*c),
+                    release: None,
                 })
                 .collect(),
             failing: vec![],
