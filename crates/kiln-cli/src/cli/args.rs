@@ -669,15 +669,25 @@ pub(crate) enum DrillKind {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SecretCmd {
-    /// Store a secret; the value is read from standard input (one trailing newline is dropped).
-    Set { name: String },
-    /// List secret names.
+    /// Store a secret; the value is read from standard input (one trailing newline is dropped). With --cluster: a new version of a fleet secret, sealed here with the fleet's key-encryption key and kept in etcd.
+    Set {
+        name: String,
+        #[command(flatten)]
+        cluster: FleetArgs,
+    },
+    /// List secret names (with --cluster: the fleet's, with their newest version).
     Ls {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cluster: FleetArgs,
     },
-    /// Delete a secret.
-    Rm { name: String },
+    /// Delete a secret (with --cluster: every version of a fleet secret no service uses).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cluster: FleetArgs,
+    },
     /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE).
     RotateKey {
         /// The key file the secrets were sealed with, when it is not the current one (or KILN_OLD_PASSPHRASE).

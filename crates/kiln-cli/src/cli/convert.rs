@@ -290,6 +290,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 singleton: false,
                 health: None,
                 channel: None,
+                secrets: Vec::new(),
                 epoch: 0,
             };
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: Some(assignment) }, false)
@@ -363,6 +364,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 canary,
                 channel: None,
                 previous: None,
+                secrets: Vec::new(),
             };
             (fleet_via(fleet, FleetRequest::Place { service, desired, actor: actor() })?, false)
         }
@@ -463,6 +465,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 placeholder_secrets: false,
                 release_fields: Default::default(),
                 sandbox: Default::default(),
+                secret_store: None,
             };
             (Command::Run { request: req, service_file }, json)
         }
@@ -493,17 +496,26 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (fleet_via(fleet, FleetRequest::History { service, verify })?, json)
         }
         Cmd::History { service, verify, json, fleet: _ } => (Command::History { service, verify }, json),
-        Cmd::Secret { action: SecretCmd::Set { name } } => {
+        Cmd::Secret { action: SecretCmd::Set { name, cluster } } => {
             let mut value = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
                 .context("reading the secret from standard input")?;
             if value.ends_with(b"\n") {
                 value.pop();
             }
-            (Command::SecretSet { name, value }, false)
+            match cluster.on() {
+                true => fleet_secret(cluster, kiln::command::FleetSecretAction::Set { name, value }, false)?,
+                false => (Command::SecretSet { name, value }, false),
+            }
         }
-        Cmd::Secret { action: SecretCmd::Ls { json } } => (Command::SecretList {}, json),
-        Cmd::Secret { action: SecretCmd::Rm { name } } => (Command::SecretRemove { name }, false),
+        Cmd::Secret { action: SecretCmd::Ls { json, cluster } } if cluster.on() => {
+            fleet_secret(cluster, kiln::command::FleetSecretAction::List, json)?
+        }
+        Cmd::Secret { action: SecretCmd::Ls { json, .. } } => (Command::SecretList {}, json),
+        Cmd::Secret { action: SecretCmd::Rm { name, cluster } } if cluster.on() => {
+            fleet_secret(cluster, kiln::command::FleetSecretAction::Remove { name }, false)?
+        }
+        Cmd::Secret { action: SecretCmd::Rm { name, .. } } => (Command::SecretRemove { name }, false),
         Cmd::Secret { action: SecretCmd::RotateKey { old_key_file } } => {
             (Command::RotateKey { store: kiln::command::KeyStore::Secrets, old_key_file }, false)
         }
@@ -619,6 +631,23 @@ fn fleet_via(fleet: FleetArgs, request: FleetRequest) -> anyhow::Result<Command>
         },
         None => request.into_command(fleet.into()),
     })
+}
+
+/// A fleet secret's command: through etcd only. Its value is sealed here,
+/// with this machine's KEK, so it never travels in clear, not even to a
+/// controller.
+fn fleet_secret(
+    fleet: FleetArgs,
+    action: kiln::command::FleetSecretAction,
+    json: bool,
+) -> anyhow::Result<(Command, bool)> {
+    if fleet.controller.is_some() {
+        bail!(
+            "--controller: a fleet secret is sealed on this machine with the fleet's key-encryption key and written \
+             to etcd; give --cluster URLS (and KILN_KEY_FILE)"
+        );
+    }
+    Ok((Command::FleetSecret { cluster: fleet.into(), action }, json))
 }
 
 /// The controller's API token: `--token-file`, else `$KILN_TOKEN`.

@@ -335,6 +335,14 @@ pub(crate) fn render(output: &Output, now: i64) {
                 );
             }
         }
+        Output::FleetSecrets(rows) => {
+            if rows.is_empty() {
+                println!("no fleet secrets");
+            }
+            for r in rows {
+                println!("{}  version {} ({} kept)", r.name, r.version, r.versions);
+            }
+        }
         Output::Secrets(names) => {
             for n in names {
                 println!("{n}");

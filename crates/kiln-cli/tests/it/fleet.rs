@@ -1671,6 +1671,66 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         assert!(Instant::now() < deadline, "every replica has the new env: {got:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A secret: refused until it is set, naming the key; then sealed in
+    // etcd (its value nowhere there), and a deploy rolls it out, under the
+    // same load: every replica has it as env and as its file. A rotation
+    // is a new release, rolled the same way.
+    write("env = { MODE = \"blue\" }\nsecrets = [{ name = \"db\", env = \"DB_PASSWORD\" }]", "");
+    let e = err_in(&["deploy", "--image", &images[1].1]);
+    assert!(e.contains("service.web.secrets[0]") && e.contains("kiln secret set db --cluster"), "{e}");
+    let secret_set = |value: &str| {
+        let mut c = kiln_cmd()
+            .args(["secret", "set", "db", "--cluster", &cluster])
+            .env("KILN_HOME", &ctl)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let every_replica_says = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got: Vec<_> = lbs.iter().map(|lb| try_bodies_of(*lb, "/cgi-bin/env", 10)).collect();
+            if got.iter().all(|b| b.as_ref().is_ok_and(|b| b.len() == 1 && b.contains_key(want))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not every replica says {want:?}: {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let out = secret_set("s3cret-one");
+    assert!(out.contains("version") && !out.contains("s3cret"), "{out}");
+    let out = kiln_in(&["deploy", "--image", &images[1].1]);
+    assert!(out.contains("serves on every replica"), "{out}");
+    every_replica_says("mode=blue db=s3cret-one file=s3cret-one\n");
+    let listed = json(&kiln_ok(&ctl, &app, &["secret", "ls", "--cluster", &cluster, "--json"]));
+    assert_eq!((listed[0]["name"].as_str(), listed[0]["versions"].as_u64()), (Some("db"), Some(1)), "{listed}");
+    secret_set("s3cret-two");
+    let out = kiln_in(&["deploy", "--image", &images[1].1]);
+    assert!(out.contains("serves on every replica"), "{out}");
+    every_replica_says("mode=blue db=s3cret-two file=s3cret-two\n");
+    // Neither value is anywhere in etcd; the service names the version it
+    // runs, and the secret cannot be removed while it does.
+    let all = etcd_prefix(&urls[0], "/kiln/");
+    assert!(!all.iter().any(|(_, v)| v.windows(6).any(|w| w == b"s3cret")), "a value in clear in etcd");
+    assert!(
+        all.iter().any(|(k, _)| k.starts_with("/kiln/secrets/db/")),
+        "{:?}",
+        all.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    let s = status();
+    assert_eq!(
+        s[0]["desired"]["secrets"][0]["version"],
+        json(&kiln_ok(&ctl, &app, &["secret", "ls", "--cluster", &cluster, "--json"]))[0]["version"],
+        "{s}"
+    );
+    let e = kiln_err(&ctl, &app, &["secret", "rm", "db", "--cluster", &cluster]);
+    assert!(e.contains("used by web"), "{e}");
+    write("", "");
     // Back to what it replaced.
     let out = kiln_in(&["rollback"]);
     assert!(out.contains(&images[0].1) && out.contains("serves on every replica"), "{out}");
@@ -1863,6 +1923,8 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
             "started rolling",
             "started rolling",
             "started rolling",
+            "started rolling",
+            "started rolling",
             "started rollback",
             "started canary",
             "finished succeeded",
@@ -1884,9 +1946,16 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let by =
         |i: usize| entries.iter().filter(|e| e["event"]["kind"] == "started").nth(i).unwrap()["event"]["actor"].clone();
     assert!(by(0).as_str().is_some_and(|a| a.contains('@')), "{h}");
-    assert_eq!(by(6), "api", "the API's rollback: {h}");
-    let env_change = entries.iter().filter(|e| e["event"]["kind"] == "started").nth(2).unwrap();
-    assert_eq!(env_change["event"]["changed"], serde_json::json!(["env.MODE added"]), "{h}");
+    assert_eq!(by(8), "api", "the API's rollback: {h}");
+    let changed = |i: usize| {
+        entries.iter().filter(|e| e["event"]["kind"] == "started").nth(i).unwrap()["event"]["changed"].clone()
+    };
+    assert_eq!(changed(2), serde_json::json!(["env.MODE added"]), "{h}");
+    assert!(changed(3)[0].as_str().is_some_and(|c| c.starts_with("secret db version") && c.ends_with("added")), "{h}");
+    assert!(changed(4)[0].as_str().is_some_and(|c| c.starts_with("secret db version") && !c.ends_with("added")), "{h}");
+    // Once no service uses it, the secret goes, every version.
+    kiln_ok(&ctl, &app, &["secret", "rm", "db", "--cluster", &cluster]);
+    assert!(etcd_prefix(&urls[0], "/kiln/secrets/").is_empty());
     // The same through the controller's API, and rendered for a person.
     let history_through = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -1917,6 +1986,22 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let e = String::from_utf8_lossy(&verify.stderr);
     assert_eq!(verify.status.code(), Some(3), "through the API too: {e}");
     assert!(e.contains(key) && e.contains("written 3 times"), "{e}");
+}
+
+/// Every key under `prefix` with its value, through etcd's JSON gateway.
+fn etcd_prefix(url: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    let body = serde_json::json!({
+        "key": kiln::base64::encode(prefix.as_bytes()),
+        "range_end": kiln::base64::encode(&end),
+    });
+    let out = run("curl", &["-sf", &format!("{url}/v3/kv/range"), "-d", &body.to_string()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b64 = |x: &serde_json::Value| kiln::base64::decode(x.as_str().unwrap_or_default()).unwrap_or_default();
+    v["kvs"].as_array().map_or(Vec::new(), |kvs| {
+        kvs.iter().map(|kv| (String::from_utf8(b64(&kv["key"])).unwrap(), b64(&kv["value"]))).collect()
+    })
 }
 
 /// The JSON kiln stored at `key`, read through etcd's JSON gateway.

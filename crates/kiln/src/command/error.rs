@@ -42,6 +42,8 @@ pub enum CommandError {
     #[error(transparent)]
     FleetHistory(#[from] crate::fleet::history::FleetHistoryError),
     #[error(transparent)]
+    FleetSecret(#[from] crate::fleet::secrets::FleetSecretError),
+    #[error(transparent)]
     Inventory(#[from] crate::verify::inventory::InventoryError),
     #[error(transparent)]
     Promote(#[from] crate::verify::promote::PromoteError),

@@ -12,7 +12,8 @@
 use super::*;
 use crate::serve::dataplane::{DataPlane, DataPlanes};
 
-/// Where an agent's images come from, and what they must be signed by.
+/// Where an agent's images (and a slot's sealed secrets) come from, and
+/// what they must be signed by.
 struct Sources<'a> {
     /// The agent's own key (`--signed-by`), for every registry.
     signed_by: Option<&'a std::path::Path>,
@@ -21,6 +22,8 @@ struct Sources<'a> {
     /// The other agents serving their stores, asked when the registry
     /// fails.
     peers: &'a dyn Fn() -> Vec<(String, std::net::SocketAddr)>,
+    /// The sealed files of a slot's secrets, from etcd, for one start.
+    secrets: &'a dyn Fn(&[crate::fleet::place::FleetSecret]) -> Result<crate::fleet::secrets::SealedDir, CommandError>,
 }
 
 /// Starts slot `slot`'s instance: its image fetched by digest into the
@@ -35,7 +38,7 @@ fn start_slot(
     now: i64,
 ) -> Result<(), CommandError> {
     use crate::image::registry;
-    let Sources { signed_by, registries, peers } = *sources;
+    let Sources { signed_by, registries, peers, secrets } = *sources;
     let remote = registry::Remote::parse(&a.image).map_err(registry::RegistryError::from)?;
     let settings = registries.get(&remote.host).cloned().unwrap_or_default();
     // The agent's own key, or the registry's (kiln.toml's `signed_by`).
@@ -94,10 +97,19 @@ fn start_slot(
     let size = store.read_blob(&digest)?.len() as u64;
     let tag = format!("{}:fleet-{}", a.service, &digest.hex()[..12]);
     store.set_tags(&[tag], &Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), size), true, now)?;
+    // Opened only inside `run`, with this host's KEK; the sealed copies
+    // go when this returns.
+    let sealed = if a.secrets.is_empty() { None } else { Some(secrets(&a.secrets)?) };
     let req = RunRequest {
         reference: digest.to_string(),
         service: Some(a.service.clone()),
         env: a.env.clone(),
+        secrets: a
+            .secrets
+            .iter()
+            .map(|s| crate::runtime::SecretUse { name: s.name.clone(), env: s.env.clone() })
+            .collect(),
+        secret_store: sealed.as_ref().map(|d| d.path().to_owned()),
         release: Some(format!("fleet:{slot}")),
         limits: crate::runtime::bundle::Limits {
             memory_bytes: a.memory_bytes,
@@ -370,6 +382,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                                         .filter_map(|r| Some((r.name.clone(), crate::fleet::peer::address(r)?)))
                                         .collect()
                                 },
+                                secrets: &|wanted| Ok(crate::fleet::secrets::sealed(&etcd, store.home(), wanted)?),
                             };
                             let started = start_slot(store, &rt, launcher, slot, assignment, &sources, now);
                             if let Ok(mut f) = failures.lock() {
@@ -584,6 +597,21 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 check_desired("kiln deploy --cluster", &service, settings)?;
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            // Each secret at its newest version: this release's.
+            if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
+                settings.secrets = crate::fleet::secrets::resolve(&etcd, &settings.secrets).map_err(|e| match e {
+                    crate::fleet::secrets::FleetSecretError::Missing { name } => {
+                        let i = settings.secrets.iter().position(|s| s.name == name).unwrap_or(0);
+                        CommandError::BadRequest {
+                            field: format!("service.{service}.secrets[{i}]"),
+                            message: format!(
+                                "no fleet secret {name:?}: set it first with `kiln secret set {name} --cluster URLS`"
+                            ),
+                        }
+                    }
+                    other => other.into(),
+                })?;
+            }
             // Read, decide, write if nothing changed since the read: the
             // leader may step a canary in between, and then the change is
             // decided again on what it wrote.
@@ -691,6 +719,27 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 format!("{host}: draining, its slots move away surge-first")
             };
             Ok(Output::Done { message })
+        }
+        Command::FleetSecret { cluster, action } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            use super::FleetSecretAction as A;
+            match action {
+                A::Set { name, value } => {
+                    let version = crate::fleet::secrets::set(&etcd, ctx.store.home(), &name, &value)?;
+                    Ok(Output::Done {
+                        message: format!(
+                            "fleet secret {name} stored, version {version} ({} bytes, sealed); the next deploy of a \
+                             service that uses it rolls it out",
+                            value.len()
+                        ),
+                    })
+                }
+                A::List => Ok(Output::FleetSecrets(crate::fleet::secrets::list(&etcd)?)),
+                A::Remove { name } => {
+                    crate::fleet::secrets::remove(&etcd, &name)?;
+                    Ok(Output::Done { message: format!("fleet secret {name} removed, every version") })
+                }
+            }
         }
         Command::FleetHistory { cluster, service, verify } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
@@ -806,6 +855,7 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
             image: image.to_owned(),
             service: service.to_owned(),
             env: vec![],
+            secrets: vec![],
         };
         crate::image::registry::Remote::parse(image).map_err(crate::image::registry::RegistryError::from)?;
         match probe.digest() {

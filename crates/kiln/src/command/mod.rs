@@ -231,6 +231,14 @@ pub enum Command {
         /// Who asked, for the history.
         actor: String,
     },
+    /// A fleet's secrets, sealed in etcd (`kiln secret … --cluster`): set
+    /// on the caller's machine with its KEK, listed, removed. Caller's
+    /// process only.
+    #[serde(skip)]
+    FleetSecret {
+        cluster: crate::fleet::etcd::Cluster,
+        action: FleetSecretAction,
+    },
     /// The fleet's release history, from etcd (of one service, if given);
     /// with `verify`, the whole chain and its etcd revisions are checked
     /// first. Caller's process only.
@@ -410,6 +418,21 @@ impl Command {
     }
 }
 
+/// What `kiln secret … --cluster` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetSecretAction {
+    /// A new version of `name` (the value from the front end, never a flag).
+    Set {
+        name: String,
+        value: Vec<u8>,
+    },
+    List,
+    /// Every version of `name`, unless a service still uses it.
+    Remove {
+        name: String,
+    },
+}
+
 /// An `[image.X]` of a kiln.toml baked and pushed for a fleet deploy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetBake {
@@ -584,6 +607,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::DrainHost { .. }
         | Command::Hosts { .. }
         | Command::FleetHistory { .. }
+        | Command::FleetSecret { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

@@ -54,6 +54,7 @@ impl Job {
                 | Command::DrainHost { .. }
                 | Command::Hosts { .. }
                 | Command::FleetHistory { .. }
+                | Command::FleetSecret { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -227,6 +228,16 @@ pub fn status(e: &CommandError) -> u16 {
             crate::fleet::etcd::EtcdError::Invalid { path, .. } if path == "--cluster" => 400,
             _ => 502,
         },
+        CommandError::FleetSecret(s) => {
+            use crate::fleet::secrets::FleetSecretError as E;
+            match s {
+                E::Etcd(_) => 502,
+                E::Missing { .. } | E::MissingVersion { .. } => 404,
+                E::InUse { .. } | E::Contended { .. } => 409,
+                E::Secret(e) => secret(e),
+                E::Io { .. } => 500,
+            }
+        }
         CommandError::FleetHistory(h) => match h {
             crate::fleet::history::FleetHistoryError::Etcd(_) => 502,
             // The check found tampering: the answer stands, as a conflict
@@ -525,6 +536,7 @@ mod tests {
             | Command::DrainHost { .. }
             | Command::Hosts { .. }
             | Command::FleetHistory { .. }
+            | Command::FleetSecret { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

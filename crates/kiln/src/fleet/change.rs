@@ -286,7 +286,7 @@ pub fn rollout(
 /// kiln.toml's `[service.NAME]` as a fleet's desired state running
 /// `image` (by digest), and its canary plan when its strategy is one.
 /// What a fleet cannot carry yet is refused, naming the key, rather than
-/// dropped: volumes, secrets, edge settings, pause steps.
+/// dropped: volumes, edge settings, a pause before the first weight.
 pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Option<CanaryPlan>), SpecError> {
     let refuse = |key: &str, message: &str| SpecError {
         file: spec.file.clone(),
@@ -296,9 +296,6 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
     };
     if !spec.volumes.is_empty() {
         return Err(refuse("volumes", "volumes are not carried across a fleet's hosts yet"));
-    }
-    if !spec.secrets.is_empty() {
-        return Err(refuse("secrets", "secrets are not carried to a fleet's hosts yet"));
     }
     if spec.edge != Default::default() {
         return Err(refuse("edge", "host names and TLS are not set on a fleet's load balancers yet"));
@@ -352,6 +349,12 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         canary: None,
         channel: spec.channel.as_ref().map(|r| r.channel.clone()),
         previous: None,
+        // Versions are resolved when the deploy is written.
+        secrets: spec
+            .secrets
+            .iter()
+            .map(|s| super::place::FleetSecret { name: s.name.clone(), env: s.env.clone(), version: String::new() })
+            .collect(),
     };
     Ok((desired, canary))
 }
@@ -377,6 +380,7 @@ mod tests {
             canary: None,
             channel: None,
             previous: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -621,6 +625,13 @@ mod tests {
         .unwrap();
         let plan = plan.unwrap();
         assert_eq!((plan.steps, plan.step_secs), (vec![10, 40], 20));
+        // Secrets carry over by name; their versions are resolved when
+        // the deploy is written.
+        let (d, _) =
+            from_service(&spec("secrets = [\"api\", { name = \"db\", env = \"DB_PASSWORD\" }]\n"), img('a')).unwrap();
+        let named: Vec<(&str, Option<&str>, &str)> =
+            d.secrets.iter().map(|s| (s.name.as_str(), s.env.as_deref(), s.version.as_str())).collect();
+        assert_eq!(named, [("api", None, ""), ("db", Some("DB_PASSWORD"), "")]);
         let e = from_service(&spec("volumes = { data = \"/data\" }\n"), img('a')).unwrap_err();
         assert_eq!((e.key.as_str(), e.file.as_path()), ("service.web.volumes", std::path::Path::new("/x/kiln.toml")));
         // Pauses: after the weight before them, in seconds (0: a person's).

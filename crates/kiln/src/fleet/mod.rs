@@ -21,6 +21,7 @@ pub mod place;
 pub mod reconcile;
 pub mod records;
 pub mod route;
+pub mod secrets;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -53,6 +53,23 @@ pub struct Desired {
     /// `kiln rollback --cluster` goes back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// kiln.toml's `secrets`, each at the version the deploy found newest
+    /// (`kiln secret set --cluster`): a rotation is a new release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FleetSecret>,
+}
+
+/// A secret a fleet service uses, at one version of it: at
+/// `/run/secrets/NAME`, and as `env` when given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSecret {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The sealed version (empty until a deploy resolves it).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// A fleet canary: `replicas` instances of `image` given `weight` percent
@@ -122,6 +139,7 @@ impl Desired {
             singleton: self.singleton,
             health: self.health.clone(),
             channel: self.channel.clone(),
+            secrets: self.secrets.clone(),
             epoch: 0,
         }
     }
@@ -308,6 +326,7 @@ mod tests {
             canary: None,
             channel: None,
             previous: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Assignment {
     /// the agent's key (the `[promotion]` key) must verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Its secrets, each at a version sealed in etcd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<super::place::FleetSecret>,
     /// The epoch of the leader that wrote it (its election revision; 0:
     /// written by hand with no leader). An agent refuses a change from an
     /// epoch older than one it has acted on ([`admit`]).
@@ -180,6 +183,7 @@ mod tests {
             singleton: false,
             health: None,
             channel: None,
+            secrets: Vec::new(),
             epoch: 0,
         }
     }

@@ -57,6 +57,18 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
         ("channel", cur.channel != next.channel),
     ];
     out.extend(fields.iter().filter(|(_, c)| *c).map(|(n, _)| format!("{n} changed")));
+    // Secrets by name and version: a rotation is named, its value never.
+    let versions =
+        |d: &Desired| d.secrets.iter().map(|s| (s.name.clone(), s.version.clone())).collect::<BTreeMap<_, _>>();
+    let (a, b) = (versions(cur), versions(next));
+    for name in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
+        match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("secret {name} version {y}")),
+            (Some(_), None) => out.push(format!("secret {name} removed")),
+            (None, Some(y)) => out.push(format!("secret {name} version {y} added")),
+            _ => {}
+        }
+    }
     out
 }
 
@@ -233,6 +245,7 @@ mod tests {
             canary: None,
             channel: None,
             previous: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -282,6 +295,11 @@ mod tests {
         assert_eq!(what, ["replicas 2 → 3", "env.MODE changed", "env.NEW added"]);
         assert!(!format!("{what:?}").contains("secret-looking"));
         assert!(of_place("web", Some(&cur), Some(&cur), "a").is_empty());
+        let secret = |v: &str| crate::fleet::place::FleetSecret { name: "db".into(), env: None, version: v.into() };
+        let with = Desired { secrets: vec![secret("v1")], ..cur.clone() };
+        let rotated = Desired { secrets: vec![secret("v2")], ..cur.clone() };
+        assert_eq!(changed(&cur, &with), ["secret db version v1 added"]);
+        assert_eq!(changed(&with, &rotated), ["secret db version v2"]);
         assert_eq!(kinds(&of_place("web", Some(&cur), None, "a")), ["down"]);
     }
 

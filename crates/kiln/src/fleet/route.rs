@@ -141,6 +141,7 @@ mod tests {
             }),
             channel: None,
             previous: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -309,7 +309,10 @@ impl<'a> Runtime<'a> {
             }
         }
         // Read all secrets first: a missing one fails before anything exists.
-        let secrets = Secrets::new(&self.home);
+        let secrets = match &req.secret_store {
+            Some(dir) => Secrets::fleet(dir, &self.home),
+            None => Secrets::new(&self.home),
+        };
         let mut values = Vec::new();
         let mut secret_versions = std::collections::BTreeMap::new();
         for s in &req.secrets {

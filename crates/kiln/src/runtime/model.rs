@@ -173,6 +173,10 @@ pub struct RunRequest {
     /// API body cannot ask for privileges its kiln.toml does not give.
     #[serde(skip)]
     pub sandbox: crate::spec::sandbox::SandboxSpec,
+    /// Where `secrets` are read from instead of this host's store: a
+    /// fleet's sealed files for this start. Only a fleet agent sets it.
+    #[serde(skip)]
+    pub secret_store: Option<std::path::PathBuf>,
 }
 
 impl RunRequest {
@@ -211,6 +215,7 @@ impl RunRequest {
             placeholder_secrets: flags.placeholder_secrets,
             sandbox: service.sandbox.clone(),
             release_fields: flags.release_fields,
+            secret_store: flags.secret_store,
         }
     }
 }

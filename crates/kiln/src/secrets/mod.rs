@@ -108,6 +108,9 @@ pub enum Purpose {
     TlsKeys,
     /// Registry credentials from `kiln login` (`$KILN_HOME/auth`).
     Credentials,
+    /// A fleet's secrets, sealed in etcd (`kiln secret set --cluster`),
+    /// opened by each host with the fleet's KEK.
+    FleetSecrets,
 }
 
 impl Purpose {
@@ -117,13 +120,14 @@ impl Purpose {
             Purpose::SigningKeys => "signing-keys",
             Purpose::TlsKeys => "tls-keys",
             Purpose::Credentials => "registry-credentials",
+            Purpose::FleetSecrets => "fleet-secrets",
         }
     }
 
     /// The command that re-seals this store.
     fn rotate_command(self) -> &'static str {
         match self {
-            Purpose::Secrets | Purpose::TlsKeys | Purpose::Credentials => "secret rotate-key",
+            Purpose::Secrets | Purpose::TlsKeys | Purpose::Credentials | Purpose::FleetSecrets => "secret rotate-key",
             Purpose::SigningKeys => "key rotate",
         }
     }
@@ -315,6 +319,13 @@ impl Secrets {
             purpose: Purpose::Credentials,
             kek: KekSource::Process,
         }
+    }
+
+    /// A fleet's secrets as one process holds them for a moment: the sealed
+    /// files in `dir` (the data key and `NAME.enc`, as etcd keeps them),
+    /// opened with the fleet's KEK, which every host is given.
+    pub fn fleet(dir: &Path, home: &Path) -> Self {
+        Secrets { dir: dir.to_owned(), home: home.to_owned(), purpose: Purpose::FleetSecrets, kek: KekSource::Process }
     }
 
     /// The same store with `kek` instead of the environment's.
