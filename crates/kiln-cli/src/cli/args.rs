@@ -53,7 +53,7 @@ pub(crate) enum Cmd {
     },
     /// Register this host in a fleet: a lease in etcd (`/kiln/hosts/NAME`) kept alive with the host's capacity and instance count, until SIGTERM or SIGINT (then the lease is revoked). A host whose agent dies leaves the fleet when its lease expires.
     Agent(AgentArgs),
-    /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed digest replaces the instance, start first).
+    /// Assign a slot of a host: the host's agent pulls the image by digest and runs it (a changed assignment, image or env, replaces the instance, start first).
     Assign(AssignArgs),
     /// A fleet controller: campaigns for leadership through an etcd lease; the leader places every service's replicas on live hosts (spread, moved off a lost host), each write conditioned on its epoch. Run several; until SIGTERM or SIGINT.
     Controller(ControllerArgs),
