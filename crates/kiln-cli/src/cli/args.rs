@@ -328,6 +328,9 @@ pub(crate) enum Cmd {
         follow: bool,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: every live host's logs (agents with --peer-port), merged by time.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Show what deploying each service of kiln.toml (or one) would do from what runs now: instances to start and stop, traffic steps, downtime. Changes nothing.
     Plan {

@@ -474,7 +474,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Rm { instance, force } => (Command::Rm { instance, force }, false),
         Cmd::Pause { instance } => (Command::Pause { instance }, false),
         Cmd::Resume { instance } => (Command::Resume { instance }, false),
-        Cmd::Logs { service, release, instance, image, since, follow, json } => {
+        Cmd::Logs { service, release, instance, image, since, follow, json, fleet } => {
             let since = match since {
                 None => None,
                 Some(s) => Some(match kiln::time::parse_duration(&s) {
@@ -485,6 +485,16 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 }),
             };
             let filter = LogFilter { service, release, instance, image, since };
+            if fleet.on() {
+                if follow {
+                    bail!("--follow: a fleet's logs are read once; run again with --since");
+                }
+                return Ok(Invocation::Command {
+                    command: Box::new(fleet_via(fleet, FleetRequest::Logs { filter })?),
+                    json,
+                    then: Then::Nothing,
+                });
+            }
             if follow {
                 return Ok(Invocation::FollowLogs { filter, json });
             }

@@ -335,6 +335,15 @@ pub(crate) fn render(output: &Output, now: i64) {
                 );
             }
         }
+        Output::FleetLogs(logs) => {
+            for l in &logs.lines {
+                let time = kiln::time::rfc3339_millis(l.line.ts);
+                println!("{time} {} {} {}: {}", l.host, l.line.meta.instance, l.line.stream, l.line.line);
+            }
+            for (host, why) in &logs.missing {
+                eprintln!("kiln: {host}: no logs: {why}");
+            }
+        }
         Output::FleetSecrets(rows) => {
             if rows.is_empty() {
                 println!("no fleet secrets");

@@ -727,7 +727,23 @@ fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs
             .enumerate()
             .map(|(i, (home, ip))| {
                 let name = format!("h{}", i + 1);
-                spawn_kiln(home, &["agent", "--cluster", cluster, "--name", &name, "--ttl", "2", "--advertise", ip])
+                let peer = free_port().to_string();
+                spawn_kiln(
+                    home,
+                    &[
+                        "agent",
+                        "--cluster",
+                        cluster,
+                        "--name",
+                        &name,
+                        "--ttl",
+                        "2",
+                        "--advertise",
+                        ip,
+                        "--peer-port",
+                        &peer,
+                    ],
+                )
             })
             .collect(),
     )
@@ -1730,6 +1746,26 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     );
     let e = kiln_err(&ctl, &app, &["secret", "rm", "db", "--cluster", &cluster]);
     assert!(e.contains("used by web"), "{e}");
+    // Every host's logs in one place: the CGI's stderr, from both hosts'
+    // instances, merged by time; none of it without the fleet's token.
+    let logs = json(&kiln_ok(&ctl, &app, &["logs", "--cluster", &cluster, "--service", "web", "--json"]));
+    let from: std::collections::BTreeSet<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["line"].as_str().is_some_and(|t| t.contains("cgi env asked")))
+        .filter_map(|l| l["host"].as_str())
+        .collect();
+    assert_eq!(from, ["h1", "h2"].into(), "{logs}");
+    assert!(logs["missing"].as_array().unwrap().is_empty(), "{logs}");
+    let ts: Vec<i64> = logs["lines"].as_array().unwrap().iter().map(|l| l["ts"].as_i64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "merged by time");
+    let hosts_json = json(&kiln_ok(&ctl, &app, &["hosts", "--cluster", &cluster, "--json"]));
+    let h1 = hosts_json.as_array().unwrap().iter().find(|h| h["name"] == "h1").unwrap();
+    let peer = format!("{}:{}", ips[0], h1["peer_port"]);
+    let anon =
+        run("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{peer}/v1/logs?service=web")]);
+    assert_eq!(String::from_utf8_lossy(&anon.stdout), "401", "{peer}");
     write("", "");
     // Back to what it replaced.
     let out = kiln_in(&["rollback"]);
@@ -1962,6 +1998,10 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         all.extend(["--controller", url.as_str(), "--token-file", token.to_str().unwrap()]);
         kiln(&ctl, &app, &all)
     };
+    let logs_through = history_through(&["logs", "--service", "web", "--json"]);
+    assert!(logs_through.status.success(), "{}", String::from_utf8_lossy(&logs_through.stderr));
+    let lines = json(&String::from_utf8_lossy(&logs_through.stdout))["lines"].as_array().map_or(0, Vec::len);
+    assert!(lines > 0, "every host's logs through the controller too");
     let through_api = history_through(&["history", "web"]);
     let text = String::from_utf8_lossy(&through_api.stdout);
     assert!(

@@ -231,7 +231,17 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     })?;
                     let bound = l.local_addr().map(|a| a.port()).unwrap_or(port);
                     let store = ctx.store.clone();
-                    std::thread::spawn(move || crate::fleet::peer::serve(store, l, stop));
+                    // Its logs to the fleet, with the fleet's token (made
+                    // now if this is the first agent).
+                    let logs_etcd = std::sync::Arc::new(crate::fleet::etcd::Etcd::new(&cluster)?);
+                    if let Err(e) = crate::fleet::peer::token(&logs_etcd) {
+                        eprintln!("kiln agent {name}: the fleet's token: {e}");
+                    }
+                    let logs = crate::fleet::peer::LogAccess {
+                        home: ctx.store.home().to_owned(),
+                        token: std::sync::Arc::new(move || crate::fleet::peer::token(&logs_etcd).ok()),
+                    };
+                    std::thread::spawn(move || crate::fleet::peer::serve(store, l, stop, Some(logs)));
                     Some(bound)
                 }
                 None => None,
@@ -309,13 +319,29 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         .unwrap_or_default(),
                 }
             };
-            let (store, launcher, now) = (&ctx.store, ctx.launcher, ctx.now);
+            let (store, launcher, now, retention) = (&ctx.store, ctx.launcher, ctx.now, ctx.retention);
+            let pruned = std::sync::Mutex::new(std::time::Instant::now());
             let mut reconcile = |assigned: std::collections::BTreeMap<String, crate::fleet::reconcile::Assignment>| {
                 use crate::fleet::reconcile::{decide, Act, Running};
                 let records = match rt.observe_all() {
                     Ok((r, _)) => r,
                     Err(e) => return eprintln!("kiln agent {name}: observing instances: {e}"),
                 };
+                // The instances' output into the host's central logs, for
+                // `kiln logs` here and `kiln logs --cluster` anywhere; kept
+                // within the retention (checked about once a minute).
+                if let Err(e) = rt.ingest_all() {
+                    eprintln!("kiln agent {name}: logs: {e}");
+                }
+                if let Ok(mut last) = pruned.lock() {
+                    if last.elapsed() >= std::time::Duration::from_secs(60) {
+                        *last = std::time::Instant::now();
+                        let live = rt.live_ids().unwrap_or_default();
+                        if let Err(e) = rt.logs().prune(&retention, crate::time::now_secs(), &live) {
+                            eprintln!("kiln agent {name}: pruning logs: {e}");
+                        }
+                    }
+                }
                 let running: Vec<Running> = records
                     .iter()
                     .filter_map(|r| {
@@ -740,6 +766,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     Ok(Output::Done { message: format!("fleet secret {name} removed, every version") })
                 }
             }
+        }
+        Command::FleetLogs { cluster, filter } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            Ok(Output::FleetLogs(crate::fleet::peer::fleet_logs(&etcd, &filter)?))
         }
         Command::FleetHistory { cluster, service, verify } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;

@@ -103,6 +103,11 @@ const MAX_CONNECTIONS: usize = 16;
 pub enum FleetRequest {
     Services {},
     Hosts {},
+    /// `kiln logs --cluster`: every live host's logs matching the filter.
+    Logs {
+        #[serde(default)]
+        filter: crate::runtime::logs::LogFilter,
+    },
     /// `kiln history --cluster`: the fleet's history (of `service`, if
     /// given), the chain checked first with `verify`.
     History {
@@ -197,6 +202,7 @@ impl FleetRequest {
             FleetRequest::Services {} => Command::FleetServices { cluster },
             FleetRequest::Hosts {} => Command::Hosts { cluster },
             FleetRequest::History { service, verify } => Command::FleetHistory { cluster, service, verify },
+            FleetRequest::Logs { filter } => Command::FleetLogs { cluster, filter },
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }

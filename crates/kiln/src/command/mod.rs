@@ -239,6 +239,13 @@ pub enum Command {
         cluster: crate::fleet::etcd::Cluster,
         action: FleetSecretAction,
     },
+    /// Every live host's central logs (through each agent's peer port,
+    /// with the fleet's token), merged by time. Caller's process only.
+    #[serde(skip)]
+    FleetLogs {
+        cluster: crate::fleet::etcd::Cluster,
+        filter: LogFilter,
+    },
     /// The fleet's release history, from etcd (of one service, if given);
     /// with `verify`, the whole chain and its etcd revisions are checked
     /// first. Caller's process only.
@@ -608,6 +615,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::Hosts { .. }
         | Command::FleetHistory { .. }
         | Command::FleetSecret { .. }
+        | Command::FleetLogs { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

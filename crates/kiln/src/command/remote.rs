@@ -55,6 +55,7 @@ impl Job {
                 | Command::Hosts { .. }
                 | Command::FleetHistory { .. }
                 | Command::FleetSecret { .. }
+                | Command::FleetLogs { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -537,6 +538,7 @@ mod tests {
             | Command::Hosts { .. }
             | Command::FleetHistory { .. }
             | Command::FleetSecret { .. }
+            | Command::FleetLogs { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -11,8 +11,16 @@
 //! agent that requires signatures can pull a signed image from a peer and
 //! check its signature as it would from the registry.
 //!
-//! For: serving what the store holds, by digest. Must never: serve a tag,
-//! write to the store, or keep a connection past its one answer.
+//! `GET /v1/logs?service=…&since=…` answers the host's central logs (as
+//! `kiln logs` reads them) to a caller with the fleet's token
+//! (`/kiln/peer-token` in etcd, read at each request), so that
+//! `kiln logs --cluster` shows every host's lines. Logs may hold what an
+//! image's content does not: without the token, a 401.
+//!
+//! For: serving what the store holds, by digest, and the host's logs to
+//! the fleet. Must never: serve a tag, write to the store or the logs,
+//! answer logs without the token, or keep a connection past its one
+//! answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +30,27 @@ use std::time::Duration;
 
 use crate::digest::Digest;
 use crate::image::store::Store;
+use crate::runtime::logs::{LogFilter, LogLine};
+
+/// The fleet's token for agents' logs, in etcd.
+pub const TOKEN: &str = "/kiln/peer-token";
+/// The most lines one host answers (its newest).
+pub const MAX_LINES: usize = 20_000;
+
+/// What a peer needs to answer `/v1/logs`: where the host's central logs
+/// are, and the fleet's token (read from etcd at each request; None when
+/// it cannot be read, and then nothing is answered).
+#[derive(Clone)]
+pub struct LogAccess {
+    pub home: std::path::PathBuf,
+    pub token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LogAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogAccess({})", self.home.display())
+    }
+}
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -37,6 +66,8 @@ pub enum Asked {
     Blob(Digest),
     /// The manifests whose subject is this digest.
     Referrers(Digest),
+    /// The host's central logs (`GET /v1/logs?…`).
+    Logs(LogFilter),
 }
 
 /// Why a request is refused, with its status.
@@ -44,6 +75,77 @@ pub enum Asked {
 pub enum Refused {
     Method,
     NotFound(String),
+    /// A query parameter that is not one of the filter's, or not readable.
+    BadQuery(String),
+}
+
+/// `%XX` and `+` decoded; None for a malformed escape or non-UTF-8.
+fn unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `value` for a query string: what is not unreserved, escaped.
+fn escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => (c as char).to_string(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
+/// A log filter as a query string (`service=web&since=…`).
+pub fn log_query(f: &LogFilter) -> String {
+    let mut q = Vec::new();
+    for (k, v) in [("service", &f.service), ("release", &f.release), ("instance", &f.instance), ("image", &f.image)] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", escape(v)));
+        }
+    }
+    if let Some(s) = f.since {
+        q.push(format!("since={s}"));
+    }
+    q.join("&")
+}
+
+/// The filter a query string asks for (pure); an unknown or unreadable
+/// parameter is named.
+pub fn parse_log_query(query: &str) -> Result<LogFilter, Refused> {
+    let mut f = LogFilter::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = unescape(v).ok_or_else(|| Refused::BadQuery(k.to_owned()))?;
+        match k {
+            "service" => f.service = Some(v),
+            "release" => f.release = Some(v),
+            "instance" => f.instance = Some(v),
+            "image" => f.image = Some(v),
+            "since" => f.since = Some(v.parse().map_err(|_| Refused::BadQuery("since".into()))?),
+            other => return Err(Refused::BadQuery(other.to_owned())),
+        }
+    }
+    Ok(f)
 }
 
 /// Parses a request line's method and path (pure).
@@ -53,7 +155,13 @@ pub fn parse(method: &str, path: &str) -> Result<(Asked, bool), Refused> {
         "HEAD" => true,
         _ => return Err(Refused::Method),
     };
-    let path = path.split('?').next().unwrap_or_default();
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path == "/v1/logs" {
+        return match head {
+            false => Ok((Asked::Logs(parse_log_query(query)?), false)),
+            true => Err(Refused::Method),
+        };
+    }
     if path == "/v2/" || path == "/v2" {
         return Ok((Asked::Base, head));
     }
@@ -77,23 +185,29 @@ pub fn parse(method: &str, path: &str) -> Result<(Asked, bool), Refused> {
 
 /// Serves `store` on `listener` until `stop`, one thread per connection
 /// (at most [`MAX_CONNECTIONS`]).
-pub fn serve(store: Store, listener: TcpListener, stop: &'static AtomicBool) {
+pub fn serve(store: Store, listener: TcpListener, stop: &'static AtomicBool, logs: Option<LogAccess>) {
     let busy = |conn| drop(answer(conn, 503, "text/plain", b"busy", false));
-    let handle = Arc::new(move |conn| drop(one(&store, conn)));
+    let handle = Arc::new(move |conn| drop(one(&store, logs.as_ref(), conn)));
     crate::net::accept::serve(listener, stop, MAX_CONNECTIONS, busy, handle);
 }
 
 /// Answers one request on `conn`, then closes it.
-fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
+fn one(store: &Store, logs: Option<&LogAccess>, conn: TcpStream) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut r = BufReader::new(conn.try_clone()?).take(MAX_HEAD as u64);
     let mut line = String::new();
     r.read_line(&mut line)?;
+    let mut bearer = None;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
             break;
+        }
+        if let Some((name, value)) = h.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("authorization") {
+                bearer = value.trim().strip_prefix("Bearer ").map(str::to_owned);
+            }
         }
     }
     let mut parts = line.split_whitespace();
@@ -102,7 +216,30 @@ fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
         Ok(x) => x,
         Err(Refused::Method) => return answer(conn, 405, "text/plain", b"read-only: GET or HEAD", false),
         Err(Refused::NotFound(p)) => return answer(conn, 404, "text/plain", format!("no {p}").as_bytes(), false),
+        Err(Refused::BadQuery(k)) => {
+            return answer(
+                conn,
+                400,
+                "text/plain",
+                format!("query parameter {k:?}: not a log filter's").as_bytes(),
+                false,
+            )
+        }
     };
+    if let Asked::Logs(filter) = &asked {
+        let Some(access) = logs else { return answer(conn, 404, "text/plain", b"no logs here", false) };
+        let Some(token) = (access.token)() else {
+            return answer(conn, 503, "text/plain", b"the fleet's token cannot be read from etcd", false);
+        };
+        if !bearer.is_some_and(|b| crate::serve::auth::Keys::new(&token).is_token(&b)) {
+            return answer(conn, 401, "text/plain", b"the fleet's token (/kiln/peer-token) is needed", false);
+        }
+        let mut lines = crate::runtime::logs::LogStore::new(&access.home).query(filter)?;
+        if lines.len() > MAX_LINES {
+            lines.drain(..lines.len() - MAX_LINES);
+        }
+        return answer(conn, 200, "application/json", &serde_json::to_vec(&lines).unwrap_or_default(), false);
+    }
     let (digest, manifest) = match asked {
         Asked::Base => return answer(conn, 200, "application/json", b"{}", head),
         Asked::Manifest(d) => (d, true),
@@ -111,6 +248,7 @@ fn one(store: &Store, conn: TcpStream) -> std::io::Result<()> {
             let body = serde_json::to_vec(&referrers(store, &d)).unwrap_or_default();
             return answer(conn, 200, crate::oci::MEDIA_INDEX, &body, head);
         }
+        Asked::Logs(_) => return Ok(()),
     };
     if !store.has_blob(&digest) {
         return answer(conn, 404, "text/plain", format!("no {digest} here").as_bytes(), false);
@@ -163,6 +301,8 @@ fn write_answer(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
@@ -201,6 +341,84 @@ fn referrers(store: &Store, subject: &Digest) -> crate::oci::Index {
     }
 }
 
+/// Host `addr`'s logs through its peer, with the fleet's `token`.
+pub fn ask_logs(addr: SocketAddr, token: &str, filter: &LogFilter) -> std::io::Result<Vec<LogLine>> {
+    let stream =
+        crate::net::tls::connect_within(&addr.to_string(), None, Duration::from_secs(2), Duration::from_secs(10))?;
+    let target = format!("/v1/logs?{}", log_query(filter));
+    let auth = format!("Bearer {token}");
+    let host = addr.to_string();
+    let req = crate::net::http::Outgoing {
+        method: "GET",
+        target: &target,
+        host: &host,
+        headers: &[("Authorization", &auth)],
+        body: crate::net::http::Body::Bytes(&[]),
+    };
+    let r = crate::net::http::send(stream, req)?;
+    let status = r.status;
+    let bytes = r.bytes(64 << 20)?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("answered {status}: {}", String::from_utf8_lossy(&bytes).trim())));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(format!("not a list of log lines: {e}")))
+}
+
+/// The fleet's token for agents' logs ([`TOKEN`]), made on first use by
+/// whoever asks first (an agent, or `kiln logs --cluster`).
+pub fn token(cluster: &super::etcd::Etcd) -> Result<String, super::etcd::EtcdError> {
+    let read = |cluster: &super::etcd::Etcd| -> Result<Option<String>, super::etcd::EtcdError> {
+        Ok(cluster.get(TOKEN)?.map(|(_, v)| String::from_utf8_lossy(&v).trim().to_owned()).filter(|t| !t.is_empty()))
+    };
+    if let Some(t) = read(cluster)? {
+        return Ok(t);
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(|e| {
+        super::etcd::EtcdError::Malformed { key: TOKEN.into(), message: format!("no randomness for a new token: {e}") }
+    })?;
+    let made = crate::digest::hex(&bytes);
+    // Only if still absent: two makers agree on the first one written.
+    cluster.txn_if_created_at(TOKEN, 0, &[(TOKEN.to_owned(), made.clone().into_bytes(), 0)], &[])?;
+    Ok(read(cluster)?.unwrap_or(made))
+}
+
+/// One host's log line, for `kiln logs --cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostLine {
+    pub host: String,
+    #[serde(flatten)]
+    pub line: LogLine,
+}
+
+/// Every live host's logs, merged by time, and the hosts that could not
+/// answer, each with why (one never hides the others').
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FleetLogs {
+    pub lines: Vec<HostLine>,
+    /// (host, why): no peer port, unreachable, or refused.
+    pub missing: Vec<(String, String)>,
+}
+
+/// The logs matching `filter` on every live host, through each agent's
+/// peer port with the fleet's token.
+pub fn fleet_logs(cluster: &super::etcd::Etcd, filter: &LogFilter) -> Result<FleetLogs, super::etcd::EtcdError> {
+    let token = token(cluster)?;
+    let mut out = FleetLogs::default();
+    for r in super::host_records(cluster)? {
+        let Some(addr) = address(&r) else {
+            out.missing.push((r.name.clone(), "its agent has no --peer-port: its logs stay on the host".into()));
+            continue;
+        };
+        match ask_logs(addr, &token, filter) {
+            Ok(lines) => out.lines.extend(lines.into_iter().map(|line| HostLine { host: r.name.clone(), line })),
+            Err(e) => out.missing.push((r.name.clone(), format!("{addr}: {e}"))),
+        }
+    }
+    out.lines.sort_by(|a, b| (a.line.ts, &a.host).cmp(&(b.line.ts, &b.host)));
+    Ok(out)
+}
+
 /// Where a peer's store is: its advertised address and peer port.
 pub fn address(record: &super::HostRecord) -> Option<SocketAddr> {
     Some(SocketAddr::new(record.address?, record.peer_port?))
@@ -224,5 +442,26 @@ mod tests {
         assert!(matches!(parse("GET", "/etc/passwd"), Err(Refused::NotFound(_))));
         assert!(matches!(parse("GET", "/v2/../../blobs/sha256:00"), Err(Refused::NotFound(_))));
         assert!(matches!(parse("GET", &format!("/v2//blobs/{d}")), Err(Refused::NotFound(_))));
+    }
+
+    #[test]
+    fn a_log_filter_goes_through_a_query_string_and_back_and_a_stray_parameter_is_named() {
+        let f = LogFilter {
+            service: Some("web".into()),
+            release: Some("fleet:web-0".into()),
+            instance: Some("web-1a2b".into()),
+            image: Some("sha256:ab".into()),
+            since: Some(1_700_000_000_000),
+        };
+        let q = log_query(&f);
+        assert_eq!(q, "service=web&release=fleet:web-0&instance=web-1a2b&image=sha256:ab&since=1700000000000");
+        assert_eq!(parse("GET", &format!("/v1/logs?{q}")), Ok((Asked::Logs(f), false)));
+        assert_eq!(parse("GET", "/v1/logs"), Ok((Asked::Logs(LogFilter::default()), false)));
+        assert_eq!(parse_log_query("service=a%20b").unwrap().service.as_deref(), Some("a b"));
+        assert_eq!(escape("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(parse("GET", "/v1/logs?user=root"), Err(Refused::BadQuery("user".into())));
+        assert_eq!(parse("GET", "/v1/logs?since=yesterday"), Err(Refused::BadQuery("since".into())));
+        assert_eq!(parse("GET", "/v1/logs?service=%zz"), Err(Refused::BadQuery("service".into())));
+        assert_eq!(parse("HEAD", "/v1/logs"), Err(Refused::Method));
     }
 }

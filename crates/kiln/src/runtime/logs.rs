@@ -106,6 +106,7 @@ impl LogStore {
         let off_path = self.dir.join(format!("{}.offsets", meta.instance));
         let mut offsets: Offsets =
             fs::read(&off_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let before = (offsets.stdout, offsets.stderr);
         let mut out = Vec::new();
         let mut count = 0;
         for (stream, offset) in [("stdout", &mut offsets.stdout), ("stderr", &mut offsets.stderr)] {
@@ -136,6 +137,10 @@ impl LogStore {
             let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
             f.write_all(&out)?;
             f.sync_data()?;
+        }
+        // Nothing new (an agent ingests every round): nothing to write.
+        if (offsets.stdout, offsets.stderr) == before && off_path.exists() {
+            return Ok(count);
         }
         // Offsets after the lines: a crash in between repeats lines, never loses them.
         let tmp = off_path.with_extension("offsets.tmp");

@@ -191,7 +191,7 @@ pub fn busybox_httpd_rootfs(path: &Path) {
         .unwrap();
     // What the instance was given: an env variable, and a secret as env
     // and as its file.
-    let env = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"mode=$MODE db=$DB_PASSWORD file=$(cat /run/secrets/db 2>/dev/null)\"\n";
+    let env = b"#!/bin/sh\necho \"cgi env asked by $REMOTE_ADDR\" >&2\necho 'Content-Type: text/plain'\necho\necho \"mode=$MODE db=$DB_PASSWORD file=$(cat /run/secrets/db 2>/dev/null)\"\n";
     b.append_data(&mut tar_header(tar::EntryType::Regular, 0o755, env.len() as u64), "www/cgi-bin/env", &env[..])
         .unwrap();
     fs::write(path, b.into_inner().unwrap()).unwrap();
