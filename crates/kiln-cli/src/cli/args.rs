@@ -287,6 +287,9 @@ pub(crate) enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: every slot of the fleet, its host and state (serving, starting, failing, leaving, host-lost).
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Stop an instance: its stop signal, then SIGKILL after the grace period.
     Stop {

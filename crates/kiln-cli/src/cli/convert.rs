@@ -469,7 +469,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             };
             (Command::Run { request: req, service_file }, json)
         }
-        Cmd::Ps { all, json } => (Command::Ps { all }, json),
+        Cmd::Ps { json, fleet, .. } if fleet.on() => (fleet_via(fleet, FleetRequest::Ps {})?, json),
+        Cmd::Ps { all, json, .. } => (Command::Ps { all }, json),
         Cmd::Stop { instance, time } => (Command::Stop { instance, grace_secs: time }, false),
         Cmd::Rm { instance, force } => (Command::Rm { instance, force }, false),
         Cmd::Pause { instance } => (Command::Pause { instance }, false),

@@ -335,6 +335,22 @@ pub(crate) fn render(output: &Output, now: i64) {
                 );
             }
         }
+        Output::FleetPs(rows) => {
+            println!("{:<14} {:<18} {:<10} {:<20} {:>6}  IMAGE", "HOST", "SLOT", "STATE", "INSTANCE", "PORT");
+            for r in rows {
+                let port = r.port.map_or_else(|| "-".to_owned(), |p| p.to_string());
+                let digest = r.image.rsplit_once('@').map_or(r.image.as_str(), |(_, d)| d);
+                println!(
+                    "{:<14} {:<18} {:<10} {:<20} {:>6}  {}",
+                    r.host,
+                    r.slot,
+                    r.state.name(),
+                    r.instance.as_deref().unwrap_or("-"),
+                    port,
+                    &digest[..digest.len().min(19)]
+                );
+            }
+        }
         Output::FleetLogs(logs) => {
             for l in &logs.lines {
                 let time = kiln::time::rfc3339_millis(l.line.ts);

@@ -1662,6 +1662,32 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let out = kiln_in(&["deploy"]);
     assert!(out.contains(&images[0].1) && out.contains("serves on every replica"), "{out}");
     serving_only("1.0.0");
+    // Every slot, where it is and what it runs: one on each host, serving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = json(&kiln_ok(&ctl, &app, &["ps", "--cluster", &cluster, "--json"]));
+        let rows: Vec<(String, String, String)> = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap().into(),
+                    r["slot"].as_str().unwrap().into(),
+                    r["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let hosts: std::collections::BTreeSet<&String> = rows.iter().map(|r| &r.0).collect();
+        if rows.len() == 2 && hosts.len() == 2 && rows.iter().all(|r| r.2 == "serving") {
+            assert!(ps[0]["image"] == images[0].1.as_str() && ps[0]["port"].as_u64().is_some(), "{ps}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not one serving slot on each host: {ps}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = kiln_ok(&ctl, &app, &["ps", "--cluster", &cluster]);
+    assert!(text.starts_with("HOST") && text.contains("serving"), "{text}");
     // A new image rolls, under load on both load balancers.
     let load = FleetLoad::start(&lbs, "/");
     let out = kiln_in(&["deploy", "--image", &format!("127.0.0.1:{reg_port}/team/web:2.0.0")]);

@@ -767,6 +767,11 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 }
             }
         }
+        Command::FleetPs { cluster } => {
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            let assigned = crate::fleet::all_assignments(&etcd)?;
+            Ok(Output::FleetPs(crate::fleet::ps::rows(&assigned, &crate::fleet::host_records(&etcd)?)))
+        }
         Command::FleetLogs { cluster, filter } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             Ok(Output::FleetLogs(crate::fleet::peer::fleet_logs(&etcd, &filter)?))

@@ -103,6 +103,8 @@ const MAX_CONNECTIONS: usize = 16;
 pub enum FleetRequest {
     Services {},
     Hosts {},
+    /// `kiln ps --cluster`: every slot, where it is and its state.
+    Ps {},
     /// `kiln logs --cluster`: every live host's logs matching the filter.
     Logs {
         #[serde(default)]
@@ -203,6 +205,7 @@ impl FleetRequest {
             FleetRequest::Hosts {} => Command::Hosts { cluster },
             FleetRequest::History { service, verify } => Command::FleetHistory { cluster, service, verify },
             FleetRequest::Logs { filter } => Command::FleetLogs { cluster, filter },
+            FleetRequest::Ps {} => Command::FleetPs { cluster },
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }

@@ -246,6 +246,12 @@ pub enum Command {
         cluster: crate::fleet::etcd::Cluster,
         filter: LogFilter,
     },
+    /// Every slot of the fleet: host, service, image, state, instance.
+    /// Caller's process only.
+    #[serde(skip)]
+    FleetPs {
+        cluster: crate::fleet::etcd::Cluster,
+    },
     /// The fleet's release history, from etcd (of one service, if given);
     /// with `verify`, the whole chain and its etcd revisions are checked
     /// first. Caller's process only.
@@ -616,6 +622,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetHistory { .. }
         | Command::FleetSecret { .. }
         | Command::FleetLogs { .. }
+        | Command::FleetPs { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

@@ -56,6 +56,7 @@ impl Job {
                 | Command::FleetHistory { .. }
                 | Command::FleetSecret { .. }
                 | Command::FleetLogs { .. }
+                | Command::FleetPs { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -539,6 +540,7 @@ mod tests {
             | Command::FleetHistory { .. }
             | Command::FleetSecret { .. }
             | Command::FleetLogs { .. }
+            | Command::FleetPs { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

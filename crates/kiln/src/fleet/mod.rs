@@ -18,6 +18,7 @@ pub mod history;
 pub mod lease;
 pub mod peer;
 pub mod place;
+pub mod ps;
 pub mod reconcile;
 pub mod records;
 pub mod route;
@@ -407,6 +408,21 @@ pub fn services(
     Ok(services)
 }
 
+/// Every slot's assignment, by (host, slot); one that does not read is
+/// left out.
+pub fn all_assignments(
+    cluster: &Etcd,
+) -> Result<std::collections::BTreeMap<(String, String), reconcile::Assignment>, EtcdError> {
+    let mut out = std::collections::BTreeMap::new();
+    for kv in cluster.range_prefix(ASSIGN)? {
+        let Some((host, slot)) = kv.key.trim_start_matches(ASSIGN).split_once('/') else { continue };
+        if let Ok(a) = serde_json::from_slice::<reconcile::Assignment>(&kv.value) {
+            out.insert((host.to_owned(), slot.to_owned()), a);
+        }
+    }
+    Ok(out)
+}
+
 /// The records of the hosts whose lease is alive.
 pub fn host_records(cluster: &Etcd) -> Result<Vec<HostRecord>, EtcdError> {
     Ok(cluster.range_prefix(HOSTS)?.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
@@ -440,13 +456,7 @@ pub fn lead_round(
         };
         hosts.insert(r.name.clone(), info);
     }
-    let mut current = std::collections::BTreeMap::new();
-    for kv in cluster.range_prefix(ASSIGN)? {
-        let Some((host, slot)) = kv.key.trim_start_matches(ASSIGN).split_once('/') else { continue };
-        if let Ok(a) = serde_json::from_slice::<reconcile::Assignment>(&kv.value) {
-            current.insert((host.to_owned(), slot.to_owned()), a);
-        }
-    }
+    let current = all_assignments(cluster)?;
     // A host whose lease is gone may still run a singleton until its agent
     // must have stopped it: `fence` after this controller last saw it
     // (after it started leading, for a host it never saw).
