@@ -110,6 +110,10 @@ for r in $(seq "$ROUNDS"); do
   until serves "$(port_of h1 web-0)$(port_of h1 web-1)" v2 && serves "$(port_of h2 web-0)$(port_of h2 web-1)" v2; do sleep 0.1; done
   sleep 2
   writes+=($(( $(revision) - r0 )))
+  # WRITES=1: which keys each write changed, for a figure that moved.
+  if [ -n "${WRITES:-}" ]; then
+    timeout 2 etcdctl --endpoints "$eps" watch --prefix /kiln --rev=$((r0 + 1)) 2>/dev/null | grep '^/kiln' | sort | uniq -c || true
+  fi
   # 2. host loss: h1's agent and instances killed
   slot=$(placed_json | python3 -c "import json,sys; print(next(p['slot'] for h in json.load(sys.stdin) if h['name']=='h1' for p in h['placed']))")
   t=$(ms); kill -9 "${agent_pid[h1]}"; wait "${agent_pid[h1]}" 2>/dev/null || true
