@@ -343,6 +343,12 @@ pub(crate) enum Cmd {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: the image a deploy would release (default: the service's).
+        #[arg(long)]
+        image: Option<String>,
+        /// With --cluster or --controller: what `kiln deploy --cluster` would change in the fleet (tag and secrets resolved, nothing written).
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Run the release controller in the foreground: its API on $KILN_HOME/serve.sock (0600), a load balancer process per service of kiln.toml with a listen address. With --cluster: a fleet controller instead (as kiln controller), its fleet API on --tcp.
     Serve {

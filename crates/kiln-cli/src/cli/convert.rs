@@ -144,40 +144,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (fleet_change(fleet, &file, service, Change::Down, false)?, json)
         }
         Cmd::Deploy { service, image, file, no_wait, json, fleet, push, sign } if fleet.on() => {
-            let service = pick_service(&file, service)?;
-            let spec = kiln::spec::load(&file)?;
-            let Some(s) = spec.services.get(&service) else {
-                bail!("{}: no [service.{service}]", file.display());
-            };
-            let image = image.unwrap_or_else(|| s.image.clone());
-            // An [image.X] of the file is baked and pushed first, with --push.
-            let bake = match (spec.images.contains_key(&image), push) {
-                (true, Some(push_to)) => {
-                    Some(command::FleetBake { file: file.clone(), image: image.clone(), push_to, sign })
-                }
-                (true, None) => bail!(
-                    "{}: service.{service}.image is [image.{image}] of this file: a fleet's hosts pull from a \
-                     registry; give --push REGISTRY/REPO to bake and push it, or --image REGISTRY/REPO:TAG",
-                    file.display()
-                ),
-                (false, Some(_)) => {
-                    bail!("--push: service.{service}.image ({image}) is not an [image.X] of {}", file.display())
-                }
-                (false, None) => None,
-            };
-            let registry = match &bake {
-                Some(b) => registry_settings(&file, &b.push_to)?,
-                None => registry_settings(&file, &image)?,
-            };
-            let (settings, canary) = kiln::fleet::change::from_service(s, image)?;
-            // Followed for the progress deadline, plus each canary step
-            // with its three extensions.
-            let steps_ms = canary
-                .as_ref()
-                .map_or(0, |c| (c.steps.len() as u64 * c.step_secs * 4 + c.pauses.values().sum::<u64>()) * 1000);
-            let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
-            let change = Change::Deploy { settings: Box::new(settings), canary };
-            (fleet_command(fleet, service, change, registry, wait, bake)?, json)
+            (fleet_deploy(fleet, &file, service, image, push, sign, no_wait, false)?, json)
         }
         Cmd::Status { service, json, fleet: _ } => return Ok(controller(Request::Status { service }, json, then)),
         Cmd::Rollback { service, to, file, json, fleet: _ } => {
@@ -502,7 +469,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::Logs(filter), json)
         }
         Cmd::Volumes { json } => (Command::Volumes {}, json),
-        Cmd::Plan { service, file, json } => (Command::Plan { file, service }, json),
+        Cmd::Plan { service, file, json, image, fleet } if fleet.on() => {
+            (fleet_deploy(fleet, &file, service, image, None, None, true, true)?, json)
+        }
+        Cmd::Plan { image: Some(_), .. } => bail!("--image: give --cluster or --controller (a fleet's plan)"),
+        Cmd::Plan { service, file, json, .. } => (Command::Plan { file, service }, json),
         Cmd::History { service, verify, json, fleet } if fleet.on() => {
             (fleet_via(fleet, FleetRequest::History { service, verify })?, json)
         }
@@ -603,6 +574,54 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
 
 /// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
 /// when it exists (push and pull also work outside a project).
+/// `kiln deploy --cluster` (and, with `dry_run`, `kiln plan --cluster`):
+/// kiln.toml's service as the fleet's desired state, its `[image.X]`
+/// baked and pushed first with `--push`.
+#[allow(clippy::too_many_arguments)]
+fn fleet_deploy(
+    fleet: FleetArgs,
+    file: &std::path::Path,
+    service: Option<String>,
+    image: Option<String>,
+    push: Option<String>,
+    sign: Option<String>,
+    no_wait: bool,
+    dry_run: bool,
+) -> anyhow::Result<Command> {
+    let file = file.to_owned();
+    let service = pick_service(&file, service)?;
+    let spec = kiln::spec::load(&file)?;
+    let Some(s) = spec.services.get(&service) else {
+        bail!("{}: no [service.{service}]", file.display());
+    };
+    let image = image.unwrap_or_else(|| s.image.clone());
+    // An [image.X] of the file is baked and pushed first, with --push.
+    let bake = match (spec.images.contains_key(&image), push) {
+        (true, Some(push_to)) => Some(command::FleetBake { file: file.clone(), image: image.clone(), push_to, sign }),
+        (true, None) => bail!(
+            "{}: service.{service}.image is [image.{image}] of this file: a fleet's hosts pull from a \
+                     registry; give --push REGISTRY/REPO to bake and push it, or --image REGISTRY/REPO:TAG",
+            file.display()
+        ),
+        (false, Some(_)) => {
+            bail!("--push: service.{service}.image ({image}) is not an [image.X] of {}", file.display())
+        }
+        (false, None) => None,
+    };
+    let registry = match &bake {
+        Some(b) => registry_settings(&file, &b.push_to)?,
+        None => registry_settings(&file, &image)?,
+    };
+    let (settings, canary) = kiln::fleet::change::from_service(s, image)?;
+    // Followed for the progress deadline, plus each canary step
+    // with its three extensions.
+    let steps_ms =
+        canary.as_ref().map_or(0, |c| (c.steps.len() as u64 * c.step_secs * 4 + c.pauses.values().sum::<u64>()) * 1000);
+    let wait = (!no_wait).then(|| std::time::Duration::from_millis(s.release.progress_deadline_ms + steps_ms));
+    let change = Change::Deploy { settings: Box::new(settings), canary };
+    fleet_command(fleet, service, change, registry, wait, bake, dry_run)
+}
+
 /// A change through etcd (`--cluster`) or a controller's API
 /// (`--controller`).
 fn fleet_command(
@@ -612,18 +631,33 @@ fn fleet_command(
     registry: kiln::spec::registries::RegistrySpec,
     wait: Option<std::time::Duration>,
     bake: Option<command::FleetBake>,
+    dry_run: bool,
 ) -> anyhow::Result<Command> {
     use kiln::command::fleet_api::Controller;
+    let wait = wait.filter(|_| !dry_run);
     Ok(match fleet.controller.clone() {
-        Some(url) => Command::FleetRemote {
-            controller: Controller { url, token: controller_token(&fleet)? },
-            request: FleetRequest::of_change(service, change, registry, super::actor()),
+        Some(url) => {
+            let mut request = FleetRequest::of_change(service, change, registry, super::actor());
+            if let FleetRequest::Deploy { dry_run: d, .. } = &mut request {
+                *d = dry_run;
+            }
+            Command::FleetRemote {
+                controller: Controller { url, token: controller_token(&fleet)? },
+                request,
+                wait,
+                bake,
+            }
+        }
+        None => Command::FleetChange {
+            cluster: fleet.into(),
+            service,
+            change,
+            registry,
             wait,
             bake,
+            actor: super::actor(),
+            dry_run,
         },
-        None => {
-            Command::FleetChange { cluster: fleet.into(), service, change, registry, wait, bake, actor: super::actor() }
-        }
     })
 }
 
@@ -699,7 +733,7 @@ fn fleet_change(
         false => None,
     };
     let wait = follow.then(|| std::time::Duration::from_millis(deadline_ms.unwrap_or(600_000)));
-    fleet_command(fleet, service, change, Default::default(), wait, None)
+    fleet_command(fleet, service, change, Default::default(), wait, None, false)
 }
 
 fn registry_settings(file: &std::path::Path, remote: &str) -> anyhow::Result<kiln::spec::registries::RegistrySpec> {

@@ -335,6 +335,19 @@ pub(crate) fn render(output: &Output, now: i64) {
                 );
             }
         }
+        Output::FleetPlan(p) => {
+            println!("{}: {}", p.service, p.summary);
+            for c in &p.changed {
+                println!("  {c}");
+            }
+            if p.entries.is_empty() {
+                println!("  nothing to record: the fleet already runs this");
+            }
+            for e in &p.entries {
+                println!("  would record: {}", e.kind());
+            }
+            println!("(nothing written: kiln deploy --cluster does it)");
+        }
         Output::FleetPs(rows) => {
             println!("{:<14} {:<18} {:<10} {:<20} {:>6}  IMAGE", "HOST", "SLOT", "STATE", "INSTANCE", "PORT");
             for r in rows {

@@ -1700,6 +1700,13 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     // is replaced, one at a time, under the same load; the deploy is done
     // only once every one answers with the new env.
     write("env = { MODE = \"blue\" }", "");
+    // Planned first: what would change, and nothing written.
+    let plan = json(&kiln_ok(&ctl, &app, &["plan", "--cluster", &cluster, "--image", &images[1].1, "--json"]));
+    assert_eq!(plan["changed"], serde_json::json!(["env.MODE added"]), "{plan}");
+    assert_eq!(plan["entries"][0]["kind"], "started", "{plan}");
+    assert!(status()[0]["desired"]["env"].as_array().is_none_or(Vec::is_empty), "a plan writes nothing");
+    let text = kiln_ok(&ctl, &app, &["plan", "--cluster", &cluster, "--image", &images[1].1]);
+    assert!(text.contains("env.MODE added") && text.contains("nothing written"), "{text}");
     let out = kiln_in(&["deploy", "--image", &images[1].1]);
     assert!(out.contains("serves on every replica"), "{out}");
     // The instances replaced drain from every host's load balancer within

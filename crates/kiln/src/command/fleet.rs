@@ -601,7 +601,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::Done { message })
         }
-        Command::FleetChange { cluster, service, mut change, registry, wait, bake, actor } => {
+        Command::FleetChange { cluster, service, mut change, registry, wait, bake, actor, dry_run } => {
             if !crate::spec::valid_image_name(&service) {
                 return Err(CommandError::BadRequest {
                     field: "service".into(),
@@ -656,6 +656,19 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     &applied,
                     &actor,
                 );
+                if dry_run {
+                    let changed = match (&current, &next) {
+                        (Some(c), Some(n)) => crate::fleet::records::changed(c, n),
+                        _ => Vec::new(),
+                    };
+                    return Ok(Output::FleetPlan(Box::new(crate::fleet::records::FleetPlan {
+                        service,
+                        summary: applied.to_string(),
+                        changed,
+                        desired: next,
+                        entries: entries.into_iter().map(|r| r.event).collect(),
+                    })));
+                }
                 if !crate::fleet::set_service_if(&etcd, &service, next.as_ref(), revision, &entries)? {
                     continue;
                 }

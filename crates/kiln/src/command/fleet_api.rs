@@ -138,6 +138,9 @@ pub enum FleetRequest {
         registry: crate::spec::registries::RegistrySpec,
         #[serde(default)]
         actor: String,
+        /// Only say what it would change (`kiln plan --cluster`).
+        #[serde(default)]
+        dry_run: bool,
     },
     Rollback {
         service: String,
@@ -179,7 +182,7 @@ impl FleetRequest {
     ) -> Self {
         match change {
             Change::Deploy { settings, canary } => {
-                FleetRequest::Deploy { service, settings: *settings, canary, registry, actor }
+                FleetRequest::Deploy { service, settings: *settings, canary, registry, actor, dry_run: false }
             }
             Change::Rollback => FleetRequest::Rollback { service, actor },
             Change::Promote => FleetRequest::Promote { service, actor },
@@ -199,6 +202,7 @@ impl FleetRequest {
             wait: None,
             bake: None,
             actor: who(actor),
+            dry_run: false,
         };
         match self {
             FleetRequest::Services {} => Command::FleetServices { cluster },
@@ -209,7 +213,7 @@ impl FleetRequest {
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }
-            FleetRequest::Deploy { service, settings, canary, registry, actor } => Command::FleetChange {
+            FleetRequest::Deploy { service, settings, canary, registry, actor, dry_run } => Command::FleetChange {
                 cluster: cluster.clone(),
                 service,
                 change: Change::Deploy { settings: Box::new(settings), canary },
@@ -217,6 +221,7 @@ impl FleetRequest {
                 wait: None,
                 bake: None,
                 actor: who(actor),
+                dry_run,
             },
             FleetRequest::Rollback { service, actor } => change(service, Change::Rollback, actor),
             FleetRequest::Promote { service, actor } => change(service, Change::Promote, actor),

@@ -209,6 +209,9 @@ pub enum Command {
         bake: Option<FleetBake>,
         /// Who asked, for the history.
         actor: String,
+        /// Decide and say what would change (`kiln plan --cluster`), write
+        /// nothing.
+        dry_run: bool,
     },
     /// A fleet command sent to a controller's API (`--controller URL`)
     /// rather than to etcd; a deploy's [`FleetBake`] is done here first,

@@ -15,6 +15,20 @@ use super::place::{Canary, Desired};
 use crate::release::analysis::Verdict;
 use crate::serve::history::{Event, Outcome};
 
+/// What `kiln plan --cluster` says a deploy would do: nothing written.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FleetPlan {
+    pub service: String,
+    /// What the change would be (`rolling A → B`, `canary …`, ...).
+    pub summary: String,
+    /// The settings it changes, by name (never a value).
+    pub changed: Vec<String>,
+    /// The desired state it would write (None: removed).
+    pub desired: Option<Desired>,
+    /// The history entries it would append.
+    pub entries: Vec<Event>,
+}
+
 fn record(service: &str, image: &str, event: Event) -> Record {
     Record { service: service.to_owned(), release: release_of(image), event }
 }
