@@ -2,6 +2,7 @@
 //! parse their input into a [`Command`] and render the [`Output`]; neither
 //! contains logic of its own.
 
+mod agent;
 mod error;
 mod fleet;
 pub mod fleet_api;
@@ -614,8 +615,8 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} stored ({} bytes, encrypted)", value.len()) })
         }
         Command::SecretList {} => Ok(Output::Secrets(Secrets::new(ctx.store.home()).list()?)),
-        cmd @ (Command::Agent { .. }
-        | Command::Assign { .. }
+        cmd @ Command::Agent { .. } => agent::execute(cmd, ctx),
+        cmd @ (Command::Assign { .. }
         | Command::FleetController { .. }
         | Command::Place { .. }
         | Command::FleetChange { .. }
