@@ -516,28 +516,10 @@ mod tests {
     }
 
     fn record(placed: &[(&str, char)]) -> crate::fleet::HostRecord {
-        crate::fleet::HostRecord {
-            name: "h1".into(),
-            address: None,
-            peer_port: None,
-            memory_bytes: 1 << 30,
-            cpus: 2,
-            instances: placed.len() as u32,
-            started_at: 0,
-            version: "0".into(),
-            placed: placed
-                .iter()
-                .map(|(slot, c)| crate::fleet::Placed {
-                    slot: (*slot).to_owned(),
-                    service: "web".into(),
-                    instance: format!("i-{slot}"),
-                    port: 1,
-                    image: crate::digest::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap(),
-                    release: Some(desired(img(*c)).assignment("web", &img(*c)).release()),
-                })
-                .collect(),
-            failing: vec![],
-        }
+        use crate::fleet::fixtures;
+        let release = |c: char| Some(desired(img(c)).assignment("web", &img(c)).release());
+        let placed = placed.iter().map(|(slot, c)| fixtures::placed(slot, "web", 1, *c, release(*c)));
+        fixtures::host("h1", placed.collect())
     }
 
     #[test]

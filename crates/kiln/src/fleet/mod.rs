@@ -14,6 +14,8 @@
 pub mod canary;
 pub mod change;
 pub mod etcd;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod history;
 pub mod lease;
 pub mod peer;

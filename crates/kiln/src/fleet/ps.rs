@@ -107,45 +107,17 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::Placed;
+    use crate::fleet::fixtures;
 
     fn a(c: char) -> Assignment {
-        Assignment {
-            image: format!("r:5000/web@sha256:{}", c.to_string().repeat(64)),
-            service: "web".into(),
-            env: Vec::new(),
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            health: None,
-            channel: None,
-            secrets: Vec::new(),
-            epoch: 0,
-        }
+        fixtures::assignment(format!("r:5000/web@{}", fixtures::digest(c)))
     }
 
     fn record(name: &str, placed: &[(&str, char)], failing: &[&str]) -> HostRecord {
+        let placed = placed.iter().map(|(slot, c)| fixtures::placed(slot, "web", 1000, *c, Some(a(*c).release())));
         HostRecord {
-            name: name.into(),
-            address: None,
-            peer_port: None,
-            memory_bytes: 1 << 30,
-            cpus: 2,
-            instances: placed.len() as u32,
-            started_at: 0,
-            version: "0".into(),
-            placed: placed
-                .iter()
-                .map(|(slot, c)| Placed {
-                    slot: (*slot).into(),
-                    service: "web".into(),
-                    instance: format!("i-{slot}-{c}"),
-                    port: 1000,
-                    image: a(*c).digest().unwrap(),
-                    release: Some(a(*c).release()),
-                })
-                .collect(),
             failing: failing.iter().map(|s| (*s).to_owned()).collect(),
+            ..fixtures::host(name, placed.collect())
         }
     }
 
@@ -174,6 +146,6 @@ mod tests {
         ];
         assert_eq!(got, want.map(|(h, s, st)| (h.to_owned(), s.to_owned(), st)));
         let serving = &rows(&assigned, &records)[0];
-        assert_eq!((serving.instance.as_deref(), serving.port), (Some("i-web-0-b"), Some(1000)));
+        assert_eq!((serving.instance.as_deref(), serving.port), (Some("i-web-0"), Some(1000)));
     }
 }

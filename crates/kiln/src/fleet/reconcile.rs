@@ -174,18 +174,7 @@ mod tests {
     }
 
     fn a(c: char) -> Assignment {
-        Assignment {
-            image: format!("127.0.0.1:5000/web@{}", d(c)),
-            service: "web".into(),
-            env: Vec::new(),
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            health: None,
-            channel: None,
-            secrets: Vec::new(),
-            epoch: 0,
-        }
+        crate::fleet::fixtures::assignment(format!("127.0.0.1:5000/web@{}", d(c)))
     }
 
     #[test]

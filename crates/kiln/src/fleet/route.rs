@@ -86,36 +86,14 @@ pub fn tables(services: &BTreeMap<String, Desired>, hosts: &[HostRecord]) -> BTr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::fixtures;
     use crate::fleet::place::Canary;
-    use crate::fleet::Placed;
 
-    fn d(c: char) -> crate::digest::Digest {
-        crate::digest::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
-    }
+    use crate::fleet::fixtures::digest as d;
 
     fn host(name: &str, ip: &str, placed: &[(&str, &str, u16, char)]) -> HostRecord {
-        HostRecord {
-            name: name.into(),
-            address: Some(ip.parse().unwrap()),
-            peer_port: None,
-            memory_bytes: 1 << 30,
-            cpus: 2,
-            instances: placed.len() as u32,
-            started_at: 0,
-            version: "0".into(),
-            placed: placed
-                .iter()
-                .map(|(slot, service, port, c)| Placed {
-                    slot: (*slot).into(),
-                    service: (*service).into(),
-                    instance: format!("i-{slot}"),
-                    port: *port,
-                    image: d(*c),
-                    release: None,
-                })
-                .collect(),
-            failing: vec![],
-        }
+        let placed = placed.iter().map(|(slot, service, port, c)| fixtures::placed(slot, service, *port, *c, None));
+        HostRecord { address: Some(ip.parse().unwrap()), ..fixtures::host(name, placed.collect()) }
     }
 
     fn desired(canary: Option<(char, u32)>) -> Desired {

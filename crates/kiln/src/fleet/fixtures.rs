@@ -1,0 +1,59 @@
+//! Builders for the fleet's unit tests: a digest of one repeated
+//! character, an assignment, a host's record and an instance it lists.
+//!
+//! For: tests only (compiled with them). Must never: be reached from
+//! kiln's code.
+
+use super::reconcile::Assignment;
+use super::{HostRecord, Placed};
+use crate::digest::Digest;
+
+/// `sha256:cccc…`.
+pub fn digest(c: char) -> Digest {
+    Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+}
+
+/// Service `web` running `image`, nothing else set.
+pub fn assignment(image: String) -> Assignment {
+    Assignment {
+        image,
+        service: "web".into(),
+        env: Vec::new(),
+        memory_bytes: None,
+        millicpus: None,
+        singleton: false,
+        health: None,
+        channel: None,
+        secrets: Vec::new(),
+        epoch: 0,
+    }
+}
+
+/// Instance `i-SLOT` of `service` on `port`, running `sha256:cccc…` as
+/// `release`.
+pub fn placed(slot: &str, service: &str, port: u16, c: char, release: Option<String>) -> Placed {
+    Placed {
+        slot: slot.into(),
+        service: service.into(),
+        instance: format!("i-{slot}"),
+        port,
+        image: digest(c),
+        release,
+    }
+}
+
+/// Host `name` (1 GiB, 2 CPUs, no address) listing `placed`.
+pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        address: None,
+        peer_port: None,
+        memory_bytes: 1 << 30,
+        cpus: 2,
+        instances: placed.len() as u32,
+        started_at: 0,
+        version: "0".into(),
+        placed,
+        failing: Vec::new(),
+    }
+}
