@@ -415,7 +415,14 @@ fn a_host_partitioned_by_iptables_stops_its_singleton_before_it_runs_elsewhere_a
     loop {
         let p = ports(&lab, &home, "h0");
         if p.get(&host).is_some_and(|s| s.is_empty()) && p.len() == 3 {
-            assert_eq!(p[&new_host], vec![("db-0".to_owned(), new_port)], "not restarted");
+            // On failure, what the surviving host's agent said: a restart
+            // it chose (its own fence, say) shows there.
+            let said = fs::read_to_string(lab.dir.join(format!("agent-{new_host}.log"))).unwrap_or_default();
+            assert_eq!(
+                p[&new_host],
+                vec![("db-0".to_owned(), new_port)],
+                "not restarted; agent-{new_host}.log:\n{said}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{host} never rejoined: {p:?}");

@@ -405,6 +405,13 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                         secrets: &|wanted| Ok(crate::fleet::secrets::sealed(&etcd, store.home(), wanted)?),
                     };
                     let started = start_slot(store, &rt, launcher, slot, assignment, &sources, now);
+                    if started.is_ok() {
+                        eprintln!(
+                            "kiln agent {name}: {slot}: started ({} release {})",
+                            assignment.image,
+                            assignment.release()
+                        );
+                    }
                     if let Ok(mut f) = failures.lock() {
                         match started {
                             Ok(()) => f.remove(slot),
@@ -486,6 +493,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let singleton = r.release_fields.get("fleet.singleton").is_some_and(|v| v == "true");
             if singleton && slot_of(r).is_some() {
                 let id = r.id.to_string();
+                eprintln!("kiln agent {name}: cut off past lease and grace: stopping singleton {id}");
                 let _ = rt.stop(&id, Some(std::time::Duration::from_secs(2))).and_then(|_| rt.remove(&id, true));
             }
         }
