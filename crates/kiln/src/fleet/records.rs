@@ -53,15 +53,11 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
         out.push(format!("replicas {} → {}", cur.replicas, next.replicas));
     }
     let env = |d: &Desired| d.env.iter().cloned().collect::<BTreeMap<String, String>>();
-    let (a, b) = (env(cur), env(next));
-    for name in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
-        match (a.get(name), b.get(name)) {
-            (Some(x), Some(y)) if x != y => out.push(format!("env.{name} changed")),
-            (Some(_), None) => out.push(format!("env.{name} removed")),
-            (None, Some(_)) => out.push(format!("env.{name} added")),
-            _ => {}
-        }
-    }
+    out.extend(diff(&env(cur), &env(next)).map(|(name, was, now)| match (was, now) {
+        (Some(_), Some(_)) => format!("env.{name} changed"),
+        (None, _) => format!("env.{name} added"),
+        (_, None) => format!("env.{name} removed"),
+    }));
     let fields: [(&str, bool); 6] = [
         ("memory", cur.memory_bytes != next.memory_bytes),
         ("cpus", cur.millicpus != next.millicpus),
@@ -74,16 +70,25 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
     // Secrets by name and version: a rotation is named, its value never.
     let versions =
         |d: &Desired| d.secrets.iter().map(|s| (s.name.clone(), s.version.clone())).collect::<BTreeMap<_, _>>();
-    let (a, b) = (versions(cur), versions(next));
-    for name in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
-        match (a.get(name), b.get(name)) {
-            (Some(x), Some(y)) if x != y => out.push(format!("secret {name} version {y}")),
-            (Some(_), None) => out.push(format!("secret {name} removed")),
-            (None, Some(y)) => out.push(format!("secret {name} version {y} added")),
-            _ => {}
-        }
-    }
+    out.extend(diff(&versions(cur), &versions(next)).map(|(name, was, now)| match (was, now) {
+        (Some(_), Some(v)) => format!("secret {name} version {v}"),
+        (None, Some(v)) => format!("secret {name} version {v} added"),
+        (_, None) => format!("secret {name} removed"),
+    }));
     out
+}
+
+/// The keys of `a` and `b` whose value differs (added, removed or
+/// changed), in key order, with the value before and after.
+fn diff<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)> {
+    let keys: std::collections::BTreeSet<&'a String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter().filter_map(move |k| {
+        let (was, now) = (a.get(k).map(String::as_str), b.get(k).map(String::as_str));
+        (was != now).then_some((k.as_str(), was, now))
+    })
 }
 
 /// The entries of a person's `change` to `service`, which `apply` decided
@@ -314,6 +319,7 @@ mod tests {
         let rotated = Desired { secrets: vec![secret("v2")], ..cur.clone() };
         assert_eq!(changed(&cur, &with), ["secret db version v1 added"]);
         assert_eq!(changed(&with, &rotated), ["secret db version v2"]);
+        assert_eq!(changed(&with, &Desired { env: vec![], ..cur.clone() }), ["env.MODE removed", "secret db removed"]);
         assert_eq!(kinds(&of_place("web", Some(&cur), None, "a")), ["down"]);
     }
 
