@@ -98,8 +98,12 @@ fn run() -> anyhow::Result<i32> {
         }
         Invocation::Deploy(d) => deploy(&home, d),
         Invocation::Serve { file, tcp, upgrade } => cli::release::serve(&home, &file, tcp, upgrade).map(|()| 0),
-        Invocation::Dashboard => {
+        Invocation::Dashboard(None) => {
             println!("{}", kiln::serve::dashboard_link(&home)?);
+            Ok(0)
+        }
+        Invocation::Dashboard(Some(fleet_link)) => {
+            println!("{fleet_link}");
             Ok(0)
         }
         Invocation::Chaos { options, json } => cli::heal::chaos(&home, &options, json).map(|()| 0),

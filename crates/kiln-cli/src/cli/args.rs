@@ -67,6 +67,8 @@ pub(crate) enum Cmd {
     Services(ServicesArgs),
     /// The hosts of a fleet whose agent's lease is alive: capacity, instances, lease left.
     Hosts(HostsArgs),
+    /// A fleet's Prometheus metrics, as a controller's GET /metrics answers them (one host's: kiln serve's GET /metrics).
+    Metrics(MetricsArgs),
     /// kiln's own vulnerability database (osv.dev's exports), which `kiln scan` uses when no --db is given.
     Db {
         #[command(subcommand)]
@@ -369,8 +371,15 @@ pub(crate) enum Cmd {
         #[command(flatten)]
         fleet: FleetArgs,
     },
-    /// Print the link that opens kiln serve's web dashboard in a browser (signing it in once; kiln serve needs --tcp).
-    Dashboard,
+    /// Print the link that opens kiln serve's web dashboard in a browser (signing it in once; kiln serve needs --tcp), or with --controller a fleet's.
+    Dashboard {
+        /// A fleet controller's API (kiln serve --cluster … --tcp): http://HOST:PORT or https://.
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+        /// The controller's API token, from its $KILN_HOME/serve.token (default: $KILN_TOKEN).
+        #[arg(long, value_name = "FILE", requires = "controller")]
+        token_file: Option<PathBuf>,
+    },
     /// Release a service (baking its image first when it is an [image.X] of kiln.toml) and follow the release: exit 0 done, 2 failed or rolled back, 4 paused for `kiln promote`.
     Deploy {
         /// The service (default: the only one with a listen address).

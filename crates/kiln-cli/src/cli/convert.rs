@@ -35,7 +35,8 @@ pub(crate) enum Invocation {
         tcp: Option<std::net::SocketAddr>,
         upgrade: bool,
     },
-    Dashboard,
+    /// The link to one host's dashboard, or (Some) the fleet's link.
+    Dashboard(Option<String>),
     Chaos {
         options: super::chaos::Options,
         json: bool,
@@ -121,7 +122,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             (Command::FleetController { cluster: fleet.into(), name, ttl_secs: ttl, api: tcp }, false)
         }
         Cmd::Serve { file, tcp, upgrade, .. } => return Ok(Invocation::Serve { file, tcp, upgrade }),
-        Cmd::Dashboard => return Ok(Invocation::Dashboard),
+        Cmd::Dashboard { controller: None, .. } => return Ok(Invocation::Dashboard(None)),
+        Cmd::Dashboard { controller: Some(url), token_file } => {
+            let token = controller_token(token_file.as_deref())?;
+            return Ok(Invocation::Dashboard(Some(format!("{}/?token={token}", url.trim_end_matches('/')))));
+        }
         Cmd::Completions { shell } => return Ok(Invocation::Completions(shell)),
         Cmd::Shim { id } => return Ok(Invocation::Shim { id }),
         Cmd::Status { json, fleet, .. } if fleet.on() => (fleet_via(fleet, FleetRequest::Services {})?, json),
@@ -241,6 +246,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             )
         }
         Cmd::Hosts(HostsArgs { fleet, json }) => (fleet_via(fleet, FleetRequest::Hosts {})?, json),
+        Cmd::Metrics(MetricsArgs { fleet }) => (fleet_via(fleet, FleetRequest::Metrics {})?, false),
         Cmd::Services(ServicesArgs { fleet, json }) => (fleet_via(fleet, FleetRequest::Services {})?, json),
         Cmd::Assign(AssignArgs { cluster, host, slot, service, image, env }) => {
             let env = env
@@ -642,7 +648,7 @@ fn fleet_command(
                 *d = dry_run;
             }
             Command::FleetRemote {
-                controller: Controller { url, token: controller_token(&fleet)? },
+                controller: Controller { url, token: controller_token(fleet.token_file.as_deref())? },
                 request,
                 wait,
                 bake,
@@ -669,7 +675,10 @@ fn fleet_via(fleet: FleetArgs, request: FleetRequest) -> anyhow::Result<Command>
     }
     Ok(match fleet.controller.clone() {
         Some(url) => Command::FleetRemote {
-            controller: kiln::command::fleet_api::Controller { url, token: controller_token(&fleet)? },
+            controller: kiln::command::fleet_api::Controller {
+                url,
+                token: controller_token(fleet.token_file.as_deref())?,
+            },
             request,
             wait: None,
             bake: None,
@@ -696,8 +705,8 @@ fn fleet_secret(
 }
 
 /// The controller's API token: `--token-file`, else `$KILN_TOKEN`.
-fn controller_token(fleet: &FleetArgs) -> anyhow::Result<String> {
-    match &fleet.token_file {
+fn controller_token(token_file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    match token_file {
         Some(f) => {
             Ok(std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_owned())
         }

@@ -154,6 +154,13 @@ pub(crate) struct HostsArgs {
     pub(crate) json: bool,
 }
 
+/// `kiln metrics`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MetricsArgs {
+    #[command(flatten)]
+    pub(crate) fleet: FleetArgs,
+}
+
 /// Where a fleet's etcd is, and how to reach it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EtcdArgs {

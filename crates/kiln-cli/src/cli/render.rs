@@ -158,12 +158,13 @@ pub(crate) fn render(output: &Output, now: i64) {
                 let lease =
                     r.lease_left_secs.map_or_else(|| "expired".to_owned(), |l| format!("{l}s/{}s", r.lease_ttl_secs));
                 println!(
-                    "{:<20} {:>10}Mi {:>5} {:>10} {:>12}",
+                    "{:<20} {:>10}Mi {:>5} {:>10} {:>12}{}",
                     r.host.name,
                     r.host.memory_bytes >> 20,
                     r.host.cpus,
                     r.host.instances,
-                    lease
+                    lease,
+                    if r.draining { "  draining" } else { "" }
                 );
             }
         }
@@ -348,6 +349,7 @@ pub(crate) fn render(output: &Output, now: i64) {
             }
             println!("(nothing written: kiln deploy --cluster does it)");
         }
+        Output::FleetMetrics(text) => print!("{text}"),
         Output::FleetPs(rows) => {
             println!("{:<14} {:<18} {:<10} {:<20} {:>6}  IMAGE", "HOST", "SLOT", "STATE", "INSTANCE", "PORT");
             for r in rows {

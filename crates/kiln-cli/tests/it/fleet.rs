@@ -2042,6 +2042,33 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         "{text}"
     );
 
+    // The fleet's Prometheus metrics, from a controller that does not
+    // lead: counters counted from that same history (so every controller
+    // says the same), gauges read now; promtool accepts them.
+    let scrape = |auth: &str| Conn::new(api_port).send("GET", "/metrics", &[("Authorization", auth)], b"").unwrap();
+    assert_eq!(scrape("Bearer nope").0, 401);
+    let (code, headers, body) = scrape(&bearer);
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(format!("{headers:?}").contains("text/plain"), "{headers:?}");
+    promtool_accepts(&text);
+    let sample = |line: &str| -> u64 {
+        let found = text.lines().find_map(|l| l.strip_prefix(line).and_then(|v| v.strip_prefix(' ')));
+        found.unwrap_or_else(|| panic!("no {line} in\n{text}")).parse().unwrap()
+    };
+    let of = |kind: &str, strategy: &str| {
+        entries.iter().filter(|e| e["event"]["kind"] == kind && e["event"]["strategy"] == strategy).count() as u64
+    };
+    assert_eq!(sample("kiln_fleet_history_entries"), entries.len() as u64);
+    assert!(of("started", "rolling") > 1);
+    assert_eq!(sample(r#"kiln_releases_started_total{service="web",strategy="rolling"}"#), of("started", "rolling"));
+    assert_eq!(sample(r#"kiln_releases_started_total{service="web",strategy="rollback"}"#), of("started", "rollback"));
+    assert_eq!(sample("kiln_fleet_hosts"), 2);
+    assert_eq!(sample(r#"kiln_fleet_leader{controller="c1"}"#), 1, "the leader, named by any controller");
+    // The same through `--controller`, as the CLI reads it.
+    let through = history_through(&["metrics"]);
+    assert!(String::from_utf8_lossy(&through.stdout).contains("kiln_fleet_history_entries"));
+
     // An entry edited in etcd, as anyone with write access could: named by
     // its key, exit 3, even when put back byte for byte (etcd counts the
     // writes; kiln writes an entry once).

@@ -7,8 +7,8 @@ use crate::common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use common::json;
 use common::serve_env::{serial, Env};
+use common::{json, promtool_accepts};
 
 fn get(env: &Env, path: &str) -> (String, String) {
     env.api_get(path)
@@ -68,21 +68,6 @@ fn metrics_count_releases_and_replacements_and_promtool_accepts_them() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
-}
-
-/// `promtool check metrics` finds nothing to say about `body`.
-fn promtool_accepts(body: &str) {
-    let mut p = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{body}");
 }
 
 #[test]

@@ -276,6 +276,21 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let assigned = crate::fleet::all_assignments(&etcd)?;
             Ok(Output::FleetPs(crate::fleet::ps::rows(&assigned, &crate::fleet::host_records(&etcd)?)))
         }
+        Command::FleetMetrics { cluster } => {
+            use crate::fleet::{self as f, metrics::FleetView};
+            let etcd = f::etcd::Etcd::new(&cluster)?;
+            let assigned = f::all_assignments(&etcd)?;
+            let records = f::host_records(&etcd)?;
+            let view = FleetView {
+                entries: f::history::entries(&etcd, None)?,
+                hosts: f::hosts(&etcd)?,
+                slots: f::ps::rows(&assigned, &records),
+                assigned,
+                services: f::service_rows(&etcd)?,
+                leader: etcd.get(f::LEADER)?.map(|(_, name)| String::from_utf8_lossy(&name).into_owned()),
+            };
+            Ok(Output::FleetMetrics(f::metrics::render(&view)))
+        }
         Command::FleetLogs { cluster, filter } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             Ok(Output::FleetLogs(crate::fleet::peer::fleet_logs(&etcd, &filter)?))

@@ -5,8 +5,10 @@
 //! [`Output`]. A change is written to etcd conditioned on what it read,
 //! so it does not matter which controller takes it.
 //!
-//! - `GET /v1/fleet/services`, `GET /v1/fleet/hosts`,
-//!   `GET /v1/fleet/history`;
+//! - `GET /v1/fleet/services`, `GET /v1/fleet/hosts`, `GET /v1/fleet/ps`,
+//!   `GET /v1/fleet/history`, `GET /metrics` (Prometheus text);
+//! - `GET /`: the fleet's dashboard (`/?token=TOKEN` signs a browser in,
+//!   with a session cookie; its changes then carry the CSRF value);
 //! - `POST /v1/fleet` with a [`FleetRequest`], externally tagged:
 //!   `{"rollback": {"service": "web", "actor": "ops@laptop"}}`,
 //!   `{"history": {"service": "web", "verify": true}}`.
@@ -49,6 +51,7 @@ impl Controller {
         let (method, path, body) = match request {
             FleetRequest::Services {} => ("GET", "/v1/fleet/services", Vec::new()),
             FleetRequest::Hosts {} => ("GET", "/v1/fleet/hosts", Vec::new()),
+            FleetRequest::Metrics {} => ("GET", "/metrics", Vec::new()),
             other => ("POST", "/v1/fleet", serde_json::to_vec(other).unwrap_or_default()),
         };
         let unreachable = |e: std::io::Error| CommandError::Controller { url: self.url.clone(), source: e };
@@ -88,6 +91,9 @@ impl Controller {
                     .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned),
             });
         }
+        if *request == (FleetRequest::Metrics {}) {
+            return Ok(Output::FleetMetrics(String::from_utf8_lossy(&bytes).into_owned()));
+        }
         serde_json::from_slice(&bytes).map_err(|e| unreachable(std::io::Error::other(format!("not an answer: {e}"))))
     }
 }
@@ -105,6 +111,8 @@ pub enum FleetRequest {
     Hosts {},
     /// `kiln ps --cluster`: every slot, where it is and its state.
     Ps {},
+    /// `GET /metrics`: Prometheus text.
+    Metrics {},
     /// `kiln logs --cluster`: every live host's logs matching the filter.
     Logs {
         #[serde(default)]
@@ -210,6 +218,7 @@ impl FleetRequest {
             FleetRequest::History { service, verify } => Command::FleetHistory { cluster, service, verify },
             FleetRequest::Logs { filter } => Command::FleetLogs { cluster, filter },
             FleetRequest::Ps {} => Command::FleetPs { cluster },
+            FleetRequest::Metrics {} => Command::FleetMetrics { cluster },
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }
@@ -241,7 +250,9 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<FleetRequest, (u16
     match (method, path) {
         ("GET", "/v1/fleet/services") => Ok(FleetRequest::Services {}),
         ("GET", "/v1/fleet/hosts") => Ok(FleetRequest::Hosts {}),
+        ("GET", "/v1/fleet/ps") => Ok(FleetRequest::Ps {}),
         ("GET", "/v1/fleet/history") => Ok(FleetRequest::History { service: None, verify: false }),
+        ("GET", "/metrics") => Ok(FleetRequest::Metrics {}),
         ("POST", "/v1/fleet") => serde_json::from_slice(body).map_err(|e| {
             let m = e.to_string();
             // serde names the field between backticks; a wrong request
@@ -252,9 +263,10 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<FleetRequest, (u16
             };
             bad(&field, m)
         }),
-        (_, "/v1/fleet" | "/v1/fleet/services" | "/v1/fleet/hosts") => {
-            Err((405, CommandError::BadRequest { field: "method".into(), message: format!("{method} {path}") }))
-        }
+        (
+            _,
+            "/v1/fleet" | "/v1/fleet/services" | "/v1/fleet/hosts" | "/v1/fleet/ps" | "/v1/fleet/history" | "/metrics",
+        ) => Err((405, CommandError::BadRequest { field: "method".into(), message: format!("{method} {path}") })),
         _ => Err((404, CommandError::BadRequest { field: "path".into(), message: format!("no route {path}") })),
     }
 }
@@ -295,6 +307,11 @@ fn one(
         }
         Err(e) => return Err(e),
     };
+    // The dashboard signs a browser in itself (`/?token=`, once).
+    if req.method == "GET" && req.path == "/" {
+        let page = crate::serve::dashboard::Page::Fleet;
+        return crate::serve::dashboard::answer(&mut conn, &req, req.param("token"), Some(keys), page);
+    }
     let (status, body) = match auth::check(&req, Some(keys)) {
         Err(auth::Denied::Unauthenticated) => {
             (401, serde_json::json!({ "error": "send Authorization: Bearer TOKEN ($KILN_HOME/serve.token)" }))
@@ -305,6 +322,15 @@ fn one(
             Ok(request) => {
                 let outcome = carry_out(home, request.into_command(cluster.clone()), retention);
                 match outcome {
+                    // Prometheus reads text, not JSON.
+                    Ok(Output::FleetMetrics(text)) => {
+                        return http::write_response_typed(
+                            &mut conn,
+                            200,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            text.as_bytes(),
+                        )
+                    }
                     Ok(output) => (200, serde_json::to_value(&output).unwrap_or_default()),
                     Err(e) => super::remote::failure(&e),
                 }

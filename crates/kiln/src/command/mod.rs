@@ -256,6 +256,12 @@ pub enum Command {
     FleetPs {
         cluster: crate::fleet::etcd::Cluster,
     },
+    /// The fleet's Prometheus metrics: counters from the fleet's history,
+    /// gauges from its hosts and slots. Caller's process only.
+    #[serde(skip)]
+    FleetMetrics {
+        cluster: crate::fleet::etcd::Cluster,
+    },
     /// The fleet's release history, from etcd (of one service, if given);
     /// with `verify`, the whole chain and its etcd revisions are checked
     /// first. Caller's process only.
@@ -627,6 +633,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetSecret { .. }
         | Command::FleetLogs { .. }
         | Command::FleetPs { .. }
+        | Command::FleetMetrics { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

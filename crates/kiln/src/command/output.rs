@@ -39,6 +39,8 @@ pub enum Output {
     FleetSecrets(Vec<crate::fleet::secrets::SecretRow>),
     FleetLogs(crate::fleet::peer::FleetLogs),
     FleetPs(Vec<crate::fleet::ps::SlotRow>),
+    /// Prometheus text (the API sends it as `text/plain`).
+    FleetMetrics(String),
     FleetPlan(Box<crate::fleet::records::FleetPlan>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
@@ -116,6 +118,7 @@ impl Output {
             Output::FleetSecrets(x) => pretty(x),
             Output::FleetLogs(x) => pretty(x),
             Output::FleetPs(x) => pretty(x),
+            Output::FleetMetrics(x) => x.clone(),
             Output::FleetPlan(x) => pretty(x),
             Output::Images(x) => pretty(x),
             Output::Inspect(x) => pretty(x),

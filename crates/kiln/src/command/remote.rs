@@ -57,6 +57,7 @@ impl Job {
                 | Command::FleetSecret { .. }
                 | Command::FleetLogs { .. }
                 | Command::FleetPs { .. }
+                | Command::FleetMetrics { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -541,6 +542,7 @@ mod tests {
             | Command::FleetSecret { .. }
             | Command::FleetLogs { .. }
             | Command::FleetPs { .. }
+            | Command::FleetMetrics { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -18,6 +18,7 @@ pub mod etcd;
 pub(crate) mod fixtures;
 pub mod history;
 pub mod lease;
+pub mod metrics;
 pub mod peer;
 pub mod place;
 pub mod ps;
@@ -101,15 +102,21 @@ pub struct HostRow {
     /// Seconds left on the host's lease, and the TTL it was granted.
     pub lease_left_secs: Option<i64>,
     pub lease_ttl_secs: i64,
+    /// Set by `kiln drain-host`: nothing new is placed on it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The hosts whose lease is alive.
 pub fn hosts(cluster: &Etcd) -> Result<Vec<HostRow>, EtcdError> {
     let mut rows = Vec::new();
+    let drained: Vec<String> =
+        cluster.range_prefix(DRAIN)?.into_iter().map(|kv| kv.key[DRAIN.len()..].to_owned()).collect();
     for kv in cluster.range_prefix(HOSTS)? {
         let Ok(host) = serde_json::from_slice::<HostRecord>(&kv.value) else { continue };
         let (left, ttl) = if kv.lease != 0 { cluster.time_to_live(kv.lease)? } else { (None, 0) };
-        rows.push(HostRow { host, lease_left_secs: left, lease_ttl_secs: ttl });
+        let draining = drained.contains(&host.name);
+        rows.push(HostRow { host, lease_left_secs: left, lease_ttl_secs: ttl, draining });
     }
     rows.sort_by(|a, b| a.host.name.cmp(&b.host.name));
     Ok(rows)

@@ -17,6 +17,8 @@ const BOUNDS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 /// Counters since this controller started.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
+    /// (service, strategy): releases begun.
+    started: BTreeMap<(String, String), u64>,
     /// (service, strategy, outcome).
     releases: BTreeMap<(String, String, String), u64>,
     /// (service, outcome): pass, fail, inconclusive.
@@ -53,6 +55,7 @@ impl Counters {
         let s = service.to_owned();
         match event {
             Event::Started { strategy, .. } => {
+                *self.started.entry((s.clone(), strategy.clone())).or_default() += 1;
                 self.strategy.insert((s, release.to_owned()), strategy.clone());
             }
             Event::Finished { outcome, .. } => {
@@ -96,66 +99,23 @@ impl Counters {
 }
 
 /// A label value as the exposition format wants it.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// The Prometheus text exposition (version 0.0.4) of it all.
 pub fn render(c: &Counters, g: &Gauges) -> String {
-    let mut out = String::new();
-    family(&mut out, "kiln_releases_total", "counter", "Releases that ended, by strategy and outcome.");
-    for ((s, strategy, outcome), n) in &c.releases {
-        let _ = writeln!(
-            out,
-            "kiln_releases_total{{service=\"{}\",strategy=\"{}\",outcome=\"{}\"}} {n}",
-            esc(s),
-            esc(strategy),
-            esc(outcome)
-        );
-    }
-    family(&mut out, "kiln_analysis_verdicts_total", "counter", "Canary analysis verdicts, by outcome.");
-    for ((s, v), n) in &c.verdicts {
-        let _ = writeln!(out, "kiln_analysis_verdicts_total{{service=\"{}\",verdict=\"{}\"}} {n}", esc(s), esc(v));
-    }
-    family(&mut out, "kiln_replacements_total", "counter", "Instances replaced, by cause.");
-    for ((s, cause), n) in &c.replacements {
-        let _ = writeln!(out, "kiln_replacements_total{{service=\"{}\",cause=\"{}\"}} {n}", esc(s), esc(cause));
-    }
-    family(&mut out, "kiln_crash_loops_total", "counter", "Times a service's instances were found crash-looping.");
-    for (s, n) in &c.crash_loops {
-        let _ = writeln!(out, "kiln_crash_loops_total{{service=\"{}\"}} {n}", esc(s));
-    }
-    family(&mut out, "kiln_quarantines_total", "counter", "Instances quarantined for a post-mortem.");
-    for (s, n) in &c.quarantines {
-        let _ = writeln!(out, "kiln_quarantines_total{{service=\"{}\"}} {n}", esc(s));
-    }
+    let mut out = c.render_counters();
     family(&mut out, "kiln_reconcile_errors_total", "counter", "Failed reconcile passes of a service (each retry).");
     for (s, n) in &c.reconcile_errors {
         let _ = writeln!(out, "kiln_reconcile_errors_total{{service=\"{}\"}} {n}", esc(s));
     }
-    family(&mut out, "kiln_service_failing", "gauge", "1 while a service cannot be reconciled.");
-    for (s, f) in &g.failing {
-        let _ = writeln!(out, "kiln_service_failing{{service=\"{}\"}} {}", esc(s), u8::from(*f));
-    }
-    family(&mut out, "kiln_rollout_step", "gauge", "The step of the rollout in progress (1-based; 0 when none).");
-    family(&mut out, "kiln_rollout_steps", "gauge", "The steps of the rollout in progress.");
-    for (s, step, steps) in &g.steps {
-        let _ = writeln!(out, "kiln_rollout_step{{service=\"{}\"}} {step}", esc(s));
-        let _ = writeln!(out, "kiln_rollout_steps{{service=\"{}\"}} {steps}", esc(s));
-    }
-    family(&mut out, "kiln_release_weight", "gauge", "Each release's traffic weight at the load balancer.");
-    for (s, r, w) in &g.weights {
-        let _ = writeln!(out, "kiln_release_weight{{service=\"{}\",release=\"{}\"}} {w}", esc(s), esc(r));
-    }
-    family(&mut out, "kiln_instances", "gauge", "Instances by state.");
-    for (s, state, n) in &g.instances {
-        let _ = writeln!(out, "kiln_instances{{service=\"{}\",state=\"{}\"}} {n}", esc(s), esc(state));
-    }
+    gauges(&mut out, g);
     family(
         &mut out,
         "kiln_reconcile_duration_seconds",
@@ -172,6 +132,73 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     let _ = writeln!(out, "kiln_reconcile_duration_seconds_sum {}", c.reconcile_sum);
     let _ = writeln!(out, "kiln_reconcile_duration_seconds_count {cumulative}");
     out
+}
+
+impl Counters {
+    /// The counters that come from history events alone (a fleet counts
+    /// them from its etcd history the same way).
+    pub fn render_counters(&self) -> String {
+        let c = self;
+        let mut out = String::new();
+        family(&mut out, "kiln_releases_started_total", "counter", "Releases begun, by strategy.");
+        for ((s, strategy), n) in &c.started {
+            let _ = writeln!(
+                out,
+                "kiln_releases_started_total{{service=\"{}\",strategy=\"{}\"}} {n}",
+                esc(s),
+                esc(strategy)
+            );
+        }
+        family(&mut out, "kiln_releases_total", "counter", "Releases that ended, by strategy and outcome.");
+        for ((s, strategy, outcome), n) in &c.releases {
+            let _ = writeln!(
+                out,
+                "kiln_releases_total{{service=\"{}\",strategy=\"{}\",outcome=\"{}\"}} {n}",
+                esc(s),
+                esc(strategy),
+                esc(outcome)
+            );
+        }
+        family(&mut out, "kiln_analysis_verdicts_total", "counter", "Canary analysis verdicts, by outcome.");
+        for ((s, v), n) in &c.verdicts {
+            let _ = writeln!(out, "kiln_analysis_verdicts_total{{service=\"{}\",verdict=\"{}\"}} {n}", esc(s), esc(v));
+        }
+        family(&mut out, "kiln_replacements_total", "counter", "Instances replaced, by cause.");
+        for ((s, cause), n) in &c.replacements {
+            let _ = writeln!(out, "kiln_replacements_total{{service=\"{}\",cause=\"{}\"}} {n}", esc(s), esc(cause));
+        }
+        family(&mut out, "kiln_crash_loops_total", "counter", "Times a service's instances were found crash-looping.");
+        for (s, n) in &c.crash_loops {
+            let _ = writeln!(out, "kiln_crash_loops_total{{service=\"{}\"}} {n}", esc(s));
+        }
+        family(&mut out, "kiln_quarantines_total", "counter", "Instances quarantined for a post-mortem.");
+        for (s, n) in &c.quarantines {
+            let _ = writeln!(out, "kiln_quarantines_total{{service=\"{}\"}} {n}", esc(s));
+        }
+        out
+    }
+}
+
+/// The gauges read at scrape time.
+fn gauges(out: &mut String, g: &Gauges) {
+    family(out, "kiln_service_failing", "gauge", "1 while a service cannot be reconciled.");
+    for (s, f) in &g.failing {
+        let _ = writeln!(out, "kiln_service_failing{{service=\"{}\"}} {}", esc(s), u8::from(*f));
+    }
+    family(out, "kiln_rollout_step", "gauge", "The step of the rollout in progress (1-based; 0 when none).");
+    family(out, "kiln_rollout_steps", "gauge", "The steps of the rollout in progress.");
+    for (s, step, steps) in &g.steps {
+        let _ = writeln!(out, "kiln_rollout_step{{service=\"{}\"}} {step}", esc(s));
+        let _ = writeln!(out, "kiln_rollout_steps{{service=\"{}\"}} {steps}", esc(s));
+    }
+    family(out, "kiln_release_weight", "gauge", "Each release's traffic weight at the load balancer.");
+    for (s, r, w) in &g.weights {
+        let _ = writeln!(out, "kiln_release_weight{{service=\"{}\",release=\"{}\"}} {w}", esc(s), esc(r));
+    }
+    family(out, "kiln_instances", "gauge", "Instances by state.");
+    for (s, state, n) in &g.instances {
+        let _ = writeln!(out, "kiln_instances{{service=\"{}\",state=\"{}\"}} {n}", esc(s), esc(state));
+    }
 }
 
 #[cfg(test)]

@@ -377,20 +377,7 @@ fn answer<C: http::Timed>(conn: C, mut w: impl Write, shared: &ApiShared, keys: 
 /// (the token becomes a session cookie and leaves the address bar), the
 /// sign-in hint, or the page.
 fn dashboard(w: &mut impl Write, req: &http::Request, token: Option<&str>, keys: Option<&auth::Keys>) {
-    if let (Some(t), Some(k)) = (token, keys) {
-        if k.is_token(t) {
-            let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", auth::COOKIE, k.session());
-            let headers = [("Location", "/"), ("Set-Cookie", cookie.as_str()), ("Cache-Control", "no-store")];
-            let _ = http::write_response_full(w, 303, "text/plain", &headers, b"signed in\n");
-            return;
-        }
-    }
-    let _ = if auth::check(req, keys).is_err() {
-        http::write_response_typed(w, 401, "text/html; charset=utf-8", dashboard::SIGN_IN.as_bytes())
-    } else {
-        let page = dashboard::page(&keys.map(|k| k.csrf()).unwrap_or_default());
-        http::write_response_full(w, 200, "text/html; charset=utf-8", dashboard::HEADERS, page.as_bytes())
-    };
+    let _ = dashboard::answer(w, req, token, keys, dashboard::Page::Host);
 }
 
 fn refusal(d: auth::Denied) -> ServeError {

@@ -404,3 +404,18 @@ pub fn docker_registry(dir: &Path, port: u16, extra: &str) -> std::process::Chil
     wait_port(port);
     child
 }
+
+/// `promtool check metrics` finds nothing to say about `body`.
+pub fn promtool_accepts(body: &str) {
+    let mut p = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    std::io::Write::write_all(&mut p.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{body}");
+}
