@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Processes the test started, killed by PID when it ends.
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -27,7 +27,7 @@ impl Drop for Procs {
 /// Removes a directory when dropped: etcd preallocates 64 MB of WAL per
 /// member, too much to leave behind in every run. Declared before the
 /// processes, so it is dropped after they are killed.
-struct Cleanup(std::path::PathBuf);
+pub(crate) struct Cleanup(pub(crate) std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ impl Drop for Cleanup {
 }
 
 /// Three etcd members on loopback; their client URLs.
-fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
+pub(crate) fn etcd_cluster(dir: &Path, procs: &mut Procs) -> Vec<String> {
     // A port picked free can be taken by another test before etcd binds
     // it: a cluster that elects no leader is started again on other ports.
     for attempt in 0..3 {
@@ -174,7 +174,7 @@ fn pushed_busybox(registry_port: u16) -> (Vec<(String, String)>, std::path::Path
 /// [`pushed_busybox`]; each also answers `/cgi-bin/status` through a CGI
 /// script, with 200 `ok VERSION`, except version 3.0.0, whose script
 /// answers 500 half the time (a bad release).
-fn pushed_versions(registry_port: u16, versions: &[&str]) -> (Vec<(String, String)>, std::path::PathBuf) {
+pub(crate) fn pushed_versions(registry_port: u16, versions: &[&str]) -> (Vec<(String, String)>, std::path::PathBuf) {
     let (dir, home) = (tempdir("fleet-src"), tempdir("fleet-src-home"));
     busybox_httpd_rootfs(&dir.join("busybox-httpd.tar"));
     kiln_ok(&home, &dir, &["key", "generate", "release"]);
@@ -311,14 +311,14 @@ fn an_agent_runs_what_is_assigned_to_its_host_by_digest_and_replaces_and_removes
     }
 }
 
-fn spawn_kiln(home: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn_kiln(home: &Path, args: &[&str]) -> Child {
     // Its log stays in its home, for a failure's post-mortem.
     let log = fs::File::options().create(true).append(true).open(home.join("kiln.log")).unwrap();
     kiln_cmd().args(args).env("KILN_HOME", home).stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
 /// host → [(slot, port)] from `kiln hosts --json`.
-fn placed(home: &Path, urls: &[String]) -> std::collections::BTreeMap<String, Vec<(String, u16)>> {
+pub(crate) fn placed(home: &Path, urls: &[String]) -> std::collections::BTreeMap<String, Vec<(String, u16)>> {
     let mut out = std::collections::BTreeMap::new();
     for h in hosts(home, urls).unwrap_or_default().as_array().cloned().unwrap_or_default() {
         let slots = h["placed"]
@@ -699,7 +699,7 @@ fn lb_pid(home: &Path, service: &str) -> Option<i32> {
 
 /// Kills what a test's agents started besides themselves: their load
 /// balancers (by the pid each recorded) and their instances.
-struct HostsCleanup(Vec<std::path::PathBuf>);
+pub(crate) struct HostsCleanup(pub(crate) Vec<std::path::PathBuf>);
 
 impl Drop for HostsCleanup {
     fn drop(&mut self) {
@@ -719,7 +719,7 @@ impl Drop for HostsCleanup {
 
 /// An agent `hN` per home, advertising the matching address (its load
 /// balancers listen there), with 2 s leases.
-fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs {
+pub(crate) fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs {
     Procs(
         homes
             .iter()
@@ -751,7 +751,10 @@ fn agents_at(homes: &[std::path::PathBuf], ips: &[&str], cluster: &str) -> Procs
 
 /// `n` keep-alive GETs to `addr`; the bodies by how often each came, or
 /// what went wrong first.
-fn try_bodies(addr: std::net::SocketAddr, n: usize) -> Result<std::collections::BTreeMap<String, usize>, String> {
+pub(crate) fn try_bodies(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, usize>, String> {
     try_bodies_of(addr, "/", n)
 }
 
@@ -962,20 +965,20 @@ fn a_fleet_canary_s_share_is_exact_across_three_load_balancers_and_a_lost_host_c
     }
 }
 
-fn services(home: &Path, urls: &[String]) -> serde_json::Value {
+pub(crate) fn services(home: &Path, urls: &[String]) -> serde_json::Value {
     json(&kiln_ok(home, home, &["services", "--cluster", &urls.join(","), "--json"]))
 }
 
 /// Keep-alive GETs of `path` on every load balancer, one client each,
 /// until stopped: answers by body, and failures (an I/O error, or any
 /// status but the app's own: 200, or the bad release's 500).
-struct FleetLoad {
+pub(crate) struct FleetLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<(std::collections::BTreeMap<String, u64>, u64)>>,
 }
 
 impl FleetLoad {
-    fn start(lbs: &[std::net::SocketAddr], path: &'static str) -> FleetLoad {
+    pub(crate) fn start(lbs: &[std::net::SocketAddr], path: &'static str) -> FleetLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let threads = lbs
             .iter()
@@ -1011,7 +1014,7 @@ impl FleetLoad {
         FleetLoad { stop, threads }
     }
 
-    fn stop(self) -> (std::collections::BTreeMap<String, u64>, u64) {
+    pub(crate) fn stop(self) -> (std::collections::BTreeMap<String, u64>, u64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut all = std::collections::BTreeMap::new();
         let mut failed = 0;

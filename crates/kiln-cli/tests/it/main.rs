@@ -13,6 +13,7 @@ mod bake;
 mod bases;
 mod edge;
 mod fleet;
+mod fleet_dashboard;
 mod fleet_lab;
 mod fleet_tls;
 mod heal;

@@ -1,0 +1,109 @@
+"""Drives a fleet controller's dashboard in a real browser (Debian's
+chromium and chromium-driver, through selenium): sign in with the link
+`kiln dashboard --controller` prints, see both hosts and every slot
+serving, watch a canary advance with no reload, check that a change
+without the CSRF value is refused, click Abort, and see the canary gone,
+the abort in the history and every slot serving stable. Prints one JSON
+line of figures; exits non-zero on any failure.
+
+usage: fleet_dashboard.py LINK SERVICE STABLE CANARY SCREENSHOT_DIR
+(STABLE and CANARY: the images' 12-digit short digests)
+"""
+
+import json
+import os
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+link, service, stable, canary, shots = sys.argv[1:6]
+os.makedirs(shots, exist_ok=True)
+
+opts = webdriver.ChromeOptions()
+for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"]:
+    opts.add_argument(a)
+opts.binary_location = "/usr/bin/chromium"
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+wait = WebDriverWait(driver, 60, poll_frequency=0.05)
+
+
+def js(script, *args):
+    # Read in one go: the page re-renders every second, so an element
+    # found a moment ago may be gone.
+    return driver.execute_script(script, *args)
+
+
+def attr(css, name):
+    return js("const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;", css, name)
+
+
+def text(css):
+    return js("const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", css)
+
+
+def slot_states():
+    return js("return [...document.querySelectorAll('#slots tbody tr')].map(r => [r.dataset.slot, r.dataset.state]);")
+
+
+try:
+    driver.get(link)
+    wait.until(ec.presence_of_element_located((By.ID, f"svc-{service}")))
+    assert "token=" not in driver.current_url, driver.current_url
+    assert "kiln_session" not in js("return document.cookie;"), "the session cookie is HttpOnly"
+
+    # Both hosts, with their leases; every slot of the service listed.
+    wait.until(lambda d: attr("#hosts", "data-count") == "2")
+    hosts = js("return [...document.querySelectorAll('#hosts tbody tr')].map(r => r.dataset.host);")
+    assert sorted(hosts) == ["h1", "h2"], hosts
+    assert "s of 2 s" in text("#hosts tbody"), text("#hosts tbody")
+
+    # The canary, as the whole fleet has it: its weight in the split and a
+    # step that advances with no reload.
+    wait.until(lambda d: attr(f"#svc-{service}", "data-canary") == canary and int(attr(f"#svc-{service}", "data-step") or 0) >= 1)
+    assert attr(f"#svc-{service}", "data-image") == stable
+    first_step = int(attr(f"#svc-{service}", "data-step"))
+    split = text(f"#split-{service}")
+    assert f"{canary} " in split and f"{stable} " in split, split
+    wait.until(lambda d: any(s.startswith(f"{service}-canary") and st == "serving" for s, st in slot_states()))
+    driver.save_screenshot(os.path.join(shots, "1-canary.png"))
+    renders_before = js("return window.kiln.renders;")
+    wait.until(lambda d: int(attr(f"#svc-{service}", "data-step") or 0) > first_step)
+    advanced_to = int(attr(f"#svc-{service}", "data-step"))
+    weight = int(attr(f"#svc-{service}", "data-weight"))
+    assert js("return window.kiln.renders;") > renders_before
+    assert "step " in text("#timeline"), text("#timeline")
+    driver.save_screenshot(os.path.join(shots, "2-advanced.png"))
+
+    # A change from the session without the CSRF value is refused.
+    refused = js(
+        "return fetch('/v1/fleet', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+        " body: JSON.stringify({abort: {service: arguments[0]}})}).then(r => r.status);",
+        service,
+    )
+    assert refused == 403, refused
+    assert attr(f"#svc-{service}", "data-canary") == canary, "the refused abort changed nothing"
+
+    # Abort with a click (and the confirmation).
+    driver.find_element(By.CSS_SELECTOR, f'#svc-{service} button[data-action="abort"]').click()
+    wait.until(ec.alert_is_present())
+    driver.switch_to.alert.accept()
+    wait.until(lambda d: "aborted" in text("#message"))
+    wait.until(lambda d: attr(f"#svc-{service}", "data-canary") == "")
+    wait.until(lambda d: "aborted by dashboard" in text("#timeline"))
+    # Every slot left serving runs stable: the canary's are gone.
+    wait.until(lambda d: (lambda s: len(s) == 2 and all(st == "serving" and not sl.startswith(f"{service}-canary") for sl, st in s))(slot_states()))
+    driver.save_screenshot(os.path.join(shots, "3-aborted.png"))
+    print(json.dumps({
+        "hosts": len(hosts),
+        "first_step": first_step,
+        "advanced_to": advanced_to,
+        "weight_seen": weight,
+        "first_render_ms": js("return window.kiln.firstRender;"),
+        "poll_failures": js("return window.kiln.failures;"),
+    }))
+finally:
+    driver.quit()
