@@ -117,9 +117,12 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Serve { fleet, .. } if fleet.controller.is_some() => {
             bail!("--controller: kiln serve --cluster URLS is a controller itself; it talks to etcd")
         }
-        Cmd::Serve { tcp, name, ttl, fleet, .. } if fleet.on() => {
+        Cmd::Serve { tcp, name, ttl, fleet, file, .. } if fleet.on() => {
             let name = host_name(name)?;
-            (Command::FleetController { cluster: fleet.into(), name, ttl_secs: ttl, api: tcp }, false)
+            // kiln serve's file is kiln.toml by default: its webhooks when
+            // there is one.
+            let notify = if file.exists() { fleet_hooks(&file)? } else { Vec::new() };
+            (Command::FleetController { cluster: fleet.into(), name, ttl_secs: ttl, api: tcp, notify }, false)
         }
         Cmd::Serve { file, tcp, upgrade, .. } => return Ok(Invocation::Serve { file, tcp, upgrade }),
         Cmd::Dashboard { controller: None, .. } => return Ok(Invocation::Dashboard(None)),
@@ -271,9 +274,10 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
         Cmd::Unassign(UnassignArgs { cluster, host, slot }) => {
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: None }, false)
         }
-        Cmd::Controller(ControllerArgs { cluster, name, ttl, api }) => {
+        Cmd::Controller(ControllerArgs { cluster, name, ttl, api, file }) => {
             let name = host_name(name)?;
-            (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api }, false)
+            let notify = file.as_deref().map(fleet_hooks).transpose()?.unwrap_or_default();
+            (Command::FleetController { cluster: cluster.into(), name, ttl_secs: ttl, api, notify }, false)
         }
         Cmd::DrainHost(DrainHostArgs { fleet, host, undo }) => {
             (fleet_via(fleet, FleetRequest::DrainHost { host, undo, actor: actor() })?, false)
@@ -714,6 +718,11 @@ fn controller_token(token_file: Option<&std::path::Path>) -> anyhow::Result<Stri
             "--controller needs the controller's token: --token-file (its $KILN_HOME/serve.token) or $KILN_TOKEN",
         ),
     }
+}
+
+/// The `[[notify]]` webhooks of a fleet controller's kiln.toml.
+fn fleet_hooks(file: &std::path::Path) -> anyhow::Result<Vec<kiln::spec::notify::NotifySpec>> {
+    Ok(kiln::spec::load(file)?.notify)
 }
 
 /// `name`, else the machine's hostname.

@@ -63,6 +63,9 @@ pub(crate) struct ControllerArgs {
     /// Also serve the fleet API on this address (GET /v1/fleet/services, /v1/fleet/hosts, POST /v1/fleet); requests need `Authorization: Bearer` with the token in $KILN_HOME/serve.token.
     #[arg(long, value_name = "ADDR")]
     pub(crate) api: Option<std::net::SocketAddr>,
+    /// A kiln.toml whose [[notify]] webhooks get the fleet's alerts while this controller leads (signed with secrets of this host's store).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
 }
 
 /// `kiln place`'s arguments (its help is the subcommand's, in `args`).

@@ -16,6 +16,7 @@ import sys
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -88,7 +89,15 @@ try:
     assert attr(f"#svc-{service}", "data-canary") == canary, "the refused abort changed nothing"
 
     # Abort with a click (and the confirmation).
-    driver.find_element(By.CSS_SELECTOR, f'#svc-{service} button[data-action="abort"]').click()
+    # The page re-renders what changed every second: a button found just
+    # before a change is gone; find it again.
+    for attempt in range(20):
+        try:
+            driver.find_element(By.CSS_SELECTOR, f'#svc-{service} button[data-action="abort"]').click()
+            break
+        except StaleElementReferenceException:
+            if attempt == 19:
+                raise
     wait.until(ec.alert_is_present())
     driver.switch_to.alert.accept()
     wait.until(lambda d: "aborted" in text("#message"))

@@ -350,8 +350,30 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
         spawn_kiln(&h2, &["agent", "--cluster", &cluster, "--name", "h2", "--ttl", "2"]),
     ]);
     let ctl = tempdir("fleet-ctl-home");
-    let mut controllers =
-        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    // The controllers' webhooks (their kiln.toml, their secret): the
+    // leader at the time sends the fleet's alerts.
+    let hooks = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = hooks.local_addr().unwrap().port();
+    let alerts = receiver(hooks, 0);
+    let ctl_toml = ctl.join("kiln.toml");
+    fs::write(
+        &ctl_toml,
+        format!(
+            "[[notify]]\nurl = \"http://127.0.0.1:{hook_port}/fleet\"\nevents = [\"host-lost\"]\nsecret = \"hook\"\n"
+        ),
+    )
+    .unwrap();
+    let mut set =
+        kiln_cmd().args(["secret", "set", "hook"]).env("KILN_HOME", &ctl).stdin(Stdio::piped()).spawn().unwrap();
+    set.stdin.take().unwrap().write_all(b"fleet-hook-key").unwrap();
+    assert!(set.wait().unwrap().success());
+    let controller = |name: &'static str| {
+        spawn_kiln(
+            &ctl,
+            &["controller", "--cluster", &cluster, "--name", name, "--ttl", "2", "-f", ctl_toml.to_str().unwrap()],
+        )
+    };
+    let mut controllers = Procs(vec![controller("c1")]);
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "2", &images[0].1]);
     // Spread: one replica on each host, each serving.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -367,7 +389,7 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     let h1_slot = spread["h1"][0].0.clone();
     // A second controller stands by; the leader (c1, the only one when
     // the service was placed) is SIGKILLed.
-    controllers.0.push(spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c2", "--ttl", "2"]));
+    controllers.0.push(controller("c2"));
     std::thread::sleep(Duration::from_millis(500));
     controllers.0[0].kill().unwrap();
     controllers.0[0].wait().unwrap();
@@ -400,6 +422,16 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     assert_eq!(lost_entry["event"]["host"], "h1", "{h}");
     assert_eq!(lost_entry["event"]["slots"], serde_json::json!([h1_slot]), "{h}");
     assert_eq!(h["entries"][0]["event"]["strategy"], "place", "{h}");
+    // ... and the new leader's webhook said so, once, signed with the
+    // controllers' secret: nothing else (only host-lost was asked for).
+    let (head, body) = alerts.recv_timeout(Duration::from_secs(10)).expect("no host-lost webhook");
+    assert!(head.starts_with("POST /fleet HTTP/1.1"), "{head}");
+    assert_eq!(header(&head, "X-Kiln-Event"), Some("host-lost"), "{head}");
+    let want = kiln::digest::hex(&kiln::digest::hmac_sha256(b"fleet-hook-key", body.as_bytes()));
+    assert_eq!(header(&head, "X-Kiln-Signature"), Some(format!("sha256={want}").as_str()), "{head}");
+    let alert = json(&body);
+    assert_eq!((alert["alert"].as_str(), alert["event"]["host"].as_str()), (Some("host-lost"), Some("h1")), "{alert}");
+    assert_eq!(alert["event"]["slots"], serde_json::json!([h1_slot]), "{alert}");
     // A new image rolls through the leader to every replica.
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "2", &images[1].1]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -421,6 +453,9 @@ fn the_leading_controller_spreads_replicas_a_new_leader_takes_over_and_a_lost_ho
     }
     drop(agents);
     drop(controllers);
+    // One alert in all: none for the older entries (the place, which is
+    // not a failure), none twice.
+    assert!(alerts.try_recv().is_err(), "a second webhook");
 }
 
 #[test]

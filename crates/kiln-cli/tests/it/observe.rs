@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use common::serve_env::{serial, Env};
-use common::{json, promtool_accepts};
+use common::{header, json, promtool_accepts, receiver};
 
 fn get(env: &Env, path: &str) -> (String, String) {
     env.api_get(path)
@@ -92,45 +92,6 @@ fn the_documented_scrape_config_and_alert_rules_pass_promtool() {
         let family = name.trim_end_matches("_bucket");
         assert!(exposed.contains(&format!("# TYPE {family} ")), "{name} is not a metric kiln serve exposes");
     }
-}
-
-/// A webhook receiver on `port`: answers 500 to the first `fail` requests,
-/// then 200; sends each (headers, body) it got.
-fn receiver(listener: std::net::TcpListener, fail: usize) -> std::sync::mpsc::Receiver<(String, String)> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().enumerate() {
-            let Ok(mut c) = conn else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let k = c.read(&mut chunk).unwrap_or(0);
-                if k == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..k]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((h, b)) = text.split_once("\r\n\r\n") {
-                    let len = h
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if b.len() >= len {
-                        break (h.to_owned(), b[..len].to_owned());
-                    }
-                }
-            };
-            let status = if n < fail { "500 Internal Server Error" } else { "200 OK" };
-            let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = tx.send((head, body));
-        }
-    });
-    rx
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 #[test]

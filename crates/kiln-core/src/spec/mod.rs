@@ -442,9 +442,14 @@ pub fn parse(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
         err(e.span(), &key, e.message().trim().to_owned())
     })?;
     // A file of registry settings alone is a kiln.toml for push and pull
-    // on a host that bakes nothing.
-    if raw.image.is_empty() && raw.service.is_empty() && raw.registries.is_empty() {
-        return Err(err(None, "image", "no [image.NAME], [service.NAME] or [registries.\"HOST\"] table".into()));
+    // on a host that bakes nothing; one of webhooks alone, a fleet
+    // controller's.
+    if raw.image.is_empty() && raw.service.is_empty() && raw.registries.is_empty() && raw.notify.is_empty() {
+        return Err(err(
+            None,
+            "image",
+            "no [image.NAME], [service.NAME], [registries.\"HOST\"] or [[notify]] table".into(),
+        ));
     }
     let mut images = BTreeMap::new();
     for (name, raw_image) in raw.image {

@@ -28,10 +28,12 @@ pub enum Alert {
     Failing,
     /// A served certificate expires within 14 days (again each day).
     CertExpiring,
+    /// A fleet host's lease expired: its slots were moved elsewhere.
+    HostLost,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 9] = [
+    pub const ALL: [Alert; 10] = [
         Alert::ReleaseFailed,
         Alert::RolledBack,
         Alert::Inconclusive,
@@ -41,6 +43,7 @@ impl Alert {
         Alert::Deadline,
         Alert::Failing,
         Alert::CertExpiring,
+        Alert::HostLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Alert {
             Alert::Deadline => "deadline",
             Alert::Failing => "failing",
             Alert::CertExpiring => "cert-expiring",
+            Alert::HostLost => "host-lost",
         }
     }
 }

@@ -28,7 +28,11 @@ fn webhooks_are_checked_where_they_are_written() {
     let f = p(&format!("[[notify]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"hook\"\n{svc}")).unwrap();
     assert_eq!(f.notify[0].authority, "127.0.0.1:9000");
     assert_eq!(f.notify[0].path, "/hook");
-    assert_eq!(f.notify[0].events.len(), 9, "all by default");
+    assert_eq!(f.notify[0].events.len(), 10, "all by default");
+    // Webhooks alone: a fleet controller's kiln.toml.
+    let f = p("[[notify]]\nurl = \"http://127.0.0.1:9000/fleet\"\nevents = [\"host-lost\"]\n").unwrap();
+    assert_eq!(f.notify[0].events, [notify::Alert::HostLost]);
+    assert!(p("").is_err(), "an empty file is still refused");
     let f = p(&format!("[syslog]\nurl = \"relp://127.0.0.1:2514\"\n{svc}")).unwrap();
     let sl = f.syslog.unwrap();
     assert_eq!((sl.transport, sl.authority.as_str(), sl.facility), (syslog::Transport::Relp, "127.0.0.1:2514", 16));

@@ -47,7 +47,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::Done { message })
         }
-        Command::FleetController { cluster, name, ttl_secs, api } => {
+        Command::FleetController { cluster, name, ttl_secs, api, notify } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let stop = crate::sys::stop_on_signal();
             if let Some(addr) = api {
@@ -63,7 +63,31 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 });
                 eprintln!("kiln controller {name}: fleet API on http://{addr}");
             }
-            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &|m| eprintln!("kiln controller {name}: {m}"))?;
+            let log = |m: &str| eprintln!("kiln controller {name}: {m}");
+            // The notifier starts when this controller first leads: one
+            // standing by sends nothing (what it queued before, it sends
+            // then).
+            let mut notifier: Option<crate::observe::notify::Notifier> = None;
+            let home = ctx.store.home().to_owned();
+            let mut alert = |etcd: &crate::fleet::etcd::Etcd, epoch: i64| {
+                if notify.is_empty() {
+                    return;
+                }
+                let n = match &notifier {
+                    Some(n) => n,
+                    None => match crate::observe::notify::Notifier::start(&home) {
+                        Ok(n) => notifier.insert(n),
+                        Err(e) => return log(&format!("webhooks: {}: {e}", home.join("notify").display())),
+                    },
+                };
+                let mut queue = |e: &crate::serve::history::Entry| {
+                    n.alert(&notify, &e.service, &e.release, e.at_ms.max(0) as u64, &e.event)
+                };
+                if let Err(e) = crate::fleet::alerts::round(etcd, epoch, &mut queue) {
+                    log(&format!("webhooks: {e}"));
+                }
+            };
+            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &log, &mut alert)?;
             Ok(Output::Done { message: format!("kiln controller {name} stopped") })
         }
         Command::Place { cluster, service, desired, actor } => {

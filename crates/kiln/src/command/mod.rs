@@ -179,6 +179,9 @@ pub enum Command {
         ttl_secs: i64,
         /// Also serve the fleet API ([`fleet_api`]) on this address.
         api: Option<std::net::SocketAddr>,
+        /// The webhooks the fleet's history is sent to while this
+        /// controller leads (`[[notify]]` of its kiln.toml).
+        notify: Vec<crate::spec::notify::NotifySpec>,
     },
     /// Sets a service's desired replicas and image in the fleet (replicas
     /// 0 removes it). Caller's process only.

@@ -239,11 +239,16 @@ impl Etcd {
 
     /// Every key under `prefix`.
     pub fn range_prefix(&self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        self.range_from(prefix, prefix)
+    }
+
+    /// The keys under `prefix` from `start` on (in key order).
+    pub fn range_from(&self, start: &str, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
         let mut end = prefix.as_bytes().to_vec();
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let v = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) }))?;
+        let v = self.call("/v3/kv/range", json!({ "key": b64(start.as_bytes()), "range_end": b64(&end) }))?;
         #[derive(Deserialize)]
         struct RawKv {
             key: String,

@@ -131,7 +131,16 @@ fn stored(kvs: &[Kv]) -> Result<Vec<Stored>, FleetHistoryError> {
 
 /// Every entry (of `service`, if given), oldest first.
 pub fn entries(cluster: &Etcd, service: Option<&str>) -> Result<Vec<Entry>, FleetHistoryError> {
-    let kvs = cluster.range_prefix(ENTRIES)?;
+    read(cluster, 1, service)
+}
+
+/// The entries after sequence number `seq`, oldest first.
+pub fn entries_after(cluster: &Etcd, seq: i64) -> Result<Vec<Entry>, FleetHistoryError> {
+    read(cluster, seq + 1, None)
+}
+
+fn read(cluster: &Etcd, from: i64, service: Option<&str>) -> Result<Vec<Entry>, FleetHistoryError> {
+    let kvs = cluster.range_from(&key(from.max(1)), ENTRIES)?;
     let mut out = Vec::new();
     for (row, kv) in stored(&kvs)?.iter().zip(&kvs) {
         if service.is_some_and(|s| s != row.service) {

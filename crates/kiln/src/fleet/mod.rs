@@ -11,6 +11,7 @@
 //! For: registration and the host list. Must never: keep a host's liveness
 //! anywhere but in its etcd lease.
 
+pub mod alerts;
 pub mod canary;
 pub mod change;
 pub mod etcd;
@@ -634,13 +635,15 @@ fn step_canary(
 /// third of the TTL ([`lead_round`]). A controller whose lease lapsed, or
 /// whose conditioned write was refused, stops leading at once and
 /// campaigns again. On `stop`, the lease is revoked: another controller
-/// leads within a round.
+/// leads within a round. After each round it led, `after_round` runs with
+/// the epoch (the fleet's webhooks: [`alerts`]).
 pub fn run_controller(
     cluster: &Etcd,
     name: &str,
     ttl: i64,
     stop: &AtomicBool,
     log: &(dyn Fn(&str) + Sync),
+    after_round: &mut dyn FnMut(&Etcd, i64),
 ) -> Result<(), EtcdError> {
     let lease = lease::Lease::new(ttl);
     let current = || lease.current();
@@ -688,7 +691,9 @@ pub fn run_controller(
                     }
                 }
                 if let Some(e) = epoch {
-                    if !lead_round(cluster, e, &mut seen, fence, log)? {
+                    if lead_round(cluster, e, &mut seen, fence, log)? {
+                        after_round(cluster, e);
+                    } else {
                         epoch = None;
                     }
                 }

@@ -41,6 +41,7 @@ pub fn alert_of(event: &Event) -> Option<Alert> {
         Event::Quarantined { .. } => Some(Alert::Quarantine),
         Event::Failing { .. } => Some(Alert::Failing),
         Event::CertExpiring { .. } => Some(Alert::CertExpiring),
+        Event::HostLost { .. } => Some(Alert::HostLost),
         _ => None,
     }
 }
