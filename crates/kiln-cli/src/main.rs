@@ -113,6 +113,14 @@ fn run() -> anyhow::Result<i32> {
             Ok(0)
         }
         Invocation::FollowLogs { filter, json } => follow_logs(&home, &open(&home)?, filter, json).map(|()| 0),
+        Invocation::FollowFleetLogs { filter, poll, json } => {
+            let host = open(&home)?;
+            let mut run = |f: kiln::runtime::logs::LogFilter| -> anyhow::Result<Output> {
+                let job = Job { command: poll(f)?, source_date_epoch: None };
+                carry_out(&home, &host, job, &mut PlainProgress { current: String::new() })
+            };
+            follow_fleet_logs(&mut run, filter, json).map(|()| 0)
+        }
         Invocation::Shim { id } => {
             let store = Store::open(&home)?;
             let driver = RuncDriver::new(kiln::runtime::run_dir(&home).join("runc"));

@@ -51,6 +51,13 @@ pub(crate) enum Invocation {
         filter: LogFilter,
         json: bool,
     },
+    /// `kiln logs --follow --cluster|--controller`: polled, each time the
+    /// command `poll` makes of the filter.
+    FollowFleetLogs {
+        filter: LogFilter,
+        poll: Box<dyn Fn(LogFilter) -> anyhow::Result<Command>>,
+        json: bool,
+    },
     /// The supervisor of one instance (started by kiln itself).
     Shim {
         id: String,
@@ -267,6 +274,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 health: None,
                 channel: None,
                 secrets: Vec::new(),
+                volumes: Vec::new(),
                 epoch: 0,
             };
             (Command::Assign { cluster: cluster.into(), host, slot, assignment: Some(assignment) }, false)
@@ -342,6 +350,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 channel: None,
                 previous: None,
                 secrets: Vec::new(),
+                volumes: Vec::new(),
             };
             (fleet_via(fleet, FleetRequest::Place { service, desired, actor: actor() })?, false)
         }
@@ -465,7 +474,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let filter = LogFilter { service, release, instance, image, since };
             if fleet.on() {
                 if follow {
-                    bail!("--follow: a fleet's logs are read once; run again with --since");
+                    fleet_via(fleet.clone(), FleetRequest::Logs { filter: filter.clone() })?;
+                    let poll = move |filter| fleet_via(fleet.clone(), FleetRequest::Logs { filter });
+                    return Ok(Invocation::FollowFleetLogs { filter, poll: Box::new(poll), json });
                 }
                 return Ok(Invocation::Command {
                     command: Box::new(fleet_via(fleet, FleetRequest::Logs { filter })?),

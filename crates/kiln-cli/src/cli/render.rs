@@ -101,6 +101,42 @@ pub(crate) fn follow_logs(home: &Path, host: &Host, mut filter: LogFilter, json:
     }
 }
 
+/// `kiln logs --follow --cluster`: every host's new lines, polled each
+/// second (`run` carries one poll out) until interrupted; a host that
+/// cannot answer is named when that changes.
+pub(crate) fn follow_fleet_logs(
+    run: &mut dyn FnMut(LogFilter) -> anyhow::Result<Output>,
+    mut filter: LogFilter,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut follow = kiln::fleet::peer::Follow::new(filter.since);
+    let mut missing_before: Vec<(String, String)> = Vec::new();
+    loop {
+        filter.since = follow.since();
+        let logs = match run(filter.clone())? {
+            Output::FleetLogs(logs) => logs,
+            _ => anyhow::bail!("the fleet did not answer with logs"),
+        };
+        for l in follow.fresh(logs.lines) {
+            if json {
+                println!("{}", serde_json::to_string(&l)?);
+            } else {
+                let time = kiln::time::rfc3339_millis(l.line.ts);
+                println!("{time} {} {} {}: {}", l.host, l.line.meta.instance, l.line.stream, l.line.line);
+            }
+        }
+        let hosts = |m: &[(String, String)]| m.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>();
+        if hosts(&logs.missing) != hosts(&missing_before) {
+            for (host, why) in &logs.missing {
+                eprintln!("kiln: {host}: no logs: {why}");
+            }
+            missing_before = logs.missing;
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 pub(crate) fn render_image_config(config: &kiln::oci::ImageConfig, manifest: &kiln::oci::Manifest) {
     println!("platform: {}/{}", config.os, config.architecture);
     if let Some(c) = &config.created {

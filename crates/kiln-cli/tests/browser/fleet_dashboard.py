@@ -66,12 +66,14 @@ try:
     # step that advances with no reload.
     wait.until(lambda d: attr(f"#svc-{service}", "data-canary") == canary and int(attr(f"#svc-{service}", "data-step") or 0) >= 1)
     assert attr(f"#svc-{service}", "data-image") == stable
-    first_step = int(attr(f"#svc-{service}", "data-step"))
+    # The step and the refreshes counted so far, read in one go.
+    first_step, renders_before = js(
+        "return [Number(document.querySelector(arguments[0]).dataset.step), window.kiln.renders];", f"#svc-{service}"
+    )
     split = text(f"#split-{service}")
     assert f"{canary} " in split and f"{stable} " in split, split
     wait.until(lambda d: any(s.startswith(f"{service}-canary") and st == "serving" for s, st in slot_states()))
     driver.save_screenshot(os.path.join(shots, "1-canary.png"))
-    renders_before = js("return window.kiln.renders;")
     wait.until(lambda d: int(attr(f"#svc-{service}", "data-step") or 0) > first_step)
     advanced_to = int(attr(f"#svc-{service}", "data-step"))
     weight = int(attr(f"#svc-{service}", "data-weight"))

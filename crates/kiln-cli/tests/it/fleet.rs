@@ -1837,6 +1837,42 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let anon =
         run("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{peer}/v1/logs?service=web")]);
     assert_eq!(String::from_utf8_lossy(&anon.stdout), "401", "{peer}");
+    // Followed: new lines from every host as they come, each once, though
+    // every poll asks again for a window behind the newest.
+    let mut follow = kiln_cmd()
+        .args(["logs", "--follow", "--cluster", &cluster, "--service", "web", "--since", "0s", "--json"])
+        .env("KILN_HOME", &ctl)
+        .current_dir(&app)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, followed) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            let _ = tx.send(json(&l));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for lb in &lbs {
+        try_bodies_of(*lb, "/cgi-bin/env", 2).unwrap();
+    }
+    let mut asked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        if let Ok(l) = followed.recv_timeout(Duration::from_millis(200)) {
+            if l["line"].as_str().is_some_and(|t| t.contains("cgi env asked")) {
+                asked.push(l["host"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    asked.sort();
+    assert_eq!(asked.len(), 4, "each of the 4 requests' lines once, from both hosts: {asked:?}");
+    asked.dedup();
+    assert_eq!(asked, ["h1", "h2"]);
     write("", "");
     // Back to what it replaced.
     let out = kiln_in(&["rollback"]);

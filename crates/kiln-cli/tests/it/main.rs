@@ -16,6 +16,7 @@ mod fleet;
 mod fleet_dashboard;
 mod fleet_lab;
 mod fleet_tls;
+mod fleet_volumes;
 mod heal;
 mod history;
 mod observe;

@@ -22,6 +22,7 @@ pub mod registries;
 pub mod release;
 pub mod sandbox;
 mod service;
+pub use service::volume_problem;
 pub mod syslog;
 pub mod verify;
 

@@ -25,21 +25,8 @@ pub(super) fn validate_service(
     check_env_names(&raw.env)?;
     let mut volumes = BTreeMap::new();
     for (v, dest) in raw.volumes {
-        let ok_name = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
-        if !ok_name {
-            return Err(field_err(
-                dest.span(),
-                &format!("volumes.{v}"),
-                "a volume name is letters, digits, '_' and '-'",
-            ));
-        }
-        let d = dest.get_ref();
-        if !d.starts_with('/') || d.split('/').any(|p| p == "..") {
-            return Err(field_err(
-                dest.span(),
-                &format!("volumes.{v}"),
-                format!("{d:?} must be an absolute path without '..'"),
-            ));
+        if let Some(problem) = volume_problem(&v, dest.get_ref()) {
+            return Err(field_err(dest.span(), &format!("volumes.{v}"), problem));
         }
         volumes.insert(v, dest.into_inner());
     }
@@ -131,4 +118,17 @@ pub(super) fn validate_service(
         file: PathBuf::new(),
     };
     Ok((service, claims))
+}
+
+/// What is wrong with volume `name` mounted at `dest`, if anything: the
+/// one check for kiln.toml and for a fleet's desired state given whole.
+pub fn volume_problem(name: &str, dest: &str) -> Option<String> {
+    let ok_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !ok_name {
+        return Some("a volume name is letters, digits, '_' and '-'".into());
+    }
+    if !dest.starts_with('/') || dest.split('/').any(|p| p == "..") {
+        return Some(format!("{dest:?} must be an absolute path without '..'"));
+    }
+    None
 }

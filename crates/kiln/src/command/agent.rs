@@ -111,6 +111,7 @@ fn start_slot(
             .collect(),
         secret_store: sealed.as_ref().map(|d| d.path().to_owned()),
         release: Some(format!("fleet:{slot}")),
+        volumes: a.volumes.clone(),
         limits: crate::runtime::bundle::Limits {
             memory_bytes: a.memory_bytes,
             cpus: a.millicpus.map(|m| m as f64 / 1000.0),

@@ -51,6 +51,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             let stop = crate::sys::stop_on_signal();
             if let Some(addr) = api {
+                // The token exists before the port answers: a caller that
+                // waits for the port then reads it.
+                crate::serve::token(ctx.store.home())?;
                 let l = std::net::TcpListener::bind(addr).map_err(|e| CommandError::BadRequest {
                     field: "tcp".into(),
                     message: format!("cannot bind {addr}: {e}"),
@@ -434,6 +437,7 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
             service: service.to_owned(),
             env: vec![],
             secrets: vec![],
+            volumes: Vec::new(),
         };
         crate::image::registry::Remote::parse(image).map_err(crate::image::registry::RegistryError::from)?;
         match probe.digest() {
@@ -444,6 +448,11 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
         }
     };
     by_digest("image", &desired.image)?;
+    for (i, (name, path)) in desired.volumes.iter().enumerate() {
+        if let Some(problem) = crate::spec::volume_problem(name, path) {
+            return Err(bad(&format!("volumes[{i}]"), &problem));
+        }
+    }
     if let Some(c) = &desired.canary {
         by_digest("canary", &c.image)?;
         if c.weight > 100 {

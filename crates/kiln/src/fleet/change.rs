@@ -286,7 +286,7 @@ pub fn rollout(
 /// kiln.toml's `[service.NAME]` as a fleet's desired state running
 /// `image` (by digest), and its canary plan when its strategy is one.
 /// What a fleet cannot carry yet is refused, naming the key, rather than
-/// dropped: volumes, edge settings, a pause before the first weight.
+/// dropped: edge settings, a pause before the first weight.
 pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Option<CanaryPlan>), SpecError> {
     let refuse = |key: &str, message: &str| SpecError {
         file: spec.file.clone(),
@@ -294,9 +294,6 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         key: format!("service.{}.{key}", spec.name),
         message: message.to_owned(),
     };
-    if !spec.volumes.is_empty() {
-        return Err(refuse("volumes", "volumes are not carried across a fleet's hosts yet"));
-    }
     if spec.edge != Default::default() {
         return Err(refuse("edge", "host names and TLS are not set on a fleet's load balancers yet"));
     }
@@ -355,6 +352,7 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
             .iter()
             .map(|s| super::place::FleetSecret { name: s.name.clone(), env: s.env.clone(), version: String::new() })
             .collect(),
+        volumes: spec.volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     Ok((desired, canary))
 }
@@ -381,6 +379,7 @@ mod tests {
             channel: None,
             previous: None,
             secrets: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -614,8 +613,9 @@ mod tests {
         let named: Vec<(&str, Option<&str>, &str)> =
             d.secrets.iter().map(|s| (s.name.as_str(), s.env.as_deref(), s.version.as_str())).collect();
         assert_eq!(named, [("api", None, ""), ("db", Some("DB_PASSWORD"), "")]);
-        let e = from_service(&spec("volumes = { data = \"/data\" }\n"), img('a')).unwrap_err();
-        assert_eq!((e.key.as_str(), e.file.as_path()), ("service.web.volumes", std::path::Path::new("/x/kiln.toml")));
+        let (d, _) = from_service(&spec("volumes = { data = \"/data\" }\n"), img('a')).unwrap();
+        assert_eq!(d.volumes, [("data".to_owned(), "/data".to_owned())]);
+        assert_eq!(d.assignment("web", &d.image).volumes, d.volumes, "carried to every slot");
         // Pauses: after the weight before them, in seconds (0: a person's).
         let (_, plan) = from_service(
             &spec(

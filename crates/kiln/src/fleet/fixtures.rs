@@ -25,6 +25,7 @@ pub fn assignment(image: String) -> Assignment {
         health: None,
         channel: None,
         secrets: Vec::new(),
+        volumes: Vec::new(),
         epoch: 0,
     }
 }

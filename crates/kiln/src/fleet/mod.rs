@@ -498,7 +498,7 @@ pub fn lead_round(
     for change in changes {
         let (mut puts, deletes, mut entries) = match &change {
             place::Change::Assign { host, slot, assignment } => {
-                let stamped = reconcile::Assignment { epoch, ..assignment.clone() };
+                let stamped = reconcile::Assignment { epoch, ..(**assignment).clone() };
                 let value = serde_json::to_vec(&stamped).unwrap_or_default();
                 (vec![(format!("{ASSIGN}{host}/{slot}"), value, 0)], vec![], Vec::new())
             }

@@ -419,6 +419,61 @@ pub fn fleet_logs(cluster: &super::etcd::Etcd, filter: &LogFilter) -> Result<Fle
     Ok(out)
 }
 
+/// `kiln logs --follow --cluster`: each poll asks every host for the lines
+/// since a window before the newest line shown (one host's lines can
+/// reach its central logs after another host's newer ones), and only the
+/// lines not shown yet are shown. Pure: the caller polls.
+#[derive(Debug, Clone, Default)]
+pub struct Follow {
+    /// What the person asked for (`--since`).
+    from: Option<i64>,
+    newest: Option<i64>,
+    /// Lines shown with a time inside the window: (host, time, instance,
+    /// stream, text).
+    shown: std::collections::BTreeSet<(String, i64, String, String, String)>,
+}
+
+/// How far back each poll asks, behind the newest line shown: a line
+/// reaching its host's central logs later than this is not shown.
+pub const FOLLOW_WINDOW_MS: i64 = 10_000;
+
+impl Follow {
+    pub fn new(from: Option<i64>) -> Follow {
+        Follow { from, ..Follow::default() }
+    }
+
+    /// The `since` of the next poll.
+    pub fn since(&self) -> Option<i64> {
+        match (self.newest, self.from) {
+            (Some(n), Some(f)) => Some((n - FOLLOW_WINDOW_MS).max(f)),
+            (Some(n), None) => Some(n - FOLLOW_WINDOW_MS),
+            (None, f) => f,
+        }
+    }
+
+    /// The lines of a poll not shown before, in time order; remembered.
+    pub fn fresh(&mut self, lines: Vec<HostLine>) -> Vec<HostLine> {
+        let mut out = Vec::new();
+        for l in lines {
+            let key =
+                (l.host.clone(), l.line.ts, l.line.meta.instance.clone(), l.line.stream.clone(), l.line.line.clone());
+            if self.since().is_some_and(|s| l.line.ts < s) || !self.shown.insert(key) {
+                continue;
+            }
+            out.push(l);
+        }
+        if let Some(ts) = out.iter().map(|l| l.line.ts).max() {
+            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
+        }
+        // What falls out of the window is never asked for again.
+        if let Some(s) = self.since() {
+            self.shown.retain(|k| k.1 >= s);
+        }
+        out.sort_by(|a, b| (a.line.ts, &a.host).cmp(&(b.line.ts, &b.host)));
+        out
+    }
+}
+
 /// Where a peer's store is: its advertised address and peer port.
 pub fn address(record: &super::HostRecord) -> Option<SocketAddr> {
     Some(SocketAddr::new(record.address?, record.peer_port?))
@@ -427,6 +482,41 @@ pub fn address(record: &super::HostRecord) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn following_shows_each_line_once_even_when_a_host_s_lines_come_late() {
+        let line = |host: &str, ts: i64, text: &str| HostLine {
+            host: host.into(),
+            line: LogLine {
+                ts,
+                meta: crate::runtime::logs::LogMeta {
+                    instance: "web-1".into(),
+                    service: "web".into(),
+                    image: String::new(),
+                    revision: None,
+                    release: None,
+                },
+                stream: "stdout".into(),
+                line: text.into(),
+            },
+        };
+        let mut f = Follow::new(Some(1_000));
+        assert_eq!(f.since(), Some(1_000));
+        let first = f.fresh(vec![line("h1", 20_000, "a"), line("h2", 21_000, "b")]);
+        assert_eq!(first.len(), 2);
+        assert_eq!(f.since(), Some(11_000), "a window behind the newest line");
+        // The next poll sees the same lines again, and h1's line at 19 s
+        // that reached its logs late: only that one is new.
+        let again = f.fresh(vec![line("h1", 19_000, "late"), line("h1", 20_000, "a"), line("h2", 21_000, "b")]);
+        assert_eq!(again.iter().map(|l| l.line.line.as_str()).collect::<Vec<_>>(), ["late"]);
+        // The same text at the same time on another host is another line.
+        assert_eq!(f.fresh(vec![line("h2", 20_000, "a")]).len(), 1);
+        // Newer lines move the window; what falls out is forgotten.
+        f.fresh(vec![line("h1", 40_000, "c")]);
+        assert_eq!(f.since(), Some(30_000));
+        assert!(f.shown.iter().all(|k| k.1 >= 30_000));
+        assert!(f.fresh(vec![line("h1", 29_000, "too late")]).is_empty());
+    }
 
     #[test]
     fn only_manifests_and_blobs_by_digest_are_asked_for() {

@@ -57,6 +57,12 @@ pub struct Desired {
     /// (`kiln secret set --cluster`): a rotation is a new release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<FleetSecret>,
+    /// kiln.toml's `volumes` (name, path inside): each host's own, shared
+    /// by the service's instances there. Data stays on its host: a slot
+    /// moved to another host (host lost, drained) starts with that host's
+    /// volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<(String, String)>,
 }
 
 /// A secret a fleet service uses, at one version of it: at
@@ -140,6 +146,7 @@ impl Desired {
             health: self.health.clone(),
             channel: self.channel.clone(),
             secrets: self.secrets.clone(),
+            volumes: self.volumes.clone(),
             epoch: 0,
         }
     }
@@ -177,7 +184,7 @@ pub struct HostInfo {
 /// A change to the assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Assign { host: String, slot: String, assignment: Assignment },
+    Assign { host: String, slot: String, assignment: Box<Assignment> },
     Unassign { host: String, slot: String },
 }
 
@@ -249,7 +256,7 @@ pub fn decide(
                     changes.push(Change::Assign {
                         host: (*host).clone(),
                         slot: slot.clone(),
-                        assignment: assignment.clone(),
+                        assignment: Box::new(assignment.clone()),
                     });
                 }
             }
@@ -281,7 +288,7 @@ pub fn decide(
                         e.1 += need;
                         e.2 += cpu;
                         wanted.insert((host.clone(), slot.clone()));
-                        changes.push(Change::Assign { host, slot, assignment });
+                        changes.push(Change::Assign { host, slot, assignment: Box::new(assignment) });
                     }
                     None => notes.push(format!(
                         "{slot}: no live host, not draining, has {need} bytes and {cpu} millicpus unclaimed"
@@ -327,6 +334,7 @@ mod tests {
             channel: None,
             previous: None,
             secrets: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -334,7 +342,7 @@ mod tests {
         for c in changes {
             match c {
                 Change::Assign { host, slot, assignment } => {
-                    current.insert((host.clone(), slot.clone()), assignment.clone());
+                    current.insert((host.clone(), slot.clone()), (**assignment).clone());
                 }
                 Change::Unassign { host, slot } => {
                     current.remove(&(host.clone(), slot.clone()));

@@ -43,6 +43,11 @@ pub struct Assignment {
     /// Its secrets, each at a version sealed in etcd.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<super::place::FleetSecret>,
+    /// Named volumes (name, path inside): the host's own
+    /// `$KILN_HOME/volumes/SERVICE/NAME`, shared by the service's
+    /// instances on that host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<(String, String)>,
     /// The epoch of the leader that wrote it (its election revision; 0:
     /// written by hand with no leader). An agent refuses a change from an
     /// epoch older than one it has acted on ([`admit`]).

@@ -75,6 +75,12 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
         (None, Some(v)) => format!("secret {name} version {v} added"),
         (_, None) => format!("secret {name} removed"),
     }));
+    let volumes = |d: &Desired| d.volumes.iter().cloned().collect::<BTreeMap<String, String>>();
+    out.extend(diff(&volumes(cur), &volumes(next)).map(|(name, was, now)| match (was, now) {
+        (Some(w), Some(n)) => format!("volume {name} moved {w} → {n}"),
+        (None, Some(n)) => format!("volume {name} added at {n}"),
+        (_, None) => format!("volume {name} removed"),
+    }));
     out
 }
 
@@ -153,6 +159,24 @@ pub fn of_change(
 
 /// The entries of `kiln place` (the desired state set as given).
 pub fn of_place(service: &str, current: Option<&Desired>, next: Option<&Desired>, actor: &str) -> Vec<Record> {
+    let r = |image: &str, event| record(service, image, event);
+    // A canary the place ends or replaces, then the settings, then a
+    // canary it starts: in the order a reader expects.
+    let old_canary = current.and_then(|c| c.canary.as_ref());
+    let new_canary = next.and_then(|n| n.canary.as_ref());
+    let mut out = Vec::new();
+    if let Some(old) = old_canary.filter(|o| new_canary.is_none_or(|n| n.image != o.image)) {
+        let reason = format!("removed by a place of {actor}");
+        out.push(r(&old.image, Event::Finished { outcome: Outcome::Superseded, reason, deadline: false }));
+    }
+    out.extend(of_place_settings(service, current, next, actor));
+    if let (Some(n), Some(stable)) = (new_canary.filter(|n| old_canary.is_none_or(|o| o.image != n.image)), next) {
+        out.push(r(&n.image, started(&n.image, "canary", actor, Some(&stable.image), Vec::new())));
+    }
+    out
+}
+
+fn of_place_settings(service: &str, current: Option<&Desired>, next: Option<&Desired>, actor: &str) -> Vec<Record> {
     let r = |image: &str, event| record(service, image, event);
     match (current, next) {
         (None, None) => Vec::new(),
@@ -265,6 +289,7 @@ mod tests {
             channel: None,
             previous: None,
             secrets: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -320,7 +345,21 @@ mod tests {
         assert_eq!(changed(&cur, &with), ["secret db version v1 added"]);
         assert_eq!(changed(&with, &rotated), ["secret db version v2"]);
         assert_eq!(changed(&with, &Desired { env: vec![], ..cur.clone() }), ["env.MODE removed", "secret db removed"]);
+        let data = Desired { volumes: vec![("data".into(), "/data".into())], ..cur.clone() };
+        assert_eq!(changed(&cur, &data), ["volume data added at /data"]);
         assert_eq!(kinds(&of_place("web", Some(&cur), None, "a")), ["down"]);
+        // A canary placed, placed again unchanged, then replaced by none.
+        let canary: crate::fleet::place::Canary =
+            serde_json::from_value(serde_json::json!({ "image": "r/web@sha256:9", "replicas": 1, "weight": 10 }))
+                .unwrap();
+        let with_canary = Desired { canary: Some(canary), ..cur.clone() };
+        let rs = of_place("web", Some(&cur), Some(&with_canary), "a");
+        assert!(
+            matches!(&rs[..], [Record { event: Event::Started { strategy, previous: Some(_), .. }, .. }] if strategy == "canary")
+        );
+        assert!(of_place("web", Some(&with_canary), Some(&with_canary), "a").is_empty());
+        let rs = of_place("web", Some(&with_canary), Some(&cur), "a");
+        assert!(matches!(&rs[..], [Record { event: Event::Finished { outcome: Outcome::Superseded, .. }, .. }]));
     }
 
     #[test]

@@ -120,6 +120,7 @@ mod tests {
             channel: None,
             previous: None,
             secrets: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 

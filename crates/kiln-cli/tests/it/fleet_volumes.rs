@@ -1,0 +1,117 @@
+//! A fleet service's volumes, from kiln.toml: each host keeps its own
+//! (`$KILN_HOME/volumes/SERVICE/NAME`), shared by the service's instances
+//! there, and a release that replaces every instance keeps what they
+//! wrote. A busybox CGI appends a line per request to `/data/hits`.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::fleet::{agents_at, etcd_cluster, pushed_versions, spawn_kiln, Cleanup, HostsCleanup, Procs};
+
+#[test]
+fn a_fleet_service_s_volume_is_each_host_s_own_and_outlives_a_release() {
+    let _room = room("fleet");
+    let dir = tempdir("fleet-vol");
+    let _clean = Cleanup(dir.clone());
+    let mut procs = Procs(Vec::new());
+    let urls = etcd_cluster(&dir, &mut procs);
+    let cluster = urls.join(",");
+    let reg_port = free_port();
+    procs.0.push(docker_registry(&tempdir("fleet-vol-registry"), reg_port, ""));
+    pushed_versions(reg_port, &["1.0.0"]);
+    let homes: Vec<std::path::PathBuf> = (1..=2).map(|i| tempdir(&format!("fleet-vol-h{i}"))).collect();
+    let _hosts_clean = HostsCleanup(homes.clone());
+    let ips = ["127.0.0.5", "127.0.0.6"];
+    let _agents = agents_at(&homes, &ips, &cluster);
+    let ctl = tempdir("fleet-vol-ctl");
+    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let lb_port = free_port();
+    let lbs: Vec<std::net::SocketAddr> = ips.iter().map(|ip| format!("{ip}:{lb_port}").parse().unwrap()).collect();
+    let app = tempdir("fleet-vol-app");
+    let write = |extra: &str| {
+        let text = format!(
+            "[service.web]\nimage = \"127.0.0.1:{reg_port}/team/web:1.0.0\"\nlisten = \"0.0.0.0:{lb_port}\"\n\
+             replicas = 2\nvolumes = {{ data = \"/data\" }}\n{extra}\n[service.web.health]\npath = \"/\"\n"
+        );
+        fs::write(app.join("kiln.toml"), text).unwrap();
+    };
+    let deploy = || kiln_ok(&ctl, &app, &["deploy", "--cluster", &cluster]);
+    // A bad volume is refused where it is written, naming it.
+    fs::write(
+        app.join("kiln.toml"),
+        format!("[service.web]\nimage = \"127.0.0.1:{reg_port}/team/web:1.0.0\"\nvolumes = {{ data = \"data\" }}\n"),
+    )
+    .unwrap();
+    let e = kiln_err(&ctl, &app, &["deploy", "--cluster", &cluster]);
+    assert!(e.contains("kiln.toml") && e.contains("service.web.volumes.data"), "{e}");
+
+    write("");
+    let out = deploy();
+    assert!(out.contains("serves on every replica"), "{out}");
+    // Spread over both hosts: each host's instance writes its host's volume.
+    let on_disk = |home: &std::path::Path| {
+        fs::read_to_string(home.join("volumes/web/data/hits")).map_or(0, |t| t.lines().count())
+    };
+    let hits = |n: usize| {
+        let mut seen = Vec::new();
+        for i in 0..n {
+            let b = try_bodies_of_hits(lbs[i % 2]);
+            seen.push(b);
+        }
+        seen
+    };
+    let first = hits(8);
+    assert!(first.iter().all(|b| b.starts_with("hits=")), "{first:?}");
+    let before: Vec<usize> = homes.iter().map(|h| on_disk(h)).collect();
+    assert_eq!(before.iter().sum::<usize>(), 8, "every request's line, on the hosts' own volumes: {before:?}");
+    assert!(before.iter().all(|n| *n > 0), "both hosts' volumes written: {before:?}");
+    let instances = |home: &std::path::Path| -> Vec<String> {
+        json(&kiln_ok(home, home, &["ps", "--json"]))["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["state"] == "running")
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let old: Vec<Vec<String>> = homes.iter().map(|h| instances(h)).collect();
+
+    // A release that replaces every instance (another env): the new ones
+    // find what the old ones wrote.
+    write("env = { MODE = \"b\" }");
+    let plan = kiln_ok(&ctl, &app, &["plan", "--cluster", &cluster]);
+    assert!(plan.contains("env.MODE added"), "{plan}");
+    let out = deploy();
+    assert!(out.contains("serves on every replica"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now: Vec<Vec<String>> = homes.iter().map(|h| instances(h)).collect();
+        if now.iter().zip(&old).all(|(n, o)| n.len() == 1 && !o.contains(&n[0])) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instances not replaced: {old:?} → {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = hits(2);
+    let counts: Vec<usize> = after.iter().map(|b| b.trim().strip_prefix("hits=").unwrap().parse().unwrap()).collect();
+    assert!(counts.iter().all(|n| *n > 1), "the new instances count on from the old ones' lines: {after:?}");
+    let total: usize = homes.iter().map(|h| on_disk(h)).sum();
+    assert_eq!(total, 10, "nothing lost in the release");
+    // Taken down: the instances go, the data stays on each host.
+    kiln_ok(&ctl, &app, &["down", "--cluster", &cluster]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while homes.iter().any(|h| !instances(h).is_empty()) {
+        assert!(Instant::now() < deadline, "instances left after down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(homes.iter().map(|h| on_disk(h)).sum::<usize>(), 10);
+}
+
+/// One GET of /cgi-bin/hits through `lb`: the body.
+fn try_bodies_of_hits(lb: std::net::SocketAddr) -> String {
+    let (code, _, body) = Conn::at(lb).get("/cgi-bin/hits").unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 200, "{body}");
+    body
+}
