@@ -301,6 +301,8 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             singleton,
             listen,
             health,
+            hosts,
+            paths,
             canary,
             canary_replicas,
             canary_weight,
@@ -351,6 +353,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 previous: None,
                 secrets: Vec::new(),
                 volumes: Vec::new(),
+                edge: kiln::fleet::place::FleetEdge { hosts, paths },
             };
             (fleet_via(fleet, FleetRequest::Place { service, desired, actor: actor() })?, false)
         }

@@ -96,6 +96,12 @@ pub(crate) struct PlaceArgs {
     /// The instances' health check: GET PATH must answer 2xx or 3xx (default: the port accepts a connection). An agent lists an instance for the load balancers once it passes, and the load balancers keep checking it.
     #[arg(long, value_name = "PATH")]
     pub(crate) health: Option<String>,
+    /// A host name the load balancers answer for (repeat for more; `*.example.com` for one label): services on one port share it by name.
+    #[arg(long = "host", value_name = "NAME")]
+    pub(crate) hosts: Vec<String>,
+    /// A path prefix the load balancers answer on (repeat for more).
+    #[arg(long = "path", value_name = "PREFIX")]
+    pub(crate) paths: Vec<String>,
     /// A canary image (REGISTRY/REPO@sha256:…) with its own slots, given --canary-weight percent of every load balancer's requests.
     #[arg(long, value_name = "IMAGE", requires = "listen")]
     pub(crate) canary: Option<String>,

@@ -14,6 +14,7 @@ mod bases;
 mod edge;
 mod fleet;
 mod fleet_dashboard;
+mod fleet_edge;
 mod fleet_lab;
 mod fleet_tls;
 mod fleet_volumes;

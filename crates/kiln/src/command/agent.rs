@@ -177,17 +177,23 @@ impl LoadBalancers {
         }
         for (service, want) in routed {
             let same_site = |(p, had): &(std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)| {
-                p.is_alive() && had.listen == want.listen && had.health == want.health
+                p.is_alive() && had.listen == want.listen && had.health == want.health && had.edge == want.edge
             };
             let result = match self.running.get(&service) {
                 Some(cur) if same_site(cur) && cur.1.table == want.table => Ok(cur.0.clone()),
                 Some(cur) if same_site(cur) => cur.0.set_table(&want.table).map(|()| cur.0.clone()),
                 _ => {
                     let listen = std::net::SocketAddr::new(advertise, want.listen);
-                    crate::spec::fleet_service("kiln place", &service, listen, want.health.as_deref())
-                        .map_err(crate::serve::ServeError::Spec)
-                        .and_then(|spec| planes.ensure(&spec))
-                        .and_then(|p| p.set_table(&want.table).map(|()| p))
+                    crate::spec::fleet_service(
+                        "kiln place",
+                        &service,
+                        listen,
+                        want.health.as_deref(),
+                        &want.edge.site(),
+                    )
+                    .map_err(crate::serve::ServeError::Spec)
+                    .and_then(|spec| planes.ensure(&spec))
+                    .and_then(|p| p.set_table(&want.table).map(|()| p))
                 }
             };
             match result {

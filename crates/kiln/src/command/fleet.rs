@@ -96,6 +96,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         Command::Place { cluster, service, desired, actor } => {
             check_desired("kiln place", &service, &desired)?;
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            check_port("kiln place", &etcd, &service, &desired)?;
             let next = (desired.replicas > 0).then_some(&desired);
             // Written with its history entry, conditioned on what was read.
             let mut written = false;
@@ -141,6 +142,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 check_desired("kiln deploy --cluster", &service, settings)?;
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            if let crate::fleet::change::Change::Deploy { settings, .. } = &change {
+                check_port("kiln deploy --cluster", &etcd, &service, settings)?;
+            }
             // Each secret at its newest version: this release's.
             if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
                 settings.secrets = crate::fleet::secrets::resolve(&etcd, &settings.secrets).map_err(|e| match e {
@@ -420,6 +424,30 @@ pub(super) fn follow(
 /// service name, an image not named by digest, canary settings out of
 /// range, a health path kiln.toml would refuse (`source` names who
 /// asked). Nothing is written first.
+/// Refuses a load balancer port another fleet service has, unless the two
+/// share it by host names (the rule of one kiln.toml), naming both.
+fn check_port(
+    source: &str,
+    etcd: &crate::fleet::etcd::Etcd,
+    service: &str,
+    desired: &crate::fleet::place::Desired,
+) -> Result<(), CommandError> {
+    let Some(port) = desired.listen.filter(|_| desired.replicas > 0) else { return Ok(()) };
+    let spec = |name: &str, d: &crate::fleet::place::Desired| {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        crate::spec::fleet_service(source, name, addr, d.health.as_deref(), &d.edge.site())
+    };
+    let mine = spec(service, desired)?;
+    for (other, (d, _)) in crate::fleet::services(etcd, &|_| {})? {
+        if other == service || d.listen != Some(port) {
+            continue;
+        }
+        crate::spec::fleet_port_shared(&spec(&other, &d)?, &mine)
+            .map_err(|message| CommandError::BadRequest { field: "listen".into(), message })?;
+    }
+    Ok(())
+}
+
 fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Desired) -> Result<(), CommandError> {
     let bad = |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
     if !crate::spec::valid_image_name(service) {
@@ -482,6 +510,6 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
     }
     // Checked as kiln.toml's would be, before anything is written.
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], desired.listen.unwrap_or(1)));
-    crate::spec::fleet_service(source, service, addr, desired.health.as_deref())?;
+    crate::spec::fleet_service(source, service, addr, desired.health.as_deref(), &desired.edge.site())?;
     Ok(())
 }

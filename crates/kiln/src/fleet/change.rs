@@ -294,8 +294,11 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         key: format!("service.{}.{key}", spec.name),
         message: message.to_owned(),
     };
-    if spec.edge != Default::default() {
-        return Err(refuse("edge", "host names and TLS are not set on a fleet's load balancers yet"));
+    if spec.edge.tls.is_some() {
+        return Err(refuse("tls", "TLS is not set on a fleet's load balancers yet (host names and paths are)"));
+    }
+    if spec.edge.redirect_http.is_some() {
+        return Err(refuse("redirect_http", "a redirect to HTTPS needs TLS, which a fleet does not set yet"));
     }
     let canary = match &spec.release.strategy {
         Strategy::Canary(c) => {
@@ -353,6 +356,7 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
             .map(|s| super::place::FleetSecret { name: s.name.clone(), env: s.env.clone(), version: String::new() })
             .collect(),
         volumes: spec.volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        edge: super::place::FleetEdge { hosts: spec.edge.hosts.clone(), paths: spec.edge.paths.clone() },
     };
     Ok((desired, canary))
 }
@@ -380,6 +384,7 @@ mod tests {
             previous: None,
             secrets: Vec::new(),
             volumes: Vec::new(),
+            edge: Default::default(),
         }
     }
 

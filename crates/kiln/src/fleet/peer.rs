@@ -428,10 +428,14 @@ pub struct Follow {
     /// What the person asked for (`--since`).
     from: Option<i64>,
     newest: Option<i64>,
-    /// Lines shown with a time inside the window: (host, time, instance,
-    /// stream, text).
-    shown: std::collections::BTreeSet<(String, i64, String, String, String)>,
+    /// Lines shown with a time inside the window, each with how many
+    /// times it was: (host, time, instance, stream, text). Counted, not
+    /// a set: an instance may write the same line twice in one
+    /// millisecond (two requests logged alike), and both are shown.
+    shown: std::collections::BTreeMap<LineKey, usize>,
 }
+
+type LineKey = (String, i64, String, String, String);
 
 /// How far back each poll asks, behind the newest line shown: a line
 /// reaching its host's central logs later than this is not shown.
@@ -454,20 +458,29 @@ impl Follow {
     /// The lines of a poll not shown before, in time order; remembered.
     pub fn fresh(&mut self, lines: Vec<HostLine>) -> Vec<HostLine> {
         let mut out = Vec::new();
+        // Each poll holds every line since the window's start, so the
+        // n-th copy of a line is new when fewer than n were shown.
+        let mut seen: std::collections::BTreeMap<LineKey, usize> = std::collections::BTreeMap::new();
         for l in lines {
-            let key =
-                (l.host.clone(), l.line.ts, l.line.meta.instance.clone(), l.line.stream.clone(), l.line.line.clone());
-            if self.since().is_some_and(|s| l.line.ts < s) || !self.shown.insert(key) {
+            if self.since().is_some_and(|s| l.line.ts < s) {
                 continue;
             }
-            out.push(l);
+            let key =
+                (l.host.clone(), l.line.ts, l.line.meta.instance.clone(), l.line.stream.clone(), l.line.line.clone());
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            let shown = self.shown.entry(key).or_default();
+            if *n > *shown {
+                *shown = *n;
+                out.push(l);
+            }
         }
         if let Some(ts) = out.iter().map(|l| l.line.ts).max() {
             self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
         }
         // What falls out of the window is never asked for again.
         if let Some(s) = self.since() {
-            self.shown.retain(|k| k.1 >= s);
+            self.shown.retain(|k, _| k.1 >= s);
         }
         out.sort_by(|a, b| (a.line.ts, &a.host).cmp(&(b.line.ts, &b.host)));
         out
@@ -514,8 +527,13 @@ mod tests {
         // Newer lines move the window; what falls out is forgotten.
         f.fresh(vec![line("h1", 40_000, "c")]);
         assert_eq!(f.since(), Some(30_000));
-        assert!(f.shown.iter().all(|k| k.1 >= 30_000));
+        assert!(f.shown.keys().all(|k| k.1 >= 30_000));
         assert!(f.fresh(vec![line("h1", 29_000, "too late")]).is_empty());
+        // The same line twice in one millisecond is two lines; polled
+        // again, neither shows twice, and a third copy is new.
+        assert_eq!(f.fresh(vec![line("h1", 41_000, "twice"), line("h1", 41_000, "twice")]).len(), 2);
+        assert!(f.fresh(vec![line("h1", 41_000, "twice"), line("h1", 41_000, "twice")]).is_empty());
+        assert_eq!(f.fresh(vec![line("h1", 41_000, "twice"); 3]).len(), 1);
     }
 
     #[test]

@@ -63,6 +63,34 @@ pub struct Desired {
     /// volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<(String, String)>,
+    /// kiln.toml's edge keys for every host's load balancer: the host
+    /// names and path prefixes it answers (services of one port share its
+    /// listener by them).
+    #[serde(default, skip_serializing_if = "FleetEdge::is_empty")]
+    pub edge: FleetEdge,
+}
+
+/// What a fleet service's load balancers answer, beyond their port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetEdge {
+    /// Host names (`*.example.com` for one label); none: every name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefixes; none: every path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+impl FleetEdge {
+    pub fn is_empty(&self) -> bool {
+        *self == FleetEdge::default()
+    }
+
+    /// As the one parser takes it.
+    pub fn site(&self) -> crate::spec::FleetSite<'_> {
+        crate::spec::FleetSite { hosts: &self.hosts, paths: &self.paths, tls: None, redirect_http: None }
+    }
 }
 
 /// A secret a fleet service uses, at one version of it: at
@@ -335,6 +363,7 @@ mod tests {
             previous: None,
             secrets: Vec::new(),
             volumes: Vec::new(),
+            edge: Default::default(),
         }
     }
 

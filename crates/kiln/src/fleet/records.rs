@@ -58,7 +58,9 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
         (None, _) => format!("env.{name} added"),
         (_, None) => format!("env.{name} removed"),
     }));
-    let fields: [(&str, bool); 6] = [
+    let fields: [(&str, bool); 8] = [
+        ("hosts", cur.edge.hosts != next.edge.hosts),
+        ("paths", cur.edge.paths != next.edge.paths),
         ("memory", cur.memory_bytes != next.memory_bytes),
         ("cpus", cur.millicpus != next.millicpus),
         ("singleton", cur.singleton != next.singleton),
@@ -290,6 +292,7 @@ mod tests {
             previous: None,
             secrets: Vec::new(),
             volumes: Vec::new(),
+            edge: Default::default(),
         }
     }
 

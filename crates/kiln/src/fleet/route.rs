@@ -61,6 +61,8 @@ pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEn
 pub struct Routed {
     pub listen: u16,
     pub health: Option<String>,
+    /// Its host names and paths (services of one port share a listener).
+    pub edge: super::place::FleetEdge,
     pub table: Vec<TableEntry>,
     /// While an analysed canary runs: the window (seconds, at most 60) its
     /// counts are judged on, which every host publishes.
@@ -78,7 +80,14 @@ pub fn tables(services: &BTreeMap<String, Desired>, hosts: &[HostRecord]) -> BTr
                 .as_ref()
                 .filter(|c| !c.steps.is_empty() && c.progress.as_ref().is_some_and(|p| p.paused.is_none()))
                 .map(|c| c.step_secs.clamp(1, 60));
-            Some((n.clone(), Routed { listen, health: d.health.clone(), table: table(n, d, hosts), window_secs }))
+            let routed = Routed {
+                listen,
+                health: d.health.clone(),
+                edge: d.edge.clone(),
+                table: table(n, d, hosts),
+                window_secs,
+            };
+            Some((n.clone(), routed))
         })
         .collect()
 }
@@ -121,6 +130,7 @@ mod tests {
             previous: None,
             secrets: Vec::new(),
             volumes: Vec::new(),
+            edge: Default::default(),
         }
     }
 
