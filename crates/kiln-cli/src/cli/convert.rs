@@ -353,7 +353,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 previous: None,
                 secrets: Vec::new(),
                 volumes: Vec::new(),
-                edge: kiln::fleet::place::FleetEdge { hosts, paths },
+                edge: kiln::fleet::place::FleetEdge { hosts, paths, ..Default::default() },
             };
             (fleet_via(fleet, FleetRequest::Place { service, desired, actor: actor() })?, false)
         }

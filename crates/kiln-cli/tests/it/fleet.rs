@@ -2163,7 +2163,7 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
 }
 
 /// Every key under `prefix` with its value, through etcd's JSON gateway.
-fn etcd_prefix(url: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn etcd_prefix(url: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
     let body = serde_json::json!({

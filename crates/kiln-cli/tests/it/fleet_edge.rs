@@ -104,4 +104,92 @@ fn fleet_services_share_a_port_by_host_name_on_every_host_s_load_balancer() {
         }
         assert_eq!(ask(ip, "shop.test"), "busybox 1.0.0\n 200");
     }
+
+    // HTTPS: kiln.toml's certificate files, read and checked where the
+    // deploy runs; the chain to etcd, the key sealed as a fleet secret;
+    // every host's load balancer serves it, and redirects plain HTTP.
+    let pki = crate::edge::Pki::new(&app);
+    pki.issue("shop", &["shop.test", "www.shop.test"], crate::edge::VALID_FROM, crate::edge::VALID_TO);
+    pki.issue("other", &["other.test"], crate::edge::VALID_FROM, crate::edge::VALID_TO);
+    let redirect = free_port();
+    let tls = |cert: &str| {
+        format!(
+            "hosts = [\"shop.test\", \"www.shop.test\"]\ntls = {{ cert = \"certs/{cert}.pem\", key = \"certs/{cert}.key\" }}\n\
+             redirect_http = \"0.0.0.0:{redirect}\""
+        )
+    };
+    // A certificate that does not cover the names is refused, naming the key.
+    fs::write(app.join("kiln.toml"), service("shop", "1.0.0", &tls("other"))).unwrap();
+    let e = kiln_err(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
+    assert!(e.contains("service.shop.tls.cert") && e.contains("shop.test"), "{e}");
+    fs::write(app.join("kiln.toml"), service("shop", "1.0.0", &tls("shop"))).unwrap();
+    let plan = kiln_ok(&ctl, &app, &["plan", "shop", "--cluster", &cluster]);
+    assert!(plan.contains("tls changed") && plan.contains("redirect_http changed"), "{plan}");
+    let out = kiln_ok(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
+    assert!(out.contains("serves on every replica"), "{out}");
+    let ca = pki.path("ca.pem");
+    let https = |ip: &str, host: &str| {
+        // Not `run`: a load balancer not serving HTTPS yet is a retry.
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &format!("{host}:{port}:{ip}"),
+                "-w",
+                " %{http_code} %{http_version}",
+                &format!("https://{host}:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for ip in ips {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while https(ip, "shop.test") != "busybox 1.0.0\n 200 2" {
+            assert!(std::time::Instant::now() < deadline, "{ip}: {:?}", https(ip, "shop.test"));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(https(ip, "www.shop.test"), "busybox 1.0.0\n 200 2");
+        let plain = run(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Host: shop.test",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                &format!("http://{ip}:{redirect}/a?b=1"),
+            ],
+        );
+        // To the HTTPS port (not 443 here), host, path and query kept.
+        assert_eq!(String::from_utf8_lossy(&plain.stdout), format!("308 https://shop.test:{port}/a?b=1"), "{ip}");
+    }
+    // The key is nowhere in etcd in the clear; each host's copy is 0600 on tmpfs.
+    let key_pem = fs::read_to_string(pki.path("shop.key")).unwrap();
+    let body = key_pem.lines().nth(1).unwrap().to_owned();
+    let all = crate::fleet::etcd_prefix(&urls[0], "/kiln/");
+    let chain_line = fs::read_to_string(pki.path("shop.pem")).unwrap().lines().nth(1).unwrap().to_owned();
+    assert!(
+        all.iter().any(|(_, v)| String::from_utf8_lossy(v).contains(&chain_line)),
+        "the chain is there, in the clear"
+    );
+    assert!(!all.iter().any(|(_, v)| String::from_utf8_lossy(v).contains(&body)), "the key is not");
+    for home in &homes {
+        use std::os::unix::fs::PermissionsExt;
+        let key = kiln::runtime::run_dir(home).join("fleet-tls/shop/key.pem");
+        assert_eq!(fs::read_to_string(&key).unwrap(), key_pem, "{}", key.display());
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let secrets = kiln_ok(&ctl, &app, &["secret", "ls", "--cluster", &cluster]);
+    assert!(secrets.contains("tls-shop-"), "{secrets}");
+    let name = secrets.split_whitespace().find(|w| w.starts_with("tls-shop-")).unwrap().to_owned();
+    let e = kiln_err(&ctl, &app, &["secret", "rm", &name, "--cluster", &cluster]);
+    assert!(e.contains("used by shop"), "{e}");
+    kiln_ok(&ctl, &app, &["down", "shop", "--cluster", &cluster]);
 }

@@ -165,6 +165,7 @@ impl LoadBalancers {
         planes: &dyn DataPlanes,
         advertise: std::net::IpAddr,
         routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>,
+        tls_files: &dyn Fn(&str, &crate::fleet::place::FleetTls) -> Result<TlsPaths, String>,
         log: &dyn Fn(&str),
     ) -> std::collections::BTreeMap<String, crate::fleet::canary::HostStats> {
         use crate::fleet::route::{CANARY, STABLE};
@@ -183,13 +184,24 @@ impl LoadBalancers {
                 Some(cur) if same_site(cur) && cur.1.table == want.table => Ok(cur.0.clone()),
                 Some(cur) if same_site(cur) => cur.0.set_table(&want.table).map(|()| cur.0.clone()),
                 _ => {
+                    let files = match &want.edge.tls {
+                        Some(t) => match tls_files(&service, t) {
+                            Ok(f) => Some(f),
+                            Err(e) => {
+                                log(&format!("{service}: its certificate: {e}"));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let tls = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
                     let listen = std::net::SocketAddr::new(advertise, want.listen);
                     crate::spec::fleet_service(
                         "kiln place",
                         &service,
                         listen,
                         want.health.as_deref(),
-                        &want.edge.site(),
+                        &want.edge.site(tls, advertise),
                     )
                     .map_err(crate::serve::ServeError::Spec)
                     .and_then(|spec| planes.ensure(&spec))
@@ -212,6 +224,58 @@ impl LoadBalancers {
         }
         counted
     }
+}
+
+/// A certificate chain's file and its key's, as a load balancer reads them.
+type TlsPaths = (std::path::PathBuf, std::path::PathBuf);
+
+/// Writes a fleet service's certificate and key where this host's load
+/// balancer reads them: `/run/kiln/<home>/fleet-tls/SERVICE/` (tmpfs,
+/// mode 0700; the key 0600), the key opened from its sealed version with
+/// this host's KEK. Written again only when the version or the chain
+/// changed; the load balancer re-reads changed files on its own.
+fn write_tls(
+    etcd: &crate::fleet::etcd::Etcd,
+    home: &std::path::Path,
+    service: &str,
+    t: &crate::fleet::place::FleetTls,
+) -> Result<TlsPaths, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = crate::runtime::run_dir(home).join("fleet-tls").join(service);
+    let at = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(&dir).map_err(|e| at(&dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| at(&dir, e))?;
+    let (cert, key, version) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("key.version"));
+    let want = format!("{}/{}", t.key.name, t.key.version);
+    let current = std::fs::read_to_string(&version).is_ok_and(|v| v == want)
+        && key.exists()
+        && std::fs::read_to_string(&cert).is_ok_and(|c| c == t.cert);
+    if !current {
+        let sealed =
+            crate::fleet::secrets::sealed(etcd, home, std::slice::from_ref(&t.key)).map_err(|e| e.to_string())?;
+        let value = crate::secrets::Secrets::fleet(sealed.path(), home).get(&t.key.name).map_err(|e| e.to_string())?;
+        // The key before its chain: a chain that meets an old key is
+        // refused by the load balancer, which keeps its pair and tries
+        // again.
+        let private = |path: &std::path::Path, bytes: &[u8]| -> Result<(), String> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| at(&tmp, e))?;
+            f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| at(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| at(path, e))
+        };
+        private(&key, value.expose())?;
+        private(&cert, t.cert.as_bytes())?;
+        private(&version, want.as_bytes())?;
+    }
+    Ok((cert, key))
 }
 
 /// Runs `kiln agent` until SIGTERM or SIGINT.
@@ -507,8 +571,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
     };
     let planes = crate::serve::dataplane::ProxyProcesses::new(ctx.store.home());
     let mut lbs = LoadBalancers::default();
+    let home = ctx.store.home().to_owned();
+    let tls_files = |service: &str, t: &crate::fleet::place::FleetTls| write_tls(&etcd, &home, service, t);
     let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
-        lbs.apply(&planes, advertise, routed, &|m| eprintln!("kiln agent {name}: {m}"))
+        lbs.apply(&planes, advertise, routed, &tls_files, &|m| eprintln!("kiln agent {name}: {m}"))
     };
     // The newest leader epoch and the assignments acted on, kept
     // across restarts: an old leader's change is refused after one

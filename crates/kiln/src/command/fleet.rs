@@ -97,6 +97,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             check_desired("kiln place", &service, &desired)?;
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             check_port("kiln place", &etcd, &service, &desired)?;
+            let mut desired = desired;
+            if let Some(t) = &mut desired.edge.tls {
+                seal_tls(ctx.store.home(), &etcd, &service, desired.listen, &desired.edge.hosts, t, true)?;
+            }
             let next = (desired.replicas > 0).then_some(&desired);
             // Written with its history entry, conditioned on what was read.
             let mut written = false;
@@ -142,8 +146,11 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 check_desired("kiln deploy --cluster", &service, settings)?;
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
-            if let crate::fleet::change::Change::Deploy { settings, .. } = &change {
+            if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
                 check_port("kiln deploy --cluster", &etcd, &service, settings)?;
+                if let Some(t) = &mut settings.edge.tls {
+                    seal_tls(ctx.store.home(), &etcd, &service, settings.listen, &settings.edge.hosts, t, !dry_run)?;
+                }
             }
             // Each secret at its newest version: this release's.
             if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
@@ -424,6 +431,57 @@ pub(super) fn follow(
 /// service name, an image not named by digest, canary settings out of
 /// range, a health path kiln.toml would refuse (`source` names who
 /// asked). Nothing is written first.
+/// A deploy's certificate: kiln.toml's files read and checked here, on the
+/// deploying machine (the key matches, the chain covers every host name,
+/// it is valid now), the chain kept in the clear, the key sealed as fleet
+/// secret `tls-SERVICE-HASH` (its own digest: the same key is sealed
+/// once). Without the files (a body sent to a controller), the chain and
+/// the key's version must be given.
+fn seal_tls(
+    home: &std::path::Path,
+    etcd: &crate::fleet::etcd::Etcd,
+    service: &str,
+    listen: Option<u16>,
+    hosts: &[String],
+    t: &mut crate::fleet::place::FleetTls,
+    write: bool,
+) -> Result<(), CommandError> {
+    let bad =
+        |message: &str| CommandError::BadRequest { field: format!("service.{service}.tls"), message: message.into() };
+    let Some((cert, key)) = t.files.clone() else {
+        if t.cert.is_empty() || t.key.name.is_empty() || t.key.version.is_empty() {
+            return Err(bad(
+                "a fleet's certificate is read and its key sealed where kiln.toml is: deploy with --cluster",
+            ));
+        }
+        return Ok(());
+    };
+    let io = |path: &std::path::Path, e: std::io::Error| bad(&format!("{}: {e}", path.display()));
+    let chain = std::fs::read_to_string(&cert).map_err(|e| io(&cert, e))?;
+    let private = std::fs::read(&key).map_err(|e| io(&key, e))?;
+    let edge = crate::fleet::place::FleetEdge { hosts: hosts.to_vec(), tls: Some(t.clone()), ..Default::default() };
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], listen.unwrap_or(443)));
+    let spec = crate::spec::fleet_service(
+        "kiln deploy --cluster",
+        service,
+        addr,
+        None,
+        &edge.site(Some((&cert, &key)), addr.ip()),
+    )?;
+    crate::serve::dataplane::check_certificate(&spec, crate::time::now_secs())?;
+    let name = format!("tls-{service}-{}", &crate::digest::Digest::of(&private).hex()[..12]);
+    let have = crate::fleet::secrets::list(etcd)?.into_iter().find(|r| r.name == name);
+    let version = match have {
+        Some(r) => r.version,
+        // A plan seals nothing: the version is the one a deploy makes.
+        None if !write => "(sealed by the deploy)".to_owned(),
+        None => crate::fleet::secrets::set(etcd, home, &name, &private)?,
+    };
+    t.cert = chain;
+    t.key = crate::fleet::place::FleetSecret { name, env: None, version };
+    Ok(())
+}
+
 /// Refuses a load balancer port another fleet service has, unless the two
 /// share it by host names (the rule of one kiln.toml), naming both.
 fn check_port(
@@ -435,7 +493,7 @@ fn check_port(
     let Some(port) = desired.listen.filter(|_| desired.replicas > 0) else { return Ok(()) };
     let spec = |name: &str, d: &crate::fleet::place::Desired| {
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
-        crate::spec::fleet_service(source, name, addr, d.health.as_deref(), &d.edge.site())
+        crate::spec::fleet_service(source, name, addr, d.health.as_deref(), &d.edge.site(None, addr.ip()))
     };
     let mine = spec(service, desired)?;
     for (other, (d, _)) in crate::fleet::services(etcd, &|_| {})? {
@@ -510,6 +568,6 @@ fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Des
     }
     // Checked as kiln.toml's would be, before anything is written.
     let addr = std::net::SocketAddr::from(([0, 0, 0, 0], desired.listen.unwrap_or(1)));
-    crate::spec::fleet_service(source, service, addr, desired.health.as_deref(), &desired.edge.site())?;
+    crate::spec::fleet_service(source, service, addr, desired.health.as_deref(), &desired.edge.site(None, addr.ip()))?;
     Ok(())
 }

@@ -294,11 +294,8 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         key: format!("service.{}.{key}", spec.name),
         message: message.to_owned(),
     };
-    if spec.edge.tls.is_some() {
-        return Err(refuse("tls", "TLS is not set on a fleet's load balancers yet (host names and paths are)"));
-    }
-    if spec.edge.redirect_http.is_some() {
-        return Err(refuse("redirect_http", "a redirect to HTTPS needs TLS, which a fleet does not set yet"));
+    if spec.edge.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        return Err(refuse("tls.acme", "a fleet takes a certificate's files; ACME is not done across hosts yet"));
     }
     let canary = match &spec.release.strategy {
         Strategy::Canary(c) => {
@@ -356,7 +353,18 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
             .map(|s| super::place::FleetSecret { name: s.name.clone(), env: s.env.clone(), version: String::new() })
             .collect(),
         volumes: spec.volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        edge: super::place::FleetEdge { hosts: spec.edge.hosts.clone(), paths: spec.edge.paths.clone() },
+        edge: super::place::FleetEdge {
+            hosts: spec.edge.hosts.clone(),
+            paths: spec.edge.paths.clone(),
+            // Read, checked and its key sealed by the deploy, on the
+            // deploying machine.
+            tls: spec.edge.tls.as_ref().map(|t| super::place::FleetTls {
+                cert: String::new(),
+                key: super::place::FleetSecret { name: String::new(), env: None, version: String::new() },
+                files: Some((t.cert.clone(), t.key.clone())),
+            }),
+            redirect_http: spec.edge.redirect_http.map(|a| a.port()),
+        },
     };
     Ok((desired, canary))
 }

@@ -80,6 +80,29 @@ pub struct FleetEdge {
     /// Path prefixes; none: every path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// HTTPS with this certificate (every host's load balancer serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<FleetTls>,
+    /// A plain-HTTP listener on this port of every host that redirects to
+    /// HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<u16>,
+}
+
+/// A fleet service's certificate: the chain in the clear (it is public),
+/// its key a fleet secret at one version (sealed in etcd like any other,
+/// opened by each host's agent with its KEK).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetTls {
+    /// The certificate chain, PEM.
+    pub cert: String,
+    /// Its key: `tls-SERVICE-HASH` (the key's own digest), at a version.
+    pub key: FleetSecret,
+    /// kiln.toml's files on the deploying machine, read, checked and
+    /// sealed by the deploy there; never stored or sent.
+    #[serde(skip)]
+    pub files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl FleetEdge {
@@ -87,15 +110,29 @@ impl FleetEdge {
         *self == FleetEdge::default()
     }
 
-    /// As the one parser takes it.
-    pub fn site(&self) -> crate::spec::FleetSite<'_> {
-        crate::spec::FleetSite { hosts: &self.hosts, paths: &self.paths, tls: None, redirect_http: None }
+    /// As the one parser takes it, with the certificate's files where a
+    /// host has them (for a check anywhere else, any path will do: the
+    /// files are checked when they are read).
+    /// `ip`: the host's address, where its redirect listener binds.
+    pub fn site<'a>(
+        &'a self,
+        tls: Option<(&'a std::path::Path, &'a std::path::Path)>,
+        ip: std::net::IpAddr,
+    ) -> crate::spec::FleetSite<'a> {
+        const CHECK: (&str, &str) = ("/fleet/tls/cert.pem", "/fleet/tls/key.pem");
+        let tls = self.tls.as_ref().map(|_| tls.unwrap_or((CHECK.0.as_ref(), CHECK.1.as_ref())));
+        crate::spec::FleetSite {
+            hosts: &self.hosts,
+            paths: &self.paths,
+            tls,
+            redirect_http: self.redirect_http.map(|p| std::net::SocketAddr::new(ip, p)),
+        }
     }
 }
 
 /// A secret a fleet service uses, at one version of it: at
 /// `/run/secrets/NAME`, and as `env` when given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSecret {
     pub name: String,

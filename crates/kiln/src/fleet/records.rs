@@ -58,7 +58,9 @@ pub fn changed(cur: &Desired, next: &Desired) -> Vec<String> {
         (None, _) => format!("env.{name} added"),
         (_, None) => format!("env.{name} removed"),
     }));
-    let fields: [(&str, bool); 8] = [
+    let fields: [(&str, bool); 10] = [
+        ("tls", cur.edge.tls != next.edge.tls),
+        ("redirect_http", cur.edge.redirect_http != next.edge.redirect_http),
         ("hosts", cur.edge.hosts != next.edge.hosts),
         ("paths", cur.edge.paths != next.edge.paths),
         ("memory", cur.memory_bytes != next.memory_bytes),

@@ -168,7 +168,9 @@ pub fn resolve(cluster: &Etcd, secrets: &[FleetSecret]) -> Result<Vec<FleetSecre
 pub fn remove(cluster: &Etcd, name: &str) -> Result<(), FleetSecretError> {
     let using: Vec<String> = super::services(cluster, &|_| {})?
         .into_iter()
-        .filter(|(_, (d, _))| d.secrets.iter().any(|s| s.name == name))
+        .filter(|(_, (d, _))| {
+            d.secrets.iter().any(|s| s.name == name) || d.edge.tls.as_ref().is_some_and(|t| t.key.name == name)
+        })
         .map(|(service, _)| service)
         .collect();
     if !using.is_empty() {
