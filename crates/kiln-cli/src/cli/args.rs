@@ -491,6 +491,9 @@ pub(crate) enum Cmd {
         service: Option<String>,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: every live host checks its instances now; drifted ones are replaced by their agents.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Kill random instances of a service (never more than --max-share at once) and report replacements and failed requests.
     Chaos {

@@ -181,7 +181,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             return Ok(controller(Request::ReleaseQuarantine { instance, actor: actor() }, json, then))
         }
         Cmd::InspectInstance { instance, json } => return Ok(controller(Request::Inspect { instance }, json, then)),
-        Cmd::VerifyInstances { service, json } => {
+        Cmd::VerifyInstances { service, json, fleet } if fleet.on() => {
+            let command = Box::new(fleet_via(fleet, FleetRequest::Verify { service })?);
+            return Ok(Invocation::Command { command, json, then: Then::ExitIfDrifted });
+        }
+        Cmd::VerifyInstances { service, json, .. } => {
             return Ok(controller(Request::VerifyInstances { service }, json, Then::ExitIfDrifted))
         }
         Cmd::Down { service, file, purge, no_wait, json, fleet: _ } => {

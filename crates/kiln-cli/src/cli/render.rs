@@ -386,6 +386,19 @@ pub(crate) fn render(output: &Output, now: i64) {
             println!("(nothing written: kiln deploy --cluster does it)");
         }
         Output::FleetMetrics(text) => print!("{text}"),
+        Output::FleetVerified(hosts) => {
+            for (host, v) in hosts {
+                match v {
+                    None => println!("{host}: did not answer within 15 s"),
+                    Some(v) => {
+                        println!("{host}: {} instances checked, {} drifted", v.checked, v.drifted.len());
+                        for d in &v.drifted {
+                            println!("  {} {}: DRIFT: {} (replacing it)", d.slot, d.instance, d.findings.join("; "));
+                        }
+                    }
+                }
+            }
+        }
         Output::FleetPs(rows) => {
             println!("{:<14} {:<18} {:<10} {:<20} {:>6}  IMAGE", "HOST", "SLOT", "STATE", "INSTANCE", "PORT");
             for r in rows {

@@ -75,7 +75,42 @@ fn a_fleet_service_s_volume_is_each_host_s_own_and_outlives_a_release() {
             .map(|i| i["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let old: Vec<Vec<String>> = homes.iter().map(|h| instances(h)).collect();
+    let mut old: Vec<Vec<String>> = homes.iter().map(|h| instances(h)).collect();
+
+    // Drift, on request, on every host: nothing yet. Then h1's instance
+    // has its limits changed behind kiln's back (runc update): found,
+    // named, and replaced by its agent, surge-first, with no failed
+    // request through either load balancer.
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify-instances", "--cluster", cluster.as_str()];
+        all.extend(args);
+        kiln(&ctl, &app, &all)
+    };
+    let out = verify(&["--json"]);
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "both hosts answered: {v}");
+    assert!(v.as_array().unwrap().iter().all(|h| h[1]["checked"] == 1 && h[1]["drifted"].is_null()), "{v}");
+    let id = old[0][0].clone();
+    let runc_root = kiln::runtime::run_dir(&homes[0]).join("runc");
+    run("runc", &["--root", runc_root.to_str().unwrap(), "update", "--pids-limit", "77", &id]);
+    let load = crate::fleet::FleetLoad::start(&lbs, "/cgi-bin/status");
+    let out = verify(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains(&format!("{id}: DRIFT")) && text.contains("pids limit is 77"), "{text}");
+    assert_eq!(text.matches("DRIFT").count(), 1, "only that one: {text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while instances(&homes[0]).contains(&id) || instances(&homes[0]).is_empty() {
+        assert!(Instant::now() < deadline, "the drifted instance was never replaced");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (answers, failed) = load.stop();
+    assert_eq!(failed, 0, "no request failed while the drifted instance was replaced: {answers:?}");
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    old = homes.iter().map(|h| instances(h)).collect();
 
     // A release that replaces every instance (another env): the new ones
     // find what the old ones wrote.

@@ -226,6 +226,16 @@ impl LoadBalancers {
     }
 }
 
+/// The agent's drift checks: when it last checked, the request it last
+/// answered, what it found, and the instances it is replacing for it.
+#[derive(Debug, Default)]
+struct DriftChecks {
+    at: Option<std::time::Instant>,
+    asked: i64,
+    last: Option<crate::fleet::Verified>,
+    drifted: std::collections::BTreeSet<String>,
+}
+
 /// A certificate chain's file and its key's, as a load balancer reads them.
 type TlsPaths = (std::path::PathBuf, std::path::PathBuf);
 
@@ -349,6 +359,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
     // Failed starts in a row, by slot: two, and the host reports
     // the slot failing, for the leader to place it elsewhere.
     let failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>> = std::sync::Mutex::default();
+    // Drift: the last check's findings, and the instances found drifted
+    // (replaced as if they had exited: a successor first, then a drain).
+    let checks: std::sync::Mutex<DriftChecks> = std::sync::Mutex::default();
+    let is_drifted = |id: &str| checks.lock().is_ok_and(|c| c.drifted.contains(id));
     let mut record = || {
         let records = rt.records().unwrap_or_default();
         let placed = records
@@ -382,6 +396,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 .lock()
                 .map(|f| f.iter().filter(|(_, n)| **n >= 2).map(|(s, _)| s.clone()).collect())
                 .unwrap_or_default(),
+            verified: checks.lock().ok().and_then(|c| c.last.clone()),
         }
     };
     let (store, launcher, now, retention) = (&ctx.store, ctx.launcher, ctx.now, ctx.retention);
@@ -407,13 +422,49 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 }
             }
         }
+        // Drift, on request (`kiln verify-instances --cluster`) and every
+        // DRIFT_EVERY: each serving instance against what kiln started.
+        // The request's last write (its mod revision: `get` gives the
+        // create revision, which a second request does not move).
+        let asked = etcd
+            .range_prefix(crate::fleet::VERIFY)
+            .ok()
+            .and_then(|kvs| kvs.into_iter().find(|kv| kv.key == crate::fleet::VERIFY))
+            .map_or(0, |kv| kv.mod_revision);
+        let due = checks
+            .lock()
+            .is_ok_and(|c| c.at.is_none_or(|t| t.elapsed() >= crate::fleet::DRIFT_EVERY) || asked > c.asked);
+        if due {
+            let mut found = Vec::new();
+            let mut checked = 0;
+            for r in records.iter().filter(|r| !r.state.is_exited()) {
+                let (Some(slot), id) = (slot_of(r), r.id.to_string()) else { continue };
+                if !is_ready(&id) || stopping(&id) || is_drifted(&id) {
+                    continue;
+                }
+                checked += 1;
+                let findings = rt.drift(r);
+                if !findings.is_empty() {
+                    eprintln!("kiln agent {name}: {id} drifted ({}): replacing it", findings.join("; "));
+                    found.push(crate::fleet::Drifted { slot, service: r.service.clone(), instance: id, findings });
+                }
+            }
+            if let Ok(mut c) = checks.lock() {
+                c.drifted.extend(found.iter().map(|d| d.instance.clone()));
+                let live: std::collections::BTreeSet<String> = records.iter().map(|r| r.id.to_string()).collect();
+                c.drifted.retain(|id| live.contains(id));
+                c.at = Some(std::time::Instant::now());
+                c.asked = asked;
+                c.last = Some(crate::fleet::Verified { asked, at: crate::time::now_secs(), checked, drifted: found });
+            }
+        }
         let running: Vec<Running> = records
             .iter()
             .filter_map(|r| {
                 let instance = r.id.to_string();
                 Some(Running {
                     slot: slot_of(r)?,
-                    alive: !r.state.is_exited() && !stopping(&instance),
+                    alive: !r.state.is_exited() && !stopping(&instance) && !is_drifted(&instance),
                     instance,
                     image: r.image.clone(),
                     release: r.release_fields.get("fleet.release").cloned(),

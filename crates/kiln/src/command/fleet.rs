@@ -329,6 +329,33 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::FleetMetrics(f::metrics::render(&view)))
         }
+        Command::FleetVerify { cluster, service } => {
+            use crate::fleet as f;
+            let etcd = f::etcd::Etcd::new(&cluster)?;
+            let asked = etcd.put(f::VERIFY, crate::time::now_secs().to_string().as_bytes(), 0)?;
+            // Each agent answers within a round or two; one that does not
+            // within 15 s is named as such.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let rows = loop {
+                let rows = f::hosts(&etcd)?;
+                let answered = |r: &f::HostRow| r.host.verified.as_ref().is_some_and(|v| v.asked >= asked);
+                if rows.iter().all(answered) || std::time::Instant::now() >= deadline {
+                    break rows;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            };
+            let out = rows
+                .into_iter()
+                .map(|r| {
+                    let v = r.host.verified.filter(|v| v.asked >= asked).map(|mut v| {
+                        v.drifted.retain(|d| service.as_ref().is_none_or(|s| *s == d.service));
+                        v
+                    });
+                    (r.host.name, v)
+                })
+                .collect();
+            Ok(Output::FleetVerified(out))
+        }
         Command::FleetLogs { cluster, filter } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             Ok(Output::FleetLogs(crate::fleet::peer::fleet_logs(&etcd, &filter)?))

@@ -113,6 +113,11 @@ pub enum FleetRequest {
     Ps {},
     /// `GET /metrics`: Prometheus text.
     Metrics {},
+    /// `kiln verify-instances --cluster`: every host checks its instances.
+    Verify {
+        #[serde(default)]
+        service: Option<String>,
+    },
     /// `kiln logs --cluster`: every live host's logs matching the filter.
     Logs {
         #[serde(default)]
@@ -219,6 +224,7 @@ impl FleetRequest {
             FleetRequest::Logs { filter } => Command::FleetLogs { cluster, filter },
             FleetRequest::Ps {} => Command::FleetPs { cluster },
             FleetRequest::Metrics {} => Command::FleetMetrics { cluster },
+            FleetRequest::Verify { service } => Command::FleetVerify { cluster, service },
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }

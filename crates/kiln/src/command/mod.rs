@@ -259,6 +259,14 @@ pub enum Command {
     FleetPs {
         cluster: crate::fleet::etcd::Cluster,
     },
+    /// Every live host checks its instances for drift now (drifted ones
+    /// are replaced by their agents); what each found, of one service if
+    /// given. Caller's process only.
+    #[serde(skip)]
+    FleetVerify {
+        cluster: crate::fleet::etcd::Cluster,
+        service: Option<String>,
+    },
     /// The fleet's Prometheus metrics: counters from the fleet's history,
     /// gauges from its hosts and slots. Caller's process only.
     #[serde(skip)]
@@ -637,6 +645,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetLogs { .. }
         | Command::FleetPs { .. }
         | Command::FleetMetrics { .. }
+        | Command::FleetVerify { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

@@ -41,6 +41,9 @@ pub enum Output {
     FleetPs(Vec<crate::fleet::ps::SlotRow>),
     /// Prometheus text (the API sends it as `text/plain`).
     FleetMetrics(String),
+    /// `kiln verify-instances --cluster`: each live host and what it found
+    /// (None: it did not answer in time).
+    FleetVerified(Vec<(String, Option<crate::fleet::Verified>)>),
     FleetPlan(Box<crate::fleet::records::FleetPlan>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
@@ -119,6 +122,7 @@ impl Output {
             Output::FleetLogs(x) => pretty(x),
             Output::FleetPs(x) => pretty(x),
             Output::FleetMetrics(x) => x.clone(),
+            Output::FleetVerified(x) => pretty(x),
             Output::FleetPlan(x) => pretty(x),
             Output::Images(x) => pretty(x),
             Output::Inspect(x) => pretty(x),

@@ -58,6 +58,7 @@ impl Job {
                 | Command::FleetLogs { .. }
                 | Command::FleetPs { .. }
                 | Command::FleetMetrics { .. }
+                | Command::FleetVerify { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -543,6 +544,7 @@ mod tests {
             | Command::FleetLogs { .. }
             | Command::FleetPs { .. }
             | Command::FleetMetrics { .. }
+            | Command::FleetVerify { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -56,5 +56,6 @@ pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
         version: "0".into(),
         placed,
         failing: Vec::new(),
+        verified: None,
     }
 }

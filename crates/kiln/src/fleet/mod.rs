@@ -52,6 +52,40 @@ pub const VERDICTS: &str = "/kiln/verdicts/";
 /// is the leader's epoch, and every write of the leader is conditioned on
 /// it.
 pub const LEADER: &str = "/kiln/leader";
+/// `kiln verify-instances --cluster` writes here: every agent checks its
+/// instances for drift when this key's revision moves past the last it
+/// answered, and says what it found in its host record.
+pub const VERIFY: &str = "/kiln/verify";
+
+/// What an agent found when it last checked its instances for drift (on
+/// a request, and every [`DRIFT_EVERY`] on its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The revision of the `/kiln/verify` request answered (the newest
+    /// seen, when it checked on its own).
+    pub asked: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Running instances checked.
+    pub checked: u32,
+    /// The drifted ones, each replaced by the agent (surge-first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted: Vec<Drifted>,
+}
+
+/// An instance that is no longer what kiln started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drifted {
+    pub slot: String,
+    pub service: String,
+    pub instance: String,
+    /// What differs, by name (`runtime config: pids limit is 77, kiln set
+    /// max`), never a value of the app's.
+    pub findings: Vec<String>,
+}
+
+/// How often an agent checks its instances for drift on its own.
+pub const DRIFT_EVERY: Duration = Duration::from_secs(60);
 
 /// An instance the agent runs for a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +127,9 @@ pub struct HostRecord {
     /// pull, a refused signature): the leader places them elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<String>,
+    /// Its last drift check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
 }
 
 /// One row of `kiln hosts`.
