@@ -520,6 +520,9 @@ pub(crate) enum Cmd {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// With --cluster: kill random instances across the fleet (asked of each host's agent through etcd) and report how fast each slot served again.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Show the release history (hash-chained); --verify checks the whole chain (exit 3 if broken). With --cluster or --controller: the fleet's history, kept in etcd
     History {

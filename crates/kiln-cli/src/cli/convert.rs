@@ -193,7 +193,19 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let then = Then::WaitDown { wait: !no_wait, purge };
             return Ok(controller(Request::Down { service, purge, actor: actor() }, json, then));
         }
-        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json } => {
+        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, file, json, fleet, .. } if fleet.on() => {
+            if drill.is_some() {
+                bail!("--drill: no fleet form yet (a fleet canary's analysis is tested by its own aborts)");
+            }
+            if fleet.controller.is_some() {
+                bail!("--controller: a fleet's chaos runs for --duration from a machine with etcd access (--cluster)");
+            }
+            let service = pick_service(&file, service)?;
+            let duration_ms = duration.as_millis() as u64;
+            let cluster = fleet.into();
+            (Command::FleetChaos { cluster, service, kill_rate, duration_ms, max_share, kills, actor: actor() }, json)
+        }
+        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json, .. } => {
             let service = pick_service(&file, service)?;
             if let Some(DrillKind::Canary) = drill {
                 return Ok(Invocation::Drill { service, window, json });

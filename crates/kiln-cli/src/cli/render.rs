@@ -386,6 +386,21 @@ pub(crate) fn render(output: &Output, now: i64) {
             println!("(nothing written: kiln deploy --cluster does it)");
         }
         Output::FleetMetrics(text) => print!("{text}"),
+        Output::FleetChaos(r) => {
+            let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+            println!(
+                "{}: {} kills ({} refused: too many slots down), {} replaced (median {}, max {})",
+                r.service,
+                r.kills,
+                r.refused,
+                r.replaced,
+                ms(r.replace_median_ms),
+                ms(r.replace_max_ms)
+            );
+            for i in &r.unreplaced {
+                println!("  {i}: its slot did not serve again in time");
+            }
+        }
         Output::FleetVerified(hosts) => {
             for (host, v) in hosts {
                 match v {

@@ -133,6 +133,31 @@ fn a_fleet_service_s_volume_is_each_host_s_own_and_outlives_a_release() {
     assert!(counts.iter().all(|n| *n > 1), "the new instances count on from the old ones' lines: {after:?}");
     let total: usize = homes.iter().map(|h| on_disk(h)).sum();
     assert_eq!(total, 10, "nothing lost in the release");
+    // Chaos across the fleet: two kills, asked of each instance's host
+    // through etcd, never both slots down at once; each slot serves again
+    // with a new instance, and no request through either load balancer
+    // fails meanwhile.
+    let load = crate::fleet::FleetLoad::start(&lbs, "/cgi-bin/status");
+    let before_chaos: Vec<String> = homes.iter().flat_map(|h| instances(h)).collect();
+    let report = json(&kiln_ok(
+        &ctl,
+        &app,
+        &["chaos", "web", "--cluster", &cluster, "--kills", "2", "--kill-rate", "1", "--max-share", "0.5", "--json"],
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    let (answers, failed) = load.stop();
+    assert_eq!((report["kills"].as_u64(), report["replaced"].as_u64()), (Some(2), Some(2)), "{report}");
+    assert!(report["unreplaced"].as_array().unwrap().is_empty(), "{report}");
+    assert!(report["replace_max_ms"].as_u64().unwrap() < 15_000, "{report}");
+    eprintln!("fleet chaos: {report}; load {answers:?}, {failed} failed");
+    assert_eq!(failed, 0, "no request failed through the kills: {answers:?}");
+    // Two serving instances again, at least one of them new.
+    let after_chaos: Vec<String> = homes.iter().flat_map(|h| instances(h)).collect();
+    assert_eq!(after_chaos.len(), 2, "{after_chaos:?}");
+    assert!(after_chaos.iter().any(|i| !before_chaos.contains(i)), "{before_chaos:?} → {after_chaos:?}");
+    let e = kiln_err(&ctl, &app, &["chaos", "nosuch", "--cluster", &cluster, "--kills", "1"]);
+    assert!(e.contains("nosuch is not in the fleet"), "{e}");
+
     // Taken down: the instances go, the data stays on each host.
     kiln_ok(&ctl, &app, &["down", "--cluster", &cluster]);
     let deadline = Instant::now() + Duration::from_secs(20);

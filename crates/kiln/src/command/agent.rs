@@ -424,13 +424,22 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         }
         // Drift, on request (`kiln verify-instances --cluster`) and every
         // DRIFT_EVERY: each serving instance against what kiln started.
-        // The request's last write (its mod revision: `get` gives the
-        // create revision, which a second request does not move).
-        let asked = etcd
-            .range_prefix(crate::fleet::VERIFY)
-            .ok()
-            .and_then(|kvs| kvs.into_iter().find(|kv| kv.key == crate::fleet::VERIFY))
-            .map_or(0, |kv| kv.mod_revision);
+        // What is asked of agents, in one read: a drift check (its last
+        // write: the mod revision, which a second request moves) and
+        // chaos kills of this host's instances.
+        let asks = etcd.range_prefix(crate::fleet::ASKS).unwrap_or_default();
+        let asked = asks.iter().find(|kv| kv.key == crate::fleet::VERIFY).map_or(0, |kv| kv.mod_revision);
+        let kill_prefix = format!("{}{name}/", crate::fleet::chaos::KILLS);
+        for kv in asks.iter().filter(|kv| kv.key.starts_with(&kill_prefix)) {
+            let instance = &kv.key[kill_prefix.len()..];
+            // Killed as a failure, not stopped: its replacement comes as
+            // for any instance that exited.
+            match rt.kill(instance) {
+                Ok(_) => eprintln!("kiln agent {name}: chaos: killed {instance}"),
+                Err(e) => eprintln!("kiln agent {name}: chaos: {instance}: {e}"),
+            }
+            let _ = etcd.delete(&kv.key);
+        }
         let due = checks
             .lock()
             .is_ok_and(|c| c.at.is_none_or(|t| t.elapsed() >= crate::fleet::DRIFT_EVERY) || asked > c.asked);

@@ -329,6 +329,61 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::FleetMetrics(f::metrics::render(&view)))
         }
+        Command::FleetChaos { cluster, service, kill_rate, duration_ms, max_share, kills, actor } => {
+            use crate::fleet::chaos::{pick, Pick, Tally, KILLS};
+            let bad =
+                |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
+            if !(kill_rate.is_finite() && kill_rate > 0.0) {
+                return Err(bad("kill_rate", "kills per second: a positive number"));
+            }
+            if !(max_share > 0.0 && max_share <= 1.0) {
+                return Err(bad("max_share", "a share of the replicas, above 0 and at most 1"));
+            }
+            let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            if crate::fleet::service(&etcd, &service)?.is_none() {
+                return Err(bad("service", &format!("{service} is not in the fleet")));
+            }
+            let rows = || -> Result<Vec<crate::fleet::ps::SlotRow>, CommandError> {
+                let assigned = crate::fleet::all_assignments(&etcd)?;
+                Ok(crate::fleet::ps::rows(&assigned, &crate::fleet::host_records(&etcd)?))
+            };
+            let started = std::time::Instant::now();
+            let killing = std::time::Duration::from_millis(duration_ms);
+            let period = std::time::Duration::from_secs_f64(1.0 / kill_rate);
+            // After the last kill, its slot has this long to serve again.
+            let settle = std::time::Duration::from_secs(30);
+            let mut next = started;
+            let mut tally = Tally::default();
+            let mut made = 0u32;
+            let mut seed = crate::time::now_ms() | 1;
+            loop {
+                let now = std::time::Instant::now();
+                let all = rows()?;
+                tally.observe(&all, crate::time::now_ms());
+                let on = now - started < killing && kills.is_none_or(|k| made < k);
+                if on && now >= next {
+                    // xorshift: which serving slot; no need for more.
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    match pick(&all, &service, max_share, &tally, seed as usize) {
+                        Pick::Kill { host, slot, instance } => {
+                            etcd.put(&format!("{KILLS}{host}/{instance}"), actor.as_bytes(), 0)?;
+                            tally.killed(&slot, &instance, crate::time::now_ms());
+                            made += 1;
+                        }
+                        Pick::Refused { .. } => tally.refused(),
+                        Pick::Nothing => {}
+                    }
+                    next += period;
+                }
+                if !on && (tally.settled() || now - started >= killing + settle) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(Output::FleetChaos(tally.report(&service)))
+        }
         Command::FleetVerify { cluster, service } => {
             use crate::fleet as f;
             let etcd = f::etcd::Etcd::new(&cluster)?;

@@ -259,6 +259,20 @@ pub enum Command {
     FleetPs {
         cluster: crate::fleet::etcd::Cluster,
     },
+    /// Kills random serving instances of a fleet service at `kill_rate`
+    /// a second for `duration_ms` (or `kills` of them), never more than
+    /// `max_share` of its slots down, and reports how fast each slot
+    /// served again. Caller's process only.
+    #[serde(skip)]
+    FleetChaos {
+        cluster: crate::fleet::etcd::Cluster,
+        service: String,
+        kill_rate: f64,
+        duration_ms: u64,
+        max_share: f64,
+        kills: Option<u32>,
+        actor: String,
+    },
     /// Every live host checks its instances for drift now (drifted ones
     /// are replaced by their agents); what each found, of one service if
     /// given. Caller's process only.
@@ -646,6 +660,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetPs { .. }
         | Command::FleetMetrics { .. }
         | Command::FleetVerify { .. }
+        | Command::FleetChaos { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

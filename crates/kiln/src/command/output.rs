@@ -44,6 +44,7 @@ pub enum Output {
     /// `kiln verify-instances --cluster`: each live host and what it found
     /// (None: it did not answer in time).
     FleetVerified(Vec<(String, Option<crate::fleet::Verified>)>),
+    FleetChaos(crate::fleet::chaos::ChaosReport),
     FleetPlan(Box<crate::fleet::records::FleetPlan>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
@@ -123,6 +124,7 @@ impl Output {
             Output::FleetPs(x) => pretty(x),
             Output::FleetMetrics(x) => x.clone(),
             Output::FleetVerified(x) => pretty(x),
+            Output::FleetChaos(x) => pretty(x),
             Output::FleetPlan(x) => pretty(x),
             Output::Images(x) => pretty(x),
             Output::Inspect(x) => pretty(x),

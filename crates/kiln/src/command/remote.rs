@@ -59,6 +59,7 @@ impl Job {
                 | Command::FleetPs { .. }
                 | Command::FleetMetrics { .. }
                 | Command::FleetVerify { .. }
+                | Command::FleetChaos { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -545,6 +546,7 @@ mod tests {
             | Command::FleetPs { .. }
             | Command::FleetMetrics { .. }
             | Command::FleetVerify { .. }
+            | Command::FleetChaos { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod canary;
 pub mod change;
+pub mod chaos;
 pub mod etcd;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -55,7 +56,10 @@ pub const LEADER: &str = "/kiln/leader";
 /// `kiln verify-instances --cluster` writes here: every agent checks its
 /// instances for drift when this key's revision moves past the last it
 /// answered, and says what it found in its host record.
-pub const VERIFY: &str = "/kiln/verify";
+pub const VERIFY: &str = "/kiln/ask/verify";
+/// What is asked of agents (a drift check, chaos kills): read by each
+/// agent once a round.
+pub const ASKS: &str = "/kiln/ask/";
 
 /// What an agent found when it last checked its instances for drift (on
 /// a request, and every [`DRIFT_EVERY`] on its own).
