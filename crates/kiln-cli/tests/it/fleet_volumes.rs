@@ -158,6 +158,34 @@ fn a_fleet_service_s_volume_is_each_host_s_own_and_outlives_a_release() {
     let e = kiln_err(&ctl, &app, &["chaos", "nosuch", "--cluster", &cluster, "--kills", "1"]);
     assert!(e.contains("nosuch is not in the fleet"), "{e}");
 
+    // Both in the fleet's history, each before its act, and counted.
+    let h = json(&kiln_ok(&ctl, &app, &["history", "web", "--cluster", &cluster, "--verify", "--json"]));
+    let replacing: Vec<(String, String)> = h["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["kind"] == "replacing")
+        .map(|e| {
+            (
+                e["event"]["cause"]["kind"].as_str().unwrap_or_default().to_owned(),
+                e["event"]["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(replacing.iter().filter(|(c, _)| c == "drift").count(), 1, "{replacing:?}");
+    assert!(
+        replacing.iter().any(|(c, d)| c == "drift" && d.contains("on h1") && d.contains("pids limit is 77")),
+        "{replacing:?}"
+    );
+    assert_eq!(replacing.iter().filter(|(c, _)| c == "chaos").count(), 2, "{replacing:?}");
+    let metrics = kiln_ok(&ctl, &app, &["metrics", "--cluster", &cluster]);
+    for line in [
+        r#"kiln_replacements_total{service="web",cause="drift"} 1"#,
+        r#"kiln_replacements_total{service="web",cause="chaos"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
     // Taken down: the instances go, the data stays on each host.
     kiln_ok(&ctl, &app, &["down", "--cluster", &cluster]);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -455,6 +455,20 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 let findings = rt.drift(r);
                 if !findings.is_empty() {
                     eprintln!("kiln agent {name}: {id} drifted ({}): replacing it", findings.join("; "));
+                    // Recorded before it is replaced; a history that
+                    // cannot be written does not keep a drifted instance
+                    // serving (the agent's log says so).
+                    let image = format!("{}@{}", r.service, r.image);
+                    let detail = format!("on {name}: {}", findings.join("; "));
+                    let entry =
+                        crate::fleet::records::of_replacing(&r.service, &image, &id, crate::heal::Cause::Drift, detail);
+                    match crate::fleet::history::record(&etcd, &[entry], &[]) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            eprintln!("kiln agent {name}: {id}: its drift not recorded: the history kept moving")
+                        }
+                        Err(e) => eprintln!("kiln agent {name}: {id}: its drift not recorded: {e}"),
+                    }
                     found.push(crate::fleet::Drifted { slot, service: r.service.clone(), instance: id, findings });
                 }
             }

@@ -368,7 +368,21 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     seed ^= seed << 17;
                     match pick(&all, &service, max_share, &tally, seed as usize) {
                         Pick::Kill { host, slot, instance } => {
-                            etcd.put(&format!("{KILLS}{host}/{instance}"), actor.as_bytes(), 0)?;
+                            // The kill asked with its history entry, in
+                            // one transaction (log before state).
+                            let image =
+                                all.iter().find(|r| r.instance.as_deref() == Some(&instance)).map(|r| r.image.clone());
+                            let entry = crate::fleet::records::of_replacing(
+                                &service,
+                                &image.unwrap_or_default(),
+                                &instance,
+                                crate::heal::Cause::Chaos,
+                                format!("killed by kiln chaos of {actor} on {host}"),
+                            );
+                            let ask = (format!("{KILLS}{host}/{instance}"), actor.as_bytes().to_vec(), 0);
+                            if !crate::fleet::history::record(&etcd, &[entry], &[ask])? {
+                                return Err(crate::fleet::change::ChangeError::Contended { service, tries: 5 }.into());
+                            }
                             tally.killed(&slot, &instance, crate::time::now_ms());
                             made += 1;
                         }

@@ -98,6 +98,21 @@ pub fn tip(cluster: &Etcd) -> Result<Tip, FleetHistoryError> {
     Ok(Tip { last: Some((head.seq, head.hash)), revision: kv.mod_revision })
 }
 
+/// Appends `records` with `puts` (the act they record) in one
+/// transaction, reading the head again when another writer moved it
+/// (a few times); whether it was written.
+pub fn record(cluster: &Etcd, records: &[Record], puts: &[(String, Vec<u8>, i64)]) -> Result<bool, FleetHistoryError> {
+    for _ in 0..5 {
+        let tip = tip(cluster)?;
+        let (compare, mut all) = append(&tip, records, crate::time::now_ms() as i64);
+        all.extend(puts.iter().cloned());
+        if cluster.txn(&[compare], &all, &[])? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// What appends `records` after `tip` in a change's transaction: the
 /// compare that keeps the head where it was read, and the puts of the
 /// entries and the new head.

@@ -209,6 +209,12 @@ pub fn of_drain(host: &str, on: bool, actor: &str) -> Record {
     }
 }
 
+/// The entry of an instance replaced for `cause` (an agent's drift check,
+/// a chaos kill), with what it found or who asked; never a value.
+pub fn of_replacing(service: &str, image: &str, instance: &str, cause: crate::heal::Cause, detail: String) -> Record {
+    record(service, image, Event::Replacing { instance: instance.to_owned(), cause, detail })
+}
+
 /// The entry of a host lost with its lease, when the leader moves `slots`
 /// off it.
 pub fn of_lost_host(host: &str, slots: Vec<String>) -> Record {
