@@ -22,6 +22,8 @@ use crate::net::http;
 /// The pages; `__KILN_CSRF__` is replaced by the session's CSRF value.
 const PAGE: &str = include_str!("dashboard.html");
 const FLEET_PAGE: &str = include_str!("fleet_dashboard.html");
+/// The styles both pages share, put in at `/*__KILN_BASE_CSS__*/`.
+const BASE_CSS: &str = include_str!("dashboard_base.css");
 
 /// Which dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,7 @@ fn page_of(which: Page, csrf: &str) -> String {
         Page::Host => PAGE,
         Page::Fleet => FLEET_PAGE,
     }
+    .replace("/*__KILN_BASE_CSS__*/", BASE_CSS)
     .replace("__KILN_CSRF__", csrf)
 }
 
@@ -123,6 +126,12 @@ mod tests {
             assert!(p.contains(&format!(r#"data-action="{action}""#)), "{action}");
         }
         assert!(p.contains(r#"api("/v1/fleet", "POST""#));
+        for page in [&p, &page("abc123")] {
+            assert!(
+                !page.contains("__KILN_BASE_CSS__") && page.contains("--canary:#d9480f"),
+                "the shared styles put in"
+            );
+        }
         assert!(!p.contains("http://") && !p.contains("https://"), "no asset from elsewhere");
     }
 }
