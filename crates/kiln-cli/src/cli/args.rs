@@ -473,12 +473,18 @@ pub(crate) enum Cmd {
         reason: Option<String>,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: a fleet instance, asked of its host's agent.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Destroy a quarantined instance and what was kept of it.
     ReleaseQuarantine {
         instance: String,
         #[arg(long)]
         json: bool,
+        /// With --cluster or --controller: a fleet instance, asked of its host's agent.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// What an instance runs (digest, git revision, release, env names, never values) and why it is quarantined.
     InspectInstance {

@@ -174,10 +174,23 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let service = pick_service(&file, service)?;
             return Ok(controller(Request::Abort { service, actor: actor() }, json, then));
         }
-        Cmd::Quarantine { instance, reason, json } => {
+        Cmd::Quarantine { instance, reason, json, fleet } if fleet.on() => {
+            let request = FleetRequest::Quarantine {
+                instance,
+                reason: reason.unwrap_or_default(),
+                actor: actor(),
+                release: false,
+            };
+            (fleet_via(fleet, request)?, json)
+        }
+        Cmd::ReleaseQuarantine { instance, json, fleet } if fleet.on() => {
+            let request = FleetRequest::Quarantine { instance, reason: String::new(), actor: actor(), release: true };
+            (fleet_via(fleet, request)?, json)
+        }
+        Cmd::Quarantine { instance, reason, json, .. } => {
             return Ok(controller(Request::Quarantine { instance, reason, actor: actor() }, json, then))
         }
-        Cmd::ReleaseQuarantine { instance, json } => {
+        Cmd::ReleaseQuarantine { instance, json, .. } => {
             return Ok(controller(Request::ReleaseQuarantine { instance, actor: actor() }, json, then))
         }
         Cmd::InspectInstance { instance, json } => return Ok(controller(Request::Inspect { instance }, json, then)),

@@ -226,16 +226,6 @@ impl LoadBalancers {
     }
 }
 
-/// The agent's drift checks: when it last checked, the request it last
-/// answered, what it found, and the instances it is replacing for it.
-#[derive(Debug, Default)]
-struct DriftChecks {
-    at: Option<std::time::Instant>,
-    asked: i64,
-    last: Option<crate::fleet::Verified>,
-    drifted: std::collections::BTreeSet<String>,
-}
-
 /// A certificate chain's file and its key's, as a load balancer reads them.
 type TlsPaths = (std::path::PathBuf, std::path::PathBuf);
 
@@ -361,26 +351,38 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
     let failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>> = std::sync::Mutex::default();
     // Drift: the last check's findings, and the instances found drifted
     // (replaced as if they had exited: a successor first, then a drain).
-    let checks: std::sync::Mutex<DriftChecks> = std::sync::Mutex::default();
+    let checks: std::sync::Mutex<super::agent_heal::DriftChecks> = std::sync::Mutex::default();
     let is_drifted = |id: &str| checks.lock().is_ok_and(|c| c.drifted.contains(id));
+    // Quarantines asked of this host (`kiln quarantine --cluster`), by
+    // instance, with when this agent first saw each.
+    let quarantines: std::sync::Mutex<std::collections::BTreeMap<String, std::time::Instant>> =
+        std::sync::Mutex::default();
+    let quarantine_dir = |id: &str| ctx.store.home().join("quarantine").join(id);
+    let is_quarantined = |id: &str| quarantines.lock().is_ok_and(|q| q.contains_key(id)) || quarantine_dir(id).exists();
     let mut record = || {
         let records = rt.records().unwrap_or_default();
+        let as_placed = |r: &crate::runtime::InstanceRecord| {
+            Some(crate::fleet::Placed {
+                slot: slot_of(r)?,
+                service: r.service.clone(),
+                instance: r.id.to_string(),
+                port: r.port,
+                image: r.image.clone(),
+                release: r.release_fields.get("fleet.release").cloned(),
+            })
+        };
         let placed = records
             .iter()
             .filter(|r| {
                 let id = r.id.to_string();
-                !r.state.is_exited() && is_ready(&id) && !is_draining(&id)
+                !r.state.is_exited() && is_ready(&id) && !is_draining(&id) && !is_quarantined(&id)
             })
-            .filter_map(|r| {
-                Some(crate::fleet::Placed {
-                    slot: slot_of(r)?,
-                    service: r.service.clone(),
-                    instance: r.id.to_string(),
-                    port: r.port,
-                    image: r.image.clone(),
-                    release: r.release_fields.get("fleet.release").cloned(),
-                })
-            })
+            .filter_map(as_placed)
+            .collect();
+        let quarantined = records
+            .iter()
+            .filter(|r| !r.state.is_exited() && is_quarantined(r.id.as_str()))
+            .filter_map(as_placed)
             .collect();
         crate::fleet::HostRecord {
             name: name.clone(),
@@ -397,6 +399,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 .map(|f| f.iter().filter(|(_, n)| **n >= 2).map(|(s, _)| s.clone()).collect())
                 .unwrap_or_default(),
             verified: checks.lock().ok().and_then(|c| c.last.clone()),
+            quarantined,
         }
     };
     let (store, launcher, now, retention) = (&ctx.store, ctx.launcher, ctx.now, ctx.retention);
@@ -440,6 +443,19 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             }
             let _ = etcd.delete(&kv.key);
         }
+        super::agent_heal::quarantine_round(&super::agent_heal::QuarantineRound {
+            etcd: &etcd,
+            rt: &rt,
+            name: &name,
+            asks: &asks,
+            records: &records,
+            seen: &quarantines,
+            dir: &quarantine_dir,
+            // Out of every load balancer's table first: this host's
+            // record without it, the others' next round, then in-flight
+            // requests' 2 s.
+            drain: settle + std::time::Duration::from_secs(2),
+        });
         let due = checks
             .lock()
             .is_ok_and(|c| c.at.is_none_or(|t| t.elapsed() >= crate::fleet::DRIFT_EVERY) || asked > c.asked);
@@ -462,7 +478,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     let detail = format!("on {name}: {}", findings.join("; "));
                     let entry =
                         crate::fleet::records::of_replacing(&r.service, &image, &id, crate::heal::Cause::Drift, detail);
-                    match crate::fleet::history::record(&etcd, &[entry], &[]) {
+                    match crate::fleet::history::record(&etcd, &[entry], &[], &[]) {
                         Ok(true) => {}
                         Ok(false) => {
                             eprintln!("kiln agent {name}: {id}: its drift not recorded: the history kept moving")
@@ -485,6 +501,11 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             .iter()
             .filter_map(|r| {
                 let instance = r.id.to_string();
+                // A quarantined instance is neither kept nor removed: its
+                // slot gets a successor, and it stays frozen.
+                if is_quarantined(&instance) {
+                    return None;
+                }
                 Some(Running {
                     slot: slot_of(r)?,
                     alive: !r.state.is_exited() && !stopping(&instance) && !is_drifted(&instance),

@@ -113,6 +113,16 @@ pub enum FleetRequest {
     Ps {},
     /// `GET /metrics`: Prometheus text.
     Metrics {},
+    /// `kiln quarantine --cluster` (and `release-quarantine`, `release`).
+    Quarantine {
+        instance: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        actor: String,
+        #[serde(default)]
+        release: bool,
+    },
     /// `kiln verify-instances --cluster`: every host checks its instances.
     Verify {
         #[serde(default)]
@@ -225,6 +235,9 @@ impl FleetRequest {
             FleetRequest::Ps {} => Command::FleetPs { cluster },
             FleetRequest::Metrics {} => Command::FleetMetrics { cluster },
             FleetRequest::Verify { service } => Command::FleetVerify { cluster, service },
+            FleetRequest::Quarantine { instance, reason, actor, release } => {
+                Command::FleetQuarantine { cluster, instance, reason, actor: who(actor), release }
+            }
             FleetRequest::Place { service, desired, actor } => {
                 Command::Place { cluster, service, desired, actor: who(actor) }
             }

@@ -3,9 +3,11 @@
 //! contains logic of its own.
 
 mod agent;
+mod agent_heal;
 mod error;
 mod fleet;
 pub mod fleet_api;
+mod fleet_heal;
 pub mod host;
 mod output;
 pub mod pipeline;
@@ -272,6 +274,17 @@ pub enum Command {
         max_share: f64,
         kills: Option<u32>,
         actor: String,
+    },
+    /// Quarantines a fleet instance (or, with `release`, ends its
+    /// quarantine): asked of its host through etcd, with its history
+    /// entry. Caller's process only.
+    #[serde(skip)]
+    FleetQuarantine {
+        cluster: crate::fleet::etcd::Cluster,
+        instance: String,
+        reason: String,
+        actor: String,
+        release: bool,
     },
     /// Every live host checks its instances for drift now (drifted ones
     /// are replaced by their agents); what each found, of one service if
@@ -661,6 +674,7 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetMetrics { .. }
         | Command::FleetVerify { .. }
         | Command::FleetChaos { .. }
+        | Command::FleetQuarantine { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {
             kiln_proxy::run::run(run).map_err(|e| RunError::Invalid(format!("kiln proxy: {e}")))?;

@@ -60,6 +60,7 @@ impl Job {
                 | Command::FleetMetrics { .. }
                 | Command::FleetVerify { .. }
                 | Command::FleetChaos { .. }
+                | Command::FleetQuarantine { .. }
                 | Command::FleetServices { .. }
         )
     }
@@ -547,6 +548,7 @@ mod tests {
             | Command::FleetMetrics { .. }
             | Command::FleetVerify { .. }
             | Command::FleetChaos { .. }
+            | Command::FleetQuarantine { .. }
             | Command::FleetServices { .. }
             | Command::Login { .. }
             | Command::Logout { .. } => return None,

@@ -57,5 +57,6 @@ pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
         placed,
         failing: Vec::new(),
         verified: None,
+        quarantined: Vec::new(),
     }
 }

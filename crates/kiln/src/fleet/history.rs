@@ -101,12 +101,17 @@ pub fn tip(cluster: &Etcd) -> Result<Tip, FleetHistoryError> {
 /// Appends `records` with `puts` (the act they record) in one
 /// transaction, reading the head again when another writer moved it
 /// (a few times); whether it was written.
-pub fn record(cluster: &Etcd, records: &[Record], puts: &[(String, Vec<u8>, i64)]) -> Result<bool, FleetHistoryError> {
+pub fn record(
+    cluster: &Etcd,
+    records: &[Record],
+    puts: &[(String, Vec<u8>, i64)],
+    deletes: &[String],
+) -> Result<bool, FleetHistoryError> {
     for _ in 0..5 {
         let tip = tip(cluster)?;
         let (compare, mut all) = append(&tip, records, crate::time::now_ms() as i64);
         all.extend(puts.iter().cloned());
-        if cluster.txn(&[compare], &all, &[])? {
+        if cluster.txn(&[compare], &all, deletes)? {
             return Ok(true);
         }
     }

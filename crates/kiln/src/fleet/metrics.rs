@@ -68,7 +68,7 @@ pub fn render(v: &FleetView) -> String {
     family(&mut out, "kiln_instances", "gauge", "Slots by state, as kiln ps --cluster names them.");
     let mut by_state: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for s in &v.services {
-        for state in ["serving", "starting", "failing", "leaving", "host-lost"] {
+        for state in ["serving", "starting", "failing", "leaving", "host-lost", "quarantined"] {
             by_state.insert((&s.name, state), 0);
         }
     }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod peer;
 pub mod place;
 pub mod ps;
+pub mod quarantine;
 pub mod reconcile;
 pub mod records;
 pub mod route;
@@ -134,6 +135,10 @@ pub struct HostRecord {
     /// Its last drift check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
+    /// Its instances quarantined (`kiln quarantine --cluster`): in no
+    /// load balancer's table, frozen, kept for a post-mortem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Placed>,
 }
 
 /// One row of `kiln hosts`.

@@ -28,6 +28,9 @@ pub enum SlotState {
     HostLost,
     /// Listed, but not (or no longer) assigned there: draining away.
     Leaving,
+    /// Out of traffic, frozen and kept for a post-mortem
+    /// (`kiln quarantine --cluster`); its slot has another instance.
+    Quarantined,
 }
 
 impl SlotState {
@@ -38,6 +41,7 @@ impl SlotState {
             SlotState::Failing => "failing",
             SlotState::HostLost => "host-lost",
             SlotState::Leaving => "leaving",
+            SlotState::Quarantined => "quarantined",
         }
     }
 }
@@ -99,6 +103,17 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
                 });
             }
         }
+    }
+    for r in records {
+        out.extend(r.quarantined.iter().map(|p| SlotRow {
+            host: r.name.clone(),
+            slot: p.slot.clone(),
+            service: p.service.clone(),
+            image: p.image.to_string(),
+            state: SlotState::Quarantined,
+            instance: Some(p.instance.clone()),
+            port: Some(p.port),
+        }));
     }
     out.sort_by(|a, b| (&a.host, &a.slot, a.state.name()).cmp(&(&b.host, &b.slot, b.state.name())));
     out
