@@ -130,17 +130,7 @@ impl Tally {
 mod tests {
     use super::*;
 
-    fn row(host: &str, slot: &str, state: SlotState, instance: &str) -> SlotRow {
-        SlotRow {
-            host: host.into(),
-            slot: slot.into(),
-            service: "web".into(),
-            image: String::new(),
-            state,
-            instance: Some(instance.into()),
-            port: Some(1),
-        }
-    }
+    use crate::fleet::fixtures::slot_row as row;
 
     #[test]
     fn kills_only_serving_instances_and_never_past_the_share() {

@@ -43,6 +43,20 @@ pub fn placed(slot: &str, service: &str, port: u16, c: char, release: Option<Str
     }
 }
 
+/// A `kiln ps --cluster` row: `web`'s `slot` on `host`, its `instance`
+/// on port 1, in `state`.
+pub fn slot_row(host: &str, slot: &str, state: super::ps::SlotState, instance: &str) -> super::ps::SlotRow {
+    super::ps::SlotRow {
+        host: host.into(),
+        slot: slot.into(),
+        service: "web".into(),
+        image: String::new(),
+        state,
+        instance: Some(instance.into()),
+        port: Some(1),
+    }
+}
+
 /// Host `name` (1 GiB, 2 CPUs, no address) listing `placed`.
 pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
     HostRecord {

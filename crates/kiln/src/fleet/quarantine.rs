@@ -62,15 +62,7 @@ mod tests {
     use super::*;
 
     fn row(instance: &str, state: SlotState) -> SlotRow {
-        SlotRow {
-            host: "h1".into(),
-            slot: "web-0".into(),
-            service: "web".into(),
-            image: String::new(),
-            state,
-            instance: Some(instance.into()),
-            port: Some(1),
-        }
+        crate::fleet::fixtures::slot_row("h1", "web-0", state, instance)
     }
 
     #[test]
