@@ -50,12 +50,8 @@ fn uid_map(lines: &[String]) -> Option<UidMap> {
     })
 }
 
-fn probe_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> BTreeMap<String, bool> {
-    probe_lines_under_kiln(home, dir, extra).0
-}
-
-/// The probe's results and its uid map, under kiln.
-fn probe_lines_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> (BTreeMap<String, bool>, Option<UidMap>) {
+/// The probe's lines under kiln.
+fn probe_lines_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["run", "--json", "probe:1", "--volume", "data:/data"];
     args.extend_from_slice(extra);
     let v = json(&kiln_ok(home, dir, &args));
@@ -68,7 +64,7 @@ fn probe_lines_under_kiln(home: &Path, dir: &Path, extra: &[&str]) -> (BTreeMap<
             .collect();
         if lines.iter().any(|l| l == "probe done") {
             kiln(home, dir, &["rm", "--force", &id]);
-            return (results(&lines), uid_map(&lines));
+            return lines;
         }
         assert!(Instant::now() < deadline, "the probe did not finish under kiln: {lines:?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -173,7 +169,13 @@ fn the_probe_gets_no_further_under_kiln_than_under_docker() {
     )
     .unwrap();
     kiln_ok(&home, &dir, &["bake"]);
-    let (kiln_side, map) = probe_lines_under_kiln(&home, &dir, &[]);
+    let lines = probe_lines_under_kiln(&home, &dir, &[]);
+    let (kiln_side, map) = (results(&lines), uid_map(&lines));
+    // A seccomp filter, loaded by kiln's helper (compiled once by kiln, not
+    // by runc at each start), with the probe's own program exec'd after it.
+    for want in ["seccomp 2", "helper mounted"] {
+        assert!(lines.iter().any(|l| l == want), "{want:?} in {lines:?}");
+    }
     // Its root is an unprivileged host uid: the service's range, recorded.
     let ranges = json(&fs::read_to_string(home.join("userns.json")).unwrap());
     let base = ranges["ranges"]["probe"].as_u64().expect("the probe service's range is recorded");
@@ -224,7 +226,11 @@ fn the_probe_gets_no_further_under_kiln_than_under_docker() {
         ),
     )
     .unwrap();
-    let loose = probe_under_kiln(&home, &dir, &["--service", "loose"]);
+    let loose_lines = probe_lines_under_kiln(&home, &dir, &["--service", "loose"]);
+    let loose = results(&loose_lines);
+    for want in ["seccomp 0", "helper absent"] {
+        assert!(loose_lines.iter().any(|l| l == want), "{want:?} in {loose_lines:?}");
+    }
     println!("succeeded under kiln, unconfined, userns = false, CHOWN, MKNOD, NET_RAW: {}", show(&loose));
     for n in ["chown-volume", "mknod", "raw-socket", "keyctl"] {
         assert!(loose[n], "{n} succeeds once the service asks for it: {loose:?}");
@@ -274,6 +280,31 @@ fn bad_sandbox_keys_are_refused_naming_file_and_key() {
     fs::write(dir.join("kiln.toml"), format!("{base}userns = false\nseccomp = \"unconfined\"\n")).unwrap();
     let text = kiln_ok(&home, &dir, &["plan"]);
     assert!(text.contains("WARNING: userns = false") && text.contains("WARNING: seccomp = \"unconfined\""), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&home).unwrap();
+}
+
+/// kiln's helper execs the program only once the instance runs, so kiln
+/// looks it up in the image first and refuses as runc would have: a file
+/// that is not executable, and a name not in the image's PATH.
+#[test]
+fn a_program_the_image_cannot_run_is_refused_before_the_start() {
+    let _room = common::room("sandbox");
+    let dir = tempdir("sandbox-noprog");
+    let home = tempdir("sandbox-noprog-home");
+    fs::write(dir.join("f"), "not a program").unwrap();
+    let image = |entry: &str, version: usize| {
+        format!("[image.tiny]\nfrom = \"scratch\"\nversion = \"{version}\"\ncopy = [{{ src = \"f\", dest = \"/f\" }}]\nentrypoint = [\"{entry}\"]\nenv = {{ PATH = \"/bin:/usr/bin\" }}\n")
+    };
+    for (version, (entry, named)) in [("/f", "\"/f\""), ("nope", "PATH=/bin:/usr/bin")].into_iter().enumerate() {
+        fs::write(dir.join("kiln.toml"), image(entry, version)).unwrap();
+        kiln_ok(&home, &dir, &["bake"]);
+        let err = kiln_err(&home, &dir, &["run", &format!("tiny:{version}")]);
+        assert!(err.contains("not an executable file") && err.contains(named), "{entry}: {err}");
+        // Nothing was left behind.
+        let ps = json(&kiln_ok(&home, &dir, &["ps", "--all", "--json"]));
+        assert_eq!(ps["instances"].as_array().map(Vec::len), Some(0), "{ps}");
+    }
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&home).unwrap();
 }

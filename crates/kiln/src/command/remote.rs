@@ -172,7 +172,7 @@ pub fn status(e: &CommandError) -> u16 {
         match e {
             RunError::Store(s) => store(s),
             RunError::Secret(s) => secret(s),
-            RunError::Invalid(_) => 400,
+            RunError::Invalid(_) | RunError::NoProgram { .. } => 400,
             RunError::Ambiguous { .. } => 409,
             RunError::NotFound(_) => 404,
             RunError::NotExited(..) => 409,

@@ -4,7 +4,8 @@
 //! What every instance gets: a read-only root shared with the other
 //! instances of its image, tmpfs `/tmp` and `/run`, `noNewPrivileges`, no
 //! capability unless its service asks (`capabilities`), kiln's seccomp
-//! allow-list ([`super::seccomp`]) unless its service names another, the
+//! allow-list ([`super::seccomp`], loaded by kiln's sandbox-exec helper
+//! mounted read-only at `/dev/.kiln`) unless its service names another, the
 //! host network (a port on 127.0.0.1 passed as `PORT`), its own
 //! pid/ipc/uts/mount/cgroup namespaces, hostname = instance id, and runc's
 //! masked and read-only paths of /proc and /sys.
@@ -50,6 +51,10 @@ pub struct InstanceConfig<'a> {
     /// Its user namespace's host range; `rootfs` is then the image tree
     /// idmapped into it ([`super::userns`]).
     pub userns: Option<super::userns::Range>,
+    /// The host directory of the sandbox-exec helper and the default filter
+    /// compiled by kiln ([`super::sandbox_exec`]); `None`: runc compiles the
+    /// default profile.
+    pub sandbox_exec: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -128,10 +133,18 @@ pub fn runtime_config(c: &InstanceConfig<'_>) -> Result<Value, BundleError> {
         resources["pids"] = json!({ "limit": p });
     }
     use crate::spec::sandbox::Seccomp;
-    let seccomp = match &c.sandbox.seccomp {
-        Seccomp::Default => Some(super::seccomp::default_profile()),
-        Seccomp::Unconfined => None,
-        Seccomp::Profile { profile, .. } => profile.clone(),
+    let seccomp = match (&c.sandbox.seccomp, c.sandbox_exec) {
+        // kiln's helper loads the filter kiln compiled, then execs the
+        // instance's program (in PATH, as runc would look it up).
+        (Seccomp::Default, Some(dir)) => {
+            use super::sandbox_exec::{FILTER_PATH, HELPER_PATH, MOUNT_AT};
+            mounts.push(json!({ "destination": MOUNT_AT, "type": "bind", "source": dir, "options": ["bind", "ro", "nosuid", "nodev"] }));
+            args.splice(0..0, [HELPER_PATH.to_owned(), FILTER_PATH.to_owned()]);
+            None
+        }
+        (Seccomp::Default, None) => Some(super::seccomp::default_profile()),
+        (Seccomp::Unconfined, _) => None,
+        (Seccomp::Profile { profile, .. }, _) => profile.clone(),
     };
     let mut config = json!({
         "ociVersion": "1.0.2",
@@ -248,6 +261,7 @@ mod tests {
             cgroup: "/kiln/web-1",
             sandbox: &Default::default(),
             userns: None,
+            sandbox_exec: None,
         };
         let v = runtime_config(&c).unwrap();
         assert_eq!(v["root"]["readonly"], true);
@@ -301,6 +315,23 @@ mod tests {
         let v = runtime_config(&InstanceConfig { sandbox: &own, ..c.clone() }).unwrap();
         assert_eq!(v["linux"]["seccomp"], profile);
 
+        // The default filter compiled by kiln: its helper runs first, from a
+        // read-only mount, and runc compiles nothing.
+        let dir = PathBuf::from("/run/kiln/x/sandbox/abc");
+        let v = runtime_config(&InstanceConfig { sandbox_exec: Some(&dir), ..c.clone() }).unwrap();
+        assert_eq!(v["process"]["args"], json!(["/dev/.kiln/sandbox-exec", "/dev/.kiln/default.bpf", "/app", "--x"]));
+        assert!(v["linux"].get("seccomp").is_none(), "the helper loads the filter");
+        let m = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/dev/.kiln").unwrap();
+        assert_eq!((m["source"].as_str(), m["options"][1].as_str()), (Some("/run/kiln/x/sandbox/abc"), Some("ro")));
+        let dev = v["mounts"].as_array().unwrap().iter().position(|m| m["destination"] == "/dev").unwrap();
+        let at = v["mounts"].as_array().unwrap().iter().position(|m| m["destination"] == "/dev/.kiln").unwrap();
+        assert!(dev < at, "mounted on the instance's /dev");
+        // Any other choice leaves the program and mounts alone.
+        let v = runtime_config(&InstanceConfig { sandbox: &own, sandbox_exec: Some(&dir), ..c.clone() }).unwrap();
+        assert_eq!(v["process"]["args"], json!(["/app", "--x"]));
+        assert_eq!(v["linux"]["seccomp"], profile);
+        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/dev/.kiln"));
+
         // A user namespace: root inside is the range's first host uid, and
         // /sys is the host's, bound read-only (sysfs needs the netns).
         let range = crate::runtime::userns::Range { base: 1 << 30, size: 65536 };
@@ -330,6 +361,7 @@ mod tests {
             cgroup: "/k/x",
             sandbox: &Default::default(),
             userns: None,
+            sandbox_exec: None,
         };
         assert_eq!(runtime_config(&c).unwrap_err(), BundleError::NothingToRun);
         let img = image();

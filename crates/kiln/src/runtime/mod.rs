@@ -25,7 +25,9 @@ pub mod images;
 pub mod logs;
 pub mod model;
 pub mod postmortem;
+pub mod sandbox_exec;
 pub mod seccomp;
+pub mod seccomp_bpf;
 pub mod shim;
 pub mod userns;
 
@@ -392,6 +394,13 @@ impl<'a> Runtime<'a> {
             Some(_) => self.idmapped_root(&id),
             None => prepared.rootfs.clone(),
         };
+        let sandbox_exec = match req.sandbox.seccomp {
+            crate::spec::sandbox::Seccomp::Default => {
+                let root = self.run_dir.parent().unwrap_or(&self.run_dir);
+                sandbox_exec::install(root).map_err(io_err(&root.join("sandbox")))?
+            }
+            _ => None,
+        };
         let config = bundle::runtime_config(&InstanceConfig {
             id: id.as_str(),
             rootfs: &rootfs,
@@ -406,7 +415,18 @@ impl<'a> Runtime<'a> {
             cgroup: &cgroup,
             sandbox: &req.sandbox,
             userns: range,
+            sandbox_exec: sandbox_exec.as_deref(),
         })?;
+        if sandbox_exec.is_some() {
+            let process = &config["process"];
+            let program = process["args"][2].as_str().unwrap_or_default();
+            let cwd = process["cwd"].as_str().unwrap_or("/");
+            let env: Vec<String> = serde_json::from_value(process["env"].clone()).unwrap_or_default();
+            if !sandbox_exec::find_program(&prepared.rootfs, cwd, program, &env) {
+                let path = env.iter().find(|e| e.starts_with("PATH=")).cloned().unwrap_or_else(|| "no PATH".into());
+                return Err(RunError::NoProgram { program: program.to_owned(), cwd: cwd.to_owned(), path });
+            }
+        }
         let bdir = self.bundle_dir(&id);
         fs::create_dir_all(&bdir).map_err(io_err(&bdir))?;
         fs::set_permissions(&bdir, fs::Permissions::from_mode(0o700)).map_err(io_err(&bdir))?;

@@ -234,6 +234,8 @@ pub enum RunError {
     Secret(#[from] SecretError),
     #[error("{0}")]
     Invalid(String),
+    #[error("the image's program {program:?} is not an executable file in its tree (looked up from {cwd:?} in {path}), so the instance cannot start")]
+    NoProgram { program: String, cwd: String, path: String },
     #[error("instance {id} failed to start: {message}")]
     StartFailed { id: InstanceId, message: String },
     #[error("no instance matches {0:?} (see `kiln ps --all`)")]

@@ -1,7 +1,8 @@
-//! The default seccomp profile of every instance, as the OCI
-//! `linux.seccomp` object that runc turns into a filter: an allow-list
-//! generated from the table below, everything else refused with ENOSYS, as
-//! if the kernel lacked it. ENOSYS rather than EPERM because programs fall
+//! The default seccomp profile of every instance: an allow-list generated
+//! from the table below, everything else refused with ENOSYS, as if the
+//! kernel lacked it. Given as rules kiln compiles once ([`default_rules`],
+//! loaded by the sandbox-exec helper) or, where kiln has no syscall
+//! numbers, as the OCI `linux.seccomp` object runc compiles at each start. ENOSYS rather than EPERM because programs fall
 //! back from a call the kernel does not have (glibc from `clone3` to
 //! `clone`), and because runc then loads the filter as libseccomp built it
 //! instead of taking it apart to prepend its own ENOSYS stub, which is a
@@ -32,6 +33,8 @@
 //! which profile a service gets (the spec does).
 
 use serde_json::{json, Value};
+
+use super::seccomp_bpf::{compile, number_x86_64, to_bytes, Cond, Rules};
 
 /// Every syscall the default profile allows, grouped by what it is for:
 /// the native (64-bit) ABI's names only, since no other ABI is allowed.
@@ -392,9 +395,64 @@ pub fn default_profile() -> Value {
     })
 }
 
+/// Whether kiln compiles the default profile itself: where it knows the
+/// syscall numbers.
+pub const KILN_COMPILES: bool = cfg!(target_arch = "x86_64");
+
+/// The default profile as the rules kiln compiles itself
+/// ([`super::seccomp_bpf`]): the same table, by number. `None` where kiln
+/// has no syscall numbers (other than x86_64): there runc compiles
+/// [`default_profile`].
+pub fn default_rules() -> Option<Rules> {
+    if !KILN_COMPILES {
+        return None;
+    }
+    let nr = |name: &str| number_x86_64(name).unwrap_or_else(|| panic!("{name} has no x86_64 number"));
+    let clone = vec![Cond::MaskedZero { arg: 0, mask: CLONE_NAMESPACE_FLAGS }];
+    let personality = PERSONALITIES.iter().map(|&value| Cond::Equals { arg: 0, value }).collect();
+    Some(Rules {
+        arch: super::seccomp_bpf::AUDIT_ARCH_X86_64,
+        allow: allowed().map(nr).collect(),
+        allow_if: vec![(nr("clone"), clone), (nr("personality"), personality)],
+        errno: ENOSYS,
+    })
+}
+
+/// The default profile compiled to the bytes the sandbox-exec helper loads.
+pub fn default_filter() -> Option<Vec<u8>> {
+    default_rules().map(|r| to_bytes(&compile(&r)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The compiled filter decides as the OCI profile says: every listed
+    /// name allowed, the dangerous ones refused with ENOSYS, `clone` by its
+    /// flags and `personality` by its value.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_compiled_filter_decides_as_the_profile() {
+        use super::super::seccomp_bpf::{tests::run, AUDIT_ARCH_X86_64, RET_ALLOW};
+        let p = compile(&default_rules().unwrap());
+        let at = |nr: u32, a0: u64| run(&p, AUDIT_ARCH_X86_64, nr, [a0, 0, 0, 0, 0, 0]);
+        let enosys = 0x0005_0000 | 38;
+        for name in allowed() {
+            assert_eq!(at(number_x86_64(name).unwrap(), 0), RET_ALLOW, "{name}");
+        }
+        // keyctl, bpf, userfaultfd, io_uring_setup, perf_event_open,
+        // unshare, setns, mount, ptrace, kexec_load, open_by_handle_at, clone3.
+        for nr in [250, 321, 323, 425, 298, 272, 308, 165, 101, 246, 304, 435] {
+            assert_eq!(at(nr, 0), enosys, "syscall {nr}");
+        }
+        // clone: SIGCHLD | CLONE_VM... allowed; with CLONE_NEWUSER refused.
+        assert_eq!(at(56, 0x003d_0f00), RET_ALLOW);
+        assert_eq!(at(56, 0x1000_0000 | 0x11), enosys);
+        assert_eq!(at(135, 0xffff_ffff), RET_ALLOW, "personality query");
+        assert_eq!(at(135, 0x0040_0000), enosys, "READ_IMPLIES_EXEC");
+        assert_eq!(run(&p, 0x4000_0003, 0, [0; 6]), enosys, "i386");
+        assert_eq!(at(0x4000_0000, 0), enosys, "x32 read");
+    }
 
     /// The syscalls behind the escapes and exploits the profile is for are
     /// in no allow rule (clone only without namespace flags).

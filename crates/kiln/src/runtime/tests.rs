@@ -142,7 +142,7 @@ fn a_missing_secret_fails_before_anything_is_created() {
     fs::write(home.join("app"), "x").unwrap();
     fs::write(
         home.join("kiln.toml"),
-        "[image.app]\nfrom = \"scratch\"\nentrypoint = [\"/app\"]\ncopy = [{ src = \"app\", dest = \"/app\" }]\n",
+        "[image.app]\nfrom = \"scratch\"\nentrypoint = [\"/app\"]\ncopy = [{ src = \"app\", dest = \"/app\", mode = \"0755\" }]\n",
     )
     .unwrap();
     let file = crate::spec::load(&home.join("kiln.toml")).unwrap();

@@ -41,7 +41,7 @@ impl crate::bake::git::Git for NoGit {
 }
 
 const IMAGE: &str =
-    "[image.app]\nfrom = \"scratch\"\nentrypoint = [\"/app\"]\ncopy = [{ src = \"app\", dest = \"/app\" }]\n";
+    "[image.app]\nfrom = \"scratch\"\nentrypoint = [\"/app\"]\ncopy = [{ src = \"app\", dest = \"/app\", mode = \"0755\" }]\n";
 
 /// A KILN_HOME with images `app:b1` and `app:b2` and a kiln.toml of
 /// `services` (TOML tables).
