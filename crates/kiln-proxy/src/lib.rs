@@ -85,6 +85,8 @@ pub struct Proxy {
     ticket: AtomicU64,
     id_salt: u64,
     retry_budget: RetryBudget,
+    /// Failed requests written to stderr, a few a second.
+    error_log: ErrorLog,
     epoch: Instant,
     registry: Mutex<Registry>,
     /// Set when its service leaves the site: its health checks end.
@@ -142,6 +144,48 @@ impl Default for RetryBudget {
     }
 }
 
+/// The load balancer's error log: each request it answered with a 502 or
+/// 504 of its own, naming the backends tried and how each failed (as
+/// nginx's "upstream prematurely closed connection" lines), at most
+/// [`ErrorLog::PER_SECOND`] lines a second; the rest are counted and the
+/// count is written with the next second's first line.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    /// (second, lines written in it) in one atomic: second << 16 | count.
+    window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl ErrorLog {
+    pub const PER_SECOND: u64 = 20;
+
+    /// Whether a line may be written in second `now_s`, and how many were
+    /// left out before it (written once, with the first line of a second).
+    pub fn admit(&self, now_s: u64) -> Option<u64> {
+        let mut first = false;
+        let admitted = self
+            .window
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                let (second, count) = (w >> 16, w & 0xffff);
+                if second != now_s {
+                    first = true;
+                    Some(now_s << 16 | 1)
+                } else if count < Self::PER_SECOND {
+                    first = false;
+                    Some(w + 1)
+                } else {
+                    None
+                }
+            })
+            .is_ok();
+        if !admitted {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(if first { self.suppressed.swap(0, Ordering::Relaxed) } else { 0 })
+    }
+}
+
 /// Keeps a backend's and a release's in-flight counts up while a request,
 /// its response body or its upgraded connection is alive.
 struct InFlight<'a> {
@@ -172,6 +216,7 @@ impl Proxy {
             ticket: AtomicU64::new(0),
             id_salt: h1::fnv(&format!("{:?}{}", Instant::now(), std::process::id()).into_bytes()),
             retry_budget: RetryBudget::new(),
+            error_log: ErrorLog::default(),
             epoch: Instant::now(),
             registry: Mutex::new(Registry::default()),
             retired: AtomicBool::new(false),
@@ -536,6 +581,15 @@ mod tests {
         let ours = bind(addr, 2).unwrap();
         assert_eq!(ours.len(), 2, "its own workers still share the port");
         assert!(bind(addr, 1).is_err(), "nor may a second proxy join them");
+    }
+
+    #[test]
+    fn the_error_log_writes_a_few_lines_a_second_and_counts_the_rest() {
+        let log = ErrorLog::default();
+        let admitted = (0..50).filter(|_| log.admit(7).is_some()).count() as u64;
+        assert_eq!(admitted, ErrorLog::PER_SECOND);
+        assert_eq!(log.admit(8), Some(50 - ErrorLog::PER_SECOND), "the next second says how many were left out");
+        assert_eq!(log.admit(8), Some(0), "once");
     }
 
     #[test]

@@ -184,19 +184,21 @@ impl Table {
 
     /// Chooses a release and a backend for a request. `ticket` is a
     /// per-request counter (or a hash, for header stickiness); `sticky` the
-    /// index of a release the client is pinned to; `skip` a backend that
-    /// just failed. Returns the release's index too.
+    /// index of a release the client is pinned to; `skip` the backends this
+    /// request already failed on (all of them, not only the last: with two
+    /// dead backends not yet ejected, a retry that avoided only the last
+    /// went back to the first). Returns the release's index too.
     ///
     /// Passive ejection never takes the last backends out: when every
     /// backend a request could use is ejected, ejection is ignored (panic
     /// routing), since an ejected backend may answer where none surely will.
     /// Unhealthy (active checks) and draining backends stay out.
-    pub fn pick(&self, ticket: u64, sticky: Option<usize>, skip: Option<SocketAddr>, now_ms: u64) -> Option<Pick<'_>> {
+    pub fn pick(&self, ticket: u64, sticky: Option<usize>, skip: &[SocketAddr], now_ms: u64) -> Option<Pick<'_>> {
         // At `u64::MAX` every ejection has ended.
         self.pick_at(ticket, sticky, skip, now_ms).or_else(|| self.pick_at(ticket, sticky, skip, u64::MAX))
     }
 
-    fn pick_at(&self, ticket: u64, sticky: Option<usize>, skip: Option<SocketAddr>, now_ms: u64) -> Option<Pick<'_>> {
+    fn pick_at(&self, ticket: u64, sticky: Option<usize>, skip: &[SocketAddr], now_ms: u64) -> Option<Pick<'_>> {
         // `skip` is avoided across the whole table, not only within its
         // release: a retry of a request whose release has one backend (a
         // one-instance canary, a 50/50 split of two single backends) must
@@ -204,16 +206,10 @@ impl Table {
         // failed. The failed backend is used again only when nothing else
         // can take the request.
         self.pick_avoiding(ticket, sticky, skip, now_ms)
-            .or_else(|| skip.and_then(|_| self.pick_avoiding(ticket, sticky, None, now_ms)))
+            .or_else(|| (!skip.is_empty()).then(|| self.pick_avoiding(ticket, sticky, &[], now_ms)).flatten())
     }
 
-    fn pick_avoiding(
-        &self,
-        ticket: u64,
-        sticky: Option<usize>,
-        skip: Option<SocketAddr>,
-        now_ms: u64,
-    ) -> Option<Pick<'_>> {
+    fn pick_avoiding(&self, ticket: u64, sticky: Option<usize>, skip: &[SocketAddr], now_ms: u64) -> Option<Pick<'_>> {
         if let Some((i, r)) = sticky.and_then(|i| Some((i, self.releases.get(i)?))).filter(|(_, r)| r.weight > 0) {
             if let Some(b) = r.next_backend(skip, now_ms) {
                 return Some((i, r, b));
@@ -238,13 +234,7 @@ impl Table {
 
     /// Like [`Table::pick`], never from release `exclude` (whose drill
     /// fault a request just took): the schedule from `ticket` on, skipping it.
-    pub fn pick_excluding(
-        &self,
-        ticket: u64,
-        exclude: usize,
-        skip: Option<SocketAddr>,
-        now_ms: u64,
-    ) -> Option<Pick<'_>> {
+    pub fn pick_excluding(&self, ticket: u64, exclude: usize, skip: &[SocketAddr], now_ms: u64) -> Option<Pick<'_>> {
         let n = self.schedule.len();
         let start = (ticket % n.max(1) as u64) as usize;
         let at = |now_ms| {
@@ -263,14 +253,14 @@ impl Table {
 }
 
 impl Release {
-    /// Round robin over available backends other than `skip`.
-    fn next_backend(&self, skip: Option<SocketAddr>, now_ms: u64) -> Option<&Arc<Backend>> {
+    /// Round robin over available backends not in `skip`.
+    fn next_backend(&self, skip: &[SocketAddr], now_ms: u64) -> Option<&Arc<Backend>> {
         let n = self.backends.len();
         if n == 0 {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| &self.backends[(start + k) % n]).find(|b| b.available(now_ms) && Some(b.addr) != skip)
+        (0..n).map(|k| &self.backends[(start + k) % n]).find(|b| b.available(now_ms) && !skip.contains(&b.addr))
     }
 }
 
@@ -293,11 +283,11 @@ mod tests {
             entry("stable", 50, vec![Backend::new(addr(3), true)]),
         ]);
         for ticket in 0..100 {
-            let (i, r, b) = t.pick_excluding(ticket, 0, None, 0).unwrap();
+            let (i, r, b) = t.pick_excluding(ticket, 0, &[], 0).unwrap();
             assert_eq!((i, r.id.0.as_str(), b.addr), (1, "stable", addr(3)));
         }
         let only = Table::new(vec![entry("drill", 100, vec![Backend::new(addr(1), true)])]);
-        assert!(only.pick_excluding(7, 0, None, 0).is_none());
+        assert!(only.pick_excluding(7, 0, &[], 0).is_none());
     }
 
     #[test]
@@ -319,7 +309,7 @@ mod tests {
             entry("canary", 5, vec![Backend::new(addr(1), true)]),
             entry("stable", 95, vec![Backend::new(addr(2), true), Backend::new(addr(3), true)]),
         ]);
-        let canary = (0..10_000u64).filter(|&i| t.pick(i, None, None, 0).unwrap().1.id.0 == "canary").count();
+        let canary = (0..10_000u64).filter(|&i| t.pick(i, None, &[], 0).unwrap().1.id.0 == "canary").count();
         assert_eq!(canary, 500);
     }
 
@@ -334,22 +324,22 @@ mod tests {
         ]);
         dead.healthy.store(false, Ordering::Relaxed);
         for i in 0..10 {
-            assert_eq!(t.pick(i, None, None, 0).unwrap().2.addr, addr(2));
+            assert_eq!(t.pick(i, None, &[], 0).unwrap().2.addr, addr(2));
         }
         let other = Backend::new(addr(3), true);
         let t2 = Table::new(vec![entry("b", 1, vec![live.clone(), other.clone()])]);
         live.ejected_until_ms.store(100, Ordering::Relaxed);
         for i in 0..4 {
-            assert_eq!(t2.pick(i, None, None, 50).unwrap().2.addr, addr(3), "an ejected backend is avoided");
+            assert_eq!(t2.pick(i, None, &[], 50).unwrap().2.addr, addr(3), "an ejected backend is avoided");
         }
         other.ejected_until_ms.store(100, Ordering::Relaxed);
-        assert!(t2.pick(0, None, None, 50).is_some(), "all ejected: panic routing ignores ejection");
+        assert!(t2.pick(0, None, &[], 50).is_some(), "all ejected: panic routing ignores ejection");
         other.healthy.store(false, Ordering::Relaxed);
-        assert_eq!(t.pick(0, None, None, 50).unwrap().2.addr, addr(2), "weight-0 releases get nothing, even then");
-        assert!(t.pick(0, None, None, 100).is_some(), "ejection ends");
+        assert_eq!(t.pick(0, None, &[], 50).unwrap().2.addr, addr(2), "weight-0 releases get nothing, even then");
+        assert!(t.pick(0, None, &[], 100).is_some(), "ejection ends");
         live.draining.store(true, Ordering::Relaxed);
-        assert!(t.pick(0, None, None, 100).is_none(), "draining backends stay out, panic or not");
-        assert!(t.pick(0, None, None, 50).is_none());
+        assert!(t.pick(0, None, &[], 100).is_none(), "draining backends stay out, panic or not");
+        assert!(t.pick(0, None, &[], 50).is_none());
     }
 
     #[test]
@@ -362,12 +352,28 @@ mod tests {
         assert_eq!(b, Some(1));
         assert_eq!(t.release_index(b"nope"), None);
         for i in 0..50 {
-            assert_eq!(t.pick(i, b, None, 0).unwrap().1.id.0, "b");
+            assert_eq!(t.pick(i, b, &[], 0).unwrap().1.id.0, "b");
         }
         for i in 0..10 {
-            let (_, _, be) = t.pick(0, t.release_index(b"a"), Some(addr(1)), 0).unwrap();
+            let (_, _, be) = t.pick(0, t.release_index(b"a"), &[addr(1)], 0).unwrap();
             assert_eq!(be.addr, addr(2), "retry {i} avoids the backend that failed");
         }
+    }
+
+    #[test]
+    fn a_second_retry_avoids_both_backends_that_failed() {
+        // Two backends died at once and neither is ejected yet (a chaos
+        // kill while a replacement is still starting): a request failed on
+        // 1, then on 2; its last try must not go back to 1.
+        let t = Table::new(vec![
+            entry("a", 50, vec![Backend::new(addr(1), true), Backend::new(addr(2), true)]),
+            entry("b", 50, vec![Backend::new(addr(3), true)]),
+        ]);
+        for ticket in 0..20 {
+            assert_eq!(t.pick(ticket, None, &[addr(1), addr(2)], 0).unwrap().2.addr, addr(3), "ticket {ticket}");
+            assert_eq!(t.pick(ticket, None, &[addr(2), addr(1)], 0).unwrap().2.addr, addr(3), "in either order");
+        }
+        assert!(t.pick(0, None, &[addr(1), addr(2), addr(3)], 0).is_some(), "all failed: one is tried again");
     }
 
     #[test]
@@ -381,14 +387,14 @@ mod tests {
             entry("two", 50, vec![Backend::new(addr(2), true)]),
         ]);
         for ticket in 0..20 {
-            let (_, r, b) = t.pick(ticket, None, Some(addr(2)), 0).unwrap();
+            let (_, r, b) = t.pick(ticket, None, &[addr(2)], 0).unwrap();
             assert_eq!((r.id.0.as_str(), b.addr), ("one", addr(1)), "ticket {ticket}");
         }
         let sticky_two = t.release_index(b"two");
-        assert_eq!(t.pick(0, sticky_two, Some(addr(2)), 0).unwrap().2.addr, addr(1), "stickiness yields to a retry");
+        assert_eq!(t.pick(0, sticky_two, &[addr(2)], 0).unwrap().2.addr, addr(1), "stickiness yields to a retry");
         let alone = Table::new(vec![entry("only", 1, vec![Backend::new(addr(7), true)])]);
         assert_eq!(
-            alone.pick(0, None, Some(addr(7)), 0).unwrap().2.addr,
+            alone.pick(0, None, &[addr(7)], 0).unwrap().2.addr,
             addr(7),
             "the failed backend, if it is all there is"
         );

@@ -66,6 +66,17 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
         }
         seen
     };
+    // A service's first deploy: each load balancer routes to a new backend
+    // once its own health check passed, which can lag the deploy's
+    // "serves" by a check or two (README, "Fleet", known gaps). Wait for
+    // both on the health path, which writes nothing to the volume.
+    for lb in &lbs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Conn::at(*lb).get("/").map(|r| r.0).ok() != Some(200) {
+            assert!(Instant::now() < deadline, "{lb} does not route to the new service");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let first = hits(8);
     assert!(first.iter().all(|b| b.starts_with("hits=")), "{first:?}");
     let before: Vec<usize> = homes.iter().map(|h| on_disk(h)).collect();
@@ -155,6 +166,16 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
     assert!(report["unreplaced"].as_array().unwrap().is_empty(), "{report}");
     assert!(report["replace_max_ms"].as_u64().unwrap() < 15_000, "{report}");
     eprintln!("fleet chaos: {report}; load {answers:?}, {failed} failed");
+    // What each load balancer said of the requests it failed (its error
+    // log: the backends tried and how each failed).
+    // (Each load balancer's proxy.log, somewhere under its host's home.)
+    for h in &homes {
+        let out = std::process::Command::new("grep").args(["-rh", "--include=proxy.log", "answered 50"]).arg(h).output();
+        let said = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        for l in said.lines().take(5) {
+            eprintln!("fleet chaos, {}: {l}", h.display());
+        }
+    }
     // Not 0 in every run: a kill can cost a burst of 502s at a load
     // balancer before it drops the dead backend (seen in 3 of 8 runs,
     // 17 to 47 requests; README, "Chaos"). What is held: the load went on,

@@ -768,3 +768,53 @@ fn bad_proxy_flags_are_refused_naming_the_flag() {
         assert!(err.contains(flag) && err.contains(value), "{flag} {value}: {err}");
     }
 }
+
+/// A request the proxy could not get answered is in its error log, naming
+/// each backend tried and how it failed (as nginx's "upstream prematurely
+/// closed connection" lines), with the request's id, and why it was not
+/// tried again. The backend is not the demo app: a listener that closes
+/// every connection it accepts without a word.
+#[test]
+fn a_failed_request_is_logged_naming_the_backends_tried_and_how_they_failed() {
+    let _room = common::room("no-runc");
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in closer.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+        }
+    });
+    let dir = common::tempdir("proxy-errlog");
+    let log = dir.join("stderr");
+    let port = free_port();
+    let _p = Proc(
+        kiln_cmd()
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}"), "--release", &format!("web=1@{dead}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let (code, _, _) = Conn::new(port).send("GET", "/x", &[("X-Request-Id", "req-77")], b"").unwrap();
+    assert_eq!(code, 502);
+    let (code, _, _) = Conn::new(port).send("POST", "/y", &[("X-Request-Id", "req-78")], b"body").unwrap();
+    assert_eq!(code, 502);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("req-78") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let get = text.lines().find(|l| l.contains("request req-77")).unwrap_or_else(|| panic!("{text}"));
+    // A GET is retried (twice, on the only backend there is), then given up.
+    assert_eq!(get.matches(&format!("{dead} closed the connection before a whole response head")).count(), 3, "{get}");
+    assert!(get.contains("answered 502") && get.contains("no retry left"), "{get}");
+    let post = text.lines().find(|l| l.contains("request req-78")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(post.matches(&dead.to_string()).count(), 1, "a POST is not retried: {post}");
+    assert!(post.contains("not safe to retry"), "{post}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

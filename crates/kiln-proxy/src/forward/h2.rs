@@ -214,11 +214,12 @@ async fn stream(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Respon
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
     let mut body = Some(body);
-    let mut skip = None;
+    // Every backend this request failed on.
+    let mut skip: Vec<std::net::SocketAddr> = Vec::new();
     let mut attempt = 0;
     loop {
         let now_ms = p.ms_at(started);
-        let Some((index, release, backend)) = table.pick(ticket, sticky_cookie, skip, now_ms) else {
+        let Some((index, release, backend)) = table.pick(ticket, sticky_cookie, &skip, now_ms) else {
             return reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend for this service", Some(&request_id));
         };
         let mut guard = Guard::new(backend.clone(), release.metrics.clone());
@@ -232,7 +233,7 @@ async fn stream(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Respon
                     attempt += 1;
                     release.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     backend.retried.fetch_add(1, Ordering::Relaxed);
-                    skip = Some(backend.addr);
+                    skip.push(backend.addr);
                     continue;
                 }
                 return failed(&p, release, backend, started, StatusCode::BAD_GATEWAY, &request_id);

@@ -254,22 +254,51 @@ struct Io<'a, C> {
 }
 
 /// How an attempt on one backend failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Failure {
+    #[error("refused or unreachable")]
     /// Nothing reached the backend: another may take the request.
     Connect,
     /// The connection failed before a whole response head arrived.
+    #[error("closed the connection before a whole response head")]
     BeforeResponse,
     /// No response head in time.
+    #[error("sent no response head in time")]
     Timeout,
     /// The drain deadline cut the request.
+    #[error("was drained before it answered")]
     Cut,
     /// The backend sent something that is not an HTTP response.
+    #[error("answered something that is not an HTTP response")]
     BadResponse,
     /// The client failed or closed while its body was being sent.
+    #[error("the client failed while its body was sent")]
     Client,
     /// The client closed while the backend had not answered yet.
+    #[error("the client left before the answer")]
     ClientGone,
+}
+
+/// Writes a request the load balancer failed to the error log: each
+/// backend tried and how it failed, and why it was not tried again.
+fn log_failed(p: &Proxy, status: u16, info: &h1::RequestInfo, tried: &[(std::net::SocketAddr, Failure)], safe: bool) {
+    let Some(left_out) = p.error_log.admit(p.now_ms() / 1000) else { return };
+    let tries: Vec<String> = tried.iter().map(|(addr, f)| format!("{addr} {f}")).collect();
+    let why = if !safe {
+        "not safe to retry (a body was sent, or the method is not idempotent)"
+    } else if tried.len() as u64 > u64::from(p.config.retries) {
+        "no retry left"
+    } else {
+        "the retry budget is spent"
+    };
+    let before =
+        if left_out > 0 { format!(" ({left_out} failed requests not logged before this one)") } else { String::new() };
+    eprintln!(
+        "kiln proxy: {}: answered {status} to request {}: {}; {why}{before}",
+        p.config.service,
+        String::from_utf8_lossy(info.request_id.as_bytes()),
+        tries.join(", then ")
+    );
 }
 
 /// One request, top to bottom: choose a release and backend, send the
@@ -289,15 +318,17 @@ async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &
     }
     // A body is sent at most once: after that, a failure is final.
     let mut body_sent = false;
-    let mut skip = None;
+    // Every backend this request failed on, and how (for the error log).
+    let mut skip: Vec<std::net::SocketAddr> = Vec::new();
+    let mut failures: Vec<(std::net::SocketAddr, Failure)> = Vec::new();
     let mut attempt = 0;
     // The release whose drill fault this request took, if any.
     let mut faulted = None;
     loop {
         let now_ms = p.ms_at(started);
         let picked = match faulted {
-            Some(i) => table.pick_excluding(ticket, i, skip, now_ms),
-            None => table.pick(ticket, sticky, skip, now_ms),
+            Some(i) => table.pick_excluding(ticket, i, &skip, now_ms),
+            None => table.pick(ticket, sticky, &skip, now_ms),
         };
         let picked = match picked {
             Some((i, r, _)) if faulted.is_none() && r.fault.is_some() => {
@@ -305,7 +336,7 @@ async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &
                 r.metrics.record(r.fault.unwrap_or(503), 0, now_ms / 1000);
                 r.metrics.injected.fetch_add(1, Ordering::Relaxed);
                 faulted = Some(i);
-                table.pick_excluding(ticket, i, skip, now_ms)
+                table.pick_excluding(ticket, i, &skip, now_ms)
             }
             other => other,
         };
@@ -337,6 +368,7 @@ async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &
                     return Next::Close;
                 }
                 p.passive(backend, true, failure == Failure::Connect);
+                failures.push((backend.addr, failure));
                 let safe = match failure {
                     Failure::Connect => !body_sent,
                     // A drain cut a request still awaiting its response head
@@ -348,7 +380,7 @@ async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &
                     attempt += 1;
                     release.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     backend.retried.fetch_add(1, Ordering::Relaxed);
-                    skip = Some(backend.addr);
+                    skip.push(backend.addr);
                     continue;
                 }
                 let (status, msg) = match failure {
@@ -356,6 +388,7 @@ async fn exchange<C: Client>(p: &Proxy, site: &Site, io: &mut Io<'_, C>, info: &
                     Failure::Cut => (502, "the backend was drained"),
                     _ => (502, "the backend failed"),
                 };
+                log_failed(p, status, info, &failures, safe);
                 let m = Some((&*release.metrics, &**backend, started));
                 return local(p, site, io, status, msg, m, info).await;
             }
