@@ -170,7 +170,8 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
     // log: the backends tried and how each failed).
     // (Each load balancer's proxy.log, somewhere under its host's home.)
     for h in &homes {
-        let out = std::process::Command::new("grep").args(["-rh", "--include=proxy.log", "answered 50"]).arg(h).output();
+        let out =
+            std::process::Command::new("grep").args(["-rh", "--include=proxy.log", "answered 50"]).arg(h).output();
         let said = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         for l in said.lines().take(5) {
             eprintln!("fleet chaos, {}: {l}", h.display());
