@@ -71,6 +71,7 @@ async fn parse_admin(req: Request<Incoming>) -> Result<Control, (StatusCode, Str
     Ok(match (method, path.as_str()) {
         (Method::GET, "/metrics") => Control::Metrics,
         (Method::GET, "/totals") => Control::Totals,
+        (Method::GET, "/backends") => Control::Backends,
         (Method::GET, "/releases") => Control::Releases,
         (Method::GET, "/stats") => Control::Stats {
             release: query(&req, "release").unwrap_or_default(),
@@ -145,6 +146,7 @@ async fn admin(site: &Site, reload: &Reload, req: Request<Incoming>) -> Response
         Ok(ControlOutput::Drained(r)) => json_response(&r),
         Ok(ControlOutput::Stats(w)) => json_response(&w),
         Ok(ControlOutput::Totals(t)) => json_response(&t),
+        Ok(ControlOutput::Backends(b)) => json_response(&b),
         Err(e) if changes || matches!(e, ControlError::BadRelease(_)) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
     }

@@ -39,6 +39,10 @@ pub enum Control {
     /// Request counts since start, over every release (what `kiln status`
     /// and `kiln chaos` report), typed: no one parses the Prometheus text.
     Totals,
+    /// Each backend the table lists, with whether this proxy finds it
+    /// healthy: what a fleet's agent reports so that a release is only
+    /// called done once every load balancer routes to it.
+    Backends,
 }
 
 /// What a [`Control`] returns.
@@ -50,6 +54,7 @@ pub enum ControlOutput {
     Stats(WindowStats),
     Metrics(String),
     Totals(metrics::Totals),
+    Backends(Vec<BackendState>),
 }
 
 /// Why a [`Control`] was refused; nothing changed.

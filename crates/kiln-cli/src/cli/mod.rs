@@ -7,9 +7,12 @@ pub mod args;
 pub mod chaos;
 pub mod convert;
 pub mod fleet_args;
+pub mod fleet_convert;
 pub mod heal;
 pub mod release;
 pub mod render;
+pub mod subcommands;
+pub mod values;
 pub mod verify;
 
 /// Who asked, for the history: user@host.

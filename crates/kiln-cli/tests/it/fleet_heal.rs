@@ -66,16 +66,12 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
         }
         seen
     };
-    // A service's first deploy: each load balancer routes to a new backend
-    // once its own health check passed, which can lag the deploy's
-    // "serves" by a check or two (README, "Fleet", known gaps). Wait for
-    // both on the health path, which writes nothing to the volume.
+    // A service's first deploy is "serving" only once every host's load
+    // balancer routes to it: the first request at each answers (the
+    // health path writes nothing to the volume).
     for lb in &lbs {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Conn::at(*lb).get("/").map(|r| r.0).ok() != Some(200) {
-            assert!(Instant::now() < deadline, "{lb} does not route to the new service");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let got = Conn::at(*lb).get("/").map(|r| (r.0, String::from_utf8_lossy(&r.2).into_owned()));
+        assert!(matches!(got, Ok((200, _))), "{lb} right after the deploy: {got:?}");
     }
     let first = hits(8);
     assert!(first.iter().all(|b| b.starts_with("hits=")), "{first:?}");

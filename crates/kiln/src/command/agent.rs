@@ -9,8 +9,8 @@
 //! reconciliation or routing (the pure `fleet::place`, `fleet::reconcile`
 //! and `fleet::route` do).
 
+use super::agent_routes::{write_tls, LoadBalancers};
 use super::*;
-use crate::serve::dataplane::{DataPlane, DataPlanes};
 
 /// Where an agent's images (and a slot's sealed secrets) come from, and
 /// what they must be signed by.
@@ -146,138 +146,6 @@ fn from_peers<T>(
     Err(failed)
 }
 
-/// The load balancers this host runs for the fleet's services, each with
-/// what it was started for and the table it was last given.
-#[derive(Debug, Default)]
-struct LoadBalancers {
-    running: std::collections::BTreeMap<String, (std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)>,
-}
-
-impl LoadBalancers {
-    /// Brings this host's load balancers to `routed`: one per service, on
-    /// `advertise:listen`, started (or adopted from a previous agent) when
-    /// missing, dead or moved; its table set when it changed; stopped when
-    /// the service no longer has one. One failing service never stops the
-    /// others'. Returns what each load balancer counted over the window
-    /// its service's analysed canary asks for.
-    fn apply(
-        &mut self,
-        planes: &dyn DataPlanes,
-        advertise: std::net::IpAddr,
-        routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>,
-        tls_files: &dyn Fn(&str, &crate::fleet::place::FleetTls) -> Result<TlsPaths, String>,
-        log: &dyn Fn(&str),
-    ) -> std::collections::BTreeMap<String, crate::fleet::canary::HostStats> {
-        use crate::fleet::route::{CANARY, STABLE};
-        let mut counted = std::collections::BTreeMap::new();
-        let gone: Vec<String> = self.running.keys().filter(|s| !routed.contains_key(*s)).cloned().collect();
-        for service in gone {
-            planes.stop(&service);
-            self.running.remove(&service);
-            log(&format!("{service}: load balancer stopped"));
-        }
-        for (service, want) in routed {
-            let same_site = |(p, had): &(std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)| {
-                p.is_alive() && had.listen == want.listen && had.health == want.health && had.edge == want.edge
-            };
-            let result = match self.running.get(&service) {
-                Some(cur) if same_site(cur) && cur.1.table == want.table => Ok(cur.0.clone()),
-                Some(cur) if same_site(cur) => cur.0.set_table(&want.table).map(|()| cur.0.clone()),
-                _ => {
-                    let files = match &want.edge.tls {
-                        Some(t) => match tls_files(&service, t) {
-                            Ok(f) => Some(f),
-                            Err(e) => {
-                                log(&format!("{service}: its certificate: {e}"));
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    let tls = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-                    let listen = std::net::SocketAddr::new(advertise, want.listen);
-                    crate::spec::fleet_service(
-                        "kiln place",
-                        &service,
-                        listen,
-                        want.health.as_deref(),
-                        &want.edge.site(tls, advertise),
-                    )
-                    .map_err(crate::serve::ServeError::Spec)
-                    .and_then(|spec| planes.ensure(&spec))
-                    .and_then(|p| p.set_table(&want.table).map(|()| p))
-                }
-            };
-            match result {
-                Ok(p) => {
-                    if let Some(w) = want.window_secs {
-                        // A release this load balancer does not route to
-                        // (yet) counted nothing.
-                        let stats = |release: &str| p.stats(release, w).unwrap_or_default();
-                        let host = crate::fleet::canary::HostStats { canary: stats(CANARY), stable: stats(STABLE) };
-                        counted.insert(service.clone(), host);
-                    }
-                    self.running.insert(service, (p, want));
-                }
-                Err(e) => log(&format!("{service}: load balancer: {e}")),
-            }
-        }
-        counted
-    }
-}
-
-/// A certificate chain's file and its key's, as a load balancer reads them.
-type TlsPaths = (std::path::PathBuf, std::path::PathBuf);
-
-/// Writes a fleet service's certificate and key where this host's load
-/// balancer reads them: `/run/kiln/<home>/fleet-tls/SERVICE/` (tmpfs,
-/// mode 0700; the key 0600), the key opened from its sealed version with
-/// this host's KEK. Written again only when the version or the chain
-/// changed; the load balancer re-reads changed files on its own.
-fn write_tls(
-    etcd: &crate::fleet::etcd::Etcd,
-    home: &std::path::Path,
-    service: &str,
-    t: &crate::fleet::place::FleetTls,
-) -> Result<TlsPaths, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = crate::runtime::run_dir(home).join("fleet-tls").join(service);
-    let at = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(&dir).map_err(|e| at(&dir, e))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| at(&dir, e))?;
-    let (cert, key, version) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("key.version"));
-    let want = format!("{}/{}", t.key.name, t.key.version);
-    let current = std::fs::read_to_string(&version).is_ok_and(|v| v == want)
-        && key.exists()
-        && std::fs::read_to_string(&cert).is_ok_and(|c| c == t.cert);
-    if !current {
-        let sealed =
-            crate::fleet::secrets::sealed(etcd, home, std::slice::from_ref(&t.key)).map_err(|e| e.to_string())?;
-        let value = crate::secrets::Secrets::fleet(sealed.path(), home).get(&t.key.name).map_err(|e| e.to_string())?;
-        // The key before its chain: a chain that meets an old key is
-        // refused by the load balancer, which keeps its pair and tries
-        // again.
-        let private = |path: &std::path::Path, bytes: &[u8]| -> Result<(), String> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| at(&tmp, e))?;
-            f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| at(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| at(path, e))
-        };
-        private(&key, value.expose())?;
-        private(&cert, t.cert.as_bytes())?;
-        private(&version, want.as_bytes())?;
-    }
-    Ok((cert, key))
-}
-
 /// Runs `kiln agent` until SIGTERM or SIGINT.
 pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandError> {
     let Command::Agent { cluster, name, ttl_secs, signed_by, advertise, registries, peer_port } = cmd else {
@@ -359,6 +227,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         std::sync::Mutex::default();
     let quarantine_dir = |id: &str| ctx.store.home().join("quarantine").join(id);
     let is_quarantined = |id: &str| quarantines.lock().is_ok_and(|q| q.contains_key(id)) || quarantine_dir(id).exists();
+    // What this host's load balancers route to, after their last round.
+    let routes: std::sync::Mutex<std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>> =
+        std::sync::Mutex::default();
     let mut record = || {
         let records = rt.records().unwrap_or_default();
         let as_placed = |r: &crate::runtime::InstanceRecord| {
@@ -400,6 +271,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 .unwrap_or_default(),
             verified: checks.lock().ok().and_then(|c| c.last.clone()),
             quarantined,
+            routes: routes.lock().map(|r| r.clone()).unwrap_or_default(),
         }
     };
     let (store, launcher, now, retention) = (&ctx.store, ctx.launcher, ctx.now, ctx.retention);
@@ -669,7 +541,11 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
     let home = ctx.store.home().to_owned();
     let tls_files = |service: &str, t: &crate::fleet::place::FleetTls| write_tls(&etcd, &home, service, t);
     let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
-        lbs.apply(&planes, advertise, routed, &tls_files, &|m| eprintln!("kiln agent {name}: {m}"))
+        let counted = lbs.apply(&planes, advertise, routed, &tls_files, &|m| eprintln!("kiln agent {name}: {m}"));
+        if let Ok(mut r) = routes.lock() {
+            r.clone_from(&lbs.routes);
+        }
+        counted
     };
     // The newest leader epoch and the assignments acted on, kept
     // across restarts: an old leader's change is refused after one

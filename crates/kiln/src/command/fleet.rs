@@ -408,6 +408,10 @@ pub(super) fn follow(
             match &now {
                 Rollout::Rolling { ready, want } => progress.step_output(&format!("{ready}/{want} replicas run it")),
                 Rollout::Canary { weight } => progress.step_output(&format!("canary at {weight} %")),
+                Rollout::Routing { hosts } => progress.step_output(&format!(
+                    "every replica runs it; waiting for the load balancers of {} to route to it",
+                    hosts.join(", ")
+                )),
                 _ => {}
             }
         }
@@ -417,6 +421,15 @@ pub(super) fn follow(
             Rollout::Paused { why } => return Err(ChangeError::Paused { service: service.to_owned(), why }.into()),
             Rollout::Rolling { ready, want } if std::time::Instant::now() >= deadline => {
                 let why = format!("{ready} of {want} replicas ran it after {} s", wait.as_secs());
+                return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
+            }
+            Rollout::Routing { hosts } if std::time::Instant::now() >= deadline => {
+                let why = format!(
+                    "every replica ran it, but after {} s the load balancers of {} did not route to it (their health \
+                     checks failed it: is it reachable from those hosts?)",
+                    wait.as_secs(),
+                    hosts.join(", ")
+                );
                 return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
             }
             Rollout::Canary { .. } if std::time::Instant::now() >= deadline => {

@@ -72,5 +72,6 @@ pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
         failing: Vec::new(),
         verified: None,
         quarantined: Vec::new(),
+        routes: Default::default(),
     }
 }

@@ -25,6 +25,7 @@
 //! writes to tmpfs for an instance.
 
 pub mod kek;
+mod rotate;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -650,59 +651,6 @@ impl Secrets {
             .collect();
         names.sort();
         Ok(names)
-    }
-
-    /// Re-encrypts every entry under a new data key sealed by the current
-    /// KEK. `old` opens the store when it was sealed with another KEK (the
-    /// current one otherwise; a store from before the KEK needs none).
-    pub fn rotate(&self, old: Option<Kek>) -> Result<Rotated, SecretError> {
-        self.need_kek()?;
-        let _lock = self.lock()?;
-        self.recover()?;
-        self.rotate_locked(old)
-    }
-
-    fn rotate_locked(&self, old: Option<Kek>) -> Result<Rotated, SecretError> {
-        let new_kek = self.need_kek()?;
-        let (current, migrated) = match self.read_dek()? {
-            Some((dek, _)) => {
-                let opener = old.as_ref().unwrap_or(&new_kek);
-                (Some(DataKey::Sealed { key: self.unwrap_with(&dek, opener)?, id: dek.id }), false)
-            }
-            None => {
-                let legacy = self.dir.join("key");
-                match fs::read(&legacy) {
-                    Ok(k) => {
-                        let k: [u8; 32] = k.try_into().map_err(|_| SecretError::BadKey(legacy.clone()))?;
-                        (Some(DataKey::Legacy(k)), true)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => (None, false),
-                    Err(e) => return Err(SecretError::Io { path: legacy, source: e }),
-                }
-            }
-        };
-        if current.is_none() {
-            kek::confirm(&new_kek)?;
-        }
-        let (dek, key) = self.seal_new(&new_kek)?;
-        let names = self.list()?;
-        if let Some(current) = &current {
-            for name in &names {
-                let (value, version) = Self::unseal(current, name, &self.read_file(name)?)?;
-                let sealed = Self::seal(&key, &dek.id, &version, name, value.expose())
-                    .ok_or_else(|| SecretError::Undecryptable(name.clone()))?;
-                let next = self.dir.join(format!("{name}.enc.new"));
-                self.write_atomic(&next, &sealed)?;
-            }
-        }
-        // The commit: from here on the new files are the store.
-        self.write_atomic(&self.dir.join("dek"), dek.render(self.purpose).as_bytes())?;
-        self.recover()?;
-        Ok(Rotated {
-            count: if current.is_some() { names.len() } else { 0 },
-            sealed_with: new_kek.origin.to_string(),
-            migrated,
-        })
     }
 }
 

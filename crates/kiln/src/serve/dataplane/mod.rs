@@ -25,6 +25,7 @@ use crate::spec::ServiceSpec;
 use process::{alive, dir};
 pub use process::{check_certificate, ProxyProcess};
 
+pub use crate::proxy::control::BackendState;
 pub use crate::proxy::metrics::Totals;
 
 /// A service's load balancer, as the controller drives it.
@@ -41,6 +42,8 @@ pub trait DataPlane: std::fmt::Debug + Send + Sync {
     fn stats(&self, release: &str, window_secs: u64) -> Result<WindowStats, ServeError>;
     /// Totals since it started, over every release.
     fn totals(&self) -> Result<Totals, ServeError>;
+    /// Each backend of its table, with whether it finds it healthy.
+    fn backends(&self) -> Result<Vec<BackendState>, ServeError>;
     /// Stops new requests to `backend` and waits (up to `deadline_ms`) for
     /// what it has in flight.
     fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError>;
@@ -143,6 +146,9 @@ impl DataPlane for Proxied {
     }
     fn totals(&self) -> Result<Totals, ServeError> {
         self.rec.totals()
+    }
+    fn backends(&self) -> Result<Vec<BackendState>, ServeError> {
+        self.rec.backends()
     }
     fn drain(&self, backend: SocketAddr, deadline_ms: u64) -> Result<(), ServeError> {
         self.rec.drain(backend, deadline_ms)
@@ -263,6 +269,12 @@ impl DataPlane for FakePlane {
     }
     fn totals(&self) -> Result<Totals, ServeError> {
         Ok(Totals::default())
+    }
+    /// The last table's backends, each healthy.
+    fn backends(&self) -> Result<Vec<BackendState>, ServeError> {
+        let table = self.owner.table(&self.service).unwrap_or_default();
+        let addrs: std::collections::BTreeSet<SocketAddr> = table.into_iter().flat_map(|e| e.backends).collect();
+        Ok(addrs.into_iter().map(|addr| BackendState { addr, healthy: true, draining: false }).collect())
     }
     fn drain(&self, backend: SocketAddr, _deadline_ms: u64) -> Result<(), ServeError> {
         self.owner.call(&self.service, self.listen, DataPlaneCall::Drain { service: self.service.clone(), backend })

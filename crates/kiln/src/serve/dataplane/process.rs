@@ -513,6 +513,17 @@ impl ProxyProcess {
         })
     }
 
+    /// Each backend of its table and whether it finds it healthy (its
+    /// typed `/backends`).
+    pub(super) fn backends(&self) -> Result<Vec<super::BackendState>, ServeError> {
+        let body = self.call("GET", &self.at("/backends"), b"")?;
+        serde_json::from_slice(&body).map_err(|e| ServeError::Proxy {
+            service: self.service.clone(),
+            admin: self.admin,
+            detail: format!("bad /backends answer: {e}"),
+        })
+    }
+
     /// Publishes (or, with `None`, withdraws) an ACME http-01 answer on the
     /// site's redirect listener.
     pub(super) fn challenge(&self, token: &str, key_auth: Option<&str>) -> Result<(), ServeError> {
