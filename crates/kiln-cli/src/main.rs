@@ -220,6 +220,11 @@ fn finish(home: &std::path::Path, host: &Host, output: Output, json: bool, then:
     if let (Then::WriteSbom { path, cyclonedx }, Output::Sbom(r)) = (&then, &output) {
         cli::verify::write_sbom(host.store(), r, path, *cyclonedx)?;
     }
+    if let (Then::ExitIfDrillFailed, Output::FleetDrill(r)) = (&then, &output) {
+        if !r.passed() {
+            return Ok(2);
+        }
+    }
     if let (Then::ExitIfDrifted, Output::FleetVerified(hosts)) = (&then, &output) {
         if hosts.iter().any(|(_, v)| v.as_ref().is_some_and(|v| !v.drifted.is_empty())) {
             return Ok(5);

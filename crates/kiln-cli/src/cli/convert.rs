@@ -17,7 +17,7 @@ use kiln::serve::api::Request;
 
 use super::args::*;
 use super::fleet_convert::{
-    controller_token, fleet_change, fleet_deploy, fleet_hooks, fleet_secret, fleet_via, host_name,
+    controller_token, fleet_change, fleet_deploy, fleet_hooks, fleet_secret, fleet_target, fleet_via, host_name,
 };
 use super::release::pick_service;
 
@@ -80,6 +80,8 @@ pub(crate) enum Then {
     },
     /// `kiln verify-instances`: exit 5 when an instance drifted.
     ExitIfDrifted,
+    /// Exit 2 when a fleet drill did not prove its rollback.
+    ExitIfDrillFailed,
     /// `kiln sbom --output`: the chosen document written to a file.
     WriteSbom {
         path: PathBuf,
@@ -209,17 +211,18 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             let then = Then::WaitDown { wait: !no_wait, purge };
             return Ok(controller(Request::Down { service, purge, actor: actor() }, json, then));
         }
-        Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, file, json, fleet, .. } if fleet.on() => {
-            if drill.is_some() {
-                bail!("--drill: no fleet form yet (a fleet canary's analysis is tested by its own aborts)");
-            }
-            if fleet.controller.is_some() {
-                bail!("--controller: a fleet's chaos runs for --duration from a machine with etcd access (--cluster)");
-            }
+        Cmd::Chaos { service, drill: Some(DrillKind::Canary), window, file, json, fleet, .. } if fleet.on() => {
+            let service = pick_service(&file, service)?;
+            let (weight, window_ms) = drill_settings(&file, &service, window)?;
+            let via = fleet_target(fleet)?;
+            let command = Command::FleetDrill { via, service, weight, window_ms, actor: actor() };
+            return Ok(Invocation::Command { command: Box::new(command), json, then: Then::ExitIfDrillFailed });
+        }
+        Cmd::Chaos { service, kill_rate, duration, max_share, kills, file, json, fleet, .. } if fleet.on() => {
             let service = pick_service(&file, service)?;
             let duration_ms = duration.as_millis() as u64;
-            let cluster = fleet.into();
-            (Command::FleetChaos { cluster, service, kill_rate, duration_ms, max_share, kills, actor: actor() }, json)
+            let via = fleet_target(fleet)?;
+            (Command::FleetChaos { via, service, kill_rate, duration_ms, max_share, kills, actor: actor() }, json)
         }
         Cmd::Chaos { service, kill_rate, duration, max_share, kills, drill, window, file, json, .. } => {
             let service = pick_service(&file, service)?;
@@ -365,6 +368,7 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 progress: None,
                 max_error_rate,
                 max_p99_ratio,
+                fault: None,
             });
             let millicpus = match cpus {
                 Some(c) if c > 0.0 && c <= 1024.0 => Some((c * 1000.0).round() as u64),
@@ -630,6 +634,33 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
 
 /// The `[registries."HOST"]` settings of `remote`'s registry, from `file`
 /// when it exists (push and pull also work outside a project).
+/// A fleet drill's share and window: kiln.toml's canary (its first
+/// weight, its `step_interval`) when the service has one, else 10 % and
+/// 10 s; `--window` wins.
+fn drill_settings(
+    file: &std::path::Path,
+    service: &str,
+    window: Option<std::time::Duration>,
+) -> anyhow::Result<(u32, u64)> {
+    let spec = if file.is_file() { kiln::spec::load(file)?.services.get(service).cloned() } else { None };
+    let canary = spec.and_then(|s| match s.release.strategy {
+        kiln::spec::Strategy::Canary(c) => Some(c),
+        _ => None,
+    });
+    let weight = canary
+        .as_ref()
+        .and_then(|c| {
+            c.steps.iter().find_map(|s| match s {
+                kiln::spec::CanaryStep::Weight(w) => Some(*w),
+                kiln::spec::CanaryStep::Pause(_) => None,
+            })
+        })
+        .unwrap_or(10)
+        .clamp(1, 50);
+    let window_ms = window.map(|w| w.as_millis() as u64).or(canary.map(|c| c.step_interval_ms)).unwrap_or(10_000);
+    Ok((weight, window_ms))
+}
+
 pub(super) fn registry_settings(
     file: &std::path::Path,
     remote: &str,

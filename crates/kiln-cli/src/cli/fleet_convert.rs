@@ -107,17 +107,23 @@ pub(super) fn fleet_via(fleet: FleetArgs, request: FleetRequest) -> anyhow::Resu
     if !fleet.on() {
         bail!("give --cluster URLS (etcd's members) or --controller URL (a fleet controller's API)");
     }
+    Ok(match fleet_target(fleet)? {
+        command::FleetVia::Controller(controller) => {
+            Command::FleetRemote { controller, request, wait: None, bake: None }
+        }
+        command::FleetVia::Cluster(cluster) => request.into_command(cluster),
+    })
+}
+
+/// Where a command the caller's machine drives reaches the fleet: the
+/// controller's API with `--controller`, else etcd (`--cluster`).
+pub(super) fn fleet_target(fleet: FleetArgs) -> anyhow::Result<command::FleetVia> {
     Ok(match fleet.controller.clone() {
-        Some(url) => Command::FleetRemote {
-            controller: kiln::command::fleet_api::Controller {
-                url,
-                token: controller_token(fleet.token_file.as_deref())?,
-            },
-            request,
-            wait: None,
-            bake: None,
-        },
-        None => request.into_command(fleet.into()),
+        Some(url) => command::FleetVia::Controller(kiln::command::fleet_api::Controller {
+            url,
+            token: controller_token(fleet.token_file.as_deref())?,
+        }),
+        None => command::FleetVia::Cluster(fleet.into()),
     })
 }
 

@@ -401,6 +401,27 @@ pub(crate) fn render(output: &Output, now: i64) {
                 println!("  {i}: its slot did not serve again in time");
             }
         }
+        Output::FleetDrill(r) => {
+            let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+            println!(
+                "drill on {}: a {} % canary of {}, failed at every load balancer, judged over {} ms",
+                r.service, r.canary_percent, r.image, r.window_ms
+            );
+            println!("  {}: {}", r.outcome, r.reason);
+            println!(
+                "  caught after {} of traffic; out of the desired state at {}; canary gone at {}",
+                ms(r.detect_ms),
+                ms(r.rollback_ms),
+                ms(r.cleaned_ms)
+            );
+            let hosts: Vec<String> = r.hosts.iter().map(|(h, (c, s))| format!("{h} {c}/{s}")).collect();
+            println!(
+                "  stable {}; {} faulted canary requests judged as one over the fleet (canary/stable by host: {})",
+                if r.stable_untouched { "untouched" } else { "CHANGED" },
+                r.canary_requests,
+                hosts.join(", ")
+            );
+        }
         Output::FleetVerified(hosts) => {
             for (host, v) in hosts {
                 match v {

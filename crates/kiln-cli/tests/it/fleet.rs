@@ -739,7 +739,11 @@ pub(crate) struct HostsCleanup(pub(crate) Vec<std::path::PathBuf>);
 impl Drop for HostsCleanup {
     fn drop(&mut self) {
         for home in &self.0 {
-            if let Some(pid) = lb_pid(home, "web") {
+            // Every load balancer the agent recorded: one per service, or
+            // one per address services share (`@IP_PORT`).
+            let dirs = fs::read_dir(home.join("proxies")).into_iter().flatten().flatten();
+            let pids = dirs.filter_map(|d| lb_pid(home, d.file_name().to_str()?));
+            for pid in pids {
                 // SAFETY: a signal to a load balancer this test's agent started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -1216,6 +1220,35 @@ fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_d
     assert!(events.iter().filter(|e| e["kind"] == "verdict" && e["verdict"]["outcome"] == "pass").count() >= 1, "{h}");
     let text = kiln_ok(&ctl, &ctl, &["history", "web", "--cluster", &cluster]);
     assert!(text.contains("the analysis failed at step 1") && text.contains("verdict at step 1: fail"), "{text}");
+
+    // A rollback drill under load: a 10 % canary of stable's own digest
+    // that every load balancer fails (counted as 503s, sent on to
+    // stable); the leader's analysis of the three hosts' counts catches
+    // it and takes it out; no client sees it, stable is untouched.
+    let load = FleetLoad::start(&lbs, "/cgi-bin/status");
+    let drill =
+        kiln(&ctl, &ctl, &["chaos", "web", "--drill", "canary", "--cluster", &cluster, "--window", "2s", "--json"]);
+    let report = json(&String::from_utf8_lossy(&drill.stdout));
+    std::thread::sleep(Duration::from_secs(1));
+    let (answers, failed) = load.stop();
+    eprintln!("fleet drill: {report}; load {answers:?}, {failed} failed");
+    assert_eq!(drill.status.code(), Some(0), "{report} {}", String::from_utf8_lossy(&drill.stderr));
+    assert_eq!((report["outcome"].as_str(), report["caught"].as_bool()), (Some("caught"), Some(true)), "{report}");
+    assert_eq!((report["canary_percent"].as_u64(), report["image"].as_str()), (Some(10), Some(images[1].1.as_str())));
+    assert!(report["stable_untouched"].as_bool().unwrap(), "{report}");
+    assert!(report["detect_ms"].as_u64().is_some() && report["cleaned_ms"].as_u64().is_some(), "{report}");
+    let judged = report["hosts"].as_object().unwrap();
+    assert_eq!(judged.len(), 3, "{report}");
+    assert!(judged.values().all(|h| h[0].as_u64().unwrap() > 0), "every host's faulted canary requests: {report}");
+    assert_eq!(failed, 0, "no client saw the drill: {answers:?}");
+    assert!(answers.keys().all(|k| k == "200 ok 2.0.0"), "{answers:?}");
+    assert!(placed(&ctl, &urls).values().flatten().all(|(slot, _)| !slot.contains("canary")));
+    let h = json(&kiln_ok(&ctl, &ctl, &["history", "web", "--cluster", &cluster, "--json"]));
+    let drills = h["entries"].as_array().unwrap().iter().filter(|e| e["event"]["strategy"] == "drill").count();
+    assert_eq!(drills, 1, "the drill's start in the fleet's history: {h}");
+    // A drill beside a canary in progress, or out of range: refused.
+    let e = kiln_err(&ctl, &ctl, &["chaos", "web", "--drill", "canary", "--cluster", &cluster, "--window", "90s"]);
+    assert!(e.contains("window_ms"), "{e}");
     kiln_ok(&ctl, &ctl, &["place", "--cluster", &cluster, "--service", "web", "--replicas", "0", &images[1].1]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while placed(&ctl, &urls).values().flatten().count() > 0 {
@@ -2034,6 +2067,30 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     assert!(e.contains("--token-file"), "{e}");
     let e = kiln_err(&ctl, &app, &["hosts"]);
     assert!(e.contains("--cluster") && e.contains("--controller"), "{e}");
+    // Chaos through the controller, as from a machine without etcd
+    // credentials: the slots read and each kill asked through its API;
+    // the slot serves again with a new instance.
+    let running = || -> Vec<String> {
+        let hosts = hosts(&ctl, &urls).unwrap_or_default();
+        let placed = hosts.as_array().into_iter().flatten().flat_map(|h| h["placed"].as_array().cloned());
+        placed.flatten().filter_map(|p| p["instance"].as_str().map(str::to_owned)).collect()
+    };
+    let before = running();
+    let out = through(&["chaos", "web", "--kills", "1", "--kill-rate", "2", "--max-share", "0.5", "--json"]);
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((report["kills"].as_u64(), report["replaced"].as_u64()), (Some(1), Some(1)), "{report}");
+    let after = running();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after.iter().filter(|i| !before.contains(i)).count(), 1, "{before:?} → {after:?}");
+    serving_only("3.0.0");
+    // A kill of what is not a serving instance of the service: refused,
+    // naming the field, nothing asked.
+    let (code, v) = api("POST", "/v1/fleet", r#"{"kill": {"service": "web", "instance": "nosuch"}}"#, &bearer);
+    assert_eq!((code, v["field"].as_str()), (400, Some("instance")), "{v}");
+    assert!(etcd_prefix(&urls[0], "/kiln/ask/kill/").is_empty());
+    let out = through(&["chaos", "nosuch", "--kills", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch is not in the fleet"), "{out:?}");
 
     // Down: every instance and load balancer gone.
     let out = kiln_in(&["down"]);
@@ -2076,6 +2133,7 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
             "finished aborted",
             "started rollback",
             "started rolling",
+            "replacing ",
             "down ",
         ],
         "{h}"

@@ -217,14 +217,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 };
                 let Some(wait) = wait else { return Ok(Output::Done { message }) };
                 ctx.progress.step_output(&message);
-                let mut observe = || -> Result<Observed, CommandError> {
-                    let desired = crate::fleet::service(&etcd, &service)?.map(|(d, _)| d);
-                    let verdict = crate::fleet::service_rows(&etcd)?
-                        .into_iter()
-                        .find(|r| r.name == service)
-                        .and_then(|r| r.verdict);
-                    Ok((desired, verdict, crate::fleet::host_records(&etcd)?))
-                };
+                let mut observe = || observed_etcd(&etcd, &service);
                 follow(&mut observe, &service, &target, wait, ctx.progress)?;
                 return Ok(Output::Done { message: format!("{service}: {target} serves on every replica") });
             }
@@ -245,20 +238,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 ctx.progress.step_output(message);
             }
             // Followed through the API: the image the change now wants.
-            let mut observe = || -> Result<Observed, CommandError> {
-                let row = match controller.ask(&FleetRequest::Services {})? {
-                    Output::FleetServices(rows) => rows.into_iter().find(|r| r.name == service),
-                    _ => None,
-                };
-                let hosts = match controller.ask(&FleetRequest::Hosts {})? {
-                    Output::Hosts(rows) => rows.into_iter().map(|r| r.host).collect(),
-                    _ => Vec::new(),
-                };
-                Ok(match row {
-                    Some(r) => (Some(r.desired), r.verdict, hosts),
-                    None => (None, None, hosts),
-                })
-            };
+            let mut observe = || observed_api(&controller, &service);
             let target = match observe()?.0 {
                 Some(d) => d.canary.map_or(d.image, |c| c.image),
                 None => return Ok(output),
@@ -329,9 +309,47 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             };
             Ok(Output::FleetMetrics(f::metrics::render(&view)))
         }
-        cmd @ (Command::FleetChaos { .. } | Command::FleetQuarantine { .. } | Command::FleetVerify { .. }) => {
-            super::fleet_heal::execute(cmd)
+        Command::FleetDrill { via, service, weight, window_ms, actor } => {
+            use crate::fleet::change::Change;
+            let window_secs = window_ms.div_ceil(1000);
+            let report = match via {
+                FleetVia::Cluster(cluster) => {
+                    let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+                    let start = |ctx: &mut Context<'_>| {
+                        let change = Change::Drill { weight, window_secs };
+                        let cmd = Command::FleetChange {
+                            cluster: cluster.clone(),
+                            service: service.clone(),
+                            change,
+                            registry: Default::default(),
+                            wait: None,
+                            bake: None,
+                            actor: actor.clone(),
+                            dry_run: false,
+                        };
+                        execute(cmd, ctx).map(drop)
+                    };
+                    let mut observe = || observed_etcd(&etcd, &service);
+                    super::fleet_heal::drill(&mut observe, &mut |ctx| start(ctx), ctx, &service, window_ms)?
+                }
+                FleetVia::Controller(controller) => {
+                    let request = super::fleet_api::FleetRequest::Drill {
+                        service: service.clone(),
+                        weight,
+                        window_ms,
+                        actor: actor.clone(),
+                    };
+                    let mut start = |_: &mut Context<'_>| controller.ask(&request).map(drop);
+                    let mut observe = || observed_api(&controller, &service);
+                    super::fleet_heal::drill(&mut observe, &mut start, ctx, &service, window_ms)?
+                }
+            };
+            Ok(Output::FleetDrill(report))
         }
+        cmd @ (Command::FleetChaos { .. }
+        | Command::FleetKill { .. }
+        | Command::FleetQuarantine { .. }
+        | Command::FleetVerify { .. }) => super::fleet_heal::execute(cmd),
         Command::FleetLogs { cluster, filter } => {
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             Ok(Output::FleetLogs(crate::fleet::peer::fleet_logs(&etcd, &filter)?))
@@ -381,6 +399,32 @@ pub(super) fn bake_and_push(
     ctx.progress.step_output(&format!("{image}: baked {}, pushing to {remote}", report.digest));
     super::execute(Command::Push { reference: local, remote, registry: registry.clone(), sign }, ctx)?;
     Ok(format!("{push_to}@{}", report.digest))
+}
+
+/// Service `service`'s desired state, last verdict and the live hosts'
+/// records, read from etcd.
+fn observed_etcd(etcd: &crate::fleet::etcd::Etcd, service: &str) -> Result<Observed, CommandError> {
+    let desired = crate::fleet::service(etcd, service)?.map(|(d, _)| d);
+    let verdict = crate::fleet::service_rows(etcd)?.into_iter().find(|r| r.name == service).and_then(|r| r.verdict);
+    Ok((desired, verdict, crate::fleet::host_records(etcd)?))
+}
+
+/// The same through a controller's API (`GET /v1/fleet/services` and
+/// `/v1/fleet/hosts`).
+fn observed_api(controller: &super::fleet_api::Controller, service: &str) -> Result<Observed, CommandError> {
+    use super::fleet_api::FleetRequest;
+    let row = match controller.ask(&FleetRequest::Services {})? {
+        Output::FleetServices(rows) => rows.into_iter().find(|r| r.name == service),
+        _ => None,
+    };
+    let hosts = match controller.ask(&FleetRequest::Hosts {})? {
+        Output::Hosts(rows) => rows.into_iter().map(|r| r.host).collect(),
+        _ => Vec::new(),
+    };
+    Ok(match row {
+        Some(r) => (Some(r.desired), r.verdict, hosts),
+        None => (None, None, hosts),
+    })
 }
 
 /// What a release is followed on: the service's desired state, its last

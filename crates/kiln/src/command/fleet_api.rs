@@ -123,6 +123,25 @@ pub enum FleetRequest {
         #[serde(default)]
         release: bool,
     },
+    /// `kiln chaos --drill canary --controller`: the drill's canary
+    /// started (the caller follows it with `GET /v1/fleet/services`).
+    Drill {
+        service: String,
+        /// Percent of requests, 1 to 50.
+        weight: u32,
+        /// The window it is judged on, 1 s to 60 s.
+        window_ms: u64,
+        #[serde(default)]
+        actor: String,
+    },
+    /// One kill of `kiln chaos --controller`: serving instance `instance`
+    /// of `service`, SIGKILLed by its host.
+    Kill {
+        service: String,
+        instance: String,
+        #[serde(default)]
+        actor: String,
+    },
     /// `kiln verify-instances --cluster`: every host checks its instances.
     Verify {
         #[serde(default)]
@@ -211,6 +230,9 @@ impl FleetRequest {
             Change::Promote => FleetRequest::Promote { service, actor },
             Change::Abort => FleetRequest::Abort { service, actor },
             Change::Down => FleetRequest::Down { service, actor },
+            Change::Drill { weight, window_secs } => {
+                FleetRequest::Drill { service, weight, window_ms: window_secs * 1000, actor }
+            }
         }
     }
 
@@ -235,6 +257,12 @@ impl FleetRequest {
             FleetRequest::Ps {} => Command::FleetPs { cluster },
             FleetRequest::Metrics {} => Command::FleetMetrics { cluster },
             FleetRequest::Verify { service } => Command::FleetVerify { cluster, service },
+            FleetRequest::Drill { service, weight, window_ms, actor } => {
+                change(service, Change::Drill { weight, window_secs: window_ms.div_ceil(1000) }, actor)
+            }
+            FleetRequest::Kill { service, instance, actor } => {
+                Command::FleetKill { cluster, service, instance, actor: who(actor) }
+            }
             FleetRequest::Quarantine { instance, reason, actor, release } => {
                 Command::FleetQuarantine { cluster, instance, reason, actor: who(actor), release }
             }

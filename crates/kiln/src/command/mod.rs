@@ -181,6 +181,8 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
         | Command::FleetMetrics { .. }
         | Command::FleetVerify { .. }
         | Command::FleetChaos { .. }
+        | Command::FleetKill { .. }
+        | Command::FleetDrill { .. }
         | Command::FleetQuarantine { .. }
         | Command::FleetServices { .. }) => fleet::execute(cmd, ctx),
         Command::Proxy(run) => {

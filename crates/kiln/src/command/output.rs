@@ -45,6 +45,7 @@ pub enum Output {
     /// (None: it did not answer in time).
     FleetVerified(Vec<(String, Option<crate::fleet::Verified>)>),
     FleetChaos(crate::fleet::chaos::ChaosReport),
+    FleetDrill(crate::fleet::drill::DrillReport),
     FleetPlan(Box<crate::fleet::records::FleetPlan>),
     Images(Vec<ImageRow>),
     Inspect(Box<Inspection>),
@@ -125,6 +126,7 @@ impl Output {
             Output::FleetMetrics(x) => x.clone(),
             Output::FleetVerified(x) => pretty(x),
             Output::FleetChaos(x) => pretty(x),
+            Output::FleetDrill(x) => pretty(x),
             Output::FleetPlan(x) => pretty(x),
             Output::Images(x) => pretty(x),
             Output::Inspect(x) => pretty(x),

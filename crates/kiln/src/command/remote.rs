@@ -60,6 +60,8 @@ impl Job {
                 | Command::FleetMetrics { .. }
                 | Command::FleetVerify { .. }
                 | Command::FleetChaos { .. }
+                | Command::FleetKill { .. }
+                | Command::FleetDrill { .. }
                 | Command::FleetQuarantine { .. }
                 | Command::FleetServices { .. }
         )
@@ -256,6 +258,8 @@ pub fn status(e: &CommandError) -> u16 {
                 ChangeError::NoService { .. } => 404,
                 ChangeError::NoPrevious { .. } | ChangeError::NoCanary { .. } | ChangeError::Contended { .. } => 409,
                 ChangeError::Failed { .. } | ChangeError::Paused { .. } => 409,
+                ChangeError::CanaryInProgress { .. } | ChangeError::DrillNotPromoted { .. } => 409,
+                ChangeError::BadDrill { .. } => 400,
             }
         }
         CommandError::Db(d) => {

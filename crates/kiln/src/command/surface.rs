@@ -243,15 +243,39 @@ pub enum Command {
     /// Kills random serving instances of a fleet service at `kill_rate`
     /// a second for `duration_ms` (or `kills` of them), never more than
     /// `max_share` of its slots down, and reports how fast each slot
-    /// served again. Caller's process only.
+    /// served again. Caller's process only: it reads the slots and asks
+    /// each kill through etcd or, as from a machine without etcd
+    /// credentials, through a controller's API.
     #[serde(skip)]
     FleetChaos {
-        cluster: crate::fleet::etcd::Cluster,
+        via: FleetVia,
         service: String,
         kill_rate: f64,
         duration_ms: u64,
         max_share: f64,
         kills: Option<u32>,
+        actor: String,
+    },
+    /// A rollback drill of fleet service `service`: a canary of its stable
+    /// image at `weight` percent, judged after `window_ms`, that every
+    /// load balancer fails; followed until the leader's analysis ended it
+    /// and its instances are gone. Caller's process only.
+    #[serde(skip)]
+    FleetDrill {
+        via: FleetVia,
+        service: String,
+        weight: u32,
+        window_ms: u64,
+        actor: String,
+    },
+    /// Kills serving instance `instance` of fleet service `service`
+    /// (SIGKILL, asked of its host through etcd with its history entry):
+    /// one of `kiln chaos --controller`'s kills, on the controller.
+    #[serde(skip)]
+    FleetKill {
+        cluster: crate::fleet::etcd::Cluster,
+        service: String,
+        instance: String,
         actor: String,
     },
     /// Quarantines a fleet instance (or, with `release`, ends its
@@ -456,6 +480,14 @@ impl Command {
             _ => Vec::new(),
         }
     }
+}
+
+/// How a command that drives the fleet from the caller's machine reaches
+/// it: etcd itself, or a controller's API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetVia {
+    Cluster(crate::fleet::etcd::Cluster),
+    Controller(fleet_api::Controller),
 }
 
 /// What `kiln secret … --cluster` does.

@@ -147,6 +147,9 @@ pub fn decide(c: &Canary, analysis: &AnalysisSpec, obs: &Observed, now: i64) -> 
             let progress = Progress { since: now, inconclusive: 0, held: true, ..p.clone() };
             Decision::Set { canary: Canary { progress: Some(progress), ..c.clone() }, verdict: Some(verdict) }
         }
+        // A drill is never promoted: passing its analysis ends it (the
+        // drill was not caught).
+        Outcome::Pass if p.step + 1 >= c.steps.len() && c.fault.is_some() => Decision::Abort { verdict },
         Outcome::Pass if p.step + 1 >= c.steps.len() => Decision::Promote { verdict },
         Outcome::Pass => {
             let step = p.step + 1;
@@ -156,6 +159,10 @@ pub fn decide(c: &Canary, analysis: &AnalysisSpec, obs: &Observed, now: i64) -> 
                 ..c.clone()
             };
             Decision::Set { canary, verdict: Some(verdict) }
+        }
+        // A drill without the traffic to judge ends by itself.
+        Outcome::Inconclusive if c.fault.is_some() && p.inconclusive >= analysis.inconclusive_limit => {
+            Decision::Abort { verdict }
         }
         Outcome::Inconclusive => {
             let progress = if p.inconclusive < analysis.inconclusive_limit {
@@ -207,6 +214,7 @@ mod tests {
             progress,
             max_error_rate: None,
             max_p99_ratio: None,
+            fault: None,
         }
     }
 
@@ -284,6 +292,27 @@ mod tests {
         // Two errors are not enough to say.
         let obs = fleet(&[(2, 2, 900)]);
         assert!(matches!(decide(&canary(at(0, 0)), &a, &obs, 10), Decision::Set { .. }));
+    }
+
+    #[test]
+    fn a_drill_is_aborted_when_caught_and_never_promoted_or_paused() {
+        let a = AnalysisSpec::default();
+        let drill = |progress| Canary { steps: vec![10], fault: Some(503), ..canary(progress) };
+        // Every canary request counted as a 503 on every host: caught.
+        let faulted = fleet(&[(100, 100, 900), (100, 100, 900)]);
+        let Decision::Abort { verdict } = decide(&drill(at(0, 0)), &a, &faulted, 10) else { panic!("caught") };
+        assert_eq!(verdict.outcome, Outcome::Fail);
+        // Passed (the fault not applied): ended, not promoted.
+        let healthy = fleet(&[(300, 0, 1200), (300, 0, 1200)]);
+        let Decision::Abort { verdict } = decide(&drill(at(0, 0)), &a, &healthy, 10) else { panic!("ended") };
+        assert_eq!(verdict.outcome, Outcome::Pass);
+        // Without the traffic to judge: extended, then ended, not paused.
+        let thin = fleet(&[(2, 2, 20)]);
+        let Decision::Set { canary: c, .. } = decide(&drill(at(0, 0)), &a, &thin, 10) else { panic!("extended") };
+        assert_eq!(c.progress.as_ref().map(|p| p.inconclusive), Some(1));
+        let limit = Some(Progress { inconclusive: a.inconclusive_limit, ..c.progress.unwrap() });
+        let Decision::Abort { verdict } = decide(&drill(limit), &a, &thin, 30) else { panic!("ended") };
+        assert_eq!(verdict.outcome, Outcome::Inconclusive);
     }
 
     #[test]

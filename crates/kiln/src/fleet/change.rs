@@ -26,6 +26,9 @@ pub enum Change {
     Abort,
     /// The service removed from the fleet.
     Down,
+    /// A rollback drill: a canary of the stable image at `weight` percent,
+    /// judged after `window_secs`, failed (503) at every load balancer.
+    Drill { weight: u32, window_secs: u64 },
 }
 
 /// kiln.toml's canary strategy, as the fleet runs it.
@@ -80,6 +83,11 @@ pub enum Applied {
         image: String,
     },
     Removed,
+    /// A drill's canary started.
+    DrillStarted {
+        image: String,
+        weight: u32,
+    },
 }
 
 impl std::fmt::Display for Applied {
@@ -95,6 +103,9 @@ impl std::fmt::Display for Applied {
             Applied::Advanced { weight } => write!(f, "canary moved on to {weight} %"),
             Applied::Promoted { image } => write!(f, "{image} promoted"),
             Applied::Removed => write!(f, "removed from the fleet"),
+            Applied::DrillStarted { image, weight } => {
+                write!(f, "drill: a canary of {image} at {weight} %, failed at every load balancer")
+            }
         }
     }
 }
@@ -108,6 +119,15 @@ pub enum ChangeError {
     NoPrevious { service: String },
     #[error("{service}: no canary in progress")]
     NoCanary { service: String },
+    /// A drill needs the service to itself.
+    #[error("{service}: a canary is in progress; a drill waits until it ends")]
+    CanaryInProgress { service: String },
+    /// A drill's share or window out of range, by field.
+    #[error("{service}: the drill's {field} {message}")]
+    BadDrill { service: String, field: &'static str, message: String },
+    /// A drill's canary only ever goes back.
+    #[error("{service}: its canary is a drill, never promoted (kiln abort --cluster ends it)")]
+    DrillNotPromoted { service: String },
     /// The release followed did not complete: its canary failed, another
     /// change replaced it, or not every replica was ready in time.
     #[error("{service}: the release failed: {why}")]
@@ -167,6 +187,7 @@ pub fn apply(
                         progress: None,
                         max_error_rate: Some(plan.max_error_rate),
                         max_p99_ratio: Some(plan.max_p99_ratio),
+                        fault: None,
                     });
                     Ok((Some(next), Applied::CanaryStarted { image, weight }))
                 }
@@ -193,9 +214,39 @@ pub fn apply(
             let image = cur.canary.as_ref().ok_or_else(no_canary)?.image.clone();
             Ok((Some(Desired { canary: None, ..cur.clone() }), Applied::CanaryAborted { image }))
         }
+        Change::Drill { weight, window_secs } => {
+            let bad = |field, message: String| ChangeError::BadDrill { service: service.to_owned(), field, message };
+            if !(1..=50).contains(&weight) {
+                return Err(bad("weight", format!("{weight}: a share of 1 to 50 percent")));
+            }
+            if !(1..=60).contains(&window_secs) {
+                return Err(bad("window_ms", format!("{} ms: 1 s to 60 s", window_secs * 1000)));
+            }
+            let cur = current.ok_or_else(missing)?;
+            if cur.canary.is_some() {
+                return Err(ChangeError::CanaryInProgress { service: service.to_owned() });
+            }
+            let canary = Canary {
+                image: cur.image.clone(),
+                replicas: 1,
+                weight,
+                steps: vec![weight],
+                step_secs: window_secs,
+                pauses: Default::default(),
+                progress: None,
+                max_error_rate: None,
+                max_p99_ratio: None,
+                fault: Some(503),
+            };
+            let applied = Applied::DrillStarted { image: cur.image.clone(), weight };
+            Ok((Some(Desired { canary: Some(canary), ..cur.clone() }), applied))
+        }
         Change::Promote => {
             let cur = current.ok_or_else(missing)?;
             let c = cur.canary.as_ref().ok_or_else(no_canary)?;
+            if c.fault.is_some() {
+                return Err(ChangeError::DrillNotPromoted { service: service.to_owned() });
+            }
             // The step after the current one (a paused canary's too), if
             // there is one; else the canary becomes the service.
             let at = c.progress.as_ref().map_or(0, |p| p.step + usize::from(c.progress.is_some()));

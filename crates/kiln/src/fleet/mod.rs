@@ -16,6 +16,7 @@ pub mod alerts;
 pub mod canary;
 pub mod change;
 pub mod chaos;
+pub mod drill;
 pub mod etcd;
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -178,6 +178,12 @@ pub struct Canary {
     pub max_error_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
+    /// A rollback drill (`kiln chaos --drill canary --cluster`): every
+    /// load balancer counts each request the canary is chosen for against
+    /// it with this status and sends it on to stable (no backend saw it,
+    /// no client sees it). Analysis must abort it; it is never promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<u16>,
 }
 
 impl Canary {

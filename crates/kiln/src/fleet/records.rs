@@ -134,6 +134,9 @@ pub fn of_change(
         (Applied::CanaryStarted { image, .. }, Some(cur), _) => {
             out.push(r(image, started(image, "canary", actor, Some(&cur.image), Vec::new())));
         }
+        (Applied::DrillStarted { image, .. }, Some(cur), _) => {
+            out.push(r(image, started(image, "drill", actor, Some(&cur.image), Vec::new())));
+        }
         (Applied::RolledBack { to }, Some(cur), _) => {
             out.push(r(to, started(to, "rollback", actor, Some(&cur.image), Vec::new())));
         }
@@ -423,6 +426,7 @@ mod tests {
             progress: Some(crate::fleet::canary::Progress { step: 0, since: 0, ..Default::default() }),
             max_error_rate: Some(0.01),
             max_p99_ratio: Some(2.0),
+            fault: None,
         };
         let mut next = c.clone();
         next.weight = 50;

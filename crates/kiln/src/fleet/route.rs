@@ -21,18 +21,21 @@ pub const CANARY: &str = "canary";
 /// The release of every other instance of the service.
 pub const STABLE: &str = "stable";
 
-/// The table of service `name`: instances whose image is the canary's go
-/// to the `canary` release with the canary's weight, every other one (the
-/// stable image, and an instance being replaced in place) to `stable`.
-/// A release with no instance is left out and its share goes to the other;
+/// The table of service `name`: while it has a canary, the instances of
+/// its canary slots (`NAME-canary-N`) go to the `canary` release with the
+/// canary's weight (and a drill's fault), every other one (the stable
+/// slots, and an instance being replaced in place) to `stable`. By slot,
+/// not by image: a drill's canary runs stable's own digest. A release
+/// with no instance is left out and its share goes to the other;
 /// backends are sorted, so every host computes the same table.
 pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEntry> {
-    let canary = desired.canary.as_ref().and_then(|c| c.image.rsplit_once('@')).map(|(_, d)| d.to_owned());
+    let canary_slot = desired.canary.as_ref().map(|_| format!("{name}-canary-"));
     let mut by: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
     for h in hosts {
         let Some(ip) = h.address else { continue };
         for p in h.placed.iter().filter(|p| p.service == name) {
-            let release = if canary.as_deref() == Some(p.image.to_string().as_str()) { CANARY } else { STABLE };
+            let canary = canary_slot.as_ref().is_some_and(|prefix| p.slot.starts_with(prefix.as_str()));
+            let release = if canary { CANARY } else { STABLE };
             by.entry(release).or_default().push(SocketAddr::new(ip, p.port));
         }
     }
@@ -43,7 +46,8 @@ pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEn
             let mut backends = by.remove(release)?;
             backends.sort();
             backends.dedup();
-            Some(TableEntry { release: release.to_owned(), weight: w, backends, fault: None })
+            let fault = desired.canary.as_ref().and_then(|c| c.fault).filter(|_| release == CANARY);
+            Some(TableEntry { release: release.to_owned(), weight: w, backends, fault })
         })
         .collect();
     // A release that would get no share while the other has no instance
@@ -53,6 +57,13 @@ pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEn
     }
     out.retain(|e| e.weight > 0);
     out
+}
+
+/// Whether every host's load balancer (every record with an address)
+/// reports routing service `name` to `backend`: found healthy by its own
+/// checks.
+pub fn routed_everywhere(name: &str, backend: SocketAddr, hosts: &[HostRecord]) -> bool {
+    hosts.iter().filter(|h| h.address.is_some()).all(|h| h.routes.get(name).is_some_and(|r| r.contains(&backend)))
 }
 
 /// A service's load balancer on every host: its port, health check and
@@ -125,6 +136,7 @@ mod tests {
                 progress: None,
                 max_error_rate: None,
                 max_p99_ratio: None,
+                fault: None,
             }),
             channel: None,
             previous: None,
@@ -155,6 +167,43 @@ mod tests {
         let t = table("web", &desired(None), &hosts[1..]);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].weight, 100);
+    }
+
+    #[test]
+    fn a_drill_s_canary_slots_are_the_canary_release_with_its_fault_though_they_run_stable_s_digest() {
+        let hosts = [
+            host("h1", "10.0.0.1", &[("web-0", "web", 4001, 'a'), ("web-canary-0", "web", 4003, 'a')]),
+            host("h2", "10.0.0.2", &[("web-1", "web", 4002, 'a')]),
+        ];
+        let mut d = desired(Some(('a', 10)));
+        d.canary.as_mut().unwrap().fault = Some(503);
+        let t = table("web", &d, &hosts);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!((t[0].release.as_str(), t[0].weight, t[0].fault), (STABLE, 90, None));
+        assert_eq!(t[0].backends.len(), 2);
+        assert_eq!((t[1].release.as_str(), t[1].weight, t[1].fault), (CANARY, 10, Some(503)));
+        assert_eq!(t[1].backends, ["10.0.0.1:4003".parse().unwrap()]);
+        // The drill over: its slot, while it is still listed, is stable's.
+        let t = table("web", &desired(None), &hosts);
+        assert_eq!((t.len(), t[0].backends.len(), t[0].fault), (1, 3, None));
+    }
+
+    #[test]
+    fn a_backend_is_routed_everywhere_once_every_host_with_an_address_reports_it() {
+        let b: SocketAddr = "10.0.0.1:4003".parse().unwrap();
+        let mut hosts = [host("h1", "10.0.0.1", &[]), host("h2", "10.0.0.2", &[])];
+        hosts[0].routes.insert("web".into(), vec![b]);
+        assert!(!routed_everywhere("web", b, &hosts), "h2's load balancer has not passed it");
+        hosts[1].routes.insert("api".into(), vec![b]);
+        assert!(!routed_everywhere("web", b, &hosts), "another service's routes do not count");
+        hosts[1].routes.insert("web".into(), vec![b]);
+        assert!(routed_everywhere("web", b, &hosts));
+        let mut none = host("h3", "10.0.0.3", &[]);
+        none.address = None;
+        assert!(
+            routed_everywhere("web", b, &[hosts[0].clone(), hosts[1].clone(), none]),
+            "no address, no load balancer"
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ fn wire_name(c: &Command) -> Option<&'static str> {
         | Command::FleetMetrics { .. }
         | Command::FleetVerify { .. }
         | Command::FleetChaos { .. }
+        | Command::FleetKill { .. }
+        | Command::FleetDrill { .. }
         | Command::FleetQuarantine { .. }
         | Command::FleetServices { .. }
         | Command::Login { .. }

@@ -310,3 +310,33 @@ fn a_kiln_toml_service_becomes_desired_state_and_what_a_fleet_cannot_carry_is_re
     .unwrap_err();
     assert_eq!(e.key, "service.web.canary.step_interval", "{e}");
 }
+
+#[test]
+fn a_drill_is_a_faulted_canary_of_stable_s_own_image_never_promoted() {
+    let cur = desired(img('a'));
+    let drill = |weight, window_secs| Change::Drill { weight, window_secs };
+    let (next, applied) = apply("web", Some(&cur), drill(10, 2), 0).unwrap();
+    let next = next.unwrap();
+    assert_eq!(applied, Applied::DrillStarted { image: img('a'), weight: 10 });
+    let c = next.canary.clone().unwrap();
+    assert_eq!((c.image, c.steps, c.step_secs, c.fault, c.replicas), (img('a'), vec![10], 2, Some(503), 1));
+    assert_eq!(next.image, img('a'), "stable untouched");
+    // Never promoted by a person; aborted as any canary.
+    assert_eq!(
+        apply("web", Some(&next), Change::Promote, 0).unwrap_err(),
+        ChangeError::DrillNotPromoted { service: "web".into() }
+    );
+    assert_eq!(apply("web", Some(&next), Change::Abort, 0).unwrap().0.unwrap().canary, None);
+    // Not beside another canary, not out of range, not on what is not there.
+    assert_eq!(
+        apply("web", Some(&next), drill(10, 2), 0).unwrap_err(),
+        ChangeError::CanaryInProgress { service: "web".into() }
+    );
+    assert!(matches!(apply("web", Some(&cur), drill(0, 2), 0), Err(ChangeError::BadDrill { field: "weight", .. })));
+    assert!(matches!(apply("web", Some(&cur), drill(51, 2), 0), Err(ChangeError::BadDrill { field: "weight", .. })));
+    assert!(matches!(
+        apply("web", Some(&cur), drill(10, 61), 0),
+        Err(ChangeError::BadDrill { field: "window_ms", .. })
+    ));
+    assert_eq!(apply("web", None, drill(10, 2), 0).unwrap_err(), ChangeError::NoService { service: "web".into() });
+}
