@@ -558,7 +558,11 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             fleet_secret(cluster, kiln::command::FleetSecretAction::Remove { name }, false)?
         }
         Cmd::Secret { action: SecretCmd::Rm { name, .. } } => (Command::SecretRemove { name }, false),
-        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file } } => {
+        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file, cluster } } if cluster.on() => {
+            let old_key_file = old_key_file.map(|p| std::path::absolute(&p)).transpose()?;
+            fleet_secret(cluster, kiln::command::FleetSecretAction::RotateKey { old_key_file }, false)?
+        }
+        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file, .. } } => {
             (Command::RotateKey { store: kiln::command::KeyStore::Secrets, old_key_file }, false)
         }
         Cmd::Key { action: KeyCmd::Rotate { old_key_file } } => {

@@ -88,10 +88,12 @@ pub(crate) enum SecretCmd {
         #[command(flatten)]
         cluster: FleetArgs,
     },
-    /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE).
+    /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE). With --cluster: the fleet's data key sealed under the current KEK (every version unchanged).
     RotateKey {
-        /// The key file the secrets were sealed with, when it is not the current one (or KILN_OLD_PASSPHRASE).
+        /// The key file the secrets were sealed with, when it is not the current one (or KILN_OLD_KEY_FILE, KILN_OLD_PASSPHRASE).
         #[arg(long, value_name = "FILE")]
         old_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        cluster: FleetArgs,
     },
 }

@@ -1850,6 +1850,46 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     );
     let e = kiln_err(&ctl, &app, &["secret", "rm", "db", "--cluster", &cluster]);
     assert!(e.contains("used by web"), "{e}");
+    // The fleet's KEK rotated to a key made by openssl: the data key
+    // sealed under it in one etcd write, every sealed version unchanged;
+    // the old key no longer opens the fleet's secrets, the new one does.
+    // Then back, so the hosts (given the old key) go on.
+    let new_kek = ctl.parent().unwrap().join(format!("fleet-new-kek-{}", std::process::id()));
+    let made = run("sh", &["-c", &format!("umask 077; openssl rand -hex 32 > {}", new_kek.display())]);
+    assert!(made.status.success());
+    let rotate = |key: &Path, old: &Path| {
+        let out = kiln_cmd()
+            .args(["secret", "rotate-key", "--cluster", &cluster, "--old-key-file", old.to_str().unwrap()])
+            .env("KILN_HOME", &ctl)
+            .env("KILN_KEY_FILE", key)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let sealed_before: Vec<(String, Vec<u8>)> = etcd_prefix(&urls[0], "/kiln/secrets/");
+    let (ok, out) = rotate(&new_kek, test_kek());
+    assert!(ok && out.contains("sealed with") && out.contains("unchanged"), "{out}");
+    assert_eq!(etcd_prefix(&urls[0], "/kiln/secrets/"), sealed_before, "no version re-encrypted");
+    let (ok, out) = rotate(&new_kek, test_kek());
+    assert!(ok && out.contains("already"), "a second time changes nothing: {out}");
+    // A new version sealed with the old key: refused, naming the store.
+    let mut c = kiln_cmd()
+        .args(["secret", "set", "db", "--cluster", &cluster])
+        .env("KILN_HOME", &ctl)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"s3cret-three").unwrap();
+    let with_old = c.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&with_old.stderr);
+    assert!(!with_old.status.success() && e.contains("another key-encryption key"), "{e}");
+    let (ok, out) = rotate(test_kek(), &new_kek);
+    assert!(ok && out.contains("sealed with"), "{out}");
+    let _ = fs::remove_file(&new_kek);
     // Every host's logs in one place: the CGI's stderr, from both hosts'
     // instances, merged by time; none of it without the fleet's token.
     let logs = json(&kiln_ok(&ctl, &app, &["logs", "--cluster", &cluster, "--service", "web", "--json"]));
@@ -2089,6 +2129,13 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     let (code, v) = api("POST", "/v1/fleet", r#"{"kill": {"service": "web", "instance": "nosuch"}}"#, &bearer);
     assert_eq!((code, v["field"].as_str()), (400, Some("instance")), "{v}");
     assert!(etcd_prefix(&urls[0], "/kiln/ask/kill/").is_empty());
+    // A drill through the API is checked the same way: a share over 50 %
+    // is refused, naming it, and nothing is written.
+    let (code, v) =
+        api("POST", "/v1/fleet", r#"{"drill": {"service": "web", "weight": 90, "window_ms": 2000}}"#, &bearer);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("weight")), "{v}");
+    assert!(status()[0]["desired"]["canary"].is_null());
     let out = through(&["chaos", "nosuch", "--kills", "1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch is not in the fleet"), "{out:?}");
 

@@ -194,20 +194,12 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::Done { message: format!("secret {name} removed") })
         }
         Command::RotateKey { store, old_key_file } => {
-            use crate::secrets::kek;
             let home = ctx.store.home();
             let (secrets, what) = match store {
                 KeyStore::Secrets => (Secrets::new(home), "secret(s)"),
                 KeyStore::SigningKeys => (Secrets::signing_keys(home), "signing key(s)"),
             };
-            let old = match (old_key_file, std::env::var(kek::OLD_PASSPHRASE_ENV)) {
-                (Some(p), _) => Some(kek::from_file(&p, "--old-key-file", home).map_err(SecretError::from)?),
-                (None, Ok(pass)) => Some(
-                    kek::from_passphrase(&pass, kek::Origin::PassphraseEnv(kek::OLD_PASSPHRASE_ENV))
-                        .map_err(SecretError::from)?,
-                ),
-                (None, Err(_)) => None,
-            };
+            let old = old_kek(old_key_file.as_deref(), home)?;
             let r = secrets.rotate(old.clone())?;
             // The keys of certificates kiln obtained go with the secrets.
             // The keys of certificates kiln obtained, and registry
@@ -389,6 +381,19 @@ pub fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, CommandErr
             Ok(Output::History { entries: h.entries(service.as_deref())?, verified })
         }
     }
+}
+
+/// The KEK a store was sealed with, for a rotation: `--old-key-file`,
+/// else `KILN_OLD_KEY_FILE` or `KILN_OLD_PASSPHRASE`, else none.
+pub(super) fn old_kek(
+    old_key_file: Option<&std::path::Path>,
+    home: &std::path::Path,
+) -> Result<Option<crate::secrets::kek::Kek>, SecretError> {
+    use crate::secrets::kek;
+    Ok(match old_key_file {
+        Some(p) => Some(kek::from_file(p, "--old-key-file", home)?),
+        None => kek::old_from_env(home)?,
+    })
 }
 
 fn no_such_service(f: &spec::SpecFile, name: &str) -> CommandError {

@@ -240,7 +240,7 @@ pub fn status(e: &CommandError) -> u16 {
             use crate::fleet::secrets::FleetSecretError as E;
             match s {
                 E::Etcd(_) => 502,
-                E::Missing { .. } | E::MissingVersion { .. } => 404,
+                E::Missing { .. } | E::MissingVersion { .. } | E::NoKey => 404,
                 E::InUse { .. } | E::Contended { .. } => 409,
                 E::Secret(e) => secret(e),
                 E::Io { .. } => 500,

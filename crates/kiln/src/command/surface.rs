@@ -503,6 +503,11 @@ pub enum FleetSecretAction {
     Remove {
         name: String,
     },
+    /// The fleet's data key sealed under this machine's KEK, opened with
+    /// `old_key_file` (else `KILN_OLD_KEY_FILE` or `KILN_OLD_PASSPHRASE`).
+    RotateKey {
+        old_key_file: Option<PathBuf>,
+    },
 }
 
 /// An `[image.X]` of a kiln.toml baked and pushed for a fleet deploy.

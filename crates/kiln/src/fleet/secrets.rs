@@ -50,6 +50,9 @@ pub enum FleetSecretError {
     InUse { name: String, services: Vec<String> },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// A rotation with nothing to rotate.
+    #[error("the fleet has no secrets yet ({KEY} is not in etcd): nothing to rotate")]
+    NoKey,
     /// Another writer created the fleet's data key at the same time, each
     /// time it was tried.
     #[error("the fleet's data key kept changing while {name:?} was set; try again")]
@@ -131,6 +134,47 @@ pub fn set(cluster: &Etcd, home: &Path, name: &str, value: &[u8]) -> Result<Stri
         }
     }
     Err(FleetSecretError::Contended { name: name.to_owned() })
+}
+
+/// What a rotation of the fleet's KEK did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKek {
+    /// False: the current KEK sealed the data key already.
+    pub rewrapped: bool,
+    /// Where the current KEK came from (never its bytes).
+    pub sealed_with: String,
+    /// Secrets kept (each with every version), all still opened by the
+    /// same data key.
+    pub secrets: usize,
+}
+
+/// Seals the fleet's data key (`/kiln/secret-key`) under this process's
+/// KEK, opened with `old` (else the previous KEK the environment names):
+/// one etcd write, conditioned on the key not having changed since it was
+/// read. Every sealed version stays as it is: the data key is the same,
+/// so no release's pinned version changes; from then on only the new KEK
+/// opens them.
+pub fn rotate_key(
+    cluster: &Etcd,
+    home: &Path,
+    old: Option<crate::secrets::kek::Kek>,
+) -> Result<RotatedKek, FleetSecretError> {
+    let Some(kv) = cluster.range_prefix(KEY)?.into_iter().find(|kv| kv.key == KEY) else {
+        return Err(FleetSecretError::NoKey);
+    };
+    let dir = Scratch::new(home, "fleet-rotate")?;
+    write(&dir.0.join("dek"), &kv.value)?;
+    let store = Secrets::fleet(&dir.0, home);
+    let rewrapped = store.rewrap(old)?;
+    let sealed_with = store.kek_origin()?;
+    if rewrapped {
+        let compare = Compare::Modified { key: KEY.into(), revision: kv.mod_revision };
+        let put = (KEY.to_owned(), read(&dir.0.join("dek"))?, 0);
+        if !cluster.txn(&[compare], &[put], &[])? {
+            return Err(FleetSecretError::Contended { name: KEY.into() });
+        }
+    }
+    Ok(RotatedKek { rewrapped, sealed_with, secrets: list(cluster)?.len() })
 }
 
 /// Every secret with its newest version (the newest written) and how

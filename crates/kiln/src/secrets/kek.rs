@@ -28,6 +28,9 @@ pub const PASSPHRASE_ENV: &str = "KILN_PASSPHRASE";
 pub const NO_PROMPT_ENV: &str = "KILN_NO_PROMPT";
 /// The passphrase a store was sealed with, for a rotation to a new KEK.
 pub const OLD_PASSPHRASE_ENV: &str = "KILN_OLD_PASSPHRASE";
+/// The key file a store may still be sealed with (an agent given both
+/// keys while a fleet's KEK is rotated).
+pub const OLD_KEY_FILE_ENV: &str = "KILN_OLD_KEY_FILE";
 /// The systemd credential's name.
 pub const CREDENTIAL: &str = "kiln-key";
 /// PBKDF2-HMAC-SHA256 rounds for a passphrase (OWASP's 2023 figure).
@@ -154,6 +157,18 @@ impl Sources {
             passphrase: std::env::var(PASSPHRASE_ENV).ok(),
             prompt: var(NO_PROMPT_ENV).is_none(),
         }
+    }
+}
+
+/// The previous KEK the environment names: `KILN_OLD_KEY_FILE`, else
+/// `KILN_OLD_PASSPHRASE`, else none.
+pub fn old_from_env(home: &Path) -> Result<Option<Kek>, KekError> {
+    if let Some(path) = std::env::var_os(OLD_KEY_FILE_ENV).filter(|v| !v.is_empty()) {
+        return from_file(Path::new(&path), OLD_KEY_FILE_ENV, home).map(Some);
+    }
+    match std::env::var(OLD_PASSPHRASE_ENV) {
+        Ok(pass) if !pass.is_empty() => from_passphrase(&pass, Origin::PassphraseEnv(OLD_PASSPHRASE_ENV)).map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -128,7 +128,8 @@ impl Purpose {
     /// The command that re-seals this store.
     fn rotate_command(self) -> &'static str {
         match self {
-            Purpose::Secrets | Purpose::TlsKeys | Purpose::Credentials | Purpose::FleetSecrets => "secret rotate-key",
+            Purpose::Secrets | Purpose::TlsKeys | Purpose::Credentials => "secret rotate-key",
+            Purpose::FleetSecrets => "secret rotate-key --cluster URLS",
             Purpose::SigningKeys => "key rotate",
         }
     }
@@ -150,6 +151,11 @@ pub struct Secrets {
     home: PathBuf,
     purpose: Purpose,
     kek: KekSource,
+    /// A KEK the store may still be sealed with, tried when `kek` does
+    /// not open it: `KILN_OLD_KEY_FILE` or `KILN_OLD_PASSPHRASE`, so that
+    /// a fleet's agents given both keys keep opening its secrets across
+    /// `kiln secret rotate-key --cluster`.
+    previous: KekSource,
 }
 
 /// What a rotation did.
@@ -270,6 +276,21 @@ fn process_kek(home: &Path) -> Result<Option<Kek>, SecretError> {
     Ok(k)
 }
 
+/// The process's previous KEK (`KILN_OLD_KEY_FILE`, `KILN_OLD_PASSPHRASE`),
+/// resolved once.
+fn process_old_kek(home: &Path) -> Result<Option<Kek>, SecretError> {
+    static OLD: Mutex<Option<(PathBuf, Option<Kek>)>> = Mutex::new(None);
+    let mut slot = OLD.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((h, k)) = slot.as_ref() {
+        if h == home {
+            return Ok(k.clone());
+        }
+    }
+    let k = kek::old_from_env(home)?;
+    *slot = Some((home.to_owned(), k.clone()));
+    Ok(k)
+}
+
 /// Data keys already unwrapped in this process, by store, `dek` file
 /// contents and KEK: a passphrase's 600,000 rounds are paid once, not
 /// per read.
@@ -293,7 +314,13 @@ fn warn_legacy(dir: &Path) {
 
 impl Secrets {
     pub fn new(home: &Path) -> Self {
-        Secrets { dir: home.join("secrets"), home: home.to_owned(), purpose: Purpose::Secrets, kek: KekSource::Process }
+        Secrets {
+            dir: home.join("secrets"),
+            home: home.to_owned(),
+            purpose: Purpose::Secrets,
+            kek: KekSource::Process,
+            previous: KekSource::Process,
+        }
     }
 
     /// The signing keys' store, apart from the secrets services may mount.
@@ -303,13 +330,20 @@ impl Secrets {
             home: home.to_owned(),
             purpose: Purpose::SigningKeys,
             kek: KekSource::Process,
+            previous: KekSource::Process,
         }
     }
 
     /// The certificates kiln obtains (ACME) and their keys, apart from
     /// the secrets services may mount.
     pub fn tls_keys(home: &Path) -> Self {
-        Secrets { dir: home.join("tls"), home: home.to_owned(), purpose: Purpose::TlsKeys, kek: KekSource::Process }
+        Secrets {
+            dir: home.join("tls"),
+            home: home.to_owned(),
+            purpose: Purpose::TlsKeys,
+            kek: KekSource::Process,
+            previous: KekSource::Process,
+        }
     }
 
     /// Registry credentials (`kiln login`).
@@ -319,6 +353,7 @@ impl Secrets {
             home: home.to_owned(),
             purpose: Purpose::Credentials,
             kek: KekSource::Process,
+            previous: KekSource::Process,
         }
     }
 
@@ -326,13 +361,35 @@ impl Secrets {
     /// files in `dir` (the data key and `NAME.enc`, as etcd keeps them),
     /// opened with the fleet's KEK, which every host is given.
     pub fn fleet(dir: &Path, home: &Path) -> Self {
-        Secrets { dir: dir.to_owned(), home: home.to_owned(), purpose: Purpose::FleetSecrets, kek: KekSource::Process }
+        Secrets {
+            dir: dir.to_owned(),
+            home: home.to_owned(),
+            purpose: Purpose::FleetSecrets,
+            kek: KekSource::Process,
+            previous: KekSource::Process,
+        }
     }
 
-    /// The same store with `kek` instead of the environment's.
+    /// The same store with `kek` instead of the environment's (and no
+    /// previous one).
     pub fn with_kek(mut self, kek: Option<Kek>) -> Self {
         self.kek = KekSource::Given(kek);
+        self.previous = KekSource::Given(None);
         self
+    }
+
+    /// The same store with `previous` as the KEK tried when its own does
+    /// not open it.
+    pub fn with_previous_kek(mut self, previous: Option<Kek>) -> Self {
+        self.previous = KekSource::Given(previous);
+        self
+    }
+
+    fn previous_kek(&self) -> Result<Option<Kek>, SecretError> {
+        match &self.previous {
+            KekSource::Process => process_old_kek(&self.home),
+            KekSource::Given(k) => Ok(k.clone()),
+        }
     }
 
     fn io(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
@@ -409,12 +466,27 @@ impl Secrets {
     fn open(&self) -> Result<Option<DataKey>, SecretError> {
         if let Some((dek, text)) = self.read_dek()? {
             let kek = self.need_kek()?;
-            let cache_key = (self.dir.clone(), format!("{text}{}", kek.fingerprint()));
-            if let Some(k) = unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
-                return Ok(Some(DataKey::Sealed { key: *k, id: dek.id }));
-            }
-            let key = self.unwrap_with(&dek, &kek)?;
-            unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, key);
+            // Cached by the KEK that opened it: a key opened with the
+            // previous KEK is no proof the current one opens it.
+            let opened_with = |k: &Kek| -> Result<[u8; 32], SecretError> {
+                let cache_key = (self.dir.clone(), format!("{text}{}", k.fingerprint()));
+                if let Some(key) = unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+                    return Ok(*key);
+                }
+                let key = self.unwrap_with(&dek, k)?;
+                unwrapped_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, key);
+                Ok(key)
+            };
+            let key = match opened_with(&kek) {
+                Ok(key) => key,
+                // Sealed with the previous KEK (a rotation under way):
+                // opened with it, if this process was given it.
+                Err(wrong @ SecretError::WrongKek { .. }) => match self.previous_kek()? {
+                    Some(previous) => opened_with(&previous).map_err(|_| wrong)?,
+                    None => return Err(wrong),
+                },
+                Err(e) => return Err(e),
+            };
             return Ok(Some(DataKey::Sealed { key, id: dek.id }));
         }
         let legacy = self.dir.join("key");
@@ -435,18 +507,25 @@ impl Secrets {
     fn seal_new(&self, kek: &Kek) -> Result<(DekFile, [u8; 32]), SecretError> {
         let dek_path = self.dir.join("dek");
         let key: [u8; 32] = random().map_err(Self::io(&dek_path))?;
+        let id: [u8; ID_LEN] = random().map_err(Self::io(&dek_path))?;
+        Ok((self.wrap(kek, &key, id)?, key))
+    }
+
+    /// Data key `key` (its id `id`) sealed under `kek`, with a new salt
+    /// and nonce: the `dek` file's contents.
+    fn wrap(&self, kek: &Kek, key: &[u8; 32], id: [u8; ID_LEN]) -> Result<DekFile, SecretError> {
+        let dek_path = self.dir.join("dek");
         let salt: [u8; 16] = random().map_err(Self::io(&dek_path))?;
         let nonce: [u8; 12] = random().map_err(Self::io(&dek_path))?;
-        let id: [u8; ID_LEN] = random().map_err(Self::io(&dek_path))?;
         let wk = kek::wrapping_key(kek, self.purpose.label(), &salt);
         let sealed = ChaCha20Poly1305::new(Key::from_slice(&wk))
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &key, aad: &id })
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key, aad: &id })
             .map_err(|_| SecretError::BadStore {
                 path: dek_path.clone(),
                 message: "cannot seal the data key".into(),
             })?;
         let wrapped = [nonce.as_slice(), &sealed].concat();
-        Ok((DekFile { kind: kek.kind, salt: salt.to_vec(), id, wrapped }, key))
+        Ok(DekFile { kind: kek.kind, salt: salt.to_vec(), id, wrapped })
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), SecretError> {

@@ -65,4 +65,38 @@ impl Secrets {
             migrated,
         })
     }
+
+    /// Where the current KEK comes from (never its bytes).
+    pub fn kek_origin(&self) -> Result<String, SecretError> {
+        Ok(self.need_kek()?.origin.to_string())
+    }
+
+    /// Seals the store's data key under the current KEK, opened with
+    /// `old` (else the previous KEK the process was given): every entry
+    /// stays as it is, the same data key and versions; only who can open
+    /// the store changes. False when the current KEK opens it already.
+    pub fn rewrap(&self, old: Option<Kek>) -> Result<bool, SecretError> {
+        let new_kek = self.need_kek()?;
+        let _lock = self.lock()?;
+        let Some((dek, _)) = self.read_dek()? else {
+            return Err(SecretError::BadStore {
+                path: self.dir.join("dek"),
+                message: "no data key: nothing was sealed yet".into(),
+            });
+        };
+        let wrong = match self.unwrap_with(&dek, &new_kek) {
+            Ok(_) => return Ok(false),
+            Err(e) => e,
+        };
+        let opener = match old {
+            Some(k) => k,
+            None => self.previous_kek()?.ok_or(wrong)?,
+        };
+        let mut key = self.unwrap_with(&dek, &opener)?;
+        let rewrapped = self.wrap(&new_kek, &key, dek.id);
+        key.iter_mut().for_each(|b| *b = 0);
+        let rewrapped = rewrapped?;
+        self.write_atomic(&self.dir.join("dek"), rewrapped.render(self.purpose).as_bytes())?;
+        Ok(true)
+    }
 }

@@ -112,6 +112,35 @@ fn rotation_re_seals_under_a_new_kek_and_keeps_values_and_versions() {
 }
 
 #[test]
+fn a_rewrap_seals_the_same_data_key_under_a_new_kek_and_a_previous_kek_still_opens_until_then() {
+    let (dir, home, old) = setup("secrets-rewrap");
+    let s = Secrets::new(&home).with_kek(Some(old.clone()));
+    s.set("a", b"one").unwrap();
+    let version = s.version("a").unwrap();
+    let sealed = fs::read(home.join("secrets/a.enc")).unwrap();
+    let new = kek_file(&dir, "new", &home);
+    // Given both keys (a host during a fleet's rotation), the store opens
+    // while it is still sealed with the old one; with the new alone, not.
+    let both = Secrets::new(&home).with_kek(Some(new.clone())).with_previous_kek(Some(old.clone()));
+    assert_eq!(both.get("a").unwrap().expose(), b"one");
+    let n = Secrets::new(&home).with_kek(Some(new.clone()));
+    assert!(matches!(n.get("a"), Err(SecretError::WrongKek { .. })));
+    assert!(matches!(n.rewrap(None), Err(SecretError::WrongKek { .. })), "without the old key, nothing to open it");
+    let other = kek_file(&dir, "other", &home);
+    assert!(matches!(n.rewrap(Some(other)), Err(SecretError::WrongKek { .. })), "a wrong old key");
+    // Re-wrapped: the entries are byte for byte the same, the new key
+    // opens them, the old one no longer does; a second time is a no-op.
+    assert!(n.rewrap(Some(old.clone())).unwrap());
+    assert_eq!(fs::read(home.join("secrets/a.enc")).unwrap(), sealed, "no entry re-encrypted");
+    assert_eq!((n.get("a").unwrap().expose(), n.version("a").unwrap()), (b"one".as_slice(), version));
+    assert!(matches!(s.get("a"), Err(SecretError::WrongKek { .. })));
+    assert!(!n.rewrap(None).unwrap(), "already sealed with the new key");
+    // Given both, still opens (the new one first).
+    assert_eq!(both.get("a").unwrap().expose(), b"one");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn a_rotation_cut_short_is_undone_before_its_commit_and_finished_after_it() {
     let (dir, home, k) = setup("secrets-cut");
     let s = Secrets::new(&home).with_kek(Some(k));
