@@ -18,7 +18,7 @@
 # node loss, Nomad 20–30 s, Kubernetes 50 s + a 300 s eviction; their
 # controllers 10–15 s). Docker Swarm itself is not run: a multi-node swarm
 # needs a daemon per node, and this machine runs one.
-# Usage: bench/fleet.sh [ROUNDS]
+# Usage: [LB=1] [WRITES=1] bench/fleet.sh [ROUNDS]
 set -euo pipefail
 ROUNDS=${1:-5}
 cd "$(dirname "$0")/.."
@@ -93,6 +93,10 @@ declare -A agent_pid ctl_pid
 start_agent h1; start_agent h2; start_ctl c1; start_ctl c2
 sleep 3
 
+# LB=1: the release behind a load balancer on every host (each agent then
+# also reports what its load balancer routes to, which its record carries).
+release_lb=""
+[ -n "${LB:-}" ] && release_lb="--listen $(port) --health /"
 fo=(); loss=(); writes=()
 for r in $(seq "$ROUNDS"); do
   # 1. failover
@@ -102,11 +106,11 @@ for r in $(seq "$ROUNDS"); do
   fo+=($(( $(ms) - t )))
   start_ctl "$lead"
   # 3. a release: writes until both replicas serve v2 (v1 first, settled)
-  KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 2 "${img[1]}" >/dev/null
+  KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 2 $release_lb "${img[1]}" >/dev/null
   until serves "$(port_of h1 web-0)$(port_of h1 web-1)" v1 && serves "$(port_of h2 web-0)$(port_of h2 web-1)" v1; do sleep 0.1; done
   sleep 1
   r0=$(revision)
-  KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 2 "${img[2]}" >/dev/null
+  KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 2 $release_lb "${img[2]}" >/dev/null
   until serves "$(port_of h1 web-0)$(port_of h1 web-1)" v2 && serves "$(port_of h2 web-0)$(port_of h2 web-1)" v2; do sleep 0.1; done
   sleep 2
   writes+=($(( $(revision) - r0 )))
