@@ -46,7 +46,10 @@ pub fn pick(rows: &[SlotRow], service: &str, max_share: f64, tally: &Tally, n: u
     let mine: Vec<&SlotRow> = rows.iter().filter(|r| r.service == service && r.state != SlotState::Leaving).collect();
     let allowed = ((mine.len() as f64 * max_share).floor() as usize).max(1);
     let killed = |r: &SlotRow| r.instance.as_deref().is_some_and(|i| tally.kills.contains_key(i));
-    let up = |r: &SlotRow| r.state == SlotState::Serving && !killed(r);
+    // Up: serving and routed to by every load balancer. A replacement
+    // its host lists but a load balancer still checks is not up there:
+    // killing the other slot then would leave that load balancer none.
+    let up = |r: &SlotRow| r.state == SlotState::Serving && r.routed && !killed(r);
     let down = mine.iter().filter(|r| !up(r)).count();
     if down >= allowed {
         return Pick::Refused { down, allowed };
@@ -93,11 +96,15 @@ impl Tally {
     }
 
     /// What the slots show at `now_ms`: a killed instance's slot serving
-    /// with another instance is replaced.
+    /// with another instance, routed to by every load balancer, is
+    /// replaced.
     pub fn observe(&mut self, rows: &[SlotRow], now_ms: u64) {
         for (instance, (slot, _, back)) in self.kills.iter_mut().filter(|(_, k)| k.2.is_none()) {
             let served = rows.iter().any(|r| {
-                r.slot == *slot && r.state == SlotState::Serving && r.instance.as_deref().is_some_and(|i| i != instance)
+                r.slot == *slot
+                    && r.state == SlotState::Serving
+                    && r.routed
+                    && r.instance.as_deref().is_some_and(|i| i != instance)
             });
             if served {
                 *back = Some(now_ms);
@@ -152,6 +159,11 @@ mod tests {
         assert_eq!(pick(&one_down, "web", 0.34, &none, 0), Pick::Refused { down: 1, allowed: 1 });
         // At 67 %, two may.
         assert!(matches!(pick(&one_down, "web", 0.67, &none, 0), Pick::Kill { instance, .. } if instance == "i1"));
+        // Listed by its host but not yet routed to by every load balancer:
+        // down, so the other slot is not killed meanwhile.
+        let mut unrouted = rows.clone();
+        unrouted[0].routed = false;
+        assert_eq!(pick(&unrouted, "web", 0.34, &none, 0), Pick::Refused { down: 1, allowed: 1 });
         // A kill asked, its host still listing the instance: down all the same.
         let mut t = Tally::default();
         t.killed("web-1", "i1", 0);
@@ -173,6 +185,10 @@ mod tests {
         let r = t.report("web");
         assert_eq!((r.kills, r.replaced, r.refused, r.unreplaced.clone()), (2, 1, 1, vec!["i1".to_owned()]));
         assert_eq!((r.replace_median_ms, r.replace_max_ms), (Some(2_000), Some(2_000)));
+        let mut listed = row("h2", "web-1", SlotState::Serving, "i6");
+        listed.routed = false;
+        t.observe(&[listed], 4_000);
+        assert!(!t.settled(), "listed, but not yet routed to by every load balancer");
         t.observe(&[row("h2", "web-1", SlotState::Serving, "i6")], 4_500);
         assert!(t.settled());
         assert_eq!(t.report("web").replace_max_ms, Some(3_000));

@@ -54,6 +54,7 @@ pub fn slot_row(host: &str, slot: &str, state: super::ps::SlotState, instance: &
         state,
         instance: Some(instance.into()),
         port: Some(1),
+        routed: state == super::ps::SlotState::Serving,
     }
 }
 

@@ -231,6 +231,7 @@ mod tests {
                 state: SlotState::Serving,
                 instance: None,
                 port: None,
+                routed: false,
             }],
             services: vec![ServiceRow { name: "web".into(), desired: canary_desired, verdict: None }],
             leader: Some("c2".into()),

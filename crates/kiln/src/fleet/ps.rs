@@ -58,6 +58,11 @@ pub struct SlotRow {
     /// The instance listed for it, and its port on the host.
     pub instance: Option<String>,
     pub port: Option<u16>,
+    /// Serving, and every host's load balancer for the service that
+    /// reports its routes routes to it (a service without load balancers:
+    /// as soon as it serves).
+    #[serde(default)]
+    pub routed: bool,
 }
 
 /// The rows, by host then slot.
@@ -75,6 +80,8 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
             (Some(r), None) if r.failing.contains(slot) => SlotState::Failing,
             (Some(_), None) => SlotState::Starting,
         };
+        let backend = record.and_then(|r| Some(std::net::SocketAddr::new(r.address?, listed?.port)));
+        let routed = listed.is_some() && backend.is_none_or(|b| super::route::routed_by_all(&a.service, b, records));
         out.push(SlotRow {
             host: host.clone(),
             slot: slot.clone(),
@@ -83,6 +90,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
             state,
             instance: listed.map(|p| p.instance.clone()),
             port: listed.map(|p| p.port),
+            routed,
         });
     }
     // Listed instances no assignment (of their release) accounts for.
@@ -100,6 +108,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
                     state: SlotState::Leaving,
                     instance: Some(p.instance.clone()),
                     port: Some(p.port),
+                    routed: false,
                 });
             }
         }
@@ -113,6 +122,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
             state: SlotState::Quarantined,
             instance: Some(p.instance.clone()),
             port: Some(p.port),
+            routed: false,
         }));
     }
     out.sort_by(|a, b| (&a.host, &a.slot, a.state.name()).cmp(&(&b.host, &b.slot, b.state.name())));

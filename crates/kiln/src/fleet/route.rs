@@ -66,6 +66,13 @@ pub fn routed_everywhere(name: &str, backend: SocketAddr, hosts: &[HostRecord]) 
     hosts.iter().filter(|h| h.address.is_some()).all(|h| h.routes.get(name).is_some_and(|r| r.contains(&backend)))
 }
 
+/// Whether every host whose load balancer for service `name` reports
+/// its routes routes to `backend` (vacuously, when none does: a service
+/// without load balancers, or one whose load balancers have not started).
+pub fn routed_by_all(name: &str, backend: SocketAddr, hosts: &[HostRecord]) -> bool {
+    hosts.iter().filter_map(|h| h.routes.get(name)).all(|r| r.contains(&backend))
+}
+
 /// A service's load balancer on every host: its port, health check and
 /// table.
 #[derive(Debug, Clone, PartialEq, Eq)]
