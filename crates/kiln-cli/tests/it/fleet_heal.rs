@@ -173,15 +173,12 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
             eprintln!("fleet chaos, {}: {l}", h.display());
         }
     }
-    // Not 0 in every run: a kill can cost a burst of 502s at a load
-    // balancer before it drops the dead backend (seen in 3 of 8 runs,
-    // 17 to 47 requests; README, "Chaos"). What is held: the load went on,
-    // and most of it was answered.
+    // A slot is up only once every load balancer routes to its instance,
+    // so the second kill never leaves a load balancer without a backend
+    // (before, bursts of 9 to 56 502s in 2 runs of 3; README, "Chaos").
     let ok: u64 = answers.values().sum();
-    assert!(
-        ok > 1_000 && failed * 20 < ok,
-        "the service kept answering through the kills: {answers:?}, {failed} failed"
-    );
+    assert!(ok > 1_000, "the service kept answering through the kills: {answers:?}");
+    assert_eq!(failed, 0, "no request failed through the kills: {answers:?}");
     // Two serving instances again, at least one of them new.
     let after_chaos: Vec<String> = homes.iter().flat_map(|h| instances(h)).collect();
     assert_eq!(after_chaos.len(), 2, "{after_chaos:?}");
