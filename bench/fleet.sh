@@ -16,8 +16,8 @@
 # over the three load balancers, the share that reached the canary.
 # Prints medians next to the anchors of issue #24 (Swarm ~15 s after a
 # node loss, Nomad 20–30 s, Kubernetes 50 s + a 300 s eviction; their
-# controllers 10–15 s). Docker Swarm itself is not run: a multi-node swarm
-# needs a daemon per node, and this machine runs one.
+# controllers 10–15 s). Docker Swarm itself is measured side by side by
+# bench/swarm.sh, on the network-namespace rig (one dockerd per host).
 # Usage: [LB=1] [WRITES=1] bench/fleet.sh [ROUNDS]
 set -euo pipefail
 ROUNDS=${1:-5}
