@@ -440,11 +440,14 @@ pub(crate) fn render(output: &Output, now: i64) {
             for r in rows {
                 let port = r.port.map_or_else(|| "-".to_owned(), |p| p.to_string());
                 let digest = r.image.rsplit_once('@').map_or(r.image.as_str(), |(_, d)| d);
+                // Serving at its host, not yet routed to by every load
+                // balancer (their checks have not passed it).
+                let routing = r.state == kiln::fleet::ps::SlotState::Serving && !r.routed;
                 println!(
                     "{:<14} {:<18} {:<10} {:<20} {:>6}  {}",
                     r.host,
                     r.slot,
-                    r.state.name(),
+                    if routing { "routing" } else { r.state.name() },
                     r.instance.as_deref().unwrap_or("-"),
                     port,
                     &digest[..digest.len().min(19)]

@@ -192,6 +192,7 @@ fn a_fleet_service_s_volume_outlives_releases_and_drift_chaos_and_quarantine_hea
     let load = crate::fleet::FleetLoad::start(&lbs, "/cgi-bin/status");
     let ps = json(&kiln_ok(&ctl, &app, &["ps", "--cluster", &cluster, "--json"]));
     let victim = ps.as_array().unwrap().iter().find(|r| r["state"] == "serving").unwrap().clone();
+    assert_eq!(victim["routed"], true, "serving and routed to by both load balancers: {ps}");
     let (qid, qhost) = (victim["instance"].as_str().unwrap().to_owned(), victim["host"].as_str().unwrap().to_owned());
     let qhome = &homes[if qhost == "h1" { 0 } else { 1 }];
     let out =

@@ -134,15 +134,16 @@ fn step_canary(
     let Some(c) = d.canary.as_ref().filter(|c| !c.steps.is_empty()) else { return Ok(()) };
     let digest = c.image.rsplit_once('@').map(|(_, d)| d);
     let prefix = format!("{name}-canary-");
-    // Running, and routed to by every host's load balancer: a step's
-    // window is judged on the whole fleet's share from its start.
+    // Running, and routed to by every host's load balancer (every one that
+    // reports its routes: one that failed to start holds nothing up): a
+    // step's window is judged on the whole fleet's share from its start.
     let running = records
         .iter()
         .flat_map(|r| r.placed.iter().map(move |p| (r, p)))
         .filter(|(_, p)| {
             p.service == name && p.slot.starts_with(&prefix) && Some(p.image.to_string().as_str()) == digest
         })
-        .filter(|(r, p)| r.address.is_some_and(|ip| route::routed_everywhere(name, (ip, p.port).into(), records)))
+        .filter(|(r, p)| r.address.is_some_and(|ip| route::routed_by_all(name, (ip, p.port).into(), records)))
         .count() as u32;
     let stats_prefix = format!("{STATS}{name}/");
     let hosts: std::collections::BTreeMap<String, canary::HostStats> = cluster

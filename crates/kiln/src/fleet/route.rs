@@ -59,13 +59,6 @@ pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEn
     out
 }
 
-/// Whether every host's load balancer (every record with an address)
-/// reports routing service `name` to `backend`: found healthy by its own
-/// checks.
-pub fn routed_everywhere(name: &str, backend: SocketAddr, hosts: &[HostRecord]) -> bool {
-    hosts.iter().filter(|h| h.address.is_some()).all(|h| h.routes.get(name).is_some_and(|r| r.contains(&backend)))
-}
-
 /// Whether every host whose load balancer for service `name` reports
 /// its routes routes to `backend` (vacuously, when none does: a service
 /// without load balancers, or one whose load balancers have not started).
@@ -196,21 +189,18 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_is_routed_everywhere_once_every_host_with_an_address_reports_it() {
+    fn a_backend_is_routed_by_all_once_every_load_balancer_reporting_the_service_routes_to_it() {
         let b: SocketAddr = "10.0.0.1:4003".parse().unwrap();
+        let other: SocketAddr = "10.0.0.2:4004".parse().unwrap();
         let mut hosts = [host("h1", "10.0.0.1", &[]), host("h2", "10.0.0.2", &[])];
+        assert!(routed_by_all("web", b, &hosts), "no load balancer reports the service: nothing to wait for");
         hosts[0].routes.insert("web".into(), vec![b]);
-        assert!(!routed_everywhere("web", b, &hosts), "h2's load balancer has not passed it");
+        hosts[1].routes.insert("web".into(), vec![other]);
+        assert!(!routed_by_all("web", b, &hosts), "h2's load balancer has not passed it");
         hosts[1].routes.insert("api".into(), vec![b]);
-        assert!(!routed_everywhere("web", b, &hosts), "another service's routes do not count");
-        hosts[1].routes.insert("web".into(), vec![b]);
-        assert!(routed_everywhere("web", b, &hosts));
-        let mut none = host("h3", "10.0.0.3", &[]);
-        none.address = None;
-        assert!(
-            routed_everywhere("web", b, &[hosts[0].clone(), hosts[1].clone(), none]),
-            "no address, no load balancer"
-        );
+        assert!(!routed_by_all("web", b, &hosts), "another service's routes do not count");
+        hosts[1].routes.insert("web".into(), vec![other, b]);
+        assert!(routed_by_all("web", b, &hosts));
     }
 
     #[test]
