@@ -151,3 +151,53 @@ pub(super) fn write_tls(
     }
     Ok((cert, key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::route::Routed;
+    use crate::proxy::TableEntry;
+    use crate::serve::dataplane::RecordingDataPlanes;
+
+    fn routed(backends: &[&str]) -> Routed {
+        let backends = backends.iter().map(|b| b.parse().unwrap()).collect();
+        Routed {
+            listen: 18080,
+            health: Some("/".into()),
+            edge: Default::default(),
+            table: vec![TableEntry { release: "stable".into(), weight: 100, backends, fault: None }],
+            window_secs: None,
+        }
+    }
+
+    #[test]
+    fn each_load_balancer_s_healthy_backends_are_kept_and_one_failing_stops_no_other() {
+        let planes = RecordingDataPlanes::default();
+        let mut lbs = LoadBalancers::default();
+        let ip: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+        let no_tls = |_: &str, _: &crate::fleet::place::FleetTls| -> Result<TlsPaths, String> { Err("none".into()) };
+        let said = std::sync::Mutex::new(Vec::<String>::new());
+        let log = |m: &str| said.lock().unwrap().push(m.to_owned());
+        let tables = |api: &[&str]| {
+            [("web".to_owned(), routed(&["10.0.0.2:2", "10.0.0.1:1"])), ("api".to_owned(), routed(api))].into()
+        };
+        lbs.apply(&planes, ip, tables(&["10.0.0.3:3"]), &no_tls, &log);
+        let addr = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+        assert_eq!(lbs.routes["web"], [addr("10.0.0.1:1"), addr("10.0.0.2:2")], "sorted by address");
+        assert_eq!(lbs.routes["api"], [addr("10.0.0.3:3")]);
+        // api's load balancer stops answering: its routes are not kept
+        // (not known healthy), web's are, and the failure is logged.
+        planes.fail("api", Some("admin refused"));
+        lbs.apply(&planes, ip, tables(&["10.0.0.3:3"]), &no_tls, &log);
+        assert!(!lbs.routes.contains_key("api"), "{:?}", lbs.routes);
+        assert_eq!(lbs.routes["web"].len(), 2);
+        assert!(said.lock().unwrap().iter().any(|m| m.starts_with("api: its backends' health")), "{said:?}");
+        // A service gone from the fleet: its load balancer stopped, no
+        // routes.
+        planes.fail("api", None);
+        lbs.apply(&planes, ip, [("web".to_owned(), routed(&["10.0.0.1:1"]))].into(), &no_tls, &log);
+        assert_eq!(lbs.routes.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(lbs.routes["web"], [addr("10.0.0.1:1")]);
+        assert!(said.lock().unwrap().iter().any(|m| m == "api: load balancer stopped"), "{said:?}");
+    }
+}

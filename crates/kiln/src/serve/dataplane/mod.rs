@@ -270,8 +270,15 @@ impl DataPlane for FakePlane {
     fn totals(&self) -> Result<Totals, ServeError> {
         Ok(Totals::default())
     }
-    /// The last table's backends, each healthy.
+    /// The last table's backends, each healthy (or the failure a test set).
     fn backends(&self) -> Result<Vec<BackendState>, ServeError> {
+        if let Some(detail) = self.owner.lock().failing.get(&self.service) {
+            return Err(ServeError::Proxy {
+                service: self.service.clone(),
+                admin: self.listen,
+                detail: detail.clone(),
+            });
+        }
         let table = self.owner.table(&self.service).unwrap_or_default();
         let addrs: std::collections::BTreeSet<SocketAddr> = table.into_iter().flat_map(|e| e.backends).collect();
         Ok(addrs.into_iter().map(|addr| BackendState { addr, healthy: true, draining: false }).collect())
