@@ -180,22 +180,7 @@ mod tests {
     use crate::release::analysis::Verdict;
 
     fn desired(canary: Option<Canary>) -> Desired {
-        Desired {
-            image: "r/web@sha256:a".into(),
-            replicas: 2,
-            env: vec![],
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            listen: Some(8080),
-            health: None,
-            canary,
-            channel: None,
-            previous: None,
-            secrets: Vec::new(),
-            volumes: Vec::new(),
-            edge: Default::default(),
-        }
+        Desired { canary, ..fixtures::desired("r/web@sha256:a") }
     }
 
     fn drill(started: bool) -> Canary {

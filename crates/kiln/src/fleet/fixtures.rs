@@ -13,6 +13,27 @@ pub fn digest(c: char) -> Digest {
     Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
 }
 
+/// A service's desired state: 2 replicas of `image` behind a load
+/// balancer on port 8080, nothing else set.
+pub fn desired(image: &str) -> super::place::Desired {
+    super::place::Desired {
+        image: image.to_owned(),
+        replicas: 2,
+        env: vec![],
+        memory_bytes: None,
+        millicpus: None,
+        singleton: false,
+        listen: Some(8080),
+        health: None,
+        canary: None,
+        channel: None,
+        previous: None,
+        secrets: Vec::new(),
+        volumes: Vec::new(),
+        edge: Default::default(),
+    }
+}
+
 /// Service `web` running `image`, nothing else set.
 pub fn assignment(image: String) -> Assignment {
     Assignment {

@@ -117,33 +117,19 @@ mod tests {
     }
 
     fn desired(canary: Option<(char, u32)>) -> Desired {
-        Desired {
-            image: format!("r/web@{}", d('a')),
-            replicas: 2,
-            env: vec![],
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            listen: Some(8080),
-            health: None,
-            canary: canary.map(|(c, weight)| Canary {
-                image: format!("r/web@{}", d(c)),
-                replicas: 1,
-                weight,
-                steps: vec![],
-                step_secs: 0,
-                pauses: Default::default(),
-                progress: None,
-                max_error_rate: None,
-                max_p99_ratio: None,
-                fault: None,
-            }),
-            channel: None,
-            previous: None,
-            secrets: Vec::new(),
-            volumes: Vec::new(),
-            edge: Default::default(),
-        }
+        let canary = canary.map(|(c, weight)| Canary {
+            image: format!("r/web@{}", d(c)),
+            replicas: 1,
+            weight,
+            steps: vec![],
+            step_secs: 0,
+            pauses: Default::default(),
+            progress: None,
+            max_error_rate: None,
+            max_p99_ratio: None,
+            fault: None,
+        });
+        Desired { canary, ..fixtures::desired(&format!("r/web@{}", d('a'))) }
     }
 
     #[test]
