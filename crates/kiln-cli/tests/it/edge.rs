@@ -432,10 +432,15 @@ fn two_services_share_one_https_address_by_host_each_with_its_certificate_and_it
     let _room = common::room("edge");
     let _g = serial();
     let port = free_port();
+    // What is tested is routing by host, not the latency judgement: a
+    // fresh instance on a busy 2-core CI host can be 1.5 times slower at
+    // first (a CI run failed that canary on its p99 alone), so the p99
+    // limit is loose here; errors are judged as always.
     let web = "hosts = [\"shop.test\"]\ntls = { cert = \"certs/shop.pem\", key = \"certs/shop.key\" }\n\
                strategy = \"canary\"\nkeep_previous = \"1s\"\ndrain_timeout = \"2s\"\n\
                [service.web.health]\npath = \"/\"\ninterval = \"200ms\"\n\
-               [service.web.canary]\nsteps = [50]\nstep_interval = \"2s\"\nanalysis = { min_requests = 10 }\n";
+               [service.web.canary]\nsteps = [50]\nstep_interval = \"2s\"\n\
+               analysis = { min_requests = 10, max_p99_ratio = 4.0, min_p99_increase_ms = 50.0 }\n";
     let api = format!(
         "\n[service.api]\nimage = \"web\"\nlisten = \"127.0.0.1:{port}\"\nhosts = [\"api.test\"]\n\
          tls = {{ cert = \"certs/api.pem\", key = \"certs/api.key\" }}\n[service.api.health]\npath = \"/\"\ninterval = \"200ms\"\n"

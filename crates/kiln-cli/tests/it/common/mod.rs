@@ -224,8 +224,25 @@ pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad json {e}: {s}"))
 }
 
+/// A port no one listens on, for a test to give to what it starts. From
+/// below the kernel's ephemeral range (32768 and up), where kiln's own
+/// picks for instances land: otherwise a port handed to one test can be
+/// an instance's of another by the time it is bound (a CI run saw a load
+/// balancer fail with "Address already in use"). Handed out once per run.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() * 97) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        // Free on every address, not only loopback.
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
 
 pub fn wait_port(port: u16) {
