@@ -28,6 +28,7 @@ mod observe;
 mod plan;
 mod promote;
 mod proxy;
+mod proxy_wire;
 mod registry;
 mod registry_auth;
 mod release;
