@@ -392,22 +392,7 @@ mod tests {
     }
 
     fn plain() -> Desired {
-        Desired {
-            image: img('a'),
-            replicas: 1,
-            env: vec![],
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            listen: None,
-            health: None,
-            canary: None,
-            channel: None,
-            previous: None,
-            secrets: Vec::new(),
-            volumes: Vec::new(),
-            edge: Default::default(),
-        }
+        Desired { replicas: 1, listen: None, ..crate::fleet::fixtures::desired(&img('a')) }
     }
 
     fn apply(current: &mut BTreeMap<(String, String), Assignment>, changes: &[Change]) {

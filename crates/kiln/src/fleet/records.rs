@@ -289,22 +289,8 @@ mod tests {
     use crate::fleet::change::apply;
 
     fn desired(image: &str) -> Desired {
-        Desired {
-            image: format!("127.0.0.1:5000/web@sha256:{image:0<64}"),
-            replicas: 2,
-            env: vec![("MODE".into(), "a".into())],
-            memory_bytes: None,
-            millicpus: None,
-            singleton: false,
-            listen: Some(8080),
-            health: None,
-            canary: None,
-            channel: None,
-            previous: None,
-            secrets: Vec::new(),
-            volumes: Vec::new(),
-            edge: Default::default(),
-        }
+        let image = format!("127.0.0.1:5000/web@sha256:{image:0<64}");
+        Desired { env: vec![("MODE".into(), "a".into())], ..crate::fleet::fixtures::desired(&image) }
     }
 
     fn kinds(records: &[Record]) -> Vec<&'static str> {
