@@ -525,6 +525,13 @@ pub fn render_history(entries: &[kiln::serve::history::Entry], verified: Option<
             Event::CertExpiring { cert, not_after, days_left } => {
                 format!("certificate {cert} expires in {days_left} day(s), at {}", kiln::time::rfc3339(*not_after))
             }
+            Event::CertObtained { hosts, not_after, directory } => {
+                format!(
+                    "certificate for {} obtained from {directory}, valid until {}",
+                    hosts.join(", "),
+                    kiln::time::rfc3339(*not_after)
+                )
+            }
             Event::Recovered { failed_ms, attempts } => {
                 format!("reconciled again after {failed_ms} ms and {attempts} failed attempt(s)")
             }

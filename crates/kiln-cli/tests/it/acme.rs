@@ -14,7 +14,7 @@ use crate::common::{self, free_port};
 use crate::edge::{client_config, curl, tls_get, under_tls_load, Pki, VALID_FROM, VALID_TO};
 
 /// The CA processes, ended with the test.
-struct Ca(Vec<Child>);
+pub(crate) struct Ca(Vec<Child>);
 
 impl Drop for Ca {
     fn drop(&mut self) {
@@ -25,14 +25,15 @@ impl Drop for Ca {
     }
 }
 
-/// Starts pebble-challtestsrv and pebble; returns them, the directory URL
-/// and the management address (its roots).
-fn pebble(pki: &Pki, http_port: u16) -> (Ca, String, u16) {
+/// Starts pebble-challtestsrv and pebble, whose DNS answers `ip` for every
+/// name; returns them, the directory URL and the management port (its
+/// roots).
+pub(crate) fn pebble(pki: &Pki, http_port: u16, ip: &str) -> (Ca, String, u16) {
     let (dns, cmgmt, port, mgmt, tls_port) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let dir = pki.path("");
     let challtest = Command::new("pebble-challtestsrv")
         .args(["-dns01", &format!("127.0.0.1:{dns}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-        .args(["-management", &format!("127.0.0.1:{cmgmt}"), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .args(["-management", &format!("127.0.0.1:{cmgmt}"), "-defaultIPv4", ip, "-defaultIPv6", ""])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -72,7 +73,7 @@ fn a_certificate_from_pebble_is_obtained_served_kept_encrypted_and_renewed_under
     let mut env = Env::bare_busybox("acme", "");
     let pki = Pki::new(&env.dir);
     pki.issue("pebble", &["localhost"], VALID_FROM, VALID_TO);
-    let (_ca, directory, mgmt) = pebble(&pki, redirect);
+    let (_ca, directory, mgmt) = pebble(&pki, redirect, "127.0.0.1");
     // renew_before longer than Pebble's certificates live: every
     // certificate is due again at once (renewals are 10 s apart).
     env.service = env.service.replace(

@@ -120,9 +120,19 @@ pub(crate) fn tls_get(
     port: u16,
     host: &str,
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
+    tls_get_at(config, "127.0.0.1", port, host)
+}
+
+/// [`tls_get`] of the load balancer at `ip`.
+pub(crate) fn tls_get_at(
+    config: &Arc<rustls::ClientConfig>,
+    ip: &str,
+    port: u16,
+    host: &str,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let tcp = std::net::TcpStream::connect((ip, port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;

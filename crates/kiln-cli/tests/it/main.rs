@@ -13,6 +13,7 @@ mod bake;
 mod bases;
 mod edge;
 mod fleet;
+mod fleet_acme;
 mod fleet_canary;
 mod fleet_cli;
 mod fleet_dashboard;

@@ -19,6 +19,9 @@ pub struct FleetSite<'a> {
     pub paths: &'a [String],
     /// The certificate chain and key files.
     pub tls: Option<(&'a Path, &'a Path)>,
+    /// The certificate comes from this ACME directory (then `tls`'s files
+    /// are where kiln puts it, and the parser's ACME checks apply).
+    pub acme: Option<&'a str>,
     pub redirect_http: Option<std::net::SocketAddr>,
 }
 
@@ -58,9 +61,13 @@ pub fn fleet_service(
     if !site.paths.is_empty() {
         text.push_str(&format!("paths = {}\n", list(site.paths)));
     }
-    if let Some((cert, key)) = site.tls {
-        let path = |p: &Path| quote(&p.to_string_lossy());
-        text.push_str(&format!("tls = {{ cert = {}, key = {} }}\n", path(cert), path(key)));
+    match (site.acme, site.tls) {
+        (Some(directory), _) => text.push_str(&format!("tls = {{ acme = {} }}\n", quote(directory))),
+        (None, Some((cert, key))) => {
+            let path = |p: &Path| quote(&p.to_string_lossy());
+            text.push_str(&format!("tls = {{ cert = {}, key = {} }}\n", path(cert), path(key)));
+        }
+        (None, None) => {}
     }
     if let Some(r) = site.redirect_http {
         text.push_str(&format!("redirect_http = \"{r}\"\n"));

@@ -131,11 +131,15 @@ pub fn load(files: &TlsFiles, hosts: &[String], now: i64) -> Result<Loaded, TlsE
 /// The end of validity (Unix seconds) of the first certificate in a PEM
 /// file, without checking anything else.
 pub fn not_after(cert: &Path) -> Result<i64, TlsError> {
-    let pem = read(cert)?;
-    let der = CertificateDer::from_pem_slice(&pem).map_err(|_| TlsError::NoCertificate { path: cert.to_owned() })?;
+    not_after_pem(&read(cert)?, cert)
+}
+
+/// [`not_after`] of a chain already read; `path` names it in an error.
+pub fn not_after_pem(pem: &[u8], path: &Path) -> Result<i64, TlsError> {
+    let der = CertificateDer::from_pem_slice(pem).map_err(|_| TlsError::NoCertificate { path: path.to_owned() })?;
     der::validity(&der)
         .map(|(_, after)| after)
-        .map_err(|e| TlsError::BadCertificate { path: cert.to_owned(), detail: e.to_string() })
+        .map_err(|e| TlsError::BadCertificate { path: path.to_owned(), detail: e.to_string() })
 }
 
 /// Whether `name` (a server name, lower case) is `host` or, for a host

@@ -16,6 +16,9 @@ pub(super) struct LoadBalancers {
     /// What each routes to after the last round: the backends it finds
     /// healthy (for the host's record).
     pub(super) routes: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// The ACME tokens each load balancer was given (token → key
+    /// authorization).
+    answering: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl LoadBalancers {
@@ -41,6 +44,7 @@ impl LoadBalancers {
         for service in gone {
             planes.stop(&service);
             self.running.remove(&service);
+            self.answering.remove(&service);
             log(&format!("{service}: load balancer stopped"));
         }
         for (service, want) in routed {
@@ -51,6 +55,8 @@ impl LoadBalancers {
                 Some(cur) if same_site(cur) && cur.1.table == want.table => Ok(cur.0.clone()),
                 Some(cur) if same_site(cur) => cur.0.set_table(&want.table).map(|()| cur.0.clone()),
                 _ => {
+                    // A new process answers no token yet.
+                    self.answering.remove(&service);
                     let files = match &want.edge.tls {
                         Some(t) => match tls_files(&service, t) {
                             Ok(f) => Some(f),
@@ -91,12 +97,46 @@ impl LoadBalancers {
                         }
                         Err(e) => log(&format!("{service}: its backends' health: {e}")),
                     }
+                    self.answer(&service, &*p, &want.challenges, log);
                     self.running.insert(service, (p, want));
                 }
                 Err(e) => log(&format!("{service}: load balancer: {e}")),
             }
         }
         counted
+    }
+
+    /// Gives `service`'s load balancer the tokens it should answer and
+    /// takes back those no longer wanted; one that fails is tried again
+    /// next round.
+    fn answer(
+        &mut self,
+        service: &str,
+        p: &dyn DataPlane,
+        want: &std::collections::BTreeMap<String, String>,
+        log: &dyn Fn(&str),
+    ) {
+        let had = self.answering.entry(service.to_owned()).or_default();
+        let gone: Vec<String> = had.keys().filter(|t| !want.contains_key(*t)).cloned().collect();
+        for token in gone {
+            match p.challenge(&token, None) {
+                Ok(()) => {
+                    had.remove(&token);
+                }
+                Err(e) => log(&format!("{service}: withdrawing ACME token {token}: {e}")),
+            }
+        }
+        for (token, key_auth) in want {
+            if had.get(token) == Some(key_auth) {
+                continue;
+            }
+            match p.challenge(token, Some(key_auth)) {
+                Ok(()) => {
+                    had.insert(token.clone(), key_auth.clone());
+                }
+                Err(e) => log(&format!("{service}: answering ACME token {token}: {e}")),
+            }
+        }
     }
 }
 
@@ -115,7 +155,16 @@ pub(super) fn write_tls(
     t: &crate::fleet::place::FleetTls,
 ) -> Result<TlsPaths, String> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = crate::runtime::run_dir(home).join("fleet-tls").join(service);
+    // A certificate from ACME is where the load balancer of a service
+    // that asks a CA looks for it; none yet: it refuses those names in
+    // the handshake until the leader has obtained one.
+    let dir = match &t.acme {
+        Some(_) => crate::runtime::run_dir(home).join("tls").join(service),
+        None => crate::runtime::run_dir(home).join("fleet-tls").join(service),
+    };
+    if t.acme.is_some() && t.cert.is_empty() {
+        return Ok((dir.join("cert.pem"), dir.join("key.pem")));
+    }
     let at = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
     std::fs::create_dir_all(&dir).map_err(|e| at(&dir, e))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| at(&dir, e))?;
@@ -167,6 +216,7 @@ mod tests {
             edge: Default::default(),
             table: vec![TableEntry { release: "stable".into(), weight: 100, backends, fault: None }],
             window_secs: None,
+            challenges: Default::default(),
         }
     }
 
@@ -199,5 +249,45 @@ mod tests {
         assert_eq!(lbs.routes.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(lbs.routes["web"], [addr("10.0.0.1:1")]);
         assert!(said.lock().unwrap().iter().any(|m| m == "api: load balancer stopped"), "{said:?}");
+    }
+
+    #[test]
+    fn acme_tokens_are_given_once_taken_back_when_gone_and_tried_again_after_a_failure() {
+        use crate::serve::dataplane::DataPlaneCall;
+        let planes = RecordingDataPlanes::default();
+        let mut lbs = LoadBalancers::default();
+        let ip: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+        let no_tls = |_: &str, _: &crate::fleet::place::FleetTls| -> Result<TlsPaths, String> { Err("none".into()) };
+        let log = |_: &str| {};
+        let with = |tokens: &[(&str, &str)]| {
+            let mut r = routed(&["10.0.0.1:1"]);
+            r.challenges = tokens.iter().map(|(t, k)| ((*t).to_owned(), (*k).to_owned())).collect();
+            [("web".to_owned(), r)].into()
+        };
+        let given = |planes: &RecordingDataPlanes| -> Vec<(String, Option<String>)> {
+            planes
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    DataPlaneCall::Challenge { token, key_auth, .. } => Some((token, key_auth)),
+                    _ => None,
+                })
+                .collect()
+        };
+        lbs.apply(&planes, ip, with(&[("t1", "t1.thumb")]), &no_tls, &log);
+        lbs.apply(&planes, ip, with(&[("t1", "t1.thumb")]), &no_tls, &log);
+        assert_eq!(given(&planes), [("t1".to_owned(), Some("t1.thumb".to_owned()))], "given once");
+        // The leader withdrew it: taken back.
+        lbs.apply(&planes, ip, with(&[]), &no_tls, &log);
+        assert_eq!(given(&planes).last(), Some(&("t1".to_owned(), None)));
+        // A load balancer that refuses a token is asked again next round.
+        planes.fail("web", Some("admin refused"));
+        lbs.apply(&planes, ip, with(&[("t2", "t2.thumb")]), &no_tls, &log);
+        planes.fail("web", None);
+        let before = given(&planes).len();
+        lbs.apply(&planes, ip, with(&[("t2", "t2.thumb")]), &no_tls, &log);
+        let after = given(&planes);
+        assert_eq!(after.len(), before + 1, "{after:?}");
+        assert_eq!(after.last(), Some(&("t2".to_owned(), Some("t2.thumb".to_owned()))));
     }
 }

@@ -58,7 +58,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     field: "tcp".into(),
                     message: format!("cannot bind {addr}: {e}"),
                 })?;
-                let (home, retention) = (ctx.store.home().to_owned(), ctx.retention);
+                let (home, retention, cluster) = (ctx.store.home().to_owned(), ctx.retention, cluster.clone());
                 std::thread::spawn(move || {
                     if let Err(e) = super::fleet_api::serve(home, cluster, l, retention, stop) {
                         eprintln!("kiln controller: the fleet API stopped: {e}");
@@ -72,7 +72,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             // then).
             let mut notifier: Option<crate::observe::notify::Notifier> = None;
             let home = ctx.store.home().to_owned();
-            let mut alert = |etcd: &crate::fleet::etcd::Etcd, epoch: i64| {
+            // Certificates from ACME are the leader's to obtain.
+            let mut issuer = super::fleet_acme::Issuer::new(cluster.clone(), home.clone());
+            let mut after_round = |etcd: &crate::fleet::etcd::Etcd, epoch: i64| {
+                issuer.round(etcd, epoch, &log);
                 if notify.is_empty() {
                     return;
                 }
@@ -90,7 +93,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     log(&format!("webhooks: {e}"));
                 }
             };
-            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &log, &mut alert)?;
+            crate::fleet::run_controller(&etcd, &name, ttl_secs, stop, &log, &mut after_round)?;
             Ok(Output::Done { message: format!("kiln controller {name} stopped") })
         }
         Command::Place { cluster, service, desired, actor } => {
@@ -502,14 +505,13 @@ pub(super) fn follow(
 
 /// Refuses, naming the field, a desired state no host could run: a bad
 /// service name, an image not named by digest, canary settings out of
-/// range, a health path kiln.toml would refuse (`source` names who
-/// asked). Nothing is written first.
 /// A deploy's certificate: kiln.toml's files read and checked here, on the
 /// deploying machine (the key matches, the chain covers every host name,
 /// it is valid now), the chain kept in the clear, the key sealed as fleet
 /// secret `tls-SERVICE-HASH` (its own digest: the same key is sealed
 /// once). Without the files (a body sent to a controller), the chain and
-/// the key's version must be given.
+/// the key's version must be given. A certificate from ACME is the
+/// leader's to obtain: only its CA file is read here.
 fn seal_tls(
     home: &std::path::Path,
     etcd: &crate::fleet::etcd::Etcd,
@@ -521,6 +523,18 @@ fn seal_tls(
 ) -> Result<(), CommandError> {
     let bad =
         |message: &str| CommandError::BadRequest { field: format!("service.{service}.tls"), message: message.into() };
+    if let Some(acme) = &mut t.acme {
+        if let Some(ca) = acme.ca_file.take() {
+            let bad_ca =
+                |message: String| CommandError::BadRequest { field: format!("service.{service}.tls.ca"), message };
+            let pem = std::fs::read_to_string(&ca).map_err(|e| bad_ca(format!("{}: {e}", ca.display())))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(bad_ca(format!("{}: not a PEM certificate", ca.display())));
+            }
+            acme.ca_pem = Some(pem);
+        }
+        return Ok(());
+    }
     let Some((cert, key)) = t.files.clone() else {
         if t.cert.is_empty() || t.key.name.is_empty() || t.key.version.is_empty() {
             return Err(bad(
@@ -579,6 +593,10 @@ fn check_port(
     Ok(())
 }
 
+/// Refuses, naming the field, a desired state no host could run: a bad
+/// service name, an image not named by digest, canary settings out of
+/// range, a health path kiln.toml would refuse (`source` names who
+/// asked). Nothing is written first.
 fn check_desired(source: &str, service: &str, desired: &crate::fleet::place::Desired) -> Result<(), CommandError> {
     let bad = |field: &str, message: &str| CommandError::BadRequest { field: field.into(), message: message.into() };
     if !crate::spec::valid_image_name(service) {

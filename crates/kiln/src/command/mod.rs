@@ -7,6 +7,7 @@ mod agent_heal;
 mod agent_routes;
 mod error;
 mod fleet;
+mod fleet_acme;
 pub mod fleet_api;
 mod fleet_heal;
 pub mod host;

@@ -128,11 +128,20 @@ pub fn run_agent(
                     // off, the load balancers keep their last tables).
                     let services: std::collections::BTreeMap<String, place::Desired> =
                         services(cluster, log)?.into_iter().map(|(n, (d, _))| (n, d)).collect();
-                    let routed = if services.values().any(|d| d.listen.is_some()) {
+                    let mut routed = if services.values().any(|d| d.listen.is_some()) {
                         route::tables(&services, &host_records(cluster)?)
                     } else {
                         Default::default()
                     };
+                    // The tokens of certificates being obtained, read only
+                    // while a service asks an ACME CA.
+                    if routed.values().any(|r| r.edge.tls.as_ref().is_some_and(|t| t.acme.is_some())) {
+                        for (service, tokens) in acme::challenges(cluster)? {
+                            if let Some(r) = routed.get_mut(&service) {
+                                r.challenges = tokens;
+                            }
+                        }
+                    }
                     let counted = route(routed);
                     // An analysed canary's counts, for the leader to judge
                     // with every other host's: at most once a second, under

@@ -158,6 +158,7 @@ pub fn apply(
         }
         Change::Deploy { settings, canary } => {
             let mut next = *settings;
+            keep_obtained_certificate(current, &mut next);
             let Some(cur) = current else {
                 let image = next.image.clone();
                 return Ok((Some(next), Applied::Created { image }));
@@ -359,10 +360,24 @@ pub fn rollout(
     }
 }
 
+/// A deploy of a service whose certificate comes from ACME keeps the one
+/// the leader obtained, while it asks the same CA for the same names: a
+/// new image is no reason to ask again (CAs limit how often one may).
+fn keep_obtained_certificate(current: Option<&Desired>, next: &mut Desired) {
+    let Some(cur) = current.and_then(|c| c.edge.tls.as_ref().map(|t| (t, &c.edge.hosts))) else { return };
+    if let Some(t) = &mut next.edge.tls {
+        if t.cert.is_empty() && cur.0.same_order(cur.1, t, &next.edge.hosts) {
+            t.cert.clone_from(&cur.0.cert);
+            t.key.clone_from(&cur.0.key);
+        }
+    }
+}
+
 /// kiln.toml's `[service.NAME]` as a fleet's desired state running
 /// `image` (by digest), and its canary plan when its strategy is one.
 /// What a fleet cannot carry yet is refused, naming the key, rather than
-/// dropped: edge settings, a pause before the first weight.
+/// dropped: a pause before the first weight, a step interval over a
+/// minute.
 pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Option<CanaryPlan>), SpecError> {
     let refuse = |key: &str, message: &str| SpecError {
         file: spec.file.clone(),
@@ -370,9 +385,6 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         key: format!("service.{}.{key}", spec.name),
         message: message.to_owned(),
     };
-    if spec.edge.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
-        return Err(refuse("tls.acme", "a fleet takes a certificate's files; ACME is not done across hosts yet"));
-    }
     let canary = match &spec.release.strategy {
         Strategy::Canary(c) => {
             let mut steps = Vec::new();
@@ -437,7 +449,15 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
             tls: spec.edge.tls.as_ref().map(|t| super::place::FleetTls {
                 cert: String::new(),
                 key: super::place::FleetSecret { name: String::new(), env: None, version: String::new() },
-                files: Some((t.cert.clone(), t.key.clone())),
+                files: t.acme.is_none().then(|| (t.cert.clone(), t.key.clone())),
+                // The CA file is read by the deploy too.
+                acme: t.acme.as_ref().map(|a| super::place::FleetAcme {
+                    directory: a.directory.clone(),
+                    email: a.email.clone(),
+                    ca_pem: None,
+                    ca_file: a.ca.clone(),
+                    renew_before_secs: a.renew_before_secs,
+                }),
             }),
             redirect_http: spec.edge.redirect_http.map(|a| a.port()),
         },

@@ -11,6 +11,7 @@
 //! For: registration and the host list. Must never: keep a host's liveness
 //! anywhere but in its etcd lease.
 
+pub mod acme;
 pub mod agent;
 pub mod alerts;
 pub mod canary;

@@ -95,7 +95,8 @@ pub struct FleetEdge {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetTls {
-    /// The certificate chain, PEM.
+    /// The certificate chain, PEM (empty while an ACME certificate is
+    /// still to be obtained).
     pub cert: String,
     /// Its key: `tls-SERVICE-HASH` (the key's own digest), at a version.
     pub key: FleetSecret,
@@ -103,6 +104,42 @@ pub struct FleetTls {
     /// sealed by the deploy there; never stored or sent.
     #[serde(skip)]
     pub files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The certificate comes from this ACME CA: the leading controller
+    /// obtains and renews it (see [`super::acme`]) and writes `cert` and
+    /// `key` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<FleetAcme>,
+}
+
+/// kiln.toml's `tls = { acme = URL, … }` for a fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetAcme {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The PEM of the CA file that signs the ACME server's own
+    /// certificate (kiln.toml's `tls.ca`, read where the deploy runs: a
+    /// controller on another machine has no such file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// kiln.toml's `tls.ca` on the deploying machine; never stored.
+    #[serde(skip)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A certificate is renewed this long before it expires.
+    pub renew_before_secs: i64,
+}
+
+impl FleetTls {
+    /// Whether `other` asks the same CA for the same names' certificate as
+    /// this one (a certificate obtained for one serves the other).
+    pub fn same_order(&self, hosts: &[String], other: &FleetTls, other_hosts: &[String]) -> bool {
+        let of = |a: &FleetAcme| (a.directory.clone(), a.ca_pem.clone());
+        hosts == other_hosts
+            && self.acme.as_ref().map(of).is_some()
+            && self.acme.as_ref().map(of) == other.acme.as_ref().map(of)
+    }
 }
 
 impl FleetEdge {
@@ -125,6 +162,7 @@ impl FleetEdge {
             hosts: &self.hosts,
             paths: &self.paths,
             tls,
+            acme: self.tls.as_ref().and_then(|t| t.acme.as_ref()).map(|a| a.directory.as_str()),
             redirect_http: self.redirect_http.map(|p| std::net::SocketAddr::new(ip, p)),
         }
     }

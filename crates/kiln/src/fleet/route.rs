@@ -78,6 +78,9 @@ pub struct Routed {
     /// While an analysed canary runs: the window (seconds, at most 60) its
     /// counts are judged on, which every host publishes.
     pub window_secs: Option<u64>,
+    /// While the leader obtains its certificate: the ACME tokens its
+    /// redirect listener answers (token → key authorization).
+    pub challenges: BTreeMap<String, String>,
 }
 
 /// Every service with a load balancer (`listen`), with its table.
@@ -97,6 +100,7 @@ pub fn tables(services: &BTreeMap<String, Desired>, hosts: &[HostRecord]) -> BTr
                 edge: d.edge.clone(),
                 table: table(n, d, hosts),
                 window_secs,
+                challenges: BTreeMap::new(),
             };
             Some((n.clone(), routed))
         })

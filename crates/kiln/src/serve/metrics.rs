@@ -79,6 +79,7 @@ impl Counters {
             | Event::Recovered { .. }
             | Event::Down { .. }
             | Event::CertExpiring { .. }
+            | Event::CertObtained { .. }
             | Event::Drain { .. }
             | Event::HostLost { .. }
             | Event::Scaled { .. } => {}

@@ -120,6 +120,11 @@ pub enum Event {
     /// A certificate the service serves expires soon (`not_after`, Unix
     /// seconds): renew it before clients refuse it.
     CertExpiring { cert: String, not_after: i64, days_left: i64 },
+    /// A certificate for `hosts` was obtained from the ACME CA at
+    /// `directory`, valid until `not_after` (Unix seconds), and every
+    /// host's load balancer is given it (a fleet's leading controller
+    /// records it with the desired state that carries it).
+    CertObtained { hosts: Vec<String>, not_after: i64, directory: String },
     /// A fleet host was set draining (`on`) or no longer: its slots move
     /// away surge-first. Fleet-wide: the entry names no service.
     Drain { host: String, on: bool, actor: String },
@@ -144,6 +149,7 @@ impl Event {
             Event::Down { .. } => "down",
             Event::Scaled { .. } => "scaled",
             Event::CertExpiring { .. } => "cert_expiring",
+            Event::CertObtained { .. } => "cert_obtained",
             Event::Drain { .. } => "drain",
             Event::HostLost { .. } => "host_lost",
         }
