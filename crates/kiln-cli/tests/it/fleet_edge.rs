@@ -84,7 +84,7 @@ fn fleet_services_share_a_port_by_host_name_on_every_host_s_load_balancer() {
     }
 
     // A third service on the port without names is refused, naming the
-    // port's owner; so is TLS, which a fleet does not carry yet.
+    // port's owner.
     let web = service("web", "1.0.0", "");
     fs::write(app.join("kiln.toml"), format!("{shop}{api}{web}")).unwrap();
     let e = kiln_err(&ctl, &app, &["deploy", "web", "--cluster", &cluster]);
