@@ -385,6 +385,9 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
                 listen,
                 health,
                 canary,
+                // Which set is stable is the leader's: the place keeps it.
+                color: Default::default(),
+                blue_green: None,
                 channel: None,
                 previous: None,
                 secrets: Vec::new(),

@@ -104,7 +104,6 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             if let Some(t) = &mut desired.edge.tls {
                 seal_tls(ctx.store.home(), &etcd, &service, desired.listen, &desired.edge.hosts, t, true)?;
             }
-            let next = (desired.replicas > 0).then_some(&desired);
             // Written with its history entry, conditioned on what was read.
             let mut written = false;
             for _ in 0..CHANGE_TRIES {
@@ -112,6 +111,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     Some((d, rev)) => (Some(d), rev),
                     None => (None, 0),
                 };
+                // Which set of slots is stable is the leader's: kept, or
+                // every instance would be replaced under a new name.
+                desired.color = current.as_ref().map(|c| c.color).unwrap_or_default();
+                let next = (desired.replicas > 0).then_some(&desired);
                 let entries = crate::fleet::records::of_place(&service, current.as_ref(), next, &actor);
                 if crate::fleet::set_service_if(&etcd, &service, next, revision, &entries)? {
                     written = true;
@@ -121,9 +124,9 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             if !written {
                 return Err(crate::fleet::change::ChangeError::Contended { service, tries: CHANGE_TRIES }.into());
             }
-            let message = match next {
-                None => format!("{service}: removed from the fleet"),
-                Some(d) => format!("{service}: {} replicas of {}", d.replicas, d.image),
+            let message = match desired.replicas {
+                0 => format!("{service}: removed from the fleet"),
+                n => format!("{service}: {n} replicas of {}", desired.image),
             };
             Ok(Output::Done { message })
         }
@@ -207,12 +210,14 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 let message = format!("{service}: {applied}");
                 use crate::fleet::change::Applied;
                 let target = match (&applied, &next) {
-                    (Applied::CanaryStarted { image, .. }, _) => image.clone(),
+                    (Applied::CanaryStarted { image, .. } | Applied::BlueGreenStarted { image }, _) => image.clone(),
                     (
                         Applied::Created { .. }
                         | Applied::Rolling { .. }
                         | Applied::RolledBack { .. }
+                        | Applied::SwitchedBack { .. }
                         | Applied::CanaryAborted { .. }
+                        | Applied::BlueGreenAborted { .. }
                         | Applied::Updated { changed: true },
                         Some(d),
                     ) => d.image.clone(),
@@ -243,7 +248,11 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             // Followed through the API: the image the change now wants.
             let mut observe = || observed_api(&controller, &service);
             let target = match observe()?.0 {
-                Some(d) => d.canary.map_or(d.image, |c| c.image),
+                Some(d) => match (d.canary, d.blue_green) {
+                    (Some(c), _) => c.image,
+                    (None, Some(bg)) if matches!(bg.phase, crate::fleet::bluegreen::Phase::Next { .. }) => bg.image,
+                    _ => d.image,
+                },
                 None => return Ok(output),
             };
             follow(&mut observe, &service, &target, wait, ctx.progress)?;
@@ -468,6 +477,13 @@ pub(super) fn follow(
             match &now {
                 Rollout::Rolling { ready, want } => progress.step_output(&format!("{ready}/{want} replicas run it")),
                 Rollout::Canary { weight } => progress.step_output(&format!("canary at {weight} %")),
+                Rollout::BlueGreen { ready, want } if ready < want => {
+                    progress.step_output(&format!("blue-green: {ready}/{want} of the new set run it, no traffic yet"))
+                }
+                Rollout::BlueGreen { .. } => progress.step_output(
+                    "blue-green: the whole new set runs; smoke checks and the switch once every load balancer \
+                     routes to it",
+                ),
                 Rollout::Routing { hosts } => progress.step_output(&format!(
                     "every replica runs it; waiting for the load balancers of {} to route to it",
                     hosts.join(", ")
@@ -496,6 +512,10 @@ pub(super) fn follow(
                 let why = format!("its canary was still in progress after {} s", wait.as_secs());
                 return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
             }
+            Rollout::BlueGreen { ready, want } if std::time::Instant::now() >= deadline => {
+                let why = format!("{ready} of {want} of its new set ran it after {} s, not switched", wait.as_secs());
+                return Err(ChangeError::Failed { service: service.to_owned(), why }.into());
+            }
             _ => {}
         }
         last = Some(now);
@@ -503,8 +523,6 @@ pub(super) fn follow(
     }
 }
 
-/// Refuses, naming the field, a desired state no host could run: a bad
-/// service name, an image not named by digest, canary settings out of
 /// A deploy's certificate: kiln.toml's files read and checked here, on the
 /// deploying machine (the key matches, the chain covers every host name,
 /// it is valid now), the chain kept in the clear, the key sealed as fleet

@@ -8,6 +8,7 @@
 //! into one. Must never: do I/O, or decide placement ([`super::place`]
 //! does).
 
+use super::bluegreen::{self, BlueGreen, Phase};
 use super::canary::Progress;
 use super::place::{Canary, Desired};
 use crate::spec::{CanaryStep, ServiceSpec, SpecError, Strategy};
@@ -88,6 +89,18 @@ pub enum Applied {
         image: String,
         weight: u32,
     },
+    /// A blue-green release's set of `image` started beside the stable one.
+    BlueGreenStarted {
+        image: String,
+    },
+    /// A blue-green release of `image` stopped before its switch.
+    BlueGreenAborted {
+        image: String,
+    },
+    /// Back to the set kept warm after a blue-green switch, at once.
+    SwitchedBack {
+        to: String,
+    },
 }
 
 impl std::fmt::Display for Applied {
@@ -103,6 +116,11 @@ impl std::fmt::Display for Applied {
             Applied::Advanced { weight } => write!(f, "canary moved on to {weight} %"),
             Applied::Promoted { image } => write!(f, "{image} promoted"),
             Applied::Removed => write!(f, "removed from the fleet"),
+            Applied::BlueGreenStarted { image } => {
+                write!(f, "blue-green: the whole set of {image} started beside the stable one")
+            }
+            Applied::BlueGreenAborted { image } => write!(f, "blue-green release of {image} aborted before its switch"),
+            Applied::SwitchedBack { to } => write!(f, "switched back to {to} at once (its set was kept warm)"),
             Applied::DrillStarted { image, weight } => {
                 write!(f, "drill: a canary of {image} at {weight} %, failed at every load balancer")
             }
@@ -159,17 +177,35 @@ pub fn apply(
         Change::Deploy { settings, canary } => {
             let mut next = *settings;
             keep_obtained_certificate(current, &mut next);
+            // kiln.toml's blue-green strategy, as a plan: the release
+            // itself is made below.
+            let blue_green = next.blue_green.take();
             let Some(cur) = current else {
                 let image = next.image.clone();
                 return Ok((Some(next), Applied::Created { image }));
             };
+            // Which set is stable is the leader's, not kiln.toml's.
+            next.color = cur.color;
             if next.image == cur.image {
-                // The same image: a canary in progress goes on; settings
-                // change in place.
+                // The same image: a canary or blue-green release in
+                // progress goes on; settings change in place.
                 next.canary = cur.canary.clone();
+                next.blue_green = cur.blue_green.clone();
                 next.previous = cur.previous.clone();
                 let changed = next != *cur;
                 return Ok((Some(next), Applied::Updated { changed }));
+            }
+            if let (None, Some(BlueGreen { phase: Phase::Next { smoke, deadline_secs, keep_secs, .. }, .. })) =
+                (&canary, blue_green)
+            {
+                // The whole other set of the new image beside what runs
+                // now; the leader checks it and switches.
+                let image = std::mem::replace(&mut next.image, cur.image.clone());
+                next.previous = cur.previous.clone();
+                next.canary = None;
+                let phase = Phase::Next { smoke, since: now, deadline_secs, keep_secs };
+                next.blue_green = Some(BlueGreen { image: image.clone(), phase });
+                return Ok((Some(next), Applied::BlueGreenStarted { image }));
             }
             match canary {
                 // Against what runs now: stable stays, the new image is the
@@ -206,12 +242,35 @@ pub fn apply(
                 let image = c.image.clone();
                 return Ok((Some(Desired { canary: None, ..cur.clone() }), Applied::CanaryAborted { image }));
             }
+            match cur.blue_green.as_ref().map(|bg| (&bg.phase, bg.image.clone())) {
+                Some((Phase::Next { .. }, image)) => {
+                    let why = "aborted by a rollback".to_owned();
+                    return Ok((Some(bluegreen::failed(cur, why)), Applied::BlueGreenAborted { image }));
+                }
+                // The previous set is still warm, and every load balancer
+                // routes to it (at weight 0): switched back at once.
+                Some((Phase::Kept { .. }, to)) => {
+                    let next = Desired {
+                        image: to.clone(),
+                        color: cur.color.other(),
+                        previous: Some(cur.image.clone()),
+                        blue_green: None,
+                        ..cur.clone()
+                    };
+                    return Ok((Some(next), Applied::SwitchedBack { to }));
+                }
+                _ => {}
+            }
             let to = cur.previous.clone().ok_or_else(|| ChangeError::NoPrevious { service: service.to_owned() })?;
             let next = Desired { image: to.clone(), previous: Some(cur.image.clone()), ..cur.clone() };
             Ok((Some(next), Applied::RolledBack { to }))
         }
         Change::Abort => {
             let cur = current.ok_or_else(missing)?;
+            if let Some(BlueGreen { image, phase: Phase::Next { .. } }) = &cur.blue_green {
+                let (image, why) = (image.clone(), "aborted".to_owned());
+                return Ok((Some(bluegreen::failed(cur, why)), Applied::BlueGreenAborted { image }));
+            }
             let image = cur.canary.as_ref().ok_or_else(no_canary)?.image.clone();
             Ok((Some(Desired { canary: None, ..cur.clone() }), Applied::CanaryAborted { image }))
         }
@@ -281,6 +340,9 @@ pub enum Rollout {
     Rolling { ready: u32, want: u32 },
     /// An analysed canary at `weight` percent.
     Canary { weight: u32 },
+    /// A blue-green release's new set: `ready` of `want` run it (no
+    /// request reaches them before the switch).
+    BlueGreen { ready: u32, want: u32 },
     /// Waiting for a person (`kiln promote`, `abort` or `rollback`).
     Paused { why: String },
     /// Every replica runs the image, ready, and nothing else runs, but
@@ -311,6 +373,22 @@ pub fn rollout(
             None => Rollout::Canary { weight: c.weight },
         };
     }
+    match &d.blue_green {
+        Some(BlueGreen { image, phase: Phase::Next { .. } }) if image == target => {
+            let other = d.color.other();
+            let ready = records
+                .iter()
+                .flat_map(|r| r.placed.iter())
+                .filter(|p| p.service == service && bluegreen::Color::of(service, &p.slot) == Some(other))
+                .filter(|p| image.rsplit_once('@').is_some_and(|(_, dg)| p.image.to_string() == dg))
+                .count() as u32;
+            return Rollout::BlueGreen { ready, want: d.replicas };
+        }
+        Some(BlueGreen { image, phase: Phase::Failed { why } }) if image == target && d.image != target => {
+            return Rollout::Failed { why: format!("its blue-green release did not switch: {why}") };
+        }
+        _ => {}
+    }
     if d.image != target {
         let why = match verdict {
             Some(v) if v.image == target && v.action == "abort" => {
@@ -322,11 +400,14 @@ pub fn rollout(
     }
     // Ready: running this release of the image (its env and limits too).
     let release = d.assignment(service, target).release();
+    // The stable set's slots: not a canary's, nor a blue-green release's
+    // other set (kept warm after a switch, or leaving).
     let canary_slot = format!("{service}-canary-");
     let replicas = records
         .iter()
         .flat_map(|r| r.placed.iter().map(move |p| (r, p)))
-        .filter(|(_, p)| p.service == service && !p.slot.starts_with(&canary_slot));
+        .filter(|(_, p)| p.service == service && !p.slot.starts_with(&canary_slot))
+        .filter(|(_, p)| bluegreen::role(service, d, &p.slot) == bluegreen::Role::Stable);
     let (mut ready, mut other) = (0u32, 0u32);
     let mut serving = Vec::new();
     for (host, p) in replicas {
@@ -418,8 +499,22 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
                 max_p99_ratio: c.analysis.max_p99_ratio,
             })
         }
-        // Rolling, blue-green and recreate all roll one slot at a time in
-        // a fleet, ready before the old instance drains.
+        // Rolling and recreate roll one slot at a time in a fleet, ready
+        // before the old instance drains.
+        _ => None,
+    };
+    // Blue-green: the whole other set, checked, then switched to (the
+    // deploy's image and start time are filled in by `apply`).
+    let blue_green = match &spec.release.strategy {
+        Strategy::BlueGreen(bg) => Some(super::bluegreen::BlueGreen {
+            image: String::new(),
+            phase: super::bluegreen::Phase::Next {
+                smoke: bg.smoke.clone(),
+                since: 0,
+                deadline_secs: spec.release.progress_deadline_ms.div_ceil(1000),
+                keep_secs: spec.release.keep_previous_ms.div_ceil(1000),
+            },
+        }),
         _ => None,
     };
     let desired = Desired {
@@ -432,6 +527,8 @@ pub fn from_service(spec: &ServiceSpec, image: String) -> Result<(Desired, Optio
         listen: spec.release.listen.map(|a| a.port()),
         health: spec.release.health.path.clone(),
         canary: None,
+        color: Default::default(),
+        blue_green,
         channel: spec.channel.as_ref().map(|r| r.channel.clone()),
         previous: None,
         // Versions are resolved when the deploy is written.

@@ -26,6 +26,8 @@ pub fn desired(image: &str) -> super::place::Desired {
         listen: Some(8080),
         health: None,
         canary: None,
+        color: Default::default(),
+        blue_green: None,
         channel: None,
         previous: None,
         secrets: Vec::new(),

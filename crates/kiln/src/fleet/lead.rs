@@ -105,8 +105,74 @@ pub fn lead_round(
     }
     for (name, (d, revision)) in &versioned {
         step_canary(cluster, epoch, name, d, *revision, &records, log)?;
+        step_blue_green(cluster, epoch, name, d, *revision, &records, log)?;
     }
     Ok(true)
+}
+
+/// Moves service `name`'s blue-green release on ([`bluegreen::decide`]):
+/// the smoke checks run here, each once on every instance of the new set
+/// (they listen on their hosts' addresses), then the switch or the
+/// failure is written with its history entries in one transaction,
+/// conditioned on the epoch, the service's revision and the history's
+/// head; a kept set whose time is over is let go.
+fn step_blue_green(
+    cluster: &Etcd,
+    epoch: i64,
+    name: &str,
+    d: &place::Desired,
+    revision: i64,
+    records: &[HostRecord],
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), EtcdError> {
+    use bluegreen::{Decision, Phase};
+    let now = crate::time::now_secs();
+    let image = d.blue_green.as_ref().map(|bg| bg.image.clone()).unwrap_or_default();
+    let (next, entries, what) = match bluegreen::decide(name, d, records, now) {
+        Decision::Wait => return Ok(()),
+        Decision::Release => (bluegreen::without(d), Vec::new(), "its kept set released".to_owned()),
+        Decision::Abort { why } => {
+            let entry = records::of_blue_green_failed(name, &image, &why, true);
+            (bluegreen::failed(d, why.clone()), vec![entry], format!("blue-green failed: {why}"))
+        }
+        Decision::Smoke { targets } => {
+            let smoke = match d.blue_green.as_ref().map(|bg| &bg.phase) {
+                Some(Phase::Next { smoke, .. }) => smoke.clone(),
+                _ => return Ok(()),
+            };
+            let failed = smoke.iter().find_map(|c| {
+                targets.iter().find_map(|(slot, addr)| {
+                    crate::serve::prober::smoke(*addr, c).err().map(|e| format!("smoke check on {slot} ({addr}): {e}"))
+                })
+            });
+            match (failed, bluegreen::switch(d, now)) {
+                (Some(why), _) => {
+                    let entry = records::of_blue_green_failed(name, &image, &why, false);
+                    (bluegreen::failed(d, why.clone()), vec![entry], format!("blue-green failed: {why}"))
+                }
+                (None, Some(switched)) => {
+                    let entries = records::of_switch(name, d, smoke.len() * targets.len());
+                    (switched, entries, format!("switched to {image}"))
+                }
+                (None, None) => return Ok(()),
+            }
+        }
+    };
+    let tip = leader_tip(cluster)?;
+    let (logged, mut puts) = history::append(&tip, &entries, now * 1000);
+    let key = format!("{SERVICES}{name}");
+    puts.push((key.clone(), serde_json::to_vec(&next).unwrap_or_default(), 0));
+    let compares = [
+        etcd::Compare::Created { key: LEADER.to_owned(), revision: epoch },
+        etcd::Compare::Modified { key, revision },
+        logged,
+    ];
+    if cluster.txn(&compares, &puts, &[])? {
+        log(&format!("{name}: {what}"));
+    } else {
+        log(&format!("{name}: {what}: not written, the service or the history changed, or another leads"));
+    }
+    Ok(())
 }
 
 /// The history's end, for the leader's writes: an unreadable head is an

@@ -14,6 +14,7 @@
 pub mod acme;
 pub mod agent;
 pub mod alerts;
+pub mod bluegreen;
 pub mod canary;
 pub mod change;
 pub mod chaos;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::bluegreen::{BlueGreen, Color};
 use super::reconcile::Assignment;
 
 /// A service's desired state (`/kiln/services/NAME`).
@@ -46,6 +47,13 @@ pub struct Desired {
     /// `weight` percent of every load balancer's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Which set of slots is stable (see [`super::bluegreen`]): the
+    /// leader's to flip at a blue-green switch, never kiln.toml's.
+    #[serde(default, skip_serializing_if = "Color::is_blue")]
+    pub color: Color,
+    /// A blue-green release: the other set, before or after its switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
     /// kiln.toml's `channel`: every host runs only digests promoted to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
@@ -241,8 +249,6 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Desired {
-    /// The slots this service wants, with their image: `NAME-I` for its
-    /// replicas, then `NAME-canary-I` for a canary's.
     /// What each slot of service `name` running `image` is assigned.
     pub fn assignment(&self, name: &str, image: &str) -> Assignment {
         Assignment {
@@ -260,11 +266,17 @@ impl Desired {
         }
     }
 
+    /// The slots this service wants, with their image: its replicas in
+    /// the stable set (`NAME-I`, or `NAME-green-I`), then a canary's
+    /// (`NAME-canary-I`), then a blue-green release's other set.
     pub fn slots(&self, name: &str) -> Vec<(String, &str)> {
         let mut out: Vec<(String, &str)> =
-            (0..self.replicas).map(|i| (format!("{name}-{i}"), self.image.as_str())).collect();
+            (0..self.replicas).map(|i| (self.color.slot(name, i), self.image.as_str())).collect();
         if let Some(c) = &self.canary {
             out.extend((0..c.replicas).map(|i| (format!("{name}-canary-{i}"), c.image.as_str())));
+        }
+        if let Some(bg) = self.blue_green.as_ref().filter(|bg| bg.holds_slots()) {
+            out.extend((0..self.replicas).map(|i| (self.color.other().slot(name, i), bg.image.as_str())));
         }
         out
     }

@@ -116,6 +116,21 @@ pub fn of_change(
     // A canary in progress that this change replaces or ends.
     let old_canary = current.and_then(|c| c.canary.as_ref());
     let new_canary = next.and_then(|n| n.canary.as_ref());
+    // A blue-green release not yet switched to that this change ends.
+    let next_set = |d: Option<&Desired>| {
+        d.and_then(|d| d.blue_green.as_ref())
+            .filter(|bg| matches!(bg.phase, super::bluegreen::Phase::Next { .. }))
+            .map(|bg| bg.image.clone())
+    };
+    if let Some(old) = next_set(current).filter(|o| next_set(next).as_ref() != Some(o)) {
+        let (outcome, reason) = match change {
+            Change::Rollback => (Outcome::RolledBack, format!("rolled back by {actor} before its switch")),
+            Change::Abort => (Outcome::Aborted, format!("aborted by {actor} before its switch")),
+            Change::Down => (Outcome::Aborted, format!("the service was taken down by {actor}")),
+            _ => (Outcome::Superseded, format!("superseded by a deploy of {actor}")),
+        };
+        out.push(r(&old, Event::Finished { outcome, reason, deadline: false }));
+    }
     if let Some(old) = old_canary.filter(|o| new_canary.is_none_or(|n| n.image != o.image)) {
         let (outcome, reason) = match (change, applied) {
             (_, Applied::Promoted { .. }) => (Outcome::Succeeded, format!("promoted by {actor}")),
@@ -133,6 +148,14 @@ pub fn of_change(
         }
         (Applied::CanaryStarted { image, .. }, Some(cur), _) => {
             out.push(r(image, started(image, "canary", actor, Some(&cur.image), Vec::new())));
+        }
+        (Applied::BlueGreenStarted { image }, Some(cur), _) => {
+            out.push(r(image, started(image, "blue-green", actor, Some(&cur.image), Vec::new())));
+        }
+        (Applied::SwitchedBack { to }, Some(cur), _) => {
+            out.push(r(to, started(to, "rollback", actor, Some(&cur.image), Vec::new())));
+            let weights = BTreeMap::from([(release_of(to), 100), (release_of(&cur.image), 0)]);
+            out.push(r(to, Event::Step { index: 0, weights }));
         }
         (Applied::DrillStarted { image, .. }, Some(cur), _) => {
             out.push(r(image, started(image, "drill", actor, Some(&cur.image), Vec::new())));
@@ -216,6 +239,25 @@ pub fn of_drain(host: &str, on: bool, actor: &str) -> Record {
 /// a chaos kill), with what it found or who asked; never a value.
 pub fn of_replacing(service: &str, image: &str, instance: &str, cause: crate::heal::Cause, detail: String) -> Record {
     record(service, image, Event::Replacing { instance: instance.to_owned(), cause, detail })
+}
+
+/// The entries of a blue-green switch from `d` (before it): every
+/// request to the new set, its release succeeded after `checks` smoke
+/// checks passed.
+pub fn of_switch(service: &str, d: &Desired, checks: usize) -> Vec<Record> {
+    let Some(bg) = &d.blue_green else { return Vec::new() };
+    let weights = BTreeMap::from([(release_of(&bg.image), 100), (release_of(&d.image), 0)]);
+    let reason = format!("switched: {checks} smoke check(s) passed on the new set, every load balancer routing to it");
+    vec![
+        record(service, &bg.image, Event::Step { index: 0, weights }),
+        record(service, &bg.image, Event::Finished { outcome: Outcome::Succeeded, reason, deadline: false }),
+    ]
+}
+
+/// The entry of a blue-green release that failed before its switch (a
+/// smoke check, or its deadline).
+pub fn of_blue_green_failed(service: &str, image: &str, why: &str, deadline: bool) -> Record {
+    record(service, image, Event::Finished { outcome: Outcome::Failed, reason: why.to_owned(), deadline })
 }
 
 /// The entry of a host lost with its lease, when the leader moves `slots`

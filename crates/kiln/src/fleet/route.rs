@@ -20,26 +20,40 @@ use crate::proxy::TableEntry;
 pub const CANARY: &str = "canary";
 /// The release of every other instance of the service.
 pub const STABLE: &str = "stable";
+/// The release of a blue-green release's other set: weight 0, so every
+/// load balancer health-checks its instances and sends them nothing.
+pub const STANDBY: &str = "standby";
 
 /// The table of service `name`: while it has a canary, the instances of
 /// its canary slots (`NAME-canary-N`) go to the `canary` release with the
-/// canary's weight (and a drill's fault), every other one (the stable
-/// slots, and an instance being replaced in place) to `stable`. By slot,
-/// not by image: a drill's canary runs stable's own digest. A release
-/// with no instance is left out and its share goes to the other;
-/// backends are sorted, so every host computes the same table.
+/// canary's weight (and a drill's fault); a blue-green release's other
+/// set to `standby` at weight 0; every other one (the stable slots, and
+/// an instance being replaced in place) to `stable`. A set leaving after
+/// a blue-green release is left out. By slot, not by image: a drill's
+/// canary runs stable's own digest. A release with no instance is left
+/// out and its share goes to the other; backends are sorted, so every
+/// host computes the same table.
 pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEntry> {
-    let canary_slot = desired.canary.as_ref().map(|_| format!("{name}-canary-"));
+    use super::bluegreen::{role, Role};
     let mut by: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
     for h in hosts {
         let Some(ip) = h.address else { continue };
         for p in h.placed.iter().filter(|p| p.service == name) {
-            let canary = canary_slot.as_ref().is_some_and(|prefix| p.slot.starts_with(prefix.as_str()));
-            let release = if canary { CANARY } else { STABLE };
+            let release = match role(name, desired, &p.slot) {
+                Role::Stable => STABLE,
+                Role::Canary => CANARY,
+                Role::Standby => STANDBY,
+                Role::Leaving => continue,
+            };
             by.entry(release).or_default().push(SocketAddr::new(ip, p.port));
         }
     }
     let weight = desired.canary.as_ref().map_or(0, |c| c.weight.min(100));
+    let standby = by.remove(STANDBY).map(|mut backends| {
+        backends.sort();
+        backends.dedup();
+        TableEntry { release: STANDBY.to_owned(), weight: 0, backends, fault: None }
+    });
     let mut out: Vec<TableEntry> = [(STABLE, 100 - weight), (CANARY, weight)]
         .into_iter()
         .filter_map(|(release, w)| {
@@ -56,6 +70,7 @@ pub fn table(name: &str, desired: &Desired, hosts: &[HostRecord]) -> Vec<TableEn
         out.iter_mut().for_each(|e| e.weight = 1);
     }
     out.retain(|e| e.weight > 0);
+    out.extend(standby);
     out
 }
 

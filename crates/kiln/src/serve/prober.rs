@@ -43,6 +43,19 @@ pub struct Prober {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
+/// One smoke check (kiln.toml's `[blue_green] smoke`) against `addr`:
+/// the request, then its answer judged; `Err` says what was wrong.
+pub fn smoke(addr: SocketAddr, c: &crate::spec::SmokeCheck) -> Result<(), String> {
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let r = crate::net::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
+    match c.judge(r.status, &r.body) {
+        Some(why) => Err(format!("{} {}: {why}", c.method, c.path)),
+        None => Ok(()),
+    }
+}
+
 /// `GET path` on a new connection (or a bare connect without a path);
 /// healthy on 2xx or 3xx within `timeout`.
 pub fn check(addr: SocketAddr, path: Option<&str>, timeout: Duration) -> Result<(), ProbeFailure> {

@@ -138,7 +138,8 @@ pub struct BlueGreenSpec {
 }
 
 /// One request against the new set before it gets traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SmokeCheck {
     pub method: String,
     pub path: String,

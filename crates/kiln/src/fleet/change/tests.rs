@@ -7,22 +7,7 @@ fn img(c: char) -> String {
 }
 
 fn desired(image: String) -> Desired {
-    Desired {
-        image,
-        replicas: 3,
-        env: vec![],
-        memory_bytes: None,
-        millicpus: None,
-        singleton: false,
-        listen: Some(8080),
-        health: Some("/".into()),
-        canary: None,
-        channel: None,
-        previous: None,
-        secrets: Vec::new(),
-        volumes: Vec::new(),
-        edge: Default::default(),
-    }
+    Desired { replicas: 3, health: Some("/".into()), ..crate::fleet::fixtures::desired(&image) }
 }
 
 fn plan() -> CanaryPlan {

@@ -29,7 +29,7 @@ mod tests;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -220,17 +220,6 @@ fn analysis_sample(
 
 fn addr(r: &InstanceRecord) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], r.port))
-}
-
-/// One smoke check against one instance; `Err` says what was wrong.
-fn smoke(addr: SocketAddr, c: &SmokeCheck) -> Result<(), String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let r = crate::net::http::exchange(s, &c.method, &c.path, b"").map_err(|e| e.to_string())?;
-    match c.judge(r.status, &r.body) {
-        Some(why) => Err(format!("{} {}: {why}", c.method, c.path)),
-        None => Ok(()),
-    }
 }
 
 impl<'a> Controller<'a> {

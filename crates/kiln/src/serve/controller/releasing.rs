@@ -188,7 +188,7 @@ impl<'a> Controller<'a> {
         }
         let failed = checks.iter().find_map(|c| {
             (0..new.len().max(1)).find_map(|_| {
-                smoke(preview.listen(), c)
+                crate::serve::prober::smoke(preview.listen(), c)
                     .err()
                     .map(|e| format!("smoke check through the preview listener {}: {e}", preview.listen()))
             })
