@@ -447,7 +447,13 @@ pub(crate) fn render(output: &Output, now: i64) {
                     "{:<14} {:<18} {:<10} {:<20} {:>6}  {}",
                     r.host,
                     r.slot,
-                    if routing { "routing" } else { r.state.name() },
+                    if r.standby {
+                        "standby"
+                    } else if routing {
+                        "routing"
+                    } else {
+                        r.state.name()
+                    },
                     r.instance.as_deref().unwrap_or("-"),
                     port,
                     &digest[..digest.len().min(19)]

@@ -14,6 +14,7 @@ mod bases;
 mod edge;
 mod fleet;
 mod fleet_acme;
+mod fleet_bluegreen;
 mod fleet_canary;
 mod fleet_cli;
 mod fleet_dashboard;

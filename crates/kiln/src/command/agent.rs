@@ -227,9 +227,10 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
         std::sync::Mutex::default();
     let quarantine_dir = |id: &str| ctx.store.home().join("quarantine").join(id);
     let is_quarantined = |id: &str| quarantines.lock().is_ok_and(|q| q.contains_key(id)) || quarantine_dir(id).exists();
-    // What this host's load balancers route to, after their last round.
-    let routes: std::sync::Mutex<std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>> =
-        std::sync::Mutex::default();
+    // What this host's load balancers route to, and hold on standby,
+    // after their last round.
+    type Backends = std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>;
+    let routes: std::sync::Mutex<(Backends, Backends)> = std::sync::Mutex::default();
     let mut record = || {
         let records = rt.records().unwrap_or_default();
         let as_placed = |r: &crate::runtime::InstanceRecord| {
@@ -271,7 +272,8 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 .unwrap_or_default(),
             verified: checks.lock().ok().and_then(|c| c.last.clone()),
             quarantined,
-            routes: routes.lock().map(|r| r.clone()).unwrap_or_default(),
+            routes: routes.lock().map(|r| r.0.clone()).unwrap_or_default(),
+            standby: routes.lock().map(|r| r.1.clone()).unwrap_or_default(),
         }
     };
     let (store, launcher, now, retention) = (&ctx.store, ctx.launcher, ctx.now, ctx.retention);
@@ -543,7 +545,8 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
     let mut route = |routed: std::collections::BTreeMap<String, crate::fleet::route::Routed>| {
         let counted = lbs.apply(&planes, advertise, routed, &tls_files, &|m| eprintln!("kiln agent {name}: {m}"));
         if let Ok(mut r) = routes.lock() {
-            r.clone_from(&lbs.routes);
+            r.0.clone_from(&lbs.routes);
+            r.1.clone_from(&lbs.standby);
         }
         counted
     };

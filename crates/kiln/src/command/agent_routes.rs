@@ -14,8 +14,11 @@ use crate::serve::dataplane::{DataPlane, DataPlanes};
 pub(super) struct LoadBalancers {
     running: std::collections::BTreeMap<String, (std::sync::Arc<dyn DataPlane>, crate::fleet::route::Routed)>,
     /// What each routes to after the last round: the backends it finds
-    /// healthy (for the host's record).
+    /// healthy and sends requests to (for the host's record).
     pub(super) routes: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// The backends each finds healthy in a release of weight 0 only (a
+    /// blue-green release's other set).
+    pub(super) standby: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
     /// The ACME tokens each load balancer was given (token → key
     /// authorization).
     answering: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
@@ -40,6 +43,7 @@ impl LoadBalancers {
         use crate::fleet::route::{CANARY, STABLE};
         let mut counted = std::collections::BTreeMap::new();
         self.routes.clear();
+        self.standby.clear();
         let gone: Vec<String> = self.running.keys().filter(|s| !routed.contains_key(*s)).cloned().collect();
         for service in gone {
             planes.stop(&service);
@@ -92,8 +96,17 @@ impl LoadBalancers {
                     }
                     match p.backends() {
                         Ok(b) => {
-                            let healthy = b.into_iter().filter(|b| b.healthy && !b.draining).map(|b| b.addr);
-                            self.routes.insert(service.clone(), healthy.collect());
+                            let weighted: std::collections::BTreeSet<std::net::SocketAddr> =
+                                want.table.iter().filter(|e| e.weight > 0).flat_map(|e| e.backends.clone()).collect();
+                            let (routed, standby): (Vec<_>, Vec<_>) = b
+                                .into_iter()
+                                .filter(|b| b.healthy && !b.draining)
+                                .map(|b| b.addr)
+                                .partition(|a| weighted.contains(a));
+                            self.routes.insert(service.clone(), routed);
+                            if !standby.is_empty() {
+                                self.standby.insert(service.clone(), standby);
+                            }
                         }
                         Err(e) => log(&format!("{service}: its backends' health: {e}")),
                     }
@@ -249,6 +262,28 @@ mod tests {
         assert_eq!(lbs.routes.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(lbs.routes["web"], [addr("10.0.0.1:1")]);
         assert!(said.lock().unwrap().iter().any(|m| m == "api: load balancer stopped"), "{said:?}");
+    }
+
+    #[test]
+    fn backends_of_a_weight_zero_release_are_on_standby_not_routed_to() {
+        let planes = RecordingDataPlanes::default();
+        let mut lbs = LoadBalancers::default();
+        let ip: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+        let no_tls = |_: &str, _: &crate::fleet::place::FleetTls| -> Result<TlsPaths, String> { Err("none".into()) };
+        let mut web = routed(&["10.0.0.1:1"]);
+        let standby = vec!["10.0.0.2:2".parse().unwrap()];
+        web.table.push(TableEntry { release: "standby".into(), weight: 0, backends: standby.clone(), fault: None });
+        lbs.apply(&planes, ip, [("web".to_owned(), web)].into(), &no_tls, &|_| {});
+        assert_eq!(lbs.routes["web"], ["10.0.0.1:1".parse::<std::net::SocketAddr>().unwrap()]);
+        assert_eq!(lbs.standby["web"], standby);
+        // Switched: the same backend at weight 100 is routed to.
+        let switched = Routed {
+            table: vec![TableEntry { release: "stable".into(), weight: 100, backends: standby.clone(), fault: None }],
+            ..routed(&[])
+        };
+        lbs.apply(&planes, ip, [("web".to_owned(), switched)].into(), &no_tls, &|_| {});
+        assert_eq!(lbs.routes["web"], standby);
+        assert!(!lbs.standby.contains_key("web"));
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub fn role(name: &str, d: &Desired, slot: &str) -> Role {
 }
 
 /// What the leader does for a service's blue-green release this round.
+/// Every load balancer must find each instance of the new set healthy
+/// first (on standby): a switch then costs no request on any host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Wait,
@@ -170,7 +172,7 @@ pub fn decide(name: &str, d: &Desired, records: &[HostRecord], now: i64) -> Deci
                     let (Some(ip), true) = (r.address, Some(p.image.to_string().as_str()) == digest) else { continue };
                     running.insert(p.slot.clone());
                     let addr = std::net::SocketAddr::new(ip, p.port);
-                    if super::route::routed_by_all(name, addr, records) {
+                    if super::route::healthy_at_all(name, addr, records) {
                         targets.push((p.slot.clone(), addr));
                     }
                 }

@@ -78,6 +78,7 @@ pub fn slot_row(host: &str, slot: &str, state: super::ps::SlotState, instance: &
         instance: Some(instance.into()),
         port: Some(1),
         routed: state == super::ps::SlotState::Serving,
+        standby: false,
     }
 }
 
@@ -97,5 +98,6 @@ pub fn host(name: &str, placed: Vec<Placed>) -> HostRecord {
         verified: None,
         quarantined: Vec::new(),
         routes: Default::default(),
+        standby: Default::default(),
     }
 }

@@ -232,6 +232,7 @@ mod tests {
                 instance: None,
                 port: None,
                 routed: false,
+                standby: false,
             }],
             services: vec![ServiceRow { name: "web".into(), desired: canary_desired, verdict: None }],
             leader: Some("c2".into()),

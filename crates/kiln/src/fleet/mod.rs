@@ -147,10 +147,16 @@ pub struct HostRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Placed>,
     /// What its load balancers route to, by service: the backends each
-    /// finds healthy (its own checks). A release is done only once every
-    /// host's load balancer routes to it ([`change::rollout`]).
+    /// finds healthy (its own checks) and sends requests to. A release is
+    /// done only once every host's load balancer routes to it
+    /// ([`change::rollout`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub routes: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// The backends each load balancer finds healthy but sends nothing
+    /// (a blue-green release's other set, at weight 0): ready for a
+    /// switch.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub standby: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
 }
 
 /// One row of `kiln hosts`.

@@ -63,6 +63,10 @@ pub struct SlotRow {
     /// as soon as it serves).
     #[serde(default)]
     pub routed: bool,
+    /// Serving, found healthy by load balancers that send it nothing yet:
+    /// a blue-green release's other set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// The rows, by host then slot.
@@ -82,6 +86,9 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
         };
         let backend = record.and_then(|r| Some(std::net::SocketAddr::new(r.address?, listed?.port)));
         let routed = listed.is_some() && backend.is_none_or(|b| super::route::routed_by_all(&a.service, b, records));
+        let standby = !routed
+            && backend
+                .is_some_and(|b| records.iter().any(|h| h.standby.get(&a.service).is_some_and(|s| s.contains(&b))));
         out.push(SlotRow {
             host: host.clone(),
             slot: slot.clone(),
@@ -91,6 +98,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
             instance: listed.map(|p| p.instance.clone()),
             port: listed.map(|p| p.port),
             routed,
+            standby,
         });
     }
     // Listed instances no assignment (of their release) accounts for.
@@ -109,6 +117,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
                     instance: Some(p.instance.clone()),
                     port: Some(p.port),
                     routed: false,
+                    standby: false,
                 });
             }
         }
@@ -123,6 +132,7 @@ pub fn rows(assigned: &BTreeMap<(String, String), Assignment>, records: &[HostRe
             instance: Some(p.instance.clone()),
             port: Some(p.port),
             routed: false,
+            standby: false,
         }));
     }
     out.sort_by(|a, b| (&a.host, &a.slot, a.state.name()).cmp(&(&b.host, &b.slot, b.state.name())));

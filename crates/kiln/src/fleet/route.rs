@@ -81,6 +81,16 @@ pub fn routed_by_all(name: &str, backend: SocketAddr, hosts: &[HostRecord]) -> b
     hosts.iter().filter_map(|h| h.routes.get(name)).all(|r| r.contains(&backend))
 }
 
+/// Whether every host whose load balancer for service `name` reports
+/// finds `backend` healthy, routed to or on standby (at weight 0): a
+/// switch to it costs no request anywhere.
+pub fn healthy_at_all(name: &str, backend: SocketAddr, hosts: &[HostRecord]) -> bool {
+    hosts
+        .iter()
+        .filter(|h| h.routes.contains_key(name) || h.standby.contains_key(name))
+        .all(|h| [&h.routes, &h.standby].iter().any(|m| m.get(name).is_some_and(|r| r.contains(&backend))))
+}
+
 /// A service's load balancer on every host: its port, health check and
 /// table.
 #[derive(Debug, Clone, PartialEq, Eq)]
