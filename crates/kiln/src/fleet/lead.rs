@@ -1,6 +1,8 @@
 //! `kiln controller`'s leadership and what the leader does each round:
-//! placement ([`place::decide`]) and canary steps ([`canary::decide`]),
-//! every write a transaction conditioned on the leader's epoch.
+//! placement ([`place::decide`]), canary steps ([`canary::decide`]) and
+//! blue-green switches ([`bluegreen::decide`], with the smoke checks it
+//! asks for run here), every write a transaction conditioned on the
+//! leader's epoch.
 //!
 //! For: the leader's rounds against etcd. Must never: decide anything
 //! itself (the pure `place` and `canary` do), or write unconditioned.
