@@ -132,4 +132,41 @@ fn the_fleet_dashboard_in_chromium_shows_hosts_slots_and_a_canary_advancing_and_
     for shot in ["1-canary.png", "2-advanced.png", "3-aborted.png"] {
         assert!(std::fs::metadata(shots.join(shot)).unwrap().len() > 10_000, "{shot}");
     }
+
+    // Blue-green from kiln.toml, the old set kept warm for 5 minutes: the
+    // page shows which set serves and which waits, and a click on Roll
+    // back switches to the warm one.
+    let app = tempdir("fleet-dash-app");
+    let toml = format!(
+        "[service.web]\nimage = \"127.0.0.1:{reg_port}/team/web:2.0.0\"\nlisten = \"0.0.0.0:{lb_port}\"\n\
+         replicas = 2\nstrategy = \"blue-green\"\nkeep_previous = \"5m\"\n[service.web.health]\npath = \"/\"\n\
+         [service.web.blue_green]\nsmoke = [\"/\"]\n"
+    );
+    std::fs::write(app.join("kiln.toml"), toml).unwrap();
+    let out = kiln_ok(&ctl, &app, &["deploy", "web", "--cluster", &cluster]);
+    assert!(out.contains("serves on every replica"), "{out}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/fleet_dashboard_bg.py");
+    let out = Command::new("python3")
+        .args([
+            script.to_str().unwrap(),
+            &link,
+            "web",
+            &short(&images[0].1),
+            &short(&images[1].1),
+            shots.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the blue-green browser test failed (screenshots in {}):\n{}{}",
+        shots.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the page showed is what happened.
+    let s = services(&ctl, &urls);
+    assert_eq!(s[0]["desired"]["image"], images[0].1.as_str(), "{s}");
+    assert!(s[0]["desired"]["blue_green"].is_null() && s[0]["desired"]["color"].is_null(), "blue again: {s}");
+    assert!(only_stable(), "1.0.0 alone on both load balancers");
 }
