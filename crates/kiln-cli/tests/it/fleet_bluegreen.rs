@@ -3,7 +3,9 @@
 //! one with no request reaching it, is smoke-checked on every instance,
 //! then switched to at once on every host; a rollback switches back to
 //! the set kept warm; a failed smoke check leaves stable untouched; the
-//! kept set goes after `keep_previous`. Under load, no request fails.
+//! kept set goes after `keep_previous`. The leader is SIGKILLed while the
+//! new set starts: the one standing by switches. Under load, no request
+//! fails.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -27,7 +29,8 @@ fn a_fleet_blue_green_release_switches_every_load_balancer_at_once_and_a_rollbac
     let ips = ["127.0.0.7", "127.0.0.8"];
     let _agents = agents_at(&homes, &ips, &cluster);
     let ctl = tempdir("fleet-bg-ctl");
-    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let mut controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
     let port = free_port();
     let lbs: Vec<std::net::SocketAddr> = ips.iter().map(|ip| format!("{ip}:{port}").parse().unwrap()).collect();
     let app = tempdir("fleet-bg-app");
@@ -62,12 +65,38 @@ fn a_fleet_blue_green_release_switches_every_load_balancer_at_once_and_a_rollbac
         assert_eq!(bodies(*lb, 4).into_keys().collect::<Vec<_>>(), ["busybox 1.0.0\n"]);
     }
 
-    // 2.0.0 blue-green under load through both load balancers.
+    // A second controller stands by.
+    controllers.0.push(spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c2", "--ttl", "2"]));
+
+    // 2.0.0 blue-green under load through both load balancers; the
+    // leader (c1, the first) is SIGKILLed once the release began.
     let load = FleetLoad::start(&lbs, "/");
-    let out = deploy("2.0.0", "busybox 2.0.0", "60s");
+    fs::write(app.join("kiln.toml"), service("2.0.0", "busybox 2.0.0", "60s")).unwrap();
+    let following = kiln_cmd()
+        .args(["deploy", "web", "--cluster", &cluster])
+        .env("KILN_HOME", &ctl)
+        .current_dir(&app)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while services(&ctl, &urls)[0]["desired"]["blue_green"]["phase"]["next"].is_null() {
+        assert!(Instant::now() < deadline, "the release never began: {}", services(&ctl, &urls));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    controllers.0[0].kill().unwrap();
+    controllers.0[0].wait().unwrap();
+    let out = following.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("blue-green") && stdout.contains("serves on every replica"), "{stdout}{stderr}");
+    // The controller standing by took over and switched.
+    let log = fs::read_to_string(ctl.join("kiln.log")).unwrap();
+    assert!(
+        log.contains("kiln controller c2: leading") && log.contains("kiln controller c2: web: switched to"),
+        "{log}"
+    );
     // Both load balancers answer 2.0.0 only, the old set still runs
     // (kept warm): four slots.
     for lb in &lbs {
