@@ -13,7 +13,13 @@
 # then once, with a third agent: 4. the fleet canary's weight accuracy:
 # 3 replicas and a canary at 10 % behind a load balancer on every host
 # (each agent advertises its own loopback address), 10,002 requests spread
-# over the three load balancers, the share that reached the canary.
+# over the three load balancers, the share that reached the canary;
+# 5. blue-green on the three hosts from a kiln.toml: a deploy of v2 (the
+# whole new set, smoke-checked, one switch) until every load balancer
+# answers v2 only; `kiln rollback --cluster` (the warm set: no instance
+# started) until every one answers v1; the same rollback of a rolling
+# release (one slot at a time) for comparison. Single-host kiln's figures
+# for the same (bench/release.sh) are the anchor: rollback 0.49 s.
 # Prints medians next to the anchors of issue #24 (Swarm ~15 s after a
 # node loss, Nomad 20–30 s, Kubernetes 50 s + a 300 s eviction; their
 # controllers 10–15 s). Docker Swarm itself is measured side by side by
@@ -153,17 +159,48 @@ print("%d %d %s" % (canary, total, " ".join("%s:%d/%d" % (h, n.get("v2", 0), sum
 PY
 )
 KILN_HOME=$work/ctl "$kiln" place --cluster "$cluster" --service web --replicas 0 "${img[1]}" >/dev/null
+# 5. blue-green and rolling rollbacks on the three load balancers
+mkdir -p "$work/app"
+app_toml() { # SERVICE STRATEGY VERSION PORT
+  printf '[service.%s]\nimage = "127.0.0.1:%s/web:%s"\nlisten = "0.0.0.0:%s"\nreplicas = 3\nstrategy = "%s"\nkeep_previous = "5m"\n[service.%s.health]\npath = "/"\n' "$1" "$rp" "$3" "$4" "$2" "$1" > "$work/app/kiln.toml"
+  [ "$2" = blue-green ] && printf '[service.%s.blue_green]\nsmoke = [{ path = "/", contains = "v%s" }]\n' "$1" "$3" >> "$work/app/kiln.toml"
+  true
+}
+fleet() { (cd "$work/app" && KILN_HOME=$work/ctl "$kiln" "$@" --cluster "$cluster" >/dev/null 2>&1); }
+only() { # PORT BODY: every load balancer answers BODY alone
+  for h in 127.0.0.11 127.0.0.12 127.0.0.13; do
+    [ "$(for _ in $(seq 10); do curl -fsS --max-time 1 "http://$h:$1/" 2>/dev/null; done | sort -u)" = "$2" ] || return 1
+  done
+}
+declare -A took
+for s in blue-green rolling; do
+  p=$(port); svc=${s%%-*}
+  app_toml "$svc" "$s" 1 "$p"; fleet deploy "$svc"
+  until only "$p" v1; do sleep 0.1; done
+  app_toml "$svc" "$s" 2 "$p"; t=$(ms); fleet deploy "$svc"
+  until only "$p" v2; do sleep 0.02; done
+  took[$s-release]=$(( $(ms) - t ))
+  sleep 1
+  t=$(ms); fleet rollback "$svc"
+  until only "$p" v1; do sleep 0.02; done
+  took[$s-rollback]=$(( $(ms) - t ))
+  fleet down "$svc"
+done
 for h in h1 h2 h3; do
   for rec in "$work/$h"/proxies/*/proxy.json; do
     [ -f "$rec" ] && kill "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$rec")" 2>/dev/null || true
   done
 done
-python3 - "${fo[*]}" "${loss[*]}" "${writes[*]}" "$share" <<'PY'
+python3 - "${fo[*]}" "${loss[*]}" "${writes[*]}" "$share" "${took[blue-green-release]}" "${took[blue-green-rollback]}" "${took[rolling-release]}" "${took[rolling-rollback]}" <<'PY'
 import statistics, sys
 fo, loss, writes = ([int(x) for x in a.split()] for a in sys.argv[1:4])
 canary, total, per = sys.argv[4].split(" ", 2)
+bg_release, bg_back, roll_release, roll_back = (int(x) for x in sys.argv[5:9])
 print("fleet canary at 10 %%, three load balancers:          %d of %d = %.2f %% (%s)  (goal ±0.5 points; Argo Rollouts without a router and Nomad count instances: 1 of 4 = 25 %%)" % (int(canary), int(total), int(canary) * 100.0 / int(total), per))
 print("controller failover (leader SIGKILLed → other leads): median %d ms, runs %s  (Kubernetes ~15 s, Swarm ~10 s)" % (statistics.median(fo), fo))
 print("host loss → its slot serving elsewhere:             median %d ms, runs %s  (Swarm ~15 s, Nomad 20-30 s, Kubernetes 50 s + 300 s)" % (statistics.median(loss), loss))
 print("etcd writes per release (2 replicas, new image):     median %d, runs %s" % (statistics.median(writes), writes))
+print("blue-green v1 → v2, 3 replicas, 3 load balancers:    %d ms (deploy until every load balancer answers v2 only)" % bg_release)
+print("rollback to the warm set (blue-green):               %d ms  (rolling release's rollback: %d ms, %.1fx; single-host kiln: 490 ms)" % (bg_back, roll_back, roll_back / max(bg_back, 1)))
+print("rolling v1 → v2, the same:                           %d ms" % roll_release)
 PY

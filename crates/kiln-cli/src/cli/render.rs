@@ -421,6 +421,10 @@ pub(crate) fn render(output: &Output, now: i64) {
                 r.canary_requests,
                 hosts.join(", ")
             );
+            println!(
+                "  clients: {} requests in the judged window, {} failed (a faulted canary pick is served by stable)",
+                r.requests, r.failed_requests
+            );
         }
         Output::FleetVerified(hosts) => {
             for (host, v) in hosts {

@@ -364,6 +364,10 @@ fn a_fleet_canary_is_judged_on_every_host_s_counts_promoted_through_a_leader_s_d
     let judged = report["hosts"].as_object().unwrap();
     assert_eq!(judged.len(), 3, "{report}");
     assert!(judged.values().all(|h| h[0].as_u64().unwrap() > 0), "every host's faulted canary requests: {report}");
+    // The report counts what the clients saw in the judged window, as the
+    // load balancers did: stable answered every request, none failed.
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["failed_requests"].as_u64(), Some(0), "{report}");
     assert_eq!(failed, 0, "no client saw the drill: {answers:?}");
     assert!(answers.keys().all(|k| k == "200 ok 2.0.0"), "{answers:?}");
     assert!(placed(&ctl, &urls).values().flatten().all(|(slot, _)| !slot.contains("canary")));

@@ -47,12 +47,21 @@ pub struct DrillReport {
     pub hosts: BTreeMap<String, (u64, u64)>,
     /// The same stable image and instances before and after.
     pub stable_untouched: bool,
+    /// The clients' requests in the judged window, over the fleet: every
+    /// one stable answered (a faulted canary pick is sent on to stable).
+    #[serde(default)]
+    pub requests: u64,
+    /// Those answered with an error (stable's error rate in the window,
+    /// as the load balancers counted it): what clients saw fail.
+    #[serde(default)]
+    pub failed_requests: u64,
 }
 
 impl DrillReport {
-    /// Whether the drill proved what it is for.
+    /// Whether the drill proved what it is for: caught, stable untouched,
+    /// no client request failed.
     pub fn passed(&self) -> bool {
-        self.caught && self.stable_untouched
+        self.caught && self.stable_untouched && self.failed_requests == 0
     }
 }
 
@@ -120,6 +129,10 @@ impl Watch {
             if self.report.outcome.is_empty() {
                 self.report.canary_requests = v.verdict.canary_requests;
                 self.report.hosts = v.hosts.clone();
+                self.report.requests = v.verdict.stable_requests;
+                let stable_rate =
+                    v.verdict.metrics.iter().find(|m| m.name == "error_rate").and_then(|m| m.stable).unwrap_or(0.0);
+                self.report.failed_requests = (stable_rate * v.verdict.stable_requests as f64).round() as u64;
                 self.report.reason = v.verdict.failed();
                 let (caught, outcome) = match v.verdict.outcome {
                     Outcome::Fail => (true, "caught"),
@@ -242,7 +255,26 @@ mod tests {
         assert_eq!((r.outcome.as_str(), r.caught, r.canary_percent), ("caught", true, 10));
         assert_eq!((r.detect_ms, r.rollback_ms, r.cleaned_ms), (Some(2_500), Some(3_000), Some(3_600)));
         assert_eq!((r.canary_requests, r.hosts.len()), (40, 2));
+        assert_eq!((r.requests, r.failed_requests), (360, 0));
         assert!(r.stable_untouched && r.passed(), "{r:?}");
+        // Caught, but clients saw stable fail meanwhile: not passed.
+        let mut failing = verdict(9, Outcome::Fail);
+        failing.verdict.metrics.push(crate::release::analysis::Metric {
+            name: "error_rate".into(),
+            canary: 1.0,
+            stable: Some(0.025),
+            limit: 0.035,
+            test: "two-proportion z-test".into(),
+            p_value: Some(0.0),
+            passed: false,
+            inconclusive: false,
+        });
+        let mut w = Watch::new("web", "r/web@sha256:a", 2000, Some(old), stable_instances("web", &stable), 1_000);
+        w.observe(Some(&desired(Some(drill(true)))), None, &with_canary, 1_500);
+        w.observe(Some(&desired(None)), Some(&failing), &stable, 4_000);
+        let r = w.report(60);
+        assert_eq!((r.caught, r.failed_requests), (true, 9), "2.5 % of 360");
+        assert!(!r.passed());
     }
 
     #[test]
