@@ -2,8 +2,10 @@
 //! the leading controller orders one; Pebble's DNS sends its http-01
 //! check to the first host only, and the leader asks for the check only
 //! once every host's load balancer answers the token; the key is sealed
-//! in etcd and every host serves the same certificate. A new image keeps
-//! it; a renewal reaches every host under load with no failed request.
+//! in etcd and every host serves the same certificate. The leader is
+//! SIGKILLed in the middle of the first order: the controller standing by
+//! clears its tokens and orders again. A new image keeps the certificate;
+//! a renewal reaches every host under load with no failed request.
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +38,15 @@ fn a_fleet_certificate_from_pebble_is_served_by_every_host_kept_across_deploys_a
     // Every name is the first host, to Pebble.
     let (_ca, directory, mgmt) = crate::acme::pebble(&pki, redirect, ips[0]);
     let ctl = tempdir("fleet-acme-ctl");
-    let _c = Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    let mut controllers =
+        Procs(vec![spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c1", "--ttl", "2"])]);
+    // c1 leads; c2 stands by.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !etcd_prefix(&urls[0], "/kiln/leader").iter().any(|(_, v)| v == b"c1") {
+        assert!(Instant::now() < deadline, "c1 never led");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    controllers.0.push(spawn_kiln(&ctl, &["controller", "--cluster", &cluster, "--name", "c2", "--ttl", "2"]));
     let port = free_port();
     let service = |version: &str, renew: &str| {
         format!(
@@ -51,8 +61,26 @@ fn a_fleet_certificate_from_pebble_is_served_by_every_host_kept_across_deploys_a
     let e = kiln_err(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
     assert!(e.contains("service.shop.tls.ca") && e.contains("not a PEM certificate"), "{e}");
     fs::write(app.join("kiln.toml"), service("1.0.0", "")).unwrap();
-    let out = kiln_ok(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
-    assert!(out.contains("serves on every replica"), "{out}");
+    let deploying = kiln_cmd()
+        .args(["deploy", "shop", "--cluster", &cluster])
+        .env("KILN_HOME", &ctl)
+        .current_dir(&app)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The leader dies once its first token is in etcd: before every
+    // host's load balancer answers it and the CA checks.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while etcd_prefix(&urls[0], "/kiln/acme/challenge/").is_empty() {
+        assert!(Instant::now() < deadline, "no token:\n{}", fs::read_to_string(ctl.join("kiln.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    controllers.0[0].kill().unwrap();
+    controllers.0[0].wait().unwrap();
+    let out = deploying.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("serves on every replica"), "{stdout}");
 
     // Pebble's root signs what it issues (a new one each run).
     let roots = pki.path("pebble-root.pem");
@@ -80,8 +108,10 @@ fn a_fleet_certificate_from_pebble_is_served_by_every_host_kept_across_deploys_a
         std::thread::sleep(Duration::from_millis(300));
     };
     eprintln!("fleet acme: served by both hosts {} ms after the deploy", t.elapsed().as_millis());
+    // Ordered by c1, obtained by c2 after c1's death.
     let log = controller_log();
-    assert!(log.contains("shop: certificate for shop.test obtained"), "{log}");
+    assert!(log.contains("kiln controller c1: shop: asking"), "{log}");
+    assert!(log.contains("kiln controller c2: shop: certificate for shop.test obtained"), "{log}");
     let history = kiln_ok(&ctl, &app, &["history", "--cluster", &cluster]);
     assert_eq!(history.matches("certificate for shop.test obtained from").count(), 1, "{history}");
     // The key is sealed in etcd, never there in the clear; the account

@@ -2,6 +2,7 @@
 //! `kiln` binary, and a busybox rootfs made from Debian's busybox-static.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod serve_env;
 
 use std::fs;
