@@ -220,6 +220,24 @@ pub(crate) fn render(output: &Output, now: i64) {
                     };
                     println!("  canary {} x{} at {} %, {state}", c.image, c.replicas, c.weight);
                 }
+                if let Some(bg) = &d.blue_green {
+                    use kiln::fleet::bluegreen::Phase;
+                    match &bg.phase {
+                        Phase::Next { smoke, .. } => println!(
+                            "  blue-green: new set {} starting beside stable, no traffic; {} smoke check(s) on each \
+                             instance, then the switch",
+                            bg.image,
+                            smoke.len()
+                        ),
+                        Phase::Kept { until } => println!(
+                            "  blue-green: previous set {} kept warm until {} (kiln rollback --cluster switches back at \
+                             once)",
+                            bg.image,
+                            kiln::time::rfc3339(*until)
+                        ),
+                        Phase::Failed { why } => println!("  blue-green: release of {} failed: {why}", bg.image),
+                    }
+                }
                 if let Some(v) = &r.verdict {
                     println!(
                         "  last verdict: {} ({}) at {} % for {}: {} canary / {} stable requests over {} hosts",

@@ -116,6 +116,8 @@ fn a_fleet_blue_green_release_switches_every_load_balancer_at_once_and_a_rollbac
         assert!(Instant::now() < deadline, "{ps}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let listed = kiln_ok(&ctl, &app, &["services", "--cluster", &cluster]);
+    assert!(listed.contains("blue-green: previous set") && listed.contains("kept warm until"), "{listed}");
     let history = kiln_ok(&ctl, &app, &["history", "--cluster", &cluster]);
     assert!(history.contains("switched: 2 smoke check(s) passed"), "{history}");
 
