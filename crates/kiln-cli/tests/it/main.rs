@@ -34,6 +34,7 @@ mod proxy_wire;
 mod registry;
 mod registry_auth;
 mod release;
+mod release_crash;
 mod run;
 mod sandbox;
 mod scan;
