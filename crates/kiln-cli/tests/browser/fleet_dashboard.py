@@ -14,40 +14,16 @@ import json
 import os
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+
+from fleet_page import Page, start
 
 link, service, stable, canary, shots = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
-
-opts = webdriver.ChromeOptions()
-for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"]:
-    opts.add_argument(a)
-opts.binary_location = "/usr/bin/chromium"
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-wait = WebDriverWait(driver, 60, poll_frequency=0.05)
-
-
-def js(script, *args):
-    # Read in one go: the page re-renders every second, so an element
-    # found a moment ago may be gone.
-    return driver.execute_script(script, *args)
-
-
-def attr(css, name):
-    return js("const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;", css, name)
-
-
-def text(css):
-    return js("const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", css)
-
-
-def slot_states():
-    return js("return [...document.querySelectorAll('#slots tbody tr')].map(r => [r.dataset.slot, r.dataset.state]);")
+driver, wait = start()
+page = Page(driver)
+js, attr, text, slot_states = page.js, page.attr, page.text, page.slot_states
 
 
 try:
@@ -93,13 +69,7 @@ try:
     # Abort with a click (and the confirmation).
     # The page re-renders what changed every second: a button found just
     # before a change is gone; find it again.
-    for attempt in range(20):
-        try:
-            driver.find_element(By.CSS_SELECTOR, f'#svc-{service} button[data-action="abort"]').click()
-            break
-        except StaleElementReferenceException:
-            if attempt == 19:
-                raise
+    page.click(f'#svc-{service} button[data-action="abort"]')
     wait.until(ec.alert_is_present())
     driver.switch_to.alert.accept()
     wait.until(lambda d: "aborted" in text("#message"))

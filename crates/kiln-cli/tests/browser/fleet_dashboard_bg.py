@@ -13,38 +13,20 @@ usage: fleet_dashboard_bg.py LINK SERVICE OLD NEW SCREENSHOT_DIR
 import os
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+
+from fleet_page import Page, start
 
 link, service, old, new, shots = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
-
-opts = webdriver.ChromeOptions()
-for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600"]:
-    opts.add_argument(a)
-opts.binary_location = "/usr/bin/chromium"
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-wait = WebDriverWait(driver, 60, poll_frequency=0.05)
-
-
-def js(script, *args):
-    return driver.execute_script(script, *args)
-
-
-def attr(css, name):
-    return js("const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;", css, name)
-
-
-def text(css):
-    return js("const e = document.querySelector(arguments[0]); return e ? e.textContent : '';", css)
+driver, wait = start()
+page = Page(driver)
+attr, text = page.attr, page.text
 
 
 def slot_states():
-    return dict(js("return [...document.querySelectorAll('#slots tbody tr')].map(r => [r.dataset.slot, r.dataset.state]);"))
+    return dict(page.slot_states())
 
 
 try:
@@ -62,13 +44,7 @@ try:
     wait.until(lambda d: slot_states() == want)
     driver.save_screenshot(os.path.join(shots, "4-blue-green-kept.png"))
 
-    for attempt in range(20):
-        try:
-            driver.find_element(By.CSS_SELECTOR, f'#svc-{service} button[data-action="rollback"]').click()
-            break
-        except StaleElementReferenceException:
-            if attempt == 19:
-                raise
+    page.click(f'#svc-{service} button[data-action="rollback"]')
     wait.until(ec.alert_is_present())
     driver.switch_to.alert.accept()
     wait.until(lambda d: "switched back" in text("#message"))

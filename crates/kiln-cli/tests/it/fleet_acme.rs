@@ -61,14 +61,7 @@ fn a_fleet_certificate_from_pebble_is_served_by_every_host_kept_across_deploys_a
     let e = kiln_err(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
     assert!(e.contains("service.shop.tls.ca") && e.contains("not a PEM certificate"), "{e}");
     fs::write(app.join("kiln.toml"), service("1.0.0", "")).unwrap();
-    let deploying = kiln_cmd()
-        .args(["deploy", "shop", "--cluster", &cluster])
-        .env("KILN_HOME", &ctl)
-        .current_dir(&app)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let deploying = kiln_spawn(&ctl, &app, &["deploy", "shop", "--cluster", &cluster]);
     // The leader dies once its first token is in etcd: before every
     // host's load balancer answers it and the CA checks.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -72,14 +72,7 @@ fn a_fleet_blue_green_release_switches_every_load_balancer_at_once_and_a_rollbac
     // leader (c1, the first) is SIGKILLed once the release began.
     let load = FleetLoad::start(&lbs, "/");
     fs::write(app.join("kiln.toml"), service("2.0.0", "busybox 2.0.0", "60s")).unwrap();
-    let following = kiln_cmd()
-        .args(["deploy", "web", "--cluster", &cluster])
-        .env("KILN_HOME", &ctl)
-        .current_dir(&app)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let following = kiln_spawn(&ctl, &app, &["deploy", "web", "--cluster", &cluster]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while services(&ctl, &urls)[0]["desired"]["blue_green"]["phase"]["next"].is_null() {
         assert!(Instant::now() < deadline, "the release never began: {}", services(&ctl, &urls));

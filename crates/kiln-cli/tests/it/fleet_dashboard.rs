@@ -86,26 +86,26 @@ fn the_fleet_dashboard_in_chromium_shows_hosts_slots_and_a_canary_advancing_and_
         &images[0].1,
     ]);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts/fleet-dashboard");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/fleet_dashboard.py");
     let short = |image: &str| image.rsplit_once("@sha256:").unwrap().1[..12].to_owned();
-    let out = Command::new("python3")
-        .args([
-            script.to_str().unwrap(),
-            &link,
-            "web",
-            &short(&images[0].1),
-            &short(&images[1].1),
-            shots.to_str().unwrap(),
-        ])
-        .output()
-        .expect("python3 with selenium (scripts/install-deps.sh installs it)");
-    assert!(
-        out.status.success(),
-        "the browser test failed (screenshots in {}):\n{}{}",
-        shots.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // One browser script against the signed-in page: stable's and the
+    // other image's short digests; its output when it passes.
+    let browser = |script: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script);
+        let (stable, other) = (short(&images[0].1), short(&images[1].1));
+        let out = Command::new("python3")
+            .args([path.to_str().unwrap(), &link, "web", &stable, &other, shots.to_str().unwrap()])
+            .output()
+            .expect("python3 with selenium (scripts/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{script} failed (screenshots in {}):\n{}{}",
+            shots.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = browser("fleet_dashboard.py");
     let figures = json(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap());
     println!("fleet dashboard figures: {figures}");
     assert!(figures["advanced_to"].as_u64() > figures["first_step"].as_u64(), "{figures}");
@@ -145,25 +145,7 @@ fn the_fleet_dashboard_in_chromium_shows_hosts_slots_and_a_canary_advancing_and_
     std::fs::write(app.join("kiln.toml"), toml).unwrap();
     let out = kiln_ok(&ctl, &app, &["deploy", "web", "--cluster", &cluster]);
     assert!(out.contains("serves on every replica"), "{out}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/fleet_dashboard_bg.py");
-    let out = Command::new("python3")
-        .args([
-            script.to_str().unwrap(),
-            &link,
-            "web",
-            &short(&images[0].1),
-            &short(&images[1].1),
-            shots.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the blue-green browser test failed (screenshots in {}):\n{}{}",
-        shots.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    browser("fleet_dashboard_bg.py");
     // What the page showed is what happened.
     let s = services(&ctl, &urls);
     assert_eq!(s[0]["desired"]["image"], images[0].1.as_str(), "{s}");

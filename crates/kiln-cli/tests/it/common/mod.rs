@@ -97,6 +97,20 @@ pub fn kiln(home: &Path, cwd: &Path, args: &[&str]) -> Output {
         .expect("run kiln")
 }
 
+/// Starts kiln with `home` as KILN_HOME in `cwd`, its output piped: a
+/// command followed while the test acts (kills a leader, say).
+pub fn kiln_spawn(home: &Path, cwd: &Path, args: &[&str]) -> std::process::Child {
+    kiln_cmd()
+        .args(args)
+        .current_dir(cwd)
+        .env("KILN_HOME", home)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln")
+}
+
 /// Runs kiln and insists on success; returns stdout.
 pub fn kiln_ok(home: &Path, cwd: &Path, args: &[&str]) -> String {
     let out = kiln(home, cwd, args);
