@@ -561,9 +561,12 @@ pub(crate) fn invocation(cmd: Cmd) -> anyhow::Result<Invocation> {
             fleet_secret(cluster, kiln::command::FleetSecretAction::Remove { name }, false)?
         }
         Cmd::Secret { action: SecretCmd::Rm { name, .. } } => (Command::SecretRemove { name }, false),
-        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file, cluster } } if cluster.on() => {
+        Cmd::Secret { action: SecretCmd::RotateKey { old_key_file, new_data_key, cluster } } if cluster.on() => {
             let old_key_file = old_key_file.map(|p| std::path::absolute(&p)).transpose()?;
-            fleet_secret(cluster, kiln::command::FleetSecretAction::RotateKey { old_key_file }, false)?
+            fleet_secret(cluster, kiln::command::FleetSecretAction::RotateKey { old_key_file, new_data_key }, false)?
+        }
+        Cmd::Secret { action: SecretCmd::RotateKey { new_data_key: true, .. } } => {
+            anyhow::bail!("--new-data-key is for a fleet (--cluster): a host's rotate-key always makes a new data key")
         }
         Cmd::Secret { action: SecretCmd::RotateKey { old_key_file, .. } } => {
             (Command::RotateKey { store: kiln::command::KeyStore::Secrets, old_key_file }, false)

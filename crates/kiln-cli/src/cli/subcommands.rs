@@ -88,11 +88,14 @@ pub(crate) enum SecretCmd {
         #[command(flatten)]
         cluster: FleetArgs,
     },
-    /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE). With --cluster: the fleet's data key sealed under the current KEK (every version unchanged).
+    /// Re-encrypt every secret under a new data key sealed by the current key-encryption key (KILN_KEY_FILE, the systemd credential kiln-key, or KILN_PASSPHRASE). With --cluster: the fleet's data key sealed under the current KEK (every version unchanged); with --cluster --new-data-key, a new data key and every version re-encrypted under it.
     RotateKey {
         /// The key file the secrets were sealed with, when it is not the current one (or KILN_OLD_KEY_FILE, KILN_OLD_PASSPHRASE).
         #[arg(long, value_name = "FILE")]
         old_key_file: Option<std::path::PathBuf>,
+        /// With --cluster: make the fleet a new data key and re-encrypt every sealed version under it, in one etcd write (versions kept). A host's rotate-key always makes a new data key.
+        #[arg(long)]
+        new_data_key: bool,
         #[command(flatten)]
         cluster: FleetArgs,
     },

@@ -23,6 +23,7 @@ mod fleet_heal;
 mod fleet_images;
 mod fleet_lab;
 mod fleet_place;
+mod fleet_secrets;
 mod fleet_tls;
 mod heal;
 mod history;

@@ -299,16 +299,31 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                     crate::fleet::secrets::remove(&etcd, &name)?;
                     Ok(Output::Done { message: format!("fleet secret {name} removed, every version") })
                 }
-                A::RotateKey { old_key_file } => {
+                A::RotateKey { old_key_file, new_data_key: true } => {
+                    let home = ctx.store.home();
+                    let old = super::old_kek(old_key_file.as_deref(), home)?;
+                    let r = crate::fleet::secrets::new_data_key(&etcd, home, old)?;
+                    Ok(Output::Done {
+                        message: format!(
+                            "the fleet has a new data key, sealed with {}; {} version(s) of {} secret(s) re-encrypted \
+                             under it in one write, each keeping its version",
+                            r.sealed_with, r.versions, r.secrets
+                        ),
+                    })
+                }
+                A::RotateKey { old_key_file, new_data_key: false } => {
                     let home = ctx.store.home();
                     let old = super::old_kek(old_key_file.as_deref(), home)?;
                     let r = crate::fleet::secrets::rotate_key(&etcd, home, old)?;
                     let message = match r.rewrapped {
                         true => format!(
-                            "the fleet's data key is sealed with {} now; its {} secret(s) and every version are                              unchanged, and only that key opens them",
+                            "the fleet's data key is sealed with {} now; its {} secret(s) and every version are \
+                             unchanged, and only that key opens them",
                             r.sealed_with, r.secrets
                         ),
-                        false => format!("the fleet's data key was sealed with {} already; nothing changed", r.sealed_with),
+                        false => {
+                            format!("the fleet's data key was sealed with {} already; nothing changed", r.sealed_with)
+                        }
                     };
                     Ok(Output::Done { message })
                 }

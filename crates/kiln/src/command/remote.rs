@@ -241,7 +241,7 @@ pub fn status(e: &CommandError) -> u16 {
             match s {
                 E::Etcd(_) => 502,
                 E::Missing { .. } | E::MissingVersion { .. } | E::NoKey => 404,
-                E::InUse { .. } | E::Contended { .. } => 409,
+                E::InUse { .. } | E::Contended { .. } | E::TooManyVersions { .. } => 409,
                 E::Secret(e) => secret(e),
                 E::Io { .. } => 500,
             }

@@ -504,9 +504,12 @@ pub enum FleetSecretAction {
         name: String,
     },
     /// The fleet's data key sealed under this machine's KEK, opened with
-    /// `old_key_file` (else `KILN_OLD_KEY_FILE` or `KILN_OLD_PASSPHRASE`).
+    /// `old_key_file` (else `KILN_OLD_KEY_FILE` or `KILN_OLD_PASSPHRASE`);
+    /// with `new_data_key`, a new data key and every version re-encrypted
+    /// under it.
     RotateKey {
         old_key_file: Option<PathBuf>,
+        new_data_key: bool,
     },
 }
 

@@ -53,6 +53,13 @@ pub enum FleetSecretError {
     /// A rotation with nothing to rotate.
     #[error("the fleet has no secrets yet ({KEY} is not in etcd): nothing to rotate")]
     NoKey,
+    /// More sealed versions than one etcd transaction carries: a new data
+    /// key re-encrypts them all in one write.
+    #[error(
+        "the fleet keeps {versions} sealed versions, more than the {limit} one etcd transaction carries \
+         (--max-txn-ops, 128 by default): remove secrets no service uses first (kiln secret rm NAME --cluster)"
+    )]
+    TooManyVersions { versions: usize, limit: usize },
     /// Another writer created the fleet's data key at the same time, each
     /// time it was tried.
     #[error("the fleet's data key kept changing while {name:?} was set; try again")]
@@ -121,9 +128,14 @@ pub fn set(cluster: &Etcd, home: &Path, name: &str, value: &[u8]) -> Result<Stri
         let version = store.version(name)?;
         let mut puts = vec![(format!("{SECRETS}{name}/{version}"), read(&dir.0.join(format!("{name}.enc")))?, 0)];
         // The data key is written once; a second writer's txn fails and
-        // it seals again under the first one's key.
+        // it seals again under the first one's key. Put again as it is,
+        // so that a new data key being made meanwhile (which re-seals the
+        // versions it read) sees this one came and tries again.
         let compare = match &key {
-            Some(kv) => Compare::Modified { key: KEY.into(), revision: kv.mod_revision },
+            Some(kv) => {
+                puts.push((KEY.to_owned(), kv.value.clone(), 0));
+                Compare::Modified { key: KEY.into(), revision: kv.mod_revision }
+            }
             None => {
                 puts.push((KEY.to_owned(), read(&dir.0.join("dek"))?, 0));
                 Compare::Created { key: KEY.into(), revision: 0 }
@@ -175,6 +187,75 @@ pub fn rotate_key(
         }
     }
     Ok(RotatedKek { rewrapped, sealed_with, secrets: list(cluster)?.len() })
+}
+
+/// What a new data key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDataKey {
+    /// Sealed versions re-encrypted (every one the fleet keeps).
+    pub versions: usize,
+    pub secrets: usize,
+    /// Where the KEK that seals the new key came from (never its bytes).
+    pub sealed_with: String,
+}
+
+/// The most versions a new data key re-encrypts: with the key itself, one
+/// transaction's puts (etcd's `--max-txn-ops` is 128 by default).
+pub const MAX_VERSIONS: usize = 127;
+
+/// Makes the fleet a new data key, sealed under this process's KEK, and
+/// re-encrypts every sealed version of every secret under it, each
+/// keeping its version (so no release's pinned version changes). The old
+/// key opens them first (with `old`, else the environment's previous KEK,
+/// when it was sealed with another KEK). One etcd write puts the key and
+/// every version, conditioned on the key and each version being as read:
+/// a version set or removed meanwhile (a `set` puts the key again) makes
+/// it read and re-encrypt again. An agent that reads the key and a
+/// version across that write fails that one start, and starts again the
+/// next round.
+pub fn new_data_key(
+    cluster: &Etcd,
+    home: &Path,
+    old: Option<crate::secrets::kek::Kek>,
+) -> Result<NewDataKey, FleetSecretError> {
+    const TRIES: u32 = 5;
+    for _ in 0..TRIES {
+        let Some(key) = cluster.range_prefix(KEY)?.into_iter().find(|kv| kv.key == KEY) else {
+            return Err(FleetSecretError::NoKey);
+        };
+        let versions = cluster.range_prefix(SECRETS)?;
+        if versions.len() > MAX_VERSIONS {
+            return Err(FleetSecretError::TooManyVersions { versions: versions.len(), limit: MAX_VERSIONS });
+        }
+        let dir = Scratch::new(home, "fleet-new-key")?;
+        write(&dir.0.join("dek"), &key.value)?;
+        // Without `old`, the environment's previous KEK (if any) opens it.
+        let store = match &old {
+            Some(k) => Secrets::fleet(&dir.0, home).with_previous_kek(Some(k.clone())),
+            None => Secrets::fleet(&dir.0, home),
+        };
+        let entries: Vec<(String, Vec<u8>)> = versions
+            .iter()
+            .map(|kv| {
+                let name = kv.key.trim_start_matches(SECRETS).split('/').next().unwrap_or_default();
+                (name.to_owned(), kv.value.clone())
+            })
+            .collect();
+        let (dek, resealed) = store.reseal(&entries)?;
+        let mut compares = vec![Compare::Modified { key: KEY.into(), revision: key.mod_revision }];
+        compares.extend(versions.iter().map(|kv| Compare::Modified { key: kv.key.clone(), revision: kv.mod_revision }));
+        let mut puts = vec![(KEY.to_owned(), dek, 0)];
+        puts.extend(versions.iter().zip(resealed).map(|(kv, sealed)| (kv.key.clone(), sealed, 0)));
+        if cluster.txn(&compares, &puts, &[])? {
+            let secrets: std::collections::BTreeSet<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+            return Ok(NewDataKey {
+                versions: versions.len(),
+                secrets: secrets.len(),
+                sealed_with: store.kek_origin()?,
+            });
+        }
+    }
+    Err(FleetSecretError::Contended { name: KEY.into() })
 }
 
 /// Every secret with its newest version (the newest written) and how

@@ -66,6 +66,29 @@ impl Secrets {
         })
     }
 
+    /// Re-seals `entries` (a secret's name and its sealed bytes, each
+    /// opened with this store's data key) under a new data key sealed by
+    /// the current KEK, every version kept; returns the new key's `dek`
+    /// file and the re-sealed bytes, in order. Nothing is written here: a
+    /// fleet keeps both in etcd, one key and many versions of a name.
+    pub fn reseal(&self, entries: &[(String, Vec<u8>)]) -> Result<(Vec<u8>, Vec<Vec<u8>>), SecretError> {
+        let kek = self.need_kek()?;
+        let current = self.open()?.ok_or_else(|| SecretError::BadStore {
+            path: self.dir.join("dek"),
+            message: "no data key: nothing was sealed yet".into(),
+        })?;
+        let (dek, key) = self.seal_new(&kek)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, bytes) in entries {
+            let (value, version) = Self::unseal(&current, name, bytes)?;
+            out.push(
+                Self::seal(&key, &dek.id, &version, name, value.expose())
+                    .ok_or_else(|| SecretError::Undecryptable(name.clone()))?,
+            );
+        }
+        Ok((dek.render(self.purpose).into_bytes(), out))
+    }
+
     /// Where the current KEK comes from (never its bytes).
     pub fn kek_origin(&self) -> Result<String, SecretError> {
         Ok(self.need_kek()?.origin.to_string())

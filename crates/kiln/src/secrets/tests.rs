@@ -191,3 +191,39 @@ fn a_store_from_before_the_kek_is_read_and_sealed_once_a_kek_is_given() {
     assert_eq!(sealed.version("old").unwrap(), before, "sealing changes no version");
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_reseal_puts_every_entry_under_a_new_data_key_with_its_version_and_writes_nothing() {
+    let (dir, home, k) = setup("secrets-reseal");
+    let store = dir.join("store");
+    let s = Secrets::fleet(&store, &home).with_kek(Some(k.clone()));
+    s.set("a", b"one").unwrap();
+    let first = (fs::read(store.join("a.enc")).unwrap(), s.version("a").unwrap());
+    s.set("a", b"two").unwrap();
+    let second = (fs::read(store.join("a.enc")).unwrap(), s.version("a").unwrap());
+    let dek_before = fs::read(store.join("dek")).unwrap();
+    // Two versions of one name (as a fleet keeps them), resealed at once.
+    let entries = [("a".to_owned(), first.0.clone()), ("a".to_owned(), second.0.clone())];
+    let (dek, resealed) = s.reseal(&entries).unwrap();
+    assert_eq!(fs::read(store.join("dek")).unwrap(), dek_before, "nothing written");
+    assert_ne!(dek, dek_before);
+    // Opened in a store of the new key: each value at its version.
+    let other = dir.join("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("dek"), &dek).unwrap();
+    let n = Secrets::fleet(&other, &home).with_kek(Some(k));
+    for ((bytes, version), (value, sealed)) in
+        [first, second].iter().zip([(b"one", &resealed[0]), (b"two", &resealed[1])])
+    {
+        assert_ne!(sealed, bytes, "re-encrypted");
+        fs::write(other.join("a.enc"), sealed).unwrap();
+        assert_eq!((n.get("a").unwrap().expose(), n.version("a").unwrap()), (value.as_slice(), version.clone()));
+        // The old key no longer opens it.
+        fs::write(store.join("a.enc"), sealed).unwrap();
+        assert!(s.get("a").is_err());
+    }
+    // An entry the store's key does not open is refused, naming it.
+    let e = s.reseal(&[("b".to_owned(), b"not sealed at all".to_vec())]).unwrap_err();
+    assert!(e.to_string().contains('b'), "{e}");
+    fs::remove_dir_all(dir).unwrap();
+}
