@@ -157,5 +157,12 @@ fn a_fleet_blue_green_release_switches_every_load_balancer_at_once_and_a_rollbac
     for lb in &lbs {
         assert_eq!(bodies(*lb, 4).into_keys().collect::<Vec<_>>(), ["busybox 2.0.0\n"], "{lb}");
     }
+    // A service named web-green would want web's green slots: refused,
+    // naming both, with nothing written.
+    fs::write(app.join("kiln.toml"), service("1.0.0", "busybox", "2s").replace("service.web", "service.web-green"))
+        .unwrap();
+    let e = kiln_err(&ctl, &app, &["deploy", "web-green", "--cluster", &cluster]);
+    assert!(e.contains("web-green and web") && e.contains("slot names"), "{e}");
+    assert_eq!(services(&ctl, &urls).as_array().unwrap().len(), 1, "nothing written");
     kiln_ok(&ctl, &app, &["down", "web", "--cluster", &cluster]);
 }

@@ -269,6 +269,20 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
         }
     });
     std::thread::sleep(Duration::from_millis(1500));
+    // The requests must reach both hosts' instances: every slot serving
+    // on a host of its own and routed to by both load balancers first (a
+    // drift check or a replacement may have one starting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spread = loop {
+        let rows = json(&kiln_ok(&ctl, &app, &["ps", "--cluster", &cluster, "--json"]));
+        let rows = rows.as_array().unwrap().clone();
+        let hosts: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r["host"].as_str()).collect();
+        if rows.len() == 2 && hosts.len() == 2 && rows.iter().all(|r| r["state"] == "serving" && r["routed"] == true) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "not two routed slots on two hosts: {rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     for lb in &lbs {
         try_bodies_of(*lb, "/cgi-bin/env", 2).unwrap();
     }
@@ -284,9 +298,12 @@ fn deploy_status_rollback_promote_and_down_work_against_a_cluster_from_a_kiln_to
     follow.kill().unwrap();
     follow.wait().unwrap();
     asked.sort();
-    assert_eq!(asked.len(), 4, "each of the 4 requests' lines once, from both hosts: {asked:?}");
+    // On a failure, where the slots were and what each load balancer
+    // routed to.
+    let where_ = || format!("{spread:?}\n{}", kiln_ok(&ctl, &app, &["ps", "--cluster", &cluster]));
+    assert_eq!(asked.len(), 4, "each of the 4 requests' lines once, from both hosts: {asked:?}\n{}", where_());
     asked.dedup();
-    assert_eq!(asked, ["h1", "h2"]);
+    assert_eq!(asked, ["h1", "h2"], "{}", where_());
     write("", "");
     // Back to what it replaced.
     let out = kiln_in(&["rollback"]);

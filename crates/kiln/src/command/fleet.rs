@@ -12,7 +12,7 @@
 use super::*;
 
 mod checks;
-use checks::{check_desired, check_port, seal_tls};
+use checks::{check_desired, check_port, check_slot_names, seal_tls};
 
 /// How often a person's change is read, decided and written again when
 /// the service or the history moved in between.
@@ -110,6 +110,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
                 });
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
+            check_slot_names(&etcd, &service)?;
             check_port("kiln place", &etcd, &service, &desired)?;
             let mut desired = desired;
             if let Some(t) = &mut desired.edge.tls {
@@ -164,6 +165,7 @@ pub(super) fn execute(cmd: Command, ctx: &mut Context<'_>) -> Result<Output, Com
             }
             let etcd = crate::fleet::etcd::Etcd::new(&cluster)?;
             if let crate::fleet::change::Change::Deploy { settings, .. } = &mut change {
+                check_slot_names(&etcd, &service)?;
                 check_port("kiln deploy --cluster", &etcd, &service, settings)?;
                 if let Some(t) = &mut settings.edge.tls {
                     seal_tls(ctx.store.home(), &etcd, &service, settings.listen, &settings.edge.hosts, t, !dry_run)?;

@@ -282,6 +282,15 @@ impl Desired {
     }
 }
 
+/// Whether services `a` and `b` could want a slot of the same name: one's
+/// green set or canary (`web-green-0`, `web-canary-0`) is the other's blue
+/// set (service `web-green`, `web-canary`). Slots are keyed by name on
+/// each host, so two such services cannot both be in a fleet.
+pub fn slots_clash(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| ["-green", "-canary"].iter().any(|s| x.strip_suffix(s) == Some(y));
+    a != b && (under(a, b) || under(b, a))
+}
+
 /// How many slots of a service may be changing image at once.
 const MAX_IN_FLUX: usize = 1;
 
@@ -439,6 +448,19 @@ mod tests {
             .iter()
             .map(|n| (n.to_string(), HostInfo { memory_bytes: 8 << 30, millicpus: 2000, ..HostInfo::default() }))
             .collect()
+    }
+
+    #[test]
+    fn services_whose_slots_could_share_names_clash() {
+        assert!(slots_clash("web", "web-green") && slots_clash("web-canary", "web"));
+        for (a, b) in [("web", "web"), ("web", "api"), ("web", "webgreen"), ("web", "web-green-1"), ("web", "web-blue")]
+        {
+            assert!(!slots_clash(a, b), "{a} {b}");
+        }
+        // What it guards: the names really meet.
+        let green = Desired { color: Color::Green, ..plain() };
+        let slots = |name: &str, d: &Desired| d.slots(name).into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(slots("web", &green), slots("web-green", &plain()));
     }
 
     fn plain() -> Desired {

@@ -96,6 +96,23 @@ pub(super) fn check_port(
     Ok(())
 }
 
+/// Refuses a service whose slots could share names with another's
+/// (`web` and `web-green`), naming both.
+pub(super) fn check_slot_names(etcd: &crate::fleet::etcd::Etcd, service: &str) -> Result<(), CommandError> {
+    for (other, _) in crate::fleet::services(etcd, &|_| {})? {
+        if crate::fleet::place::slots_clash(service, &other) {
+            return Err(CommandError::BadRequest {
+                field: "service".into(),
+                message: format!(
+                    "{service} and {other} are both in the fleet's slot names (NAME-green-I, NAME-canary-I are \
+                     another service's NAME-I): name it otherwise"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Refuses, naming the field, a desired state no host could run: a bad
 /// service name, an image not named by digest, canary settings out of
 /// range, a health path kiln.toml would refuse (`source` names who
